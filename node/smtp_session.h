@@ -1,0 +1,295 @@
+/*
+ * smtp_session.h: the pure SMTP server session machine (RFC 5321 and extensions).
+ *
+ * Contract.  The machine is a function of (state, bytes in) -> (bytes consumed, reply bytes out,
+ * at most one pending event).  It does no I/O, reads no clock, never sleeps, never calls back
+ * into the glue except the optional trace hook, and never allocates memory in proportion to a
+ * size the peer merely claims (SIZE=, BDAT <n>): it allocates in proportion to bytes actually
+ * received, bounded by the configured limits.
+ *
+ * Happy path (the glue's loop, see node/ for the libuv side):
+ *
+ *   smtp_session_new(&s, &cfg, &client);           queues "220 <host> ESMTP relayd"
+ *   loop:
+ *     write smtp_session_output() to the socket; smtp_session_output_consume(n)
+ *     n = smtp_session_feed(s, buf, len);          keep buf[n..len) for a later feed
+ *     switch (smtp_session_event(s, &ev)):
+ *       SMTP_EV_NONE:     read more (if n < len, the output is above SMTP_OUTPUT_HIWAT:
+ *                         drain it, then feed the rest again)
+ *       SMTP_EV_STARTTLS: flush output, DISCARD buf[n..len) and anything else already read
+ *                         (RFC 3207 sec 4, CVE-2011-0411), handshake, smtp_session_tls_done()
+ *       SMTP_EV_AUTH:     verify, later smtp_session_auth_result()
+ *       SMTP_EV_MESSAGE:  propose to the cluster, later smtp_session_message_result()
+ *       SMTP_EV_CLOSE:    flush output, close
+ *     after an event is resolved, feed the kept bytes again.
+ *
+ * Failure modes.  Every peer mistake becomes a reply (and a counter increment), or for
+ * unrecoverable framing errors (a BDAT size that cannot be parsed) a reply and SMTP_EV_CLOSE.
+ * Too many errors in one session: "421 4.7.0" and SMTP_EV_CLOSE.  ENOMEM while growing a body
+ * becomes "451 4.3.0" at the end of the message; ENOMEM on anything else small is answered 451
+ * as well.  Only smtp_session_new() can fail with an error return.
+ *
+ * Threading: a session is used by one thread.  Counters are plain integers: share one
+ * struct smtp_counters only between sessions that run on the same thread.
+ *
+ * Enhanced status codes (RFC 2034, RFC 3463) prefix the text of every 2xx/4xx/5xx reply except
+ * the greeting and the replies to HELO/EHLO (RFC 2034 sec 3); 334 and 354 are intermediate
+ * replies and carry none.
+ */
+#ifndef RELAY_SMTP_SESSION_H
+#define RELAY_SMTP_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits.  The config fields override the defaults; 0 in a config field means the default. */
+#define SMTP_LINE_MAX_DEFAULT 2048	 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
+#define SMTP_LINE_MAX_MIN 512		 /* smaller configured values are raised to this */
+#define SMTP_LINE_MAX_MAX 65536		 /* larger configured values are lowered to this */
+#define SMTP_MAX_MESSAGE_SIZE_DEFAULT (10u << 20)
+#define SMTP_MAX_RECIPIENTS_DEFAULT 100	 /* RFC 5321 4.5.3.1.8: at least 100 must be accepted */
+#define SMTP_MAX_ERRORS_DEFAULT 10
+#define SMTP_OUTPUT_HIWAT (64 * 1024) /* feed stops while this much output is undrained */
+#define SMTP_AUTH_LINE_MAX 2048	      /* one AUTH continuation line incl. CRLF (base64) */
+#define SMTP_AUTH_FIELD_MAX 255	      /* authzid, user, password each (RFC 4616 sec 2) */
+#define SMTP_HELO_MAX 255	      /* EHLO/HELO argument */
+#define SMTP_LOCAL_MAX 64	      /* RFC 5321 4.5.3.1.1 */
+#define SMTP_DOMAIN_MAX 255	      /* RFC 5321 4.5.3.1.2 */
+#define SMTP_PATH_MAX 256	      /* RFC 5321 4.5.3.1.3, incl. the angle brackets */
+#define SMTP_ENVID_MAX 100	      /* RFC 3461 sec 4.4 */
+#define SMTP_ORCPT_MAX 500	      /* RFC 3461 sec 4.2 */
+#define SMTP_REPLY_TEXT_MAX 256	      /* text of a glue-supplied reply (message_result) */
+
+/*
+ * Reject/event counters, one per reason.  X(field, "help text").  The glue can walk this
+ * list to export Prometheus metrics.
+ */
+#define SMTP_COUNTERS(X)                                                                           \
+	X(bad_command, "unknown command or empty/NUL command line")                                \
+	X(bad_syntax, "command or parameter syntax error")                                         \
+	X(bad_address, "malformed sender or recipient address")                                    \
+	X(relay_denied, "recipient refused: relay access denied")                                  \
+	X(too_big, "message or declared SIZE over max_message_size")                               \
+	X(too_many_rcpts, "recipient refused: max_recipients reached")                             \
+	X(too_many_errors, "session closed after max_errors errors")                               \
+	X(line_too_long, "command line over max_line_length")                                      \
+	X(bad_sequence, "command out of sequence")                                                 \
+	X(auth_failed, "AUTH refused by the verifier, cancelled or malformed")                     \
+	X(bare_newline, "messages with bare CR/LF normalized to CRLF (smuggling defence)")         \
+	X(need_smtputf8, "UTF-8 address without the SMTPUTF8 parameter")                          \
+	X(nomem, "replies 451 because an allocation failed")                                       \
+	X(timeouts, "sessions closed by smtp_session_timeout")                                     \
+	X(tls_failed, "STARTTLS handshakes reported failed")                                       \
+	X(messages, "SMTP_EV_MESSAGE events raised")
+
+struct smtp_counters {
+#define SMTP__COUNTER_FIELD(name, help) uint64_t name;
+	SMTP_COUNTERS(SMTP__COUNTER_FIELD)
+#undef SMTP__COUNTER_FIELD
+};
+
+struct smtp_session;
+
+/*
+ * Trace hook: called on every state transition (smtp_enter_state) with the state names.  It
+ * never receives message data or AUTH secrets.  It must not call back into the session.
+ */
+typedef void (*smtp_trace_cb)(void *arg, const struct smtp_session *s, const char *from_state,
+			      const char *to_state);
+
+/* Server-wide settings.  Borrowed by every session; must outlive them. */
+struct smtp_session_config {
+	const char *hostname;	   /* greeting, EHLO, 421s; borrowed; NULL means "localhost" */
+	uint64_t max_message_size; /* body bytes (CRLF-normalized, after dot-unstuffing) */
+	uint64_t max_recipients;   /* per transaction */
+	uint64_t max_line_length;  /* command line incl. CRLF, clamped to [MIN, MAX] */
+	uint64_t max_errors;	   /* per session; then 421 4.7.0 and close */
+	char *const *relay_domains; /* lowercase domains we accept mail for; borrowed */
+	size_t n_relay_domains;
+	bool tls_available;		/* a certificate is configured: offer STARTTLS */
+	bool auth_available;		/* AUTH configured: offer AUTH PLAIN LOGIN after TLS */
+	struct smtp_counters *counters; /* may be NULL; borrowed */
+	smtp_trace_cb trace_cb;		/* may be NULL */
+	void *trace_arg;
+};
+
+/* Facts about the client the glue knows at accept time.  Copied by smtp_session_new. */
+struct smtp_session_client {
+	bool trusted;	 /* in mynetworks: may relay to any domain (G5) */
+	bool tls_active; /* connection already on TLS (implicit TLS listener) */
+};
+
+enum smtp_event_type {
+	SMTP_EV_NONE = 0,
+	SMTP_EV_STARTTLS, /* "220 2.0.0 Ready to start TLS" queued; resolve: smtp_session_tls_done */
+	SMTP_EV_AUTH,	  /* credentials to verify; resolve: smtp_session_auth_result */
+	SMTP_EV_MESSAGE,  /* envelope + body; resolve: smtp_session_message_result */
+	SMTP_EV_CLOSE,	  /* flush the output, then close; permanent */
+};
+
+/* DSN NOTIFY bits (RFC 3461 sec 4.1); 0 means no NOTIFY parameter was given. */
+#define SMTP_NOTIFY_SUCCESS 1u
+#define SMTP_NOTIFY_FAILURE 2u
+#define SMTP_NOTIFY_DELAY 4u
+#define SMTP_NOTIFY_NEVER 8u
+
+enum smtp_ret { SMTP_RET_NONE = 0, SMTP_RET_FULL = 1, SMTP_RET_HDRS = 2 }; /* RFC 3461 4.3 */
+enum smtp_body { SMTP_BODY_7BIT = 0, SMTP_BODY_8BITMIME = 1 };		   /* RFC 6152 */
+
+struct smtp_rcpt {
+	const char *addr;  /* mailbox without brackets; "postmaster" possible; owned by session */
+	unsigned notify;   /* SMTP_NOTIFY_* bits */
+	const char *orcpt; /* "addr-type;xtext" as received, or NULL; owned by session */
+};
+
+/*
+ * The envelope of one transaction.  All pointers are owned by the session and valid until the
+ * event is resolved (smtp_session_message_result) or the session is freed.
+ */
+struct smtp_envelope {
+	const char *helo;	 /* EHLO/HELO argument */
+	bool esmtp;		 /* EHLO (true) or HELO (false) */
+	const char *mail_from;	 /* without brackets; "" for the null path <> */
+	enum smtp_ret ret;	 /* RET= */
+	const char *envid;	 /* ENVID= xtext as received, or NULL */
+	enum smtp_body body;	 /* BODY= */
+	bool smtputf8;		 /* SMTPUTF8 parameter given (RFC 6531) */
+	uint64_t size_declared;	 /* SIZE= value, 0 if absent */
+	const char *auth_user;	 /* authenticated user (RFC 4954), or NULL */
+	bool tls;		 /* the message arrived over TLS */
+	bool chunking;		 /* the body came by BDAT (RFC 3030) rather than DATA */
+	const struct smtp_rcpt *rcpts;
+	size_t n_rcpts;		 /* >= 1 */
+};
+
+struct smtp_event {
+	enum smtp_event_type type;
+	union {
+		/* SMTP_EV_AUTH: NUL-terminated strings, owned by the session, valid until
+		 * smtp_session_auth_result(); wiped afterwards.  Never log the password. */
+		struct {
+			const char *mechanism; /* "PLAIN" or "LOGIN" */
+			const char *authzid;   /* "" when none (always "" for LOGIN) */
+			const char *user;
+			const char *password;
+		} auth;
+		/* SMTP_EV_MESSAGE: the body has CRLF line ends only (bare CR and bare LF are
+		 * normalized, RFC 5321 2.3.8) and is dot-unstuffed (DATA).  A BDAT body is kept
+		 * as sent (after normalization) and may lack a final CRLF.  Owned by the
+		 * session, valid until smtp_session_message_result(). */
+		struct {
+			const struct smtp_envelope *env;
+			const char *body;
+			size_t body_len;
+		} message;
+	};
+};
+
+/*
+ * Allocates a session and queues the greeting "220 <hostname> ESMTP relayd".  cfg is borrowed
+ * (must outlive the session); client is copied.  Returns 0 and *out, or -ENOMEM/-EINVAL.
+ */
+int smtp_session_new(struct smtp_session **out, const struct smtp_session_config *cfg,
+		     const struct smtp_session_client *client);
+
+/* Frees the session and everything it owns (wipes AUTH material).  NULL is a no-op. */
+void smtp_session_free(struct smtp_session *s);
+
+/*
+ * Consumes client bytes; returns how many were consumed (0..len).  Every complete command line
+ * is processed and answered in order (PIPELINING, RFC 2920).  A partial line is kept inside
+ * (bounded by max_line_length; an overlong line is discarded up to its LF and answered
+ * "500 5.5.2 Line too long").  Returns < len when:
+ *   - an event is pending (STARTTLS: right after the STARTTLS line's LF; MESSAGE: right after
+ *     the end of data; AUTH: after the AUTH line or continuation),
+ *   - the output holds at least SMTP_OUTPUT_HIWAT bytes (drain, then feed the rest),
+ *   - the session is closing (SMTP_EV_CLOSE).
+ * The glue keeps the unconsumed bytes and feeds them again once the reason is gone, except
+ * after SMTP_EV_STARTTLS, where it must discard them.
+ */
+size_t smtp_session_feed(struct smtp_session *s, const char *buf, size_t len);
+
+/* Reply bytes waiting to be written: *buf (owned by the session, valid until the next call on
+ * s) and *len (0 when nothing is pending). */
+void smtp_session_output(const struct smtp_session *s, const char **buf, size_t *len);
+
+/* Marks n bytes of the output as written (n <= the length smtp_session_output gave). */
+void smtp_session_output_consume(struct smtp_session *s, size_t n);
+
+/*
+ * Fills *ev with the pending event and returns its type (SMTP_EV_NONE when none).  Calling it
+ * again returns the same event until it is resolved.  SMTP_EV_CLOSE is permanent.  An event
+ * other than CLOSE is always resolved by exactly one result call.
+ */
+enum smtp_event_type smtp_session_event(const struct smtp_session *s, struct smtp_event *ev);
+
+/*
+ * Resolves SMTP_EV_STARTTLS.  ok: the session restarts fresh (RFC 3207 sec 4.2: no HELO/EHLO,
+ * no envelope, not authenticated), TLS is active, STARTTLS is no longer offered and AUTH is
+ * (when auth_available).  !ok: the session closes (SMTP_EV_CLOSE, nothing queued).
+ * Returns 0, or -EINVAL if no STARTTLS event is pending.
+ */
+int smtp_session_tls_done(struct smtp_session *s, int ok);
+
+/* Resolves SMTP_EV_AUTH: "235 2.7.0 Authentication successful" or
+ * "535 5.7.8 Authentication credentials invalid".  Returns 0 or -EINVAL. */
+int smtp_session_auth_result(struct smtp_session *s, int ok);
+
+/*
+ * Resolves SMTP_EV_MESSAGE: queues "<code> <enhanced> <text>" and resets the transaction
+ * (RFC 5321 4.1.4; HELO and AUTH state stay).  code must be 200..599; enhanced must look like
+ * "d.ddd.ddd" with a class matching code (else a default is used); text is copied, cut at
+ * SMTP_REPLY_TEXT_MAX and control characters replaced.  NULL enhanced/text allowed.
+ * Returns 0, or -EINVAL if no message is pending or code is out of range (the event stays).
+ */
+int smtp_session_message_result(struct smtp_session *s, int code, const char *enhanced,
+				const char *text);
+
+/*
+ * The glue's command or data timer fired: queues "421 4.4.2 <host> Error: timeout exceeded"
+ * and closes.  If an event is pending, the reply is queued when the event is resolved (the
+ * glue should not time out a session waiting on itself).  Idempotent.
+ */
+void smtp_session_timeout(struct smtp_session *s);
+
+/*
+ * SIGTERM: queues "421 4.3.2 Service shutting down" and closes.  If an event is pending
+ * (notably a MESSAGE being proposed), the 421 follows the event's result reply: the glue waits
+ * for the cluster's answer, resolves the event, then flushes and closes.  Idempotent.
+ */
+void smtp_session_shutdown(struct smtp_session *s);
+
+/* True while receiving a DATA body or a BDAT chunk: use the data timeout (RFC 5321 4.5.3.2.5,
+ * 4.5.3.2.6), else the command timeout (4.5.3.2.7). */
+bool smtp_session_in_data(const struct smtp_session *s);
+
+/* Current state name, for logs ("greeted", "helo", "mail", "rcpt", "data", ...). */
+const char *smtp_session_state_name(const struct smtp_session *s);
+
+/* ---- Received: header (RFC 5321 4.4, RFC 5322 3.6.7) ---- */
+
+struct smtp_received_info {
+	const char *helo;	 /* client's EHLO/HELO argument, or NULL */
+	const char *client_name; /* verified reverse name, or NULL ("unknown") */
+	const char *client_addr; /* "192.0.2.1" or "IPv6:2001:db8::1" (RFC 5321 4.1.3) */
+	const char *hostname;	 /* ours */
+	bool esmtp;		 /* EHLO rather than HELO */
+	bool tls;
+	bool auth;
+	bool smtputf8;
+	const char *queue_id; /* or NULL */
+	const char *rcpt;     /* the recipient when there is exactly one, else NULL */
+	const char *date;     /* RFC 5322 date-time, supplied by the caller (no clock here) */
+};
+
+/*
+ * Writes "Received: from ... by ... with <protocol> id ... for <rcpt>; <date>" CRLF, folded
+ * with CRLF TAB before "by", "with"/"id", "for".  Protocol per RFC 3848 (SMTP, ESMTP, ESMTPA,
+ * ESMTPS, ESMTPSA) and RFC 6531 sec 3.7.3 (UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA).
+ * Client-supplied text (helo) is sanitized so it cannot break the comment or the header.
+ * Returns the length written (NUL-terminated, the NUL not counted) or -ENOSPC / -EINVAL.
+ */
+int smtp_received_header(char *buf, size_t cap, const struct smtp_received_info *ri);
+
+#endif
