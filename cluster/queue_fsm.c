@@ -1,0 +1,2 @@
+/* being implemented */
+#include "queue_fsm.h"

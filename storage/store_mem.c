@@ -1,0 +1,2 @@
+/* being implemented */
+#include "store.h"
