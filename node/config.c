@@ -1,0 +1,710 @@
+/*
+ * config.c: the key table and the parsers behind config.h.
+ *
+ * The table is the single source of truth: config_set() finds a key in it, parses the value by
+ * its type into the field at its offset, and config_print_table() prints it for the README.
+ * Parsers are strict: trailing garbage, overflow, an empty required value or a list over
+ * CONFIG_LIST_MAX entries is an error naming the key and where the value came from.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum config_type {
+	CT_STRING,
+	CT_UINT,
+	CT_SIZE,
+	CT_DURATION,
+	CT_LIST,
+	CT_DOMAINS,
+	CT_ADDRS,
+	CT_CIDRS,
+	CT_TRANSPORT,
+	CT_LOGLEVEL,
+};
+
+struct config_key {
+	const char *name;
+	enum config_type type;
+	size_t off;
+	const char *def;
+	uint64_t min, max; /* for numbers (after unit conversion) */
+	const char *help;
+};
+
+#define OFF(f) offsetof(struct relay_config, f)
+#define U64MAX UINT64_MAX
+
+static const struct config_key config_keys[] = {
+    {"node_id", CT_STRING, OFF(node_id), "", 0, 0,
+     "This node's id, unique in the cluster (letters, digits, '-', '_', '.'; max 63). Empty: the host name."},
+    {"hostname", CT_STRING, OFF(hostname), "", 0, 0,
+     "Name used in the SMTP greeting, EHLO reply and Received: headers. Empty: the host name."},
+    {"data_dir", CT_STRING, OFF(data_dir), "/var/lib/relayd", 0, 0,
+     "Directory of the node's RocksDB (Raft log, queue, bodies). Created if missing."},
+    {"smtp_listen", CT_ADDRS, OFF(smtp_listen), "0.0.0.0:25", 0, 0,
+     "SMTP listeners, list of addr:port ([v6]:port for IPv6)."},
+    {"mynetworks", CT_CIDRS, OFF(mynetworks), "127.0.0.0/8, ::1/128", 0, 0,
+     "Trusted clients (CIDR list): they may relay to any domain."},
+    {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
+     "Domains we accept mail for from anyone (list). Everything else needs mynetworks or AUTH."},
+    {"dns_servers", CT_ADDRS, OFF(dns_servers), "", 0, 0,
+     "DNS servers for MX lookups, list of addr:port. Empty: the servers of /etc/resolv.conf."},
+    {"relayhost", CT_STRING, OFF(relayhost), "", 0, 0,
+     "Smarthost for all mail: host[:port] (MX lookup) or [host]:port (no MX lookup). Empty: none."},
+    {"transport", CT_TRANSPORT, OFF(transport), "", 0, 0,
+     "Per-domain routes, list of domain=host:port (overrides relayhost and MX)."},
+    {"max_message_size", CT_SIZE, OFF(max_message_size), "10m", 1024, (uint64_t)1 << 31,
+     "Largest message accepted, in bytes (k/m/g suffix). Advertised with SIZE and enforced in DATA/BDAT."},
+    {"max_recipients", CT_UINT, OFF(max_recipients), "1000", 1, 100000,
+     "Recipients per message; more get 452 4.5.3."},
+    {"tls_cert", CT_STRING, OFF(tls_cert), "", 0, 0,
+     "PEM certificate chain for STARTTLS. Empty: STARTTLS and AUTH are not offered."},
+    {"tls_key", CT_STRING, OFF(tls_key), "", 0, 0, "PEM private key for tls_cert."},
+    {"auth_users_file", CT_STRING, OFF(auth_users_file), "", 0, 0,
+     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH."},
+    {"max_line_length", CT_UINT, OFF(max_line_length), "2048", 512, 65536,
+     "Longest SMTP command line in bytes, CRLF included (RFC 5321 4.5.3.1.4 minimum 512)."},
+    {"max_errors", CT_UINT, OFF(max_errors), "10", 1, 1000,
+     "Errors per SMTP session before 421 4.7.0 and disconnect."},
+    {"command_timeout", CT_DURATION, OFF(command_timeout_ms), "5m", 1000, 86400000,
+     "Idle time allowed while waiting for a command (RFC 5321 4.5.3.2.7)."},
+    {"data_timeout", CT_DURATION, OFF(data_timeout_ms), "5m", 1000, 86400000,
+     "Idle time allowed between data blocks during DATA/BDAT."},
+    {"max_connections", CT_UINT, OFF(max_connections), "1000", 1, 1000000,
+     "Concurrent SMTP connections in total; more get 421 4.7.0."},
+    {"max_connections_per_client", CT_UINT, OFF(max_connections_per_client), "100", 1, 1000000,
+     "Concurrent SMTP connections from one client address; more get 421 4.7.0."},
+    {"shutdown_timeout", CT_DURATION, OFF(shutdown_timeout_ms), "10s", 0, 3600000,
+     "On SIGTERM: how long open sessions may finish before they are cut with 421."},
+    {"propose_timeout", CT_DURATION, OFF(propose_timeout_ms), "30s", 100, 3600000,
+     "How long a session waits for its message to be committed before answering 451 4.3.0."},
+    {"max_pending_proposals", CT_UINT, OFF(max_pending_proposals), "10000", 1, 1000000,
+     "Messages waiting to be committed at once; more get 451 4.3.0."},
+    {"log_level", CT_LOGLEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
+};
+
+#define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+static char config_errbuf[512];
+
+const char *
+config_error(void)
+{
+	return config_errbuf;
+}
+
+static int __attribute__((format(printf, 1, 2)))
+config_fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(config_errbuf, sizeof(config_errbuf), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static const struct config_key *
+config_find(const char *name)
+{
+	char norm[64];
+	size_t n = strlen(name);
+	if (n == 0 || n >= sizeof(norm))
+		return NULL;
+	for (size_t i = 0; i <= n; i++)
+		norm[i] = name[i] == '-' ? '_' : (char)tolower((unsigned char)name[i]);
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(config_keys[i].name, norm) == 0)
+			return &config_keys[i];
+	return NULL;
+}
+
+static char *
+trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+/* Parses an unsigned number with an optional unit suffix table. */
+static int
+parse_number(const char *text, uint64_t *out, const char *const *units, const uint64_t *mult,
+	     uint64_t bare)
+{
+	const char *p = text;
+	if (!isdigit((unsigned char)*p))
+		return -1;
+	uint64_t v = 0;
+	while (isdigit((unsigned char)*p)) {
+		unsigned d = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -1;
+		v = v * 10 + d;
+		p++;
+	}
+	uint64_t m = bare;
+	if (*p != '\0') {
+		m = 0;
+		for (size_t i = 0; units[i] != NULL; i++)
+			if (strcasecmp(p, units[i]) == 0) {
+				m = mult[i];
+				break;
+			}
+		if (m == 0)
+			return -1;
+	}
+	if (v != 0 && m > UINT64_MAX / v)
+		return -1;
+	*out = v * m;
+	return 0;
+}
+
+int
+config_parse_duration(const char *text, uint64_t *ms)
+{
+	static const char *const units[] = {"ms", "s", "m", "h", "d", NULL};
+	static const uint64_t mult[] = {1, 1000, 60000, 3600000, 86400000};
+	return parse_number(text, ms, units, mult, 1000);
+}
+
+int
+config_parse_size(const char *text, uint64_t *bytes)
+{
+	static const char *const units[] = {"k", "m", "g", "kb", "mb", "gb", NULL};
+	static const uint64_t mult[] = {1 << 10, 1 << 20, 1 << 30, 1 << 10, 1 << 20, 1 << 30};
+	return parse_number(text, bytes, units, mult, 1);
+}
+
+int
+config_parse_addr(const char *text, struct config_addr *out)
+{
+	char host[64];
+	const char *port;
+	memset(out, 0, sizeof(*out));
+	if (text[0] == '[') {
+		const char *end = strchr(text, ']');
+		if (end == NULL || end[1] != ':' || (size_t)(end - text - 1) >= sizeof(host))
+			return -1;
+		memcpy(host, text + 1, (size_t)(end - text - 1));
+		host[end - text - 1] = '\0';
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(text, ':');
+		if (colon == NULL || strchr(text, ':') != colon || (size_t)(colon - text) >= sizeof(host))
+			return -1;
+		memcpy(host, text, (size_t)(colon - text));
+		host[colon - text] = '\0';
+		port = colon + 1;
+	}
+	uint64_t p;
+	if (parse_number(port, &p, (const char *const[]){NULL}, NULL, 1) != 0 || p == 0 || p > 65535)
+		return -1;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&out->ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->ss;
+	if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)p);
+		out->len = sizeof(*sin);
+		snprintf(out->text, sizeof(out->text), "%s:%u", host, (unsigned)p);
+	} else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)p);
+		out->len = sizeof(*sin6);
+		snprintf(out->text, sizeof(out->text), "[%s]:%u", host, (unsigned)p);
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+static int
+parse_cidr(const char *text, struct config_cidr *out)
+{
+	char host[64];
+	const char *slash = strchr(text, '/');
+	size_t hl = slash ? (size_t)(slash - text) : strlen(text);
+	if (hl == 0 || hl >= sizeof(host))
+		return -1;
+	memcpy(host, text, hl);
+	host[hl] = '\0';
+	memset(out, 0, sizeof(*out));
+	unsigned maxp;
+	if (inet_pton(AF_INET, host, out->addr) == 1) {
+		out->family = AF_INET;
+		maxp = 32;
+	} else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+		out->family = AF_INET6;
+		maxp = 128;
+	} else {
+		return -1;
+	}
+	out->prefix = maxp;
+	if (slash != NULL) {
+		uint64_t p;
+		if (parse_number(slash + 1, &p, (const char *const[]){NULL}, NULL, 1) != 0 || p > maxp)
+			return -1;
+		out->prefix = (unsigned)p;
+	}
+	return 0;
+}
+
+static bool
+cidr_contains(const struct config_cidr *c, int family, const uint8_t *a)
+{
+	if (c->family != family)
+		return false;
+	unsigned full = c->prefix / 8, rest = c->prefix % 8;
+	if (memcmp(c->addr, a, full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xff << (8 - rest));
+	return (c->addr[full] & mask) == (a[full] & mask);
+}
+
+int
+config_cidr_match(const struct config_cidr_list *l, const struct sockaddr *sa)
+{
+	uint8_t a[16];
+	int family = sa->sa_family;
+	if (family == AF_INET) {
+		memcpy(a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		memcpy(a, &s6->sin6_addr, 16);
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			family = AF_INET;
+			memmove(a, a + 12, 4);
+		}
+	} else {
+		return 0;
+	}
+	for (size_t i = 0; i < l->n; i++)
+		if (cidr_contains(&l->v[i], family, a))
+			return 1;
+	return 0;
+}
+
+/* Splits a list value on commas and blanks into at most CONFIG_LIST_MAX items. */
+static int
+split_list(const char *value, char *items[CONFIG_LIST_MAX], size_t *n, char *buf, size_t cap)
+{
+	size_t len = strlen(value);
+	if (len >= cap)
+		return -1;
+	memcpy(buf, value, len + 1);
+	*n = 0;
+	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok != NULL;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		if (*n == CONFIG_LIST_MAX)
+			return -1;
+		items[(*n)++] = tok;
+	}
+	return 0;
+}
+
+static bool
+valid_domain(const char *d)
+{
+	size_t n = strlen(d), label = 0;
+	if (n == 0 || n > 253)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)d[i];
+		if (c == '.') {
+			if (label == 0)
+				return false;
+			label = 0;
+		} else if (isalnum(c) || c == '-' || c == '_') {
+			if (++label > 63)
+				return false;
+		} else {
+			return false;
+		}
+	}
+	return label > 0;
+}
+
+static void
+list_free(struct config_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	l->n = 0;
+}
+
+int
+config_set(struct relay_config *cfg, const char *name, const char *value, const char *source)
+{
+	const struct config_key *k = config_find(name);
+	if (k == NULL)
+		return config_fail("%s: unknown configuration key '%s'", source, name);
+	if (strlen(value) >= CONFIG_VALUE_MAX)
+		return config_fail("%s: %s: value too long", source, k->name);
+	void *field = (char *)cfg + k->off;
+	char buf[CONFIG_VALUE_MAX];
+	char *items[CONFIG_LIST_MAX];
+	size_t n = 0;
+	uint64_t num;
+
+	switch (k->type) {
+	case CT_STRING: {
+		char *s = strdup(value);
+		if (s == NULL)
+			return config_fail("%s: %s: out of memory", source, k->name);
+		free(*(char **)field);
+		*(char **)field = s;
+		return 0;
+	}
+	case CT_LOGLEVEL:
+		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
+		    strcmp(value, "error"))
+			return config_fail("%s: %s: '%s' is not one of debug, info, warn, error",
+					   source, k->name, value);
+		free(*(char **)field);
+		*(char **)field = strdup(value);
+		return *(char **)field ? 0 : config_fail("%s: out of memory", source);
+	case CT_UINT:
+		if (parse_number(value, &num, (const char *const[]){NULL}, NULL, 1) != 0)
+			return config_fail("%s: %s: '%s' is not a number", source, k->name, value);
+		goto range;
+	case CT_SIZE:
+		if (config_parse_size(value, &num) != 0)
+			return config_fail("%s: %s: '%s' is not a size (e.g. 10m, 512k, 1048576)",
+					   source, k->name, value);
+		goto range;
+	case CT_DURATION:
+		if (config_parse_duration(value, &num) != 0)
+			return config_fail("%s: %s: '%s' is not a duration (e.g. 30s, 5m, 1h, 2d)",
+					   source, k->name, value);
+	range:
+		if (num < k->min || num > k->max)
+			return config_fail("%s: %s: %s is out of range", source, k->name, value);
+		*(uint64_t *)field = num;
+		return 0;
+	case CT_LIST:
+	case CT_DOMAINS:
+	case CT_TRANSPORT: {
+		if (split_list(value, items, &n, buf, sizeof(buf)) != 0)
+			return config_fail("%s: %s: more than %d entries", source, k->name,
+					   CONFIG_LIST_MAX);
+		struct config_list nl = {0};
+		for (size_t i = 0; i < n; i++) {
+			char *it = items[i];
+			for (char *p = it; *p; p++)
+				if (k->type == CT_DOMAINS)
+					*p = (char)tolower((unsigned char)*p);
+			if (k->type == CT_DOMAINS && !valid_domain(it)) {
+				list_free(&nl);
+				return config_fail("%s: %s: '%s' is not a domain", source, k->name, it);
+			}
+			if (k->type == CT_TRANSPORT) {
+				char *eq = strchr(it, '=');
+				struct config_addr a;
+				if (eq == NULL) {
+					list_free(&nl);
+					return config_fail("%s: %s: '%s' is not domain=host:port",
+							   source, k->name, it);
+				}
+				*eq = '\0';
+				bool ok = valid_domain(it) && strchr(eq + 1, ':') != NULL;
+				(void)a;
+				for (char *p = it; *p; p++)
+					*p = (char)tolower((unsigned char)*p);
+				*eq = '=';
+				if (!ok) {
+					list_free(&nl);
+					return config_fail("%s: %s: '%s' is not domain=host:port",
+							   source, k->name, it);
+				}
+			}
+			if ((nl.v[nl.n++] = strdup(it)) == NULL) {
+				list_free(&nl);
+				return config_fail("%s: out of memory", source);
+			}
+		}
+		list_free((struct config_list *)field);
+		*(struct config_list *)field = nl;
+		return 0;
+	}
+	case CT_ADDRS: {
+		if (split_list(value, items, &n, buf, sizeof(buf)) != 0)
+			return config_fail("%s: %s: more than %d entries", source, k->name,
+					   CONFIG_LIST_MAX);
+		struct config_addr_list *l = field;
+		struct config_addr_list nl = {0};
+		for (size_t i = 0; i < n; i++)
+			if (config_parse_addr(items[i], &nl.v[nl.n++]) != 0)
+				return config_fail("%s: %s: '%s' is not addr:port (numeric address; "
+						   "[addr]:port for IPv6)",
+						   source, k->name, items[i]);
+		*l = nl;
+		return 0;
+	}
+	case CT_CIDRS: {
+		if (split_list(value, items, &n, buf, sizeof(buf)) != 0)
+			return config_fail("%s: %s: more than %d entries", source, k->name,
+					   CONFIG_LIST_MAX);
+		struct config_cidr_list *l = field;
+		struct config_cidr_list nl = {0};
+		for (size_t i = 0; i < n; i++)
+			if (parse_cidr(items[i], &nl.v[nl.n++]) != 0)
+				return config_fail("%s: %s: '%s' is not a CIDR (addr/len)", source,
+						   k->name, items[i]);
+		*l = nl;
+		return 0;
+	}
+	}
+	return config_fail("%s: %s: unhandled type", source, k->name);
+}
+
+int
+config_init(struct relay_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	for (size_t i = 0; i < NKEYS; i++)
+		if (config_set(cfg, config_keys[i].name, config_keys[i].def, "default") != 0)
+			return -1;
+	return 0;
+}
+
+void
+config_fini(struct relay_config *cfg)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		void *field = (char *)cfg + config_keys[i].off;
+		switch (config_keys[i].type) {
+		case CT_STRING:
+		case CT_LOGLEVEL:
+			free(*(char **)field);
+			*(char **)field = NULL;
+			break;
+		case CT_LIST:
+		case CT_DOMAINS:
+		case CT_TRANSPORT:
+			list_free(field);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+int
+config_load_file(struct relay_config *cfg, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return config_fail("%s: %s", path, strerror(errno));
+	char line[CONFIG_VALUE_MAX + 128];
+	unsigned lineno = 0;
+	size_t total = 0;
+	int rc = 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		lineno++;
+		size_t len = strlen(line);
+		total += len;
+		if (total > CONFIG_FILE_MAX) {
+			rc = config_fail("%s: file larger than %d bytes", path, CONFIG_FILE_MAX);
+			break;
+		}
+		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+			rc = config_fail("%s:%u: line too long", path, lineno);
+			break;
+		}
+		char *hash = strchr(line, '#');
+		if (hash != NULL)
+			*hash = '\0';
+		char *s = trim(line);
+		if (*s == '\0')
+			continue;
+		char *eq = strchr(s, '=');
+		if (eq == NULL) {
+			rc = config_fail("%s:%u: expected 'key = value'", path, lineno);
+			break;
+		}
+		*eq = '\0';
+		char *key = trim(s), *val = trim(eq + 1);
+		if (strchr(key, '-') != NULL) {
+			rc = config_fail("%s:%u: unknown configuration key '%s' (file keys use "
+					 "underscores)",
+					 path, lineno, key);
+			break;
+		}
+		char src[600];
+		snprintf(src, sizeof(src), "%s:%u", path, lineno);
+		if (config_set(cfg, key, val, src) != 0) {
+			rc = -1;
+			break;
+		}
+	}
+	if (rc == 0 && ferror(f))
+		rc = config_fail("%s: read error", path);
+	fclose(f);
+	return rc;
+}
+
+int
+config_load_env(struct relay_config *cfg, char **envp)
+{
+	static const char prefix[] = "RELAYD_";
+	for (char **e = envp; e != NULL && *e != NULL; e++) {
+		if (strncmp(*e, prefix, sizeof(prefix) - 1) != 0)
+			continue;
+		const char *eq = strchr(*e, '=');
+		if (eq == NULL)
+			continue;
+		char name[80];
+		size_t n = (size_t)(eq - *e) - (sizeof(prefix) - 1);
+		if (n == 0 || n >= sizeof(name))
+			return config_fail("environment: unknown configuration variable '%.*s'",
+					   (int)(eq - *e), *e);
+		memcpy(name, *e + sizeof(prefix) - 1, n);
+		name[n] = '\0';
+		char src[120];
+		snprintf(src, sizeof(src), "environment RELAYD_%s", name);
+		if (config_find(name) == NULL)
+			return config_fail("%s: unknown configuration key '%s'", src, name);
+		if (config_set(cfg, name, eq + 1, src) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static bool
+valid_node_id(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 63)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr("-_.", s[i]))
+			return false;
+	return true;
+}
+
+int
+config_check(const struct relay_config *cfg)
+{
+	if (cfg->node_id[0] != '\0' && !valid_node_id(cfg->node_id))
+		return config_fail("node_id: '%s' must be 1-63 of letters, digits, '-', '_', '.'",
+				   cfg->node_id);
+	if (cfg->data_dir[0] == '\0')
+		return config_fail("data_dir: must not be empty");
+	if (cfg->smtp_listen.n == 0)
+		return config_fail("smtp_listen: at least one address is needed");
+	if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0'))
+		return config_fail("tls_cert and tls_key: set both or neither");
+	if (cfg->auth_users_file[0] != '\0' && cfg->tls_cert[0] == '\0')
+		return config_fail("auth_users_file: AUTH is offered only after STARTTLS, so "
+				   "tls_cert and tls_key are needed too");
+	if (cfg->relayhost[0] != '\0') {
+		const char *h = cfg->relayhost;
+		if (h[0] == '[' && (strchr(h, ']') == NULL))
+			return config_fail("relayhost: '%s' is not host[:port] or [host]:port", h);
+	}
+	return 0;
+}
+
+static const char *
+type_name(enum config_type t)
+{
+	switch (t) {
+	case CT_STRING:
+		return "string";
+	case CT_UINT:
+		return "integer";
+	case CT_SIZE:
+		return "size";
+	case CT_DURATION:
+		return "duration";
+	case CT_LIST:
+		return "list";
+	case CT_DOMAINS:
+		return "domain list";
+	case CT_ADDRS:
+		return "addr:port list";
+	case CT_CIDRS:
+		return "CIDR list";
+	case CT_TRANSPORT:
+		return "domain=host:port list";
+	case CT_LOGLEVEL:
+		return "level";
+	}
+	return "?";
+}
+
+void
+config_print_table(FILE *out)
+{
+	fprintf(out, "| key (file) | flag | type | default | meaning |\n");
+	fprintf(out, "|---|---|---|---|---|\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		char flag[64];
+		snprintf(flag, sizeof(flag), "--%s", config_keys[i].name);
+		for (char *p = flag + 2; *p; p++)
+			if (*p == '_')
+				*p = '-';
+		fprintf(out, "| `%s` | `%s` | %s | `%s` | %s |\n", config_keys[i].name, flag,
+			type_name(config_keys[i].type), config_keys[i].def, config_keys[i].help);
+	}
+}
+
+void
+config_print(const struct relay_config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		const void *field = (const char *)cfg + k->off;
+		fprintf(out, "%s = ", k->name);
+		switch (k->type) {
+		case CT_STRING:
+		case CT_LOGLEVEL:
+			fprintf(out, "%s", *(char *const *)field);
+			break;
+		case CT_UINT:
+		case CT_SIZE:
+			fprintf(out, "%llu", (unsigned long long)*(const uint64_t *)field);
+			break;
+		case CT_DURATION:
+			fprintf(out, "%llums", (unsigned long long)*(const uint64_t *)field);
+			break;
+		case CT_LIST:
+		case CT_DOMAINS:
+		case CT_TRANSPORT: {
+			const struct config_list *l = field;
+			for (size_t j = 0; j < l->n; j++)
+				fprintf(out, "%s%s", j ? ", " : "", l->v[j]);
+			break;
+		}
+		case CT_ADDRS: {
+			const struct config_addr_list *l = field;
+			for (size_t j = 0; j < l->n; j++)
+				fprintf(out, "%s%s", j ? ", " : "", l->v[j].text);
+			break;
+		}
+		case CT_CIDRS: {
+			const struct config_cidr_list *l = field;
+			for (size_t j = 0; j < l->n; j++) {
+				char a[INET6_ADDRSTRLEN];
+				inet_ntop(l->v[j].family, l->v[j].addr, a, sizeof(a));
+				fprintf(out, "%s%s/%u", j ? ", " : "", a, l->v[j].prefix);
+			}
+			break;
+		}
+		}
+		fputc('\n', out);
+	}
+}

@@ -1,0 +1,118 @@
+/*
+ * config.h: relayd's configuration, one table of keys.
+ *
+ * Every key has one name, a type, a default and a one-line description (config.c's table).
+ * Sources, later ones win: the built-in defaults, the file given with --config (lines
+ * "key = value", '#' comments), the environment (RELAYD_KEY_NAME=value, for containers), and the
+ * command line (--key-name=value).  File keys use underscores, flags dashes.  An unknown key or a
+ * bad value is an error that names the key and the source; the caller prints it and exits.
+ *
+ * Types: string; integer; size (bytes, optional k/m/g suffix, powers of 1024); duration
+ * (ms/s/m/h/d suffix, a bare number is seconds); list (comma or blank separated); address list
+ * (host:port, IPv6 as [addr]:port); CIDR list (addr/len, a bare address is a host route).
+ */
+#ifndef RELAY_CONFIG_H
+#define RELAY_CONFIG_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#define CONFIG_LIST_MAX 64      /* entries in one list value */
+#define CONFIG_VALUE_MAX 4096   /* bytes in one value */
+#define CONFIG_FILE_MAX (1 << 20)
+
+struct config_list {
+	size_t n;
+	char *v[CONFIG_LIST_MAX]; /* owned */
+};
+
+struct config_addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char text[80]; /* as "host:port" / "[v6]:port" */
+};
+
+struct config_addr_list {
+	size_t n;
+	struct config_addr v[CONFIG_LIST_MAX];
+};
+
+struct config_cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned prefix;
+};
+
+struct config_cidr_list {
+	size_t n;
+	struct config_cidr v[CONFIG_LIST_MAX];
+};
+
+struct relay_config {
+	char *node_id;
+	char *hostname;
+	char *data_dir;
+	struct config_addr_list smtp_listen;
+	struct config_cidr_list mynetworks;
+	struct config_list relay_domains; /* lowercased */
+	struct config_addr_list dns_servers;
+	char *relayhost;
+	struct config_list transport; /* domain=host:port */
+	uint64_t max_message_size;
+	uint64_t max_recipients;
+	char *tls_cert;
+	char *tls_key;
+	char *auth_users_file;
+	uint64_t max_line_length;
+	uint64_t max_errors;
+	uint64_t command_timeout_ms;
+	uint64_t data_timeout_ms;
+	uint64_t max_connections;
+	uint64_t max_connections_per_client;
+	uint64_t shutdown_timeout_ms;
+	uint64_t propose_timeout_ms;
+	uint64_t max_pending_proposals;
+	char *log_level;
+};
+
+/* Error text of the last failed call; one line naming the key and the source. */
+const char *config_error(void);
+
+/* Fills cfg with the defaults.  Returns 0 or -1 (config_error()). */
+int config_init(struct relay_config *cfg);
+void config_fini(struct relay_config *cfg);
+
+/* Sets one key from a source ("file:12", "env", "flag").  name may use '_' or '-'. */
+int config_set(struct relay_config *cfg, const char *name, const char *value, const char *source);
+
+/* Reads a config file.  Returns 0 or -1. */
+int config_load_file(struct relay_config *cfg, const char *path);
+
+/* Applies RELAYD_* environment variables.  Returns 0 or -1. */
+int config_load_env(struct relay_config *cfg, char **envp);
+
+/* Checks cross-key rules (tls_cert with tls_key, ...).  Returns 0 or -1. */
+int config_check(const struct relay_config *cfg);
+
+/* Is the address in the CIDR list? */
+int config_cidr_match(const struct config_cidr_list *l, const struct sockaddr *sa);
+
+/* Prints the key table as Markdown (for the README and --help). */
+void config_print_table(FILE *out);
+
+/* Prints the effective configuration, "key = value" per line. */
+void config_print(const struct relay_config *cfg, FILE *out);
+
+/* Parses "host:port" / "[v6]:port" into an address (numeric only).  Returns 0 or -1. */
+int config_parse_addr(const char *text, struct config_addr *out);
+
+/* Parses a duration into milliseconds.  Returns 0 or -1. */
+int config_parse_duration(const char *text, uint64_t *ms);
+
+/* Parses a size into bytes.  Returns 0 or -1. */
+int config_parse_size(const char *text, uint64_t *bytes);
+
+#endif

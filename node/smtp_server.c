@@ -1,0 +1,923 @@
+/*
+ * smtp_server.c: libuv + OpenSSL glue for the SMTP session machine (see smtp_server.h).
+ *
+ * Data path of one connection:
+ *   socket -> [tls_conn_feed / tls_conn_read] -> c->in (bounded) -> smtp_session_feed
+ *   smtp_session_output -> [tls_conn_write / take_output] -> uv_write (bounded) -> socket
+ * Back-pressure: while more than SMTP_CONN_WRITE_MAX bytes wait in uv_write, the machine's
+ * output is left where it is, so the machine stops consuming, c->in fills up, and reading stops.
+ *
+ * Lifetime: a conn is freed only when both its handles are closed and no thread-pool job holds
+ * it (c->refs).  A proposal in flight is not a ref: closing detaches it (p->conn = NULL) and the
+ * cluster callback frees it later.
+ */
+#include "smtp_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "auth.h"
+#include "cluster.h"
+#include "config.h"
+#include "log.h"
+#include "relay.pb-c.h"
+#include "tls.h"
+
+#define SMTP_RECEIVED_MAX 2048
+
+struct conn;
+
+struct proposal {
+	struct conn *conn; /* NULL once the connection gave up on it */
+	uint64_t t0;	   /* uv_hrtime at propose */
+	size_t size;
+	size_t nrcpt;
+	char queue_id[32];
+};
+
+struct auth_job {
+	uv_work_t req;
+	struct conn *conn; /* holds a ref */
+	char user[SMTP_AUTH_FIELD_MAX + 1];
+	char pass[SMTP_AUTH_FIELD_MAX + 1];
+	int ok;
+};
+
+struct write_req {
+	uv_write_t req;
+	struct conn *conn;
+	size_t len;
+	char data[];
+};
+
+enum conn_tls { CONN_TLS_NONE, CONN_TLS_HANDSHAKE, CONN_TLS_ON };
+
+struct conn {
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	struct smtp_server *srv;
+	struct smtp_session *sess; /* owned; NULL for a connection refused with 421 */
+	struct tls_conn *tls;	   /* owned */
+	enum conn_tls tls_state;
+	struct sockaddr_storage peer;
+	char addr[INET6_ADDRSTRLEN + 8]; /* "192.0.2.1" / "2001:db8::1" */
+	char id[24];			 /* session id for logs */
+	char *in;			 /* owned, SMTP_CONN_INBUF_MAX */
+	size_t in_len;
+	size_t wbytes; /* queued in uv_write */
+	int refs;      /* open handles + jobs */
+	bool reading, closing, close_after_write, busy, shutdown_after_message;
+	struct proposal *prop; /* in flight, or NULL */
+	uint64_t messages;
+	struct conn *next, *prev;
+};
+
+struct smtp_server {
+	uv_loop_t *loop;
+	const struct relay_config *cfg;
+	struct cluster *cluster;
+	struct tls_ctx *tls;
+	struct auth_table *auth;
+	struct smtp_session_config scfg;
+	struct smtp_counters counters;
+	uv_tcp_t listeners[CONFIG_LIST_MAX];
+	size_t n_listeners;
+	int listeners_open;
+	struct conn *conns;
+	size_t n_conns;
+	uint64_t next_sid;
+	uint32_t node_hash;
+	uint32_t qid_counter;
+	uint64_t qid_last_ms;
+	bool shutting_down;
+	uv_timer_t shutdown_timer;
+	void (*done)(void *);
+	void *done_arg;
+};
+
+static void conn_process(struct conn *c);
+static void conn_close(struct conn *c);
+static void conn_timer_cb(uv_timer_t *t);
+
+const struct smtp_counters *
+smtp_server_counters(const struct smtp_server *srv)
+{
+	return &srv->counters;
+}
+
+/* ---- helpers ---- */
+
+static uint64_t
+now_ms(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+static void
+rfc5322_date(char *buf, size_t cap, time_t t)
+{
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(buf, cap, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+}
+
+/*
+ * Queue ids: 11 hex digits of unix ms, 6 of a hash of node_id, 5 of a per-process counter that
+ * starts at a random value: unique across nodes (distinct node ids) and restarts.
+ */
+static void
+make_queue_id(struct smtp_server *srv, char *out, size_t cap)
+{
+	uint64_t ms = now_ms();
+	if (ms != srv->qid_last_ms)
+		srv->qid_last_ms = ms;
+	srv->qid_counter = (srv->qid_counter + 1) & 0xfffff;
+	snprintf(out, cap, "%011" PRIX64 "%06" PRIX32 "%05" PRIX32, ms & (uint64_t)0xfffffffffff,
+		 srv->node_hash & 0xffffff, srv->qid_counter);
+}
+
+static bool
+conn_in_data(const struct conn *c)
+{
+	return c->sess != NULL && smtp_session_in_data(c->sess);
+}
+
+static void
+conn_arm_timer(struct conn *c)
+{
+	if (c->closing)
+		return;
+	const struct relay_config *cfg = c->srv->cfg;
+	uint64_t t = c->prop != NULL   ? cfg->propose_timeout_ms
+		     : conn_in_data(c) ? cfg->data_timeout_ms
+				       : cfg->command_timeout_ms;
+	uv_timer_stop(&c->timer);
+	c->timer.data = c;
+	uv_timer_start(&c->timer, conn_timer_cb, t, 0);
+}
+
+/* ---- writing ---- */
+
+static void
+write_cb(uv_write_t *req, int status)
+{
+	struct write_req *w = (struct write_req *)req;
+	struct conn *c = w->conn;
+	c->wbytes -= w->len;
+	free(w);
+	if (status < 0) {
+		conn_close(c);
+		return;
+	}
+	if (c->close_after_write && c->wbytes == 0) {
+		conn_close(c);
+		return;
+	}
+	if (!c->closing)
+		conn_process(c);
+}
+
+static int
+conn_write_raw(struct conn *c, const char *buf, size_t len)
+{
+	if (len == 0 || c->closing)
+		return 0;
+	struct write_req *w = malloc(sizeof(*w) + len);
+	if (w == NULL)
+		return -1;
+	memcpy(w->data, buf, len);
+	w->len = len;
+	w->conn = c;
+	uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+		free(w);
+		return -1;
+	}
+	c->wbytes += len;
+	return 0;
+}
+
+/* Moves TLS ciphertext waiting in the wbio to the socket. */
+static int
+conn_flush_tls(struct conn *c)
+{
+	char buf[16384];
+	size_t n;
+	while ((n = tls_conn_take_output(c->tls, buf, sizeof(buf))) > 0)
+		if (conn_write_raw(c, buf, n) != 0)
+			return -1;
+	return 0;
+}
+
+/* Moves the machine's output to the socket, within SMTP_CONN_WRITE_MAX. */
+static int
+conn_flush(struct conn *c)
+{
+	const char *out;
+	size_t len;
+	if (c->sess == NULL)
+		return 0;
+	while (c->wbytes < SMTP_CONN_WRITE_MAX) {
+		smtp_session_output(c->sess, &out, &len);
+		if (len == 0)
+			break;
+		size_t n = len;
+		if (n > SMTP_CONN_WRITE_MAX - c->wbytes)
+			n = SMTP_CONN_WRITE_MAX - c->wbytes;
+		int rc;
+		if (c->tls_state == CONN_TLS_ON)
+			rc = tls_conn_write(c->tls, out, n) == 0 ? conn_flush_tls(c) : -1;
+		else
+			rc = conn_write_raw(c, out, n);
+		if (rc != 0)
+			return -1;
+		smtp_session_output_consume(c->sess, n);
+	}
+	return 0;
+}
+
+/* ---- reading ---- */
+
+static void
+alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[SMTP_READ_CHUNK]; /* one loop thread: reads are consumed before the next */
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void
+conn_update_reading(struct conn *c)
+{
+	bool want = !c->closing && !c->close_after_write && c->in_len < SMTP_CONN_INBUF_MAX;
+	if (want && !c->reading) {
+		if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+			c->reading = true;
+	} else if (!want && c->reading) {
+		uv_read_stop((uv_stream_t *)&c->tcp);
+		c->reading = false;
+	}
+}
+
+static int
+conn_append(struct conn *c, const char *buf, size_t len)
+{
+	if (len > SMTP_CONN_INBUF_MAX - c->in_len)
+		return -1; /* cannot happen: reading stops before the buffer is full */
+	memcpy(c->in + c->in_len, buf, len);
+	c->in_len += len;
+	return 0;
+}
+
+/* Moves decrypted bytes buffered inside OpenSSL into c->in while there is room.  Returns 0 or
+ * -1 (the TLS session is over). */
+static int
+conn_tls_pull(struct conn *c)
+{
+	while (c->in_len < SMTP_CONN_INBUF_MAX) {
+		ssize_t n = tls_conn_read(c->tls, c->in + c->in_len, SMTP_CONN_INBUF_MAX - c->in_len);
+		if (n == 0)
+			break;
+		if (n < 0)
+			return -1;
+		c->in_len += (size_t)n;
+	}
+	return conn_flush_tls(c);
+}
+
+static void
+conn_tls_input(struct conn *c, const char *buf, size_t len)
+{
+	char err[256];
+	if (tls_conn_feed(c->tls, buf, len) != 0) {
+		conn_close(c);
+		return;
+	}
+	if (c->tls_state == CONN_TLS_HANDSHAKE) {
+		int hs = tls_conn_handshake(c->tls, err, sizeof(err));
+		if (conn_flush_tls(c) != 0) {
+			conn_close(c);
+			return;
+		}
+		if (hs == 0)
+			return;
+		if (hs < 0) {
+			c->srv->counters.tls_failed++;
+			log_info(c->id, "event=tls-failed client=%s reason=\"%s\"", c->addr, err);
+			smtp_session_tls_done(c->sess, 0);
+			c->busy = false;
+			conn_close(c);
+			return;
+		}
+		char desc[128];
+		log_info(c->id, "event=tls client=%s tls=\"%s\"", c->addr,
+			 tls_conn_describe(c->tls, desc, sizeof(desc)));
+		c->tls_state = CONN_TLS_ON;
+		c->busy = false;
+		smtp_session_tls_done(c->sess, 1);
+	}
+	/* Plaintext: read while there is room; the rest stays buffered inside OpenSSL and
+	 * conn_process pulls it when the machine has consumed some. */
+	if (conn_tls_pull(c) != 0)
+		conn_close(c);
+}
+
+static void
+read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	if (nread < 0) {
+		if (nread != UV_EOF)
+			log_info(c->id, "event=read-error client=%s error=%s", c->addr,
+				 uv_strerror((int)nread));
+		conn_close(c);
+		return;
+	}
+	if (nread == 0)
+		return;
+	if (c->sess == NULL || c->close_after_write)
+		return; /* refused or closing: ignore what the client still sends */
+	if (c->tls_state != CONN_TLS_NONE) {
+		conn_tls_input(c, buf->base, (size_t)nread);
+	} else if (conn_append(c, buf->base, (size_t)nread) != 0) {
+		conn_close(c);
+		return;
+	}
+	if (!c->closing)
+		conn_process(c);
+}
+
+/* ---- events ---- */
+
+static void
+auth_work_cb(uv_work_t *req)
+{
+	struct auth_job *j = req->data;
+	j->ok = auth_table_check(j->conn->srv->auth, j->user, j->pass);
+}
+
+static void
+conn_unref(struct conn *c);
+
+static void
+auth_after_cb(uv_work_t *req, int status)
+{
+	struct auth_job *j = req->data;
+	struct conn *c = j->conn;
+	char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
+	explicit_bzero(j->pass, sizeof(j->pass));
+	if (!c->closing) {
+		int ok = status == 0 && j->ok;
+		log_info(c->id, "event=auth client=%s user=%s result=%s", c->addr,
+			 log_safe(j->user, strlen(j->user), safe, sizeof(safe)),
+			 ok ? "ok" : "failed");
+		c->busy = false;
+		smtp_session_auth_result(c->sess, ok);
+		conn_process(c);
+	}
+	free(j);
+	conn_unref(c);
+}
+
+static void
+conn_start_auth(struct conn *c, const struct smtp_event *ev)
+{
+	struct auth_job *j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		smtp_session_auth_result(c->sess, 0);
+		return;
+	}
+	j->conn = c;
+	j->req.data = j;
+	snprintf(j->user, sizeof(j->user), "%s", ev->auth.user);
+	snprintf(j->pass, sizeof(j->pass), "%s", ev->auth.password);
+	if (c->srv->auth == NULL ||
+	    uv_queue_work(c->srv->loop, &j->req, auth_work_cb, auth_after_cb) != 0) {
+		explicit_bzero(j->pass, sizeof(j->pass));
+		free(j);
+		smtp_session_auth_result(c->sess, 0);
+		return;
+	}
+	c->refs++;
+	c->busy = true;
+}
+
+static void
+propose_cb(void *arg, int status)
+{
+	struct proposal *p = arg;
+	struct conn *c = p->conn;
+	uint64_t ms = (uv_hrtime() - p->t0) / 1000000;
+	if (status == 0)
+		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
+			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
+	else
+		log_warn(p->queue_id, "event=propose-failed error=\"%s\" commit_ms=%" PRIu64,
+			 cluster_strerror(status), ms);
+	if (c != NULL) {
+		c->prop = NULL;
+		c->busy = false;
+		char text[96];
+		if (status == 0) {
+			snprintf(text, sizeof(text), "Ok: queued as %s", p->queue_id);
+			smtp_session_message_result(c->sess, 250, "2.0.0", text);
+			c->messages++;
+		} else {
+			smtp_session_message_result(c->sess, 451, "4.3.0",
+						    "Queue unavailable, try again later");
+		}
+		if (c->shutdown_after_message)
+			smtp_session_shutdown(c->sess);
+		conn_process(c);
+	}
+	free(p);
+}
+
+static void
+conn_reject_message(struct conn *c, const char *why)
+{
+	log_warn(c->id, "event=message-rejected reason=\"%s\"", why);
+	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
+}
+
+static void
+conn_start_message(struct conn *c, const struct smtp_event *ev)
+{
+	struct smtp_server *srv = c->srv;
+	const struct smtp_envelope *env = ev->message.env;
+	struct proposal *p = calloc(1, sizeof(*p));
+	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
+	uint64_t ms = now_ms();
+	if (p == NULL) {
+		conn_reject_message(c, "out of memory");
+		return;
+	}
+	make_queue_id(srv, p->queue_id, sizeof(p->queue_id));
+	rfc5322_date(date, sizeof(date), (time_t)(ms / 1000));
+	snprintf(caddr, sizeof(caddr), "%s%s", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
+		 c->addr);
+	struct smtp_received_info ri = {
+	    .helo = env->helo,
+	    .client_addr = caddr,
+	    .hostname = srv->cfg->hostname,
+	    .esmtp = env->esmtp,
+	    .tls = env->tls,
+	    .auth = env->auth_user != NULL,
+	    .smtputf8 = env->smtputf8,
+	    .queue_id = p->queue_id,
+	    .rcpt = env->n_rcpts == 1 ? env->rcpts[0].addr : NULL,
+	    .date = date,
+	};
+	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
+	if (hlen < 0)
+		hlen = 0;
+	size_t blen = (size_t)hlen + ev->message.body_len;
+	uint8_t *body = malloc(blen ? blen : 1);
+	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
+	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
+	if (body == NULL || rv == NULL || rp == NULL) {
+		free(body);
+		free(rv);
+		free(rp);
+		free(p);
+		conn_reject_message(c, "out of memory");
+		return;
+	}
+	memcpy(body, hdr, (size_t)hlen);
+	memcpy(body + hlen, ev->message.body, ev->message.body_len);
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		relay__recipient__init(&rv[i]);
+		rv[i].addr = (char *)env->rcpts[i].addr;
+		rv[i].has_notify = env->rcpts[i].notify != 0;
+		rv[i].notify = env->rcpts[i].notify;
+		rv[i].orcpt = (char *)env->rcpts[i].orcpt;
+		rp[i] = &rv[i];
+	}
+	Relay__Accept acc = RELAY__ACCEPT__INIT;
+	acc.queue_id = p->queue_id;
+	acc.mail_from = (char *)env->mail_from;
+	acc.n_rcpts = env->n_rcpts;
+	acc.rcpts = rp;
+	acc.body.data = body;
+	acc.body.len = blen;
+	acc.received_ms = ms;
+	acc.has_ret = env->ret != SMTP_RET_NONE;
+	acc.ret = env->ret;
+	acc.envid = (char *)env->envid;
+	acc.has_smtputf8 = env->smtputf8;
+	acc.smtputf8 = env->smtputf8;
+	acc.has_body_type = true;
+	acc.body_type = env->body;
+	acc.client_addr = c->addr;
+	acc.helo = (char *)env->helo;
+	acc.auth_user = (char *)env->auth_user;
+	acc.node_id = srv->cfg->node_id;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+	cmd.accept = &acc;
+
+	p->conn = c;
+	p->t0 = uv_hrtime();
+	p->size = blen;
+	p->nrcpt = env->n_rcpts;
+	char safe[SMTP_PATH_MAX * 4 + 1];
+	log_info(p->queue_id, "session=%s client=%s from=<%s> nrcpt=%zu size=%zu%s%s", c->id,
+		 c->addr, log_safe(env->mail_from, strlen(env->mail_from), safe, sizeof(safe)),
+		 env->n_rcpts, blen, env->tls ? " tls=yes" : "",
+		 env->auth_user ? " auth=yes" : "");
+	int rc = cluster_propose(srv->cluster, &cmd, propose_cb, p);
+	free(body);
+	free(rv);
+	free(rp);
+	if (rc != 0) {
+		log_warn(p->queue_id, "event=propose-failed error=\"%s\"", cluster_strerror(rc));
+		free(p);
+		smtp_session_message_result(c->sess, 451, "4.3.0",
+					    "Queue unavailable, try again later");
+		return;
+	}
+	c->prop = p;
+	c->busy = true;
+	conn_arm_timer(c);
+}
+
+/*
+ * Runs the machine over the buffered input until it blocks, then dispatches its event.
+ * Never frees c (conn_close only starts closing).
+ */
+static void
+conn_process(struct conn *c)
+{
+	struct smtp_event ev;
+	while (!c->closing && c->sess != NULL) {
+		if (conn_flush(c) != 0 || (c->tls_state == CONN_TLS_ON && conn_tls_pull(c) != 0)) {
+			conn_close(c);
+			return;
+		}
+		if (c->shutdown_after_message && c->prop == NULL && !conn_in_data(c)) {
+			c->shutdown_after_message = false;
+			smtp_session_shutdown(c->sess);
+		}
+		enum smtp_event_type t = smtp_session_event(c->sess, &ev);
+		if (t == SMTP_EV_NONE && c->in_len > 0) {
+			bool was_data = conn_in_data(c);
+			size_t n = smtp_session_feed(c->sess, c->in, c->in_len);
+			if (n > 0) {
+				memmove(c->in, c->in + n, c->in_len - n);
+				c->in_len -= n;
+			}
+			if (conn_flush(c) != 0) {
+				conn_close(c);
+				return;
+			}
+			t = smtp_session_event(c->sess, &ev);
+			if (was_data != conn_in_data(c) || n > 0)
+				conn_arm_timer(c);
+			if (n == 0 && t == SMTP_EV_NONE)
+				break; /* output above the high-water mark: wait for write_cb */
+		}
+		if (t == SMTP_EV_NONE) {
+			if (c->in_len == 0)
+				break;
+			continue;
+		}
+		if (c->busy)
+			break; /* already dispatched; waiting for its result */
+		switch (t) {
+		case SMTP_EV_STARTTLS:
+			c->in_len = 0; /* RFC 3207 sec 4: discard what was pipelined after it */
+			if (c->srv->tls == NULL || (c->tls = tls_conn_new(c->srv->tls)) == NULL) {
+				smtp_session_tls_done(c->sess, 0);
+				continue;
+			}
+			c->tls_state = CONN_TLS_HANDSHAKE;
+			c->busy = true;
+			break;
+		case SMTP_EV_AUTH:
+			conn_start_auth(c, &ev);
+			continue;
+		case SMTP_EV_MESSAGE:
+			conn_start_message(c, &ev);
+			continue;
+		case SMTP_EV_CLOSE:
+			if (c->wbytes == 0) {
+				conn_close(c);
+				return;
+			}
+			c->close_after_write = true;
+			break;
+		default:
+			break;
+		}
+		break;
+	}
+	if (!c->closing)
+		conn_update_reading(c);
+}
+
+/* ---- timers ---- */
+
+static void
+conn_timer_cb(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+	if (c->closing)
+		return;
+	if (c->sess == NULL || c->close_after_write) {
+		conn_close(c);
+		return;
+	}
+	if (c->prop != NULL) {
+		/* The cluster did not answer in time: 451, and forget the proposal (it may still
+		 * commit; the client's retry then makes a duplicate, G3). */
+		log_warn(c->prop->queue_id, "event=propose-timeout session=%s", c->id);
+		c->prop->conn = NULL;
+		c->prop = NULL;
+		c->busy = false;
+		smtp_session_message_result(c->sess, 451, "4.3.0",
+					    "Queue did not answer in time, try again later");
+		if (c->shutdown_after_message)
+			smtp_session_shutdown(c->sess);
+		conn_process(c);
+		return;
+	}
+	if (c->busy)
+		return; /* waiting on our own work: not the client's fault */
+	log_info(c->id, "event=timeout client=%s state=%s", c->addr,
+		 smtp_session_state_name(c->sess));
+	c->srv->counters.timeouts++;
+	smtp_session_timeout(c->sess);
+	conn_process(c);
+}
+
+/* ---- connection lifetime ---- */
+
+static void
+server_maybe_done(struct smtp_server *srv);
+
+static void
+conn_unref(struct conn *c)
+{
+	if (--c->refs > 0)
+		return;
+	struct smtp_server *srv = c->srv;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	srv->n_conns--;
+	smtp_session_free(c->sess);
+	tls_conn_free(c->tls);
+	free(c->in);
+	free(c);
+	server_maybe_done(srv);
+}
+
+static void
+conn_handle_closed_cb(uv_handle_t *h)
+{
+	conn_unref(h->data);
+}
+
+static void
+conn_close(struct conn *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	if (c->prop != NULL) {
+		c->prop->conn = NULL;
+		c->prop = NULL;
+	}
+	if (c->sess != NULL)
+		log_info(c->id, "event=disconnect client=%s messages=%" PRIu64 " state=%s", c->addr,
+			 c->messages, smtp_session_state_name(c->sess));
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->tcp, conn_handle_closed_cb);
+	uv_close((uv_handle_t *)&c->timer, conn_handle_closed_cb);
+}
+
+static size_t
+count_client(struct smtp_server *srv, const struct conn *nc)
+{
+	size_t n = 0;
+	for (struct conn *c = srv->conns; c != NULL; c = c->next)
+		if (c != nc && c->sess != NULL && strcmp(c->addr, nc->addr) == 0)
+			n++;
+	return n;
+}
+
+static void
+trace_cb(void *arg, const struct smtp_session *s, const char *from, const char *to)
+{
+	(void)s;
+	log_debug((const char *)arg, "event=state from=%s to=%s", from, to);
+}
+
+static void
+connection_cb(uv_stream_t *l, int status)
+{
+	struct smtp_server *srv = l->data;
+	if (status < 0 || srv->shutting_down)
+		return;
+	struct conn *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return;
+	c->srv = srv;
+	uv_tcp_init(srv->loop, &c->tcp);
+	uv_timer_init(srv->loop, &c->timer);
+	c->tcp.data = c;
+	c->timer.data = c;
+	c->refs = 2;
+	c->next = srv->conns;
+	if (srv->conns)
+		srv->conns->prev = c;
+	srv->conns = c;
+	srv->n_conns++;
+	snprintf(c->id, sizeof(c->id), "S%" PRIX64, ++srv->next_sid);
+	if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+		conn_close(c);
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	int alen = sizeof(c->peer);
+	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &alen);
+	if (c->peer.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->peer;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+			inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], c->addr, sizeof(c->addr));
+		else
+			inet_ntop(AF_INET6, &s6->sin6_addr, c->addr, sizeof(c->addr));
+	} else {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)&c->peer)->sin_addr, c->addr,
+			  sizeof(c->addr));
+	}
+
+	const struct relay_config *cfg = srv->cfg;
+	const char *refuse = NULL;
+	if (srv->n_conns > cfg->max_connections)
+		refuse = "too many connections";
+	else if (count_client(srv, c) >= cfg->max_connections_per_client)
+		refuse = "too many connections from your address";
+	if (refuse != NULL) {
+		char line[300];
+		int n = snprintf(line, sizeof(line), "421 4.7.0 %s Error: %s\r\n", cfg->hostname,
+				 refuse);
+		log_info(c->id, "event=refused client=%s reason=\"%s\"", c->addr, refuse);
+		c->close_after_write = true;
+		if (conn_write_raw(c, line, (size_t)n) != 0)
+			conn_close(c);
+		uv_timer_start(&c->timer, conn_timer_cb, 10000, 0);
+		return;
+	}
+	struct smtp_session_client client = {
+	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .tls_active = false,
+	};
+	c->in = malloc(SMTP_CONN_INBUF_MAX);
+	if (c->in == NULL || smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
+		conn_close(c);
+		return;
+	}
+	log_info(c->id, "event=connect client=%s trusted=%s", c->addr,
+		 client.trusted ? "yes" : "no");
+	conn_arm_timer(c);
+	conn_process(c);
+}
+
+/* ---- server ---- */
+
+int
+smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		  struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out, char *err,
+		  size_t errlen)
+{
+	struct smtp_server *srv = calloc(1, sizeof(*srv));
+	if (srv == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	srv->loop = loop;
+	srv->cfg = cfg;
+	srv->cluster = cluster;
+	srv->tls = tls;
+	srv->auth = auth;
+	srv->scfg.hostname = cfg->hostname;
+	srv->scfg.max_message_size = cfg->max_message_size;
+	srv->scfg.max_recipients = cfg->max_recipients;
+	srv->scfg.max_line_length = cfg->max_line_length;
+	srv->scfg.max_errors = cfg->max_errors;
+	srv->scfg.relay_domains = cfg->relay_domains.v;
+	srv->scfg.n_relay_domains = cfg->relay_domains.n;
+	srv->scfg.tls_available = tls != NULL;
+	srv->scfg.auth_available = auth != NULL;
+	srv->scfg.counters = &srv->counters;
+	if (log_enabled(LOG_DEBUG)) {
+		srv->scfg.trace_cb = trace_cb;
+		srv->scfg.trace_arg = (void *)"smtp";
+	}
+	uint32_t h = 2166136261u;
+	for (const char *p = cfg->node_id; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	srv->node_hash = h;
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	srv->qid_counter = (uint32_t)(tv.tv_usec ^ (tv.tv_sec << 7)) & 0xfffff;
+	uv_timer_init(loop, &srv->shutdown_timer);
+	srv->shutdown_timer.data = srv;
+
+	for (size_t i = 0; i < cfg->smtp_listen.n; i++) {
+		uv_tcp_t *l = &srv->listeners[i];
+		uv_tcp_init(loop, l);
+		l->data = srv;
+		srv->n_listeners++;
+		srv->listeners_open++;
+		int rc = uv_tcp_bind(l, (const struct sockaddr *)&cfg->smtp_listen.v[i].ss, 0);
+		if (rc == 0)
+			rc = uv_listen((uv_stream_t *)l, 511, connection_cb);
+		if (rc != 0) {
+			snprintf(err, errlen, "smtp_listen: cannot listen on %s: %s",
+				 cfg->smtp_listen.v[i].text, uv_strerror(rc));
+			return -1; /* the process exits; handles die with it */
+		}
+	}
+	*out = srv;
+	return 0;
+}
+
+static void
+server_free_cb(uv_handle_t *h)
+{
+	struct smtp_server *srv = h->data;
+	void (*done)(void *) = srv->done;
+	void *arg = srv->done_arg;
+	free(srv);
+	if (done)
+		done(arg);
+}
+
+static void
+server_maybe_done(struct smtp_server *srv)
+{
+	if (!srv->shutting_down || srv->n_conns > 0 || srv->listeners_open > 0)
+		return;
+	if (uv_is_closing((uv_handle_t *)&srv->shutdown_timer))
+		return;
+	uv_timer_stop(&srv->shutdown_timer);
+	uv_close((uv_handle_t *)&srv->shutdown_timer, server_free_cb);
+}
+
+static void
+listener_closed_cb(uv_handle_t *h)
+{
+	struct smtp_server *srv = h->data;
+	srv->listeners_open--;
+	server_maybe_done(srv);
+}
+
+static void
+shutdown_timer_cb(uv_timer_t *t)
+{
+	struct smtp_server *srv = t->data;
+	for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+		if (c->closing)
+			continue;
+		log_info(c->id, "event=shutdown-cut client=%s", c->addr);
+		conn_close(c);
+	}
+}
+
+void
+smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg)
+{
+	srv->shutting_down = true;
+	srv->done = done;
+	srv->done_arg = arg;
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		uv_close((uv_handle_t *)&srv->listeners[i], listener_closed_cb);
+	for (struct conn *c = srv->conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->closing || c->sess == NULL)
+			continue;
+		if (c->prop != NULL || conn_in_data(c)) {
+			c->shutdown_after_message = true; /* let it finish its message */
+			continue;
+		}
+		smtp_session_shutdown(c->sess);
+		conn_process(c);
+	}
+	uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, srv->cfg->shutdown_timeout_ms, 0);
+	server_maybe_done(srv);
+}

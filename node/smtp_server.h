@@ -1,0 +1,44 @@
+/*
+ * smtp_server.h: the libuv + OpenSSL edge around the pure SMTP session machine.
+ *
+ * Accepts TCP connections on smtp_listen, enforces max_connections and
+ * max_connections_per_client (421 4.7.0), runs one smtp_session per connection, moves bytes
+ * between the socket, TLS and the machine with bounded buffers and back-pressure, runs the
+ * command/data timers, verifies AUTH on the thread pool, and turns each SMTP_EV_MESSAGE into an
+ * Accept proposal to the cluster: "250 2.0.0 Ok: queued as <id>" only once the cluster reports
+ * it committed (fsynced) and applied, "451 4.3.0" when the cluster fails or does not answer
+ * within propose_timeout.
+ */
+#ifndef RELAY_SMTP_SERVER_H
+#define RELAY_SMTP_SERVER_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "smtp_session.h"
+
+struct relay_config;
+struct cluster;
+struct tls_ctx;
+struct auth_table;
+struct smtp_server;
+
+#define SMTP_CONN_INBUF_MAX (256 * 1024) /* plaintext read but not yet consumed by the machine */
+#define SMTP_CONN_WRITE_MAX (256 * 1024) /* bytes queued to the socket before we stop producing */
+#define SMTP_READ_CHUNK (64 * 1024)
+
+/* Starts listening.  cfg, cluster, tls (may be NULL) and auth (may be NULL) are borrowed and
+ * must outlive the server.  Returns 0, or -1 with a message in err. */
+int smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		      struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out,
+		      char *err, size_t errlen);
+
+/* Stops accepting, lets sessions in the middle of a message finish, answers the others
+ * "421 4.3.2", cuts whatever is left after shutdown_timeout, frees the server, then calls
+ * done(arg) on the loop. */
+void smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg);
+
+/* Counters of the sessions (reject reasons and events). */
+const struct smtp_counters *smtp_server_counters(const struct smtp_server *srv);
+
+#endif

@@ -1,0 +1,178 @@
+/*
+ * tls.c: OpenSSL glue behind tls.h.  Each connection has an SSL with two memory BIOs: rbio takes
+ * what the socket read, wbio collects what must be written.  Nothing here touches a socket.
+ */
+#include "tls.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tls_ctx {
+	SSL_CTX *ctx;
+};
+
+struct tls_conn {
+	SSL *ssl;
+	BIO *rbio; /* owned by ssl */
+	BIO *wbio; /* owned by ssl */
+};
+
+static void
+tls_errstr(char *err, size_t errlen, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[256] = "";
+	if (e != 0)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	snprintf(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
+	ERR_clear_error();
+}
+
+int
+tls_ctx_new(const char *cert_file, const char *key_file, struct tls_ctx **out, char *err,
+	    size_t errlen)
+{
+	struct tls_ctx *c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	c->ctx = SSL_CTX_new(TLS_server_method());
+	if (c->ctx == NULL) {
+		tls_errstr(err, errlen, "SSL_CTX_new");
+		goto err_after_alloc;
+	}
+	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (SSL_CTX_use_certificate_chain_file(c->ctx, cert_file) != 1) {
+		tls_errstr(err, errlen, "tls_cert");
+		goto err_after_ctx;
+	}
+	if (SSL_CTX_use_PrivateKey_file(c->ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+		tls_errstr(err, errlen, "tls_key");
+		goto err_after_ctx;
+	}
+	if (SSL_CTX_check_private_key(c->ctx) != 1) {
+		tls_errstr(err, errlen, "tls_key does not match tls_cert");
+		goto err_after_ctx;
+	}
+	*out = c;
+	return 0;
+err_after_ctx:
+	SSL_CTX_free(c->ctx);
+err_after_alloc:
+	free(c);
+	return -1;
+}
+
+void
+tls_ctx_free(struct tls_ctx *ctx)
+{
+	if (ctx == NULL)
+		return;
+	SSL_CTX_free(ctx->ctx);
+	free(ctx);
+}
+
+struct tls_conn *
+tls_conn_new(struct tls_ctx *ctx)
+{
+	struct tls_conn *t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return NULL;
+	t->ssl = SSL_new(ctx->ctx);
+	t->rbio = BIO_new(BIO_s_mem());
+	t->wbio = BIO_new(BIO_s_mem());
+	if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+		BIO_free(t->rbio);
+		BIO_free(t->wbio);
+		SSL_free(t->ssl);
+		free(t);
+		ERR_clear_error();
+		return NULL;
+	}
+	SSL_set_bio(t->ssl, t->rbio, t->wbio);
+	SSL_set_accept_state(t->ssl);
+	return t;
+}
+
+void
+tls_conn_free(struct tls_conn *t)
+{
+	if (t == NULL)
+		return;
+	SSL_free(t->ssl);
+	free(t);
+}
+
+int
+tls_conn_feed(struct tls_conn *t, const char *buf, size_t len)
+{
+	while (len > 0) {
+		int n = BIO_write(t->rbio, buf, len > 65536 ? 65536 : (int)len);
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int
+tls_conn_handshake(struct tls_conn *t, char *err, size_t errlen)
+{
+	int rc = SSL_do_handshake(t->ssl);
+	if (rc == 1)
+		return 1;
+	int e = SSL_get_error(t->ssl, rc);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	tls_errstr(err, errlen, "handshake failed");
+	return -1;
+}
+
+ssize_t
+tls_conn_read(struct tls_conn *t, char *buf, size_t cap)
+{
+	int n = SSL_read(t->ssl, buf, cap > 1 << 30 ? 1 << 30 : (int)cap);
+	if (n > 0)
+		return n;
+	int e = SSL_get_error(t->ssl, n);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	ERR_clear_error();
+	return -1;
+}
+
+int
+tls_conn_write(struct tls_conn *t, const char *buf, size_t len)
+{
+	while (len > 0) {
+		int n = SSL_write(t->ssl, buf, len > 1 << 20 ? 1 << 20 : (int)len);
+		if (n <= 0) {
+			ERR_clear_error();
+			return -1;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+size_t
+tls_conn_take_output(struct tls_conn *t, char *buf, size_t cap)
+{
+	int n = BIO_read(t->wbio, buf, cap > 1 << 30 ? 1 << 30 : (int)cap);
+	return n > 0 ? (size_t)n : 0;
+}
+
+const char *
+tls_conn_describe(struct tls_conn *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s %s", SSL_get_version(t->ssl), SSL_get_cipher_name(t->ssl));
+	return buf;
+}
