@@ -336,6 +336,23 @@ mx_answer_min_ttl(const uint8_t *msg, size_t len, uint32_t *ttl)
 	return 0;
 }
 
+void
+mx_list_reshuffle(struct mx_list *l, struct mx_rng *rng)
+{
+	for (size_t a = 0; a < l->nhosts;) {
+		size_t b = a + 1;
+		while (b < l->nhosts && l->hosts[b].pref == l->hosts[a].pref)
+			b++;
+		for (size_t k = b - a; k > 1; k--) {
+			size_t j = a + mx_rng_below(rng, (uint32_t)k);
+			struct mx_host t = l->hosts[a + k - 1];
+			l->hosts[a + k - 1] = l->hosts[j];
+			l->hosts[j] = t;
+		}
+		a = b;
+	}
+}
+
 size_t
 mx_list_format(const struct mx_list *l, char *buf, size_t size)
 {

@@ -174,6 +174,9 @@ int mx_classify_mx_query(enum mx_dns res, size_t nrecords);
  */
 int mx_answer_min_ttl(const uint8_t *msg, size_t len, uint32_t *ttl);
 
+/* Reshuffle runs of equal preference in an ordered list (cache hits). */
+void mx_list_reshuffle(struct mx_list *l, struct mx_rng *rng);
+
 /* "pref name [addr, ...]" lines for logs and tests; always NUL-terminates. */
 size_t mx_list_format(const struct mx_list *l, char *buf, size_t size);
 
