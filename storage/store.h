@@ -127,6 +127,8 @@ int store_iter_new(struct store *s, enum store_cf cf, struct store_iter **out);
 void store_iter_free(struct store_iter *it);
 /* Positions at the first key >= key (klen 0: the first key). */
 void store_iter_seek(struct store_iter *it, const void *key, size_t klen);
+/* Positions at the last key. */
+void store_iter_seek_last(struct store_iter *it);
 int store_iter_valid(struct store_iter *it);
 void store_iter_next(struct store_iter *it);
 /* Valid until the next seek/next/free. */
@@ -190,6 +192,7 @@ struct store_ops {
 struct store_iter_ops {
 	void (*free)(struct store_iter *it);
 	void (*seek)(struct store_iter *it, const void *key, size_t klen);
+	void (*seek_last)(struct store_iter *it);
 	int (*valid)(struct store_iter *it);
 	void (*next)(struct store_iter *it);
 	const unsigned char *(*key)(struct store_iter *it, size_t *klen);

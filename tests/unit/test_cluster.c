@@ -1,0 +1,612 @@
+/*
+ * test_cluster.c - the single-node cluster on a real libuv loop and a real RocksDB in a
+ * temporary directory: group commit, durability across close/reopen (also through
+ * cluster_dump_queue), ECLOSED on close, the EBUSY bound, replay of log entries written without
+ * their apply (a crash between the two writes), write failures, corrupt data at open.
+ * Waiting is "run the loop until a condition holds, with a deadline", never a sleep.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <ftw.h>
+#include <uv.h>
+
+#include "cluster.h"
+#include "cluster_int.h"
+#include "queue_fsm.h"
+#include "store.h"
+
+#define DEADLINE_MS 60000
+#define BODY_LEN 4096
+
+/* ---- fixture ---- */
+
+struct fx {
+	char dir[64];
+	char db[96];
+	uv_loop_t loop;
+	uv_timer_t tick; /* keeps the loop from blocking forever while waiting */
+};
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	strcpy(f->dir, "/tmp/relay-cluster-XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	snprintf(f->db, sizeof(f->db), "%s/db", f->dir);
+	uv_loop_init(&f->loop);
+	uv_timer_init(&f->loop, &f->tick);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	uv_close((uv_handle_t *)&f->tick, NULL);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&f->loop), 0);
+	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+}
+
+/* Runs the loop until *flag >= want; fails the test at the deadline. */
+static void run_until(struct fx *f, const unsigned *flag, unsigned want)
+{
+	uv_update_time(&f->loop);
+	uint64_t end = uv_now(&f->loop) + DEADLINE_MS;
+	uv_timer_start(&f->tick, tick_cb, 10, 10);
+	while (*flag < want) {
+		uv_run(&f->loop, UV_RUN_ONCE);
+		if (uv_now(&f->loop) > end)
+			fail_msg("deadline: %u of %u", *flag, want);
+	}
+	uv_timer_stop(&f->tick);
+}
+
+struct done {
+	unsigned calls;
+	unsigned ok;
+	int status[16384];
+	unsigned order_ok;  /* callbacks came in proposal order */
+	unsigned next;
+};
+
+struct pctx {
+	struct done *d;
+	unsigned i;
+};
+
+static struct pctx ctxs[16384];
+
+static void prop_cb(void *arg, int status)
+{
+	struct pctx *p = arg;
+	p->d->status[p->i] = status;
+	if (p->i == p->d->next)
+		p->d->order_ok++;
+	p->d->next = p->i + 1;
+	p->d->calls++;
+	if (status == 0)
+		p->d->ok++;
+}
+
+static void close_done(void *arg)
+{
+	(*(unsigned *)arg)++;
+}
+
+static void close_and_wait(struct fx *f, struct cluster *c)
+{
+	unsigned closed = 0;
+	cluster_close(c, close_done, &closed);
+	assert_int_equal(closed, 0); /* never inside cluster_close */
+	run_until(f, &closed, 1);
+}
+
+static struct cluster *open_cluster(struct fx *f, unsigned max_pending, size_t max_batch)
+{
+	struct cluster_config cfg = {
+		.node_id = "n1",
+		.data_dir = f->dir,
+		.max_pending = max_pending,
+		.max_batch_bytes = max_batch,
+	};
+	struct cluster *c = NULL;
+	int rv = cluster_open(&f->loop, &cfg, &c);
+	if (rv)
+		fail_msg("cluster_open: %s", cluster_strerror(rv));
+	return c;
+}
+
+/* An Accept with queue id q<i>, two recipients and a body of blen bytes. */
+struct cmdbuf {
+	Relay__Command cmd;
+	Relay__Accept acc;
+	Relay__Recipient r[2];
+	Relay__Recipient *rp[2];
+	char id[32];
+	char r0[64];
+	uint8_t *body;
+};
+
+static void make_cmd(struct cmdbuf *b, unsigned i, size_t blen)
+{
+	memset(b, 0, sizeof(*b));
+	relay__command__init(&b->cmd);
+	relay__accept__init(&b->acc);
+	snprintf(b->id, sizeof(b->id), "q%06u", i);
+	snprintf(b->r0, sizeof(b->r0), "user%u@example.org", i);
+	for (int k = 0; k < 2; k++) {
+		relay__recipient__init(&b->r[k]);
+		b->rp[k] = &b->r[k];
+	}
+	b->r[0].addr = b->r0;
+	b->r[1].addr = "postmaster@example.net";
+	b->acc.queue_id = b->id;
+	b->acc.mail_from = "sender@example.com";
+	b->acc.n_rcpts = 2;
+	b->acc.rcpts = b->rp;
+	b->body = malloc(blen ? blen : 1);
+	for (size_t k = 0; k < blen; k++)
+		b->body[k] = (uint8_t)('a' + (i + k) % 26);
+	b->acc.body.data = b->body;
+	b->acc.body.len = blen;
+	b->acc.received_ms = 1700000000000ull + i;
+	b->acc.node_id = "n1";
+	b->cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+	b->cmd.accept = &b->acc;
+}
+
+static void free_cmd(struct cmdbuf *b)
+{
+	free(b->body);
+}
+
+/* Proposes commands [from, to) (ids from..to-1); returns how many were accepted. */
+static unsigned propose_range(struct cluster *c, struct done *d, unsigned from, unsigned to,
+                              int *first_err)
+{
+	unsigned n = 0;
+	for (unsigned i = from; i < to; i++) {
+		struct cmdbuf b;
+		make_cmd(&b, i, BODY_LEN);
+		ctxs[i] = (struct pctx){d, i};
+		int rv = cluster_propose(c, &b.cmd, prop_cb, &ctxs[i]);
+		free_cmd(&b); /* the caller may free right after the call */
+		if (rv == 0)
+			n++;
+		else if (first_err && !*first_err)
+			*first_err = rv;
+	}
+	return n;
+}
+
+static unsigned count_lines(FILE *fp, const char *must_contain, unsigned *containing)
+{
+	char line[8192];
+	unsigned n = 0;
+	rewind(fp);
+	while (fgets(line, sizeof(line), fp)) {
+		n++;
+		if (must_contain && containing && strstr(line, must_contain))
+			(*containing)++;
+	}
+	return n;
+}
+
+/* ---- tests ---- */
+
+static void test_group_commit_and_reopen(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 3000 };
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(propose_range(c, &d, 0, N, NULL), N);
+	assert_int_equal(d.calls, 0); /* never synchronous */
+	run_until(f, &d.calls, N);
+	assert_int_equal(d.ok, N);
+	assert_int_equal(d.order_ok, N);
+
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.proposals, N);
+	assert_int_equal(st.commits, N);
+	assert_int_equal(st.applied_index, N);
+	assert_int_equal(st.last_index, N);
+	assert_int_equal(st.messages, N);
+	assert_int_equal(st.rcpts_queued, 2 * N);
+	assert_int_equal(st.failures, 0);
+	assert_true(st.batches >= 1);
+	assert_true(st.batches < N); /* group commit happened */
+	print_message("group commit: %u proposals in %llu batches, %llu fsyncs\n", N,
+	              (unsigned long long)st.batches, (unsigned long long)st.fsyncs);
+
+	const struct queue_msg *m = queue_fsm_lookup(cluster_queue(c), "q000042");
+	assert_non_null(m);
+	assert_int_equal(m->nrcpts, 2);
+	assert_int_equal(m->size, BODY_LEN);
+	close_and_wait(f, c);
+
+	/* the log is bounded: every applied entry was deleted, the applied index recorded */
+	struct store *s;
+	assert_int_equal(store_open(f->db, 1, &s), 0);
+	uint64_t first, last, applied;
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 0);
+	assert_int_equal(last, 0);
+	assert_int_equal(store_applied_get(s, &applied), 0);
+	assert_int_equal(applied, N);
+	store_free(s);
+
+	/* reopen: every message is still there, with its body */
+	c = open_cluster(f, 0, 0);
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, N);
+	assert_int_equal(st.applied_index, N);
+	struct queue_fsm *q = cluster_queue(c);
+	unsigned seen = 0;
+	uint64_t prev = 0;
+	for (m = queue_fsm_first(q); m; m = queue_fsm_next(q, m)) {
+		assert_true(m->accept_index > prev); /* apply order restored */
+		prev = m->accept_index;
+		seen++;
+	}
+	assert_int_equal(seen, N);
+	void *body;
+	size_t blen;
+	assert_int_equal(queue_fsm_read_body(q, "q002999", &body, &blen), 0);
+	struct cmdbuf b;
+	make_cmd(&b, 2999, BODY_LEN);
+	assert_int_equal(blen, BODY_LEN);
+	assert_memory_equal(body, b.body, BODY_LEN);
+	free_cmd(&b);
+	free(body);
+	Relay__QueueRecord *rec;
+	assert_int_equal(queue_fsm_read_record(q, "q000007", &rec), 0);
+	assert_string_equal(rec->mail_from, "sender@example.com");
+	assert_int_equal(rec->n_rcpts, 2);
+	assert_string_equal(rec->rcpts[0]->rcpt->addr, "user7@example.org");
+	relay__queue_record__free_unpacked(rec, NULL);
+
+	/* new proposals continue the log */
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(propose_range(c, &d, N, N + 10, NULL), 10);
+	run_until(f, &d.calls, 10);
+	cluster_stats(c, &st);
+	assert_int_equal(st.last_index, N + 10);
+	close_and_wait(f, c);
+
+	/* the offline dump sees every message, text and JSON */
+	FILE *fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), 0);
+	unsigned hits = 0;
+	assert_int_equal(count_lines(fp, "rcpt=<user42@example.org>:queued", &hits), N + 10);
+	assert_int_equal(hits, 1);
+	fclose(fp);
+	fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 1), 0);
+	hits = 0;
+	assert_int_equal(count_lines(fp, "{\"queue_id\":\"q", &hits), N + 10);
+	assert_int_equal(hits, N + 10);
+	fclose(fp);
+}
+
+static struct cluster *g_closing;
+static int g_reentrant_rv;
+
+static void closed_prop_cb(void *arg, int status)
+{
+	prop_cb(arg, status);
+	if (status == CLUSTER_ECLOSED && !g_reentrant_rv) {
+		struct cmdbuf b;
+		make_cmd(&b, 99999, 10);
+		g_reentrant_rv = cluster_propose(g_closing, &b.cmd, prop_cb, arg);
+		free_cmd(&b);
+	}
+}
+
+static void test_close_fails_pending(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	/* batch 1 goes to the disk in the first loop turn */
+	assert_int_equal(propose_range(c, &d, 0, 100, NULL), 100);
+	uv_run(&f->loop, UV_RUN_NOWAIT);
+	/* batch 2 waits behind it; close now */
+	g_closing = c;
+	g_reentrant_rv = 0;
+	for (unsigned i = 100; i < 200; i++) {
+		struct cmdbuf b;
+		make_cmd(&b, i, 100);
+		ctxs[i] = (struct pctx){&d, i};
+		assert_int_equal(cluster_propose(c, &b.cmd, closed_prop_cb, &ctxs[i]), 0);
+		free_cmd(&b);
+	}
+	unsigned closed = 0;
+	cluster_close(c, close_done, &closed);
+	run_until(f, &closed, 1);
+	assert_int_equal(d.calls, 200);
+	for (unsigned i = 0; i < 100; i++)
+		assert_int_equal(d.status[i], 0);
+	for (unsigned i = 100; i < 200; i++)
+		assert_int_equal(d.status[i], CLUSTER_ECLOSED);
+	assert_int_equal(g_reentrant_rv, CLUSTER_ECLOSED);
+
+	/* the committed batch survived; nothing of the failed one did */
+	c = open_cluster(f, 0, 0);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 100);
+	assert_null(queue_fsm_lookup(cluster_queue(c), "q000150"));
+	/* close with nothing at all written since open */
+	close_and_wait(f, c);
+}
+
+static void test_close_before_any_write(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(propose_range(c, &d, 0, 10, NULL), 10);
+	unsigned closed = 0;
+	cluster_close(c, close_done, &closed);
+	assert_int_equal(d.calls, 0);
+	run_until(f, &closed, 1);
+	assert_int_equal(d.calls, 10);
+	for (unsigned i = 0; i < 10; i++)
+		assert_int_equal(d.status[i], CLUSTER_ECLOSED);
+}
+
+static void test_max_pending(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 10, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	int err = 0;
+	assert_int_equal(propose_range(c, &d, 0, 15, &err), 10);
+	assert_int_equal(err, CLUSTER_EBUSY);
+	run_until(f, &d.calls, 10);
+	assert_int_equal(d.ok, 10);
+	/* room again */
+	err = 0;
+	assert_int_equal(propose_range(c, &d, 100, 110, &err), 10);
+	assert_int_equal(err, 0);
+	run_until(f, &d.calls, 20);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.rejected, 5);
+	assert_int_equal(st.messages, 20);
+	close_and_wait(f, c);
+}
+
+static void test_bad_proposals(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 64 * 1024);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	struct cmdbuf b;
+	make_cmd(&b, 1, 100 * 1024);
+	assert_int_equal(cluster_propose(c, &b.cmd, prop_cb, &ctxs[0]), CLUSTER_ETOOBIG);
+	free_cmd(&b);
+	make_cmd(&b, 2, 10);
+	b.acc.n_rcpts = 0;
+	assert_int_equal(cluster_propose(c, &b.cmd, prop_cb, &ctxs[0]), CLUSTER_EINVAL);
+	b.acc.n_rcpts = 2;
+	b.acc.queue_id = "has space";
+	assert_int_equal(cluster_propose(c, &b.cmd, prop_cb, &ctxs[0]), CLUSTER_EINVAL);
+	free_cmd(&b);
+	assert_int_equal(cluster_propose(c, NULL, prop_cb, &ctxs[0]), CLUSTER_EINVAL);
+	/* a batch bound smaller than the offered load: several writes, all committed */
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(propose_range(c, &d, 0, 100, NULL), 100);
+	run_until(f, &d.calls, 100);
+	assert_int_equal(d.ok, 100);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_true(st.batches >= 100 * BODY_LEN / (64 * 1024));
+	close_and_wait(f, c);
+	assert_string_equal(cluster_strerror(CLUSTER_EBUSY),
+	                    "too many proposals waiting for the disk");
+	assert_string_equal(cluster_strerror(12345), "unknown error");
+}
+
+static void test_write_failure(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	/* one good batch first, so the failing write also carries apply writes */
+	assert_int_equal(propose_range(c, &d, 0, 5, NULL), 5);
+	run_until(f, &d.calls, 5);
+	store_inject_write_failures(cluster__store(c), 1);
+	assert_int_equal(propose_range(c, &d, 5, 10, NULL), 5);
+	run_until(f, &d.calls, 10);
+	for (unsigned i = 5; i < 10; i++)
+		assert_int_equal(d.status[i], CLUSTER_EIO);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.failures, 1);
+	assert_int_equal(st.last_index, 5);
+	assert_int_equal(st.messages, 5);
+	/* the store is fine again: the retry of the same messages commits at 6.. */
+	assert_int_equal(propose_range(c, &d, 5, 10, NULL), 5);
+	run_until(f, &d.calls, 15);
+	for (unsigned i = 5; i < 10; i++)
+		assert_int_equal(d.status[i], 0);
+	cluster_stats(c, &st);
+	assert_int_equal(st.last_index, 10);
+	close_and_wait(f, c);
+	c = open_cluster(f, 0, 0);
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 10);
+	assert_int_equal(st.applied_index, 10);
+	close_and_wait(f, c);
+}
+
+/* Writes entries first..last (Accept q<i>) to the log only, as if the node crashed after the
+ * synced log append and before its apply write. */
+static void write_log_only(struct fx *f, uint64_t first, uint64_t last, unsigned id_base)
+{
+	struct store *s;
+	assert_int_equal(store_open(f->db, 0, &s), 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	for (uint64_t i = first; i <= last; i++) {
+		struct cmdbuf cb;
+		make_cmd(&cb, id_base + (unsigned)(i - first), 1000);
+		size_t len = relay__command__get_packed_size(&cb.cmd);
+		uint8_t *buf = malloc(len);
+		relay__command__pack(&cb.cmd, buf);
+		struct store_entry e = {.index = i, .term = 1, .type = STORE_ENTRY_NORMAL,
+		                        .data = buf, .len = len};
+		assert_int_equal(store_log_append(&b, &e), 0);
+		free(buf);
+		free_cmd(&cb);
+	}
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	store_free(s);
+}
+
+static void test_replay_after_crash(void **state)
+{
+	struct fx *f = *state;
+	/* a fresh node that "crashed" after appending entries 1..5 (ids 0..4) */
+	write_log_only(f, 1, 5, 0);
+	/* before any open, the offline dump already shows them, marked pending */
+	FILE *fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), 0);
+	unsigned pend = 0;
+	assert_int_equal(count_lines(fp, "pending_apply=1", &pend), 5);
+	assert_int_equal(pend, 5);
+	fclose(fp);
+
+	struct cluster *c = open_cluster(f, 0, 0);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 5);
+	assert_int_equal(st.applied_index, 5);
+	assert_int_equal(st.last_index, 5);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(propose_range(c, &d, 10, 12, NULL), 2);
+	run_until(f, &d.calls, 2);
+	cluster_stats(c, &st);
+	assert_int_equal(st.last_index, 7);
+	close_and_wait(f, c);
+
+	/* a second crash: entries 8..10 again carry ids 3..5; 3 and 4 are duplicates (an
+	 * idempotent retry), only id 5 is new */
+	write_log_only(f, 8, 10, 3);
+	c = open_cluster(f, 0, 0);
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 8);
+	assert_int_equal(st.applied_index, 10);
+	assert_non_null(queue_fsm_lookup(cluster_queue(c), "q000005"));
+	close_and_wait(f, c);
+	struct store *s;
+	assert_int_equal(store_open(f->db, 1, &s), 0);
+	uint64_t first, last;
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(last, 0); /* replayed entries were deleted */
+	store_free(s);
+}
+
+static void test_corrupt_log(void **state)
+{
+	struct fx *f = *state;
+	write_log_only(f, 1, 3, 0);
+	struct store *s;
+	assert_int_equal(store_open(f->db, 0, &s), 0);
+	void *val;
+	size_t vlen;
+	unsigned char key[STORE_LOG_KEY_LEN];
+	store_log_key(2, key);
+	assert_int_equal(store_get(s, STORE_CF_LOG, key, sizeof(key), &val, &vlen), 0);
+	((unsigned char *)val)[vlen - 1] ^= 0x40; /* one bit flipped in the data */
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, STORE_CF_LOG, key, sizeof(key), val, vlen), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	free(val);
+	store_free(s);
+
+	struct cluster_config cfg = {.node_id = "n1", .data_dir = f->dir};
+	struct cluster *c = NULL;
+	assert_int_equal(cluster_open(&f->loop, &cfg, &c), CLUSTER_ECORRUPT);
+	assert_null(c);
+	FILE *fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), CLUSTER_ECORRUPT);
+	fclose(fp);
+}
+
+static void test_corrupt_queue_record(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	close_and_wait(f, c);
+	struct store *s;
+	assert_int_equal(store_open(f->db, 0, &s), 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, STORE_CF_QUEUE, "q1", 2, "\xff\xff\xff", 3), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	store_free(s);
+	struct cluster_config cfg = {.node_id = "n1", .data_dir = f->dir};
+	assert_int_equal(cluster_open(&f->loop, &cfg, &c), CLUSTER_ECORRUPT);
+}
+
+static void test_dump_missing_dir(void **state)
+{
+	struct fx *f = *state;
+	char p[128];
+	snprintf(p, sizeof(p), "%s/nope", f->dir);
+	FILE *fp = tmpfile();
+	assert_true(cluster_dump_queue(p, fp, 0) < 0);
+	fclose(fp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_group_commit_and_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_close_fails_pending, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_close_before_any_write, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_proposals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_replay_after_crash, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_log, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_queue_record, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dump_missing_dir, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
