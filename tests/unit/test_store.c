@@ -1,1 +1,411 @@
-int main(void){return 0;}
+/*
+ * test_store.c - the storage interface, run against both backends (RocksDB in a temporary
+ * directory, and the in-memory twin) so the twin stays faithful: batches and reads, range
+ * deletes, iteration order and seeks, the raft log (append, read, bounds, delete), hard state,
+ * applied index, corruption detection, atomic failed writes; plus RocksDB-only persistence
+ * across reopen and read-only opens.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <ftw.h>
+
+#include "store.h"
+
+struct fx {
+	char dir[64];
+	char db[96];
+	int rocks;
+	struct store *s;
+};
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static int setup_rocks(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	strcpy(f->dir, "/tmp/relay-store-XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	snprintf(f->db, sizeof(f->db), "%s/db", f->dir);
+	f->rocks = 1;
+	if (store_open(f->db, 0, &f->s))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int setup_mem(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	if (store_mem_new(&f->s))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	store_free(f->s);
+	if (f->rocks)
+		nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static void put1(struct store *s, enum store_cf cf, const char *k, const char *v)
+{
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, cf, k, strlen(k), v, strlen(v)), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+}
+
+static void put_n(struct store *s, enum store_cf cf, const void *k, size_t kl, const void *v,
+                  size_t vl)
+{
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, cf, k, kl, v, vl), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+}
+
+static void expect(struct store *s, enum store_cf cf, const char *k, const char *v)
+{
+	void *val = NULL;
+	size_t vlen = 0;
+	int rv = store_get(s, cf, k, strlen(k), &val, &vlen);
+	if (!v) {
+		assert_int_equal(rv, STORE_ENOTFOUND);
+		return;
+	}
+	assert_int_equal(rv, 0);
+	assert_int_equal(vlen, strlen(v));
+	assert_memory_equal(val, v, vlen);
+	free(val);
+}
+
+static void test_batch_roundtrip(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "a", 1, "1", 1), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "b", 1, "2", 1), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_QUEUE, "a", 1, "other cf", 8), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "a", 1, "3", 1), 0); /* later wins */
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "empty", 5, "", 0), 0);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_BODY, "b", 1), 0);
+	assert_int_equal(b.count, 6);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	expect(s, STORE_CF_BODY, "a", "3");
+	expect(s, STORE_CF_BODY, "b", NULL);
+	expect(s, STORE_CF_BODY, "empty", "");
+	expect(s, STORE_CF_QUEUE, "a", "other cf");
+	expect(s, STORE_CF_INDEX, "a", NULL);
+	/* bounds and bad arguments leave the batch unchanged */
+	store_batch_init(&b);
+	static char big[STORE_KEY_MAX + 1];
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, big, sizeof(big), "", 0), STORE_ETOOBIG);
+	assert_int_equal(store_batch_put(&b, STORE_CF__COUNT, "k", 1, "", 0), STORE_EINVAL);
+	assert_int_equal(b.count, 0);
+	assert_int_equal(b.len, 0);
+	store_batch_fini(&b);
+}
+
+static void test_iter_and_range(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	const char *keys[] = {"b", "a", "ab", "c", "b\x01", "\xff"};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(*keys); i++)
+		put1(s, STORE_CF_INDEX, keys[i], keys[i]);
+	/* bytewise order, shorter first */
+	const char *want[] = {"a", "ab", "b", "b\x01", "c", "\xff"};
+	struct store_iter *it;
+	assert_int_equal(store_iter_new(s, STORE_CF_INDEX, &it), 0);
+	put1(s, STORE_CF_INDEX, "aa", "after the snapshot");
+	size_t n = 0;
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it), n++) {
+		size_t kl, vl;
+		const unsigned char *k = store_iter_key(it, &kl);
+		const unsigned char *v = store_iter_value(it, &vl);
+		assert_true(n < 6);
+		assert_int_equal(kl, strlen(want[n]));
+		assert_memory_equal(k, want[n], kl);
+		assert_memory_equal(v, want[n], vl);
+	}
+	assert_int_equal(n, 6); /* "aa" came after the snapshot */
+	assert_int_equal(store_iter_status(it), 0);
+	store_iter_seek(it, "b", 1);
+	assert_true(store_iter_valid(it));
+	size_t kl;
+	assert_memory_equal(store_iter_key(it, &kl), "b", 1);
+	store_iter_seek(it, "bb", 2);
+	assert_memory_equal(store_iter_key(it, &kl), "c", 1);
+	store_iter_seek_last(it);
+	assert_memory_equal(store_iter_key(it, &kl), "\xff", 1);
+	store_iter_free(it);
+
+	/* delete [ab, c): ab, b, b\x01 go; a, aa, c, \xff stay */
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_delete_range(&b, STORE_CF_INDEX, "ab", 2, "c", 1), 0);
+	assert_int_equal(store_write(s, &b, 0), 0);
+	store_batch_fini(&b);
+	expect(s, STORE_CF_INDEX, "a", "a");
+	expect(s, STORE_CF_INDEX, "aa", "after the snapshot");
+	expect(s, STORE_CF_INDEX, "ab", NULL);
+	expect(s, STORE_CF_INDEX, "b", NULL);
+	expect(s, STORE_CF_INDEX, "b\x01", NULL);
+	expect(s, STORE_CF_INDEX, "c", "c");
+}
+
+static void append_entries(struct store *s, uint64_t first, uint64_t last)
+{
+	struct store_batch b;
+	store_batch_init(&b);
+	for (uint64_t i = first; i <= last; i++) {
+		char data[32];
+		int n = snprintf(data, sizeof(data), "entry %llu", (unsigned long long)i);
+		struct store_entry e = {.index = i,
+		                        .term = i / 10 + 1,
+		                        .type = i % 7 == 0 ? STORE_ENTRY_NOOP : STORE_ENTRY_NORMAL,
+		                        .data = (const unsigned char *)data,
+		                        .len = (size_t)n};
+		assert_int_equal(store_log_append(&b, &e), 0);
+	}
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+}
+
+static void check_entry(struct store *s, uint64_t i)
+{
+	struct store_entry e;
+	void *buf;
+	assert_int_equal(store_log_get(s, i, &e, &buf), 0);
+	char data[32];
+	int n = snprintf(data, sizeof(data), "entry %llu", (unsigned long long)i);
+	assert_int_equal(e.index, i);
+	assert_int_equal(e.term, i / 10 + 1);
+	assert_int_equal(e.type, i % 7 == 0 ? STORE_ENTRY_NOOP : STORE_ENTRY_NORMAL);
+	assert_int_equal(e.len, n);
+	assert_memory_equal(e.data, data, n);
+	free(buf);
+}
+
+static void test_log(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	uint64_t first, last;
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 0);
+	assert_int_equal(last, 0);
+	append_entries(s, 1, 1000);
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 1);
+	assert_int_equal(last, 1000);
+	for (uint64_t i = 1; i <= 1000; i += 37)
+		check_entry(s, i);
+	/* big-endian keys: 256 sorts after 255 (a little-endian key would not) */
+	check_entry(s, 255);
+	check_entry(s, 256);
+
+	/* a few: point deletes; many: one range delete */
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_log_delete(&b, 1, 10), 0);
+	assert_int_equal(b.count, 10);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_clear(&b);
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 11);
+	assert_int_equal(store_log_delete(&b, 11, 900), 0);
+	assert_int_equal(b.count, 1);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_clear(&b);
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 901);
+	assert_int_equal(last, 1000);
+	struct store_entry e;
+	void *buf;
+	assert_int_equal(store_log_get(s, 900, &e, &buf), STORE_ENOTFOUND);
+	check_entry(s, 901);
+	/* truncate the suffix (what raft does on a conflicting leader) */
+	assert_int_equal(store_log_delete(&b, 950, UINT64_MAX), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	assert_int_equal(store_log_bounds(s, &first, &last), 0);
+	assert_int_equal(first, 901);
+	assert_int_equal(last, 949);
+	/* index 0 is not a log index */
+	struct store_batch b2;
+	store_batch_init(&b2);
+	struct store_entry z = {.index = 0, .term = 1};
+	assert_int_equal(store_log_append(&b2, &z), STORE_EINVAL);
+	store_batch_fini(&b2);
+}
+
+static void test_log_corruption(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	append_entries(s, 1, 3);
+	unsigned char key[STORE_LOG_KEY_LEN];
+	store_log_key(2, key);
+	void *val;
+	size_t vlen;
+	assert_int_equal(store_get(s, STORE_CF_LOG, key, sizeof(key), &val, &vlen), 0);
+	struct store_entry e;
+	assert_int_equal(store_entry_decode(key, sizeof(key), val, vlen, &e), 0);
+	/* every single-byte change of the value is detected */
+	for (size_t i = 0; i < vlen; i++) {
+		unsigned char *v = val;
+		v[i] ^= 0x01;
+		assert_int_equal(store_entry_decode(key, sizeof(key), val, vlen, &e), STORE_ECORRUPT);
+		v[i] ^= 0x01;
+	}
+	/* truncated values, wrong key sizes */
+	for (size_t n = 0; n < vlen; n++)
+		if (n < 14) /* shorter than the header */
+			assert_int_equal(store_entry_decode(key, sizeof(key), val, n, &e),
+			                 STORE_ECORRUPT);
+	assert_int_equal(store_entry_decode(key, 7, val, vlen, &e), STORE_ECORRUPT);
+	free(val);
+	/* a damaged value in the store */
+	put_n(s, STORE_CF_LOG, "\0\0\0\0\0\0\0\x02", 8, "garbage", 7);
+	void *buf;
+	assert_int_equal(store_log_get(s, 2, &e, &buf), STORE_ECORRUPT);
+}
+
+static void test_meta(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	struct store_hardstate hs;
+	assert_int_equal(store_hardstate_get(s, &hs), STORE_ENOTFOUND);
+	uint64_t applied = 99;
+	assert_int_equal(store_applied_get(s, &applied), 0);
+	assert_int_equal(applied, 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	memset(&hs, 0, sizeof(hs));
+	hs.term = 0x0102030405060708ull;
+	strcpy(hs.vote, "node-7");
+	assert_int_equal(store_hardstate_put(&b, &hs), 0);
+	assert_int_equal(store_applied_put(&b, 12345678901ull), 0);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	struct store_hardstate got;
+	assert_int_equal(store_hardstate_get(s, &got), 0);
+	assert_int_equal(got.term, hs.term);
+	assert_string_equal(got.vote, "node-7");
+	assert_int_equal(store_applied_get(s, &applied), 0);
+	assert_int_equal(applied, 12345678901ull);
+	/* damaged meta values */
+	put1(s, STORE_CF_META, STORE_META_APPLIED, "xx");
+	assert_int_equal(store_applied_get(s, &applied), STORE_ECORRUPT);
+	/* vote length 9, but only 2 bytes of vote */
+	put_n(s, STORE_CF_META, STORE_META_HARDSTATE, strlen(STORE_META_HARDSTATE),
+	      "\x01\0\0\0\0\0\0\0\x01\x09" "ab", 12);
+	assert_int_equal(store_hardstate_get(s, &got), STORE_ECORRUPT);
+}
+
+static void test_failed_write_is_atomic(void **state)
+{
+	struct store *s = ((struct fx *)*state)->s;
+	put1(s, STORE_CF_BODY, "keep", "old");
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "keep", 4, "new", 3), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "other", 5, "x", 1), 0);
+	store_inject_write_failures(s, 2);
+	assert_int_equal(store_write(s, &b, 1), STORE_EIO);
+	assert_int_equal(store_write(s, &b, 0), STORE_EIO);
+	expect(s, STORE_CF_BODY, "keep", "old");
+	expect(s, STORE_CF_BODY, "other", NULL);
+	assert_int_equal(store_write(s, &b, 1), 0);
+	expect(s, STORE_CF_BODY, "keep", "new");
+	/* batch walking and append */
+	struct store_batch c;
+	store_batch_init(&c);
+	assert_int_equal(store_batch_append(&c, &b), 0);
+	assert_int_equal(store_batch_append(&c, &b), 0);
+	assert_int_equal(c.count, 4);
+	size_t pos = 0, n = 0;
+	enum store_op op;
+	enum store_cf cf;
+	const unsigned char *k, *v;
+	size_t kl, vl;
+	int rv;
+	while ((rv = store_batch_next(&c, &pos, &op, &cf, &k, &kl, &v, &vl)) == 1) {
+		assert_int_equal(op, STORE_OP_PUT);
+		assert_int_equal(cf, STORE_CF_BODY);
+		n++;
+	}
+	assert_int_equal(rv, 0);
+	assert_int_equal(n, 4);
+	/* a damaged batch is refused whole */
+	c.len -= 1;
+	assert_int_equal(store_write(s, &c, 1), STORE_ECORRUPT);
+	store_batch_fini(&c);
+	store_batch_fini(&b);
+	assert_string_equal(store_strerror(STORE_ECORRUPT), "corrupt value in the store");
+	assert_string_equal(store_cf_name(STORE_CF_LOG), "raft_log");
+}
+
+/* RocksDB only: everything survives close/reopen; read-only opens read but do not write. */
+static void test_persistence(void **state)
+{
+	struct fx *f = *state;
+	append_entries(f->s, 1, 20);
+	put1(f->s, STORE_CF_BODY, "q1", "body one");
+	put1(f->s, STORE_CF_QUEUE, "q1", "record one");
+	store_free(f->s);
+	f->s = NULL;
+	struct store *ro;
+	assert_int_equal(store_open(f->db, 1, &ro), 0);
+	expect(ro, STORE_CF_BODY, "q1", "body one");
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, "x", 1, "y", 1), 0);
+	assert_int_not_equal(store_write(ro, &b, 1), 0);
+	store_batch_fini(&b);
+	store_free(ro);
+	assert_int_equal(store_open(f->db, 0, &f->s), 0);
+	expect(f->s, STORE_CF_QUEUE, "q1", "record one");
+	check_entry(f->s, 20);
+	uint64_t first, last;
+	assert_int_equal(store_log_bounds(f->s, &first, &last), 0);
+	assert_int_equal(last, 20);
+	/* a second writer on the same directory is refused (RocksDB's lock), not corrupting */
+	struct store *two;
+	assert_int_equal(store_open(f->db, 0, &two), STORE_EIO);
+}
+
+int main(void)
+{
+#define BOTH(t)                                                                               \
+	cmocka_unit_test_setup_teardown(t, setup_rocks, teardown),                              \
+	    cmocka_unit_test_setup_teardown(t, setup_mem, teardown)
+	const struct CMUnitTest tests[] = {
+		BOTH(test_batch_roundtrip),
+		BOTH(test_iter_and_range),
+		BOTH(test_log),
+		BOTH(test_log_corruption),
+		BOTH(test_meta),
+		BOTH(test_failed_write_is_atomic),
+		cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
