@@ -594,6 +594,100 @@ static void test_dump_missing_dir(void **state)
 	fclose(fp);
 }
 
+
+/* ---- pipelined sessions: each proposes again from its callback (closed loop) ---- */
+
+struct session {
+	struct cluster *c;
+	unsigned id, left;
+	unsigned *done, *ok, *total;
+};
+
+static void session_next(struct session *ss);
+
+static void session_cb(void *arg, int status)
+{
+	struct session *ss = arg;
+	(*ss->done)++;
+	if (status == 0)
+		(*ss->ok)++;
+	if (ss->left)
+		session_next(ss);
+}
+
+static void session_next(struct session *ss)
+{
+	struct cmdbuf b;
+	unsigned i = (*ss->total)++;
+	make_cmd(&b, i, BODY_LEN);
+	ss->left--;
+	assert_int_equal(cluster_propose(ss->c, &b.cmd, session_cb, ss), 0);
+	free_cmd(&b);
+}
+
+static void test_pipelined_sessions(void **state)
+{
+	struct fx *f = *state;
+	enum { SESSIONS = 50, EACH = 100, N = SESSIONS * EACH };
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct session ss[SESSIONS];
+	unsigned done = 0, ok = 0, total = 0;
+	uv_update_time(&f->loop);
+	uint64_t t0 = uv_hrtime();
+	for (unsigned k = 0; k < SESSIONS; k++) {
+		ss[k] = (struct session){c, k, EACH, &done, &ok, &total};
+		session_next(&ss[k]);
+	}
+	run_until(f, &done, N);
+	double secs = (double)(uv_hrtime() - t0) / 1e9;
+	assert_int_equal(ok, N);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, N);
+	/* every fsync carried many proposals: 50 sessions share each write */
+	assert_true(st.batches * 10 < N);
+	print_message("pipelined: %u proposals of %u bytes, %u sessions: %.0f/s, %llu batches "
+	              "(%.1f per fsync)\n",
+	              N, BODY_LEN, SESSIONS, N / secs, (unsigned long long)st.batches,
+	              (double)N / (double)st.batches);
+	close_and_wait(f, c);
+}
+
+/* ---- startup with a large queue reads metadata only ---- */
+
+static void test_large_queue_startup(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 100000, CHUNK = 10000 };
+	struct cluster *c = open_cluster(f, CHUNK, 0);
+	static struct done d;
+	unsigned calls = 0;
+	for (unsigned base = 0; base < N; base += CHUNK) {
+		memset(&d, 0, sizeof(d));
+		for (unsigned i = 0; i < CHUNK; i++) {
+			struct cmdbuf b;
+			make_cmd(&b, base + i, 200);
+			ctxs[i] = (struct pctx){&d, i};
+			assert_int_equal(cluster_propose(c, &b.cmd, prop_cb, &ctxs[i]), 0);
+			free_cmd(&b);
+		}
+		run_until(f, &d.calls, CHUNK);
+		assert_int_equal(d.ok, CHUNK);
+		calls += d.calls;
+	}
+	assert_int_equal(calls, N);
+	close_and_wait(f, c);
+	uint64_t t0 = uv_hrtime();
+	c = open_cluster(f, 0, 0);
+	double secs = (double)(uv_hrtime() - t0) / 1e9;
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, N);
+	assert_int_equal(st.rcpts_queued, 2 * N);
+	print_message("startup with %u messages: %.2f s\n", N, secs);
+	close_and_wait(f, c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -607,6 +701,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_queue_record, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dump_missing_dir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pipelined_sessions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_large_queue_startup, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
