@@ -41,11 +41,12 @@ static const struct {
 	const char *str;
 } cluster__errors[] = {
 #define CLUSTER__ERRNO_STR(name, val, str) {val, str},
-	CLUSTER_ERRNO_MAP(CLUSTER__ERRNO_STR)
+    CLUSTER_ERRNO_MAP(CLUSTER__ERRNO_STR)
 #undef CLUSTER__ERRNO_STR
 };
 
-const char *cluster_strerror(int code)
+const char *
+cluster_strerror(int code)
 {
 	for (size_t i = 0; i < sizeof(cluster__errors) / sizeof(cluster__errors[0]); i++)
 		if (cluster__errors[i].code == code)
@@ -75,30 +76,30 @@ struct cluster__fifo {
 };
 
 struct cluster {
-	uv_loop_t *loop;          /* borrowed */
-	struct store *store;      /* owned */
-	struct queue_fsm *fsm;    /* owned */
+	uv_loop_t *loop;       /* borrowed */
+	struct store *store;   /* owned */
+	struct queue_fsm *fsm; /* owned */
 	unsigned max_pending;
 	size_t max_batch_bytes;
 
 	struct cluster__fifo waiting;  /* proposed, not in a write yet */
 	struct cluster__fifo inflight; /* in the write in flight */
 
-	uv_idle_t flush;          /* the end-of-turn flush; closed at teardown */
+	uv_idle_t flush; /* the end-of-turn flush; closed at teardown */
 	uv_work_t work;
-	int writing;              /* a uv_queue_work is in flight */
-	int write_sync;           /* the write in flight appends to the log */
-	int write_rv;             /* its result, set by the worker */
-	struct store_batch wbatch;/* the write in flight: apply writes, then log appends */
-	size_t wbatch_apply_len;  /* where the apply writes end in wbatch */
+	int writing;		   /* a uv_queue_work is in flight */
+	int write_sync;		   /* the write in flight appends to the log */
+	int write_rv;		   /* its result, set by the worker */
+	struct store_batch wbatch; /* the write in flight: apply writes, then log appends */
+	size_t wbatch_apply_len;   /* where the apply writes end in wbatch */
 	unsigned wbatch_apply_count;
-	uint64_t wbytes;          /* log bytes of the write in flight */
+	uint64_t wbytes;	  /* log bytes of the write in flight */
 	struct store_batch apply; /* apply writes not yet written */
 
-	uint64_t last_index;      /* last index durable in the log */
-	uint64_t applied_index;   /* last index applied (in memory) */
-	uint64_t deleted_index;   /* log entries <= this are deleted or in c->apply's deletes */
-	int failed;               /* sticky: apply could not proceed (CLUSTER_ENOMEM) */
+	uint64_t last_index;	/* last index durable in the log */
+	uint64_t applied_index; /* last index applied (in memory) */
+	uint64_t deleted_index; /* log entries <= this are deleted or in c->apply's deletes */
+	int failed;		/* sticky: apply could not proceed (CLUSTER_ENOMEM) */
 	int closing;
 	int close_started;
 	void (*close_done)(void *arg);
@@ -107,7 +108,8 @@ struct cluster {
 };
 
 static void cluster__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void cluster__log(const char *fmt, ...)
+static void
+cluster__log(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -117,7 +119,8 @@ static void cluster__log(const char *fmt, ...)
 	va_end(ap);
 }
 
-static int cluster__store_err(int rv)
+static int
+cluster__store_err(int rv)
 {
 	switch (rv) {
 	case 0:
@@ -137,7 +140,8 @@ static int cluster__store_err(int rv)
 	}
 }
 
-static int cluster__queue_err(int rv)
+static int
+cluster__queue_err(int rv)
 {
 	switch (rv) {
 	case 0:
@@ -155,7 +159,8 @@ static int cluster__queue_err(int rv)
 	}
 }
 
-static void cluster__fifo_push(struct cluster__fifo *f, struct cluster__prop *p)
+static void
+cluster__fifo_push(struct cluster__fifo *f, struct cluster__prop *p)
 {
 	p->next = NULL;
 	if (f->tail)
@@ -166,7 +171,8 @@ static void cluster__fifo_push(struct cluster__fifo *f, struct cluster__prop *p)
 	f->n++;
 }
 
-static struct cluster__prop *cluster__fifo_pop(struct cluster__fifo *f)
+static struct cluster__prop *
+cluster__fifo_pop(struct cluster__fifo *f)
 {
 	struct cluster__prop *p = f->head;
 	if (p) {
@@ -180,7 +186,8 @@ static struct cluster__prop *cluster__fifo_pop(struct cluster__fifo *f)
 
 /* Runs the callbacks of a detached list in order and frees it.  A callback may propose or
  * close; the list is no longer reachable from c, so neither disturbs this walk. */
-static void cluster__complete(struct cluster *c, struct cluster__fifo *done)
+static void
+cluster__complete(struct cluster *c, struct cluster__fifo *done)
 {
 	struct cluster__prop *p;
 	while ((p = cluster__fifo_pop(done))) {
@@ -191,7 +198,8 @@ static void cluster__complete(struct cluster *c, struct cluster__fifo *done)
 	}
 }
 
-static int cluster__mkdirs(const char *path)
+static int
+cluster__mkdirs(const char *path)
 {
 	char buf[CLUSTER__PATH_MAX];
 	size_t n = strlen(path);
@@ -212,7 +220,8 @@ static int cluster__mkdirs(const char *path)
 	return 0;
 }
 
-static int cluster__db_path(const char *data_dir, char *out, size_t size)
+static int
+cluster__db_path(const char *data_dir, char *out, size_t size)
 {
 	if (!data_dir || !*data_dir)
 		return CLUSTER_EINVAL;
@@ -225,8 +234,9 @@ static int cluster__db_path(const char *data_dir, char *out, size_t size)
 /* Applies one committed entry at index.  Returns the proposer's status: 0, or CLUSTER_EINVAL
  * for a command the state machine rejects (deterministic, the entry counts as applied), or
  * CLUSTER_ENOMEM / CLUSTER_ECORRUPT (nothing applied; the caller stops). */
-static int cluster__apply_entry(struct cluster *c, uint64_t index, enum store_entry_type type,
-                                const unsigned char *data, size_t len, int replay)
+static int
+cluster__apply_entry(struct cluster *c, uint64_t index, enum store_entry_type type,
+		     const unsigned char *data, size_t len, int replay)
 {
 	int status = 0;
 	if (type == STORE_ENTRY_NORMAL) {
@@ -239,7 +249,7 @@ static int cluster__apply_entry(struct cluster *c, uint64_t index, enum store_en
 			return CLUSTER_ENOMEM;
 		if (rv) {
 			cluster__log("index=%" PRIu64 " apply rejected error=\"%s\"", index,
-			             queue_strerror(rv));
+				     queue_strerror(rv));
 			status = cluster__queue_err(rv);
 		}
 	}
@@ -249,7 +259,8 @@ static int cluster__apply_entry(struct cluster *c, uint64_t index, enum store_en
 }
 
 /* Adds the applied index and the deletion of the applied log entries to c->apply. */
-static int cluster__apply_finish(struct cluster *c)
+static int
+cluster__apply_finish(struct cluster *c)
 {
 	size_t len = c->apply.len;
 	unsigned count = c->apply.count;
@@ -267,7 +278,8 @@ static int cluster__apply_finish(struct cluster *c)
 
 /* ---- the write path ---- */
 
-static void cluster__work_cb(uv_work_t *req)
+static void
+cluster__work_cb(uv_work_t *req)
 {
 	struct cluster *c = req->data;
 	c->write_rv = store_write(c->store, &c->wbatch, c->write_sync);
@@ -276,7 +288,8 @@ static void cluster__work_cb(uv_work_t *req)
 static void cluster__start_close(struct cluster *c);
 static void cluster__flush_cb(uv_idle_t *h);
 
-static void cluster__after_work_cb(uv_work_t *req, int status)
+static void
+cluster__after_work_cb(uv_work_t *req, int status)
 {
 	struct cluster *c = req->data;
 	int rv = status ? CLUSTER_EIO : cluster__store_err(c->write_rv);
@@ -314,18 +327,21 @@ static void cluster__after_work_cb(uv_work_t *req, int status)
 				p->status = c->failed;
 				continue;
 			}
-			p->status = cluster__apply_entry(c, index, STORE_ENTRY_NORMAL, p->data, p->len,
-			                                 0);
+			p->status =
+			    cluster__apply_entry(c, index, STORE_ENTRY_NORMAL, p->data, p->len, 0);
 			if (p->status == CLUSTER_ENOMEM || p->status == CLUSTER_ECORRUPT) {
-				cluster__log("index=%" PRIu64 " apply stopped error=\"%s\"; restart to "
-				             "replay", index, cluster_strerror(p->status));
+				cluster__log("index=%" PRIu64
+					     " apply stopped error=\"%s\"; restart to "
+					     "replay",
+					     index, cluster_strerror(p->status));
 				c->failed = p->status;
 			}
 		}
 		if (done.n && !c->failed) {
 			int frv = cluster__apply_finish(c);
 			if (frv) {
-				cluster__log("apply state not recorded error=\"%s\"", cluster_strerror(frv));
+				cluster__log("apply state not recorded error=\"%s\"",
+					     cluster_strerror(frv));
 				c->failed = frv;
 			}
 		}
@@ -344,7 +360,8 @@ static void cluster__after_work_cb(uv_work_t *req, int status)
 		uv_idle_start(&c->flush, cluster__flush_cb);
 }
 
-static void cluster__flush_cb(uv_idle_t *h)
+static void
+cluster__flush_cb(uv_idle_t *h)
 {
 	struct cluster *c = h->data;
 	uv_idle_stop(h);
@@ -366,11 +383,11 @@ static void cluster__flush_cb(uv_idle_t *h)
 		if (c->inflight.n && bytes + p->len + CLUSTER__ENTRY_OVERHEAD > c->max_batch_bytes)
 			break;
 		struct store_entry e = {
-			.index = c->last_index + c->inflight.n + 1,
-			.term = CLUSTER__TERM,
-			.type = STORE_ENTRY_NORMAL,
-			.data = p->data,
-			.len = p->len,
+		    .index = c->last_index + c->inflight.n + 1,
+		    .term = CLUSTER__TERM,
+		    .type = STORE_ENTRY_NORMAL,
+		    .data = p->data,
+		    .len = p->len,
 		};
 		int rv = store_log_append(&c->wbatch, &e);
 		if (rv) {
@@ -393,7 +410,8 @@ static void cluster__flush_cb(uv_idle_t *h)
 		int rv = uv_queue_work(c->loop, &c->work, cluster__work_cb, cluster__after_work_cb);
 		if (rv) {
 			cluster__log("uv_queue_work error=\"%s\"", uv_strerror(rv));
-			/* undo: the proposals fail now (we are in a loop callback, not in propose) */
+			/* undo: the proposals fail now (we are in a loop callback, not in propose)
+			 */
 			c->writing = 0;
 			c->wbatch.len = c->wbatch_apply_len;
 			c->wbatch.count = c->wbatch_apply_count;
@@ -420,7 +438,8 @@ static void cluster__flush_cb(uv_idle_t *h)
 		uv_idle_start(&c->flush, cluster__flush_cb);
 }
 
-int cluster_propose(struct cluster *c, const Relay__Command *cmd, cluster_propose_cb cb, void *arg)
+int
+cluster_propose(struct cluster *c, const Relay__Command *cmd, cluster_propose_cb cb, void *arg)
 {
 	int rv;
 	if (!c || !cmd || !cb)
@@ -468,7 +487,8 @@ err:
 
 /* ---- close ---- */
 
-static void cluster__free(struct cluster *c)
+static void
+cluster__free(struct cluster *c)
 {
 	queue_fsm_free(c->fsm);
 	store_free(c->store);
@@ -477,7 +497,8 @@ static void cluster__free(struct cluster *c)
 	free(c);
 }
 
-static void cluster__closed_cb(uv_handle_t *h)
+static void
+cluster__closed_cb(uv_handle_t *h)
 {
 	struct cluster *c = h->data;
 	struct cluster__fifo done = c->waiting;
@@ -489,8 +510,9 @@ static void cluster__closed_cb(uv_handle_t *h)
 	if (c->apply.len) {
 		int rv = store_write(c->store, &c->apply, 1);
 		if (rv)
-			cluster__log("close: apply state not written error=\"%s\"; replayed at open",
-			             store_strerror(rv));
+			cluster__log(
+			    "close: apply state not written error=\"%s\"; replayed at open",
+			    store_strerror(rv));
 	}
 	void (*done_cb)(void *) = c->close_done;
 	void *arg = c->close_arg;
@@ -499,14 +521,16 @@ static void cluster__closed_cb(uv_handle_t *h)
 		done_cb(arg);
 }
 
-static void cluster__start_close(struct cluster *c)
+static void
+cluster__start_close(struct cluster *c)
 {
 	c->close_started = 1;
 	c->flush.data = c;
 	uv_close((uv_handle_t *)&c->flush, cluster__closed_cb);
 }
 
-void cluster_close(struct cluster *c, void (*done)(void *arg), void *arg)
+void
+cluster_close(struct cluster *c, void (*done)(void *arg), void *arg)
 {
 	if (!c || c->closing)
 		return;
@@ -523,7 +547,8 @@ void cluster_close(struct cluster *c, void (*done)(void *arg), void *arg)
 
 /* Replays the log entries after the applied index into the state machine and records the
  * result.  Entries at or before it (applied, deletion not persisted) are deleted. */
-static int cluster__replay(struct cluster *c)
+static int
+cluster__replay(struct cluster *c)
 {
 	uint64_t applied, first, last;
 	int rv = store_applied_get(c->store, &applied);
@@ -557,20 +582,21 @@ static int cluster__replay(struct cluster *c)
 		struct store_entry e;
 		rv = store_entry_decode(k, klen, v, vlen, &e);
 		if (rv) {
-			cluster__log("open: corrupt log entry after index=%" PRIu64, c->applied_index);
+			cluster__log("open: corrupt log entry after index=%" PRIu64,
+				     c->applied_index);
 			rv = CLUSTER_ECORRUPT;
 			goto out;
 		}
 		if (e.index != c->applied_index + 1) {
 			cluster__log("open: log gap index=%" PRIu64 " expected=%" PRIu64, e.index,
-			             c->applied_index + 1);
+				     c->applied_index + 1);
 			rv = CLUSTER_ECORRUPT;
 			goto out;
 		}
 		rv = cluster__apply_entry(c, e.index, e.type, e.data, e.len, 1);
 		if (rv == CLUSTER_ENOMEM || rv == CLUSTER_ECORRUPT) {
 			cluster__log("open: replay index=%" PRIu64 " error=\"%s\"", e.index,
-			             cluster_strerror(rv));
+				     cluster_strerror(rv));
 			goto out;
 		}
 		replayed++;
@@ -591,14 +617,15 @@ static int cluster__replay(struct cluster *c)
 	store_batch_clear(&c->apply);
 	if (replayed)
 		cluster__log("open: replayed entries=%" PRIu64 " applied=%" PRIu64, replayed,
-		             c->applied_index);
+			     c->applied_index);
 out:
 	store_iter_free(it);
 	return rv;
 }
 
 /* Records term and vote (and this node as the single voter) when the store is new. */
-static int cluster__init_meta(struct cluster *c, const char *node_id)
+static int
+cluster__init_meta(struct cluster *c, const char *node_id)
 {
 	struct store_hardstate hs;
 	int rv = store_hardstate_get(c->store, &hs);
@@ -617,14 +644,15 @@ static int cluster__init_meta(struct cluster *c, const char *node_id)
 	rv = store_hardstate_put(&b, &hs);
 	if (!rv)
 		rv = store_batch_put(&b, STORE_CF_META, STORE_META_CONFIG,
-		                     sizeof(STORE_META_CONFIG) - 1, node_id, n);
+				     sizeof(STORE_META_CONFIG) - 1, node_id, n);
 	if (!rv)
 		rv = store_write(c->store, &b, 1);
 	store_batch_fini(&b);
 	return cluster__store_err(rv);
 }
 
-int cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster **out)
+int
+cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster **out)
 {
 	char path[CLUSTER__PATH_MAX];
 	if (!loop || !cfg || !out || !cfg->node_id || !*cfg->node_id ||
@@ -640,8 +668,8 @@ int cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clust
 		return CLUSTER_ENOMEM;
 	c->loop = loop;
 	c->max_pending = cfg->max_pending ? cfg->max_pending : CLUSTER_DEFAULT_MAX_PENDING;
-	c->max_batch_bytes = cfg->max_batch_bytes ? cfg->max_batch_bytes
-	                                          : CLUSTER_DEFAULT_MAX_BATCH_BYTES;
+	c->max_batch_bytes =
+	    cfg->max_batch_bytes ? cfg->max_batch_bytes : CLUSTER_DEFAULT_MAX_BATCH_BYTES;
 	if (c->max_batch_bytes > STORE_BATCH_MAX / 2)
 		c->max_batch_bytes = STORE_BATCH_MAX / 2;
 	store_batch_init(&c->wbatch);
@@ -683,7 +711,8 @@ err_after_alloc:
 
 /* ---- stats and accessors ---- */
 
-void cluster_stats(struct cluster *c, struct cluster_stats *st)
+void
+cluster_stats(struct cluster *c, struct cluster_stats *st)
 {
 	*st = c->stats;
 	st->applied_index = c->applied_index;
@@ -698,23 +727,26 @@ void cluster_stats(struct cluster *c, struct cluster_stats *st)
 	st->rcpts_deleted = qc.rcpts[QUEUE_RCPT_DELETED];
 }
 
-struct queue_fsm *cluster_queue(struct cluster *c)
+struct queue_fsm *
+cluster_queue(struct cluster *c)
 {
 	return c->fsm;
 }
 
 /* ---- the offline dump ---- */
 
-static const char *cluster__state_name(unsigned s)
+static const char *
+cluster__state_name(unsigned s)
 {
 	static const char *const names[QUEUE_RCPT_STATES] = {"queued", "delivered", "failed",
-	                                                     "deleted"};
+							     "deleted"};
 	return s < QUEUE_RCPT_STATES ? names[s] : "unknown";
 }
 
 /* Writes s with anything outside printable ASCII (and the quote and backslash) escaped: JSON
  * string escapes in JSON mode, \xNN otherwise.  Bytes >= 0x80 (SMTPUTF8) pass through in JSON. */
-static void cluster__put_str(FILE *out, const char *s, int json)
+static void
+cluster__put_str(FILE *out, const char *s, int json)
 {
 	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
 		if (json) {
@@ -732,7 +764,8 @@ static void cluster__put_str(FILE *out, const char *s, int json)
 	}
 }
 
-static void cluster__put_time(FILE *out, uint64_t ms)
+static void
+cluster__put_time(FILE *out, uint64_t ms)
 {
 	time_t t = (time_t)(ms / 1000);
 	struct tm tm;
@@ -743,7 +776,8 @@ static void cluster__put_time(FILE *out, uint64_t ms)
 		fprintf(out, "%" PRIu64, ms);
 }
 
-static void cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pending)
+static void
+cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pending)
 {
 	if (json) {
 		fputs("{\"queue_id\":\"", out);
@@ -757,8 +791,9 @@ static void cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int jso
 			const Relay__QueueRcpt *q = r->rcpts[i];
 			fputs(i ? ",{\"addr\":\"" : "{\"addr\":\"", out);
 			cluster__put_str(out, q->rcpt ? q->rcpt->addr : "", 1);
-			fprintf(out, "\",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%" PRIu64,
-			        cluster__state_name(q->state), q->attempts, q->next_attempt_ms);
+			fprintf(out,
+				"\",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%" PRIu64,
+				cluster__state_name(q->state), q->attempts, q->next_attempt_ms);
 			if (q->last_reply) {
 				fputs(",\"last_reply\":\"", out);
 				cluster__put_str(out, q->last_reply, 1);
@@ -767,7 +802,7 @@ static void cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int jso
 			fputc('}', out);
 		}
 		fprintf(out, "],\"accept_index\":%" PRIu64 ",\"pending_apply\":%s}\n",
-		        r->accept_index, pending ? "true" : "false");
+			r->accept_index, pending ? "true" : "false");
 		return;
 	}
 	cluster__put_str(out, r->queue_id, 0);
@@ -787,7 +822,8 @@ static void cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int jso
 	fputc('\n', out);
 }
 
-int cluster_dump_queue(const char *data_dir, FILE *out, int json)
+int
+cluster_dump_queue(const char *data_dir, FILE *out, int json)
 {
 	char path[CLUSTER__PATH_MAX];
 	struct stat sb;
@@ -819,8 +855,8 @@ int cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		if (!r || !r->queue_id) {
 			size_t klen;
 			const unsigned char *k = store_iter_key(it, &klen);
-			cluster__log("dump: corrupt queue record key=%.*s", (int)(klen > 64 ? 64 : klen),
-			             (const char *)k);
+			cluster__log("dump: corrupt queue record key=%.*s",
+				     (int)(klen > 64 ? 64 : klen), (const char *)k);
 			bad = 1;
 			if (r)
 				relay__queue_record__free_unpacked(r, NULL);
@@ -901,7 +937,8 @@ out:
 	return rv;
 }
 
-struct store *cluster__store(struct cluster *c)
+struct store *
+cluster__store(struct cluster *c)
 {
 	return c->store;
 }

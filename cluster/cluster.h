@@ -33,14 +33,14 @@
 #include "relay.pb-c.h"
 
 /* Error codes and their strings: X(name, value, string). */
-#define CLUSTER_ERRNO_MAP(X)                                                                   \
-	X(CLUSTER_EIO, -1, "storage write or read failed")                                      \
-	X(CLUSTER_EBUSY, -2, "too many proposals waiting for the disk")                          \
-	X(CLUSTER_ECLOSED, -3, "cluster is closing or closed")                                  \
-	X(CLUSTER_ECORRUPT, -4, "corrupt data in the store")                                    \
-	X(CLUSTER_ENOMEM, -5, "out of memory")                                                  \
-	X(CLUSTER_EINVAL, -6, "invalid argument or command")                                    \
-	X(CLUSTER_ETOOBIG, -7, "command larger than the write batch bound")                     \
+#define CLUSTER_ERRNO_MAP(X)                                                                       \
+	X(CLUSTER_EIO, -1, "storage write or read failed")                                         \
+	X(CLUSTER_EBUSY, -2, "too many proposals waiting for the disk")                            \
+	X(CLUSTER_ECLOSED, -3, "cluster is closing or closed")                                     \
+	X(CLUSTER_ECORRUPT, -4, "corrupt data in the store")                                       \
+	X(CLUSTER_ENOMEM, -5, "out of memory")                                                     \
+	X(CLUSTER_EINVAL, -6, "invalid argument or command")                                       \
+	X(CLUSTER_ETOOBIG, -7, "command larger than the write batch bound")                        \
 	X(CLUSTER_ENOTFOUND, -8, "no such message")
 
 enum cluster_errno {
@@ -54,12 +54,12 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_MAX_BATCH_BYTES ((size_t)8 << 20)
 
 struct cluster_config {
-	const char *node_id;    /* borrowed; this node's id (also the single voter) */
-	const char *data_dir;   /* borrowed; created if missing; the RocksDB lives in data_dir/db */
-	unsigned max_pending;   /* bound on proposals not yet committed (0: default); beyond it
-	                           cluster_propose returns CLUSTER_EBUSY */
+	const char *node_id;	/* borrowed; this node's id (also the single voter) */
+	const char *data_dir;	/* borrowed; created if missing; the RocksDB lives in data_dir/db */
+	unsigned max_pending;	/* bound on proposals not yet committed (0: default); beyond it
+				   cluster_propose returns CLUSTER_EBUSY */
 	size_t max_batch_bytes; /* bound on the log bytes of one group-commit write (0: default);
-	                           a single command bigger than this gets CLUSTER_ETOOBIG */
+				   a single command bigger than this gets CLUSTER_ETOOBIG */
 };
 
 struct cluster;
@@ -103,19 +103,19 @@ const char *cluster_strerror(int code);
 int cluster_dump_queue(const char *data_dir, FILE *out, int json);
 
 struct cluster_stats {
-	uint64_t proposals;       /* accepted by cluster_propose */
-	uint64_t rejected;        /* refused synchronously (busy, invalid, too big, closed) */
-	uint64_t commits;         /* entries committed and applied */
-	uint64_t batches;         /* group-commit log writes that succeeded */
-	uint64_t fsyncs;          /* synced writes issued */
-	uint64_t bytes;           /* log bytes written */
-	uint64_t failures;        /* failed writes */
-	uint64_t failed_proposals;/* proposals completed with an error */
-	uint64_t applied_index;   /* last log index applied to the queue state machine */
-	uint64_t last_index;      /* last log index persisted */
-	uint64_t pending;         /* proposals not yet committed */
-	uint64_t messages;        /* messages in the queue */
-	uint64_t rcpts_queued;    /* recipients by state */
+	uint64_t proposals;	   /* accepted by cluster_propose */
+	uint64_t rejected;	   /* refused synchronously (busy, invalid, too big, closed) */
+	uint64_t commits;	   /* entries committed and applied */
+	uint64_t batches;	   /* group-commit log writes that succeeded */
+	uint64_t fsyncs;	   /* synced writes issued */
+	uint64_t bytes;		   /* log bytes written */
+	uint64_t failures;	   /* failed writes */
+	uint64_t failed_proposals; /* proposals completed with an error */
+	uint64_t applied_index;	   /* last log index applied to the queue state machine */
+	uint64_t last_index;	   /* last log index persisted */
+	uint64_t pending;	   /* proposals not yet committed */
+	uint64_t messages;	   /* messages in the queue */
+	uint64_t rcpts_queued;	   /* recipients by state */
 	uint64_t rcpts_delivered;
 	uint64_t rcpts_failed;
 	uint64_t rcpts_deleted;

@@ -21,11 +21,12 @@ static const struct {
 	const char *str;
 } queue__errors[] = {
 #define QUEUE__ERRNO_STR(name, val, str) {val, str},
-	QUEUE_ERRNO_MAP(QUEUE__ERRNO_STR)
+    QUEUE_ERRNO_MAP(QUEUE__ERRNO_STR)
 #undef QUEUE__ERRNO_STR
 };
 
-const char *queue_strerror(int code)
+const char *
+queue_strerror(int code)
 {
 	for (size_t i = 0; i < sizeof(queue__errors) / sizeof(queue__errors[0]); i++)
 		if (queue__errors[i].code == code)
@@ -36,14 +37,15 @@ const char *queue_strerror(int code)
 #define QUEUE__BUCKETS_MIN 1024u
 
 struct queue_fsm {
-	struct store *store;          /* borrowed */
-	struct queue_msg **buckets;   /* owned array; the messages are owned too */
-	size_t nbuckets;              /* power of two */
-	struct queue_msg *head, *tail;/* apply order */
+	struct store *store;	       /* borrowed */
+	struct queue_msg **buckets;    /* owned array; the messages are owned too */
+	size_t nbuckets;	       /* power of two */
+	struct queue_msg *head, *tail; /* apply order */
 	struct queue_counts counts;
 };
 
-static uint64_t queue__hash(const char *s, size_t n)
+static uint64_t
+queue__hash(const char *s, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
 	for (size_t i = 0; i < n; i++) {
@@ -55,7 +57,8 @@ static uint64_t queue__hash(const char *s, size_t n)
 
 /* ---- validation ---- */
 
-static int queue__id_ok(const char *id)
+static int
+queue__id_ok(const char *id)
 {
 	if (!id)
 		return 0;
@@ -71,7 +74,8 @@ static int queue__id_ok(const char *id)
 	return 1;
 }
 
-static int queue__addr_ok(const char *a, int may_be_empty)
+static int
+queue__addr_ok(const char *a, int may_be_empty)
 {
 	if (!a)
 		return 0;
@@ -79,7 +83,8 @@ static int queue__addr_ok(const char *a, int may_be_empty)
 	return n <= QUEUE_ADDR_MAX && (n > 0 || may_be_empty);
 }
 
-int queue_validate(const Relay__Command *cmd)
+int
+queue_validate(const Relay__Command *cmd)
 {
 	if (!cmd || cmd->cmd_case != RELAY__COMMAND__CMD_ACCEPT || !cmd->accept)
 		return QUEUE_EINVAL;
@@ -98,8 +103,8 @@ int queue_validate(const Relay__Command *cmd)
 
 /* ---- the in-memory index ---- */
 
-static struct queue_msg *queue__find(const struct queue_fsm *q, const char *id, size_t n,
-                                     uint64_t h)
+static struct queue_msg *
+queue__find(const struct queue_fsm *q, const char *id, size_t n, uint64_t h)
 {
 	for (struct queue_msg *m = q->buckets[h & (q->nbuckets - 1)]; m; m = m->hnext)
 		if (m->hash == h && !strncmp(m->queue_id, id, n) && m->queue_id[n] == 0)
@@ -108,7 +113,8 @@ static struct queue_msg *queue__find(const struct queue_fsm *q, const char *id, 
 }
 
 /* Grows the table when full; ENOMEM leaves it as it was (still usable). */
-static int queue__reserve(struct queue_fsm *q, uint64_t nmsgs)
+static int
+queue__reserve(struct queue_fsm *q, uint64_t nmsgs)
 {
 	if (nmsgs < q->nbuckets)
 		return 0;
@@ -130,7 +136,8 @@ static int queue__reserve(struct queue_fsm *q, uint64_t nmsgs)
 	return 0;
 }
 
-static void queue__link(struct queue_fsm *q, struct queue_msg *m)
+static void
+queue__link(struct queue_fsm *q, struct queue_msg *m)
 {
 	size_t bi = m->hash & (q->nbuckets - 1);
 	m->hnext = q->buckets[bi];
@@ -147,7 +154,8 @@ static void queue__link(struct queue_fsm *q, struct queue_msg *m)
 		q->counts.rcpts[m->rcpts[i].state]++;
 }
 
-static void queue__msg_free(struct queue_msg *m)
+static void
+queue__msg_free(struct queue_msg *m)
 {
 	if (m) {
 		free(m->rcpts);
@@ -155,7 +163,8 @@ static void queue__msg_free(struct queue_msg *m)
 	}
 }
 
-static struct queue_msg *queue__msg_new(const char *id, uint32_t nrcpts)
+static struct queue_msg *
+queue__msg_new(const char *id, uint32_t nrcpts)
 {
 	struct queue_msg *m = calloc(1, sizeof(*m));
 	if (!m)
@@ -174,8 +183,9 @@ static struct queue_msg *queue__msg_new(const char *id, uint32_t nrcpts)
 
 /* ---- records ---- */
 
-void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
-                              Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs)
+void
+queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
+			 Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs)
 {
 	relay__queue_record__init(rec);
 	rec->queue_id = a->queue_id;
@@ -209,8 +219,8 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
 }
 
 /* Index CF key for a message: state, next attempt, queue id. */
-static size_t queue__index_key(unsigned char *k, uint8_t state, uint64_t next_ms,
-                               const char *id)
+static size_t
+queue__index_key(unsigned char *k, uint8_t state, uint64_t next_ms, const char *id)
 {
 	size_t n = strlen(id);
 	k[0] = state;
@@ -220,7 +230,8 @@ static size_t queue__index_key(unsigned char *k, uint8_t state, uint64_t next_ms
 }
 
 /* Builds the metadata of a stored record; QUEUE_ECORRUPT if it is not one we could write. */
-static int queue__meta_from_record(const Relay__QueueRecord *r, struct queue_msg **out)
+static int
+queue__meta_from_record(const Relay__QueueRecord *r, struct queue_msg **out)
 {
 	if (!queue__id_ok(r->queue_id) || r->n_rcpts > QUEUE_RCPTS_MAX)
 		return QUEUE_ECORRUPT;
@@ -245,8 +256,9 @@ static int queue__meta_from_record(const Relay__QueueRecord *r, struct queue_msg
 
 /* ---- apply ---- */
 
-static int queue__apply_accept(struct queue_fsm *q, uint64_t index, const Relay__Accept *a,
-                               struct store_batch *b)
+static int
+queue__apply_accept(struct queue_fsm *q, uint64_t index, const Relay__Accept *a,
+		    struct store_batch *b)
 {
 	size_t idlen = strlen(a->queue_id);
 	uint64_t h = queue__hash(a->queue_id, idlen);
@@ -299,8 +311,8 @@ err_after_alloc:
 	return rv;
 }
 
-int queue_apply(struct queue_fsm *q, uint64_t index, const Relay__Command *cmd,
-                struct store_batch *b)
+int
+queue_apply(struct queue_fsm *q, uint64_t index, const Relay__Command *cmd, struct store_batch *b)
 {
 	int rv = queue_validate(cmd);
 	if (rv)
@@ -315,15 +327,18 @@ int queue_apply(struct queue_fsm *q, uint64_t index, const Relay__Command *cmd,
 
 /* ---- open / free ---- */
 
-static int queue__cmp_index(const void *a, const void *b)
+static int
+queue__cmp_index(const void *a, const void *b)
 {
-	const struct queue_msg *x = *(struct queue_msg *const *)a, *y = *(struct queue_msg *const *)b;
+	const struct queue_msg *x = *(struct queue_msg *const *)a,
+			       *y = *(struct queue_msg *const *)b;
 	if (x->accept_index != y->accept_index)
 		return x->accept_index < y->accept_index ? -1 : 1;
 	return strcmp(x->queue_id, y->queue_id);
 }
 
-void queue_fsm_free(struct queue_fsm *q)
+void
+queue_fsm_free(struct queue_fsm *q)
 {
 	if (!q)
 		return;
@@ -336,7 +351,8 @@ void queue_fsm_free(struct queue_fsm *q)
 	free(q);
 }
 
-int queue_fsm_new(struct store *s, struct queue_fsm **out)
+int
+queue_fsm_new(struct store *s, struct queue_fsm **out)
 {
 	struct queue_fsm *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -393,7 +409,8 @@ int queue_fsm_new(struct store *s, struct queue_fsm **out)
 		qsort(all, n, sizeof(*all), queue__cmp_index);
 	for (size_t i = 1; i < n; i++) {
 		if (!queue__cmp_index(&all[i - 1], &all[i])) {
-			rv = QUEUE_ECORRUPT; /* cannot happen with unique keys; never trust the disk */
+			rv = QUEUE_ECORRUPT; /* cannot happen with unique keys; never trust the disk
+					      */
 			goto err_after_load;
 		}
 	}
@@ -415,7 +432,8 @@ err_after_alloc:
 
 /* ---- queries ---- */
 
-const struct queue_msg *queue_fsm_lookup(const struct queue_fsm *q, const char *queue_id)
+const struct queue_msg *
+queue_fsm_lookup(const struct queue_fsm *q, const char *queue_id)
 {
 	if (!queue_id)
 		return NULL;
@@ -425,22 +443,26 @@ const struct queue_msg *queue_fsm_lookup(const struct queue_fsm *q, const char *
 	return queue__find(q, queue_id, n, queue__hash(queue_id, n));
 }
 
-const struct queue_msg *queue_fsm_first(const struct queue_fsm *q)
+const struct queue_msg *
+queue_fsm_first(const struct queue_fsm *q)
 {
 	return q->head;
 }
 
-const struct queue_msg *queue_fsm_next(const struct queue_fsm *q, const struct queue_msg *m)
+const struct queue_msg *
+queue_fsm_next(const struct queue_fsm *q, const struct queue_msg *m)
 {
 	return m ? m->next : NULL;
 }
 
-void queue_fsm_counts(const struct queue_fsm *q, struct queue_counts *c)
+void
+queue_fsm_counts(const struct queue_fsm *q, struct queue_counts *c)
 {
 	*c = q->counts;
 }
 
-static int queue__store_err(int rv)
+static int
+queue__store_err(int rv)
 {
 	switch (rv) {
 	case STORE_ENOTFOUND:
@@ -454,7 +476,8 @@ static int queue__store_err(int rv)
 	}
 }
 
-int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, size_t *len)
+int
+queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, size_t *len)
 {
 	if (!queue__id_ok(queue_id))
 		return QUEUE_ENOTFOUND;
@@ -462,7 +485,8 @@ int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, 
 	return rv ? queue__store_err(rv) : 0;
 }
 
-int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec)
+int
+queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec)
 {
 	if (!queue__id_ok(queue_id))
 		return QUEUE_ENOTFOUND;
@@ -479,7 +503,8 @@ int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__Queu
 	return 0;
 }
 
-static uint64_t queue__mix(uint64_t h, uint64_t v)
+static uint64_t
+queue__mix(uint64_t h, uint64_t v)
 {
 	for (int i = 0; i < 8; i++) {
 		h ^= (v >> (8 * i)) & 0xff;
@@ -488,7 +513,8 @@ static uint64_t queue__mix(uint64_t h, uint64_t v)
 	return h;
 }
 
-uint64_t queue_fsm_digest(const struct queue_fsm *q)
+uint64_t
+queue_fsm_digest(const struct queue_fsm *q)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 	for (const struct queue_msg *m = q->head; m; m = m->next) {

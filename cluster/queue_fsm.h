@@ -29,11 +29,11 @@
 #include "relay.pb-c.h"
 #include "store.h"
 
-#define QUEUE_ERRNO_MAP(X)                                                                     \
-	X(QUEUE_EINVAL, -1, "invalid command")                                                  \
-	X(QUEUE_ENOMEM, -2, "out of memory")                                                    \
-	X(QUEUE_EIO, -3, "storage error")                                                       \
-	X(QUEUE_ECORRUPT, -4, "corrupt queue record")                                           \
+#define QUEUE_ERRNO_MAP(X)                                                                         \
+	X(QUEUE_EINVAL, -1, "invalid command")                                                     \
+	X(QUEUE_ENOMEM, -2, "out of memory")                                                       \
+	X(QUEUE_EIO, -3, "storage error")                                                          \
+	X(QUEUE_ECORRUPT, -4, "corrupt queue record")                                              \
 	X(QUEUE_ENOTFOUND, -5, "no such message")
 
 enum queue_errno {
@@ -45,9 +45,9 @@ enum queue_errno {
 const char *queue_strerror(int code);
 
 /* Bounds on what one Accept may carry (checked by queue_validate). */
-#define QUEUE_ID_MAX 64u              /* bytes in a queue id */
-#define QUEUE_ADDR_MAX 512u           /* bytes in a mail address (RFC 5321 4.5.3.1: 256 path) */
-#define QUEUE_RCPTS_MAX 1000u         /* recipients per message (RFC 5321 4.5.3.1.8: >= 100) */
+#define QUEUE_ID_MAX 64u      /* bytes in a queue id */
+#define QUEUE_ADDR_MAX 512u   /* bytes in a mail address (RFC 5321 4.5.3.1: 256 path) */
+#define QUEUE_RCPTS_MAX 1000u /* recipients per message (RFC 5321 4.5.3.1.8: >= 100) */
 #define QUEUE_BODY_MAX ((size_t)128 << 20) /* body bytes */
 
 /* Recipient states: the same values as Relay__RcptState. */
@@ -63,7 +63,7 @@ enum queue_rcpt_state {
 #define QUEUE_INDEX_QUEUED 'Q'
 
 struct queue_rcpt_meta {
-	uint8_t state;            /* enum queue_rcpt_state */
+	uint8_t state; /* enum queue_rcpt_state */
 	uint32_t attempts;
 	uint64_t next_attempt_ms;
 };
@@ -73,14 +73,14 @@ struct queue_rcpt_meta {
 struct queue_msg {
 	char queue_id[QUEUE_ID_MAX + 1];
 	uint64_t received_ms;
-	uint64_t size;            /* body bytes */
-	uint64_t accept_index;    /* log index of its Accept */
+	uint64_t size;		  /* body bytes */
+	uint64_t accept_index;	  /* log index of its Accept */
 	uint64_t next_attempt_ms; /* earliest next attempt of its queued recipients */
 	uint32_t nrcpts;
 	struct queue_rcpt_meta *rcpts; /* nrcpts items */
 	/* internal */
-	struct queue_msg *prev, *next;  /* apply order */
-	struct queue_msg *hnext;        /* hash chain */
+	struct queue_msg *prev, *next; /* apply order */
+	struct queue_msg *hnext;       /* hash chain */
 	uint64_t hash;
 };
 
@@ -101,7 +101,7 @@ int queue_validate(const Relay__Command *cmd);
 
 /* Applies cmd, committed at log index.  Adds its store writes to b (not written here). */
 int queue_apply(struct queue_fsm *q, uint64_t index, const Relay__Command *cmd,
-                struct store_batch *b);
+		struct store_batch *b);
 
 /* Lookup by queue id (NULL if absent); iteration in apply order. */
 const struct queue_msg *queue_fsm_lookup(const struct queue_fsm *q, const char *queue_id);
@@ -119,7 +119,7 @@ int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__Queu
  * offline dump for entries not applied yet).  Pointers in *rec borrow from a and from rcpts
  * (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is allocated. */
 void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
-                              Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
+			      Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */
 uint64_t queue_fsm_digest(const struct queue_fsm *q);

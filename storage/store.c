@@ -20,11 +20,12 @@ static const struct {
 	const char *str;
 } store__errors[] = {
 #define STORE__ERRNO_STR(name, val, str) {val, str},
-	STORE_ERRNO_MAP(STORE__ERRNO_STR)
+    STORE_ERRNO_MAP(STORE__ERRNO_STR)
 #undef STORE__ERRNO_STR
 };
 
-const char *store_strerror(int code)
+const char *
+store_strerror(int code)
 {
 	for (size_t i = 0; i < sizeof(store__errors) / sizeof(store__errors[0]); i++)
 		if (store__errors[i].code == code)
@@ -33,21 +34,20 @@ const char *store_strerror(int code)
 }
 
 static const char *const store__cf_names[STORE_CF__COUNT] = {
-	[STORE_CF_LOG] = "raft_log",
-	[STORE_CF_META] = "raft_meta",
-	[STORE_CF_BODY] = "body",
-	[STORE_CF_QUEUE] = "queue",
-	[STORE_CF_INDEX] = "index",
+    [STORE_CF_LOG] = "raft_log", [STORE_CF_META] = "raft_meta", [STORE_CF_BODY] = "body",
+    [STORE_CF_QUEUE] = "queue",	 [STORE_CF_INDEX] = "index",
 };
 
-const char *store_cf_name(enum store_cf cf)
+const char *
+store_cf_name(enum store_cf cf)
 {
 	return (unsigned)cf < STORE_CF__COUNT ? store__cf_names[cf] : "?";
 }
 
 /* ---- integers ---- */
 
-void store_u64_encode(uint64_t v, unsigned char b[8])
+void
+store_u64_encode(uint64_t v, unsigned char b[8])
 {
 	for (int i = 7; i >= 0; i--) {
 		b[i] = (unsigned char)v;
@@ -55,7 +55,8 @@ void store_u64_encode(uint64_t v, unsigned char b[8])
 	}
 }
 
-uint64_t store_u64_decode(const unsigned char b[8])
+uint64_t
+store_u64_decode(const unsigned char b[8])
 {
 	uint64_t v = 0;
 	for (int i = 0; i < 8; i++)
@@ -63,7 +64,8 @@ uint64_t store_u64_decode(const unsigned char b[8])
 	return v;
 }
 
-static void store__u32_encode(uint32_t v, unsigned char b[4])
+static void
+store__u32_encode(uint32_t v, unsigned char b[4])
 {
 	b[0] = (unsigned char)(v >> 24);
 	b[1] = (unsigned char)(v >> 16);
@@ -71,12 +73,14 @@ static void store__u32_encode(uint32_t v, unsigned char b[4])
 	b[3] = (unsigned char)v;
 }
 
-static uint32_t store__u32_decode(const unsigned char b[4])
+static uint32_t
+store__u32_decode(const unsigned char b[4])
 {
 	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
 }
 
-void store_log_key(uint64_t index, unsigned char key[STORE_LOG_KEY_LEN])
+void
+store_log_key(uint64_t index, unsigned char key[STORE_LOG_KEY_LEN])
 {
 	store_u64_encode(index, key);
 }
@@ -86,7 +90,8 @@ void store_log_key(uint64_t index, unsigned char key[STORE_LOG_KEY_LEN])
 static uint32_t store__crc_table[256];
 static pthread_once_t store__crc_once = PTHREAD_ONCE_INIT;
 
-static void store__crc_init(void)
+static void
+store__crc_init(void)
 {
 	for (uint32_t i = 0; i < 256; i++) {
 		uint32_t c = i;
@@ -96,7 +101,8 @@ static void store__crc_init(void)
 	}
 }
 
-static uint32_t store__crc32(uint32_t crc, const unsigned char *p, size_t n)
+static uint32_t
+store__crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
 	pthread_once(&store__crc_once, store__crc_init);
 	crc = ~crc;
@@ -109,18 +115,21 @@ static uint32_t store__crc32(uint32_t crc, const unsigned char *p, size_t n)
 
 #define STORE__REC_HDR 10
 
-void store_batch_init(struct store_batch *b)
+void
+store_batch_init(struct store_batch *b)
 {
 	memset(b, 0, sizeof(*b));
 }
 
-void store_batch_fini(struct store_batch *b)
+void
+store_batch_fini(struct store_batch *b)
 {
 	free(b->buf);
 	memset(b, 0, sizeof(*b));
 }
 
-void store_batch_clear(struct store_batch *b)
+void
+store_batch_clear(struct store_batch *b)
 {
 	b->len = 0;
 	b->count = 0;
@@ -128,9 +137,9 @@ void store_batch_clear(struct store_batch *b)
 
 /* Appends a record with the key copied and room for vlen value bytes; returns the value's
  * address (to be filled by the caller) or NULL with *rv set. */
-static unsigned char *store__batch_reserve(struct store_batch *b, enum store_op op,
-                                           enum store_cf cf, const void *key, size_t klen,
-                                           size_t vlen, int *rv)
+static unsigned char *
+store__batch_reserve(struct store_batch *b, enum store_op op, enum store_cf cf, const void *key,
+		     size_t klen, size_t vlen, int *rv)
 {
 	if ((unsigned)cf >= STORE_CF__COUNT || (klen && !key)) {
 		*rv = STORE_EINVAL;
@@ -170,8 +179,9 @@ static unsigned char *store__batch_reserve(struct store_batch *b, enum store_op 
 	return p + STORE__REC_HDR + klen;
 }
 
-static int store__batch_add(struct store_batch *b, enum store_op op, enum store_cf cf,
-                            const void *key, size_t klen, const void *val, size_t vlen)
+static int
+store__batch_add(struct store_batch *b, enum store_op op, enum store_cf cf, const void *key,
+		 size_t klen, const void *val, size_t vlen)
 {
 	int rv = 0;
 	if (vlen && !val)
@@ -184,24 +194,28 @@ static int store__batch_add(struct store_batch *b, enum store_op op, enum store_
 	return 0;
 }
 
-int store_batch_put(struct store_batch *b, enum store_cf cf, const void *key, size_t klen,
-                    const void *val, size_t vlen)
+int
+store_batch_put(struct store_batch *b, enum store_cf cf, const void *key, size_t klen,
+		const void *val, size_t vlen)
 {
 	return store__batch_add(b, STORE_OP_PUT, cf, key, klen, val, vlen);
 }
 
-int store_batch_delete(struct store_batch *b, enum store_cf cf, const void *key, size_t klen)
+int
+store_batch_delete(struct store_batch *b, enum store_cf cf, const void *key, size_t klen)
 {
 	return store__batch_add(b, STORE_OP_DELETE, cf, key, klen, NULL, 0);
 }
 
-int store_batch_delete_range(struct store_batch *b, enum store_cf cf, const void *begin,
-                             size_t blen, const void *end, size_t elen)
+int
+store_batch_delete_range(struct store_batch *b, enum store_cf cf, const void *begin, size_t blen,
+			 const void *end, size_t elen)
 {
 	return store__batch_add(b, STORE_OP_DELETE_RANGE, cf, begin, blen, end, elen);
 }
 
-int store_batch_append(struct store_batch *dst, const struct store_batch *src)
+int
+store_batch_append(struct store_batch *dst, const struct store_batch *src)
 {
 	if (!src->len)
 		return 0;
@@ -223,9 +237,9 @@ int store_batch_append(struct store_batch *dst, const struct store_batch *src)
 	return 0;
 }
 
-int store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op,
-                     enum store_cf *cf, const unsigned char **key, size_t *klen,
-                     const unsigned char **val, size_t *vlen)
+int
+store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op, enum store_cf *cf,
+		 const unsigned char **key, size_t *klen, const unsigned char **val, size_t *vlen)
 {
 	if (*pos >= b->len)
 		return 0;
@@ -251,80 +265,92 @@ int store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op
 
 /* ---- dispatch ---- */
 
-void store_free(struct store *s)
+void
+store_free(struct store *s)
 {
 	if (s)
 		s->ops->free(s);
 }
 
-void store_inject_write_failures(struct store *s, unsigned n)
+void
+store_inject_write_failures(struct store *s, unsigned n)
 {
 	__atomic_store_n(&s->fail_writes, n, __ATOMIC_SEQ_CST);
 }
 
-int store_write(struct store *s, const struct store_batch *b, int sync)
+int
+store_write(struct store *s, const struct store_batch *b, int sync)
 {
 	unsigned n = __atomic_load_n(&s->fail_writes, __ATOMIC_SEQ_CST);
 	while (n) {
 		if (__atomic_compare_exchange_n(&s->fail_writes, &n, n - 1, 0, __ATOMIC_SEQ_CST,
-		                                __ATOMIC_SEQ_CST))
+						__ATOMIC_SEQ_CST))
 			return STORE_EIO;
 	}
 	return s->ops->write(s, b, sync);
 }
 
-int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
-              size_t *vlen)
+int
+store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val, size_t *vlen)
 {
 	if ((unsigned)cf >= STORE_CF__COUNT)
 		return STORE_EINVAL;
 	return s->ops->get(s, cf, key, klen, val, vlen);
 }
 
-int store_iter_new(struct store *s, enum store_cf cf, struct store_iter **out)
+int
+store_iter_new(struct store *s, enum store_cf cf, struct store_iter **out)
 {
 	if ((unsigned)cf >= STORE_CF__COUNT)
 		return STORE_EINVAL;
 	return s->ops->iter_new(s, cf, out);
 }
 
-void store_iter_free(struct store_iter *it)
+void
+store_iter_free(struct store_iter *it)
 {
 	if (it)
 		it->ops->free(it);
 }
 
-void store_iter_seek(struct store_iter *it, const void *key, size_t klen)
+void
+store_iter_seek(struct store_iter *it, const void *key, size_t klen)
 {
 	it->ops->seek(it, key, klen);
 }
 
-void store_iter_seek_last(struct store_iter *it)
+void
+store_iter_seek_last(struct store_iter *it)
 {
 	it->ops->seek_last(it);
 }
 
-int store_iter_valid(struct store_iter *it)
+int
+store_iter_valid(struct store_iter *it)
 {
 	return it->ops->valid(it);
 }
 
-void store_iter_next(struct store_iter *it)
+void
+store_iter_next(struct store_iter *it)
 {
 	it->ops->next(it);
 }
 
-const unsigned char *store_iter_key(struct store_iter *it, size_t *klen)
+const unsigned char *
+store_iter_key(struct store_iter *it, size_t *klen)
 {
 	return it->ops->key(it, klen);
 }
 
-const unsigned char *store_iter_value(struct store_iter *it, size_t *vlen)
+const unsigned char *
+store_iter_value(struct store_iter *it, size_t *vlen)
 {
 	return it->ops->value(it, vlen);
 }
 
-int store_iter_status(struct store_iter *it)
+int
+store_iter_status(struct store_iter *it)
 {
 	return it->ops->status(it);
 }
@@ -336,14 +362,16 @@ int store_iter_status(struct store_iter *it)
 /* Above this many entries store_log_delete uses one range tombstone instead of point deletes. */
 #define STORE__POINT_DELETE_MAX 256
 
-static uint32_t store__entry_crc(const unsigned char *hdr, const unsigned char *data, size_t len)
+static uint32_t
+store__entry_crc(const unsigned char *hdr, const unsigned char *data, size_t len)
 {
 	/* type and term: hdr[1..9] */
 	uint32_t crc = store__crc32(0, hdr + 1, 9);
 	return store__crc32(crc, data, len);
 }
 
-int store_log_append(struct store_batch *b, const struct store_entry *e)
+int
+store_log_append(struct store_batch *b, const struct store_entry *e)
 {
 	if (e->index == 0 || (unsigned)e->type > STORE_ENTRY_CONFIG || (e->len && !e->data))
 		return STORE_EINVAL;
@@ -353,7 +381,7 @@ int store_log_append(struct store_batch *b, const struct store_entry *e)
 	store_log_key(e->index, key);
 	int rv = 0;
 	unsigned char *v = store__batch_reserve(b, STORE_OP_PUT, STORE_CF_LOG, key, sizeof(key),
-	                                        STORE__ENTRY_HDR + e->len, &rv);
+						STORE__ENTRY_HDR + e->len, &rv);
 	if (!v)
 		return rv;
 	v[0] = STORE__ENTRY_VERSION;
@@ -365,7 +393,8 @@ int store_log_append(struct store_batch *b, const struct store_entry *e)
 	return 0;
 }
 
-int store_log_delete(struct store_batch *b, uint64_t first, uint64_t last)
+int
+store_log_delete(struct store_batch *b, uint64_t first, uint64_t last)
 {
 	if (first == 0 || last < first)
 		return first == 0 ? STORE_EINVAL : 0;
@@ -388,18 +417,19 @@ int store_log_delete(struct store_batch *b, uint64_t first, uint64_t last)
 	if (last == UINT64_MAX) {
 		/* a 9-byte key sorts after every 8-byte index key */
 		static const unsigned char end[9] = {0xff, 0xff, 0xff, 0xff, 0xff,
-		                                     0xff, 0xff, 0xff, 0xff};
+						     0xff, 0xff, 0xff, 0xff};
 		return store_batch_delete_range(b, STORE_CF_LOG, k1, sizeof(k1), end, sizeof(end));
 	}
 	store_log_key(last + 1, k2);
 	return store_batch_delete_range(b, STORE_CF_LOG, k1, sizeof(k1), k2, sizeof(k2));
 }
 
-int store_entry_decode(const unsigned char *key, size_t klen, const unsigned char *val,
-                       size_t vlen, struct store_entry *e)
+int
+store_entry_decode(const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
+		   struct store_entry *e)
 {
-	if (klen != STORE_LOG_KEY_LEN || vlen < STORE__ENTRY_HDR || val[0] != STORE__ENTRY_VERSION ||
-	    val[1] > STORE_ENTRY_CONFIG)
+	if (klen != STORE_LOG_KEY_LEN || vlen < STORE__ENTRY_HDR ||
+	    val[0] != STORE__ENTRY_VERSION || val[1] > STORE_ENTRY_CONFIG)
 		return STORE_ECORRUPT;
 	const unsigned char *data = val + STORE__ENTRY_HDR;
 	size_t len = vlen - STORE__ENTRY_HDR;
@@ -413,7 +443,8 @@ int store_entry_decode(const unsigned char *key, size_t klen, const unsigned cha
 	return e->index ? 0 : STORE_ECORRUPT;
 }
 
-int store_log_get(struct store *s, uint64_t index, struct store_entry *e, void **buf)
+int
+store_log_get(struct store *s, uint64_t index, struct store_entry *e, void **buf)
 {
 	unsigned char key[STORE_LOG_KEY_LEN];
 	void *val;
@@ -431,7 +462,8 @@ int store_log_get(struct store *s, uint64_t index, struct store_entry *e, void *
 	return 0;
 }
 
-int store_log_bounds(struct store *s, uint64_t *first, uint64_t *last)
+int
+store_log_bounds(struct store *s, uint64_t *first, uint64_t *last)
 {
 	struct store_iter *it;
 	int rv = store_iter_new(s, STORE_CF_LOG, &it);
@@ -470,7 +502,8 @@ out:
 
 #define STORE__META_VERSION 1
 
-int store_hardstate_put(struct store_batch *b, const struct store_hardstate *hs)
+int
+store_hardstate_put(struct store_batch *b, const struct store_hardstate *hs)
 {
 	size_t vl = strnlen(hs->vote, STORE_VOTE_MAX + 1);
 	if (vl > STORE_VOTE_MAX)
@@ -481,15 +514,16 @@ int store_hardstate_put(struct store_batch *b, const struct store_hardstate *hs)
 	v[9] = (unsigned char)vl;
 	memcpy(v + 10, hs->vote, vl);
 	return store_batch_put(b, STORE_CF_META, STORE_META_HARDSTATE,
-	                       sizeof(STORE_META_HARDSTATE) - 1, v, 10 + vl);
+			       sizeof(STORE_META_HARDSTATE) - 1, v, 10 + vl);
 }
 
-int store_hardstate_get(struct store *s, struct store_hardstate *hs)
+int
+store_hardstate_get(struct store *s, struct store_hardstate *hs)
 {
 	unsigned char *v;
 	size_t vlen;
 	int rv = store_get(s, STORE_CF_META, STORE_META_HARDSTATE, sizeof(STORE_META_HARDSTATE) - 1,
-	                   (void **)&v, &vlen);
+			   (void **)&v, &vlen);
 	if (rv)
 		return rv;
 	if (vlen < 10 || v[0] != STORE__META_VERSION || vlen != 10u + v[9]) {
@@ -503,21 +537,23 @@ int store_hardstate_get(struct store *s, struct store_hardstate *hs)
 	return 0;
 }
 
-int store_applied_put(struct store_batch *b, uint64_t index)
+int
+store_applied_put(struct store_batch *b, uint64_t index)
 {
 	unsigned char v[9];
 	v[0] = STORE__META_VERSION;
 	store_u64_encode(index, v + 1);
 	return store_batch_put(b, STORE_CF_META, STORE_META_APPLIED, sizeof(STORE_META_APPLIED) - 1,
-	                       v, sizeof(v));
+			       v, sizeof(v));
 }
 
-int store_applied_get(struct store *s, uint64_t *index)
+int
+store_applied_get(struct store *s, uint64_t *index)
 {
 	unsigned char *v;
 	size_t vlen;
 	int rv = store_get(s, STORE_CF_META, STORE_META_APPLIED, sizeof(STORE_META_APPLIED) - 1,
-	                   (void **)&v, &vlen);
+			   (void **)&v, &vlen);
 	if (rv == STORE_ENOTFOUND) {
 		*index = 0;
 		return 0;

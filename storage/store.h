@@ -27,12 +27,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_ERRNO_MAP(X)                                                                     \
-	X(STORE_EIO, -1, "storage I/O error")                                                   \
-	X(STORE_ENOTFOUND, -2, "key not found")                                                 \
-	X(STORE_ECORRUPT, -3, "corrupt value in the store")                                     \
-	X(STORE_ENOMEM, -4, "out of memory")                                                    \
-	X(STORE_EINVAL, -5, "invalid argument")                                                 \
+#define STORE_ERRNO_MAP(X)                                                                         \
+	X(STORE_EIO, -1, "storage I/O error")                                                      \
+	X(STORE_ENOTFOUND, -2, "key not found")                                                    \
+	X(STORE_ECORRUPT, -3, "corrupt value in the store")                                        \
+	X(STORE_ENOMEM, -4, "out of memory")                                                       \
+	X(STORE_EINVAL, -5, "invalid argument")                                                    \
 	X(STORE_ETOOBIG, -6, "key or value too big")
 
 enum store_errno {
@@ -56,9 +56,9 @@ enum store_cf {
 const char *store_cf_name(enum store_cf cf);
 
 /* Bounds. */
-#define STORE_KEY_MAX 1024u                       /* bytes in one key */
-#define STORE_VALUE_MAX ((size_t)256 << 20)       /* bytes in one value */
-#define STORE_BATCH_MAX ((size_t)1 << 30)         /* encoded bytes in one batch */
+#define STORE_KEY_MAX 1024u		    /* bytes in one key */
+#define STORE_VALUE_MAX ((size_t)256 << 20) /* bytes in one value */
+#define STORE_BATCH_MAX ((size_t)1 << 30)   /* encoded bytes in one batch */
 
 /* raft_meta keys. */
 #define STORE_META_HARDSTATE "hardstate"
@@ -89,7 +89,7 @@ void store_inject_write_failures(struct store *s, unsigned n);
 struct store_batch {
 	unsigned char *buf; /* owned: encoded operations */
 	size_t len, cap;
-	unsigned count;     /* operations */
+	unsigned count; /* operations */
 };
 
 void store_batch_init(struct store_batch *b);
@@ -97,11 +97,11 @@ void store_batch_fini(struct store_batch *b);
 void store_batch_clear(struct store_batch *b);
 /* Key and value are copied.  STORE_ENOMEM / STORE_ETOOBIG leave the batch unchanged. */
 int store_batch_put(struct store_batch *b, enum store_cf cf, const void *key, size_t klen,
-                    const void *val, size_t vlen);
+		    const void *val, size_t vlen);
 int store_batch_delete(struct store_batch *b, enum store_cf cf, const void *key, size_t klen);
 /* Deletes the keys in [begin, end). */
 int store_batch_delete_range(struct store_batch *b, enum store_cf cf, const void *begin,
-                             size_t blen, const void *end, size_t elen);
+			     size_t blen, const void *end, size_t elen);
 /* Appends every operation of src to dst. */
 int store_batch_append(struct store_batch *dst, const struct store_batch *src);
 
@@ -109,9 +109,9 @@ enum store_op { STORE_OP_PUT = 1, STORE_OP_DELETE = 2, STORE_OP_DELETE_RANGE = 3
 
 /* Walks the operations of b in order: *pos starts at 0; returns 1 with the fields set, 0 at the
  * end, STORE_ECORRUPT on a damaged batch.  For DELETE_RANGE, val is the end key. */
-int store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op,
-                     enum store_cf *cf, const unsigned char **key, size_t *klen,
-                     const unsigned char **val, size_t *vlen);
+int store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op, enum store_cf *cf,
+		     const unsigned char **key, size_t *klen, const unsigned char **val,
+		     size_t *vlen);
 
 /* Writes b atomically; sync=1 returns after the write is durable (WAL fsync). */
 int store_write(struct store *s, const struct store_batch *b, int sync);
@@ -120,7 +120,7 @@ int store_write(struct store *s, const struct store_batch *b, int sync);
 
 /* *val is malloc'ed (caller frees); STORE_ENOTFOUND if absent. */
 int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
-              size_t *vlen);
+	      size_t *vlen);
 
 /* Iterators see a consistent snapshot taken at creation. */
 int store_iter_new(struct store *s, enum store_cf cf, struct store_iter **out);
@@ -160,8 +160,8 @@ int store_log_append(struct store_batch *b, const struct store_entry *e);
  * range delete). */
 int store_log_delete(struct store_batch *b, uint64_t first, uint64_t last);
 /* Decodes a raft_log value; e->data points into val.  STORE_ECORRUPT if damaged. */
-int store_entry_decode(const unsigned char *key, size_t klen, const unsigned char *val,
-                       size_t vlen, struct store_entry *e);
+int store_entry_decode(const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
+		       struct store_entry *e);
 /* Reads entry index; e->data points into *buf (malloc'ed, caller frees). */
 int store_log_get(struct store *s, uint64_t index, struct store_entry *e, void **buf);
 /* First and last index in the log (0, 0 when empty). */
@@ -184,7 +184,7 @@ int store_applied_get(struct store *s, uint64_t *index); /* 0 when never set */
 struct store_ops {
 	int (*write)(struct store *s, const struct store_batch *b, int sync);
 	int (*get)(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
-	           size_t *vlen);
+		   size_t *vlen);
 	int (*iter_new)(struct store *s, enum store_cf cf, struct store_iter **out);
 	void (*free)(struct store *s);
 };

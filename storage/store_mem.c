@@ -34,7 +34,8 @@ struct store_mem_iter {
 	size_t pos;
 };
 
-static int store__mem_cmp(const unsigned char *a, size_t al, const unsigned char *b, size_t bl)
+static int
+store__mem_cmp(const unsigned char *a, size_t al, const unsigned char *b, size_t bl)
 {
 	int c = memcmp(a, b, al < bl ? al : bl);
 	if (c)
@@ -43,7 +44,8 @@ static int store__mem_cmp(const unsigned char *a, size_t al, const unsigned char
 }
 
 /* Index of the first key >= key. */
-static size_t store__mem_lower(const struct store_mem_cf *cf, const void *key, size_t klen)
+static size_t
+store__mem_lower(const struct store_mem_cf *cf, const void *key, size_t klen)
 {
 	size_t lo = 0, hi = cf->n;
 	while (lo < hi) {
@@ -56,14 +58,16 @@ static size_t store__mem_lower(const struct store_mem_cf *cf, const void *key, s
 	return lo;
 }
 
-static void store__mem_kv_free(struct store_mem_kv *kv)
+static void
+store__mem_kv_free(struct store_mem_kv *kv)
 {
 	free(kv->key);
 	free(kv->val);
 }
 
-static int store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_t kl,
-                          const unsigned char *v, size_t vl)
+static int
+store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_t kl, const unsigned char *v,
+	       size_t vl)
 {
 	unsigned char *val = malloc(vl ? vl : 1);
 	if (!val)
@@ -100,8 +104,9 @@ static int store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_
 	return 0;
 }
 
-static void store__mem_delete_range(struct store_mem_cf *cf, const unsigned char *b, size_t bl,
-                                    const unsigned char *e, size_t el)
+static void
+store__mem_delete_range(struct store_mem_cf *cf, const unsigned char *b, size_t bl,
+			const unsigned char *e, size_t el)
 {
 	size_t i = store__mem_lower(cf, b, bl), j = store__mem_lower(cf, e, el);
 	if (j <= i)
@@ -112,7 +117,8 @@ static void store__mem_delete_range(struct store_mem_cf *cf, const unsigned char
 	cf->n -= j - i;
 }
 
-static int store__mem_write(struct store *base, const struct store_batch *b, int sync)
+static int
+store__mem_write(struct store *base, const struct store_batch *b, int sync)
 {
 	struct store_mem *s = (struct store_mem *)base;
 	size_t pos = 0;
@@ -156,8 +162,9 @@ static int store__mem_write(struct store *base, const struct store_batch *b, int
 	return 0;
 }
 
-static int store__mem_get(struct store *base, enum store_cf cfi, const void *key, size_t klen,
-                          void **val, size_t *vlen)
+static int
+store__mem_get(struct store *base, enum store_cf cfi, const void *key, size_t klen, void **val,
+	       size_t *vlen)
 {
 	struct store_mem *s = (struct store_mem *)base;
 	int rv = STORE_ENOTFOUND;
@@ -179,7 +186,8 @@ static int store__mem_get(struct store *base, enum store_cf cfi, const void *key
 	return rv;
 }
 
-static void store__mem_cf_fini(struct store_mem_cf *cf)
+static void
+store__mem_cf_fini(struct store_mem_cf *cf)
 {
 	for (size_t i = 0; i < cf->n; i++)
 		store__mem_kv_free(&cf->kv[i]);
@@ -187,69 +195,78 @@ static void store__mem_cf_fini(struct store_mem_cf *cf)
 	memset(cf, 0, sizeof(*cf));
 }
 
-static void store__mem_iter_free(struct store_iter *base)
+static void
+store__mem_iter_free(struct store_iter *base)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	store__mem_cf_fini(&it->snap);
 	free(it);
 }
 
-static void store__mem_iter_seek(struct store_iter *base, const void *key, size_t klen)
+static void
+store__mem_iter_seek(struct store_iter *base, const void *key, size_t klen)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	it->pos = klen ? store__mem_lower(&it->snap, key, klen) : 0;
 }
 
-static void store__mem_iter_seek_last(struct store_iter *base)
+static void
+store__mem_iter_seek_last(struct store_iter *base)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	it->pos = it->snap.n ? it->snap.n - 1 : 0;
 }
 
-static int store__mem_iter_valid(struct store_iter *base)
+static int
+store__mem_iter_valid(struct store_iter *base)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	return it->pos < it->snap.n;
 }
 
-static void store__mem_iter_next(struct store_iter *base)
+static void
+store__mem_iter_next(struct store_iter *base)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	if (it->pos < it->snap.n)
 		it->pos++;
 }
 
-static const unsigned char *store__mem_iter_key(struct store_iter *base, size_t *klen)
+static const unsigned char *
+store__mem_iter_key(struct store_iter *base, size_t *klen)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	*klen = it->snap.kv[it->pos].klen;
 	return it->snap.kv[it->pos].key;
 }
 
-static const unsigned char *store__mem_iter_value(struct store_iter *base, size_t *vlen)
+static const unsigned char *
+store__mem_iter_value(struct store_iter *base, size_t *vlen)
 {
 	struct store_mem_iter *it = (struct store_mem_iter *)base;
 	*vlen = it->snap.kv[it->pos].vlen;
 	return it->snap.kv[it->pos].val;
 }
 
-static int store__mem_iter_status(struct store_iter *base)
+static int
+store__mem_iter_status(struct store_iter *base)
 {
 	return 0;
 }
 
 static const struct store_iter_ops store__mem_iter_ops = {
-	.free = store__mem_iter_free,
-	.seek = store__mem_iter_seek,
-	.seek_last = store__mem_iter_seek_last,
-	.valid = store__mem_iter_valid,
-	.next = store__mem_iter_next,
-	.key = store__mem_iter_key,
-	.value = store__mem_iter_value,
-	.status = store__mem_iter_status,
+    .free = store__mem_iter_free,
+    .seek = store__mem_iter_seek,
+    .seek_last = store__mem_iter_seek_last,
+    .valid = store__mem_iter_valid,
+    .next = store__mem_iter_next,
+    .key = store__mem_iter_key,
+    .value = store__mem_iter_value,
+    .status = store__mem_iter_status,
 };
 
-static int store__mem_iter_new(struct store *base, enum store_cf cfi, struct store_iter **out)
+static int
+store__mem_iter_new(struct store *base, enum store_cf cfi, struct store_iter **out)
 {
 	struct store_mem *s = (struct store_mem *)base;
 	struct store_mem_iter *it = calloc(1, sizeof(*it));
@@ -260,7 +277,7 @@ static int store__mem_iter_new(struct store *base, enum store_cf cfi, struct sto
 	struct store_mem_cf *cf = &s->cf[cfi];
 	for (size_t i = 0; i < cf->n; i++) {
 		if (store__mem_put(&it->snap, cf->kv[i].key, cf->kv[i].klen, cf->kv[i].val,
-		                   cf->kv[i].vlen)) {
+				   cf->kv[i].vlen)) {
 			pthread_mutex_unlock(&s->mu);
 			store__mem_iter_free(&it->base);
 			return STORE_ENOMEM;
@@ -271,7 +288,8 @@ static int store__mem_iter_new(struct store *base, enum store_cf cfi, struct sto
 	return 0;
 }
 
-static void store__mem_free(struct store *base)
+static void
+store__mem_free(struct store *base)
 {
 	struct store_mem *s = (struct store_mem *)base;
 	for (int i = 0; i < STORE_CF__COUNT; i++)
@@ -281,13 +299,14 @@ static void store__mem_free(struct store *base)
 }
 
 static const struct store_ops store__mem_ops = {
-	.write = store__mem_write,
-	.get = store__mem_get,
-	.iter_new = store__mem_iter_new,
-	.free = store__mem_free,
+    .write = store__mem_write,
+    .get = store__mem_get,
+    .iter_new = store__mem_iter_new,
+    .free = store__mem_free,
 };
 
-int store_mem_new(struct store **out)
+int
+store_mem_new(struct store **out)
 {
 	struct store_mem *s = calloc(1, sizeof(*s));
 	if (!s)

@@ -37,12 +37,14 @@ struct store_rocksdb_iter {
 	struct store_rocksdb *s;
 };
 
-static void store__rdb_log(const char *what, const char *err)
+static void
+store__rdb_log(const char *what, const char *err)
 {
 	fprintf(stderr, "store: %s error=\"%s\"\n", what, err ? err : "?");
 }
 
-static int store__rdb_write(struct store *base, const struct store_batch *b, int sync)
+static int
+store__rdb_write(struct store *base, const struct store_batch *b, int sync)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
 	if (s->readonly)
@@ -57,15 +59,15 @@ static int store__rdb_write(struct store *base, const struct store_batch *b, int
 	while ((rv = store_batch_next(b, &pos, &op, &cf, &k, &kl, &v, &vl)) == 1) {
 		switch (op) {
 		case STORE_OP_PUT:
-			rocksdb_writebatch_put_cf(wb, s->cf[cf], (const char *)k, kl, (const char *)v,
-			                          vl);
+			rocksdb_writebatch_put_cf(wb, s->cf[cf], (const char *)k, kl,
+						  (const char *)v, vl);
 			break;
 		case STORE_OP_DELETE:
 			rocksdb_writebatch_delete_cf(wb, s->cf[cf], (const char *)k, kl);
 			break;
 		case STORE_OP_DELETE_RANGE:
 			rocksdb_writebatch_delete_range_cf(wb, s->cf[cf], (const char *)k, kl,
-			                                   (const char *)v, vl);
+							   (const char *)v, vl);
 			break;
 		}
 	}
@@ -84,8 +86,9 @@ static int store__rdb_write(struct store *base, const struct store_batch *b, int
 	return 0;
 }
 
-static int store__rdb_get(struct store *base, enum store_cf cf, const void *key, size_t klen,
-                          void **val, size_t *vlen)
+static int
+store__rdb_get(struct store *base, enum store_cf cf, const void *key, size_t klen, void **val,
+	       size_t *vlen)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
 	char *err = NULL;
@@ -111,7 +114,8 @@ static int store__rdb_get(struct store *base, enum store_cf cf, const void *key,
 	return 0;
 }
 
-static void store__rdb_iter_free(struct store_iter *base)
+static void
+store__rdb_iter_free(struct store_iter *base)
 {
 	struct store_rocksdb_iter *it = (struct store_rocksdb_iter *)base;
 	rocksdb_iter_destroy(it->it);
@@ -120,7 +124,8 @@ static void store__rdb_iter_free(struct store_iter *base)
 	free(it);
 }
 
-static void store__rdb_iter_seek(struct store_iter *base, const void *key, size_t klen)
+static void
+store__rdb_iter_seek(struct store_iter *base, const void *key, size_t klen)
 {
 	struct store_rocksdb_iter *it = (struct store_rocksdb_iter *)base;
 	if (klen)
@@ -129,34 +134,40 @@ static void store__rdb_iter_seek(struct store_iter *base, const void *key, size_
 		rocksdb_iter_seek_to_first(it->it);
 }
 
-static void store__rdb_iter_seek_last(struct store_iter *base)
+static void
+store__rdb_iter_seek_last(struct store_iter *base)
 {
 	rocksdb_iter_seek_to_last(((struct store_rocksdb_iter *)base)->it);
 }
 
-static int store__rdb_iter_valid(struct store_iter *base)
+static int
+store__rdb_iter_valid(struct store_iter *base)
 {
 	return rocksdb_iter_valid(((struct store_rocksdb_iter *)base)->it) != 0;
 }
 
-static void store__rdb_iter_next(struct store_iter *base)
+static void
+store__rdb_iter_next(struct store_iter *base)
 {
 	rocksdb_iter_next(((struct store_rocksdb_iter *)base)->it);
 }
 
-static const unsigned char *store__rdb_iter_key(struct store_iter *base, size_t *klen)
+static const unsigned char *
+store__rdb_iter_key(struct store_iter *base, size_t *klen)
 {
 	return (const unsigned char *)rocksdb_iter_key(((struct store_rocksdb_iter *)base)->it,
-	                                               klen);
+						       klen);
 }
 
-static const unsigned char *store__rdb_iter_value(struct store_iter *base, size_t *vlen)
+static const unsigned char *
+store__rdb_iter_value(struct store_iter *base, size_t *vlen)
 {
 	return (const unsigned char *)rocksdb_iter_value(((struct store_rocksdb_iter *)base)->it,
-	                                                 vlen);
+							 vlen);
 }
 
-static int store__rdb_iter_status(struct store_iter *base)
+static int
+store__rdb_iter_status(struct store_iter *base)
 {
 	char *err = NULL;
 	rocksdb_iter_get_error(((struct store_rocksdb_iter *)base)->it, &err);
@@ -169,17 +180,18 @@ static int store__rdb_iter_status(struct store_iter *base)
 }
 
 static const struct store_iter_ops store__rdb_iter_ops = {
-	.free = store__rdb_iter_free,
-	.seek = store__rdb_iter_seek,
-	.seek_last = store__rdb_iter_seek_last,
-	.valid = store__rdb_iter_valid,
-	.next = store__rdb_iter_next,
-	.key = store__rdb_iter_key,
-	.value = store__rdb_iter_value,
-	.status = store__rdb_iter_status,
+    .free = store__rdb_iter_free,
+    .seek = store__rdb_iter_seek,
+    .seek_last = store__rdb_iter_seek_last,
+    .valid = store__rdb_iter_valid,
+    .next = store__rdb_iter_next,
+    .key = store__rdb_iter_key,
+    .value = store__rdb_iter_value,
+    .status = store__rdb_iter_status,
 };
 
-static int store__rdb_iter_new(struct store *base, enum store_cf cf, struct store_iter **out)
+static int
+store__rdb_iter_new(struct store *base, enum store_cf cf, struct store_iter **out)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
 	struct store_rocksdb_iter *it = calloc(1, sizeof(*it));
@@ -197,7 +209,8 @@ static int store__rdb_iter_new(struct store *base, enum store_cf cf, struct stor
 	return 0;
 }
 
-static void store__rdb_free(struct store *base)
+static void
+store__rdb_free(struct store *base)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
 	for (int i = 0; i <= STORE_CF__COUNT; i++)
@@ -213,13 +226,14 @@ static void store__rdb_free(struct store *base)
 }
 
 static const struct store_ops store__rdb_ops = {
-	.write = store__rdb_write,
-	.get = store__rdb_get,
-	.iter_new = store__rdb_iter_new,
-	.free = store__rdb_free,
+    .write = store__rdb_write,
+    .get = store__rdb_get,
+    .iter_new = store__rdb_iter_new,
+    .free = store__rdb_free,
 };
 
-int store_open(const char *dir, int readonly, struct store **out)
+int
+store_open(const char *dir, int readonly, struct store **out)
 {
 	if (!dir || !*dir)
 		return STORE_EINVAL;
@@ -252,11 +266,11 @@ int store_open(const char *dir, int readonly, struct store **out)
 
 	char *err = NULL;
 	if (readonly)
-		s->db = rocksdb_open_for_read_only_column_families(s->opts, dir, STORE_CF__COUNT + 1,
-		                                                   names, cfopts, s->cf, 0, &err);
+		s->db = rocksdb_open_for_read_only_column_families(
+		    s->opts, dir, STORE_CF__COUNT + 1, names, cfopts, s->cf, 0, &err);
 	else
-		s->db = rocksdb_open_column_families(s->opts, dir, STORE_CF__COUNT + 1, names, cfopts,
-		                                     s->cf, &err);
+		s->db = rocksdb_open_column_families(s->opts, dir, STORE_CF__COUNT + 1, names,
+						     cfopts, s->cf, &err);
 	if (err || !s->db) {
 		fprintf(stderr, "store: open dir=%s error=\"%s\"\n", dir, err ? err : "?");
 		rocksdb_free(err);

@@ -34,12 +34,14 @@ struct fx {
 	uv_timer_t tick; /* keeps the loop from blocking forever while waiting */
 };
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+static int
+rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	return remove(p);
 }
 
-static int setup(void **state)
+static int
+setup(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	strcpy(f->dir, "/tmp/relay-cluster-XXXXXX");
@@ -52,7 +54,8 @@ static int setup(void **state)
 	return 0;
 }
 
-static int teardown(void **state)
+static int
+teardown(void **state)
 {
 	struct fx *f = *state;
 	uv_close((uv_handle_t *)&f->tick, NULL);
@@ -63,12 +66,14 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void tick_cb(uv_timer_t *t)
+static void
+tick_cb(uv_timer_t *t)
 {
 }
 
 /* Runs the loop until *flag >= want; fails the test at the deadline. */
-static void run_until(struct fx *f, const unsigned *flag, unsigned want)
+static void
+run_until(struct fx *f, const unsigned *flag, unsigned want)
 {
 	uv_update_time(&f->loop);
 	uint64_t end = uv_now(&f->loop) + DEADLINE_MS;
@@ -85,7 +90,7 @@ struct done {
 	unsigned calls;
 	unsigned ok;
 	int status[16384];
-	unsigned order_ok;  /* callbacks came in proposal order */
+	unsigned order_ok; /* callbacks came in proposal order */
 	unsigned next;
 };
 
@@ -96,7 +101,8 @@ struct pctx {
 
 static struct pctx ctxs[16384];
 
-static void prop_cb(void *arg, int status)
+static void
+prop_cb(void *arg, int status)
 {
 	struct pctx *p = arg;
 	p->d->status[p->i] = status;
@@ -108,12 +114,14 @@ static void prop_cb(void *arg, int status)
 		p->d->ok++;
 }
 
-static void close_done(void *arg)
+static void
+close_done(void *arg)
 {
 	(*(unsigned *)arg)++;
 }
 
-static void close_and_wait(struct fx *f, struct cluster *c)
+static void
+close_and_wait(struct fx *f, struct cluster *c)
 {
 	unsigned closed = 0;
 	cluster_close(c, close_done, &closed);
@@ -121,13 +129,14 @@ static void close_and_wait(struct fx *f, struct cluster *c)
 	run_until(f, &closed, 1);
 }
 
-static struct cluster *open_cluster(struct fx *f, unsigned max_pending, size_t max_batch)
+static struct cluster *
+open_cluster(struct fx *f, unsigned max_pending, size_t max_batch)
 {
 	struct cluster_config cfg = {
-		.node_id = "n1",
-		.data_dir = f->dir,
-		.max_pending = max_pending,
-		.max_batch_bytes = max_batch,
+	    .node_id = "n1",
+	    .data_dir = f->dir,
+	    .max_pending = max_pending,
+	    .max_batch_bytes = max_batch,
 	};
 	struct cluster *c = NULL;
 	int rv = cluster_open(&f->loop, &cfg, &c);
@@ -147,7 +156,8 @@ struct cmdbuf {
 	uint8_t *body;
 };
 
-static void make_cmd(struct cmdbuf *b, unsigned i, size_t blen)
+static void
+make_cmd(struct cmdbuf *b, unsigned i, size_t blen)
 {
 	memset(b, 0, sizeof(*b));
 	relay__command__init(&b->cmd);
@@ -175,14 +185,15 @@ static void make_cmd(struct cmdbuf *b, unsigned i, size_t blen)
 	b->cmd.accept = &b->acc;
 }
 
-static void free_cmd(struct cmdbuf *b)
+static void
+free_cmd(struct cmdbuf *b)
 {
 	free(b->body);
 }
 
 /* Proposes commands [from, to) (ids from..to-1); returns how many were accepted. */
-static unsigned propose_range(struct cluster *c, struct done *d, unsigned from, unsigned to,
-                              int *first_err)
+static unsigned
+propose_range(struct cluster *c, struct done *d, unsigned from, unsigned to, int *first_err)
 {
 	unsigned n = 0;
 	for (unsigned i = from; i < to; i++) {
@@ -199,7 +210,8 @@ static unsigned propose_range(struct cluster *c, struct done *d, unsigned from, 
 	return n;
 }
 
-static unsigned count_lines(FILE *fp, const char *must_contain, unsigned *containing)
+static unsigned
+count_lines(FILE *fp, const char *must_contain, unsigned *containing)
 {
 	char line[8192];
 	unsigned n = 0;
@@ -214,7 +226,8 @@ static unsigned count_lines(FILE *fp, const char *must_contain, unsigned *contai
 
 /* ---- tests ---- */
 
-static void test_group_commit_and_reopen(void **state)
+static void
+test_group_commit_and_reopen(void **state)
 {
 	struct fx *f = *state;
 	enum { N = 3000 };
@@ -239,7 +252,7 @@ static void test_group_commit_and_reopen(void **state)
 	assert_true(st.batches >= 1);
 	assert_true(st.batches < N); /* group commit happened */
 	print_message("group commit: %u proposals in %llu batches, %llu fsyncs\n", N,
-	              (unsigned long long)st.batches, (unsigned long long)st.fsyncs);
+		      (unsigned long long)st.batches, (unsigned long long)st.fsyncs);
 
 	const struct queue_msg *m = queue_fsm_lookup(cluster_queue(c), "q000042");
 	assert_non_null(m);
@@ -314,7 +327,8 @@ static void test_group_commit_and_reopen(void **state)
 static struct cluster *g_closing;
 static int g_reentrant_rv;
 
-static void closed_prop_cb(void *arg, int status)
+static void
+closed_prop_cb(void *arg, int status)
 {
 	prop_cb(arg, status);
 	if (status == CLUSTER_ECLOSED && !g_reentrant_rv) {
@@ -325,7 +339,8 @@ static void closed_prop_cb(void *arg, int status)
 	}
 }
 
-static void test_close_fails_pending(void **state)
+static void
+test_close_fails_pending(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 0, 0);
@@ -364,7 +379,8 @@ static void test_close_fails_pending(void **state)
 	close_and_wait(f, c);
 }
 
-static void test_close_before_any_write(void **state)
+static void
+test_close_before_any_write(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 0, 0);
@@ -380,7 +396,8 @@ static void test_close_before_any_write(void **state)
 		assert_int_equal(d.status[i], CLUSTER_ECLOSED);
 }
 
-static void test_max_pending(void **state)
+static void
+test_max_pending(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 10, 0);
@@ -403,7 +420,8 @@ static void test_max_pending(void **state)
 	close_and_wait(f, c);
 }
 
-static void test_bad_proposals(void **state)
+static void
+test_bad_proposals(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 0, 64 * 1024);
@@ -431,11 +449,12 @@ static void test_bad_proposals(void **state)
 	assert_true(st.batches >= 100 * BODY_LEN / (64 * 1024));
 	close_and_wait(f, c);
 	assert_string_equal(cluster_strerror(CLUSTER_EBUSY),
-	                    "too many proposals waiting for the disk");
+			    "too many proposals waiting for the disk");
 	assert_string_equal(cluster_strerror(12345), "unknown error");
 }
 
-static void test_write_failure(void **state)
+static void
+test_write_failure(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 0, 0);
@@ -471,7 +490,8 @@ static void test_write_failure(void **state)
 
 /* Writes entries first..last (Accept q<i>) to the log only, as if the node crashed after the
  * synced log append and before its apply write. */
-static void write_log_only(struct fx *f, uint64_t first, uint64_t last, unsigned id_base)
+static void
+write_log_only(struct fx *f, uint64_t first, uint64_t last, unsigned id_base)
 {
 	struct store *s;
 	assert_int_equal(store_open(f->db, 0, &s), 0);
@@ -483,8 +503,8 @@ static void write_log_only(struct fx *f, uint64_t first, uint64_t last, unsigned
 		size_t len = relay__command__get_packed_size(&cb.cmd);
 		uint8_t *buf = malloc(len);
 		relay__command__pack(&cb.cmd, buf);
-		struct store_entry e = {.index = i, .term = 1, .type = STORE_ENTRY_NORMAL,
-		                        .data = buf, .len = len};
+		struct store_entry e = {
+		    .index = i, .term = 1, .type = STORE_ENTRY_NORMAL, .data = buf, .len = len};
 		assert_int_equal(store_log_append(&b, &e), 0);
 		free(buf);
 		free_cmd(&cb);
@@ -494,7 +514,8 @@ static void write_log_only(struct fx *f, uint64_t first, uint64_t last, unsigned
 	store_free(s);
 }
 
-static void test_replay_after_crash(void **state)
+static void
+test_replay_after_crash(void **state)
 {
 	struct fx *f = *state;
 	/* a fresh node that "crashed" after appending entries 1..5 (ids 0..4) */
@@ -538,7 +559,8 @@ static void test_replay_after_crash(void **state)
 	store_free(s);
 }
 
-static void test_corrupt_log(void **state)
+static void
+test_corrupt_log(void **state)
 {
 	struct fx *f = *state;
 	write_log_only(f, 1, 3, 0);
@@ -567,7 +589,8 @@ static void test_corrupt_log(void **state)
 	fclose(fp);
 }
 
-static void test_corrupt_queue_record(void **state)
+static void
+test_corrupt_queue_record(void **state)
 {
 	struct fx *f = *state;
 	struct cluster *c = open_cluster(f, 0, 0);
@@ -584,7 +607,8 @@ static void test_corrupt_queue_record(void **state)
 	assert_int_equal(cluster_open(&f->loop, &cfg, &c), CLUSTER_ECORRUPT);
 }
 
-static void test_dump_missing_dir(void **state)
+static void
+test_dump_missing_dir(void **state)
 {
 	struct fx *f = *state;
 	char p[128];
@@ -593,7 +617,6 @@ static void test_dump_missing_dir(void **state)
 	assert_true(cluster_dump_queue(p, fp, 0) < 0);
 	fclose(fp);
 }
-
 
 /* ---- pipelined sessions: each proposes again from its callback (closed loop) ---- */
 
@@ -605,7 +628,8 @@ struct session {
 
 static void session_next(struct session *ss);
 
-static void session_cb(void *arg, int status)
+static void
+session_cb(void *arg, int status)
 {
 	struct session *ss = arg;
 	(*ss->done)++;
@@ -615,7 +639,8 @@ static void session_cb(void *arg, int status)
 		session_next(ss);
 }
 
-static void session_next(struct session *ss)
+static void
+session_next(struct session *ss)
 {
 	struct cmdbuf b;
 	unsigned i = (*ss->total)++;
@@ -625,7 +650,8 @@ static void session_next(struct session *ss)
 	free_cmd(&b);
 }
 
-static void test_pipelined_sessions(void **state)
+static void
+test_pipelined_sessions(void **state)
 {
 	struct fx *f = *state;
 	enum { SESSIONS = 50, EACH = 100, N = SESSIONS * EACH };
@@ -647,15 +673,16 @@ static void test_pipelined_sessions(void **state)
 	/* every fsync carried many proposals: 50 sessions share each write */
 	assert_true(st.batches * 10 < N);
 	print_message("pipelined: %u proposals of %u bytes, %u sessions: %.0f/s, %llu batches "
-	              "(%.1f per fsync)\n",
-	              N, BODY_LEN, SESSIONS, N / secs, (unsigned long long)st.batches,
-	              (double)N / (double)st.batches);
+		      "(%.1f per fsync)\n",
+		      N, BODY_LEN, SESSIONS, N / secs, (unsigned long long)st.batches,
+		      (double)N / (double)st.batches);
 	close_and_wait(f, c);
 }
 
 /* ---- startup with a large queue reads metadata only ---- */
 
-static void test_large_queue_startup(void **state)
+static void
+test_large_queue_startup(void **state)
 {
 	struct fx *f = *state;
 	enum { N = 100000, CHUNK = 10000 };
@@ -688,21 +715,22 @@ static void test_large_queue_startup(void **state)
 	close_and_wait(f, c);
 }
 
-int main(void)
+int
+main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_group_commit_and_reopen, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_close_fails_pending, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_close_before_any_write, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_proposals, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_replay_after_crash, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_corrupt_log, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_corrupt_queue_record, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_dump_missing_dir, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_pipelined_sessions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_large_queue_startup, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_group_commit_and_reopen, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_close_fails_pending, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_close_before_any_write, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_proposals, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_replay_after_crash, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_corrupt_log, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_corrupt_queue_record, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_dump_missing_dir, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pipelined_sessions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_large_queue_startup, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

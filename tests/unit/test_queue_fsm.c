@@ -28,7 +28,8 @@ struct cmdbuf {
 };
 
 /* Accept number i: id from ids[i % n] style callers; 1..3 recipients; a small body. */
-static void make_cmd(struct cmdbuf *b, const char *id, unsigned i)
+static void
+make_cmd(struct cmdbuf *b, const char *id, unsigned i)
 {
 	memset(b, 0, sizeof(*b));
 	relay__command__init(&b->cmd);
@@ -59,14 +60,16 @@ struct world {
 	struct store_batch log; /* every apply write, concatenated */
 };
 
-static void world_init(struct world *w)
+static void
+world_init(struct world *w)
 {
 	assert_int_equal(store_mem_new(&w->s), 0);
 	assert_int_equal(queue_fsm_new(w->s, &w->q), 0);
 	store_batch_init(&w->log);
 }
 
-static void world_fini(struct world *w)
+static void
+world_fini(struct world *w)
 {
 	queue_fsm_free(w->q);
 	store_free(w->s);
@@ -74,7 +77,8 @@ static void world_fini(struct world *w)
 }
 
 /* Applies a script of commands (ids chosen to repeat: duplicates) at indices 1..n. */
-static void run_script(struct world *w, unsigned n)
+static void
+run_script(struct world *w, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++) {
 		char id[32];
@@ -91,7 +95,8 @@ static void run_script(struct world *w, unsigned n)
 	}
 }
 
-static void test_determinism(void **state)
+static void
+test_determinism(void **state)
 {
 	struct world a, b;
 	world_init(&a);
@@ -129,7 +134,8 @@ static void test_determinism(void **state)
 	world_fini(&b);
 }
 
-static void test_duplicate_is_noop(void **state)
+static void
+test_duplicate_is_noop(void **state)
 {
 	struct world w;
 	world_init(&w);
@@ -154,7 +160,8 @@ static void test_duplicate_is_noop(void **state)
 	world_fini(&w);
 }
 
-static void test_invalid_commands(void **state)
+static void
+test_invalid_commands(void **state)
 {
 	static char long_id[QUEUE_ID_MAX + 2];
 	memset(long_id, 'x', QUEUE_ID_MAX + 1);
@@ -167,26 +174,64 @@ static void test_invalid_commands(void **state)
 		many_r[i].addr = "r@example.org";
 		many_rp[i] = &many_r[i];
 	}
-	enum { NOT_SET, EMPTY_ID, SPACE_ID, QUOTE_ID, LONG_ID, NULL_ID, NO_RCPTS, TOO_MANY,
-	       EMPTY_RCPT, LONG_RCPT, NULL_FROM, NULL_ACCEPT, NCASES };
+	enum {
+		NOT_SET,
+		EMPTY_ID,
+		SPACE_ID,
+		QUOTE_ID,
+		LONG_ID,
+		NULL_ID,
+		NO_RCPTS,
+		TOO_MANY,
+		EMPTY_RCPT,
+		LONG_RCPT,
+		NULL_FROM,
+		NULL_ACCEPT,
+		NCASES
+	};
 	struct world w;
 	world_init(&w);
 	for (int k = 0; k < NCASES; k++) {
 		struct cmdbuf b;
 		make_cmd(&b, "ok1", 1);
 		switch (k) {
-		case NOT_SET: b.cmd.cmd_case = RELAY__COMMAND__CMD__NOT_SET; break;
-		case EMPTY_ID: b.acc.queue_id = ""; break;
-		case SPACE_ID: b.acc.queue_id = "a b"; break;
-		case QUOTE_ID: b.acc.queue_id = "a\"b"; break;
-		case LONG_ID: b.acc.queue_id = long_id; break;
-		case NULL_ID: b.acc.queue_id = NULL; break;
-		case NO_RCPTS: b.acc.n_rcpts = 0; break;
-		case TOO_MANY: b.acc.n_rcpts = QUEUE_RCPTS_MAX + 1; b.acc.rcpts = many_rp; break;
-		case EMPTY_RCPT: b.r[0].addr = ""; break;
-		case LONG_RCPT: b.r[0].addr = long_addr; break;
-		case NULL_FROM: b.acc.mail_from = NULL; break;
-		case NULL_ACCEPT: b.cmd.accept = NULL; break;
+		case NOT_SET:
+			b.cmd.cmd_case = RELAY__COMMAND__CMD__NOT_SET;
+			break;
+		case EMPTY_ID:
+			b.acc.queue_id = "";
+			break;
+		case SPACE_ID:
+			b.acc.queue_id = "a b";
+			break;
+		case QUOTE_ID:
+			b.acc.queue_id = "a\"b";
+			break;
+		case LONG_ID:
+			b.acc.queue_id = long_id;
+			break;
+		case NULL_ID:
+			b.acc.queue_id = NULL;
+			break;
+		case NO_RCPTS:
+			b.acc.n_rcpts = 0;
+			break;
+		case TOO_MANY:
+			b.acc.n_rcpts = QUEUE_RCPTS_MAX + 1;
+			b.acc.rcpts = many_rp;
+			break;
+		case EMPTY_RCPT:
+			b.r[0].addr = "";
+			break;
+		case LONG_RCPT:
+			b.r[0].addr = long_addr;
+			break;
+		case NULL_FROM:
+			b.acc.mail_from = NULL;
+			break;
+		case NULL_ACCEPT:
+			b.cmd.accept = NULL;
+			break;
 		}
 		struct store_batch one;
 		store_batch_init(&one);
@@ -213,7 +258,8 @@ static void test_invalid_commands(void **state)
 	world_fini(&w);
 }
 
-static void test_lookup_and_reads(void **state)
+static void
+test_lookup_and_reads(void **state)
 {
 	struct world w;
 	world_init(&w);
@@ -279,7 +325,8 @@ static void test_lookup_and_reads(void **state)
 	world_fini(&w);
 }
 
-static void test_many_messages_rehash(void **state)
+static void
+test_many_messages_rehash(void **state)
 {
 	struct world w;
 	world_init(&w);
@@ -310,7 +357,8 @@ static void test_many_messages_rehash(void **state)
 	world_fini(&w);
 }
 
-static void test_corrupt_record(void **state)
+static void
+test_corrupt_record(void **state)
 {
 	struct world w;
 	world_init(&w);
@@ -344,15 +392,13 @@ static void test_corrupt_record(void **state)
 	assert_string_equal(queue_strerror(QUEUE_EINVAL), "invalid command");
 }
 
-int main(void)
+int
+main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_determinism),
-		cmocka_unit_test(test_duplicate_is_noop),
-		cmocka_unit_test(test_invalid_commands),
-		cmocka_unit_test(test_lookup_and_reads),
-		cmocka_unit_test(test_many_messages_rehash),
-		cmocka_unit_test(test_corrupt_record),
+	    cmocka_unit_test(test_determinism),		 cmocka_unit_test(test_duplicate_is_noop),
+	    cmocka_unit_test(test_invalid_commands),	 cmocka_unit_test(test_lookup_and_reads),
+	    cmocka_unit_test(test_many_messages_rehash), cmocka_unit_test(test_corrupt_record),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

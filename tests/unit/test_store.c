@@ -25,12 +25,14 @@ struct fx {
 	struct store *s;
 };
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+static int
+rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	return remove(p);
 }
 
-static int setup_rocks(void **state)
+static int
+setup_rocks(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	strcpy(f->dir, "/tmp/relay-store-XXXXXX");
@@ -44,7 +46,8 @@ static int setup_rocks(void **state)
 	return 0;
 }
 
-static int setup_mem(void **state)
+static int
+setup_mem(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	if (store_mem_new(&f->s))
@@ -53,7 +56,8 @@ static int setup_mem(void **state)
 	return 0;
 }
 
-static int teardown(void **state)
+static int
+teardown(void **state)
 {
 	struct fx *f = *state;
 	store_free(f->s);
@@ -63,7 +67,8 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void put1(struct store *s, enum store_cf cf, const char *k, const char *v)
+static void
+put1(struct store *s, enum store_cf cf, const char *k, const char *v)
 {
 	struct store_batch b;
 	store_batch_init(&b);
@@ -72,8 +77,8 @@ static void put1(struct store *s, enum store_cf cf, const char *k, const char *v
 	store_batch_fini(&b);
 }
 
-static void put_n(struct store *s, enum store_cf cf, const void *k, size_t kl, const void *v,
-                  size_t vl)
+static void
+put_n(struct store *s, enum store_cf cf, const void *k, size_t kl, const void *v, size_t vl)
 {
 	struct store_batch b;
 	store_batch_init(&b);
@@ -82,7 +87,8 @@ static void put_n(struct store *s, enum store_cf cf, const void *k, size_t kl, c
 	store_batch_fini(&b);
 }
 
-static void expect(struct store *s, enum store_cf cf, const char *k, const char *v)
+static void
+expect(struct store *s, enum store_cf cf, const char *k, const char *v)
 {
 	void *val = NULL;
 	size_t vlen = 0;
@@ -97,7 +103,8 @@ static void expect(struct store *s, enum store_cf cf, const char *k, const char 
 	free(val);
 }
 
-static void test_batch_roundtrip(void **state)
+static void
+test_batch_roundtrip(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	struct store_batch b;
@@ -119,14 +126,16 @@ static void test_batch_roundtrip(void **state)
 	/* bounds and bad arguments leave the batch unchanged */
 	store_batch_init(&b);
 	static char big[STORE_KEY_MAX + 1];
-	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, big, sizeof(big), "", 0), STORE_ETOOBIG);
+	assert_int_equal(store_batch_put(&b, STORE_CF_BODY, big, sizeof(big), "", 0),
+			 STORE_ETOOBIG);
 	assert_int_equal(store_batch_put(&b, STORE_CF__COUNT, "k", 1, "", 0), STORE_EINVAL);
 	assert_int_equal(b.count, 0);
 	assert_int_equal(b.len, 0);
 	store_batch_fini(&b);
 }
 
-static void test_iter_and_range(void **state)
+static void
+test_iter_and_range(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	const char *keys[] = {"b", "a", "ab", "c", "b\x01", "\xff"};
@@ -173,7 +182,8 @@ static void test_iter_and_range(void **state)
 	expect(s, STORE_CF_INDEX, "c", "c");
 }
 
-static void append_entries(struct store *s, uint64_t first, uint64_t last)
+static void
+append_entries(struct store *s, uint64_t first, uint64_t last)
 {
 	struct store_batch b;
 	store_batch_init(&b);
@@ -181,17 +191,18 @@ static void append_entries(struct store *s, uint64_t first, uint64_t last)
 		char data[32];
 		int n = snprintf(data, sizeof(data), "entry %llu", (unsigned long long)i);
 		struct store_entry e = {.index = i,
-		                        .term = i / 10 + 1,
-		                        .type = i % 7 == 0 ? STORE_ENTRY_NOOP : STORE_ENTRY_NORMAL,
-		                        .data = (const unsigned char *)data,
-		                        .len = (size_t)n};
+					.term = i / 10 + 1,
+					.type = i % 7 == 0 ? STORE_ENTRY_NOOP : STORE_ENTRY_NORMAL,
+					.data = (const unsigned char *)data,
+					.len = (size_t)n};
 		assert_int_equal(store_log_append(&b, &e), 0);
 	}
 	assert_int_equal(store_write(s, &b, 1), 0);
 	store_batch_fini(&b);
 }
 
-static void check_entry(struct store *s, uint64_t i)
+static void
+check_entry(struct store *s, uint64_t i)
 {
 	struct store_entry e;
 	void *buf;
@@ -206,7 +217,8 @@ static void check_entry(struct store *s, uint64_t i)
 	free(buf);
 }
 
-static void test_log(void **state)
+static void
+test_log(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	uint64_t first, last;
@@ -258,7 +270,8 @@ static void test_log(void **state)
 	store_batch_fini(&b2);
 }
 
-static void test_log_corruption(void **state)
+static void
+test_log_corruption(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	append_entries(s, 1, 3);
@@ -273,14 +286,15 @@ static void test_log_corruption(void **state)
 	for (size_t i = 0; i < vlen; i++) {
 		unsigned char *v = val;
 		v[i] ^= 0x01;
-		assert_int_equal(store_entry_decode(key, sizeof(key), val, vlen, &e), STORE_ECORRUPT);
+		assert_int_equal(store_entry_decode(key, sizeof(key), val, vlen, &e),
+				 STORE_ECORRUPT);
 		v[i] ^= 0x01;
 	}
 	/* truncated values, wrong key sizes */
 	for (size_t n = 0; n < vlen; n++)
 		if (n < 14) /* shorter than the header */
 			assert_int_equal(store_entry_decode(key, sizeof(key), val, n, &e),
-			                 STORE_ECORRUPT);
+					 STORE_ECORRUPT);
 	assert_int_equal(store_entry_decode(key, 7, val, vlen, &e), STORE_ECORRUPT);
 	free(val);
 	/* a damaged value in the store */
@@ -289,7 +303,8 @@ static void test_log_corruption(void **state)
 	assert_int_equal(store_log_get(s, 2, &e, &buf), STORE_ECORRUPT);
 }
 
-static void test_meta(void **state)
+static void
+test_meta(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	struct store_hardstate hs;
@@ -317,11 +332,14 @@ static void test_meta(void **state)
 	assert_int_equal(store_applied_get(s, &applied), STORE_ECORRUPT);
 	/* vote length 9, but only 2 bytes of vote */
 	put_n(s, STORE_CF_META, STORE_META_HARDSTATE, strlen(STORE_META_HARDSTATE),
-	      "\x01\0\0\0\0\0\0\0\x01\x09" "ab", 12);
+	      "\x01\0\0\0\0\0\0\0\x01\x09"
+	      "ab",
+	      12);
 	assert_int_equal(store_hardstate_get(s, &got), STORE_ECORRUPT);
 }
 
-static void test_failed_write_is_atomic(void **state)
+static void
+test_failed_write_is_atomic(void **state)
 {
 	struct store *s = ((struct fx *)*state)->s;
 	put1(s, STORE_CF_BODY, "keep", "old");
@@ -365,7 +383,8 @@ static void test_failed_write_is_atomic(void **state)
 }
 
 /* RocksDB only: everything survives close/reopen; read-only opens read but do not write. */
-static void test_persistence(void **state)
+static void
+test_persistence(void **state)
 {
 	struct fx *f = *state;
 	append_entries(f->s, 1, 20);
@@ -393,19 +412,20 @@ static void test_persistence(void **state)
 	assert_int_equal(store_open(f->db, 0, &two), STORE_EIO);
 }
 
-int main(void)
+int
+main(void)
 {
-#define BOTH(t)                                                                               \
-	cmocka_unit_test_setup_teardown(t, setup_rocks, teardown),                              \
+#define BOTH(t)                                                                                    \
+	cmocka_unit_test_setup_teardown(t, setup_rocks, teardown),                                 \
 	    cmocka_unit_test_setup_teardown(t, setup_mem, teardown)
 	const struct CMUnitTest tests[] = {
-		BOTH(test_batch_roundtrip),
-		BOTH(test_iter_and_range),
-		BOTH(test_log),
-		BOTH(test_log_corruption),
-		BOTH(test_meta),
-		BOTH(test_failed_write_is_atomic),
-		cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
+	    BOTH(test_batch_roundtrip),
+	    BOTH(test_iter_and_range),
+	    BOTH(test_log),
+	    BOTH(test_log_corruption),
+	    BOTH(test_meta),
+	    BOTH(test_failed_write_is_atomic),
+	    cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
