@@ -378,6 +378,13 @@ cluster__flush_cb(uv_idle_t *h)
 
 	struct cluster__fifo failed = {0};
 	uint64_t bytes = 0;
+	while (c->failed && c->waiting.head) {
+		/* apply has stopped: do not make more entries durable that would only apply at the
+		 * next open after their proposers were told they failed */
+		struct cluster__prop *p = cluster__fifo_pop(&c->waiting);
+		p->status = c->failed;
+		cluster__fifo_push(&failed, p);
+	}
 	while (c->waiting.head) {
 		struct cluster__prop *p = c->waiting.head;
 		if (c->inflight.n && bytes + p->len + CLUSTER__ENTRY_OVERHEAD > c->max_batch_bytes)
