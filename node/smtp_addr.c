@@ -17,8 +17,8 @@
 #include "smtp_addr.h"
 #include "smtp_session.h"
 
-#define SMTP__LABEL_MAX 63	/* RFC 1035 sec 2.3.4 */
-#define SMTP__LITERAL_MAX 64	/* "[IPv6:...]" content; longer than any valid literal */
+#define SMTP__LABEL_MAX 63   /* RFC 1035 sec 2.3.4 */
+#define SMTP__LITERAL_MAX 64 /* "[IPv6:...]" content; longer than any valid literal */
 
 static bool
 is_alpha(unsigned char c)
@@ -212,8 +212,8 @@ scan_local(const char *p, size_t len)
 }
 
 int
-smtp__parse_path(const char *p, size_t len, unsigned flags, char *out, size_t cap,
-		 int *domain_off, size_t *consumed)
+smtp__parse_path(const char *p, size_t len, unsigned flags, char *out, size_t cap, int *domain_off,
+		 size_t *consumed)
 {
 	size_t i = 1, mb_start, local_len, dom_len;
 

@@ -29,38 +29,44 @@
 #include "smtp_addr.h"
 #include "smtp_session.h"
 
-#define SMTP__OUTPUT_SLACK 8192	 /* room above the high-water mark for one command's replies */
-#define SMTP__OUTPUT_INIT 1024	 /* initial output buffer */
-#define SMTP__BODY_INIT 4096	 /* initial body buffer */
-#define SMTP__REPLY_MAX 1024	 /* one formatted reply line */
-#define SMTP__VERB_MAX 16	 /* longest verb we look up */
-#define SMTP__DIGITS_MAX 20	 /* decimal digits of a uint64_t */
+#define SMTP__OUTPUT_SLACK 8192 /* room above the high-water mark for one command's replies */
+#define SMTP__OUTPUT_INIT 1024	/* initial output buffer */
+#define SMTP__BODY_INIT 4096	/* initial body buffer */
+#define SMTP__REPLY_MAX 1024	/* one formatted reply line */
+#define SMTP__VERB_MAX 16	/* longest verb we look up */
+#define SMTP__DIGITS_MAX 20	/* decimal digits of a uint64_t */
 #define SMTP__AUTH_DECODED_MAX ((SMTP_AUTH_LINE_MAX / 4) * 3)
 
 enum smtp__state {
-	ST_GREETED,	/* no HELO/EHLO yet */
-	ST_HELO,	/* ready for MAIL */
-	ST_MAIL,	/* MAIL accepted */
-	ST_RCPT,	/* at least one RCPT accepted (also between BDAT chunks) */
-	ST_DATA,	/* receiving a DATA body */
-	ST_BDAT,	/* receiving a BDAT chunk */
-	ST_AUTH_PLAIN,	/* 334 sent, waiting for the PLAIN response */
-	ST_AUTH_USER,	/* 334 Username: sent */
-	ST_AUTH_PASS,	/* 334 Password: sent */
-	ST_AUTH_WAIT,	/* SMTP_EV_AUTH pending */
-	ST_TLS_WAIT,	/* SMTP_EV_STARTTLS pending */
-	ST_MSG_WAIT,	/* SMTP_EV_MESSAGE pending */
-	ST_CLOSED,	/* SMTP_EV_CLOSE */
+	ST_GREETED,    /* no HELO/EHLO yet */
+	ST_HELO,       /* ready for MAIL */
+	ST_MAIL,       /* MAIL accepted */
+	ST_RCPT,       /* at least one RCPT accepted (also between BDAT chunks) */
+	ST_DATA,       /* receiving a DATA body */
+	ST_BDAT,       /* receiving a BDAT chunk */
+	ST_AUTH_PLAIN, /* 334 sent, waiting for the PLAIN response */
+	ST_AUTH_USER,  /* 334 Username: sent */
+	ST_AUTH_PASS,  /* 334 Password: sent */
+	ST_AUTH_WAIT,  /* SMTP_EV_AUTH pending */
+	ST_TLS_WAIT,   /* SMTP_EV_STARTTLS pending */
+	ST_MSG_WAIT,   /* SMTP_EV_MESSAGE pending */
+	ST_CLOSED,     /* SMTP_EV_CLOSE */
 };
 
 static const char *const smtp__state_names[] = {
-	[ST_GREETED] = "greeted",	  [ST_HELO] = "helo",
-	[ST_MAIL] = "mail",		  [ST_RCPT] = "rcpt",
-	[ST_DATA] = "data",		  [ST_BDAT] = "bdat",
-	[ST_AUTH_PLAIN] = "auth-plain",	  [ST_AUTH_USER] = "auth-login-user",
-	[ST_AUTH_PASS] = "auth-login-pass", [ST_AUTH_WAIT] = "auth-wait",
-	[ST_TLS_WAIT] = "starttls-wait", [ST_MSG_WAIT] = "message-wait",
-	[ST_CLOSED] = "closed",
+    [ST_GREETED] = "greeted",
+    [ST_HELO] = "helo",
+    [ST_MAIL] = "mail",
+    [ST_RCPT] = "rcpt",
+    [ST_DATA] = "data",
+    [ST_BDAT] = "bdat",
+    [ST_AUTH_PLAIN] = "auth-plain",
+    [ST_AUTH_USER] = "auth-login-user",
+    [ST_AUTH_PASS] = "auth-login-pass",
+    [ST_AUTH_WAIT] = "auth-wait",
+    [ST_TLS_WAIT] = "starttls-wait",
+    [ST_MSG_WAIT] = "message-wait",
+    [ST_CLOSED] = "closed",
 };
 
 /* DATA body scanner states (see data_consume). */
@@ -197,6 +203,10 @@ reply_line(struct smtp_session *s, int code, bool last, const char *enh, const c
 		m = 0;
 	if ((size_t)m > sizeof(tmp) - (size_t)n - 3)
 		m = (int)(sizeof(tmp) - (size_t)n - 3);
+	/* reply text is ASCII (RFC 5321 4.2; UTF-8 addresses are echoed with '?') */
+	for (int i = n; i < n + m; i++)
+		if ((unsigned char)tmp[i] < 0x20 || (unsigned char)tmp[i] > 0x7e)
+			tmp[i] = '?';
 	n += m;
 	tmp[n++] = '\r';
 	tmp[n++] = '\n';
@@ -374,19 +384,19 @@ end_of_message(struct smtp_session *s)
 		return;
 	}
 	s->env = (struct smtp_envelope){
-		.helo = s->helo,
-		.esmtp = s->esmtp,
-		.mail_from = s->mail_from,
-		.ret = s->ret,
-		.envid = s->has_envid ? s->envid : NULL,
-		.body = s->body_type,
-		.smtputf8 = s->smtputf8,
-		.size_declared = s->size_declared,
-		.auth_user = s->authenticated ? s->auth_user : NULL,
-		.tls = s->tls,
-		.chunking = s->bdat_used,
-		.rcpts = s->rcpts,
-		.n_rcpts = s->n_rcpts,
+	    .helo = s->helo,
+	    .esmtp = s->esmtp,
+	    .mail_from = s->mail_from,
+	    .ret = s->ret,
+	    .envid = s->has_envid ? s->envid : NULL,
+	    .body = s->body_type,
+	    .smtputf8 = s->smtputf8,
+	    .size_declared = s->size_declared,
+	    .auth_user = s->authenticated ? s->auth_user : NULL,
+	    .tls = s->tls,
+	    .chunking = s->bdat_used,
+	    .rcpts = s->rcpts,
+	    .n_rcpts = s->n_rcpts,
 	};
 	COUNT(s, messages);
 	s->ev = SMTP_EV_MESSAGE;
@@ -522,8 +532,7 @@ bdat_chunk_done(struct smtp_session *s)
 	}
 	if (!s->chunk_last) {
 		/* too_big/nomem found inside the chunk are answered at LAST */
-		reply(s, 250, "2.0.0", "%llu bytes received",
-		      (unsigned long long)s->chunk_size);
+		reply(s, 250, "2.0.0", "%llu bytes received", (unsigned long long)s->chunk_size);
 		smtp_enter_state(s, ST_RCPT);
 		return;
 	}
@@ -606,7 +615,8 @@ next_param(const char **pp, struct smtp__param *pr)
 	pr->val_len = 0;
 	for (size_t i = 0; i < pr->key_len; i++) {
 		unsigned char c = (unsigned char)start[i];
-		bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+		bool alnum =
+		    (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 		if (!alnum && (i == 0 || c != '-'))
 			return -1;
 	}
@@ -662,7 +672,8 @@ relay_allowed(const struct smtp_session *s, const char *addr, int domain_off)
 		return true;
 	const char *dom = addr + domain_off;
 	for (size_t i = 0; i < s->cfg->n_relay_domains; i++)
-		if (s->cfg->relay_domains[i] != NULL && strcasecmp(dom, s->cfg->relay_domains[i]) == 0)
+		if (s->cfg->relay_domains[i] != NULL &&
+		    strcasecmp(dom, s->cfg->relay_domains[i]) == 0)
 			return true;
 	return false;
 }
@@ -815,7 +826,8 @@ cmd_mail(struct smtp_session *s, const char *args)
 			if (seen_envid)
 				goto dup;
 			seen_envid = true;
-			if (pr.val == NULL || !smtp__xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
+			if (pr.val == NULL ||
+			    !smtp__xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
 				REJECT(s, bad_syntax, 501, "5.5.4", "Bad ENVID parameter");
 				return;
 			}
@@ -910,7 +922,8 @@ orcpt_valid(const struct smtp__param *pr)
 		return false;
 	for (const char *q = pr->val; q < semi; q++) {
 		unsigned char c = (unsigned char)*q;
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9') ||
 			  (c != 0 && c < 0x80 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 		if (!ok)
 			return false;
@@ -990,7 +1003,8 @@ cmd_rcpt(struct smtp_session *s, const char *args)
 		return;
 	}
 	if (s->n_rcpts >= s->max_rcpts) {
-		/* RFC 5321 4.5.3.1.10: 452, and not a peer error (the client sends the rest later) */
+		/* RFC 5321 4.5.3.1.10: 452, and not a peer error (the client sends the rest later)
+		 */
 		COUNT(s, too_many_rcpts);
 		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
@@ -1344,7 +1358,8 @@ cmd_auth(struct smtp_session *s, const char *args)
 		while (*ir == ' ')
 			ir++;
 		if (*ir == '\0' || strchr(ir, ' ') != NULL) {
-			REJECT(s, bad_syntax, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+			REJECT(s, bad_syntax, 501, "5.5.4",
+			       "Syntax: AUTH mechanism [initial-response]");
 			return;
 		}
 	}
@@ -1400,10 +1415,10 @@ struct smtp__cmd {
 };
 
 static const struct smtp__cmd smtp__cmds[] = {
-	{"EHLO", cmd_ehlo},	    {"HELO", cmd_helo_}, {"MAIL", cmd_mail}, {"RCPT", cmd_rcpt},
-	{"DATA", cmd_data},	    {"BDAT", cmd_bdat},	 {"RSET", cmd_rset}, {"NOOP", cmd_noop},
-	{"QUIT", cmd_quit},	    {"VRFY", cmd_vrfy},	 {"HELP", cmd_help}, {"AUTH", cmd_auth},
-	{"STARTTLS", cmd_starttls},
+    {"EHLO", cmd_ehlo},		{"HELO", cmd_helo_}, {"MAIL", cmd_mail}, {"RCPT", cmd_rcpt},
+    {"DATA", cmd_data},		{"BDAT", cmd_bdat},  {"RSET", cmd_rset}, {"NOOP", cmd_noop},
+    {"QUIT", cmd_quit},		{"VRFY", cmd_vrfy},  {"HELP", cmd_help}, {"AUTH", cmd_auth},
+    {"STARTTLS", cmd_starttls},
 };
 
 static bool

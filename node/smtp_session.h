@@ -44,11 +44,11 @@
 #include <stdint.h>
 
 /* Limits.  The config fields override the defaults; 0 in a config field means the default. */
-#define SMTP_LINE_MAX_DEFAULT 2048	 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
-#define SMTP_LINE_MAX_MIN 512		 /* smaller configured values are raised to this */
-#define SMTP_LINE_MAX_MAX 65536		 /* larger configured values are lowered to this */
+#define SMTP_LINE_MAX_DEFAULT 2048 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
+#define SMTP_LINE_MAX_MIN 512	   /* smaller configured values are raised to this */
+#define SMTP_LINE_MAX_MAX 65536	   /* larger configured values are lowered to this */
 #define SMTP_MAX_MESSAGE_SIZE_DEFAULT (10u << 20)
-#define SMTP_MAX_RECIPIENTS_DEFAULT 100	 /* RFC 5321 4.5.3.1.8: at least 100 must be accepted */
+#define SMTP_MAX_RECIPIENTS_DEFAULT 100 /* RFC 5321 4.5.3.1.8: at least 100 must be accepted */
 #define SMTP_MAX_ERRORS_DEFAULT 10
 #define SMTP_OUTPUT_HIWAT (64 * 1024) /* feed stops while this much output is undrained */
 #define SMTP_AUTH_LINE_MAX 2048	      /* one AUTH continuation line incl. CRLF (base64) */
@@ -77,7 +77,7 @@
 	X(bad_sequence, "command out of sequence")                                                 \
 	X(auth_failed, "AUTH refused by the verifier, cancelled or malformed")                     \
 	X(bare_newline, "messages with bare CR/LF normalized to CRLF (smuggling defence)")         \
-	X(need_smtputf8, "UTF-8 address without the SMTPUTF8 parameter")                          \
+	X(need_smtputf8, "UTF-8 address without the SMTPUTF8 parameter")                           \
 	X(nomem, "replies 451 because an allocation failed")                                       \
 	X(timeouts, "sessions closed by smtp_session_timeout")                                     \
 	X(tls_failed, "STARTTLS handshakes reported failed")                                       \
@@ -100,11 +100,11 @@ typedef void (*smtp_trace_cb)(void *arg, const struct smtp_session *s, const cha
 
 /* Server-wide settings.  Borrowed by every session; must outlive them. */
 struct smtp_session_config {
-	const char *hostname;	   /* greeting, EHLO, 421s; borrowed; NULL means "localhost" */
-	uint64_t max_message_size; /* body bytes (CRLF-normalized, after dot-unstuffing) */
-	uint64_t max_recipients;   /* per transaction */
-	uint64_t max_line_length;  /* command line incl. CRLF, clamped to [MIN, MAX] */
-	uint64_t max_errors;	   /* per session; then 421 4.7.0 and close */
+	const char *hostname;	    /* greeting, EHLO, 421s; borrowed; NULL means "localhost" */
+	uint64_t max_message_size;  /* body bytes (CRLF-normalized, after dot-unstuffing) */
+	uint64_t max_recipients;    /* per transaction */
+	uint64_t max_line_length;   /* command line incl. CRLF, clamped to [MIN, MAX] */
+	uint64_t max_errors;	    /* per session; then 421 4.7.0 and close */
 	char *const *relay_domains; /* lowercase domains we accept mail for; borrowed */
 	size_t n_relay_domains;
 	bool tls_available;		/* a certificate is configured: offer STARTTLS */
@@ -122,7 +122,7 @@ struct smtp_session_client {
 
 enum smtp_event_type {
 	SMTP_EV_NONE = 0,
-	SMTP_EV_STARTTLS, /* "220 2.0.0 Ready to start TLS" queued; resolve: smtp_session_tls_done */
+	SMTP_EV_STARTTLS, /* "220 2.0.0 Ready to start TLS" queued; resolve: tls_done */
 	SMTP_EV_AUTH,	  /* credentials to verify; resolve: smtp_session_auth_result */
 	SMTP_EV_MESSAGE,  /* envelope + body; resolve: smtp_session_message_result */
 	SMTP_EV_CLOSE,	  /* flush the output, then close; permanent */
@@ -148,19 +148,19 @@ struct smtp_rcpt {
  * event is resolved (smtp_session_message_result) or the session is freed.
  */
 struct smtp_envelope {
-	const char *helo;	 /* EHLO/HELO argument */
-	bool esmtp;		 /* EHLO (true) or HELO (false) */
-	const char *mail_from;	 /* without brackets; "" for the null path <> */
-	enum smtp_ret ret;	 /* RET= */
-	const char *envid;	 /* ENVID= xtext as received, or NULL */
-	enum smtp_body body;	 /* BODY= */
-	bool smtputf8;		 /* SMTPUTF8 parameter given (RFC 6531) */
-	uint64_t size_declared;	 /* SIZE= value, 0 if absent */
-	const char *auth_user;	 /* authenticated user (RFC 4954), or NULL */
-	bool tls;		 /* the message arrived over TLS */
-	bool chunking;		 /* the body came by BDAT (RFC 3030) rather than DATA */
+	const char *helo;	/* EHLO/HELO argument */
+	bool esmtp;		/* EHLO (true) or HELO (false) */
+	const char *mail_from;	/* without brackets; "" for the null path <> */
+	enum smtp_ret ret;	/* RET= */
+	const char *envid;	/* ENVID= xtext as received, or NULL */
+	enum smtp_body body;	/* BODY= */
+	bool smtputf8;		/* SMTPUTF8 parameter given (RFC 6531) */
+	uint64_t size_declared; /* SIZE= value, 0 if absent */
+	const char *auth_user;	/* authenticated user (RFC 4954), or NULL */
+	bool tls;		/* the message arrived over TLS */
+	bool chunking;		/* the body came by BDAT (RFC 3030) rather than DATA */
 	const struct smtp_rcpt *rcpts;
-	size_t n_rcpts;		 /* >= 1 */
+	size_t n_rcpts; /* >= 1 */
 };
 
 struct smtp_event {

@@ -42,10 +42,10 @@ static char *fz_domains[] = {"example.org", "relay.example"};
 struct fz {
 	uint32_t rng;
 	/* output line checker */
-	int col;	    /* bytes into the current line */
-	bool cr;	    /* saw CR, need LF */
-	bool authed;	    /* an AUTH succeeded since the last TLS reset */
-	bool tls;	    /* TLS active */
+	int col;     /* bytes into the current line */
+	bool cr;     /* saw CR, need LF */
+	bool authed; /* an AUTH succeeded since the last TLS reset */
+	bool tls;    /* TLS active */
 	uint64_t max_size;
 	uint64_t max_rcpts;
 	bool trusted;

@@ -59,9 +59,9 @@ struct harness {
 	bool closed;
 	int starttls_events, auth_events, msg_events;
 	size_t tls_discarded; /* script bytes dropped after STARTTLS */
-	char auth_mech[8], auth_authzid[SMTP_AUTH_FIELD_MAX + 1], auth_user[SMTP_AUTH_FIELD_MAX + 1],
-		auth_pass[SMTP_AUTH_FIELD_MAX + 1];
-	struct h_msg msg; /* the last message */
+	char auth_mech[8], auth_authzid[SMTP_AUTH_FIELD_MAX + 1],
+	    auth_user[SMTP_AUTH_FIELD_MAX + 1], auth_pass[SMTP_AUTH_FIELD_MAX + 1];
+	struct h_msg msg;	/* the last message */
 	size_t max_pending_out; /* largest undrained output seen */
 	size_t drain_step;	/* 0: drain all; else at most this much per drain */
 };
@@ -204,7 +204,8 @@ h_event(struct harness *h, bool *tls_discard)
 		h_copy_message(h, &ev);
 		smtp_session_message_result(h->s, h->pol.msg_code ? h->pol.msg_code : 250,
 					    h->pol.msg_enh ? h->pol.msg_enh : "2.0.0",
-					    h->pol.msg_text ? h->pol.msg_text : "Ok: queued as 0123ABC");
+					    h->pol.msg_text ? h->pol.msg_text
+							    : "Ok: queued as 0123ABC");
 		return true;
 	}
 	return true;
@@ -263,7 +264,7 @@ h_play(struct harness *h, const char *in)
 }
 
 #define EHLO_REPLY_PLAIN                                                                           \
-	"250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"               \
+	"250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"              \
 	"250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n"
 #define EHLO_REPLY EHLO_REPLY_PLAIN "250-STARTTLS\r\n250 DSN\r\n"
 #define EHLO_REPLY_TLS EHLO_REPLY_PLAIN "250-AUTH PLAIN LOGIN\r\n250 DSN\r\n"

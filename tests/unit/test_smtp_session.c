@@ -144,13 +144,15 @@ test_helo_and_simple_commands(void **state)
 	       "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
 	expect(h, "VRFY bob\r\n",
 	       "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
-	expect(h, "HELP\r\n", "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT "
-			      "VRFY HELP STARTTLS AUTH\r\n");
+	expect(h, "HELP\r\n",
+	       "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT "
+	       "VRFY HELP STARTTLS AUTH\r\n");
 	expect(h, "EXPN list\r\n", "500 5.5.2 Error: command not recognized\r\n");
 	expect(h, "\r\n", "500 5.5.2 Error: empty command\r\n");
 	expect(h, "EHLO\r\n", "501 5.5.4 Syntax: EHLO hostname\r\n");
 	/* HELO: ESMTP parameters are refused */
-	expect(h, "MAIL FROM:<a@b.example> SIZE=10\r\n", "555 5.5.4 ESMTP parameters need EHLO\r\n");
+	expect(h, "MAIL FROM:<a@b.example> SIZE=10\r\n",
+	       "555 5.5.4 ESMTP parameters need EHLO\r\n");
 	expect(h, "MAIL FROM:<a@b.example>\r\n", "250 2.1.0 Ok\r\n");
 	expect(h, "RCPT TO:<x@example.org> NOTIFY=NEVER\r\n",
 	       "555 5.5.4 ESMTP parameters need EHLO\r\n");
@@ -248,44 +250,44 @@ struct param_case {
 };
 
 static const struct param_case mail_cases[] = {
-	{"MAIL FROM:<a@b.example>", "250 2.1.0 Ok"},
-	{"mail from:<a@b.example>", "250 2.1.0 Ok"},
-	{"MAIL FROM: <a@b.example>", "250 2.1.0 Ok"},
-	{"MAIL FROM:<>", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> SIZE=100000", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> SIZE=100001",
-	 "552 5.3.4 Message size exceeds fixed maximum message size"},
-	{"MAIL FROM:<a@b.example> SIZE=18446744073709551615",
-	 "552 5.3.4 Message size exceeds fixed maximum message size"},
-	{"MAIL FROM:<a@b.example> SIZE=18446744073709551616", "501 5.5.4 Bad SIZE parameter"},
-	{"MAIL FROM:<a@b.example> SIZE=99999999999999999999999999", "501 5.5.4 Bad SIZE parameter"},
-	{"MAIL FROM:<a@b.example> SIZE=-1", "501 5.5.4 Bad SIZE parameter"},
-	{"MAIL FROM:<a@b.example> SIZE", "501 5.5.4 Bad SIZE parameter"},
-	{"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", "555 5.5.4 Duplicate parameter"},
-	{"MAIL FROM:<a@b.example> BODY=8BITMIME", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> body=7bit", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> BODY=BINARYMIME", "555 5.5.4 BINARYMIME not supported"},
-	{"MAIL FROM:<a@b.example> BODY=9BIT", "501 5.5.4 Bad BODY parameter"},
-	{"MAIL FROM:<a@b.example> SMTPUTF8", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> SMTPUTF8=yes", "501 5.5.4 SMTPUTF8 takes no value"},
-	{"MAIL FROM:<a@b.example> RET=HDRS ENVID=abc+2Bdef", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> RET=ALL", "501 5.5.4 Bad RET parameter"},
-	{"MAIL FROM:<a@b.example> ENVID=a+2", "501 5.5.4 Bad ENVID parameter"},
-	{"MAIL FROM:<a@b.example> ENVID=a+2g", "501 5.5.4 Bad ENVID parameter"},
-	{"MAIL FROM:<a@b.example> AUTH=<>", "250 2.1.0 Ok"},
-	{"MAIL FROM:<a@b.example> AUTH=x AUTH=y", "555 5.5.4 Duplicate parameter"},
-	{"MAIL FROM:<a@b.example> FOO=bar", "555 5.5.4 Unsupported parameter"},
-	{"MAIL FROM:<a@b.example> =bar", "501 5.5.4 Bad parameter syntax"},
-	{"MAIL FROM:<a@b.example> SIZE=", "501 5.5.4 Bad parameter syntax"},
-	{"MAIL FROM:<a@b.example>SIZE=1", "501 5.1.7 Bad sender address syntax"},
-	{"MAIL FROM <a@b.example>", "501 5.5.4 Syntax: MAIL FROM:<address>"},
-	{"MAIL TO:<a@b.example>", "501 5.5.4 Syntax: MAIL FROM:<address>"},
-	{"MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>"},
-	{"MAIL FROM:<j\xc3\xb6rg@b.example>", "553 5.6.7 SMTPUTF8 required for UTF-8 addresses"},
-	{"MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8", "250 2.1.0 Ok"},
-	{"MAIL FROM:<j\xc3\xb6rg@b\xc3\xa9.example> SMTPUTF8", "250 2.1.0 Ok"},
-	{"MAIL FROM:<j\xc3rg@b.example> SMTPUTF8", "501 5.1.7 Bad sender address syntax"},
-	{"MAIL FROM:<j\xc0\xafrg@b.example> SMTPUTF8", "501 5.1.7 Bad sender address syntax"},
+    {"MAIL FROM:<a@b.example>", "250 2.1.0 Ok"},
+    {"mail from:<a@b.example>", "250 2.1.0 Ok"},
+    {"MAIL FROM: <a@b.example>", "250 2.1.0 Ok"},
+    {"MAIL FROM:<>", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> SIZE=100000", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> SIZE=100001",
+     "552 5.3.4 Message size exceeds fixed maximum message size"},
+    {"MAIL FROM:<a@b.example> SIZE=18446744073709551615",
+     "552 5.3.4 Message size exceeds fixed maximum message size"},
+    {"MAIL FROM:<a@b.example> SIZE=18446744073709551616", "501 5.5.4 Bad SIZE parameter"},
+    {"MAIL FROM:<a@b.example> SIZE=99999999999999999999999999", "501 5.5.4 Bad SIZE parameter"},
+    {"MAIL FROM:<a@b.example> SIZE=-1", "501 5.5.4 Bad SIZE parameter"},
+    {"MAIL FROM:<a@b.example> SIZE", "501 5.5.4 Bad SIZE parameter"},
+    {"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", "555 5.5.4 Duplicate parameter"},
+    {"MAIL FROM:<a@b.example> BODY=8BITMIME", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> body=7bit", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> BODY=BINARYMIME", "555 5.5.4 BINARYMIME not supported"},
+    {"MAIL FROM:<a@b.example> BODY=9BIT", "501 5.5.4 Bad BODY parameter"},
+    {"MAIL FROM:<a@b.example> SMTPUTF8", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> SMTPUTF8=yes", "501 5.5.4 SMTPUTF8 takes no value"},
+    {"MAIL FROM:<a@b.example> RET=HDRS ENVID=abc+2Bdef", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> RET=ALL", "501 5.5.4 Bad RET parameter"},
+    {"MAIL FROM:<a@b.example> ENVID=a+2", "501 5.5.4 Bad ENVID parameter"},
+    {"MAIL FROM:<a@b.example> ENVID=a+2g", "501 5.5.4 Bad ENVID parameter"},
+    {"MAIL FROM:<a@b.example> AUTH=<>", "250 2.1.0 Ok"},
+    {"MAIL FROM:<a@b.example> AUTH=x AUTH=y", "555 5.5.4 Duplicate parameter"},
+    {"MAIL FROM:<a@b.example> FOO=bar", "555 5.5.4 Unsupported parameter"},
+    {"MAIL FROM:<a@b.example> =bar", "501 5.5.4 Bad parameter syntax"},
+    {"MAIL FROM:<a@b.example> SIZE=", "501 5.5.4 Bad parameter syntax"},
+    {"MAIL FROM:<a@b.example>SIZE=1", "501 5.1.7 Bad sender address syntax"},
+    {"MAIL FROM <a@b.example>", "501 5.5.4 Syntax: MAIL FROM:<address>"},
+    {"MAIL TO:<a@b.example>", "501 5.5.4 Syntax: MAIL FROM:<address>"},
+    {"MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>"},
+    {"MAIL FROM:<j\xc3\xb6rg@b.example>", "553 5.6.7 SMTPUTF8 required for UTF-8 addresses"},
+    {"MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8", "250 2.1.0 Ok"},
+    {"MAIL FROM:<j\xc3\xb6rg@b\xc3\xa9.example> SMTPUTF8", "250 2.1.0 Ok"},
+    {"MAIL FROM:<j\xc3rg@b.example> SMTPUTF8", "501 5.1.7 Bad sender address syntax"},
+    {"MAIL FROM:<j\xc0\xafrg@b.example> SMTPUTF8", "501 5.1.7 Bad sender address syntax"},
 };
 
 static void
@@ -315,48 +317,48 @@ struct addr_case {
 };
 
 static const struct addr_case addr_cases[] = {
-	{"<bob@example.org>", true, "bob@example.org"},
-	{"<Bob.Smith+tag@EXAMPLE.ORG>", true, "Bob.Smith+tag@EXAMPLE.ORG"},
-	{"<\"bob smith\"@example.org>", true, "\"bob smith\"@example.org"},
-	{"<\"a\\\"b\"@example.org>", true, "\"a\\\"b\"@example.org"},
-	{"<@hop1.example,@hop2.example:bob@example.org>", true, "bob@example.org"},
-	{"<postmaster>", true, "postmaster"},
-	{"<PostMaster>", true, "PostMaster"},
-	{"<bob@[192.0.2.1]>", true, "bob@[192.0.2.1]"}, /* trusted client only */
-	{"<bob@[IPv6:2001:db8::1]>", true, "bob@[IPv6:2001:db8::1]"},
-	{"<a-b.c_d!#$%&'*/=?^`{|}~@sub-domain.example.org>", true,
-	 "a-b.c_d!#$%&'*/=?^`{|}~@sub-domain.example.org"},
-	{"<>", false, NULL},
-	{"<bob>", false, NULL},
-	{"<bob@>", false, NULL},
-	{"<@example.org>", false, NULL},
-	{"bob@example.org", false, NULL},
-	{"<bob@example.org", false, NULL},
-	{"<bob@@example.org>", false, NULL},
-	{"<.bob@example.org>", false, NULL},
-	{"<bob.@example.org>", false, NULL},
-	{"<bo..b@example.org>", false, NULL},
-	{"<bob@example..org>", false, NULL},
-	{"<bob@example.org.>", false, NULL},
-	{"<bob@-example.org>", false, NULL},
-	{"<bob@example-.org>", false, NULL},
-	{"<bob@exa_mple.org>", false, NULL},
-	{"<bob@[192.0.2.256]>", false, NULL},
-	{"<bob@[IPv6:zz::1]>", false, NULL},
-	{"<bob@[tag:foo]>", false, NULL},
-	{"<bob@[]>", false, NULL},
-	{"<bo b@example.org>", false, NULL},
-	{"<\"unterminated@example.org>", false, NULL},
-	{"<\"ctl\x01\"@example.org>", false, NULL},
-	{"<bob@example.org>junk", false, NULL},
-	{"<@hop1.example:>", false, NULL},
-	{"<@hop1.example,bob@example.org>", false, NULL},
-	/* 65-octet local part (RFC 5321 4.5.3.1.1) */
-	{"<aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@example.org>", false,
-	 NULL},
-	/* 64-label (RFC 1035 63 max) */
-	{"<a@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org>", false,
-	 NULL},
+    {"<bob@example.org>", true, "bob@example.org"},
+    {"<Bob.Smith+tag@EXAMPLE.ORG>", true, "Bob.Smith+tag@EXAMPLE.ORG"},
+    {"<\"bob smith\"@example.org>", true, "\"bob smith\"@example.org"},
+    {"<\"a\\\"b\"@example.org>", true, "\"a\\\"b\"@example.org"},
+    {"<@hop1.example,@hop2.example:bob@example.org>", true, "bob@example.org"},
+    {"<postmaster>", true, "postmaster"},
+    {"<PostMaster>", true, "PostMaster"},
+    {"<bob@[192.0.2.1]>", true, "bob@[192.0.2.1]"}, /* trusted client only */
+    {"<bob@[IPv6:2001:db8::1]>", true, "bob@[IPv6:2001:db8::1]"},
+    {"<a-b.c_d!#$%&'*/=?^`{|}~@sub-domain.example.org>", true,
+     "a-b.c_d!#$%&'*/=?^`{|}~@sub-domain.example.org"},
+    {"<>", false, NULL},
+    {"<bob>", false, NULL},
+    {"<bob@>", false, NULL},
+    {"<@example.org>", false, NULL},
+    {"bob@example.org", false, NULL},
+    {"<bob@example.org", false, NULL},
+    {"<bob@@example.org>", false, NULL},
+    {"<.bob@example.org>", false, NULL},
+    {"<bob.@example.org>", false, NULL},
+    {"<bo..b@example.org>", false, NULL},
+    {"<bob@example..org>", false, NULL},
+    {"<bob@example.org.>", false, NULL},
+    {"<bob@-example.org>", false, NULL},
+    {"<bob@example-.org>", false, NULL},
+    {"<bob@exa_mple.org>", false, NULL},
+    {"<bob@[192.0.2.256]>", false, NULL},
+    {"<bob@[IPv6:zz::1]>", false, NULL},
+    {"<bob@[tag:foo]>", false, NULL},
+    {"<bob@[]>", false, NULL},
+    {"<bo b@example.org>", false, NULL},
+    {"<\"unterminated@example.org>", false, NULL},
+    {"<\"ctl\x01\"@example.org>", false, NULL},
+    {"<bob@example.org>junk", false, NULL},
+    {"<@hop1.example:>", false, NULL},
+    {"<@hop1.example,bob@example.org>", false, NULL},
+    /* 65-octet local part (RFC 5321 4.5.3.1.1) */
+    {"<aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@example.org>", false,
+     NULL},
+    /* 64-label (RFC 1035 63 max) */
+    {"<a@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org>", false,
+     NULL},
 };
 
 static void
@@ -425,23 +427,23 @@ test_path_too_long(void **state)
 /* ---- RCPT parameters, DSN ---- */
 
 static const struct param_case rcpt_cases[] = {
-	{"RCPT TO:<a@example.org> NOTIFY=NEVER", "250 2.1.5 Ok"},
-	{"RCPT TO:<a@example.org> NOTIFY=success,failure,delay", "250 2.1.5 Ok"},
-	{"RCPT TO:<a@example.org> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Bad NOTIFY parameter"},
-	{"RCPT TO:<a@example.org> NOTIFY=SUCCESS,", "501 5.5.4 Bad NOTIFY parameter"},
-	{"RCPT TO:<a@example.org> NOTIFY=SOMETIMES", "501 5.5.4 Bad NOTIFY parameter"},
-	{"RCPT TO:<a@example.org> NOTIFY", "501 5.5.4 Bad NOTIFY parameter"},
-	{"RCPT TO:<a@example.org> NOTIFY=NEVER NOTIFY=NEVER", "555 5.5.4 Duplicate parameter"},
-	{"RCPT TO:<a@example.org> ORCPT=rfc822;a+40example.org", "250 2.1.5 Ok"},
-	{"RCPT TO:<a@example.org> ORCPT=rfc822", "501 5.5.4 Bad ORCPT parameter"},
-	{"RCPT TO:<a@example.org> ORCPT=;abc", "501 5.5.4 Bad ORCPT parameter"},
-	{"RCPT TO:<a@example.org> ORCPT=rfc822;a+4", "501 5.5.4 Bad ORCPT parameter"},
-	{"RCPT TO:<a@example.org> SIZE=10", "555 5.5.4 Unsupported parameter"},
-	{"RCPT TO:<a@example.org>  ", "250 2.1.5 Ok"},
-	{"RCPT TO: <a@example.org>", "250 2.1.5 Ok"},
-	{"RCPT TO:a@example.org", "501 5.1.3 Bad recipient address syntax"},
-	{"RCPT FROM:<a@example.org>", "501 5.5.4 Syntax: RCPT TO:<address>"},
-	{"RCPT TO:<\xc3\xa5@example.org>", "553 5.6.7 SMTPUTF8 required for UTF-8 addresses"},
+    {"RCPT TO:<a@example.org> NOTIFY=NEVER", "250 2.1.5 Ok"},
+    {"RCPT TO:<a@example.org> NOTIFY=success,failure,delay", "250 2.1.5 Ok"},
+    {"RCPT TO:<a@example.org> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Bad NOTIFY parameter"},
+    {"RCPT TO:<a@example.org> NOTIFY=SUCCESS,", "501 5.5.4 Bad NOTIFY parameter"},
+    {"RCPT TO:<a@example.org> NOTIFY=SOMETIMES", "501 5.5.4 Bad NOTIFY parameter"},
+    {"RCPT TO:<a@example.org> NOTIFY", "501 5.5.4 Bad NOTIFY parameter"},
+    {"RCPT TO:<a@example.org> NOTIFY=NEVER NOTIFY=NEVER", "555 5.5.4 Duplicate parameter"},
+    {"RCPT TO:<a@example.org> ORCPT=rfc822;a+40example.org", "250 2.1.5 Ok"},
+    {"RCPT TO:<a@example.org> ORCPT=rfc822", "501 5.5.4 Bad ORCPT parameter"},
+    {"RCPT TO:<a@example.org> ORCPT=;abc", "501 5.5.4 Bad ORCPT parameter"},
+    {"RCPT TO:<a@example.org> ORCPT=rfc822;a+4", "501 5.5.4 Bad ORCPT parameter"},
+    {"RCPT TO:<a@example.org> SIZE=10", "555 5.5.4 Unsupported parameter"},
+    {"RCPT TO:<a@example.org>  ", "250 2.1.5 Ok"},
+    {"RCPT TO: <a@example.org>", "250 2.1.5 Ok"},
+    {"RCPT TO:a@example.org", "501 5.1.3 Bad recipient address syntax"},
+    {"RCPT FROM:<a@example.org>", "501 5.5.4 Syntax: RCPT TO:<address>"},
+    {"RCPT TO:<\xc3\xa5@example.org>", "553 5.6.7 SMTPUTF8 required for UTF-8 addresses"},
 };
 
 static void
@@ -454,7 +456,8 @@ test_rcpt_params(void **state)
 	start(h);
 	expect(h, "EHLO c.example\r\n", EHLO_REPLY);
 	for (size_t i = 0; i < sizeof(rcpt_cases) / sizeof(rcpt_cases[0]); i++) {
-		snprintf(script, sizeof(script), "MAIL FROM:<>\r\n%s\r\nRSET\r\n", rcpt_cases[i].cmd);
+		snprintf(script, sizeof(script), "MAIL FROM:<>\r\n%s\r\nRSET\r\n",
+			 rcpt_cases[i].cmd);
 		snprintf(want, sizeof(want), "250 2.1.0 Ok\r\n%s\r\n250 2.0.0 Ok\r\n",
 			 rcpt_cases[i].reply);
 		h_reset_transcript(h);
@@ -467,8 +470,9 @@ test_rcpt_params(void **state)
 	memcpy(orcpt, "rfc822;", 7);
 	memset(orcpt + 7, 'x', 493);
 	orcpt[500] = '\0';
-	snprintf(script, sizeof(script), "MAIL FROM:<>\r\nRCPT TO:<a@example.org> ORCPT=%s\r\n"
-					 "RCPT TO:<b@example.org> ORCPT=%sx\r\nRSET\r\n",
+	snprintf(script, sizeof(script),
+		 "MAIL FROM:<>\r\nRCPT TO:<a@example.org> ORCPT=%s\r\n"
+		 "RCPT TO:<b@example.org> ORCPT=%sx\r\nRSET\r\n",
 		 orcpt, orcpt);
 	expect(h, script,
 	       "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n501 5.5.4 Bad ORCPT parameter\r\n250 2.0.0 Ok\r\n");
@@ -525,17 +529,12 @@ struct relay_case {
 };
 
 static const struct relay_case relay_cases[] = {
-	{false, false, "x@example.org", true},
-	{false, false, "x@EXAMPLE.Org", true},
-	{false, false, "x@relay.example", true},
-	{false, false, "x@other.example", false},
-	{false, false, "x@sub.example.org", false},
-	{false, false, "x@example.org.evil", false},
-	{false, false, "x@[192.0.2.1]", false},
-	{false, false, "postmaster", true},
-	{true, false, "x@other.example", true},
-	{true, false, "x@[192.0.2.1]", true},
-	{false, true, "x@other.example", true},
+    {false, false, "x@example.org", true},	{false, false, "x@EXAMPLE.Org", true},
+    {false, false, "x@relay.example", true},	{false, false, "x@other.example", false},
+    {false, false, "x@sub.example.org", false}, {false, false, "x@example.org.evil", false},
+    {false, false, "x@[192.0.2.1]", false},	{false, false, "postmaster", true},
+    {true, false, "x@other.example", true},	{true, false, "x@[192.0.2.1]", true},
+    {false, true, "x@other.example", true},
 };
 
 static void
@@ -564,7 +563,8 @@ test_relay_policy(void **state)
 			snprintf(want, sizeof(want), "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
 		else
 			snprintf(want, sizeof(want),
-				 "250 2.1.0 Ok\r\n554 5.7.1 <%s>: Relay access denied\r\n", c->rcpt);
+				 "250 2.1.0 Ok\r\n554 5.7.1 <%s>: Relay access denied\r\n",
+				 c->rcpt);
 		h_play(&hh, script);
 		if (strcmp(hh.out, want) != 0)
 			fail_msg("relay case %zu: %s\n got: %s", i, c->rcpt, hh.out);
@@ -623,33 +623,33 @@ struct body_case {
 };
 
 static const struct body_case body_cases[] = {
-	{".\r\n", true, "", false},
-	{"a\r\n.\r\n", true, "a\r\n", false},
-	{"..\r\n.\r\n", true, ".\r\n", false},
-	{"...x\r\n.\r\n", true, "..x\r\n", false},
-	{"a\r\n.b\r\n.\r\n", true, "a\r\nb\r\n", false},
-	{"\r\n\r\n.\r\n", true, "\r\n\r\n", false},
-	/* bare LF . bare LF does not end, and is stored as CRLF */
-	{"a\n.\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
-	/* CRLF . LF does not end: the dot is unstuffed, the LF normalized */
-	{"a\r\n.\nb\r\n.\r\n", true, "a\r\n\r\nb\r\n", true},
-	/* LF . CRLF does not end */
-	{"a\n.\r\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
-	/* bare CR variants */
-	{"a\r.\rb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
-	{"a\r\n.\rb\r\n.\r\n", true, "a\r\n\r\nb\r\n", true},
-	{"a\r.\r\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
-	{"a\r\r\n.\r\n", true, "a\r\n\r\n", true},
-	{"a\n\r\n.\r\n", true, "a\r\n\r\n", true},
-	/* none of these end */
-	{"a\n.\n", false, NULL, false},
-	{"a\r\n.\n", false, NULL, false},
-	{"a\n.\r\n", false, NULL, false},
-	{"a\r.\r", false, NULL, false},
-	{"a\r\n. \r\n", false, NULL, false},
-	{"a\r\n.\r\r\n", false, NULL, false},
-	/* binary, NUL and 8-bit bytes pass through */
-	{"\x00\xff\x01\r\n.\r\n", true, "\x00\xff\x01\r\n", false},
+    {".\r\n", true, "", false},
+    {"a\r\n.\r\n", true, "a\r\n", false},
+    {"..\r\n.\r\n", true, ".\r\n", false},
+    {"...x\r\n.\r\n", true, "..x\r\n", false},
+    {"a\r\n.b\r\n.\r\n", true, "a\r\nb\r\n", false},
+    {"\r\n\r\n.\r\n", true, "\r\n\r\n", false},
+    /* bare LF . bare LF does not end, and is stored as CRLF */
+    {"a\n.\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
+    /* CRLF . LF does not end: the dot is unstuffed, the LF normalized */
+    {"a\r\n.\nb\r\n.\r\n", true, "a\r\n\r\nb\r\n", true},
+    /* LF . CRLF does not end */
+    {"a\n.\r\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
+    /* bare CR variants */
+    {"a\r.\rb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
+    {"a\r\n.\rb\r\n.\r\n", true, "a\r\n\r\nb\r\n", true},
+    {"a\r.\r\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n", true},
+    {"a\r\r\n.\r\n", true, "a\r\n\r\n", true},
+    {"a\n\r\n.\r\n", true, "a\r\n\r\n", true},
+    /* none of these end */
+    {"a\n.\n", false, NULL, false},
+    {"a\r\n.\n", false, NULL, false},
+    {"a\n.\r\n", false, NULL, false},
+    {"a\r.\r", false, NULL, false},
+    {"a\r\n. \r\n", false, NULL, false},
+    {"a\r\n.\r\r\n", false, NULL, false},
+    /* binary, NUL and 8-bit bytes pass through */
+    {"\x00\xff\x01\r\n.\r\n", true, "\x00\xff\x01\r\n", false},
 };
 
 static void
@@ -658,7 +658,8 @@ test_data_bodies(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(body_cases) / sizeof(body_cases[0]); i++) {
 		const struct body_case *c = &body_cases[i];
-		size_t dlen = (i == sizeof(body_cases) / sizeof(body_cases[0]) - 1) ? 8 : strlen(c->data);
+		size_t dlen =
+		    (i == sizeof(body_cases) / sizeof(body_cases[0]) - 1) ? 8 : strlen(c->data);
 		size_t stored_len = c->stored == NULL ? 0
 				    : (i == sizeof(body_cases) / sizeof(body_cases[0]) - 1)
 					? 5
@@ -762,10 +763,11 @@ test_bdat_flows(void **state)
 	assert_int_equal(h->counters.bare_newline, 14); /* one per message */
 
 	/* BDAT 0 LAST; a CR at the end of one chunk pairs with the LF starting the next */
-	expect(h,
-	       "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\nBDAT 2\r\na\rBDAT 2\r\n\nbBDAT 0 LAST\r\n",
-	       "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 2 bytes received\r\n"
-	       "250 2.0.0 2 bytes received\r\n250 2.0.0 Ok: queued as 0123ABC\r\n");
+	expect(
+	    h,
+	    "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\nBDAT 2\r\na\rBDAT 2\r\n\nbBDAT 0 LAST\r\n",
+	    "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 2 bytes received\r\n"
+	    "250 2.0.0 2 bytes received\r\n250 2.0.0 Ok: queued as 0123ABC\r\n");
 	assert_string_equal(h->msg.body, "a\r\nb");
 	assert_int_equal(h->counters.bare_newline, 14);
 	/* a trailing bare CR in the last chunk is normalized */
@@ -785,8 +787,9 @@ test_bdat_flows(void **state)
 	       "503 5.5.1 Error: DATA after BDAT\r\n503 5.5.1 Error: RCPT after BDAT\r\n"
 	       "250 2.0.0 Ok\r\n");
 	/* BDAT out of sequence: the chunk is still consumed, then refused */
-	expect(h, "BDAT 6\r\nQUIT\r\nNOOP\r\n", "503 5.5.1 Error: need MAIL command\r\n"
-						  "250 2.0.0 Ok\r\n");
+	expect(h, "BDAT 6\r\nQUIT\r\nNOOP\r\n",
+	       "503 5.5.1 Error: need MAIL command\r\n"
+	       "250 2.0.0 Ok\r\n");
 	expect(h, "MAIL FROM:<>\r\nBDAT 4 LAST\r\nRSETRSET\r\n",
 	       "250 2.1.0 Ok\r\n503 5.5.1 Error: need RCPT command\r\n250 2.0.0 Ok\r\n");
 	assert_false(h->closed);
@@ -802,22 +805,25 @@ test_bdat_size(void **state)
 	start(h);
 	h_play(h, "EHLO c\r\n");
 	/* over the budget: consumed, refused at once, the transaction is gone */
-	size_t n = (size_t)sprintf(script, "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\n"
-					   "BDAT 60\r\n%060d"
-					   "BDAT 60\r\n%060d"
-					   "BDAT 1 LAST\r\nx"
-					   "NOOP\r\n",
+	size_t n = (size_t)sprintf(script,
+				   "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\n"
+				   "BDAT 60\r\n%060d"
+				   "BDAT 60\r\n%060d"
+				   "BDAT 1 LAST\r\nx"
+				   "NOOP\r\n",
 				   0, 0);
 	h_reset_transcript(h);
 	assert_int_equal(h_play_split(h, script, n, 0), n);
-	assert_string_equal(h->out, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 60 bytes received\r\n"
-				    "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
-				    "503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n");
+	assert_string_equal(h->out,
+			    "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 60 bytes received\r\n"
+			    "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+			    "503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n");
 	assert_int_equal(h->counters.too_big, 1);
 	/* a huge claimed chunk allocates nothing up front and is simply counted down */
 	h_reset_transcript(h);
-	assert_int_equal(smtp_session_feed(h->s, "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\n"
-						 "BDAT 18446744073709551615\r\nabc",
+	assert_int_equal(smtp_session_feed(h->s,
+					   "MAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\n"
+					   "BDAT 18446744073709551615\r\nabc",
 					   70),
 			 70);
 	assert_true(smtp_session_in_data(h->s));
@@ -832,9 +838,14 @@ static void
 test_bdat_bad_syntax_closes(void **state)
 {
 	static const char *const bad[] = {
-		"BDAT\r\n", "BDAT x\r\n", "BDAT 1x\r\n", "BDAT -1\r\n",
-		"BDAT 18446744073709551616\r\n", "BDAT 5 LASTX\r\n", "BDAT 5 LAST more\r\n",
-		"BDAT 123456789012345678901\r\n",
+	    "BDAT\r\n",
+	    "BDAT x\r\n",
+	    "BDAT 1x\r\n",
+	    "BDAT -1\r\n",
+	    "BDAT 18446744073709551616\r\n",
+	    "BDAT 5 LASTX\r\n",
+	    "BDAT 5 LAST more\r\n",
+	    "BDAT 123456789012345678901\r\n",
 	};
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -886,7 +897,8 @@ test_starttls_harness_discard(void **state)
 
 	start(h);
 	/* split at every boundary, the glue-side discard always drops the same bytes */
-	const char *script = "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<y@z>\r\n";
+	const char *script =
+	    "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<y@z>\r\n";
 	for (size_t split = 1; split <= strlen(script); split++) {
 		struct harness hh;
 		h_setup(&hh);
@@ -933,7 +945,8 @@ test_auth_requires_tls(void **state)
 
 	start(h);
 	expect(h, "EHLO c\r\n", EHLO_REPLY); /* no AUTH offered in clear text */
-	expect(h, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n", "530 5.7.0 Must issue a STARTTLS command first\r\n");
+	expect(h, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n",
+	       "530 5.7.0 Must issue a STARTTLS command first\r\n");
 	assert_int_equal(h->auth_events, 0);
 
 	struct harness hh;
@@ -944,8 +957,9 @@ test_auth_requires_tls(void **state)
 	h_drain(&hh);
 	h_reset_transcript(&hh);
 	h_play(&hh, "EHLO c\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\n");
-	assert_string_equal(hh.out, EHLO_REPLY_PLAIN "250 DSN\r\n"
-						     "504 5.5.4 Error: authentication not available\r\n");
+	assert_string_equal(hh.out,
+			    EHLO_REPLY_PLAIN "250 DSN\r\n"
+					     "504 5.5.4 Error: authentication not available\r\n");
 	h_teardown(&hh);
 }
 
@@ -990,28 +1004,28 @@ struct auth_err_case {
 };
 
 static const struct auth_err_case auth_err_cases[] = {
-	{"AUTH PLAIN\r\n*\r\n", "334 \r\n501 5.0.0 Authentication cancelled\r\n"},
-	{"AUTH PLAIN\r\n!!!!\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
-	{"AUTH PLAIN\r\nAHVzZXIAcGFzcw\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
-	{"AUTH PLAIN\r\nAHVz=XIAcGFzcw==\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
-	{"AUTH PLAIN\r\n\r\n", "334 \r\n501 5.5.2 Invalid PLAIN response\r\n"},
-	{"AUTH PLAIN =\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
-	/* "user\0pass" (one NUL only) */
-	{"AUTH PLAIN dXNlcgBwYXNz\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
-	/* "\0\0pass" (empty user) */
-	{"AUTH PLAIN AABwYXNz\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
-	/* "\0user\0" (empty password) */
-	{"AUTH PLAIN AHVzZXIA\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
-	/* "\0u\0p\0x" (extra NUL) */
-	{"AUTH PLAIN AHUAcAB4\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
-	{"AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\r\n"},
-	{"AUTH PLAIN a b\r\n", "501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n"},
-	{"AUTH LOGIN\r\n*\r\n", "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n"},
-	{"AUTH LOGIN\r\ndXNlcg==\r\n*\r\n",
-	 "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n501 5.0.0 Authentication cancelled\r\n"},
-	{"AUTH LOGIN\r\nAA==\r\n", "334 VXNlcm5hbWU6\r\n501 5.5.2 Invalid LOGIN response\r\n"},
-	{"MAIL FROM:<>\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\n",
-	 "250 2.1.0 Ok\r\n503 5.5.1 Error: AUTH not permitted in a transaction\r\n"},
+    {"AUTH PLAIN\r\n*\r\n", "334 \r\n501 5.0.0 Authentication cancelled\r\n"},
+    {"AUTH PLAIN\r\n!!!!\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
+    {"AUTH PLAIN\r\nAHVzZXIAcGFzcw\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
+    {"AUTH PLAIN\r\nAHVz=XIAcGFzcw==\r\n", "334 \r\n501 5.5.2 Cannot decode response\r\n"},
+    {"AUTH PLAIN\r\n\r\n", "334 \r\n501 5.5.2 Invalid PLAIN response\r\n"},
+    {"AUTH PLAIN =\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
+    /* "user\0pass" (one NUL only) */
+    {"AUTH PLAIN dXNlcgBwYXNz\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
+    /* "\0\0pass" (empty user) */
+    {"AUTH PLAIN AABwYXNz\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
+    /* "\0user\0" (empty password) */
+    {"AUTH PLAIN AHVzZXIA\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
+    /* "\0u\0p\0x" (extra NUL) */
+    {"AUTH PLAIN AHUAcAB4\r\n", "501 5.5.2 Invalid PLAIN response\r\n"},
+    {"AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\r\n"},
+    {"AUTH PLAIN a b\r\n", "501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n"},
+    {"AUTH LOGIN\r\n*\r\n", "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n"},
+    {"AUTH LOGIN\r\ndXNlcg==\r\n*\r\n",
+     "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n501 5.0.0 Authentication cancelled\r\n"},
+    {"AUTH LOGIN\r\nAA==\r\n", "334 VXNlcm5hbWU6\r\n501 5.5.2 Invalid LOGIN response\r\n"},
+    {"MAIL FROM:<>\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\n",
+     "250 2.1.0 Ok\r\n503 5.5.1 Error: AUTH not permitted in a transaction\r\n"},
 };
 
 static void
@@ -1120,15 +1134,15 @@ test_message_result_format(void **state)
 		int code;
 		const char *enh, *text, *want;
 	} cases[] = {
-		{451, "4.3.0", "Cluster unavailable, try again later",
-		 "451 4.3.0 Cluster unavailable, try again later\r\n"},
-		{250, "2.0.0", "Ok: queued as 0123ABC", "250 2.0.0 Ok: queued as 0123ABC\r\n"},
-		{554, "2.0.0", "bad class", "554 5.0.0 bad class\r\n"},
-		{451, "4.3", "short", "451 4.0.0 short\r\n"},
-		{451, "4.3.0000", "long", "451 4.0.0 long\r\n"},
-		{250, NULL, NULL, "250 2.0.0 Ok\r\n"},
-		{550, "5.7.1", "line\r\n250 injected", "550 5.7.1 line??250 injected\r\n"},
-		{250, "2.6.0", longtext, NULL},
+	    {451, "4.3.0", "Cluster unavailable, try again later",
+	     "451 4.3.0 Cluster unavailable, try again later\r\n"},
+	    {250, "2.0.0", "Ok: queued as 0123ABC", "250 2.0.0 Ok: queued as 0123ABC\r\n"},
+	    {554, "2.0.0", "bad class", "554 5.0.0 bad class\r\n"},
+	    {451, "4.3", "short", "451 4.0.0 short\r\n"},
+	    {451, "4.3.0000", "long", "451 4.0.0 long\r\n"},
+	    {250, NULL, NULL, "250 2.0.0 Ok\r\n"},
+	    {550, "5.7.1", "line\r\n250 injected", "550 5.7.1 line??250 injected\r\n"},
+	    {250, "2.6.0", longtext, NULL},
 	};
 	memset(longtext, 'x', sizeof(longtext) - 1);
 	longtext[sizeof(longtext) - 1] = '\0';
@@ -1140,9 +1154,9 @@ test_message_result_format(void **state)
 		assert_int_equal(smtp_session_message_result(h->s, 300, "3.0.0", "x"), -EINVAL);
 		assert_int_equal(smtp_session_message_result(h->s, 99, "3.0.0", "x"), -EINVAL);
 		assert_int_equal(smtp_session_auth_result(h->s, 1), -EINVAL);
-		assert_int_equal(smtp_session_message_result(h->s, cases[i].code, cases[i].enh,
-							     cases[i].text),
-				 0);
+		assert_int_equal(
+		    smtp_session_message_result(h->s, cases[i].code, cases[i].enh, cases[i].text),
+		    0);
 		h_drain(h);
 		assert_memory_equal(h->out, pre, strlen(pre));
 		const char *got = h->out + strlen(pre);
@@ -1178,7 +1192,8 @@ test_timeout_and_shutdown(void **state)
 	struct harness hh;
 	h_setup(&hh);
 	assert_int_equal(h_start(&hh), 0);
-	const char *s = "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n.\r\nNOOP\r\n";
+	const char *s =
+	    "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n.\r\nNOOP\r\n";
 	size_t n = smtp_session_feed(hh.s, s, strlen(s));
 	assert_int_equal(n, strlen(s) - 6);
 	assert_false(smtp_session_in_data(hh.s));
@@ -1188,7 +1203,8 @@ test_timeout_and_shutdown(void **state)
 	h_reset_transcript(&hh);
 	assert_int_equal(smtp_session_message_result(hh.s, 250, "2.0.0", "Ok: queued as 1"), 0);
 	h_drain(&hh);
-	assert_string_equal(hh.out, "250 2.0.0 Ok: queued as 1\r\n421 4.3.2 Service shutting down\r\n");
+	assert_string_equal(hh.out,
+			    "250 2.0.0 Ok: queued as 1\r\n421 4.3.2 Service shutting down\r\n");
 	assert_int_equal(smtp_session_event(hh.s, &ev), SMTP_EV_CLOSE);
 	assert_int_equal(smtp_session_feed(hh.s, "NOOP\r\n", 6), 0);
 	h_teardown(&hh);
@@ -1229,14 +1245,14 @@ test_received_header(void **state)
 {
 	char buf[1024];
 	struct smtp_received_info ri = {
-		.helo = "client.example",
-		.client_name = "mail.client.example",
-		.client_addr = "192.0.2.1",
-		.hostname = "mx.example.org",
-		.esmtp = true,
-		.queue_id = "0123ABC",
-		.rcpt = "bob@example.org",
-		.date = "Sun, 29 Nov 2026 09:00:00 +0000",
+	    .helo = "client.example",
+	    .client_name = "mail.client.example",
+	    .client_addr = "192.0.2.1",
+	    .hostname = "mx.example.org",
+	    .esmtp = true,
+	    .queue_id = "0123ABC",
+	    .rcpt = "bob@example.org",
+	    .date = "Sun, 29 Nov 2026 09:00:00 +0000",
 	};
 	(void)state;
 
@@ -1252,10 +1268,13 @@ test_received_header(void **state)
 		bool esmtp, tls, auth, utf8;
 		const char *proto;
 	} protos[] = {
-		{false, false, false, false, "with SMTP "}, {true, false, false, false, "with ESMTP "},
-		{true, true, false, false, "with ESMTPS "}, {true, false, true, false, "with ESMTPA "},
-		{true, true, true, false, "with ESMTPSA "}, {true, false, false, true, "with UTF8SMTP "},
-		{true, true, true, true, "with UTF8SMTPSA "},
+	    {false, false, false, false, "with SMTP "},
+	    {true, false, false, false, "with ESMTP "},
+	    {true, true, false, false, "with ESMTPS "},
+	    {true, false, true, false, "with ESMTPA "},
+	    {true, true, true, false, "with ESMTPSA "},
+	    {true, false, false, true, "with UTF8SMTP "},
+	    {true, true, true, true, "with UTF8SMTPSA "},
 	};
 	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
 		ri.esmtp = protos[i].esmtp;
@@ -1268,16 +1287,17 @@ test_received_header(void **state)
 
 	/* no rcpt (several), no queue id, no helo/name; hostile helo sanitized */
 	ri = (struct smtp_received_info){
-		.helo = "evil)\r\nX-Injected: 1;(",
-		.client_addr = "IPv6:2001:db8::1",
-		.hostname = "mx.example.org",
-		.esmtp = true,
-		.date = "Sun, 29 Nov 2026 09:00:00 +0000",
+	    .helo = "evil)\r\nX-Injected: 1;(",
+	    .client_addr = "IPv6:2001:db8::1",
+	    .hostname = "mx.example.org",
+	    .esmtp = true,
+	    .date = "Sun, 29 Nov 2026 09:00:00 +0000",
 	};
 	n = smtp_received_header(buf, sizeof(buf), &ri);
-	assert_string_equal(buf, "Received: from evil___X-Injected:_1__ (unknown [IPv6:2001:db8::1])\r\n"
-				 "\tby mx.example.org (relayd) with ESMTP;\r\n"
-				 "\tSun, 29 Nov 2026 09:00:00 +0000\r\n");
+	assert_string_equal(buf,
+			    "Received: from evil___X-Injected:_1__ (unknown [IPv6:2001:db8::1])\r\n"
+			    "\tby mx.example.org (relayd) with ESMTP;\r\n"
+			    "\tSun, 29 Nov 2026 09:00:00 +0000\r\n");
 	/* too small: every length below the full one fails */
 	for (int cap = 0; cap <= n; cap++)
 		assert_int_equal(smtp_received_header(buf, (size_t)cap, &ri), -ENOSPC);
@@ -1316,39 +1336,39 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_pipelined_batch, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_split_every_boundary, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_helo_and_simple_commands, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_nul_and_bare_cr_in_command, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_line_length, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_line_length_config, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_out_of_order, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_mail_params, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_addresses, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_path_too_long, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_rcpt_params, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_dsn_envelope, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_relay_policy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_too_many_recipients, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_too_many_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_data_bodies, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_data_too_big, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bdat_flows, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bdat_size, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bdat_bad_syntax_closes, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_starttls_pipelined_injection, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_starttls_harness_discard, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_starttls_fail_and_unavailable, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_requires_tls, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_plain, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_login, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_trace_hook, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_message_result_format, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_timeout_and_shutdown, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_output_high_water, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_received_header, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_new_defaults, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pipelined_batch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_split_every_boundary, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_helo_and_simple_commands, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_nul_and_bare_cr_in_command, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_line_length, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_line_length_config, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_out_of_order, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_mail_params, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_addresses, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_path_too_long, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rcpt_params, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_dsn_envelope, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_relay_policy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_too_many_recipients, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_too_many_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_data_bodies, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_data_too_big, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bdat_flows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bdat_size, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bdat_bad_syntax_closes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_starttls_pipelined_injection, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_starttls_harness_discard, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_starttls_fail_and_unavailable, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_auth_requires_tls, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_auth_plain, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_auth_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_auth_login, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_trace_hook, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_message_result_format, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_timeout_and_shutdown, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_output_high_water, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_received_header, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_new_defaults, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
