@@ -801,6 +801,13 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			fprintf(out,
 				"\",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%" PRIu64,
 				cluster__state_name(q->state), q->attempts, q->next_attempt_ms);
+			if (q->rcpt && q->rcpt->has_notify)
+				fprintf(out, ",\"notify\":%u", q->rcpt->notify);
+			if (q->rcpt && q->rcpt->orcpt) {
+				fputs(",\"orcpt\":\"", out);
+				cluster__put_str(out, q->rcpt->orcpt, 1);
+				fputc('"', out);
+			}
 			if (q->last_reply) {
 				fputs(",\"last_reply\":\"", out);
 				cluster__put_str(out, q->last_reply, 1);
@@ -808,7 +815,29 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			}
 			fputc('}', out);
 		}
-		fprintf(out, "],\"accept_index\":%" PRIu64 ",\"pending_apply\":%s}\n",
+		fputc(']', out);
+		if (r->has_ret)
+			fprintf(out, ",\"ret\":%u", r->ret);
+		if (r->envid) {
+			fputs(",\"envid\":\"", out);
+			cluster__put_str(out, r->envid, 1);
+			fputc('"', out);
+		}
+		if (r->has_smtputf8)
+			fprintf(out, ",\"smtputf8\":%s", r->smtputf8 ? "true" : "false");
+		if (r->has_body_type)
+			fprintf(out, ",\"body_type\":%u", r->body_type);
+		if (r->client_addr) {
+			fputs(",\"client_addr\":\"", out);
+			cluster__put_str(out, r->client_addr, 1);
+			fputc('"', out);
+		}
+		if (r->node_id) {
+			fputs(",\"node_id\":\"", out);
+			cluster__put_str(out, r->node_id, 1);
+			fputc('"', out);
+		}
+		fprintf(out, ",\"accept_index\":%" PRIu64 ",\"pending_apply\":%s}\n",
 			r->accept_index, pending ? "true" : "false");
 		return;
 	}

@@ -240,6 +240,10 @@ main(int argc, char **argv)
 	    .node_id = relayd.cfg.node_id,
 	    .data_dir = relayd.cfg.data_dir,
 	    .max_pending = (unsigned)relayd.cfg.max_pending_proposals,
+	    /* one message (body, envelope of up to max_recipients, Received:) must fit a write */
+	    .max_batch_bytes = CLUSTER_DEFAULT_MAX_BATCH_BYTES > relayd.cfg.max_message_size + (4u << 20)
+				   ? CLUSTER_DEFAULT_MAX_BATCH_BYTES
+				   : relayd.cfg.max_message_size + (4u << 20),
 	};
 	int rc = cluster_open(relayd.loop, &ccfg, &relayd.cluster);
 	if (rc != 0) {

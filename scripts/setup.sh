@@ -13,7 +13,7 @@ PKGS=(
   libuv1-dev libnng-dev librocksdb-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
   libc-ares-dev libcmocka-dev libmicrohttpd-dev
   # tests, demo and benchmark peers
-  postfix swaks dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
+  postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
 )
 

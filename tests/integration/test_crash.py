@@ -22,6 +22,7 @@ class CrashTest(RelayTestCase):
         while not stop.is_set() and n < 2000:
             try:
                 with smtplib.SMTP(ADDR, PORT, timeout=10) as s:
+                    s.ehlo()
                     while not stop.is_set() and n < 2000:
                         n += 1
                         s.mail("t%d@crash.test" % tid)
@@ -63,6 +64,7 @@ class CrashTest(RelayTestCase):
 
         def send(tid):
             with smtplib.SMTP("127.0.4.2", PORT, timeout=30) as s:
+                s.ehlo()
                 for i in range(1250):
                     s.mail("a@b.test")
                     s.rcpt("c%d@d.test" % i)

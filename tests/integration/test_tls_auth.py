@@ -40,7 +40,7 @@ class TlsAuthTest(RelayTestCase):
         super().setUp()
         cert, key = make_cert(self.tmp)
         users = make_users(self.tmp, {"alice": "wonderland", "bob@example.org": "b0b pass"})
-        self.node = self.relayd(addr=ADDR, port=PORT, mynetworks="127.0.3.0/24",
+        self.node = self.relayd(addr=ADDR, port=PORT, mynetworks="127.0.0.1/32, 127.0.3.0/24",
                                 tls_cert=cert, tls_key=key, auth_users_file=users)
         self.node.start()
         self.ctx = ssl.create_default_context()
