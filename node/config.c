@@ -657,8 +657,13 @@ config_print_table(FILE *out)
 		for (char *p = flag + 2; *p; p++)
 			if (*p == '_')
 				*p = '-';
-		fprintf(out, "| `%s` | `%s` | %s | `%s` | %s |\n", config_keys[i].name, flag,
-			type_name(config_keys[i].type), config_keys[i].def, config_keys[i].help);
+		char def[96];
+		if (config_keys[i].def[0] == '\0')
+			snprintf(def, sizeof(def), "(empty)");
+		else
+			snprintf(def, sizeof(def), "`%s`", config_keys[i].def);
+		fprintf(out, "| `%s` | `%s` | %s | %s | %s |\n", config_keys[i].name, flag,
+			type_name(config_keys[i].type), def, config_keys[i].help);
 	}
 }
 
