@@ -217,6 +217,8 @@ struct sim {
 	/* fault knobs, chosen per seed */
 	uint32_t drop_ppm, dup_ppm, disk_fail_ppm, crash_ppm, part_ppm, long_delay_ppm;
 	unsigned delay_max, sync_max;
+	unsigned leader_crash_pct; /* share of crashes aimed at a leader */
+	uint32_t all_crash_ppm;	   /* every node at once: a power cut */
 	bool pre_vote, check_quorum;
 	/* oracles */
 	struct u64vec leader_of_term;
@@ -852,9 +854,15 @@ static void
 faults(void)
 {
 	if (chance(S->crash_ppm)) {
-		struct node *nd = random_up_node();
+		struct node *nd = rnd_n(100) < S->leader_crash_pct ? leader_node() : NULL;
+		if (!nd)
+			nd = random_up_node();
 		if (nd)
 			node_crash(nd, "crash");
+	}
+	if (chance(S->all_crash_ppm)) {
+		for (int i = 1; i <= S->n_ids; i++)
+			node_crash(&S->nodes[i], "power cut");
 	}
 	if (chance(S->part_ppm)) {
 		/* symmetric partition: a random subset is cut off from the rest */
@@ -1045,6 +1053,15 @@ sim_run(const struct run_opts *o)
 	S->part_ppm = 100 + (uint32_t)rnd_n(400);
 	S->delay_max = 2 + (unsigned)rnd_n(30);
 	S->sync_max = 1 + (unsigned)rnd_n(20);
+	S->leader_crash_pct = (unsigned)rnd_n(60);
+	S->all_crash_ppm = (uint32_t)rnd_n(60);
+	if (rnd_n(3) == 0) {
+		/* a hard profile: much more churn, slow disks */
+		S->crash_ppm = 1000 + (uint32_t)rnd_n(3000);
+		S->part_ppm = 500 + (uint32_t)rnd_n(2000);
+		S->sync_max = 1 + (unsigned)rnd_n(120);
+		S->all_crash_ppm = (uint32_t)rnd_n(300);
+	}
 	S->pre_vote = rnd_n(5) != 0;
 	S->check_quorum = rnd_n(5) != 0 || !S->pre_vote;
 

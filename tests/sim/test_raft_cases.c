@@ -1,0 +1,615 @@
+/*
+ * test_raft_cases.c - scenario tests of the Raft core, one table row per scenario.
+ *
+ * A tiny harness runs a few cores with instant, reliable disks (every ready is persisted and
+ * reported at once unless a case says otherwise) and a FIFO network with per-node isolation.
+ * Each case drives the cores through one situation from the Raft thesis and checks the
+ * outcome.  No clock, no randomness beyond the cores' seeded PRNGs; no cmocka.
+ */
+#include "raft.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define H_MAX 5
+#define Q_MAX 4096
+
+struct h {
+	int n;
+	struct raft *r[H_MAX + 1];
+	bool isolated[H_MAX + 1];
+	bool manual_persist[H_MAX + 1]; /* do not report persistence automatically */
+	uint64_t last_seq[H_MAX + 1];
+	struct raft_msg q[Q_MAX];
+	int qh, qt;
+	uint64_t applied[H_MAX + 1];
+	int app_rejects; /* APP_RESP rejects seen on the wire */
+	int snaps_installed[H_MAX + 1];
+	uint64_t bad_commit; /* case 3.7: a commit index that must never be seen */
+	int bad_commit_leader;
+	int failed;
+};
+
+static int g_fail;
+
+#define CHECK(c)                                                                                   \
+	do {                                                                                       \
+		if (!(c)) {                                                                        \
+			printf("  check failed at line %d: %s\n", __LINE__, #c);                   \
+			g_fail = 1;                                                                \
+			return;                                                                    \
+		}                                                                                  \
+	} while (0)
+
+static void
+msg_dup(struct raft_msg *d, const struct raft_msg *m)
+{
+	*d = *m;
+	if (m->n_entries) {
+		d->entries = calloc(m->n_entries, sizeof(*d->entries));
+		for (uint32_t i = 0; i < m->n_entries; i++) {
+			d->entries[i] = m->entries[i];
+			if (m->entries[i].len) {
+				d->entries[i].data = malloc(m->entries[i].len);
+				memcpy(d->entries[i].data, m->entries[i].data, m->entries[i].len);
+			}
+		}
+	}
+	if (m->snap_len) {
+		d->snap_data = malloc(m->snap_len);
+		memcpy(d->snap_data, m->snap_data, m->snap_len);
+	}
+}
+
+static void
+msg_drop(struct raft_msg *m)
+{
+	for (uint32_t i = 0; i < m->n_entries; i++)
+		free(m->entries[i].data);
+	free(m->entries);
+	free(m->snap_data);
+}
+
+static struct raft_config
+h_cfg(uint64_t id, bool pre_vote, bool check_quorum)
+{
+	struct raft_config c = {.id = id,
+				.election_tick = 10,
+				.heartbeat_tick = 1,
+				.pre_vote = pre_vote,
+				.check_quorum = check_quorum,
+				.rng_seed = id * 7919};
+	return c;
+}
+
+static void
+h_init(struct h *h, int n, bool pre_vote, bool check_quorum)
+{
+	memset(h, 0, sizeof(*h));
+	h->n = n;
+	struct raft_conf conf = {0};
+	for (int i = 1; i <= n; i++)
+		conf.voters[conf.n_voters++] = (uint64_t)i;
+	for (int i = 1; i <= n; i++) {
+		struct raft_config c = h_cfg((uint64_t)i, pre_vote, check_quorum);
+		raft_new(&c, &h->r[i]);
+		raft_bootstrap(h->r[i], &conf);
+	}
+}
+
+/* Restore node id from a hand-made log (terms[k] is the term of index k + 1). */
+static void
+h_restore(struct h *h, int id, uint64_t term, const uint64_t *terms, int n, bool pre_vote,
+	  bool check_quorum, unsigned max_msg_entries)
+{
+	struct raft_conf conf = {0};
+	for (int i = 1; i <= h->n; i++)
+		conf.voters[conf.n_voters++] = (uint64_t)i;
+	uint8_t cbuf[256];
+	raft_conf_encode(&conf, cbuf);
+	struct raft_entry e[64];
+	for (int k = 0; k < n; k++) {
+		e[k] = (struct raft_entry){.index = (uint64_t)k + 1, .term = terms[k]};
+		if (k == 0) {
+			e[k].type = RAFT_ENTRY_CONF;
+			e[k].data = cbuf;
+			e[k].len = (uint32_t)raft_conf_encoded_len(&conf);
+		}
+	}
+	raft_free(h->r[id]);
+	struct raft_config c = h_cfg((uint64_t)id, pre_vote, check_quorum);
+	c.max_msg_entries = max_msg_entries;
+	raft_new(&c, &h->r[id]);
+	struct raft_hard_state hs = {.term = term, .commit = 1};
+	struct raft_snap_meta snap = {0};
+	raft_restore(h->r[id], &hs, &snap, NULL, 0, e, (size_t)n);
+}
+
+static void
+h_free(struct h *h)
+{
+	for (int i = 1; i <= h->n; i++)
+		raft_free(h->r[i]);
+	while (h->qh != h->qt) {
+		msg_drop(&h->q[h->qh]);
+		h->qh = (h->qh + 1) % Q_MAX;
+	}
+}
+
+static void
+h_drain(struct h *h, int id)
+{
+	struct raft_ready rd;
+	while (raft_ready_get(h->r[id], &rd) > 0) {
+		for (size_t i = 0; i < rd.n_msgs; i++) {
+			if ((h->qt + 1) % Q_MAX == h->qh)
+				break;
+			msg_dup(&h->q[h->qt], &rd.msgs[i]);
+			h->qt = (h->qt + 1) % Q_MAX;
+		}
+		if (rd.snap)
+			h->snaps_installed[id]++;
+		if (rd.n_committed)
+			h->applied[id] = rd.committed[rd.n_committed - 1].index;
+		uint64_t seq = rd.need_persist ? rd.seq : 0;
+		raft_advance(h->r[id], &rd);
+		if (seq) {
+			h->last_seq[id] = seq;
+			if (!h->manual_persist[id])
+				raft_persisted(h->r[id], seq);
+		}
+	}
+}
+
+static void
+h_check_hooks(struct h *h)
+{
+	if (!h->bad_commit)
+		return;
+	struct raft_status st;
+	raft_status(h->r[h->bad_commit_leader], &st);
+	if (st.commit == h->bad_commit)
+		h->failed = 1;
+}
+
+/* Deliver messages one at a time until the network is quiet. */
+static void
+h_pump(struct h *h)
+{
+	for (int i = 1; i <= h->n; i++)
+		h_drain(h, i);
+	int guard = 0;
+	while (h->qh != h->qt && guard++ < 100000) {
+		struct raft_msg m = h->q[h->qh];
+		h->qh = (h->qh + 1) % Q_MAX;
+		if (m.type == RAFT_MSG_APP_RESP && m.reject)
+			h->app_rejects++;
+		if (!h->isolated[m.from] && !h->isolated[m.to] && m.to >= 1 && m.to <= (uint64_t)h->n) {
+			raft_step(h->r[m.to], &m);
+			h_drain(h, (int)m.to);
+			h_check_hooks(h);
+		}
+		msg_drop(&m);
+	}
+}
+
+static void
+h_tick(struct h *h, int id, int n)
+{
+	for (int k = 0; k < n; k++) {
+		raft_tick(h->r[id]);
+		h_pump(h);
+	}
+}
+
+static void
+h_tick_all(struct h *h, int n)
+{
+	for (int k = 0; k < n; k++) {
+		for (int i = 1; i <= h->n; i++) {
+			raft_tick(h->r[i]);
+			h_drain(h, i);
+		}
+		h_pump(h);
+	}
+}
+
+static struct raft_status
+st(struct h *h, int id)
+{
+	struct raft_status s;
+	raft_status(h->r[id], &s);
+	return s;
+}
+
+static int
+propose(struct h *h, int id, const char *s)
+{
+	int rv = raft_propose(h->r[id], s, strlen(s), NULL, NULL);
+	h_pump(h);
+	return rv;
+}
+
+/* ------------------------------------------------------------------ cases */
+
+/* 3.4: a campaign wins a majority; everyone follows; the leader's no-op commits (6.4). */
+static void
+case_election(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	CHECK(st(&h, 1).term == 2);
+	CHECK(st(&h, 2).lead == 1 && st(&h, 3).lead == 1);
+	const struct raft_entry *e = raft_entry_at(h.r[1], st(&h, 1).last_index);
+	CHECK(e && e->type == RAFT_ENTRY_NOOP && e->term == 2);
+	h_tick_all(&h, 2);
+	CHECK(st(&h, 1).commit == 2 && st(&h, 2).commit == 2 && st(&h, 3).commit == 2);
+	CHECK(h.applied[3] == 2);
+	h_free(&h);
+}
+
+/* Randomized timeouts elect exactly one leader without help. */
+static void
+case_election_by_ticks(void)
+{
+	struct h h;
+	h_init(&h, 5, true, true);
+	h_tick_all(&h, 40);
+	int leaders = 0;
+	for (int i = 1; i <= 5; i++)
+		leaders += st(&h, i).role == RAFT_LEADER;
+	CHECK(leaders == 1);
+	h_free(&h);
+}
+
+static void
+case_propose_errors(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	CHECK(raft_propose(h.r[2], "x", 1, NULL, NULL) == RAFT_ENOTLEADER);
+	static char big[RAFT_ENTRY_MAX_BYTES + 1];
+	CHECK(raft_propose(h.r[1], big, sizeof(big), NULL, NULL) == RAFT_ETOOBIG);
+	uint64_t idx = 0, term = 0;
+	CHECK(raft_propose(h.r[1], "a", 1, &idx, &term) == 0);
+	CHECK(idx == 3 && term == 2);
+	h_pump(&h);
+	/* a leader cut off from everyone fills its bounded uncommitted window */
+	h.isolated[1] = true;
+	int rv = 0, n = 0;
+	while ((rv = raft_propose(h.r[1], "b", 1, NULL, NULL)) == 0 && n < 100000) {
+		n++;
+		h_drain(&h, 1);
+	}
+	CHECK(rv == RAFT_EFULL);
+	CHECK(n == 4096);
+	h_free(&h);
+}
+
+/* 3.5: divergent follower log converges with conflict-term hints in few round trips. */
+static void
+case_conflict_backtracking(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	static const uint64_t lead[] = {1, 1, 1, 4, 4, 5, 5, 6, 6, 6};
+	static const uint64_t foll[] = {1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3};
+	h_restore(&h, 1, 6, lead, 10, false, false, 0);
+	h_restore(&h, 2, 3, foll, 19, false, false, 0);
+	h_restore(&h, 3, 6, lead, 10, false, false, 0);
+	h.isolated[3] = true; /* node 2 must be repaired by node 1 alone */
+	h.app_rejects = 0;
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	h_tick(&h, 1, 3);
+	struct raft_status s1 = st(&h, 1), s2 = st(&h, 2);
+	CHECK(s2.last_index == s1.last_index);
+	for (uint64_t i = 1; i <= s1.last_index; i++)
+		CHECK(raft_term_at(h.r[1], i) == raft_term_at(h.r[2], i));
+	CHECK(s1.commit == s1.last_index);
+	/* one reject per conflicting term at most (terms 3 and 2), not one per entry */
+	printf("  conflict repaired with %d rejects\n", h.app_rejects);
+	CHECK(h.app_rejects >= 1 && h.app_rejects <= 3);
+	h_free(&h);
+}
+
+/* 3.6.2 / Figure 3.7: a leader never commits an old-term entry by counting replicas. */
+static void
+case_commit_current_term_only(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	static const uint64_t l1[] = {1, 2};
+	static const uint64_t l2[] = {1};
+	h_restore(&h, 1, 3, l1, 2, false, false, 1); /* one entry per message */
+	h_restore(&h, 2, 3, l2, 1, false, false, 0);
+	h_restore(&h, 3, 3, l2, 1, false, false, 0);
+	h.bad_commit = 2;
+	h.bad_commit_leader = 1;
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h_tick(&h, 1, 3);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	CHECK(!h.failed);			  /* index 2 (term 2) was never committed alone */
+	CHECK(st(&h, 1).commit == 3); /* it commits with the no-op of term 4 */
+	h_free(&h);
+}
+
+/* 9.6: a partitioned node does not bump its term, so it does not disrupt on rejoin. */
+static void
+case_prevote_no_disruption(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	uint64_t term = st(&h, 1).term;
+	h.isolated[3] = true;
+	h_tick(&h, 3, 100);
+	CHECK(st(&h, 3).term == term); /* pre-votes failed; the term did not move */
+	h.isolated[3] = false;
+	h_tick_all(&h, 5);
+	CHECK(st(&h, 1).role == RAFT_LEADER && st(&h, 1).term == term);
+	CHECK(st(&h, 3).lead == 1);
+	h_free(&h);
+}
+
+/* Without pre-vote the same partition inflates the term (the problem 9.6 solves). */
+static void
+case_no_prevote_disrupts(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	uint64_t term = st(&h, 1).term;
+	h.isolated[3] = true;
+	h_tick(&h, 3, 100);
+	CHECK(st(&h, 3).term > term);
+	h_free(&h);
+}
+
+/* 4.2.3: a follower with a live leader ignores RequestVote. */
+static void
+case_lease_ignores_votes(void)
+{
+	struct h h;
+	h_init(&h, 3, false, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	uint64_t term = st(&h, 2).term;
+	raft_campaign(h.r[3]);
+	/* deliver only the vote requests */
+	h_drain(&h, 3);
+	while (h.qh != h.qt) {
+		struct raft_msg m = h.q[h.qh];
+		h.qh = (h.qh + 1) % Q_MAX;
+		if (m.type == RAFT_MSG_VOTE)
+			raft_step(h.r[m.to], &m);
+		msg_drop(&m);
+	}
+	CHECK(st(&h, 2).term == term && st(&h, 2).vote != 3);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	h_free(&h);
+}
+
+/* check-quorum (6.2): a leader that hears from no majority steps down. */
+static void
+case_check_quorum_step_down(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h.isolated[1] = true;
+	h_tick(&h, 1, 25);
+	CHECK(st(&h, 1).role == RAFT_FOLLOWER);
+	h_free(&h);
+}
+
+/* 3.10: transfer catches the target up, sends TimeoutNow; proposals wait meanwhile. */
+static void
+case_transfer(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	uint64_t term = st(&h, 1).term;
+	CHECK(raft_transfer_leader(h.r[1], 2) == 0);
+	h_pump(&h);
+	CHECK(st(&h, 2).role == RAFT_LEADER && st(&h, 2).term == term + 1);
+	CHECK(st(&h, 1).role == RAFT_FOLLOWER && st(&h, 1).lead == 2);
+	/* transfer to an unreachable target: proposals refused, then it times out */
+	h.isolated[3] = true;
+	CHECK(raft_transfer_leader(h.r[2], 3) == 0);
+	CHECK(raft_propose(h.r[2], "x", 1, NULL, NULL) == RAFT_ETRANSFER);
+	h_tick(&h, 2, 11);
+	CHECK(st(&h, 2).transferee == 0);
+	CHECK(raft_propose(h.r[2], "x", 1, NULL, NULL) == 0);
+	h_free(&h);
+}
+
+/* Chapter 5: a follower behind the leader's first index receives the snapshot. */
+static void
+case_snapshot_install(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h.isolated[3] = true;
+	for (int i = 0; i < 50; i++)
+		CHECK(propose(&h, 1, "entry") == 0);
+	h_tick(&h, 1, 1);
+	struct raft_status s = st(&h, 1);
+	CHECK(s.commit == 52 && h.applied[1] == 52);
+	CHECK(raft_compact(h.r[1], 40, "SNAPDATA", 8) == 0);
+	CHECK(st(&h, 1).first_index == 41);
+	h.isolated[3] = false;
+	h_tick_all(&h, 4);
+	CHECK(h.snaps_installed[3] == 1);
+	CHECK(st(&h, 3).snap_index == 40);
+	CHECK(st(&h, 3).commit == 52 && h.applied[3] == 52);
+	h_free(&h);
+}
+
+/* Persist before send: vote grants and append acks leave only after raft_persisted. */
+static void
+case_persist_before_send(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	h_pump(&h);
+	h.manual_persist[2] = true;
+	raft_campaign(h.r[1]);
+	h_drain(&h, 1);
+	/* hand node 2 its vote request; its ready must not contain the grant */
+	int grants = 0;
+	while (h.qh != h.qt) {
+		struct raft_msg m = h.q[h.qh];
+		h.qh = (h.qh + 1) % Q_MAX;
+		if (m.to == 2)
+			raft_step(h.r[2], &m);
+		msg_drop(&m);
+	}
+	struct raft_ready rd;
+	CHECK(raft_ready_get(h.r[2], &rd) == 1);
+	CHECK(rd.need_persist && rd.hs.vote == 1);
+	for (size_t i = 0; i < rd.n_msgs; i++)
+		grants += rd.msgs[i].type == RAFT_MSG_VOTE_RESP;
+	uint64_t seq = rd.seq;
+	raft_advance(h.r[2], &rd);
+	CHECK(grants == 0);
+	raft_persisted(h.r[2], seq);
+	CHECK(raft_ready_get(h.r[2], &rd) == 1);
+	for (size_t i = 0; i < rd.n_msgs; i++)
+		grants += rd.msgs[i].type == RAFT_MSG_VOTE_RESP && !rd.msgs[i].reject;
+	raft_advance(h.r[2], &rd);
+	CHECK(grants == 1);
+	h_free(&h);
+}
+
+/* 4.1: add a learner, promote it, remove a voter; one change at a time. */
+static void
+case_membership(void)
+{
+	struct h h;
+	h_init(&h, 4, true, true);
+	/* node 4 starts outside the configuration */
+	raft_free(h.r[4]);
+	struct raft_config c = h_cfg(4, true, true);
+	raft_new(&c, &h.r[4]);
+	struct raft_hard_state hs = {0};
+	struct raft_snap_meta empty = {0};
+	raft_restore(h.r[4], &hs, &empty, NULL, 0, NULL, 0);
+	struct raft_conf conf = {.n_voters = 3, .voters = {1, 2, 3}};
+	for (int i = 1; i <= 3; i++) {
+		raft_free(h.r[i]);
+		c = h_cfg((uint64_t)i, true, true);
+		raft_new(&c, &h.r[i]);
+		raft_bootstrap(h.r[i], &conf);
+	}
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h_tick(&h, 1, 1);
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_LEARNER, 4, NULL, NULL) == 0);
+	/* the change takes effect on append, and a second one must wait */
+	struct raft_status s1 = st(&h, 1);
+	CHECK(raft_conf_is_member(&s1.conf, 4));
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 4, NULL, NULL) ==
+	      RAFT_ECONFPENDING);
+	h_pump(&h);
+	h_tick(&h, 1, 2);
+	CHECK(st(&h, 4).commit == st(&h, 1).commit);
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 4, NULL, NULL) == 0);
+	h_tick(&h, 1, 2);
+	CHECK(st(&h, 4).conf.n_voters == 4);
+	/* remove the leader itself: it steps down once the change commits (4.2.2) */
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_REMOVE, 1, NULL, NULL) == 0);
+	h_tick(&h, 1, 2);
+	CHECK(st(&h, 1).role != RAFT_LEADER);
+	struct raft_status s2 = st(&h, 2);
+	CHECK(s2.conf.n_voters == 3 && !raft_conf_is_member(&s2.conf, 1));
+	h_tick_all(&h, 40);
+	int leaders = 0;
+	for (int i = 2; i <= 4; i++)
+		leaders += st(&h, i).role == RAFT_LEADER;
+	CHECK(leaders == 1);
+	h_free(&h);
+}
+
+/* Malformed peer input is refused, not trusted. */
+static void
+case_malformed(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	struct raft_entry e = {.index = 7, .term = 1};
+	struct raft_msg m = {.type = RAFT_MSG_APP, .from = 2, .to = 1, .term = 1, .index = 1,
+			     .log_term = 1, .n_entries = 1, .entries = &e};
+	CHECK(raft_step(h.r[1], &m) == RAFT_EINVAL); /* index gap */
+	m.n_entries = 0;
+	m.type = 200;
+	CHECK(raft_step(h.r[1], &m) == RAFT_EINVAL);
+	m.type = RAFT_MSG_HEARTBEAT;
+	m.from = 1;
+	CHECK(raft_step(h.r[1], &m) == RAFT_EINVAL); /* from self */
+	uint8_t junk[20] = {0xff};
+	struct raft_conf c;
+	CHECK(raft_conf_decode(junk, sizeof(junk), &c) == RAFT_EINVAL);
+	CHECK(strcmp(raft_strerror(RAFT_EFULL), "bounded queue full") == 0);
+	h_free(&h);
+}
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} cases[] = {
+    {"election", case_election},
+    {"election_by_ticks", case_election_by_ticks},
+    {"propose_errors", case_propose_errors},
+    {"conflict_backtracking", case_conflict_backtracking},
+    {"commit_current_term_only", case_commit_current_term_only},
+    {"prevote_no_disruption", case_prevote_no_disruption},
+    {"no_prevote_disrupts", case_no_prevote_disrupts},
+    {"lease_ignores_votes", case_lease_ignores_votes},
+    {"check_quorum_step_down", case_check_quorum_step_down},
+    {"transfer", case_transfer},
+    {"snapshot_install", case_snapshot_install},
+    {"persist_before_send", case_persist_before_send},
+    {"membership", case_membership},
+    {"malformed", case_malformed},
+};
+
+int
+main(void)
+{
+	int bad = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		g_fail = 0;
+		cases[i].fn();
+		printf("%s %s\n", g_fail ? "FAIL" : "ok  ", cases[i].name);
+		bad += g_fail;
+	}
+	printf("%d of %zu cases failed\n", bad, sizeof(cases) / sizeof(cases[0]));
+	return bad ? 1 : 0;
+}
