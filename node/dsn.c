@@ -192,8 +192,15 @@ struct plan {
 	bool full;	   /* message/rfc822 rather than text/rfc822-headers */
 	bool truncated;	   /* wanted the full message, sent headers */
 	size_t inc_len;	   /* bytes of the original included */
+	bool fields_8bit;  /* a non-ASCII address or text in our own parts */
 	char boundary[DSN_BOUNDARY_MAX + 1];
 };
+
+static bool
+has_8bit(const char *s)
+{
+	return s != NULL && mta_body_is_8bit(s, strlen(s));
+}
 
 static bool
 contains(const char *hay, size_t n, const char *needle)
@@ -208,7 +215,11 @@ make_plan(const struct dsn_input *in, struct plan *p)
 	size_t max = in->orig_max ? in->orig_max : DSN_ORIG_MAX_DEFAULT;
 
 	memset(p, 0, sizeof(*p));
+	p->fields_8bit = has_8bit(in->mail_from) || has_8bit(in->envid);
 	for (size_t i = 0; i < in->nrcpts; i++) {
+		const struct dsn_rcpt *r = &in->rcpts[i];
+		p->fields_8bit |= has_8bit(r->final_rcpt) || has_8bit(r->orcpt) ||
+				  has_8bit(r->diag) || has_8bit(r->remote_mta);
 		if (in->rcpts[i].action == DSN_ACTION_FAILED)
 			p->any_failed = true;
 		else if (in->rcpts[i].action == DSN_ACTION_DELAYED)
@@ -269,7 +280,10 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 	/* 1: for people */
 	sb_fmt(b, "--%s\r\n", bd);
 	sb_str(b, "Content-Description: Notification\r\n"
-		  "Content-Type: text/plain; charset=utf-8\r\n\r\n");
+		  "Content-Type: text/plain; charset=utf-8\r\n");
+	if (p->fields_8bit)
+		sb_str(b, "Content-Transfer-Encoding: 8bit\r\n");
+	sb_str(b, "\r\n");
 	sb_fmt(b, "This is the mail system at host %s.\r\n\r\n", in->reporting_mta);
 	if (p->any_failed)
 		sb_str(b, "Your message could not be delivered to one or more recipients.\r\n"
@@ -296,7 +310,10 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 	/* 2: machine-readable, RFC 3464 2.2 / 2.3 */
 	sb_fmt(b, "--%s\r\n", bd);
 	sb_str(b, "Content-Description: Delivery report\r\n"
-		  "Content-Type: message/delivery-status\r\n\r\n");
+		  "Content-Type: message/delivery-status\r\n");
+	if (p->fields_8bit) /* SMTPUTF8 addresses; RFC 6533 global DSNs not done */
+		sb_str(b, "Content-Transfer-Encoding: 8bit\r\n");
+	sb_str(b, "\r\n");
 	sb_fmt(b, "Reporting-MTA: dns; %s\r\n", in->reporting_mta);
 	if (in->envid)
 		sb_fmt(b, "Original-Envelope-Id: %s\r\n", in->envid);

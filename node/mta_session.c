@@ -13,6 +13,7 @@
 #include "mta_session.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -280,15 +281,39 @@ expect(struct mta_session *s, enum cmd kind, size_t rcpt)
 	s->exp_count++;
 }
 
-/* Append "line\r\n"; line fits by construction (callers check MTA_CMD_MAX). */
+/* Append "line\r\n" and expect its reply.  fill() keeps MTA_OUT_RESERVE
+ * bytes free for a closing QUIT; a line that still does not fit is a broken
+ * invariant and is dropped rather than overflowing. */
+#define MTA_OUT_RESERVE 64
 static void
 emit(struct mta_session *s, enum cmd kind, size_t rcpt, const char *line)
 {
 	size_t n = strlen(line);
+	if (n + 2 > out_room(s) && s->out_off > 0) {
+		memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+		s->out_len -= s->out_off;
+		s->out_off = 0;
+	}
+	if (n + 2 > out_room(s))
+		return;
 	memcpy(s->out + s->out_len, line, n);
 	memcpy(s->out + s->out_len + n, "\r\n", 2);
 	s->out_len += n + 2;
 	expect(s, kind, rcpt);
+}
+
+/* snprintf at *o that never moves *o past size - 1. */
+__attribute__((format(printf, 4, 5))) static void
+append(char *line, size_t size, size_t *o, const char *fmt, ...)
+{
+	va_list ap;
+	if (*o + 1 >= size)
+		return;
+	va_start(ap, fmt);
+	int n = vsnprintf(line + *o, size - *o, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*o = *o + (size_t)n >= size ? size - 1 : *o + (size_t)n;
 }
 
 static void
@@ -370,7 +395,8 @@ session_fail(struct mta_session *s, const struct mta_diag *d, bool send_quit)
 	s->exp_count = 0;
 	s->gen = GEN_DONE;
 	if (send_quit && s->state != MTA_S_BODY && s->state != MTA_S_TLS_WAIT) {
-		s->out_len = s->out_off = 0; /* drop unsent commands */
+		if (s->out_off == 0)
+			s->out_len = 0; /* drop unsent commands, none half-written */
 		emit_simple(s, CMD_QUIT);
 		enter_state(s, MTA_S_QUIT);
 		s->event = MTA_EV_NONE;
@@ -462,45 +488,49 @@ fmt_mail(struct mta_session *s, char *line, size_t size)
 {
 	struct mta_txn *t = s->txn;
 	uint64_t msize = t->size ? t->size : t->body_len;
-	int o = snprintf(line, size, "MAIL FROM:<%s>", t->mail_from);
 	char x[MTA_ENVID_MAX * 3 + 1];
+	size_t o = 0;
 
-	if (s->ext & MTA_EXT_SIZE)
-		o += snprintf(line + o, size - (size_t)o, " SIZE=%llu", (unsigned long long)msize);
-	if (t->body_8bit && (s->ext & MTA_EXT_8BITMIME))
-		o += snprintf(line + o, size - (size_t)o, " BODY=8BITMIME");
-	if (t->smtputf8 && (s->ext & MTA_EXT_SMTPUTF8))
-		o += snprintf(line + o, size - (size_t)o, " SMTPUTF8");
-	if (s->ext & MTA_EXT_DSN) {
+	line[0] = '\0';
+	append(line, size, &o, "MAIL FROM:<%s>", t->mail_from);
+	if (s->ext & MTA_EXT_SIZE) /* RFC 1870 */
+		append(line, size, &o, " SIZE=%llu", (unsigned long long)msize);
+	if (t->body_8bit && (s->ext & MTA_EXT_8BITMIME)) /* RFC 6152 */
+		append(line, size, &o, " BODY=8BITMIME");
+	if (t->smtputf8 && (s->ext & MTA_EXT_SMTPUTF8)) /* RFC 6531 3.4 */
+		append(line, size, &o, " SMTPUTF8");
+	if (s->ext & MTA_EXT_DSN) { /* RFC 3461 4.3, 4.4 */
 		if (t->ret != MTA_RET_NONE)
-			o += snprintf(line + o, size - (size_t)o, " RET=%s",
-				      t->ret == MTA_RET_FULL ? "FULL" : "HDRS");
+			append(line, size, &o, " RET=%s", t->ret == MTA_RET_FULL ? "FULL" : "HDRS");
 		if (t->envid && put_xtext(x, sizeof(x), t->envid) >= 0)
-			o += snprintf(line + o, size - (size_t)o, " ENVID=%s", x);
+			append(line, size, &o, " ENVID=%s", x);
 	}
 }
 
 static void
 fmt_rcpt(struct mta_session *s, const struct mta_rcpt *r, char *line, size_t size)
 {
+	static const struct {
+		unsigned bit;
+		const char *name;
+	} k[] = {{MTA_NOTIFY_SUCCESS, "SUCCESS"},
+		 {MTA_NOTIFY_FAILURE, "FAILURE"},
+		 {MTA_NOTIFY_DELAY, "DELAY"}};
 	char x[MTA_ORCPT_MAX * 3 + 1];
-	int o = snprintf(line, size, "RCPT TO:<%s>", r->addr);
+	size_t o = 0;
 
+	line[0] = '\0';
+	append(line, size, &o, "RCPT TO:<%s>", r->addr);
 	if (!(s->ext & MTA_EXT_DSN))
 		return;
+	/* RFC 3461 4.1 NOTIFY, 4.2 ORCPT */
 	if (r->notify & MTA_NOTIFY_NEVER) {
-		o += snprintf(line + o, size - (size_t)o, " NOTIFY=NEVER");
+		append(line, size, &o, " NOTIFY=NEVER");
 	} else if (r->notify) {
 		const char *sep = " NOTIFY=";
-		static const struct {
-			unsigned bit;
-			const char *name;
-		} k[] = {{MTA_NOTIFY_SUCCESS, "SUCCESS"},
-			 {MTA_NOTIFY_FAILURE, "FAILURE"},
-			 {MTA_NOTIFY_DELAY, "DELAY"}};
 		for (size_t i = 0; i < 3; i++)
 			if (r->notify & k[i].bit) {
-				o += snprintf(line + o, size - (size_t)o, "%s%s", sep, k[i].name);
+				append(line, size, &o, "%s%s", sep, k[i].name);
 				sep = ",";
 			}
 	}
@@ -508,8 +538,8 @@ fmt_rcpt(struct mta_session *s, const struct mta_rcpt *r, char *line, size_t siz
 		/* "type;address": the type stays, the address becomes xtext. */
 		const char *semi = strchr(r->orcpt, ';');
 		if (put_xtext(x, sizeof(x), semi + 1) >= 0)
-			snprintf(line + o, size - (size_t)o, " ORCPT=%.*s;%s",
-				 (int)(semi - r->orcpt), r->orcpt, x);
+			append(line, size, &o, " ORCPT=%.*s;%s", (int)(semi - r->orcpt), r->orcpt,
+			       x);
 	}
 }
 
@@ -522,7 +552,7 @@ fill(struct mta_session *s)
 	char line[MTA_CMD_MAX];
 	bool pipe = (s->ext & MTA_EXT_PIPELINING) != 0;
 
-	while (s->gen != GEN_DONE && out_room(s) >= MTA_CMD_MAX + 2) {
+	while (s->gen != GEN_DONE && out_room(s) >= MTA_CMD_MAX + 2 + MTA_OUT_RESERVE) {
 		if (!pipe && s->exp_count > 0)
 			return;
 		switch (s->gen) {
