@@ -1105,7 +1105,10 @@ valid_msg(const struct raft *r, const struct raft_msg *m)
 	     !conf_valid(&m->snap.conf) || m->snap.index == 0 || m->snap.term == 0 ||
 	     m->snap.term > m->term))
 		return false;
-	if (m->term == 0)
+	/* requests carry the sender's term (>= 1); a node that never saw a term may answer 0 */
+	bool response = m->type == RAFT_MSG_APP_RESP || m->type == RAFT_MSG_VOTE_RESP ||
+			m->type == RAFT_MSG_PREVOTE_RESP || m->type == RAFT_MSG_HEARTBEAT_RESP;
+	if (m->term == 0 && !response)
 		return false;
 	return true;
 }
@@ -1300,7 +1303,9 @@ leader_append(struct raft *r, uint8_t type, const void *data, size_t len, uint64
 		return RAFT_ETRANSFER;
 	if (len > RAFT_ENTRY_MAX_BYTES)
 		return RAFT_ETOOBIG;
+	/* back-pressure: bounded uncommitted and unapplied entries, bounded in-memory log */
 	if (last_index(r) - r->commit >= r->cfg.max_uncommitted ||
+	    last_index(r) - r->applied >= 2 * (uint64_t)r->cfg.max_uncommitted ||
 	    r->log_len >= r->cfg.max_log_entries)
 		return RAFT_EFULL;
 	struct raft_entry e = {.term = r->term, .type = type, .len = (uint32_t)len,

@@ -175,7 +175,8 @@ struct raft_config {
 	unsigned max_msg_entries;  /* default 64 */
 	size_t max_msg_bytes;	   /* default 1 MiB (at least one entry is always sent) */
 	unsigned max_outbox;	   /* default 1024 */
-	unsigned max_uncommitted;  /* leader refuses proposals beyond this (default 4096) */
+	unsigned max_uncommitted;  /* leader refuses proposals beyond this many uncommitted
+				      entries, or twice this many unapplied (default 4096) */
 	unsigned max_log_entries;  /* in-memory log (default 65536) */
 	unsigned max_apply_batch;  /* committed entries per ready (default 256) */
 	uint64_t rng_seed;	   /* randomized election timeouts */

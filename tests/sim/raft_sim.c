@@ -40,7 +40,7 @@
 #define SIM_MAX_NODES 8
 #define SIM_TICK 10	       /* time units per raft tick */
 #define SIM_NET_MAX 20000      /* messages in flight; beyond that the network drops */
-#define SIM_HEAL_BUDGET 60000  /* units allowed to converge after the heal */
+#define SIM_HEAL_BUDGET 20000  /* units allowed to converge after the heal (observed max ~4000) */
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_PROP_ID_HEAL (1ULL << 62)
 
@@ -197,6 +197,7 @@ struct node {
 	uint64_t tick_phase;
 	uint64_t seen_commit;
 	uint64_t lc_term, lc_checked;
+	struct raft_config cfg;
 };
 
 struct inflight {
@@ -523,6 +524,7 @@ static void
 node_start(struct node *nd, bool bootstrap)
 {
 	struct raft_config c = node_config(nd);
+	nd->cfg = c;
 	if (raft_new(&c, &nd->r))
 		fail("raft_new failed");
 	int rv;
@@ -598,6 +600,20 @@ check_log_entries(struct node *nd, const struct raft_entry *ents, size_t n)
 	}
 }
 
+static void
+check_msg_bounds(struct node *nd, const struct raft_msg *m)
+{
+	size_t bytes = 0;
+	for (uint32_t i = 0; i < m->n_entries; i++)
+		bytes += m->entries[i].len;
+	if (m->n_entries > nd->cfg.max_msg_entries ||
+	    (m->n_entries > 1 && bytes > nd->cfg.max_msg_bytes))
+		fail("node %" PRIu64 " sent %u entries / %zu bytes past its bounds", nd->id,
+		     m->n_entries, bytes);
+	if (m->from != nd->id)
+		fail("node %" PRIu64 " sent a message from %" PRIu64, nd->id, m->from);
+}
+
 /* Handle every ready of a node: start disk writes, send, apply, advance. */
 static void
 drain(struct node *nd)
@@ -645,6 +661,7 @@ drain(struct node *nd)
 			      raft_msg_type_name(rd.msgs[i].type), rd.msgs[i].from, rd.msgs[i].to,
 			      rd.msgs[i].term, rd.msgs[i].index, rd.msgs[i].log_term,
 			      rd.msgs[i].n_entries, rd.msgs[i].commit, rd.msgs[i].reject);
+			check_msg_bounds(nd, &rd.msgs[i]);
 			net_send(&rd.msgs[i]);
 		}
 		if (rd.snap) {
@@ -761,7 +778,11 @@ propose(struct node *nd, uint64_t id)
 	for (size_t i = 8; i < len; i++)
 		buf[i] = (uint8_t)rnd();
 	uint64_t idx, term;
+	struct raft_status st0;
+	raft_status(nd->r, &st0);
 	int rv = raft_propose(nd->r, buf, len, &idx, &term);
+	if (rv == 0 && st0.role != RAFT_LEADER)
+		fail("node %" PRIu64 " accepted a proposal while not leader", nd->id);
 	if (rv == RAFT_ENOTLEADER) {
 		/* the follower refuses; the host forwards to the leader it knows */
 		struct raft_status st;
