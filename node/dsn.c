@@ -16,9 +16,9 @@
 #include "mta_session.h"
 
 _Static_assert((int)DSN_NOTIFY_NEVER == (int)MTA_NOTIFY_NEVER &&
-		       (int)DSN_NOTIFY_SUCCESS == (int)MTA_NOTIFY_SUCCESS &&
-		       (int)DSN_NOTIFY_FAILURE == (int)MTA_NOTIFY_FAILURE &&
-		       (int)DSN_NOTIFY_DELAY == (int)MTA_NOTIFY_DELAY,
+		   (int)DSN_NOTIFY_SUCCESS == (int)MTA_NOTIFY_SUCCESS &&
+		   (int)DSN_NOTIFY_FAILURE == (int)MTA_NOTIFY_FAILURE &&
+		   (int)DSN_NOTIFY_DELAY == (int)MTA_NOTIFY_DELAY,
 	       "NOTIFY bits shared with mta_session.h");
 
 const char *
@@ -169,7 +169,8 @@ header_len(const char *msg, size_t len)
 	if (len >= 2 && msg[0] == '\r' && msg[1] == '\n')
 		return 0;
 	for (size_t i = 0; i + 3 < len; i++)
-		if (msg[i] == '\r' && msg[i + 1] == '\n' && msg[i + 2] == '\r' && msg[i + 3] == '\n')
+		if (msg[i] == '\r' && msg[i + 1] == '\n' && msg[i + 2] == '\r' &&
+		    msg[i + 3] == '\n')
 			return i + 2;
 	return len; /* no body: all headers */
 }
@@ -189,10 +190,10 @@ cut_at_line(const char *msg, size_t n, size_t max)
 struct plan {
 	const char *subject;
 	bool any_failed;
-	bool full;	   /* message/rfc822 rather than text/rfc822-headers */
-	bool truncated;	   /* wanted the full message, sent headers */
-	size_t inc_len;	   /* bytes of the original included */
-	bool fields_8bit;  /* a non-ASCII address or text in our own parts */
+	bool full;	  /* message/rfc822 rather than text/rfc822-headers */
+	bool truncated;	  /* wanted the full message, sent headers */
+	size_t inc_len;	  /* bytes of the original included */
+	bool fields_8bit; /* a non-ASCII address or text in our own parts */
 	char boundary[DSN_BOUNDARY_MAX + 1];
 };
 
@@ -225,7 +226,7 @@ make_plan(const struct dsn_input *in, struct plan *p)
 		else if (in->rcpts[i].action == DSN_ACTION_DELAYED)
 			any_delayed = true;
 	}
-	p->subject = p->any_failed  ? "Undelivered Mail Returned to Sender"
+	p->subject = p->any_failed ? "Undelivered Mail Returned to Sender"
 		     : any_delayed ? "Delivery Status Notification (Delay)"
 				   : "Delivery Status Notification (Success)";
 	if (in->orig != NULL && in->orig_len > 0) {
@@ -244,7 +245,8 @@ make_plan(const struct dsn_input *in, struct plan *p)
 	char base[41];
 	size_t k = 0;
 	for (const char *s = in->message_id; *s && k < sizeof(base) - 1; s++)
-		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9'))
+		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9'))
 			base[k++] = *s;
 	base[k] = '\0';
 	for (unsigned n = 0; n < 1000; n++) {
@@ -300,7 +302,8 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 		if (r->diag)
 			sb_fmt(b, "    %s\r\n", r->diag);
 		if (r->action == DSN_ACTION_DELAYED && r->will_retry_until)
-			sb_fmt(b, "    Delivery will be retried until %s.\r\n", r->will_retry_until);
+			sb_fmt(b, "    Delivery will be retried until %s.\r\n",
+			       r->will_retry_until);
 	}
 	if (p->truncated)
 		sb_str(b, "\r\nThe message was too large to return in full; only its headers "

@@ -56,11 +56,11 @@ enum dsn_notify {
 enum dsn_ret { DSN_RET_DEFAULT = 0, DSN_RET_FULL, DSN_RET_HDRS };
 
 enum dsn_action { /* RFC 3464 2.3.3 */
-	DSN_ACTION_FAILED = 0,
-	DSN_ACTION_DELAYED,
-	DSN_ACTION_DELIVERED,
-	DSN_ACTION_RELAYED,
-	DSN_ACTION_EXPANDED,
+		  DSN_ACTION_FAILED = 0,
+		  DSN_ACTION_DELAYED,
+		  DSN_ACTION_DELIVERED,
+		  DSN_ACTION_RELAYED,
+		  DSN_ACTION_EXPANDED,
 };
 
 /* "failed", "delayed", ... */
@@ -73,13 +73,13 @@ bool dsn_should_notify(const char *mail_from, unsigned notify, enum dsn_action a
 
 /* All strings borrowed; none may contain CR, LF or other control bytes. */
 struct dsn_rcpt {
-	const char *final_rcpt;	     /* address (Final-Recipient: rfc822;...) */
-	const char *orcpt;	     /* "addr-type;address" from ORCPT, or NULL */
+	const char *final_rcpt; /* address (Final-Recipient: rfc822;...) */
+	const char *orcpt;	/* "addr-type;address" from ORCPT, or NULL */
 	enum dsn_action action;
-	const char *status;	     /* RFC 3463 "5.1.1" */
-	const char *remote_mta;	     /* host name, or NULL */
-	const char *diag;	     /* SMTP reply "550 5.1.1 ...", or NULL */
-	const char *last_attempt;    /* RFC 5322 date, or NULL */
+	const char *status;	      /* RFC 3463 "5.1.1" */
+	const char *remote_mta;	      /* host name, or NULL */
+	const char *diag;	      /* SMTP reply "550 5.1.1 ...", or NULL */
+	const char *last_attempt;     /* RFC 5322 date, or NULL */
 	const char *will_retry_until; /* RFC 5322 date for delayed, or NULL */
 };
 
@@ -88,14 +88,14 @@ struct dsn_input {
 	const char *mail_from;	   /* original sender: the To: of the report; not "" */
 	const char *envid;	   /* decoded ENVID, or NULL */
 	enum dsn_ret ret;
-	const char *arrival_date;  /* RFC 5322 date */
-	const char *date;	   /* RFC 5322 date for the Date: header */
-	const char *message_id;	   /* new id, without <>: "dsn.123@relay.example" */
+	const char *arrival_date; /* RFC 5322 date */
+	const char *date;	  /* RFC 5322 date for the Date: header */
+	const char *message_id;	  /* new id, without <>: "dsn.123@relay.example" */
 	const struct dsn_rcpt *rcpts;
-	size_t nrcpts;		   /* 1 .. DSN_MAX_RCPTS */
-	const char *orig;	   /* original message, CRLF lines; not copied; may be NULL */
+	size_t nrcpts;	  /* 1 .. DSN_MAX_RCPTS */
+	const char *orig; /* original message, CRLF lines; not copied; may be NULL */
 	size_t orig_len;
-	size_t orig_max;	   /* 0 = DSN_ORIG_MAX_DEFAULT */
+	size_t orig_max; /* 0 = DSN_ORIG_MAX_DEFAULT */
 };
 
 /*

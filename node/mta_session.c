@@ -130,7 +130,8 @@ mta_reply_parse(const char *buf, size_t len, struct mta_reply *out)
 		out->line_off[out->nlines++] = (uint16_t)out->len;
 		for (size_t i = 0; i < tl; i++) {
 			unsigned char ch = (unsigned char)t[i];
-			out->text[out->len++] = (ch < 0x20 && ch != '\t') || ch >= 0x7f ? '?' : (char)ch;
+			out->text[out->len++] =
+			    (ch < 0x20 && ch != '\t') || ch >= 0x7f ? '?' : (char)ch;
 		}
 		out->text[out->len++] = '\0';
 		off = next;
@@ -366,7 +367,8 @@ txn_finish(struct mta_session *s, enum fin how, const struct mta_diag *d)
 	s->txn_open = false;
 	for (size_t i = 0; i < t->nrcpts; i++) {
 		struct mta_rcpt *r = &t->rcpts[i];
-		if (s->in_txn[i] && (r->state == MTA_RCPT_PENDING || r->state == MTA_RCPT_ACCEPTED)) {
+		if (s->in_txn[i] &&
+		    (r->state == MTA_RCPT_PENDING || r->state == MTA_RCPT_ACCEPTED)) {
 			if (how == FIN_FAIL_ALL) {
 				r->state = MTA_RCPT_FAILED;
 				r->diag = *d;
@@ -440,7 +442,8 @@ txn_begin(struct mta_session *s)
 		if (!s->in_txn[i])
 			continue;
 		if (!addr_ok(r->addr, false) ||
-		    (r->orcpt && (!printable_ok(r->orcpt, MTA_ORCPT_MAX) || !strchr(r->orcpt, ';')))) {
+		    (r->orcpt &&
+		     (!printable_ok(r->orcpt, MTA_ORCPT_MAX) || !strchr(r->orcpt, ';')))) {
 			diag_local(&r->diag, 553, "5.1.3", "bad recipient address syntax");
 			r->state = MTA_RCPT_FAILED;
 			s->in_txn[i] = false;
@@ -453,8 +456,7 @@ txn_begin(struct mta_session *s)
 		txn_done_event(s);
 		return;
 	}
-	if (!addr_ok(t->mail_from, true) ||
-	    (t->envid && !printable_ok(t->envid, MTA_ENVID_MAX))) {
+	if (!addr_ok(t->mail_from, true) || (t->envid && !printable_ok(t->envid, MTA_ENVID_MAX))) {
 		diag_local(&d, 553, "5.1.7", "bad sender address syntax");
 		txn_finish(s, FIN_FAIL_ALL, &d);
 		txn_done_event(s);
@@ -597,8 +599,7 @@ body_start(struct mta_session *s, bool discard)
 {
 	s->discard_body = discard;
 	s->bpos = 0;
-	s->bphase = (!discard && s->txn->body_len > 0 && s->txn->body[0] == '.') ? B_STUFF
-										 : B_BODY;
+	s->bphase = (!discard && s->txn->body_len > 0 && s->txn->body[0] == '.') ? B_STUFF : B_BODY;
 	if (discard || s->txn->body_len == 0)
 		s->bphase = B_TERM;
 	enter_state(s, MTA_S_BODY);
@@ -737,14 +738,14 @@ parse_ehlo(struct mta_session *s, const struct mta_reply *r)
 		const char *kw;
 		unsigned bit;
 	} kws[] = {
-		{"PIPELINING", MTA_EXT_PIPELINING},
-		{"SIZE", MTA_EXT_SIZE},
-		{"8BITMIME", MTA_EXT_8BITMIME},
-		{"SMTPUTF8", MTA_EXT_SMTPUTF8},
-		{"STARTTLS", MTA_EXT_STARTTLS},
-		{"DSN", MTA_EXT_DSN},
-		{"ENHANCEDSTATUSCODES", MTA_EXT_ENHANCEDSTATUSCODES},
-		{"CHUNKING", MTA_EXT_CHUNKING},
+	    {"PIPELINING", MTA_EXT_PIPELINING},
+	    {"SIZE", MTA_EXT_SIZE},
+	    {"8BITMIME", MTA_EXT_8BITMIME},
+	    {"SMTPUTF8", MTA_EXT_SMTPUTF8},
+	    {"STARTTLS", MTA_EXT_STARTTLS},
+	    {"DSN", MTA_EXT_DSN},
+	    {"ENHANCEDSTATUSCODES", MTA_EXT_ENHANCEDSTATUSCODES},
+	    {"CHUNKING", MTA_EXT_CHUNKING},
 	};
 
 	s->ext = 0;
@@ -1176,8 +1177,8 @@ mta_session_timeout_ms(const struct mta_session *s)
 const char *
 mta_state_name(enum mta_state st)
 {
-	static const char *names[] = {"greeting", "ehlo",  "helo",     "starttls",
-				      "tls-wait", "txn",   "body",     "data-end",
-				      "ready",	  "quit",  "closed"};
+	static const char *names[] = {"greeting", "ehlo", "helo",  "starttls",
+				      "tls-wait", "txn",  "body",  "data-end",
+				      "ready",	  "quit", "closed"};
 	return (unsigned)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }

@@ -64,10 +64,10 @@
 /* --- replies ------------------------------------------------------------ */
 
 struct mta_reply {
-	int code;		 /* 200..599 */
-	char enh[MTA_ENH_MAX];	 /* RFC 2034 enhanced code of the first line, or "" */
+	int code;	       /* 200..599 */
+	char enh[MTA_ENH_MAX]; /* RFC 2034 enhanced code of the first line, or "" */
 	size_t nlines;
-	size_t len;		 /* bytes used in text */
+	size_t len; /* bytes used in text */
 	uint16_t line_off[MTA_REPLY_MAX_LINES];
 	char text[MTA_REPLY_MAX]; /* each line's text after "NNN-"/"NNN ", NUL-terminated;
 				     the first without its enhanced code; control and 8-bit
@@ -87,10 +87,10 @@ const char *mta_reply_line(const struct mta_reply *r, size_t i);
 
 /* The outcome reply kept with a recipient or transaction. */
 struct mta_diag {
-	int code;		/* 0 = none */
-	char enh[MTA_ENH_MAX];	/* enhanced status: the server's, or derived from code */
+	int code;		 /* 0 = none */
+	char enh[MTA_ENH_MAX];	 /* enhanced status: the server's, or derived from code */
 	char text[MTA_TEXT_MAX]; /* "550 5.1.1 text of the reply" (lines joined by ' ') */
-	bool local;		/* synthesized by this machine, not said by the server */
+	bool local;		 /* synthesized by this machine, not said by the server */
 };
 
 /* Fill d from a reply (enh derived as "X.0.0" when the server gave none). */
@@ -99,10 +99,10 @@ void mta_diag_from_reply(struct mta_diag *d, const struct mta_reply *r);
 /* --- transactions ------------------------------------------------------- */
 
 enum mta_notify { /* RFC 3461 4.1; 0 = NOTIFY not given */
-	MTA_NOTIFY_NEVER = 1,
-	MTA_NOTIFY_SUCCESS = 2,
-	MTA_NOTIFY_FAILURE = 4,
-	MTA_NOTIFY_DELAY = 8,
+		  MTA_NOTIFY_NEVER = 1,
+		  MTA_NOTIFY_SUCCESS = 2,
+		  MTA_NOTIFY_FAILURE = 4,
+		  MTA_NOTIFY_DELAY = 8,
 };
 
 enum mta_ret { MTA_RET_NONE = 0, MTA_RET_FULL, MTA_RET_HDRS }; /* RFC 3461 4.3 */
@@ -116,10 +116,10 @@ enum mta_rcpt_state {
 };
 
 struct mta_rcpt {
-	const char *addr;  /* borrowed; without <>; not NULL */
-	unsigned notify;   /* MTA_NOTIFY_* bits, 0 = not given */
-	const char *orcpt; /* borrowed; "addr-type;address" decoded (xtext is applied
-			      here), or NULL */
+	const char *addr;	   /* borrowed; without <>; not NULL */
+	unsigned notify;	   /* MTA_NOTIFY_* bits, 0 = not given */
+	const char *orcpt;	   /* borrowed; "addr-type;address" decoded (xtext is applied
+				      here), or NULL */
 	enum mta_rcpt_state state; /* in: only PENDING recipients are sent; out */
 	struct mta_diag diag;	   /* out: the reply behind the state */
 };
@@ -135,9 +135,9 @@ struct mta_txn {
 	const char *envid; /* borrowed, decoded, or NULL */
 	const char *body;  /* borrowed; CRLF lines, NOT dot-stuffed; not copied */
 	size_t body_len;
-	bool body_8bit;	 /* see mta_body_is_8bit() */
-	bool smtputf8;	 /* see mta_txn_needs_smtputf8() */
-	size_t size;	 /* SIZE to declare; 0 = body_len */
+	bool body_8bit;		/* see mta_body_is_8bit() */
+	bool smtputf8;		/* see mta_txn_needs_smtputf8() */
+	size_t size;		/* SIZE to declare; 0 = body_len */
 	struct mta_rcpt *rcpts; /* borrowed; results written in place */
 	size_t nrcpts;		/* <= MTA_MAX_RCPTS */
 	/* out */
@@ -153,9 +153,9 @@ bool mta_txn_needs_smtputf8(const struct mta_txn *txn);
 /* --- the session -------------------------------------------------------- */
 
 enum mta_tls_policy {
-	MTA_TLS_NONE = 0,	   /* never STARTTLS */
+	MTA_TLS_NONE = 0,      /* never STARTTLS */
 	MTA_TLS_OPPORTUNISTIC, /* STARTTLS when offered */
-	MTA_TLS_REQUIRED,	   /* no TLS, no mail: try the next host */
+	MTA_TLS_REQUIRED,      /* no TLS, no mail: try the next host */
 };
 
 struct mta_config {
@@ -172,7 +172,7 @@ enum mta_event {
 };
 
 enum mta_close {
-	MTA_CLOSE_OK = 0,	/* QUIT after the work was done */
+	MTA_CLOSE_OK = 0,    /* QUIT after the work was done */
 	MTA_CLOSE_NEXT_HOST, /* this host failed: s->diag says why */
 };
 
@@ -222,12 +222,12 @@ struct mta_session {
 	bool txn_open;
 	bool rset_needed;
 	bool mail_ok;
-	int mail_fail;	     /* 0, 4 or 5: class of a failed MAIL reply */
+	int mail_fail; /* 0, 4 or 5: class of a failed MAIL reply */
 	bool discard_body;
 	size_t naccepted;
 	struct mta_diag mail_diag;
 	bool in_txn[MTA_MAX_RCPTS];
-	int gen;	    /* next command of the transaction to emit */
+	int gen; /* next command of the transaction to emit */
 	size_t gen_rcpt;
 	struct {
 		uint8_t kind;

@@ -31,12 +31,12 @@
 #include <stdint.h>
 
 /* Bounds (style: every buffer bounded by a named constant). */
-#define MX_NAME_MAX 253	      /* RFC 1035 2.3.4, presentation form without the root dot */
-#define MX_MAX_HOSTS 10	      /* hosts kept after ordering */
-#define MX_MAX_RRS 64	      /* MX records read from one answer; more are ignored */
-#define MX_MAX_ADDRS 8	      /* addresses kept per host (A and AAAA together) */
-#define MX_TTL_MAX 86400u     /* a cached result lives at most one day */
-#define MX_TTL_DEFAULT 300u   /* used when an answer carries no TTL at all */
+#define MX_NAME_MAX 253	    /* RFC 1035 2.3.4, presentation form without the root dot */
+#define MX_MAX_HOSTS 10	    /* hosts kept after ordering */
+#define MX_MAX_RRS 64	    /* MX records read from one answer; more are ignored */
+#define MX_MAX_ADDRS 8	    /* addresses kept per host (A and AAAA together) */
+#define MX_TTL_MAX 86400u   /* a cached result lives at most one day */
+#define MX_TTL_DEFAULT 300u /* used when an answer carries no TTL at all */
 
 /* Errors: X(name, value, permanent, enhanced status, text). */
 #define MX_ERRORS(X)                                                                               \
@@ -99,9 +99,9 @@ struct mx_addr {
 struct mx_host {
 	char name[MX_NAME_MAX + 2];
 	uint16_t pref;
-	bool implicit;	     /* RFC 5321 5.1 implicit MX: the domain itself */
-	bool dns_temp;	     /* an address lookup failed temporarily */
-	bool dns_malformed;  /* an address lookup returned garbage */
+	bool implicit;	    /* RFC 5321 5.1 implicit MX: the domain itself */
+	bool dns_temp;	    /* an address lookup failed temporarily */
+	bool dns_malformed; /* an address lookup returned garbage */
 	size_t naddrs;
 	struct mx_addr addrs[MX_MAX_ADDRS];
 };

@@ -43,8 +43,8 @@ struct lookup {
 	void *arg;
 	int pending; /* c-ares queries outstanding */
 	int status;
-	unsigned nx;	   /* address queries answered NXDOMAIN */
-	unsigned asked;	   /* address queries sent */
+	unsigned nx;	/* address queries answered NXDOMAIN */
+	unsigned asked; /* address queries sent */
 	bool canceled;
 	bool from_cache; /* answered from the cache: do not store again */
 	struct mx_list list;
@@ -113,8 +113,8 @@ parse_status(int st)
 }
 
 enum mx_dns
-resolver_parse_mx_answer(const uint8_t *abuf, size_t alen, struct mx_rr *rrs, size_t max,
-			 size_t *n, uint32_t *ttl)
+resolver_parse_mx_answer(const uint8_t *abuf, size_t alen, struct mx_rr *rrs, size_t max, size_t *n,
+			 uint32_t *ttl)
 {
 	struct ares_mx_reply *mx = NULL;
 	*n = 0;
@@ -529,10 +529,10 @@ resolver_new(uv_loop_t *loop, const struct resolver_options *opt, struct resolve
 	ao.resolvconf_path = (char *)"/dev/null"; /* never the system resolver */
 	ao.ndomains = 0;
 	ao.domains = NULL;
-	int st = ares_init_options(&r->ch, &ao,
-				   ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
-					   ARES_OPT_SOCK_STATE_CB | ARES_OPT_RESOLVCONF |
-					   ARES_OPT_DOMAINS);
+	int st =
+	    ares_init_options(&r->ch, &ao,
+			      ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
+				  ARES_OPT_SOCK_STATE_CB | ARES_OPT_RESOLVCONF | ARES_OPT_DOMAINS);
 	if (st != ARES_SUCCESS) {
 		err = st == ARES_ENOMEM ? -ENOMEM : -EIO;
 		goto err_after_libinit;
@@ -622,8 +622,7 @@ resolver_pending(const struct resolver *r)
 }
 
 static int
-lookup_start(struct resolver *r, enum lookup_kind kind, const char *name, resolver_cb cb,
-	     void *arg)
+lookup_start(struct resolver *r, enum lookup_kind kind, const char *name, resolver_cb cb, void *arg)
 {
 	struct lookup *lk;
 	char norm[MX_NAME_MAX + 2];

@@ -39,8 +39,8 @@
 
 #include "mx.h"
 
-#define RESOLVER_SERVERS_MAX 512    /* length of the "addr:port,..." list */
-#define RESOLVER_CACHE_DEFAULT 256  /* cached results */
+#define RESOLVER_SERVERS_MAX 512   /* length of the "addr:port,..." list */
+#define RESOLVER_CACHE_DEFAULT 256 /* cached results */
 #define RESOLVER_CACHE_MAX 65536
 #define RESOLVER_TIMEOUT_MS_DEFAULT 3000
 #define RESOLVER_TRIES_DEFAULT 2

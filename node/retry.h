@@ -20,15 +20,15 @@
 #include <stdint.h>
 
 /* Defaults in the spirit of RFC 5321 4.5.4.1 (30 min first retry, days of life). */
-#define RETRY_BASE_DEFAULT 300u		    /* 5 minutes */
-#define RETRY_MAX_DEFAULT 4000u		    /* about 67 minutes, Postfix maximal_backoff_time */
+#define RETRY_BASE_DEFAULT 300u		     /* 5 minutes */
+#define RETRY_MAX_DEFAULT 4000u		     /* about 67 minutes, Postfix maximal_backoff_time */
 #define RETRY_LIFETIME_DEFAULT (5u * 86400u) /* 5 days */
-#define RETRY_JITTER_MAX_PCT 50u	    /* jitter is capped at +/-50% of the backoff */
+#define RETRY_JITTER_MAX_PCT 50u	     /* jitter is capped at +/-50% of the backoff */
 
 struct retry_policy {
-	uint64_t base;	   /* seconds, > 0 */
-	uint64_t max;	   /* seconds, >= base */
-	uint64_t lifetime; /* seconds a message may stay queued */
+	uint64_t base;	     /* seconds, > 0 */
+	uint64_t max;	     /* seconds, >= base */
+	uint64_t lifetime;   /* seconds a message may stay queued */
 	unsigned jitter_pct; /* 0..RETRY_JITTER_MAX_PCT: spread of the backoff */
 };
 

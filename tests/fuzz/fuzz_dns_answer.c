@@ -43,8 +43,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		for (size_t i = 0; i < l.nhosts; i++) {
 			uint32_t t = MX_TTL_MAX;
-			enum mx_dns a = resolver_parse_addr_answer(data, size, AF_INET, &l.hosts[i], &t);
-			enum mx_dns b = resolver_parse_addr_answer(data, size, AF_INET6, &l.hosts[i], &t);
+			enum mx_dns a =
+			    resolver_parse_addr_answer(data, size, AF_INET, &l.hosts[i], &t);
+			enum mx_dns b =
+			    resolver_parse_addr_answer(data, size, AF_INET6, &l.hosts[i], &t);
 			mx_host_note_dns(&l.hosts[i], a);
 			mx_host_note_dns(&l.hosts[i], b);
 			if (l.hosts[i].naddrs > MX_MAX_ADDRS)

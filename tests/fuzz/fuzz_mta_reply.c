@@ -63,13 +63,18 @@ run_machine(const uint8_t *data, size_t size)
 {
 	static struct mta_session s;
 	static const char body[] = "Subject: x\r\n\r\n.dot\r\nline\r\n..\r\nend";
-	struct mta_rcpt r[3] = {{.addr = "a@d.example", .notify = MTA_NOTIFY_SUCCESS,
-				 .orcpt = "rfc822;a@d.example"},
-				{.addr = "b@d.example"},
-				{.addr = "c@d.example", .notify = MTA_NOTIFY_NEVER}};
+	struct mta_rcpt r[3] = {
+	    {.addr = "a@d.example", .notify = MTA_NOTIFY_SUCCESS, .orcpt = "rfc822;a@d.example"},
+	    {.addr = "b@d.example"},
+	    {.addr = "c@d.example", .notify = MTA_NOTIFY_NEVER}};
 	struct mta_rcpt r2[1] = {{.addr = "e@d.example"}};
-	struct mta_txn t = {.mail_from = "s@x.example", .ret = MTA_RET_HDRS, .envid = "id+1",
-			    .body = body, .body_len = sizeof(body) - 1, .rcpts = r, .nrcpts = 3};
+	struct mta_txn t = {.mail_from = "s@x.example",
+			    .ret = MTA_RET_HDRS,
+			    .envid = "id+1",
+			    .body = body,
+			    .body_len = sizeof(body) - 1,
+			    .rcpts = r,
+			    .nrcpts = 3};
 	struct mta_txn t2 = {.mail_from = "", .body = "", .body_len = 0, .rcpts = r2, .nrcpts = 1};
 	struct mta_config cfg = {.helo_name = "relay.example"};
 	uint8_t flags = size > 1 ? data[1] : 0;

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <errno.h>
@@ -28,26 +29,26 @@ test_should_notify(void **state)
 		bool delay_default;
 		bool want;
 	} t[] = {
-		{"s@x", 0, DSN_ACTION_FAILED, false, true},
-		{"s@x", 0, DSN_ACTION_DELAYED, false, false},
-		{"s@x", 0, DSN_ACTION_DELAYED, true, true},
-		{"s@x", 0, DSN_ACTION_DELIVERED, true, false},
-		{"s@x", DSN_NOTIFY_NEVER, DSN_ACTION_FAILED, true, false},
-		{"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_FAILED, true, false},
-		{"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_DELIVERED, false, true},
-		{"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_RELAYED, false, true},
-		{"s@x", DSN_NOTIFY_FAILURE, DSN_ACTION_DELAYED, true, false},
-		{"s@x", DSN_NOTIFY_FAILURE | DSN_NOTIFY_DELAY, DSN_ACTION_DELAYED, false, true},
-		{"s@x", DSN_NOTIFY_FAILURE, DSN_ACTION_FAILED, false, true},
-		{"", 0, DSN_ACTION_FAILED, true, false},
-		{"", DSN_NOTIFY_FAILURE | DSN_NOTIFY_SUCCESS, DSN_ACTION_FAILED, true, false},
-		{NULL, 0, DSN_ACTION_FAILED, true, false},
+	    {"s@x", 0, DSN_ACTION_FAILED, false, true},
+	    {"s@x", 0, DSN_ACTION_DELAYED, false, false},
+	    {"s@x", 0, DSN_ACTION_DELAYED, true, true},
+	    {"s@x", 0, DSN_ACTION_DELIVERED, true, false},
+	    {"s@x", DSN_NOTIFY_NEVER, DSN_ACTION_FAILED, true, false},
+	    {"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_FAILED, true, false},
+	    {"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_DELIVERED, false, true},
+	    {"s@x", DSN_NOTIFY_SUCCESS, DSN_ACTION_RELAYED, false, true},
+	    {"s@x", DSN_NOTIFY_FAILURE, DSN_ACTION_DELAYED, true, false},
+	    {"s@x", DSN_NOTIFY_FAILURE | DSN_NOTIFY_DELAY, DSN_ACTION_DELAYED, false, true},
+	    {"s@x", DSN_NOTIFY_FAILURE, DSN_ACTION_FAILED, false, true},
+	    {"", 0, DSN_ACTION_FAILED, true, false},
+	    {"", DSN_NOTIFY_FAILURE | DSN_NOTIFY_SUCCESS, DSN_ACTION_FAILED, true, false},
+	    {NULL, 0, DSN_ACTION_FAILED, true, false},
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		print_message("case %zu\n", i);
-		assert_int_equal(dsn_should_notify(t[i].from, t[i].notify, t[i].action,
-						   t[i].delay_default),
-				 t[i].want);
+		assert_int_equal(
+		    dsn_should_notify(t[i].from, t[i].notify, t[i].action, t[i].delay_default),
+		    t[i].want);
 	}
 }
 
@@ -60,17 +61,17 @@ static const char orig[] = "From: Sender <s@src.example>\r\n"
 			   ".leading dot line\r\n";
 
 static const struct dsn_rcpt rcpts2[2] = {
-	{.final_rcpt = "a@dest.example",
-	 .orcpt = "rfc822;A@Dest.Example",
-	 .action = DSN_ACTION_FAILED,
-	 .status = "5.1.1",
-	 .remote_mta = "mx1.dest.example",
-	 .diag = "550 5.1.1 <a@dest.example>: Recipient address rejected",
-	 .last_attempt = "Sun, 29 Nov 2026 10:00:00 +0000"},
-	{.final_rcpt = "b@dest.example",
-	 .action = DSN_ACTION_FAILED,
-	 .status = "4.4.7",
-	 .diag = "451 4.4.2 connection lost"},
+    {.final_rcpt = "a@dest.example",
+     .orcpt = "rfc822;A@Dest.Example",
+     .action = DSN_ACTION_FAILED,
+     .status = "5.1.1",
+     .remote_mta = "mx1.dest.example",
+     .diag = "550 5.1.1 <a@dest.example>: Recipient address rejected",
+     .last_attempt = "Sun, 29 Nov 2026 10:00:00 +0000"},
+    {.final_rcpt = "b@dest.example",
+     .action = DSN_ACTION_FAILED,
+     .status = "4.4.7",
+     .diag = "451 4.4.2 connection lost"},
 };
 
 static void
@@ -124,36 +125,36 @@ py_check(const char *msg, size_t len, const char *script)
 }
 
 static const char *py_failed =
-	"import sys, email, email.policy\n"
-	"m = email.message_from_bytes(open(sys.argv[1],'rb').read(), policy=email.policy.compat32)\n"
-	"assert not m.defects, m.defects\n"
-	"assert m.get_content_type() == 'multipart/report', m.get_content_type()\n"
-	"assert m.get_param('report-type') == 'delivery-status'\n"
-	"assert m['Subject'] == 'Undelivered Mail Returned to Sender'\n"
-	"assert m['Auto-Submitted'] == 'auto-replied'\n"
-	"assert m['To'] == '<s@src.example>'\n"
-	"assert 'MAILER-DAEMON@relay.example' in m['From']\n"
-	"p = m.get_payload()\n"
-	"assert len(p) == 3, len(p)\n"
-	"assert p[0].get_content_type() == 'text/plain'\n"
-	"assert p[1].get_content_type() == 'message/delivery-status'\n"
-	"g = p[1].get_payload()\n"
-	"assert len(g) == 3, len(g)\n"
-	"assert g[0]['Reporting-MTA'] == 'dns; relay.example'\n"
-	"assert g[0]['Original-Envelope-Id'] == 'QQ123'\n"
-	"assert g[0]['Arrival-Date'] == 'Sat, 28 Nov 2026 09:00:00 +0000'\n"
-	"assert g[1]['Final-Recipient'] == 'rfc822; a@dest.example'\n"
-	"assert g[1]['Original-Recipient'] == 'rfc822;A@Dest.Example'\n"
-	"assert g[1]['Action'] == 'failed' and g[1]['Status'] == '5.1.1'\n"
-	"assert g[1]['Remote-MTA'] == 'dns; mx1.dest.example'\n"
-	"assert g[1]['Diagnostic-Code'].startswith('smtp; 550 5.1.1')\n"
-	"assert g[1]['Last-Attempt-Date'] == 'Sun, 29 Nov 2026 10:00:00 +0000'\n"
-	"assert g[2]['Final-Recipient'] == 'rfc822; b@dest.example'\n"
-	"assert g[2]['Remote-MTA'] is None\n"
-	"assert p[2].get_content_type() == 'message/rfc822'\n"
-	"o = p[2].get_payload()[0]\n"
-	"assert o['Subject'] == 'original subject'\n"
-	"assert '.leading dot line' in o.get_payload()\n";
+    "import sys, email, email.policy\n"
+    "m = email.message_from_bytes(open(sys.argv[1],'rb').read(), policy=email.policy.compat32)\n"
+    "assert not m.defects, m.defects\n"
+    "assert m.get_content_type() == 'multipart/report', m.get_content_type()\n"
+    "assert m.get_param('report-type') == 'delivery-status'\n"
+    "assert m['Subject'] == 'Undelivered Mail Returned to Sender'\n"
+    "assert m['Auto-Submitted'] == 'auto-replied'\n"
+    "assert m['To'] == '<s@src.example>'\n"
+    "assert 'MAILER-DAEMON@relay.example' in m['From']\n"
+    "p = m.get_payload()\n"
+    "assert len(p) == 3, len(p)\n"
+    "assert p[0].get_content_type() == 'text/plain'\n"
+    "assert p[1].get_content_type() == 'message/delivery-status'\n"
+    "g = p[1].get_payload()\n"
+    "assert len(g) == 3, len(g)\n"
+    "assert g[0]['Reporting-MTA'] == 'dns; relay.example'\n"
+    "assert g[0]['Original-Envelope-Id'] == 'QQ123'\n"
+    "assert g[0]['Arrival-Date'] == 'Sat, 28 Nov 2026 09:00:00 +0000'\n"
+    "assert g[1]['Final-Recipient'] == 'rfc822; a@dest.example'\n"
+    "assert g[1]['Original-Recipient'] == 'rfc822;A@Dest.Example'\n"
+    "assert g[1]['Action'] == 'failed' and g[1]['Status'] == '5.1.1'\n"
+    "assert g[1]['Remote-MTA'] == 'dns; mx1.dest.example'\n"
+    "assert g[1]['Diagnostic-Code'].startswith('smtp; 550 5.1.1')\n"
+    "assert g[1]['Last-Attempt-Date'] == 'Sun, 29 Nov 2026 10:00:00 +0000'\n"
+    "assert g[2]['Final-Recipient'] == 'rfc822; b@dest.example'\n"
+    "assert g[2]['Remote-MTA'] is None\n"
+    "assert p[2].get_content_type() == 'message/rfc822'\n"
+    "o = p[2].get_payload()[0]\n"
+    "assert o['Subject'] == 'original subject'\n"
+    "assert '.leading dot line' in o.get_payload()\n";
 
 static void
 test_failed_full(void **state)
@@ -172,14 +173,14 @@ test_failed_full(void **state)
 }
 
 static const char *py_headers_only =
-	"import sys, email, email.policy\n"
-	"m = email.message_from_bytes(open(sys.argv[1],'rb').read(), policy=email.policy.compat32)\n"
-	"assert not m.defects, m.defects\n"
-	"p = m.get_payload()\n"
-	"assert p[2].get_content_type() == 'text/rfc822-headers', p[2].get_content_type()\n"
-	"t = p[2].get_payload()\n"
-	"assert 'Subject: original subject' in t and 'Body line' not in t\n"
-	"assert m['Subject'] == sys.argv[2] if len(sys.argv) > 2 else True\n";
+    "import sys, email, email.policy\n"
+    "m = email.message_from_bytes(open(sys.argv[1],'rb').read(), policy=email.policy.compat32)\n"
+    "assert not m.defects, m.defects\n"
+    "p = m.get_payload()\n"
+    "assert p[2].get_content_type() == 'text/rfc822-headers', p[2].get_content_type()\n"
+    "t = p[2].get_payload()\n"
+    "assert 'Subject: original subject' in t and 'Body line' not in t\n"
+    "assert m['Subject'] == sys.argv[2] if len(sys.argv) > 2 else True\n";
 
 static void
 test_headers_only_rules(void **state)
@@ -246,12 +247,13 @@ test_headers_only_rules(void **state)
 	assert_int_equal(dsn_build(&in, &out, &len), 0);
 	assert_non_null(strstr(out, "Subject: Delivery Status Notification (Success)\r\n"));
 	assert_null(strstr(out, "Original-Envelope-Id"));
-	assert_int_equal(py_check(out, len,
-				  "import sys, email\n"
-				  "m = email.message_from_bytes(open(sys.argv[1],'rb').read())\n"
-				  "assert not m.defects and len(m.get_payload()) == 2\n"
-				  "assert m.get_payload()[1].get_payload()[1]['Action'] == 'relayed'\n"),
-			 0);
+	assert_int_equal(
+	    py_check(out, len,
+		     "import sys, email\n"
+		     "m = email.message_from_bytes(open(sys.argv[1],'rb').read())\n"
+		     "assert not m.defects and len(m.get_payload()) == 2\n"
+		     "assert m.get_payload()[1].get_payload()[1]['Action'] == 'relayed'\n"),
+	    0);
 	free(out);
 }
 
@@ -353,11 +355,11 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_should_notify),
-		cmocka_unit_test(test_failed_full),
-		cmocka_unit_test(test_headers_only_rules),
-		cmocka_unit_test(test_boundary_avoids_original),
-		cmocka_unit_test(test_rejects_bad_input),
+	    cmocka_unit_test(test_should_notify),
+	    cmocka_unit_test(test_failed_full),
+	    cmocka_unit_test(test_headers_only_rules),
+	    cmocka_unit_test(test_boundary_avoids_original),
+	    cmocka_unit_test(test_rejects_bad_input),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <errno.h>
@@ -124,39 +125,102 @@ struct outcome_case {
 };
 
 static const struct outcome_case outcome_cases[] = {
-	{"mail 4xx: next host", "451 4.3.0 later\r\n503 no\r\n503 no\r\n503 no\r\n", NULL, NULL,
-	 MTA_TXN_NEXT_HOST, {MTA_RCPT_PENDING, MTA_RCPT_PENDING}, "451 4.3.0 later",
-	 MTA_EV_TXN_DONE},
-	{"mail 5xx: all fail", "553 5.1.8 bad sender\r\n503 no\r\n503 no\r\n503 no\r\n", NULL, NULL,
-	 MTA_TXN_DONE, {MTA_RCPT_FAILED, MTA_RCPT_FAILED}, "553 5.1.8 bad sender", MTA_EV_TXN_DONE},
-	{"rcpt 4xx defers one", "250 ok\r\n250 ok\r\n450 4.2.0 greylisted\r\n354 go\r\n",
-	 "hello\r\n.\r\n", "250 ok\r\n", MTA_TXN_DONE, {MTA_RCPT_DELIVERED, MTA_RCPT_DEFERRED},
-	 "250 ok", MTA_EV_TXN_DONE},
-	{"data 4xx: next host", "250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 no\r\n", NULL, NULL,
-	 MTA_TXN_NEXT_HOST, {MTA_RCPT_PENDING, MTA_RCPT_PENDING}, "451 4.3.0 no", MTA_EV_TXN_DONE},
-	{"data 5xx: accepted fail", "250 ok\r\n250 ok\r\n550 5.1.1 x\r\n554 5.0.0 no\r\n", NULL,
-	 NULL, MTA_TXN_DONE, {MTA_RCPT_FAILED, MTA_RCPT_FAILED}, "554 5.0.0 no", MTA_EV_TXN_DONE},
-	{"dot 4xx: next host", "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", "hello\r\n.\r\n",
-	 "452 4.3.1 full\r\n", MTA_TXN_NEXT_HOST, {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
-	 "452 4.3.1 full", MTA_EV_TXN_DONE},
-	{"dot 5xx: fail", "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", "hello\r\n.\r\n",
-	 "554 5.7.1 spam\r\n", MTA_TXN_DONE, {MTA_RCPT_FAILED, MTA_RCPT_FAILED},
-	 "554 5.7.1 spam", MTA_EV_TXN_DONE},
-	{"all rejected, DATA 354 anyway: empty body",
-	 "250 ok\r\n550 5.1.1 a\r\n550 5.1.1 b\r\n354 go\r\n", ".\r\n", "250 ok\r\n", MTA_TXN_DONE,
-	 {MTA_RCPT_FAILED, MTA_RCPT_FAILED}, "550 5.1.1 a", MTA_EV_TXN_DONE},
-	{"all rejected, DATA 554", "250 ok\r\n550 5.1.1 a\r\n450 4.1.1 b\r\n554 5.5.1 none\r\n",
-	 NULL, NULL, MTA_TXN_DONE, {MTA_RCPT_FAILED, MTA_RCPT_DEFERRED}, "550 5.1.1 a",
-	 MTA_EV_TXN_DONE},
-	{"421 on rcpt closes", "250 ok\r\n421 4.3.2 shutting down\r\n", NULL, NULL,
-	 MTA_TXN_NEXT_HOST, {MTA_RCPT_PENDING, MTA_RCPT_PENDING}, "421 4.3.2 shutting down",
-	 MTA_EV_CLOSED},
-	{"multi-line 5xx on rcpt", "250 ok\r\n550-5.1.1 no\r\n550 5.1.1 really\r\n250 ok\r\n354 go\r\n",
-	 "hello\r\n.\r\n", "250 ok\r\n", MTA_TXN_DONE, {MTA_RCPT_FAILED, MTA_RCPT_DELIVERED},
-	 "550 5.1.1 no 5.1.1 really", MTA_EV_TXN_DONE},
-	{"garbage reply", "250 ok\r\nhello there\r\n", NULL, NULL, MTA_TXN_NEXT_HOST,
-	 {MTA_RCPT_PENDING, MTA_RCPT_PENDING}, "421 4.5.0 malformed reply from server",
-	 MTA_EV_CLOSED},
+    {"mail 4xx: next host",
+     "451 4.3.0 later\r\n503 no\r\n503 no\r\n503 no\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_NEXT_HOST,
+     {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
+     "451 4.3.0 later",
+     MTA_EV_TXN_DONE},
+    {"mail 5xx: all fail",
+     "553 5.1.8 bad sender\r\n503 no\r\n503 no\r\n503 no\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_FAILED},
+     "553 5.1.8 bad sender",
+     MTA_EV_TXN_DONE},
+    {"rcpt 4xx defers one",
+     "250 ok\r\n250 ok\r\n450 4.2.0 greylisted\r\n354 go\r\n",
+     "hello\r\n.\r\n",
+     "250 ok\r\n",
+     MTA_TXN_DONE,
+     {MTA_RCPT_DELIVERED, MTA_RCPT_DEFERRED},
+     "250 ok",
+     MTA_EV_TXN_DONE},
+    {"data 4xx: next host",
+     "250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 no\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_NEXT_HOST,
+     {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
+     "451 4.3.0 no",
+     MTA_EV_TXN_DONE},
+    {"data 5xx: accepted fail",
+     "250 ok\r\n250 ok\r\n550 5.1.1 x\r\n554 5.0.0 no\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_FAILED},
+     "554 5.0.0 no",
+     MTA_EV_TXN_DONE},
+    {"dot 4xx: next host",
+     "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+     "hello\r\n.\r\n",
+     "452 4.3.1 full\r\n",
+     MTA_TXN_NEXT_HOST,
+     {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
+     "452 4.3.1 full",
+     MTA_EV_TXN_DONE},
+    {"dot 5xx: fail",
+     "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+     "hello\r\n.\r\n",
+     "554 5.7.1 spam\r\n",
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_FAILED},
+     "554 5.7.1 spam",
+     MTA_EV_TXN_DONE},
+    {"all rejected, DATA 354 anyway: empty body",
+     "250 ok\r\n550 5.1.1 a\r\n550 5.1.1 b\r\n354 go\r\n",
+     ".\r\n",
+     "250 ok\r\n",
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_FAILED},
+     "550 5.1.1 a",
+     MTA_EV_TXN_DONE},
+    {"all rejected, DATA 554",
+     "250 ok\r\n550 5.1.1 a\r\n450 4.1.1 b\r\n554 5.5.1 none\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_DEFERRED},
+     "550 5.1.1 a",
+     MTA_EV_TXN_DONE},
+    {"421 on rcpt closes",
+     "250 ok\r\n421 4.3.2 shutting down\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_NEXT_HOST,
+     {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
+     "421 4.3.2 shutting down",
+     MTA_EV_CLOSED},
+    {"multi-line 5xx on rcpt",
+     "250 ok\r\n550-5.1.1 no\r\n550 5.1.1 really\r\n250 ok\r\n354 go\r\n",
+     "hello\r\n.\r\n",
+     "250 ok\r\n",
+     MTA_TXN_DONE,
+     {MTA_RCPT_FAILED, MTA_RCPT_DELIVERED},
+     "550 5.1.1 no 5.1.1 really",
+     MTA_EV_TXN_DONE},
+    {"garbage reply",
+     "250 ok\r\nhello there\r\n",
+     NULL,
+     NULL,
+     MTA_TXN_NEXT_HOST,
+     {MTA_RCPT_PENDING, MTA_RCPT_PENDING},
+     "421 4.5.0 malformed reply from server",
+     MTA_EV_CLOSED},
 };
 
 static void
@@ -166,11 +230,12 @@ test_outcome_table(void **state)
 		const struct outcome_case *c = &outcome_cases[i];
 		struct mta_session s;
 		struct mta_rcpt r[2] = {{.addr = "a@d.example"}, {.addr = "b@d.example"}};
-		struct mta_txn t = {.mail_from = "", .body = "hello", .body_len = 5, .rcpts = r,
-				    .nrcpts = 2};
+		struct mta_txn t = {
+		    .mail_from = "", .body = "hello", .body_len = 5, .rcpts = r, .nrcpts = 2};
 		print_message("case: %s\n", c->name);
 		start(&s, &cfg_plain, &t, "250-mx\r\n250 PIPELINING\r\n");
-		cli(&s, "MAIL FROM:<>\r\nRCPT TO:<a@d.example>\r\nRCPT TO:<b@d.example>\r\nDATA\r\n");
+		cli(&s,
+		    "MAIL FROM:<>\r\nRCPT TO:<a@d.example>\r\nRCPT TO:<b@d.example>\r\nDATA\r\n");
 		srv(&s, c->group_replies);
 		if (c->body_expected) {
 			cli(&s, c->body_expected);
@@ -189,8 +254,8 @@ test_one_at_a_time_and_reuse(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[2] = {{.addr = "a@d"}, {.addr = "b@d"}};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r,
-			    .nrcpts = 2};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r, .nrcpts = 2};
 	start(&s, &cfg_plain, &t, "250 mx\r\n");
 	cli(&s, "MAIL FROM:<s@x>\r\n");
 	srv(&s, "250 ok\r\n");
@@ -207,8 +272,8 @@ test_one_at_a_time_and_reuse(void **state)
 
 	/* same connection, next transaction: RSET first (MAIL was accepted) */
 	struct mta_rcpt r2[1] = {{.addr = "c@d"}};
-	struct mta_txn t2 = {.mail_from = "s@x", .body = "y", .body_len = 1, .rcpts = r2,
-			     .nrcpts = 1};
+	struct mta_txn t2 = {
+	    .mail_from = "s@x", .body = "y", .body_len = 1, .rcpts = r2, .nrcpts = 1};
 	assert_int_equal(mta_session_next(&s, &t2), 0);
 	assert_int_equal(mta_session_next(&s, &t2), -EINVAL);
 	cli(&s, "RSET\r\n");
@@ -225,8 +290,8 @@ test_one_at_a_time_and_reuse(void **state)
 
 	/* after a completed DATA no RSET is needed */
 	struct mta_rcpt r3[1] = {{.addr = "e@d"}};
-	struct mta_txn t3 = {.mail_from = "s@x", .body = "z\r\n", .body_len = 3, .rcpts = r3,
-			     .nrcpts = 1};
+	struct mta_txn t3 = {
+	    .mail_from = "s@x", .body = "z\r\n", .body_len = 3, .rcpts = r3, .nrcpts = 1};
 	assert_int_equal(mta_session_next(&s, &t3), 0);
 	cli(&s, "MAIL FROM:<s@x>\r\n");
 	srv(&s, "452 4.3.1 busy\r\n");
@@ -246,7 +311,8 @@ test_greeting_and_helo(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[1] = {{.addr = "a@d"}};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
 
 	/* 554 greeting: QUIT, try the next host */
 	assert_int_equal(mta_session_init(&s, &cfg_plain, &t), 0);
@@ -302,7 +368,8 @@ test_starttls(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[1] = {{.addr = "a@d"}};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
 	struct mta_config opp = {.helo_name = "relay.example", .tls = MTA_TLS_OPPORTUNISTIC};
 	struct mta_config req = {.helo_name = "relay.example", .tls = MTA_TLS_REQUIRED};
 
@@ -360,8 +427,8 @@ test_starttls(void **state)
 	start(&s, &cfg_plain, &t, "250-mx\r\n250 STARTTLS\r\n");
 	cli(&s, "MAIL FROM:<s@x>\r\n");
 	/* already on TLS (implicit): required is satisfied */
-	struct mta_config impl = {.helo_name = "relay.example", .tls = MTA_TLS_REQUIRED,
-				  .tls_active = true};
+	struct mta_config impl = {
+	    .helo_name = "relay.example", .tls = MTA_TLS_REQUIRED, .tls_active = true};
 	start(&s, &impl, &t, "250-mx\r\n250 STARTTLS\r\n");
 	cli(&s, "MAIL FROM:<s@x>\r\n");
 }
@@ -371,12 +438,18 @@ test_params_size_utf8(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[2] = {
-		{.addr = "a@d", .notify = MTA_NOTIFY_SUCCESS | MTA_NOTIFY_FAILURE,
-		 .orcpt = "rfc822;a+b=c@d e"},
-		{.addr = "b@d", .notify = MTA_NOTIFY_NEVER},
+	    {.addr = "a@d",
+	     .notify = MTA_NOTIFY_SUCCESS | MTA_NOTIFY_FAILURE,
+	     .orcpt = "rfc822;a+b=c@d e"},
+	    {.addr = "b@d", .notify = MTA_NOTIFY_NEVER},
 	};
-	struct mta_txn t = {.mail_from = "s@x", .ret = MTA_RET_HDRS, .envid = "Q+1=x",
-			    .body = "caf\xc3\xa9\r\n", .body_len = 7, .rcpts = r, .nrcpts = 2};
+	struct mta_txn t = {.mail_from = "s@x",
+			    .ret = MTA_RET_HDRS,
+			    .envid = "Q+1=x",
+			    .body = "caf\xc3\xa9\r\n",
+			    .body_len = 7,
+			    .rcpts = r,
+			    .nrcpts = 2};
 	t.body_8bit = mta_body_is_8bit(t.body, t.body_len);
 	t.smtputf8 = mta_txn_needs_smtputf8(&t);
 	assert_true(t.body_8bit);
@@ -408,8 +481,8 @@ test_params_size_utf8(void **state)
 
 	/* SMTPUTF8 needed, not offered: 5.6.7; offered: parameter added */
 	struct mta_rcpt u[1] = {{.addr = "j\xc3\xb8rn@d"}};
-	struct mta_txn tu = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = u,
-			     .nrcpts = 1};
+	struct mta_txn tu = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = u, .nrcpts = 1};
 	tu.smtputf8 = mta_txn_needs_smtputf8(&tu);
 	assert_true(tu.smtputf8);
 	start(&s, &cfg_plain, &tu, EHLO_PIPE);
@@ -425,11 +498,12 @@ test_bad_addresses_and_skips(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[3] = {
-		{.addr = "a@d\r\nRSET"},
-		{.addr = "done@d", .state = MTA_RCPT_DELIVERED},
-		{.addr = "ok@d"},
+	    {.addr = "a@d\r\nRSET"},
+	    {.addr = "done@d", .state = MTA_RCPT_DELIVERED},
+	    {.addr = "ok@d"},
 	};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 3};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 3};
 	start(&s, &cfg_plain, &t, "250-mx\r\n250 PIPELINING\r\n");
 	cli(&s, "MAIL FROM:<s@x>\r\nRCPT TO:<ok@d>\r\nDATA\r\n");
 	assert_int_equal(r[0].state, MTA_RCPT_FAILED);
@@ -437,8 +511,8 @@ test_bad_addresses_and_skips(void **state)
 	assert_int_equal(r[1].state, MTA_RCPT_DELIVERED);
 
 	struct mta_rcpt r2[1] = {{.addr = "ok@d"}};
-	struct mta_txn t2 = {.mail_from = "s<@x", .body = "x", .body_len = 1, .rcpts = r2,
-			     .nrcpts = 1};
+	struct mta_txn t2 = {
+	    .mail_from = "s<@x", .body = "x", .body_len = 1, .rcpts = r2, .nrcpts = 1};
 	start(&s, &cfg_plain, &t2, "250 mx\r\n");
 	assert_int_equal(r2[0].state, MTA_RCPT_FAILED);
 	assert_string_equal(r2[0].diag.enh, "5.1.7");
@@ -463,7 +537,10 @@ test_big_group(void **state)
 		memset(&r[i], 0, sizeof(r[i]));
 		r[i].addr = addrs[i];
 	}
-	struct mta_txn t = {.mail_from = "s@x", .body = "b\r\n", .body_len = 3, .rcpts = r,
+	struct mta_txn t = {.mail_from = "s@x",
+			    .body = "b\r\n",
+			    .body_len = 3,
+			    .rcpts = r,
 			    .nrcpts = MTA_MAX_RCPTS};
 	start(&s, &cfg_plain, &t, "250-mx\r\n250 PIPELINING\r\n");
 	char *out = drain(&s);
@@ -488,17 +565,17 @@ struct body_case {
 };
 
 static const struct body_case body_cases[] = {
-	{"", ".\r\n"},
-	{"a", "a\r\n.\r\n"},
-	{"a\r\n", "a\r\n.\r\n"},
-	{".", "..\r\n.\r\n"},
-	{".\r\n", "..\r\n.\r\n"},
-	{"a\r\n.b\r\n..c\r\n", "a\r\n..b\r\n...c\r\n.\r\n"},
-	{"x\r\n.", "x\r\n..\r\n.\r\n"},
-	{"\r\n.\r\n.\r\n", "\r\n..\r\n..\r\n.\r\n"},
-	{"a.b\r\n \r\n.", "a.b\r\n \r\n..\r\n.\r\n"},
-	{"bare\n.lf\r", "bare\n.lf\r\r\n.\r\n"},
-	{"x\r", "x\r\r\n.\r\n"},
+    {"", ".\r\n"},
+    {"a", "a\r\n.\r\n"},
+    {"a\r\n", "a\r\n.\r\n"},
+    {".", "..\r\n.\r\n"},
+    {".\r\n", "..\r\n.\r\n"},
+    {"a\r\n.b\r\n..c\r\n", "a\r\n..b\r\n...c\r\n.\r\n"},
+    {"x\r\n.", "x\r\n..\r\n.\r\n"},
+    {"\r\n.\r\n.\r\n", "\r\n..\r\n..\r\n.\r\n"},
+    {"a.b\r\n \r\n.", "a.b\r\n \r\n..\r\n.\r\n"},
+    {"bare\n.lf\r", "bare\n.lf\r\r\n.\r\n"},
+    {"x\r", "x\r\r\n.\r\n"},
 };
 
 /* Dot-stuffing, checked with whole writes and with one-byte writes. */
@@ -509,8 +586,10 @@ test_body_stuffing(void **state)
 		for (int bytewise = 0; bytewise < 2; bytewise++) {
 			struct mta_session s;
 			struct mta_rcpt r[1] = {{.addr = "a@d"}};
-			struct mta_txn t = {.mail_from = "", .body = body_cases[i].in,
-					    .body_len = strlen(body_cases[i].in), .rcpts = r,
+			struct mta_txn t = {.mail_from = "",
+					    .body = body_cases[i].in,
+					    .body_len = strlen(body_cases[i].in),
+					    .rcpts = r,
 					    .nrcpts = 1};
 			start(&s, &cfg_plain, &t, "250-mx\r\n250 PIPELINING\r\n");
 			drain(&s);
@@ -545,24 +624,24 @@ struct parse_case {
 };
 
 static const struct parse_case parse_cases[] = {
-	{"250 ok\r\n", 8, 250, "", 1, "ok"},
-	{"250 ok\n", 7, 250, "", 1, "ok"},
-	{"250\r\n", 5, 250, "", 1, ""},
-	{"250-a\r\n250 b\r\nextra", 14, 250, "", 2, "a"},
-	{"550 5.1.1 no such user\r\n", 24, 550, "5.1.1", 1, "no such user"},
-	{"550 4.1.1 class mismatch\r\n", 26, 550, "", 1, "4.1.1 class mismatch"},
-	{"250 2.0.0\r\n", 11, 250, "2.0.0", 1, ""},
-	{"452 4.5.3x not enh\r\n", 20, 452, "", 1, "4.5.3x not enh"},
-	{"250 \x01\xff\r\n", 8, 250, "", 1, "??"},
-	{"250-a\r\n", -2, 0, NULL, 0, NULL},
-	{"25", -2, 0, NULL, 0, NULL},
-	{"", -2, 0, NULL, 0, NULL},
-	{"250-a\r\n251 b\r\n", -1, 0, NULL, 0, NULL},
-	{"2x0 a\r\n", -1, 0, NULL, 0, NULL},
-	{"150 a\r\n", -1, 0, NULL, 0, NULL},
-	{"650 a\r\n", -1, 0, NULL, 0, NULL},
-	{"250_a\r\n", -1, 0, NULL, 0, NULL},
-	{"\r\n", -1, 0, NULL, 0, NULL},
+    {"250 ok\r\n", 8, 250, "", 1, "ok"},
+    {"250 ok\n", 7, 250, "", 1, "ok"},
+    {"250\r\n", 5, 250, "", 1, ""},
+    {"250-a\r\n250 b\r\nextra", 14, 250, "", 2, "a"},
+    {"550 5.1.1 no such user\r\n", 24, 550, "5.1.1", 1, "no such user"},
+    {"550 4.1.1 class mismatch\r\n", 26, 550, "", 1, "4.1.1 class mismatch"},
+    {"250 2.0.0\r\n", 11, 250, "2.0.0", 1, ""},
+    {"452 4.5.3x not enh\r\n", 20, 452, "", 1, "4.5.3x not enh"},
+    {"250 \x01\xff\r\n", 8, 250, "", 1, "??"},
+    {"250-a\r\n", -2, 0, NULL, 0, NULL},
+    {"25", -2, 0, NULL, 0, NULL},
+    {"", -2, 0, NULL, 0, NULL},
+    {"250-a\r\n251 b\r\n", -1, 0, NULL, 0, NULL},
+    {"2x0 a\r\n", -1, 0, NULL, 0, NULL},
+    {"150 a\r\n", -1, 0, NULL, 0, NULL},
+    {"650 a\r\n", -1, 0, NULL, 0, NULL},
+    {"250_a\r\n", -1, 0, NULL, 0, NULL},
+    {"\r\n", -1, 0, NULL, 0, NULL},
 };
 
 static void
@@ -604,7 +683,8 @@ test_abort_and_timeouts(void **state)
 {
 	struct mta_session s;
 	struct mta_rcpt r[1] = {{.addr = "a@d"}};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
 	start(&s, &cfg_plain, &t, "250-mx\r\n250 PIPELINING\r\n");
 	drain(&s);
 	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
@@ -632,17 +712,17 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_happy_pipelined),
-		cmocka_unit_test(test_outcome_table),
-		cmocka_unit_test(test_one_at_a_time_and_reuse),
-		cmocka_unit_test(test_greeting_and_helo),
-		cmocka_unit_test(test_starttls),
-		cmocka_unit_test(test_params_size_utf8),
-		cmocka_unit_test(test_bad_addresses_and_skips),
-		cmocka_unit_test(test_big_group),
-		cmocka_unit_test(test_body_stuffing),
-		cmocka_unit_test(test_reply_parse),
-		cmocka_unit_test(test_abort_and_timeouts),
+	    cmocka_unit_test(test_happy_pipelined),
+	    cmocka_unit_test(test_outcome_table),
+	    cmocka_unit_test(test_one_at_a_time_and_reuse),
+	    cmocka_unit_test(test_greeting_and_helo),
+	    cmocka_unit_test(test_starttls),
+	    cmocka_unit_test(test_params_size_utf8),
+	    cmocka_unit_test(test_bad_addresses_and_skips),
+	    cmocka_unit_test(test_big_group),
+	    cmocka_unit_test(test_body_stuffing),
+	    cmocka_unit_test(test_reply_parse),
+	    cmocka_unit_test(test_abort_and_timeouts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

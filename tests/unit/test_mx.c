@@ -2,14 +2,15 @@
  * test_mx.c - table tests of MX ordering (RFC 5321 5.1, RFC 7505) and the
  * raw-answer TTL walker.
  */
+#include <arpa/inet.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
+
 #include <cmocka.h>
+#include <string.h>
+#include <sys/socket.h>
 
 #include "mx.h"
 
@@ -22,22 +23,40 @@ struct order_case {
 };
 
 static const struct order_case order_cases[] = {
-	{"single", 1, {{10, "mx.example.org"}}, 0, "mx.example.org"},
-	{"sorted", 3, {{30, "c.example"}, {10, "a.example"}, {20, "b.example"}}, 0,
-	 "a.example,b.example,c.example"},
-	{"null mx", 1, {{0, "."}}, MX_ENULLMX, NULL},
-	{"null mx empty name", 1, {{0, ""}}, MX_ENULLMX, NULL},
-	{"dot with pref 10 is not null mx", 1, {{10, "."}}, MX_EMALFORMED, NULL},
-	{"dot among others ignored", 2, {{0, "."}, {10, "a.example"}}, 0, "a.example"},
-	{"dedup case and trailing dot", 3, {{10, "A.Example."}, {20, "a.example"}, {30, "b.example"}},
-	 0, "a.example,b.example"},
-	{"bad bytes skipped", 2, {{5, "bad host"}, {10, "ok.example"}}, 0, "ok.example"},
-	{"only garbage", 1, {{5, "bad\x01"}}, MX_EMALFORMED, NULL},
-	{"zero records", 0, {{0, ""}}, MX_EMALFORMED, NULL},
-	{"cap at MX_MAX_HOSTS", 12,
-	 {{1, "h1"}, {2, "h2"}, {3, "h3"}, {4, "h4"}, {5, "h5"}, {6, "h6"}, {7, "h7"}, {8, "h8"},
-	  {9, "h9"}, {10, "h10"}, {11, "h11"}, {12, "h12"}},
-	 0, "h1,h2,h3,h4,h5,h6,h7,h8,h9,h10"},
+    {"single", 1, {{10, "mx.example.org"}}, 0, "mx.example.org"},
+    {"sorted",
+     3,
+     {{30, "c.example"}, {10, "a.example"}, {20, "b.example"}},
+     0,
+     "a.example,b.example,c.example"},
+    {"null mx", 1, {{0, "."}}, MX_ENULLMX, NULL},
+    {"null mx empty name", 1, {{0, ""}}, MX_ENULLMX, NULL},
+    {"dot with pref 10 is not null mx", 1, {{10, "."}}, MX_EMALFORMED, NULL},
+    {"dot among others ignored", 2, {{0, "."}, {10, "a.example"}}, 0, "a.example"},
+    {"dedup case and trailing dot",
+     3,
+     {{10, "A.Example."}, {20, "a.example"}, {30, "b.example"}},
+     0,
+     "a.example,b.example"},
+    {"bad bytes skipped", 2, {{5, "bad host"}, {10, "ok.example"}}, 0, "ok.example"},
+    {"only garbage", 1, {{5, "bad\x01"}}, MX_EMALFORMED, NULL},
+    {"zero records", 0, {{0, ""}}, MX_EMALFORMED, NULL},
+    {"cap at MX_MAX_HOSTS",
+     12,
+     {{1, "h1"},
+      {2, "h2"},
+      {3, "h3"},
+      {4, "h4"},
+      {5, "h5"},
+      {6, "h6"},
+      {7, "h7"},
+      {8, "h8"},
+      {9, "h9"},
+      {10, "h10"},
+      {11, "h11"},
+      {12, "h12"}},
+     0,
+     "h1,h2,h3,h4,h5,h6,h7,h8,h9,h10"},
 };
 
 static void
@@ -166,9 +185,9 @@ test_classify(void **state)
 		size_t n;
 		int want;
 	} t[] = {
-		{MX_DNS_OK, 2, 1},		 {MX_DNS_OK, 0, 2},
-		{MX_DNS_NODATA, 0, 2},		 {MX_DNS_NXDOMAIN, 0, MX_ENXDOMAIN},
-		{MX_DNS_TEMP, 0, MX_ETEMP},	 {MX_DNS_MALFORMED, 0, MX_EMALFORMED},
+	    {MX_DNS_OK, 2, 1},		{MX_DNS_OK, 0, 2},
+	    {MX_DNS_NODATA, 0, 2},	{MX_DNS_NXDOMAIN, 0, MX_ENXDOMAIN},
+	    {MX_DNS_TEMP, 0, MX_ETEMP}, {MX_DNS_MALFORMED, 0, MX_EMALFORMED},
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 		assert_int_equal(mx_classify_mx_query(t[i].res, t[i].n), t[i].want);
@@ -180,10 +199,10 @@ test_classify(void **state)
 
 /* A hand-built answer: example.org MX 10 mx.example.org, TTLs 300 and 60. */
 static const uint8_t answer[] = {
-	0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0,
-	7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'o', 'r', 'g', 0, 0, 15, 0, 1,
-	0xc0, 12, 0, 15, 0, 1, 0, 0, 0x01, 0x2c, 0, 7, 0, 10, 2, 'm', 'x', 0xc0, 12,
-	0xc0, 12, 0, 15, 0, 1, 0, 0, 0, 60, 0, 7, 0, 20, 2, 'm', 'y', 0xc0, 12,
+    0x12, 0x34, 0x81, 0x80, 0,	  1,   0,   2, 0,  0,  0,   0,	 7,    'e', 'x',  'a', 'm',
+    'p',  'l',	'e',  3,    'o',  'r', 'g', 0, 0,  15, 0,   1,	 0xc0, 12,  0,	  15,  0,
+    1,	  0,	0,    0x01, 0x2c, 0,   7,   0, 10, 2,  'm', 'x', 0xc0, 12,  0xc0, 12,  0,
+    15,	  0,	1,    0,    0,	  0,   60,  0, 7,  0,  20,  2,	 'm',  'y', 0xc0, 12,
 };
 
 static void
@@ -207,11 +226,11 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_order_table),
-		cmocka_unit_test(test_equal_pref_shuffle),
-		cmocka_unit_test(test_implicit_and_finish),
-		cmocka_unit_test(test_classify),
-		cmocka_unit_test(test_min_ttl),
+	    cmocka_unit_test(test_order_table),
+	    cmocka_unit_test(test_equal_pref_shuffle),
+	    cmocka_unit_test(test_implicit_and_finish),
+	    cmocka_unit_test(test_classify),
+	    cmocka_unit_test(test_min_ttl),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <arpa/inet.h>
@@ -91,8 +92,8 @@ start_dnsmasq(void)
 		if (pid == 0) {
 			char conf_arg[160];
 			snprintf(conf_arg, sizeof(conf_arg), "--conf-file=%s", conf_path);
-			execl("/usr/sbin/dnsmasq", "dnsmasq", "--no-daemon", "--pid-file=", conf_arg,
-			      "--user=root", (char *)NULL);
+			execl("/usr/sbin/dnsmasq", "dnsmasq", "--no-daemon",
+			      "--pid-file=", conf_arg, "--user=root", (char *)NULL);
 			_exit(127);
 		}
 		/* wait (deadline 5 s) until it binds, or exits */
@@ -228,16 +229,16 @@ struct mx_case {
 };
 
 static const struct mx_case mx_cases[] = {
-	{"implicit.test", 0, 0, "0 implicit.test (implicit) [127.0.0.21]"},
-	{"nullmx.test", 0, MX_ENULLMX, NULL},
-	{"nosuch.test", 0, MX_ENXDOMAIN, NULL},
-	{"noaddr.test", 0, MX_ENOADDR, NULL},
-	{"partial.test", 0, 0, "50 mx3.example.test [127.0.0.13]"},
-	{"outside.invalid", 0, MX_ETEMP, NULL}, /* no upstream: REFUSED */
-	{"mx2.example.test", 1, 0, "0 mx2.example.test [127.0.0.12,::1]"},
-	{"nosuch.test", 1, MX_ENXDOMAIN, NULL},
-	{"[127.0.0.9]", 1, 0, "[127.0.0.9]"},
-	{"::1", 1, 0, "[::1]"},
+    {"implicit.test", 0, 0, "0 implicit.test (implicit) [127.0.0.21]"},
+    {"nullmx.test", 0, MX_ENULLMX, NULL},
+    {"nosuch.test", 0, MX_ENXDOMAIN, NULL},
+    {"noaddr.test", 0, MX_ENOADDR, NULL},
+    {"partial.test", 0, 0, "50 mx3.example.test [127.0.0.13]"},
+    {"outside.invalid", 0, MX_ETEMP, NULL}, /* no upstream: REFUSED */
+    {"mx2.example.test", 1, 0, "0 mx2.example.test [127.0.0.12,::1]"},
+    {"nosuch.test", 1, MX_ENXDOMAIN, NULL},
+    {"[127.0.0.9]", 1, 0, "[127.0.0.9]"},
+    {"::1", 1, 0, "[::1]"},
 };
 
 static void
@@ -422,10 +423,10 @@ static void
 test_parse_adapters(void **state)
 {
 	/* example.org MX 0 "." : null MX in wire form */
-	static const uint8_t nullmx[] = {
-		0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p', 'l',
-		'e',  3,    'o',  'r',  'g', 0, 0, 15, 0, 1, 0xc0, 12, 0, 15, 0, 1, 0, 0, 0, 30,
-		0,    3,    0,    0,    0};
+	static const uint8_t nullmx[] = {0x12, 0x34, 0x81, 0x80, 0,   1,   0,	1,    0,   0, 0,
+					 0,    7,    'e',  'x',	 'a', 'm', 'p', 'l',  'e', 3, 'o',
+					 'r',  'g',  0,	   0,	 15,  0,   1,	0xc0, 12,  0, 15,
+					 0,    1,    0,	   0,	 0,   30,  0,	3,    0,   0, 0};
 	struct mx_rr rrs[4];
 	size_t n = 0;
 	uint32_t ttl = 0;
@@ -454,10 +455,13 @@ main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_new_requires_servers), cmocka_unit_test(test_parse_adapters),
-		cmocka_unit_test(test_mx_table),	     cmocka_unit_test(test_mx_shuffle),
-		cmocka_unit_test(test_timeout_is_temporary), cmocka_unit_test(test_close_cancels),
-		cmocka_unit_test(test_cache_ttl),
+	    cmocka_unit_test(test_new_requires_servers),
+	    cmocka_unit_test(test_parse_adapters),
+	    cmocka_unit_test(test_mx_table),
+	    cmocka_unit_test(test_mx_shuffle),
+	    cmocka_unit_test(test_timeout_is_temporary),
+	    cmocka_unit_test(test_close_cancels),
+	    cmocka_unit_test(test_cache_ttl),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

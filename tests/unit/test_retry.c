@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "retry.h"
@@ -14,8 +15,8 @@ test_backoff_table(void **state)
 	static const struct {
 		unsigned attempts;
 		uint64_t want;
-	} t[] = {{0, 300}, {1, 300}, {2, 600}, {3, 1200}, {4, 2400}, {5, 4000}, {6, 4000},
-		 {64, 4000}, {1000, 4000}, {~0u, 4000}};
+	} t[] = {{0, 300},  {1, 300},  {2, 600},   {3, 1200},	 {4, 2400},
+		 {5, 4000}, {6, 4000}, {64, 4000}, {1000, 4000}, {~0u, 4000}};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 		assert_int_equal(retry_backoff(&p, t[i].attempts, 12345), t[i].want);
 
@@ -57,11 +58,11 @@ test_next_and_expiry(void **state)
 		int want_rc;
 		uint64_t want_next;
 	} t[] = {
-		{1000, 1000, 1, 0, 1300},
-		{1000, 2000, 2, 0, 2600},
-		{1000, 1000 + 5 * 86400 - 10, 9, 0, 1000 + 5 * 86400}, /* capped at expiry */
-		{1000, 1000 + 5 * 86400, 9, 1, 0},		       /* over: bounce */
-		{UINT64_MAX - 5, UINT64_MAX - 5, 1, 0, UINT64_MAX},    /* no overflow */
+	    {1000, 1000, 1, 0, 1300},
+	    {1000, 2000, 2, 0, 2600},
+	    {1000, 1000 + 5 * 86400 - 10, 9, 0, 1000 + 5 * 86400}, /* capped at expiry */
+	    {1000, 1000 + 5 * 86400, 9, 1, 0},			   /* over: bounce */
+	    {UINT64_MAX - 5, UINT64_MAX - 5, 1, 0, UINT64_MAX},	   /* no overflow */
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		next = 0;
@@ -74,10 +75,10 @@ test_next_and_expiry(void **state)
 	assert_true(retry_expired(&p, 1000, 1000 + 5 * 86400));
 
 	struct retry_policy bad[] = {
-		{.base = 0, .max = 10, .lifetime = 10},
-		{.base = 10, .max = 5, .lifetime = 10},
-		{.base = 10, .max = 10, .lifetime = 0},
-		{.base = 10, .max = 10, .lifetime = 10, .jitter_pct = 51},
+	    {.base = 0, .max = 10, .lifetime = 10},
+	    {.base = 10, .max = 5, .lifetime = 10},
+	    {.base = 10, .max = 10, .lifetime = 0},
+	    {.base = 10, .max = 10, .lifetime = 10, .jitter_pct = 51},
 	};
 	for (size_t i = 0; i < 4; i++)
 		assert_true(retry_policy_check(&bad[i]) < 0);
@@ -87,9 +88,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_backoff_table),
-		cmocka_unit_test(test_jitter_bounds),
-		cmocka_unit_test(test_next_and_expiry),
+	    cmocka_unit_test(test_backoff_table),
+	    cmocka_unit_test(test_jitter_bounds),
+	    cmocka_unit_test(test_next_and_expiry),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
