@@ -33,8 +33,22 @@
  * struct smtp_counters only between sessions that run on the same thread.
  *
  * Enhanced status codes (RFC 2034, RFC 3463) prefix the text of every 2xx/4xx/5xx reply except
- * the greeting and the replies to HELO/EHLO (RFC 2034 sec 3); 334 and 354 are intermediate
- * replies and carry none.
+ * the greeting and the successful replies to HELO/EHLO (RFC 2034 sec 3); 334 and 354 are
+ * intermediate replies and carry none.  Reply text is ASCII: other bytes (a UTF-8 address
+ * echoed in "554 5.7.1 <addr>: Relay access denied") are shown as '?'.
+ *
+ * Protocol notes (details in smtp_session.c):
+ *   - DATA ends only on CR LF "." CR LF; bare CR and bare LF in a body are stored as CR LF and
+ *     never take part in an end-of-data sequence (SMTP smuggling); counter bare_newline counts
+ *     the messages where that happened.  Over max_message_size the body is still read to its
+ *     end (nothing more is stored), then answered 552 5.3.4.
+ *   - BDAT <n> [LAST]: the n bytes are always consumed, even when the command is refused; the
+ *     reply follows the chunk.  A chunk that does not fit the size budget is answered 552 5.3.4
+ *     at once and ends the transaction (later chunks then get 503 5.5.1).  A count that cannot
+ *     be parsed (not 1..20 digits, or over 2^64-1) cannot be resynchronized: 501 and close.
+ *   - Errors toward max_errors: every 4xx/5xx answer to a command, AUTH failures included,
+ *     except 452 4.5.3 (too many recipients: the client sends them in the next transaction)
+ *     and answers at the end of a message (552, 451).
  */
 #ifndef RELAY_SMTP_SESSION_H
 #define RELAY_SMTP_SESSION_H
