@@ -732,6 +732,14 @@ cluster_stats(struct cluster *c, struct cluster_stats *st)
 	st->rcpts_delivered = qc.rcpts[QUEUE_RCPT_DELIVERED];
 	st->rcpts_failed = qc.rcpts[QUEUE_RCPT_FAILED];
 	st->rcpts_deleted = qc.rcpts[QUEUE_RCPT_DELETED];
+	struct queue_fsm_stats qs;
+	queue_fsm_stats(c->fsm, &qs);
+	st->outcomes_delivered = qs.delivered;
+	st->outcomes_deferred = qs.deferred;
+	st->outcomes_failed = qs.failed;
+	st->deletes = qs.deleted;
+	st->messages_deleted = qs.messages_deleted;
+	st->dsns = qs.dsns;
 }
 
 struct queue_fsm *
@@ -801,6 +809,13 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			fprintf(out,
 				"\",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%" PRIu64,
 				cluster__state_name(q->state), q->attempts, q->next_attempt_ms);
+			if (q->has_last_attempt_ms)
+				fprintf(out, ",\"last_attempt_ms\":%" PRIu64, q->last_attempt_ms);
+			if (q->has_delay_notified)
+				fprintf(out, ",\"delay_notified\":%s",
+					q->delay_notified ? "true" : "false");
+			if (q->has_epoch)
+				fprintf(out, ",\"epoch\":%" PRIu64, q->epoch);
 			if (q->rcpt && q->rcpt->has_notify)
 				fprintf(out, ",\"notify\":%u", q->rcpt->notify);
 			if (q->rcpt && q->rcpt->orcpt) {
@@ -811,6 +826,16 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			if (q->last_reply) {
 				fputs(",\"last_reply\":\"", out);
 				cluster__put_str(out, q->last_reply, 1);
+				fputc('"', out);
+			}
+			if (q->last_relay) {
+				fputs(",\"last_relay\":\"", out);
+				cluster__put_str(out, q->last_relay, 1);
+				fputc('"', out);
+			}
+			if (q->last_dsn_status) {
+				fputs(",\"dsn_status\":\"", out);
+				cluster__put_str(out, q->last_dsn_status, 1);
 				fputc('"', out);
 			}
 			fputc('}', out);
@@ -837,6 +862,10 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			cluster__put_str(out, r->node_id, 1);
 			fputc('"', out);
 		}
+		if (r->has_next_attempt_ms)
+			fprintf(out, ",\"next_attempt_ms\":%" PRIu64, r->next_attempt_ms);
+		if (r->has_update_index)
+			fprintf(out, ",\"update_index\":%" PRIu64, r->update_index);
 		fprintf(out, ",\"accept_index\":%" PRIu64 ",\"pending_apply\":%s}\n",
 			r->accept_index, pending ? "true" : "false");
 		return;
@@ -852,10 +881,54 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 		fputs(" rcpt=<", out);
 		cluster__put_str(out, q->rcpt ? q->rcpt->addr : "", 0);
 		fprintf(out, ">:%s", cluster__state_name(q->state));
+		if (q->attempts)
+			fprintf(out, " attempts=%u", q->attempts);
+		if (q->attempts && q->state == RELAY__RCPT_STATE__RCPT_QUEUED) {
+			fputs(" next=", out);
+			cluster__put_time(out, q->next_attempt_ms);
+		}
+		if (q->last_relay && *q->last_relay) {
+			fputs(" relay=", out);
+			cluster__put_str(out, q->last_relay, 0);
+		}
+		if (q->last_reply) {
+			fputs(" reply=", out);
+			cluster__put_str(out, q->last_reply, 0);
+		}
 	}
 	if (pending)
 		fputs(" pending_apply=1", out);
 	fputc('\n', out);
+}
+
+/* Lists the queue CF as stored, in key order, skipping damaged records (*bad set). */
+static int
+cluster__dump_raw(struct store *s, FILE *out, int json, int *bad)
+{
+	struct store_iter *it;
+	int rv = store_iter_new(s, STORE_CF_QUEUE, &it);
+	if (rv)
+		return cluster__store_err(rv);
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
+		size_t vlen;
+		const unsigned char *v = store_iter_value(it, &vlen);
+		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
+		if (!r || !r->queue_id) {
+			size_t klen;
+			const unsigned char *k = store_iter_key(it, &klen);
+			cluster__log("dump: corrupt queue record key=%.*s",
+				     (int)(klen > 64 ? 64 : klen), (const char *)k);
+			*bad = 1;
+			if (r)
+				relay__queue_record__free_unpacked(r, NULL);
+			continue;
+		}
+		cluster__dump_record(out, r, json, 0);
+		relay__queue_record__free_unpacked(r, NULL);
+	}
+	rv = cluster__store_err(store_iter_status(it));
+	store_iter_free(it);
+	return rv;
 }
 
 int
@@ -878,44 +951,25 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 	struct store_batch b;
 	store_batch_init(&b);
 	int bad = 0;
-
-	/* 1. the applied queue, in key order */
-	if ((rv = store_iter_new(s, STORE_CF_QUEUE, &it))) {
-		rv = cluster__store_err(rv);
-		goto out;
-	}
-	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
-		size_t vlen;
-		const unsigned char *v = store_iter_value(it, &vlen);
-		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
-		if (!r || !r->queue_id) {
-			size_t klen;
-			const unsigned char *k = store_iter_key(it, &klen);
-			cluster__log("dump: corrupt queue record key=%.*s",
-				     (int)(klen > 64 ? 64 : klen), (const char *)k);
-			bad = 1;
-			if (r)
-				relay__queue_record__free_unpacked(r, NULL);
-			continue;
-		}
-		cluster__dump_record(out, r, json, 0);
-		relay__queue_record__free_unpacked(r, NULL);
-	}
-	if ((rv = cluster__store_err(store_iter_status(it))))
-		goto out;
-	store_iter_free(it);
-	it = NULL;
-
-	/* 2. Accepts still in the log after the applied index (a crash before their apply was
-	 * written): run them through a scratch state machine (its writes are dropped) so that
-	 * duplicates and rejected commands are skipped exactly as the next open will. */
 	uint64_t applied;
 	if ((rv = cluster__store_err(store_applied_get(s, &applied))))
 		goto out;
+
+	/* 1. the applied queue, loaded as cluster_open does; a damaged record: list as stored */
 	if ((rv = queue_fsm_new(s, &fsm))) {
-		rv = cluster__queue_err(rv);
+		if (rv != QUEUE_ECORRUPT) {
+			rv = cluster__queue_err(rv);
+			goto out;
+		}
+		fsm = NULL;
+		bad = 1;
+		rv = cluster__dump_raw(s, out, json, &bad);
 		goto out;
 	}
+
+	/* 2. entries still in the log after the applied index (a crash before their apply was
+	 * written) go through the scratch state machine (its writes are dropped), so duplicates
+	 * and rejected commands count exactly as at the next open */
 	if ((rv = store_iter_new(s, STORE_CF_LOG, &it))) {
 		rv = cluster__store_err(rv);
 		goto out;
@@ -941,26 +995,28 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 			break;
 		}
 		store_batch_clear(&b);
-		if (queue_apply(fsm, e.index, cmd, &b) == 0 && b.len &&
-		    cmd->cmd_case == RELAY__COMMAND__CMD_ACCEPT) {
-			const Relay__Accept *a = cmd->accept;
-			Relay__QueueRcpt *rc = calloc(a->n_rcpts ? a->n_rcpts : 1, sizeof(*rc));
-			Relay__QueueRcpt **rp = calloc(a->n_rcpts ? a->n_rcpts : 1, sizeof(*rp));
-			if (rc && rp) {
-				Relay__QueueRecord rec;
-				queue_record_from_accept(a, e.index, &rec, rc, rp);
-				cluster__dump_record(out, &rec, json, 1);
-			} else {
-				rv = CLUSTER_ENOMEM;
-			}
-			free(rc);
-			free(rp);
-		}
+		int arv = queue_apply(fsm, e.index, cmd, &b);
 		relay__command__free_unpacked(cmd, NULL);
-		if (rv)
+		if (arv == QUEUE_ENOMEM || arv == QUEUE_ECORRUPT) {
+			rv = cluster__queue_err(arv);
 			goto out;
+		}
 	}
-	rv = cluster__store_err(store_iter_status(it));
+	if ((rv = cluster__store_err(store_iter_status(it))))
+		goto out;
+
+	/* 3. the result, in apply order */
+	for (const struct queue_msg *m = queue_fsm_first(fsm); m; m = queue_fsm_next(fsm, m)) {
+		Relay__QueueRecord *r;
+		if ((rv = queue_fsm_read_record(fsm, m->queue_id, &r))) {
+			rv = cluster__queue_err(rv);
+			goto out;
+		}
+		int pending = r->accept_index > applied ||
+			      (r->has_update_index && r->update_index > applied);
+		cluster__dump_record(out, r, json, pending);
+		relay__queue_record__free_unpacked(r, NULL);
+	}
 out:
 	store_iter_free(it);
 	queue_fsm_free(fsm);

@@ -95,10 +95,13 @@ void cluster_close(struct cluster *c, void (*done)(void *arg), void *arg);
 const char *cluster_strerror(int code);
 
 /*
- * Offline and read-only (relayd --dump-queue): prints one line per queued message to out:
- * queue id, received time, size, sender, and each recipient with its state.  json=1 prints one
- * JSON object per line instead.  Messages whose Accept is in the log but not yet applied are
- * included.  Returns 0 or a CLUSTER_E* code.
+ * Offline and read-only (relayd --dump-queue): prints one line per queued message to out, in
+ * apply order: queue id, received time, size, sender, and each recipient with its state,
+ * attempts, next attempt and last reply.  json=1 prints one JSON object per line instead.  The
+ * log entries not yet applied (Accepts, Outcomes, Deletes) are applied to a scratch copy first,
+ * so the dump shows what the next open will load; messages they touched are marked
+ * pending_apply.  A damaged queue record: the records are listed as stored, then
+ * CLUSTER_ECORRUPT.  Returns 0 or a CLUSTER_E* code.
  */
 int cluster_dump_queue(const char *data_dir, FILE *out, int json);
 
@@ -119,6 +122,13 @@ struct cluster_stats {
 	uint64_t rcpts_delivered;
 	uint64_t rcpts_failed;
 	uint64_t rcpts_deleted;
+	/* applied since open (entries replayed at open included), counted in recipients */
+	uint64_t outcomes_delivered; /* recipients a committed Outcome made delivered */
+	uint64_t outcomes_deferred;  /* recipients a committed Outcome deferred */
+	uint64_t outcomes_failed;    /* recipients a committed Outcome made failed */
+	uint64_t deletes;	     /* recipients an operator's Delete made deleted */
+	uint64_t messages_deleted;   /* messages removed: every recipient final */
+	uint64_t dsns;		     /* DSN messages enqueued with an Outcome */
 };
 
 void cluster_stats(struct cluster *c, struct cluster_stats *st);

@@ -3,22 +3,43 @@
  *
  * Contract: queue_apply(q, index, cmd, batch) turns one committed command into store writes
  * (added to batch, which the caller writes after the log append is durable) and updates the
- * in-memory queue index.  It reads no clock, no random numbers and no disk: every node applying
- * the same commands in the same order reaches the same state (byte-identical store writes).
+ * in-memory state.  It reads no clock, no random numbers and no disk: every node applying the
+ * same commands in the same order reaches the same state (byte-identical store writes).
  *
  *   Accept   body -> body CF, record (envelope + one QueueRcpt per recipient, state queued,
  *            next attempt = received_ms) -> queue CF, an entry in the index CF (state queued,
  *            next attempt).  A second Accept for a queue id already present is a no-op
  *            (idempotent retry after an ambiguous failure).
+ *   Outcome  for each listed recipient still queued: DELIVERED -> delivered, FAILED -> failed,
+ *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
+ *            kind counts the attempt and records at_ms, reply, relay, dsn_status and epoch.
+ *            Recipients already final are left alone, so a duplicated outcome is a no-op, and
+ *            an outcome for a queue id not in the queue is a no-op (0).  The attached DSN (an
+ *            Accept from <>) is applied like an Accept in the same apply, only when the outcome
+ *            changed at least one recipient (a replayed outcome does not enqueue its DSN again
+ *            even after the first copy was delivered and deleted).  Fencing by epoch comes
+ *            later; the epoch is only stored.
+ *   Delete   the listed recipients (all when none is listed) still queued become deleted.  An
+ *            unknown queue id gives QUEUE_ENOTFOUND (deterministic; nothing changes).
  *
- * The in-memory index holds metadata only (queue id, received time, size, recipient states,
- * attempts, next attempts), rebuilt by queue_fsm_new from the queue CF without reading bodies.
- * Bodies and full records are read from the store on demand (queue_fsm_read_body/_record).
+ *   A message whose recipients are all final (delivered / failed / deleted) is removed: record,
+ *   body and index key.  The index CF holds exactly one key per message in the queue (every
+ *   message in the queue has a queued recipient): state 'Q', big-endian earliest next attempt
+ *   of its queued recipients, queue id.
  *
- * Failure modes: an invalid command (queue_validate) is rejected deterministically with
- * QUEUE_EINVAL and changes nothing; QUEUE_ENOMEM also changes nothing (neither memory nor
- * batch) and the caller must stop applying (the entry is replayed on the next open).  A damaged
- * queue record at queue_fsm_new gives QUEUE_ECORRUPT.
+ * In memory, per message: the stored record as packed bytes (envelope and recipient states, no
+ * body), so apply never reads the store and queue_fsm_read_record always shows the applied
+ * state, even before the caller has written the batch; the metadata below for cheap scans; a
+ * hash table by queue id; the apply order; and a binary heap in next-attempt order for the
+ * delivery scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change).  All of it is
+ * rebuilt by queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies
+ * are read from the store on demand.
+ *
+ * Failure modes: an invalid command (queue_validate, or a recipient index past the message's
+ * recipients) is rejected deterministically with QUEUE_EINVAL and changes nothing;
+ * QUEUE_ENOMEM also changes nothing (neither memory nor batch) and the caller must stop
+ * applying (the entry is replayed on the next open).  A damaged queue record at queue_fsm_new
+ * gives QUEUE_ECORRUPT.
  */
 #ifndef RELAY_QUEUE_FSM_H
 #define RELAY_QUEUE_FSM_H
@@ -49,6 +70,10 @@ const char *queue_strerror(int code);
 #define QUEUE_ADDR_MAX 512u   /* bytes in a mail address (RFC 5321 4.5.3.1: 256 path) */
 #define QUEUE_RCPTS_MAX 1000u /* recipients per message (RFC 5321 4.5.3.1.8: >= 100) */
 #define QUEUE_BODY_MAX ((size_t)128 << 20) /* body bytes */
+/* Bounds on what one Outcome may carry. */
+#define QUEUE_REPLY_MAX 1000u	 /* bytes of reply text, one line (no CR, LF or NUL) */
+#define QUEUE_RELAY_MAX 300u	 /* bytes in "host[addr]:port" (RFC 1035 name: 255) */
+#define QUEUE_DSN_STATUS_MAX 16u /* bytes in an RFC 3463 status "5.1.1" (digits, dots) */
 
 /* Recipient states: the same values as Relay__RcptState. */
 enum queue_rcpt_state {
@@ -63,9 +88,11 @@ enum queue_rcpt_state {
 #define QUEUE_INDEX_QUEUED 'Q'
 
 struct queue_rcpt_meta {
-	uint8_t state; /* enum queue_rcpt_state */
+	uint8_t state;		/* enum queue_rcpt_state */
+	uint8_t delay_notified; /* a "delayed" DSN was sent for it */
 	uint32_t attempts;
 	uint64_t next_attempt_ms;
+	uint64_t last_attempt_ms; /* 0: never attempted */
 };
 
 /* One message's metadata, owned by the fsm; valid until the message is removed or the fsm is
@@ -77,16 +104,30 @@ struct queue_msg {
 	uint64_t accept_index;	  /* log index of its Accept */
 	uint64_t next_attempt_ms; /* earliest next attempt of its queued recipients */
 	uint32_t nrcpts;
+	uint32_t nqueued;	       /* recipients still queued (> 0 while in the queue) */
 	struct queue_rcpt_meta *rcpts; /* nrcpts items */
 	/* internal */
 	struct queue_msg *prev, *next; /* apply order */
 	struct queue_msg *hnext;       /* hash chain */
 	uint64_t hash;
+	size_t heap_pos;    /* position in the next-attempt heap; SIZE_MAX when not in it */
+	unsigned char *rec; /* owned: the packed Relay__QueueRecord as stored */
+	size_t rec_len;
 };
 
 struct queue_counts {
 	uint64_t messages;
 	uint64_t rcpts[QUEUE_RCPT_STATES]; /* by enum queue_rcpt_state */
+};
+
+/* What apply did since queue_fsm_new (entries replayed at open included; not persisted). */
+struct queue_fsm_stats {
+	uint64_t delivered;	   /* recipients made delivered by an Outcome */
+	uint64_t deferred;	   /* recipients deferred by an Outcome */
+	uint64_t failed;	   /* recipients made failed by an Outcome */
+	uint64_t deleted;	   /* recipients made deleted by a Delete */
+	uint64_t messages_deleted; /* messages removed because every recipient was final */
+	uint64_t dsns;		   /* DSN messages enqueued with an Outcome */
 };
 
 struct queue_fsm;
@@ -109,14 +150,33 @@ const struct queue_msg *queue_fsm_first(const struct queue_fsm *q);
 const struct queue_msg *queue_fsm_next(const struct queue_fsm *q, const struct queue_msg *m);
 
 void queue_fsm_counts(const struct queue_fsm *q, struct queue_counts *c);
+void queue_fsm_stats(const struct queue_fsm *q, struct queue_fsm_stats *st);
 
-/* Reads one body (*body malloc'ed, caller frees) or the full record (free with
- * relay__queue_record__free_unpacked(rec, NULL)).  QUEUE_ENOTFOUND, QUEUE_EIO, QUEUE_ECORRUPT. */
+/*
+ * The delivery scheduler's view, in next-attempt order (ties: apply order).
+ *
+ * queue_fsm_due calls cb(arg, m) for the messages with next_attempt_ms <= now_ms, earliest
+ * first, at most max of them; cb returns 0 to go on, nonzero to stop.  Returns the number of
+ * calls, or QUEUE_ENOMEM (then cb was never called).  Cost O(k log k) for k calls, whatever the
+ * queue size.  cb must not apply commands or free the fsm (it may read: lookup, read_record).
+ * queue_fsm_next_due_ms gives the earliest next attempt in the queue, UINT64_MAX when empty,
+ * in O(1): the scheduler's timer.  Both are in-memory and rebuilt on open (queue_fsm_new).
+ */
+typedef int (*queue_due_cb)(void *arg, const struct queue_msg *m);
+int queue_fsm_due(const struct queue_fsm *q, uint64_t now_ms, queue_due_cb cb, void *arg,
+		  size_t max);
+uint64_t queue_fsm_next_due_ms(const struct queue_fsm *q);
+
+/* Reads one body from the store (*body malloc'ed, caller frees), or the full record from memory
+ * (the applied state: envelope, recipients with state, attempts, next attempt, delay_notified,
+ * last reply; free with relay__queue_record__free_unpacked(rec, NULL)).  QUEUE_ENOTFOUND,
+ * QUEUE_EIO, QUEUE_ECORRUPT, QUEUE_ENOMEM.  The body of a message whose Accept was just applied
+ * is in the store once the caller has written the apply batch (cluster: the next write after
+ * the proposal's callback); until then QUEUE_ENOTFOUND. */
 int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, size_t *len);
 int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
 
-/* Builds the stored record of an Accept committed at index (pure; used by apply and by the
- * offline dump for entries not applied yet).  Pointers in *rec borrow from a and from rcpts
+/* Builds the stored record of an Accept committed at index (pure; used by apply).  Pointers in *rec borrow from a and from rcpts
  * (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is allocated. */
 void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
 			      Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
