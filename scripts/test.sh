@@ -2,7 +2,7 @@
 # test.sh: the README's test command.  On a fresh Debian 12 machine: installs what is needed
 # (scripts/setup.sh), builds, and runs every test:
 #   1. build/       (gcc, RelWithDebInfo): unit, simulator, fuzz-corpus replay, integration
-#   2. build-asan/  (gcc, ASan+UBSan): unit tests, simulator and fuzz-corpus replay again
+#   2. build-asan/  (gcc, ASan+UBSan): all of the above again, relayd itself sanitized
 #   3. build-fuzz/  (clang-14 libFuzzer, ASan+UBSan): a short fuzz of every harness
 #                   (FUZZ_SECONDS in total, default 60; 0 skips)
 # Exit status is non-zero if anything failed.
@@ -21,9 +21,9 @@ echo "== tests"
 
 echo "== build (gcc, ASan+UBSan)"
 bash scripts/build.sh "$top/build-asan" -DCMAKE_BUILD_TYPE=Debug -DRELAY_SANITIZE=ON
-echo "== unit, simulator and fuzz corpus under ASan+UBSan"
+echo "== unit, simulator, fuzz corpus and integration (relayd itself) under ASan+UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest -j"$JOBS" -L 'unit|fuzz|sim' --output-on-failure --timeout 900)
+    ctest -j"$JOBS" -L 'unit|fuzz|sim|integration' --output-on-failure --timeout 900)
 
 if ((FUZZ_SECONDS > 0)); then
   echo "== fuzz (clang-14 libFuzzer, ASan+UBSan), ${FUZZ_SECONDS}s in total"

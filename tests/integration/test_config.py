@@ -75,7 +75,7 @@ class ConfigTest(RelayTestCase):
         self.assertGreater(len(keys), 15)
         readme = open(os.path.join(os.path.dirname(__file__), "../../README.md")).read()
         for k in keys:
-            self.assertIn("`%s`" % k, readme, "README lacks config key %s" % k)
+            self.assertTrue("`%s`" % k in readme, "README lacks config key %s" % k)
 
     def test_flags_override_file_on_a_running_node(self):
         n = self.relayd(addr="127.0.5.1", port=2525, max_recipients=1)
