@@ -2,7 +2,9 @@
  * test_cluster.c - the single-node cluster on a real libuv loop and a real RocksDB in a
  * temporary directory: group commit, durability across close/reopen (also through
  * cluster_dump_queue), ECLOSED on close, the EBUSY bound, replay of log entries written without
- * their apply (a crash between the two writes), write failures, corrupt data at open.
+ * their apply (a crash between the two writes), write failures, corrupt data at open;
+ * delivery outcomes and deletes proposed through the log, kept across close/reopen with the
+ * scheduler's index rebuilt, replayed after a crash, and shown by the dump.
  * Waiting is "run the loop until a condition holds, with a deadline", never a sleep.
  */
 #include <setjmp.h>
@@ -715,6 +717,324 @@ test_large_queue_startup(void **state)
 	close_and_wait(f, c);
 }
 
+/* ---- delivery outcomes through the log ---- */
+
+struct obuf {
+	Relay__Command cmd;
+	Relay__Outcome out;
+	Relay__Delete del;
+	uint32_t idx[2];
+	char id[32];
+};
+
+static Relay__Command *
+make_outcome(struct obuf *o, unsigned i, Relay__OutcomeKind kind, uint64_t next_ms,
+	     const uint32_t *idx, size_t n)
+{
+	memset(o, 0, sizeof(*o));
+	relay__command__init(&o->cmd);
+	relay__outcome__init(&o->out);
+	snprintf(o->id, sizeof(o->id), "q%06u", i);
+	memcpy(o->idx, idx, n * sizeof(*idx));
+	o->out.queue_id = o->id;
+	o->out.rcpt_index = o->idx;
+	o->out.n_rcpt_index = n;
+	o->out.kind = kind;
+	o->out.at_ms = 1700000100000ull + i;
+	if (kind == RELAY__OUTCOME_KIND__DEFERRED) {
+		o->out.has_next_attempt_ms = 1;
+		o->out.next_attempt_ms = next_ms;
+	}
+	o->out.reply = kind == RELAY__OUTCOME_KIND__DEFERRED ? "451 4.2.0 greylisted, come back"
+			: kind == RELAY__OUTCOME_KIND__FAILED ? "550 5.1.1 unknown user"
+								: "250 2.0.0 ok";
+	o->out.relay = "mx1.example.org[192.0.2.7]:25";
+	o->cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
+	o->cmd.outcome = &o->out;
+	return &o->cmd;
+}
+
+static Relay__Command *
+make_delete(struct obuf *o, unsigned i)
+{
+	memset(o, 0, sizeof(*o));
+	relay__command__init(&o->cmd);
+	relay__delete__init(&o->del);
+	snprintf(o->id, sizeof(o->id), "q%06u", i);
+	o->del.queue_id = o->id;
+	o->cmd.cmd_case = RELAY__COMMAND__CMD_DELETE;
+	o->cmd.delete_ = &o->del;
+	return &o->cmd;
+}
+
+static unsigned
+propose1(struct cluster *c, struct done *d, unsigned slot, const Relay__Command *cmd)
+{
+	ctxs[slot] = (struct pctx){d, slot};
+	assert_int_equal(cluster_propose(c, cmd, prop_cb, &ctxs[slot]), 0);
+	return 1;
+}
+
+struct due_ids {
+	char id[64][QUEUE_ID_MAX + 1];
+	unsigned n;
+};
+
+static int
+due_ids_cb(void *arg, const struct queue_msg *m)
+{
+	struct due_ids *l = arg;
+	snprintf(l->id[l->n++], sizeof(l->id[0]), "%s", m->queue_id);
+	return 0;
+}
+
+/* Keys in one column family of the (closed) store. */
+static unsigned
+count_keys(struct fx *f, enum store_cf cf)
+{
+	struct store *s;
+	assert_int_equal(store_open(f->db, 1, &s), 0);
+	struct store_iter *it;
+	assert_int_equal(store_iter_new(s, cf, &it), 0);
+	unsigned n = 0;
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it))
+		n++;
+	store_iter_free(it);
+	store_free(s);
+	return n;
+}
+
+/* Ten messages q0..q9 (two recipients each) and outcomes for them, all through
+ * cluster_propose:
+ *   q0-q3  both delivered (q3 in two outcomes, the second repeated: a no-op) -> removed
+ *   q4     rcpt 0 deferred to T+1h, rcpt 1 delivered                         -> queued, T+1h
+ *   q5     both failed with a DSN from <> (q5-dsn)                           -> removed; DSN
+ *   q6     deleted by the operator                                           -> removed
+ *   q7     rcpt 1 deferred to T+2h                                           -> queued, T
+ *   q8, q9 untouched                                                         -> queued, T
+ */
+static void
+test_outcomes_and_reopen(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	unsigned n = propose_range(c, &d, 0, 10, NULL);
+	run_until(f, &d.calls, n);
+	assert_int_equal(d.ok, 10);
+
+	const uint64_t T = 1700000000000ull;
+	const uint32_t r0[] = {0}, r1[] = {1}, r01[] = {0, 1};
+	struct obuf o;
+	unsigned slot = 10;
+	for (unsigned i = 0; i < 3; i++)
+		n += propose1(c, &d, slot++,
+			      make_outcome(&o, i, RELAY__OUTCOME_KIND__DELIVERED, 0, r01, 2));
+	n += propose1(c, &d, slot++, make_outcome(&o, 3, RELAY__OUTCOME_KIND__DELIVERED, 0, r0, 1));
+	n += propose1(c, &d, slot++, make_outcome(&o, 3, RELAY__OUTCOME_KIND__DELIVERED, 0, r0, 1));
+	n += propose1(c, &d, slot++, make_outcome(&o, 3, RELAY__OUTCOME_KIND__DELIVERED, 0, r1, 1));
+	n += propose1(c, &d, slot++,
+		      make_outcome(&o, 4, RELAY__OUTCOME_KIND__DEFERRED, T + 3600000, r0, 1));
+	n += propose1(c, &d, slot++, make_outcome(&o, 4, RELAY__OUTCOME_KIND__DELIVERED, 0, r1, 1));
+	struct cmdbuf dsn;
+	make_cmd(&dsn, 5, 300);
+	snprintf(dsn.id, sizeof(dsn.id), "q000005-dsn");
+	dsn.acc.mail_from = "";
+	dsn.acc.n_rcpts = 1;
+	dsn.r[0].addr = "sender@example.com";
+	make_outcome(&o, 5, RELAY__OUTCOME_KIND__FAILED, 0, r01, 2);
+	o.out.dsn = &dsn.acc;
+	o.out.dsn_status = "5.1.1";
+	n += propose1(c, &d, slot++, &o.cmd);
+	free_cmd(&dsn);
+	n += propose1(c, &d, slot++, make_delete(&o, 6));
+	n += propose1(c, &d, slot++,
+		      make_outcome(&o, 7, RELAY__OUTCOME_KIND__DEFERRED, T + 7200000, r1, 1));
+	/* an operator's delete of a message that is not there: the proposer is told */
+	unsigned missing = slot;
+	n += propose1(c, &d, slot++, make_delete(&o, 4242));
+	/* an outcome for a message that is gone: a no-op, not an error */
+	n += propose1(c, &d, slot++, make_outcome(&o, 0, RELAY__OUTCOME_KIND__FAILED, 0, r0, 1));
+	/* an outcome that does not validate never gets into the log */
+	make_outcome(&o, 8, RELAY__OUTCOME_KIND__DEFERRED, 0, r0, 1);
+	o.out.has_next_attempt_ms = 0;
+	assert_int_equal(cluster_propose(c, &o.cmd, prop_cb, &ctxs[slot]), CLUSTER_EINVAL);
+	run_until(f, &d.calls, n);
+	assert_int_equal(d.ok, n - 1);
+	assert_int_equal(d.status[missing], CLUSTER_ENOTFOUND);
+
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 10 - 6 + 1); /* q0-q3, q5, q6 gone; q5-dsn in */
+	assert_int_equal(st.outcomes_delivered, 4 * 2 + 1);
+	assert_int_equal(st.outcomes_deferred, 2);
+	assert_int_equal(st.outcomes_failed, 2);
+	assert_int_equal(st.deletes, 2);
+	assert_int_equal(st.messages_deleted, 6);
+	assert_int_equal(st.dsns, 1);
+	assert_int_equal(st.rcpts_queued, 1 + 1 + 2 + 2 + 2); /* q4, q5-dsn, q7, q8, q9 */
+	assert_int_equal(st.rcpts_delivered, 1); /* q4's rcpt 1 */
+
+	struct queue_fsm *q = cluster_queue(c);
+	for (unsigned i = 0; i < 7; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "q%06u", i);
+		assert_true((queue_fsm_lookup(q, id) != NULL) == (i == 4));
+	}
+	const struct queue_msg *m = queue_fsm_lookup(q, "q000004");
+	assert_int_equal(m->next_attempt_ms, T + 3600000);
+	assert_int_equal(m->rcpts[0].attempts, 1);
+	Relay__QueueRecord *rec;
+	assert_int_equal(queue_fsm_read_record(q, "q000005-dsn", &rec), 0);
+	assert_string_equal(rec->mail_from, "");
+	relay__queue_record__free_unpacked(rec, NULL);
+	uint64_t digest = queue_fsm_digest(q);
+	uint64_t next_due = queue_fsm_next_due_ms(q);
+	assert_int_equal(next_due, T + 5);
+	static struct due_ids before, after;
+	memset(&before, 0, sizeof(before));
+	memset(&after, 0, sizeof(after));
+	assert_int_equal(queue_fsm_due(q, UINT64_MAX, due_ids_cb, &before, 64), 5);
+	/* due order: the DSN (received T+5), q7, q8, q9 (received T+i), then q4 (T+1h) */
+	assert_string_equal(before.id[0], "q000005-dsn");
+	assert_string_equal(before.id[1], "q000007");
+	assert_string_equal(before.id[2], "q000008");
+	assert_string_equal(before.id[3], "q000009");
+	assert_string_equal(before.id[4], "q000004");
+	close_and_wait(f, c);
+
+	/* the store: one record, body and index key per message left */
+	assert_int_equal(count_keys(f, STORE_CF_QUEUE), 5);
+	assert_int_equal(count_keys(f, STORE_CF_BODY), 5);
+	assert_int_equal(count_keys(f, STORE_CF_INDEX), 5);
+
+	/* reopen: the same state, the scheduler's index rebuilt */
+	c = open_cluster(f, 0, 0);
+	q = cluster_queue(c);
+	cluster_stats(c, &st);
+	assert_int_equal(st.messages, 5);
+	assert_int_equal(st.outcomes_delivered, 0); /* counters are since open */
+	assert_int_equal(queue_fsm_digest(q), digest);
+	assert_int_equal(queue_fsm_next_due_ms(q), next_due);
+	assert_int_equal(queue_fsm_due(q, UINT64_MAX, due_ids_cb, &after, 64), 5);
+	assert_memory_equal(&before, &after, sizeof(before));
+	assert_int_equal(queue_fsm_read_record(q, "q000004", &rec), 0);
+	assert_int_equal(rec->rcpts[0]->attempts, 1);
+	assert_string_equal(rec->rcpts[0]->last_reply, "451 4.2.0 greylisted, come back");
+	assert_string_equal(rec->rcpts[0]->last_relay, "mx1.example.org[192.0.2.7]:25");
+	assert_int_equal(rec->rcpts[1]->state, RELAY__RCPT_STATE__RCPT_DELIVERED);
+	relay__queue_record__free_unpacked(rec, NULL);
+	void *body;
+	size_t blen;
+	assert_int_equal(queue_fsm_read_body(q, "q000000", &body, &blen), QUEUE_ENOTFOUND);
+	assert_int_equal(queue_fsm_read_body(q, "q000005-dsn", &body, &blen), 0);
+	assert_int_equal(blen, 300);
+	free(body);
+	/* new outcomes continue on the rebuilt index */
+	memset(&d, 0, sizeof(d));
+	propose1(c, &d, 0, make_outcome(&o, 4, RELAY__OUTCOME_KIND__DELIVERED, 0, r0, 1));
+	run_until(f, &d.calls, 1);
+	assert_int_equal(d.ok, 1);
+	assert_null(queue_fsm_lookup(q, "q000004"));
+	assert_int_equal(queue_fsm_next_due_ms(q), next_due);
+	close_and_wait(f, c);
+
+	/* the dump shows attempts, next attempt and last reply */
+	FILE *fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), 0);
+	unsigned hits = 0;
+	assert_int_equal(count_lines(fp, "rcpt=<postmaster@example.net>:queued attempts=1 next=",
+				     &hits),
+			 4);
+	assert_int_equal(hits, 1); /* q7 */
+	fclose(fp);
+	fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 1), 0);
+	hits = 0;
+	count_lines(fp, "\"attempts\":1,\"next_attempt_ms\":1700007200000,\"last_attempt_ms\":",
+		    &hits);
+	assert_int_equal(hits, 1);
+	hits = 0;
+	count_lines(fp, "\"last_reply\":\"451 4.2.0 greylisted, come back\"", &hits);
+	assert_int_equal(hits, 1);
+	hits = 0;
+	count_lines(fp, "{\"queue_id\":\"q000005-dsn\"", &hits);
+	assert_int_equal(hits, 1);
+	fclose(fp);
+}
+
+/* Writes Outcome entries first.. to the log only (a crash after the append, before the apply
+ * write). */
+static void
+write_log_cmds(struct fx *f, uint64_t first, Relay__Command **cmds, unsigned n)
+{
+	struct store *s;
+	assert_int_equal(store_open(f->db, 0, &s), 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	for (unsigned i = 0; i < n; i++) {
+		size_t len = relay__command__get_packed_size(cmds[i]);
+		uint8_t *buf = malloc(len);
+		relay__command__pack(cmds[i], buf);
+		struct store_entry e = {.index = first + i,
+					.term = 1,
+					.type = STORE_ENTRY_NORMAL,
+					.data = buf,
+					.len = len};
+		assert_int_equal(store_log_append(&b, &e), 0);
+		free(buf);
+	}
+	assert_int_equal(store_write(s, &b, 1), 0);
+	store_batch_fini(&b);
+	store_free(s);
+}
+
+static void
+test_replay_outcomes(void **state)
+{
+	struct fx *f = *state;
+	struct cluster *c = open_cluster(f, 0, 0);
+	static struct done d;
+	memset(&d, 0, sizeof(d));
+	run_until(f, &d.calls, propose_range(c, &d, 0, 3, NULL));
+	close_and_wait(f, c);
+	/* "crash" after the outcomes of entries 4..6 were appended, before their apply */
+	const uint32_t r01[] = {0, 1}, r0[] = {0};
+	static struct obuf o[3];
+	Relay__Command *cmds[3] = {
+	    make_outcome(&o[0], 0, RELAY__OUTCOME_KIND__DELIVERED, 0, r01, 2),
+	    make_outcome(&o[1], 1, RELAY__OUTCOME_KIND__DEFERRED, 1800000000000ull, r0, 1),
+	    make_outcome(&o[2], 0, RELAY__OUTCOME_KIND__DELIVERED, 0, r01, 2), /* duplicate */
+	};
+	write_log_cmds(f, 4, cmds, 3);
+	/* the offline dump already shows the result: q0 gone, q1 changed (pending) */
+	FILE *fp = tmpfile();
+	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), 0);
+	unsigned pend = 0, q0 = 0;
+	assert_int_equal(count_lines(fp, "pending_apply=1", &pend), 2);
+	assert_int_equal(pend, 1);
+	count_lines(fp, "q000000", &q0);
+	assert_int_equal(q0, 0);
+	fclose(fp);
+
+	c = open_cluster(f, 0, 0);
+	struct cluster_stats st;
+	cluster_stats(c, &st);
+	assert_int_equal(st.applied_index, 6);
+	assert_int_equal(st.messages, 2);
+	assert_int_equal(st.outcomes_delivered, 2);
+	assert_int_equal(st.outcomes_deferred, 1);
+	assert_int_equal(st.messages_deleted, 1);
+	struct queue_fsm *q = cluster_queue(c);
+	assert_null(queue_fsm_lookup(q, "q000000"));
+	assert_int_equal(queue_fsm_lookup(q, "q000001")->rcpts[0].attempts, 1);
+	assert_int_equal(queue_fsm_next_due_ms(q), 1700000000001ull); /* q1's rcpt 1 */
+	close_and_wait(f, c);
+	assert_int_equal(count_keys(f, STORE_CF_INDEX), 2);
+	assert_int_equal(count_keys(f, STORE_CF_BODY), 2);
+}
+
 int
 main(void)
 {
@@ -731,6 +1051,8 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_dump_missing_dir, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pipelined_sessions, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_large_queue_startup, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_outcomes_and_reopen, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_replay_outcomes, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
