@@ -651,8 +651,16 @@ conn_timer_cb(uv_timer_t *t)
 		conn_process(c);
 		return;
 	}
-	if (c->busy)
-		return; /* waiting on our own work: not the client's fault */
+	if (c->tls_state == CONN_TLS_HANDSHAKE) {
+		log_info(c->id, "event=timeout client=%s state=tls-handshake", c->addr);
+		c->srv->counters.timeouts++;
+		conn_close(c);
+		return;
+	}
+	if (c->busy) {
+		conn_arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
+		return;
+	}
 	log_info(c->id, "event=timeout client=%s state=%s", c->addr,
 		 smtp_session_state_name(c->sess));
 	c->srv->counters.timeouts++;
