@@ -104,6 +104,24 @@ class TlsAuthTest(RelayTestCase):
         self.assertTrue(data.startswith(b"503"), data)   # no EHLO after TLS: state was reset
         tls.close()
 
+    def test_timeouts_command_and_stalled_handshake(self):
+        cert, key = make_cert(self.tmp)
+        n = self.relayd(name="node2", addr="127.0.3.2", port=PORT, tls_cert=cert, tls_key=key,
+                        command_timeout="1s")
+        n.start()
+        idle = SmtpConn("127.0.3.2", PORT)
+        idle.reply()
+        code, lines = idle.reply()        # nothing sent: the command timer fires
+        self.assertEqual(code, 421, lines)
+        self.assertIn("4.4.2", lines[0])
+        self.assertTrue(idle.closed())
+        stall = SmtpConn("127.0.3.2", PORT)
+        stall.reply()
+        stall.cmd("EHLO stall.test")
+        self.assertEqual(stall.cmd("STARTTLS")[0], 220)
+        self.assertTrue(stall.closed(timeout=10))   # no ClientHello ever: cut after the timeout
+        self.assertTrue(n.alive())
+
     def test_swaks_tls_auth(self):
         out = subprocess.run(["swaks", "--server", ADDR, "--port", str(PORT), "--tls",
                               "--auth", "PLAIN", "--auth-user", "alice", "--auth-password",
