@@ -717,14 +717,18 @@ conn_close(struct conn *c)
 	uv_close((uv_handle_t *)&c->timer, conn_handle_closed_cb);
 }
 
-static size_t
-count_client(struct smtp_server *srv, const struct conn *nc)
+/* Open sessions other than nc (closing ones no longer count): in total and from nc's address. */
+static void
+count_sessions(struct smtp_server *srv, const struct conn *nc, size_t *total, size_t *same)
 {
-	size_t n = 0;
-	for (struct conn *c = srv->conns; c != NULL; c = c->next)
-		if (c != nc && c->sess != NULL && strcmp(c->addr, nc->addr) == 0)
-			n++;
-	return n;
+	*total = *same = 0;
+	for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+		if (c == nc || c->sess == NULL || c->closing)
+			continue;
+		(*total)++;
+		if (strcmp(c->addr, nc->addr) == 0)
+			(*same)++;
+	}
 }
 
 static void
@@ -775,9 +779,11 @@ connection_cb(uv_stream_t *l, int status)
 
 	const struct relay_config *cfg = srv->cfg;
 	const char *refuse = NULL;
-	if (srv->n_conns > cfg->max_connections)
+	size_t total, same;
+	count_sessions(srv, c, &total, &same);
+	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64)
 		refuse = "too many connections";
-	else if (count_client(srv, c) >= cfg->max_connections_per_client)
+	else if (same >= cfg->max_connections_per_client)
 		refuse = "too many connections from your address";
 	if (refuse != NULL) {
 		char line[300];

@@ -229,6 +229,28 @@ class SmtpTest(RelayTestCase):
             self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
             self.assertIn("queued as", out.stdout)
 
+    def test_connection_limits(self):
+        n = self.relayd(name="node2", addr="127.0.2.2", port=PORT, max_connections=3,
+                        max_connections_per_client=2)
+        n.start()
+        a = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
+        b = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
+        self.assertEqual(a.reply()[0], 220)
+        self.assertEqual(b.reply()[0], 220)
+        c = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")   # third from one address
+        code, lines = c.reply()
+        self.assertEqual(code, 421, lines)
+        self.assertIn("4.7.0", lines[0])
+        self.assertTrue(c.closed())
+        d = SmtpConn("127.0.2.2", PORT, source="127.0.0.2")   # another address is fine
+        self.assertEqual(d.reply()[0], 220)
+        e = SmtpConn("127.0.2.2", PORT, source="127.0.0.3")   # but the total is 3
+        self.assertEqual(e.reply()[0], 421)
+        a.cmd("QUIT")
+        self.assertTrue(a.closed())
+        f = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")   # a slot is free again
+        self.assertEqual(wait_for(lambda: f.reply()[0], 5, "greeting"), 220)
+
     def test_queue_ids_unique(self):
         ids = set()
         with self.smtp() as s:
