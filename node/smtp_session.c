@@ -122,9 +122,9 @@ struct smtp_session {
 	bool chunk_last, bdat_cr;
 	int chunk_reject; /* 0, or the code the chunk is answered with after it is consumed */
 
-	/* AUTH: "mech\0authzid\0user\0password\0", wiped after use */
+	/* AUTH: mechanism, authzid, user, password at fixed offsets (AUTH_OFF_*), each
+	 * NUL-terminated; wiped as soon as the exchange ends */
 	char auth_buf[8 + 3 * (SMTP_AUTH_FIELD_MAX + 1)];
-	size_t auth_authzid, auth_user_off, auth_pass_off;
 	struct smtp_envelope env;
 };
 
@@ -303,7 +303,6 @@ static void
 auth_wipe(struct smtp_session *s)
 {
 	explicit_bzero(s->auth_buf, sizeof(s->auth_buf));
-	s->auth_authzid = s->auth_user_off = s->auth_pass_off = 0;
 }
 
 /* The command state the session returns to after a reply that ends a phase. */
