@@ -70,7 +70,7 @@ struct raft {
 	struct raft_snap_meta snap; /* latest snapshot */
 	void *snap_data;
 	size_t snap_len;
-	bool snap_install; /* received from leader; not yet handed out in a ready */
+	bool snap_install;   /* received from leader; not yet handed out in a ready */
 	bool snap_unapplied; /* handed out, applied at raft_advance */
 	uint64_t applied, fetched_index, persisted_index;
 
@@ -117,9 +117,9 @@ raft_strerror(int err)
 const char *
 raft_msg_type_name(int type)
 {
-	static const char *names[] = {"APP",	   "APP_RESP",	     "VOTE",	 "VOTE_RESP",
-				      "PREVOTE",   "PREVOTE_RESP",   "HEARTBEAT", "HEARTBEAT_RESP",
-				      "SNAP",	   "TIMEOUT_NOW"};
+	static const char *names[] = {"APP",	 "APP_RESP",	 "VOTE",      "VOTE_RESP",
+				      "PREVOTE", "PREVOTE_RESP", "HEARTBEAT", "HEARTBEAT_RESP",
+				      "SNAP",	 "TIMEOUT_NOW"};
 	if (type < 0 || type >= RAFT_MSG_TYPE_COUNT)
 		return "?";
 	return names[type];
@@ -547,7 +547,8 @@ log_compact(struct raft *r, uint64_t index)
 
 /* ---------------------------------------------------------------- role changes */
 
-static void abort_transfer(struct raft *r)
+static void
+abort_transfer(struct raft *r)
 {
 	r->transferee = 0;
 }
@@ -1063,7 +1064,7 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 			return RAFT_ENOMEM;
 		memcpy(data, m->snap_data, m->snap_len);
 	}
-	/* Replace the whole log by the snapshot (5.3). */
+	/* Replace the whole log by the snapshot (5.1, Figure 5.3). */
 	for (size_t i = 0; i < r->log_len; i++)
 		entry_free(&r->log[i]);
 	r->log_len = 0;
@@ -1117,7 +1118,8 @@ static void
 handle_vote(struct raft *r, const struct raft_msg *m)
 {
 	bool pre = m->type == RAFT_MSG_PREVOTE;
-	bool can = r->vote == m->from || (r->vote == 0 && r->lead == 0) || (pre && m->term > r->term);
+	bool can =
+	    r->vote == m->from || (r->vote == 0 && r->lead == 0) || (pre && m->term > r->term);
 	struct raft_msg out = {.type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP};
 	if (can && log_up_to_date(r, m->log_term, m->index)) {
 		out.term = m->term;
@@ -1158,7 +1160,8 @@ raft_step(struct raft *r, const struct raft_msg *m)
 	} else if (m->term < r->term) {
 		if ((r->cfg.check_quorum || r->cfg.pre_vote) &&
 		    (m->type == RAFT_MSG_APP || m->type == RAFT_MSG_HEARTBEAT)) {
-			/* A stale leader (e.g. after a partition) learns our term and steps down. */
+			/* A stale leader (e.g. after a partition) learns our term and steps down.
+			 */
 			struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 			reply(r, m, &out);
 		} else if (m->type == RAFT_MSG_PREVOTE) {
@@ -1308,8 +1311,8 @@ leader_append(struct raft *r, uint8_t type, const void *data, size_t len, uint64
 	    last_index(r) - r->applied >= 2 * (uint64_t)r->cfg.max_uncommitted ||
 	    r->log_len >= r->cfg.max_log_entries)
 		return RAFT_EFULL;
-	struct raft_entry e = {.term = r->term, .type = type, .len = (uint32_t)len,
-			       .data = (void *)data};
+	struct raft_entry e = {
+	    .term = r->term, .type = type, .len = (uint32_t)len, .data = (void *)data};
 	int rv = log_append(r, &e, 1);
 	if (rv)
 		return rv;
@@ -1421,7 +1424,8 @@ raft_ready_get(struct raft *r, struct raft_ready *rd)
 	struct raft_hard_state hs = {r->term, r->vote, r->commit};
 	bool hs_changed = memcmp(&hs, &r->fetched_hs, sizeof(hs)) != 0;
 	bool ents = r->fetched_index < last_index(r);
-	if ((hs_changed || ents || r->snap_install) && r->pend_count < RAFT_MAX_UNPERSISTED_READIES) {
+	if ((hs_changed || ents || r->snap_install) &&
+	    r->pend_count < RAFT_MAX_UNPERSISTED_READIES) {
 		rd->need_persist = true;
 		rd->seq = r->next_seq++;
 		if (hs.term != r->fetched_hs.term || hs.vote != r->fetched_hs.vote)
@@ -1700,8 +1704,10 @@ raft_bootstrap(struct raft *r, const struct raft_conf *conf)
 		return rv;
 	uint8_t buf[16 + 8 * RAFT_MAX_NODES];
 	raft_conf_encode(conf, buf);
-	struct raft_entry e = {.term = 1, .type = RAFT_ENTRY_CONF,
-			       .len = (uint32_t)raft_conf_encoded_len(conf), .data = buf};
+	struct raft_entry e = {.term = 1,
+			       .type = RAFT_ENTRY_CONF,
+			       .len = (uint32_t)raft_conf_encoded_len(conf),
+			       .data = buf};
 	rv = log_append(r, &e, 1);
 	if (rv)
 		return rv;

@@ -54,7 +54,7 @@
  * probe/replicate flow control (3.5), commit by counting current-term entries only (3.6.2),
  * a no-op entry at the start of each term (6.4), single-server membership changes taking effect
  * on append (4.1) with non-voting learners (4.2.1), leadership transfer (3.10), log compaction
- * with InstallSnapshot (5.1, 5.3).
+ * with InstallSnapshot (chapter 5, Figure 5.3).
  */
 #ifndef RELAY_RAFT_H
 #define RELAY_RAFT_H
@@ -133,7 +133,7 @@ enum raft_msg_type {
 	RAFT_MSG_PREVOTE_RESP,	 /* */
 	RAFT_MSG_HEARTBEAT,	 /* empty AppendEntries carrying a safe commit index */
 	RAFT_MSG_HEARTBEAT_RESP, /* */
-	RAFT_MSG_SNAP,		 /* InstallSnapshot (5.3), one chunk */
+	RAFT_MSG_SNAP,		 /* InstallSnapshot (5.1, Figure 5.3), whole */
 	RAFT_MSG_TIMEOUT_NOW,	 /* leadership transfer (3.10): start an election now */
 	RAFT_MSG_TYPE_COUNT
 };
@@ -171,15 +171,15 @@ struct raft_config {
 	unsigned heartbeat_tick; /* default 1 */
 	bool pre_vote;
 	bool check_quorum;
-	unsigned max_inflight;	   /* AppendEntries in flight per follower (default 64) */
-	unsigned max_msg_entries;  /* default 64 */
-	size_t max_msg_bytes;	   /* default 1 MiB (at least one entry is always sent) */
-	unsigned max_outbox;	   /* default 1024 */
-	unsigned max_uncommitted;  /* leader refuses proposals beyond this many uncommitted
-				      entries, or twice this many unapplied (default 4096) */
-	unsigned max_log_entries;  /* in-memory log (default 65536) */
-	unsigned max_apply_batch;  /* committed entries per ready (default 256) */
-	uint64_t rng_seed;	   /* randomized election timeouts */
+	unsigned max_inflight;	  /* AppendEntries in flight per follower (default 64) */
+	unsigned max_msg_entries; /* default 64 */
+	size_t max_msg_bytes;	  /* default 1 MiB (at least one entry is always sent) */
+	unsigned max_outbox;	  /* default 1024 */
+	unsigned max_uncommitted; /* leader refuses proposals beyond this many uncommitted
+				     entries, or twice this many unapplied (default 4096) */
+	unsigned max_log_entries; /* in-memory log (default 65536) */
+	unsigned max_apply_batch; /* committed entries per ready (default 256) */
+	uint64_t rng_seed;	  /* randomized election timeouts */
 };
 
 /* Output of the core.  See the contract at the top. */
@@ -235,8 +235,9 @@ void raft_free(struct raft *r);
  * term 0 and the initial configuration; a node joining later passes an empty configuration);
  * ents (borrowed, copied) are the durable entries after snap->index.  Called once, first.
  */
-int raft_restore(struct raft *r, const struct raft_hard_state *hs, const struct raft_snap_meta *snap,
-		 const void *snap_data, size_t snap_len, const struct raft_entry *ents, size_t n);
+int raft_restore(struct raft *r, const struct raft_hard_state *hs,
+		 const struct raft_snap_meta *snap, const void *snap_data, size_t snap_len,
+		 const struct raft_entry *ents, size_t n);
 
 /*
  * Start a brand-new cluster: every initial member calls this (instead of raft_restore) with

@@ -38,9 +38,9 @@
 #include <time.h>
 
 #define SIM_MAX_NODES 8
-#define SIM_TICK 10	       /* time units per raft tick */
-#define SIM_NET_MAX 20000      /* messages in flight; beyond that the network drops */
-#define SIM_HEAL_BUDGET 20000  /* units allowed to converge after the heal (observed max ~4000) */
+#define SIM_TICK 10	      /* time units per raft tick */
+#define SIM_NET_MAX 20000     /* messages in flight; beyond that the network drops */
+#define SIM_HEAL_BUDGET 20000 /* units allowed to converge after the heal (observed max ~4000) */
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_PROP_ID_HEAL (1ULL << 62)
 
@@ -138,7 +138,8 @@ emap_find(struct emap *m, uint64_t index, uint64_t term, bool insert)
 		m->n = 0;
 		for (size_t i = 0; i < old.cap; i++)
 			if (old.s[i].term) {
-				struct emap_slot *d = emap_find(m, old.s[i].index, old.s[i].term, true);
+				struct emap_slot *d =
+				    emap_find(m, old.s[i].index, old.s[i].term, true);
 				*d = old.s[i];
 			}
 		free(old.s);
@@ -220,6 +221,7 @@ struct sim {
 	unsigned delay_max, sync_max;
 	unsigned leader_crash_pct; /* share of crashes aimed at a leader */
 	uint32_t all_crash_ppm;	   /* every node at once: a power cut */
+	uint32_t conf_ppm, transfer_ppm, compact_ppm;
 	bool pre_vote, check_quorum;
 	/* oracles */
 	struct u64vec leader_of_term;
@@ -593,8 +595,8 @@ check_log_entries(struct node *nd, const struct raft_entry *ents, size_t n)
 			s->hash = h;
 			s->prev = prev;
 		} else if (s->hash != h || s->prev != prev) {
-			fail("log matching: node %" PRIu64 " has a different entry at index %" PRIu64
-			     " term %" PRIu64,
+			fail("log matching: node %" PRIu64
+			     " has a different entry at index %" PRIu64 " term %" PRIu64,
 			     nd->id, e->index, e->term);
 		}
 	}
@@ -666,7 +668,8 @@ drain(struct node *nd)
 		}
 		if (rd.snap) {
 			S->n_snap_installs++;
-			trace("node %" PRIu64 " installs snapshot %" PRIu64, nd->id, rd.snap->index);
+			trace("node %" PRIu64 " installs snapshot %" PRIu64, nd->id,
+			      rd.snap->index);
 			sm_restore(nd, rd.snap_data, rd.snap_len, rd.snap->index);
 		}
 		for (size_t i = 0; i < rd.n_committed; i++)
@@ -695,8 +698,8 @@ check_node(struct node *nd)
 		}
 	}
 	if (st.commit > st.last_index || st.applied > st.commit)
-		fail("node %" PRIu64 " commit %" PRIu64 " last %" PRIu64 " applied %" PRIu64, nd->id,
-		     st.commit, st.last_index, st.applied);
+		fail("node %" PRIu64 " commit %" PRIu64 " last %" PRIu64 " applied %" PRIu64,
+		     nd->id, st.commit, st.last_index, st.applied);
 	for (uint64_t i = nd->seen_commit + 1; i <= st.commit; i++) {
 		uint64_t t = raft_term_at(nd->r, i);
 		if (!t)
@@ -728,8 +731,8 @@ check_node(struct node *nd)
 			uint64_t t = raft_term_at(nd->r, i);
 			if (g && vec_get(&S->committed_seen_term, i) < st.term && t != g)
 				fail("leader completeness: leader %" PRIu64 " term %" PRIu64
-				     " lacks committed entry %" PRIu64 " (term %" PRIu64 ", has %" PRIu64
-				     ")",
+				     " lacks committed entry %" PRIu64 " (term %" PRIu64
+				     ", has %" PRIu64 ")",
 				     nd->id, st.term, i, g, t);
 		}
 		nd->lc_checked = S->commit_max;
@@ -794,8 +797,8 @@ propose(struct node *nd, uint64_t id)
 		}
 	}
 	if (rv == 0) {
-		trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64, nd->id, id,
-		      idx, term);
+		trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64, nd->id,
+		      id, idx, term);
 		drain(nd);
 	}
 	return rv;
@@ -814,7 +817,7 @@ client_actions(void)
 				S->n_proposed++;
 		}
 	}
-	if (!S->healing && chance(200)) {
+	if (!S->healing && chance(S->transfer_ppm)) {
 		struct node *l = leader_node();
 		if (l) {
 			uint64_t target = 1 + rnd_n((uint64_t)S->n_ids);
@@ -825,7 +828,7 @@ client_actions(void)
 			}
 		}
 	}
-	if (!S->healing && chance(250)) {
+	if (!S->healing && chance(S->conf_ppm)) {
 		struct node *l = leader_node();
 		if (l) {
 			struct raft_status st;
@@ -841,12 +844,13 @@ client_actions(void)
 			if (op >= 0 &&
 			    raft_propose_conf(l->r, (enum raft_conf_op)op, id, NULL, NULL) == 0) {
 				S->n_conf++;
-				trace("conf op=%d id=%" PRIu64 " at leader %" PRIu64, op, id, l->id);
+				trace("conf op=%d id=%" PRIu64 " at leader %" PRIu64, op, id,
+				      l->id);
 				drain(l);
 			}
 		}
 	}
-	if (chance(2000)) {
+	if (chance(S->compact_ppm)) {
 		struct node *nd = random_up_node();
 		if (nd) {
 			struct raft_status st;
@@ -862,7 +866,8 @@ client_actions(void)
 					disk_drop_upto(&nd->d, m.index);
 					disk_set_snap(&nd->d, &m, buf, len);
 					S->n_compactions++;
-					trace("node %" PRIu64 " compacted to %" PRIu64, nd->id, m.index);
+					trace("node %" PRIu64 " compacted to %" PRIu64, nd->id,
+					      m.index);
 				}
 			}
 		}
@@ -1074,6 +1079,14 @@ sim_run(const struct run_opts *o)
 	S->part_ppm = 100 + (uint32_t)rnd_n(400);
 	S->delay_max = 2 + (unsigned)rnd_n(30);
 	S->sync_max = 1 + (unsigned)rnd_n(20);
+	S->conf_ppm = 100 + (uint32_t)rnd_n(400);
+	S->transfer_ppm = 100 + (uint32_t)rnd_n(300);
+	S->compact_ppm = 500 + (uint32_t)rnd_n(3000);
+	if (rnd_n(4) == 0) {
+		/* a membership-heavy profile */
+		S->conf_ppm = 2000 + (uint32_t)rnd_n(20000);
+		S->transfer_ppm = 1000 + (uint32_t)rnd_n(5000);
+	}
 	S->leader_crash_pct = (unsigned)rnd_n(60);
 	S->all_crash_ppm = (uint32_t)rnd_n(60);
 	if (rnd_n(3) == 0) {
@@ -1087,9 +1100,9 @@ sim_run(const struct run_opts *o)
 	S->check_quorum = rnd_n(5) != 0 || !S->pre_vote;
 
 	if (setjmp(g_fail_jmp)) {
-		printf("FAIL seed=%" PRIu64 " t=%" PRIu64 ": %s\n", o->seed, S->now, g_fail_msg);
-		printf("reproduce: raft_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64 "\n",
-		       o->seed, o->nodes, o->steps);
+		printf("FAIL raft_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
+		       "   # t=%" PRIu64 ": %s\n",
+		       o->seed, o->nodes, o->steps, S->now, g_fail_msg);
 		fflush(stdout);
 		return 1; /* state is leaked on purpose: the process is about to report */
 	}
@@ -1136,11 +1149,11 @@ sim_run(const struct run_opts *o)
 	}
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
-		       " commit=%" PRIu64 " term=%" PRIu64 " proposed=%" PRIu64
-		       " applied=%" PRIu64 " refused=%" PRIu64 " elections=%" PRIu64
-		       " crashes=%" PRIu64 " diskfail=%" PRIu64 " conf=%" PRIu64
-		       " transfers=%" PRIu64 " compactions=%" PRIu64 " snapinstalls=%" PRIu64
-		       " msgs=%" PRIu64 " prevote=%d cq=%d\n",
+		       " commit=%" PRIu64 " term=%" PRIu64 " proposed=%" PRIu64 " applied=%" PRIu64
+		       " refused=%" PRIu64 " elections=%" PRIu64 " crashes=%" PRIu64
+		       " diskfail=%" PRIu64 " conf=%" PRIu64 " transfers=%" PRIu64
+		       " compactions=%" PRIu64 " snapinstalls=%" PRIu64 " msgs=%" PRIu64
+		       " prevote=%d cq=%d\n",
 		       o->seed, o->nodes, o->steps, S->now - S->fault_end, ls.commit, ls.term,
 		       S->n_proposed, S->n_applied, S->n_refused, S->n_elections, S->n_crashes,
 		       S->n_disk_fail, S->n_conf, S->n_transfers, S->n_compactions,

@@ -186,7 +186,8 @@ h_pump(struct h *h)
 		h->qh = (h->qh + 1) % Q_MAX;
 		if (m.type == RAFT_MSG_APP_RESP && m.reject)
 			h->app_rejects++;
-		if (!h->isolated[m.from] && !h->isolated[m.to] && m.to >= 1 && m.to <= (uint64_t)h->n) {
+		if (!h->isolated[m.from] && !h->isolated[m.to] && m.to >= 1 &&
+		    m.to <= (uint64_t)h->n) {
 			raft_step(h->r[m.to], &m);
 			h_drain(h, (int)m.to);
 			h_check_hooks(h);
@@ -340,7 +341,7 @@ case_commit_current_term_only(void)
 	h_pump(&h);
 	h_tick(&h, 1, 3);
 	CHECK(st(&h, 1).role == RAFT_LEADER);
-	CHECK(!h.failed);			  /* index 2 (term 2) was never committed alone */
+	CHECK(!h.failed);	      /* index 2 (term 2) was never committed alone */
 	CHECK(st(&h, 1).commit == 3); /* it commits with the no-op of term 4 */
 	h_free(&h);
 }
@@ -499,10 +500,40 @@ case_persist_before_send(void)
 	CHECK(grants == 0);
 	raft_persisted(h.r[2], seq);
 	CHECK(raft_ready_get(h.r[2], &rd) == 1);
-	for (size_t i = 0; i < rd.n_msgs; i++)
+	for (size_t i = 0; i < rd.n_msgs; i++) {
 		grants += rd.msgs[i].type == RAFT_MSG_VOTE_RESP && !rd.msgs[i].reject;
+		raft_step(h.r[1], &rd.msgs[i]); /* deliver it */
+	}
 	raft_advance(h.r[2], &rd);
 	CHECK(grants == 1);
+	/* the same for append acknowledgements */
+	h.manual_persist[2] = false;
+	h_pump(&h);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	h.manual_persist[2] = true;
+	CHECK(raft_propose(h.r[1], "x", 1, NULL, NULL) == 0);
+	h_drain(&h, 1);
+	int acks = 0;
+	while (h.qh != h.qt) {
+		struct raft_msg m = h.q[h.qh];
+		h.qh = (h.qh + 1) % Q_MAX;
+		if (m.to == 2)
+			raft_step(h.r[2], &m);
+		msg_drop(&m);
+	}
+	CHECK(raft_ready_get(h.r[2], &rd) == 1);
+	CHECK(rd.n_entries == 1);
+	for (size_t i = 0; i < rd.n_msgs; i++)
+		acks += rd.msgs[i].type == RAFT_MSG_APP_RESP;
+	seq = rd.seq;
+	raft_advance(h.r[2], &rd);
+	CHECK(acks == 0);
+	raft_persisted(h.r[2], seq);
+	CHECK(raft_ready_get(h.r[2], &rd) == 1);
+	for (size_t i = 0; i < rd.n_msgs; i++)
+		acks += rd.msgs[i].type == RAFT_MSG_APP_RESP && !rd.msgs[i].reject;
+	raft_advance(h.r[2], &rd);
+	CHECK(acks == 1);
 	h_free(&h);
 }
 
@@ -534,8 +565,7 @@ case_membership(void)
 	/* the change takes effect on append, and a second one must wait */
 	struct raft_status s1 = st(&h, 1);
 	CHECK(raft_conf_is_member(&s1.conf, 4));
-	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 4, NULL, NULL) ==
-	      RAFT_ECONFPENDING);
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 4, NULL, NULL) == RAFT_ECONFPENDING);
 	h_pump(&h);
 	h_tick(&h, 1, 2);
 	CHECK(st(&h, 4).commit == st(&h, 1).commit);
@@ -564,8 +594,14 @@ case_malformed(void)
 	h_init(&h, 3, true, true);
 	h_pump(&h);
 	struct raft_entry e = {.index = 7, .term = 1};
-	struct raft_msg m = {.type = RAFT_MSG_APP, .from = 2, .to = 1, .term = 1, .index = 1,
-			     .log_term = 1, .n_entries = 1, .entries = &e};
+	struct raft_msg m = {.type = RAFT_MSG_APP,
+			     .from = 2,
+			     .to = 1,
+			     .term = 1,
+			     .index = 1,
+			     .log_term = 1,
+			     .n_entries = 1,
+			     .entries = &e};
 	CHECK(raft_step(h.r[1], &m) == RAFT_EINVAL); /* index gap */
 	m.n_entries = 0;
 	m.type = 200;
