@@ -237,8 +237,14 @@ struct sim {
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
-	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs;
+	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now;
 };
+
+/* totals over the seeds run by this process */
+static struct {
+	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
+	    compactions, snap_installs, msgs, heal_max;
+} g_tot;
 
 static struct sim *S;
 static jmp_buf g_fail_jmp;
@@ -322,6 +328,7 @@ net_send(const struct raft_msg *m)
 			f->at += rnd_n(300);
 		msg_copy(&f->m, m);
 		S->n_msgs++;
+		S->n_timeout_now += m->type == RAFT_MSG_TIMEOUT_NOW;
 	}
 }
 
@@ -1158,6 +1165,20 @@ sim_run(const struct run_opts *o)
 		       S->n_proposed, S->n_applied, S->n_refused, S->n_elections, S->n_crashes,
 		       S->n_disk_fail, S->n_conf, S->n_transfers, S->n_compactions,
 		       S->n_snap_installs, S->n_msgs, S->pre_vote, S->check_quorum);
+	g_tot.runs++;
+	g_tot.steps += S->now;
+	g_tot.applied += S->n_applied;
+	g_tot.elections += S->n_elections;
+	g_tot.crashes += S->n_crashes;
+	g_tot.disk_fail += S->n_disk_fail;
+	g_tot.conf += S->n_conf;
+	g_tot.transfers += S->n_transfers;
+	g_tot.timeout_now += S->n_timeout_now;
+	g_tot.compactions += S->n_compactions;
+	g_tot.snap_installs += S->n_snap_installs;
+	g_tot.msgs += S->n_msgs;
+	if (S->now - S->fault_end > g_tot.heal_max)
+		g_tot.heal_max = S->now - S->fault_end;
 	sim_free();
 	return 0;
 }
@@ -1253,5 +1274,13 @@ main(int argc, char **argv)
 	printf("seeds %" PRIu64 "..%" PRIu64 " nodes=%d steps=%" PRIu64 ": %d failed (%.1fs cpu)\n",
 	       seed_from, seed_to - 1, o.nodes, o.steps, bad,
 	       (double)(clock() - c0) / CLOCKS_PER_SEC);
+	printf("totals: runs=%" PRIu64 " sim_units=%" PRIu64 " applied_proposals=%" PRIu64
+	       " leaders=%" PRIu64 " crashes=%" PRIu64 " disk_failures=%" PRIu64
+	       " conf_changes=%" PRIu64 " transfers=%" PRIu64 " timeout_now=%" PRIu64
+	       " compactions=%" PRIu64 " snapshot_installs=%" PRIu64 " msgs=%" PRIu64
+	       " max_heal_units=%" PRIu64 "\n",
+	       g_tot.runs, g_tot.steps, g_tot.applied, g_tot.elections, g_tot.crashes,
+	       g_tot.disk_fail, g_tot.conf, g_tot.transfers, g_tot.timeout_now, g_tot.compactions,
+	       g_tot.snap_installs, g_tot.msgs, g_tot.heal_max);
 	return bad ? 1 : 0;
 }
