@@ -84,6 +84,7 @@ struct raft {
 	unsigned election_elapsed, heartbeat_elapsed, rand_timeout;
 
 	/* ready bookkeeping */
+	bool loaded; /* raft_restore or raft_bootstrap was called */
 	bool ready_out;
 	bool persist_deferred;
 	struct raft_hard_state fetched_hs, persisted_hs;
@@ -1404,6 +1405,8 @@ raft_transfer_leader(struct raft *r, uint64_t target)
 	r->transferee = target;
 	r->election_elapsed = 0; /* the transfer times out after one election timeout */
 	struct raft_progress *pr = pr_find(r, target);
+	if (!pr)
+		return RAFT_EINVAL;
 	if (pr->match == last_index(r))
 		send_timeout_now(r, target);
 	else
@@ -1639,8 +1642,11 @@ int
 raft_restore(struct raft *r, const struct raft_hard_state *hs, const struct raft_snap_meta *snap,
 	     const void *snap_data, size_t snap_len, const struct raft_entry *ents, size_t n)
 {
+	if (r->loaded)
+		return RAFT_ESTATE;
 	if (!conf_valid(&snap->conf) || snap_len > RAFT_SNAPSHOT_MAX_BYTES)
 		return RAFT_EINVAL;
+	r->loaded = true;
 	for (size_t i = 0; i < n; i++)
 		if (ents[i].index != snap->index + 1 + i || ents[i].len > RAFT_ENTRY_MAX_BYTES)
 			return RAFT_EINVAL;
