@@ -25,7 +25,8 @@
  *                       applied by every member after the heal.
  *
  * Usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace]
- *                 [--regress FILE]
+ *                 [--regress FILE] [--prevote 0|1] [--check-quorum 0|1]
+ * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.)
  */
 #include "raft.h"
 
@@ -1063,6 +1064,7 @@ struct run_opts {
 	uint64_t steps;
 	bool trace;
 	bool verbose;
+	int pre_vote, check_quorum; /* -1: chosen per seed */
 };
 
 static int
@@ -1105,6 +1107,10 @@ sim_run(const struct run_opts *o)
 	}
 	S->pre_vote = rnd_n(5) != 0;
 	S->check_quorum = rnd_n(5) != 0 || !S->pre_vote;
+	if (o->pre_vote >= 0)
+		S->pre_vote = o->pre_vote;
+	if (o->check_quorum >= 0)
+		S->check_quorum = o->check_quorum;
 
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL raft_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
@@ -1196,7 +1202,11 @@ run_regress(const char *path, bool verbose)
 	char line[256];
 	int bad = 0, n = 0;
 	while (fgets(line, sizeof(line), f)) {
-		struct run_opts o = {.nodes = 3, .steps = 20000, .verbose = verbose};
+		struct run_opts o = {.nodes = 3,
+				     .steps = 20000,
+				     .verbose = verbose,
+				     .pre_vote = -1,
+				     .check_quorum = -1};
 		unsigned long long seed, steps;
 		int nodes;
 		if (line[0] == '#' || line[0] == '\n')
@@ -1217,7 +1227,12 @@ run_regress(const char *path, bool verbose)
 int
 main(int argc, char **argv)
 {
-	struct run_opts o = {.seed = 1, .nodes = 3, .steps = 20000, .verbose = true};
+	struct run_opts o = {.seed = 1,
+			     .nodes = 3,
+			     .steps = 20000,
+			     .verbose = true,
+			     .pre_vote = -1,
+			     .check_quorum = -1};
 	uint64_t seed_from = 0, seed_to = 0;
 	bool range = false;
 	const char *regress = NULL;
@@ -1243,6 +1258,12 @@ main(int argc, char **argv)
 			o.steps = 2000000;
 		} else if (!strcmp(a, "--trace")) {
 			o.trace = true;
+		} else if (!strcmp(a, "--prevote") && v) {
+			o.pre_vote = atoi(v);
+			i++;
+		} else if (!strcmp(a, "--check-quorum") && v) {
+			o.check_quorum = atoi(v);
+			i++;
 		} else if (!strcmp(a, "--quiet")) {
 			o.verbose = false;
 		} else if (!strcmp(a, "--regress") && v) {
@@ -1251,7 +1272,8 @@ main(int argc, char **argv)
 		} else {
 			fprintf(stderr,
 				"usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] "
-				"[--long] [--trace] [--quiet] [--regress FILE]\n");
+				"[--long] [--trace] [--quiet] [--regress FILE] "
+				"[--prevote 0|1] [--check-quorum 0|1]\n");
 			return 2;
 		}
 	}
