@@ -54,6 +54,8 @@ static const struct config_key config_keys[] = {
      "SMTP listeners, list of addr:port ([v6]:port for IPv6)."},
     {"mynetworks", CT_CIDRS, OFF(mynetworks), "127.0.0.0/8, ::1/128", 0, 0,
      "Trusted clients (CIDR list): they may relay to any domain."},
+    {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
+     "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
      "Domains we accept mail for from anyone (list). Everything else needs mynetworks or AUTH."},
     {"dns_servers", CT_ADDRS, OFF(dns_servers), "", 0, 0,

@@ -27,6 +27,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
+#include "proxy.h"
 #include "relay.pb-c.h"
 #include "tls.h"
 
@@ -74,6 +75,9 @@ struct conn {
 	size_t wbytes; /* queued in uv_write */
 	int refs;      /* open handles + jobs */
 	bool reading, closing, close_after_write, busy, shutdown_after_message;
+	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
+	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
+	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
 	struct proposal *prop; /* in flight, or NULL */
 	uint64_t messages;
 	struct conn *next, *prev;
@@ -93,6 +97,8 @@ struct smtp_server {
 	struct conn *conns;
 	size_t n_conns;
 	uint64_t next_sid;
+	uint64_t proxy_invalid; /* bad or missing PROXY header from a proxy_from address */
+	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
 	uint32_t node_hash;
 	uint32_t qid_counter;
 	uint64_t qid_last_ms;
@@ -105,6 +111,8 @@ struct smtp_server {
 static void conn_process(struct conn *c);
 static void conn_close(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
+static void conn_refuse(struct conn *c, const char *event, const char *reason);
+static void conn_proxy_input(struct conn *c);
 
 const struct smtp_counters *
 smtp_server_counters(const struct smtp_server *srv)
@@ -345,8 +353,31 @@ read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0)
 		return;
-	if (c->sess == NULL || c->close_after_write)
+	if (c->close_after_write)
 		return; /* refused or closing: ignore what the client still sends */
+	if (c->awaiting_proxy) {
+		if (conn_append(c, buf->base, (size_t)nread) != 0) {
+			conn_close(c);
+			return;
+		}
+		conn_proxy_input(c);
+		return;
+	}
+	if (c->sess == NULL)
+		return;
+	if (!c->first_data && c->tls_state == CONN_TLS_NONE && c->in_len == 0) {
+		c->first_data = true;
+		if (proxy_looks_like((const uint8_t *)buf->base, (size_t)nread) &&
+		    (size_t)nread >= 6) {
+			/* a PROXY header from an address not in proxy_from: refused (it could
+			 * otherwise claim any client address) */
+			c->srv->proxy_refused++;
+			smtp_session_free(c->sess);
+			c->sess = NULL;
+			conn_refuse(c, "proxy-refused", "PROXY header not accepted from your address");
+			return;
+		}
+	}
 	if (c->tls_state != CONN_TLS_NONE) {
 		conn_tls_input(c, buf->base, (size_t)nread);
 	} else if (conn_append(c, buf->base, (size_t)nread) != 0) {
@@ -633,6 +664,12 @@ conn_timer_cb(uv_timer_t *t)
 	struct conn *c = t->data;
 	if (c->closing)
 		return;
+	if (c->awaiting_proxy) {
+		c->srv->proxy_invalid++;
+		log_info(c->id, "event=proxy-timeout client=%s", c->addr);
+		conn_close(c);
+		return;
+	}
 	if (c->sess == NULL || c->close_after_write) {
 		conn_close(c);
 		return;
@@ -739,6 +776,97 @@ trace_cb(void *arg, const struct smtp_session *s, const char *from, const char *
 }
 
 static void
+addr_text(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+			inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], out, (socklen_t)cap);
+		else
+			inet_ntop(AF_INET6, &s6->sin6_addr, out, (socklen_t)cap);
+	} else {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)cap);
+	}
+}
+
+/* Refuses the connection with a 421 line, then closes (reading is ignored meanwhile). */
+static void
+conn_refuse(struct conn *c, const char *event, const char *reason)
+{
+	char line[300];
+	int n = snprintf(line, sizeof(line), "421 4.7.0 %s Error: %s\r\n", c->srv->cfg->hostname,
+			 reason);
+	log_info(c->id, "event=%s client=%s reason=\"%s\"", event, c->addr, reason);
+	c->close_after_write = true;
+	uv_timer_stop(&c->timer);
+	uv_timer_start(&c->timer, conn_timer_cb, 10000, 0);
+	if (conn_write_raw(c, line, (size_t)n) != 0)
+		conn_close(c);
+}
+
+/*
+ * The client is known (the socket's peer, or the one a PROXY header named): apply the
+ * connection limits to it, then start the SMTP session and greet.
+ */
+static void
+conn_start_session(struct conn *c)
+{
+	struct smtp_server *srv = c->srv;
+	const struct relay_config *cfg = srv->cfg;
+	size_t total, same;
+	count_sessions(srv, c, &total, &same);
+	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64) {
+		conn_refuse(c, "refused", "too many connections");
+		return;
+	}
+	if (same >= cfg->max_connections_per_client) {
+		conn_refuse(c, "refused", "too many connections from your address");
+		return;
+	}
+	struct smtp_session_client client = {
+	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .tls_active = false,
+	};
+	if (smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
+		conn_close(c);
+		return;
+	}
+	log_info(c->id, "event=connect client=%s trusted=%s%s%s", c->addr,
+		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via);
+	conn_arm_timer(c);
+	conn_process(c);
+}
+
+/*
+ * A connection from a proxy_from address: its first bytes must be a PROXY header (v1 or v2)
+ * naming the real client, which then replaces the socket's peer for policy, limits and logs.
+ */
+static void
+conn_proxy_input(struct conn *c)
+{
+	struct proxy_info pi;
+	int rc = proxy_parse((const uint8_t *)c->in, c->in_len, &pi);
+	if (rc == 0 && c->in_len < PROXY_V2_MAX)
+		return; /* need more */
+	if (rc <= 0) {
+		c->srv->proxy_invalid++;
+		conn_refuse(c, "proxy-invalid", "bad or missing PROXY protocol header");
+		return;
+	}
+	memmove(c->in, c->in + rc, c->in_len - (size_t)rc);
+	c->in_len -= (size_t)rc;
+	c->awaiting_proxy = false;
+	snprintf(c->via, sizeof(c->via), "%s", c->addr);
+	if (!pi.local) {
+		c->peer = pi.src;
+		addr_text(&c->peer, c->addr, sizeof(c->addr));
+	}
+	log_debug(c->id, "event=proxy version=%d client=%s via=%s%s", pi.version, c->addr, c->via,
+		  pi.local ? " local=yes" : "");
+	conn_start_session(c);
+}
+
+static void
 connection_cb(uv_stream_t *l, int status)
 {
 	struct smtp_server *srv = l->data;
@@ -766,49 +894,20 @@ connection_cb(uv_stream_t *l, int status)
 	uv_tcp_nodelay(&c->tcp, 1);
 	int alen = sizeof(c->peer);
 	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &alen);
-	if (c->peer.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->peer;
-		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
-			inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], c->addr, sizeof(c->addr));
-		else
-			inet_ntop(AF_INET6, &s6->sin6_addr, c->addr, sizeof(c->addr));
-	} else {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)&c->peer)->sin_addr, c->addr,
-			  sizeof(c->addr));
-	}
-
-	const struct relay_config *cfg = srv->cfg;
-	const char *refuse = NULL;
-	size_t total, same;
-	count_sessions(srv, c, &total, &same);
-	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64)
-		refuse = "too many connections";
-	else if (same >= cfg->max_connections_per_client)
-		refuse = "too many connections from your address";
-	if (refuse != NULL) {
-		char line[300];
-		int n = snprintf(line, sizeof(line), "421 4.7.0 %s Error: %s\r\n", cfg->hostname,
-				 refuse);
-		log_info(c->id, "event=refused client=%s reason=\"%s\"", c->addr, refuse);
-		c->close_after_write = true;
-		if (conn_write_raw(c, line, (size_t)n) != 0)
-			conn_close(c);
-		uv_timer_start(&c->timer, conn_timer_cb, 10000, 0);
-		return;
-	}
-	struct smtp_session_client client = {
-	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
-	    .tls_active = false,
-	};
+	addr_text(&c->peer, c->addr, sizeof(c->addr));
 	c->in = malloc(SMTP_CONN_INBUF_MAX);
-	if (c->in == NULL || smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
+	if (c->in == NULL) {
 		conn_close(c);
 		return;
 	}
-	log_info(c->id, "event=connect client=%s trusted=%s", c->addr,
-		 client.trusted ? "yes" : "no");
-	conn_arm_timer(c);
-	conn_process(c);
+	if (config_cidr_match(&srv->cfg->proxy_from, (const struct sockaddr *)&c->peer)) {
+		/* a load balancer: wait for its PROXY header before greeting */
+		c->awaiting_proxy = true;
+		uv_timer_start(&c->timer, conn_timer_cb, srv->cfg->command_timeout_ms, 0);
+		conn_update_reading(c);
+		return;
+	}
+	conn_start_session(c);
 }
 
 /* ---- server ---- */
