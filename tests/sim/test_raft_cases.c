@@ -616,6 +616,84 @@ case_malformed(void)
 	h_free(&h);
 }
 
+/* G6: arbitrary (even lying) peer messages never crash a node or grow it without bound. */
+static void
+case_random_input(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	uint64_t x = 88172645463325252ULL;
+#define XR() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+	static uint8_t data[64];
+	struct raft_entry ents[8];
+	for (int iter = 0; iter < 200000; iter++) {
+		int to = 1 + (int)(XR() % 3);
+		struct raft_msg m = {.type = (uint8_t)(XR() % (RAFT_MSG_TYPE_COUNT + 1)),
+				     .from = 1 + XR() % 4,
+				     .to = (uint64_t)to,
+				     .term = XR() % 8,
+				     .log_term = XR() % 8,
+				     .index = XR() % 40,
+				     .commit = XR() % 50,
+				     .reject = (uint8_t)(XR() % 2),
+				     .force = (uint8_t)(XR() % 2),
+				     .hint_index = XR() % 40,
+				     .hint_term = XR() % 8};
+		if (m.type == RAFT_MSG_APP && XR() % 2) {
+			m.n_entries = (uint32_t)(XR() % 8);
+			uint64_t t = m.log_term;
+			for (uint32_t i = 0; i < m.n_entries; i++) {
+				t += XR() % 2;
+				ents[i] =
+				    (struct raft_entry){.index = m.index + 1 + i,
+							.term = t,
+							.type = (uint8_t)(XR() % 3),
+							.len = (uint32_t)(XR() % sizeof(data)),
+							.data = data};
+			}
+			m.entries = ents;
+		}
+		if (m.type == RAFT_MSG_SNAP) {
+			m.snap.index = XR() % 40;
+			m.snap.term = XR() % 8;
+			m.snap.conf.n_voters = (uint32_t)(XR() % 4);
+			for (uint32_t i = 0; i < m.snap.conf.n_voters; i++)
+				m.snap.conf.voters[i] = i + 1;
+			m.snap_data = data;
+			m.snap_len = XR() % sizeof(data);
+		}
+		raft_step(h.r[to], &m);
+		h_drain(&h, to);
+		if (iter % 7 == 0) {
+			raft_tick(h.r[to]);
+			h_drain(&h, to);
+		}
+		if (iter % 3 == 0)
+			raft_propose(h.r[to], data, 8, NULL, NULL);
+		h_drain(&h, to);
+		/* drop whatever the nodes said */
+		while (h.qh != h.qt) {
+			msg_drop(&h.q[h.qh]);
+			h.qh = (h.qh + 1) % Q_MAX;
+		}
+		if (iter % 1000 == 0) {
+			for (int i = 1; i <= 3; i++) {
+				struct raft_status s = st(&h, i);
+				CHECK(s.commit <= s.last_index);
+				/* the in-memory log stays within max_log_entries (x2 at followers) */
+				CHECK(s.last_index + 1 - s.first_index <= 2 * 65536);
+				if (s.applied > s.snap_index + 10 && s.applied <= s.persisted_index)
+					raft_compact(h.r[i], s.applied, "s", 1);
+			}
+		}
+	}
+#undef XR
+	h_free(&h);
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -634,6 +712,7 @@ static const struct {
     {"persist_before_send", case_persist_before_send},
     {"membership", case_membership},
     {"malformed", case_malformed},
+    {"random_input", case_random_input},
 };
 
 int
