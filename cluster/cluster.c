@@ -1012,8 +1012,8 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 			rv = cluster__queue_err(rv);
 			goto out;
 		}
-		int pending = r->accept_index > applied ||
-			      (r->has_update_index && r->update_index > applied);
+		int pending =
+		    r->accept_index > applied || (r->has_update_index && r->update_index > applied);
 		cluster__dump_record(out, r, json, pending);
 		relay__queue_record__free_unpacked(r, NULL);
 	}

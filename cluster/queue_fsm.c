@@ -158,7 +158,8 @@ queue__indexes_ok(const uint32_t *idx, size_t n, int may_be_empty)
 static int
 queue__outcome_ok(const Relay__Outcome *o)
 {
-	if (!o || !queue__id_ok(o->queue_id) || !queue__indexes_ok(o->rcpt_index, o->n_rcpt_index, 0))
+	if (!o || !queue__id_ok(o->queue_id) ||
+	    !queue__indexes_ok(o->rcpt_index, o->n_rcpt_index, 0))
 		return 0;
 	switch (o->kind) {
 	case RELAY__OUTCOME_KIND__DELIVERED:
@@ -171,8 +172,8 @@ queue__outcome_ok(const Relay__Outcome *o)
 	default:
 		return 0;
 	}
-	if (!queue__line_ok(o->reply, QUEUE_REPLY_MAX) || !queue__line_ok(o->relay, QUEUE_RELAY_MAX) ||
-	    !queue__dsn_status_ok(o->dsn_status))
+	if (!queue__line_ok(o->reply, QUEUE_REPLY_MAX) ||
+	    !queue__line_ok(o->relay, QUEUE_RELAY_MAX) || !queue__dsn_status_ok(o->dsn_status))
 		return 0;
 	if (o->dsn) {
 		/* a DSN comes from the null reverse-path (RFC 3464 2., RFC 5321 4.5.5: no DSN
@@ -670,7 +671,8 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 			if (!o)
 				continue;
 			rc[i].has_attempts = 1;
-			rc[i].attempts = rc[i].attempts < UINT32_MAX ? rc[i].attempts + 1 : UINT32_MAX;
+			rc[i].attempts =
+			    rc[i].attempts < UINT32_MAX ? rc[i].attempts + 1 : UINT32_MAX;
 			rc[i].has_last_attempt_ms = 1;
 			rc[i].last_attempt_ms = o->at_ms;
 			rc[i].last_reply = o->reply;
@@ -788,8 +790,9 @@ queue_apply(struct queue_fsm *q, uint64_t index, const Relay__Command *cmd, stru
 	case RELAY__COMMAND__CMD_ACCEPT:
 		return queue__apply_accept(q, index, cmd->accept, b);
 	case RELAY__COMMAND__CMD_OUTCOME:
-		return queue__apply_change(q, index, cmd->outcome->queue_id, cmd->outcome->rcpt_index,
-					   cmd->outcome->n_rcpt_index, cmd->outcome, b);
+		return queue__apply_change(q, index, cmd->outcome->queue_id,
+					   cmd->outcome->rcpt_index, cmd->outcome->n_rcpt_index,
+					   cmd->outcome, b);
 	case RELAY__COMMAND__CMD_DELETE:
 		return queue__apply_change(q, index, cmd->delete_->queue_id,
 					   cmd->delete_->rcpt_index, cmd->delete_->n_rcpt_index,
@@ -1027,8 +1030,7 @@ queue__frontier_pop(const struct queue_fsm *q, size_t *f, size_t *n)
 #define QUEUE__FRONTIER_STACK 256
 
 int
-queue_fsm_due(const struct queue_fsm *q, uint64_t now_ms, queue_due_cb cb, void *arg,
-	      size_t max)
+queue_fsm_due(const struct queue_fsm *q, uint64_t now_ms, queue_due_cb cb, void *arg, size_t max)
 {
 	if (!q->nheap || !max || q->heap[0]->next_attempt_ms > now_ms)
 		return 0;

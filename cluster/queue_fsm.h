@@ -176,8 +176,9 @@ uint64_t queue_fsm_next_due_ms(const struct queue_fsm *q);
 int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, size_t *len);
 int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
 
-/* Builds the stored record of an Accept committed at index (pure; used by apply).  Pointers in *rec borrow from a and from rcpts
- * (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is allocated. */
+/* Builds the stored record of an Accept committed at index (pure; used by apply).  Pointers in *rec
+ * borrow from a and from rcpts (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is
+ * allocated. */
 void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
 			      Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
 

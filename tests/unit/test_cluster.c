@@ -746,8 +746,8 @@ make_outcome(struct obuf *o, unsigned i, Relay__OutcomeKind kind, uint64_t next_
 		o->out.next_attempt_ms = next_ms;
 	}
 	o->out.reply = kind == RELAY__OUTCOME_KIND__DEFERRED ? "451 4.2.0 greylisted, come back"
-			: kind == RELAY__OUTCOME_KIND__FAILED ? "550 5.1.1 unknown user"
-								: "250 2.0.0 ok";
+		       : kind == RELAY__OUTCOME_KIND__FAILED ? "550 5.1.1 unknown user"
+							     : "250 2.0.0 ok";
 	o->out.relay = "mx1.example.org[192.0.2.7]:25";
 	o->cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
 	o->cmd.outcome = &o->out;
@@ -874,7 +874,7 @@ test_outcomes_and_reopen(void **state)
 	assert_int_equal(st.messages_deleted, 6);
 	assert_int_equal(st.dsns, 1);
 	assert_int_equal(st.rcpts_queued, 1 + 1 + 2 + 2 + 2); /* q4, q5-dsn, q7, q8, q9 */
-	assert_int_equal(st.rcpts_delivered, 1); /* q4's rcpt 1 */
+	assert_int_equal(st.rcpts_delivered, 1);	      /* q4's rcpt 1 */
 
 	struct queue_fsm *q = cluster_queue(c);
 	for (unsigned i = 0; i < 7; i++) {
@@ -944,16 +944,15 @@ test_outcomes_and_reopen(void **state)
 	FILE *fp = tmpfile();
 	assert_int_equal(cluster_dump_queue(f->dir, fp, 0), 0);
 	unsigned hits = 0;
-	assert_int_equal(count_lines(fp, "rcpt=<postmaster@example.net>:queued attempts=1 next=",
-				     &hits),
-			 4);
+	assert_int_equal(
+	    count_lines(fp, "rcpt=<postmaster@example.net>:queued attempts=1 next=", &hits), 4);
 	assert_int_equal(hits, 1); /* q7 */
 	fclose(fp);
 	fp = tmpfile();
 	assert_int_equal(cluster_dump_queue(f->dir, fp, 1), 0);
 	hits = 0;
-	count_lines(fp, "\"attempts\":1,\"next_attempt_ms\":1700007200000,\"last_attempt_ms\":",
-		    &hits);
+	count_lines(fp,
+		    "\"attempts\":1,\"next_attempt_ms\":1700007200000,\"last_attempt_ms\":", &hits);
 	assert_int_equal(hits, 1);
 	hits = 0;
 	count_lines(fp, "\"last_reply\":\"451 4.2.0 greylisted, come back\"", &hits);
