@@ -1696,6 +1696,18 @@ raft_status(const struct raft *r, struct raft_status *st)
 	st->transferee = r->transferee;
 	st->dropped_msgs = r->dropped;
 	st->conf = r->conf;
+	if (r->role != RAFT_LEADER)
+		return;
+	for (unsigned i = 0; i < r->n_prs && i < RAFT_MAX_NODES; i++) {
+		const struct raft_progress *pr = &r->prs[i];
+		struct raft_peer_status *p = &st->peers[st->n_peers++];
+		p->id = pr->id;
+		p->voter = pr->voter;
+		p->active = pr->id == r->id || pr->active;
+		p->state = (uint8_t)pr->state;
+		p->match = pr->id == r->id ? r->persisted_index : pr->match;
+		p->next = pr->next;
+	}
 }
 
 int

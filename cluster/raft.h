@@ -222,6 +222,17 @@ struct raft_status {
 	uint64_t transferee;
 	uint64_t dropped_msgs; /* outbox overflow */
 	struct raft_conf conf; /* latest configuration in the log */
+	/* Leader only: what it knows of each member (for lag, catch-up before promoting a
+	 * learner (4.2.1), and operator status). */
+	uint32_t n_peers;
+	struct raft_peer_status {
+		uint64_t id;
+		bool voter;
+		bool active;	/* heard from in the current election timeout */
+		uint8_t state;	/* 0 probe, 1 replicate, 2 snapshot */
+		uint64_t match; /* highest index known replicated (self: persisted) */
+		uint64_t next;
+	} peers[RAFT_MAX_NODES];
 };
 
 struct raft;

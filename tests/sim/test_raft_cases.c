@@ -569,6 +569,13 @@ case_membership(void)
 	h_pump(&h);
 	h_tick(&h, 1, 2);
 	CHECK(st(&h, 4).commit == st(&h, 1).commit);
+	/* the learner has caught up (4.2.1): the leader's progress says so */
+	s1 = st(&h, 1);
+	bool caught_up = false;
+	for (uint32_t i = 0; i < s1.n_peers; i++)
+		if (s1.peers[i].id == 4)
+			caught_up = !s1.peers[i].voter && s1.peers[i].match == s1.last_index;
+	CHECK(caught_up);
 	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 4, NULL, NULL) == 0);
 	h_tick(&h, 1, 2);
 	CHECK(st(&h, 4).conf.n_voters == 4);
@@ -683,7 +690,8 @@ case_random_input(void)
 			for (int i = 1; i <= 3; i++) {
 				struct raft_status s = st(&h, i);
 				CHECK(s.commit <= s.last_index);
-				/* the in-memory log stays within max_log_entries (x2 at followers) */
+				/* the in-memory log stays within max_log_entries (x2 at followers)
+				 */
 				CHECK(s.last_index + 1 - s.first_index <= 2 * 65536);
 				if (s.applied > s.snap_index + 10 && s.applied <= s.persisted_index)
 					raft_compact(h.r[i], s.applied, "s", 1);
