@@ -233,6 +233,8 @@ class SmtpTest(RelayTestCase):
         n = self.relayd(name="node2", addr="127.0.2.2", port=PORT, max_connections=3,
                         max_connections_per_client=2)
         n.start()
+        # the start-up probe's connection must be gone before we count
+        wait_for(lambda: "event=disconnect" in n.log(), 10, "probe connection closed")
         a = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
         b = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
         self.assertEqual(a.reply()[0], 220)
