@@ -1,0 +1,896 @@
+/*
+ * transport.c: peer and admin messaging over NNG (see transport.h for the contract).
+ *
+ * Receive path (loop thread only):
+ *   PULL socket -> NNG_OPT_RECVFD readable -> uv_poll -> nng_recvmsg(NONBLOCK), at most
+ *   TRANSPORT_RECV_BATCH per turn -> relay__peer_frame__unpack -> checks (size, to, from,
+ *   cluster id) -> recv callback -> frame and message freed.
+ * Send path:
+ *   transport_send (loop thread): bound check, frame packed into an nng_msg, appended to the
+ *   peer's ring (p->ring, capacity max_queue_per_peer).  If the peer's aio is idle the head is
+ *   handed to nng_send_aio on the peer's PUSH socket.  peer_send_cb (NNG thread) counts the
+ *   result and hands over the next.  The PUSH socket is unbuffered, so at most one message per
+ *   peer sits inside NNG's socket (waiting for a connection) plus one inside the connection.
+ *   The ring, the in-flight flag and the counters are under p->mtx; p->mtx is held across
+ *   nng_send_aio so that peer_stop() cannot race a resubmission.
+ * Teardown (loop thread): peer_stop() sets closing, stops the aio (waits for its callback),
+ * closes the socket (waits for its pipes), frees what is queued.  transport_close() stops the
+ * poll before closing the PULL socket (its RECVFD dies with it) and frees the transport in the
+ * poll handle's close callback.
+ * Failure modes: peer input is dropped and counted (never asserted on); NNG errors on the send
+ * side are counted; a failed open unwinds completely.
+ */
+#include "transport.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
+
+#include "transport.pb-c.h"
+
+#define TRANSPORT_URL_MAX 300
+
+const char *
+transport_strerror(int code)
+{
+	switch (code) {
+	case 0:
+		return "success";
+#define TRANSPORT__ERRNO_STR(name, val, str)                                                       \
+	case name:                                                                                 \
+		return str;
+		TRANSPORT_ERRNO_MAP(TRANSPORT__ERRNO_STR)
+#undef TRANSPORT__ERRNO_STR
+	}
+	return "unknown transport error";
+}
+
+/* ---- shared: addresses, TLS material ---- */
+
+/* The PEM material of one endpoint, read at open.  All owned; NULL when TLS is off. */
+struct tls_material {
+	char *ca;   /* CA chain */
+	char *cert; /* own cert */
+	char *key;  /* own key: wiped before free */
+};
+
+static void
+tls_material_fini(struct tls_material *m)
+{
+	free(m->ca);
+	free(m->cert);
+	if (m->key != NULL) {
+		explicit_bzero(m->key, strlen(m->key));
+		free(m->key);
+	}
+	memset(m, 0, sizeof(*m));
+}
+
+/* Read a whole PEM file, at most TRANSPORT_PEM_MAX bytes, NUL-terminated. */
+static int
+read_pem(const char *path, char **out)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return TRANSPORT_ETLS;
+	char *buf = malloc(TRANSPORT_PEM_MAX + 1);
+	if (buf == NULL) {
+		fclose(f);
+		return TRANSPORT_ENOMEM;
+	}
+	size_t n = fread(buf, 1, TRANSPORT_PEM_MAX + 1, f);
+	int bad = ferror(f) || n == 0 || n > TRANSPORT_PEM_MAX;
+	fclose(f);
+	if (bad) {
+		free(buf);
+		return TRANSPORT_ETLS;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	return 0;
+}
+
+/* 0 and *on = false when no file is named; all three or none. */
+static int
+tls_material_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
+		  bool *on)
+{
+	memset(m, 0, sizeof(*m));
+	*on = false;
+	if (ca == NULL && cert == NULL && key == NULL)
+		return 0;
+	if (ca == NULL || cert == NULL || key == NULL)
+		return TRANSPORT_EINVAL;
+	int rv;
+	if ((rv = read_pem(ca, &m->ca)) != 0 || (rv = read_pem(cert, &m->cert)) != 0 ||
+	    (rv = read_pem(key, &m->key)) != 0) {
+		tls_material_fini(m);
+		return rv;
+	}
+	*on = true;
+	return 0;
+}
+
+/*
+ * A TLS config with mutual authentication required.  server_name (client mode, may be NULL):
+ * the name the listener's cert must carry.  The caller frees it with nng_tls_config_free.
+ */
+static int
+tls_config_new(const struct tls_material *m, nng_tls_mode mode, const char *server_name,
+	       nng_tls_config **out)
+{
+	nng_tls_config *c;
+	if (nng_tls_config_alloc(&c, mode) != 0)
+		return TRANSPORT_ETLS;
+	if (nng_tls_config_auth_mode(c, NNG_TLS_AUTH_MODE_REQUIRED) != 0 ||
+	    nng_tls_config_ca_chain(c, m->ca, NULL) != 0 ||
+	    nng_tls_config_own_cert(c, m->cert, m->key, NULL) != 0 ||
+	    (server_name != NULL && nng_tls_config_server_name(c, server_name) != 0)) {
+		nng_tls_config_free(c);
+		return TRANSPORT_ETLS;
+	}
+	*out = c;
+	return 0;
+}
+
+/* "host:port" -> "tcp://host:port" or "tls+tcp://host:port". */
+static int
+make_url(char *buf, size_t size, bool tls, const char *addr)
+{
+	if (addr == NULL || strchr(addr, ':') == NULL || strstr(addr, "://") != NULL)
+		return TRANSPORT_EADDR;
+	int n = snprintf(buf, size, "%s://%s", tls ? "tls+tcp" : "tcp", addr);
+	if (n < 0 || (size_t)n >= size)
+		return TRANSPORT_EADDR;
+	return 0;
+}
+
+static bool
+id_ok(const char *id)
+{
+	return id != NULL && id[0] != '\0' && strlen(id) <= TRANSPORT_ID_MAX;
+}
+
+/*
+ * Listen on addr with sock; TLS server config from m when tls.  *port gets the bound port.
+ */
+static int
+listen_on(nng_socket sock, bool tls, const struct tls_material *m, const char *addr,
+	  nng_listener *l, int *port)
+{
+	char url[TRANSPORT_URL_MAX];
+	int rv = make_url(url, sizeof(url), tls, addr);
+	if (rv != 0)
+		return rv;
+	if (nng_listener_create(l, sock, url) != 0)
+		return TRANSPORT_EADDR;
+	if (tls) {
+		nng_tls_config *c;
+		if ((rv = tls_config_new(m, NNG_TLS_MODE_SERVER, NULL, &c)) != 0)
+			goto err_after_create;
+		int nrv = nng_listener_set_ptr(*l, NNG_OPT_TLS_CONFIG, c);
+		nng_tls_config_free(c); /* the listener holds its own reference */
+		if (nrv != 0) {
+			rv = TRANSPORT_ETLS;
+			goto err_after_create;
+		}
+	}
+	if (nng_listener_start(*l, 0) != 0) {
+		rv = TRANSPORT_ELISTEN;
+		goto err_after_create;
+	}
+	if (nng_listener_get_int(*l, NNG_OPT_TCP_BOUND_PORT, port) != 0)
+		*port = 0;
+	return 0;
+
+err_after_create:
+	nng_listener_close(*l);
+	return rv;
+}
+
+/* Start a dialer on sock that reconnects forever; it is closed with the socket. */
+static int
+dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
+	const char *addr)
+{
+	char url[TRANSPORT_URL_MAX];
+	nng_dialer d;
+	int rv = make_url(url, sizeof(url), tls, addr);
+	if (rv != 0)
+		return rv;
+	if (nng_dialer_create(&d, sock, url) != 0)
+		return TRANSPORT_EADDR;
+	nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RECONNECT_MIN_MS);
+	nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, TRANSPORT_RECONNECT_MAX_MS);
+	if (tls) {
+		nng_tls_config *c;
+		if ((rv = tls_config_new(m, NNG_TLS_MODE_CLIENT, server_name, &c)) != 0)
+			goto err_after_create;
+		int nrv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, c);
+		nng_tls_config_free(c);
+		if (nrv != 0) {
+			rv = TRANSPORT_ETLS;
+			goto err_after_create;
+		}
+	}
+	/* Non-blocking: an absent peer is not an error; NNG keeps retrying. */
+	if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_create;
+	}
+	return 0;
+
+err_after_create:
+	nng_dialer_close(d);
+	return rv;
+}
+
+/* ---- peers ---- */
+
+struct queued {
+	nng_msg *msg; /* owned */
+	size_t len;   /* payload bytes (what the byte bound counts) */
+};
+
+struct peer {
+	struct transport *t; /* borrowed: the owner */
+	char *id;	     /* owned */
+	nng_socket sock;     /* PUSH, owned; its dialer closes with it */
+	nng_aio *aio;	     /* owned; send of the in-flight message */
+	pthread_mutex_t mtx; /* guards everything below */
+	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
+	unsigned head, n;
+	bool busy;	     /* a message is in p->aio */
+	size_t busy_len;     /* its payload bytes */
+	size_t bytes;	     /* payload bytes in ring + in flight */
+	bool closing;	     /* no more submissions */
+	uint64_t sent, dropped_full, send_errors;
+	atomic_int pipes; /* live connections (pipe notify, NNG threads) */
+	struct peer *next;
+};
+
+struct transport {
+	uv_loop_t *loop; /* borrowed */
+	uv_poll_t poll;	 /* on the PULL socket's RECVFD */
+	transport_recv_cb cb;
+	void *cb_arg;
+	char node_id[TRANSPORT_ID_MAX + 1];
+	char cluster_id[TRANSPORT_ID_MAX + 1];
+	bool tls;
+	struct tls_material tlsm; /* owned */
+	size_t max_msg_bytes;
+	unsigned max_queue;
+	size_t max_queue_bytes;
+	nng_socket pull; /* owned */
+	int port;
+	struct peer *peers; /* owned list */
+	unsigned n_peers;
+	/* loop-thread counters; removed peers' counters are added here */
+	uint64_t received, dropped_unauth, dropped_malformed;
+	uint64_t gone_sent, gone_dropped_full, gone_send_errors;
+	bool closing;
+	void (*done)(void *);
+	void *done_arg;
+};
+
+static struct peer *
+peer_find(const struct transport *t, const char *id)
+{
+	for (struct peer *p = t->peers; p != NULL; p = p->next)
+		if (strcmp(p->id, id) == 0)
+			return p;
+	return NULL;
+}
+
+/* Pipe events on a peer's PUSH socket (NNG thread): count live connections. */
+static void
+peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct peer *p = arg;
+	if (ev == NNG_PIPE_EV_ADD_POST)
+		atomic_fetch_add(&p->pipes, 1);
+	else if (ev == NNG_PIPE_EV_REM_POST)
+		atomic_fetch_sub(&p->pipes, 1);
+}
+
+/* Hand the ring's head to NNG.  Called with p->mtx held, !p->busy, p->n > 0, !p->closing. */
+static void
+peer_submit_locked(struct peer *p)
+{
+	struct queued q = p->ring[p->head];
+	p->head = (p->head + 1) % p->t->max_queue;
+	p->n--;
+	p->busy = true;
+	p->busy_len = q.len;
+	nng_aio_set_msg(p->aio, q.msg);
+	nng_send_aio(p->sock, p->aio);
+}
+
+/* The in-flight send finished (NNG thread).  Never frees the peer. */
+static void
+peer_send_cb(void *arg)
+{
+	struct peer *p = arg;
+	int rv = nng_aio_result(p->aio);
+	if (rv != 0) {
+		/* On failure the message is still ours. */
+		nng_msg *m = nng_aio_get_msg(p->aio);
+		nng_aio_set_msg(p->aio, NULL);
+		nng_msg_free(m);
+	}
+	pthread_mutex_lock(&p->mtx);
+	if (rv == 0)
+		p->sent++;
+	else if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
+		p->send_errors++;
+	p->busy = false;
+	p->bytes -= p->busy_len;
+	p->busy_len = 0;
+	if (!p->closing && p->n > 0)
+		peer_submit_locked(p);
+	pthread_mutex_unlock(&p->mtx);
+}
+
+static int
+peer_new(struct transport *t, const char *id, const char *addr, struct peer **out)
+{
+	int rv = TRANSPORT_ENOMEM;
+	struct peer *p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return TRANSPORT_ENOMEM;
+	p->t = t;
+	atomic_init(&p->pipes, 0);
+	if ((p->id = strdup(id)) == NULL)
+		goto err_after_alloc;
+	if ((p->ring = calloc(t->max_queue, sizeof(*p->ring))) == NULL)
+		goto err_after_id;
+	if (pthread_mutex_init(&p->mtx, NULL) != 0)
+		goto err_after_ring;
+	if (nng_aio_alloc(&p->aio, peer_send_cb, p) != 0)
+		goto err_after_mtx;
+	if (nng_push0_open(&p->sock) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_aio;
+	}
+	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
+	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
+	if ((rv = dial_to(p->sock, t->tls, &t->tlsm, id, addr)) != 0)
+		goto err_after_sock;
+	*out = p;
+	return 0;
+
+err_after_sock:
+	nng_close(p->sock);
+err_after_aio:
+	nng_aio_free(p->aio);
+err_after_mtx:
+	pthread_mutex_destroy(&p->mtx);
+err_after_ring:
+	free(p->ring);
+err_after_id:
+	free(p->id);
+err_after_alloc:
+	free(p);
+	return rv;
+}
+
+/* Stop and free a peer (loop thread; p already unlinked).  Its counters go to t's totals. */
+static void
+peer_free(struct peer *p)
+{
+	struct transport *t = p->t;
+
+	pthread_mutex_lock(&p->mtx);
+	p->closing = true;
+	pthread_mutex_unlock(&p->mtx);
+	/* Cancels the in-flight send and waits for peer_send_cb, which does not resubmit. */
+	nng_aio_stop(p->aio);
+	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
+	nng_msg *m = nng_aio_get_msg(p->aio);
+	if (m != NULL) /* a submission refused after the stop: still ours */
+		nng_msg_free(m);
+	nng_aio_free(p->aio);
+	while (p->n > 0) {
+		nng_msg_free(p->ring[p->head].msg);
+		p->head = (p->head + 1) % t->max_queue;
+		p->n--;
+	}
+	t->gone_sent += p->sent;
+	t->gone_dropped_full += p->dropped_full;
+	t->gone_send_errors += p->send_errors;
+	pthread_mutex_destroy(&p->mtx);
+	free(p->ring);
+	free(p->id);
+	free(p);
+}
+
+/* ---- receive ---- */
+
+static void
+transport_deliver(struct transport *t, nng_msg *msg)
+{
+	size_t len = nng_msg_len(msg);
+	if (len > t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX) {
+		t->dropped_malformed++;
+		return;
+	}
+	Relay__PeerFrame *f = relay__peer_frame__unpack(NULL, len, nng_msg_body(msg));
+	if (f == NULL) {
+		t->dropped_malformed++;
+		return;
+	}
+	if (f->payload.len > t->max_msg_bytes || !id_ok(f->from) || !id_ok(f->to)) {
+		t->dropped_malformed++;
+		goto out;
+	}
+	const char *cid = f->cluster_id != NULL ? f->cluster_id : "";
+	if (strcmp(f->to, t->node_id) != 0 || strcmp(cid, t->cluster_id) != 0 ||
+	    strcmp(f->from, t->node_id) == 0 || peer_find(t, f->from) == NULL) {
+		t->dropped_unauth++;
+		goto out;
+	}
+	t->received++;
+	t->cb(t->cb_arg, f->from, f->has_kind ? f->kind : 0, f->payload.data, f->payload.len);
+out:
+	relay__peer_frame__free_unpacked(f, NULL);
+}
+
+static void
+transport_poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct transport *t = h->data;
+	for (unsigned i = 0; i < TRANSPORT_RECV_BATCH && !t->closing; i++) {
+		nng_msg *msg;
+		if (nng_recvmsg(t->pull, &msg, NNG_FLAG_NONBLOCK) != 0)
+			break; /* NNG_EAGAIN: drained */
+		transport_deliver(t, msg);
+		nng_msg_free(msg);
+	}
+}
+
+/* ---- public: peer transport ---- */
+
+static void transport_closed_cb(uv_handle_t *h);
+
+int
+transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_recv_cb cb,
+	       void *arg, struct transport **out)
+{
+	int rv, fd;
+	if (loop == NULL || cfg == NULL || cb == NULL || out == NULL || !id_ok(cfg->node_id) ||
+	    cfg->listen == NULL ||
+	    (cfg->cluster_id != NULL && strlen(cfg->cluster_id) > TRANSPORT_ID_MAX))
+		return TRANSPORT_EINVAL;
+	struct transport *t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return TRANSPORT_ENOMEM;
+	t->loop = loop;
+	t->cb = cb;
+	t->cb_arg = arg;
+	strcpy(t->node_id, cfg->node_id);
+	if (cfg->cluster_id != NULL)
+		strcpy(t->cluster_id, cfg->cluster_id);
+	t->max_msg_bytes = cfg->max_msg_bytes ? cfg->max_msg_bytes : TRANSPORT_DEFAULT_MAX_MSG_BYTES;
+	t->max_queue =
+		cfg->max_queue_per_peer ? cfg->max_queue_per_peer : TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER;
+	t->max_queue_bytes = cfg->max_queue_bytes_per_peer ? cfg->max_queue_bytes_per_peer
+							   : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
+	if ((rv = tls_material_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
+				    &t->tls)) != 0)
+		goto err_after_alloc;
+	if (nng_pull0_open(&t->pull) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_tls;
+	}
+	nng_socket_set_size(t->pull, NNG_OPT_RECVMAXSZ,
+			    t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX);
+	nng_socket_set_int(t->pull, NNG_OPT_RECVBUF, TRANSPORT_RECVBUF); /* best effort */
+	nng_listener l;
+	if ((rv = listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &l, &t->port)) != 0)
+		goto err_after_sock;
+	if (nng_socket_get_int(t->pull, NNG_OPT_RECVFD, &fd) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_sock;
+	}
+	if (uv_poll_init(loop, &t->poll, fd) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_sock;
+	}
+	t->poll.data = t;
+	if (uv_poll_start(&t->poll, UV_READABLE, transport_poll_cb) != 0) {
+		/* The handle exists now: it can only go through uv_close. */
+		nng_close(t->pull);
+		tls_material_fini(&t->tlsm);
+		t->closing = true;
+		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+		return TRANSPORT_ENNG;
+	}
+	*out = t;
+	return 0;
+
+err_after_sock:
+	nng_close(t->pull);
+err_after_tls:
+	tls_material_fini(&t->tlsm);
+err_after_alloc:
+	free(t);
+	return rv;
+}
+
+int
+transport_listen_port(const struct transport *t)
+{
+	return t->port;
+}
+
+int
+transport_add_peer(struct transport *t, const char *peer_id, const char *addr)
+{
+	if (t->closing)
+		return TRANSPORT_ECLOSED;
+	if (!id_ok(peer_id) || strcmp(peer_id, t->node_id) == 0 || addr == NULL)
+		return TRANSPORT_EINVAL;
+	if (peer_find(t, peer_id) != NULL)
+		return TRANSPORT_EEXIST;
+	if (t->n_peers >= TRANSPORT_MAX_PEERS)
+		return TRANSPORT_EFULL;
+	struct peer *p;
+	int rv = peer_new(t, peer_id, addr, &p);
+	if (rv != 0)
+		return rv;
+	p->next = t->peers;
+	t->peers = p;
+	t->n_peers++;
+	return 0;
+}
+
+int
+transport_remove_peer(struct transport *t, const char *peer_id)
+{
+	if (t->closing)
+		return TRANSPORT_ECLOSED;
+	for (struct peer **pp = &t->peers; *pp != NULL; pp = &(*pp)->next) {
+		if (strcmp((*pp)->id, peer_id) == 0) {
+			struct peer *p = *pp;
+			*pp = p->next;
+			t->n_peers--;
+			peer_free(p);
+			return 0;
+		}
+	}
+	return TRANSPORT_ENOPEER;
+}
+
+int
+transport_send(struct transport *t, const char *peer_id, uint32_t kind, const void *data,
+	       size_t len)
+{
+	if (t->closing)
+		return TRANSPORT_ECLOSED;
+	if (len > t->max_msg_bytes)
+		return TRANSPORT_ETOOBIG;
+	if (len > 0 && data == NULL)
+		return TRANSPORT_EINVAL;
+	struct peer *p = peer_find(t, peer_id);
+	if (p == NULL)
+		return TRANSPORT_ENOPEER;
+
+	/* Only this thread adds, so a queue seen with room still has room after packing. */
+	pthread_mutex_lock(&p->mtx);
+	unsigned waiting = p->n + (p->busy ? 1u : 0u);
+	bool full = waiting >= t->max_queue || p->bytes + len > t->max_queue_bytes;
+	if (full)
+		p->dropped_full++;
+	pthread_mutex_unlock(&p->mtx);
+	if (full)
+		return TRANSPORT_EFULL;
+
+	Relay__PeerFrame f = RELAY__PEER_FRAME__INIT;
+	f.from = t->node_id;
+	f.to = p->id;
+	if (t->cluster_id[0] != '\0')
+		f.cluster_id = t->cluster_id;
+	f.has_kind = kind != 0;
+	f.kind = kind;
+	f.payload.data = (uint8_t *)data;
+	f.payload.len = len;
+	size_t size = relay__peer_frame__get_packed_size(&f);
+	nng_msg *m;
+	if (nng_msg_alloc(&m, size) != 0)
+		return TRANSPORT_ENOMEM;
+	relay__peer_frame__pack(&f, nng_msg_body(m));
+
+	pthread_mutex_lock(&p->mtx);
+	unsigned tail = (p->head + p->n) % t->max_queue;
+	p->ring[tail] = (struct queued){ .msg = m, .len = len };
+	p->n++;
+	p->bytes += len;
+	if (!p->busy)
+		peer_submit_locked(p);
+	pthread_mutex_unlock(&p->mtx);
+	return 0;
+}
+
+static void
+transport_closed_cb(uv_handle_t *h)
+{
+	struct transport *t = h->data;
+	void (*done)(void *) = t->done;
+	void *arg = t->done_arg;
+	free(t);
+	if (done != NULL)
+		done(arg);
+}
+
+void
+transport_close(struct transport *t, void (*done)(void *arg), void *arg)
+{
+	if (t == NULL)
+		return;
+	t->closing = true;
+	t->done = done;
+	t->done_arg = arg;
+	/* Stop watching RECVFD before NNG closes it with the socket. */
+	uv_poll_stop(&t->poll);
+	nng_close(t->pull);
+	while (t->peers != NULL) {
+		struct peer *p = t->peers;
+		t->peers = p->next;
+		t->n_peers--;
+		peer_free(p);
+	}
+	tls_material_fini(&t->tlsm);
+	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+}
+
+void
+transport_stats(const struct transport *t, struct transport_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->received = t->received;
+	out->dropped_unauth = t->dropped_unauth;
+	out->dropped_malformed = t->dropped_malformed;
+	out->sent = t->gone_sent;
+	out->dropped_full = t->gone_dropped_full;
+	out->send_errors = t->gone_send_errors;
+	for (struct peer *p = t->peers; p != NULL; p = p->next) {
+		struct peer *mp = (struct peer *)p; /* the mutex is not const */
+		pthread_mutex_lock(&mp->mtx);
+		out->sent += p->sent;
+		out->dropped_full += p->dropped_full;
+		out->send_errors += p->send_errors;
+		pthread_mutex_unlock(&mp->mtx);
+		out->peers++;
+		if (atomic_load(&mp->pipes) > 0)
+			out->peers_connected++;
+	}
+}
+
+int
+transport_peer_stats(const struct transport *t, const char *peer_id,
+		     struct transport_peer_stats *out)
+{
+	struct peer *p = peer_find(t, peer_id);
+	if (p == NULL)
+		return TRANSPORT_ENOPEER;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&p->mtx);
+	out->queued = p->n + (p->busy ? 1u : 0u);
+	out->queued_bytes = p->bytes;
+	out->sent = p->sent;
+	out->dropped_full = p->dropped_full;
+	out->send_errors = p->send_errors;
+	pthread_mutex_unlock(&p->mtx);
+	out->connected = atomic_load(&p->pipes) > 0;
+	return 0;
+}
+
+/* ---- admin endpoint ---- */
+
+struct transport_admin {
+	uv_loop_t *loop; /* borrowed */
+	uv_poll_t poll;	 /* on the REP socket's RECVFD; stopped while a reply is pending */
+	transport_admin_cb cb;
+	void *cb_arg;
+	nng_socket rep; /* owned */
+	int port;
+	bool pending; /* a request was delivered and not yet answered */
+	bool closing;
+	void (*done)(void *);
+	void *done_arg;
+};
+
+static void admin_closed_cb(uv_handle_t *h);
+
+static void
+admin_poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct transport_admin *a = h->data;
+	if (a->closing || a->pending)
+		return;
+	nng_msg *msg;
+	if (nng_recvmsg(a->rep, &msg, NNG_FLAG_NONBLOCK) != 0)
+		return;
+	a->pending = true;
+	uv_poll_stop(&a->poll); /* one request at a time: resumed by transport_admin_reply */
+	a->cb(a->cb_arg, nng_msg_body(msg), nng_msg_len(msg));
+	nng_msg_free(msg);
+}
+
+int
+transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg,
+		       transport_admin_cb cb, void *arg, struct transport_admin **out)
+{
+	int rv, fd;
+	bool tls;
+	struct tls_material m;
+	if (loop == NULL || cfg == NULL || cfg->listen == NULL || cb == NULL || out == NULL)
+		return TRANSPORT_EINVAL;
+	struct transport_admin *a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return TRANSPORT_ENOMEM;
+	a->loop = loop;
+	a->cb = cb;
+	a->cb_arg = arg;
+	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
+		goto err_after_alloc;
+	if (nng_rep0_open(&a->rep) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_tls;
+	}
+	nng_socket_set_size(a->rep, NNG_OPT_RECVMAXSZ,
+			    cfg->max_msg_bytes ? cfg->max_msg_bytes
+					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
+	nng_listener l;
+	if ((rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+		goto err_after_sock;
+	if (nng_socket_get_int(a->rep, NNG_OPT_RECVFD, &fd) != 0 ||
+	    uv_poll_init(loop, &a->poll, fd) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_sock;
+	}
+	a->poll.data = a;
+	if (uv_poll_start(&a->poll, UV_READABLE, admin_poll_cb) != 0) {
+		nng_close(a->rep);
+		tls_material_fini(&m);
+		a->closing = true;
+		uv_close((uv_handle_t *)&a->poll, admin_closed_cb);
+		return TRANSPORT_ENNG;
+	}
+	tls_material_fini(&m); /* the listener's TLS config holds its own copy */
+	*out = a;
+	return 0;
+
+err_after_sock:
+	nng_close(a->rep);
+err_after_tls:
+	tls_material_fini(&m);
+err_after_alloc:
+	free(a);
+	return rv;
+}
+
+int
+transport_admin_listen_port(const struct transport_admin *a)
+{
+	return a->port;
+}
+
+int
+transport_admin_reply(struct transport_admin *a, const void *data, size_t len)
+{
+	if (a->closing)
+		return TRANSPORT_ECLOSED;
+	if (!a->pending)
+		return TRANSPORT_ESTATE;
+	a->pending = false;
+	int rv = 0;
+	nng_msg *m;
+	if (nng_msg_alloc(&m, len) != 0) {
+		rv = TRANSPORT_ENOMEM; /* the client times out */
+	} else {
+		if (len > 0)
+			memcpy(nng_msg_body(m), data, len);
+		/* Fails only when the client is gone: the reply is discarded. */
+		if (nng_sendmsg(a->rep, m, NNG_FLAG_NONBLOCK) != 0)
+			nng_msg_free(m);
+	}
+	if (uv_poll_start(&a->poll, UV_READABLE, admin_poll_cb) != 0 && rv == 0)
+		rv = TRANSPORT_ENNG;
+	return rv;
+}
+
+static void
+admin_closed_cb(uv_handle_t *h)
+{
+	struct transport_admin *a = h->data;
+	void (*done)(void *) = a->done;
+	void *arg = a->done_arg;
+	free(a);
+	if (done != NULL)
+		done(arg);
+}
+
+void
+transport_admin_close(struct transport_admin *a, void (*done)(void *arg), void *arg)
+{
+	if (a == NULL)
+		return;
+	a->closing = true;
+	a->done = done;
+	a->done_arg = arg;
+	uv_poll_stop(&a->poll);
+	nng_close(a->rep);
+	uv_close((uv_handle_t *)&a->poll, admin_closed_cb);
+}
+
+int
+transport_admin_request(const struct transport_admin_config *cfg, const char *server_name,
+			const void *req, size_t len, unsigned timeout_ms, void **reply,
+			size_t *reply_len)
+{
+	int rv;
+	bool tls;
+	struct tls_material m;
+	nng_socket s;
+	if (cfg == NULL || cfg->listen == NULL || reply == NULL || reply_len == NULL ||
+	    (len > 0 && req == NULL) || timeout_ms == 0)
+		return TRANSPORT_EINVAL;
+	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
+		return rv;
+	if (nng_req0_open(&s) != 0) {
+		rv = TRANSPORT_ENNG;
+		goto err_after_tls;
+	}
+	nng_socket_set_size(s, NNG_OPT_RECVMAXSZ,
+			    cfg->max_msg_bytes ? cfg->max_msg_bytes
+					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, (nng_duration)timeout_ms);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms);
+	if ((rv = dial_to(s, tls, &m, server_name, cfg->listen)) != 0)
+		goto err_after_sock;
+	nng_msg *msg;
+	if (nng_msg_alloc(&msg, len) != 0) {
+		rv = TRANSPORT_ENOMEM;
+		goto err_after_sock;
+	}
+	if (len > 0)
+		memcpy(nng_msg_body(msg), req, len);
+	int nrv = nng_sendmsg(s, msg, 0);
+	if (nrv != 0) {
+		nng_msg_free(msg);
+		rv = nrv == NNG_ETIMEDOUT ? TRANSPORT_ETIMEDOUT : TRANSPORT_ENNG;
+		goto err_after_sock;
+	}
+	if ((nrv = nng_recvmsg(s, &msg, 0)) != 0) {
+		rv = nrv == NNG_ETIMEDOUT ? TRANSPORT_ETIMEDOUT : TRANSPORT_ENNG;
+		goto err_after_sock;
+	}
+	size_t n = nng_msg_len(msg);
+	void *buf = malloc(n > 0 ? n : 1);
+	if (buf == NULL) {
+		nng_msg_free(msg);
+		rv = TRANSPORT_ENOMEM;
+		goto err_after_sock;
+	}
+	memcpy(buf, nng_msg_body(msg), n);
+	nng_msg_free(msg);
+	*reply = buf;
+	*reply_len = n;
+	rv = 0;
+
+err_after_sock:
+	nng_close(s);
+err_after_tls:
+	tls_material_fini(&m);
+	return rv;
+}

@@ -1,0 +1,5 @@
+# cluster/transport.cmake: relay_transport, peer and admin messaging over NNG (transport.h).
+# The only target that uses nng; it stays PRIVATE so nothing else includes <nng/nng.h>.
+add_library(relay_transport STATIC ${CMAKE_CURRENT_LIST_DIR}/transport.c)
+target_include_directories(relay_transport PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+target_link_libraries(relay_transport PUBLIC PkgConfig::UV PRIVATE relay_proto nng::nng Threads::Threads)

@@ -1,0 +1,904 @@
+/*
+ * test_transport.c: cluster/transport over loopback, several transports on one uv loop.
+ *
+ * Every wait runs the loop until a condition holds or a deadline passes (a 5 ms repeating timer
+ * keeps the loop turning, since some conditions change on NNG threads).  Addresses are 127.0.0.x
+ * with port 0 (the kernel picks), so the test runs in parallel with others.  Certificates are
+ * made at run time by scripts/make-cluster-certs.sh into a temp dir: one cluster CA ("a") and
+ * another CA ("b") whose certs must not get in.  A raw nng PUSH socket plays the hostile peer.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/push.h>
+
+#include "transport.h"
+#include "transport.pb-c.h"
+
+#define WAIT_MS 10000 /* deadline for things that must happen */
+#define QUIET_MS 1500 /* how long we watch for things that must not happen */
+#define RX_MAX 2048
+
+static uv_loop_t loop;
+static char certdir[64];
+
+struct rx {
+	char from[TRANSPORT_ID_MAX + 1];
+	uint32_t kind;
+	char data[64];
+	size_t len;
+};
+
+struct node {
+	const char *id;
+	char host[32];
+	int port;
+	char addr[64];
+	struct transport *t;
+	struct rx rx[RX_MAX];
+	unsigned n;
+	bool close_in_cb; /* close the transport from the recv callback */
+	bool closed;
+};
+
+static void
+recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size_t len)
+{
+	struct node *nd = arg;
+	assert_false(nd->closed);
+	if (nd->n < RX_MAX) {
+		struct rx *r = &nd->rx[nd->n];
+		snprintf(r->from, sizeof(r->from), "%s", from);
+		r->kind = kind;
+		r->len = len;
+		memcpy(r->data, data, len < sizeof(r->data) ? len : sizeof(r->data));
+	}
+	nd->n++;
+	if (nd->close_in_cb) {
+		nd->close_in_cb = false;
+		transport_close(nd->t, NULL, NULL);
+		nd->t = NULL;
+	}
+}
+
+/* ---- waiting ---- */
+
+static void
+tick_cb(uv_timer_t *h)
+{
+}
+
+static bool
+run_until(bool (*cond)(void *), void *arg, unsigned ms)
+{
+	uv_timer_t tick;
+	uv_timer_init(&loop, &tick);
+	uv_timer_start(&tick, tick_cb, 5, 5);
+	uv_update_time(&loop);
+	uint64_t deadline = uv_now(&loop) + ms;
+	bool ok;
+	while (!(ok = cond(arg)) && uv_now(&loop) < deadline)
+		uv_run(&loop, UV_RUN_ONCE);
+	uv_close((uv_handle_t *)&tick, NULL);
+	uv_run(&loop, UV_RUN_NOWAIT);
+	return ok;
+}
+
+struct count_goal {
+	const unsigned *n;
+	unsigned want;
+};
+static bool
+count_reached(void *arg)
+{
+	struct count_goal *g = arg;
+	return *g->n >= g->want;
+}
+static bool
+wait_count(const unsigned *n, unsigned want, unsigned ms)
+{
+	struct count_goal g = { n, want };
+	return run_until(count_reached, &g, ms);
+}
+
+static bool
+flag_set(void *arg)
+{
+	return *(bool *)arg;
+}
+
+struct stat_goal {
+	struct transport *t;
+	size_t off; /* offsetof(struct transport_stats, field) */
+	uint64_t want;
+};
+static bool
+stat_reached(void *arg)
+{
+	struct stat_goal *g = arg;
+	struct transport_stats s;
+	transport_stats(g->t, &s);
+	return *(uint64_t *)((char *)&s + g->off) >= g->want;
+}
+#define WAIT_STAT(t, field, want)                                                                  \
+	run_until(stat_reached,                                                                    \
+		  &(struct stat_goal){ (t), offsetof(struct transport_stats, field), (want) }, WAIT_MS)
+
+struct conn_goal {
+	struct transport *t;
+	const char *peer;
+	bool want;
+};
+static bool
+conn_reached(void *arg)
+{
+	struct conn_goal *g = arg;
+	struct transport_peer_stats ps;
+	return transport_peer_stats(g->t, g->peer, &ps) == 0 && ps.connected == g->want;
+}
+static bool
+wait_connected(struct transport *t, const char *peer, bool want)
+{
+	return run_until(conn_reached, &(struct conn_goal){ t, peer, want }, WAIT_MS);
+}
+
+/* ---- nodes ---- */
+
+static void
+closed_cb(void *arg)
+{
+	*(bool *)arg = true;
+}
+
+enum tls_kind { PLAIN, TLS_A, TLS_FOREIGN_CERT };
+
+/*
+ * Open node nd on nd->host (port nd->port, 0 = any).  TLS_A: cert of cluster CA a;
+ * TLS_FOREIGN_CERT: trusts CA a but presents a cert of CA b.
+ */
+static void
+node_open_cfg(struct node *nd, enum tls_kind tls, const struct transport_config *base)
+{
+	struct transport_config cfg = base ? *base : (struct transport_config){ 0 };
+	char listen[64], ca[128], cert[128], key[128];
+	snprintf(listen, sizeof(listen), "%s:%d", nd->host, nd->port);
+	cfg.node_id = nd->id;
+	cfg.listen = listen;
+	if (tls != PLAIN) {
+		const char *cdir = tls == TLS_A ? "a" : "b";
+		snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+		snprintf(cert, sizeof(cert), "%s/%s/%s.crt", certdir, cdir, nd->id);
+		snprintf(key, sizeof(key), "%s/%s/%s.key", certdir, cdir, nd->id);
+		cfg.ca_file = ca;
+		cfg.cert_file = cert;
+		cfg.key_file = key;
+	}
+	nd->n = 0;
+	nd->closed = false;
+	assert_int_equal(transport_open(&loop, &cfg, recv_cb, nd, &nd->t), 0);
+	nd->port = transport_listen_port(nd->t);
+	assert_true(nd->port > 0);
+	snprintf(nd->addr, sizeof(nd->addr), "%s:%d", nd->host, nd->port);
+}
+
+static void
+node_open(struct node *nd, enum tls_kind tls)
+{
+	node_open_cfg(nd, tls, NULL);
+}
+
+static void
+node_close(struct node *nd)
+{
+	bool done = false;
+	transport_close(nd->t, closed_cb, &done);
+	nd->t = NULL;
+	assert_true(run_until(flag_set, &done, WAIT_MS));
+	nd->closed = true;
+}
+
+static void
+node_init(struct node *nd, const char *id, const char *host)
+{
+	memset(nd, 0, sizeof(*nd));
+	nd->id = id;
+	snprintf(nd->host, sizeof(nd->host), "%s", host);
+}
+
+static void
+send_str(struct node *from, const char *to, uint32_t kind, const char *fmt, int i)
+{
+	char buf[64];
+	int n = snprintf(buf, sizeof(buf), fmt, i);
+	assert_int_equal(transport_send(from->t, to, kind, buf, (size_t)n), 0);
+}
+
+static bool
+rx_is(const struct rx *r, const char *from, uint32_t kind, const char *fmt, int i)
+{
+	char buf[64];
+	int n = snprintf(buf, sizeof(buf), fmt, i);
+	return strcmp(r->from, from) == 0 && r->kind == kind && r->len == (size_t)n &&
+	       memcmp(r->data, buf, (size_t)n) == 0;
+}
+
+/* ---- tests ---- */
+
+/* Three nodes; two send interleaved streams to the third: all arrive, in order per peer. */
+static void
+order_test(enum tls_kind tls)
+{
+	static struct node a, b, c;
+	node_init(&a, "node1", "127.0.0.21");
+	node_init(&b, "node2", "127.0.0.22");
+	node_init(&c, "node3", "127.0.0.23");
+	node_open(&a, tls);
+	node_open(&b, tls);
+	node_open(&c, tls);
+	struct node *all[] = { &a, &b, &c };
+	for (int i = 0; i < 3; i++)
+		for (int j = 0; j < 3; j++)
+			if (i != j)
+				assert_int_equal(transport_add_peer(all[i]->t, all[j]->id,
+								    all[j]->addr),
+						 0);
+	const int N = 300;
+	for (int i = 0; i < N; i++) {
+		send_str(&a, "node3", 1, "a%d", i);
+		send_str(&b, "node3", 2, "b%d", i);
+	}
+	send_str(&c, "node1", 7, "c%d", 0);
+	assert_true(wait_count(&c.n, 2 * N, WAIT_MS));
+	assert_true(wait_count(&a.n, 1, WAIT_MS));
+	assert_true(rx_is(&a.rx[0], "node3", 7, "c%d", 0));
+	int na = 0, nb = 0;
+	for (unsigned k = 0; k < c.n; k++) {
+		if (strcmp(c.rx[k].from, "node1") == 0) {
+			assert_true(rx_is(&c.rx[k], "node1", 1, "a%d", na));
+			na++;
+		} else {
+			assert_true(rx_is(&c.rx[k], "node2", 2, "b%d", nb));
+			nb++;
+		}
+	}
+	assert_int_equal(na, N);
+	assert_int_equal(nb, N);
+
+	struct transport_stats s;
+	transport_stats(c.t, &s);
+	assert_int_equal(s.received, 2 * N);
+	assert_int_equal(s.dropped_unauth + s.dropped_malformed, 0);
+	assert_true(WAIT_STAT(a.t, sent, N));
+	transport_stats(a.t, &s);
+	assert_int_equal(s.peers, 2);
+	assert_int_equal(s.dropped_full, 0);
+
+	/* Errors that never reach the wire. */
+	assert_int_equal(transport_send(a.t, "node9", 0, "x", 1), TRANSPORT_ENOPEER);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), TRANSPORT_EEXIST);
+	assert_int_equal(transport_add_peer(a.t, "node1", b.addr), TRANSPORT_EINVAL);
+	assert_int_equal(transport_add_peer(a.t, "node8", "no-port"), TRANSPORT_EADDR);
+	assert_int_equal(transport_remove_peer(a.t, "node9"), TRANSPORT_ENOPEER);
+	assert_int_equal(transport_remove_peer(a.t, "node2"), 0);
+	assert_int_equal(transport_send(a.t, "node2", 0, "x", 1), TRANSPORT_ENOPEER);
+
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void
+test_order_plain(void **state)
+{
+	order_test(PLAIN);
+}
+
+static void
+test_order_tls(void **state)
+{
+	order_test(TLS_A);
+}
+
+/*
+ * node3 trusts cluster CA a but holds a cert of CA b: node1 (mutual auth required) refuses it,
+ * so nothing of node3's arrives, while node2 (a proper cert) gets through.  And a dialer that
+ * reaches a listener whose cert does not name the peer id it dials does not send.
+ */
+static void
+test_tls_foreign_cert(void **state)
+{
+	static struct node a, b, c;
+	node_init(&a, "node1", "127.0.0.31");
+	node_init(&b, "node2", "127.0.0.32");
+	node_init(&c, "node3", "127.0.0.33");
+	node_open(&a, TLS_A);
+	node_open(&b, TLS_A);
+	node_open(&c, TLS_FOREIGN_CERT);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+	assert_int_equal(transport_add_peer(a.t, "node3", c.addr), 0);
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	assert_int_equal(transport_add_peer(c.t, "node1", a.addr), 0);
+	/* node2 dials node3's id at node1's address: node1's cert names node1. */
+	assert_int_equal(transport_add_peer(b.t, "node3", a.addr), 0);
+
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(transport_send(c.t, "node1", 0, "evil", 4), 0);
+		assert_int_equal(transport_send(b.t, "node3", 0, "misrouted", 9), 0);
+	}
+	send_str(&b, "node1", 0, "ok%d", 0);
+	assert_true(wait_count(&a.n, 1, WAIT_MS));
+	assert_true(rx_is(&a.rx[0], "node2", 0, "ok%d", 0));
+	/* Give the refused connections time to (not) happen. */
+	assert_false(wait_count(&a.n, 2, QUIET_MS));
+	struct transport_peer_stats ps;
+	assert_int_equal(transport_peer_stats(c.t, "node1", &ps), 0);
+	assert_false(ps.connected);
+	assert_int_equal(ps.sent, 0);
+	assert_int_equal(ps.queued, 5);
+	assert_int_equal(transport_peer_stats(b.t, "node3", &ps), 0);
+	assert_false(ps.connected);
+	assert_int_equal(ps.sent, 0);
+	/* Node1 -> node3 fails the other way round as well (node3's cert is not of CA a). */
+	assert_int_equal(transport_send(a.t, "node3", 0, "x", 1), 0);
+	assert_false(wait_count(&c.n, 1, QUIET_MS));
+	assert_int_equal(transport_peer_stats(a.t, "node3", &ps), 0);
+	assert_false(ps.connected);
+
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+/* Frames from an unknown id, to another id, or of another cluster are dropped and counted. */
+static void
+test_unauth_dropped(void **state)
+{
+	static struct node a, x, y, z;
+	struct transport_config cid = { .cluster_id = "c1" };
+	struct transport_config other = { .cluster_id = "c2" };
+	node_init(&a, "node1", "127.0.0.41");
+	node_init(&x, "node9", "127.0.0.42"); /* not a peer of node1 */
+	node_init(&y, "node2", "127.0.0.43"); /* a peer, but dials node7's id at node1 */
+	node_init(&z, "node3", "127.0.0.44"); /* a peer, other cluster id */
+	node_open_cfg(&a, PLAIN, &cid);
+	node_open_cfg(&x, PLAIN, &cid);
+	node_open_cfg(&y, PLAIN, &cid);
+	node_open_cfg(&z, PLAIN, &other);
+	assert_int_equal(transport_add_peer(a.t, "node2", y.addr), 0);
+	assert_int_equal(transport_add_peer(a.t, "node3", z.addr), 0);
+	assert_int_equal(transport_add_peer(x.t, "node1", a.addr), 0);
+	assert_int_equal(transport_add_peer(y.t, "node7", a.addr), 0);
+	assert_int_equal(transport_add_peer(y.t, "node1", a.addr), 0);
+	assert_int_equal(transport_add_peer(z.t, "node1", a.addr), 0);
+
+	assert_int_equal(transport_send(x.t, "node1", 0, "who", 3), 0);
+	assert_true(WAIT_STAT(a.t, dropped_unauth, 1));
+	assert_int_equal(transport_send(y.t, "node7", 0, "to7", 3), 0);
+	assert_true(WAIT_STAT(a.t, dropped_unauth, 2));
+	assert_int_equal(transport_send(z.t, "node1", 0, "c2", 2), 0);
+	assert_true(WAIT_STAT(a.t, dropped_unauth, 3));
+	send_str(&y, "node1", 0, "fine%d", 1);
+	assert_true(wait_count(&a.n, 1, WAIT_MS));
+	assert_true(rx_is(&a.rx[0], "node2", 0, "fine%d", 1));
+
+	/* A removed peer's frames are unknown from then on. */
+	assert_int_equal(transport_remove_peer(a.t, "node2"), 0);
+	send_str(&y, "node1", 0, "late%d", 2);
+	assert_true(WAIT_STAT(a.t, dropped_unauth, 4));
+	struct transport_stats s;
+	transport_stats(a.t, &s);
+	assert_int_equal(s.received, 1);
+	assert_int_equal(s.dropped_unauth, 4);
+	assert_int_equal(s.dropped_malformed, 0);
+
+	node_close(&a);
+	node_close(&x);
+	node_close(&y);
+	node_close(&z);
+}
+
+static nng_msg *
+raw_frame(const char *from, const char *to, size_t payload_len)
+{
+	Relay__PeerFrame f = RELAY__PEER_FRAME__INIT;
+	uint8_t *payload = calloc(1, payload_len + 1);
+	f.from = (char *)from;
+	f.to = (char *)to;
+	f.payload.data = payload;
+	f.payload.len = payload_len;
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, relay__peer_frame__get_packed_size(&f)), 0);
+	relay__peer_frame__pack(&f, nng_msg_body(m));
+	free(payload);
+	return m;
+}
+
+/* Bytes from a raw NNG socket: junk, empty, missing fields, oversize payload, then a good one. */
+static void
+test_malformed_dropped(void **state)
+{
+	static struct node a;
+	struct transport_config cfg = { .max_msg_bytes = 1024 };
+	node_init(&a, "node1", "127.0.0.51");
+	node_open_cfg(&a, PLAIN, &cfg);
+	assert_int_equal(transport_add_peer(a.t, "node2", "127.0.0.52:1"), 0);
+
+	nng_socket s;
+	char url[96];
+	assert_int_equal(nng_push0_open(&s), 0);
+	snprintf(url, sizeof(url), "tcp://%s", a.addr);
+	assert_int_equal(nng_dial(s, url, NULL, 0), 0);
+
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, 0), 0); /* empty: lacks required fields */
+	assert_int_equal(nng_sendmsg(s, m, 0), 0);
+	assert_int_equal(nng_msg_alloc(&m, 0), 0);
+	assert_int_equal(nng_msg_append(m, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11), 0);
+	assert_int_equal(nng_sendmsg(s, m, 0), 0); /* junk */
+	assert_int_equal(nng_msg_alloc(&m, 0), 0);
+	assert_int_equal(nng_msg_append(m, "\x0a\x80\x80\x80\x80\x08node", 10), 0);
+	assert_int_equal(nng_sendmsg(s, m, 0), 0); /* string length beyond the message */
+	{
+		Relay__PeerFrame f = RELAY__PEER_FRAME__INIT; /* `to` and payload missing */
+		f.from = "node2";
+		f.to = NULL;
+		uint8_t buf[64];
+		/* hand-made: field 1 "node2" only */
+		size_t n = 0;
+		buf[n++] = 0x0a;
+		buf[n++] = 5;
+		memcpy(buf + n, f.from, 5);
+		n += 5;
+		assert_int_equal(nng_msg_alloc(&m, 0), 0);
+		assert_int_equal(nng_msg_append(m, buf, n), 0);
+		assert_int_equal(nng_sendmsg(s, m, 0), 0);
+	}
+	assert_int_equal(nng_sendmsg(s, raw_frame("node2", "node1", 1100), 0), 0); /* oversize */
+	assert_true(WAIT_STAT(a.t, dropped_malformed, 5));
+	assert_int_equal(nng_sendmsg(s, raw_frame("node2", "node1", 1000), 0), 0); /* fine */
+	assert_true(wait_count(&a.n, 1, WAIT_MS));
+	assert_string_equal(a.rx[0].from, "node2");
+	assert_int_equal(a.rx[0].len, 1000);
+	/* Beyond NNG's receive bound: the connection is dropped, the node lives on. */
+	assert_int_equal(nng_sendmsg(s, raw_frame("node2", "node1", 4000), 0), 0);
+	struct transport_stats st;
+	transport_stats(a.t, &st);
+	assert_int_equal(st.dropped_malformed, 5);
+	assert_int_equal(st.received, 1);
+	nng_close(s);
+
+	/* Sender side bound. */
+	char big[1025] = { 0 };
+	assert_int_equal(transport_send(a.t, "node2", 0, big, sizeof(big)), TRANSPORT_ETOOBIG);
+	node_close(&a);
+}
+
+/* Hold a port on host without listening: connections to it are refused. */
+static int
+hold_port(uv_tcp_t *h, const char *host)
+{
+	struct sockaddr_in sa;
+	struct sockaddr_storage bound;
+	int len = sizeof(bound);
+	assert_int_equal(uv_ip4_addr(host, 0, &sa), 0);
+	assert_int_equal(uv_tcp_init(&loop, h), 0);
+	assert_int_equal(uv_tcp_bind(h, (struct sockaddr *)&sa, 0), 0);
+	assert_int_equal(uv_tcp_getsockname(h, (struct sockaddr *)&bound, &len), 0);
+	return ntohs(((struct sockaddr_in *)&bound)->sin_port);
+}
+
+static void
+handle_closed_cb(uv_handle_t *h)
+{
+	*(bool *)h->data = true;
+}
+
+/*
+ * A stalled peer (nothing listens): the queue fills to its bound, the rest is dropped and
+ * counted.  When the peer comes up, the dialer reconnects and the queue drains in order.
+ */
+static void
+test_queue_full_then_drain(void **state)
+{
+	static struct node a, b;
+	struct transport_config cfg = { .max_queue_per_peer = 8 };
+	uv_tcp_t held;
+	node_init(&a, "node1", "127.0.0.61");
+	node_init(&b, "node2", "127.0.0.62");
+	b.port = hold_port(&held, b.host);
+	snprintf(b.addr, sizeof(b.addr), "%s:%d", b.host, b.port);
+	node_open_cfg(&a, PLAIN, &cfg);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+
+	for (int i = 0; i < 8; i++)
+		send_str(&a, "node2", 0, "q%d", i);
+	for (int i = 8; i < 20; i++)
+		assert_int_equal(transport_send(a.t, "node2", 0, "drop", 4), TRANSPORT_EFULL);
+	struct transport_peer_stats ps;
+	assert_int_equal(transport_peer_stats(a.t, "node2", &ps), 0);
+	assert_int_equal(ps.queued, 8);
+	assert_int_equal(ps.queued_bytes, 2 * 8);
+	assert_int_equal(ps.dropped_full, 12);
+	assert_false(ps.connected);
+	struct transport_stats s;
+	transport_stats(a.t, &s);
+	assert_int_equal(s.dropped_full, 12);
+	assert_int_equal(s.sent, 0);
+
+	bool held_closed = false;
+	held.data = &held_closed;
+	uv_close((uv_handle_t *)&held, handle_closed_cb);
+	assert_true(run_until(flag_set, &held_closed, WAIT_MS));
+	node_open(&b, PLAIN);
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	assert_true(wait_count(&b.n, 8, WAIT_MS));
+	for (int i = 0; i < 8; i++)
+		assert_true(rx_is(&b.rx[i], "node1", 0, "q%d", i));
+	assert_true(WAIT_STAT(a.t, sent, 8));
+	assert_int_equal(transport_peer_stats(a.t, "node2", &ps), 0);
+	assert_int_equal(ps.queued, 0);
+	assert_int_equal(ps.queued_bytes, 0);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The byte bound: payload bytes waiting per peer. */
+static void
+test_queue_byte_bound(void **state)
+{
+	static struct node a;
+	struct transport_config cfg = { .max_queue_bytes_per_peer = 100 };
+	char buf[60] = { 0 };
+	node_init(&a, "node1", "127.0.0.63");
+	node_open_cfg(&a, PLAIN, &cfg);
+	assert_int_equal(transport_add_peer(a.t, "node2", "127.0.0.64:1"), 0);
+	assert_int_equal(transport_send(a.t, "node2", 0, buf, 60), 0);
+	assert_int_equal(transport_send(a.t, "node2", 0, buf, 60), TRANSPORT_EFULL);
+	assert_int_equal(transport_send(a.t, "node2", 0, buf, 40), 0);
+	assert_int_equal(transport_send(a.t, "node2", 0, buf, 1), TRANSPORT_EFULL);
+	node_close(&a);
+}
+
+/* The peer restarts on the same address: the dialer reconnects by itself. */
+static void
+reconnect_test(enum tls_kind tls)
+{
+	static struct node a, b;
+	node_init(&a, "node1", "127.0.0.71");
+	node_init(&b, "node2", "127.0.0.72");
+	node_open(&a, tls);
+	node_open(&b, tls);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	send_str(&a, "node2", 0, "before%d", 0);
+	assert_true(wait_count(&b.n, 1, WAIT_MS));
+	assert_true(wait_connected(a.t, "node2", true));
+
+	node_close(&b);
+	assert_true(wait_connected(a.t, "node2", false));
+	node_open(&b, tls); /* same host and port */
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	assert_true(wait_connected(a.t, "node2", true));
+	for (int i = 0; i < 10; i++)
+		send_str(&a, "node2", 0, "after%d", i);
+	assert_true(wait_count(&b.n, 10, WAIT_MS));
+	for (int i = 0; i < 10; i++)
+		assert_true(rx_is(&b.rx[i], "node1", 0, "after%d", i));
+	/* And back the other way on the new process's dialer. */
+	send_str(&b, "node1", 3, "hello%d", 0);
+	assert_true(wait_count(&a.n, 1, WAIT_MS));
+	assert_true(rx_is(&a.rx[0], "node2", 3, "hello%d", 0));
+	node_close(&a);
+	node_close(&b);
+}
+
+static void
+test_reconnect_plain(void **state)
+{
+	reconnect_test(PLAIN);
+}
+
+static void
+test_reconnect_tls(void **state)
+{
+	reconnect_test(TLS_A);
+}
+
+/*
+ * Close with messages everywhere: full queues to a stalled peer, big messages in flight, frames
+ * waiting in the receiver, and a receiver that closes itself from its own callback.  ASan checks
+ * that everything is freed.
+ */
+static void
+test_close_pending(void **state)
+{
+	static struct node a, b;
+	node_init(&a, "node1", "127.0.0.81");
+	node_init(&b, "node2", "127.0.0.82");
+	node_open(&a, PLAIN);
+	node_open(&b, PLAIN);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+	assert_int_equal(transport_add_peer(a.t, "node3", "127.0.0.83:1"), 0); /* refused */
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	static char big[256 << 10];
+	memset(big, 'x', sizeof(big));
+	for (int i = 0; i < 200; i++) {
+		int rv = transport_send(a.t, "node3", 0, big, sizeof(big));
+		assert_true(rv == 0 || rv == TRANSPORT_EFULL);
+		assert_int_equal(transport_send(a.t, "node2", 0, big, 1000), 0);
+	}
+	b.close_in_cb = true;
+	assert_true(wait_count(&b.n, 1, WAIT_MS));
+	assert_null(b.t);
+	b.closed = true;
+	/* a keeps sending to the closed b: queued or dropped, never a crash. */
+	for (int i = 0; i < 50; i++) {
+		int rv = transport_send(a.t, "node2", 0, big, sizeof(big));
+		assert_true(rv == 0 || rv == TRANSPORT_EFULL);
+	}
+	node_close(&a);
+}
+
+/* ---- admin ---- */
+
+struct admin_srv {
+	struct transport_admin *a;
+	unsigned n;
+	bool defer; /* reply from a timer rather than the callback */
+	uv_timer_t timer;
+	char last[64];
+	size_t last_len;
+};
+
+static void
+admin_reply_now(struct admin_srv *s)
+{
+	char out[80];
+	int n = snprintf(out, sizeof(out), "re:%.*s", (int)s->last_len, s->last);
+	assert_int_equal(transport_admin_reply(s->a, out, (size_t)n), 0);
+	assert_int_equal(transport_admin_reply(s->a, out, (size_t)n), TRANSPORT_ESTATE);
+}
+
+static void
+admin_timer_cb(uv_timer_t *h)
+{
+	admin_reply_now(h->data);
+}
+
+static void
+admin_cb(void *arg, const void *req, size_t len)
+{
+	struct admin_srv *s = arg;
+	s->n++;
+	s->last_len = len < sizeof(s->last) ? len : sizeof(s->last);
+	memcpy(s->last, req, s->last_len);
+	if (s->defer)
+		uv_timer_start(&s->timer, admin_timer_cb, 20, 0);
+	else
+		admin_reply_now(s);
+}
+
+struct client_job {
+	struct transport_admin_config cfg;
+	const char *server_name;
+	const char *req;
+	unsigned timeout_ms;
+	int rv;
+	void *reply;
+	size_t reply_len;
+	atomic_bool done;
+};
+
+static void *
+client_thread(void *arg)
+{
+	struct client_job *j = arg;
+	j->rv = transport_admin_request(&j->cfg, j->server_name, j->req, strlen(j->req),
+					j->timeout_ms, &j->reply, &j->reply_len);
+	atomic_store(&j->done, true);
+	return NULL;
+}
+
+static bool
+job_done(void *arg)
+{
+	return atomic_load(&((struct client_job *)arg)->done);
+}
+
+/* Run one client request on a thread while the loop serves; returns the job's rv. */
+static int
+run_client(struct client_job *j)
+{
+	pthread_t th;
+	atomic_store(&j->done, false);
+	j->reply = NULL;
+	assert_int_equal(pthread_create(&th, NULL, client_thread, j), 0);
+	assert_true(run_until(job_done, j, WAIT_MS + j->timeout_ms));
+	pthread_join(th, NULL);
+	return j->rv;
+}
+
+static void
+admin_test(bool tls)
+{
+	static struct admin_srv s;
+	char ca[128], cert[128], key[128], ccert[128], ckey[128], fcert[128], fkey[128];
+	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+	snprintf(cert, sizeof(cert), "%s/a/node1.crt", certdir);
+	snprintf(key, sizeof(key), "%s/a/node1.key", certdir);
+	snprintf(ccert, sizeof(ccert), "%s/a/admin.crt", certdir);
+	snprintf(ckey, sizeof(ckey), "%s/a/admin.key", certdir);
+	snprintf(fcert, sizeof(fcert), "%s/b/admin.crt", certdir);
+	snprintf(fkey, sizeof(fkey), "%s/b/admin.key", certdir);
+
+	memset(&s, 0, sizeof(s));
+	uv_timer_init(&loop, &s.timer);
+	s.timer.data = &s;
+	struct transport_admin_config scfg = { .listen = "127.0.0.91:0" };
+	if (tls) {
+		scfg.ca_file = ca;
+		scfg.cert_file = cert;
+		scfg.key_file = key;
+	}
+	assert_int_equal(transport_admin_listen(&loop, &scfg, admin_cb, &s, &s.a), 0);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.91:%d", transport_admin_listen_port(s.a));
+
+	static struct client_job j;
+	memset(&j, 0, sizeof(j));
+	j.cfg.listen = addr;
+	if (tls) {
+		j.cfg.ca_file = ca;
+		j.cfg.cert_file = ccert;
+		j.cfg.key_file = ckey;
+		j.server_name = "node1";
+	}
+	j.timeout_ms = 5000;
+	j.req = "status";
+	assert_int_equal(run_client(&j), 0);
+	assert_int_equal(j.reply_len, 9);
+	assert_memory_equal(j.reply, "re:status", 9);
+	free(j.reply);
+
+	s.defer = true;
+	j.req = "queue list";
+	assert_int_equal(run_client(&j), 0);
+	assert_int_equal(j.reply_len, 13);
+	assert_memory_equal(j.reply, "re:queue list", 13);
+	free(j.reply);
+	s.defer = false;
+	assert_int_equal(s.n, 2);
+
+	if (tls) {
+		/* A cert of another CA is refused: no request reaches the server. */
+		j.cfg.cert_file = fcert;
+		j.cfg.key_file = fkey;
+		j.timeout_ms = 700;
+		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
+		/* The server's cert must name the node we meant. */
+		j.cfg.cert_file = ccert;
+		j.cfg.key_file = ckey;
+		j.server_name = "node2";
+		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
+		/* No client cert at all. */
+		j.cfg.ca_file = j.cfg.cert_file = j.cfg.key_file = NULL;
+		j.server_name = NULL;
+		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
+		assert_int_equal(s.n, 2);
+	}
+
+	bool done = false;
+	transport_admin_close(s.a, closed_cb, &done);
+	assert_true(run_until(flag_set, &done, WAIT_MS));
+	uv_close((uv_handle_t *)&s.timer, NULL);
+	uv_run(&loop, UV_RUN_NOWAIT);
+
+	/* Server gone: the request times out (run inline: nothing on the loop to serve). */
+	uv_update_time(&loop);
+	uint64_t t0 = uv_hrtime();
+	void *reply = NULL;
+	size_t rlen = 0;
+	assert_int_equal(transport_admin_request(&j.cfg, NULL, "x", 1, 300, &reply, &rlen),
+			 TRANSPORT_ETIMEDOUT);
+	uint64_t ms = (uv_hrtime() - t0) / 1000000;
+	assert_true(ms >= 250 && ms < 5000);
+	assert_null(reply);
+}
+
+static void
+test_admin_plain(void **state)
+{
+	admin_test(false);
+}
+
+static void
+test_admin_tls(void **state)
+{
+	admin_test(true);
+}
+
+static void
+test_bad_config(void **state)
+{
+	struct transport *t;
+	struct transport_config cfg = { .node_id = "node1", .listen = "127.0.0.95:0" };
+	cfg.ca_file = "/nonexistent/ca.crt";
+	assert_int_equal(transport_open(&loop, &cfg, recv_cb, NULL, &t), TRANSPORT_EINVAL);
+	cfg.cert_file = cfg.key_file = "/nonexistent/x";
+	assert_int_equal(transport_open(&loop, &cfg, recv_cb, NULL, &t), TRANSPORT_ETLS);
+	char ca[128], key[128];
+	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+	snprintf(key, sizeof(key), "%s/a/node1.key", certdir);
+	cfg.ca_file = ca;
+	cfg.cert_file = key; /* a key where the cert should be */
+	cfg.key_file = key;
+	assert_int_equal(transport_open(&loop, &cfg, recv_cb, NULL, &t), TRANSPORT_ETLS);
+	struct transport_config c2 = { .node_id = "", .listen = "127.0.0.95:0" };
+	assert_int_equal(transport_open(&loop, &c2, recv_cb, NULL, &t), TRANSPORT_EINVAL);
+	c2.node_id = "node1";
+	c2.listen = "127.0.0.95";
+	assert_int_equal(transport_open(&loop, &c2, recv_cb, NULL, &t), TRANSPORT_EADDR);
+	c2.listen = "192.0.2.1:7401"; /* not ours */
+	assert_int_equal(transport_open(&loop, &c2, recv_cb, NULL, &t), TRANSPORT_ELISTEN);
+	assert_string_equal(transport_strerror(TRANSPORT_EFULL),
+			    "peer send queue full: message dropped");
+	assert_string_equal(transport_strerror(12345), "unknown transport error");
+}
+
+static int
+setup(void **state)
+{
+	assert_int_equal(uv_loop_init(&loop), 0);
+	snprintf(certdir, sizeof(certdir), "/tmp/relay-tp-XXXXXX");
+	if (mkdtemp(certdir) == NULL)
+		return -1;
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "%s %s/a 3 >/dev/null && %s %s/b 3 >/dev/null", RELAY_CERT_SCRIPT,
+		 certdir, RELAY_CERT_SCRIPT, certdir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static int
+teardown(void **state)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", certdir);
+	if (system(cmd) != 0)
+		return -1;
+	uv_run(&loop, UV_RUN_NOWAIT);
+	return uv_loop_close(&loop) == 0 ? 0 : -1;
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_order_plain),
+		cmocka_unit_test(test_order_tls),
+		cmocka_unit_test(test_tls_foreign_cert),
+		cmocka_unit_test(test_unauth_dropped),
+		cmocka_unit_test(test_malformed_dropped),
+		cmocka_unit_test(test_queue_full_then_drain),
+		cmocka_unit_test(test_queue_byte_bound),
+		cmocka_unit_test(test_reconnect_plain),
+		cmocka_unit_test(test_reconnect_tls),
+		cmocka_unit_test(test_close_pending),
+		cmocka_unit_test(test_admin_plain),
+		cmocka_unit_test(test_admin_tls),
+		cmocka_unit_test(test_bad_config),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

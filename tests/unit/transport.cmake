@@ -1,0 +1,7 @@
+# Unit tests of cluster/transport (NNG peer and admin messaging over loopback).
+# The test generates its certificates at run time with scripts/make-cluster-certs.sh and links
+# nng itself only to play a hostile raw peer.
+relay_unit_test(test_transport SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_transport.c
+                LIBS relay_transport relay_proto nng::nng PkgConfig::UV Threads::Threads)
+target_compile_definitions(test_transport PRIVATE
+  RELAY_CERT_SCRIPT="${PROJECT_SOURCE_DIR}/scripts/make-cluster-certs.sh")
