@@ -22,7 +22,7 @@ export STALL_S=${STALL_S:-3}
 work=$(mktemp -d /tmp/relayd-bench.XXXXXX)
 "$top/build/node/relayd" --node-id=bench1 --hostname=bench1.relay.test --data-dir="$work/data" \
   --smtp-listen=127.0.0.1:"$PORT" --mynetworks=127.0.0.0/8 --max-connections-per-client=1000 \
-  --log-level=warn 2>"$work/relayd.log" &
+  --dns-servers=127.0.0.1:9 --log-level=warn 2>"$work/relayd.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do ss -ltn "sport = :$PORT" | grep -q LISTEN && break; sleep 0.1; done

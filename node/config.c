@@ -54,6 +54,8 @@ static const struct config_key config_keys[] = {
      "SMTP listeners, list of addr:port ([v6]:port for IPv6)."},
     {"mynetworks", CT_CIDRS, OFF(mynetworks), "127.0.0.0/8, ::1/128", 0, 0,
      "Trusted clients (CIDR list): they may relay to any domain."},
+    {"http_listen", CT_ADDRS, OFF(http_listen), "", 0, 0,
+     "HTTP endpoint for /healthz, /readyz and /metrics: one addr:port. Empty: off."},
     {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
      "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
@@ -605,6 +607,8 @@ config_check(const struct relay_config *cfg)
 				   cfg->node_id);
 	if (cfg->data_dir[0] == '\0')
 		return config_fail("data_dir: must not be empty");
+	if (cfg->http_listen.n > 1)
+		return config_fail("http_listen: one address only");
 	if (cfg->smtp_listen.n == 0)
 		return config_fail("smtp_listen: at least one address is needed");
 	if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0'))

@@ -21,7 +21,9 @@
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "smtp_server.h"
 #include "tls.h"
 
@@ -38,6 +40,8 @@ static struct {
 	struct smtp_server *smtp;
 	struct tls_ctx *tls;
 	struct auth_table *auth;
+	struct http *http;
+	struct metrics_sources msrc;
 	uv_signal_t sigterm, sigint;
 	int stopping;
 	int exit_code;
@@ -75,6 +79,10 @@ static void
 smtp_stopped_cb(void *arg)
 {
 	relayd.smtp = NULL;
+	relayd.msrc.smtp = NULL;
+	relayd.msrc.cluster = NULL;
+	http_stop(relayd.http);
+	relayd.http = NULL;
 	cluster_close(relayd.cluster, cluster_closed_cb, NULL);
 	relayd.cluster = NULL;
 }
@@ -87,6 +95,7 @@ signal_cb(uv_signal_t *h, int signum)
 		_exit(1);
 	}
 	relayd.stopping = 1;
+	relayd.msrc.stopping = true;
 	log_info("-", "event=shutdown signal=%s timeout=%llums",
 		 signum == SIGTERM ? "TERM" : "INT",
 		 (unsigned long long)relayd.cfg.shutdown_timeout_ms);
@@ -264,12 +273,23 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
+	relayd.msrc.smtp = relayd.smtp;
+	relayd.msrc.cluster = relayd.cluster;
+	relayd.msrc.node_id = relayd.cfg.node_id;
+	if (relayd.cfg.http_listen.n > 0 &&
+	    http_start(relayd.loop, (const struct sockaddr *)&relayd.cfg.http_listen.v[0].ss,
+		       metrics_fill, &relayd.msrc, &relayd.http, err, sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s on %s\n", err, relayd.cfg.http_listen.v[0].text);
+		return 1;
+	}
 	uv_signal_init(relayd.loop, &relayd.sigterm);
 	uv_signal_init(relayd.loop, &relayd.sigint);
 	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&relayd.sigint, signal_cb, SIGINT);
 	for (size_t i = 0; i < relayd.cfg.smtp_listen.n; i++)
 		log_info("-", "event=listening smtp=%s", relayd.cfg.smtp_listen.v[i].text);
+	if (relayd.http != NULL)
+		log_info("-", "event=listening http=%s", relayd.cfg.http_listen.v[0].text);
 	log_info("-", "event=started version=%s node_id=%s hostname=%s data_dir=%s tls=%s auth_users=%zu",
 		 RELAY_VERSION, relayd.cfg.node_id, relayd.cfg.hostname, relayd.cfg.data_dir,
 		 relayd.tls ? "yes" : "no", auth_table_count(relayd.auth));

@@ -36,6 +36,7 @@
 struct conn;
 
 struct proposal {
+	struct smtp_server *srv;
 	struct conn *conn; /* NULL once the connection gave up on it */
 	uint64_t t0;	   /* uv_hrtime at propose */
 	size_t size;
@@ -99,6 +100,7 @@ struct smtp_server {
 	uint64_t next_sid;
 	uint64_t proxy_invalid; /* bad or missing PROXY header from a proxy_from address */
 	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
+	struct smtp_server_stats stats;
 	uint32_t node_hash;
 	uint32_t qid_counter;
 	uint64_t qid_last_ms;
@@ -118,6 +120,30 @@ const struct smtp_counters *
 smtp_server_counters(const struct smtp_server *srv)
 {
 	return &srv->counters;
+}
+
+void
+smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st)
+{
+	*st = srv->stats;
+	st->proxy_invalid = srv->proxy_invalid;
+	st->proxy_refused = srv->proxy_refused;
+	st->sessions_active = 0;
+	for (const struct conn *c = srv->conns; c != NULL; c = c->next)
+		if (c->sess != NULL && !c->closing)
+			st->sessions_active++;
+}
+
+static void
+stats_latency(struct smtp_server *srv, uint64_t ns)
+{
+	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
+	double ms = (double)ns / 1e6;
+	for (size_t i = 0; i < SMTP_LATENCY_NBUCKETS; i++)
+		if (ms <= bounds[i])
+			srv->stats.latency_bucket[i]++;
+	srv->stats.latency_count++;
+	srv->stats.latency_sum_s += ms / 1000.0;
 }
 
 /* ---- helpers ---- */
@@ -331,6 +357,7 @@ conn_tls_input(struct conn *c, const char *buf, size_t len)
 		log_info(c->id, "event=tls client=%s tls=\"%s\"", c->addr,
 			 tls_conn_describe(c->tls, desc, sizeof(desc)));
 		c->tls_state = CONN_TLS_ON;
+		c->srv->stats.tls_handshakes++;
 		c->busy = false;
 		smtp_session_tls_done(c->sess, 1);
 	}
@@ -409,6 +436,10 @@ auth_after_cb(uv_work_t *req, int status)
 	explicit_bzero(j->pass, sizeof(j->pass));
 	if (!c->closing) {
 		int ok = status == 0 && j->ok;
+		if (ok)
+			c->srv->stats.auth_ok++;
+		else
+			c->srv->stats.auth_failed++;
 		log_info(c->id, "event=auth client=%s user=%s result=%s", c->addr,
 			 log_safe(j->user, strlen(j->user), safe, sizeof(safe)),
 			 ok ? "ok" : "failed");
@@ -448,7 +479,14 @@ propose_cb(void *arg, int status)
 {
 	struct proposal *p = arg;
 	struct conn *c = p->conn;
-	uint64_t ms = (uv_hrtime() - p->t0) / 1000000;
+	uint64_t ns = uv_hrtime() - p->t0, ms = ns / 1000000;
+	if (c != NULL) {
+		stats_latency(p->srv, ns);
+		if (status == 0)
+			p->srv->stats.accepted++;
+		else
+			p->srv->stats.accept_failed++;
+	}
 	if (status == 0)
 		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
 			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
@@ -558,6 +596,7 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	cmd.accept = &acc;
 
 	p->conn = c;
+	p->srv = srv;
 	p->t0 = uv_hrtime();
 	p->size = blen;
 	p->nrcpt = env->n_rcpts;
@@ -572,6 +611,7 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	free(rp);
 	if (rc != 0) {
 		log_warn(p->queue_id, "event=propose-failed error=\"%s\"", cluster_strerror(rc));
+		srv->stats.accept_failed++;
 		free(p);
 		smtp_session_message_result(c->sess, 451, "4.3.0",
 					    "Queue unavailable, try again later");
@@ -678,6 +718,7 @@ conn_timer_cb(uv_timer_t *t)
 		/* The cluster did not answer in time: 451, and forget the proposal (it may still
 		 * commit; the client's retry then makes a duplicate, G3). */
 		log_warn(c->prop->queue_id, "event=propose-timeout session=%s", c->id);
+		c->srv->stats.accept_failed++;
 		c->prop->conn = NULL;
 		c->prop = NULL;
 		c->busy = false;
@@ -816,10 +857,12 @@ conn_start_session(struct conn *c)
 	size_t total, same;
 	count_sessions(srv, c, &total, &same);
 	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64) {
+		srv->stats.refused++;
 		conn_refuse(c, "refused", "too many connections");
 		return;
 	}
 	if (same >= cfg->max_connections_per_client) {
+		srv->stats.refused++;
 		conn_refuse(c, "refused", "too many connections from your address");
 		return;
 	}
@@ -831,6 +874,7 @@ conn_start_session(struct conn *c)
 		conn_close(c);
 		return;
 	}
+	srv->stats.sessions_total++;
 	log_info(c->id, "event=connect client=%s trusted=%s%s%s", c->addr,
 		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via);
 	conn_arm_timer(c);

@@ -41,4 +41,25 @@ void smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void
 /* Counters of the sessions (reject reasons and events). */
 const struct smtp_counters *smtp_server_counters(const struct smtp_server *srv);
 
+/* Upper bounds (ms) of the proposal latency histogram: end of DATA -> cluster answer. */
+#define SMTP_LATENCY_BUCKETS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+#define SMTP_LATENCY_NBUCKETS 13
+
+struct smtp_server_stats {
+	uint64_t sessions_total;   /* SMTP sessions started */
+	uint64_t sessions_active;
+	uint64_t refused;	   /* connections refused by the limits */
+	uint64_t proxy_invalid;	   /* bad/missing PROXY header from proxy_from */
+	uint64_t proxy_refused;	   /* PROXY header from elsewhere */
+	uint64_t tls_handshakes;   /* completed */
+	uint64_t auth_ok, auth_failed;
+	uint64_t accepted;	   /* messages answered 250 */
+	uint64_t accept_failed;	   /* messages answered 451 (cluster error or timeout) */
+	uint64_t latency_bucket[SMTP_LATENCY_NBUCKETS]; /* cumulative per upper bound */
+	uint64_t latency_count;
+	double latency_sum_s;
+};
+
+void smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st);
+
 #endif

@@ -72,6 +72,10 @@ class Relayd:
             "smtp_listen": "%s:%d" % (addr, port),
             "mynetworks": "127.0.0.0/8",
             "log_level": "info",
+            # Never the system resolver (/etc/resolv.conf is not on loopback): by default a
+            # closed loopback port, so lookups fail fast and deliveries defer.  Tests that
+            # deliver start their own dnsmasq and set dns_servers.
+            "dns_servers": "127.0.0.1:9",
         }
         self.keys.update({k: str(v) for k, v in keys.items()})
         self.proc = None

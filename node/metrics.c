@@ -1,0 +1,119 @@
+/*
+ * metrics.c: the /metrics text and the /readyz decision (see metrics.h).
+ */
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cluster.h"
+#include "smtp_server.h"
+
+static void
+family(struct http_text *t, const char *name, const char *type, const char *help)
+{
+	http_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void
+counter(struct http_text *t, const char *name, const char *help, uint64_t v)
+{
+	family(t, name, "counter", help);
+	http_printf(t, "%s %" PRIu64 "\n", name, v);
+}
+
+static void
+gauge(struct http_text *t, const char *name, const char *help, uint64_t v)
+{
+	family(t, name, "gauge", help);
+	http_printf(t, "%s %" PRIu64 "\n", name, v);
+}
+
+static void
+render_smtp(struct http_text *t, const struct smtp_server *srv)
+{
+	struct smtp_server_stats st;
+	smtp_server_stats(srv, &st);
+	const struct smtp_counters *sc = smtp_server_counters(srv);
+
+	counter(t, "relay_smtp_sessions_total", "SMTP sessions started.", st.sessions_total);
+	gauge(t, "relay_smtp_sessions_active", "SMTP sessions open now.", st.sessions_active);
+	counter(t, "relay_smtp_connections_refused_total",
+		"Connections refused by max_connections or max_connections_per_client.",
+		st.refused);
+	family(t, "relay_smtp_proxy_rejected_total", "counter",
+	       "Connections cut for a PROXY protocol problem, by reason.");
+	http_printf(t, "relay_smtp_proxy_rejected_total{reason=\"invalid\"} %" PRIu64 "\n",
+		    st.proxy_invalid);
+	http_printf(t, "relay_smtp_proxy_rejected_total{reason=\"not_allowed\"} %" PRIu64 "\n",
+		    st.proxy_refused);
+	counter(t, "relay_tls_handshakes_total", "Completed STARTTLS handshakes.", st.tls_handshakes);
+	counter(t, "relay_tls_handshake_failures_total", "Failed STARTTLS handshakes.",
+		sc->tls_failed);
+	family(t, "relay_smtp_auth_total", "counter", "AUTH attempts by result.");
+	http_printf(t, "relay_smtp_auth_total{result=\"ok\"} %" PRIu64 "\n", st.auth_ok);
+	http_printf(t, "relay_smtp_auth_total{result=\"failed\"} %" PRIu64 "\n", st.auth_failed);
+	counter(t, "relay_messages_accepted_total", "Messages answered 250 (committed).",
+		st.accepted);
+	family(t, "relay_messages_rejected_total", "counter",
+	       "Messages, recipients and commands refused, by reason.");
+#define X(name, help)                                                                            \
+	if (strcmp(#name, "messages") != 0)                                                      \
+		http_printf(t, "relay_messages_rejected_total{reason=\"" #name "\"} %" PRIu64 "\n", \
+			    sc->name);
+	SMTP_COUNTERS(X)
+#undef X
+	http_printf(t, "relay_messages_rejected_total{reason=\"queue_unavailable\"} %" PRIu64 "\n",
+		    st.accept_failed);
+
+	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
+	family(t, "relay_proposal_latency_seconds", "histogram",
+	       "From the end of DATA/BDAT to the cluster's answer (commit and apply).");
+	for (size_t i = 0; i < SMTP_LATENCY_NBUCKETS; i++)
+		http_printf(t, "relay_proposal_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+			    bounds[i] / 1000.0, st.latency_bucket[i]);
+	http_printf(t, "relay_proposal_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n",
+		    st.latency_count);
+	http_printf(t, "relay_proposal_latency_seconds_sum %.6f\n", st.latency_sum_s);
+	http_printf(t, "relay_proposal_latency_seconds_count %" PRIu64 "\n", st.latency_count);
+}
+
+static void
+render_cluster(struct http_text *t, struct cluster *c)
+{
+	struct cluster_stats cs;
+	cluster_stats(c, &cs);
+	counter(t, "relay_cluster_proposals_total", "Proposals taken by the cluster.", cs.proposals);
+	counter(t, "relay_cluster_proposals_failed_total",
+		"Proposals refused or completed with an error.", cs.rejected + cs.failed_proposals);
+	counter(t, "relay_cluster_log_writes_total", "Synced group-commit log writes.", cs.batches);
+	counter(t, "relay_cluster_log_bytes_total", "Log bytes written.", cs.bytes);
+	counter(t, "relay_cluster_write_failures_total", "Failed storage writes.", cs.failures);
+	gauge(t, "relay_raft_commit_index", "Last committed log index.", cs.last_index);
+	gauge(t, "relay_raft_applied_index", "Last log index applied to the queue.",
+	      cs.applied_index);
+	gauge(t, "relay_queue_messages", "Messages in the queue.", cs.messages);
+	family(t, "relay_queue_recipients", "gauge", "Recipients in the queue by state.");
+	http_printf(t, "relay_queue_recipients{state=\"queued\"} %" PRIu64 "\n", cs.rcpts_queued);
+	http_printf(t, "relay_queue_recipients{state=\"delivered\"} %" PRIu64 "\n",
+		    cs.rcpts_delivered);
+	http_printf(t, "relay_queue_recipients{state=\"failed\"} %" PRIu64 "\n", cs.rcpts_failed);
+	http_printf(t, "relay_queue_recipients{state=\"deleted\"} %" PRIu64 "\n", cs.rcpts_deleted);
+}
+
+void
+metrics_fill(void *arg, struct http_text *t, bool *ready, char *reason, size_t reason_len)
+{
+	const struct metrics_sources *m = arg;
+	gauge(t, "relay_up", "1 while relayd runs.", 1);
+	if (m->smtp != NULL)
+		render_smtp(t, m->smtp);
+	if (m->cluster != NULL)
+		render_cluster(t, m->cluster);
+	*ready = m->cluster != NULL && m->smtp != NULL && !m->stopping;
+	if (m->stopping)
+		snprintf(reason, reason_len, "shutting down");
+	else if (!*ready)
+		snprintf(reason, reason_len, "starting");
+}

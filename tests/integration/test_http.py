@@ -1,0 +1,55 @@
+"""relayd's HTTP endpoint: /healthz, /readyz, /metrics checked by `promtool check metrics`.
+
+Address range: 127.0.11.x (this module only).
+"""
+import smtplib
+import subprocess
+import urllib.error
+import urllib.request
+
+from relaytest import RelayTestCase, wait_for
+
+ADDR = "127.0.11.1"
+HTTP = "127.0.11.1:8025"
+
+
+def get(path, method="GET"):
+    req = urllib.request.Request("http://%s%s" % (HTTP, path), method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class HttpTest(RelayTestCase):
+    def test_health_ready_metrics(self):
+        node = self.relayd(addr=ADDR, port=2525, http_listen=HTTP)
+        node.start()
+        self.assertEqual(get("/healthz"), (200, "ok\n"))
+        wait_for(lambda: get("/readyz")[0] == 200, 10, "/readyz 200")
+        with smtplib.SMTP(ADDR, 2525, timeout=10) as s:
+            s.sendmail("a@b.test", ["c@d.test", "e@f.test"], b"Subject: m\r\n\r\nx\r\n")
+            s.docmd("FROBNICATE")
+        # the snapshot is refreshed every 0.5 s
+        wait_for(lambda: "relay_messages_accepted_total 1\n" in get("/metrics")[1], 10,
+                 "accepted counter")
+        code, text = get("/metrics")
+        self.assertEqual(code, 200)
+        for needle in ('relay_messages_rejected_total{reason="bad_command"} 1',
+                       "relay_queue_messages 1",
+                       'relay_queue_recipients{state="queued"} 2',
+                       "relay_proposal_latency_seconds_count 1",
+                       "relay_smtp_sessions_total"):
+            self.assertIn(needle, text)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                               capture_output=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.assertEqual(get("/nope")[0], 404)
+        self.assertEqual(get("/metrics", method="POST")[0], 405)
+        self.assertEqual(node.stop(), 0)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
