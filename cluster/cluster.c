@@ -14,8 +14,9 @@
  * Why this is safe: the apply writes of entry i always travel in a write after the one that
  * made entry i durable, and RocksDB's WAL recovers a prefix of the writes; so after a crash the
  * store holds either the applied state for i, or entry i still in the log after the stored
- * applied index, and cluster_open replays it (Accept is idempotent).  The log is bounded: the
- * entries applied are deleted in the write that persists their applied state.
+ * applied index, and cluster_open replays it (the applied index travels in the same atomic
+ * write as the apply writes, so no entry is applied twice to the stored state).  The log is
+ * bounded: the entries applied are deleted in the write that persists their applied state.
  *
  * Failure modes: a failed write fails its proposals with CLUSTER_EIO, leaves last_index where it
  * was, and keeps the pending apply writes for the next write (they are idempotent).  An

@@ -602,6 +602,20 @@ queue__outcome_state(Relay__OutcomeKind k)
 
 #define QUEUE__BIT(set, i) ((set)[(i) / 8] & (1u << ((i) % 8)))
 
+/* Does the Outcome o (NULL: a Delete) change recipient i (selected in sel)?  Only a queued
+ * recipient changes; a deferral whose at_ms is the recipient's last attempt is that attempt
+ * reported again (a duplicated proposal), not a new one. */
+static int
+queue__changes(const struct queue_msg *m, uint32_t i, const unsigned char *sel,
+	       const Relay__Outcome *o)
+{
+	const struct queue_rcpt_meta *r = &m->rcpts[i];
+	if (!QUEUE__BIT(sel, i) || r->state != QUEUE_RCPT_QUEUED)
+		return 0;
+	return !(o && o->kind == RELAY__OUTCOME_KIND__DEFERRED && r->attempts &&
+		 r->last_attempt_ms == o->at_ms);
+}
+
 /*
  * Applies an Outcome (o set) or a Delete (o NULL) to the recipients idx[0..nidx) of queue id
  * (every recipient when nidx is 0, only for a Delete).  Only recipients still queued change.
@@ -630,7 +644,7 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 	uint32_t nchanged = 0, nqueued = 0;
 	uint64_t next = UINT64_MAX;
 	for (uint32_t i = 0; i < m->nrcpts; i++) {
-		int ch = QUEUE__BIT(sel, i) && m->rcpts[i].state == QUEUE_RCPT_QUEUED;
+		int ch = queue__changes(m, i, sel, o);
 		uint8_t st = ch ? to : m->rcpts[i].state;
 		uint64_t na = ch && to == QUEUE_RCPT_QUEUED ? o->next_attempt_ms
 							    : m->rcpts[i].next_attempt_ms;
@@ -665,7 +679,7 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 		for (uint32_t i = 0; i < m->nrcpts; i++) {
 			rc[i] = *r->rcpts[i];
 			rp[i] = &rc[i];
-			if (!QUEUE__BIT(sel, i) || m->rcpts[i].state != QUEUE_RCPT_QUEUED)
+			if (!queue__changes(m, i, sel, o))
 				continue;
 			rc[i].state = (Relay__RcptState)to;
 			if (!o)
@@ -725,7 +739,7 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 	/* commit: nothing below fails */
 	for (uint32_t i = 0; i < m->nrcpts; i++) {
 		struct queue_rcpt_meta *mr = &m->rcpts[i];
-		if (!QUEUE__BIT(sel, i) || mr->state != QUEUE_RCPT_QUEUED)
+		if (!queue__changes(m, i, sel, o))
 			continue;
 		q->counts.rcpts[QUEUE_RCPT_QUEUED]--;
 		q->counts.rcpts[to]++;

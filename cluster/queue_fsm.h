@@ -13,19 +13,20 @@
  *   Outcome  for each listed recipient still queued: DELIVERED -> delivered, FAILED -> failed,
  *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
  *            kind counts the attempt and records at_ms, reply, relay, dsn_status and epoch.
- *            Recipients already final are left alone, so a duplicated outcome is a no-op, and
- *            an outcome for a queue id not in the queue is a no-op (0).  The attached DSN (an
- *            Accept from <>) is applied like an Accept in the same apply, only when the outcome
- *            changed at least one recipient (a replayed outcome does not enqueue its DSN again
- *            even after the first copy was delivered and deleted).  Fencing by epoch comes
- *            later; the epoch is only stored.
- *   Delete   the listed recipients (all when none is listed) still queued become deleted.  An
- *            unknown queue id gives QUEUE_ENOTFOUND (deterministic; nothing changes).
+ *            Recipients already final are left alone, and a DEFERRED whose at_ms equals the
+ *            recipient's last attempt is that attempt again, so a duplicated outcome is a
+ *            no-op; an outcome for a queue id not in the queue is a no-op (0).  The attached DSN
+ * (an Accept from <>) is applied like an Accept in the same apply, only when the outcome changed at
+ * least one recipient (a replayed outcome does not enqueue its DSN again even after the first copy
+ * was delivered and deleted).  Fencing by epoch comes later; the epoch is only stored. Delete   the
+ * listed recipients (all when none is listed) still queued become deleted.  An unknown queue id
+ * gives QUEUE_ENOTFOUND (deterministic; nothing changes).
  *
  *   A message whose recipients are all final (delivered / failed / deleted) is removed: record,
  *   body and index key.  The index CF holds exactly one key per message in the queue (every
  *   message in the queue has a queued recipient): state 'Q', big-endian earliest next attempt
- *   of its queued recipients, queue id.
+ *   of its queued recipients, queue id.  (A stored record without a queued recipient, which
+ *   this code never writes, is loaded but never scheduled.)
  *
  * In memory, per message: the stored record as packed bytes (envelope and recipient states, no
  * body), so apply never reads the store and queue_fsm_read_record always shows the applied

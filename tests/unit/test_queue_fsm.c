@@ -773,10 +773,19 @@ test_duplicates_and_unknown(void **state)
 	unsigned nops;
 	assert_int_equal(apply1(&w, 2, &o.cmd, &nops), 0);
 	assert_true(nops > 0);
-	/* a deferral replayed is NOT a no-op by itself (the recipient is still queued): it is a
-	 * second attempt; idempotence is about final states */
+	/* the same deferral again (same at_ms: the same attempt) is a no-op */
+	uint64_t d0 = queue_fsm_digest(w.q);
+	assert_int_equal(apply1(&w, 3, &o.cmd, &nops), 0);
+	assert_int_equal(nops, 0);
+	assert_int_equal(queue_fsm_digest(w.q), d0);
+	assert_int_equal(queue_fsm_lookup(w.q, "m1")->rcpts[0].attempts, 1);
+	/* a later deferral is a new attempt */
+	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__DEFERRED, 15, 2000, r0, 1);
+	assert_int_equal(apply1(&w, 4, &o.cmd, NULL), 0);
+	assert_int_equal(queue_fsm_lookup(w.q, "m1")->rcpts[0].attempts, 2);
+	assert_int_equal(queue_fsm_lookup(w.q, "m1")->next_attempt_ms, 2000);
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__DELIVERED, 20, 0, r0, 1);
-	assert_int_equal(apply1(&w, 3, &o.cmd, NULL), 0);
+	assert_int_equal(apply1(&w, 5, &o.cmd, NULL), 0);
 	uint64_t d = queue_fsm_digest(w.q);
 	for (unsigned k = 0; k < 3; k++) {
 		/* the same outcome again, or a late contradicting one: nothing */
@@ -785,13 +794,13 @@ test_duplicates_and_unknown(void **state)
 			     : k == 1 ? RELAY__OUTCOME_KIND__FAILED
 				      : RELAY__OUTCOME_KIND__DEFERRED,
 			     30, 5000, r0, 1);
-		assert_int_equal(apply1(&w, 4 + k, &o.cmd, &nops), 0);
+		assert_int_equal(apply1(&w, 6 + k, &o.cmd, &nops), 0);
 		assert_int_equal(nops, 0);
 		assert_int_equal(queue_fsm_digest(w.q), d);
 	}
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
 	assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_DELIVERED);
-	assert_int_equal(m->rcpts[0].attempts, 2);
+	assert_int_equal(m->rcpts[0].attempts, 3);
 	/* unknown queue id: no-op, even with a DSN attached */
 	struct cmdbuf dsn;
 	make_cmd(&dsn, "x-dsn", 5); /* mail_from "" */
