@@ -94,6 +94,24 @@ static const struct config_key config_keys[] = {
     {"max_pending_proposals", CT_UINT, OFF(max_pending_proposals), "10000", 1, 1000000,
      "Messages waiting to be committed at once; more get 451 4.3.0."},
     {"log_level", CT_LOGLEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
+    {"retry_base", CT_DURATION, OFF(retry_base_ms), "60s", 100, 86400000,
+     "Delay before the first retry of a deferred recipient; doubles after each failed attempt up to retry_max."},
+    {"retry_max", CT_DURATION, OFF(retry_max_ms), "1h", 100, 7 * 86400000ull,
+     "Longest delay between two delivery attempts (at least retry_base)."},
+    {"queue_lifetime", CT_DURATION, OFF(queue_lifetime_ms), "5d", 1000, 60 * 86400000ull,
+     "How long a message may stay queued; then its undelivered recipients bounce (RFC 5321 4.5.4.1)."},
+    {"delay_warning_time", CT_DURATION, OFF(delay_warning_time_ms), "4h", 0, 60 * 86400000ull,
+     "After this long queued, one \"delayed\" DSN goes to senders who asked for NOTIFY=DELAY. 0: never."},
+    {"max_deliveries", CT_UINT, OFF(max_deliveries), "100", 1, 100000,
+     "Outgoing SMTP connections in total (delivery concurrency)."},
+    {"max_connections_per_destination", CT_UINT, OFF(max_connections_per_destination), "10", 1,
+     10000, "Outgoing SMTP connections to one destination (domain, relayhost or transport route)."},
+    {"max_messages_per_connection", CT_UINT, OFF(max_messages_per_connection), "100", 1, 1000000,
+     "Messages sent over one outgoing connection before it is closed (connection reuse bound)."},
+    {"tls_required_domains", CT_DOMAINS, OFF(tls_required_domains), "", 0, 0,
+     "Recipient domains that must be delivered over STARTTLS (list); other domains use TLS when offered."},
+    {"connect_timeout", CT_DURATION, OFF(connect_timeout_ms), "30s", 100, 600000,
+     "How long an outgoing connection may take to connect before the next address is tried."},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -587,6 +605,53 @@ config_load_env(struct relay_config *cfg, char **envp)
 	return 0;
 }
 
+int
+config_parse_route(const char *text, struct config_route *out)
+{
+	struct config_route r;
+	memset(&r, 0, sizeof(r));
+	r.port = 25;
+	const char *p = text, *end;
+	if (*p == '[') {
+		end = strchr(p, ']');
+		if (end == NULL || end == p + 1)
+			return -1;
+		r.no_mx = true;
+		if ((size_t)(end - p - 1) >= sizeof(r.host))
+			return -1;
+		memcpy(r.host, p + 1, (size_t)(end - p - 1));
+		p = end + 1;
+		if (*p != '\0' && *p != ':')
+			return -1;
+	} else {
+		end = strrchr(p, ':');
+		size_t hl = end ? (size_t)(end - p) : strlen(p);
+		if (hl == 0 || hl >= sizeof(r.host))
+			return -1;
+		memcpy(r.host, p, hl);
+		p += hl;
+	}
+	if (*p == ':') {
+		uint64_t port;
+		if (parse_number(p + 1, &port, (const char *const[]){NULL}, NULL, 1) != 0 ||
+		    port == 0 || port > 65535)
+			return -1;
+		r.port = (unsigned)port;
+	}
+	struct in6_addr a6;
+	struct in_addr a4;
+	bool literal = inet_pton(AF_INET, r.host, &a4) == 1 || inet_pton(AF_INET6, r.host, &a6) == 1;
+	if (!literal && !valid_domain(r.host))
+		return -1;
+	if (literal)
+		r.no_mx = true; /* an address has no MX */
+	for (char *q = r.host; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	if (out != NULL)
+		*out = r;
+	return 0;
+}
+
 static bool
 valid_node_id(const char *s)
 {
@@ -616,11 +681,15 @@ config_check(const struct relay_config *cfg)
 	if (cfg->auth_users_file[0] != '\0' && cfg->tls_cert[0] == '\0')
 		return config_fail("auth_users_file: AUTH is offered only after STARTTLS, so "
 				   "tls_cert and tls_key are needed too");
-	if (cfg->relayhost[0] != '\0') {
-		const char *h = cfg->relayhost;
-		if (h[0] == '[' && (strchr(h, ']') == NULL))
-			return config_fail("relayhost: '%s' is not host[:port] or [host]:port", h);
-	}
+	if (cfg->relayhost[0] != '\0' && config_parse_route(cfg->relayhost, NULL) != 0)
+		return config_fail("relayhost: '%s' is not host[:port] or [host]:port",
+				   cfg->relayhost);
+	for (size_t i = 0; i < cfg->transport.n; i++)
+		if (config_parse_route(strchr(cfg->transport.v[i], '=') + 1, NULL) != 0)
+			return config_fail("transport: '%s' is not domain=host:port",
+					   cfg->transport.v[i]);
+	if (cfg->retry_max_ms < cfg->retry_base_ms)
+		return config_fail("retry_max: must be at least retry_base");
 	return 0;
 }
 

@@ -15,6 +15,7 @@
 #define RELAY_CONFIG_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,7 +79,28 @@ struct relay_config {
 	uint64_t propose_timeout_ms;
 	uint64_t max_pending_proposals;
 	char *log_level;
+	/* delivery */
+	uint64_t retry_base_ms;
+	uint64_t retry_max_ms;
+	uint64_t queue_lifetime_ms;
+	uint64_t delay_warning_time_ms; /* 0: no delay DSN */
+	uint64_t max_deliveries;
+	uint64_t max_connections_per_destination;
+	uint64_t max_messages_per_connection;
+	struct config_list tls_required_domains; /* lowercased */
+	uint64_t connect_timeout_ms;
 };
+
+/* A delivery route: relayhost or a transport target.  "[host]:port" (or an IP address) means
+ * no MX lookup, as in Postfix; "host[:port]" looks up host's MX.  port defaults to 25. */
+struct config_route {
+	char host[256]; /* lowercased, without brackets */
+	unsigned port;
+	bool no_mx;
+};
+
+/* Parses a route (see struct config_route).  out may be NULL (validation only).  0 or -1. */
+int config_parse_route(const char *text, struct config_route *out);
 
 /* Error text of the last failed call; one line naming the key and the source. */
 const char *config_error(void);

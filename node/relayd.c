@@ -3,8 +3,12 @@
  * environment < --key-name=value flags), opens the cluster (the replicated queue), starts the
  * SMTP listeners and runs the libuv loop until SIGTERM or SIGINT.
  *
- * Shutdown: stop accepting, let open sessions finish within shutdown_timeout (then 421 them),
- * let the cluster finish its write in flight, exit 0.  A second signal exits at once (1).
+ * Delivery (delivery.h) runs on the same loop from the start: queued and due mail is resumed.
+ *
+ * Shutdown: stop accepting, let open sessions finish within shutdown_timeout (then 421 them);
+ * meanwhile delivery stops starting jobs and aborts its connections (their recipients stay
+ * queued); when both are done, let the cluster finish its write in flight, exit 0.  A second
+ * signal exits at once (1).
  *
  * Offline mode: --dump-queue [--json] prints the queue of data_dir and exits (read-only; works
  * while another relayd runs on the same data_dir).
@@ -22,6 +26,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "http.h"
+#include "delivery.h"
 #include "log.h"
 #include "metrics.h"
 #include "smtp_server.h"
@@ -38,6 +43,8 @@ static struct {
 	struct relay_config cfg;
 	struct cluster *cluster;
 	struct smtp_server *smtp;
+	struct delivery *delivery;
+	int stopping_parts; /* smtp server and delivery still stopping */
 	struct tls_ctx *tls;
 	struct auth_table *auth;
 	struct http *http;
@@ -76,6 +83,15 @@ cluster_closed_cb(void *arg)
 }
 
 static void
+part_stopped(void)
+{
+	if (--relayd.stopping_parts > 0)
+		return;
+	cluster_close(relayd.cluster, cluster_closed_cb, NULL);
+	relayd.cluster = NULL;
+}
+
+static void
 smtp_stopped_cb(void *arg)
 {
 	relayd.smtp = NULL;
@@ -83,8 +99,14 @@ smtp_stopped_cb(void *arg)
 	relayd.msrc.cluster = NULL;
 	http_stop(relayd.http);
 	relayd.http = NULL;
-	cluster_close(relayd.cluster, cluster_closed_cb, NULL);
-	relayd.cluster = NULL;
+	part_stopped();
+}
+
+static void
+delivery_stopped_cb(void *arg)
+{
+	relayd.delivery = NULL;
+	part_stopped();
 }
 
 static void
@@ -99,6 +121,8 @@ signal_cb(uv_signal_t *h, int signum)
 	log_info("-", "event=shutdown signal=%s timeout=%llums",
 		 signum == SIGTERM ? "TERM" : "INT",
 		 (unsigned long long)relayd.cfg.shutdown_timeout_ms);
+	relayd.stopping_parts = 2;
+	delivery_close(relayd.delivery, delivery_stopped_cb, NULL);
 	smtp_server_shutdown(relayd.smtp, smtp_stopped_cb, NULL);
 }
 
@@ -269,6 +293,12 @@ main(int argc, char **argv)
 
 	rc = smtp_server_start(relayd.loop, &relayd.cfg, relayd.cluster, relayd.tls, relayd.auth,
 			       &relayd.smtp, err, sizeof(err));
+	if (rc != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 1;
+	}
+	rc = delivery_start(relayd.loop, &relayd.cfg, relayd.cluster, &relayd.delivery, err,
+			    sizeof(err));
 	if (rc != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;

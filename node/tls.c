@@ -78,8 +78,30 @@ tls_ctx_free(struct tls_ctx *ctx)
 	free(ctx);
 }
 
-struct tls_conn *
-tls_conn_new(struct tls_ctx *ctx)
+int
+tls_client_ctx_new(struct tls_ctx **out, char *err, size_t errlen)
+{
+	struct tls_ctx *c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	c->ctx = SSL_CTX_new(TLS_client_method());
+	if (c->ctx == NULL) {
+		tls_errstr(err, errlen, "SSL_CTX_new");
+		free(c);
+		return -1;
+	}
+	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL); /* opportunistic, RFC 7435 */
+	*out = c;
+	return 0;
+}
+
+static struct tls_conn *
+tls_conn_make(struct tls_ctx *ctx)
 {
 	struct tls_conn *t = calloc(1, sizeof(*t));
 	if (t == NULL)
@@ -96,7 +118,28 @@ tls_conn_new(struct tls_ctx *ctx)
 		return NULL;
 	}
 	SSL_set_bio(t->ssl, t->rbio, t->wbio);
-	SSL_set_accept_state(t->ssl);
+	return t;
+}
+
+struct tls_conn *
+tls_conn_new(struct tls_ctx *ctx)
+{
+	struct tls_conn *t = tls_conn_make(ctx);
+	if (t != NULL)
+		SSL_set_accept_state(t->ssl);
+	return t;
+}
+
+struct tls_conn *
+tls_conn_new_client(struct tls_ctx *ctx, const char *sni)
+{
+	struct tls_conn *t = tls_conn_make(ctx);
+	if (t == NULL)
+		return NULL;
+	SSL_set_connect_state(t->ssl);
+	if (sni != NULL && sni[0] != '\0' && strchr(sni, '.') != NULL)
+		SSL_set_tlsext_host_name(t->ssl, sni); /* best effort */
+	ERR_clear_error();
 	return t;
 }
 

@@ -1,10 +1,16 @@
 /*
- * tls.h: the only OpenSSL user in relayd.  Server-side TLS over memory BIOs, so the libuv glue
- * moves ciphertext and the SMTP machine only ever sees plaintext.
+ * tls.h: the only OpenSSL user in relayd.  TLS over memory BIOs, so the libuv glue moves
+ * ciphertext and the SMTP machines (server and delivery client) only ever see plaintext.
  *
  * Use: tls_conn_feed() the bytes read from the socket; tls_conn_handshake() until it returns 1;
  * then tls_conn_read() plaintext and tls_conn_write() replies; after every call, send what
  * tls_conn_take_output() returns.  TLS 1.2 is the minimum (RFC 8996).
+ *
+ * Client side (delivery STARTTLS): tls_client_ctx_new() makes a context for opportunistic TLS
+ * (RFC 7435): the server certificate is not verified, because MX hosts rarely have one that
+ * matches and an unauthenticated TLS session is still better than plaintext.  A client conn
+ * starts its handshake on the first tls_conn_handshake() call (the ClientHello is then in
+ * tls_conn_take_output()).
  */
 #ifndef RELAY_TLS_H
 #define RELAY_TLS_H
@@ -20,7 +26,12 @@ int tls_ctx_new(const char *cert_file, const char *key_file, struct tls_ctx **ou
 		size_t errlen);
 void tls_ctx_free(struct tls_ctx *ctx);
 
+/* A client context (opportunistic: no certificate verification).  0 or -1 (err). */
+int tls_client_ctx_new(struct tls_ctx **out, char *err, size_t errlen);
+
 struct tls_conn *tls_conn_new(struct tls_ctx *ctx);
+/* A client conn on a client context; sni (borrowed, copied) is the server name, or NULL. */
+struct tls_conn *tls_conn_new_client(struct tls_ctx *ctx, const char *sni);
 void tls_conn_free(struct tls_conn *t);
 
 /* Ciphertext from the peer.  Returns 0 or -1. */

@@ -1,0 +1,73 @@
+/*
+ * delivery.h - the delivery engine: turns queued recipients into SMTP transactions on the libuv
+ * loop, and their results into Outcome commands proposed through the cluster.
+ *
+ * Shape (OpenSMTPD mta-like):
+ *   scheduler  a timer wakes at the queue's next due time (queue_fsm_next_due_ms); due messages
+ *              (queue_fsm_due, next-attempt order) are read (record + body) and split into jobs,
+ *              one per (message, route), at most MTA_MAX_RCPTS recipients each.  A message with
+ *              a job in flight is not started again.
+ *   route      transport entry of the recipient domain, else relayhost, else the domain's MX.
+ *              "[host]:port" and transport targets are looked up with resolver_host (no MX).
+ *   destination one per route: resolves once (null MX / NXDOMAIN bounce, temporary errors defer),
+ *              queues its jobs, and runs at most max_connections_per_destination connections
+ *              (max_deliveries over all destinations).
+ *   connection  one mta_session over libuv (+ client TLS for STARTTLS); takes the destination's
+ *              jobs one after another (at most max_messages_per_connection), fails over to the
+ *              next address / next MX on connect errors, non-220 greetings, 4xx to MAIL/DATA/dot.
+ *   outcome    when every job of a message is done: one Outcome per (kind, reply, relay) group,
+ *              deferred ones with the next attempt from retry.h (or failed when queue_lifetime is
+ *              over), a DSN (RFC 3464) per message and reason attached as the Outcome's dsn
+ *              (failure, delay after delay_warning_time, success when NOTIFY=SUCCESS), never for
+ *              the null reverse-path.  Nothing is applied directly: the queue changes only when
+ *              the Outcome commits (G2, and G3: a crash before that re-delivers).
+ *
+ * Logs: one line per recipient outcome, Postfix-like:
+ *   <queue id> to=<rcpt> relay=host[addr]:port delay=1.2 dsn=2.0.0 status=sent (250 2.0.0 Ok)
+ *
+ * Threads: everything runs on the loop thread.
+ */
+#ifndef RELAY_DELIVERY_H
+#define RELAY_DELIVERY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+struct relay_config;
+struct cluster;
+struct delivery;
+
+/*
+ * Starts the engine on loop: cfg and cluster are borrowed and must outlive it.  Returns 0 and
+ * *out, or -1 with a message in err (bad DNS servers, TLS context).
+ */
+int delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		   struct delivery **out, char *err, size_t errlen);
+
+/*
+ * Stops starting jobs, aborts open connections (their recipients stay queued: the next run
+ * retries them), waits for outcome proposals in flight, frees everything in close callbacks,
+ * then calls done(arg) on the loop (never inside this call).  d must not be used afterwards.
+ */
+void delivery_close(struct delivery *d, void (*done)(void *arg), void *arg);
+
+/* Queue ids for messages the node creates (DSNs): the scheme of smtp_server.c (11 hex digits of
+ * unix ms, 6 of a hash, 5 of a counter) with the hash of "<node_id>/<salt>", so ids made here
+ * never collide with the SMTP server's. */
+struct queue_id_gen {
+	uint32_t hash;
+	uint32_t counter;
+};
+void queue_id_gen_init(struct queue_id_gen *g, const char *node_id, const char *salt);
+void queue_id_make(struct queue_id_gen *g, uint64_t now_ms, char *out, size_t cap);
+
+struct delivery_stats {
+	uint64_t jobs_started, connections, messages_sent;
+	uint64_t rcpts_delivered, rcpts_deferred, rcpts_failed, dsns;
+	uint64_t inflight_msgs, active_conns;
+};
+void delivery_get_stats(const struct delivery *d, struct delivery_stats *st);
+
+#endif
