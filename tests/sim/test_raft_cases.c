@@ -20,6 +20,7 @@ struct h {
 	int n;
 	struct raft *r[H_MAX + 1];
 	bool isolated[H_MAX + 1];
+	bool drop_app_to[H_MAX + 1];	/* drop AppendEntries to this node, keep the rest */
 	bool manual_persist[H_MAX + 1]; /* do not report persistence automatically */
 	uint64_t last_seq[H_MAX + 1];
 	struct raft_msg q[Q_MAX];
@@ -186,7 +187,9 @@ h_pump(struct h *h)
 		h->qh = (h->qh + 1) % Q_MAX;
 		if (m.type == RAFT_MSG_APP_RESP && m.reject)
 			h->app_rejects++;
-		if (!h->isolated[m.from] && !h->isolated[m.to] && m.to >= 1 &&
+		bool drop =
+		    m.type == RAFT_MSG_APP && m.to <= (uint64_t)h->n && h->drop_app_to[m.to];
+		if (!drop && !h->isolated[m.from] && !h->isolated[m.to] && m.to >= 1 &&
 		    m.to <= (uint64_t)h->n) {
 			raft_step(h->r[m.to], &m);
 			h_drain(h, (int)m.to);
@@ -593,6 +596,52 @@ case_membership(void)
 	h_free(&h);
 }
 
+/*
+ * 4.1 and the single-server change bug (Ongaro, raft-dev, 2015): a new leader must commit an
+ * entry of its own term before it appends a configuration change, or a change appended by an
+ * earlier leader (here: add 5 on node 1 only) and a change by the new one (remove 1) could
+ * each win a different majority.
+ */
+static void
+case_conf_waits_for_term_commit(void)
+{
+	struct h h;
+	memset(&h, 0, sizeof(h));
+	h.n = 5;
+	struct raft_conf c0 = {.n_voters = 4, .voters = {1, 2, 3, 4}};
+	for (int i = 1; i <= 5; i++) {
+		struct raft_config c = h_cfg((uint64_t)i, false, false);
+		raft_new(&c, &h.r[i]);
+		if (i <= 4) {
+			raft_bootstrap(h.r[i], &c0);
+		} else {
+			struct raft_hard_state hs = {0};
+			struct raft_snap_meta empty = {0};
+			raft_restore(h.r[i], &hs, &empty, NULL, 0, NULL, 0);
+		}
+	}
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h_tick(&h, 1, 1);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	h.isolated[1] = true;
+	CHECK(raft_propose_conf(h.r[1], RAFT_CONF_ADD_VOTER, 5, NULL, NULL) == 0);
+	h_pump(&h);
+	/* node 2 wins with votes from 3 and 4, but its appends reach only node 3 */
+	h.drop_app_to[4] = true;
+	raft_campaign(h.r[2]);
+	h_pump(&h);
+	CHECK(st(&h, 2).role == RAFT_LEADER);
+	CHECK(st(&h, 2).commit < st(&h, 2).last_index); /* its no-op is on 2 of 4 voters */
+	CHECK(raft_propose_conf(h.r[2], RAFT_CONF_REMOVE, 1, NULL, NULL) == RAFT_ECONFPENDING);
+	h.drop_app_to[4] = false;
+	h_tick(&h, 2, 2);
+	CHECK(st(&h, 2).commit == st(&h, 2).last_index);
+	CHECK(raft_propose_conf(h.r[2], RAFT_CONF_REMOVE, 1, NULL, NULL) == 0);
+	h_free(&h);
+}
+
 /* Malformed peer input is refused, not trusted. */
 static void
 case_malformed(void)
@@ -719,6 +768,7 @@ static const struct {
     {"snapshot_install", case_snapshot_install},
     {"persist_before_send", case_persist_before_send},
     {"membership", case_membership},
+    {"conf_waits_for_term_commit", case_conf_waits_for_term_commit},
     {"malformed", case_malformed},
     {"random_input", case_random_input},
 };
