@@ -32,10 +32,11 @@ struct raft_progress {
 	uint64_t match;
 	uint64_t next;
 	enum pr_state state;
-	bool probe_sent; /* PROBE: one message per heartbeat until answered */
-	bool active;	 /* heard from in this election timeout (check-quorum) */
-	uint8_t vote;	 /* enum vote_state, during an election */
-	uint64_t pending_snap;
+	bool probe_sent;       /* PROBE: one message per heartbeat until answered */
+	bool active;	       /* heard from in this election timeout (check-quorum) */
+	uint8_t vote;	       /* enum vote_state, during an election */
+	uint64_t pending_snap; /* SNAPSHOT: index of the snapshot being sent */
+	uint64_t snap_acked;   /* SNAPSHOT: bytes the follower said it holds */
 	unsigned snap_ticks;
 	uint64_t *infl; /* ring of last indexes of in-flight appends, cap max_inflight */
 	unsigned infl_start, infl_count;
@@ -70,6 +71,12 @@ struct raft {
 	struct raft_snap_meta snap; /* latest snapshot */
 	void *snap_data;
 	size_t snap_len;
+	struct { /* follower: a snapshot being received in chunks */
+		bool active;
+		uint64_t from, term, total, got;
+		struct raft_snap_meta meta;
+		uint8_t *buf;
+	} rx;
 	bool snap_install;   /* received from leader; not yet handed out in a ready */
 	bool snap_unapplied; /* handed out, applied at raft_advance */
 	uint64_t applied, fetched_index, persisted_index;
@@ -120,7 +127,7 @@ raft_msg_type_name(int type)
 {
 	static const char *names[] = {"APP",	 "APP_RESP",	 "VOTE",      "VOTE_RESP",
 				      "PREVOTE", "PREVOTE_RESP", "HEARTBEAT", "HEARTBEAT_RESP",
-				      "SNAP",	 "TIMEOUT_NOW"};
+				      "SNAP",	 "TIMEOUT_NOW",	 "SNAP_RESP"};
 	if (type < 0 || type >= RAFT_MSG_TYPE_COUNT)
 		return "?";
 	return names[type];
@@ -724,22 +731,58 @@ pr_become_replicate(struct raft_progress *pr)
 	pr_reset_infl(pr);
 }
 
+/* Send the chunk of the current snapshot that starts at pr->snap_acked (stop-and-wait). */
+static void
+send_snap_chunk(struct raft *r, struct raft_progress *pr)
+{
+	uint64_t off = pr->snap_acked;
+	uint64_t n = r->snap_len - off;
+	if (n > r->cfg.max_msg_bytes)
+		n = r->cfg.max_msg_bytes;
+	struct raft_msg m = {.type = RAFT_MSG_SNAP,
+			     .to = pr->id,
+			     .snap = r->snap,
+			     .snap_total = r->snap_len,
+			     .snap_offset = off,
+			     .snap_len = n};
+	if (n) {
+		m.snap_data = malloc(n);
+		if (!m.snap_data)
+			return;
+		memcpy(m.snap_data, (const uint8_t *)r->snap_data + off, n);
+	}
+	pr->snap_ticks = 0;
+	send(r, &m);
+}
+
 static void
 send_snapshot(struct raft *r, struct raft_progress *pr)
 {
-	struct raft_msg m = {.type = RAFT_MSG_SNAP, .to = pr->id, .snap = r->snap};
-	if (r->snap_len) {
-		m.snap_data = malloc(r->snap_len);
-		if (!m.snap_data)
-			return;
-		memcpy(m.snap_data, r->snap_data, r->snap_len);
-		m.snap_len = r->snap_len;
-	}
 	pr->state = PR_SNAPSHOT;
 	pr->pending_snap = r->snap.index;
-	pr->snap_ticks = 0;
+	pr->snap_acked = 0;
 	pr_reset_infl(pr);
-	send(r, &m);
+	send_snap_chunk(r, pr);
+}
+
+/* A follower holds snap_offset bytes of the snapshot at index: send it the next chunk. */
+static void
+leader_handle_snap_resp(struct raft *r, const struct raft_msg *m)
+{
+	struct raft_progress *pr = pr_find(r, m->from);
+	if (!pr)
+		return;
+	pr->active = true;
+	if (pr->state != PR_SNAPSHOT || m->index != pr->pending_snap)
+		return; /* stale */
+	if (pr->pending_snap != r->snap.index) {
+		send_snapshot(r, pr); /* compacted meanwhile: send the new one */
+		return;
+	}
+	if (m->snap_offset > r->snap_len || m->snap_offset == r->snap_len)
+		return; /* the follower has it all; its APP_RESP ends the transfer */
+	pr->snap_acked = m->snap_offset;
+	send_snap_chunk(r, pr);
 }
 
 /* Send what the follower needs next, within its flow-control window.  True if sent. */
@@ -949,9 +992,14 @@ leader_handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
 	pr->active = true;
 	pr->probe_sent = false;
 	if (pr->state == PR_SNAPSHOT) {
-		/* The snapshot (or its answer) may be lost: retry after an election timeout. */
-		if (++pr->snap_ticks >= r->cfg.election_tick / DEF(r->cfg.heartbeat_tick, 1) + 1)
-			pr_become_probe(pr);
+		/* A chunk (or its answer) may be lost: resend after an election timeout; the
+		 * follower says where it is, or that it is done. */
+		if (++pr->snap_ticks >= r->cfg.election_tick / DEF(r->cfg.heartbeat_tick, 1) + 1) {
+			if (pr->pending_snap == r->snap.index && pr->snap_acked <= r->snap_len)
+				send_snap_chunk(r, pr);
+			else
+				pr_become_probe(pr);
+		}
 	} else if (pr->state == PR_REPLICATE && pr->infl_count >= r->cfg.max_inflight) {
 		/* Appends in the window may all be lost: restart from what is known to match. */
 		pr_become_probe(pr);
@@ -1041,6 +1089,13 @@ handle_heartbeat(struct raft *r, const struct raft_msg *m)
 	reply(r, m, &out);
 }
 
+static void
+rx_reset(struct raft *r)
+{
+	free(r->rx.buf);
+	memset(&r->rx, 0, sizeof(r->rx));
+}
+
 static int
 handle_snapshot(struct raft *r, const struct raft_msg *m)
 {
@@ -1058,20 +1113,50 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 		reply(r, m, &out);
 		return 0;
 	}
-	void *data = NULL;
-	if (m->snap_len) {
-		data = malloc(m->snap_len);
-		if (!data)
-			return RAFT_ENOMEM;
-		memcpy(data, m->snap_data, m->snap_len);
+	/* Assemble the chunks; answer each with how much we hold (5.1, Figure 5.3). */
+	struct raft_msg ack = {.type = RAFT_MSG_SNAP_RESP, .index = s->index};
+	if (m->snap_offset == 0) {
+		rx_reset(r);
+		if (m->snap_total) {
+			r->rx.buf = malloc(m->snap_total);
+			if (!r->rx.buf)
+				return RAFT_ENOMEM;
+		}
+		r->rx.active = true;
+		r->rx.from = m->from;
+		r->rx.term = m->term;
+		r->rx.total = m->snap_total;
+		r->rx.meta = *s;
+	} else if (!r->rx.active || r->rx.from != m->from || r->rx.term != m->term ||
+		   r->rx.total != m->snap_total || r->rx.meta.index != s->index ||
+		   r->rx.meta.term != s->term) {
+		ack.snap_offset = 0; /* not the transfer we have: start over */
+		reply(r, m, &ack);
+		return 0;
 	}
+	if (m->snap_offset != r->rx.got) {
+		ack.snap_offset = r->rx.got; /* duplicate or out of order: say where we are */
+		reply(r, m, &ack);
+		return 0;
+	}
+	if (m->snap_len)
+		memcpy(r->rx.buf + r->rx.got, m->snap_data, m->snap_len);
+	r->rx.got += m->snap_len;
+	if (r->rx.got < r->rx.total) {
+		ack.snap_offset = r->rx.got;
+		reply(r, m, &ack);
+		return 0;
+	}
+	void *data = r->rx.buf;
+	r->rx.buf = NULL;
+	rx_reset(r);
 	/* Replace the whole log by the snapshot (5.1, Figure 5.3). */
 	for (size_t i = 0; i < r->log_len; i++)
 		entry_free(&r->log[i]);
 	r->log_len = 0;
 	free(r->snap_data);
 	r->snap_data = data;
-	r->snap_len = m->snap_len;
+	r->snap_len = m->snap_total;
 	r->snap = *s;
 	r->snap_install = true;
 	r->commit = s->index;
@@ -1103,13 +1188,15 @@ valid_msg(const struct raft *r, const struct raft_msg *m)
 	if (m->type == RAFT_MSG_APP && !valid_entries(m, &r->cfg))
 		return false;
 	if (m->type == RAFT_MSG_SNAP &&
-	    (m->snap_len > RAFT_SNAPSHOT_MAX_BYTES || (m->snap_len && !m->snap_data) ||
+	    (m->snap_total > RAFT_SNAPSHOT_MAX_BYTES || m->snap_offset > m->snap_total ||
+	     m->snap_len > m->snap_total - m->snap_offset || (m->snap_len && !m->snap_data) ||
 	     !conf_valid(&m->snap.conf) || m->snap.index == 0 || m->snap.term == 0 ||
 	     m->snap.term > m->term))
 		return false;
 	/* requests carry the sender's term (>= 1); a node that never saw a term may answer 0 */
-	bool response = m->type == RAFT_MSG_APP_RESP || m->type == RAFT_MSG_VOTE_RESP ||
-			m->type == RAFT_MSG_PREVOTE_RESP || m->type == RAFT_MSG_HEARTBEAT_RESP;
+	bool response = m->type == RAFT_MSG_APP_RESP || m->type == RAFT_MSG_SNAP_RESP ||
+			m->type == RAFT_MSG_VOTE_RESP || m->type == RAFT_MSG_PREVOTE_RESP ||
+			m->type == RAFT_MSG_HEARTBEAT_RESP;
 	if (m->term == 0 && !response)
 		return false;
 	return true;
@@ -1185,6 +1272,9 @@ raft_step(struct raft *r, const struct raft_msg *m)
 			break;
 		case RAFT_MSG_HEARTBEAT_RESP:
 			leader_handle_heartbeat_resp(r, m);
+			break;
+		case RAFT_MSG_SNAP_RESP:
+			leader_handle_snap_resp(r, m);
 			break;
 		default:
 			break;
@@ -1635,6 +1725,7 @@ raft_free(struct raft *r)
 	for (unsigned i = 0; i < r->n_prs; i++)
 		free(r->prs[i].infl);
 	free(r->snap_data);
+	free(r->rx.buf);
 	free(r);
 }
 

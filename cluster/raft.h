@@ -133,8 +133,9 @@ enum raft_msg_type {
 	RAFT_MSG_PREVOTE_RESP,	 /* */
 	RAFT_MSG_HEARTBEAT,	 /* empty AppendEntries carrying a safe commit index */
 	RAFT_MSG_HEARTBEAT_RESP, /* */
-	RAFT_MSG_SNAP,		 /* InstallSnapshot (5.1, Figure 5.3), whole */
+	RAFT_MSG_SNAP,		 /* InstallSnapshot (5.1, Figure 5.3), one chunk */
 	RAFT_MSG_TIMEOUT_NOW,	 /* leadership transfer (3.10): start an election now */
+	RAFT_MSG_SNAP_RESP, /* chunk received: index = snapshot index, snap_offset = bytes held */
 	RAFT_MSG_TYPE_COUNT
 };
 
@@ -161,7 +162,9 @@ struct raft_msg {
 	uint32_t n_entries;
 	struct raft_entry *entries;
 	struct raft_snap_meta snap; /* SNAP */
-	uint64_t snap_len;
+	uint64_t snap_total;	    /* SNAP: size of the whole snapshot data */
+	uint64_t snap_offset;	    /* SNAP: where this chunk starts; SNAP_RESP: bytes held */
+	uint64_t snap_len;	    /* SNAP: this chunk (at most max_msg_bytes) */
 	void *snap_data;
 };
 
@@ -173,7 +176,8 @@ struct raft_config {
 	bool check_quorum;
 	unsigned max_inflight;	  /* AppendEntries in flight per follower (default 64) */
 	unsigned max_msg_entries; /* default 64 */
-	size_t max_msg_bytes;	  /* default 1 MiB (at least one entry is always sent) */
+	size_t max_msg_bytes;	  /* entry bytes per APP (one entry always fits) and snapshot
+				     chunk size; default 1 MiB */
 	unsigned max_outbox;	  /* default 1024 */
 	unsigned max_uncommitted; /* leader refuses proposals beyond this many uncommitted
 				     entries, or twice this many unapplied (default 4096) */

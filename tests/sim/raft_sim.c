@@ -43,6 +43,7 @@
 #define SIM_NET_MAX 20000     /* messages in flight; beyond that the network drops */
 #define SIM_HEAL_BUDGET 20000 /* units allowed to converge after the heal (observed max ~4000) */
 #define SIM_HEAL_PROPOSALS 5
+#define SIM_SNAP_MAX 4096 /* snapshot data: 16 bytes of state + padding */
 #define SIM_PROP_ID_HEAL (1ULL << 62)
 
 /* ------------------------------------------------------------------ PRNG */
@@ -238,13 +239,13 @@ struct sim {
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
-	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now;
+	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now, n_snap_chunks;
 };
 
 /* totals over the seeds run by this process */
 static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
-	    compactions, snap_installs, msgs, heal_max;
+	    compactions, snap_installs, snap_chunks, msgs, heal_max;
 } g_tot;
 
 static struct sim *S;
@@ -330,6 +331,7 @@ net_send(const struct raft_msg *m)
 		msg_copy(&f->m, m);
 		S->n_msgs++;
 		S->n_timeout_now += m->type == RAFT_MSG_TIMEOUT_NOW;
+		S->n_snap_chunks += m->type == RAFT_MSG_SNAP && m->snap_offset > 0;
 	}
 }
 
@@ -434,14 +436,21 @@ pwrite_free(struct pwrite *w)
 
 /* ------------------------------------------------------------------ state machine */
 
+/* padding is a function of the state, so a corrupted or misassembled snapshot is caught */
+static uint8_t
+snap_pad_byte(uint64_t hash, size_t i)
+{
+	return (uint8_t)((hash >> (8 * (i % 8))) ^ (i * 131));
+}
+
 static void
 sm_snapshot_encode(struct node *nd, uint8_t *buf, size_t *len)
 {
 	memcpy(buf, &nd->sm_index, 8);
 	memcpy(buf + 8, &nd->sm_hash, 8);
-	size_t pad = rnd_n(48);
+	size_t pad = rnd_n(SIM_SNAP_MAX - 16); /* big enough to need several chunks */
 	for (size_t i = 0; i < pad; i++)
-		buf[16 + i] = (uint8_t)(nd->sm_hash >> (i % 8));
+		buf[16 + i] = snap_pad_byte(nd->sm_hash, i);
 	*len = 16 + pad;
 }
 
@@ -457,6 +466,10 @@ sm_restore(struct node *nd, const void *data, size_t len, uint64_t index)
 		fail("node %" PRIu64 " snapshot data too short (%zu)", nd->id, len);
 	memcpy(&nd->sm_index, data, 8);
 	memcpy(&nd->sm_hash, (const uint8_t *)data + 8, 8);
+	for (size_t i = 16; i < len; i++)
+		if (((const uint8_t *)data)[i] != snap_pad_byte(nd->sm_hash, i - 16))
+			fail("node %" PRIu64 " snapshot data corrupted at byte %zu of %zu", nd->id,
+			     i, len);
 	if (nd->sm_index != index)
 		fail("node %" PRIu64 " snapshot data index %" PRIu64 " != meta %" PRIu64, nd->id,
 		     nd->sm_index, index);
@@ -620,6 +633,9 @@ check_msg_bounds(struct node *nd, const struct raft_msg *m)
 	    (m->n_entries > 1 && bytes > nd->cfg.max_msg_bytes))
 		fail("node %" PRIu64 " sent %u entries / %zu bytes past its bounds", nd->id,
 		     m->n_entries, bytes);
+	if (m->type == RAFT_MSG_SNAP && m->snap_len > nd->cfg.max_msg_bytes)
+		fail("node %" PRIu64 " sent a snapshot chunk of %" PRIu64 " bytes", nd->id,
+		     m->snap_len);
 	if (m->from != nd->id)
 		fail("node %" PRIu64 " sent a message from %" PRIu64, nd->id, m->from);
 }
@@ -865,7 +881,7 @@ client_actions(void)
 			raft_status(nd->r, &st);
 			if (st.applied >= st.snap_index + 20 && st.applied <= st.persisted_index &&
 			    nd->sm_index == st.applied) {
-				uint8_t buf[64];
+				uint8_t buf[SIM_SNAP_MAX];
 				size_t len;
 				sm_snapshot_encode(nd, buf, &len);
 				if (raft_compact(nd->r, st.applied, buf, len) == 0) {
@@ -1182,6 +1198,7 @@ sim_run(const struct run_opts *o)
 	g_tot.timeout_now += S->n_timeout_now;
 	g_tot.compactions += S->n_compactions;
 	g_tot.snap_installs += S->n_snap_installs;
+	g_tot.snap_chunks += S->n_snap_chunks;
 	g_tot.msgs += S->n_msgs;
 	if (S->now - S->fault_end > g_tot.heal_max)
 		g_tot.heal_max = S->now - S->fault_end;
@@ -1299,10 +1316,10 @@ main(int argc, char **argv)
 	printf("totals: runs=%" PRIu64 " sim_units=%" PRIu64 " applied_proposals=%" PRIu64
 	       " leaders=%" PRIu64 " crashes=%" PRIu64 " disk_failures=%" PRIu64
 	       " conf_changes=%" PRIu64 " transfers=%" PRIu64 " timeout_now=%" PRIu64
-	       " compactions=%" PRIu64 " snapshot_installs=%" PRIu64 " msgs=%" PRIu64
-	       " max_heal_units=%" PRIu64 "\n",
+	       " compactions=%" PRIu64 " snapshot_installs=%" PRIu64 " later_chunks=%" PRIu64
+	       " msgs=%" PRIu64 " max_heal_units=%" PRIu64 "\n",
 	       g_tot.runs, g_tot.steps, g_tot.applied, g_tot.elections, g_tot.crashes,
 	       g_tot.disk_fail, g_tot.conf, g_tot.transfers, g_tot.timeout_now, g_tot.compactions,
-	       g_tot.snap_installs, g_tot.msgs, g_tot.heal_max);
+	       g_tot.snap_installs, g_tot.snap_chunks, g_tot.msgs, g_tot.heal_max);
 	return bad ? 1 : 0;
 }

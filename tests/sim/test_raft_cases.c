@@ -28,6 +28,8 @@ struct h {
 	uint64_t applied[H_MAX + 1];
 	int app_rejects; /* APP_RESP rejects seen on the wire */
 	int snaps_installed[H_MAX + 1];
+	uint64_t snap_sum[H_MAX + 1]; /* checksum of the last installed snapshot data */
+	size_t snap_len[H_MAX + 1];
 	uint64_t bad_commit; /* case 3.7: a commit index that must never be seen */
 	int bad_commit_leader;
 	int failed;
@@ -73,6 +75,8 @@ msg_drop(struct raft_msg *m)
 	free(m->snap_data);
 }
 
+static size_t g_max_msg_bytes; /* 0: the core's default */
+
 static struct raft_config
 h_cfg(uint64_t id, bool pre_vote, bool check_quorum)
 {
@@ -81,6 +85,7 @@ h_cfg(uint64_t id, bool pre_vote, bool check_quorum)
 				.heartbeat_tick = 1,
 				.pre_vote = pre_vote,
 				.check_quorum = check_quorum,
+				.max_msg_bytes = g_max_msg_bytes,
 				.rng_seed = id * 7919};
 	return c;
 }
@@ -139,6 +144,15 @@ h_free(struct h *h)
 	}
 }
 
+static uint64_t
+checksum(const void *p, size_t n)
+{
+	uint64_t x = 1469598103934665603ULL;
+	for (size_t i = 0; i < n; i++)
+		x = (x ^ ((const uint8_t *)p)[i]) * 1099511628211ULL;
+	return x;
+}
+
 static void
 h_drain(struct h *h, int id)
 {
@@ -150,8 +164,11 @@ h_drain(struct h *h, int id)
 			msg_dup(&h->q[h->qt], &rd.msgs[i]);
 			h->qt = (h->qt + 1) % Q_MAX;
 		}
-		if (rd.snap)
+		if (rd.snap) {
 			h->snaps_installed[id]++;
+			h->snap_sum[id] = checksum(rd.snap_data, rd.snap_len);
+			h->snap_len[id] = rd.snap_len;
+		}
 		if (rd.n_committed)
 			h->applied[id] = rd.committed[rd.n_committed - 1].index;
 		uint64_t seq = rd.need_persist ? rd.seq : 0;
@@ -451,10 +468,15 @@ case_transfer(void)
 
 /* Chapter 5: a follower behind the leader's first index receives the snapshot. */
 static void
-case_snapshot_install(void)
+snapshot_install(size_t max_msg_bytes, size_t snap_bytes)
 {
+	static uint8_t data[5000];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 31 + 7);
+	g_max_msg_bytes = max_msg_bytes;
 	struct h h;
 	h_init(&h, 3, true, true);
+	g_max_msg_bytes = 0;
 	h_pump(&h);
 	raft_campaign(h.r[1]);
 	h_pump(&h);
@@ -464,14 +486,28 @@ case_snapshot_install(void)
 	h_tick(&h, 1, 1);
 	struct raft_status s = st(&h, 1);
 	CHECK(s.commit == 52 && h.applied[1] == 52);
-	CHECK(raft_compact(h.r[1], 40, "SNAPDATA", 8) == 0);
+	CHECK(raft_compact(h.r[1], 40, data, snap_bytes) == 0);
 	CHECK(st(&h, 1).first_index == 41);
 	h.isolated[3] = false;
 	h_tick_all(&h, 4);
 	CHECK(h.snaps_installed[3] == 1);
 	CHECK(st(&h, 3).snap_index == 40);
 	CHECK(st(&h, 3).commit == 52 && h.applied[3] == 52);
+	CHECK(h.snap_len[3] == snap_bytes && h.snap_sum[3] == checksum(data, snap_bytes));
 	h_free(&h);
+}
+
+static void
+case_snapshot_install(void)
+{
+	snapshot_install(0, 8);
+}
+
+/* The same snapshot in 100-byte chunks, one in flight at a time. */
+static void
+case_snapshot_chunked(void)
+{
+	snapshot_install(100, 4321);
 }
 
 /* Persist before send: vote grants and append acks leave only after raft_persisted. */
@@ -766,6 +802,7 @@ static const struct {
     {"check_quorum_step_down", case_check_quorum_step_down},
     {"transfer", case_transfer},
     {"snapshot_install", case_snapshot_install},
+    {"snapshot_chunked", case_snapshot_chunked},
     {"persist_before_send", case_persist_before_send},
     {"membership", case_membership},
     {"conf_waits_for_term_commit", case_conf_waits_for_term_commit},
