@@ -3,7 +3,8 @@
 # node on 127.0.0.1:2525 in the foreground, with its data in .demo/node1, plus the two peers a
 # relay needs to do its job locally:
 #   dnsmasq on 127.0.0.53:5353  the only DNS the node uses: demo.example MX -> mx.demo.example
-#                               (127.0.0.54); every other name is NXDOMAIN (such mail bounces)
+#                               (127.0.0.54); it has no upstream, so other names fail
+#                               temporarily and such mail is deferred, then bounced
 #   smtp-sink on 127.0.0.54:25  the destination MX; every delivered message is a file in
 #                               .demo/sink/
 # Ctrl-C stops all three.  (The operations issue turns this into the 3-node demo behind HAProxy.)
