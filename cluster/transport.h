@@ -9,7 +9,8 @@
  *   - transport_send() copies the payload into a relay.PeerFrame (proto/transport.proto: from,
  *     to, cluster_id, kind, payload) and appends it to the peer's bounded send queue.  It never
  *     blocks.  When the queue is full (max_queue_per_peer messages or max_queue_bytes_per_peer
- *     payload bytes, the one being handed to NNG included) the message is dropped, counted in
+ *     payload bytes, the one being handed to NNG included; an empty queue takes any message
+ *     within max_msg_bytes) the message is dropped, counted in
  *     dropped_full, and TRANSPORT_EFULL returned.  Messages to one peer leave in send order; a
  *     message handed to a connection that then breaks is lost (no retransmission here).
  *   - Received frames are delivered by the recv callback ON THE LIBUV LOOP THREAD, in arrival
@@ -57,6 +58,8 @@
 
 #include <uv.h>
 
+#include "raft.h"
+
 /* Error codes and their strings: X(name, value, string). */
 #define TRANSPORT_ERRNO_MAP(X)                                                                     \
 	X(TRANSPORT_ENOMEM, -1, "out of memory")                                                   \
@@ -82,7 +85,9 @@ enum transport_errno {
 const char *transport_strerror(int code);
 
 /* Bounds and defaults (used when a config field is 0). */
-#define TRANSPORT_DEFAULT_MAX_MSG_BYTES ((size_t)64 << 20) /* one payload: snapshot chunks */
+/* one payload: room for a Raft message carrying RAFT_SNAPSHOT_MAX_BYTES (raft sends snapshots
+   in chunks of its own max_msg_bytes, so this is a ceiling, not a typical size) */
+#define TRANSPORT_DEFAULT_MAX_MSG_BYTES ((size_t)RAFT_SNAPSHOT_MAX_BYTES + ((size_t)1 << 20))
 #define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u	   /* messages waiting per peer */
 #define TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER ((size_t)128 << 20) /* payload bytes */
 #define TRANSPORT_MAX_PEERS 64u		   /* peers of one node */
@@ -205,7 +210,7 @@ void transport_admin_close(struct transport_admin *a, void (*done)(void *arg), v
 
 /*
  * Client: send req to the admin endpoint at cfg->listen and wait up to timeout_ms for the
- * reply.  BLOCKS: for relayctl or a helper thread, never a node's loop thread.  server_name
+ * reply (one deadline for connecting, sending and the reply).  BLOCKS: for relayctl or a helper thread, never a node's loop thread.  server_name
  * (NULL: any cluster cert) is the node id the server's cert must name.  On 0, *reply is malloc'd
  * (the caller frees it) and *reply_len its length.  TRANSPORT_ETIMEDOUT when no reply came
  * (server absent, refused our cert, or slow).
@@ -213,5 +218,30 @@ void transport_admin_close(struct transport_admin *a, void (*done)(void *arg), v
 int transport_admin_request(const struct transport_admin_config *cfg, const char *server_name,
 			    const void *req, size_t len, unsigned timeout_ms, void **reply,
 			    size_t *reply_len);
+
+/* ---- Raft messages on the wire (relay.RaftMsg in proto/transport.proto) ---- */
+
+/* Frame kind for a RaftMsg payload; other kinds belong to cluster/. */
+#define TRANSPORT_KIND_RAFT 1u
+
+/*
+ * Encode m (borrowed) into a malloc'd buffer (*buf, the caller frees it).  TRANSPORT_ETOOBIG
+ * when it breaks a raft.h bound.
+ */
+int transport_raft_encode(const struct raft_msg *m, void **buf, size_t *len);
+
+/* A decoded message: msg borrows from pb (entries, their data, snap_data). */
+struct transport_raft_in {
+	struct raft_msg msg;
+	void *pb; /* owned: the unpacked protobuf */
+};
+
+/*
+ * Decode a peer's bytes (borrowed).  Peer input: TRANSPORT_EINVAL when malformed or outside the
+ * bounds of raft.h (type, entry and snapshot size, nodes per configuration); nothing to free
+ * then.  On 0, pass in->msg to raft_step() and then call transport_raft_in_fini().
+ */
+int transport_raft_decode(const void *data, size_t len, struct transport_raft_in *in);
+void transport_raft_in_fini(struct transport_raft_in *in);
 
 #endif

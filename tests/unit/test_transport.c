@@ -569,6 +569,11 @@ test_queue_byte_bound(void **state)
 	assert_int_equal(transport_send(a.t, "node2", 0, buf, 60), TRANSPORT_EFULL);
 	assert_int_equal(transport_send(a.t, "node2", 0, buf, 40), 0);
 	assert_int_equal(transport_send(a.t, "node2", 0, buf, 1), TRANSPORT_EFULL);
+	/* An empty queue takes a message larger than the byte bound (up to max_msg_bytes). */
+	assert_int_equal(transport_add_peer(a.t, "node3", "127.0.0.64:1"), 0);
+	static char large[1000];
+	assert_int_equal(transport_send(a.t, "node3", 0, large, sizeof(large)), 0);
+	assert_int_equal(transport_send(a.t, "node3", 0, large, 1), TRANSPORT_EFULL);
 	node_close(&a);
 }
 
@@ -830,6 +835,184 @@ test_admin_tls(void **state)
 	admin_test(true);
 }
 
+/* ---- Raft codec ---- */
+
+static void
+test_raft_codec(void **state)
+{
+	struct raft_entry ents[3] = {
+		{ .index = 5, .term = 2, .type = RAFT_ENTRY_NORMAL, .len = 3, .data = "abc" },
+		{ .index = 6, .term = 2, .type = RAFT_ENTRY_NOOP, .len = 0, .data = NULL },
+		{ .index = 7, .term = 3, .type = RAFT_ENTRY_CONF, .len = 1, .data = "z" },
+	};
+	struct raft_msg app = { .type = RAFT_MSG_APP, .from = 1, .to = 2, .term = 3,
+				.log_term = 2, .index = 4, .commit = 4, .n_entries = 3,
+				.entries = ents };
+	void *buf;
+	size_t len;
+	struct transport_raft_in in;
+	assert_int_equal(transport_raft_encode(&app, &buf, &len), 0);
+	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
+	free(buf);
+	assert_int_equal(in.msg.type, RAFT_MSG_APP);
+	assert_int_equal(in.msg.from, 1);
+	assert_int_equal(in.msg.to, 2);
+	assert_int_equal(in.msg.term, 3);
+	assert_int_equal(in.msg.log_term, 2);
+	assert_int_equal(in.msg.index, 4);
+	assert_int_equal(in.msg.commit, 4);
+	assert_int_equal(in.msg.n_entries, 3);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(in.msg.entries[i].index, ents[i].index);
+		assert_int_equal(in.msg.entries[i].term, ents[i].term);
+		assert_int_equal(in.msg.entries[i].type, ents[i].type);
+		assert_int_equal(in.msg.entries[i].len, ents[i].len);
+		if (ents[i].len)
+			assert_memory_equal(in.msg.entries[i].data, ents[i].data, ents[i].len);
+	}
+	assert_int_equal(in.msg.snap_len, 0);
+	transport_raft_in_fini(&in);
+
+	struct raft_msg resp = { .type = RAFT_MSG_APP_RESP, .from = 2, .to = 1, .term = 3,
+				 .reject = 1, .index = 9, .hint_index = 6, .hint_term = 1 };
+	assert_int_equal(transport_raft_encode(&resp, &buf, &len), 0);
+	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
+	free(buf);
+	assert_int_equal(in.msg.reject, 1);
+	assert_int_equal(in.msg.force, 0);
+	assert_int_equal(in.msg.hint_index, 6);
+	assert_int_equal(in.msg.hint_term, 1);
+	assert_int_equal(in.msg.n_entries, 0);
+	assert_null(in.msg.entries);
+	transport_raft_in_fini(&in);
+
+	struct raft_msg sresp = { .type = RAFT_MSG_SNAP_RESP, .from = 3, .to = 1, .term = 4,
+				  .index = 100, .snap_offset = 4096 };
+	assert_int_equal(transport_raft_encode(&sresp, &buf, &len), 0);
+	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
+	free(buf);
+	assert_int_equal(in.msg.type, RAFT_MSG_SNAP_RESP);
+	assert_int_equal(in.msg.index, 100);
+	assert_int_equal(in.msg.snap_offset, 4096);
+	assert_int_equal(in.msg.snap_total, 0);
+	transport_raft_in_fini(&in);
+
+	static char snap[100000];
+	memset(snap, 's', sizeof(snap));
+	struct raft_msg sm = { .type = RAFT_MSG_SNAP, .from = 1, .to = 3, .term = 4,
+			       .snap = { .index = 100, .term = 4,
+					 .conf = { .n_voters = 3, .voters = { 1, 2, 3 },
+						   .n_learners = 1, .learners = { 9 } } },
+			       .snap_total = 3 * sizeof(snap), .snap_offset = sizeof(snap),
+			       .snap_len = sizeof(snap), .snap_data = snap };
+	assert_int_equal(transport_raft_encode(&sm, &buf, &len), 0);
+	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
+	assert_int_equal(in.msg.snap.index, 100);
+	assert_int_equal(in.msg.snap.term, 4);
+	assert_int_equal(in.msg.snap.conf.n_voters, 3);
+	assert_int_equal(in.msg.snap.conf.voters[2], 3);
+	assert_int_equal(in.msg.snap.conf.n_learners, 1);
+	assert_int_equal(in.msg.snap.conf.learners[0], 9);
+	assert_int_equal(in.msg.snap_total, 3 * sizeof(snap));
+	assert_int_equal(in.msg.snap_offset, sizeof(snap));
+	assert_int_equal(in.msg.snap_len, sizeof(snap));
+	assert_memory_equal(in.msg.snap_data, snap, sizeof(snap));
+	transport_raft_in_fini(&in);
+	/* Every truncation of a valid message is refused or decodes; never crashes. */
+	for (size_t cut = 0; cut < 64; cut++) {
+		if (transport_raft_decode(buf, cut, &in) == 0)
+			transport_raft_in_fini(&in);
+	}
+	free(buf);
+
+	/* Bounds, both ways. */
+	struct raft_msg bad = { .type = RAFT_MSG_TYPE_COUNT };
+	assert_int_equal(transport_raft_encode(&bad, &buf, &len), TRANSPORT_EINVAL);
+	bad = (struct raft_msg){ .type = RAFT_MSG_SNAP, .snap = { .conf = { .n_voters = 17 } } };
+	assert_int_equal(transport_raft_encode(&bad, &buf, &len), TRANSPORT_ETOOBIG);
+	assert_int_equal(transport_raft_decode("\xff\xff\xff", 3, &in), TRANSPORT_EINVAL);
+	assert_int_equal(transport_raft_decode("", 0, &in), TRANSPORT_EINVAL); /* required fields */
+
+	Relay__RaftMsg pm = RELAY__RAFT_MSG__INIT;
+	pm.type = RAFT_MSG_TYPE_COUNT;
+	uint8_t pbuf[4096];
+	len = relay__raft_msg__pack(&pm, pbuf);
+	assert_int_equal(transport_raft_decode(pbuf, len, &in), TRANSPORT_EINVAL);
+	pm.type = RAFT_MSG_SNAP;
+	Relay__RaftConf pc = RELAY__RAFT_CONF__INIT;
+	uint64_t many[RAFT_MAX_NODES + 1] = { 0 };
+	pc.n_voters = RAFT_MAX_NODES + 1;
+	pc.voters = many;
+	pm.snap_conf = &pc;
+	len = relay__raft_msg__pack(&pm, pbuf);
+	assert_int_equal(transport_raft_decode(pbuf, len, &in), TRANSPORT_EINVAL);
+	pc.n_voters = RAFT_MAX_NODES;
+	len = relay__raft_msg__pack(&pm, pbuf);
+	assert_int_equal(transport_raft_decode(pbuf, len, &in), 0);
+	transport_raft_in_fini(&in);
+	Relay__RaftEntry e = RELAY__RAFT_ENTRY__INIT, *ep = &e;
+	e.has_type = 1;
+	e.type = 7; /* no such entry type */
+	pm.snap_conf = NULL;
+	pm.type = RAFT_MSG_APP;
+	pm.n_entries = 1;
+	pm.entries = &ep;
+	len = relay__raft_msg__pack(&pm, pbuf);
+	assert_int_equal(transport_raft_decode(pbuf, len, &in), TRANSPORT_EINVAL);
+}
+
+/* A Raft message end to end: encoded, framed, sent, received, decoded. */
+static struct transport_raft_in raft_rx;
+static int raft_rx_rv = 1;
+static void
+raft_recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size_t len)
+{
+	assert_int_equal(kind, TRANSPORT_KIND_RAFT);
+	assert_string_equal(from, "node1");
+	raft_rx_rv = transport_raft_decode(data, len, &raft_rx);
+	*(bool *)arg = true;
+}
+
+static void
+test_raft_over_transport(void **state)
+{
+	static struct node a;
+	struct transport *b;
+	bool got = false;
+	node_init(&a, "node1", "127.0.0.96");
+	node_open(&a, TLS_A);
+	char ca[128], cert[128], key[128];
+	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+	snprintf(cert, sizeof(cert), "%s/a/node2.crt", certdir);
+	snprintf(key, sizeof(key), "%s/a/node2.key", certdir);
+	struct transport_config cfg = { .node_id = "node2", .listen = "127.0.0.97:0",
+					.ca_file = ca, .cert_file = cert, .key_file = key };
+	assert_int_equal(transport_open(&loop, &cfg, raft_recv_cb, &got, &b), 0);
+	char baddr[64];
+	snprintf(baddr, sizeof(baddr), "127.0.0.97:%d", transport_listen_port(b));
+	assert_int_equal(transport_add_peer(a.t, "node2", baddr), 0);
+	assert_int_equal(transport_add_peer(b, "node1", a.addr), 0);
+
+	struct raft_entry e = { .index = 1, .term = 1, .len = 5, .data = "hello" };
+	struct raft_msg m = { .type = RAFT_MSG_APP, .from = 1, .to = 2, .term = 1,
+			      .n_entries = 1, .entries = &e };
+	void *buf;
+	size_t len;
+	assert_int_equal(transport_raft_encode(&m, &buf, &len), 0);
+	assert_int_equal(transport_send(a.t, "node2", TRANSPORT_KIND_RAFT, buf, len), 0);
+	free(buf);
+	assert_true(run_until(flag_set, &got, WAIT_MS));
+	assert_int_equal(raft_rx_rv, 0);
+	assert_int_equal(raft_rx.msg.n_entries, 1);
+	assert_memory_equal(raft_rx.msg.entries[0].data, "hello", 5);
+	transport_raft_in_fini(&raft_rx);
+
+	bool done = false;
+	transport_close(b, closed_cb, &done);
+	assert_true(run_until(flag_set, &done, WAIT_MS));
+	node_close(&a);
+}
+
 static void
 test_bad_config(void **state)
 {
@@ -898,6 +1081,8 @@ main(void)
 		cmocka_unit_test(test_close_pending),
 		cmocka_unit_test(test_admin_plain),
 		cmocka_unit_test(test_admin_tls),
+		cmocka_unit_test(test_raft_codec),
+		cmocka_unit_test(test_raft_over_transport),
 		cmocka_unit_test(test_bad_config),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
