@@ -469,15 +469,15 @@ msg_propose(struct dmsg *m, const Relay__Command *cmd)
 	p->len = relay__command__pack(cmd, p->packed);
 	p->msg = m;
 	m->nprops++;
-	int rc = d->closing ? CLUSTER_ECLOSED : cluster_propose(d->cluster, cmd, outcome_cb, p);
+	int rc = cluster_propose(d->cluster, cmd, outcome_cb, p);
 	if (rc != 0) {
-		m->nprops--;
 		if (d->closing) {
+			log_warn(m->qid, "event=outcome-dropped error=\"%s\"", cluster_strerror(rc));
+			m->nprops--;
 			free(p->packed);
 			free(p);
 			return;
 		}
-		m->nprops++;
 		outcome_cb(p, rc); /* queues a retry */
 	}
 }
@@ -789,8 +789,10 @@ msg_job_done(struct dmsg *m)
 	struct delivery *d = m->d;
 	if (--m->njobs > 0)
 		return;
-	if (!d->closing)
-		msg_complete(m);
+	/* Also while closing: what was delivered or failed before the close is proposed (the
+	 * cluster closes after delivery); recipients cut by the close have no result and stay
+	 * queued as they were. */
+	msg_complete(m);
 	if (m->nprops == 0) {
 		msg_free(m);
 		sched_request(d);

@@ -11,6 +11,7 @@ destinations listen on port 25 of their own address.
   bounce.test   .14 answers 550 to RCPT       retry.test  .15: 451 to the first MAIL
   tempfail.test .16: 451 to every MAIL        greet.test  MX 10 .17 (421 greeting), MX 20 .18
   drop.test     MX 10 .19 (drops mid-DATA), MX 20 .21      slow.test  .22 (slow replies)
+  tls.test      .23 offers STARTTLS (and requires it)        notls.test .24 offers no STARTTLS
 """
 import email
 import email.policy
@@ -21,7 +22,7 @@ import time
 import unittest
 
 from relaytest import RelayTestCase, wait_for
-from dsttest import AioSink, Dnsmasq, queue_empty
+from dsttest import AioSink, Dnsmasq, queue_empty, tls_context
 from scripted_server import ScriptedServer
 
 NET = "127.0.7."
@@ -34,12 +35,13 @@ MX = [("two.test", "mx1.two.test", 10), ("two.test", "mx2.two.test", 20),
       ("retry.test", "mx.retry.test", 10), ("tempfail.test", "mx.tempfail.test", 10),
       ("greet.test", "mx1.greet.test", 10), ("greet.test", "mx2.greet.test", 20),
       ("drop.test", "mx1.drop.test", 10), ("drop.test", "mx2.drop.test", 20),
-      ("slow.test", "mx.slow.test", 10)]
+      ("slow.test", "mx.slow.test", 10), ("tls.test", "mx.tls.test", 10),
+      ("notls.test", "mx.notls.test", 10)]
 A = [("mx1.two.test", NET + "11"), ("mx2.two.test", NET + "12"), ("aonly.test", NET + "13"),
      ("mx.src.test", NET + "20"), ("mx.bounce.test", NET + "14"), ("mx.retry.test", NET + "15"),
      ("mx.tempfail.test", NET + "16"), ("mx1.greet.test", NET + "17"),
      ("mx2.greet.test", NET + "18"), ("mx1.drop.test", NET + "19"), ("mx2.drop.test", NET + "21"),
-     ("mx.slow.test", NET + "22")]
+     ("mx.slow.test", NET + "22"), ("mx.tls.test", NET + "23"), ("mx.notls.test", NET + "24")]
 
 
 def parse_dsn(raw):
@@ -261,6 +263,54 @@ class DeliveryTest(RelayTestCase):
         self.wait_drained(node)
         self.assertEqual(dsns.count(), 1)
         self.assertEqual(sink.count(), 1)
+
+    def test_delay_dsn_once_then_failure(self):
+        self.peer(ScriptedServer(NET + "16", mode="always451"))
+        dsns = self.peer(AioSink(NET + "20"))
+        node = self.node(delay_warning_time="1s", queue_lifetime="5s", retry_base="1s",
+                         retry_max="1s")
+        self.send("sender@src.test", ["slowpoke@tempfail.test"], "Subject: d\r\n\r\nx\r\n",
+                  rcpt_options=["NOTIFY=DELAY,FAILURE"])
+        wait_for(lambda: dsns.count() == 2, 30, "the delay DSN, then the failure DSN")
+        self.wait_drained(node)
+        actions = [parse_dsn(m[2])[1][0]["Action"] for m in dsns.snapshot()]
+        self.assertEqual(actions, ["delayed", "failed"])
+        _, per_rcpt, _ = parse_dsn(dsns.snapshot()[0][2])
+        self.assertIn("Will-Retry-Until", per_rcpt[0])
+
+    # ---------------------------------------------------------------- TLS
+
+    def test_starttls_opportunistic_and_required(self):
+        tls = self.peer(AioSink(NET + "23", tls_context=tls_context(self.tmp, "mx.tls.test")))
+        plain = self.peer(AioSink(NET + "24"))
+        node = self.node(tls_required_domains="notls.test")
+        self.send("a@src.test", ["t@tls.test"], "Subject: tls\r\n\r\nover TLS\r\n")
+        wait_for(lambda: tls.count() == 1, 20, "delivery over STARTTLS")
+        self.assertEqual(tls.tls, [True])
+        qid = self.send("a@src.test", ["p@notls.test"], "Subject: req\r\n\r\nx\r\n")
+        wait_for(lambda: any("status=deferred" in l for l in self.outcome_lines(node, qid)), 20,
+                 "the deferral (TLS required, not offered)")
+        line = [l for l in self.outcome_lines(node, qid) if "status=deferred" in l][0]
+        self.assertIn("4.7.4", line)
+        self.assertEqual(plain.count(), 0)
+
+    # ---------------------------------------------------------------- shutdown
+
+    def test_sigterm_during_delivery_keeps_the_message(self):
+        slow = self.peer(ScriptedServer(NET + "22", mode="slow", delay=2.0))
+        node = self.node()
+        qid = self.send("a@src.test", ["s@slow.test"], "Subject: s\r\n\r\nslow\r\n")
+        wait_for(lambda: slow.connections >= 1, 10, "the delivery connection")
+        t0 = time.monotonic()
+        self.assertEqual(node.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5.0)
+        self.assertIn(qid, node.dump_queue())          # still queued: nothing was decided
+        slow.stop()
+        self.peers.remove(slow)
+        ok = self.peer(ScriptedServer(NET + "22", mode="ok"))
+        node.start()
+        wait_for(lambda: len(ok.messages) == 1, 20, "delivery after the restart")
+        self.wait_drained(node)
 
     # ---------------------------------------------------------------- content
 
