@@ -249,10 +249,10 @@ struct peer {
 	pthread_mutex_t mtx; /* guards everything below */
 	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
 	unsigned head, n;
-	bool busy;	     /* a message is in p->aio */
-	size_t busy_len;     /* its payload bytes */
-	size_t bytes;	     /* payload bytes in ring + in flight */
-	bool closing;	     /* no more submissions */
+	bool busy;	 /* a message is in p->aio */
+	size_t busy_len; /* its payload bytes */
+	size_t bytes;	 /* payload bytes in ring + in flight */
+	bool closing;	 /* no more submissions */
 	uint64_t sent, dropped_full, send_errors;
 	atomic_int pipes; /* live connections (pipe notify, NNG threads) */
 	struct peer *next;
@@ -462,8 +462,8 @@ transport_poll_cb(uv_poll_t *h, int status, int events)
 static void transport_closed_cb(uv_handle_t *h);
 
 int
-transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_recv_cb cb,
-	       void *arg, struct transport **out)
+transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_recv_cb cb, void *arg,
+	       struct transport **out)
 {
 	int rv, fd;
 	if (loop == NULL || cfg == NULL || cb == NULL || out == NULL || !id_ok(cfg->node_id) ||
@@ -479,11 +479,13 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	strcpy(t->node_id, cfg->node_id);
 	if (cfg->cluster_id != NULL)
 		strcpy(t->cluster_id, cfg->cluster_id);
-	t->max_msg_bytes = cfg->max_msg_bytes ? cfg->max_msg_bytes : TRANSPORT_DEFAULT_MAX_MSG_BYTES;
-	t->max_queue =
-		cfg->max_queue_per_peer ? cfg->max_queue_per_peer : TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER;
-	t->max_queue_bytes = cfg->max_queue_bytes_per_peer ? cfg->max_queue_bytes_per_peer
-							   : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
+	t->max_msg_bytes =
+	    cfg->max_msg_bytes ? cfg->max_msg_bytes : TRANSPORT_DEFAULT_MAX_MSG_BYTES;
+	t->max_queue = cfg->max_queue_per_peer ? cfg->max_queue_per_peer
+					       : TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER;
+	t->max_queue_bytes = cfg->max_queue_bytes_per_peer
+				 ? cfg->max_queue_bytes_per_peer
+				 : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
 	if ((rv = tls_material_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
 				    &t->tls)) != 0)
 		goto err_after_alloc;
@@ -588,8 +590,7 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 	pthread_mutex_lock(&p->mtx);
 	unsigned waiting = p->n + (p->busy ? 1u : 0u);
 	/* An empty queue takes any message within max_msg_bytes, whatever the byte bound. */
-	bool full = waiting >= t->max_queue ||
-		    (waiting > 0 && p->bytes + len > t->max_queue_bytes);
+	bool full = waiting >= t->max_queue || (waiting > 0 && p->bytes + len > t->max_queue_bytes);
 	if (full)
 		p->dropped_full++;
 	pthread_mutex_unlock(&p->mtx);
@@ -613,7 +614,7 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 
 	pthread_mutex_lock(&p->mtx);
 	unsigned tail = (p->head + p->n) % t->max_queue;
-	p->ring[tail] = (struct queued){ .msg = m, .len = len };
+	p->ring[tail] = (struct queued){.msg = m, .len = len};
 	p->n++;
 	p->bytes += len;
 	if (!p->busy)
@@ -1024,11 +1025,11 @@ transport_raft_decode(const void *data, size_t len, struct transport_raft_in *in
 			const Relay__RaftEntry *e = pm->entries[i];
 			if (e->data.len > RAFT_ENTRY_MAX_BYTES || e->type > RAFT_ENTRY_CONF)
 				goto err_after_entries;
-			m->entries[i] = (struct raft_entry){ .index = e->index,
-							     .term = e->term,
-							     .type = (uint8_t)e->type,
-							     .len = (uint32_t)e->data.len,
-							     .data = e->data.data };
+			m->entries[i] = (struct raft_entry){.index = e->index,
+							    .term = e->term,
+							    .type = (uint8_t)e->type,
+							    .len = (uint32_t)e->data.len,
+							    .data = e->data.data};
 		}
 		m->n_entries = (uint32_t)pm->n_entries;
 	}

@@ -64,7 +64,7 @@
 #define TRANSPORT_ERRNO_MAP(X)                                                                     \
 	X(TRANSPORT_ENOMEM, -1, "out of memory")                                                   \
 	X(TRANSPORT_EINVAL, -2, "invalid argument")                                                \
-	X(TRANSPORT_EFULL, -3, "peer send queue full: message dropped")                           \
+	X(TRANSPORT_EFULL, -3, "peer send queue full: message dropped")                            \
 	X(TRANSPORT_ETOOBIG, -4, "message larger than max_msg_bytes")                              \
 	X(TRANSPORT_ENOPEER, -5, "no such peer")                                                   \
 	X(TRANSPORT_EEXIST, -6, "peer already added")                                              \
@@ -88,27 +88,28 @@ const char *transport_strerror(int code);
 /* one payload: room for a Raft message carrying RAFT_SNAPSHOT_MAX_BYTES (raft sends snapshots
    in chunks of its own max_msg_bytes, so this is a ceiling, not a typical size) */
 #define TRANSPORT_DEFAULT_MAX_MSG_BYTES ((size_t)RAFT_SNAPSHOT_MAX_BYTES + ((size_t)1 << 20))
-#define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u	   /* messages waiting per peer */
+#define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u /* messages waiting per peer */
 #define TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER ((size_t)128 << 20) /* payload bytes */
-#define TRANSPORT_MAX_PEERS 64u		   /* peers of one node */
-#define TRANSPORT_ID_MAX 64u		   /* node id and cluster id, bytes */
-#define TRANSPORT_FRAME_OVERHEAD_MAX 512u  /* frame bytes beyond the payload */
-#define TRANSPORT_RECV_BATCH 64u	   /* messages taken per loop turn */
-#define TRANSPORT_RECVBUF 128		   /* NNG receive buffer of the PULL socket, messages */
+#define TRANSPORT_MAX_PEERS 64u					       /* peers of one node */
+#define TRANSPORT_ID_MAX 64u		  /* node id and cluster id, bytes */
+#define TRANSPORT_FRAME_OVERHEAD_MAX 512u /* frame bytes beyond the payload */
+#define TRANSPORT_RECV_BATCH 64u	  /* messages taken per loop turn */
+#define TRANSPORT_RECVBUF 128		  /* NNG receive buffer of the PULL socket, messages */
 #define TRANSPORT_RECONNECT_MIN_MS 100
 #define TRANSPORT_RECONNECT_MAX_MS 2000
 #define TRANSPORT_PEM_MAX ((size_t)64 << 10) /* one cert or key file */
 #define TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES ((size_t)16 << 20)
 
 struct transport_config {
-	const char *node_id;	/* borrowed, copied; this node (frames' `to`), <= TRANSPORT_ID_MAX */
-	const char *cluster_id; /* borrowed, copied; NULL or "" = none; frames must carry the same */
-	const char *listen;	/* borrowed; "127.0.0.11:7401" (cluster_listen); port 0 picks one,
-				   see transport_listen_port() */
-	const char *ca_file;	/* borrowed; cluster CA (PEM); all three set or all NULL */
-	const char *cert_file;	/* borrowed; this node's cert (PEM), named for node_id */
-	const char *key_file;	/* borrowed; its key (PEM, unencrypted) */
-	size_t max_msg_bytes;	/* bound on one payload, sent or received (0: default) */
+	const char *node_id; /* borrowed, copied; this node (frames' `to`), <= TRANSPORT_ID_MAX */
+	const char
+	    *cluster_id;       /* borrowed, copied; NULL or "" = none; frames must carry the same */
+	const char *listen;    /* borrowed; "127.0.0.11:7401" (cluster_listen); port 0 picks one,
+				  see transport_listen_port() */
+	const char *ca_file;   /* borrowed; cluster CA (PEM); all three set or all NULL */
+	const char *cert_file; /* borrowed; this node's cert (PEM), named for node_id */
+	const char *key_file;  /* borrowed; its key (PEM, unencrypted) */
+	size_t max_msg_bytes;  /* bound on one payload, sent or received (0: default) */
 	unsigned max_queue_per_peer;	 /* messages waiting per peer (0: default) */
 	size_t max_queue_bytes_per_peer; /* payload bytes waiting per peer (0: default) */
 };
@@ -170,10 +171,10 @@ struct transport_stats {
 void transport_stats(const struct transport *t, struct transport_stats *out);
 
 struct transport_peer_stats {
-	bool connected;	      /* a connection to the peer is up */
-	unsigned queued;      /* messages waiting (the one handed to NNG included) */
-	size_t queued_bytes;  /* their payload bytes */
-	uint64_t sent;	      /* handed to a connection */
+	bool connected;	     /* a connection to the peer is up */
+	unsigned queued;     /* messages waiting (the one handed to NNG included) */
+	size_t queued_bytes; /* their payload bytes */
+	uint64_t sent;	     /* handed to a connection */
 	uint64_t dropped_full;
 	uint64_t send_errors;
 };
@@ -210,10 +211,10 @@ void transport_admin_close(struct transport_admin *a, void (*done)(void *arg), v
 
 /*
  * Client: send req to the admin endpoint at cfg->listen and wait up to timeout_ms for the
- * reply (one deadline for connecting, sending and the reply).  BLOCKS: for relayctl or a helper thread, never a node's loop thread.  server_name
- * (NULL: any cluster cert) is the node id the server's cert must name.  On 0, *reply is malloc'd
- * (the caller frees it) and *reply_len its length.  TRANSPORT_ETIMEDOUT when no reply came
- * (server absent, refused our cert, or slow).
+ * reply (one deadline for connecting, sending and the reply).  BLOCKS: for relayctl or a helper
+ * thread, never a node's loop thread.  server_name (NULL: any cluster cert) is the node id the
+ * server's cert must name.  On 0, *reply is malloc'd (the caller frees it) and *reply_len its
+ * length.  TRANSPORT_ETIMEDOUT when no reply came (server absent, refused our cert, or slow).
  */
 int transport_admin_request(const struct transport_admin_config *cfg, const char *server_name,
 			    const void *req, size_t len, unsigned timeout_ms, void **reply,

@@ -110,7 +110,7 @@ count_reached(void *arg)
 static bool
 wait_count(const unsigned *n, unsigned want, unsigned ms)
 {
-	struct count_goal g = { n, want };
+	struct count_goal g = {n, want};
 	return run_until(count_reached, &g, ms);
 }
 
@@ -135,7 +135,8 @@ stat_reached(void *arg)
 }
 #define WAIT_STAT(t, field, want)                                                                  \
 	run_until(stat_reached,                                                                    \
-		  &(struct stat_goal){ (t), offsetof(struct transport_stats, field), (want) }, WAIT_MS)
+		  &(struct stat_goal){(t), offsetof(struct transport_stats, field), (want)},       \
+		  WAIT_MS)
 
 struct conn_goal {
 	struct transport *t;
@@ -152,7 +153,7 @@ conn_reached(void *arg)
 static bool
 wait_connected(struct transport *t, const char *peer, bool want)
 {
-	return run_until(conn_reached, &(struct conn_goal){ t, peer, want }, WAIT_MS);
+	return run_until(conn_reached, &(struct conn_goal){t, peer, want}, WAIT_MS);
 }
 
 /* ---- nodes ---- */
@@ -172,7 +173,7 @@ enum tls_kind { PLAIN, TLS_A, TLS_FOREIGN_CERT };
 static void
 node_open_cfg(struct node *nd, enum tls_kind tls, const struct transport_config *base)
 {
-	struct transport_config cfg = base ? *base : (struct transport_config){ 0 };
+	struct transport_config cfg = base ? *base : (struct transport_config){0};
 	char listen[64], ca[128], cert[128], key[128];
 	snprintf(listen, sizeof(listen), "%s:%d", nd->host, nd->port);
 	cfg.node_id = nd->id;
@@ -248,13 +249,12 @@ order_test(enum tls_kind tls)
 	node_open(&a, tls);
 	node_open(&b, tls);
 	node_open(&c, tls);
-	struct node *all[] = { &a, &b, &c };
+	struct node *all[] = {&a, &b, &c};
 	for (int i = 0; i < 3; i++)
 		for (int j = 0; j < 3; j++)
 			if (i != j)
-				assert_int_equal(transport_add_peer(all[i]->t, all[j]->id,
-								    all[j]->addr),
-						 0);
+				assert_int_equal(
+				    transport_add_peer(all[i]->t, all[j]->id, all[j]->addr), 0);
 	const int N = 300;
 	for (int i = 0; i < N; i++) {
 		send_str(&a, "node3", 1, "a%d", i);
@@ -367,8 +367,8 @@ static void
 test_unauth_dropped(void **state)
 {
 	static struct node a, x, y, z;
-	struct transport_config cid = { .cluster_id = "c1" };
-	struct transport_config other = { .cluster_id = "c2" };
+	struct transport_config cid = {.cluster_id = "c1"};
+	struct transport_config other = {.cluster_id = "c2"};
 	node_init(&a, "node1", "127.0.0.41");
 	node_init(&x, "node9", "127.0.0.42"); /* not a peer of node1 */
 	node_init(&y, "node2", "127.0.0.43"); /* a peer, but dials node7's id at node1 */
@@ -431,7 +431,7 @@ static void
 test_malformed_dropped(void **state)
 {
 	static struct node a;
-	struct transport_config cfg = { .max_msg_bytes = 1024 };
+	struct transport_config cfg = {.max_msg_bytes = 1024};
 	node_init(&a, "node1", "127.0.0.51");
 	node_open_cfg(&a, PLAIN, &cfg);
 	assert_int_equal(transport_add_peer(a.t, "node2", "127.0.0.52:1"), 0);
@@ -481,7 +481,7 @@ test_malformed_dropped(void **state)
 	nng_close(s);
 
 	/* Sender side bound. */
-	char big[1025] = { 0 };
+	char big[1025] = {0};
 	assert_int_equal(transport_send(a.t, "node2", 0, big, sizeof(big)), TRANSPORT_ETOOBIG);
 	node_close(&a);
 }
@@ -514,7 +514,7 @@ static void
 test_queue_full_then_drain(void **state)
 {
 	static struct node a, b;
-	struct transport_config cfg = { .max_queue_per_peer = 8 };
+	struct transport_config cfg = {.max_queue_per_peer = 8};
 	uv_tcp_t held;
 	node_init(&a, "node1", "127.0.0.61");
 	node_init(&b, "node2", "127.0.0.62");
@@ -560,8 +560,8 @@ static void
 test_queue_byte_bound(void **state)
 {
 	static struct node a;
-	struct transport_config cfg = { .max_queue_bytes_per_peer = 100 };
-	char buf[60] = { 0 };
+	struct transport_config cfg = {.max_queue_bytes_per_peer = 100};
+	char buf[60] = {0};
 	node_init(&a, "node1", "127.0.0.63");
 	node_open_cfg(&a, PLAIN, &cfg);
 	assert_int_equal(transport_add_peer(a.t, "node2", "127.0.0.64:1"), 0);
@@ -752,7 +752,7 @@ admin_test(bool tls)
 	memset(&s, 0, sizeof(s));
 	uv_timer_init(&loop, &s.timer);
 	s.timer.data = &s;
-	struct transport_admin_config scfg = { .listen = "127.0.0.91:0" };
+	struct transport_admin_config scfg = {.listen = "127.0.0.91:0"};
 	if (tls) {
 		scfg.ca_file = ca;
 		scfg.cert_file = cert;
@@ -841,13 +841,19 @@ static void
 test_raft_codec(void **state)
 {
 	struct raft_entry ents[3] = {
-		{ .index = 5, .term = 2, .type = RAFT_ENTRY_NORMAL, .len = 3, .data = "abc" },
-		{ .index = 6, .term = 2, .type = RAFT_ENTRY_NOOP, .len = 0, .data = NULL },
-		{ .index = 7, .term = 3, .type = RAFT_ENTRY_CONF, .len = 1, .data = "z" },
+	    {.index = 5, .term = 2, .type = RAFT_ENTRY_NORMAL, .len = 3, .data = "abc"},
+	    {.index = 6, .term = 2, .type = RAFT_ENTRY_NOOP, .len = 0, .data = NULL},
+	    {.index = 7, .term = 3, .type = RAFT_ENTRY_CONF, .len = 1, .data = "z"},
 	};
-	struct raft_msg app = { .type = RAFT_MSG_APP, .from = 1, .to = 2, .term = 3,
-				.log_term = 2, .index = 4, .commit = 4, .n_entries = 3,
-				.entries = ents };
+	struct raft_msg app = {.type = RAFT_MSG_APP,
+			       .from = 1,
+			       .to = 2,
+			       .term = 3,
+			       .log_term = 2,
+			       .index = 4,
+			       .commit = 4,
+			       .n_entries = 3,
+			       .entries = ents};
 	void *buf;
 	size_t len;
 	struct transport_raft_in in;
@@ -873,8 +879,14 @@ test_raft_codec(void **state)
 	assert_int_equal(in.msg.snap_len, 0);
 	transport_raft_in_fini(&in);
 
-	struct raft_msg resp = { .type = RAFT_MSG_APP_RESP, .from = 2, .to = 1, .term = 3,
-				 .reject = 1, .index = 9, .hint_index = 6, .hint_term = 1 };
+	struct raft_msg resp = {.type = RAFT_MSG_APP_RESP,
+				.from = 2,
+				.to = 1,
+				.term = 3,
+				.reject = 1,
+				.index = 9,
+				.hint_index = 6,
+				.hint_term = 1};
 	assert_int_equal(transport_raft_encode(&resp, &buf, &len), 0);
 	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
 	free(buf);
@@ -886,8 +898,12 @@ test_raft_codec(void **state)
 	assert_null(in.msg.entries);
 	transport_raft_in_fini(&in);
 
-	struct raft_msg sresp = { .type = RAFT_MSG_SNAP_RESP, .from = 3, .to = 1, .term = 4,
-				  .index = 100, .snap_offset = 4096 };
+	struct raft_msg sresp = {.type = RAFT_MSG_SNAP_RESP,
+				 .from = 3,
+				 .to = 1,
+				 .term = 4,
+				 .index = 100,
+				 .snap_offset = 4096};
 	assert_int_equal(transport_raft_encode(&sresp, &buf, &len), 0);
 	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
 	free(buf);
@@ -899,12 +915,20 @@ test_raft_codec(void **state)
 
 	static char snap[100000];
 	memset(snap, 's', sizeof(snap));
-	struct raft_msg sm = { .type = RAFT_MSG_SNAP, .from = 1, .to = 3, .term = 4,
-			       .snap = { .index = 100, .term = 4,
-					 .conf = { .n_voters = 3, .voters = { 1, 2, 3 },
-						   .n_learners = 1, .learners = { 9 } } },
-			       .snap_total = 3 * sizeof(snap), .snap_offset = sizeof(snap),
-			       .snap_len = sizeof(snap), .snap_data = snap };
+	struct raft_msg sm = {.type = RAFT_MSG_SNAP,
+			      .from = 1,
+			      .to = 3,
+			      .term = 4,
+			      .snap = {.index = 100,
+				       .term = 4,
+				       .conf = {.n_voters = 3,
+						.voters = {1, 2, 3},
+						.n_learners = 1,
+						.learners = {9}}},
+			      .snap_total = 3 * sizeof(snap),
+			      .snap_offset = sizeof(snap),
+			      .snap_len = sizeof(snap),
+			      .snap_data = snap};
 	assert_int_equal(transport_raft_encode(&sm, &buf, &len), 0);
 	assert_int_equal(transport_raft_decode(buf, len, &in), 0);
 	assert_int_equal(in.msg.snap.index, 100);
@@ -926,9 +950,9 @@ test_raft_codec(void **state)
 	free(buf);
 
 	/* Bounds, both ways. */
-	struct raft_msg bad = { .type = RAFT_MSG_TYPE_COUNT };
+	struct raft_msg bad = {.type = RAFT_MSG_TYPE_COUNT};
 	assert_int_equal(transport_raft_encode(&bad, &buf, &len), TRANSPORT_EINVAL);
-	bad = (struct raft_msg){ .type = RAFT_MSG_SNAP, .snap = { .conf = { .n_voters = 17 } } };
+	bad = (struct raft_msg){.type = RAFT_MSG_SNAP, .snap = {.conf = {.n_voters = 17}}};
 	assert_int_equal(transport_raft_encode(&bad, &buf, &len), TRANSPORT_ETOOBIG);
 	assert_int_equal(transport_raft_decode("\xff\xff\xff", 3, &in), TRANSPORT_EINVAL);
 	assert_int_equal(transport_raft_decode("", 0, &in), TRANSPORT_EINVAL); /* required fields */
@@ -940,7 +964,7 @@ test_raft_codec(void **state)
 	assert_int_equal(transport_raft_decode(pbuf, len, &in), TRANSPORT_EINVAL);
 	pm.type = RAFT_MSG_SNAP;
 	Relay__RaftConf pc = RELAY__RAFT_CONF__INIT;
-	uint64_t many[RAFT_MAX_NODES + 1] = { 0 };
+	uint64_t many[RAFT_MAX_NODES + 1] = {0};
 	pc.n_voters = RAFT_MAX_NODES + 1;
 	pc.voters = many;
 	pm.snap_conf = &pc;
@@ -985,17 +1009,20 @@ test_raft_over_transport(void **state)
 	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
 	snprintf(cert, sizeof(cert), "%s/a/node2.crt", certdir);
 	snprintf(key, sizeof(key), "%s/a/node2.key", certdir);
-	struct transport_config cfg = { .node_id = "node2", .listen = "127.0.0.97:0",
-					.ca_file = ca, .cert_file = cert, .key_file = key };
+	struct transport_config cfg = {.node_id = "node2",
+				       .listen = "127.0.0.97:0",
+				       .ca_file = ca,
+				       .cert_file = cert,
+				       .key_file = key};
 	assert_int_equal(transport_open(&loop, &cfg, raft_recv_cb, &got, &b), 0);
 	char baddr[64];
 	snprintf(baddr, sizeof(baddr), "127.0.0.97:%d", transport_listen_port(b));
 	assert_int_equal(transport_add_peer(a.t, "node2", baddr), 0);
 	assert_int_equal(transport_add_peer(b, "node1", a.addr), 0);
 
-	struct raft_entry e = { .index = 1, .term = 1, .len = 5, .data = "hello" };
-	struct raft_msg m = { .type = RAFT_MSG_APP, .from = 1, .to = 2, .term = 1,
-			      .n_entries = 1, .entries = &e };
+	struct raft_entry e = {.index = 1, .term = 1, .len = 5, .data = "hello"};
+	struct raft_msg m = {
+	    .type = RAFT_MSG_APP, .from = 1, .to = 2, .term = 1, .n_entries = 1, .entries = &e};
 	void *buf;
 	size_t len;
 	assert_int_equal(transport_raft_encode(&m, &buf, &len), 0);
@@ -1017,7 +1044,7 @@ static void
 test_bad_config(void **state)
 {
 	struct transport *t;
-	struct transport_config cfg = { .node_id = "node1", .listen = "127.0.0.95:0" };
+	struct transport_config cfg = {.node_id = "node1", .listen = "127.0.0.95:0"};
 	cfg.ca_file = "/nonexistent/ca.crt";
 	assert_int_equal(transport_open(&loop, &cfg, recv_cb, NULL, &t), TRANSPORT_EINVAL);
 	cfg.cert_file = cfg.key_file = "/nonexistent/x";
@@ -1029,7 +1056,7 @@ test_bad_config(void **state)
 	cfg.cert_file = key; /* a key where the cert should be */
 	cfg.key_file = key;
 	assert_int_equal(transport_open(&loop, &cfg, recv_cb, NULL, &t), TRANSPORT_ETLS);
-	struct transport_config c2 = { .node_id = "", .listen = "127.0.0.95:0" };
+	struct transport_config c2 = {.node_id = "", .listen = "127.0.0.95:0"};
 	assert_int_equal(transport_open(&loop, &c2, recv_cb, NULL, &t), TRANSPORT_EINVAL);
 	c2.node_id = "node1";
 	c2.listen = "127.0.0.95";
@@ -1049,8 +1076,8 @@ setup(void **state)
 	if (mkdtemp(certdir) == NULL)
 		return -1;
 	char cmd[512];
-	snprintf(cmd, sizeof(cmd), "%s %s/a 3 >/dev/null && %s %s/b 3 >/dev/null", RELAY_CERT_SCRIPT,
-		 certdir, RELAY_CERT_SCRIPT, certdir);
+	snprintf(cmd, sizeof(cmd), "%s %s/a 3 >/dev/null && %s %s/b 3 >/dev/null",
+		 RELAY_CERT_SCRIPT, certdir, RELAY_CERT_SCRIPT, certdir);
 	return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -1069,21 +1096,14 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_order_plain),
-		cmocka_unit_test(test_order_tls),
-		cmocka_unit_test(test_tls_foreign_cert),
-		cmocka_unit_test(test_unauth_dropped),
-		cmocka_unit_test(test_malformed_dropped),
-		cmocka_unit_test(test_queue_full_then_drain),
-		cmocka_unit_test(test_queue_byte_bound),
-		cmocka_unit_test(test_reconnect_plain),
-		cmocka_unit_test(test_reconnect_tls),
-		cmocka_unit_test(test_close_pending),
-		cmocka_unit_test(test_admin_plain),
-		cmocka_unit_test(test_admin_tls),
-		cmocka_unit_test(test_raft_codec),
-		cmocka_unit_test(test_raft_over_transport),
-		cmocka_unit_test(test_bad_config),
+	    cmocka_unit_test(test_order_plain),	      cmocka_unit_test(test_order_tls),
+	    cmocka_unit_test(test_tls_foreign_cert),  cmocka_unit_test(test_unauth_dropped),
+	    cmocka_unit_test(test_malformed_dropped), cmocka_unit_test(test_queue_full_then_drain),
+	    cmocka_unit_test(test_queue_byte_bound),  cmocka_unit_test(test_reconnect_plain),
+	    cmocka_unit_test(test_reconnect_tls),     cmocka_unit_test(test_close_pending),
+	    cmocka_unit_test(test_admin_plain),	      cmocka_unit_test(test_admin_tls),
+	    cmocka_unit_test(test_raft_codec),	      cmocka_unit_test(test_raft_over_transport),
+	    cmocka_unit_test(test_bad_config),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
