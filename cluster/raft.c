@@ -561,12 +561,15 @@ abort_transfer(struct raft *r)
 	r->transferee = 0;
 }
 
+static void rx_reset(struct raft *r);
+
 static void
 become_follower(struct raft *r, uint64_t term, uint64_t lead)
 {
 	if (term != r->term) {
 		r->term = term;
 		r->vote = 0;
+		rx_reset(r); /* a transfer from an older leader will not complete */
 	}
 	r->role = RAFT_FOLLOWER;
 	r->lead = lead;
@@ -663,6 +666,7 @@ campaign(struct raft *r, bool pre, bool force)
 	reset_rand_timeout(r);
 	abort_transfer(r);
 	reset_votes(r);
+	rx_reset(r);
 	if (pre) {
 		r->role = RAFT_PRECANDIDATE;
 	} else {

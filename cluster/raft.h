@@ -42,7 +42,10 @@
  * (max_inflight), entries and bytes per message (max_msg_entries, max_msg_bytes), uncommitted
  * entries at the leader (max_uncommitted), entries in the in-memory log (max_log_entries: the
  * host must compact), committed entries handed out per ready (max_apply_batch), entry size
- * (RAFT_ENTRY_MAX_BYTES) and snapshot size (RAFT_SNAPSHOT_MAX_BYTES).
+ * (RAFT_ENTRY_MAX_BYTES), snapshot size (RAFT_SNAPSHOT_MAX_BYTES; sent in chunks of at most
+ * max_msg_bytes, one in flight per follower; a follower assembles one snapshot at a time)
+ * and readies fetched but not yet reported durable (RAFT_MAX_UNPERSISTED_READIES; beyond it
+ * new state simply waits in the core).
  *
  * Failure modes.  Malformed peer input makes raft_step() return RAFT_EINVAL and changes
  * nothing.  Allocation failure returns RAFT_ENOMEM from the call that needed memory; when it
