@@ -103,6 +103,7 @@ struct djob {
 	size_t n;
 	uint32_t idx[MTA_MAX_RCPTS]; /* recipient indexes in msg->rec */
 	struct mta_rcpt rc[MTA_MAX_RCPTS];
+	char *orcpt[MTA_MAX_RCPTS]; /* owned: decoded ORCPT passed on (RFC 3461 4.2), or NULL */
 	struct mta_txn txn;
 	struct mta_diag last; /* the last failure of this job, for the deferral */
 	char last_relay[DLV_RELAY_MAX];
@@ -339,6 +340,23 @@ static char *
 xstrdup(const char *s)
 {
 	return strdup(s ? s : "");
+}
+
+/* A copy of at most max bytes of s (NULL = ""); NULL on ENOMEM. */
+static char *
+dup_max(const char *s, size_t max)
+{
+	if (s == NULL)
+		s = "";
+	size_t n = 0;
+	while (n < max && s[n] != '\0')
+		n++;
+	char *d = malloc(n + 1);
+	if (d != NULL) {
+		memcpy(d, s, n);
+		d[n] = '\0';
+	}
+	return d;
 }
 
 /* ------------------------------------------------------------ messages */
@@ -639,7 +657,7 @@ msg_complete(struct dmsg *m)
 				snprintf(buf, sizeof(buf), "queue lifetime expired; last error: %s",
 					 r->reply ? r->reply : "none");
 				free(r->reply);
-				r->reply = strdup(buf);
+				r->reply = dup_max(buf, QUEUE_REPLY_MAX);
 				if (r->status[0] == '\0' || r->status[0] == '2')
 					snprintf(r->status, sizeof(r->status), "4.4.7");
 			} else {
@@ -800,6 +818,14 @@ msg_job_done(struct dmsg *m)
 	}
 }
 
+static void
+job_free(struct djob *j)
+{
+	for (size_t k = 0; k < j->n; k++)
+		free(j->orcpt[k]);
+	free(j);
+}
+
 /* Records the result of recipient slot k of job j. */
 static void
 job_set(struct djob *j, size_t k, uint8_t kind, const struct mta_diag *diag, const char *relay)
@@ -812,8 +838,8 @@ job_set(struct djob *j, size_t k, uint8_t kind, const struct mta_diag *diag, con
 							      : kind == RES_DEFERRED ? "4.0.0" : "5.0.0"));
 	free(r->reply);
 	free(r->relay);
-	r->reply = xstrdup(diag ? diag->text : "");
-	r->relay = xstrdup(relay);
+	r->reply = dup_max(diag ? diag->text : "", QUEUE_REPLY_MAX);
+	r->relay = dup_max(relay, QUEUE_RELAY_MAX); /* the bounds queue_validate checks */
 }
 
 /* The job is over for this run: pending recipients become deferred with its last error. */
@@ -832,7 +858,7 @@ job_done(struct djob *j)
 			job_set(j, k, RES_DEFERRED, &dg, j->last_relay);
 		}
 	struct dmsg *m = j->msg;
-	free(j);
+	job_free(j);
 	msg_job_done(m);
 }
 
@@ -1199,8 +1225,9 @@ conn_close(struct dconn *c)
 		struct djob *j = c->job;
 		c->job = NULL;
 		if (c->d->closing) {
-			msg_job_done(j->msg);
-			free(j);
+			struct dmsg *m = j->msg;
+			job_free(j);
+			msg_job_done(m);
 		} else {
 			job_done(j);
 		}
@@ -1720,12 +1747,19 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
 		rc = queue_fsm_read_body(d->q, qm->queue_id, &body, &blen);
 	if (rc != 0) {
 		/* ENOTFOUND for the body: the Accept was applied, its batch is not written yet */
+		bool m_rec_ok = m->rec != NULL;
 		if (rc != QUEUE_ENOTFOUND || m->rec == NULL)
 			log_warn(qm->queue_id, "event=read-failed error=\"%s\"", queue_strerror(rc));
 		if (m->rec)
 			relay__queue_record__free_unpacked(m->rec, NULL);
 		free(m);
-		return rc == QUEUE_ENOTFOUND ? -2 : -1;
+		/* A missing body long after arrival is not the pending write: a damaged store.
+		 * Retried every second (and logged), never spun on. */
+		if (rc == QUEUE_ENOTFOUND && m_rec_ok && now < qm->received_ms + 10000)
+			return -2;
+		if (rc == QUEUE_ENOTFOUND && m_rec_ok)
+			log_warn(qm->queue_id, "event=read-failed error=\"body missing\"");
+		return -1;
 	}
 	m->body = body;
 	m->body_len = blen;
@@ -1792,7 +1826,12 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
 		memset(r, 0, sizeof(*r));
 		r->addr = qr->rcpt->addr;
 		r->notify = notify_from_queue(qr->rcpt);
-		r->orcpt = NULL; /* see orcpt below */
+		r->orcpt = NULL;
+		if (qr->rcpt->orcpt != NULL && qr->rcpt->orcpt[0] != '\0') {
+			char buf[MTA_ORCPT_MAX + 1];
+			if (orcpt_decode(qr->rcpt->orcpt, buf, sizeof(buf)) != NULL)
+				r->orcpt = j->orcpt[j->n] = strdup(buf);
+		}
 		r->state = MTA_RCPT_PENDING;
 		j->idx[j->n++] = (uint32_t)i;
 	}
@@ -2098,7 +2137,7 @@ delivery_close(struct delivery *d, void (*done)(void *arg), void *arg)
 		struct djob *j;
 		while ((j = dest_pop(x)) != NULL) {
 			struct dmsg *m = j->msg;
-			free(j);
+			job_free(j);
 			msg_job_done(m);
 		}
 	}

@@ -184,7 +184,9 @@ class DeliveryTest(RelayTestCase):
         dsns = self.peer(AioSink(NET + "20"))
         node = self.node()
         qid = self.send("sender@src.test", ["nouser@bounce.test"],
-                        "Subject: will bounce\r\nMessage-ID: <b1@src.test>\r\n\r\nbody\r\n")
+                        "Subject: will bounce\r\nMessage-ID: <b1@src.test>\r\n\r\nbody\r\n",
+                        mail_options=["RET=HDRS", "ENVID=env+2B1"],
+                        rcpt_options=["ORCPT=rfc822;orig+2Bx@bounce.test"])
         wait_for(lambda: dsns.count() == 1, 20, "the DSN at the sender's domain")
         self.wait_drained(node)
         mail_from, rcpts, raw = dsns.snapshot()[0]
@@ -201,7 +203,11 @@ class DeliveryTest(RelayTestCase):
         self.assertEqual(r["Status"], "5.1.1")
         self.assertIn("550 5.1.1", r["Diagnostic-Code"])
         self.assertIn("mx.bounce.test", r.get("Remote-MTA", ""))
-        self.assertIn(b"Message-ID: <b1@src.test>", raw)   # the original comes back
+        self.assertEqual(r["Original-Recipient"].replace(" ", ""), "rfc822;orig+x@bounce.test")
+        self.assertEqual(per_msg.get("Original-Envelope-Id"), "env+1")
+        self.assertIn(b"Message-ID: <b1@src.test>", raw)   # the original's headers come back
+        self.assertTrue(any(p.get_content_type() == "text/rfc822-headers" for p in msg.walk()))
+        self.assertNotIn(b"\r\n\r\nbody\r\n", raw.split(b"text/rfc822-headers", 1)[1])
         self.assertIn("status=bounced", self.outcome_lines(node, qid)[0])
 
     def test_null_mx_and_nxdomain_one_dsn(self):
