@@ -225,6 +225,7 @@ struct sim {
 	uint32_t all_crash_ppm;	   /* every node at once: a power cut */
 	uint32_t conf_ppm, transfer_ppm, compact_ppm;
 	bool pre_vote, check_quorum;
+	unsigned election_tick, heartbeat_tick;
 	/* oracles */
 	struct u64vec leader_of_term;
 	struct u64vec committed_term;
@@ -525,8 +526,8 @@ node_config(struct node *nd)
 {
 	struct raft_config c = {
 	    .id = nd->id,
-	    .election_tick = 10,
-	    .heartbeat_tick = 1,
+	    .election_tick = S->election_tick,
+	    .heartbeat_tick = S->heartbeat_tick,
 	    .pre_vote = S->pre_vote,
 	    .check_quorum = S->check_quorum,
 	    .max_inflight = 1 + (unsigned)rnd_n(16),
@@ -1123,6 +1124,12 @@ sim_run(const struct run_opts *o)
 	}
 	S->pre_vote = rnd_n(5) != 0;
 	S->check_quorum = rnd_n(5) != 0 || !S->pre_vote;
+	S->election_tick = 10;
+	S->heartbeat_tick = 1;
+	if (rnd_n(4) == 0) {
+		S->election_tick = 5 + (unsigned)rnd_n(16);
+		S->heartbeat_tick = 1 + (unsigned)rnd_n(S->election_tick / 4);
+	}
 	if (o->pre_vote >= 0)
 		S->pre_vote = o->pre_vote;
 	if (o->check_quorum >= 0)
@@ -1152,7 +1159,8 @@ sim_run(const struct run_opts *o)
 	for (int i = 1; i <= S->n_ids; i++)
 		if (!S->nodes[i].up)
 			S->nodes[i].restart_at = S->now;
-	uint64_t deadline = S->now + SIM_HEAL_BUDGET;
+	uint64_t budget = SIM_HEAL_BUDGET * (S->election_tick > 10 ? S->election_tick : 10) / 10;
+	uint64_t deadline = S->now + budget;
 	bool ok = false;
 	for (; S->now <= deadline; S->now++) {
 		step_once();
@@ -1163,8 +1171,8 @@ sim_run(const struct run_opts *o)
 	}
 	if (!ok) {
 		struct node *l = leader_node();
-		fail("liveness: no convergence %d units after heal (leader %" PRIu64 ")",
-		     SIM_HEAL_BUDGET, l ? l->id : 0);
+		fail("liveness: no convergence %" PRIu64 " units after heal (leader %" PRIu64 ")",
+		     budget, l ? l->id : 0);
 	}
 	/* durability: every proposal ever applied is committed at its index in the final log */
 	struct node *l = leader_node();
