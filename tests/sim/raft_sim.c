@@ -41,7 +41,7 @@
 #define SIM_MAX_NODES 8
 #define SIM_TICK 10	      /* time units per raft tick */
 #define SIM_NET_MAX 20000     /* messages in flight; beyond that the network drops */
-#define SIM_HEAL_BUDGET 20000 /* units allowed to converge after the heal (observed max ~4000) */
+#define SIM_HEAL_BUDGET 20000 /* units to converge after the heal, x election_tick/10 (max seen ~9000) */
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_SNAP_MAX 4096 /* snapshot data: 16 bytes of state + padding */
 #define SIM_PROP_ID_HEAL (1ULL << 62)
