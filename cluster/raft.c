@@ -1596,8 +1596,8 @@ raft_advance(struct raft *r, struct raft_ready *rd)
 void
 raft_persisted(struct raft *r, uint64_t seq)
 {
-	if (seq <= r->persisted_seq)
-		return;
+	if (seq <= r->persisted_seq || seq >= r->next_seq)
+		return; /* old news, or a write the core never asked for */
 	while (r->pend_count && r->pend[r->pend_start].seq <= seq) {
 		struct raft_pending *p = &r->pend[r->pend_start];
 		r->persisted_hs = p->hs;

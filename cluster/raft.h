@@ -34,7 +34,8 @@
  * Pointers in a ready (entries, committed, msgs and their entries, snapshot data) are owned by
  * the core and valid until raft_advance(); between raft_ready_get() and raft_advance() the host
  * calls no other function on the same struct raft.  Messages passed to raft_step() are
- * borrowed: the core copies what it keeps.
+ * borrowed: the core copies what it keeps.  A struct raft is used by one thread at a time.
+ * Durable writes complete in seq order; raft_persisted(seq) covers every earlier seq.
  *
  * Bounds.  Every queue is bounded by a field of struct raft_config (a default is used when the
  * field is 0): the outbox and the persist-wait queue (max_outbox messages each; overflow drops
