@@ -1806,6 +1806,17 @@ raft_status(const struct raft *r, struct raft_status *st)
 }
 
 int
+raft_set_applied(struct raft *r, uint64_t index)
+{
+	if (r->ready_out || r->snap_install || r->snap_unapplied)
+		return RAFT_ESTATE;
+	if (index < r->applied || index > r->commit)
+		return RAFT_EINVAL;
+	r->applied = index;
+	return 0;
+}
+
+int
 raft_bootstrap(struct raft *r, const struct raft_conf *conf)
 {
 	if (!conf_valid(conf) || conf->n_voters == 0)

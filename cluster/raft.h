@@ -259,6 +259,13 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
 		 const struct raft_entry *ents, size_t n);
 
 /*
+ * For a host whose state machine is itself durable (it stores its applied index with its
+ * state): entries up to index were applied before the restart, do not hand them out again.
+ * Call after raft_restore(); snapshot index <= index <= commit index.
+ */
+int raft_set_applied(struct raft *r, uint64_t index);
+
+/*
  * Start a brand-new cluster: every initial member calls this (instead of raft_restore) with
  * the same configuration.  It puts the configuration at index 1, term 1, committed; the first
  * ready carries it to be persisted.  A server that joins later calls raft_restore with an

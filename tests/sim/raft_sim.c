@@ -39,9 +39,10 @@
 #include <time.h>
 
 #define SIM_MAX_NODES 8
-#define SIM_TICK 10	      /* time units per raft tick */
-#define SIM_NET_MAX 20000     /* messages in flight; beyond that the network drops */
-#define SIM_HEAL_BUDGET 20000 /* units to converge after the heal, x election_tick/10 (max seen ~9000) */
+#define SIM_TICK 10	  /* time units per raft tick */
+#define SIM_NET_MAX 20000 /* messages in flight; beyond that the network drops */
+#define SIM_HEAL_BUDGET                                                                            \
+	20000 /* units to converge after the heal, x election_tick/10 (max seen ~9000) */
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_SNAP_MAX 4096 /* snapshot data: 16 bytes of state + padding */
 #define SIM_PROP_ID_HEAL (1ULL << 62)
@@ -196,7 +197,9 @@ struct node {
 	struct raft *r;
 	struct disk d;
 	uint64_t restart_at;
-	uint64_t sm_index, sm_hash; /* the state machine: a hash chain of applied entries */
+	uint64_t sm_index, sm_hash;   /* the state machine: a hash chain of applied entries */
+	uint64_t dsm_index, dsm_hash; /* the state machine as last saved to disk by the host */
+	bool durable_sm;	      /* this node's host keeps its state machine on disk */
 	uint64_t tick_phase;
 	uint64_t seen_commit;
 	uint64_t lc_term, lc_checked;
@@ -240,13 +243,14 @@ struct sim {
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
-	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now, n_snap_chunks;
+	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now, n_snap_chunks,
+	    n_sm_resumes;
 };
 
 /* totals over the seeds run by this process */
 static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
-	    compactions, snap_installs, snap_chunks, msgs, heal_max;
+	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max;
 } g_tot;
 
 static struct sim *S;
@@ -567,6 +571,16 @@ node_start(struct node *nd, bool bootstrap)
 		rv = raft_restore(nd->r, &nd->d.hs, &nd->d.snap, nd->d.snap_data, nd->d.snap_len,
 				  nd->d.ents, nd->d.n);
 		sm_restore(nd, nd->d.snap_data, nd->d.snap_len, nd->d.snap.index);
+		struct raft_status st;
+		raft_status(nd->r, &st);
+		if (rv == 0 && nd->durable_sm && nd->dsm_index > st.snap_index &&
+		    nd->dsm_index <= st.commit) {
+			/* the saved state machine is newer than the snapshot: resume from it */
+			rv = raft_set_applied(nd->r, nd->dsm_index);
+			S->n_sm_resumes++;
+			nd->sm_index = nd->dsm_index;
+			nd->sm_hash = nd->dsm_hash;
+		}
 	}
 	if (rv)
 		fail("node %" PRIu64 " restore: %s", nd->id, raft_strerror(rv));
@@ -699,6 +713,10 @@ drain(struct node *nd)
 		}
 		for (size_t i = 0; i < rd.n_committed; i++)
 			sm_apply(nd, &rd.committed[i]);
+		if (nd->durable_sm && (rd.n_committed || rd.snap) && rnd_n(2)) {
+			nd->dsm_index = nd->sm_index;
+			nd->dsm_hash = nd->sm_hash;
+		}
 		raft_advance(nd->r, &rd);
 	}
 }
@@ -1144,6 +1162,7 @@ sim_run(const struct run_opts *o)
 	}
 	for (int i = 1; i <= S->n_ids; i++) {
 		S->nodes[i].id = (uint64_t)i;
+		S->nodes[i].durable_sm = rnd_n(2);
 		if (i <= S->n_nodes) {
 			node_start(&S->nodes[i], true);
 		} else {
@@ -1207,6 +1226,7 @@ sim_run(const struct run_opts *o)
 	g_tot.compactions += S->n_compactions;
 	g_tot.snap_installs += S->n_snap_installs;
 	g_tot.snap_chunks += S->n_snap_chunks;
+	g_tot.sm_resumes += S->n_sm_resumes;
 	g_tot.msgs += S->n_msgs;
 	if (S->now - S->fault_end > g_tot.heal_max)
 		g_tot.heal_max = S->now - S->fault_end;
@@ -1325,9 +1345,10 @@ main(int argc, char **argv)
 	       " leaders=%" PRIu64 " crashes=%" PRIu64 " disk_failures=%" PRIu64
 	       " conf_changes=%" PRIu64 " transfers=%" PRIu64 " timeout_now=%" PRIu64
 	       " compactions=%" PRIu64 " snapshot_installs=%" PRIu64 " later_chunks=%" PRIu64
-	       " msgs=%" PRIu64 " max_heal_units=%" PRIu64 "\n",
+	       " sm_resumes=%" PRIu64 " msgs=%" PRIu64 " max_heal_units=%" PRIu64 "\n",
 	       g_tot.runs, g_tot.steps, g_tot.applied, g_tot.elections, g_tot.crashes,
 	       g_tot.disk_fail, g_tot.conf, g_tot.transfers, g_tot.timeout_now, g_tot.compactions,
-	       g_tot.snap_installs, g_tot.snap_chunks, g_tot.msgs, g_tot.heal_max);
+	       g_tot.snap_installs, g_tot.snap_chunks, g_tot.sm_resumes, g_tot.msgs,
+	       g_tot.heal_max);
 	return bad ? 1 : 0;
 }
