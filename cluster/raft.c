@@ -687,6 +687,8 @@ campaign(struct raft *r, bool pre, bool force)
 int
 raft_campaign(struct raft *r)
 {
+	if (r->ready_out)
+		return RAFT_ESTATE;
 	if (r->role == RAFT_LEADER)
 		return 0;
 	if (!promotable(r))
@@ -1552,7 +1554,9 @@ raft_ready_get(struct raft *r, struct raft_ready *rd)
 	}
 	uint64_t from = (r->snap_unapplied ? r->snap.index : r->applied) + 1;
 	if (!r->snap_install) { /* else a snapshot waits for a free persist slot */
-		uint64_t to = r->commit;
+		/* Only entries durable here too: a host whose state machine is durable never
+		 * gets ahead of its own log (see raft_set_applied). */
+		uint64_t to = r->commit < r->persisted_index ? r->commit : r->persisted_index;
 		if (to >= from + r->cfg.max_apply_batch)
 			to = from + r->cfg.max_apply_batch - 1;
 		if (to >= from) {
@@ -1810,9 +1814,13 @@ raft_set_applied(struct raft *r, uint64_t index)
 {
 	if (r->ready_out || r->snap_install || r->snap_unapplied)
 		return RAFT_ESTATE;
-	if (index < r->applied || index > r->commit)
+	if (index < r->applied || index > last_index(r))
 		return RAFT_EINVAL;
+	/* The host applied only committed, locally durable entries: they are in our log, and the
+	 * durable commit index may just lag behind them. */
 	r->applied = index;
+	if (r->commit < index)
+		r->commit = index;
 	return 0;
 }
 

@@ -17,7 +17,8 @@
  *       start writing rd.snap (install), rd.hs, rd.entries to disk, in that order, as ONE
  *         ordered write numbered rd.seq (when rd.need_persist);
  *       send every message in rd.msgs (they are safe to send now: see below);
- *       apply rd.snap_data to the state machine if rd.snap, then apply rd.committed in order;
+ *       apply rd.snap_data to the state machine if rd.snap, then apply rd.committed in order
+ *         (committed entries are always durable locally already);
  *       raft_advance(r, &rd);
  *   }
  *   ... later, when the write numbered seq is durable (fsync returned): raft_persisted(r, seq).
@@ -261,7 +262,10 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
 /*
  * For a host whose state machine is itself durable (it stores its applied index with its
  * state): entries up to index were applied before the restart, do not hand them out again.
- * Call after raft_restore(); snapshot index <= index <= commit index.
+ * Call after raft_restore(); snapshot index <= index <= last index.  The core hands out only
+ * committed entries that are also durable locally, so such a state machine never gets ahead
+ * of the log; a snapshot from the leader (rd.snap) must become the state machine's state in
+ * the same durable write that stores it, or after raft_persisted() for it.
  */
 int raft_set_applied(struct raft *r, uint64_t index);
 

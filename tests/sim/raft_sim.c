@@ -573,8 +573,12 @@ node_start(struct node *nd, bool bootstrap)
 		sm_restore(nd, nd->d.snap_data, nd->d.snap_len, nd->d.snap.index);
 		struct raft_status st;
 		raft_status(nd->r, &st);
-		if (rv == 0 && nd->durable_sm && nd->dsm_index > st.snap_index &&
-		    nd->dsm_index <= st.commit) {
+		if (rv == 0 && nd->durable_sm && nd->dsm_index > st.snap_index) {
+			/* applied entries were durable: the saved state cannot be past the log */
+			if (nd->dsm_index > st.last_index)
+				fail("node %" PRIu64 " saved state machine at %" PRIu64
+				     " is past its durable log %" PRIu64,
+				     nd->id, nd->dsm_index, st.last_index);
 			/* the saved state machine is newer than the snapshot: resume from it */
 			rv = raft_set_applied(nd->r, nd->dsm_index);
 			S->n_sm_resumes++;
@@ -713,7 +717,9 @@ drain(struct node *nd)
 		}
 		for (size_t i = 0; i < rd.n_committed; i++)
 			sm_apply(nd, &rd.committed[i]);
-		if (nd->durable_sm && (rd.n_committed || rd.snap) && rnd_n(2)) {
+		/* saved after applying entries (durable by contract), never on a bare snapshot
+		 * whose write may still be in flight */
+		if (nd->durable_sm && rd.n_committed && rnd_n(2)) {
 			nd->dsm_index = nd->sm_index;
 			nd->dsm_hash = nd->sm_hash;
 		}
