@@ -8,7 +8,12 @@
  * durable only when a simulated fsync completes (a crash keeps only a random prefix of the
  * writes not yet reported synced; a failed write crashes the node), client proposals sent to
  * random nodes (followers refuse; the sim forwards to the hinted leader), leadership
- * transfers, single-server membership changes and log compaction with snapshot install.
+ * transfers, single-server membership changes (voters and learners, removing the leader
+ * included) and log compaction with chunked snapshot install.  Each seed also picks its
+ * knobs: loss/duplication/delay rates, crash and partition rates (a third of the seeds get
+ * a hard profile with slow disks and power cuts), pre-vote and check-quorum, election and
+ * heartbeat ticks, and per node the flow-control bounds and whether its host keeps the state
+ * machine on disk (it then resumes from it with raft_set_applied after a restart).
  *
  * Run: a fault phase of --steps units, then a heal phase: every fault stops, every node is
  * restarted, and within a bounded time a leader must exist, proposals made after the heal
@@ -22,11 +27,19 @@
  *   leader completeness every leader holds every entry committed so far,
  *   state machine safety every node applies the same entry at each index (hash chain),
  *   durability          a proposal applied anywhere is committed in the final log and
- *                       applied by every member after the heal.
+ *                       applied by every member after the heal; a saved state machine is
+ *                       never past its durable log,
+ *   snapshots           installed snapshot data is byte-exact (self-checking padding),
+ *   bounds              messages respect max_msg_entries/max_msg_bytes; followers never
+ *                       accept proposals; no node rejects a well-formed message.
+ *
+ * The state machine is a hash chain; the consensus issue replaces it with the queue FSM by
+ * swapping sm_apply/sm_snapshot_encode/sm_restore.
  *
  * Usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace]
- *                 [--regress FILE] [--prevote 0|1] [--check-quorum 0|1]
- * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.)
+ *                 [--quiet] [--regress FILE] [--prevote 0|1] [--check-quorum 0|1]
+ * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.
+ * --long is 2,000,000 steps per seed.)
  */
 #include "raft.h"
 
@@ -41,8 +54,8 @@
 #define SIM_MAX_NODES 8
 #define SIM_TICK 10	  /* time units per raft tick */
 #define SIM_NET_MAX 20000 /* messages in flight; beyond that the network drops */
-#define SIM_HEAL_BUDGET                                                                            \
-	20000 /* units to converge after the heal, x election_tick/10 (max seen ~9000) */
+/* units allowed to converge after the heal, times election_tick/10 (max seen: ~9000) */
+#define SIM_HEAL_BUDGET 20000
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_SNAP_MAX 4096 /* snapshot data: 16 bytes of state + padding */
 #define SIM_PROP_ID_HEAL (1ULL << 62)
