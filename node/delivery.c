@@ -58,6 +58,8 @@
 #define DLV_REPROPOSE_MIN_MS 500
 #define DLV_REPROPOSE_MAX_MS 30000
 #define DLV_DSN_ORIG_MAX DSN_ORIG_MAX_DEFAULT
+#define DLV_IDLE_MS 2000 /* a connection waits this long for the next job of its route (Postfix
+			    smtp_connection_cache_time_limit) */
 
 enum rres { RES_NONE = 0, RES_DELIVERED, RES_DEFERRED, RES_FAILED };
 
@@ -92,6 +94,7 @@ struct dmsg {
 	size_t body_len;
 	struct rcpt_result *res; /* rec->n_rcpts */
 	char envid[MTA_ENVID_MAX + 1]; /* decoded ENVID, or "" */
+	bool body_8bit;			/* mta_body_is_8bit, computed once */
 	int njobs;		 /* jobs not done */
 	int nprops;		 /* proposals not called back */
 	struct dmsg *hnext;
@@ -126,6 +129,7 @@ struct ddest {
 	struct djob *qhead, *qtail;
 	size_t nqueued;
 	int nconn;
+	struct dconn *idle; /* idle connections (most recent first) */
 	struct ddest *hnext, *next, *prev;
 };
 
@@ -156,6 +160,9 @@ struct dconn {
 	size_t in_len;
 	size_t wbytes;
 	unsigned nmsgs;
+	bool idle;		     /* READY, no job: waiting on its destination's idle list */
+	struct dconn *inext, *iprev; /* destination's idle list */
+	struct dconn *gnext, *gprev; /* the engine's idle list (oldest first) */
 	struct dconn *next, *prev;
 };
 
@@ -182,6 +189,7 @@ struct delivery {
 	uint64_t armed_ms; /* when sched_timer fires, 0 = not armed */
 	uint64_t seen_applied;
 	bool scan_wanted;
+	bool slot_waiters; /* a destination waits for a connection slot (max_deliveries) */
 	bool closing;
 	bool done_called;
 	int handles_open;
@@ -192,6 +200,7 @@ struct delivery {
 	struct ddest *dest_list;
 	struct dconn *conns;
 	int nconn;
+	struct dconn *idle_head, *idle_tail; /* idle connections of every destination */
 	struct pending_prop *retry_list;
 	struct delivery_stats st;
 	void (*done)(void *);
@@ -913,7 +922,7 @@ job_txn(struct djob *j)
 	t->envid = j->msg->envid[0] ? j->msg->envid : NULL;
 	t->body = j->msg->body;
 	t->body_len = j->msg->body_len;
-	t->body_8bit = mta_body_is_8bit(t->body, t->body_len);
+	t->body_8bit = j->msg->body_8bit;
 	t->rcpts = j->rc;
 	t->nrcpts = j->n;
 	for (size_t k = 0; k < j->n; k++)
@@ -1083,6 +1092,8 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 }
 
 static struct dconn *conn_new(struct ddest *x, struct djob *j);
+static bool conn_reuse(struct ddest *x);
+static void conn_idle_leave(struct dconn *c);
 
 /* Starts what the destination may start: a lookup, or connections for its queued jobs.  Never
  * frees x (the caller calls dest_maybe_free). */
@@ -1125,6 +1136,19 @@ dest_pump(struct ddest *x)
 		}
 		return;
 	}
+	while (x->nqueued > 0 && conn_reuse(x))
+		;
+	if (x->nqueued > 0 && (uint64_t)d->nconn >= d->cfg->max_deliveries &&
+	    (uint64_t)x->nconn < d->cfg->max_connections_per_destination) {
+		/* every slot is taken: close the oldest idle connection of another route */
+		for (struct dconn *ic = d->idle_head; ic != NULL; ic = ic->gnext)
+			if (ic->dest != x) {
+				conn_idle_leave(ic);
+				mta_session_quit(&ic->sess);
+				conn_process(ic);
+				break;
+			}
+	}
 	while (x->nqueued > 0 && (uint64_t)x->nconn < d->cfg->max_connections_per_destination &&
 	       (uint64_t)d->nconn < d->cfg->max_deliveries) {
 		struct djob *j = dest_pop(x);
@@ -1136,23 +1160,96 @@ dest_pump(struct ddest *x)
 			break;
 		}
 	}
+	if (x->nqueued > 0 && (uint64_t)d->nconn >= d->cfg->max_deliveries)
+		d->slot_waiters = true; /* a closing connection calls dests_pump_all */
 }
 
 /* A connection slot freed: let waiting destinations use it. */
 static void
 dests_pump_all(struct delivery *d)
 {
-	for (struct ddest *x = d->dest_list, *next; x && (uint64_t)d->nconn < d->cfg->max_deliveries;
-	     x = next) {
+	if (!d->slot_waiters)
+		return;
+	d->slot_waiters = false;
+	struct ddest *x, *next;
+	for (x = d->dest_list; x && (uint64_t)d->nconn < d->cfg->max_deliveries; x = next) {
 		next = x->next;
 		if (x->nqueued > 0 && x->state == DEST_READY) {
 			dest_pump(x);
 			dest_maybe_free(x);
 		}
 	}
+	if (x != NULL)
+		d->slot_waiters = true; /* the slots ran out before the list did */
 }
 
 /* ------------------------------------------------------------ connections */
+
+static void
+conn_idle_enter(struct dconn *c)
+{
+	struct delivery *d = c->d;
+	struct ddest *x = c->dest;
+	c->idle = true;
+	c->iprev = NULL;
+	c->inext = x->idle;
+	if (x->idle)
+		x->idle->iprev = c;
+	x->idle = c;
+	c->gnext = NULL;
+	c->gprev = d->idle_tail;
+	if (d->idle_tail)
+		d->idle_tail->gnext = c;
+	else
+		d->idle_head = c;
+	d->idle_tail = c;
+}
+
+static void
+conn_idle_leave(struct dconn *c)
+{
+	struct delivery *d = c->d;
+	struct ddest *x = c->dest;
+	if (!c->idle)
+		return;
+	c->idle = false;
+	if (c->iprev)
+		c->iprev->inext = c->inext;
+	else
+		x->idle = c->inext;
+	if (c->inext)
+		c->inext->iprev = c->iprev;
+	if (c->gprev)
+		c->gprev->gnext = c->gnext;
+	else
+		d->idle_head = c->gnext;
+	if (c->gnext)
+		c->gnext->gprev = c->gprev;
+	else
+		d->idle_tail = c->gprev;
+	c->inext = c->iprev = c->gnext = c->gprev = NULL;
+}
+
+/* Gives an idle connection of x the next job of x.  Returns false when x has no idle one. */
+static bool
+conn_reuse(struct ddest *x)
+{
+	struct dconn *c = x->idle;
+	if (c == NULL || x->nqueued == 0)
+		return false;
+	conn_idle_leave(c);
+	struct djob *j = dest_pop(x);
+	c->job = j;
+	job_txn(j);
+	if (mta_session_next(&c->sess, &j->txn) != 0) {
+		/* the session moved on (the server said something): give the job back */
+		c->job = NULL;
+		dest_push(x, j);
+		mta_session_quit(&c->sess);
+	}
+	conn_process(c);
+	return true;
+}
 
 static void
 conn_unref(struct dconn *c)
@@ -1221,6 +1318,7 @@ conn_close(struct dconn *c)
 	if (c->closing)
 		return;
 	c->closing = true;
+	conn_idle_leave(c);
 	if (c->job != NULL) {
 		struct djob *j = c->job;
 		c->job = NULL;
@@ -1567,6 +1665,12 @@ conn_timer_cb(uv_timer_t *t)
 		conn_next_address(c);
 		return;
 	}
+	if (c->idle) {
+		conn_idle_leave(c);
+		mta_session_quit(&c->sess);
+		conn_process(c);
+		return;
+	}
 	log_info(c->job ? c->job->msg->qid : "-", "event=timeout relay=%s state=%s", c->relay,
 		 mta_state_name(c->sess.state));
 	mta_session_abort(&c->sess, "timeout");
@@ -1598,7 +1702,10 @@ conn_txn_done(struct dconn *c)
 	if (!c->d->closing && c->nmsgs < c->d->cfg->max_messages_per_connection)
 		next = dest_pop(c->dest);
 	if (next == NULL) {
-		mta_session_quit(&c->sess);
+		if (!c->d->closing && c->nmsgs < c->d->cfg->max_messages_per_connection)
+			conn_idle_enter(c); /* conn_process arms DLV_IDLE_MS */
+		else
+			mta_session_quit(&c->sess);
 		return;
 	}
 	c->job = next;
@@ -1612,6 +1719,7 @@ static void
 conn_session_closed(struct dconn *c)
 {
 	struct djob *j = c->job;
+	conn_idle_leave(c);
 	if (j != NULL) {
 		job_harvest(j, c->relay);
 		if (c->sess.close_reason == MTA_CLOSE_NEXT_HOST && c->sess.diag.code != 0) {
@@ -1676,6 +1784,8 @@ conn_process(struct dconn *c)
 			break;
 		}
 		if (ev == MTA_EV_TXN_DONE) {
+			if (c->idle)
+				break; /* waiting for a job (conn_reuse) or the idle timeout */
 			if (c->job == NULL) {
 				mta_session_quit(&c->sess);
 				continue;
@@ -1692,10 +1802,8 @@ conn_process(struct dconn *c)
 	if (c->closing || c->sock == NULL)
 		return;
 	conn_update_reading(c);
-	if (c->connected) {
-		unsigned t = mta_session_timeout_ms(&c->sess);
-		conn_arm(c, t);
-	}
+	if (c->connected)
+		conn_arm(c, c->idle ? DLV_IDLE_MS : mta_session_timeout_ms(&c->sess));
 }
 
 static struct dconn *
@@ -1763,6 +1871,8 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
 	}
 	m->body = body;
 	m->body_len = blen;
+	m->body_8bit = (m->rec->has_body_type && m->rec->body_type == 1) ||
+		       mta_body_is_8bit(m->body, m->body_len);
 	if (xtext_decode(m->rec->envid, m->envid, sizeof(m->envid)) == NULL)
 		m->envid[0] = '\0';
 	m->res = calloc(m->rec->n_rcpts ? m->rec->n_rcpts : 1, sizeof(*m->res));

@@ -9,7 +9,8 @@ show on demand.  One thread per connection; each connection follows `mode`:
   always451   every MAIL gets 451 4.3.0
   rcpt550     every RCPT gets "550 5.1.1 <addr>: no such user"
 
-`connections` counts accepted connections; `messages` keeps (mail_from, [rcpts], bytes).
+`connections` counts accepted connections, `max_active` the most open at once; `messages` keeps
+(mail_from, [rcpts], bytes).
 """
 import socket
 import threading
@@ -21,6 +22,8 @@ class ScriptedServer:
         self.addr, self.port, self.mode, self.delay, self.name = addr, port, mode, delay, name
         self.fails_left = fails
         self.connections = 0
+        self.active = 0
+        self.max_active = 0
         self.messages = []
         self.lock = threading.Lock()
         self.stopping = False
@@ -50,6 +53,8 @@ class ScriptedServer:
                 return
             with self.lock:
                 self.connections += 1
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
@@ -129,6 +134,8 @@ class ScriptedServer:
         except OSError:
             pass
         finally:
+            with self.lock:
+                self.active -= 1
             try:
                 c.close()
             except OSError:

@@ -72,9 +72,14 @@ class DeliveryTest(RelayTestCase):
         self.peers = []
 
     def tearDown(self):
+        # A graceful stop while the destinations are still up: exit code 0 (under ASan also:
+        # no leak), then the peers.
+        codes = [(n.name, n.stop()) for n in self.nodes if n.alive()]
         for p in self.peers:
             p.stop()
         super().tearDown()
+        for name, rc in codes:
+            self.assertEqual(rc, 0, "relayd %s exit code on SIGTERM" % name)
 
     def peer(self, p):
         self.peers.append(p.start())
@@ -176,6 +181,21 @@ class DeliveryTest(RelayTestCase):
         self.send("a@src.test", ["s@slow.test"], "Subject: s\r\n\r\nslow\r\n")
         wait_for(lambda: len(srv.messages) == 1, 30, "delivery to a slow server")
         self.wait_drained(node)
+
+    def test_connection_limits_and_reuse(self):
+        slow = self.peer(ScriptedServer(NET + "22", mode="slow", delay=0.05))
+        aonly = self.peer(AioSink(NET + "13"))
+        node = self.node(max_connections_per_destination=2, max_deliveries=2,
+                         max_messages_per_connection=4)
+        for i in range(12):
+            self.send("a@src.test", ["s%d@slow.test" % i], "Subject: %d\r\n\r\nx\r\n" % i)
+            self.send("a@src.test", ["a%d@aonly.test" % i], "Subject: %d\r\n\r\nx\r\n" % i)
+        wait_for(lambda: len(slow.messages) == 12 and aonly.count() == 12, 60,
+                 "24 deliveries through 2 connections")
+        self.wait_drained(node)
+        self.assertLessEqual(slow.max_active, 2)
+        self.assertGreaterEqual(slow.connections, 3)   # at most 4 messages per connection
+        self.assertLess(slow.connections, 12)          # but connections are reused
 
     # ---------------------------------------------------------------- bounces
 
