@@ -2214,7 +2214,11 @@ delivery_maybe_done(struct delivery *d)
 	void *arg = d->done_arg;
 	d->done_called = true;
 	tls_ctx_free(d->tls);
-	log_info("-", "event=delivery-stopped");
+	log_info("-",
+		 "event=delivery-stopped connections=%" PRIu64 " messages_sent=%" PRIu64
+		 " delivered=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64 " dsns=%" PRIu64,
+		 d->st.connections, d->st.messages_sent, d->st.rcpts_delivered, d->st.rcpts_deferred,
+		 d->st.rcpts_failed, d->st.dsns);
 	free(d);
 	if (done)
 		done(arg);

@@ -13,8 +13,9 @@
  *              queues its jobs, and runs at most max_connections_per_destination connections
  *              (max_deliveries over all destinations).
  *   connection  one mta_session over libuv (+ client TLS for STARTTLS); takes the destination's
- *              jobs one after another (at most max_messages_per_connection), fails over to the
- *              next address / next MX on connect errors, non-220 greetings, 4xx to MAIL/DATA/dot.
+ *              jobs one after another (at most max_messages_per_connection; idle, it waits
+ *              DLV_IDLE_MS for the next one), fails over to the next address / next MX on
+ *              connect errors, non-220 greetings, 4xx to MAIL/DATA/dot, a lost connection.
  *   outcome    when every job of a message is done: one Outcome per (kind, reply, relay) group,
  *              deferred ones with the next attempt from retry.h (or failed when queue_lifetime is
  *              over), a DSN (RFC 3464) per message and reason attached as the Outcome's dsn

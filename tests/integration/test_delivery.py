@@ -15,13 +15,15 @@ destinations listen on port 25 of their own address.
 """
 import email
 import email.policy
+import os
 import re
 import smtplib
+import subprocess
 import tempfile
 import time
 import unittest
 
-from relaytest import RelayTestCase, wait_for
+from relaytest import RELAYD, RelayTestCase, wait_for
 from dsttest import AioSink, Dnsmasq, queue_empty, tls_context
 from scripted_server import ScriptedServer
 
@@ -147,6 +149,30 @@ class DeliveryTest(RelayTestCase):
         wait_for(lambda: sink.count() == 1, 20, "delivery to the relayhost")
         self.assertEqual(sorted(sink.snapshot()[0][1]), ["x@nx.test", "y@nullmx.test"])
         self.wait_drained(node)
+
+    def test_relayhost_without_brackets_uses_its_mx(self):
+        sink = self.peer(AioSink(NET + "12"))
+        node = self.node(relayhost="two.test")          # MX of two.test: mx1 down, mx2 up
+        self.send("a@src.test", ["z@aonly.test"], "Subject: r\r\n\r\nvia relayhost MX\r\n")
+        wait_for(lambda: sink.count() == 1, 20, "delivery to the relayhost's second MX")
+        self.wait_drained(node)
+
+    def test_delivery_config_errors_name_the_key(self):
+        cases = [("relayhost = [two.test:25\n", "relayhost"),
+                 ("relayhost = two.test:99999\n", "relayhost"),
+                 ("transport = a.test=bad host:25\n", "transport"),
+                 ("retry_base = 10m\nretry_max = 1m\n", "retry_max"),
+                 ("max_connections_per_destination = 0\n", "max_connections_per_destination"),
+                 ("tls_required_domains = bad..domain\n", "tls_required_domains"),
+                 ("connect_timeout = soon\n", "connect_timeout")]
+        for text, key in cases:
+            p = os.path.join(self.tmp, "bad.conf")
+            with open(p, "w") as f:
+                f.write("data_dir = %s\n" % self.tmp + text)
+            r = subprocess.run([RELAYD, "--config", p, "--print-config"], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(r.returncode, 2, text)
+            self.assertIn(key, r.stderr, text)
 
     # ---------------------------------------------------------------- retries
 
