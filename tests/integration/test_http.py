@@ -23,10 +23,18 @@ def get(path, method="GET"):
 
 
 class HttpTest(RelayTestCase):
+    @staticmethod
+    def _try(f):
+        try:
+            return f()
+        except OSError:
+            return None
+
     def test_health_ready_metrics(self):
         node = self.relayd(addr=ADDR, port=2525, http_listen=HTTP)
         node.start()
-        self.assertEqual(get("/healthz"), (200, "ok\n"))
+        # the HTTP server starts right after the SMTP listener: wait for it
+        wait_for(lambda: self._try(lambda: get("/healthz")) == (200, "ok\n"), 10, "/healthz")
         wait_for(lambda: get("/readyz")[0] == 200, 10, "/readyz 200")
         with smtplib.SMTP(ADDR, 2525, timeout=10) as s:
             s.sendmail("a@b.test", ["c@d.test", "e@f.test"], b"Subject: m\r\n\r\nx\r\n")
