@@ -8,6 +8,8 @@ show on demand.  One thread per connection; each connection follows `mode`:
   fail_first  like ok, but the first `fails` MAIL commands get 451 4.3.0 (then 250)
   always451   every MAIL gets 451 4.3.0
   rcpt550     every RCPT gets "550 5.1.1 <addr>: no such user"
+  badtls      offers STARTTLS, answers 220 to it, then sends a TLS alert and closes (a broken
+              TLS stack); without STARTTLS it is an ok server
 
 `connections` counts accepted connections, `max_active` the most open at once; `messages` keeps
 (mail_from, [rcpts], bytes).
@@ -79,8 +81,14 @@ class ScriptedServer:
                 cmd = line.decode("utf-8", "replace").strip()
                 verb = cmd.split(" ", 1)[0].upper()
                 if verb == "EHLO":
-                    say("250-%s\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES"
-                        % self.name)
+                    tls = "250-STARTTLS\r\n" if self.mode == "badtls" else ""
+                    say("250-%s\r\n%s250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES"
+                        % (self.name, tls))
+                elif verb == "STARTTLS" and self.mode == "badtls":
+                    say("220 2.0.0 Ready to start TLS")
+                    f.read1(4096) if hasattr(f, "read1") else None   # the ClientHello
+                    c.sendall(b"\x15\x03\x03\x00\x02\x02\x28")  # fatal handshake_failure
+                    return
                 elif verb == "HELO":
                     say("250 %s" % self.name)
                 elif verb == "MAIL":

@@ -12,6 +12,7 @@ destinations listen on port 25 of their own address.
   tempfail.test .16: 451 to every MAIL        greet.test  MX 10 .17 (421 greeting), MX 20 .18
   drop.test     MX 10 .19 (drops mid-DATA), MX 20 .21      slow.test  .22 (slow replies)
   tls.test      .23 offers STARTTLS (and requires it)        notls.test .24 offers no STARTTLS
+  badtls.test   .25 offers STARTTLS but its handshake fails
 """
 import email
 import email.policy
@@ -38,12 +39,13 @@ MX = [("two.test", "mx1.two.test", 10), ("two.test", "mx2.two.test", 20),
       ("greet.test", "mx1.greet.test", 10), ("greet.test", "mx2.greet.test", 20),
       ("drop.test", "mx1.drop.test", 10), ("drop.test", "mx2.drop.test", 20),
       ("slow.test", "mx.slow.test", 10), ("tls.test", "mx.tls.test", 10),
-      ("notls.test", "mx.notls.test", 10)]
+      ("notls.test", "mx.notls.test", 10), ("badtls.test", "mx.badtls.test", 10)]
 A = [("mx1.two.test", NET + "11"), ("mx2.two.test", NET + "12"), ("aonly.test", NET + "13"),
      ("mx.src.test", NET + "20"), ("mx.bounce.test", NET + "14"), ("mx.retry.test", NET + "15"),
      ("mx.tempfail.test", NET + "16"), ("mx1.greet.test", NET + "17"),
      ("mx2.greet.test", NET + "18"), ("mx1.drop.test", NET + "19"), ("mx2.drop.test", NET + "21"),
-     ("mx.slow.test", NET + "22"), ("mx.tls.test", NET + "23"), ("mx.notls.test", NET + "24")]
+     ("mx.slow.test", NET + "22"), ("mx.tls.test", NET + "23"), ("mx.notls.test", NET + "24"),
+     ("mx.badtls.test", NET + "25")]
 
 
 def parse_dsn(raw):
@@ -345,6 +347,16 @@ class DeliveryTest(RelayTestCase):
         line = [l for l in self.outcome_lines(node, qid) if "status=deferred" in l][0]
         self.assertIn("4.7.4", line)
         self.assertEqual(plain.count(), 0)
+
+    def test_failed_opportunistic_tls_falls_back_to_plaintext(self):
+        srv = self.peer(ScriptedServer(NET + "25", mode="badtls"))
+        node = self.node()
+        qid = self.send("a@src.test", ["b@badtls.test"], "Subject: b\r\n\r\nplain\r\n")
+        wait_for(lambda: len(srv.messages) == 1, 20, "delivery in plaintext after TLS failed")
+        self.wait_drained(node)
+        self.assertEqual(srv.connections, 2)
+        self.assertIn("event=tls-failed", node.log())
+        self.assertIn("status=sent", self.outcome_lines(node, qid)[0])
 
     # ---------------------------------------------------------------- shutdown
 
