@@ -77,6 +77,9 @@ struct cluster__fifo {
 };
 
 struct cluster {
+	struct cluster__raft *raft; /* owned; replicated mode (cluster_raft.c), else NULL */
+	void (*raft_done)(void *arg);
+	void *raft_done_arg;
 	uv_loop_t *loop;       /* borrowed */
 	struct store *store;   /* owned */
 	struct queue_fsm *fsm; /* owned */
@@ -108,8 +111,8 @@ struct cluster {
 	struct cluster_stats stats;
 };
 
-static void cluster__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void
+void cluster__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void
 cluster__log(const char *fmt, ...)
 {
 	va_list ap;
@@ -120,7 +123,7 @@ cluster__log(const char *fmt, ...)
 	va_end(ap);
 }
 
-static int
+int
 cluster__store_err(int rv)
 {
 	switch (rv) {
@@ -141,7 +144,7 @@ cluster__store_err(int rv)
 	}
 }
 
-static int
+int
 cluster__queue_err(int rv)
 {
 	switch (rv) {
@@ -199,7 +202,7 @@ cluster__complete(struct cluster *c, struct cluster__fifo *done)
 	}
 }
 
-static int
+int
 cluster__mkdirs(const char *path)
 {
 	char buf[CLUSTER__PATH_MAX];
@@ -221,7 +224,7 @@ cluster__mkdirs(const char *path)
 	return 0;
 }
 
-static int
+int
 cluster__db_path(const char *data_dir, char *out, size_t size)
 {
 	if (!data_dir || !*data_dir)
@@ -452,6 +455,8 @@ cluster_propose(struct cluster *c, const Relay__Command *cmd, cluster_propose_cb
 	int rv;
 	if (!c || !cmd || !cb)
 		return CLUSTER_EINVAL;
+	if (c->raft)
+		return cluster__raft_propose(c->raft, cmd, cb, arg);
 	if (c->closing) {
 		rv = CLUSTER_ECLOSED;
 		goto err;
@@ -537,11 +542,29 @@ cluster__start_close(struct cluster *c)
 	uv_close((uv_handle_t *)&c->flush, cluster__closed_cb);
 }
 
+static void
+cluster__raft_closed(void *arg)
+{
+	struct cluster *c = arg;
+	void (*done)(void *) = c->raft_done;
+	void *darg = c->raft_done_arg;
+	free(c);
+	if (done)
+		done(darg);
+}
+
 void
 cluster_close(struct cluster *c, void (*done)(void *arg), void *arg)
 {
 	if (!c || c->closing)
 		return;
+	if (c->raft) {
+		c->closing = 1;
+		c->raft_done = done;
+		c->raft_done_arg = arg;
+		cluster__raft_close(c->raft, cluster__raft_closed, c);
+		return;
+	}
 	c->closing = 1;
 	c->close_done = done;
 	c->close_arg = arg;
@@ -674,6 +697,15 @@ cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster *
 	struct cluster *c = calloc(1, sizeof(*c));
 	if (!c)
 		return CLUSTER_ENOMEM;
+	if (cluster__raft_wanted(cfg)) {
+		c->loop = loop;
+		if ((rv = cluster__raft_open(loop, cfg, &c->raft))) {
+			free(c);
+			return rv;
+		}
+		*out = c;
+		return 0;
+	}
 	c->loop = loop;
 	c->max_pending = cfg->max_pending ? cfg->max_pending : CLUSTER_DEFAULT_MAX_PENDING;
 	c->max_batch_bytes =
@@ -722,19 +754,43 @@ err_after_alloc:
 void
 cluster_stats(struct cluster *c, struct cluster_stats *st)
 {
+	if (c->raft) {
+		cluster__raft_stats(c->raft, st);
+		return;
+	}
 	*st = c->stats;
 	st->applied_index = c->applied_index;
 	st->last_index = c->last_index;
 	st->pending = c->waiting.n + c->inflight.n;
+	cluster__queue_stats(c->fsm, st);
+}
+
+void
+cluster_status(struct cluster *c, struct cluster_status *st)
+{
+	if (c->raft) {
+		cluster__raft_status(c->raft, st);
+		return;
+	}
+	memset(st, 0, sizeof(*st));
+	st->role = "leader";
+	st->term = CLUSTER__TERM;
+	st->commit_index = st->applied_index = c->applied_index;
+	st->last_index = c->last_index;
+}
+
+void
+cluster__queue_stats(struct queue_fsm *fsm, struct cluster_stats *st)
+{
 	struct queue_counts qc;
-	queue_fsm_counts(c->fsm, &qc);
+	queue_fsm_counts(fsm, &qc);
 	st->messages = qc.messages;
 	st->rcpts_queued = qc.rcpts[QUEUE_RCPT_QUEUED];
 	st->rcpts_delivered = qc.rcpts[QUEUE_RCPT_DELIVERED];
 	st->rcpts_failed = qc.rcpts[QUEUE_RCPT_FAILED];
 	st->rcpts_deleted = qc.rcpts[QUEUE_RCPT_DELETED];
 	struct queue_fsm_stats qs;
-	queue_fsm_stats(c->fsm, &qs);
+	queue_fsm_stats(fsm, &qs);
 	st->outcomes_delivered = qs.delivered;
 	st->outcomes_deferred = qs.deferred;
 	st->outcomes_failed = qs.failed;
@@ -746,7 +802,7 @@ cluster_stats(struct cluster *c, struct cluster_stats *st)
 struct queue_fsm *
 cluster_queue(struct cluster *c)
 {
-	return c->fsm;
+	return c->raft ? cluster__raft_queue(c->raft) : c->fsm;
 }
 
 /* ---- the offline dump ---- */
@@ -1033,5 +1089,11 @@ out:
 struct store *
 cluster__store(struct cluster *c)
 {
-	return c->store;
+	return c->raft ? cluster__raft_store(c->raft) : c->store;
+}
+
+struct cluster__raft *
+cluster__raft_of(struct cluster *c)
+{
+	return c->raft;
 }

@@ -18,8 +18,19 @@
  * session answers 451 and the client retries); cluster_close fails the proposals not yet written
  * with CLUSTER_ECLOSED.  Corrupt data on disk makes cluster_open fail with CLUSTER_ECORRUPT.
  *
+ * Replicated mode (cluster_config.cluster_listen set and peers naming at least one other node;
+ * cluster/cluster_raft.c): the same interface over the Raft core (cluster/raft.h) and the peer
+ * transport (cluster/transport.h).  A proposal is tagged with (this node, its boot, a sequence
+ * number) and handed to raft on the leader, or forwarded to the leader over the transport; the
+ * callback runs when THIS node applies the committed entry carrying the tag: status 0 then
+ * means fsynced on a majority of voters and applied here (G1).  With no leader the proposal
+ * waits (counted in max_pending) and is forwarded when one appears; forwards are retried on a
+ * leader change and after retry_ms, so an entry may commit twice: Accept is idempotent by queue
+ * id and Outcomes are idempotent in the queue state machine (queue_fsm.h).  A proposal that has
+ * not committed within propose_fail_ms gets cb(CLUSTER_ETIMEDOUT) (it may still commit later;
+ * the client that got 451 retries, so at worst a duplicate, never a loss).
+ *
  * Threads: every function here is called on the loop thread; callbacks run on the loop thread.
- * Later (consensus issue) the log is replicated by raft; this interface stays the same.
  */
 #ifndef RELAY_CLUSTER_H
 #define RELAY_CLUSTER_H
@@ -41,7 +52,9 @@
 	X(CLUSTER_ENOMEM, -5, "out of memory")                                                     \
 	X(CLUSTER_EINVAL, -6, "invalid argument or command")                                       \
 	X(CLUSTER_ETOOBIG, -7, "command larger than the write batch bound")                        \
-	X(CLUSTER_ENOTFOUND, -8, "no such message")
+	X(CLUSTER_ENOTFOUND, -8, "no such message")                                                \
+	X(CLUSTER_ETIMEDOUT, -9, "not committed in time (no leader or no quorum)")                 \
+	X(CLUSTER_ENOLEADER, -10, "no leader known")
 
 enum cluster_errno {
 #define CLUSTER__ERRNO_ENUM(name, val, str) name = (val),
@@ -53,6 +66,14 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_MAX_PENDING 10000u
 #define CLUSTER_DEFAULT_MAX_BATCH_BYTES ((size_t)8 << 20)
 
+/* Replicated mode defaults. */
+#define CLUSTER_DEFAULT_ELECTION_TIMEOUT_MS 1000u
+#define CLUSTER_DEFAULT_HEARTBEAT_MS 100u
+#define CLUSTER_DEFAULT_PROPOSE_FAIL_MS 60000u
+#define CLUSTER_DEFAULT_SNAPSHOT_ENTRIES 8192u
+#define CLUSTER_MAX_PEERS 16u /* members of one cluster (RAFT_MAX_NODES) */
+#define CLUSTER_ID_MAX 63u    /* bytes in a node id */
+
 struct cluster_config {
 	const char *node_id;	/* borrowed; this node's id (also the single voter) */
 	const char *data_dir;	/* borrowed; created if missing; the RocksDB lives in data_dir/db */
@@ -60,6 +81,20 @@ struct cluster_config {
 				   cluster_propose returns CLUSTER_EBUSY */
 	size_t max_batch_bytes; /* bound on the log bytes of one group-commit write (0: default);
 				   a single command bigger than this gets CLUSTER_ETOOBIG */
+	/* Replicated mode: all below zero/NULL keeps the single node above. */
+	const char *cluster_listen; /* borrowed; "addr:port" for peer traffic; NULL/"": single */
+	const char *const *peers;   /* borrowed; n_peers "id=host:port", this node included;
+				       fewer than two members: single node */
+	size_t n_peers;
+	const char *cluster_ca;	  /* borrowed; PEM; all three or none (none: plain tcp, INSECURE) */
+	const char *cluster_cert; /* borrowed */
+	const char *cluster_key;  /* borrowed */
+	unsigned election_timeout_ms; /* 0: default; randomized in [t, 2t) by raft */
+	unsigned heartbeat_ms;	      /* 0: default; also the tick of the raft core */
+	unsigned propose_fail_ms;     /* 0: default; a proposal not committed by then fails */
+	unsigned retry_ms;	   /* 0: 2 x election timeout; re-forward an uncommitted proposal */
+	unsigned snapshot_entries; /* 0: default; snapshot + compact after this many applied
+				      entries */
 };
 
 struct cluster;
@@ -132,6 +167,42 @@ struct cluster_stats {
 };
 
 void cluster_stats(struct cluster *c, struct cluster_stats *st);
+
+/* Consensus status (relayctl status, /metrics, /readyz).  A single node reports itself as the
+ * leader of a 1-voter cluster in term 1. */
+struct cluster_peer_status {
+	char name[CLUSTER_ID_MAX + 1];
+	uint64_t id;		 /* raft id (FNV-1a of the name) */
+	int self;		 /* this node */
+	int connected;		 /* a transport connection to it is up (self: 1) */
+	uint64_t match;		 /* leader only: highest index known replicated on it */
+	uint64_t lag;		 /* leader only: last index - match */
+	int64_t last_contact_ms; /* ms since a message from it arrived; -1 never (self: 0) */
+};
+
+struct cluster_status {
+	int replicated;	  /* 0: single node */
+	const char *role; /* "leader", "follower", "candidate", "precandidate" (static) */
+	uint64_t term;
+	char leader[CLUSTER_ID_MAX + 1]; /* "" when none known */
+	uint64_t leader_id;
+	uint64_t commit_index;
+	uint64_t applied_index;
+	uint64_t last_index;
+	uint64_t snapshot_index;
+	uint64_t leader_changes; /* times the known leader changed since open */
+	uint64_t forwarded;	 /* proposals sent to a leader (retries included) */
+	uint64_t forward_retries;
+	uint64_t forwards_received;   /* proposals other nodes forwarded to us */
+	uint64_t timed_out;	      /* proposals failed with CLUSTER_ETIMEDOUT */
+	uint64_t snapshots;	      /* snapshots taken */
+	uint64_t snapshots_installed; /* snapshots received from a leader */
+	uint64_t raft_dropped;	      /* raft outbox overflow + transport drops */
+	unsigned n_peers;
+	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];
+};
+
+void cluster_status(struct cluster *c, struct cluster_status *st);
 
 /* The queue state machine of this node, for the delivery scheduler (read-only use; valid until
  * cluster_close).  See cluster/queue_fsm.h for lookup, iteration and reading a body. */

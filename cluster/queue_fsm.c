@@ -844,6 +844,21 @@ queue_fsm_free(struct queue_fsm *q)
 }
 
 int
+queue_fsm_reload(struct queue_fsm *q)
+{
+	struct queue_fsm *n;
+	int rv = queue_fsm_new(q->store, &n);
+	if (rv)
+		return rv;
+	struct queue_fsm old = *q;
+	*q = *n;
+	q->stats = old.stats;
+	*n = old;
+	queue_fsm_free(n);
+	return 0;
+}
+
+int
 queue_fsm_new(struct store *s, struct queue_fsm **out)
 {
 	struct queue_fsm *q = calloc(1, sizeof(*q));

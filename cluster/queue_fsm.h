@@ -138,6 +138,11 @@ struct queue_fsm;
 int queue_fsm_new(struct store *s, struct queue_fsm **out);
 void queue_fsm_free(struct queue_fsm *q);
 
+/* Replaces q's state with the queue CF as stored now (after a snapshot install), in place: q
+ * stays valid for its users; its stats (since queue_fsm_new) are kept.  On failure q is
+ * unchanged. */
+int queue_fsm_reload(struct queue_fsm *q);
+
 /* 0 if cmd is a command queue_apply accepts, else QUEUE_EINVAL.  Pure. */
 int queue_validate(const Relay__Command *cmd);
 
