@@ -1742,11 +1742,16 @@ conn_session_closed(struct dconn *c)
 static void
 conn_process(struct dconn *c)
 {
+	if (!c->connected)
+		return; /* the session of this attempt starts in connect_cb */
 	while (!c->closing && c->sock != NULL) {
-		if (c->connected && conn_flush(c) != 0) {
-			mta_session_abort(&c->sess, "write failed");
-			continue;
-		}
+		bool open = c->sess.state != MTA_S_CLOSED;
+		if (open && conn_flush(c) != 0)
+			mta_session_abort(&c->sess, "write failed"); /* -> MTA_EV_CLOSED below */
+		/* plaintext OpenSSL still holds (it did not fit in c->in last time) */
+		else if (open && c->tls_state == CTLS_ON && c->in_len < sizeof(c->in) &&
+			 conn_tls_pull(c) != 0)
+			mta_session_abort(&c->sess, "TLS session ended");
 		enum mta_event ev = mta_session_event(&c->sess);
 		if (ev == MTA_EV_NONE) {
 			if (c->in_len == 0)
@@ -1802,8 +1807,7 @@ conn_process(struct dconn *c)
 	if (c->closing || c->sock == NULL)
 		return;
 	conn_update_reading(c);
-	if (c->connected)
-		conn_arm(c, c->idle ? DLV_IDLE_MS : mta_session_timeout_ms(&c->sess));
+	conn_arm(c, c->idle ? DLV_IDLE_MS : mta_session_timeout_ms(&c->sess));
 }
 
 static struct dconn *

@@ -29,6 +29,7 @@ class ScriptedServer:
         self.messages = []
         self.lock = threading.Lock()
         self.stopping = False
+        self.clients = set()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((addr, port))
@@ -44,6 +45,13 @@ class ScriptedServer:
         self.stopping = True
         self.thread.join(5)
         self.sock.close()
+        with self.lock:
+            clients = list(self.clients)
+        for c in clients:       # nothing of this server outlives stop()
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _accept(self):
         while not self.stopping:
@@ -54,6 +62,7 @@ class ScriptedServer:
             except OSError:
                 return
             with self.lock:
+                self.clients.add(c)
                 self.connections += 1
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
@@ -144,6 +153,7 @@ class ScriptedServer:
         finally:
             with self.lock:
                 self.active -= 1
+                self.clients.discard(c)
             try:
                 c.close()
             except OSError:

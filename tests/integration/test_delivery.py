@@ -78,10 +78,15 @@ class DeliveryTest(RelayTestCase):
     def tearDown(self):
         # A graceful stop while the destinations are still up: exit code 0 (under ASan also:
         # no leak), then the peers.
-        codes = [(n.name, n.stop()) for n in self.nodes if n.alive()]
-        for p in self.peers:
-            p.stop()
-        super().tearDown()
+        codes = []
+        try:
+            for n in self.nodes:
+                if n.alive():
+                    codes.append((n.name, n.stop()))
+        finally:
+            for p in self.peers:
+                p.stop()
+            super().tearDown()
         for name, rc in codes:
             self.assertEqual(rc, 0, "relayd %s exit code on SIGTERM" % name)
 
