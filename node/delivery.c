@@ -2057,11 +2057,16 @@ sched_timer_cb(uv_timer_t *t)
 	sched_scan(d);
 }
 
-/* Asks for a scan at the end of this loop turn (coalesced). */
+/* Asks for a scan at the end of this loop turn (check_cb), coalesced; the zero timer makes sure
+ * the loop does not block in poll first when the request comes from a timer or close callback. */
 static void
 sched_request(struct delivery *d)
 {
+	if (d->closing || d->scan_wanted)
+		return;
 	d->scan_wanted = true;
+	d->armed_ms = 0;
+	uv_timer_start(&d->sched_timer, sched_timer_cb, 0, 0);
 }
 
 /* Once per loop turn: scan when asked to, or when the queue changed (commands applied). */
@@ -2075,7 +2080,7 @@ check_cb(uv_check_t *h)
 	cluster_stats(d->cluster, &st);
 	if (st.applied_index != d->seen_applied) {
 		d->seen_applied = st.applied_index;
-		d->scan_wanted = true;
+		d->scan_wanted = true; /* the scan below */
 	}
 	if (d->scan_wanted)
 		sched_scan(d);
@@ -2176,7 +2181,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	uv_check_start(&d->check, check_cb);
 	uv_unref((uv_handle_t *)&d->check);
 	d->handles_open = 3;
-	d->scan_wanted = true;
+	sched_request(d); /* resume what is queued and due */
 	log_info("-", "event=delivery-started dns=\"%s\" max_deliveries=%" PRIu64
 		      " per_destination=%" PRIu64 " retry_base=%" PRIu64 "ms",
 		 servers, cfg->max_deliveries, cfg->max_connections_per_destination,

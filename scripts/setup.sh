@@ -5,7 +5,11 @@
 # Postfix is preseeded to "No configuration" so only its smtp-source/smtp-sink tools are used;
 # a policy-rc.d that refuses every start keeps dnsmasq, haproxy, postfix and prometheus from
 # being started by the install.
+#
+# Last, the npm packages of the Kubernetes manifest validator (deploy/validate, pinned by its
+# package-lock.json) are installed into deploy/validate/node_modules when missing or stale.
 set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
 
 PKGS=(
   # build
@@ -16,6 +20,9 @@ PKGS=(
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
 )
+# deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
+# whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 
 SUDO=
 [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -24,31 +31,48 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+install_packages() {
+  echo "setup: installing ${missing[*]}"
+
+  export DEBIAN_FRONTEND=noninteractive
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  echo "postfix postfix/mailname string relay.invalid" | $SUDO debconf-set-selections
+
+  # Refuse service starts during the install (invoke-rc.d consults this file).
+  had_policy=0
+  [[ -e /usr/sbin/policy-rc.d ]] && had_policy=1
+  if ((!had_policy)); then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+  # Make sure nothing we installed is left running (a system without policy-rc.d support).
+  for svc in dnsmasq haproxy prometheus prometheus-node-exporter; do
+    pkill -x "$svc" 2>/dev/null || true
+  done
+  postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true
+  echo "setup: done"
+}
+
 if ((${#missing[@]} == 0)); then
   echo "setup: all ${#PKGS[@]} packages present"
-  exit 0
-fi
-echo "setup: installing ${missing[*]}"
-
-export DEBIAN_FRONTEND=noninteractive
-echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
-echo "postfix postfix/mailname string relay.invalid" | $SUDO debconf-set-selections
-
-# Refuse service starts during the install (invoke-rc.d consults this file).
-had_policy=0
-[[ -e /usr/sbin/policy-rc.d ]] && had_policy=1
-if ((!had_policy)); then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-  $SUDO chmod 755 /usr/sbin/policy-rc.d
-  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+else
+  install_packages
 fi
 
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-
-# Make sure nothing we installed is left running (a system without policy-rc.d support).
-for svc in dnsmasq haproxy prometheus prometheus-node-exporter; do
-  pkill -x "$svc" 2>/dev/null || true
-done
-postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true
-echo "setup: done"
+# The manifest validator's npm packages (never committed: deploy/.gitignore).  npm ci installs
+# exactly package-lock.json; a copy of the lock in node_modules marks a finished install.
+validate=$top/deploy/validate
+if [[ -f $validate/package-lock.json ]]; then
+  if cmp -s "$validate/package-lock.json" "$validate/node_modules/.setup-lock.json" 2>/dev/null; then
+    echo "setup: deploy/validate npm packages present"
+  else
+    echo "setup: npm ci in deploy/validate"
+    npm ci --prefix "$validate" --no-audit --no-fund --loglevel=error
+    cp "$validate/package-lock.json" "$validate/node_modules/.setup-lock.json"
+  fi
+fi

@@ -381,6 +381,19 @@ class DeliveryTest(RelayTestCase):
         wait_for(lambda: len(ok.messages) == 1, 20, "delivery after the restart")
         self.wait_drained(node)
 
+    def test_restart_resumes_due_mail_without_new_traffic(self):
+        slow = self.peer(ScriptedServer(NET + "22", mode="slow", delay=5.0))
+        node = self.node()
+        self.send("a@src.test", ["k@slow.test"], "Subject: k\r\n\r\nkilled\r\n")
+        wait_for(lambda: slow.connections >= 1, 10, "the delivery connection")
+        node.kill()                                     # SIGKILL: no outcome was proposed
+        slow.stop()
+        self.peers.remove(slow)
+        ok = self.peer(ScriptedServer(NET + "22", mode="ok"))
+        node.start()                                    # nobody connects: the scheduler alone
+        wait_for(lambda: len(ok.messages) == 1, 20, "delivery resumed at startup")
+        self.wait_drained(node)
+
     # ---------------------------------------------------------------- content
 
     def test_many_recipients_across_domains(self):
