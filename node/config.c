@@ -56,6 +56,8 @@ static const struct config_key config_keys[] = {
      "Trusted clients (CIDR list): they may relay to any domain."},
     {"http_listen", CT_ADDRS, OFF(http_listen), "", 0, 0,
      "HTTP endpoint for /healthz, /readyz and /metrics: one addr:port. Empty: off."},
+    {"admin_listen", CT_ADDRS, OFF(admin_listen), "", 0, 0,
+     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). Plain TCP, so loopback only until the cluster TLS keys are set. Empty: off."},
     {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
      "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
@@ -674,6 +676,20 @@ config_check(const struct relay_config *cfg)
 		return config_fail("data_dir: must not be empty");
 	if (cfg->http_listen.n > 1)
 		return config_fail("http_listen: one address only");
+	if (cfg->admin_listen.n > 1)
+		return config_fail("admin_listen: one address only");
+	if (cfg->admin_listen.n == 1) {
+		/* G5: the admin port takes authenticated peers only; without cluster TLS that
+		 * means nobody but this host */
+		const struct sockaddr *sa = (const struct sockaddr *)&cfg->admin_listen.v[0].ss;
+		int loop = sa->sa_family == AF_INET
+			       ? (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127
+			       : IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+		if (!loop)
+			return config_fail("admin_listen: %s is not a loopback address; the admin "
+					   "endpoint has no authentication without cluster TLS",
+					   cfg->admin_listen.v[0].text);
+	}
 	if (cfg->smtp_listen.n == 0)
 		return config_fail("smtp_listen: at least one address is needed");
 	if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0'))

@@ -59,6 +59,7 @@ struct relay_config {
 	struct config_addr_list smtp_listen;
 	struct config_cidr_list mynetworks;
 	struct config_addr_list http_listen;
+	struct config_addr_list admin_listen;
 	struct config_cidr_list proxy_from; /* load balancers whose PROXY header we believe */
 	struct config_list relay_domains; /* lowercased */
 	struct config_addr_list dns_servers;

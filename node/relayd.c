@@ -22,6 +22,7 @@
 
 #include <uv.h>
 
+#include "admin.h"
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
@@ -48,6 +49,7 @@ static struct {
 	struct tls_ctx *tls;
 	struct auth_table *auth;
 	struct http *http;
+	struct admin *admin;
 	struct metrics_sources msrc;
 	uv_signal_t sigterm, sigint;
 	int stopping;
@@ -103,6 +105,13 @@ smtp_stopped_cb(void *arg)
 }
 
 static void
+admin_stopped_cb(void *arg)
+{
+	relayd.admin = NULL;
+	part_stopped();
+}
+
+static void
 delivery_stopped_cb(void *arg)
 {
 	relayd.delivery = NULL;
@@ -121,7 +130,9 @@ signal_cb(uv_signal_t *h, int signum)
 	log_info("-", "event=shutdown signal=%s timeout=%llums",
 		 signum == SIGTERM ? "TERM" : "INT",
 		 (unsigned long long)relayd.cfg.shutdown_timeout_ms);
-	relayd.stopping_parts = 2;
+	relayd.stopping_parts = relayd.admin != NULL ? 3 : 2;
+	if (relayd.admin != NULL)
+		admin_stop(relayd.admin, admin_stopped_cb, NULL);
 	delivery_close(relayd.delivery, delivery_stopped_cb, NULL);
 	smtp_server_shutdown(relayd.smtp, smtp_stopped_cb, NULL);
 }
@@ -312,6 +323,12 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s on %s\n", err, relayd.cfg.http_listen.v[0].text);
 		return 1;
 	}
+	if (relayd.cfg.admin_listen.n > 0 &&
+	    admin_start(relayd.loop, &relayd.cfg, NULL, NULL, NULL, relayd.cluster, &relayd.admin,
+			err, sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 1;
+	}
 	uv_signal_init(relayd.loop, &relayd.sigterm);
 	uv_signal_init(relayd.loop, &relayd.sigint);
 	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
@@ -320,6 +337,8 @@ main(int argc, char **argv)
 		log_info("-", "event=listening smtp=%s", relayd.cfg.smtp_listen.v[i].text);
 	if (relayd.http != NULL)
 		log_info("-", "event=listening http=%s", relayd.cfg.http_listen.v[0].text);
+	if (relayd.admin != NULL)
+		log_info("-", "event=listening admin=%s", relayd.cfg.admin_listen.v[0].text);
 	log_info("-", "event=started version=%s node_id=%s hostname=%s data_dir=%s tls=%s auth_users=%zu",
 		 RELAY_VERSION, relayd.cfg.node_id, relayd.cfg.hostname, relayd.cfg.data_dir,
 		 relayd.tls ? "yes" : "no", auth_table_count(relayd.auth));

@@ -1,0 +1,507 @@
+/*
+ * admin.c: relayd's admin endpoint (admin.h): decodes an AdminRequest, answers from this node's
+ * view (status, queue list/show) or proposes the change through the cluster (queue delete), and
+ * replies one AdminReply.  Requests are served one at a time (the transport reads the next one
+ * only after the reply), so a change in progress simply holds the next request back.
+ *
+ * Failure modes: an undecodable request gets ok=false "malformed request"; a change whose
+ * proposal fails reports the cluster error per queue id; nothing a client sends is trusted
+ * beyond the protobuf bounds (ids are checked against QUEUE_ID_MAX, lists against
+ * ADMIN_LIST_MAX / ADMIN_DELETE_MAX).
+ */
+#include "admin.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "admin.pb-c.h"
+#include "cluster.h"
+#include "config.h"
+#include "log.h"
+#include "queue_fsm.h"
+#include "transport.h"
+
+struct admin {
+	uv_loop_t *loop;
+	struct transport_admin *ta;
+	struct cluster *cluster;
+	const struct relay_config *cfg;
+	bool closing;
+	/* the queue delete in progress */
+	size_t del_pending;
+	size_t n_deleted, n_not_found, n_failed;
+	char **deleted, **not_found; /* owned, each up to ADMIN_DELETE_MAX */
+	char del_error[160];
+	struct admin_del **dels; /* owned array; entries borrowed until their callback */
+	size_t ndels;
+};
+
+struct admin_del {
+	struct admin *a; /* NULL once the admin endpoint closed (the callback then only frees) */
+	size_t slot;	 /* position in a->dels */
+	char queue_id[QUEUE_ID_MAX + 1];
+};
+
+static uint64_t
+admin_now_ms(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+static void
+admin_send(struct admin *a, const Relay__AdminReply *r)
+{
+	size_t len = relay__admin_reply__get_packed_size(r);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (buf == NULL) {
+		/* cannot even say so: reply an empty (undecodable) frame, the client reports it */
+		transport_admin_reply(a->ta, "", 0);
+		return;
+	}
+	relay__admin_reply__pack(r, buf);
+	transport_admin_reply(a->ta, buf, len);
+	free(buf);
+}
+
+static void
+admin_error(struct admin *a, const char *msg)
+{
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = false;
+	r.error = (char *)msg;
+	admin_send(a, &r);
+}
+
+/* A message is "deferred" when a queued recipient was tried and waits for its next attempt. */
+static bool
+admin_msg_deferred(const struct queue_msg *m, uint64_t now, uint32_t *max_attempts)
+{
+	bool tried = false;
+	uint32_t att = 0;
+	for (uint32_t i = 0; i < m->nrcpts; i++) {
+		const struct queue_rcpt_meta *r = &m->rcpts[i];
+		if (r->state != QUEUE_RCPT_QUEUED)
+			continue;
+		if (r->attempts > att)
+			att = r->attempts;
+		if (r->attempts > 0)
+			tried = true;
+	}
+	if (max_attempts)
+		*max_attempts = att;
+	return tried && m->next_attempt_ms > now;
+}
+
+static void
+admin_status(struct admin *a)
+{
+	struct cluster_status cs;
+	struct queue_counts qc;
+	struct queue_fsm *q = cluster_queue(a->cluster);
+	uint64_t now = admin_now_ms(), oldest = 0, deferred = 0;
+	cluster_status(a->cluster, &cs);
+	queue_fsm_counts(q, &qc);
+	for (const struct queue_msg *m = queue_fsm_first(q); m != NULL; m = queue_fsm_next(q, m)) {
+		if (oldest == 0 || m->received_ms < oldest)
+			oldest = m->received_ms;
+		for (uint32_t i = 0; i < m->nrcpts; i++)
+			if (m->rcpts[i].state == QUEUE_RCPT_QUEUED && m->rcpts[i].attempts > 0)
+				deferred++;
+	}
+	Relay__StatusReply st = RELAY__STATUS_REPLY__INIT;
+	st.node_id = (char *)a->cfg->node_id;
+	st.role = (char *)(cs.replicated ? cs.role : "single");
+	st.has_term = true;
+	st.term = cs.term;
+	st.leader = cs.replicated ? cs.leader : (char *)a->cfg->node_id;
+	st.has_commit_index = st.has_applied_index = st.has_last_index = true;
+	st.commit_index = cs.commit_index;
+	st.applied_index = cs.applied_index;
+	st.last_index = cs.last_index;
+	st.has_messages = st.has_rcpts_queued = st.has_rcpts_deferred = st.has_oldest_ms = true;
+	st.messages = qc.messages;
+	st.rcpts_queued = qc.rcpts[QUEUE_RCPT_QUEUED];
+	st.rcpts_deferred = deferred;
+	st.oldest_ms = oldest;
+	st.has_leader_changes = st.has_now_ms = true;
+	st.leader_changes = cs.leader_changes;
+	st.now_ms = now;
+	Relay__PeerStatus ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	Relay__PeerStatus self = RELAY__PEER_STATUS__INIT;
+	Relay__PeerStatus *selfp = &self;
+	if (cs.replicated) {
+		for (unsigned i = 0; i < cs.n_peers && i < CLUSTER_MAX_PEERS; i++) {
+			const struct cluster_peer_status *p = &cs.peers[i];
+			relay__peer_status__init(&ps[i]);
+			ps[i].id = (char *)p->name;
+			ps[i].has_self = ps[i].has_connected = ps[i].has_healthy = true;
+			ps[i].self = p->self;
+			ps[i].connected = p->connected;
+			ps[i].has_last_contact_ms = true;
+			ps[i].last_contact_ms = p->last_contact_ms;
+			if (strcmp(st.role, "leader") == 0) {
+				ps[i].has_match = ps[i].has_lag = true;
+				ps[i].match = p->match;
+				ps[i].lag = p->lag;
+			}
+			/* healthy: ourselves, or heard from within a few election timeouts */
+			ps[i].healthy = p->self || (p->connected && p->last_contact_ms >= 0 &&
+						    p->last_contact_ms < 5000);
+			pp[i] = &ps[i];
+		}
+		st.n_peers = cs.n_peers;
+		st.peers = pp;
+	} else {
+		self.id = (char *)a->cfg->node_id;
+		self.has_self = self.has_connected = self.has_healthy = true;
+		self.self = self.connected = self.healthy = true;
+		st.n_peers = 1;
+		st.peers = &selfp;
+	}
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = true;
+	r.status = &st;
+	admin_send(a, &r);
+}
+
+static bool
+admin_rcpt_in_domain(const Relay__QueueRecord *rec, const char *domain)
+{
+	for (size_t i = 0; i < rec->n_rcpts; i++) {
+		const Relay__QueueRcpt *r = rec->rcpts[i];
+		if (r->state != RELAY__RCPT_STATE__RCPT_QUEUED || r->rcpt == NULL || r->rcpt->addr == NULL)
+			continue;
+		const char *at = strrchr(r->rcpt->addr, '@');
+		if (at != NULL && strcasecmp(at + 1, domain) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
+{
+	struct queue_fsm *q = cluster_queue(a->cluster);
+	uint64_t now = admin_now_ms();
+	uint32_t limit = req->has_limit && req->limit > 0 && req->limit < ADMIN_LIST_MAX
+			     ? req->limit
+			     : ADMIN_LIST_MAX;
+	const char *want = req->state && req->state[0] ? req->state : NULL;
+	if (want && strcmp(want, "active") && strcmp(want, "deferred")) {
+		admin_error(a, "queue list: --state must be active or deferred");
+		return;
+	}
+	Relay__QueueListItem *items = calloc(limit, sizeof(*items));
+	Relay__QueueListItem **ip = calloc(limit, sizeof(*ip));
+	Relay__QueueRecord **recs = calloc(limit, sizeof(*recs));
+	if (items == NULL || ip == NULL || recs == NULL) {
+		free(items);
+		free(ip);
+		free(recs);
+		admin_error(a, "out of memory");
+		return;
+	}
+	size_t n = 0;
+	bool truncated = false;
+	for (const struct queue_msg *m = queue_fsm_first(q); m != NULL; m = queue_fsm_next(q, m)) {
+		uint32_t att;
+		bool deferred = admin_msg_deferred(m, now, &att);
+		if (want && strcmp(want, deferred ? "deferred" : "active") != 0)
+			continue;
+		Relay__QueueRecord *rec = NULL;
+		if (queue_fsm_read_record(q, m->queue_id, &rec) != 0 || rec == NULL)
+			continue;
+		if (req->domain && req->domain[0] && !admin_rcpt_in_domain(rec, req->domain)) {
+			relay__queue_record__free_unpacked(rec, NULL);
+			continue;
+		}
+		if (n == limit) {
+			relay__queue_record__free_unpacked(rec, NULL);
+			truncated = true;
+			break;
+		}
+		Relay__QueueListItem *it = &items[n];
+		relay__queue_list_item__init(it);
+		it->queue_id = (char *)m->queue_id;
+		it->from = rec->mail_from;
+		it->received_ms = m->received_ms;
+		it->size = m->size;
+		it->nrcpts = m->nrcpts;
+		it->nqueued = m->nqueued;
+		it->has_next_attempt_ms = it->has_attempts = true;
+		it->next_attempt_ms = m->next_attempt_ms;
+		it->attempts = att;
+		it->state = deferred ? "deferred" : "active";
+		for (size_t i = 0; i < rec->n_rcpts; i++)
+			if (rec->rcpts[i]->state == RELAY__RCPT_STATE__RCPT_QUEUED && rec->rcpts[i]->rcpt) {
+				it->first_rcpt = rec->rcpts[i]->rcpt->addr;
+				break;
+			}
+		recs[n] = rec;
+		ip[n] = it;
+		n++;
+	}
+	Relay__QueueListReply lr = RELAY__QUEUE_LIST_REPLY__INIT;
+	lr.n_items = n;
+	lr.items = ip;
+	lr.has_truncated = lr.has_now_ms = true;
+	lr.truncated = truncated;
+	lr.now_ms = now;
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = true;
+	r.queue_list = &lr;
+	admin_send(a, &r);
+	for (size_t i = 0; i < n; i++)
+		relay__queue_record__free_unpacked(recs[i], NULL);
+	free(recs);
+	free(ip);
+	free(items);
+}
+
+static void
+admin_queue_show(struct admin *a, const Relay__QueueShowRequest *req)
+{
+	Relay__QueueRecord *rec = NULL;
+	if (strlen(req->queue_id) > QUEUE_ID_MAX ||
+	    queue_fsm_read_record(cluster_queue(a->cluster), req->queue_id, &rec) != 0 ||
+	    rec == NULL) {
+		char msg[QUEUE_ID_MAX + 40];
+		snprintf(msg, sizeof(msg), "no such message: %.*s", (int)QUEUE_ID_MAX,
+			 req->queue_id);
+		admin_error(a, msg);
+		return;
+	}
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = true;
+	r.queue_show = rec;
+	admin_send(a, &r);
+	relay__queue_record__free_unpacked(rec, NULL);
+}
+
+static void
+admin_del_reset(struct admin *a)
+{
+	for (size_t i = 0; i < a->n_deleted; i++)
+		free(a->deleted[i]);
+	for (size_t i = 0; i < a->n_not_found; i++)
+		free(a->not_found[i]);
+	free(a->deleted);
+	free(a->not_found);
+	free(a->dels);
+	a->deleted = a->not_found = NULL;
+	a->dels = NULL;
+	a->ndels = 0;
+	a->n_deleted = a->n_not_found = a->n_failed = 0;
+	a->del_error[0] = '\0';
+}
+
+static void
+admin_del_finish(struct admin *a)
+{
+	Relay__QueueDeleteReply dr = RELAY__QUEUE_DELETE_REPLY__INIT;
+	dr.n_deleted = a->n_deleted;
+	dr.deleted = a->deleted;
+	dr.n_not_found = a->n_not_found;
+	dr.not_found = a->not_found;
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = a->n_failed == 0;
+	r.error = a->n_failed ? a->del_error : NULL;
+	r.queue_delete = &dr;
+	admin_send(a, &r);
+	admin_del_reset(a);
+}
+
+static void
+admin_del_cb(void *arg, int status)
+{
+	struct admin_del *d = arg;
+	struct admin *a = d->a;
+	if (a != NULL)
+		a->dels[d->slot] = NULL;
+	if (a != NULL && !a->closing) {
+		if (status == 0) {
+			a->deleted[a->n_deleted++] = strdup(d->queue_id);
+			log_info(d->queue_id, "event=deleted by=admin");
+		} else if (status == CLUSTER_ENOTFOUND) {
+			a->not_found[a->n_not_found++] = strdup(d->queue_id);
+		} else {
+			a->n_failed++;
+			snprintf(a->del_error, sizeof(a->del_error), "delete %s: %s", d->queue_id,
+				 cluster_strerror(status));
+		}
+		if (--a->del_pending == 0)
+			admin_del_finish(a);
+	}
+	free(d);
+}
+
+static int
+admin_del_one(struct admin *a, const char *id)
+{
+	struct admin_del *d = calloc(1, sizeof(*d));
+	if (d == NULL)
+		return CLUSTER_ENOMEM;
+	d->a = a;
+	d->slot = a->ndels;
+	snprintf(d->queue_id, sizeof(d->queue_id), "%s", id);
+	Relay__Delete del = RELAY__DELETE__INIT;
+	del.queue_id = d->queue_id;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_DELETE;
+	cmd.delete_ = &del;
+	int rc = cluster_propose(a->cluster, &cmd, admin_del_cb, d);
+	if (rc != 0) {
+		free(d);
+		return rc;
+	}
+	a->dels[a->ndels++] = d;
+	return 0;
+}
+
+static void
+admin_queue_delete(struct admin *a, const Relay__QueueDeleteRequest *req)
+{
+	struct queue_fsm *q = cluster_queue(a->cluster);
+	const char *ids[ADMIN_DELETE_MAX];
+	size_t n = 0;
+	for (size_t i = 0; i < req->n_queue_ids && n < ADMIN_DELETE_MAX; i++)
+		if (strlen(req->queue_ids[i]) <= QUEUE_ID_MAX)
+			ids[n++] = req->queue_ids[i];
+	if (req->n_queue_ids > ADMIN_DELETE_MAX) {
+		admin_error(a, "queue delete: too many ids in one request");
+		return;
+	}
+	uint64_t now = admin_now_ms();
+	if (req->has_all_deferred && req->all_deferred)
+		for (const struct queue_msg *m = queue_fsm_first(q); m != NULL && n < ADMIN_DELETE_MAX;
+		     m = queue_fsm_next(q, m))
+			if (admin_msg_deferred(m, now, NULL))
+				ids[n++] = m->queue_id;
+	a->deleted = calloc(n ? n : 1, sizeof(char *));
+	a->not_found = calloc(n ? n : 1, sizeof(char *));
+	a->dels = calloc(n ? n : 1, sizeof(*a->dels));
+	if (a->deleted == NULL || a->not_found == NULL || a->dels == NULL) {
+		admin_del_reset(a);
+		admin_error(a, "out of memory");
+		return;
+	}
+	if (n == 0) {
+		admin_del_finish(a);
+		return;
+	}
+	/* ids may point into the fsm (all_deferred): copy each before proposing */
+	a->del_pending = n + 1; /* +1 held until every proposal is out */
+	for (size_t i = 0; i < n; i++) {
+		char id[QUEUE_ID_MAX + 1];
+		snprintf(id, sizeof(id), "%s", ids[i]);
+		int rc = admin_del_one(a, id);
+		if (rc != 0) {
+			a->n_failed++;
+			snprintf(a->del_error, sizeof(a->del_error), "delete %s: %s", id,
+				 cluster_strerror(rc));
+			a->del_pending--;
+		}
+	}
+	if (--a->del_pending == 0)
+		admin_del_finish(a);
+}
+
+static void
+admin_request_cb(void *arg, const void *data, size_t len)
+{
+	struct admin *a = arg;
+	Relay__AdminRequest *req = relay__admin_request__unpack(NULL, len, data);
+	if (req == NULL) {
+		log_info("-", "event=admin-malformed bytes=%zu", len);
+		admin_error(a, "malformed request");
+		return;
+	}
+	switch (req->req_case) {
+	case RELAY__ADMIN_REQUEST__REQ_STATUS:
+		admin_status(a);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_QUEUE_LIST:
+		admin_queue_list(a, req->queue_list);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_QUEUE_SHOW:
+		admin_queue_show(a, req->queue_show);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_QUEUE_DELETE:
+		admin_queue_delete(a, req->queue_delete);
+		break;
+	default:
+		admin_error(a, "unknown request (relayctl newer than this node?)");
+		break;
+	}
+	relay__admin_request__free_unpacked(req, NULL);
+}
+
+int
+admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, const char *cert,
+	    const char *key, struct cluster *cluster, struct admin **out, char *err, size_t errlen)
+{
+	struct admin *a = calloc(1, sizeof(*a));
+	if (a == NULL) {
+		snprintf(err, errlen, "admin: out of memory");
+		return -1;
+	}
+	a->loop = loop;
+	a->cfg = cfg;
+	a->cluster = cluster;
+	struct transport_admin_config tc = {
+	    .listen = cfg->admin_listen.v[0].text,
+	    .ca_file = ca,
+	    .cert_file = cert,
+	    .key_file = key,
+	};
+	int rc = transport_admin_listen(loop, &tc, admin_request_cb, a, &a->ta);
+	if (rc != 0) {
+		snprintf(err, errlen, "admin_listen: cannot listen on %s: %s", tc.listen,
+			 transport_strerror(rc));
+		free(a);
+		return -1;
+	}
+	*out = a;
+	return 0;
+}
+
+struct admin_close {
+	struct admin *a;
+	void (*done)(void *);
+	void *arg;
+};
+
+static void
+admin_closed_cb(void *arg)
+{
+	struct admin_close *cl = arg;
+	admin_del_reset(cl->a);
+	free(cl->a);
+	if (cl->done)
+		cl->done(cl->arg);
+	free(cl);
+}
+
+void
+admin_stop(struct admin *a, void (*done)(void *arg), void *arg)
+{
+	struct admin_close *cl = calloc(1, sizeof(*cl));
+	a->closing = true;
+	for (size_t i = 0; i < a->ndels; i++)
+		if (a->dels[i] != NULL)
+			a->dels[i]->a = NULL; /* their callbacks may come after a is freed */
+	if (cl == NULL) {
+		/* leak the small struct rather than free it under the transport */
+		transport_admin_close(a->ta, done, arg);
+		return;
+	}
+	cl->a = a;
+	cl->done = done;
+	cl->arg = arg;
+	transport_admin_close(a->ta, admin_closed_cb, cl);
+}
