@@ -1135,6 +1135,11 @@ craft__load(struct cluster__raft *c)
 		goto out;
 	}
 	c->log_last = last;
+	/* the queue is durable with its applied index: those entries are not handed out again */
+	if (c->applied > snap.index && c->applied <= last &&
+	    (rv = raft_set_applied(c->raft, c->applied)))
+		cluster__log("open: raft_set_applied index=%" PRIu64 " error=\"%s\"", c->applied,
+			     raft_strerror(rv));
 	if (c->applied < snap.index) {
 		cluster__log("open: applied=%" PRIu64 " behind snapshot=%" PRIu64, c->applied,
 			     snap.index);
