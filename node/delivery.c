@@ -2010,6 +2010,17 @@ sched_scan(struct delivery *d)
 	if (d->closing)
 		return;
 	uint64_t now = now_ms();
+	/* Until delivery ownership exists (assignments with epochs, issue 5), in a replicated
+	 * cluster only the leader starts deliveries, so the nodes do not all deliver everything.
+	 * A follower looks again every second (leadership changes arrive without an apply). */
+	struct cluster_status cst;
+	cluster_status(d->cluster, &cst);
+	if (cst.replicated && (cst.role == NULL || strcmp(cst.role, "leader") != 0)) {
+		uv_timer_stop(&d->sched_timer);
+		d->armed_ms = now + 1000;
+		uv_timer_start(&d->sched_timer, sched_timer_cb, 1000, 0);
+		return;
+	}
 	uint64_t max = sched_inflight_max(d);
 	size_t room = d->nmsgs < max ? (size_t)(max - d->nmsgs) : 0;
 	if (d->inflight_bytes >= DLV_INFLIGHT_BYTES_MAX)
