@@ -31,6 +31,7 @@ DEPLOY = os.path.join(TOP, "deploy")
 K8S = os.path.join(DEPLOY, "k8s")
 VALIDATE = os.path.join(DEPLOY, "validate", "validate.mjs")
 NET = "127.0.13."  # this module's loopback addresses: pod N is 127.0.13.(N+1)
+RELAYCTL = os.path.join(os.path.dirname(RELAYD), "relayctl")
 RAFT_KEYS = ("cluster_listen", "peers", "cluster_ca", "cluster_cert", "cluster_key")
 
 
@@ -428,10 +429,15 @@ class DockerfileTest(unittest.TestCase):
         for p in pkgs:
             self.assertFalse(p.endswith("-dev") or p in ("build-essential", "cmake", "gcc",
                                                          "pkg-config", "python3"), p)
-        # they cover exactly relayd's NEEDED libraries (mapped to packages on this Debian 12)
-        out = subprocess.run(["readelf", "-d", RELAYD], capture_output=True, text=True,
-                             check=True)
-        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out.stdout)
+        # they cover exactly the NEEDED libraries of relayd and relayctl (mapped to packages on
+        # this Debian 12)
+        needed = set()
+        for binary in (RELAYD, RELAYCTL):
+            if not os.path.exists(binary):
+                continue
+            out = subprocess.run(["readelf", "-d", binary], capture_output=True, text=True,
+                                 check=True)
+            needed |= set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out.stdout))
         self.assertTrue(needed)
         want = set()
         for so in needed:
@@ -484,11 +490,13 @@ class Pod:
             # mounts -> this pod's dirs; 0.0.0.0 -> its address; peer names -> their addresses
             text = text.replace("/etc/relayd/", self.root + "/etc/relayd/")
             text = text.replace("/var/lib/relayd", data)
-            text = text.replace("0.0.0.0:", self.addr + ":")
+            # the pod's own loopback and its pod IP are both this pod's address here
+            text = text.replace("0.0.0.0:", self.addr + ":").replace("127.0.0.1:", self.addr + ":")
             svc = m.sts["spec"]["serviceName"]
             return re.sub(r"\b%s-(\d+)\.%s(\.[a-z0-9.-]+)?:" % (m.sts["metadata"]["name"], svc),
                           lambda mm: NET + str(int(mm.group(1)) + 1) + ":", text)
 
+        self.move = move
         # the volumes: ConfigMap, Secrets (from make-secrets.sh), the PVC
         args = m.ctr["args"]
         cfg = args[args.index("--config") + 1]
@@ -516,9 +524,13 @@ class Pod:
         self.log_path = os.path.join(root, self.name + ".log")
         self.proc = None
 
-    def start(self, extra):
+    def pod_environ(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYD_")}
         env.update(self.env)
+        return env
+
+    def start(self, extra):
+        env = self.pod_environ()
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([RELAYD, *self.args, *extra], env=env, stdout=self.logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -529,9 +541,7 @@ class Pod:
             return f.read().decode("utf-8", "replace")
 
     def dump_queue(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYD_")}
-        env.update(self.env)
-        out = subprocess.run([RELAYD, *self.args, "--dump-queue", "--json"], env=env,
+        out = subprocess.run([RELAYD, *self.args, "--dump-queue", "--json"], env=self.pod_environ(),
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return {json.loads(l)["queue_id"] for l in out.stdout.splitlines() if l.strip()}
@@ -617,8 +627,27 @@ class PodTest(RelayTestCase):
         wait_for(lambda: http_get(p.http, "/readyz")[0] == 200, 30, "relayd-0 /readyz")
         self.assertIn("relay_messages_accepted_total", http_get(p.http, "/metrics")[1])
         qid = self.send(p)
+        if os.path.exists(RELAYCTL):
+            # relayctl inside the pod, as `kubectl exec relayd-0 -- relayctl --config ...`
+            out = subprocess.run([RELAYCTL, "--config", p.cfg, "--json", "status"],
+                                 env=p.pod_environ(), capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            self.assertEqual(json.loads(out.stdout)["node_id"], "relayd-0")
+        self.run_prestop(p)
         self.stop_within_grace(p)
         self.assertIn(qid, p.dump_queue(), "accepted message not in relayd-0's queue")
+
+    def run_prestop(self, p):
+        """The preStop hook as the kubelet runs it in the container: exit 0 within its bound."""
+        cmd = [p.move(a) for a in self.m.ctr["lifecycle"]["preStop"]["exec"]["command"]]
+        env = p.pod_environ()
+        env["PATH"] = os.path.dirname(RELAYD) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        bound = self.m.prestop_bound_s()
+        t0 = time.monotonic()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=bound + 10)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertLessEqual(time.monotonic() - t0, bound + 2)
+        self.assertIsNone(p.proc.poll(), "relayd died in preStop")
 
     def three_pods_form_a_cluster(self):
         pods = [self.start_pod(i) for i in range(self.m.sts["spec"]["replicas"])]
