@@ -15,7 +15,7 @@ PKGS=(
   # build
   build-essential cmake pkg-config git clang-14 libclang-rt-14-dev
   libuv1-dev libnng-dev librocksdb-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
-  libc-ares-dev libcmocka-dev libmicrohttpd-dev
+  libc-ares-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev
   # tests, demo and benchmark peers
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc

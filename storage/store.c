@@ -10,6 +10,7 @@
  * data.  A wrong version, a short value or a crc mismatch decode as STORE_ECORRUPT.
  */
 #include <pthread.h>
+#include <zlib.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,28 +88,18 @@ store_log_key(uint64_t index, unsigned char key[STORE_LOG_KEY_LEN])
 
 /* ---- crc32 (IEEE 802.3 polynomial, reflected) ---- */
 
-static uint32_t store__crc_table[256];
-static pthread_once_t store__crc_once = PTHREAD_ONCE_INIT;
-
-static void
-store__crc_init(void)
-{
-	for (uint32_t i = 0; i < 256; i++) {
-		uint32_t c = i;
-		for (int k = 0; k < 8; k++)
-			c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-		store__crc_table[i] = c;
-	}
-}
-
+/* zlib's crc32 (same polynomial and values as a table-driven one, several times faster on
+ * large bodies: the log append of a 100 KiB message was a fifth of relayd's CPU). */
 static uint32_t
 store__crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
-	pthread_once(&store__crc_once, store__crc_init);
-	crc = ~crc;
-	while (n--)
-		crc = store__crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-	return ~crc;
+	while (n > 0) {
+		uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
+		crc = (uint32_t)crc32((uLong)crc, p, chunk);
+		p += chunk;
+		n -= chunk;
+	}
+	return crc;
 }
 
 /* ---- batches ---- */
