@@ -57,6 +57,14 @@
 
 /* Frame kind of a forwarded proposal (a packed, tagged Relay__Command). */
 #define CRAFT_KIND_PROPOSE 2u
+/* Frame kind of a batch: several messages, each [kind u8][length u32 BE][payload]. */
+#define CRAFT_KIND_BATCH 3u
+#define CRAFT_BATCH_HDR 5
+/* Outgoing messages to a peer wait this long to share one frame (fewer NNG messages: their
+ * cost per message, not per byte, bounds a loaded leader), or until the batch holds this many
+ * bytes.  A bigger message (a snapshot chunk) flushes the batch and goes alone. */
+#define CRAFT_BATCH_DELAY_MS 1
+#define CRAFT_BATCH_MAX_BYTES ((size_t)1 << 20)
 /* raft_meta keys of the replicated mode. */
 #define CRAFT_META_HS "raft_hs"
 #define CRAFT_META_SNAP "raft_snap"
@@ -82,6 +90,14 @@ struct craft_list {
 	struct craft_prop *head, *tail;
 };
 
+/* Messages waiting to leave for one peer in one frame. */
+struct craft_outbuf {
+	unsigned char *buf; /* owned */
+	size_t len, cap;
+	unsigned n;
+	uint32_t kind; /* of the only message, when n == 1 */
+};
+
 struct cluster__raft {
 	uv_loop_t *loop;       /* borrowed */
 	struct store *store;   /* owned */
@@ -105,6 +121,8 @@ struct cluster__raft {
 
 	uv_idle_t run;
 	uv_timer_t tick;
+	uv_timer_t flush; /* sends the batches CRAFT_BATCH_DELAY_MS after the first message */
+	struct craft_outbuf out[CLUSTER_MAX_PEERS];
 	uv_work_t work;
 	int writing, write_sync, write_rv;
 	uint64_t write_seq, write_applied, write_bytes;
@@ -114,11 +132,12 @@ struct cluster__raft {
 	uint64_t next_seq_persist, next_bytes;
 	int retry_write; /* a write failed: retry at the next tick */
 
-	uint64_t log_last;	  /* highest log index put in a batch */
-	uint64_t applied;	  /* applied to the state machine (memory) */
-	uint64_t durable_applied; /* applied state written */
-	uint64_t snap_index;	  /* latest snapshot (ours or installed) */
-	uint64_t snap_tried;	  /* applied index at the last snapshot attempt */
+	uint64_t synced_term, synced_vote; /* hard state in the batches so far */
+	uint64_t log_last;		   /* highest log index put in a batch */
+	uint64_t applied;		   /* applied to the state machine (memory) */
+	uint64_t durable_applied;	   /* applied state written */
+	uint64_t snap_index;		   /* latest snapshot (ours or installed) */
+	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
 
 	struct raft_ready held; /* a ready with a snapshot, waiting for the write in flight */
 	int have_held;
@@ -450,9 +469,80 @@ craft__persist(struct cluster__raft *c, const struct raft_ready *rd)
 	}
 	if (rv)
 		return cluster__store_err(rv);
-	c->next_sync = 1;
+	/* Entries, a term or a vote must be synced before the core acts on them; a commit index
+	 * alone need not (raft relearns it from the leader; thesis 3.8 lists term, vote and log
+	 * as the persistent state): it rides unsynced, made durable by the next synced write. */
+	if (rd->n_entries || rd->hs.term != c->synced_term || rd->hs.vote != c->synced_vote)
+		c->next_sync = 1;
+	c->synced_term = rd->hs.term;
+	c->synced_vote = rd->hs.vote;
 	c->next_seq_persist = rd->seq;
 	return 0;
+}
+
+/* Sends the batch of peer pi now: one message as itself, several as a batch frame. */
+static void
+craft__flush_peer(struct cluster__raft *c, size_t pi)
+{
+	struct craft_outbuf *o = &c->out[pi];
+	if (!o->n)
+		return;
+	int rv = o->n == 1
+		     ? transport_send(c->tp, c->peers[pi].name, o->kind, o->buf + CRAFT_BATCH_HDR,
+				      o->len - CRAFT_BATCH_HDR)
+		     : transport_send(c->tp, c->peers[pi].name, CRAFT_KIND_BATCH, o->buf, o->len);
+	if (rv)
+		c->counters.raft_dropped += o->n;
+	o->len = 0;
+	o->n = 0;
+}
+
+static void
+craft__flush_cb(uv_timer_t *t)
+{
+	struct cluster__raft *c = t->data;
+	for (size_t i = 0; i < c->n_peers; i++)
+		craft__flush_peer(c, i);
+}
+
+/* Queues a copy of one message for peer pi (sent by craft__flush_cb). */
+static void
+craft__out(struct cluster__raft *c, size_t pi, uint32_t kind, const void *data, size_t len)
+{
+	struct craft_outbuf *o = &c->out[pi];
+	if (len + CRAFT_BATCH_HDR > CRAFT_BATCH_MAX_BYTES) {
+		craft__flush_peer(c, pi);
+		if (transport_send(c->tp, c->peers[pi].name, kind, data, len))
+			c->counters.raft_dropped++;
+		return;
+	}
+	if (o->len + CRAFT_BATCH_HDR + len > CRAFT_BATCH_MAX_BYTES)
+		craft__flush_peer(c, pi);
+	if (o->len + CRAFT_BATCH_HDR + len > o->cap) {
+		size_t cap = o->cap ? o->cap : 4096;
+		while (cap < o->len + CRAFT_BATCH_HDR + len)
+			cap *= 2;
+		unsigned char *nb = realloc(o->buf, cap);
+		if (!nb) {
+			c->counters.raft_dropped++; /* Raft tolerates loss */
+			return;
+		}
+		o->buf = nb;
+		o->cap = cap;
+	}
+	unsigned char *p = o->buf + o->len;
+	p[0] = (unsigned char)kind;
+	p[1] = (unsigned char)(len >> 24);
+	p[2] = (unsigned char)(len >> 16);
+	p[3] = (unsigned char)(len >> 8);
+	p[4] = (unsigned char)len;
+	if (len)
+		memcpy(p + CRAFT_BATCH_HDR, data, len);
+	o->len += CRAFT_BATCH_HDR + len;
+	o->kind = kind;
+	o->n++;
+	if (!uv_is_active((uv_handle_t *)&c->flush))
+		uv_timer_start(&c->flush, craft__flush_cb, CRAFT_BATCH_DELAY_MS, 0);
 }
 
 static void
@@ -472,9 +562,7 @@ craft__send(struct cluster__raft *c, const struct raft_ready *rd)
 			c->counters.raft_dropped++;
 			continue;
 		}
-		rv = transport_send(c->tp, c->peers[pi].name, TRANSPORT_KIND_RAFT, buf, len);
-		if (rv)
-			c->counters.raft_dropped++;
+		craft__out(c, (size_t)pi, TRANSPORT_KIND_RAFT, buf, len);
 		free(buf);
 	}
 }
@@ -827,7 +915,7 @@ craft__submit(struct cluster__raft *c, struct craft_prop *p)
 	if (pi < 0)
 		return 0;
 	/* a full queue drops it like the network would: the retry timer sends it again */
-	transport_send(c->tp, c->peers[pi].name, CRAFT_KIND_PROPOSE, p->data, p->len);
+	craft__out(c, (size_t)pi, CRAFT_KIND_PROPOSE, p->data, p->len);
 	c->counters.forwarded++;
 	p->sent_ms = now;
 	return 1;
@@ -908,12 +996,43 @@ craft__run_cb(uv_idle_t *h)
 
 /* ---- inputs ---- */
 
+static void craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind,
+			    const void *data, size_t len);
+
 static void
 craft__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size_t len)
 {
 	struct cluster__raft *c = arg;
 	if (c->closing)
 		return;
+	if (kind != CRAFT_KIND_BATCH) {
+		craft__recv_one(c, from, kind, data, len);
+		return;
+	}
+	/* peer input: every length is checked against what is left; a bad batch is dropped
+	 * from the bad item on */
+	const unsigned char *p = data, *end = p + len;
+	while (p < end && !c->closing) {
+		if ((size_t)(end - p) < CRAFT_BATCH_HDR) {
+			c->counters.raft_dropped++;
+			return;
+		}
+		uint32_t k = p[0];
+		size_t l = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
+		p += CRAFT_BATCH_HDR;
+		if (l > (size_t)(end - p) || k == CRAFT_KIND_BATCH) {
+			c->counters.raft_dropped++;
+			return;
+		}
+		craft__recv_one(c, from, k, p, l);
+		p += l;
+	}
+}
+
+static void
+craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const void *data,
+		size_t len)
+{
 	int pi = craft__peer_by_name(c, from);
 	if (pi >= 0)
 		c->last_contact[pi] = (int64_t)uv_now(c->loop);
@@ -1098,6 +1217,8 @@ craft__load(struct cluster__raft *c)
 		return cluster__store_err(rv);
 	}
 	c->snap_index = snap.index;
+	c->synced_term = hs.term;
+	c->synced_vote = hs.vote;
 	/* the entries after the snapshot */
 	struct raft_entry *ents = NULL;
 	void **bufs = NULL;
@@ -1264,6 +1385,8 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	c->run.data = c;
 	uv_timer_init(loop, &c->tick);
 	c->tick.data = c;
+	uv_timer_init(loop, &c->flush);
+	c->flush.data = c;
 	uv_timer_start(&c->tick, craft__tick_cb, c->heartbeat_ms, c->heartbeat_ms);
 	c->stats.applied_index = c->applied;
 	cluster__log("event=cluster-open node=%s id=%016" PRIx64 " peers=%zu listen=%s tls=%s",
@@ -1312,6 +1435,8 @@ craft__free(struct cluster__raft *c)
 	store_free(c->store);
 	store_batch_fini(&c->wbatch);
 	store_batch_fini(&c->next);
+	for (size_t i = 0; i < CLUSTER_MAX_PEERS; i++)
+		free(c->out[i].buf);
 	free(c->buckets);
 	free(c);
 	if (done)
@@ -1343,11 +1468,12 @@ craft__finish_close(struct cluster__raft *c)
 {
 	if (c->writing || c->close_pending)
 		return;
-	c->close_pending = 3;
+	c->close_pending = 4;
 	transport_close(c->tp, craft__tp_closed_cb, c);
 	c->tp = NULL;
 	uv_close((uv_handle_t *)&c->run, craft__handle_closed_cb);
 	uv_close((uv_handle_t *)&c->tick, craft__handle_closed_cb);
+	uv_close((uv_handle_t *)&c->flush, craft__handle_closed_cb);
 }
 
 void
@@ -1358,6 +1484,7 @@ cluster__raft_close(struct cluster__raft *c, void (*done)(void *arg), void *arg)
 	c->close_arg = arg;
 	uv_idle_stop(&c->run);
 	uv_timer_stop(&c->tick);
+	uv_timer_stop(&c->flush);
 	craft__finish_close(c); /* else when the write in flight completes */
 }
 
