@@ -11,8 +11,11 @@ show on demand.  One thread per connection; each connection follows `mode`:
   badtls      offers STARTTLS, answers 220 to it, then sends a TLS alert and closes (a broken
               TLS stack); without STARTTLS it is an ok server
 
-`connections` counts accepted connections, `max_active` the most open at once; `messages` keeps
-(mail_from, [rcpts], bytes).
+`connections` counts accepted connections, `max_active` the most open at once (as this server's
+threads see them: a connection the client already closed may still count for a moment);
+`max_txn` the most mail transactions open at once, counted from MAIL's 250 until the reply to
+the end of data is about to be sent (exact: the client can only start another transaction
+after that reply); `messages` keeps (mail_from, [rcpts], bytes).
 """
 import socket
 import threading
@@ -26,6 +29,8 @@ class ScriptedServer:
         self.connections = 0
         self.active = 0
         self.max_active = 0
+        self.txn = 0
+        self.max_txn = 0
         self.messages = []
         self.lock = threading.Lock()
         self.stopping = False
@@ -77,6 +82,17 @@ class ScriptedServer:
                 time.sleep(self.delay)
             c.sendall(line.encode() + b"\r\n")
 
+        in_txn = [False]
+
+        def txn(on):
+            with self.lock:
+                if on and not in_txn[0]:
+                    self.txn += 1
+                    self.max_txn = max(self.max_txn, self.txn)
+                elif not on and in_txn[0]:
+                    self.txn -= 1
+                in_txn[0] = on
+
         try:
             if self.mode == "greet421":
                 c.sendall(b"421 4.3.2 %s service not available\r\n" % self.name.encode())
@@ -112,6 +128,7 @@ class ScriptedServer:
                         continue
                     mail_from = cmd[cmd.index(":") + 1:].split()[0].strip("<>")
                     rcpts = []
+                    txn(True)
                     say("250 2.1.0 Ok")
                 elif verb == "RCPT":
                     addr = cmd[cmd.index(":") + 1:].split()[0].strip("<>")
@@ -137,9 +154,11 @@ class ScriptedServer:
                         data += l2
                     with self.lock:
                         self.messages.append((mail_from, rcpts, data))
+                    txn(False)
                     say("250 2.0.0 Ok: queued")
                 elif verb == "RSET":
                     mail_from, rcpts = None, []
+                    txn(False)
                     say("250 2.0.0 Ok")
                 elif verb == "NOOP":
                     say("250 2.0.0 Ok")
@@ -151,6 +170,7 @@ class ScriptedServer:
         except OSError:
             pass
         finally:
+            txn(False)
             with self.lock:
                 self.active -= 1
                 self.clients.discard(c)

@@ -226,7 +226,9 @@ class DeliveryTest(RelayTestCase):
         wait_for(lambda: len(slow.messages) == 12 and aonly.count() == 12, 60,
                  "24 deliveries through 2 connections")
         self.wait_drained(node)
-        self.assertLessEqual(slow.max_active, 2)
+        # relayd holds at most 2 connections to the destination; the server's own count of
+        # open sockets can lag behind a close under load, its transaction count cannot
+        self.assertLessEqual(slow.max_txn, 2)
         self.assertGreaterEqual(slow.connections, 3)   # at most 4 messages per connection
         self.assertLess(slow.connections, 12)          # but connections are reused
 
