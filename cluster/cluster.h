@@ -73,6 +73,10 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_SNAPSHOT_ENTRIES 8192u
 #define CLUSTER_MAX_PEERS 16u /* members of one cluster (RAFT_MAX_NODES) */
 #define CLUSTER_ID_MAX 63u    /* bytes in a node id */
+/* Replicated mode: the largest message body a node should accept.  A Raft entry carries the
+ * whole Accept and is bounded by RAFT_ENTRY_MAX_BYTES (1 MiB); the rest is the envelope's room.
+ * A bigger command gets CLUSTER_ETOOBIG. */
+#define CLUSTER_REPLICATED_MAX_MESSAGE_SIZE ((size_t)768 << 10)
 
 struct cluster_config {
 	const char *node_id;	/* borrowed; this node's id (also the single voter) */
