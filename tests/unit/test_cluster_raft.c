@@ -6,7 +6,8 @@
  * three nodes, identically (queue digest), each callback exactly once with status 0; closing
  * the leader elects another and proposals go on; a node restarted from its directory catches
  * up; a node whose data dir was wiped while the others compacted their log catches up by
- * snapshot, and restarts from it.
+ * snapshot, and restarts from it; malformed frames from a peer (batches cut short, lengths past
+ * the end, nested batches, junk Raft messages and proposals) are dropped and counted.
  * Waiting is "run the loop until a condition holds, with a deadline", never a sleep.
  */
 #include <setjmp.h>
@@ -29,6 +30,7 @@
 #include "cluster_int.h"
 #include "peers.h"
 #include "queue_fsm.h"
+#include "transport.h"
 
 #define DEADLINE_MS 30000
 #define BODY_LEN 2048
@@ -481,6 +483,71 @@ test_snapshot_catch_up(void **state)
 	run_until(f, converged, &want, "320 messages after its restart");
 }
 
+/* ---- hostile peer input (G6) ---- */
+
+static void
+ignore_recv(void *arg, const char *from, uint32_t kind, const void *data, size_t len)
+{
+}
+
+static void
+tp_closed(void *arg)
+{
+	(*(unsigned *)arg)++;
+}
+
+static int
+dropped_at_least(struct fx *f, void *arg)
+{
+	struct cluster_status st;
+	cluster_status(f->n[0].c, &st);
+	return st.raft_dropped >= *(uint64_t *)arg;
+}
+
+static void
+test_hostile_frames(void **state)
+{
+	struct fx *f = *state;
+	node_open(f, 0);
+	/* a peer that holds n2's id (no TLS here) sends n1 malformed frames of every kind */
+	struct transport_config tc = {.node_id = "n2", .listen = f->listen[1]};
+	struct transport *t;
+	assert_int_equal(transport_open(&f->loop, &tc, ignore_recv, NULL, &t), 0);
+	assert_int_equal(transport_add_peer(t, "n1", f->listen[0]), 0);
+	static const unsigned char trunc_hdr[] = {1, 0, 0}; /* < 5 header bytes */
+	static const unsigned char overflow[] = {1, 0xff, 0xff, 0xff, 0xff, 1}; /* len > rest */
+	static const unsigned char nested[] = {3, 0, 0, 0, 1, 0}; /* a batch in a batch */
+	static const unsigned char junk_items[] = {1, 0, 0, 0, 2, 0xde, 0xad, 2, 0, 0, 0, 1, 0x07};
+	static const unsigned char junk[] = {0xff, 0xfe, 0x01, 0x80};
+	struct {
+		uint32_t kind;
+		const unsigned char *d;
+		size_t n;
+	} frames[] = {
+	    {3, trunc_hdr, sizeof(trunc_hdr)}, {3, overflow, sizeof(overflow)},
+	    {3, nested, sizeof(nested)},       {3, junk_items, sizeof(junk_items)},
+	    {1, junk, sizeof(junk)},	       {2, junk, sizeof(junk)},
+	    {99, junk, sizeof(junk)},	       {3, junk, 0},
+	};
+	for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++)
+		assert_int_equal(transport_send(t, "n1", frames[i].kind, frames[i].d, frames[i].n),
+				 0);
+	uint64_t want = 5; /* trunc, overflow, nested, the junk raft item, the junk raft frame */
+	run_until(f, dropped_at_least, &want, "the malformed frames counted");
+	unsigned closed = 0;
+	transport_close(t, tp_closed, &closed);
+	run_until_flag(f, &closed, 1);
+	/* n1 is intact: with its peers back it elects a leader and commits */
+	node_open(f, 1);
+	node_open(f, 2);
+	run_until(f, have_leader, NULL, "a leader after the garbage");
+	memset(&dn, 0, sizeof(dn));
+	propose_range(f, 0, &dn, 0, 10);
+	struct want_done w = {10, &dn};
+	run_until(f, done_reached, &w, "10 callbacks");
+	check_exactly_once(&dn, 0, 10);
+}
+
 int
 main(void)
 {
@@ -489,6 +556,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_replicate_failover_restart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_close_fails_pending_once, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_snapshot_catch_up, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
