@@ -967,7 +967,8 @@ craft__run_cb(uv_idle_t *h)
 		c->have_held = 0;
 		craft__handle_ready(c, &c->held);
 	}
-	for (int round = 0; round < 64 && !c->closing && !c->failed; round++) {
+	int round;
+	for (round = 0; round < 64 && !c->closing && !c->failed; round++) {
 		while (c->unsent && craft__submit(c, c->unsent))
 			c->unsent = c->unsent->next;
 		struct raft_ready rd;
@@ -986,6 +987,8 @@ craft__run_cb(uv_idle_t *h)
 	}
 	if (c->closing)
 		return;
+	if (round == 64)
+		craft__schedule(c); /* more work: the next loop turn, after I/O */
 	if (!c->failed) {
 		struct raft_status st;
 		raft_status(c->raft, &st);
