@@ -5,10 +5,12 @@
  * Shows: a leader is elected; proposals on the leader and on both followers are applied on all
  * three nodes, identically (queue digest), each callback exactly once with status 0; closing
  * the leader elects another and proposals go on; a node restarted from its directory catches
- * up; a node whose data dir was wiped while the others compacted their log catches up by
- * snapshot, and restarts from it; malformed frames from a peer (batches cut short, lengths past
- * the end, nested batches, junk Raft messages and proposals) are dropped and counted.
- * Waiting is "run the loop until a condition holds, with a deadline", never a sleep.
+ * up; alone, a node's proposals time out (CLUSTER_ETIMEDOUT, once each), and proposals made
+ * before any leader exists commit once one is elected; a node whose data dir was wiped while the
+ * others compacted their log catches up by snapshot, and restarts from it; malformed frames from a
+ * peer (batches cut short, lengths past the end, nested batches, junk Raft messages and proposals)
+ * are dropped and counted. Waiting is "run the loop until a condition holds, with a deadline",
+ * never a sleep.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -51,6 +53,7 @@ struct fx {
 	char listen[NODES][32];
 	struct node n[NODES];
 	unsigned snapshot_entries;
+	unsigned propose_fail_ms;
 };
 
 static int
@@ -98,6 +101,7 @@ setup(void **state)
 	uv_loop_init(&f->loop);
 	uv_timer_init(&f->loop, &f->tick);
 	f->snapshot_entries = 100000;
+	f->propose_fail_ms = 20000;
 	*state = f;
 	return 0;
 }
@@ -159,7 +163,7 @@ node_open(struct fx *f, int i)
 	    .n_peers = NODES,
 	    .election_timeout_ms = 300,
 	    .heartbeat_ms = 30,
-	    .propose_fail_ms = 20000,
+	    .propose_fail_ms = f->propose_fail_ms,
 	    .retry_ms = 1000,
 	    .snapshot_entries = f->snapshot_entries,
 	};
@@ -437,6 +441,40 @@ test_close_fails_pending_once(void **state)
 }
 
 static void
+test_no_quorum_times_out_then_commits(void **state)
+{
+	struct fx *f = *state;
+	f->propose_fail_ms = 400;
+	memset(&dn, 0, sizeof(dn));
+	/* alone, n1 has no leader: its proposals wait, then fail with ETIMEDOUT, once each */
+	node_open(f, 0);
+	propose_range(f, 0, &dn, 0, 5);
+	struct want_done w = {5, &dn};
+	run_until(f, done_reached, &w, "5 timeouts");
+	for (unsigned i = 0; i < 5; i++) {
+		assert_int_equal(dn.calls[i], 1);
+		assert_int_equal(dn.status[i], CLUSTER_ETIMEDOUT);
+	}
+	struct cluster_status st;
+	cluster_status(f->n[0].c, &st);
+	assert_int_equal(st.timed_out, 5);
+	assert_string_equal(st.leader, "");
+	/* proposals made before a leader exists wait for it and commit */
+	f->propose_fail_ms = 20000;
+	node_close(f, 0);
+	node_open(f, 0);
+	memset(&dn, 0, sizeof(dn));
+	propose_range(f, 0, &dn, 5, 15);
+	node_open(f, 1);
+	node_open(f, 2);
+	w.want = 10;
+	run_until(f, done_reached, &w, "10 callbacks once a leader exists");
+	check_exactly_once(&dn, 5, 15);
+	uint64_t want = 10; /* the timed-out five never committed: no quorum then */
+	run_until(f, converged, &want, "10 messages everywhere");
+}
+
+static void
 test_snapshot_catch_up(void **state)
 {
 	struct fx *f = *state;
@@ -555,6 +593,7 @@ main(void)
 	    cmocka_unit_test(test_peers_parse),
 	    cmocka_unit_test_setup_teardown(test_replicate_failover_restart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_close_fails_pending_once, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_no_quorum_times_out_then_commits, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_snapshot_catch_up, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
 	};
