@@ -21,6 +21,11 @@
  * The origin of a proposal completes its callback when IT applies the entry carrying its tag
  * (Command.origin_node/boot/seq): committed on a majority and applied here (G1).
  *
+ * Peer messages (Raft messages and forwarded proposals) to one peer wait up to
+ * CRAFT_BATCH_DELAY_MS and leave as one transport frame (CRAFT_KIND_BATCH: [kind][length]
+ * items): NNG's cost is per message, and a loaded leader otherwise spends its loop in NNG's
+ * hand-offs (measured: 3-node accept rate ~550 -> ~2000 msg/s at 4 KiB x 50 sessions).
+ *
  * Why the apply writes are safe in the same stream: they follow, in the same atomic write or a
  * later one, the log write of every entry they apply, and the applied index travels with them;
  * at open the core hands out committed entries again from the snapshot index on, and those at
