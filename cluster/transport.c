@@ -38,6 +38,8 @@
 #include "transport.pb-c.h"
 
 #define TRANSPORT_URL_MAX 300
+/* How long transport_close waits for NNG's socket close before leaving it behind. */
+#define TRANSPORT_CLOSE_WAIT_MS 3000
 
 const char *
 transport_strerror(int code)
@@ -280,6 +282,16 @@ struct transport {
 	bool closing;
 	void (*done)(void *);
 	void *done_arg;
+	/* close (transport_close): NNG's socket close runs on a helper thread, because NNG 1.5.2
+	 * can hang in nng_close (nanomsg/nng#1543: the reaper waits for a task that never runs);
+	 * the loop waits for it at most TRANSPORT_CLOSE_WAIT_MS, then leaves it behind */
+	uv_async_t close_async;
+	uv_timer_t close_timer;
+	pthread_mutex_t close_mtx;
+	int close_refs;	     /* the helper thread and the loop side; the last one frees t */
+	bool close_finished; /* the helper thread is done with NNG */
+	bool close_abandoned;
+	unsigned close_handles;
 };
 
 static struct peer *
@@ -513,6 +525,9 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 		nng_close(t->pull);
 		tls_material_fini(&t->tlsm);
 		t->closing = true;
+		pthread_mutex_init(&t->close_mtx, NULL);
+		t->close_refs = 1;
+		t->close_handles = 1;
 		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 		return TRANSPORT_ENNG;
 	}
@@ -623,15 +638,93 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 	return 0;
 }
 
+/* Drops one of the references of a closing transport; the last one frees it. */
+static void
+transport_close_unref(struct transport *t)
+{
+	pthread_mutex_lock(&t->close_mtx);
+	int left = --t->close_refs;
+	pthread_mutex_unlock(&t->close_mtx);
+	if (left == 0) {
+		pthread_mutex_destroy(&t->close_mtx);
+		free(t);
+	}
+}
+
 static void
 transport_closed_cb(uv_handle_t *h)
 {
 	struct transport *t = h->data;
+	if (--t->close_handles > 0)
+		return;
 	void (*done)(void *) = t->done;
 	void *arg = t->done_arg;
-	free(t);
+	transport_close_unref(t);
 	if (done != NULL)
 		done(arg);
+}
+
+/* The NNG side of the close: sockets, peers and their queues, TLS material. */
+static void
+transport_close_nng(struct transport *t)
+{
+	nng_close(t->pull);
+	while (t->peers != NULL) {
+		struct peer *p = t->peers;
+		t->peers = p->next;
+		t->n_peers--;
+		peer_free(p);
+	}
+	tls_material_fini(&t->tlsm);
+}
+
+static void *
+transport_close_thread(void *arg)
+{
+	struct transport *t = arg;
+	transport_close_nng(t);
+	pthread_mutex_lock(&t->close_mtx);
+	t->close_finished = true;
+	if (!t->close_abandoned)
+		uv_async_send(&t->close_async);
+	pthread_mutex_unlock(&t->close_mtx);
+	transport_close_unref(t);
+	return NULL;
+}
+
+static void
+transport_close_handles(struct transport *t)
+{
+	t->close_handles = 3;
+	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+	uv_close((uv_handle_t *)&t->close_async, transport_closed_cb);
+	uv_close((uv_handle_t *)&t->close_timer, transport_closed_cb);
+}
+
+static void
+transport_close_async_cb(uv_async_t *a)
+{
+	struct transport *t = a->data;
+	if (!uv_is_closing((uv_handle_t *)&t->poll))
+		transport_close_handles(t);
+}
+
+static void
+transport_close_timer_cb(uv_timer_t *tm)
+{
+	struct transport *t = tm->data;
+	pthread_mutex_lock(&t->close_mtx);
+	bool finished = t->close_finished;
+	if (!finished)
+		t->close_abandoned = true;
+	pthread_mutex_unlock(&t->close_mtx);
+	if (finished)
+		return; /* its async callback closes the handles */
+	fprintf(stderr,
+		"transport: event=close-stuck node=%s wait_ms=%d: NNG's socket close did not "
+		"return (nanomsg/nng#1543); left behind\n",
+		t->node_id, TRANSPORT_CLOSE_WAIT_MS);
+	transport_close_handles(t);
 }
 
 void
@@ -644,15 +737,34 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 	t->done_arg = arg;
 	/* Stop watching RECVFD before NNG closes it with the socket. */
 	uv_poll_stop(&t->poll);
-	nng_close(t->pull);
-	while (t->peers != NULL) {
-		struct peer *p = t->peers;
-		t->peers = p->next;
-		t->n_peers--;
-		peer_free(p);
+	pthread_mutex_init(&t->close_mtx, NULL);
+	pthread_attr_t attr;
+	pthread_t th;
+	int helper = uv_async_init(t->loop, &t->close_async, transport_close_async_cb) == 0;
+	if (!helper) {
+		/* no helper thread: close in line (may block, see close_async above) */
+		transport_close_nng(t);
+		t->close_refs = 1;
+		t->close_handles = 1;
+		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+		return;
 	}
-	tls_material_fini(&t->tlsm);
-	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+	t->close_async.data = t;
+	uv_timer_init(t->loop, &t->close_timer);
+	t->close_timer.data = t;
+	t->close_refs = 2;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, transport_close_thread, t) != 0) {
+		transport_close_nng(t);
+		t->close_refs = 1;
+		t->close_finished = true;
+		transport_close_handles(t);
+	} else {
+		uv_timer_start(&t->close_timer, transport_close_timer_cb, TRANSPORT_CLOSE_WAIT_MS,
+			       0);
+	}
+	pthread_attr_destroy(&attr);
 }
 
 void
