@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
@@ -282,16 +283,14 @@ struct transport {
 	bool closing;
 	void (*done)(void *);
 	void *done_arg;
-	/* close (transport_close): NNG's socket close runs on a helper thread, because NNG 1.5.2
-	 * can hang in nng_close (nanomsg/nng#1543: the reaper waits for a task that never runs);
-	 * the loop waits for it at most TRANSPORT_CLOSE_WAIT_MS, then leaves it behind */
-	uv_async_t close_async;
-	uv_timer_t close_timer;
+	/* close (transport_close): NNG's socket close runs on a helper thread that the loop waits
+	 * for at most TRANSPORT_CLOSE_WAIT_MS, because NNG 1.5.2 can hang in nng_close
+	 * (nanomsg/nng#1543: the reaper waits for a task that never runs); then it is left behind
+	 * and the thread frees t if it ever returns */
 	pthread_mutex_t close_mtx;
+	pthread_cond_t close_cv;
 	int close_refs;	     /* the helper thread and the loop side; the last one frees t */
 	bool close_finished; /* the helper thread is done with NNG */
-	bool close_abandoned;
-	unsigned close_handles;
 };
 
 static struct peer *
@@ -526,8 +525,8 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 		tls_material_fini(&t->tlsm);
 		t->closing = true;
 		pthread_mutex_init(&t->close_mtx, NULL);
+		pthread_cond_init(&t->close_cv, NULL);
 		t->close_refs = 1;
-		t->close_handles = 1;
 		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 		return TRANSPORT_ENNG;
 	}
@@ -646,6 +645,7 @@ transport_close_unref(struct transport *t)
 	int left = --t->close_refs;
 	pthread_mutex_unlock(&t->close_mtx);
 	if (left == 0) {
+		pthread_cond_destroy(&t->close_cv);
 		pthread_mutex_destroy(&t->close_mtx);
 		free(t);
 	}
@@ -655,8 +655,6 @@ static void
 transport_closed_cb(uv_handle_t *h)
 {
 	struct transport *t = h->data;
-	if (--t->close_handles > 0)
-		return;
 	void (*done)(void *) = t->done;
 	void *arg = t->done_arg;
 	transport_close_unref(t);
@@ -685,46 +683,10 @@ transport_close_thread(void *arg)
 	transport_close_nng(t);
 	pthread_mutex_lock(&t->close_mtx);
 	t->close_finished = true;
-	if (!t->close_abandoned)
-		uv_async_send(&t->close_async);
+	pthread_cond_signal(&t->close_cv);
 	pthread_mutex_unlock(&t->close_mtx);
 	transport_close_unref(t);
 	return NULL;
-}
-
-static void
-transport_close_handles(struct transport *t)
-{
-	t->close_handles = 3;
-	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
-	uv_close((uv_handle_t *)&t->close_async, transport_closed_cb);
-	uv_close((uv_handle_t *)&t->close_timer, transport_closed_cb);
-}
-
-static void
-transport_close_async_cb(uv_async_t *a)
-{
-	struct transport *t = a->data;
-	if (!uv_is_closing((uv_handle_t *)&t->poll))
-		transport_close_handles(t);
-}
-
-static void
-transport_close_timer_cb(uv_timer_t *tm)
-{
-	struct transport *t = tm->data;
-	pthread_mutex_lock(&t->close_mtx);
-	bool finished = t->close_finished;
-	if (!finished)
-		t->close_abandoned = true;
-	pthread_mutex_unlock(&t->close_mtx);
-	if (finished)
-		return; /* its async callback closes the handles */
-	fprintf(stderr,
-		"transport: event=close-stuck node=%s wait_ms=%d: NNG's socket close did not "
-		"return (nanomsg/nng#1543); left behind\n",
-		t->node_id, TRANSPORT_CLOSE_WAIT_MS);
-	transport_close_handles(t);
 }
 
 void
@@ -738,33 +700,35 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 	/* Stop watching RECVFD before NNG closes it with the socket. */
 	uv_poll_stop(&t->poll);
 	pthread_mutex_init(&t->close_mtx, NULL);
+	pthread_cond_init(&t->close_cv, NULL);
+	t->close_refs = 2;
 	pthread_attr_t attr;
 	pthread_t th;
-	int helper = uv_async_init(t->loop, &t->close_async, transport_close_async_cb) == 0;
-	if (!helper) {
-		/* no helper thread: close in line (may block, see close_async above) */
-		transport_close_nng(t);
-		t->close_refs = 1;
-		t->close_handles = 1;
-		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
-		return;
-	}
-	t->close_async.data = t;
-	uv_timer_init(t->loop, &t->close_timer);
-	t->close_timer.data = t;
-	t->close_refs = 2;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	if (pthread_create(&th, &attr, transport_close_thread, t) != 0) {
 		transport_close_nng(t);
 		t->close_refs = 1;
-		t->close_finished = true;
-		transport_close_handles(t);
 	} else {
-		uv_timer_start(&t->close_timer, transport_close_timer_cb, TRANSPORT_CLOSE_WAIT_MS,
-			       0);
+		/* the loop waits as it did for an inline close, but boundedly */
+		struct timespec dl;
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += TRANSPORT_CLOSE_WAIT_MS / 1000;
+		pthread_mutex_lock(&t->close_mtx);
+		while (!t->close_finished)
+			if (pthread_cond_timedwait(&t->close_cv, &t->close_mtx, &dl) != 0)
+				break;
+		bool finished = t->close_finished;
+		pthread_mutex_unlock(&t->close_mtx);
+		if (!finished)
+			fprintf(
+			    stderr,
+			    "transport: event=close-stuck node=%s wait_ms=%d: NNG's socket close "
+			    "did not return (nanomsg/nng#1543); left behind\n",
+			    t->node_id, TRANSPORT_CLOSE_WAIT_MS);
 	}
 	pthread_attr_destroy(&attr);
+	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 }
 
 void

@@ -586,9 +586,13 @@ test_hostile_frames(void **state)
 	check_exactly_once(&dn, 0, 10);
 }
 
+/* argv[1], when given, runs only the tests it names (a cmocka filter pattern): ctest runs each
+ * case in its own process (tests/unit/storage.cmake). */
 int
-main(void)
+main(int argc, char **argv)
 {
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_peers_parse),
 	    cmocka_unit_test_setup_teardown(test_replicate_failover_restart, setup, teardown),
