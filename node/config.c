@@ -114,6 +114,21 @@ static const struct config_key config_keys[] = {
      "Recipient domains that must be delivered over STARTTLS (list); other domains use TLS when offered."},
     {"connect_timeout", CT_DURATION, OFF(connect_timeout_ms), "30s", 100, 600000,
      "How long an outgoing connection may take to connect before the next address is tried."},
+    {"cluster_listen", CT_STRING, OFF(cluster_listen), "", 0, 0,
+     "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
+    {"peers", CT_LIST, OFF(peers), "", 0, 0,
+     "Cluster members, list of id=host:port (their cluster_listen), this node included; a new cluster is bootstrapped with all of them as voters. Fewer than two: a single node."},
+    {"cluster_ca", CT_STRING, OFF(cluster_ca), "", 0, 0,
+     "PEM CA of the cluster: peers must present a certificate it signed (mutual TLS). cluster_ca, cluster_cert and cluster_key: all or none; none means plain TCP between nodes (INSECURE: for tests and trusted networks only)."},
+    {"cluster_cert", CT_STRING, OFF(cluster_cert), "", 0, 0,
+     "PEM certificate of this node for cluster traffic, naming node_id (scripts/make-cluster-certs.sh)."},
+    {"cluster_key", CT_STRING, OFF(cluster_key), "", 0, 0, "PEM private key for cluster_cert."},
+    {"election_timeout", CT_DURATION, OFF(election_timeout_ms), "1s", 100, 60000,
+     "Raft election timeout: a follower that hears no leader for this long (randomized up to twice it) starts an election."},
+    {"heartbeat_interval", CT_DURATION, OFF(heartbeat_interval_ms), "100ms", 10, 10000,
+     "Raft leader heartbeat interval and tick (at most half the election_timeout)."},
+    {"snapshot_entries", CT_UINT, OFF(snapshot_entries), "8192", 16, 1000000,
+     "Raft log entries applied between two snapshots of the queue (log compaction; a snapshot over 64 MiB is skipped and the log kept)."},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -666,6 +681,53 @@ valid_node_id(const char *s)
 	return true;
 }
 
+/* The consensus keys: peers are id=host:port with distinct ids, this node among them;
+ * cluster_listen is addr:port; TLS files all or none; heartbeat at most half the election
+ * timeout. */
+static int
+config_check_cluster(const struct relay_config *cfg)
+{
+	struct config_addr a;
+	if (cfg->cluster_listen[0] != '\0' && config_parse_addr(cfg->cluster_listen, &a) != 0)
+		return config_fail("cluster_listen: '%s' is not addr:port", cfg->cluster_listen);
+	bool self = false;
+	for (size_t i = 0; i < cfg->peers.n; i++) {
+		const char *p = cfg->peers.v[i], *eq = strchr(p, '=');
+		char id[64];
+		if (eq == NULL || (size_t)(eq - p) >= sizeof(id))
+			return config_fail("peers: '%s' is not id=host:port", p);
+		memcpy(id, p, (size_t)(eq - p));
+		id[eq - p] = '\0';
+		const char *colon = strrchr(eq + 1, ':');
+		char *end;
+		unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+		if (!valid_node_id(id) || colon == NULL || colon == eq + 1 || *end != '\0' ||
+		    port == 0 || port > 65535)
+			return config_fail("peers: '%s' is not id=host:port", p);
+		for (size_t j = 0; j < i; j++)
+			if (strncmp(cfg->peers.v[j], p, (size_t)(eq - p) + 1) == 0)
+				return config_fail("peers: id '%s' appears twice", id);
+		if (strcmp(id, cfg->node_id) == 0)
+			self = true;
+	}
+	if (cfg->peers.n >= 2) {
+		if (cfg->cluster_listen[0] == '\0')
+			return config_fail("peers: a cluster needs cluster_listen");
+		if (cfg->node_id[0] != '\0' && !self)
+			return config_fail("peers: this node (node_id %s) is not in the list",
+					   cfg->node_id);
+		if (cfg->peers.n > 16)
+			return config_fail("peers: at most 16 members");
+	}
+	int tls = (cfg->cluster_ca[0] != '\0') + (cfg->cluster_cert[0] != '\0') +
+		  (cfg->cluster_key[0] != '\0');
+	if (tls != 0 && tls != 3)
+		return config_fail("cluster_ca, cluster_cert and cluster_key: set all or none");
+	if (cfg->heartbeat_interval_ms * 2 > cfg->election_timeout_ms)
+		return config_fail("heartbeat_interval: at most half the election_timeout");
+	return 0;
+}
+
 int
 config_check(const struct relay_config *cfg)
 {
@@ -706,7 +768,7 @@ config_check(const struct relay_config *cfg)
 					   cfg->transport.v[i]);
 	if (cfg->retry_max_ms < cfg->retry_base_ms)
 		return config_fail("retry_max: must be at least retry_base");
-	return 0;
+	return config_check_cluster(cfg);
 }
 
 static const char *

@@ -90,6 +90,15 @@ struct relay_config {
 	uint64_t max_messages_per_connection;
 	struct config_list tls_required_domains; /* lowercased */
 	uint64_t connect_timeout_ms;
+	/* consensus (cluster/cluster.h replicated mode) */
+	char *cluster_listen;	  /* "addr:port"; "": single node */
+	struct config_list peers; /* id=host:port, this node included */
+	char *cluster_ca;
+	char *cluster_cert;
+	char *cluster_key;
+	uint64_t election_timeout_ms;
+	uint64_t heartbeat_interval_ms;
+	uint64_t snapshot_entries;
 };
 
 /* A delivery route: relayhost or a transport target.  "[host]:port" (or an IP address) means

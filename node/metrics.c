@@ -90,7 +90,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 	counter(t, "relay_cluster_log_writes_total", "Synced group-commit log writes.", cs.batches);
 	counter(t, "relay_cluster_log_bytes_total", "Log bytes written.", cs.bytes);
 	counter(t, "relay_cluster_write_failures_total", "Failed storage writes.", cs.failures);
-	gauge(t, "relay_raft_commit_index", "Last committed log index.", cs.last_index);
+	struct cluster_status st;
+	cluster_status(c, &st);
+	gauge(t, "relay_raft_commit_index", "Last committed log index.",
+	      st.replicated ? st.commit_index : cs.last_index);
 	gauge(t, "relay_raft_applied_index", "Last log index applied to the queue.",
 	      cs.applied_index);
 	gauge(t, "relay_queue_messages", "Messages in the queue.", cs.messages);
@@ -100,6 +103,69 @@ render_cluster(struct http_text *t, struct cluster *c)
 		    cs.rcpts_delivered);
 	http_printf(t, "relay_queue_recipients{state=\"failed\"} %" PRIu64 "\n", cs.rcpts_failed);
 	http_printf(t, "relay_queue_recipients{state=\"deleted\"} %" PRIu64 "\n", cs.rcpts_deleted);
+
+	gauge(t, "relay_raft_term", "Current Raft term.", st.term);
+	gauge(t, "relay_raft_last_index", "Last index in this node's Raft log.", st.last_index);
+	gauge(t, "relay_raft_snapshot_index", "Index of the latest snapshot.", st.snapshot_index);
+	gauge(t, "relay_raft_is_leader", "1 while this node is the Raft leader.",
+	      strcmp(st.role, "leader") == 0);
+	gauge(t, "relay_raft_has_leader", "1 while this node knows a leader.",
+	      st.leader[0] != '\0' || !st.replicated);
+	counter(t, "relay_raft_leader_changes_total", "Times the known leader changed.",
+		st.leader_changes);
+	counter(t, "relay_cluster_forwarded_total",
+		"Proposals forwarded to the leader (retries included).", st.forwarded);
+	counter(t, "relay_cluster_forward_retries_total", "Forwards sent again.",
+		st.forward_retries);
+	counter(t, "relay_cluster_proposals_timed_out_total",
+		"Proposals not committed within propose_timeout.", st.timed_out);
+	counter(t, "relay_raft_snapshots_total", "Snapshots taken.", st.snapshots);
+	counter(t, "relay_raft_snapshots_installed_total", "Snapshots received from a leader.",
+		st.snapshots_installed);
+	counter(t, "relay_raft_dropped_messages_total",
+		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
+	if (st.n_peers) {
+		family(t, "relay_raft_peer_lag", "gauge",
+		       "Leader only: entries a member is behind the leader's log.");
+		for (unsigned i = 0; i < st.n_peers; i++)
+			http_printf(t, "relay_raft_peer_lag{peer=\"%s\"} %" PRIu64 "\n",
+				    st.peers[i].name, st.peers[i].lag);
+		family(t, "relay_raft_peer_last_contact_seconds", "gauge",
+		       "Time since a message from the member arrived (-1: never).");
+		for (unsigned i = 0; i < st.n_peers; i++)
+			http_printf(t, "relay_raft_peer_last_contact_seconds{peer=\"%s\"} %.3f\n",
+				    st.peers[i].name,
+				    st.peers[i].last_contact_ms < 0 ? -1.0
+								    : st.peers[i].last_contact_ms / 1000.0);
+		family(t, "relay_raft_peer_connected", "gauge",
+		       "1 while a cluster connection to the member is up.");
+		for (unsigned i = 0; i < st.n_peers; i++)
+			http_printf(t, "relay_raft_peer_connected{peer=\"%s\"} %d\n",
+				    st.peers[i].name, st.peers[i].connected);
+	}
+}
+
+/* Bound on applied entries behind the commit index for /readyz. */
+#define METRICS_READY_MAX_LAG 1000
+
+/* /readyz for the cluster: a leader is known and this node applied close to the commit index. */
+static bool
+cluster_ready(struct cluster *c, char *reason, size_t reason_len)
+{
+	struct cluster_status st;
+	cluster_status(c, &st);
+	if (!st.replicated)
+		return true;
+	if (st.leader[0] == '\0') {
+		snprintf(reason, reason_len, "no leader");
+		return false;
+	}
+	if (st.commit_index > st.applied_index + METRICS_READY_MAX_LAG) {
+		snprintf(reason, reason_len, "catching up: applied %" PRIu64 " of %" PRIu64,
+			 st.applied_index, st.commit_index);
+		return false;
+	}
+	return true;
 }
 
 void
@@ -116,4 +182,6 @@ metrics_fill(void *arg, struct http_text *t, bool *ready, char *reason, size_t r
 		snprintf(reason, reason_len, "shutting down");
 	else if (!*ready)
 		snprintf(reason, reason_len, "starting");
+	else
+		*ready = cluster_ready(m->cluster, reason, reason_len);
 }

@@ -288,12 +288,35 @@ main(int argc, char **argv)
 	    .max_batch_bytes = CLUSTER_DEFAULT_MAX_BATCH_BYTES > relayd.cfg.max_message_size + (4u << 20)
 				   ? CLUSTER_DEFAULT_MAX_BATCH_BYTES
 				   : relayd.cfg.max_message_size + (4u << 20),
+	    /* replicated mode when cluster_listen and two peers or more are set */
+	    .cluster_listen = relayd.cfg.cluster_listen,
+	    .peers = (const char *const *)relayd.cfg.peers.v,
+	    .n_peers = relayd.cfg.peers.n,
+	    .cluster_ca = relayd.cfg.cluster_ca,
+	    .cluster_cert = relayd.cfg.cluster_cert,
+	    .cluster_key = relayd.cfg.cluster_key,
+	    .election_timeout_ms = (unsigned)relayd.cfg.election_timeout_ms,
+	    .heartbeat_ms = (unsigned)relayd.cfg.heartbeat_interval_ms,
+	    .snapshot_entries = (unsigned)relayd.cfg.snapshot_entries,
+	    /* the session answers 451 at propose_timeout; the cluster gives up at the same bound */
+	    .propose_fail_ms = (unsigned)relayd.cfg.propose_timeout_ms,
 	};
 	int rc = cluster_open(relayd.loop, &ccfg, &relayd.cluster);
 	if (rc != 0) {
 		fprintf(stderr, "relayd: cannot open the queue in %s: %s\n", relayd.cfg.data_dir,
 			cluster_strerror(rc));
 		return 1;
+	}
+	struct cluster_status cst;
+	cluster_status(relayd.cluster, &cst);
+	if (cst.replicated && relayd.cfg.max_message_size > CLUSTER_REPLICATED_MAX_MESSAGE_SIZE) {
+		/* a replicated message travels in one Raft entry: SIZE and 552 say so up front
+		 * rather than a 451 after DATA that the client would retry for days */
+		log_warn("-", "event=config-clamped key=max_message_size value=%llu max=%zu "
+			      "reason=replicated",
+			 (unsigned long long)relayd.cfg.max_message_size,
+			 CLUSTER_REPLICATED_MAX_MESSAGE_SIZE);
+		relayd.cfg.max_message_size = CLUSTER_REPLICATED_MAX_MESSAGE_SIZE;
 	}
 	struct cluster_stats st;
 	cluster_stats(relayd.cluster, &st);

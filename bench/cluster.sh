@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# bench/cluster.sh: a 3-node replicated relayd cluster next to Postfix, in one run of
+# ../shared/bench/postfix-baseline.sh (smtp-source -> one node -> smtp-sink).
+#
+#   bash bench/cluster.sh              # 4 KiB x 5000 at 50 sessions, 3 reps; into a follower
+#   TARGET=leader bash bench/cluster.sh
+#
+# Three relayd on 127.0.0.1 (SMTP PORT..PORT+2, cluster 7451-7453, plain TCP), each with its own
+# data dir: every 250 means the message is fsynced on a majority (2 of 3) and applied on the
+# node that answered.  smtp-source talks to one node: TARGET=follower (default; its proposals
+# are forwarded to the leader) or leader.  Until ownership (issue 5) only the leader delivers,
+# to the baseline's smtp-sink via `transport` (no DNS).  Then the failover time: SIGKILL the
+# leader while a client sends one message at a time to a follower, and measure from the kill to
+# the first 250 after it (FAILOVERS times, median).
+# Env: RELAYD, PORT (default 2541), SINK (2626), BASELINE, WORKLOADS/CONCS/REPS passed through,
+# FAILOVERS (default 10; 0 skips).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+BASELINE=${BASELINE:-$top/../shared/bench/postfix-baseline.sh}
+RELAYD=${RELAYD:-$top/build/node/relayd}
+PORT=${PORT:-2541}
+SINK=${SINK:-2626}
+TARGET=${TARGET:-follower}
+FAILOVERS=${FAILOVERS:-10}
+export WORKLOADS=${WORKLOADS:-"4096:5000"}
+export CONCS=${CONCS:-"50"}
+export REPS=${REPS:-3}
+export SINK_PORT=$SINK
+
+[[ -x $RELAYD ]] || { bash "$top/scripts/build.sh" "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo; RELAYD=$top/build/node/relayd; }
+work=$(mktemp -d /tmp/relayd-cluster.XXXXXX)
+peers="c1=127.0.0.1:7451,c2=127.0.0.1:7452,c3=127.0.0.1:7453"
+declare -a pids
+start_node() { # i
+  local i=$1
+  "$RELAYD" --node-id=c$i --hostname=c$i.relay.test --data-dir="$work/c$i" \
+    --smtp-listen=127.0.0.1:$((PORT + i - 1)) --http-listen=127.0.0.1:$((8450 + i)) \
+    --cluster-listen=127.0.0.1:$((7450 + i)) --peers="$peers" \
+    --mynetworks=127.0.0.0/8 --max-connections-per-client=1000 \
+    --transport=dst.perfbase.test=127.0.0.1:"$SINK" --dns-servers=127.0.0.1:53 \
+    --max-connections-per-destination=20 --max-deliveries=100 \
+    --max-messages-per-connection=1000 --retry-base=1s --retry-max=5s \
+    --log-level=warn 2>>"$work/c$i.log" &
+  pids[$i]=$!
+}
+cleanup() { for i in 1 2 3; do kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+for i in 1 2 3; do start_node "$i"; done
+metric() { curl -s "http://127.0.0.1:$((8450 + $1))/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
+leader() { for i in 1 2 3; do [[ "$(metric "$i" relay_raft_is_leader)" == 1 ]] && { echo "$i"; return; }; done; return 1; }
+for _ in $(seq 100); do leader >/dev/null && break; sleep 0.1; done
+L=$(leader) || { tail "$work"/c*.log; exit 1; }
+T=$L
+[[ $TARGET == follower ]] && T=$(( L % 3 + 1 ))
+echo "# leader c$L, smtp-source -> c$T (127.0.0.1:$((PORT + T - 1)))"
+bash "$BASELINE" --also "relayd-3node:$((PORT + T - 1)):$SINK:${pids[$L]}"
+# end of DATA -> 250 on the target node, from its relay_proposal_latency_seconds histogram (all
+# runs, warm-up included): the bucket bounds that hold the 50th and 99th percentiles
+curl -s "http://127.0.0.1:$((8450 + T))/metrics" | python3 -c '
+import re, sys
+b = [(float(m.group(1)), float(m.group(2))) for m in
+     re.finditer(r"relay_proposal_latency_seconds_bucket\{le=\"([0-9.e+-]+)\"\} (\d+)", sys.stdin.read())]
+n = b[-1][1] if b else 0
+q = lambda f: next((le for le, c in b if c >= f * n), float("inf"))
+print("# latency end of DATA -> 250 on c%s: n=%d p50 <= %g ms, p99 <= %g ms" % (sys.argv[1], n, q(0.5) * 1000, q(0.99) * 1000))
+' "$T"
+
+if (( FAILOVERS > 0 )); then
+  echo "# failover: SIGKILL the leader, first 250 from a follower after it (ms)"
+  for n in $(seq "$FAILOVERS"); do
+    for _ in $(seq 200); do L=$(leader) && break; sleep 0.05; done
+    F=$(( L % 3 + 1 ))
+    ms=$(python3 - "$((PORT + F - 1))" "${pids[$L]}" <<'PY'
+import os, signal, smtplib, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+def send():
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("s@src.perfbase.test", ["r@dst.perfbase.test"], b"Subject: f\r\n\r\nx\r\n")
+        return True
+    except (OSError, smtplib.SMTPException):
+        return False
+send()
+os.kill(pid, signal.SIGKILL)
+t0 = time.monotonic()
+while not send():
+    time.sleep(0.005)
+print(round((time.monotonic() - t0) * 1000))
+PY
+)
+    echo "failover $n: ${ms} ms"
+    echo "$ms" >> "$work/failover.txt"
+    start_node "$L"
+    for _ in $(seq 100); do [[ "$(metric "$L" relay_raft_has_leader)" == 1 ]] && break; sleep 0.1; done
+  done
+  sort -n "$work/failover.txt" | awk '{a[NR]=$1} END {printf "failover median %d ms (min %d, max %d, n %d)\n", a[int((NR+1)/2)], a[1], a[NR], NR}'
+fi
