@@ -36,6 +36,8 @@
 
 #include <uv.h>
 
+#include "queue_id.h"
+
 struct relay_config;
 struct cluster;
 struct delivery;
@@ -53,16 +55,6 @@ int delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct clust
  * then calls done(arg) on the loop (never inside this call).  d must not be used afterwards.
  */
 void delivery_close(struct delivery *d, void (*done)(void *arg), void *arg);
-
-/* Queue ids for messages the node creates (DSNs): the scheme of smtp_server.c (11 hex digits of
- * unix ms, 6 of a hash, 5 of a counter) with the hash of "<node_id>/<salt>", so ids made here
- * never collide with the SMTP server's. */
-struct queue_id_gen {
-	uint32_t hash;
-	uint32_t counter;
-};
-void queue_id_gen_init(struct queue_id_gen *g, const char *node_id, const char *salt);
-void queue_id_make(struct queue_id_gen *g, uint64_t now_ms, char *out, size_t cap);
 
 struct delivery_stats {
 	uint64_t jobs_started, connections, messages_sent;

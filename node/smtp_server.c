@@ -28,6 +28,7 @@
 #include "config.h"
 #include "log.h"
 #include "proxy.h"
+#include "queue_id.h"
 #include "relay.pb-c.h"
 #include "tls.h"
 
@@ -101,9 +102,7 @@ struct smtp_server {
 	uint64_t proxy_invalid; /* bad or missing PROXY header from a proxy_from address */
 	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
 	struct smtp_server_stats stats;
-	uint32_t node_hash;
-	uint32_t qid_counter;
-	uint64_t qid_last_ms;
+	struct queue_id_gen qid; /* queue ids of accepted messages (queue_id.h) */
 	bool shutting_down;
 	uv_timer_t shutdown_timer;
 	void (*done)(void *);
@@ -162,21 +161,6 @@ rfc5322_date(char *buf, size_t cap, time_t t)
 	struct tm tm;
 	gmtime_r(&t, &tm);
 	strftime(buf, cap, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-}
-
-/*
- * Queue ids: 11 hex digits of unix ms, 6 of a hash of node_id, 5 of a per-process counter that
- * starts at a random value: unique across nodes (distinct node ids) and restarts.
- */
-static void
-make_queue_id(struct smtp_server *srv, char *out, size_t cap)
-{
-	uint64_t ms = now_ms();
-	if (ms != srv->qid_last_ms)
-		srv->qid_last_ms = ms;
-	srv->qid_counter = (srv->qid_counter + 1) & 0xfffff;
-	snprintf(out, cap, "%011" PRIX64 "%06" PRIX32 "%05" PRIX32, ms & (uint64_t)0xfffffffffff,
-		 srv->node_hash & 0xffffff, srv->qid_counter);
 }
 
 static bool
@@ -531,7 +515,7 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 		conn_reject_message(c, "out of memory");
 		return;
 	}
-	make_queue_id(srv, p->queue_id, sizeof(p->queue_id));
+	queue_id_make(&srv->qid, ms, p->queue_id, sizeof(p->queue_id));
 	rfc5322_date(date, sizeof(date), (time_t)(ms / 1000));
 	snprintf(caddr, sizeof(caddr), "%s%s", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
 		 c->addr);
@@ -985,13 +969,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 		srv->scfg.trace_cb = trace_cb;
 		srv->scfg.trace_arg = (void *)"smtp";
 	}
-	uint32_t h = 2166136261u;
-	for (const char *p = cfg->node_id; *p; p++)
-		h = (h ^ (uint8_t)*p) * 16777619u;
-	srv->node_hash = h;
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	srv->qid_counter = (uint32_t)(tv.tv_usec ^ (tv.tv_sec << 7)) & 0xfffff;
+	queue_id_gen_init(&srv->qid, cfg->node_id, NULL);
 	uv_timer_init(loop, &srv->shutdown_timer);
 	srv->shutdown_timer.data = srv;
 
