@@ -106,6 +106,7 @@ struct queue_msg {
 	uint64_t next_attempt_ms; /* earliest next attempt of its queued recipients */
 	uint32_t nrcpts;
 	uint32_t nqueued;	       /* recipients still queued (> 0 while in the queue) */
+	uint8_t held;		       /* relayctl queue hold: in no due list */
 	struct queue_rcpt_meta *rcpts; /* nrcpts items */
 	/* internal */
 	struct queue_msg *prev, *next; /* apply order */
@@ -129,6 +130,12 @@ struct queue_fsm_stats {
 	uint64_t deleted;	   /* recipients made deleted by a Delete */
 	uint64_t messages_deleted; /* messages removed because every recipient was final */
 	uint64_t dsns;		   /* DSN messages enqueued with an Outcome */
+	uint64_t stale_outcomes;   /* recipients an Outcome listed with a stale epoch (ignored) */
+	uint64_t held;		   /* Hold commands applied */
+	uint64_t released;	   /* Release commands applied */
+	uint64_t retried;	   /* Retry commands applied */
+	uint64_t member_changes;   /* Member commands applied */
+	uint64_t reassigned;	   /* domain assignments moved to another owner */
 };
 
 struct queue_fsm;
@@ -187,6 +194,111 @@ int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__Queu
  * allocated. */
 void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRecord *rec,
 			      Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
+
+/*
+ * ---- Delivery ownership (issue 5) ----  [CONTRACT: declared first, implemented by the
+ * ownership work; until then these are not linked]
+ *
+ * An item is (message, destination domain): the queued recipients of one message whose address
+ * has that domain (the part after the last '@', ASCII-lowercased).  Ownership is per domain: every
+ * domain with at least one queued recipient has an assignment (owner, epoch).  owner is a member
+ * node id or "" (unowned: no LIVE member); epoch is the log index of the command that made the
+ * assignment, so epochs only grow and two assignments never share one.
+ *
+ * Members: a table node id -> state (enum queue_member_state), changed only by Member commands
+ * (Renew records the renew index of a known member and is otherwise a no-op; a Renew from an
+ * unknown node is a no-op).  At most QUEUE_MEMBERS_MAX members (a Member command for one more is
+ * QUEUE_EINVAL).  REMOVED deletes the entry.
+ *
+ * Assignment rules (all in apply, deterministic):
+ *   - an Accept (or a DSN enqueued by an Outcome) whose recipient has a domain without an
+ *     assignment creates one: owner = rendezvous winner among LIVE members (the highest
+ *     queue_rendezvous(node, domain)), epoch = this index; "" when no member is LIVE;
+ *   - a Member command that takes a node out of LIVE/DRAINING (DRAINED, DOWN, REMOVED) moves every
+ *     domain it owns to the rendezvous winner among the LIVE members, epoch = this index;
+ *   - a Member command that makes a node LIVE gives every unowned domain an owner (epoch = this
+ *     index); existing assignments stay where they are (sticky: no rebalancing, so no attempt in
+ *     flight is fenced off needlessly);
+ *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
+ *     DRAINED);
+ *   - an assignment is forgotten when its domain has no queued recipient left (a later Accept
+ *     for that domain makes a new one with a new epoch).
+ *
+ * Fencing (G4): an Outcome changes a listed recipient only when outcome->epoch equals the current
+ * epoch of that recipient's domain; other listed recipients are skipped and counted in
+ * queue_fsm_stats.stale_outcomes (recipients).  An outcome that changed no recipient does not
+ * enqueue its DSN.  Hold/Release/Retry/Delete are operator commands and carry no epoch.
+ *
+ * Hold/Release/Retry: Hold marks the message held (QueueRecord.held): it leaves every due
+ * list (queue_fsm_due, queue_fsm_due_owned) until Release, which clears the flag and sets the
+ * next attempt of its queued recipients to at_ms.  Retry sets the next attempt of the queued
+ * recipients to at_ms (held stays held).  Unknown queue id: QUEUE_ENOTFOUND (nothing changes).
+ *
+ * Everything above is persisted by the apply batch in the store (so a restart, queue_fsm_reload
+ * after a snapshot install, and any snapshot that copies the queue CFs carry it) and is part of
+ * queue_fsm_digest.
+ */
+#define QUEUE_MEMBERS_MAX 64u
+#define QUEUE_NODE_MAX 63u     /* bytes in a node id */
+#define QUEUE_DOMAIN_MAX 255u  /* bytes in a domain */
+
+enum queue_member_state {
+	QUEUE_MEMBER_LIVE = RELAY__MEMBER_STATE__MEMBER_LIVE,
+	QUEUE_MEMBER_DRAINING = RELAY__MEMBER_STATE__MEMBER_DRAINING,
+	QUEUE_MEMBER_DRAINED = RELAY__MEMBER_STATE__MEMBER_DRAINED,
+	QUEUE_MEMBER_DOWN = RELAY__MEMBER_STATE__MEMBER_DOWN,
+	QUEUE_MEMBER_REMOVED = RELAY__MEMBER_STATE__MEMBER_REMOVED,
+};
+
+struct queue_member {
+	char node[QUEUE_NODE_MAX + 1];
+	uint8_t state;		/* enum queue_member_state */
+	uint64_t since_index;	/* log index of the Member command that set state */
+	uint64_t renew_index;	/* log index of its last applied Renew; 0 none */
+	uint64_t domains;	/* domains it owns now */
+	uint64_t rcpts_owned;	/* queued recipients in those domains (held included) */
+	uint64_t rcpts_deferred; /* of which attempted at least once */
+};
+
+/* The members in node id order; returns the count (at most cap are written). */
+size_t queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t cap);
+
+/* The rendezvous score of (node, domain): FNV-1a 64 over node, a 0 byte, domain.  Pure. */
+uint64_t queue_rendezvous(const char *node, const char *domain);
+
+/* The domain of an address as ownership sees it: after the last '@', ASCII-lowercased, at most
+ * QUEUE_DOMAIN_MAX bytes ("" when there is no '@').  out has QUEUE_DOMAIN_MAX + 1 bytes. */
+void queue_addr_domain(const char *addr, char *out);
+
+/* A domain's assignment: 0 with owner (QUEUE_NODE_MAX + 1 bytes; "" unowned) and *epoch, or
+ * QUEUE_ENOTFOUND when no queued recipient has that domain. */
+int queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner,
+			   uint64_t *epoch);
+
+/* Every assignment, in domain order: cb(arg, domain, owner, epoch, queued recipients); cb
+ * returns nonzero to stop.  Returns the number of calls. */
+typedef int (*queue_domain_cb)(void *arg, const char *domain, const char *owner, uint64_t epoch,
+			       uint64_t rcpts_queued);
+size_t queue_fsm_domains(const struct queue_fsm *q, queue_domain_cb cb, void *arg);
+
+/*
+ * The owner's scheduler view: the items owned by `owner` whose next attempt (the earliest of
+ * the item's queued recipients) is <= now_ms, earliest first (ties: apply order), held messages
+ * left out, at most max calls; cb returns nonzero to stop.  Returns the number of calls or
+ * QUEUE_ENOMEM.  O(k log k) for k calls, whatever the queue size (a heap per owner, items moving
+ * between heaps when their domain moves).  queue_fsm_next_due_owned_ms: the earliest next attempt
+ * among owner's items (held left out), UINT64_MAX when none; O(1).  cb must not apply commands.
+ */
+struct queue_item {
+	const struct queue_msg *msg;
+	const char *domain;
+	uint64_t epoch;		  /* the domain's current epoch */
+	uint64_t next_attempt_ms; /* earliest of the item's queued recipients */
+};
+typedef int (*queue_item_cb)(void *arg, const struct queue_item *it);
+int queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms,
+			queue_item_cb cb, void *arg, size_t max);
+uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owner);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */
 uint64_t queue_fsm_digest(const struct queue_fsm *q);
