@@ -346,6 +346,100 @@ store_iter_status(struct store_iter *it)
 	return it->ops->status(it);
 }
 
+/* ---- views ---- */
+
+int
+store_view_new(struct store *s, struct store_view **out)
+{
+	return s->ops->view_new(s, out);
+}
+
+void
+store_view_free(struct store_view *v)
+{
+	if (v)
+		v->s->ops->view_free(v);
+}
+
+int
+store_view_get(struct store_view *v, enum store_cf cf, const void *key, size_t klen, void **val,
+	       size_t *vlen)
+{
+	if ((unsigned)cf >= STORE_CF__COUNT)
+		return STORE_EINVAL;
+	return v->s->ops->view_get(v, cf, key, klen, val, vlen);
+}
+
+int
+store_view_iter_new(struct store_view *v, enum store_cf cf, struct store_iter **out)
+{
+	if ((unsigned)cf >= STORE_CF__COUNT)
+		return STORE_EINVAL;
+	return v->s->ops->view_iter_new(v, cf, out);
+}
+
+int
+store_batch_wipe_cf(struct store_batch *b, enum store_cf cf)
+{
+	/* every key of at most STORE_KEY_MAX bytes sorts below STORE_KEY_MAX + 1 bytes of 0xff */
+	unsigned char end[STORE_KEY_MAX + 1];
+	memset(end, 0xff, sizeof(end));
+	return store_batch_delete_range(b, cf, NULL, 0, end, sizeof(end));
+}
+
+void
+store_digest_init(struct store_digest *d)
+{
+	memset(d, 0, sizeof(*d));
+}
+
+void
+store_digest_kv(struct store_digest *d, enum store_cf cf, const void *key, size_t klen,
+		uint64_t vlen)
+{
+	unsigned char h[1 + 4], l[8];
+	h[0] = (unsigned char)cf;
+	store__u32_encode((uint32_t)klen, h + 1);
+	store_u64_encode(vlen, l);
+	d->crc = store__crc32(d->crc, h, sizeof(h));
+	if (klen)
+		d->crc = store__crc32(d->crc, key, klen);
+	d->crc = store__crc32(d->crc, l, sizeof(l));
+	d->keys++;
+	d->bytes += klen + vlen;
+}
+
+void
+store_digest_data(struct store_digest *d, const void *data, size_t len)
+{
+	if (len)
+		d->crc = store__crc32(d->crc, data, len);
+}
+
+int
+store_view_digest(struct store_view *v, const enum store_cf *cfs, size_t n, struct store_digest *d)
+{
+	store_digest_init(d);
+	for (size_t i = 0; i < n; i++) {
+		struct store_iter *it;
+		int rv = store_view_iter_new(v, cfs[i], &it);
+		if (rv)
+			return rv;
+		for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
+			size_t kl, vl;
+			const unsigned char *k = store_iter_key(it, &kl);
+			const unsigned char *val = store_iter_value(it, &vl);
+			store_digest_kv(d, cfs[i], k, kl, vl);
+			store_digest_data(d, val, vl);
+		}
+		rv = store_iter_status(it);
+		store_iter_free(it);
+		if (rv)
+			return rv;
+	}
+	return 0;
+}
+
 /* ---- the raft log ---- */
 
 #define STORE__ENTRY_VERSION 1
@@ -538,13 +632,32 @@ store_applied_put(struct store_batch *b, uint64_t index)
 			       v, sizeof(v));
 }
 
+static int store__applied_decode(int rv, unsigned char *v, size_t vlen, uint64_t *index);
+
 int
 store_applied_get(struct store *s, uint64_t *index)
 {
-	unsigned char *v;
-	size_t vlen;
+	unsigned char *v = NULL;
+	size_t vlen = 0;
 	int rv = store_get(s, STORE_CF_META, STORE_META_APPLIED, sizeof(STORE_META_APPLIED) - 1,
 			   (void **)&v, &vlen);
+	return store__applied_decode(rv, v, vlen, index);
+}
+
+int
+store_view_applied_get(struct store_view *vw, uint64_t *index)
+{
+	unsigned char *v = NULL;
+	size_t vlen = 0;
+	int rv = store_view_get(vw, STORE_CF_META, STORE_META_APPLIED,
+				sizeof(STORE_META_APPLIED) - 1, (void **)&v, &vlen);
+	return store__applied_decode(rv, v, vlen, index);
+}
+
+/* Decodes an applied-index value read with result rv (v is freed). */
+static int
+store__applied_decode(int rv, unsigned char *v, size_t vlen, uint64_t *index)
+{
 	if (rv == STORE_ENOTFOUND) {
 		*index = 0;
 		return 0;

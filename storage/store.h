@@ -20,6 +20,11 @@
  *
  * Threads: a store may be used from several threads at once (the cluster writes from a worker
  * thread and reads from the loop thread); a batch or iterator belongs to one thread at a time.
+ *
+ * Views (store_view_new): a consistent, read-only point-in-time view of every column family at
+ * once (a RocksDB snapshot; the memory twin copies), for streaming a replica's state to another
+ * node while writes go on.  A view pins the data it shows (RocksDB keeps the old versions) until
+ * it is freed, so holders keep few and free them soon.
  */
 #ifndef RELAY_STORE_H
 #define RELAY_STORE_H
@@ -64,9 +69,13 @@ const char *store_cf_name(enum store_cf cf);
 #define STORE_META_HARDSTATE "hardstate"
 #define STORE_META_CONFIG "config"
 #define STORE_META_APPLIED "applied"
+/* Present while a snapshot install is incomplete (cluster/cluster_raft.c): the queue CFs hold a
+ * partial copy that must be wiped and fetched again; readers must not take them as a queue. */
+#define STORE_META_INSTALL "snap_install"
 
 struct store;
 struct store_iter;
+struct store_view;
 
 /* ---- backends ---- */
 
@@ -137,6 +146,39 @@ const unsigned char *store_iter_value(struct store_iter *it, size_t *vlen);
 /* 0, or STORE_EIO if iteration stopped on an error. */
 int store_iter_status(struct store_iter *it);
 
+/* ---- views: one consistent point in time across every column family ---- */
+
+/* A view of s as of now (every completed write, nothing later).  Free it before s. */
+int store_view_new(struct store *s, struct store_view **out);
+void store_view_free(struct store_view *v);
+/* store_get / store_iter_new, as of the view.  Iterators must be freed before the view. */
+int store_view_get(struct store_view *v, enum store_cf cf, const void *key, size_t klen, void **val,
+		   size_t *vlen);
+int store_view_iter_new(struct store_view *v, enum store_cf cf, struct store_iter **out);
+/* store_applied_get as of the view. */
+int store_view_applied_get(struct store_view *v, uint64_t *index);
+
+/* Adds the deletion of every key of cf (any key of at most STORE_KEY_MAX bytes). */
+int store_batch_wipe_cf(struct store_batch *b, enum store_cf cf);
+
+/*
+ * A digest of a sequence of key/values: count, bytes (keys + values) and a crc32 over, for each,
+ * the cf byte, the key length (4 bytes BE), the key, the value length (8 bytes BE), the value.
+ * A value may be fed in pieces: store_digest_kv (header), then store_digest_data in order.
+ */
+struct store_digest {
+	uint64_t keys;
+	uint64_t bytes;
+	uint32_t crc;
+};
+void store_digest_init(struct store_digest *d);
+void store_digest_kv(struct store_digest *d, enum store_cf cf, const void *key, size_t klen,
+		     uint64_t vlen);
+void store_digest_data(struct store_digest *d, const void *data, size_t len);
+/* The digest of every key/value of cfs[0..n) in v, in that order (cf by cf, key order). */
+int store_view_digest(struct store_view *v, const enum store_cf *cfs, size_t n,
+		      struct store_digest *d);
+
 /* ---- the raft log ---- */
 
 enum store_entry_type { STORE_ENTRY_NORMAL = 0, STORE_ENTRY_NOOP = 1, STORE_ENTRY_CONFIG = 2 };
@@ -187,6 +229,11 @@ struct store_ops {
 		   size_t *vlen);
 	int (*iter_new)(struct store *s, enum store_cf cf, struct store_iter **out);
 	void (*free)(struct store *s);
+	int (*view_new)(struct store *s, struct store_view **out);
+	void (*view_free)(struct store_view *v);
+	int (*view_get)(struct store_view *v, enum store_cf cf, const void *key, size_t klen,
+			void **val, size_t *vlen);
+	int (*view_iter_new)(struct store_view *v, enum store_cf cf, struct store_iter **out);
 };
 
 struct store_iter_ops {
@@ -207,6 +254,10 @@ struct store {
 
 struct store_iter {
 	const struct store_iter_ops *ops;
+};
+
+struct store_view {
+	struct store *s; /* borrowed: the store it views */
 };
 
 #endif

@@ -28,6 +28,12 @@ struct store_mem {
 	struct store_mem_cf cf[STORE_CF__COUNT];
 };
 
+/* A view: private copies of every column family. */
+struct store_mem_view {
+	struct store_view base;
+	struct store_mem_cf cf[STORE_CF__COUNT]; /* owned copies */
+};
+
 struct store_mem_iter {
 	struct store_iter base;
 	struct store_mem_cf snap; /* owned copies */
@@ -288,6 +294,81 @@ store__mem_iter_new(struct store *base, enum store_cf cfi, struct store_iter **o
 	return 0;
 }
 
+/* Copies src into dst (empty).  STORE_ENOMEM leaves dst partly filled (the caller frees it). */
+static int
+store__mem_cf_copy(struct store_mem_cf *dst, const struct store_mem_cf *src)
+{
+	for (size_t i = 0; i < src->n; i++)
+		if (store__mem_put(dst, src->kv[i].key, src->kv[i].klen, src->kv[i].val,
+				   src->kv[i].vlen))
+			return STORE_ENOMEM;
+	return 0;
+}
+
+static void
+store__mem_view_free(struct store_view *base)
+{
+	struct store_mem_view *v = (struct store_mem_view *)base;
+	for (int i = 0; i < STORE_CF__COUNT; i++)
+		store__mem_cf_fini(&v->cf[i]);
+	free(v);
+}
+
+static int
+store__mem_view_new(struct store *base, struct store_view **out)
+{
+	struct store_mem *s = (struct store_mem *)base;
+	struct store_mem_view *v = calloc(1, sizeof(*v));
+	if (!v)
+		return STORE_ENOMEM;
+	v->base.s = base;
+	int rv = 0;
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < STORE_CF__COUNT && !rv; i++)
+		rv = store__mem_cf_copy(&v->cf[i], &s->cf[i]);
+	pthread_mutex_unlock(&s->mu);
+	if (rv) {
+		store__mem_view_free(&v->base);
+		return rv;
+	}
+	*out = &v->base;
+	return 0;
+}
+
+static int
+store__mem_view_get(struct store_view *base, enum store_cf cfi, const void *key, size_t klen,
+		    void **val, size_t *vlen)
+{
+	struct store_mem_view *v = (struct store_mem_view *)base;
+	struct store_mem_cf *cf = &v->cf[cfi];
+	size_t i = store__mem_lower(cf, key, klen);
+	if (i >= cf->n || store__mem_cmp(cf->kv[i].key, cf->kv[i].klen, key, klen))
+		return STORE_ENOTFOUND;
+	void *c = malloc(cf->kv[i].vlen ? cf->kv[i].vlen : 1);
+	if (!c)
+		return STORE_ENOMEM;
+	memcpy(c, cf->kv[i].val, cf->kv[i].vlen);
+	*val = c;
+	*vlen = cf->kv[i].vlen;
+	return 0;
+}
+
+static int
+store__mem_view_iter_new(struct store_view *base, enum store_cf cfi, struct store_iter **out)
+{
+	struct store_mem_view *v = (struct store_mem_view *)base;
+	struct store_mem_iter *it = calloc(1, sizeof(*it));
+	if (!it)
+		return STORE_ENOMEM;
+	it->base.ops = &store__mem_iter_ops;
+	if (store__mem_cf_copy(&it->snap, &v->cf[cfi])) {
+		store__mem_iter_free(&it->base);
+		return STORE_ENOMEM;
+	}
+	*out = &it->base;
+	return 0;
+}
+
 static void
 store__mem_free(struct store *base)
 {
@@ -303,6 +384,10 @@ static const struct store_ops store__mem_ops = {
     .get = store__mem_get,
     .iter_new = store__mem_iter_new,
     .free = store__mem_free,
+    .view_new = store__mem_view_new,
+    .view_free = store__mem_view_free,
+    .view_get = store__mem_view_get,
+    .view_iter_new = store__mem_view_iter_new,
 };
 
 int

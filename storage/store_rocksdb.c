@@ -32,9 +32,16 @@ struct store_rocksdb {
 struct store_rocksdb_iter {
 	struct store_iter base;
 	rocksdb_iterator_t *it;
-	rocksdb_readoptions_t *ropts;
-	const rocksdb_snapshot_t *snap;
+	rocksdb_readoptions_t *ropts;	/* owned */
+	const rocksdb_snapshot_t *snap; /* owned; NULL for an iterator of a view (the view's) */
 	struct store_rocksdb *s;
+};
+
+/* A view: one RocksDB snapshot and read options reading at it. */
+struct store_rocksdb_view {
+	struct store_view base;
+	const rocksdb_snapshot_t *snap; /* owned */
+	rocksdb_readoptions_t *ropts;	/* owned: reads at snap */
 };
 
 static void
@@ -120,7 +127,8 @@ store__rdb_iter_free(struct store_iter *base)
 	struct store_rocksdb_iter *it = (struct store_rocksdb_iter *)base;
 	rocksdb_iter_destroy(it->it);
 	rocksdb_readoptions_destroy(it->ropts);
-	rocksdb_release_snapshot(it->s->db, it->snap);
+	if (it->snap)
+		rocksdb_release_snapshot(it->s->db, it->snap);
 	free(it);
 }
 
@@ -209,6 +217,81 @@ store__rdb_iter_new(struct store *base, enum store_cf cf, struct store_iter **ou
 	return 0;
 }
 
+/* ---- views ---- */
+
+static int
+store__rdb_view_new(struct store *base, struct store_view **out)
+{
+	struct store_rocksdb *s = (struct store_rocksdb *)base;
+	struct store_rocksdb_view *v = calloc(1, sizeof(*v));
+	if (!v)
+		return STORE_ENOMEM;
+	v->base.s = base;
+	v->ropts = rocksdb_readoptions_create();
+	v->snap = rocksdb_create_snapshot(s->db);
+	rocksdb_readoptions_set_snapshot(v->ropts, v->snap);
+	/* a view is streamed once, front to back: do not evict the hot blocks for it */
+	rocksdb_readoptions_set_fill_cache(v->ropts, 0);
+	*out = &v->base;
+	return 0;
+}
+
+static void
+store__rdb_view_free(struct store_view *base)
+{
+	struct store_rocksdb_view *v = (struct store_rocksdb_view *)base;
+	struct store_rocksdb *s = (struct store_rocksdb *)base->s;
+	rocksdb_readoptions_destroy(v->ropts);
+	rocksdb_release_snapshot(s->db, v->snap);
+	free(v);
+}
+
+static int
+store__rdb_view_get(struct store_view *base, enum store_cf cf, const void *key, size_t klen,
+		    void **val, size_t *vlen)
+{
+	struct store_rocksdb_view *v = (struct store_rocksdb_view *)base;
+	struct store_rocksdb *s = (struct store_rocksdb *)base->s;
+	char *err = NULL;
+	size_t len = 0;
+	char *r = rocksdb_get_cf(s->db, v->ropts, s->cf[cf], key, klen, &len, &err);
+	if (err) {
+		store__rdb_log("get", err);
+		rocksdb_free(err);
+		return STORE_EIO;
+	}
+	if (!r)
+		return STORE_ENOTFOUND;
+	void *copy = malloc(len ? len : 1);
+	if (!copy) {
+		rocksdb_free(r);
+		return STORE_ENOMEM;
+	}
+	memcpy(copy, r, len);
+	rocksdb_free(r);
+	*val = copy;
+	*vlen = len;
+	return 0;
+}
+
+static int
+store__rdb_view_iter_new(struct store_view *base, enum store_cf cf, struct store_iter **out)
+{
+	struct store_rocksdb_view *v = (struct store_rocksdb_view *)base;
+	struct store_rocksdb *s = (struct store_rocksdb *)base->s;
+	struct store_rocksdb_iter *it = calloc(1, sizeof(*it));
+	if (!it)
+		return STORE_ENOMEM;
+	it->base.ops = &store__rdb_iter_ops;
+	it->s = s;
+	it->ropts = rocksdb_readoptions_create();
+	rocksdb_readoptions_set_snapshot(it->ropts, v->snap);
+	rocksdb_readoptions_set_fill_cache(it->ropts, 0);
+	it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf[cf]);
+	*out = &it->base;
+	return 0;
+}
+
 static void
 store__rdb_free(struct store *base)
 {
@@ -230,6 +313,10 @@ static const struct store_ops store__rdb_ops = {
     .get = store__rdb_get,
     .iter_new = store__rdb_iter_new,
     .free = store__rdb_free,
+    .view_new = store__rdb_view_new,
+    .view_free = store__rdb_view_free,
+    .view_get = store__rdb_view_get,
+    .view_iter_new = store__rdb_view_iter_new,
 };
 
 int

@@ -412,6 +412,128 @@ test_persistence(void **state)
 	assert_int_equal(store_open(f->db, 0, &two), STORE_EIO);
 }
 
+/* Digest of the three queue CFs read through a view of s, and checks that a view is frozen. */
+static struct store_digest
+digest_now(struct store *s)
+{
+	static const enum store_cf cfs[] = {STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX};
+	struct store_view *v;
+	struct store_digest d;
+	assert_int_equal(store_view_new(s, &v), 0);
+	assert_int_equal(store_view_digest(v, cfs, 3, &d), 0);
+	store_view_free(v);
+	return d;
+}
+
+/* Views: one point in time across every CF, unchanged by later writes (puts, deletes, range
+ * deletes, wipes); reads and iteration through them; the applied index as of the view. */
+static void
+test_view(void **state)
+{
+	struct fx *f = *state;
+	put1(f->s, STORE_CF_QUEUE, "q1", "record one");
+	put1(f->s, STORE_CF_QUEUE, "\x01owner", "ownership state");
+	put1(f->s, STORE_CF_BODY, "q1", "body one");
+	put1(f->s, STORE_CF_INDEX, "Q00000000q1", "");
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_applied_put(&b, 7), 0);
+	assert_int_equal(store_write(f->s, &b, 1), 0);
+	store_batch_clear(&b);
+
+	struct store_view *v;
+	assert_int_equal(store_view_new(f->s, &v), 0);
+	/* later writes: a new key, a changed value, a wipe of the index, a new applied index */
+	put1(f->s, STORE_CF_QUEUE, "q2", "record two");
+	put1(f->s, STORE_CF_BODY, "q1", "changed");
+	assert_int_equal(store_batch_wipe_cf(&b, STORE_CF_INDEX), 0);
+	assert_int_equal(store_applied_put(&b, 9), 0);
+	assert_int_equal(store_write(f->s, &b, 1), 0);
+	store_batch_fini(&b);
+
+	uint64_t applied = 0;
+	assert_int_equal(store_view_applied_get(v, &applied), 0);
+	assert_int_equal(applied, 7);
+	assert_int_equal(store_applied_get(f->s, &applied), 0);
+	assert_int_equal(applied, 9);
+	void *val;
+	size_t vlen;
+	assert_int_equal(store_view_get(v, STORE_CF_BODY, "q1", 2, &val, &vlen), 0);
+	assert_int_equal(vlen, 8);
+	assert_memory_equal(val, "body one", 8);
+	free(val);
+	assert_int_equal(store_view_get(v, STORE_CF_QUEUE, "q2", 2, &val, &vlen), STORE_ENOTFOUND);
+	expect(f->s, STORE_CF_INDEX, "Q00000000q1", NULL);
+
+	struct store_iter *it;
+	assert_int_equal(store_view_iter_new(v, STORE_CF_QUEUE, &it), 0);
+	const char *want[] = {"\x01owner", "q1"};
+	size_t n = 0;
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it), n++) {
+		size_t kl;
+		const unsigned char *k = store_iter_key(it, &kl);
+		assert_true(n < 2);
+		assert_int_equal(kl, strlen(want[n]));
+		assert_memory_equal(k, want[n], kl);
+	}
+	assert_int_equal(n, 2);
+	assert_int_equal(store_iter_status(it), 0);
+	store_iter_free(it);
+	assert_int_equal(store_view_iter_new(v, STORE_CF_INDEX, &it), 0);
+	store_iter_seek(it, NULL, 0);
+	assert_true(store_iter_valid(it)); /* wiped after the view was taken: still there */
+	store_iter_free(it);
+
+	/* the digest of the view: the same as one computed by hand over the same key/values */
+	static const enum store_cf cfs[] = {STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX};
+	struct store_digest d, m;
+	assert_int_equal(store_view_digest(v, cfs, 3, &d), 0);
+	store_digest_init(&m);
+	store_digest_kv(&m, STORE_CF_QUEUE, "\x01owner", 6, 15);
+	store_digest_data(&m, "ownership ", 10); /* a value in pieces digests like one piece */
+	store_digest_data(&m, "state", 5);
+	store_digest_kv(&m, STORE_CF_QUEUE, "q1", 2, 10);
+	store_digest_data(&m, "record one", 10);
+	store_digest_kv(&m, STORE_CF_BODY, "q1", 2, 8);
+	store_digest_data(&m, "body one", 8);
+	store_digest_kv(&m, STORE_CF_INDEX, "Q00000000q1", 11, 0);
+	assert_int_equal(d.keys, 4);
+	assert_int_equal(d.bytes, m.bytes);
+	assert_int_equal(d.crc, m.crc);
+	store_view_free(v);
+	/* the store now differs: so does its digest */
+	struct store_digest now = digest_now(f->s);
+	assert_int_equal(now.keys, 4); /* q1, q2, \x01owner; body q1; no index key */
+	assert_int_not_equal(now.crc, d.crc);
+}
+
+/* store_batch_wipe_cf removes every key of one CF, even the largest possible one, and no other
+ * CF's keys. */
+static void
+test_wipe_cf(void **state)
+{
+	struct fx *f = *state;
+	unsigned char big[STORE_KEY_MAX];
+	memset(big, 0xff, sizeof(big));
+	put_n(f->s, STORE_CF_QUEUE, big, sizeof(big), "v", 1);
+	put_n(f->s, STORE_CF_QUEUE, "\0", 1, "v", 1);
+	put1(f->s, STORE_CF_QUEUE, "q1", "r");
+	put1(f->s, STORE_CF_BODY, "q1", "b");
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(store_batch_wipe_cf(&b, STORE_CF_QUEUE), 0);
+	assert_int_equal(store_write(f->s, &b, 1), 0);
+	store_batch_fini(&b);
+	struct store_iter *it;
+	assert_int_equal(store_iter_new(f->s, STORE_CF_QUEUE, &it), 0);
+	store_iter_seek(it, NULL, 0);
+	assert_false(store_iter_valid(it));
+	store_iter_free(it);
+	expect(f->s, STORE_CF_BODY, "q1", "b");
+	struct store_digest d = digest_now(f->s);
+	assert_int_equal(d.keys, 1);
+}
+
 int
 main(void)
 {
@@ -425,6 +547,8 @@ main(void)
 	    BOTH(test_log_corruption),
 	    BOTH(test_meta),
 	    BOTH(test_failed_write_is_atomic),
+	    BOTH(test_view),
+	    BOTH(test_wipe_cf),
 	    cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
