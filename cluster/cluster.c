@@ -1011,6 +1011,19 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 	uint64_t applied;
 	if ((rv = cluster__store_err(store_applied_get(s, &applied))))
 		goto out;
+	void *mark;
+	size_t marklen;
+	if (store_get(s, STORE_CF_META, STORE_META_INSTALL, sizeof(STORE_META_INSTALL) - 1, &mark,
+		      &marklen) == 0) {
+		/* a snapshot install did not complete: the queue CFs hold a partial copy */
+		free(mark);
+		cluster__log("dump: event=snapshot-incomplete: the queue in %s is a partial "
+			     "snapshot copy; the node wipes it and fetches the snapshot again when "
+			     "it starts",
+			     path);
+		rv = CLUSTER_ECORRUPT;
+		goto out;
+	}
 
 	/* 1. the applied queue, loaded as cluster_open does; a damaged record: list as stored */
 	if ((rv = queue_fsm_new(s, &fsm))) {

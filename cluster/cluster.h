@@ -73,10 +73,11 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_SNAPSHOT_ENTRIES 8192u
 #define CLUSTER_MAX_PEERS 16u /* members of one cluster (RAFT_MAX_NODES) */
 #define CLUSTER_ID_MAX 63u    /* bytes in a node id */
-/* Replicated mode: the largest message body a node should accept.  A Raft entry carries the
- * whole Accept and is bounded by RAFT_ENTRY_MAX_BYTES (1 MiB); the rest is the envelope's room.
- * A bigger command gets CLUSTER_ETOOBIG. */
-#define CLUSTER_REPLICATED_MAX_MESSAGE_SIZE ((size_t)768 << 10)
+/* Replicated mode: a Raft entry carries a whole Accept and is bounded by RAFT_ENTRY_MAX_BYTES
+ * (132 MiB: room for a body of QUEUE_BODY_MAX plus its envelope), so a cluster accepts every
+ * max_message_size the config allows (at most 100m); a bigger command gets CLUSTER_ETOOBIG.
+ * Proposals waiting on one node are bounded in bytes too (cluster_raft.c,
+ * CRAFT_PENDING_MAX_BYTES: beyond it CLUSTER_EBUSY). */
 
 struct cluster_config {
 	const char *node_id;	/* borrowed; this node's id (also the single voter) */
@@ -200,7 +201,13 @@ struct cluster_status {
 	uint64_t forwards_received;   /* proposals other nodes forwarded to us */
 	uint64_t timed_out;	      /* proposals failed with CLUSTER_ETIMEDOUT */
 	uint64_t snapshots;	      /* snapshots taken */
-	uint64_t snapshots_installed; /* snapshots received from a leader */
+	uint64_t snapshots_installed; /* snapshots received from a leader and fetched */
+	int snapshot_installing;      /* 1 while a snapshot's key/values are being fetched */
+	uint64_t snapshot_fetches;    /* fetch sessions started (a restart counts again) */
+	uint64_t snapshot_fetch_bytes; /* key + value bytes received by fetches */
+	uint64_t snapshot_fetch_failures; /* timeouts, refused or bad chunks, failed writes */
+	uint64_t snapshot_serves;	  /* fetch sessions served to other nodes */
+	uint64_t snapshot_served_bytes;	  /* key + value bytes sent to them */
 	uint64_t raft_dropped;	      /* raft outbox overflow + transport drops */
 	unsigned n_peers;
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];

@@ -77,6 +77,36 @@
 #define CRAFT_META_VERSION 1
 /* Bound on the path of the database directory. */
 #define CRAFT_PATH_MAX 4096
+/* Frame kinds of the snapshot stream: a SnapshotFetch (follower -> server), a SnapshotChunk. */
+#define CRAFT_KIND_SNAP_FETCH 4u
+#define CRAFT_KIND_SNAP_CHUNK 5u
+/* Streamed snapshots.  A chunk carries at most this many key + value bytes (a longer value
+ * comes in pieces) and this many pieces; a node serves at most CRAFT_SNAP_SERVE_MAX sessions at
+ * once (more wait: SNAP_RETRY) and drops one idle for CRAFT_SNAP_SESSION_IDLE_MS.  A fetch
+ * request unanswered for CRAFT_FETCH_TIMEOUT_MS is sent again, CRAFT_FETCH_TRIES times, then a
+ * new session starts with the next node; SNAP_RETRY waits CRAFT_FETCH_RETRY_MS, a failed
+ * session CRAFT_FETCH_RESTART_MS. */
+#define CRAFT_SNAP_NCFS 3
+#define CRAFT_SNAP_CHUNK_BYTES ((size_t)1 << 20)
+#define CRAFT_SNAP_CHUNK_KVS 16384u
+#define CRAFT_SNAP_SERVE_MAX 4
+#define CRAFT_SNAP_SESSION_IDLE_MS 30000u
+#define CRAFT_FETCH_TIMEOUT_MS 5000u
+#define CRAFT_FETCH_TRIES 3u
+#define CRAFT_FETCH_RETRY_MS 200u
+#define CRAFT_FETCH_RESTART_MS 1000u
+#define CRAFT_SERVE_RESTART 1 /* craft__serve_read: the position is not in the view */
+#define CRAFT_DESCRIPTOR_MAX 256u /* bytes of a packed SnapshotDescriptor */
+/* A snapshot is also taken once this many entry bytes were applied since the last one, so the
+ * in-memory log (entries up to RAFT_ENTRY_MAX_BYTES each) stays bounded in bytes too. */
+#define CRAFT_SNAPSHOT_LOG_BYTES ((uint64_t)256 << 20)
+/* Bytes of proposals waiting to commit on this node (beyond: CLUSTER_EBUSY, 451), and of the
+ * next write while one is in flight (beyond: the core's readies wait). */
+#define CRAFT_PENDING_MAX_BYTES ((size_t)256 << 20)
+#define CRAFT_NEXT_MAX_BYTES ((size_t)256 << 20)
+/* Bound on one peer frame's payload, sent or received: an AppendEntries with one entry of
+ * RAFT_ENTRY_MAX_BYTES plus up to raft's max_msg_bytes of others, or a forwarded proposal. */
+#define CRAFT_MAX_FRAME_BYTES ((size_t)RAFT_ENTRY_MAX_BYTES + ((size_t)2 << 20))
 
 struct craft_prop {
 	struct craft_prop *next, *prev; /* pending list, in seq order */
@@ -93,6 +123,50 @@ struct craft_prop {
 
 struct craft_list {
 	struct craft_prop *head, *tail;
+};
+
+/* A consistent view of this node's store, digested; fetch sessions stream from it. */
+struct craft_view {
+	struct store_view *v; /* owned */
+	uint64_t id;	      /* random, nonzero */
+	uint64_t index;	      /* the applied index stored with the state it shows */
+	struct store_digest digest;
+	int refs; /* sessions using it, + 1 while it is the node's current view */
+	uint64_t t0;
+};
+
+/* One fetch session served to a peer. */
+struct craft_serve {
+	int used;
+	size_t peer;
+	uint64_t session;
+	struct craft_view *view; /* a reference */
+	uint64_t last_ms;
+};
+
+/* This node's fetch of a snapshot's key/values (while an install is incomplete). */
+struct craft_fetch {
+	int active; /* the install marker is in the store */
+	uint64_t min_index;
+	char hint[CLUSTER_ID_MAX + 1]; /* the node the descriptor named */
+	size_t src;		       /* peer asked */
+	unsigned attempt, tries;
+	int wiped; /* the partial copy of the last session is gone */
+	uint64_t session, seq;
+	int bound; /* the session's view is known: */
+	uint64_t view_index, view_id, view_keys, view_bytes;
+	uint32_t view_crc;
+	int ci;						/* position: CF in the stream, */
+	unsigned char key[STORE_KEY_MAX + 1];		/* key (the first still wanted), */
+	size_t klen;					/* */
+	int has_key;					/* */
+	uint64_t offset;				/* bytes of its value held */
+	unsigned char *val;				/* owned: a value in pieces */
+	uint64_t val_size;				/* */
+	struct store_digest digest;			/* of what was received */
+	uint64_t deadline;				/* uv_now() an answer is due; 0 none */
+	uint64_t next_at;				/* uv_now() to send the next request */
+	uint64_t t0;					/* uv_hrtime() at the start */
 };
 
 /* Messages waiting to leave for one peer in one frame. */
@@ -143,6 +217,17 @@ struct cluster__raft {
 	uint64_t durable_applied;	   /* applied state written */
 	uint64_t snap_index;		   /* latest snapshot (ours or installed) */
 	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
+	uint64_t applied_bytes;		   /* entry bytes applied since then */
+	uint64_t handed;		   /* highest committed index the core handed out */
+	size_t pending_bytes;		   /* bytes of the pending proposals */
+
+	struct craft_view *view; /* the newest digested view (a reference), or NULL */
+	struct craft_view *prep; /* the view being digested (owned until done) */
+	int prep_compact;	 /* compact the log to it when digested */
+	int digesting, digest_rv;
+	uv_work_t digest_work;
+	struct craft_serve serve[CRAFT_SNAP_SERVE_MAX];
+	struct craft_fetch fetch;
 
 	struct raft_ready held; /* a ready with a snapshot, waiting for the write in flight */
 	int have_held;
@@ -269,6 +354,7 @@ craft__unlink(struct cluster__raft *c, struct craft_prop *p)
 		c->pending.tail = p->prev;
 	p->next = p->prev = NULL;
 	c->npending--;
+	c->pending_bytes -= p->len;
 }
 
 /* Runs the callbacks of a detached list in order and frees it. */
@@ -572,56 +658,65 @@ craft__send(struct cluster__raft *c, const struct raft_ready *rd)
 	}
 }
 
+/* Applies one committed entry (index c->applied + 1) and moves the proposal it completes to
+ * done.  Sets c->failed when apply must stop. */
+static void
+craft__apply_entry(struct cluster__raft *c, const struct raft_entry *e, struct craft_list *done)
+{
+	int status = 0;
+	if (e->type == RAFT_ENTRY_NORMAL) {
+		Relay__Command *cmd = relay__command__unpack(NULL, e->len, e->data);
+		if (!cmd) {
+			/* we and the leader validated it: memory, or damage */
+			cluster__log("index=%" PRIu64 " apply stopped: entry does not unpack",
+				     e->index);
+			c->failed = CLUSTER_ENOMEM;
+			return;
+		}
+		int rv = queue_apply(c->fsm, e->index, cmd, &c->next);
+		if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
+			cluster__log("index=%" PRIu64 " apply stopped error=\"%s\"; restart "
+				     "to replay",
+				     e->index, queue_strerror(rv));
+			relay__command__free_unpacked(cmd, NULL);
+			c->failed = cluster__queue_err(rv);
+			return;
+		}
+		if (rv) {
+			cluster__log("index=%" PRIu64 " apply rejected error=\"%s\"", e->index,
+				     queue_strerror(rv));
+			status = cluster__queue_err(rv);
+		}
+		if (cmd->has_origin_node && cmd->origin_node == c->id && cmd->has_origin_boot &&
+		    cmd->origin_boot == c->boot && cmd->has_origin_seq) {
+			struct craft_prop *p = craft__hash_find(c, cmd->origin_seq);
+			if (p) {
+				craft__unlink(c, p);
+				p->status = status;
+				craft__list_push(done, p);
+			}
+		}
+		relay__command__free_unpacked(cmd, NULL);
+	}
+	c->applied = e->index;
+	c->applied_bytes += e->len;
+	c->stats.commits++;
+}
+
 /* Applies the committed entries of rd (those not applied before) and moves the proposals they
- * complete to done. */
+ * complete to done.  While a snapshot's key/values are being fetched nothing is applied: the
+ * entries stay in the log and craft__fetch_finish applies them. */
 static void
 craft__apply(struct cluster__raft *c, const struct raft_ready *rd, struct craft_list *done)
 {
 	uint64_t before = c->applied;
 	for (size_t i = 0; i < rd->n_committed && !c->failed; i++) {
 		const struct raft_entry *e = &rd->committed[i];
-		if (e->index <= c->applied)
-			continue; /* applied before a restart, or by an installed snapshot */
-		int status = 0;
-		if (e->type == RAFT_ENTRY_NORMAL) {
-			Relay__Command *cmd = relay__command__unpack(NULL, e->len, e->data);
-			if (!cmd) {
-				/* we and the leader validated it: memory, or damage */
-				cluster__log("index=%" PRIu64
-					     " apply stopped: entry does not unpack",
-					     e->index);
-				c->failed = CLUSTER_ENOMEM;
-				break;
-			}
-			int rv = queue_apply(c->fsm, e->index, cmd, &c->next);
-			if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
-				cluster__log("index=%" PRIu64
-					     " apply stopped error=\"%s\"; restart "
-					     "to replay",
-					     e->index, queue_strerror(rv));
-				relay__command__free_unpacked(cmd, NULL);
-				c->failed = cluster__queue_err(rv);
-				break;
-			}
-			if (rv) {
-				cluster__log("index=%" PRIu64 " apply rejected error=\"%s\"",
-					     e->index, queue_strerror(rv));
-				status = cluster__queue_err(rv);
-			}
-			if (cmd->has_origin_node && cmd->origin_node == c->id &&
-			    cmd->has_origin_boot && cmd->origin_boot == c->boot &&
-			    cmd->has_origin_seq) {
-				struct craft_prop *p = craft__hash_find(c, cmd->origin_seq);
-				if (p) {
-					craft__unlink(c, p);
-					p->status = status;
-					craft__list_push(done, p);
-				}
-			}
-			relay__command__free_unpacked(cmd, NULL);
-		}
-		c->applied = e->index;
-		c->stats.commits++;
+		if (e->index > c->handed)
+			c->handed = e->index;
+		if (c->fetch.active || e->index <= c->applied)
+			continue; /* fetching; or applied before a restart, or by a snapshot */
+		craft__apply_entry(c, e, done);
 	}
 	if (c->applied != before) {
 		int rv = store_applied_put(&c->next, c->applied);
@@ -652,151 +747,201 @@ craft__soft_state(struct cluster__raft *c, enum raft_role role, uint64_t lead, u
 	c->term = term;
 }
 
-/* ---- snapshots ---- */
+/* ---- snapshots: views, compaction, serving and fetching the queue state ---- */
 
-/* Frees the items of a QueueSnapshot built by craft__snap_build. */
-static void
-craft__snap_items_free(Relay__SnapshotItem **items, size_t n)
+/* The queue state: exactly the key/values of these CFs, streamed in this order. */
+static const enum store_cf craft__snap_cfs[CRAFT_SNAP_NCFS] = {STORE_CF_QUEUE, STORE_CF_BODY,
+							       STORE_CF_INDEX};
+
+/* Position of cf in the stream, or -1. */
+static int
+craft__snap_ci(uint32_t cf)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (!items[i])
-			continue;
-		free(items[i]->body.data);
-		free(items[i]);
-	}
-	free(items);
+	for (int i = 0; i < CRAFT_SNAP_NCFS; i++)
+		if ((uint32_t)craft__snap_cfs[i] == cf)
+			return i;
+	return -1;
 }
 
-/* The body of m: from the store, or, when its apply has not been written yet, from the entry
- * in the raft log that enqueued it (an Accept, or an Outcome's DSN).  *body malloc'd. */
-static int
-craft__snap_body(struct cluster__raft *c, const struct queue_msg *m, void **body, size_t *len)
+static void
+craft__view_unref(struct craft_view *vw)
 {
-	int rv = queue_fsm_read_body(c->fsm, m->queue_id, body, len);
-	if (rv != QUEUE_ENOTFOUND)
+	if (vw && --vw->refs == 0) {
+		store_view_free(vw->v);
+		free(vw);
+	}
+}
+
+/* The install marker (STORE_META_INSTALL): version, min index, the node the descriptor names. */
+static int
+craft__marker_put(struct store_batch *b, uint64_t min_index, const char *node)
+{
+	unsigned char v[1 + 8 + CLUSTER_ID_MAX];
+	size_t nl = strnlen(node, CLUSTER_ID_MAX);
+	v[0] = CRAFT_META_VERSION;
+	store_u64_encode(min_index, v + 1);
+	memcpy(v + 9, node, nl);
+	return store_batch_put(b, STORE_CF_META, STORE_META_INSTALL, sizeof(STORE_META_INSTALL) - 1,
+			       v, 9 + nl);
+}
+
+/* 0 with the marker's fields, STORE_ENOTFOUND when no install is pending. */
+static int
+craft__marker_get(struct store *s, uint64_t *min_index, char node[CLUSTER_ID_MAX + 1])
+{
+	unsigned char *v;
+	size_t vlen;
+	int rv = store_get(s, STORE_CF_META, STORE_META_INSTALL, sizeof(STORE_META_INSTALL) - 1,
+			   (void **)&v, &vlen);
+	if (rv)
 		return rv;
-	const struct raft_entry *e = raft_entry_at(c->raft, m->accept_index);
-	if (!e || e->type != RAFT_ENTRY_NORMAL)
-		return QUEUE_ENOTFOUND;
-	Relay__Command *cmd = relay__command__unpack(NULL, e->len, e->data);
-	if (!cmd)
-		return QUEUE_ENOMEM;
-	const Relay__Accept *a = cmd->accept;
-	if (!a && cmd->outcome)
-		a = cmd->outcome->dsn;
-	rv = QUEUE_ENOTFOUND;
-	if (a && !strcmp(a->queue_id, m->queue_id)) {
-		*len = a->body.len;
-		*body = malloc(a->body.len ? a->body.len : 1);
-		if (*body) {
-			memcpy(*body, a->body.data, a->body.len);
-			rv = 0;
-		} else {
-			rv = QUEUE_ENOMEM;
-		}
+	if (vlen < 9 || vlen > 9 + CLUSTER_ID_MAX || v[0] != CRAFT_META_VERSION) {
+		free(v);
+		return STORE_ECORRUPT;
 	}
-	relay__command__free_unpacked(cmd, NULL);
-	return rv;
+	*min_index = store_u64_decode(v + 1);
+	memcpy(node, v + 9, vlen - 9);
+	node[vlen - 9] = 0;
+	free(v);
+	return 0;
 }
 
-/* Serializes the queue as applied (index c->applied) into *out (malloc'd).  CLUSTER_ETOOBIG
- * over RAFT_SNAPSHOT_MAX_BYTES. */
+/* Adds the deletion of the whole queue state (the three CFs) to b. */
 static int
-craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
+craft__wipe_queue(struct store_batch *b)
 {
-	struct queue_counts qc;
-	queue_fsm_counts(c->fsm, &qc);
-	size_t n = 0, cap = qc.messages;
-	Relay__SnapshotItem **items = calloc(cap ? cap : 1, sizeof(*items));
-	if (!items)
-		return CLUSTER_ENOMEM;
-	size_t total = 0;
 	int rv = 0;
-	for (const struct queue_msg *m = queue_fsm_first(c->fsm); m && n < cap;
-	     m = queue_fsm_next(c->fsm, m)) {
-		Relay__SnapshotItem *it = calloc(1, sizeof(*it));
-		if (!it) {
-			rv = CLUSTER_ENOMEM;
-			break;
-		}
-		relay__snapshot_item__init(it);
-		items[n++] = it;
-		void *body;
-		size_t blen;
-		int qrv = craft__snap_body(c, m, &body, &blen);
-		if (qrv) {
-			cluster__log("snapshot: body of %s error=\"%s\"", m->queue_id,
-				     queue_strerror(qrv));
-			rv = cluster__queue_err(qrv);
-			break;
-		}
-		it->queue_id = (char *)m->queue_id;
-		it->record.data = m->rec;
-		it->record.len = m->rec_len;
-		it->body.data = body;
-		it->body.len = blen;
-		it->next_attempt_ms = m->next_attempt_ms;
-		total += blen + m->rec_len + 64;
-		if (total > RAFT_SNAPSHOT_MAX_BYTES) {
-			rv = CLUSTER_ETOOBIG;
-			break;
-		}
-	}
-	if (!rv) {
-		Relay__QueueSnapshot s = RELAY__QUEUE_SNAPSHOT__INIT;
-		s.index = c->applied;
-		s.n_items = n;
-		s.items = items;
-		size_t len = relay__queue_snapshot__get_packed_size(&s);
-		if (len > RAFT_SNAPSHOT_MAX_BYTES) {
-			rv = CLUSTER_ETOOBIG;
-		} else if (!(*out = malloc(len ? len : 1))) {
-			rv = CLUSTER_ENOMEM;
-		} else {
-			*outlen = relay__queue_snapshot__pack(&s, *out);
-		}
-	}
-	craft__snap_items_free(items, n);
+	for (int i = 0; !rv && i < CRAFT_SNAP_NCFS; i++)
+		rv = store_batch_wipe_cf(b, craft__snap_cfs[i]);
 	return rv;
 }
 
-/* Takes a snapshot when snapshot_entries entries were applied since the last one (or the last
- * attempt), our log up to the applied index is durable, and no ready is held. */
+static void craft__compact(struct cluster__raft *c, struct craft_view *vw);
+
 static void
-craft__maybe_snapshot(struct cluster__raft *c)
+craft__digest_work_cb(uv_work_t *req)
 {
-	if (c->have_held || c->failed || c->closing)
-		return;
-	uint64_t since = c->snap_index > c->snap_tried ? c->snap_index : c->snap_tried;
-	if (c->applied < since + c->snapshot_entries)
-		return;
-	struct raft_status st;
-	raft_status(c->raft, &st);
-	if (st.persisted_index < c->applied || st.applied < c->applied)
-		return;
-	c->snap_tried = c->applied;
-	void *data = NULL;
-	size_t len = 0;
-	uint64_t t0 = uv_hrtime();
-	int rv = craft__snap_build(c, &data, &len);
-	if (rv) {
-		cluster__log("event=snapshot-skipped index=%" PRIu64 " error=\"%s\"; the log keeps "
-			     "growing",
-			     c->applied, cluster_strerror(rv));
+	struct cluster__raft *c = req->data;
+	c->digest_rv =
+	    store_view_digest(c->prep->v, craft__snap_cfs, CRAFT_SNAP_NCFS, &c->prep->digest);
+}
+
+static void
+craft__digest_after_cb(uv_work_t *req, int status)
+{
+	struct cluster__raft *c = req->data;
+	struct craft_view *vw = c->prep;
+	int compact = c->prep_compact;
+	c->prep = NULL;
+	c->digesting = 0;
+	if (c->closing) {
+		craft__view_unref(vw);
+		craft__finish_close(c);
 		return;
 	}
-	rv = raft_compact(c->raft, c->applied, data, len);
+	if (status || c->digest_rv) {
+		cluster__log("event=snapshot-skipped index=%" PRIu64 " error=\"%s\"", vw->index,
+			     status ? "cancelled" : store_strerror(c->digest_rv));
+		craft__view_unref(vw);
+		return;
+	}
+	cluster__log("event=snapshot-view index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64
+		     " ms=%" PRIu64,
+		     vw->index, vw->digest.keys, vw->digest.bytes,
+		     (uv_hrtime() - vw->t0) / 1000000);
+	/* the newest view serves new fetch sessions; sessions keep the one they started on */
+	if (!c->view || vw->index >= c->view->index) {
+		craft__view_unref(c->view);
+		c->view = vw;
+	} else {
+		craft__view_unref(vw);
+		vw = NULL;
+	}
+	if (compact && vw)
+		craft__compact(c, vw);
+	craft__schedule(c);
+}
+
+/*
+ * Takes a consistent view of the store now and digests it off the loop thread; then it becomes
+ * the view new fetch sessions are served from (and, with compact, the Raft snapshot).  The
+ * view's index is the applied index stored with it: the apply writes and the applied index
+ * travel in the same atomic write, so a view is always the state at exactly that index.
+ */
+static int
+craft__view_prepare(struct cluster__raft *c, int compact, uint64_t min_index)
+{
+	if (c->digesting || c->fetch.active || c->closing)
+		return CLUSTER_EBUSY;
+	struct craft_view *vw = calloc(1, sizeof(*vw));
+	if (!vw)
+		return CLUSTER_ENOMEM;
+	int rv = store_view_new(c->store, &vw->v);
 	if (rv) {
-		cluster__log("event=snapshot-skipped index=%" PRIu64 " error=\"%s\"", c->applied,
+		free(vw);
+		return cluster__store_err(rv);
+	}
+	vw->refs = 1;
+	vw->t0 = uv_hrtime();
+	vw->id = craft__random64();
+	void *m;
+	size_t ml;
+	if ((rv = store_view_applied_get(vw->v, &vw->index)) ||
+	    store_view_get(vw->v, STORE_CF_META, STORE_META_INSTALL, sizeof(STORE_META_INSTALL) - 1,
+			   &m, &ml) != STORE_ENOTFOUND) {
+		if (!rv)
+			free(m);
+		craft__view_unref(vw);
+		return rv ? cluster__store_err(rv) : CLUSTER_EBUSY;
+	}
+	if (vw->index < min_index || vw->index == 0) {
+		craft__view_unref(vw);
+		return CLUSTER_ENOTFOUND;
+	}
+	c->prep = vw;
+	c->prep_compact = compact;
+	c->digesting = 1;
+	c->digest_work.data = c;
+	if ((rv = uv_queue_work(c->loop, &c->digest_work, craft__digest_work_cb,
+				craft__digest_after_cb))) {
+		c->prep = NULL;
+		c->digesting = 0;
+		craft__view_unref(vw);
+		return CLUSTER_EIO;
+	}
+	return 0;
+}
+
+/* Compacts the log up to vw's index: the Raft snapshot's data is vw's descriptor. */
+static void
+craft__compact(struct cluster__raft *c, struct craft_view *vw)
+{
+	if (c->have_held || c->failed || vw->index <= c->snap_index)
+		return;
+	Relay__SnapshotDescriptor d = RELAY__SNAPSHOT_DESCRIPTOR__INIT;
+	d.index = vw->index;
+	d.view_id = vw->id;
+	d.node = c->peers[c->self].name;
+	d.has_keys = d.has_bytes = d.has_crc = 1;
+	d.keys = vw->digest.keys;
+	d.bytes = vw->digest.bytes;
+	d.crc = vw->digest.crc;
+	unsigned char buf[CRAFT_DESCRIPTOR_MAX];
+	size_t len = relay__snapshot_descriptor__get_packed_size(&d);
+	if (len > sizeof(buf))
+		return;
+	relay__snapshot_descriptor__pack(&d, buf);
+	int rv = raft_compact(c->raft, vw->index, buf, len);
+	if (rv) {
+		cluster__log("event=snapshot-skipped index=%" PRIu64 " error=\"%s\"", vw->index,
 			     raft_strerror(rv));
-		free(data);
 		return;
 	}
 	struct raft_snap_meta meta;
 	raft_snap_meta(c->raft, &meta);
 	size_t blen = c->next.len;
 	unsigned bcount = c->next.count;
-	rv = craft__snap_put(&c->next, &meta, data, len);
+	rv = craft__snap_put(&c->next, &meta, buf, len);
 	if (!rv)
 		rv = store_log_delete(&c->next, 1, meta.index);
 	if (rv) {
@@ -805,68 +950,601 @@ craft__maybe_snapshot(struct cluster__raft *c)
 		c->next.count = bcount;
 		cluster__log("snapshot not persisted error=\"%s\"", store_strerror(rv));
 	}
-	free(data);
 	c->snap_index = meta.index;
 	c->counters.snapshots++;
-	cluster__log("event=snapshot index=%" PRIu64 " term=%" PRIu64 " bytes=%zu ms=%" PRIu64,
-		     meta.index, meta.term, len, (uv_hrtime() - t0) / 1000000);
+	cluster__log("event=snapshot index=%" PRIu64 " term=%" PRIu64 " keys=%" PRIu64
+		     " bytes=%" PRIu64,
+		     meta.index, meta.term, vw->digest.keys, vw->digest.bytes);
 	craft__start_write(c);
 }
 
-/* Installs the snapshot of rd: the queue is replaced by its items, the log by its entries, in
- * one synced write on the loop thread (no write is in flight), then the state machine is
- * reloaded in place. */
+/* Takes a snapshot when snapshot_entries entries (or CRAFT_SNAPSHOT_LOG_BYTES of entry data)
+ * were applied since the last one (or the last attempt).  The queue is never read into memory:
+ * a view of the store is digested off the loop thread, then the log is compacted to it. */
+static void
+craft__maybe_snapshot(struct cluster__raft *c)
+{
+	if (c->have_held || c->failed || c->closing || c->fetch.active || c->digesting)
+		return;
+	uint64_t since = c->snap_index > c->snap_tried ? c->snap_index : c->snap_tried;
+	if (c->applied < since + c->snapshot_entries &&
+	    !(c->applied > since && c->applied_bytes >= CRAFT_SNAPSHOT_LOG_BYTES))
+		return;
+	if (c->durable_applied <= c->snap_index)
+		return; /* the store has nothing newer yet */
+	c->snap_tried = c->applied;
+	c->applied_bytes = 0;
+	int rv = craft__view_prepare(c, 1, c->snap_index + 1);
+	if (rv && rv != CLUSTER_EBUSY)
+		cluster__log("event=snapshot-skipped index=%" PRIu64 " error=\"%s\"", c->applied,
+			     cluster_strerror(rv));
+}
+
+/* ---- serving fetches (any node whose store holds the queue state) ---- */
+
+static void
+craft__serve_release(struct craft_serve *sv)
+{
+	craft__view_unref(sv->view);
+	memset(sv, 0, sizeof(*sv));
+}
+
+/* Frees the key/values of a chunk built by craft__serve_read. */
+static void
+craft__chunk_kvs_free(Relay__SnapshotChunk *ch)
+{
+	for (size_t i = 0; i < ch->n_kvs; i++) {
+		free(ch->kvs[i]->key.data);
+		free(ch->kvs[i]->data.data);
+		free(ch->kvs[i]);
+	}
+	free(ch->kvs);
+	ch->kvs = NULL;
+	ch->n_kvs = 0;
+}
+
+/* Reads the chunk at the position of f from vw into ch (kvs, done): at most
+ * CRAFT_SNAP_CHUNK_BYTES of keys and values, at most CRAFT_SNAP_CHUNK_KVS pieces. */
+static int
+craft__serve_read(struct craft_view *vw, const Relay__SnapshotFetch *f, Relay__SnapshotChunk *ch)
+{
+	int ci0 = craft__snap_ci(f->cf);
+	if (ci0 < 0 || (f->has_key && f->key.len > STORE_KEY_MAX + 1) ||
+	    (f->has_offset && f->offset && !f->has_key))
+		return CRAFT_SERVE_RESTART;
+	ch->kvs = calloc(CRAFT_SNAP_CHUNK_KVS, sizeof(*ch->kvs));
+	if (!ch->kvs)
+		return CLUSTER_ENOMEM;
+	size_t budget = CRAFT_SNAP_CHUNK_BYTES;
+	int full = 0, rv = 0;
+	for (int ci = ci0; ci < CRAFT_SNAP_NCFS && !full && !rv; ci++) {
+		struct store_iter *it;
+		if ((rv = store_view_iter_new(vw->v, craft__snap_cfs[ci], &it)))
+			break;
+		int first = ci == ci0;
+		if (first && f->has_key)
+			store_iter_seek(it, f->key.data, f->key.len);
+		else
+			store_iter_seek(it, NULL, 0);
+		for (; store_iter_valid(it); store_iter_next(it)) {
+			size_t kl, vl;
+			const unsigned char *k = store_iter_key(it, &kl);
+			const unsigned char *v = store_iter_value(it, &vl);
+			uint64_t off = 0;
+			if (first && f->has_offset && f->offset) {
+				/* resuming inside a value: it must be that key */
+				if (kl != f->key.len || memcmp(k, f->key.data, kl) || f->offset > vl) {
+					rv = CRAFT_SERVE_RESTART;
+					break;
+				}
+				off = f->offset;
+			}
+			first = 0;
+			if (budget == 0 || ch->n_kvs == CRAFT_SNAP_CHUNK_KVS) {
+				full = 1;
+				break;
+			}
+			size_t piece = vl - off < budget ? vl - off : budget;
+			Relay__SnapshotKV *kv = calloc(1, sizeof(*kv));
+			if (!kv) {
+				rv = CLUSTER_ENOMEM;
+				break;
+			}
+			relay__snapshot_kv__init(kv);
+			ch->kvs[ch->n_kvs++] = kv;
+			kv->cf = craft__snap_cfs[ci];
+			kv->size = vl;
+			kv->has_offset = off != 0;
+			kv->offset = off;
+			kv->key.data = malloc(kl ? kl : 1);
+			kv->data.data = malloc(piece ? piece : 1);
+			if (!kv->key.data || !kv->data.data) {
+				rv = CLUSTER_ENOMEM;
+				break;
+			}
+			memcpy(kv->key.data, k, kl);
+			kv->key.len = kl;
+			memcpy(kv->data.data, v + off, piece);
+			kv->data.len = piece;
+			budget -= piece;
+			budget = budget > kl ? budget - kl : 0;
+			if (off + piece < vl) {
+				full = 1; /* the rest of this value comes in the next chunk */
+				break;
+			}
+		}
+		if (!rv)
+			rv = store_iter_status(it) ? CLUSTER_EIO : 0;
+		store_iter_free(it);
+	}
+	ch->has_done = 1;
+	ch->done = !full && !rv;
+	return rv;
+}
+
+static void
+craft__send_chunk(struct cluster__raft *c, size_t pi, Relay__SnapshotChunk *ch)
+{
+	size_t len = relay__snapshot_chunk__get_packed_size(ch);
+	void *buf = malloc(len ? len : 1);
+	if (!buf) {
+		c->counters.raft_dropped++;
+		return;
+	}
+	relay__snapshot_chunk__pack(ch, buf);
+	craft__out(c, pi, CRAFT_KIND_SNAP_CHUNK, buf, len);
+	free(buf);
+}
+
+/* A fetch request from peer pi: answer with the next chunk of its session's view. */
+static void
+craft__serve(struct cluster__raft *c, size_t pi, const void *data, size_t len)
+{
+	Relay__SnapshotFetch *f = relay__snapshot_fetch__unpack(NULL, len, data);
+	if (!f) {
+		c->counters.raft_dropped++;
+		return;
+	}
+	Relay__SnapshotChunk ch = RELAY__SNAPSHOT_CHUNK__INIT;
+	ch.session = f->session;
+	ch.seq = f->seq;
+	ch.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;
+	uint64_t now = uv_now(c->loop);
+	struct craft_serve *sv = NULL, *slot = NULL;
+	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++) {
+		if (c->serve[i].used && c->serve[i].peer == pi && c->serve[i].session == f->session)
+			sv = &c->serve[i];
+		else if (!c->serve[i].used && !slot)
+			slot = &c->serve[i];
+	}
+	int start = craft__snap_ci(f->cf) == 0 && !f->has_key && !(f->has_offset && f->offset);
+	if (!sv) {
+		if (!start || f->session == 0) {
+			ch.status = RELAY__SNAPSHOT_STATUS__SNAP_RESTART;
+			goto reply;
+		}
+		if (c->fetch.active || c->failed) {
+			ch.status = RELAY__SNAPSHOT_STATUS__SNAP_UNAVAILABLE;
+			goto reply;
+		}
+		if (!c->view || c->view->index < f->min_index) {
+			/* no view new enough: take one now (unless one is being digested) */
+			int rv = c->digesting ? CLUSTER_EBUSY
+					      : craft__view_prepare(c, 0, f->min_index);
+			ch.status = rv == CLUSTER_ENOTFOUND ? RELAY__SNAPSHOT_STATUS__SNAP_UNAVAILABLE
+							    : RELAY__SNAPSHOT_STATUS__SNAP_RETRY;
+			goto reply;
+		}
+		if (!slot) {
+			ch.status = RELAY__SNAPSHOT_STATUS__SNAP_RETRY; /* serving enough already */
+			goto reply;
+		}
+		sv = slot;
+		sv->used = 1;
+		sv->peer = pi;
+		sv->session = f->session;
+		sv->view = c->view;
+		c->view->refs++;
+		c->counters.snapshot_serves++;
+		cluster__log("event=snapshot-serve peer=%s index=%" PRIu64 " keys=%" PRIu64
+			     " bytes=%" PRIu64,
+			     c->peers[pi].name, sv->view->index, sv->view->digest.keys,
+			     sv->view->digest.bytes);
+	}
+	sv->last_ms = now;
+	int rv = craft__serve_read(sv->view, f, &ch);
+	if (rv == CRAFT_SERVE_RESTART) {
+		craft__chunk_kvs_free(&ch);
+		craft__serve_release(sv);
+		ch.status = RELAY__SNAPSHOT_STATUS__SNAP_RESTART;
+		ch.has_done = 0;
+		goto reply;
+	}
+	if (rv) {
+		/* our own trouble (memory, disk): the follower asks again */
+		cluster__log("snapshot serve: read error=\"%s\"", cluster_strerror(rv));
+		craft__chunk_kvs_free(&ch);
+		ch.status = RELAY__SNAPSHOT_STATUS__SNAP_RETRY;
+		ch.has_done = 0;
+		goto reply;
+	}
+	ch.has_index = ch.has_view_id = ch.has_keys = ch.has_bytes = ch.has_crc = 1;
+	ch.index = sv->view->index;
+	ch.view_id = sv->view->id;
+	ch.keys = sv->view->digest.keys;
+	ch.bytes = sv->view->digest.bytes;
+	ch.crc = sv->view->digest.crc;
+	for (size_t i = 0; i < ch.n_kvs; i++)
+		c->counters.snapshot_served_bytes += ch.kvs[i]->data.len + ch.kvs[i]->key.len;
+	if (ch.done)
+		craft__serve_release(sv);
+reply:
+	craft__send_chunk(c, pi, &ch);
+	craft__chunk_kvs_free(&ch);
+	relay__snapshot_fetch__free_unpacked(f, NULL);
+}
+
+/* Drops the sessions idle for CRAFT_SNAP_SESSION_IDLE_MS (their views with them). */
+static void
+craft__serve_expire(struct cluster__raft *c, uint64_t now)
+{
+	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++)
+		if (c->serve[i].used && now - c->serve[i].last_ms >= CRAFT_SNAP_SESSION_IDLE_MS)
+			craft__serve_release(&c->serve[i]);
+}
+
+/* ---- fetching (a node that installed a snapshot descriptor) ---- */
+
+static void
+craft__fetch_send(struct cluster__raft *c)
+{
+	struct craft_fetch *f = &c->fetch;
+	Relay__SnapshotFetch r = RELAY__SNAPSHOT_FETCH__INIT;
+	r.session = f->session;
+	r.seq = ++f->seq;
+	r.min_index = f->min_index;
+	r.cf = craft__snap_cfs[f->ci];
+	if (f->has_key) {
+		r.has_key = 1;
+		r.key.data = f->key;
+		r.key.len = f->klen;
+	}
+	r.has_offset = f->offset != 0;
+	r.offset = f->offset;
+	unsigned char buf[64 + STORE_KEY_MAX];
+	size_t len = relay__snapshot_fetch__get_packed_size(&r);
+	if (len <= sizeof(buf)) {
+		relay__snapshot_fetch__pack(&r, buf);
+		craft__out(c, f->src, CRAFT_KIND_SNAP_FETCH, buf, len);
+	}
+	uint64_t now = uv_now(c->loop);
+	f->deadline = now + CRAFT_FETCH_TIMEOUT_MS;
+	f->next_at = 0;
+}
+
+/* Picks the node to fetch from: the leader first, then the descriptor's node, then each other
+ * member in turn. */
+static void
+craft__fetch_pick(struct cluster__raft *c)
+{
+	struct craft_fetch *f = &c->fetch;
+	int pi = -1;
+	if (f->attempt == 0) {
+		pi = craft__peer_by_id(c, c->lead);
+		if ((pi < 0 || (size_t)pi == c->self) && f->hint[0])
+			pi = craft__peer_by_name(c, f->hint);
+	}
+	if (pi < 0 || (size_t)pi == c->self) {
+		pi = (int)((f->src + 1) % c->n_peers);
+		if ((size_t)pi == c->self)
+			pi = (int)((pi + 1) % c->n_peers);
+	}
+	f->src = (size_t)pi;
+	f->attempt++;
+}
+
+/* Starts a new session from the start of the stream: the partial copy is wiped first. */
+static void
+craft__fetch_restart(struct cluster__raft *c, uint64_t delay_ms)
+{
+	struct craft_fetch *f = &c->fetch;
+	struct store_batch b;
+	store_batch_init(&b);
+	int rv = craft__wipe_queue(&b);
+	if (!rv)
+		rv = store_write(c->store, &b, 0);
+	store_batch_fini(&b);
+	if (rv) {
+		cluster__log("snapshot fetch: wipe error=\"%s\"; retried", store_strerror(rv));
+		c->counters.snapshot_fetch_failures++;
+	}
+	free(f->val);
+	f->val = NULL;
+	f->val_size = 0;
+	f->offset = 0;
+	f->ci = 0;
+	f->has_key = 0;
+	f->klen = 0;
+	f->bound = 0;
+	f->tries = 0;
+	f->wiped = rv == 0;
+	store_digest_init(&f->digest);
+	f->session = craft__random64();
+	craft__fetch_pick(c);
+	c->counters.snapshot_fetches++;
+	f->deadline = 0;
+	f->next_at = uv_now(c->loop) + delay_ms;
+	if (!delay_ms && f->wiped)
+		craft__fetch_send(c);
+}
+
+/* Starts fetching the queue state of index >= min_index (the marker is already written). */
+static void
+craft__fetch_begin(struct cluster__raft *c, uint64_t min_index, const char *hint)
+{
+	struct craft_fetch *f = &c->fetch;
+	f->active = 1;
+	f->min_index = min_index;
+	snprintf(f->hint, sizeof(f->hint), "%s", hint ? hint : "");
+	f->attempt = 0;
+	f->src = c->self;
+	f->t0 = uv_hrtime();
+	cluster__log("event=snapshot-fetch index=%" PRIu64 " from=%s", min_index,
+		     f->hint[0] ? f->hint : "leader");
+	craft__fetch_restart(c, 0);
+}
+
+static void craft__apply_entry(struct cluster__raft *c, const struct raft_entry *e,
+			       struct craft_list *done);
+
+/* The whole view is in the store and checked: the install is complete (one synced write drops
+ * the marker and records the view's index as applied), the queue state machine is reloaded,
+ * and the entries committed meanwhile are applied from the log. */
+static void
+craft__fetch_finish(struct cluster__raft *c)
+{
+	struct craft_fetch *f = &c->fetch;
+	struct store_batch b;
+	store_batch_init(&b);
+	int rv = store_batch_delete(&b, STORE_CF_META, STORE_META_INSTALL,
+				    sizeof(STORE_META_INSTALL) - 1);
+	if (!rv)
+		rv = store_applied_put(&b, f->view_index);
+	if (!rv)
+		rv = store_write(c->store, &b, 1);
+	store_batch_fini(&b);
+	c->stats.fsyncs++;
+	if (rv) {
+		cluster__log("snapshot install: final write error=\"%s\"; fetched again",
+			     store_strerror(rv));
+		c->counters.snapshot_fetch_failures++;
+		craft__fetch_restart(c, CRAFT_FETCH_RESTART_MS);
+		return;
+	}
+	f->active = 0;
+	free(f->val);
+	f->val = NULL;
+	if ((rv = queue_fsm_reload(c->fsm))) {
+		cluster__log("snapshot install: reload error=\"%s\"; apply stopped, restart to "
+			     "reload",
+			     queue_strerror(rv));
+		c->failed = cluster__queue_err(rv);
+		return;
+	}
+	c->applied = c->durable_applied = f->view_index;
+	c->counters.snapshots_installed++;
+	cluster__log("event=snapshot-installed index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64
+		     " ms=%" PRIu64 " catch_up=%" PRIu64,
+		     f->view_index, f->digest.keys, f->digest.bytes, (uv_hrtime() - f->t0) / 1000000,
+		     c->handed > c->applied ? c->handed - c->applied : 0);
+	/* the entries the core handed out while we fetched are durable in the log: apply them */
+	struct craft_list done = {0};
+	uint64_t before = c->applied;
+	for (uint64_t i = c->applied + 1; i <= c->handed && !c->failed; i++) {
+		struct store_entry se;
+		void *buf;
+		if ((rv = store_log_get(c->store, i, &se, &buf))) {
+			cluster__log("snapshot install: log entry index=%" PRIu64
+				     " error=\"%s\"; apply stopped",
+				     i, store_strerror(rv));
+			c->failed = cluster__store_err(rv);
+			break;
+		}
+		struct raft_entry e = {.index = se.index,
+				       .term = se.term,
+				       .type = (uint8_t)se.type,
+				       .len = (uint32_t)se.len,
+				       .data = (void *)se.data};
+		craft__apply_entry(c, &e, &done);
+		free(buf);
+	}
+	if (c->applied != before && (rv = store_applied_put(&c->next, c->applied)))
+		c->failed = cluster__store_err(rv);
+	if (c->handed < c->applied)
+		c->handed = c->applied;
+	craft__complete(c, &done);
+	craft__start_write(c);
+	craft__schedule(c);
+}
+
+/* Validates one piece against the fetch position and adds what completes to b. */
+static int
+craft__fetch_kv(struct cluster__raft *c, const Relay__SnapshotKV *kv, struct store_batch *b)
+{
+	struct craft_fetch *f = &c->fetch;
+	int ci = craft__snap_ci(kv->cf);
+	uint64_t off = kv->has_offset ? kv->offset : 0;
+	if (ci < 0 || kv->key.len > STORE_KEY_MAX || kv->size > STORE_VALUE_MAX ||
+	    off > kv->size || kv->data.len > kv->size - off)
+		return -1;
+	if (f->offset) {
+		/* the rest of a value in pieces: same key, in order */
+		if (ci != f->ci || off != f->offset || kv->size != f->val_size ||
+		    kv->key.len != f->klen || memcmp(kv->key.data, f->key, f->klen))
+			return -1;
+	} else {
+		/* a new key: at or after the position, nothing before it skipped */
+		if (off != 0 || ci < f->ci)
+			return -1;
+		if (ci == f->ci && f->has_key) {
+			size_t m = kv->key.len < f->klen ? kv->key.len : f->klen;
+			int cmp = memcmp(kv->key.data, f->key, m);
+			if (cmp < 0 || (cmp == 0 && kv->key.len < f->klen))
+				return -1;
+		}
+		store_digest_kv(&f->digest, craft__snap_cfs[ci], kv->key.data, kv->key.len,
+				kv->size);
+		f->ci = ci;
+		memcpy(f->key, kv->key.data, kv->key.len);
+		f->klen = kv->key.len;
+		f->has_key = 1;
+	}
+	store_digest_data(&f->digest, kv->data.data, kv->data.len);
+	c->counters.snapshot_fetch_bytes += kv->data.len + (off ? 0 : kv->key.len);
+	const void *val = kv->data.data;
+	if (off + kv->data.len < kv->size || off) {
+		/* a value in pieces: assembled here (at most STORE_VALUE_MAX) */
+		if (!off) {
+			free(f->val);
+			if (!(f->val = malloc(kv->size)))
+				return CLUSTER_ENOMEM;
+			f->val_size = kv->size;
+		}
+		memcpy(f->val + off, kv->data.data, kv->data.len);
+		f->offset = off + kv->data.len;
+		if (f->offset < f->val_size)
+			return 0;
+		val = f->val;
+	}
+	int rv = store_batch_put(b, craft__snap_cfs[ci], kv->key.data, kv->key.len, val, kv->size);
+	/* the next position: just after this key */
+	f->offset = 0;
+	f->key[f->klen++] = 0;
+	return rv ? cluster__store_err(rv) : 0;
+}
+
+/* A chunk answered our fetch request. */
+static void
+craft__fetch_chunk(struct cluster__raft *c, size_t pi, const void *data, size_t len)
+{
+	struct craft_fetch *f = &c->fetch;
+	Relay__SnapshotChunk *ch = relay__snapshot_chunk__unpack(NULL, len, data);
+	if (!ch) {
+		c->counters.raft_dropped++;
+		return;
+	}
+	if (!f->active || pi != f->src || ch->session != f->session || ch->seq != f->seq ||
+	    !f->deadline)
+		goto out; /* an old answer */
+	f->deadline = 0;
+	f->tries = 0;
+	if (ch->status == RELAY__SNAPSHOT_STATUS__SNAP_RETRY) {
+		f->next_at = uv_now(c->loop) + CRAFT_FETCH_RETRY_MS;
+		goto out;
+	}
+	int bad = 0;
+	if (ch->status != RELAY__SNAPSHOT_STATUS__SNAP_OK || !ch->has_index || !ch->has_view_id) {
+		bad = 1;
+	} else if (!f->bound) {
+		if (ch->index < f->min_index) {
+			bad = 1;
+		} else {
+			f->bound = 1;
+			f->view_index = ch->index;
+			f->view_id = ch->view_id;
+			f->view_keys = ch->keys;
+			f->view_bytes = ch->bytes;
+			f->view_crc = ch->crc;
+		}
+	} else if (ch->view_id != f->view_id || ch->index != f->view_index) {
+		bad = 1;
+	}
+	struct store_batch b;
+	store_batch_init(&b);
+	for (size_t i = 0; !bad && i < ch->n_kvs; i++)
+		if (craft__fetch_kv(c, ch->kvs[i], &b))
+			bad = 1;
+	if (!bad && b.len && store_write(c->store, &b, 0))
+		bad = 1;
+	store_batch_fini(&b);
+	if (!bad && ch->done &&
+	    (f->offset || f->digest.keys != f->view_keys || f->digest.bytes != f->view_bytes ||
+	     f->digest.crc != f->view_crc)) {
+		cluster__log("snapshot fetch: the copy does not match the view index=%" PRIu64
+			     " keys=%" PRIu64 "/%" PRIu64 " bytes=%" PRIu64 "/%" PRIu64,
+			     f->view_index, f->digest.keys, f->view_keys, f->digest.bytes,
+			     f->view_bytes);
+		bad = 1;
+	}
+	if (bad) {
+		c->counters.snapshot_fetch_failures++;
+		cluster__log("snapshot fetch: from=%s status=%d; a new session", c->peers[pi].name,
+			     (int)ch->status);
+		craft__fetch_restart(c, CRAFT_FETCH_RESTART_MS);
+	} else if (ch->done) {
+		craft__fetch_finish(c);
+	} else {
+		craft__fetch_send(c);
+	}
+out:
+	relay__snapshot_chunk__free_unpacked(ch, NULL);
+}
+
+/* Timeouts and delayed requests of the fetch (every tick). */
+static void
+craft__fetch_tick(struct cluster__raft *c, uint64_t now)
+{
+	struct craft_fetch *f = &c->fetch;
+	if (!f->active)
+		return;
+	if (!f->wiped) {
+		craft__fetch_restart(c, 0);
+		return;
+	}
+	if (f->deadline && now >= f->deadline) {
+		c->counters.snapshot_fetch_failures++;
+		if (++f->tries >= CRAFT_FETCH_TRIES) {
+			cluster__log("snapshot fetch: no answer from=%s; another node",
+				     c->peers[f->src].name);
+			craft__fetch_restart(c, 0);
+		} else {
+			craft__fetch_send(c);
+		}
+		return;
+	}
+	if (!f->deadline && f->next_at && now >= f->next_at)
+		craft__fetch_send(c);
+}
+
+/* Installs the snapshot of rd: the log is dropped, the queue state wiped and marked incomplete
+ * (STORE_META_INSTALL) in one synced write on the loop thread (no write is in flight); the
+ * state machine is reloaded (empty) and the fetch of the key/values starts.  Committed entries
+ * wait in the log until the fetch completes (craft__fetch_finish). */
 static int
 craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 {
-	uint64_t t0 = uv_hrtime();
-	Relay__QueueSnapshot *s = NULL;
+	char hint[CLUSTER_ID_MAX + 1] = "";
 	if (rd->snap_len) {
-		s = relay__queue_snapshot__unpack(NULL, rd->snap_len, rd->snap_data);
-		if (!s) {
-			cluster__log("snapshot install: data does not unpack index=%" PRIu64,
-				     rd->snap->index);
-			return CLUSTER_ECORRUPT;
+		Relay__SnapshotDescriptor *d =
+		    relay__snapshot_descriptor__unpack(NULL, rd->snap_len, rd->snap_data);
+		if (d) {
+			snprintf(hint, sizeof(hint), "%s", d->node);
+			relay__snapshot_descriptor__free_unpacked(d, NULL);
 		}
 	}
 	struct store_batch *b = &c->next;
-	/* every key of the queue CFs: queue ids and index keys start with a printable byte */
-	static const unsigned char lo[1] = {0};
-	static const unsigned char hi[2] = {0xff, 0xff};
-	int rv = 0;
-	if (rd->hs_changed)
-		rv = craft__hs_put(b, &rd->hs);
-	/* the whole queue and the whole log go */
-	for (enum store_cf cf = STORE_CF_BODY; !rv && cf <= STORE_CF_INDEX; cf++)
-		rv = store_batch_delete_range(b, cf, lo, sizeof(lo), hi, sizeof(hi));
+	int rv = craft__hs_put(b, &rd->hs);
+	if (!rv)
+		rv = craft__wipe_queue(b);
 	if (!rv)
 		rv = store_log_delete(b, 1, UINT64_MAX);
-	for (size_t i = 0; s && !rv && i < s->n_items; i++) {
-		const Relay__SnapshotItem *it = s->items[i];
-		size_t idl = strlen(it->queue_id);
-		unsigned char ik[9 + QUEUE_ID_MAX];
-		if (idl == 0 || idl > QUEUE_ID_MAX) {
-			rv = STORE_ECORRUPT;
-			break;
-		}
-		ik[0] = QUEUE_INDEX_QUEUED;
-		store_u64_encode(it->next_attempt_ms, ik + 1);
-		memcpy(ik + 9, it->queue_id, idl);
-		rv = store_batch_put(b, STORE_CF_QUEUE, it->queue_id, idl, it->record.data,
-				     it->record.len);
-		if (!rv)
-			rv = store_batch_put(b, STORE_CF_BODY, it->queue_id, idl, it->body.data,
-					     it->body.len);
-		if (!rv)
-			rv = store_batch_put(b, STORE_CF_INDEX, ik, 9 + idl, "", 0);
-	}
 	if (!rv)
 		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);
 	if (!rv)
 		rv = store_applied_put(b, rd->snap->index);
+	if (!rv)
+		rv = craft__marker_put(b, rd->snap->index, hint);
 	c->log_last = 0;
-	if (s)
-		relay__queue_snapshot__free_unpacked(s, NULL);
 	if (rv) {
 		cluster__log("snapshot install: batch error=\"%s\"", store_strerror(rv));
 		return cluster__store_err(rv);
@@ -891,12 +1569,12 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 		cluster__log("snapshot install: reload error=\"%s\"", queue_strerror(rv));
 		return cluster__queue_err(rv);
 	}
-	c->applied = c->durable_applied = rd->snap->index;
+	c->applied = c->durable_applied = c->handed = rd->snap->index;
 	c->snap_index = rd->snap->index;
-	c->counters.snapshots_installed++;
-	cluster__log("event=snapshot-installed index=%" PRIu64 " term=%" PRIu64
-		     " bytes=%zu ms=%" PRIu64,
-		     rd->snap->index, rd->snap->term, rd->snap_len, (uv_hrtime() - t0) / 1000000);
+	/* a fetch in progress for an older snapshot starts over for this one */
+	free(c->fetch.val);
+	c->fetch.val = NULL;
+	craft__fetch_begin(c, rd->snap->index, hint);
 	return 0;
 }
 
@@ -978,7 +1656,10 @@ craft__run_cb(uv_idle_t *h)
 			c->unsent = c->unsent->next;
 		struct raft_ready rd;
 		int got = 0;
-		while (!c->closing && !c->failed && raft_ready_get(c->raft, &rd) > 0) {
+		/* while a write is in flight the next one grows; past its bound the core waits */
+		while (!c->closing && !c->failed &&
+		       !(c->writing && c->next.len >= CRAFT_NEXT_MAX_BYTES) &&
+		       raft_ready_get(c->raft, &rd) > 0) {
 			got = 1;
 			if (rd.snap && c->writing) {
 				c->held = rd;
@@ -1062,6 +1743,17 @@ craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const 
 		craft__schedule(c);
 		return;
 	}
+	if (kind == CRAFT_KIND_SNAP_FETCH || kind == CRAFT_KIND_SNAP_CHUNK) {
+		if (pi < 0 || (size_t)pi == c->self) {
+			c->counters.raft_dropped++;
+			return;
+		}
+		if (kind == CRAFT_KIND_SNAP_FETCH)
+			craft__serve(c, (size_t)pi, data, len);
+		else
+			craft__fetch_chunk(c, (size_t)pi, data, len);
+		return;
+	}
 	if (kind == CRAFT_KIND_PROPOSE) {
 		c->counters.forwards_received++;
 		if (c->role != RAFT_LEADER || c->have_held || c->failed ||
@@ -1092,6 +1784,8 @@ craft__tick_cb(uv_timer_t *t)
 	}
 	/* proposals: fail the overdue, resubmit the ones whose submission may have been lost */
 	uint64_t now = uv_now(c->loop);
+	craft__fetch_tick(c, now);
+	craft__serve_expire(c, now);
 	struct craft_list done = {0};
 	int blocked = 0;
 	for (struct craft_prop *p = c->pending.head, *nx; p; p = nx) {
@@ -1134,7 +1828,7 @@ cluster__raft_propose(struct cluster__raft *c, const Relay__Command *cmd, cluste
 		rv = CLUSTER_EINVAL;
 		goto err;
 	}
-	if (c->npending >= c->max_pending) {
+	if (c->npending >= c->max_pending || c->pending_bytes >= CRAFT_PENDING_MAX_BYTES) {
 		rv = CLUSTER_EBUSY;
 		goto err;
 	}
@@ -1162,6 +1856,7 @@ cluster__raft_propose(struct cluster__raft *c, const Relay__Command *cmd, cluste
 	craft__list_push(&c->pending, p);
 	craft__hash_add(c, p);
 	c->npending++;
+	c->pending_bytes += p->len;
 	if (!c->unsent)
 		c->unsent = p;
 	c->stats.proposals++;
@@ -1288,6 +1983,39 @@ out:
 	return rv;
 }
 
+/* A snapshot install that did not complete (the marker is in the store): its partial copy is
+ * wiped before the queue is loaded, and the fetch starts again once the node is open. */
+static int
+craft__install_recover(struct cluster__raft *c)
+{
+	uint64_t min_index;
+	char hint[CLUSTER_ID_MAX + 1];
+	int rv = craft__marker_get(c->store, &min_index, hint);
+	if (rv == STORE_ENOTFOUND)
+		return 0;
+	if (rv) {
+		cluster__log("open: install marker error=\"%s\"", store_strerror(rv));
+		return cluster__store_err(rv);
+	}
+	struct store_batch b;
+	store_batch_init(&b);
+	rv = craft__wipe_queue(&b);
+	if (!rv)
+		rv = store_write(c->store, &b, 1);
+	store_batch_fini(&b);
+	if (rv) {
+		cluster__log("open: wiping a partial snapshot error=\"%s\"", store_strerror(rv));
+		return cluster__store_err(rv);
+	}
+	cluster__log("event=snapshot-resume index=%" PRIu64 " from=%s: the install did not "
+		     "complete; partial copy wiped, fetched again",
+		     min_index, hint[0] ? hint : "leader");
+	c->fetch.active = 1;
+	c->fetch.min_index = min_index;
+	snprintf(c->fetch.hint, sizeof(c->fetch.hint), "%s", hint);
+	return 0;
+}
+
 int
 cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster__raft **out)
 {
@@ -1347,6 +2075,8 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		rv = cluster__store_err(rv);
 		goto err_after_alloc;
 	}
+	if ((rv = craft__install_recover(c)))
+		goto err_after_store;
 	if ((rv = queue_fsm_new(c->store, &c->fsm))) {
 		cluster__log("open: loading the queue error=\"%s\"", queue_strerror(rv));
 		rv = cluster__queue_err(rv);
@@ -1372,6 +2102,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	    .ca_file = ntls ? cfg->cluster_ca : NULL,
 	    .cert_file = ntls ? cfg->cluster_cert : NULL,
 	    .key_file = ntls ? cfg->cluster_key : NULL,
+	    .max_msg_bytes = CRAFT_MAX_FRAME_BYTES,
 	};
 	if ((rv = transport_open(loop, &tc, craft__recv_cb, c, &c->tp))) {
 		cluster__log("open: cluster_listen=%s error=\"%s\"", cfg->cluster_listen,
@@ -1397,6 +2128,9 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	c->flush.data = c;
 	uv_timer_start(&c->tick, craft__tick_cb, c->heartbeat_ms, c->heartbeat_ms);
 	c->stats.applied_index = c->applied;
+	c->handed = c->applied;
+	if (c->fetch.active)
+		craft__fetch_begin(c, c->fetch.min_index, c->fetch.hint);
 	cluster__log("event=cluster-open node=%s id=%016" PRIx64 " peers=%zu listen=%s tls=%s",
 		     cfg->node_id, c->id, c->n_peers, cfg->cluster_listen, ntls ? "yes" : "no");
 	craft__schedule(c);
@@ -1440,6 +2174,11 @@ craft__free(struct cluster__raft *c)
 	craft__complete(c, &all);
 	raft_free(c->raft);
 	queue_fsm_free(c->fsm);
+	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++)
+		if (c->serve[i].used)
+			craft__serve_release(&c->serve[i]);
+	craft__view_unref(c->view);
+	free(c->fetch.val);
 	store_free(c->store);
 	store_batch_fini(&c->wbatch);
 	store_batch_fini(&c->next);
@@ -1474,7 +2213,7 @@ craft__tp_closed_cb(void *arg)
 static void
 craft__finish_close(struct cluster__raft *c)
 {
-	if (c->writing || c->close_pending)
+	if (c->writing || c->digesting || c->close_pending)
 		return;
 	c->close_pending = 4;
 	transport_close(c->tp, craft__tp_closed_cb, c);
@@ -1526,6 +2265,7 @@ cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 	st->applied_index = c->applied;
 	st->last_index = rs.last_index;
 	st->snapshot_index = rs.snap_index;
+	st->snapshot_installing = c->fetch.active;
 	st->raft_dropped += rs.dropped_msgs;
 	uint64_t now = uv_now(c->loop);
 	st->n_peers = (unsigned)c->n_peers;

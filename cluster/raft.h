@@ -69,7 +69,7 @@
 #include <stdint.h>
 
 #define RAFT_MAX_NODES 16		    /* voters + learners in one configuration */
-#define RAFT_ENTRY_MAX_BYTES (1u << 20)	    /* one entry's data */
+#define RAFT_ENTRY_MAX_BYTES (132u << 20)   /* one entry's data (a 128 MiB body + envelope) */
 #define RAFT_SNAPSHOT_MAX_BYTES (64u << 20) /* opaque snapshot data */
 #define RAFT_MAX_UNPERSISTED_READIES 64	    /* readies fetched but not yet reported durable */
 

@@ -85,9 +85,12 @@ enum transport_errno {
 const char *transport_strerror(int code);
 
 /* Bounds and defaults (used when a config field is 0). */
-/* one payload: room for a Raft message carrying RAFT_SNAPSHOT_MAX_BYTES (raft sends snapshots
-   in chunks of its own max_msg_bytes, so this is a ceiling, not a typical size) */
-#define TRANSPORT_DEFAULT_MAX_MSG_BYTES ((size_t)RAFT_SNAPSHOT_MAX_BYTES + ((size_t)1 << 20))
+/* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
+   snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */
+#define TRANSPORT_DEFAULT_MAX_MSG_BYTES                                                            \
+	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES              \
+							 : (size_t)RAFT_SNAPSHOT_MAX_BYTES) +      \
+	 ((size_t)2 << 20))
 #define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u /* messages waiting per peer */
 #define TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER ((size_t)128 << 20) /* payload bytes */
 #define TRANSPORT_MAX_PEERS 64u					       /* peers of one node */

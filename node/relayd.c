@@ -307,17 +307,6 @@ main(int argc, char **argv)
 			cluster_strerror(rc));
 		return 1;
 	}
-	struct cluster_status cst;
-	cluster_status(relayd.cluster, &cst);
-	if (cst.replicated && relayd.cfg.max_message_size > CLUSTER_REPLICATED_MAX_MESSAGE_SIZE) {
-		/* a replicated message travels in one Raft entry: SIZE and 552 say so up front
-		 * rather than a 451 after DATA that the client would retry for days */
-		log_warn("-", "event=config-clamped key=max_message_size value=%llu max=%zu "
-			      "reason=replicated",
-			 (unsigned long long)relayd.cfg.max_message_size,
-			 CLUSTER_REPLICATED_MAX_MESSAGE_SIZE);
-		relayd.cfg.max_message_size = CLUSTER_REPLICATED_MAX_MESSAGE_SIZE;
-	}
 	struct cluster_stats st;
 	cluster_stats(relayd.cluster, &st);
 	log_info("-", "event=queue-open data_dir=%s messages=%llu applied_index=%llu open_ms=%llu",

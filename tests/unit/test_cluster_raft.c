@@ -288,6 +288,42 @@ propose_range(struct fx *f, int node, struct done *d, unsigned from, unsigned to
 	}
 }
 
+/* Proposal i with a body of len bytes (bigger than a snapshot chunk and than the 1 MiB that a
+ * Raft entry once was), content a function of i. */
+static void
+propose_big(struct fx *f, int node, struct done *d, unsigned i, size_t len)
+{
+	struct cmdbuf b;
+	make_cmd(&b, i);
+	uint8_t *body = malloc(len);
+	assert_non_null(body);
+	for (size_t k = 0; k < len; k++)
+		body[k] = (uint8_t)(i * 7 + k * 13);
+	b.acc.body.data = body;
+	b.acc.body.len = len;
+	ctxs[i] = (struct pctx){d, i};
+	int rv = cluster_propose(f->n[node].c, &b.cmd, prop_cb, &ctxs[i]);
+	free(body);
+	if (rv)
+		fail_msg("propose %u on %s: %s", i, f->n[node].name, cluster_strerror(rv));
+}
+
+/* The body of proposal i (propose_big) is stored on node n, byte for byte. */
+static void
+check_big(struct fx *f, int n, unsigned i, size_t len)
+{
+	char id[32];
+	snprintf(id, sizeof(id), "Q%06u", i);
+	void *body;
+	size_t blen;
+	assert_int_equal(queue_fsm_read_body(cluster_queue(f->n[n].c), id, &body, &blen), 0);
+	assert_int_equal(blen, len);
+	for (size_t k = 0; k < len; k++)
+		if (((uint8_t *)body)[k] != (uint8_t)(i * 7 + k * 13))
+			fail_msg("%s on %s: byte %zu differs", id, f->n[n].name, k);
+	free(body);
+}
+
 struct want_done {
 	unsigned want;
 	struct done *d;
@@ -492,7 +528,15 @@ test_snapshot_catch_up(void **state)
 	run_until(f, converged, &want, "20 messages");
 	/* a follower is down while the others apply and compact */
 	node_close(f, down);
-	propose_range(f, lead, &dn, 20, 300);
+	/* three messages over 1 MiB, one through the other follower (forwarded): they are in
+	 * the snapshot, and their values stream in pieces */
+	int other = (lead + 2) % NODES;
+	propose_big(f, lead, &dn, 297, (size_t)3 << 20);
+	propose_big(f, other, &dn, 298, ((size_t)5 << 20) + 123);
+	propose_big(f, lead, &dn, 299, ((size_t)1 << 20) + 1);
+	w.want = 23;
+	run_until(f, done_reached, &w, "23 callbacks");
+	propose_range(f, lead, &dn, 20, 297);
 	w.want = 300;
 	run_until(f, done_reached, &w, "300 callbacks");
 	check_exactly_once(&dn, 0, 300);
@@ -509,6 +553,12 @@ test_snapshot_catch_up(void **state)
 	run_until(f, converged, &want, "the node caught up by snapshot");
 	cluster_status(f->n[down].c, &st);
 	assert_true(st.snapshots_installed >= 1);
+	assert_true(st.snapshot_fetches >= 1);
+	assert_true(st.snapshot_fetch_bytes > ((size_t)9 << 20));
+	assert_false(st.snapshot_installing);
+	check_big(f, down, 297, (size_t)3 << 20);
+	check_big(f, down, 298, ((size_t)5 << 20) + 123);
+	check_big(f, down, 299, ((size_t)1 << 20) + 1);
 	/* and keeps applying after it, also across its own restart */
 	memset(&dn, 0, sizeof(dn));
 	propose_range(f, down, &dn, 300, 320);
