@@ -128,7 +128,7 @@ static const struct config_key config_keys[] = {
     {"heartbeat_interval", CT_DURATION, OFF(heartbeat_interval_ms), "100ms", 10, 10000,
      "Raft leader heartbeat interval and tick (at most half the election_timeout)."},
     {"snapshot_entries", CT_UINT, OFF(snapshot_entries), "8192", 16, 1000000,
-     "Raft log entries applied between two snapshots of the queue (log compaction; a snapshot over 64 MiB is skipped and the log kept)."},
+     "Raft log entries applied between two snapshots of the queue (log compaction; also after 256 MiB of applied entries). Snapshots are streamed: no size bound."},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))

@@ -120,8 +120,24 @@ render_cluster(struct http_text *t, struct cluster *c)
 	counter(t, "relay_cluster_proposals_timed_out_total",
 		"Proposals not committed within propose_timeout.", st.timed_out);
 	counter(t, "relay_raft_snapshots_total", "Snapshots taken.", st.snapshots);
-	counter(t, "relay_raft_snapshots_installed_total", "Snapshots received from a leader.",
-		st.snapshots_installed);
+	counter(t, "relay_raft_snapshots_installed_total",
+		"Snapshots received from a leader and fetched completely.", st.snapshots_installed);
+	gauge(t, "relay_raft_snapshot_installing",
+	      "1 while a snapshot's key/values are being fetched (the queue is incomplete).",
+	      (uint64_t)st.snapshot_installing);
+	counter(t, "relay_raft_snapshot_fetches_total",
+		"Snapshot fetch sessions started (a restarted one counts again).",
+		st.snapshot_fetches);
+	counter(t, "relay_raft_snapshot_fetch_bytes_total",
+		"Key and value bytes received by snapshot fetches.", st.snapshot_fetch_bytes);
+	counter(t, "relay_raft_snapshot_fetch_failures_total",
+		"Snapshot fetch requests unanswered, refused or answered badly.",
+		st.snapshot_fetch_failures);
+	counter(t, "relay_raft_snapshot_serves_total",
+		"Snapshot fetch sessions served to other nodes.", st.snapshot_serves);
+	counter(t, "relay_raft_snapshot_served_bytes_total",
+		"Key and value bytes sent to other nodes' snapshot fetches.",
+		st.snapshot_served_bytes);
 	counter(t, "relay_raft_dropped_messages_total",
 		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
 	if (st.n_peers) {
@@ -158,6 +174,10 @@ cluster_ready(struct cluster *c, char *reason, size_t reason_len)
 		return true;
 	if (st.leader[0] == '\0') {
 		snprintf(reason, reason_len, "no leader");
+		return false;
+	}
+	if (st.snapshot_installing) {
+		snprintf(reason, reason_len, "catching up: fetching a snapshot");
 		return false;
 	}
 	if (st.commit_index > st.applied_index + METRICS_READY_MAX_LAG) {

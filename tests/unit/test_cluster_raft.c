@@ -616,11 +616,44 @@ test_hostile_frames(void **state)
 	    {3, nested, sizeof(nested)},       {3, junk_items, sizeof(junk_items)},
 	    {1, junk, sizeof(junk)},	       {2, junk, sizeof(junk)},
 	    {99, junk, sizeof(junk)},	       {3, junk, 0},
+	    {4, junk, sizeof(junk)},	       {5, junk, sizeof(junk)},
 	};
 	for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++)
 		assert_int_equal(transport_send(t, "n1", frames[i].kind, frames[i].d, frames[i].n),
 				 0);
-	uint64_t want = 5; /* trunc, overflow, nested, the junk raft item, the junk raft frame */
+	/* well-formed snapshot fetches it cannot serve: far ahead of it, resuming a session it
+	 * never started, a key past STORE_KEY_MAX; an unsolicited chunk */
+	unsigned char big_key[2048];
+	memset(big_key, 0xff, sizeof(big_key));
+	Relay__SnapshotFetch sf[3];
+	for (int i = 0; i < 3; i++) {
+		relay__snapshot_fetch__init(&sf[i]);
+		sf[i].session = 7 + (uint64_t)i;
+		sf[i].seq = 1;
+		sf[i].cf = 3; /* STORE_CF_QUEUE */
+	}
+	sf[0].min_index = UINT64_MAX;
+	sf[1].has_key = sf[1].has_offset = 1;
+	sf[1].key.data = (uint8_t *)"Q1";
+	sf[1].key.len = 2;
+	sf[1].offset = 5;
+	sf[2].has_key = 1;
+	sf[2].key.data = big_key;
+	sf[2].key.len = sizeof(big_key);
+	for (int i = 0; i < 3; i++) {
+		unsigned char buf[4096];
+		size_t n = relay__snapshot_fetch__pack(&sf[i], buf);
+		assert_int_equal(transport_send(t, "n1", 4, buf, n), 0);
+	}
+	Relay__SnapshotChunk sc = RELAY__SNAPSHOT_CHUNK__INIT;
+	sc.session = 7;
+	sc.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;
+	unsigned char cbuf[64];
+	assert_int_equal(transport_send(t, "n1", 5, cbuf, relay__snapshot_chunk__pack(&sc, cbuf)),
+			 0);
+	/* trunc, overflow, nested, the junk raft item, the junk raft frame, the junk fetch and
+	 * chunk */
+	uint64_t want = 7;
 	run_until(f, dropped_at_least, &want, "the malformed frames counted");
 	unsigned closed = 0;
 	transport_close(t, tp_closed, &closed);
