@@ -1283,9 +1283,11 @@ static void
 craft__fetch_begin(struct cluster__raft *c, uint64_t min_index, const char *hint)
 {
 	struct craft_fetch *f = &c->fetch;
+	char h[CLUSTER_ID_MAX + 1];
+	snprintf(h, sizeof(h), "%s", hint ? hint : ""); /* hint may be f->hint */
 	f->active = 1;
 	f->min_index = min_index;
-	snprintf(f->hint, sizeof(f->hint), "%s", hint ? hint : "");
+	memcpy(f->hint, h, sizeof(h));
 	f->attempt = 0;
 	f->src = c->self;
 	f->t0 = uv_hrtime();
