@@ -1788,6 +1788,8 @@ craft__tick_cb(uv_timer_t *t)
 	uint64_t now = uv_now(c->loop);
 	craft__fetch_tick(c, now);
 	craft__serve_expire(c, now);
+	if (!c->writing)
+		craft__maybe_snapshot(c); /* one due while a view was being digested */
 	struct craft_list done = {0};
 	int blocked = 0;
 	for (struct craft_prop *p = c->pending.head, *nx; p; p = nx) {
