@@ -31,13 +31,25 @@
  * at open the core hands out committed entries again from the snapshot index on, and those at
  * or below the stored applied index are skipped.
  *
- * Snapshots (Raft thesis ch. 5): after snapshot_entries applied entries since the last one, the
- * queue (records as stored + bodies) is serialized into a QueueSnapshot (bounded by
- * RAFT_SNAPSHOT_MAX_BYTES; over it: skipped, warned, the log keeps growing), given to
- * raft_compact, and persisted (meta + data) with the deletion of the log up to its index in the
- * next write.  A follower that receives one replaces its queue with it in one synced write on
- * the loop thread (rare; after the write in flight), reloads the queue state machine in place,
- * and goes on.
+ * Snapshots (Raft thesis ch. 5), streamed: the queue state is exactly the key/values of the
+ * queue, body and index CFs.  After snapshot_entries applied entries (or
+ * CRAFT_SNAPSHOT_LOG_BYTES of entry data) since the last one, the node takes a consistent view
+ * of its store (store_view; its index is the applied index written atomically with the apply
+ * writes it shows), digests it on a worker thread, and compacts the log to it: the Raft
+ * snapshot's data is only a SnapshotDescriptor (index, view id, node, digest), persisted with
+ * the deletion of the log up to its index in the next write.  The queue is never in memory.
+ * A follower that receives one (rd.snap) writes, in one synced write on the loop thread (after
+ * the write in flight): the hard state, the wipe of the three CFs, the deletion of its log, the
+ * snapshot meta and the install marker (STORE_META_INSTALL); it reloads the (empty) queue state
+ * machine and fetches the key/values with SnapshotFetch / SnapshotChunk frames from a node that
+ * has a view at or past the index (the leader, the descriptor's node, then each member), one
+ * chunk of at most CRAFT_SNAP_CHUNK_BYTES at a time, written as they come (unsynced).  A
+ * failed or silent session starts over with the next node, its partial copy wiped.  When the
+ * copy matches the view's digest, one synced write drops the marker and records the view's
+ * index as applied; the queue is reloaded, and the entries the core handed out meanwhile (all
+ * durable in the log) are applied from the store.  Until then nothing is applied.  At open, a
+ * marker left by a crash mid-install makes the node wipe the partial copy and fetch again.
+ * Any node whose store is complete serves fetches (at most CRAFT_SNAP_SERVE_MAX at once).
  *
  * Failure modes: a failed write is retried at the next tick with everything that queued up
  * since (the core waits: nothing it holds is released before raft_persisted).  Allocation
