@@ -928,7 +928,7 @@ craft__view_prepare(struct cluster__raft *c, int compact, uint64_t min_index)
 static void
 craft__compact(struct cluster__raft *c, struct craft_view *vw)
 {
-	if (c->have_held || c->failed || vw->index <= c->snap_index)
+	if (c->have_held || c->failed || c->fetch.active || vw->index <= c->snap_index)
 		return;
 	Relay__SnapshotDescriptor d = RELAY__SNAPSHOT_DESCRIPTOR__INIT;
 	d.index = vw->index;
@@ -1123,13 +1123,15 @@ craft__serve(struct cluster__raft *c, size_t pi, const void *data, size_t len)
 	ch.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;
 	uint64_t now = uv_now(c->loop);
 	struct craft_serve *sv = NULL, *slot = NULL;
+	int start = craft__snap_ci(f->cf) == 0 && !f->has_key && !(f->has_offset && f->offset);
 	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++) {
 		if (c->serve[i].used && c->serve[i].peer == pi && c->serve[i].session == f->session)
 			sv = &c->serve[i];
-		else if (!c->serve[i].used && !slot)
+		else if (c->serve[i].used && c->serve[i].peer == pi && start)
+			craft__serve_release(&c->serve[i]); /* a peer fetches one view at a time */
+		if (!c->serve[i].used && !slot)
 			slot = &c->serve[i];
 	}
-	int start = craft__snap_ci(f->cf) == 0 && !f->has_key && !(f->has_offset && f->offset);
 	if (!sv) {
 		if (!start || f->session == 0) {
 			ch.status = RELAY__SNAPSHOT_STATUS__SNAP_RESTART;
