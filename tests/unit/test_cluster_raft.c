@@ -588,6 +588,64 @@ test_snapshot_catch_up(void **state)
 	run_until(f, converged, &want, "320 messages after its restart");
 }
 
+static int
+fetching(struct fx *f, void *arg)
+{
+	struct cluster_status st;
+	cluster_status(f->n[*(int *)arg].c, &st);
+	return st.snapshot_installing && st.snapshot_fetch_bytes > 0;
+}
+
+static int
+installed(struct fx *f, void *arg)
+{
+	struct cluster_status st;
+	cluster_status(f->n[*(int *)arg].c, &st);
+	return st.snapshots_installed >= 1 && !st.snapshot_installing;
+}
+
+/* The node serving a snapshot fetch goes away mid-stream: the fetching node's requests time
+ * out, it starts a new session with another member (wiping its partial copy) and completes
+ * from that member's own view. */
+static void
+test_snapshot_server_lost(void **state)
+{
+	struct fx *f = *state;
+	f->snapshot_entries = 50;
+	memset(&dn, 0, sizeof(dn));
+	for (int i = 0; i < NODES; i++)
+		node_open(f, i);
+	run_until(f, have_leader, NULL, "a leader");
+	int lead = leader_of(f);
+	int down = (lead + 1) % NODES;
+	propose_range(f, lead, &dn, 0, 20);
+	struct want_done w = {20, &dn};
+	run_until(f, done_reached, &w, "20 callbacks");
+	node_close(f, down);
+	/* ~60 MiB of queue: tens of chunks */
+	for (unsigned i = 20; i < 40; i++)
+		propose_big(f, lead, &dn, i, (size_t)3 << 20);
+	propose_range(f, lead, &dn, 40, 100);
+	w.want = 100;
+	run_until(f, done_reached, &w, "100 callbacks");
+	check_exactly_once(&dn, 0, 100);
+	struct snap_want sw = {lead, 60};
+	run_until(f, compacted_past, &sw, "the leader compacted past 60");
+	nftw(f->n[down].dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	node_open(f, down);
+	run_until(f, fetching, &down, "the wiped node fetching");
+	node_close(f, lead);
+	run_until(f, installed, &down, "the install completed from another member");
+	struct cluster_status st;
+	cluster_status(f->n[down].c, &st);
+	assert_true(st.snapshot_fetches >= 2);
+	assert_true(st.snapshot_fetch_failures >= 1);
+	uint64_t want = 100;
+	run_until(f, converged, &want, "the two live nodes agree");
+	for (unsigned i = 20; i < 40; i++)
+		check_big(f, down, i, (size_t)3 << 20);
+}
+
 /* ---- hostile peer input (G6) ---- */
 
 static void
@@ -699,6 +757,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_close_fails_pending_once, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_quorum_times_out_then_commits, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_snapshot_catch_up, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_snapshot_server_lost, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
