@@ -95,8 +95,8 @@
 /* Streamed snapshots.  A chunk carries at most this many key + value bytes (a longer value
  * comes in pieces) and this many pieces; a node serves at most CRAFT_SNAP_SERVE_MAX sessions at
  * once (more wait: SNAP_RETRY) and drops one idle for CRAFT_SNAP_SESSION_IDLE_MS.  A fetch
- * request unanswered for CRAFT_FETCH_TIMEOUT_MS is sent again, CRAFT_FETCH_TRIES times, then a
- * new session starts with the next node; SNAP_RETRY waits CRAFT_FETCH_RETRY_MS, a failed
+ * request unanswered for CRAFT_FETCH_TIMEOUT_MS is sent again, CRAFT_FETCH_TRIES times (none
+ * when the node is not connected), then a new session starts with the next node; SNAP_RETRY waits CRAFT_FETCH_RETRY_MS, a failed
  * session CRAFT_FETCH_RESTART_MS. */
 #define CRAFT_SNAP_NCFS 3
 #define CRAFT_SNAP_CHUNK_BYTES ((size_t)1 << 20)
@@ -984,7 +984,9 @@ craft__maybe_snapshot(struct cluster__raft *c)
 		return;
 	if (c->durable_applied <= c->snap_index)
 		return; /* the store has nothing newer yet */
-	c->snap_tried = c->applied;
+	/* the view holds what is written (durable_applied, or the write in flight), which may be
+	 * well behind what is applied in memory: count the next interval from there */
+	c->snap_tried = c->durable_applied;
 	c->applied_bytes = 0;
 	int rv = craft__view_prepare(c, 1, c->snap_index + 1);
 	if (rv && rv != CLUSTER_EBUSY)
@@ -1519,9 +1521,12 @@ craft__fetch_tick(struct cluster__raft *c, uint64_t now)
 	}
 	if (f->deadline && now >= f->deadline) {
 		c->counters.snapshot_fetch_failures++;
-		if (++f->tries >= CRAFT_FETCH_TRIES) {
-			cluster__log("snapshot fetch: no answer from=%s; another node",
-				     c->peers[f->src].name);
+		struct transport_peer_stats ps;
+		int gone = transport_peer_stats(c->tp, c->peers[f->src].name, &ps) != 0 ||
+			   !ps.connected;
+		if (++f->tries >= CRAFT_FETCH_TRIES || gone) {
+			cluster__log("snapshot fetch: no answer from=%s%s; another node",
+				     c->peers[f->src].name, gone ? " (not connected)" : "");
 			craft__fetch_restart(c, 0);
 		} else {
 			craft__fetch_send(c);
