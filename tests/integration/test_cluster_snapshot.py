@@ -12,15 +12,15 @@ and the queues can be compared with `relayd --dump-queue --json`.
   snapshot and streams the queue.  It is SIGKILLed in the middle of the install (its offline
   dump then refuses the partial copy), restarted, and ends with exactly the leader's queue ids.
 """
-import os
 import shutil
 import smtplib
+import subprocess
 import threading
 import time
 import unittest
 import urllib.request
 
-from relaytest import RelayTestCase, wait_for
+from relaytest import RELAYD, RelayTestCase, wait_for
 
 ADDRS = ["127.0.16.11", "127.0.16.12", "127.0.16.13"]
 NAMES = ["n1", "n2", "n3"]
@@ -165,15 +165,14 @@ class ClusterSnapshotTest(RelayTestCase):
         # wipe and try again, killing sooner
         killed_mid_install = False
         for delay in (0.3, 0.1, 0.0, 0.0):
+            seen = self.cl[f].log().count("event=snapshot-fetch")
             self.cl[f].start()
-            wait_for(lambda: "event=snapshot-fetch" in self.cl[f].log(), 30,
+            wait_for(lambda: self.cl[f].log().count("event=snapshot-fetch") > seen, 30,
                      "the wiped node to start fetching a snapshot", interval=0.01)
             time.sleep(delay)
             self.cl[f].kill()
-            r = __import__("subprocess").run(
-                [os.environ.get("RELAYD", "../../build/node/relayd"), "--config",
-                 self.cl[f].conf_path, "--dump-queue", "--json"], capture_output=True,
-                timeout=60)
+            r = subprocess.run([RELAYD, "--config", self.cl[f].conf_path, "--dump-queue",
+                                "--json"], capture_output=True, timeout=60)
             if r.returncode != 0:
                 self.assertIn(b"snapshot-incomplete", r.stderr)
                 killed_mid_install = True
