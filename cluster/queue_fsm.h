@@ -96,6 +96,15 @@ struct queue_rcpt_meta {
 	uint64_t last_attempt_ms; /* 0: never attempted */
 };
 
+/* Internal: a node of a binary min-heap ordered by (key, tie, sub); pos is SIZE_MAX when it is
+ * in no heap. */
+struct queue_hnode {
+	uint64_t key, tie;
+	uint32_t sub;
+	size_t pos;
+};
+struct queue__item;
+
 /* One message's metadata, owned by the fsm; valid until the message is removed or the fsm is
  * freed.  Read-only for users. */
 struct queue_msg {
@@ -112,9 +121,12 @@ struct queue_msg {
 	struct queue_msg *prev, *next; /* apply order */
 	struct queue_msg *hnext;       /* hash chain */
 	uint64_t hash;
-	size_t heap_pos;    /* position in the next-attempt heap; SIZE_MAX when not in it */
-	unsigned char *rec; /* owned: the packed Relay__QueueRecord as stored */
+	struct queue_hnode hn; /* in the next-attempt heap (not when held) */
+	unsigned char *rec;    /* owned: the packed Relay__QueueRecord as stored */
 	size_t rec_len;
+	struct queue__item *items; /* owned: one per distinct recipient domain */
+	uint32_t nitems;
+	uint32_t *ritem; /* owned: recipient -> its item */
 };
 
 struct queue_counts {
@@ -136,6 +148,7 @@ struct queue_fsm_stats {
 	uint64_t retried;	   /* Retry commands applied */
 	uint64_t member_changes;   /* Member commands applied */
 	uint64_t reassigned;	   /* domain assignments moved to another owner */
+	uint64_t removed_accepts;  /* Accepts ignored: their queue id was removed recently */
 };
 
 struct queue_fsm;
@@ -241,6 +254,8 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  * queue_fsm_digest.
  */
 #define QUEUE_MEMBERS_MAX 64u
+#define QUEUE_TOMBSTONES_MAX 65536u /* removed queue ids remembered (dedup of late Accepts) */
+#define QUEUE_KEY_OWN 0x01	    /* first byte of every ownership key in STORE_CF_QUEUE */
 #define QUEUE_NODE_MAX 63u     /* bytes in a node id */
 #define QUEUE_DOMAIN_MAX 255u  /* bytes in a domain */
 
@@ -301,6 +316,14 @@ typedef int (*queue_item_cb)(void *arg, const struct queue_item *it);
 int queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms,
 			queue_item_cb cb, void *arg, size_t max);
 uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owner);
+
+/* The ownership state as the store holds it once the apply batches are written: every key of
+ * STORE_CF_QUEUE that starts with QUEUE_KEY_OWN, with its value, in no particular order.  cb
+ * returns nonzero to stop (that value is returned); 0 when all were given.  For a snapshot
+ * built from memory (cluster_raft.c) while the last apply batch may not be written yet. */
+typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val,
+			   size_t vlen);
+int queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */
 uint64_t queue_fsm_digest(const struct queue_fsm *q);

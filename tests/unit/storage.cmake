@@ -16,3 +16,4 @@ foreach(_case peers_parse replicate_failover_restart close_fails_pending_once
 endforeach()
 # The lease core of delivery ownership (cluster/ownership.c): pure, simulated time.
 relay_unit_test(test_ownership SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_ownership.c LIBS relay_cluster)
+relay_unit_test(test_queue_own SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_queue_own.c LIBS relay_cluster)
