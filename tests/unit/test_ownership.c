@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "ownership.h"
+#include "store.h"
 
 static struct queue_member
 mem(const char *node, int state, uint64_t since, uint64_t renew)
@@ -274,6 +275,90 @@ test_down_never_overlaps_lease(void **state)
 	}
 }
 
+/* The queue state machine honours the leader's precondition: a DOWN whose expected renew index
+ * is stale (a Renew committed after the leader saw the lease lapse) changes nothing. */
+static int
+fsm_member(struct queue_fsm *q, struct store *st, uint64_t index, const char *node, int state,
+	   bool has_expect, uint64_t expect)
+{
+	Relay__Member mb = RELAY__MEMBER__INIT;
+	mb.node = (char *)node;
+	mb.state = (Relay__MemberState)state;
+	mb.has_expect_renew_index = has_expect;
+	mb.expect_renew_index = expect;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	cmd.member = &mb;
+	struct store_batch b;
+	store_batch_init(&b);
+	int rv = queue_apply(q, index, &cmd, &b);
+	if (rv == 0)
+		assert_int_equal(store_write(st, &b, 0), 0);
+	store_batch_fini(&b);
+	return rv;
+}
+
+static void
+fsm_renew(struct queue_fsm *q, struct store *st, uint64_t index, const char *node)
+{
+	Relay__Renew rn = RELAY__RENEW__INIT;
+	rn.node = (char *)node;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_RENEW;
+	cmd.renew = &rn;
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(queue_apply(q, index, &cmd, &b), 0);
+	assert_int_equal(store_write(st, &b, 0), 0);
+	store_batch_fini(&b);
+}
+
+static int
+fsm_state(struct queue_fsm *q, const char *node)
+{
+	struct queue_member m[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(q, m, QUEUE_MEMBERS_MAX);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(m[i].node, node) == 0)
+			return m[i].state;
+	return -1;
+}
+
+static void
+test_fsm_down_precondition(void **state)
+{
+	(void)state;
+	struct store *st;
+	struct queue_fsm *q;
+	assert_int_equal(store_mem_new(&st), 0);
+	assert_int_equal(queue_fsm_new(st, &q), 0);
+	assert_int_equal(fsm_member(q, st, 1, "a", QUEUE_MEMBER_LIVE, false, 0), 0);
+	assert_int_equal(fsm_member(q, st, 2, "b", QUEUE_MEMBER_LIVE, false, 0), 0);
+	fsm_renew(q, st, 3, "b");
+	/* the leader saw renew index 0 lapse, but b renewed at 3 since: no-op */
+	assert_int_equal(fsm_member(q, st, 4, "b", QUEUE_MEMBER_DOWN, true, 0), 0);
+	assert_int_equal(fsm_state(q, "b"), QUEUE_MEMBER_LIVE);
+	/* it saw 3 lapse: applies */
+	assert_int_equal(fsm_member(q, st, 5, "b", QUEUE_MEMBER_DOWN, true, 3), 0);
+	assert_int_equal(fsm_state(q, "b"), QUEUE_MEMBER_DOWN);
+	/* an unknown member's DOWN with a precondition: nothing is created */
+	assert_int_equal(fsm_member(q, st, 6, "zz", QUEUE_MEMBER_DOWN, true, 0), 0);
+	assert_int_equal(fsm_state(q, "zz"), -1);
+	/* b renews while DOWN (it came back): the renew index moves past since_index */
+	fsm_renew(q, st, 7, "b");
+	struct queue_member m[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(q, m, QUEUE_MEMBERS_MAX);
+	bool seen = false;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(m[i].node, "b") == 0) {
+			seen = true;
+			assert_true(m[i].renew_index > m[i].since_index);
+		}
+	assert_true(seen);
+	queue_fsm_free(q);
+	store_free(st);
+}
+
 int
 main(void)
 {
@@ -283,6 +368,7 @@ main(void)
 	    cmocka_unit_test(test_leader_down_live_removed),
 	    cmocka_unit_test(test_drain_and_self_live),
 	    cmocka_unit_test(test_down_never_overlaps_lease),
+	    cmocka_unit_test(test_fsm_down_precondition),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
