@@ -247,7 +247,8 @@ relayd demo: 3 nodes behind HAProxy, all ready.  Ctrl-C stops everything.
 Send a message through HAProxy:
   swaks --server ${LB%:*} --port ${LB#*:} --from you@example.org --to someone@$DOMAIN
 
-Watch it (members, leader, queue; what the sink received; the nodes' logs; metrics):
+Watch it (members, leader and queue: member health is the leader's view, so ask the node named
+as leader for it; what the sink received; the nodes' logs; metrics):
   $ctl --server ${ADDRS[0]}:$ADMIN_PORT status
   tail -f $dir/sink/mail.log
   tail -f $dir/node1.log $dir/node2.log $dir/node3.log
