@@ -17,7 +17,9 @@
 # DIR (default: a new /tmp/relayd-demo.XXXXXX) holds the configs, data dirs, certificates and
 # logs; it is kept after the demo stops (a second run on the same DIR resumes the cluster).
 # Once every node is ready and HAProxy accepts, it prints how to send mail and watch it.
-# Ctrl-C or SIGTERM stops everything it started (SIGTERM, then SIGKILL after STOP_SECONDS).
+# Ctrl-C or SIGTERM stops everything it started (SIGTERM, then SIGKILL after STOP_SECONDS);
+# so does any of them exiting on its own.  (Started with `&` from a non-interactive shell it
+# ignores SIGINT, as every background job of such a shell does: stop it with SIGTERM then.)
 #
 # Environment: RELAYD (and RELAYCTL) name the binaries to run instead of building build/ (the
 # integration test sets them to the build under test); STOP_SECONDS (default 20).
