@@ -5,8 +5,9 @@ scripts/run-local.sh`), runs it in the background from the top of the tree (with
 RELAYCTL set to the build under test, so it builds nothing), and waits until HAProxy accepts on
 127.0.0.1:2525.  Then:
 
+- HAProxy's health checks (GET /readyz) pass on all three nodes (its statistics CSV);
 - swaks sends a message through HAProxy to the demo domain; it must land in the sink's log
-  (the file the printout names);
+  (the file the printout names), and the node logged the client named by the PROXY v2 header;
 - `relayctl --json status` against the leader shows three healthy members, and all three nodes
   agree on that one leader;
 - SIGINT to the script: it exits, and every process it started (dnsmasq, smtp-sink, three
@@ -14,6 +15,8 @@ RELAYCTL set to the build under test, so it builds nothing), and waits until HAP
 
 Addresses: the demo's own (127.0.0.1:2525, 127.0.20.x); no other test uses them.
 """
+import csv
+import io
 import json
 import os
 import re
@@ -23,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 
 from relaytest import port_open, wait_for
 
@@ -161,6 +165,18 @@ class DemoTest(unittest.TestCase):
             self.assertIn(want, names)
         self.assertEqual(sum(1 for c in names if c.startswith("relayd")), 3, names)
 
+        # HAProxy's health checks (GET /readyz on each node's http_listen) pass on all three
+        def backends_up():
+            try:
+                with urllib.request.urlopen("http://127.0.20.1:8404/;csv", timeout=2) as r:
+                    rows = list(csv.DictReader(io.StringIO(r.read().decode().lstrip("# "))))
+            except OSError:
+                return None
+            up = {row["svname"]: (row["status"], row["check_status"]) for row in rows
+                  if row["pxname"] == "relayd" and row["svname"] in NODES}
+            return up if up == {n: ("UP", "L7OK") for n in NODES} else None
+        wait_for(backends_up, 30, "HAProxy: node1-3 UP with L7OK checks", interval=0.5)
+
         # 2. a message through HAProxy reaches the demo's sink
         token = "demo-%d-%d" % (os.getpid(), int(time.time()))
         out = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", "2525",
@@ -179,6 +195,13 @@ class DemoTest(unittest.TestCase):
                 return False
         wait_for(sink_has_token, 60, "message %s in %s" % (qid.group(1), sink_log),
                  interval=0.2)
+        # the node saw the real client through HAProxy's PROXY v2 header
+        logs = ""
+        for n in NODES:
+            with open(os.path.join(self.dir, n + ".log"), errors="replace") as f:
+                logs += f.read()
+        self.assertIn(qid.group(1), logs)
+        self.assertRegex(logs, r"event=connect client=127\.0\.0\.1 trusted=yes via=127\.0\.20\.1")
 
         # 3. relayctl: three healthy members, one leader all three agree on
         def cluster_ok():
