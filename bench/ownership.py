@@ -196,8 +196,13 @@ def main():
             counts = by_node()
             vname = max(counts, key=counts.get).split(".")[0]
             victim = next(n for n in nodes if n.name == vname)
-            vdoms = {dom for _, ehlo, dom, _ in sink.snap()[start_len:]
-                     if ehlo.startswith(vname + ".")}
+            # its domains: those whose latest delivery so far was the victim's (a domain's
+            # owner can change within a round: an emptied domain is forgotten and the next
+            # message re-assigns it)
+            last = {}
+            for _, ehlo, dom, _ in sink.snap()[start_len:]:
+                last[dom] = ehlo
+            vdoms = {dom for dom, ehlo in last.items() if ehlo.startswith(vname + ".")}
             t0 = time.monotonic()
             victim.kill()
 
