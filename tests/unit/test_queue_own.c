@@ -1521,6 +1521,247 @@ test_members_bound_and_validation(void **state)
 	world_fini(&w);
 }
 
+/* ---- out of memory changes nothing ---- */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define OWN_NO_MALLOC_HOOK 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OWN_NO_MALLOC_HOOK 1
+#endif
+#endif
+
+#ifndef OWN_NO_MALLOC_HOOK
+/* The allocator with a fault: while fail_at > 0, the fail_at-th allocation from now fails. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static long fail_at;
+
+static int
+fault_now(void)
+{
+	return fail_at > 0 && --fail_at == 0;
+}
+
+void *
+malloc(size_t n)
+{
+	return fault_now() ? NULL : __libc_malloc(n);
+}
+
+void *
+calloc(size_t a, size_t b)
+{
+	return fault_now() ? NULL : __libc_calloc(a, b);
+}
+
+void *
+realloc(void *p, size_t n)
+{
+	return fault_now() ? NULL : __libc_realloc(p, n);
+}
+
+/* Storage for one scripted command. */
+struct cmdstore {
+	Relay__Command c;
+	Relay__Accept a, dsn;
+	Relay__Recipient r[3], *rp[3], dr, *drp;
+	Relay__Outcome o;
+	Relay__Member m;
+	Relay__Renew rn;
+	Relay__Hold h;
+	Relay__Release rl;
+	Relay__Retry rt;
+	Relay__Delete d;
+	uint32_t idx[3];
+};
+
+enum { NSCRIPT = 16 };
+
+/* Command i of the script, built against w's state (epochs). */
+static Relay__Command *
+script_cmd(struct world *w, unsigned i, struct cmdstore *cs)
+{
+	static const char *const addrs[] = {"a@x.example", "b@y.example", "c@x.example"};
+	memset(cs, 0, sizeof(*cs));
+	relay__command__init(&cs->c);
+	relay__member__init(&cs->m);
+	relay__accept__init(&cs->a);
+	relay__outcome__init(&cs->o);
+	for (unsigned k = 0; k < 3; k++) {
+		relay__recipient__init(&cs->r[k]);
+		cs->rp[k] = &cs->r[k];
+	}
+	cs->a.mail_from = "from@example.com";
+	cs->a.received_ms = T0;
+	cs->a.rcpts = cs->rp;
+	cs->c.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	cs->c.member = &cs->m;
+	switch (i) {
+	case 0:
+	case 1:
+		cs->m.node = i ? "n2" : "n1";
+		break;
+	case 2:
+	case 3:
+		cs->c.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+		cs->c.accept = &cs->a;
+		cs->a.queue_id = i == 2 ? "m1" : "m2";
+		cs->a.n_rcpts = i == 2 ? 3 : 1;
+		for (unsigned k = 0; k < cs->a.n_rcpts; k++)
+			cs->r[k].addr = (char *)(i == 2 ? addrs[k] : "d@z.example");
+		break;
+	case 4:
+		relay__hold__init(&cs->h);
+		cs->h.queue_id = "m1";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_HOLD;
+		cs->c.hold = &cs->h;
+		break;
+	case 5:
+		relay__retry__init(&cs->rt);
+		cs->rt.queue_id = "m1";
+		cs->rt.at_ms = T0 + 5;
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RETRY;
+		cs->c.retry = &cs->rt;
+		break;
+	case 6:
+		relay__release__init(&cs->rl);
+		cs->rl.queue_id = "m1";
+		cs->rl.at_ms = T0 + 10;
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RELEASE;
+		cs->c.release = &cs->rl;
+		break;
+	case 7: /* m2's only recipient fails; the DSN goes to the same domain */
+	case 11: /* m1's x.example recipients delivered */
+	case 12: /* m1's y.example recipient delivered: m1 removed */
+		cs->c.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
+		cs->c.outcome = &cs->o;
+		cs->o.queue_id = i == 7 ? "m2" : "m1";
+		cs->o.rcpt_index = cs->idx;
+		cs->o.kind = i == 7 ? RELAY__OUTCOME_KIND__FAILED : RELAY__OUTCOME_KIND__DELIVERED;
+		cs->o.at_ms = T0 + i;
+		cs->o.has_epoch = 1;
+		if (i == 7) {
+			cs->o.n_rcpt_index = 1;
+			cs->o.epoch = epoch_of(w, "z.example");
+			relay__accept__init(&cs->dsn);
+			relay__recipient__init(&cs->dr);
+			cs->dr.addr = "postmaster@z.example";
+			cs->drp = &cs->dr;
+			cs->dsn.queue_id = "m2-dsn";
+			cs->dsn.mail_from = "";
+			cs->dsn.n_rcpts = 1;
+			cs->dsn.rcpts = &cs->drp;
+			cs->dsn.received_ms = T0 + 7;
+			cs->o.dsn = &cs->dsn;
+		} else if (i == 11) {
+			cs->idx[0] = 0;
+			cs->idx[1] = 2;
+			cs->o.n_rcpt_index = 2;
+			cs->o.epoch = epoch_of(w, "x.example");
+		} else {
+			cs->idx[0] = 1;
+			cs->o.n_rcpt_index = 1;
+			cs->o.epoch = epoch_of(w, "y.example");
+		}
+		break;
+	case 8:
+		cs->m.node = "n1";
+		cs->m.state = RELAY__MEMBER_STATE__MEMBER_DOWN;
+		break;
+	case 9:
+		cs->m.node = "n3";
+		break;
+	case 10:
+		relay__renew__init(&cs->rn);
+		cs->rn.node = "n2";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RENEW;
+		cs->c.renew = &cs->rn;
+		break;
+	case 13:
+		relay__delete__init(&cs->d);
+		cs->d.queue_id = "m2-dsn";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_DELETE;
+		cs->c.delete_ = &cs->d;
+		break;
+	case 14:
+		cs->c.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+		cs->c.accept = &cs->a;
+		cs->a.queue_id = "m2-dsn"; /* a tombstone: no-op */
+		cs->a.n_rcpts = 1;
+		cs->r[0].addr = "x@z.example";
+		break;
+	default:
+		cs->m.node = "n2";
+		cs->m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
+		break;
+	}
+	return &cs->c;
+}
+
+static void
+test_enomem_changes_nothing(void **state)
+{
+	(void)state;
+	struct world ref, w;
+	world_init(&ref);
+	world_init(&w);
+	static struct cmdstore cs;
+	unsigned faults = 0;
+	for (unsigned i = 0; i < NSCRIPT; i++) {
+		struct store_batch want, got;
+		store_batch_init(&want);
+		store_batch_init(&got);
+		assert_int_equal(queue_apply(ref.q, i + 1, script_cmd(&ref, i, &cs), &want), 0);
+		assert_int_equal(store_write(ref.s, &want, 0), 0);
+		/* fail the 1st, 2nd, ... allocation of the apply until it needs no more */
+		for (long k = 1;; k++) {
+			uint64_t d = queue_fsm_digest(w.q);
+			Relay__Command *c = script_cmd(&w, i, &cs);
+			store_batch_clear(&got);
+			fail_at = k;
+			int rv = queue_apply(w.q, i + 1, c, &got);
+			int hit = fail_at == 0;
+			fail_at = 0;
+			if (rv == QUEUE_ENOMEM) {
+				assert_true(hit);
+				assert_int_equal(got.len, 0);
+				assert_int_equal(queue_fsm_digest(w.q), d);
+				check_invariants(&w);
+				faults++;
+				continue;
+			}
+			assert_int_equal(rv, 0);
+			if (hit)
+				continue; /* a failed allocation that apply survived (none expected) */
+			break;
+		}
+		assert_int_equal(got.len, want.len);
+		assert_memory_equal(got.buf, want.buf, want.len);
+		assert_int_equal(store_write(w.s, &got, 0), 0);
+		assert_int_equal(queue_fsm_digest(w.q), queue_fsm_digest(ref.q));
+		check_own_keys(&w, 0);
+		check_invariants(&w);
+		store_batch_fini(&want);
+		store_batch_fini(&got);
+	}
+	print_message("%u allocation failures injected\n", faults);
+	assert_true(faults > 30);
+	assert_null(queue_fsm_lookup(w.q, "m1"));
+	check_reopen(&w);
+	world_fini(&ref);
+	world_fini(&w);
+}
+#else
+static void
+test_enomem_changes_nothing(void **state)
+{
+	(void)state;
+	skip(); /* the sanitizer owns malloc */
+}
+#endif
+
 int
 main(void)
 {
@@ -1537,6 +1778,7 @@ main(void)
 	    cmocka_unit_test(test_determinism_random),
 	    cmocka_unit_test(test_due_owned_order_and_cost),
 	    cmocka_unit_test(test_members_bound_and_validation),
+	    cmocka_unit_test(test_enomem_changes_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
