@@ -292,8 +292,10 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
 #define QUEUE_MEMBERS_MAX 64u
 #define QUEUE_TOMBSTONES_MAX 65536u /* removed queue ids remembered (dedup of late Accepts) */
 #define QUEUE_KEY_OWN 0x01	    /* first byte of every ownership key in STORE_CF_QUEUE */
-#define QUEUE_NODE_MAX 63u     /* bytes in a node id */
-#define QUEUE_DOMAIN_MAX 255u  /* bytes in a domain */
+/* A node id: 1..QUEUE_NODE_MAX bytes of printable ASCII without space, '"' or '\' (the rule
+ * of queue ids), checked by queue_validate for Member and Renew. */
+#define QUEUE_NODE_MAX 63u    /* bytes in a node id */
+#define QUEUE_DOMAIN_MAX 255u /* bytes in a domain */
 
 enum queue_member_state {
 	QUEUE_MEMBER_LIVE = RELAY__MEMBER_STATE__MEMBER_LIVE,
@@ -305,11 +307,11 @@ enum queue_member_state {
 
 struct queue_member {
 	char node[QUEUE_NODE_MAX + 1];
-	uint8_t state;		/* enum queue_member_state */
-	uint64_t since_index;	/* log index of the Member command that set state */
-	uint64_t renew_index;	/* log index of its last applied Renew; 0 none */
-	uint64_t domains;	/* domains it owns now */
-	uint64_t rcpts_owned;	/* queued recipients in those domains (held included) */
+	uint8_t state;		 /* enum queue_member_state */
+	uint64_t since_index;	 /* log index of the Member command that set state */
+	uint64_t renew_index;	 /* log index of its last applied Renew; 0 none */
+	uint64_t domains;	 /* domains it owns now */
+	uint64_t rcpts_owned;	 /* queued recipients in those domains (held included) */
 	uint64_t rcpts_deferred; /* of which attempted at least once */
 };
 
@@ -359,8 +361,7 @@ uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owne
  * STORE_CF_QUEUE that starts with QUEUE_KEY_OWN, with its value, in no particular order.  cb
  * returns nonzero to stop (that value is returned); 0 when all were given.  For a snapshot
  * built from memory (cluster_raft.c) while the last apply batch may not be written yet. */
-typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val,
-			   size_t vlen);
+typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
 int queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */

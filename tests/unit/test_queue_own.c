@@ -221,8 +221,8 @@ own_kv_cb(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 	size_t vl;
 	assert_int_equal(((const unsigned char *)key)[0], QUEUE_KEY_OWN);
 	if (store_get(c->s, STORE_CF_QUEUE, key, klen, &v, &vl))
-		fail_msg("ownership key '%c' (len %zu) not in the store",
-			 ((const char *)key)[1], klen);
+		fail_msg("ownership key '%c' (len %zu) not in the store", ((const char *)key)[1],
+			 klen);
 	assert_int_equal(vl, vlen);
 	assert_memory_equal(v, val, vlen);
 	free(v);
@@ -591,7 +591,7 @@ test_fencing(void **state)
 	struct world w;
 	world_init(&w);
 	const char *addrs[] = {"a@one.example", "b@two.example"};
-	assert_int_equal(accept_n(&w, "m1", addrs, 2, T0), 0); /* index 1 */
+	assert_int_equal(accept_n(&w, "m1", addrs, 2, T0), 0);	  /* index 1 */
 	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0); /* index 2: epoch 2 */
 	expect_owner(&w, "one.example", "n1", 2);
 	expect_owner(&w, "two.example", "n1", 2);
@@ -628,9 +628,9 @@ test_fencing(void **state)
 
 	/* two.example moves (n1 down, n2 takes it at a new epoch); an outcome at the old epoch
 	 * for both recipients changes only one.example's */
-	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0);	  /* index 7 */
-	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_DOWN), 0);	  /* index 8 */
-	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0);	  /* index 9, sticky */
+	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0); /* index 7 */
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_DOWN), 0); /* index 8 */
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0); /* index 9, sticky */
 	expect_owner(&w, "one.example", "n2", 8);
 	expect_owner(&w, "two.example", "n2", 8);
 	/* no item of n1's any more: it would be fenced off anyway */
@@ -639,13 +639,12 @@ test_fencing(void **state)
 	assert_int_equal(queue_fsm_due_owned(w.q, "n1", UINT64_MAX, item_cb, &l, 64), 0);
 	assert_int_equal(queue_fsm_due_owned(w.q, "n2", UINT64_MAX, item_cb, &l, 64), 2);
 	assert_int_equal(l.it[0].epoch, 8);
-	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__DEFERRED, r01, 2, 2, T0 + 20,
-				 T0 + 600000, NULL),
-			 0);
+	assert_int_equal(
+	    outcome(&w, "m1", RELAY__OUTCOME_KIND__DEFERRED, r01, 2, 2, T0 + 20, T0 + 600000, NULL),
+	    0);
 	assert_int_equal(w.nops, 0);
 	/* the current epoch: applies, with the DSN (which gets an assignment like an Accept) */
-	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, 8, T0 + 30, 0,
-				 &dsn),
+	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, 8, T0 + 30, 0, &dsn),
 			 0);
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
 	assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_FAILED);
@@ -692,8 +691,8 @@ test_dsn_same_domain(void **state)
 	dsn.body.len = 3;
 	dsn.received_ms = T0 + 5;
 	const uint32_t r0[] = {0};
-	assert_int_equal(
-	    outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, e, T0 + 10, 0, &dsn), 0);
+	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, e, T0 + 10, 0, &dsn),
+			 0);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	const char *live[] = {"n1", "n2"};
 	expect_owner(&w, "same.example", winner_of("same.example", live, 2), 4);
@@ -943,8 +942,8 @@ test_persistence(void **state)
 				 epoch_of(&w, dom), T0 + 1, 0, NULL),
 			 0);
 	snprintf(dom, sizeof(dom), "d%u.example", 6u);
-	assert_int_equal(outcome(&w, "p06", RELAY__OUTCOME_KIND__DEFERRED, r0, 1,
-				 epoch_of(&w, dom), T0 + 1, T0 + 5000, NULL),
+	assert_int_equal(outcome(&w, "p06", RELAY__OUTCOME_KIND__DEFERRED, r0, 1, epoch_of(&w, dom),
+				 T0 + 1, T0 + 5000, NULL),
 			 0);
 	check_own_keys(&w, 0);
 	uint64_t d = queue_fsm_digest(w.q);
@@ -969,7 +968,8 @@ test_persistence(void **state)
 		assert_int_equal(la.it[i].epoch, lb.it[i].epoch);
 		assert_int_equal(la.it[i].next, lb.it[i].next);
 	}
-	assert_int_equal(queue_fsm_next_due_owned_ms(r, "b"), queue_fsm_next_due_owned_ms(w.q, "b"));
+	assert_int_equal(queue_fsm_next_due_owned_ms(r, "b"),
+			 queue_fsm_next_due_owned_ms(w.q, "b"));
 	assert_int_equal(queue_fsm_next_due_ms(r), queue_fsm_next_due_ms(w.q));
 	/* both go on identically */
 	struct store_batch b1, b2;
@@ -1020,7 +1020,11 @@ test_legacy_store(void **state)
 	assert_int_equal(accept1(&w, "m1", "a@old.example"), 0);
 	struct store_batch b;
 	store_batch_init(&b);
-	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE, "\x01" "Dold.example", 13), 0);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE,
+					    "\x01"
+					    "Dold.example",
+					    13),
+			 0);
 	assert_int_equal(store_write(w.s, &b, 0), 0);
 	store_batch_fini(&b);
 	assert_int_equal(queue_fsm_reload(w.q), 0);
@@ -1128,9 +1132,9 @@ run_random(struct world *w, uint64_t seed, unsigned n)
 		}
 		case 10:
 		case 11:
-			assert_int_equal(member(w, nodes[rnd(&x) % 6],
-						(enum queue_member_state)(rnd(&x) % 5)),
-					 0);
+			assert_int_equal(
+			    member(w, nodes[rnd(&x) % 6], (enum queue_member_state)(rnd(&x) % 5)),
+			    0);
 			break;
 		case 12:
 			assert_int_equal(renew(w, nodes[rnd(&x) % 6]), 0);
@@ -1173,12 +1177,13 @@ check_invariants(struct world *w)
 	uint64_t owned = 0;
 	for (size_t i = 0; i <= n; i++) {
 		const char *node = i < n ? ms[i].node : "";
-		if (i < n && ms[i].state != QUEUE_MEMBER_LIVE && ms[i].state != QUEUE_MEMBER_DRAINING)
+		if (i < n && ms[i].state != QUEUE_MEMBER_LIVE &&
+		    ms[i].state != QUEUE_MEMBER_DRAINING)
 			assert_int_equal(ms[i].domains, 0);
 		if (i < n)
 			owned += ms[i].rcpts_owned;
-		assert_true(queue_fsm_due_owned(w->q, node, UINT64_MAX, inv_item_cb, &v,
-						(size_t)-1) >= 0);
+		assert_true(
+		    queue_fsm_due_owned(w->q, node, UINT64_MAX, inv_item_cb, &v, (size_t)-1) >= 0);
 	}
 	uint64_t want = 0, queued = 0;
 	for (const struct queue_msg *m = queue_fsm_first(w->q); m; m = queue_fsm_next(w->q, m)) {
@@ -1394,7 +1399,8 @@ test_members_bound_and_validation(void **state)
 	char node[32];
 	for (unsigned i = 0; i < QUEUE_MEMBERS_MAX; i++) {
 		snprintf(node, sizeof(node), "node-%03u", i);
-		assert_int_equal(member(&w, node, i % 2 ? QUEUE_MEMBER_LIVE : QUEUE_MEMBER_DOWN), 0);
+		assert_int_equal(member(&w, node, i % 2 ? QUEUE_MEMBER_LIVE : QUEUE_MEMBER_DOWN),
+				 0);
 	}
 	uint64_t d = queue_fsm_digest(w.q);
 	assert_int_equal(member(&w, "one-more", QUEUE_MEMBER_LIVE), QUEUE_EINVAL);
@@ -1634,7 +1640,7 @@ script_cmd(struct world *w, unsigned i, struct cmdstore *cs)
 		cs->c.cmd_case = RELAY__COMMAND__CMD_RELEASE;
 		cs->c.release = &cs->rl;
 		break;
-	case 7: /* m2's only recipient fails; the DSN goes to the same domain */
+	case 7:	 /* m2's only recipient fails; the DSN goes to the same domain */
 	case 11: /* m1's x.example recipients delivered */
 	case 12: /* m1's y.example recipient delivered: m1 removed */
 		cs->c.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
@@ -1736,7 +1742,8 @@ test_enomem_changes_nothing(void **state)
 			}
 			assert_int_equal(rv, 0);
 			if (hit)
-				continue; /* a failed allocation that apply survived (none expected) */
+				continue; /* a failed allocation that apply survived (none expected)
+					   */
 			break;
 		}
 		assert_int_equal(got.len, want.len);
