@@ -63,7 +63,7 @@ queue_strerror(int code)
 #define QUEUE__OWN_TOMB 'T'
 #define QUEUE__OWN_VERSION 1
 #define QUEUE__OWN_KEY_MAX (2 + QUEUE_DOMAIN_MAX)
-#define QUEUE__DOM_VAL_LEN 9	/* + owner */
+#define QUEUE__DOM_VAL_LEN 9 /* + owner */
 #define QUEUE__MEMBER_VAL_LEN 18
 #define QUEUE__NO_STATE 0xff /* a member not in the table */
 
@@ -77,7 +77,7 @@ struct queue__heap {
 struct queue__item {
 	struct queue_hnode hn; /* key: earliest next attempt of its queued rcpts */
 	struct queue_msg *msg;
-	struct queue__dom *dom; /* while active (nqueued > 0); else NULL */
+	struct queue__dom *dom;		   /* while active (nqueued > 0); else NULL */
 	struct queue__item *dprev, *dnext; /* the domain's active items */
 	uint32_t nqueued;		   /* its queued recipients */
 	uint32_t ndeferred;		   /* of which attempted at least once */
@@ -88,21 +88,22 @@ struct queue__member {
 	uint8_t state; /* enum queue_member_state */
 	uint64_t since_index, renew_index;
 	uint64_t ndomains;
-	struct queue__dom *doms;  /* the domains it owns */
-	struct queue__heap heap;  /* the active items of those domains (held left out) */
+	struct queue__dom *doms; /* the domains it owns */
+	struct queue__heap heap; /* the active items of those domains (held left out) */
 };
 
 struct queue__dom {
-	struct queue__dom *hnext;	   /* hash chain */
-	struct queue__dom *oprev, *onext;  /* the owner's (or the unowned) list */
-	struct queue__member *owner;	   /* NULL: unowned */
-	struct queue__item *items;	   /* active items */
+	struct queue__dom *hnext;	  /* hash chain */
+	struct queue__dom *oprev, *onext; /* the owner's (or the unowned) list */
+	struct queue__member *owner;	  /* NULL: unowned */
+	struct queue__item *items;	  /* active items */
 	uint64_t hash, epoch;
 	uint64_t rcpts_queued, rcpts_deferred, nitems;
 	uint64_t leaving; /* during an apply: its queued recipients this command finishes */
-	uint8_t persisted; /* its 'D' key is in the store (not: an assignment loaded from a store
-			      older than ownership: unowned, epoch 0, until a member becomes LIVE) */
-	uint8_t fresh;	   /* prepared: inserted at link */
+	/* its 'D' key is in the store (not: an assignment loaded from a store older than
+	 * ownership: unowned, epoch 0, until a member becomes LIVE) */
+	uint8_t persisted;
+	uint8_t fresh; /* prepared: inserted at link */
 	size_t len;
 	char name[];
 };
@@ -127,7 +128,7 @@ struct queue_fsm {
 	struct queue__dom *unowned; /* the domains without owner */
 	uint64_t nunowned;
 	struct queue__heap unowned_heap;
-	struct queue__tomb **tbuckets; /* owned array (QUEUE__TOMB_BUCKETS); tombstones owned */
+	struct queue__tomb **tbuckets;	   /* owned array (QUEUE__TOMB_BUCKETS); tombstones owned */
 	struct queue__tomb *thead, *ttail; /* removal order: oldest first */
 	size_t ntombs;
 	struct queue_counts counts;
@@ -1259,7 +1260,8 @@ queue__accept_prepare(struct queue_fsm *q, uint64_t index, const Relay__Accept *
 		if (queue__heap_reserve(hp, hp->n + m->nitems))
 			goto err;
 	}
-	if (queue__reserve(q, q->counts.messages + 1) || queue__heap_reserve(&q->heap, q->heap.n + 1) ||
+	if (queue__reserve(q, q->counts.messages + 1) ||
+	    queue__heap_reserve(&q->heap, q->heap.n + 1) ||
 	    queue__dom_reserve(q, q->ndoms + m->nitems))
 		goto err;
 	Relay__QueueRecord rec;
@@ -1513,8 +1515,8 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 		rv = QUEUE_ENOMEM;
 		if (!(tomb = queue__tomb_new(id, idlen, index)))
 			goto err_after_alloc;
-		evict = q->ntombs + 1 > QUEUE_TOMBSTONES_MAX ? q->ntombs + 1 - QUEUE_TOMBSTONES_MAX
-							      : 0;
+		evict =
+		    q->ntombs + 1 > QUEUE_TOMBSTONES_MAX ? q->ntombs + 1 - QUEUE_TOMBSTONES_MAX : 0;
 	}
 	for (uint32_t j = 0; j < m->nitems; j++) {
 		struct queue__item *it = &m->items[j];
@@ -1546,7 +1548,8 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 			goto err_after_batch;
 		struct queue__tomb *t = q->thead;
 		for (size_t k = 0; k < evict; k++, t = t->next)
-			if (store_batch_delete(b, STORE_CF_QUEUE, tk, queue__tomb_key(tk, t->index)))
+			if (store_batch_delete(b, STORE_CF_QUEUE, tk,
+					       queue__tomb_key(tk, t->index)))
 				goto err_after_batch;
 	} else {
 		if (store_batch_put(b, STORE_CF_QUEUE, id, idlen, packed, plen))
@@ -1708,8 +1711,9 @@ queue__apply_sched(struct queue_fsm *q, uint64_t index, const char *id, enum que
 	size_t oklen = queue__index_key(okey, QUEUE_INDEX_QUEUED, m->next_attempt_ms, id);
 	size_t nklen = queue__index_key(nkey, QUEUE_INDEX_QUEUED, next, id);
 	if (store_batch_put(b, STORE_CF_QUEUE, id, idlen, packed, plen) ||
-	    (next != m->next_attempt_ms && (store_batch_delete(b, STORE_CF_INDEX, okey, oklen) ||
-					    store_batch_put(b, STORE_CF_INDEX, nkey, nklen, "", 0)))) {
+	    (next != m->next_attempt_ms &&
+	     (store_batch_delete(b, STORE_CF_INDEX, okey, oklen) ||
+	      store_batch_put(b, STORE_CF_INDEX, nkey, nklen, "", 0)))) {
 		b->len = mark_len;
 		b->count = mark_count;
 		free(packed);
@@ -2066,7 +2070,8 @@ queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const 
 	case QUEUE__OWN_TOMB: {
 		if (klen != 10 || !queue__token_ok((const char *)v, vlen, QUEUE_ID_MAX))
 			return QUEUE_ECORRUPT;
-		struct queue__tomb *t = queue__tomb_new((const char *)v, vlen, store_u64_decode(k + 2));
+		struct queue__tomb *t =
+		    queue__tomb_new((const char *)v, vlen, store_u64_decode(k + 2));
 		if (!t)
 			return QUEUE_ENOMEM;
 		queue__tomb_push(q, t); /* key order is removal order */
@@ -2337,8 +2342,8 @@ queue__heap_of(const struct queue_fsm *q, const char *owner)
 }
 
 int
-queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms,
-		    queue_item_cb cb, void *arg, size_t max)
+queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms, queue_item_cb cb,
+		    void *arg, size_t max)
 {
 	const struct queue__heap *h = queue__heap_of(q, owner);
 	if (!h)
@@ -2376,8 +2381,7 @@ queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t ca
 }
 
 int
-queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner,
-		       uint64_t *epoch)
+queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner, uint64_t *epoch)
 {
 	if (!domain)
 		return QUEUE_ENOTFOUND;
@@ -2385,7 +2389,7 @@ queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owne
 	size_t n = 0;
 	for (; domain[n] && n < QUEUE_DOMAIN_MAX; n++)
 		d[n] = (char)(domain[n] >= 'A' && domain[n] <= 'Z' ? domain[n] - 'A' + 'a'
-								 : domain[n]);
+								   : domain[n]);
 	if (domain[n])
 		return QUEUE_ENOTFOUND;
 	d[n] = 0;
@@ -2498,9 +2502,8 @@ queue_fsm_digest(const struct queue_fsm *q)
 	for (size_t i = 0; i < q->ndbuckets; i++) {
 		for (const struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
 			uint64_t x = queue__mix(d->hash, d->epoch);
-			x = queue__mix(x, d->owner ? queue__hash(d->owner->node,
-								  strlen(d->owner->node))
-						   : 0);
+			x = queue__mix(
+			    x, d->owner ? queue__hash(d->owner->node, strlen(d->owner->node)) : 0);
 			x = queue__mix(x, d->rcpts_queued);
 			x = queue__mix(x, d->persisted);
 			ds += x;

@@ -983,6 +983,13 @@ test_outcomes_and_reopen(void **state)
 	hits = 0;
 	count_lines(fp, "{\"queue_id\":\"q000005-dsn\"", &hits);
 	assert_int_equal(hits, 1);
+	/* every message has a queued recipient: its domain is unowned (no member) */
+	hits = 0;
+	count_lines(fp, "\"owner\":\"\",\"owner_epoch\":", &hits);
+	assert_int_equal(hits, 4);
+	hits = 0;
+	count_lines(fp, "\"held\":false", &hits);
+	assert_int_equal(hits, 4);
 	fclose(fp);
 }
 

@@ -221,8 +221,8 @@ own_kv_cb(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 	size_t vl;
 	assert_int_equal(((const unsigned char *)key)[0], QUEUE_KEY_OWN);
 	if (store_get(c->s, STORE_CF_QUEUE, key, klen, &v, &vl))
-		fail_msg("ownership key '%c' (len %zu) not in the store",
-			 ((const char *)key)[1], klen);
+		fail_msg("ownership key '%c' (len %zu) not in the store", ((const char *)key)[1],
+			 klen);
 	assert_int_equal(vl, vlen);
 	assert_memory_equal(v, val, vlen);
 	free(v);
@@ -591,7 +591,7 @@ test_fencing(void **state)
 	struct world w;
 	world_init(&w);
 	const char *addrs[] = {"a@one.example", "b@two.example"};
-	assert_int_equal(accept_n(&w, "m1", addrs, 2, T0), 0); /* index 1 */
+	assert_int_equal(accept_n(&w, "m1", addrs, 2, T0), 0);	  /* index 1 */
 	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0); /* index 2: epoch 2 */
 	expect_owner(&w, "one.example", "n1", 2);
 	expect_owner(&w, "two.example", "n1", 2);
@@ -628,9 +628,9 @@ test_fencing(void **state)
 
 	/* two.example moves (n1 down, n2 takes it at a new epoch); an outcome at the old epoch
 	 * for both recipients changes only one.example's */
-	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0);	  /* index 7 */
-	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_DOWN), 0);	  /* index 8 */
-	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0);	  /* index 9, sticky */
+	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0); /* index 7 */
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_DOWN), 0); /* index 8 */
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0); /* index 9, sticky */
 	expect_owner(&w, "one.example", "n2", 8);
 	expect_owner(&w, "two.example", "n2", 8);
 	/* no item of n1's any more: it would be fenced off anyway */
@@ -639,13 +639,12 @@ test_fencing(void **state)
 	assert_int_equal(queue_fsm_due_owned(w.q, "n1", UINT64_MAX, item_cb, &l, 64), 0);
 	assert_int_equal(queue_fsm_due_owned(w.q, "n2", UINT64_MAX, item_cb, &l, 64), 2);
 	assert_int_equal(l.it[0].epoch, 8);
-	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__DEFERRED, r01, 2, 2, T0 + 20,
-				 T0 + 600000, NULL),
-			 0);
+	assert_int_equal(
+	    outcome(&w, "m1", RELAY__OUTCOME_KIND__DEFERRED, r01, 2, 2, T0 + 20, T0 + 600000, NULL),
+	    0);
 	assert_int_equal(w.nops, 0);
 	/* the current epoch: applies, with the DSN (which gets an assignment like an Accept) */
-	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, 8, T0 + 30, 0,
-				 &dsn),
+	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, 8, T0 + 30, 0, &dsn),
 			 0);
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
 	assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_FAILED);
@@ -692,8 +691,8 @@ test_dsn_same_domain(void **state)
 	dsn.body.len = 3;
 	dsn.received_ms = T0 + 5;
 	const uint32_t r0[] = {0};
-	assert_int_equal(
-	    outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, e, T0 + 10, 0, &dsn), 0);
+	assert_int_equal(outcome(&w, "m1", RELAY__OUTCOME_KIND__FAILED, r0, 1, e, T0 + 10, 0, &dsn),
+			 0);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	const char *live[] = {"n1", "n2"};
 	expect_owner(&w, "same.example", winner_of("same.example", live, 2), 4);
@@ -943,8 +942,8 @@ test_persistence(void **state)
 				 epoch_of(&w, dom), T0 + 1, 0, NULL),
 			 0);
 	snprintf(dom, sizeof(dom), "d%u.example", 6u);
-	assert_int_equal(outcome(&w, "p06", RELAY__OUTCOME_KIND__DEFERRED, r0, 1,
-				 epoch_of(&w, dom), T0 + 1, T0 + 5000, NULL),
+	assert_int_equal(outcome(&w, "p06", RELAY__OUTCOME_KIND__DEFERRED, r0, 1, epoch_of(&w, dom),
+				 T0 + 1, T0 + 5000, NULL),
 			 0);
 	check_own_keys(&w, 0);
 	uint64_t d = queue_fsm_digest(w.q);
@@ -969,7 +968,8 @@ test_persistence(void **state)
 		assert_int_equal(la.it[i].epoch, lb.it[i].epoch);
 		assert_int_equal(la.it[i].next, lb.it[i].next);
 	}
-	assert_int_equal(queue_fsm_next_due_owned_ms(r, "b"), queue_fsm_next_due_owned_ms(w.q, "b"));
+	assert_int_equal(queue_fsm_next_due_owned_ms(r, "b"),
+			 queue_fsm_next_due_owned_ms(w.q, "b"));
 	assert_int_equal(queue_fsm_next_due_ms(r), queue_fsm_next_due_ms(w.q));
 	/* both go on identically */
 	struct store_batch b1, b2;
@@ -1020,7 +1020,11 @@ test_legacy_store(void **state)
 	assert_int_equal(accept1(&w, "m1", "a@old.example"), 0);
 	struct store_batch b;
 	store_batch_init(&b);
-	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE, "\x01" "Dold.example", 13), 0);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE,
+					    "\x01"
+					    "Dold.example",
+					    13),
+			 0);
 	assert_int_equal(store_write(w.s, &b, 0), 0);
 	store_batch_fini(&b);
 	assert_int_equal(queue_fsm_reload(w.q), 0);
@@ -1128,9 +1132,9 @@ run_random(struct world *w, uint64_t seed, unsigned n)
 		}
 		case 10:
 		case 11:
-			assert_int_equal(member(w, nodes[rnd(&x) % 6],
-						(enum queue_member_state)(rnd(&x) % 5)),
-					 0);
+			assert_int_equal(
+			    member(w, nodes[rnd(&x) % 6], (enum queue_member_state)(rnd(&x) % 5)),
+			    0);
 			break;
 		case 12:
 			assert_int_equal(renew(w, nodes[rnd(&x) % 6]), 0);
@@ -1173,12 +1177,13 @@ check_invariants(struct world *w)
 	uint64_t owned = 0;
 	for (size_t i = 0; i <= n; i++) {
 		const char *node = i < n ? ms[i].node : "";
-		if (i < n && ms[i].state != QUEUE_MEMBER_LIVE && ms[i].state != QUEUE_MEMBER_DRAINING)
+		if (i < n && ms[i].state != QUEUE_MEMBER_LIVE &&
+		    ms[i].state != QUEUE_MEMBER_DRAINING)
 			assert_int_equal(ms[i].domains, 0);
 		if (i < n)
 			owned += ms[i].rcpts_owned;
-		assert_true(queue_fsm_due_owned(w->q, node, UINT64_MAX, inv_item_cb, &v,
-						(size_t)-1) >= 0);
+		assert_true(
+		    queue_fsm_due_owned(w->q, node, UINT64_MAX, inv_item_cb, &v, (size_t)-1) >= 0);
 	}
 	uint64_t want = 0, queued = 0;
 	for (const struct queue_msg *m = queue_fsm_first(w->q); m; m = queue_fsm_next(w->q, m)) {
@@ -1288,10 +1293,12 @@ test_due_owned_order_and_cost(void **state)
 	struct store_batch one;
 	store_batch_init(&one);
 	uint64_t x = 42;
+	static uint16_t domidx[N]; /* message i's domain: d<domidx[i]>.example */
 	for (unsigned i = 0; i < N; i++) {
 		char id[16], addr[40];
 		snprintf(id, sizeof(id), "o%06u", i);
-		snprintf(addr, sizeof(addr), "u@d%llu.example", (unsigned long long)(rnd(&x) % 300));
+		domidx[i] = (uint16_t)(rnd(&x) % 300);
+		snprintf(addr, sizeof(addr), "u@d%u.example", domidx[i]);
 		Relay__Recipient r = RELAY__RECIPIENT__INIT, *rp = &r;
 		r.addr = addr;
 		Relay__Accept a = RELAY__ACCEPT__INIT;
@@ -1319,18 +1326,18 @@ test_due_owned_order_and_cost(void **state)
 	static uint64_t got_next[N];
 	const uint64_t now = T0 + 1000 * 2500;
 	for (unsigned k = 0; k < 3; k += 2) {
-		size_t nw = 0;
-		for (const struct queue_msg *m = queue_fsm_first(w.q); m; m = queue_fsm_next(w.q, m)) {
-			char o[QUEUE_NODE_MAX + 1], d[QUEUE_DOMAIN_MAX + 1];
+		unsigned char mine[300];
+		for (unsigned d = 0; d < 300; d++) {
+			char o[QUEUE_NODE_MAX + 1], dn[32];
 			uint64_t e;
-			Relay__QueueRecord *rec;
-			assert_int_equal(queue_fsm_read_record(w.q, m->queue_id, &rec), 0);
-			queue_addr_domain(rec->rcpts[0]->rcpt->addr, d);
-			relay__queue_record__free_unpacked(rec, NULL);
-			assert_int_equal(queue_fsm_domain_owner(w.q, d, o, &e), 0);
-			if (!strcmp(o, nodes[k]) && m->next_attempt_ms <= now)
-				want[nw++] = m;
+			snprintf(dn, sizeof(dn), "d%u.example", d);
+			mine[d] = !queue_fsm_domain_owner(w.q, dn, o, &e) && !strcmp(o, nodes[k]);
 		}
+		size_t nw = 0, i = 0;
+		for (const struct queue_msg *m = queue_fsm_first(w.q); m;
+		     m = queue_fsm_next(w.q, m), i++)
+			if (mine[domidx[i]] && m->next_attempt_ms <= now)
+				want[nw++] = m; /* apply order is accept order */
 		/* stable insertion by next attempt keeps apply order for ties (merge by hand:
 		 * buckets of 1 s) */
 		static const struct queue_msg *sorted[N];
@@ -1392,7 +1399,8 @@ test_members_bound_and_validation(void **state)
 	char node[32];
 	for (unsigned i = 0; i < QUEUE_MEMBERS_MAX; i++) {
 		snprintf(node, sizeof(node), "node-%03u", i);
-		assert_int_equal(member(&w, node, i % 2 ? QUEUE_MEMBER_LIVE : QUEUE_MEMBER_DOWN), 0);
+		assert_int_equal(member(&w, node, i % 2 ? QUEUE_MEMBER_LIVE : QUEUE_MEMBER_DOWN),
+				 0);
 	}
 	uint64_t d = queue_fsm_digest(w.q);
 	assert_int_equal(member(&w, "one-more", QUEUE_MEMBER_LIVE), QUEUE_EINVAL);
@@ -1521,6 +1529,248 @@ test_members_bound_and_validation(void **state)
 	world_fini(&w);
 }
 
+/* ---- out of memory changes nothing ---- */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define OWN_NO_MALLOC_HOOK 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OWN_NO_MALLOC_HOOK 1
+#endif
+#endif
+
+#ifndef OWN_NO_MALLOC_HOOK
+/* The allocator with a fault: while fail_at > 0, the fail_at-th allocation from now fails. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static long fail_at;
+
+static int
+fault_now(void)
+{
+	return fail_at > 0 && --fail_at == 0;
+}
+
+void *
+malloc(size_t n)
+{
+	return fault_now() ? NULL : __libc_malloc(n);
+}
+
+void *
+calloc(size_t a, size_t b)
+{
+	return fault_now() ? NULL : __libc_calloc(a, b);
+}
+
+void *
+realloc(void *p, size_t n)
+{
+	return fault_now() ? NULL : __libc_realloc(p, n);
+}
+
+/* Storage for one scripted command. */
+struct cmdstore {
+	Relay__Command c;
+	Relay__Accept a, dsn;
+	Relay__Recipient r[3], *rp[3], dr, *drp;
+	Relay__Outcome o;
+	Relay__Member m;
+	Relay__Renew rn;
+	Relay__Hold h;
+	Relay__Release rl;
+	Relay__Retry rt;
+	Relay__Delete d;
+	uint32_t idx[3];
+};
+
+enum { NSCRIPT = 16 };
+
+/* Command i of the script, built against w's state (epochs). */
+static Relay__Command *
+script_cmd(struct world *w, unsigned i, struct cmdstore *cs)
+{
+	static const char *const addrs[] = {"a@x.example", "b@y.example", "c@x.example"};
+	memset(cs, 0, sizeof(*cs));
+	relay__command__init(&cs->c);
+	relay__member__init(&cs->m);
+	relay__accept__init(&cs->a);
+	relay__outcome__init(&cs->o);
+	for (unsigned k = 0; k < 3; k++) {
+		relay__recipient__init(&cs->r[k]);
+		cs->rp[k] = &cs->r[k];
+	}
+	cs->a.mail_from = "from@example.com";
+	cs->a.received_ms = T0;
+	cs->a.rcpts = cs->rp;
+	cs->c.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	cs->c.member = &cs->m;
+	switch (i) {
+	case 0:
+	case 1:
+		cs->m.node = i ? "n2" : "n1";
+		break;
+	case 2:
+	case 3:
+		cs->c.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+		cs->c.accept = &cs->a;
+		cs->a.queue_id = i == 2 ? "m1" : "m2";
+		cs->a.n_rcpts = i == 2 ? 3 : 1;
+		for (unsigned k = 0; k < cs->a.n_rcpts; k++)
+			cs->r[k].addr = (char *)(i == 2 ? addrs[k] : "d@z.example");
+		break;
+	case 4:
+		relay__hold__init(&cs->h);
+		cs->h.queue_id = "m1";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_HOLD;
+		cs->c.hold = &cs->h;
+		break;
+	case 5:
+		relay__retry__init(&cs->rt);
+		cs->rt.queue_id = "m1";
+		cs->rt.at_ms = T0 + 5;
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RETRY;
+		cs->c.retry = &cs->rt;
+		break;
+	case 6:
+		relay__release__init(&cs->rl);
+		cs->rl.queue_id = "m1";
+		cs->rl.at_ms = T0 + 10;
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RELEASE;
+		cs->c.release = &cs->rl;
+		break;
+	case 7:	 /* m2's only recipient fails; the DSN goes to the same domain */
+	case 11: /* m1's x.example recipients delivered */
+	case 12: /* m1's y.example recipient delivered: m1 removed */
+		cs->c.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
+		cs->c.outcome = &cs->o;
+		cs->o.queue_id = i == 7 ? "m2" : "m1";
+		cs->o.rcpt_index = cs->idx;
+		cs->o.kind = i == 7 ? RELAY__OUTCOME_KIND__FAILED : RELAY__OUTCOME_KIND__DELIVERED;
+		cs->o.at_ms = T0 + i;
+		cs->o.has_epoch = 1;
+		if (i == 7) {
+			cs->o.n_rcpt_index = 1;
+			cs->o.epoch = epoch_of(w, "z.example");
+			relay__accept__init(&cs->dsn);
+			relay__recipient__init(&cs->dr);
+			cs->dr.addr = "postmaster@z.example";
+			cs->drp = &cs->dr;
+			cs->dsn.queue_id = "m2-dsn";
+			cs->dsn.mail_from = "";
+			cs->dsn.n_rcpts = 1;
+			cs->dsn.rcpts = &cs->drp;
+			cs->dsn.received_ms = T0 + 7;
+			cs->o.dsn = &cs->dsn;
+		} else if (i == 11) {
+			cs->idx[0] = 0;
+			cs->idx[1] = 2;
+			cs->o.n_rcpt_index = 2;
+			cs->o.epoch = epoch_of(w, "x.example");
+		} else {
+			cs->idx[0] = 1;
+			cs->o.n_rcpt_index = 1;
+			cs->o.epoch = epoch_of(w, "y.example");
+		}
+		break;
+	case 8:
+		cs->m.node = "n1";
+		cs->m.state = RELAY__MEMBER_STATE__MEMBER_DOWN;
+		break;
+	case 9:
+		cs->m.node = "n3";
+		break;
+	case 10:
+		relay__renew__init(&cs->rn);
+		cs->rn.node = "n2";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_RENEW;
+		cs->c.renew = &cs->rn;
+		break;
+	case 13:
+		relay__delete__init(&cs->d);
+		cs->d.queue_id = "m2-dsn";
+		cs->c.cmd_case = RELAY__COMMAND__CMD_DELETE;
+		cs->c.delete_ = &cs->d;
+		break;
+	case 14:
+		cs->c.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
+		cs->c.accept = &cs->a;
+		cs->a.queue_id = "m2-dsn"; /* a tombstone: no-op */
+		cs->a.n_rcpts = 1;
+		cs->r[0].addr = "x@z.example";
+		break;
+	default:
+		cs->m.node = "n2";
+		cs->m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
+		break;
+	}
+	return &cs->c;
+}
+
+static void
+test_enomem_changes_nothing(void **state)
+{
+	(void)state;
+	struct world ref, w;
+	world_init(&ref);
+	world_init(&w);
+	static struct cmdstore cs;
+	unsigned faults = 0;
+	for (unsigned i = 0; i < NSCRIPT; i++) {
+		struct store_batch want, got;
+		store_batch_init(&want);
+		store_batch_init(&got);
+		assert_int_equal(queue_apply(ref.q, i + 1, script_cmd(&ref, i, &cs), &want), 0);
+		assert_int_equal(store_write(ref.s, &want, 0), 0);
+		/* fail the 1st, 2nd, ... allocation of the apply until it needs no more */
+		for (long k = 1;; k++) {
+			uint64_t d = queue_fsm_digest(w.q);
+			Relay__Command *c = script_cmd(&w, i, &cs);
+			store_batch_clear(&got);
+			fail_at = k;
+			int rv = queue_apply(w.q, i + 1, c, &got);
+			int hit = fail_at == 0;
+			fail_at = 0;
+			if (rv == QUEUE_ENOMEM) {
+				assert_true(hit);
+				assert_int_equal(got.len, 0);
+				assert_int_equal(queue_fsm_digest(w.q), d);
+				check_invariants(&w);
+				faults++;
+				continue;
+			}
+			assert_int_equal(rv, 0);
+			if (hit)
+				continue; /* a failed allocation that apply survived (none expected)
+					   */
+			break;
+		}
+		assert_int_equal(got.len, want.len);
+		assert_memory_equal(got.buf, want.buf, want.len);
+		assert_int_equal(store_write(w.s, &got, 0), 0);
+		assert_int_equal(queue_fsm_digest(w.q), queue_fsm_digest(ref.q));
+		check_own_keys(&w, 0);
+		check_invariants(&w);
+		store_batch_fini(&want);
+		store_batch_fini(&got);
+	}
+	print_message("%u allocation failures injected\n", faults);
+	assert_true(faults > 30);
+	assert_null(queue_fsm_lookup(w.q, "m1"));
+	check_reopen(&w);
+	world_fini(&ref);
+	world_fini(&w);
+}
+#else
+static void
+test_enomem_changes_nothing(void **state)
+{
+	(void)state;
+	skip(); /* the sanitizer owns malloc */
+}
+#endif
+
 int
 main(void)
 {
@@ -1537,6 +1787,7 @@ main(void)
 	    cmocka_unit_test(test_determinism_random),
 	    cmocka_unit_test(test_due_owned_order_and_cost),
 	    cmocka_unit_test(test_members_bound_and_validation),
+	    cmocka_unit_test(test_enomem_changes_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
