@@ -1603,6 +1603,13 @@ craft__reconcile(struct cluster__raft *c)
 				cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
 				cmd.member = &m;
 				int rv = cluster__raft_propose(c, &cmd, craft__noop_cb, NULL);
+				if (rv == CLUSTER_EINVAL) {
+					/* a queue state machine without member states: nothing
+					 * to move */
+					cluster__log("event=member-removed node=%s skipped: %s",
+						     c->peers[i].name, cluster_strerror(rv));
+					rv = 0;
+				}
 				if (!rv)
 					rv = craft__propose_peer(c, c->peers[i].name, "",
 								 RELAY__PEER_STATE__PEER_LEFT, NULL,

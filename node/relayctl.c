@@ -433,6 +433,7 @@ cmd_queue_show(int argc, char **argv)
 		json_kv_u64("size", q->size, true);
 		json_kv_str("client_addr", q->client_addr, true);
 		json_kv_str("node_id", q->node_id, true);
+		printf(",\"held\":%s", q->has_held && q->held ? "true" : "false");
 		if (q->envid)
 			json_kv_str("envid", q->envid, true);
 		printf(",\"rcpts\":[");
@@ -457,6 +458,8 @@ cmd_queue_show(int argc, char **argv)
 		       q->queue_id, q->mail_from, fmt_time(q->received_ms, t, sizeof(t)),
 		       q->client_addr ? q->client_addr : "?", q->node_id ? q->node_id : "?",
 		       q->size);
+		if (q->has_held && q->held)
+			printf("held:      yes (relayctl queue release %s)\n", q->queue_id);
 		for (size_t i = 0; i < q->n_rcpts; i++) {
 			const Relay__QueueRcpt *rc = q->rcpts[i];
 			printf("rcpt:      <%s> %s attempts=%u next=%s%s%s%s%s\n",
@@ -613,8 +616,8 @@ wait_begin(void)
 	opt.req_timeout_ms = total < RELAYCTL_REQUEST_TIMEOUT_MS ? total : RELAYCTL_REQUEST_TIMEOUT_MS;
 }
 
-/* Sleeps one poll interval; false when the deadline has passed.  Requests after it get at
- * most the time left (at least 1 ms). */
+/* Sleeps one poll interval; false when the deadline has passed (a request started before it
+ * may overrun it by its own timeout at most). */
 static bool
 wait_more(void)
 {
@@ -624,10 +627,6 @@ wait_more(void)
 	uint64_t left = wait_deadline - now;
 	struct timespec ts = {0, (long)(left < RELAYCTL_POLL_MS ? left : RELAYCTL_POLL_MS) * 1000000L};
 	nanosleep(&ts, NULL);
-	now = now_ms();
-	left = wait_deadline > now ? wait_deadline - now : 1;
-	if (left < opt.req_timeout_ms)
-		opt.req_timeout_ms = left;
 	return true;
 }
 
