@@ -10,6 +10,7 @@ queued messages stay put whatever delivery ownership does; the tests never wait 
 - leader transfer (to the most caught-up voter, then to a named one) moves leadership;
 - node add of a fourth node that then catches up (applies what the others applied, shows a
   message accepted after it joined), survives a restart of another node, then node remove;
+  node remove of the leader itself (it steps down, the other two go on);
 - drain proposes DRAINING, visible on every node; status shows ownership and domains;
 - an unreachable server -> exit 3 with a message; usage errors -> exit 2; refused requests -> 1.
 Every wait has a deadline; every process started is stopped.
@@ -289,6 +290,26 @@ class RelayctlClusterTest(RelayTestCase):
         code, _, err = ctl(admin(ADDRS[0]), "node", "remove", "n4")
         self.assertEqual(code, 1)
         self.assertIn("no such member", err)
+
+    def test_node_remove_leader(self):
+        old = self.wait_agreed_leader()
+        i = NAMES.index(old)
+        rest = [a for a in ADDRS if a != ADDRS[i]]
+        # asked of a follower: the leader takes itself out and steps down; the others go on
+        code, r, err = ctl_json(admin(rest[0]), "node", "remove", old, timeout="30s")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(r["membership"], "gone")
+        self.addrs = rest
+        new = self.wait_agreed_leader()
+        self.assertNotEqual(new, old)
+        for a in rest:
+            st = status(a)
+            self.assertEqual(sorted(m["id"] for m in st["members"]),
+                             sorted(n for n in NAMES if n != old))
+        self.assertEqual(self.cl[i].stop(), 0)
+        # two voters still commit, and a message reaches both
+        q = self.send(rest[1], 1)[0]
+        self.wait_everywhere(lambda a: self.show(a, q)[0] == 0, "message on both")
 
     # ---- drain ----
 
