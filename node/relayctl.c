@@ -878,8 +878,10 @@ main(int argc, char **argv)
 {
 	const char *config_file = NULL;
 	static struct relay_config cfg;
-	/* global options anywhere; the rest (command and its arguments) in order */
-	char **args = calloc((size_t)argc + 1, sizeof(char *));
+	/* global options anywhere; the rest (command and its arguments) in order (static: lives
+	 * until exit) */
+	static char **args;
+	args = calloc((size_t)argc + 1, sizeof(char *));
 	int nargs = 0;
 	if (args == NULL)
 		die(EXIT_FAILED, "out of memory");
