@@ -116,9 +116,71 @@ admin_msg_deferred(const struct queue_msg *m, uint64_t now, uint32_t *max_attemp
 static bool
 admin_member_known(struct admin *a, const char *node)
 {
-	(void)a;
-	(void)node;
-	return false; /* OWNERSHIP: queue_fsm_members once linked */
+	static struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(cluster_queue(a->cluster), mem, QUEUE_MEMBERS_MAX);
+	for (size_t i = 0; i < n && i < QUEUE_MEMBERS_MAX; i++)
+		if (strcmp(mem[i].node, node) == 0)
+			return true;
+	return false;
+}
+
+static const char *
+admin_owner_state_name(unsigned st)
+{
+	switch (st) {
+	case QUEUE_MEMBER_LIVE:
+		return "live";
+	case QUEUE_MEMBER_DRAINING:
+		return "draining";
+	case QUEUE_MEMBER_DRAINED:
+		return "drained";
+	case QUEUE_MEMBER_DOWN:
+		return "down";
+	default:
+		return "removed";
+	}
+}
+
+static void
+admin_set_ownership(Relay__PeerStatus *p, const struct queue_member *m)
+{
+	p->owner_state = (char *)admin_owner_state_name(m->state);
+	p->has_domains = p->has_rcpts_owned = p->has_rcpts_deferred = true;
+	p->domains = m->domains;
+	p->rcpts_owned = m->rcpts_owned;
+	p->rcpts_deferred = m->rcpts_deferred;
+}
+
+/* Domains for one status reply: at most ADMIN_DOMAINS_MAX, strings copied. */
+struct admin_domains {
+	Relay__DomainStatus *ds;
+	Relay__DomainStatus **dp;
+	char (*names)[QUEUE_DOMAIN_MAX + 1];
+	char (*owners)[QUEUE_NODE_MAX + 1];
+	size_t n;
+	bool truncated;
+};
+
+static int
+admin_domain_cb(void *arg, const char *domain, const char *owner, uint64_t epoch,
+		uint64_t rcpts_queued)
+{
+	struct admin_domains *d = arg;
+	if (d->n == ADMIN_DOMAINS_MAX) {
+		d->truncated = true;
+		return 1;
+	}
+	Relay__DomainStatus *x = &d->ds[d->n];
+	relay__domain_status__init(x);
+	snprintf(d->names[d->n], sizeof(d->names[d->n]), "%s", domain);
+	snprintf(d->owners[d->n], sizeof(d->owners[d->n]), "%s", owner ? owner : "");
+	x->domain = d->names[d->n];
+	x->owner = d->owners[d->n];
+	x->epoch = epoch;
+	x->rcpts_queued = rcpts_queued;
+	d->dp[d->n] = x;
+	d->n++;
+	return 0;
 }
 
 static void
@@ -155,7 +217,14 @@ admin_status(struct admin *a)
 	st.has_leader_changes = st.has_now_ms = true;
 	st.leader_changes = cs.leader_changes;
 	st.now_ms = now;
-	Relay__PeerStatus ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	/* members: the address book, then members only the queue's member table knows */
+	static Relay__PeerStatus ps[CLUSTER_MAX_PEERS + QUEUE_MEMBERS_MAX];
+	static Relay__PeerStatus *pp[CLUSTER_MAX_PEERS + QUEUE_MEMBERS_MAX];
+	static struct queue_member mem[QUEUE_MEMBERS_MAX];
+	bool mem_used[QUEUE_MEMBERS_MAX] = {false};
+	size_t nmem = queue_fsm_members(q, mem, QUEUE_MEMBERS_MAX);
+	if (nmem > QUEUE_MEMBERS_MAX)
+		nmem = QUEUE_MEMBERS_MAX;
 	Relay__PeerStatus self = RELAY__PEER_STATUS__INIT;
 	Relay__PeerStatus *selfp = &self;
 	if (cs.replicated) {
@@ -190,10 +259,45 @@ admin_status(struct admin *a)
 		st.n_peers = 1;
 		st.peers = &selfp;
 	}
+	for (size_t i = 0; i < st.n_peers; i++)
+		for (size_t k = 0; k < nmem; k++)
+			if (!mem_used[k] && strcmp(mem[k].node, st.peers[i]->id) == 0) {
+				admin_set_ownership(st.peers[i], &mem[k]);
+				mem_used[k] = true;
+			}
+	if (cs.replicated) {
+		for (size_t k = 0; k < nmem; k++) {
+			if (mem_used[k])
+				continue;
+			Relay__PeerStatus *x = &ps[st.n_peers];
+			relay__peer_status__init(x);
+			x->id = mem[k].node;
+			x->membership = "";
+			admin_set_ownership(x, &mem[k]);
+			pp[st.n_peers++] = x;
+		}
+	}
+	struct admin_domains dom = {
+	    .ds = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.ds)),
+	    .dp = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.dp)),
+	    .names = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.names)),
+	    .owners = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.owners)),
+	};
+	if (dom.ds && dom.dp && dom.names && dom.owners) {
+		queue_fsm_domains(q, admin_domain_cb, &dom);
+		st.n_domains = dom.n;
+		st.domains = dom.dp;
+		st.has_domains_truncated = true;
+		st.domains_truncated = dom.truncated;
+	}
 	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
 	r.ok = true;
 	r.status = &st;
 	admin_send(a, &r);
+	free(dom.ds);
+	free(dom.dp);
+	free(dom.names);
+	free(dom.owners);
 }
 
 static bool
