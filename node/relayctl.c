@@ -211,6 +211,18 @@ find_member(const Relay__StatusReply *s, const char *id)
 	return NULL;
 }
 
+/* A member's role as the answering node sees it: leader or follower for a voter, else its
+ * membership (learner, joining, leaving, removed), "" when only the queue knows it. */
+static const char *
+member_role(const Relay__StatusReply *s, const Relay__PeerStatus *p)
+{
+	if (p->membership == NULL)
+		return "";
+	if (strcmp(p->membership, "voter") == 0)
+		return s->leader && strcmp(s->leader, p->id) == 0 ? "leader" : "follower";
+	return p->membership;
+}
+
 static int
 cmd_status(void)
 {
@@ -233,6 +245,7 @@ cmd_status(void)
 			json_kv_str("id", p->id, false);
 			json_kv_str("addr", p->addr, true);
 			json_kv_str("membership", p->membership, true);
+			json_kv_str("role", member_role(s, p), true);
 			printf(",\"self\":%s,\"connected\":%s,\"healthy\":%s", p->self ? "true" : "false",
 			       p->connected ? "true" : "false", p->healthy ? "true" : "false");
 			if (p->has_match)
@@ -300,7 +313,7 @@ cmd_status(void)
 			}
 			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n",
 			       p->id, p->addr && p->addr[0] ? p->addr : "-",
-			       p->membership && p->membership[0] ? p->membership : "-",
+			       member_role(s, p)[0] ? member_role(s, p) : "-",
 			       p->self ? "yes" : "", p->connected ? "yes" : "no",
 			       p->healthy ? "ok" : "DOWN", m, l, c,
 			       p->owner_state ? p->owner_state : "-", od, orc, odf);

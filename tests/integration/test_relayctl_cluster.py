@@ -178,6 +178,10 @@ class RelayctlClusterTest(RelayTestCase):
             st = wait_for(lambda: status(a), 10, "status of %s" % a)
             self.assertIn(st["role"], ("leader", "follower"))
             self.assertEqual(sorted(m["id"] for m in st["members"]), NAMES)
+            self.assertEqual(sorted(m["role"] for m in st["members"]),
+                             ["follower", "follower", "leader"])
+            self.assertEqual([m["id"] for m in st["members"] if m["role"] == "leader"],
+                             [st["leader"]])
             for m in st["members"]:
                 self.assertEqual(m["membership"], "voter")
                 self.assertEqual(m["addr"], "%s:7401" % ADDRS[NAMES.index(m["id"])])
