@@ -19,6 +19,7 @@ import json
 import os
 import smtplib
 import subprocess
+import time
 
 from relaytest import RelayTestCase, wait_for
 
@@ -134,10 +135,16 @@ class RelayctlClusterTest(RelayTestCase):
         self.wait_everywhere(lambda a: not self.show(a, ids[0])[1]["held"], "released")
         self.assertTrue(self.show(ADDRS[0], ids[1])[1]["held"])
 
-        # retry through n1 (human output): due now on every node, held stays held
+        # retry through n1 (human output): due now on every node (Retry{at_ms} from n1's
+        # clock), held stays held
+        before = self.show(ADDRS[0], ids[2])[1]["rcpts"][0]["next_attempt_ms"]
+        t0 = int(time.time() * 1000)
         code, out, err = ctl(admin(ADDRS[0]), "queue", "retry", ids[2], ids[1])
         self.assertEqual(code, 0, err)
         self.assertIn("%s scheduled for a retry now" % ids[2], out)
+        self.assertGreaterEqual(t0, before)
+        self.wait_everywhere(
+            lambda a: self.show(a, ids[2])[1]["rcpts"][0]["next_attempt_ms"] >= t0, "retried")
         self.assertTrue(self.show(ADDRS[2], ids[1])[1]["held"])
 
         # unknown ids: exit 1, named in not_found, the known ones still done
