@@ -54,7 +54,7 @@
 	X(CLUSTER_ETOOBIG, -7, "command larger than the write batch bound")                        \
 	X(CLUSTER_ENOTFOUND, -8, "no such message")                                                \
 	X(CLUSTER_ETIMEDOUT, -9, "not committed in time (no leader or no quorum)")                 \
-	X(CLUSTER_ENOLEADER, -10, "no leader known")                                             \
+	X(CLUSTER_ENOLEADER, -10, "no leader known")                                               \
 	X(CLUSTER_ESINGLE, -11, "a single node has no membership to change")                       \
 	X(CLUSTER_EEXIST, -12, "already a member")                                                 \
 	X(CLUSTER_ENOMEMBER, -13, "no such member")                                                \
@@ -188,9 +188,9 @@ void cluster_stats(struct cluster *c, struct cluster_stats *st);
 struct cluster_peer_status {
 	char name[CLUSTER_ID_MAX + 1];
 	char addr[CLUSTER_ADDR_MAX + 1]; /* its cluster_listen as the address book has it */
-	const char *membership; /* static: "voter", "learner", "joining" (wanted, not yet in the
-				   Raft configuration), "leaving", "removed" (this node, taken
-				   out of the cluster) */
+	const char *membership;	 /* static: "voter", "learner", "joining" (wanted, not yet in the
+				    Raft configuration), "leaving", "removed" (this node, taken
+				    out of the cluster) */
 	uint64_t id;		 /* raft id (FNV-1a of the name) */
 	int self;		 /* this node */
 	int connected;		 /* a transport connection to it is up (self: 1) */

@@ -358,8 +358,8 @@ craft__book_put(struct cluster__raft *c, struct store_batch *b)
 	if (len > sizeof(buf))
 		return STORE_EINVAL;
 	relay__peer_book__pack(&book, buf);
-	return store_batch_put(b, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1, buf,
-			       len);
+	return store_batch_put(b, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1,
+			       buf, len);
 }
 
 /* Replaces the book with the stored one.  STORE_ENOTFOUND when none was stored. */
@@ -425,7 +425,8 @@ craft__apply_peer(struct cluster__raft *c, uint64_t index, const Relay__Peer *p)
 		if (i < 0)
 			return 0;
 		if ((size_t)i != c->self) {
-			cluster__log("index=%" PRIu64 " event=peer node=%s state=left", index, p->node);
+			cluster__log("index=%" PRIu64 " event=peer node=%s state=left", index,
+				     p->node);
 			craft__book_del(c, (size_t)i);
 			i = -1;
 		}
@@ -1634,11 +1635,13 @@ craft__reconcile(struct cluster__raft *c)
 				break;
 			}
 			if (!member) {
-				if (craft__conf_change(c, i, RAFT_CONF_ADD_LEARNER, "add-learner", now))
+				if (craft__conf_change(c, i, RAFT_CONF_ADD_LEARNER, "add-learner",
+						       now))
 					return;
 			} else if (!voter) {
 				const struct raft_peer_status *pr = craft__progress(&rs, id);
-				if (pr && pr->state == 1 && pr->match + CRAFT_PROMOTE_LAG >= rs.commit &&
+				if (pr && pr->state == 1 &&
+				    pr->match + CRAFT_PROMOTE_LAG >= rs.commit &&
 				    craft__conf_change(c, i, RAFT_CONF_ADD_VOTER, "promote", now))
 					return;
 			}
@@ -1648,8 +1651,8 @@ craft__reconcile(struct cluster__raft *c)
 				if (craft__conf_change(c, i, RAFT_CONF_REMOVE, "remove", now))
 					return;
 			} else if (!raft_conf_is_member(&c->conf_committed, id) && !throttled) {
-				/* out of the committed configuration: its deliveries move, then every
-				 * node forgets it */
+				/* out of the committed configuration: its deliveries move, then
+				 * every node forgets it */
 				Relay__Member m = RELAY__MEMBER__INIT;
 				m.node = c->peers[i].name;
 				m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
@@ -1813,7 +1816,8 @@ cluster__raft_wanted(const struct cluster_config *cfg)
 	/* one peer that is not this node: join that cluster */
 	const char *eq = strchr(cfg->peers[0], '=');
 	size_t n = eq ? (size_t)(eq - cfg->peers[0]) : strlen(cfg->peers[0]);
-	return !(cfg->node_id && strlen(cfg->node_id) == n && !strncmp(cfg->peers[0], cfg->node_id, n));
+	return !(cfg->node_id && strlen(cfg->node_id) == n &&
+		 !strncmp(cfg->peers[0], cfg->node_id, n));
 }
 
 /* Loads the durable raft state and gives it to the core (or bootstraps a new cluster). */

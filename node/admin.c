@@ -305,7 +305,8 @@ admin_rcpt_in_domain(const Relay__QueueRecord *rec, const char *domain)
 {
 	for (size_t i = 0; i < rec->n_rcpts; i++) {
 		const Relay__QueueRcpt *r = rec->rcpts[i];
-		if (r->state != RELAY__RCPT_STATE__RCPT_QUEUED || r->rcpt == NULL || r->rcpt->addr == NULL)
+		if (r->state != RELAY__RCPT_STATE__RCPT_QUEUED || r->rcpt == NULL ||
+		    r->rcpt->addr == NULL)
 			continue;
 		const char *at = strrchr(r->rcpt->addr, '@');
 		if (at != NULL && strcasecmp(at + 1, domain) == 0)
@@ -369,7 +370,8 @@ admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
 		it->attempts = att;
 		it->state = deferred ? "deferred" : "active";
 		for (size_t i = 0; i < rec->n_rcpts; i++)
-			if (rec->rcpts[i]->state == RELAY__RCPT_STATE__RCPT_QUEUED && rec->rcpts[i]->rcpt) {
+			if (rec->rcpts[i]->state == RELAY__RCPT_STATE__RCPT_QUEUED &&
+			    rec->rcpts[i]->rcpt) {
 				it->first_rcpt = rec->rcpts[i]->rcpt->addr;
 				break;
 			}
@@ -467,7 +469,7 @@ admin_del_cb(void *arg, int status)
 		if (status == 0) {
 			a->deleted[a->n_deleted++] = strdup(d->queue_id);
 			log_info(d->queue_id, "event=%s by=admin",
-				 a->op == ADMIN_OP_DELETE    ? "deleted"
+				 a->op == ADMIN_OP_DELETE  ? "deleted"
 				 : a->op == ADMIN_OP_RETRY ? "retry"
 				 : a->op == ADMIN_OP_HOLD  ? "held"
 							   : "released");
@@ -553,8 +555,8 @@ admin_queue_op(struct admin *a, enum admin_op op, char **queue_ids, size_t n_que
 			ids[n++] = queue_ids[i];
 	uint64_t now = admin_now_ms();
 	if (all_deferred)
-		for (const struct queue_msg *m = queue_fsm_first(q); m != NULL && n < ADMIN_DELETE_MAX;
-		     m = queue_fsm_next(q, m))
+		for (const struct queue_msg *m = queue_fsm_first(q);
+		     m != NULL && n < ADMIN_DELETE_MAX; m = queue_fsm_next(q, m))
 			if (admin_msg_deferred(m, now, NULL))
 				ids[n++] = m->queue_id;
 	a->deleted = calloc(n ? n : 1, sizeof(char *));

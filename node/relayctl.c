@@ -55,8 +55,7 @@ static struct {
 	bool json;
 } opt = {.req_timeout_ms = RELAYCTL_REQUEST_TIMEOUT_MS};
 
-static void __attribute__((noreturn, format(printf, 2, 3)))
-die(int code, const char *fmt, ...)
+static void __attribute__((noreturn, format(printf, 2, 3))) die(int code, const char *fmt, ...)
 {
 	va_list ap;
 	fputs("relayctl: ", stderr);
@@ -70,22 +69,23 @@ die(int code, const char *fmt, ...)
 static void
 usage(FILE *out)
 {
-	fprintf(out,
-		"usage: relayctl [--server HOST:PORT] [--config FILE] [--json] [--timeout DUR]\n"
-		"                [--ca FILE --cert FILE --key FILE] COMMAND\n"
-		"commands:\n"
-		"  status                                  members, roles, indexes, queue depth\n"
-		"  queue list [--state active|deferred] [--domain D] [--limit N]\n"
-		"  queue show ID\n"
-		"  queue retry|hold|release|delete ID... | --all-deferred\n"
-		"  node add ID HOST:PORT                   add a member (waits until it votes)\n"
-		"  node remove ID                          remove a member (waits until gone)\n"
-		"  leader transfer [ID]                    move leadership (default: the most\n"
-		"                                          caught-up other voter)\n"
-		"  drain [ID]                              hand a member's deliveries over (default:\n"
-		"                                          the node answering); waits until drained\n"
-		"--timeout: one request (default 5s), or the whole wait (default 60s)\n"
-		"exit codes: 0 ok, 1 request failed, 2 usage, 3 no node reachable\n");
+	fprintf(
+	    out,
+	    "usage: relayctl [--server HOST:PORT] [--config FILE] [--json] [--timeout DUR]\n"
+	    "                [--ca FILE --cert FILE --key FILE] COMMAND\n"
+	    "commands:\n"
+	    "  status                                  members, roles, indexes, queue depth\n"
+	    "  queue list [--state active|deferred] [--domain D] [--limit N]\n"
+	    "  queue show ID\n"
+	    "  queue retry|hold|release|delete ID... | --all-deferred\n"
+	    "  node add ID HOST:PORT                   add a member (waits until it votes)\n"
+	    "  node remove ID                          remove a member (waits until gone)\n"
+	    "  leader transfer [ID]                    move leadership (default: the most\n"
+	    "                                          caught-up other voter)\n"
+	    "  drain [ID]                              hand a member's deliveries over (default:\n"
+	    "                                          the node answering); waits until drained\n"
+	    "--timeout: one request (default 5s), or the whole wait (default 60s)\n"
+	    "exit codes: 0 ok, 1 request failed, 2 usage, 3 no node reachable\n");
 }
 
 /* ---- JSON output helpers ---- */
@@ -246,8 +246,9 @@ cmd_status(void)
 			json_kv_str("addr", p->addr, true);
 			json_kv_str("membership", p->membership, true);
 			json_kv_str("role", member_role(s, p), true);
-			printf(",\"self\":%s,\"connected\":%s,\"healthy\":%s", p->self ? "true" : "false",
-			       p->connected ? "true" : "false", p->healthy ? "true" : "false");
+			printf(",\"self\":%s,\"connected\":%s,\"healthy\":%s",
+			       p->self ? "true" : "false", p->connected ? "true" : "false",
+			       p->healthy ? "true" : "false");
 			if (p->has_match)
 				json_kv_u64("match", p->match, true);
 			if (p->has_lag)
@@ -293,8 +294,8 @@ cmd_status(void)
 		printf("commit %" PRIu64 "  applied %" PRIu64 "  last %" PRIu64
 		       "  leader changes %" PRIu64 "\n\n",
 		       s->commit_index, s->applied_index, s->last_index, s->leader_changes);
-		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n",
-		       "MEMBER", "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
+		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n", "MEMBER",
+		       "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
 		       "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
@@ -313,9 +314,8 @@ cmd_status(void)
 			}
 			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n",
 			       p->id, p->addr && p->addr[0] ? p->addr : "-",
-			       member_role(s, p)[0] ? member_role(s, p) : "-",
-			       p->self ? "yes" : "", p->connected ? "yes" : "no",
-			       p->healthy ? "ok" : "DOWN", m, l, c,
+			       member_role(s, p)[0] ? member_role(s, p) : "-", p->self ? "yes" : "",
+			       p->connected ? "yes" : "no", p->healthy ? "ok" : "DOWN", m, l, c,
 			       p->owner_state ? p->owner_state : "-", od, orc, odf);
 		}
 		if (s->n_domains) {
@@ -396,8 +396,7 @@ cmd_queue_list(int argc, char **argv)
 			printf("%-24s %-8s %6s %8" PRIu64 " %5s %9u  <%s> %s%s\n", it->queue_id,
 			       it->state, fmt_age(l->now_ms, it->received_ms, age, sizeof(age)),
 			       it->size, rc, it->attempts, it->from,
-			       it->first_rcpt ? it->first_rcpt : "",
-			       it->nqueued > 1 ? " ..." : "");
+			       it->first_rcpt ? it->first_rcpt : "", it->nqueued > 1 ? " ..." : "");
 		}
 		(void)next;
 		printf("%zu message%s%s\n", l->n_items, l->n_items == 1 ? "" : "s",
@@ -466,8 +465,8 @@ cmd_queue_show(int argc, char **argv)
 		printf("]}\n");
 	} else {
 		char t[40], n[40];
-		printf("queue id:  %s\nfrom:      <%s>\nreceived:  %s from %s at %s\nsize:      %" PRIu64
-		       "\n",
+		printf("queue id:  %s\nfrom:      <%s>\nreceived:  %s from %s at %s\nsize:      "
+		       "%" PRIu64 "\n",
 		       q->queue_id, q->mail_from, fmt_time(q->received_ms, t, sizeof(t)),
 		       q->client_addr ? q->client_addr : "?", q->node_id ? q->node_id : "?",
 		       q->size);
@@ -626,7 +625,8 @@ wait_begin(void)
 {
 	uint64_t total = opt.timeout_ms ? opt.timeout_ms : RELAYCTL_WAIT_TIMEOUT_MS;
 	wait_deadline = now_ms() + total;
-	opt.req_timeout_ms = total < RELAYCTL_REQUEST_TIMEOUT_MS ? total : RELAYCTL_REQUEST_TIMEOUT_MS;
+	opt.req_timeout_ms =
+	    total < RELAYCTL_REQUEST_TIMEOUT_MS ? total : RELAYCTL_REQUEST_TIMEOUT_MS;
 }
 
 /* Sleeps one poll interval; false when the deadline has passed (a request started before it
@@ -638,7 +638,8 @@ wait_more(void)
 	if (now >= wait_deadline)
 		return false;
 	uint64_t left = wait_deadline - now;
-	struct timespec ts = {0, (long)(left < RELAYCTL_POLL_MS ? left : RELAYCTL_POLL_MS) * 1000000L};
+	struct timespec ts = {0,
+			      (long)(left < RELAYCTL_POLL_MS ? left : RELAYCTL_POLL_MS) * 1000000L};
 	nanosleep(&ts, NULL);
 	return true;
 }
@@ -657,8 +658,8 @@ check_node_id(const char *what, const char *id)
 		die(EXIT_USAGE, "%s: '%s' is not a node id", what, id);
 	for (const char *p = id; *p; p++)
 		if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
-			die(EXIT_USAGE, "%s: '%s' is not a node id (letters, digits, '-', '_', '.')",
-			    what, id);
+			die(EXIT_USAGE,
+			    "%s: '%s' is not a node id (letters, digits, '-', '_', '.')", what, id);
 }
 
 /* relayctl node add ID ADDR | node remove ID */
@@ -713,11 +714,13 @@ cmd_node(int argc, char **argv)
 		if (p && p->addr)
 			snprintf(addr, sizeof(addr), "%s", p->addr);
 		relay__admin_reply__free_unpacked(sr, NULL);
-		bool done = add ? strcmp(membership, "voter") == 0 : strcmp(membership, "gone") == 0;
+		bool done =
+		    add ? strcmp(membership, "voter") == 0 : strcmp(membership, "gone") == 0;
 		if (!add && strcmp(server_id, id) == 0) {
 			/* the node answering is the one leaving: it never hears the end */
-			fprintf(stderr, "relayctl: %s is the node answering: it cannot see its own "
-					"removal finish; ask another node\n",
+			fprintf(stderr,
+				"relayctl: %s is the node answering: it cannot see its own "
+				"removal finish; ask another node\n",
 				id);
 			done = true;
 		}
@@ -779,17 +782,19 @@ cmd_leader(int argc, char **argv)
 			asked = now_ms();
 		}
 		if (!wait_more())
-			die(EXIT_FAILED, "leader transfer: %s still %s after %" PRIu64 " s",
-			    from, leader[0] ? "leads or was followed by no one" : "leads",
+			die(EXIT_FAILED, "leader transfer: %s still %s after %" PRIu64 " s", from,
+			    leader[0] ? "leads or was followed by no one" : "leads",
 			    wait_total_s());
 		sr = fetch_status();
-		snprintf(leader, sizeof(leader), "%s", sr->status->leader ? sr->status->leader : "");
+		snprintf(leader, sizeof(leader), "%s",
+			 sr->status->leader ? sr->status->leader : "");
 		relay__admin_reply__free_unpacked(sr, NULL);
 		if (leader[0] && strcmp(leader, from) != 0 &&
 		    (!target[0] || strcmp(leader, target) == 0))
 			break;
 		if (leader[0] && target[0] && strcmp(leader, from) != 0 && strcmp(leader, target))
-			die(EXIT_FAILED, "leader transfer: %s took over instead of %s", leader, target);
+			die(EXIT_FAILED, "leader transfer: %s took over instead of %s", leader,
+			    target);
 	}
 	if (opt.json) {
 		printf("{");
@@ -827,7 +832,8 @@ cmd_drain(int argc, char **argv)
 	for (;;) {
 		Relay__AdminReply *sr = fetch_status();
 		const Relay__PeerStatus *p = find_member(sr->status, node);
-		snprintf(state, sizeof(state), "%s", p && p->owner_state ? p->owner_state : "unknown");
+		snprintf(state, sizeof(state), "%s",
+			 p && p->owner_state ? p->owner_state : "unknown");
 		domains = p ? p->domains : 0;
 		owned = p ? p->rcpts_owned : 0;
 		relay__admin_reply__free_unpacked(sr, NULL);
@@ -835,8 +841,8 @@ cmd_drain(int argc, char **argv)
 			break;
 		if (!wait_more())
 			die(EXIT_FAILED,
-			    "drain %s: not drained after %" PRIu64 " s (state %s, still owns %" PRIu64
-			    " domains, %" PRIu64 " recipients)",
+			    "drain %s: not drained after %" PRIu64
+			    " s (state %s, still owns %" PRIu64 " domains, %" PRIu64 " recipients)",
 			    node, wait_total_s(), state, domains, owned);
 	}
 	if (opt.json) {

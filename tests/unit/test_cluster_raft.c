@@ -11,8 +11,8 @@
  * peer (batches cut short, lengths past the end, nested batches, junk Raft messages and proposals)
  * are dropped and counted; a node started outside its peers list joins when added
  * (cluster_member_add through a follower), catches up by snapshot and gets the address book with
- * it, the membership survives a restart, and a removed member is forgotten. Waiting is "run the loop until a condition holds, with a deadline",
- * never a sleep.
+ * it, the membership survives a restart, and a removed member is forgotten. Waiting is "run the
+ * loop until a condition holds, with a deadline", never a sleep.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -652,8 +652,8 @@ test_member_join_snapshot_remove(void **state)
 			 CLUSTER_ENOMEMBER);
 	/* added through the follower: learner, caught up by snapshot, voter */
 	int follower = 1 - lead, added = 0;
-	assert_int_equal(cluster_member_add(f->n[follower].c, "n3", f->listen[2], cb_status, &added),
-			 0);
+	assert_int_equal(
+	    cluster_member_add(f->n[follower].c, "n3", f->listen[2], cb_status, &added), 0);
 	run_until(f, flag_set, &added, "the Peer command committed");
 	assert_int_equal(added, 1);
 	struct members_want all = {2, {"n1:voter", "n2:voter", "n3:voter", NULL}};
