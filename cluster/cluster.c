@@ -805,6 +805,31 @@ cluster_queue(struct cluster *c)
 	return c->raft ? cluster__raft_queue(c->raft) : c->fsm;
 }
 
+int
+cluster_member_add(struct cluster *c, const char *id, const char *addr, cluster_propose_cb cb,
+		   void *arg)
+{
+	if (!c->raft)
+		return CLUSTER_ESINGLE;
+	return cluster__raft_member_add(c->raft, id, addr, cb, arg);
+}
+
+int
+cluster_member_remove(struct cluster *c, const char *id, cluster_propose_cb cb, void *arg)
+{
+	if (!c->raft)
+		return CLUSTER_ESINGLE;
+	return cluster__raft_member_remove(c->raft, id, cb, arg);
+}
+
+int
+cluster_transfer_leader(struct cluster *c, const char *target, const char *from_leader)
+{
+	if (!c->raft)
+		return CLUSTER_ESINGLE;
+	return cluster__raft_transfer_leader(c->raft, target, from_leader);
+}
+
 /* ---- the offline dump ---- */
 
 static const char *

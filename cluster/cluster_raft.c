@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cluster.h"
@@ -62,6 +63,8 @@
 
 /* Frame kind of a forwarded proposal (a packed, tagged Relay__Command). */
 #define CRAFT_KIND_PROPOSE 2u
+/* Frame kind of a leadership transfer request forwarded to the leader: "target\nfrom_leader". */
+#define CRAFT_KIND_TRANSFER 4u
 /* Frame kind of a batch: several messages, each [kind u8][length u32 BE][payload]. */
 #define CRAFT_KIND_BATCH 3u
 #define CRAFT_BATCH_HDR 5
@@ -74,6 +77,10 @@
 #define CRAFT_META_HS "raft_hs"
 #define CRAFT_META_SNAP "raft_snap"
 #define CRAFT_META_SNAP_DATA "raft_snap_data"
+#define CRAFT_META_PEERS "raft_peers"
+/* A learner is promoted to voter once its log is within this many entries of the commit index
+ * and the leader streams to it (thesis 4.2.1: catch up before counting towards quorums). */
+#define CRAFT_PROMOTE_LAG 64u
 #define CRAFT_META_VERSION 1
 /* Bound on the path of the database directory. */
 #define CRAFT_PATH_MAX 4096
@@ -109,10 +116,17 @@ struct cluster__raft {
 	struct queue_fsm *fsm; /* owned */
 	struct raft *raft;     /* owned */
 	struct transport *tp;  /* owned */
+	/* the address book (cluster.h "Membership"), this node included; parallel arrays, moved
+	 * together by craft__book_move */
 	struct cluster_peer peers[CLUSTER_MAX_PEERS];
 	int64_t last_contact[CLUSTER_MAX_PEERS]; /* uv_now() of the last frame; -1 never */
+	uint8_t pstate[CLUSTER_MAX_PEERS];	 /* Relay__PeerState */
+	uint8_t plocal[CLUSTER_MAX_PEERS];	 /* known from config `peers`, not from the log */
+	uint64_t pprop_ms[CLUSTER_MAX_PEERS];	 /* leader: last proposal about it; 0 never */
 	size_t n_peers;
 	size_t self;
+	int join;			 /* started outside config `peers`: joins a cluster */
+	struct raft_conf conf_committed; /* the latest configuration applied here */
 	uint64_t id, boot, next_seq;
 
 	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
@@ -191,6 +205,249 @@ craft__peer_by_name(const struct cluster__raft *c, const char *name)
 	return -1;
 }
 
+/* ---- the address book ---- */
+
+static const char *
+craft__peer_state_name(unsigned st)
+{
+	switch (st) {
+	case RELAY__PEER_STATE__PEER_ACTIVE:
+		return "active";
+	case RELAY__PEER_STATE__PEER_LEAVING:
+		return "leaving";
+	default:
+		return "left";
+	}
+}
+
+/* 0 when name is a valid node id and addr (may be NULL or "": not checked) a host:port. */
+static int
+craft__id_addr_ok(const char *name, const char *addr)
+{
+	char spec[CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 8];
+	struct cluster_peer p;
+	if (!name || strlen(name) > CLUSTER_ID_MAX || (addr && strlen(addr) > CLUSTER_ADDR_MAX))
+		return CLUSTER_EBADADDR;
+	snprintf(spec, sizeof(spec), "%s=%s", name, addr && *addr ? addr : "x:1");
+	return cluster_peer_parse(spec, &p, NULL, 0) ? CLUSTER_EBADADDR : 0;
+}
+
+/* Peer input or log content: a Peer command we can apply. */
+static int
+craft__peer_validate(const Relay__Peer *p)
+{
+	if (!p || craft__id_addr_ok(p->node, p->addr))
+		return CLUSTER_EINVAL;
+	if (p->state != RELAY__PEER_STATE__PEER_ACTIVE &&
+	    p->state != RELAY__PEER_STATE__PEER_LEAVING && p->state != RELAY__PEER_STATE__PEER_LEFT)
+		return CLUSTER_EINVAL;
+	return 0;
+}
+
+/* Commands the host accepts: Peer (applied here) and what the queue state machine accepts. */
+static int
+craft__validate(const Relay__Command *cmd)
+{
+	if (cmd->cmd_case == RELAY__COMMAND__CMD_PEER)
+		return craft__peer_validate(cmd->peer);
+	return queue_validate(cmd) ? CLUSTER_EINVAL : 0;
+}
+
+/* Moves book slot src into dst (dst's content is gone). */
+static void
+craft__book_move(struct cluster__raft *c, size_t dst, size_t src)
+{
+	c->peers[dst] = c->peers[src];
+	c->last_contact[dst] = c->last_contact[src];
+	c->pstate[dst] = c->pstate[src];
+	c->plocal[dst] = c->plocal[src];
+	c->pprop_ms[dst] = c->pprop_ms[src];
+	c->out[dst] = c->out[src];
+	memset(&c->out[src], 0, sizeof(c->out[src]));
+	if (c->self == src)
+		c->self = dst;
+}
+
+/* Dials addr for book slot i (not self; nothing before the transport is open). */
+static void
+craft__book_dial(struct cluster__raft *c, size_t i)
+{
+	if (!c->tp || i == c->self || !c->peers[i].addr[0])
+		return;
+	int rv = transport_add_peer(c->tp, c->peers[i].name, c->peers[i].addr);
+	if (rv)
+		cluster__log("peer %s=%s error=\"%s\"", c->peers[i].name, c->peers[i].addr,
+			     transport_strerror(rv));
+}
+
+/* Adds a member to the book; its index, or -1 when the book is full. */
+static int
+craft__book_add(struct cluster__raft *c, const char *name, const char *addr, unsigned state,
+		int local)
+{
+	if (c->n_peers >= CLUSTER_MAX_PEERS)
+		return -1;
+	size_t i = c->n_peers++;
+	memset(&c->peers[i], 0, sizeof(c->peers[i]));
+	snprintf(c->peers[i].name, sizeof(c->peers[i].name), "%s", name);
+	snprintf(c->peers[i].addr, sizeof(c->peers[i].addr), "%s", addr ? addr : "");
+	c->peers[i].id = cluster_peer_raft_id(name);
+	c->last_contact[i] = -1;
+	c->pstate[i] = (uint8_t)state;
+	c->plocal[i] = (uint8_t)local;
+	c->pprop_ms[i] = 0;
+	memset(&c->out[i], 0, sizeof(c->out[i]));
+	craft__book_dial(c, i);
+	return (int)i;
+}
+
+/* Forgets member i (never self): its connection closes, its waiting messages are dropped. */
+static void
+craft__book_del(struct cluster__raft *c, size_t i)
+{
+	if (i == c->self || i >= c->n_peers)
+		return;
+	if (c->tp && c->peers[i].addr[0])
+		transport_remove_peer(c->tp, c->peers[i].name);
+	free(c->out[i].buf);
+	memset(&c->out[i], 0, sizeof(c->out[i]));
+	size_t last = --c->n_peers;
+	if (i != last)
+		craft__book_move(c, i, last);
+}
+
+static void
+craft__book_set_addr(struct cluster__raft *c, size_t i, const char *addr)
+{
+	if (!addr || !*addr || !strcmp(c->peers[i].addr, addr))
+		return;
+	if (c->tp && i != c->self && c->peers[i].addr[0])
+		transport_remove_peer(c->tp, c->peers[i].name);
+	snprintf(c->peers[i].addr, sizeof(c->peers[i].addr), "%s", addr);
+	craft__book_dial(c, i);
+}
+
+/* Fills p (borrowing from the book) for slot i. */
+static void
+craft__book_peer(const struct cluster__raft *c, size_t i, Relay__Peer *p, int with_local)
+{
+	relay__peer__init(p);
+	p->node = (char *)c->peers[i].name;
+	p->addr = (char *)c->peers[i].addr;
+	p->state = (Relay__PeerState)c->pstate[i];
+	if (with_local && c->plocal[i]) {
+		p->has_local = 1;
+		p->local = 1;
+	}
+}
+
+/* Adds the book to b (raft_meta "raft_peers"). */
+static int
+craft__book_put(struct cluster__raft *c, struct store_batch *b)
+{
+	Relay__Peer ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	for (size_t i = 0; i < c->n_peers; i++) {
+		craft__book_peer(c, i, &ps[i], 1);
+		pp[i] = &ps[i];
+	}
+	Relay__PeerBook book = RELAY__PEER_BOOK__INIT;
+	book.n_peers = c->n_peers;
+	book.peers = pp;
+	unsigned char buf[CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 16) + 16];
+	size_t len = relay__peer_book__get_packed_size(&book);
+	if (len > sizeof(buf))
+		return STORE_EINVAL;
+	relay__peer_book__pack(&book, buf);
+	return store_batch_put(b, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1,
+			       buf, len);
+}
+
+/* Replaces the book with the stored one.  STORE_ENOTFOUND when none was stored. */
+static int
+craft__book_load(struct cluster__raft *c, const char *self)
+{
+	void *v;
+	size_t vlen;
+	int rv = store_get(c->store, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1,
+			   &v, &vlen);
+	if (rv)
+		return rv;
+	Relay__PeerBook *book = relay__peer_book__unpack(NULL, vlen, v);
+	free(v);
+	if (!book || book->n_peers > CLUSTER_MAX_PEERS) {
+		if (book)
+			relay__peer_book__free_unpacked(book, NULL);
+		return STORE_ECORRUPT;
+	}
+	for (size_t i = 0; i < book->n_peers; i++)
+		if (craft__peer_validate(book->peers[i])) {
+			relay__peer_book__free_unpacked(book, NULL);
+			return STORE_ECORRUPT;
+		}
+	c->n_peers = 0;
+	c->self = SIZE_MAX;
+	for (size_t i = 0; i < book->n_peers; i++) {
+		const Relay__Peer *p = book->peers[i];
+		int k = craft__book_add(c, p->node, p->addr, p->state, p->has_local && p->local);
+		if (k >= 0 && !strcmp(p->node, self))
+			c->self = (size_t)k;
+	}
+	relay__peer_book__free_unpacked(book, NULL);
+	return 0;
+}
+
+/* Applies a committed Peer command to the book (and the transport), and adds the book to the
+ * next write.  Returns the status for the proposer. */
+static int
+craft__apply_peer(struct cluster__raft *c, uint64_t index, const Relay__Peer *p)
+{
+	if (craft__peer_validate(p))
+		return CLUSTER_EINVAL;
+	int i = craft__peer_by_name(c, p->node);
+	const char *addr = p->addr ? p->addr : "";
+	int status = 0;
+	switch (p->state) {
+	case RELAY__PEER_STATE__PEER_ACTIVE:
+		if (i < 0) {
+			if (!*addr)
+				return CLUSTER_EBADADDR;
+			if ((i = craft__book_add(c, p->node, addr, p->state, 0)) < 0)
+				return CLUSTER_EFULL;
+		} else {
+			craft__book_set_addr(c, (size_t)i, addr);
+		}
+		break;
+	case RELAY__PEER_STATE__PEER_LEAVING:
+		if (i < 0)
+			return CLUSTER_ENOMEMBER;
+		break;
+	default:
+		if (i < 0)
+			return 0;
+		if ((size_t)i != c->self) {
+			cluster__log("index=%" PRIu64 " event=peer node=%s state=left", index,
+				     p->node);
+			craft__book_del(c, (size_t)i);
+			i = -1;
+		}
+		break;
+	}
+	if (i >= 0) {
+		if (c->pstate[i] != p->state)
+			c->pprop_ms[i] = 0;
+		c->pstate[i] = (uint8_t)p->state;
+		c->plocal[i] = 0;
+		cluster__log("index=%" PRIu64 " event=peer node=%s addr=%s state=%s", index,
+			     p->node, c->peers[i].addr, craft__peer_state_name(p->state));
+	}
+	int rv = craft__book_put(c, &c->next);
+	if (rv) {
+		cluster__log("address book not recorded error=\"%s\"", store_strerror(rv));
+		status = cluster__store_err(rv);
+	}
+	return status;
+}
+
 static const char *
 craft__role_name(enum raft_role r)
 {
@@ -207,6 +464,8 @@ craft__role_name(enum raft_role r)
 }
 
 static void craft__run_cb(uv_idle_t *h);
+static void craft__reconcile(struct cluster__raft *c);
+static void craft__recv_transfer(struct cluster__raft *c, const void *data, size_t len);
 
 static void
 craft__schedule(struct cluster__raft *c)
@@ -583,6 +842,15 @@ craft__apply(struct cluster__raft *c, const struct raft_ready *rd, struct craft_
 		if (e->index <= c->applied)
 			continue; /* applied before a restart, or by an installed snapshot */
 		int status = 0;
+		if (e->type == RAFT_ENTRY_CONF) {
+			struct raft_conf conf;
+			if (raft_conf_decode(e->data, e->len, &conf) == 0) {
+				c->conf_committed = conf;
+				cluster__log("index=%" PRIu64 " event=conf voters=%" PRIu32
+					     " learners=%" PRIu32,
+					     e->index, conf.n_voters, conf.n_learners);
+			}
+		}
 		if (e->type == RAFT_ENTRY_NORMAL) {
 			Relay__Command *cmd = relay__command__unpack(NULL, e->len, e->data);
 			if (!cmd) {
@@ -593,7 +861,11 @@ craft__apply(struct cluster__raft *c, const struct raft_ready *rd, struct craft_
 				c->failed = CLUSTER_ENOMEM;
 				break;
 			}
-			int rv = queue_apply(c->fsm, e->index, cmd, &c->next);
+			int rv = 0;
+			if (cmd->cmd_case == RELAY__COMMAND__CMD_PEER)
+				status = craft__apply_peer(c, e->index, cmd->peer);
+			else
+				rv = queue_apply(c->fsm, e->index, cmd, &c->next);
 			if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
 				cluster__log("index=%" PRIu64
 					     " apply stopped error=\"%s\"; restart "
@@ -792,6 +1064,16 @@ craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
 		s.items = items;
 		s.n_queue_own = own.n;
 		s.queue_own = own.kv;
+		/* the address book as applied (entries only a config knows stay out) */
+		Relay__Peer ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+		for (size_t i = 0; i < c->n_peers; i++) {
+			if (c->plocal[i])
+				continue;
+			craft__book_peer(c, i, &ps[s.n_peers], 0);
+			pp[s.n_peers] = &ps[s.n_peers];
+			s.n_peers++;
+		}
+		s.peers = pp;
 		size_t len = relay__queue_snapshot__get_packed_size(&s);
 		if (len > RAFT_SNAPSHOT_MAX_BYTES) {
 			rv = CLUSTER_ETOOBIG;
@@ -916,10 +1198,43 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 		rv = store_batch_put(b, STORE_CF_QUEUE, kv->key.data, kv->key.len, kv->value.data,
 				     kv->value.len);
 	}
+	/* the snapshot's address book replaces ours (this node stays in it) */
+	if (!rv && s && s->n_peers) {
+		for (size_t i = 0; i < s->n_peers; i++)
+			if (craft__peer_validate(s->peers[i])) {
+				rv = STORE_ECORRUPT;
+				break;
+			}
+		for (size_t i = 0; !rv && i < c->n_peers;) {
+			int keep = i == c->self;
+			for (size_t k = 0; !keep && k < s->n_peers; k++)
+				keep = !strcmp(s->peers[k]->node, c->peers[i].name);
+			if (keep)
+				i++;
+			else
+				craft__book_del(c, i);
+		}
+		for (size_t k = 0; !rv && k < s->n_peers; k++) {
+			const Relay__Peer *p = s->peers[k];
+			int i = craft__peer_by_name(c, p->node);
+			if (i < 0)
+				i = craft__book_add(c, p->node, p->addr, p->state, 0);
+			else
+				craft__book_set_addr(c, (size_t)i, p->addr);
+			if (i >= 0) {
+				c->pstate[i] = (uint8_t)p->state;
+				c->plocal[i] = 0;
+			}
+		}
+		if (!rv)
+			rv = craft__book_put(c, b);
+	}
 	if (!rv)
 		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);
 	if (!rv)
 		rv = store_applied_put(b, rd->snap->index);
+	if (!rv)
+		c->conf_committed = rd->snap->conf;
 	c->log_last = 0;
 	if (s)
 		relay__queue_snapshot__free_unpacked(s, NULL);
@@ -1118,6 +1433,11 @@ craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const 
 		craft__schedule(c);
 		return;
 	}
+	if (kind == CRAFT_KIND_TRANSFER) {
+		if (pi >= 0)
+			craft__recv_transfer(c, data, len);
+		return;
+	}
 	if (kind == CRAFT_KIND_PROPOSE) {
 		c->counters.forwards_received++;
 		if (c->role != RAFT_LEADER || c->have_held || c->failed ||
@@ -1127,7 +1447,7 @@ craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const 
 		if (!cmd)
 			return;
 		int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
-			 queue_validate(cmd) == 0;
+			 craft__validate(cmd) == 0;
 		relay__command__free_unpacked(cmd, NULL);
 		if (ok && raft_propose(c->raft, data, len, NULL, NULL) == 0)
 			craft__schedule(c);
@@ -1170,6 +1490,7 @@ craft__tick_cb(uv_timer_t *t)
 		}
 	}
 	craft__complete(c, &done);
+	craft__reconcile(c);
 	craft__schedule(c);
 }
 
@@ -1186,7 +1507,7 @@ cluster__raft_propose(struct cluster__raft *c, const Relay__Command *cmd, cluste
 		rv = c->failed;
 		goto err;
 	}
-	if (queue_validate(cmd)) {
+	if (craft__validate(cmd)) {
 		rv = CLUSTER_EINVAL;
 		goto err;
 	}
@@ -1228,12 +1549,275 @@ err:
 	return rv;
 }
 
+/* ---- membership: the leader steers the configuration towards the address book ---- */
+
+static void
+craft__noop_cb(void *arg, int status)
+{
+	(void)arg;
+	(void)status;
+}
+
+/* Proposes Peer{node, addr, state} on behalf of this node (no one waits for it). */
+static int
+craft__propose_peer(struct cluster__raft *c, const char *node, const char *addr, unsigned state,
+		    cluster_propose_cb cb, void *arg)
+{
+	Relay__Peer p = RELAY__PEER__INIT;
+	p.node = (char *)node;
+	p.addr = (char *)(addr ? addr : "");
+	p.state = (Relay__PeerState)state;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_PEER;
+	cmd.peer = &p;
+	return cluster__raft_propose(c, &cmd, cb ? cb : craft__noop_cb, arg);
+}
+
+static const struct raft_peer_status *
+craft__progress(const struct raft_status *rs, uint64_t id)
+{
+	for (uint32_t k = 0; k < rs->n_peers; k++)
+		if (rs->peers[k].id == id)
+			return &rs->peers[k];
+	return NULL;
+}
+
+/* One configuration change; 1 when one was appended (or must wait), 0 to look further. */
+static int
+craft__conf_change(struct cluster__raft *c, size_t i, enum raft_conf_op op, const char *what,
+		   uint64_t now)
+{
+	int rv = raft_propose_conf(c->raft, op, c->peers[i].id, NULL, NULL);
+	if (rv == 0) {
+		cluster__log("event=conf-change op=%s node=%s", what, c->peers[i].name);
+		c->pprop_ms[i] = now;
+		craft__schedule(c);
+		return 1;
+	}
+	if (rv == RAFT_ECONFPENDING || rv == RAFT_EFULL || rv == RAFT_ETRANSFER)
+		return 1; /* the next tick tries again */
+	if (now - c->pprop_ms[i] >= c->retry_ms) {
+		cluster__log("conf-change op=%s node=%s error=\"%s\"", what, c->peers[i].name,
+			     raft_strerror(rv));
+		c->pprop_ms[i] = now;
+	}
+	return 0;
+}
+
+/* Leader, each tick: at most one configuration change towards the book (cluster.h). */
+static void
+craft__reconcile(struct cluster__raft *c)
+{
+	if (c->role != RAFT_LEADER || c->failed || c->have_held || c->closing)
+		return;
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (rs.role != RAFT_LEADER || rs.transferee)
+		return;
+	uint64_t now = uv_now(c->loop);
+	int throttled;
+	for (size_t i = 0; i < c->n_peers; i++) {
+		uint64_t id = c->peers[i].id;
+		int member = raft_conf_is_member(&rs.conf, id);
+		int voter = raft_conf_is_voter(&rs.conf, id);
+		throttled = c->pprop_ms[i] && now - c->pprop_ms[i] < c->retry_ms;
+		switch (c->pstate[i]) {
+		case RELAY__PEER_STATE__PEER_ACTIVE:
+			if (c->plocal[i]) {
+				/* a bootstrap member known from config only: put it in the log so
+				 * that nodes joining later learn its address */
+				if (member && !throttled && c->peers[i].addr[0]) {
+					craft__propose_peer(c, c->peers[i].name, c->peers[i].addr,
+							    RELAY__PEER_STATE__PEER_ACTIVE, NULL,
+							    NULL);
+					c->pprop_ms[i] = now;
+				}
+				break;
+			}
+			if (!member) {
+				if (craft__conf_change(c, i, RAFT_CONF_ADD_LEARNER, "add-learner",
+						       now))
+					return;
+			} else if (!voter) {
+				const struct raft_peer_status *pr = craft__progress(&rs, id);
+				if (pr && pr->state == 1 &&
+				    pr->match + CRAFT_PROMOTE_LAG >= rs.commit &&
+				    craft__conf_change(c, i, RAFT_CONF_ADD_VOTER, "promote", now))
+					return;
+			}
+			break;
+		case RELAY__PEER_STATE__PEER_LEAVING:
+			if (member) {
+				if (craft__conf_change(c, i, RAFT_CONF_REMOVE, "remove", now))
+					return;
+			} else if (!raft_conf_is_member(&c->conf_committed, id) && !throttled) {
+				/* out of the committed configuration: its deliveries move, then
+				 * every node forgets it */
+				Relay__Member m = RELAY__MEMBER__INIT;
+				m.node = c->peers[i].name;
+				m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
+				m.has_at_ms = 1;
+				m.at_ms = (uint64_t)time(NULL) * 1000;
+				Relay__Command cmd = RELAY__COMMAND__INIT;
+				cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+				cmd.member = &m;
+				int rv = cluster__raft_propose(c, &cmd, craft__noop_cb, NULL);
+				if (rv == CLUSTER_EINVAL) {
+					/* a queue state machine without member states: nothing
+					 * to move */
+					cluster__log("event=member-removed node=%s skipped: %s",
+						     c->peers[i].name, cluster_strerror(rv));
+					rv = 0;
+				}
+				if (!rv)
+					rv = craft__propose_peer(c, c->peers[i].name, "",
+								 RELAY__PEER_STATE__PEER_LEFT, NULL,
+								 NULL);
+				cluster__log("event=member-removed node=%s%s%s", c->peers[i].name,
+					     rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
+				c->pprop_ms[i] = now;
+			}
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+int
+cluster__raft_member_add(struct cluster__raft *c, const char *id, const char *addr,
+			 cluster_propose_cb cb, void *arg)
+{
+	if (craft__id_addr_ok(id, addr) || !addr || !*addr)
+		return CLUSTER_EBADADDR;
+	int i = craft__peer_by_name(c, id);
+	if (i >= 0 && c->pstate[i] == RELAY__PEER_STATE__PEER_ACTIVE &&
+	    (!c->plocal[i] || raft_conf_is_member(&c->conf_committed, c->peers[i].id)))
+		return CLUSTER_EEXIST;
+	if (i < 0 && c->n_peers >= CLUSTER_MAX_PEERS)
+		return CLUSTER_EFULL;
+	return craft__propose_peer(c, id, addr, RELAY__PEER_STATE__PEER_ACTIVE, cb, arg);
+}
+
+int
+cluster__raft_member_remove(struct cluster__raft *c, const char *id, cluster_propose_cb cb,
+			    void *arg)
+{
+	if (craft__id_addr_ok(id, NULL))
+		return CLUSTER_EBADADDR;
+	int i = craft__peer_by_name(c, id);
+	if (i < 0 || c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
+		return CLUSTER_ENOMEMBER;
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (raft_conf_is_voter(&rs.conf, c->peers[i].id) && rs.conf.n_voters == 1)
+		return CLUSTER_EINVAL; /* the last voter */
+	return craft__propose_peer(c, id, "", RELAY__PEER_STATE__PEER_LEAVING, cb, arg);
+}
+
+/* On the leader: starts a transfer to target (NULL/"": the most caught-up other voter). */
+static int
+craft__transfer_here(struct cluster__raft *c, const char *target)
+{
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	uint64_t to = 0;
+	if (target && *target) {
+		int ti = craft__peer_by_name(c, target);
+		if (ti < 0 || !raft_conf_is_voter(&rs.conf, c->peers[ti].id))
+			return CLUSTER_ENOMEMBER;
+		to = c->peers[ti].id;
+		if (to == c->id)
+			return CLUSTER_EINVAL;
+	} else {
+		uint64_t best = 0;
+		int best_active = -1;
+		for (uint32_t k = 0; k < rs.n_peers; k++) {
+			const struct raft_peer_status *p = &rs.peers[k];
+			if (p->id == c->id || !p->voter)
+				continue;
+			if (!to || (int)p->active > best_active ||
+			    ((int)p->active == best_active && p->match > best)) {
+				to = p->id;
+				best = p->match;
+				best_active = p->active;
+			}
+		}
+		if (!to)
+			return CLUSTER_EINVAL;
+	}
+	int rv = raft_transfer_leader(c->raft, to);
+	if (rv == RAFT_ENOTLEADER)
+		return CLUSTER_ENOLEADER;
+	if (rv)
+		return CLUSTER_EINVAL;
+	int pi = craft__peer_by_id(c, to);
+	cluster__log("event=leader-transfer to=%s", pi >= 0 ? c->peers[pi].name : "?");
+	craft__schedule(c);
+	return 0;
+}
+
+int
+cluster__raft_transfer_leader(struct cluster__raft *c, const char *target, const char *from_leader)
+{
+	if (c->closing)
+		return CLUSTER_ECLOSED;
+	if (target && *target && craft__peer_by_name(c, target) < 0)
+		return CLUSTER_ENOMEMBER;
+	if (c->lead == 0)
+		return CLUSTER_ENOLEADER;
+	int li = craft__peer_by_id(c, c->lead);
+	if (li < 0)
+		return CLUSTER_ENOLEADER;
+	if (from_leader && *from_leader && strcmp(from_leader, c->peers[li].name))
+		return 0; /* leadership moved already */
+	if (target && *target && !strcmp(target, c->peers[li].name))
+		return 0; /* already the leader */
+	if (c->role == RAFT_LEADER)
+		return craft__transfer_here(c, target);
+	/* forward: "target\nfrom_leader" */
+	char buf[2 * CLUSTER_ID_MAX + 2];
+	int n = snprintf(buf, sizeof(buf), "%s\n%s", target ? target : "", c->peers[li].name);
+	craft__out(c, (size_t)li, CRAFT_KIND_TRANSFER, buf, (size_t)n);
+	return 0;
+}
+
+/* A forwarded transfer request (peer input: checked). */
+static void
+craft__recv_transfer(struct cluster__raft *c, const void *data, size_t len)
+{
+	char buf[2 * CLUSTER_ID_MAX + 2];
+	if (c->role != RAFT_LEADER || len >= sizeof(buf))
+		return;
+	memcpy(buf, data, len);
+	buf[len] = 0;
+	char *nl = strchr(buf, '\n');
+	if (!nl)
+		return;
+	*nl = 0;
+	const char *from = nl + 1;
+	if (*from && strcmp(from, c->peers[c->self].name))
+		return; /* meant for an earlier leader: it moved already */
+	int rv = craft__transfer_here(c, buf);
+	if (rv)
+		cluster__log("leader-transfer (forwarded) to=%s error=\"%s\"", *buf ? buf : "any",
+			     cluster_strerror(rv));
+}
+
 /* ---- open ---- */
 
 int
 cluster__raft_wanted(const struct cluster_config *cfg)
 {
-	return cfg->cluster_listen && *cfg->cluster_listen && cfg->n_peers >= 2;
+	if (!cfg->cluster_listen || !*cfg->cluster_listen || cfg->n_peers == 0)
+		return 0;
+	if (cfg->n_peers >= 2)
+		return 1;
+	/* one peer that is not this node: join that cluster */
+	const char *eq = strchr(cfg->peers[0], '=');
+	size_t n = eq ? (size_t)(eq - cfg->peers[0]) : strlen(cfg->peers[0]);
+	return !(cfg->node_id && strlen(cfg->node_id) == n &&
+		 !strncmp(cfg->peers[0], cfg->node_id, n));
 }
 
 /* Loads the durable raft state and gives it to the core (or bootstraps a new cluster). */
@@ -1256,6 +1840,19 @@ craft__load(struct cluster__raft *c)
 			cluster__log("open: the data dir holds a single node's queue; a replicated "
 				     "node needs an empty data_dir");
 			return CLUSTER_EINVAL;
+		}
+		if (c->join) {
+			/* a new member: empty state; the leader sends the configuration (after
+			 * relayctl node add) */
+			struct raft_snap_meta empty = {0};
+			rv = raft_restore(c->raft, &hs, &empty, NULL, 0, NULL, 0);
+			if (rv) {
+				cluster__log("open: join error=\"%s\"", raft_strerror(rv));
+				return CLUSTER_EINVAL;
+			}
+			cluster__log("event=join-wait peers=%zu (waiting for relayctl node add)",
+				     c->n_peers - 1);
+			return 0;
 		}
 		struct raft_conf conf = {0};
 		for (size_t i = 0; i < c->n_peers; i++)
@@ -1363,17 +1960,31 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	if (!c)
 		return CLUSTER_ENOMEM;
 	c->loop = loop;
-	if (cluster_peers_parse(cfg->peers, cfg->n_peers, cfg->node_id, c->peers, err,
-				sizeof(err))) {
-		cluster__log("open: %s", err);
+	if (cluster_peers_parse(cfg->peers, cfg->n_peers, NULL, c->peers, err, sizeof(err)) ||
+	    craft__id_addr_ok(cfg->node_id, cfg->cluster_listen)) {
+		cluster__log("open: %s", err[0] ? err : "node_id or cluster_listen not valid");
 		free(c);
 		return CLUSTER_EINVAL;
 	}
 	c->n_peers = cfg->n_peers;
+	c->self = SIZE_MAX;
 	for (size_t i = 0; i < c->n_peers; i++) {
 		c->last_contact[i] = -1;
+		c->plocal[i] = 1; /* until the log says */
 		if (!strcmp(c->peers[i].name, cfg->node_id))
 			c->self = i;
+	}
+	if (c->self == SIZE_MAX) {
+		/* not among the configured peers: a node joining an existing cluster */
+		c->join = 1;
+		int k = craft__book_add(c, cfg->node_id, cfg->cluster_listen,
+					RELAY__PEER_STATE__PEER_ACTIVE, 1);
+		if (k < 0) {
+			cluster__log("open: peers: at most %u members", CLUSTER_MAX_PEERS);
+			free(c);
+			return CLUSTER_EINVAL;
+		}
+		c->self = (size_t)k;
 	}
 	c->id = c->peers[c->self].id;
 	c->boot = craft__random64();
@@ -1420,8 +2031,34 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		rv = rv == RAFT_ENOMEM ? CLUSTER_ENOMEM : CLUSTER_EINVAL;
 		goto err_after_fsm;
 	}
+	/* the stored address book wins over config `peers` (they only bootstrap) */
+	rv = craft__book_load(c, cfg->node_id);
+	if (rv == 0 && c->self == SIZE_MAX)
+		c->self = (size_t)craft__book_add(c, cfg->node_id, cfg->cluster_listen,
+						  RELAY__PEER_STATE__PEER_ACTIVE, 1);
+	if (rv == 0 && c->self == SIZE_MAX) {
+		cluster__log("open: the stored address book is full and lacks this node");
+		rv = CLUSTER_ECORRUPT;
+		goto err_after_raft;
+	}
+	if (rv == 0) {
+		cluster__log("open: address book from the store members=%zu", c->n_peers);
+	} else if (rv != STORE_ENOTFOUND) {
+		cluster__log("open: address book error=\"%s\"", store_strerror(rv));
+		rv = cluster__store_err(rv);
+		goto err_after_raft;
+	}
 	if ((rv = craft__load(c)))
 		goto err_after_raft;
+	if ((rv = craft__book_put(c, &c->next))) {
+		rv = cluster__store_err(rv);
+		goto err_after_raft;
+	}
+	{
+		struct raft_status rs;
+		raft_status(c->raft, &rs);
+		c->conf_committed = rs.conf;
+	}
 	struct transport_config tc = {
 	    .node_id = cfg->node_id,
 	    .listen = cfg->cluster_listen,
@@ -1436,7 +2073,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		goto err_after_raft;
 	}
 	for (size_t i = 0; i < c->n_peers; i++) {
-		if (i == c->self)
+		if (i == c->self || !c->peers[i].addr[0])
 			continue;
 		if ((rv = transport_add_peer(c->tp, c->peers[i].name, c->peers[i].addr))) {
 			cluster__log("open: peer %s=%s error=\"%s\"", c->peers[i].name,
@@ -1589,7 +2226,18 @@ cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 		struct cluster_peer_status *p = &st->peers[i];
 		memset(p, 0, sizeof(*p));
 		snprintf(p->name, sizeof(p->name), "%s", c->peers[i].name);
+		snprintf(p->addr, sizeof(p->addr), "%s", c->peers[i].addr);
 		p->id = c->peers[i].id;
+		if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
+			p->membership = "removed";
+		else if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEAVING)
+			p->membership = "leaving";
+		else if (raft_conf_is_voter(&rs.conf, p->id))
+			p->membership = "voter";
+		else if (raft_conf_is_member(&rs.conf, p->id))
+			p->membership = "learner";
+		else
+			p->membership = "joining";
 		p->self = i == c->self;
 		if (p->self) {
 			p->connected = 1;

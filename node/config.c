@@ -121,7 +121,7 @@ static const struct config_key config_keys[] = {
     {"cluster_listen", CT_STRING, OFF(cluster_listen), "", 0, 0,
      "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
     {"peers", CT_LIST, OFF(peers), "", 0, 0,
-     "Cluster members, list of id=host:port (their cluster_listen), this node included; a new cluster is bootstrapped with all of them as voters. Fewer than two: a single node."},
+     "Cluster members, list of id=host:port (their cluster_listen). This node included: a new cluster is bootstrapped with all of them as voters (fewer than two: a single node). This node not in the list: it joins the cluster they form once `relayctl node add` names it. Only bootstraps: afterwards the membership stored in data_dir wins."},
     {"cluster_ca", CT_STRING, OFF(cluster_ca), "", 0, 0,
      "PEM CA of the cluster: peers must present a certificate it signed (mutual TLS). cluster_ca, cluster_cert and cluster_key: all or none; none means plain TCP between nodes (INSECURE: for tests and trusted networks only)."},
     {"cluster_cert", CT_STRING, OFF(cluster_cert), "", 0, 0,
@@ -685,7 +685,8 @@ valid_node_id(const char *s)
 	return true;
 }
 
-/* The consensus keys: peers are id=host:port with distinct ids, this node among them;
+/* The consensus keys: peers are id=host:port with distinct ids (this node among them, or a
+ * node joining the cluster they name);
  * cluster_listen is addr:port; TLS files all or none; heartbeat at most half the election
  * timeout. */
 static int
@@ -714,12 +715,10 @@ config_check_cluster(const struct relay_config *cfg)
 		if (strcmp(id, cfg->node_id) == 0)
 			self = true;
 	}
-	if (cfg->peers.n >= 2) {
+	/* a node not in the list joins the cluster the list names (relayctl node add) */
+	if (cfg->peers.n >= 2 || (cfg->peers.n == 1 && !self)) {
 		if (cfg->cluster_listen[0] == '\0')
 			return config_fail("peers: a cluster needs cluster_listen");
-		if (cfg->node_id[0] != '\0' && !self)
-			return config_fail("peers: this node (node_id %s) is not in the list",
-					   cfg->node_id);
 		if (cfg->peers.n > 16)
 			return config_fail("peers: at most 16 members");
 	}
