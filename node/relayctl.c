@@ -456,6 +456,7 @@ cmd_queue_show(int argc, char **argv)
 			json_kv_str("state", rcpt_state_name(rc->state), true);
 			json_kv_u64("attempts", rc->attempts, true);
 			json_kv_u64("next_attempt_ms", rc->next_attempt_ms, true);
+			json_kv_u64("last_attempt_ms", rc->last_attempt_ms, true);
 			if (rc->last_reply)
 				json_kv_str("last_reply", rc->last_reply, true);
 			if (rc->last_relay)
