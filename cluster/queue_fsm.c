@@ -25,7 +25,9 @@
  * Ownership keys in the queue CF (first byte QUEUE_KEY_OWN; queue ids never start with it, so
  * they sort before every record and queue_fsm_new reads them first):
  *   01 'D' domain        -> version 1, epoch (u64 BE), owner node id ("" unowned)
- *   01 'M' node id       -> version 1, state (u8), since_index (u64 BE), renew_index (u64 BE)
+ *   01 'M' node id       -> version 1, state (u8), since_index (u64 BE), renew_index (u64 BE),
+ *                           then (absent in stores written before) the last Renew's at_ms
+ *                           (u64 BE) and inflight (u32 BE)
  *   01 'T' index (u64 BE) -> the queue id removed by the command at that index
  */
 #include <assert.h>
@@ -64,7 +66,8 @@ queue_strerror(int code)
 #define QUEUE__OWN_VERSION 1
 #define QUEUE__OWN_KEY_MAX (2 + QUEUE_DOMAIN_MAX)
 #define QUEUE__DOM_VAL_LEN 9 /* + owner */
-#define QUEUE__MEMBER_VAL_LEN 18
+#define QUEUE__MEMBER_VAL_LEN 30
+#define QUEUE__MEMBER_VAL_LEN_V1 18 /* without renew_at_ms and inflight */
 #define QUEUE__NO_STATE 0xff /* a member not in the table */
 
 /* A binary min-heap of queue_hnode (borrowed), ordered by (key, tie, sub). */
@@ -87,6 +90,8 @@ struct queue__member {
 	char node[QUEUE_NODE_MAX + 1];
 	uint8_t state; /* enum queue_member_state */
 	uint64_t since_index, renew_index;
+	uint64_t renew_at_ms; /* the last Renew's at_ms (the member's clock) */
+	uint32_t inflight;    /* the attempts in flight it reported with it */
 	uint64_t ndomains;
 	struct queue__dom *doms; /* the domains it owns */
 	struct queue__heap heap; /* the active items of those domains (held left out) */
@@ -825,21 +830,27 @@ queue__del_dom(struct store_batch *b, const struct queue__dom *d)
 }
 
 static void
-queue__member_val(unsigned char *v, uint8_t state, uint64_t since, uint64_t renew)
+queue__member_val(unsigned char *v, uint8_t state, uint64_t since, uint64_t renew,
+		  uint64_t renew_at, uint32_t inflight)
 {
 	v[0] = QUEUE__OWN_VERSION;
 	v[1] = state;
 	store_u64_encode(since, v + 2);
 	store_u64_encode(renew, v + 10);
+	store_u64_encode(renew_at, v + 18);
+	v[26] = (unsigned char)(inflight >> 24);
+	v[27] = (unsigned char)(inflight >> 16);
+	v[28] = (unsigned char)(inflight >> 8);
+	v[29] = (unsigned char)inflight;
 }
 
 static int
 queue__put_member(struct store_batch *b, const char *node, uint8_t state, uint64_t since,
-		  uint64_t renew)
+		  uint64_t renew, uint64_t renew_at, uint32_t inflight)
 {
 	unsigned char k[2 + QUEUE_NODE_MAX], v[QUEUE__MEMBER_VAL_LEN];
 	size_t kl = queue__own_key(k, QUEUE__OWN_MEMBER, node, strlen(node));
-	queue__member_val(v, state, since, renew);
+	queue__member_val(v, state, since, renew, renew_at, inflight);
 	return store_batch_put(b, STORE_CF_QUEUE, k, kl, v, sizeof(v)) ? QUEUE_ENOMEM : 0;
 }
 
@@ -1855,7 +1866,8 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 		size_t mkl = queue__own_key(mk, QUEUE__OWN_MEMBER, self->node, strlen(self->node));
 		if (store_batch_delete(b, STORE_CF_QUEUE, mk, mkl))
 			goto err_after_batch;
-	} else if (queue__put_member(b, self->node, ns, index, self->renew_index)) {
+	} else if (queue__put_member(b, self->node, ns, index, self->renew_index,
+				     self->renew_at_ms, self->inflight)) {
 		goto err_after_batch;
 	}
 	for (k = 0; k < n; k++)
@@ -1916,9 +1928,13 @@ queue__apply_renew(struct queue_fsm *q, uint64_t index, const Relay__Renew *r,
 	struct queue__member *mb = queue__member_find(q, r->node, &pos);
 	if (!mb)
 		return 0; /* not a member (removed, or never joined): nothing to renew */
-	if (queue__put_member(b, mb->node, mb->state, mb->since_index, index))
+	uint64_t at = r->has_at_ms ? r->at_ms : 0;
+	uint32_t inflight = r->has_inflight ? r->inflight : 0;
+	if (queue__put_member(b, mb->node, mb->state, mb->since_index, index, at, inflight))
 		return QUEUE_ENOMEM;
 	mb->renew_index = index;
+	mb->renew_at_ms = at;
+	mb->inflight = inflight;
 	return 0;
 }
 
@@ -2054,7 +2070,8 @@ queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const 
 		return 0;
 	}
 	case QUEUE__OWN_MEMBER: {
-		if (!queue__token_ok(s, sl, QUEUE_NODE_MAX) || vlen != QUEUE__MEMBER_VAL_LEN ||
+		if (!queue__token_ok(s, sl, QUEUE_NODE_MAX) ||
+		    (vlen != QUEUE__MEMBER_VAL_LEN && vlen != QUEUE__MEMBER_VAL_LEN_V1) ||
 		    v[1] >= QUEUE_MEMBER_REMOVED || q->nmembers == QUEUE_MEMBERS_MAX)
 			return QUEUE_ECORRUPT;
 		struct queue__member *mb = calloc(1, sizeof(*mb));
@@ -2064,6 +2081,11 @@ queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const 
 		mb->state = v[1];
 		mb->since_index = store_u64_decode(v + 2);
 		mb->renew_index = store_u64_decode(v + 10);
+		if (vlen == QUEUE__MEMBER_VAL_LEN) {
+			mb->renew_at_ms = store_u64_decode(v + 18);
+			mb->inflight = (uint32_t)v[26] << 24 | (uint32_t)v[27] << 16 |
+				       (uint32_t)v[28] << 8 | v[29];
+		}
 		q->members[q->nmembers++] = mb; /* key order is node id order */
 		return 0;
 	}
@@ -2371,6 +2393,8 @@ queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t ca
 		o->state = mb->state;
 		o->since_index = mb->since_index;
 		o->renew_index = mb->renew_index;
+		o->renew_at_ms = mb->renew_at_ms;
+		o->inflight = mb->inflight;
 		o->domains = mb->ndomains;
 		for (const struct queue__dom *d = mb->doms; d; d = d->onext) {
 			o->rcpts_owned += d->rcpts_queued;
@@ -2432,7 +2456,8 @@ queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 	for (size_t i = 0; i < q->nmembers; i++) {
 		const struct queue__member *mb = q->members[i];
 		size_t kl = queue__own_key(k, QUEUE__OWN_MEMBER, mb->node, strlen(mb->node));
-		queue__member_val(v, mb->state, mb->since_index, mb->renew_index);
+		queue__member_val(v, mb->state, mb->since_index, mb->renew_index, mb->renew_at_ms,
+				  mb->inflight);
 		if ((rv = cb(arg, k, kl, v, QUEUE__MEMBER_VAL_LEN)))
 			return rv;
 	}
@@ -2495,6 +2520,8 @@ queue_fsm_digest(const struct queue_fsm *q)
 		h = queue__mix(h, mb->state);
 		h = queue__mix(h, mb->since_index);
 		h = queue__mix(h, mb->renew_index);
+		h = queue__mix(h, mb->renew_at_ms);
+		h = queue__mix(h, mb->inflight);
 		h = queue__mix(h, mb->ndomains);
 	}
 	/* assignments: a sum, whatever the order of the hash table */

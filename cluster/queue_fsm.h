@@ -283,7 +283,9 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  * Everything above is persisted by the apply batch in STORE_CF_QUEUE under keys starting with
  * QUEUE_KEY_OWN (queue ids never do):
  *   01 'D' domain         -> 1 (version), epoch (u64 BE), owner node id (no bytes: unowned)
- *   01 'M' node id        -> 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE)
+ *   01 'M' node id        -> 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE),
+ *                            last Renew's at_ms (u64 BE), inflight (u32 BE) (these two absent
+ *                            in stores written before them: 0)
  *   01 'T' index (u64 BE) -> the queue id removed by the command at that index
  * so a restart, queue_fsm_reload after a snapshot install, and any snapshot that copies the
  * queue CFs carry it; all of it is part of queue_fsm_digest.  A store written before ownership
@@ -312,6 +314,8 @@ struct queue_member {
 	uint8_t state;		 /* enum queue_member_state */
 	uint64_t since_index;	 /* log index of the Member command that set state */
 	uint64_t renew_index;	 /* log index of its last applied Renew; 0 none */
+	uint64_t renew_at_ms;	 /* that Renew's at_ms (the member's clock; 0 unknown) */
+	uint32_t inflight;	 /* messages with attempts in flight it reported with it */
 	uint64_t domains;	 /* domains it owns now */
 	uint64_t rcpts_owned;	 /* queued recipients in those domains (held included) */
 	uint64_t rcpts_deferred; /* of which attempted at least once */

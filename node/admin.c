@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/time.h>
 
 #include "admin.pb-c.h"
@@ -149,6 +150,12 @@ admin_set_ownership(Relay__PeerStatus *p, const struct queue_member *m)
 	p->domains = m->domains;
 	p->rcpts_owned = m->rcpts_owned;
 	p->rcpts_deferred = m->rcpts_deferred;
+	p->has_inflight = p->has_renew_age_ms = true;
+	p->inflight = m->inflight;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	p->renew_age_ms = m->renew_at_ms == 0 ? -1 : now - (int64_t)m->renew_at_ms;
 }
 
 /* Domains for one status reply: at most ADMIN_DOMAINS_MAX, strings copied. */

@@ -2274,6 +2274,8 @@ own_tick_cb(uv_timer_t *t)
 		rn.node = d->own.self;
 		rn.has_at_ms = true;
 		rn.at_ms = now;
+		rn.has_inflight = true;
+		rn.inflight = d->nmsgs > UINT32_MAX ? UINT32_MAX : (uint32_t)d->nmsgs;
 		Relay__Command cmd = RELAY__COMMAND__INIT;
 		cmd.cmd_case = RELAY__COMMAND__CMD_RENEW;
 		cmd.renew = &rn;

@@ -262,6 +262,8 @@ cmd_status(void)
 				json_kv_u64("domains", p->domains, true);
 				json_kv_u64("rcpts_owned", p->rcpts_owned, true);
 				json_kv_u64("rcpts_deferred", p->rcpts_deferred, true);
+				json_kv_u64("inflight", p->inflight, true);
+				printf(",\"renew_age_ms\":%" PRId64, p->renew_age_ms);
 				putchar('}');
 			} else {
 				printf("null");
@@ -294,13 +296,14 @@ cmd_status(void)
 		printf("commit %" PRIu64 "  applied %" PRIu64 "  last %" PRIu64
 		       "  leader changes %" PRIu64 "\n\n",
 		       s->commit_index, s->applied_index, s->last_index, s->leader_changes);
-		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n", "MEMBER",
-		       "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
-		       "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED");
+		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
+		       "MEMBER", "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
+		       "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED", "INFLIGHT",
+		       "RENEW_AGE");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
 			char m[24] = "-", l[24] = "-", c[24] = "-", od[24] = "-", orc[24] = "-",
-			     odf[24] = "-";
+			     odf[24] = "-", oif[24] = "-", ora[24] = "-";
 			if (p->has_match)
 				snprintf(m, sizeof(m), "%" PRIu64, p->match);
 			if (p->has_lag)
@@ -311,12 +314,15 @@ cmd_status(void)
 				snprintf(od, sizeof(od), "%" PRIu64, p->domains);
 				snprintf(orc, sizeof(orc), "%" PRIu64, p->rcpts_owned);
 				snprintf(odf, sizeof(odf), "%" PRIu64, p->rcpts_deferred);
+				snprintf(oif, sizeof(oif), "%" PRIu32, p->inflight);
+				if (p->renew_age_ms >= 0)
+					snprintf(ora, sizeof(ora), "%" PRId64 "ms", p->renew_age_ms);
 			}
-			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s\n",
+			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
 			       p->id, p->addr && p->addr[0] ? p->addr : "-",
 			       member_role(s, p)[0] ? member_role(s, p) : "-", p->self ? "yes" : "",
 			       p->connected ? "yes" : "no", p->healthy ? "ok" : "DOWN", m, l, c,
-			       p->owner_state ? p->owner_state : "-", od, orc, odf);
+			       p->owner_state ? p->owner_state : "-", od, orc, odf, oif, ora);
 		}
 		if (s->n_domains) {
 			printf("\n%-32s %-16s %10s %8s\n", "DOMAIN", "OWNER", "EPOCH", "RCPTS");
