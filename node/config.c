@@ -57,7 +57,7 @@ static const struct config_key config_keys[] = {
     {"http_listen", CT_ADDRS, OFF(http_listen), "", 0, 0,
      "HTTP endpoint for /healthz, /readyz and /metrics: one addr:port. Empty: off."},
     {"admin_listen", CT_ADDRS, OFF(admin_listen), "", 0, 0,
-     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). Plain TCP, so loopback only until the cluster TLS keys are set. Empty: off."},
+     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). With cluster_ca/cluster_cert/cluster_key set it is mutual TLS (clients need a certificate of the cluster CA) and may listen anywhere; without them plain TCP, loopback only. Empty: off."},
     {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
      "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
@@ -743,9 +743,9 @@ config_check(const struct relay_config *cfg)
 		return config_fail("http_listen: one address only");
 	if (cfg->admin_listen.n > 1)
 		return config_fail("admin_listen: one address only");
-	if (cfg->admin_listen.n == 1) {
+	if (cfg->admin_listen.n == 1 && cfg->cluster_ca[0] == '\0') {
 		/* G5: the admin port takes authenticated peers only; without cluster TLS that
-		 * means nobody but this host */
+		 * means nobody but this host (with it: mutual TLS, certificates of the cluster CA) */
 		const struct sockaddr *sa = (const struct sockaddr *)&cfg->admin_listen.v[0].ss;
 		int loop = sa->sa_family == AF_INET
 			       ? (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127

@@ -924,10 +924,19 @@ main(int argc, char **argv)
 		die(EXIT_USAGE, "unknown option '%s'", args[0]);
 	}
 	if (config_file != NULL) {
-		if (config_init(&cfg) != 0 || config_load_file(&cfg, config_file) != 0)
+		/* as relayd reads it: the file, then RELAYD_* variables (a pod's cluster cert/key) */
+		if (config_init(&cfg) != 0 || config_load_file(&cfg, config_file) != 0 ||
+		    config_load_env(&cfg, environ) != 0)
 			die(EXIT_USAGE, "%s", config_error());
 		if (opt.server == NULL && cfg.admin_listen.n > 0)
 			opt.server = cfg.admin_listen.v[0].text;
+		/* The node's cluster credentials authenticate us to the admin endpoint (mutual TLS
+		 * with the cluster CA), unless --ca/--cert/--key say otherwise. */
+		if (opt.ca == NULL && opt.cert == NULL && opt.key == NULL && cfg.cluster_ca[0]) {
+			opt.ca = cfg.cluster_ca;
+			opt.cert = cfg.cluster_cert;
+			opt.key = cfg.cluster_key;
+		}
 	}
 	if (opt.server == NULL)
 		opt.server = getenv("RELAYCTL_SERVER");

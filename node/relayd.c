@@ -349,7 +349,10 @@ main(int argc, char **argv)
 		return 1;
 	}
 	if (relayd.cfg.admin_listen.n > 0 &&
-	    admin_start(relayd.loop, &relayd.cfg, NULL, NULL, NULL, relayd.cluster, &relayd.admin,
+	    admin_start(relayd.loop, &relayd.cfg, relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_ca : NULL,
+			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_cert : NULL,
+			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_key : NULL, relayd.cluster,
+			&relayd.admin,
 			err, sizeof(err)) != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
