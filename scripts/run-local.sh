@@ -251,7 +251,10 @@ Send a message through HAProxy:
 
 Watch it (members, leader and queue: member health is the leader's view, so ask the node named
 as leader for it; what the sink received; the nodes' logs; metrics):
-  $ctl --server ${ADDRS[0]}:$ADMIN_PORT status
+  $ctl --config $dir/node1.conf status
+  (the admin port is mutual TLS: --config gives relayctl node1's address and cluster certificate;
+  another node: --server ADDR:$ADMIN_PORT --ca $dir/certs/ca.crt --cert $dir/certs/admin.crt
+  --key $dir/certs/admin.key)
   tail -f $dir/sink/mail.log
   tail -f $dir/node1.log $dir/node2.log $dir/node3.log
   curl -s http://${ADDRS[0]}:$HTTP_PORT/metrics | grep '^relay_'

@@ -85,9 +85,14 @@ def alive(pid, starttime):
     return st is not None and st[1] != "Z" and st[4] == starttime
 
 
-def relayctl_status(addr):
-    out = subprocess.run([RELAYCTL, "--server", "%s:%d" % (addr, ADMIN_PORT), "--json",
-                          "status"], capture_output=True, text=True, timeout=30)
+def relayctl_status(addr, certs):
+    """relayctl status --json against one node's admin port (mutual TLS: the demo's admin
+    client certificate)."""
+    out = subprocess.run([RELAYCTL, "--server", "%s:%d" % (addr, ADMIN_PORT), "--ca",
+                          os.path.join(certs, "ca.crt"), "--cert",
+                          os.path.join(certs, "admin.crt"), "--key",
+                          os.path.join(certs, "admin.key"), "--json", "status"],
+                         capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         return None
     return json.loads(out.stdout)
@@ -162,7 +167,7 @@ class DemoTest(unittest.TestCase):
         sink_log = wait_for(lambda: self.printed(r"^\s*sink log:\s*(\S+)$"), 30,
                             "the printout naming the sink's log")
         self.assertIn("swaks --server 127.0.0.1 --port 2525", self.output())
-        self.assertRegex(self.output(), r"relayctl --server 127\.0\.20\.11:7402 status")
+        self.assertRegex(self.output(), r"relayctl --config \S+/node1\.conf status")
         procs = descendants(self.proc.pid)
         names = sorted(c for c, _ in procs.values())
         for want in ("dnsmasq", "haproxy", "smtp-sink"):
@@ -209,7 +214,8 @@ class DemoTest(unittest.TestCase):
 
         # 3. relayctl: three healthy members, one leader all three agree on
         def cluster_ok():
-            views = {n: relayctl_status(a) for n, a in NODES.items()}
+            views = {n: relayctl_status(a, os.path.join(self.dir, "certs"))
+                     for n, a in NODES.items()}
             if any(v is None for v in views.values()):
                 return None
             leaders = {v["leader"] for v in views.values()}
