@@ -54,7 +54,12 @@
 	X(CLUSTER_ETOOBIG, -7, "command larger than the write batch bound")                        \
 	X(CLUSTER_ENOTFOUND, -8, "no such message")                                                \
 	X(CLUSTER_ETIMEDOUT, -9, "not committed in time (no leader or no quorum)")                 \
-	X(CLUSTER_ENOLEADER, -10, "no leader known")
+	X(CLUSTER_ENOLEADER, -10, "no leader known")                                               \
+	X(CLUSTER_ESINGLE, -11, "a single node has no membership to change")                       \
+	X(CLUSTER_EEXIST, -12, "already a member")                                                 \
+	X(CLUSTER_ENOMEMBER, -13, "no such member")                                                \
+	X(CLUSTER_EFULL, -14, "the cluster has its maximum number of members")                     \
+	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")
 
 enum cluster_errno {
 #define CLUSTER__ERRNO_ENUM(name, val, str) name = (val),
@@ -73,6 +78,7 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_SNAPSHOT_ENTRIES 8192u
 #define CLUSTER_MAX_PEERS 16u /* members of one cluster (RAFT_MAX_NODES) */
 #define CLUSTER_ID_MAX 63u    /* bytes in a node id */
+#define CLUSTER_ADDR_MAX 255u /* bytes in a member's "host:port" */
 /* Replicated mode: a Raft entry carries a whole Accept and is bounded by RAFT_ENTRY_MAX_BYTES
  * (132 MiB: room for a body of QUEUE_BODY_MAX plus its envelope), so a cluster accepts every
  * max_message_size the config allows (at most 100m); a bigger command gets CLUSTER_ETOOBIG.
@@ -88,8 +94,13 @@ struct cluster_config {
 				   a single command bigger than this gets CLUSTER_ETOOBIG */
 	/* Replicated mode: all below zero/NULL keeps the single node above. */
 	const char *cluster_listen; /* borrowed; "addr:port" for peer traffic; NULL/"": single */
-	const char *const *peers;   /* borrowed; n_peers "id=host:port", this node included;
-				       fewer than two members: single node */
+	const char *const *peers;   /* borrowed; n_peers "id=host:port".  This node included:
+				       a new cluster is bootstrapped with them as voters (fewer
+				       than two: single node).  This node not among them (one or
+				       more): it joins an existing cluster and waits for
+				       cluster_member_add; the list only tells it whom to accept
+				       messages from until the log says.  Once a node has state,
+				       the membership stored with it wins over this list. */
 	size_t n_peers;
 	const char *cluster_ca;	  /* borrowed; PEM; all three or none (none: plain tcp, INSECURE) */
 	const char *cluster_cert; /* borrowed */
@@ -177,6 +188,10 @@ void cluster_stats(struct cluster *c, struct cluster_stats *st);
  * leader of a 1-voter cluster in term 1. */
 struct cluster_peer_status {
 	char name[CLUSTER_ID_MAX + 1];
+	char addr[CLUSTER_ADDR_MAX + 1]; /* its cluster_listen as the address book has it */
+	const char *membership;	 /* static: "voter", "learner", "joining" (wanted, not yet in the
+				    Raft configuration), "leaving", "removed" (this node, taken
+				    out of the cluster) */
 	uint64_t id;		 /* raft id (FNV-1a of the name) */
 	int self;		 /* this node */
 	int connected;		 /* a transport connection to it is up (self: 1) */
@@ -214,6 +229,45 @@ struct cluster_status {
 };
 
 void cluster_status(struct cluster *c, struct cluster_status *st);
+
+/*
+ * ---- Membership (replicated mode) ----
+ *
+ * The cluster keeps an address book (node id -> cluster_listen address, state) in its
+ * replicated state: changed only by committed Peer commands (proto/relay.proto), stored with
+ * the applied index and carried in snapshots, so it survives restarts (config `peers` only
+ * bootstraps) and reaches nodes that join later.  Every node dials every member of the book.
+ * The leader, whoever it is, steers the Raft configuration towards the book, one change at a
+ * time (Raft thesis 4.1, 4.2.1): a PEER_ACTIVE member not in the configuration is added as a
+ * learner; a learner whose log has reached the commit index is promoted to voter; a
+ * PEER_LEAVING member is removed (the leader itself included: it steps down once that
+ * commits); once its removal is committed the leader proposes Member{node, MEMBER_REMOVED} (its
+ * deliveries move) and Peer{node, PEER_LEFT} (every node forgets its address).  Because the
+ * work follows the log, a leader change in the middle resumes it, and these calls work on any
+ * node (a follower's proposal is forwarded to the leader like any other).
+ *
+ * cluster_member_add proposes Peer{id, addr, PEER_ACTIVE}; cluster_member_remove proposes
+ * Peer{id, PEER_LEAVING}.  cb(arg, 0) once that command is committed and applied here (the
+ * change itself then proceeds as above; follow it with cluster_status).  Synchronous errors
+ * (cb never called): CLUSTER_ESINGLE, CLUSTER_EBADADDR, CLUSTER_EEXIST (add: already in the
+ * book and not leaving), CLUSTER_ENOMEMBER (remove: not in the book), CLUSTER_EFULL, and the
+ * cluster_propose codes.
+ */
+int cluster_member_add(struct cluster *c, const char *id, const char *addr, cluster_propose_cb cb,
+		       void *arg);
+int cluster_member_remove(struct cluster *c, const char *id, cluster_propose_cb cb, void *arg);
+
+/*
+ * Leadership transfer (Raft thesis 3.10) to target (NULL or "": the other voter whose log is
+ * the most caught up, chosen by the leader).  On the leader it starts at once; on a follower
+ * the request is forwarded to the leader over the transport (lossy: the caller repeats it if
+ * leadership has not moved).  from_leader (NULL or "": any) makes it conditional: nothing
+ * happens unless that node is still the leader, so a repeated request never moves leadership
+ * twice.  Returns 0 when started or forwarded (or nothing to do), CLUSTER_ESINGLE,
+ * CLUSTER_ENOLEADER, CLUSTER_ENOMEMBER (target not a voter), CLUSTER_EINVAL (target is the
+ * leader itself, or no other voter).  Completion shows in cluster_status (leader).
+ */
+int cluster_transfer_leader(struct cluster *c, const char *target, const char *from_leader);
 
 /* The queue state machine of this node, for the delivery scheduler (read-only use; valid until
  * cluster_close).  See cluster/queue_fsm.h for lookup, iteration and reading a body. */

@@ -35,6 +35,12 @@ void cluster__raft_close(struct cluster__raft *r, void (*done)(void *arg), void 
 void cluster__raft_stats(struct cluster__raft *r, struct cluster_stats *st);
 void cluster__raft_status(struct cluster__raft *r, struct cluster_status *st);
 struct queue_fsm *cluster__raft_queue(struct cluster__raft *r);
+int cluster__raft_member_add(struct cluster__raft *r, const char *id, const char *addr,
+			     cluster_propose_cb cb, void *arg);
+int cluster__raft_member_remove(struct cluster__raft *r, const char *id, cluster_propose_cb cb,
+				void *arg);
+int cluster__raft_transfer_leader(struct cluster__raft *r, const char *target,
+				  const char *from_leader);
 struct store *cluster__raft_store(struct cluster__raft *r);
 /* Test hook: the replicated host of c, NULL for a single node. */
 struct cluster__raft *cluster__raft_of(struct cluster *c);

@@ -36,7 +36,8 @@
  * CRAFT_SNAPSHOT_LOG_BYTES of entry data) since the last one, the node takes a consistent view
  * of its store (store_view; its index is the applied index written atomically with the apply
  * writes it shows), digests it on a worker thread, and compacts the log to it: the Raft
- * snapshot's data is only a SnapshotDescriptor (index, view id, node, digest), persisted with
+ * snapshot's data is only a SnapshotDescriptor (index, view id, node, digest, and the address
+ * book stored in the view: the book at exactly its index), persisted with
  * the deletion of the log up to its index in the next write.  The queue is never in memory.
  * A follower that receives one (rd.snap) writes, in one synced write on the loop thread (after
  * the write in flight): the hard state, the wipe of the three CFs, the deletion of its log, the
@@ -62,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cluster.h"
@@ -74,6 +76,8 @@
 
 /* Frame kind of a forwarded proposal (a packed, tagged Relay__Command). */
 #define CRAFT_KIND_PROPOSE 2u
+/* Frame kind of a leadership transfer request forwarded to the leader: "target\nfrom_leader". */
+#define CRAFT_KIND_TRANSFER 4u
 /* Frame kind of a batch: several messages, each [kind u8][length u32 BE][payload]. */
 #define CRAFT_KIND_BATCH 3u
 #define CRAFT_BATCH_HDR 5
@@ -86,12 +90,16 @@
 #define CRAFT_META_HS "raft_hs"
 #define CRAFT_META_SNAP "raft_snap"
 #define CRAFT_META_SNAP_DATA "raft_snap_data"
+#define CRAFT_META_PEERS "raft_peers"
+/* A learner is promoted to voter once its log is within this many entries of the commit index
+ * and the leader streams to it (thesis 4.2.1: catch up before counting towards quorums). */
+#define CRAFT_PROMOTE_LAG 64u
 #define CRAFT_META_VERSION 1
 /* Bound on the path of the database directory. */
 #define CRAFT_PATH_MAX 4096
 /* Frame kinds of the snapshot stream: a SnapshotFetch (follower -> server), a SnapshotChunk. */
-#define CRAFT_KIND_SNAP_FETCH 4u
-#define CRAFT_KIND_SNAP_CHUNK 5u
+#define CRAFT_KIND_SNAP_FETCH 5u
+#define CRAFT_KIND_SNAP_CHUNK 6u
 /* Streamed snapshots.  A chunk carries at most this many key + value bytes (a longer value
  * comes in pieces) and this many pieces; a node serves at most CRAFT_SNAP_SERVE_MAX sessions at
  * once (more wait: SNAP_RETRY) and drops one idle for CRAFT_SNAP_SESSION_IDLE_MS.  A fetch
@@ -108,7 +116,8 @@
 #define CRAFT_FETCH_RETRY_MS 200u
 #define CRAFT_FETCH_RESTART_MS 1000u
 #define CRAFT_SERVE_RESTART 1 /* craft__serve_read: the position is not in the view */
-#define CRAFT_DESCRIPTOR_MAX 256u /* bytes of a packed SnapshotDescriptor */
+/* Bytes of a packed SnapshotDescriptor: the fields, and the address book (CLUSTER_MAX_PEERS). */
+#define CRAFT_DESCRIPTOR_MAX (256u + CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 16u))
 /* A snapshot is also taken once this many entry bytes were applied since the last one, so the
  * in-memory log (entries up to RAFT_ENTRY_MAX_BYTES each) stays bounded in bytes too. */
 #define CRAFT_SNAPSHOT_LOG_BYTES ((uint64_t)256 << 20)
@@ -138,8 +147,22 @@ struct craft_list {
 };
 
 /* A consistent view of this node's store, digested; fetch sessions stream from it. */
+/* One entry of an address book carried with a snapshot (Relay__Peer without `local`). */
+struct craft_book_ent {
+	char node[CLUSTER_ID_MAX + 1];
+	char addr[CLUSTER_ADDR_MAX + 1];
+	uint8_t state;
+};
+
+/* An address book as some view or snapshot holds it; n 0: none. */
+struct craft_book {
+	size_t n;
+	struct craft_book_ent e[CLUSTER_MAX_PEERS];
+};
+
 struct craft_view {
 	struct store_view *v; /* owned */
+	struct craft_book book; /* the address book stored in the view (entries from the log) */
 	uint64_t id;	      /* random, nonzero */
 	uint64_t index;	      /* the applied index stored with the state it shows */
 	struct store_digest digest;
@@ -168,6 +191,7 @@ struct craft_fetch {
 	int bound; /* the session's view is known: */
 	uint64_t view_index, view_id, view_keys, view_bytes;
 	uint32_t view_crc;
+	struct craft_book view_book; /* the address book of the view (SnapshotChunk.peers) */
 	int ci;						/* position: CF in the stream, */
 	unsigned char key[STORE_KEY_MAX + 1];		/* key (the first still wanted), */
 	size_t klen;					/* */
@@ -195,10 +219,18 @@ struct cluster__raft {
 	struct queue_fsm *fsm; /* owned */
 	struct raft *raft;     /* owned */
 	struct transport *tp;  /* owned */
+	/* the address book (cluster.h "Membership"), this node included; parallel arrays, moved
+	 * together by craft__book_move */
 	struct cluster_peer peers[CLUSTER_MAX_PEERS];
 	int64_t last_contact[CLUSTER_MAX_PEERS]; /* uv_now() of the last frame; -1 never */
+	uint8_t pstate[CLUSTER_MAX_PEERS];	 /* Relay__PeerState */
+	uint8_t plocal[CLUSTER_MAX_PEERS];	 /* known from config `peers`, not from the log */
+	uint64_t pprop_ms[CLUSTER_MAX_PEERS];	 /* leader: last proposal about it; 0 never */
 	size_t n_peers;
 	size_t self;
+	int join;			 /* started outside config `peers`: joins a cluster */
+	struct raft_conf conf_committed; /* the latest configuration applied here */
+	uint64_t conf_index;		 /* its entry's index (0: from the core's state) */
 	uint64_t id, boot, next_seq;
 
 	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
@@ -288,6 +320,344 @@ craft__peer_by_name(const struct cluster__raft *c, const char *name)
 	return -1;
 }
 
+/* ---- the address book ---- */
+
+static const char *
+craft__peer_state_name(unsigned st)
+{
+	switch (st) {
+	case RELAY__PEER_STATE__PEER_ACTIVE:
+		return "active";
+	case RELAY__PEER_STATE__PEER_LEAVING:
+		return "leaving";
+	default:
+		return "left";
+	}
+}
+
+/* 0 when name is a valid node id and addr (may be NULL or "": not checked) a host:port. */
+static int
+craft__id_addr_ok(const char *name, const char *addr)
+{
+	char spec[CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 8];
+	struct cluster_peer p;
+	if (!name || strlen(name) > CLUSTER_ID_MAX || (addr && strlen(addr) > CLUSTER_ADDR_MAX))
+		return CLUSTER_EBADADDR;
+	snprintf(spec, sizeof(spec), "%s=%s", name, addr && *addr ? addr : "x:1");
+	return cluster_peer_parse(spec, &p, NULL, 0) ? CLUSTER_EBADADDR : 0;
+}
+
+/* Peer input or log content: a Peer command we can apply. */
+static int
+craft__peer_validate(const Relay__Peer *p)
+{
+	if (!p || craft__id_addr_ok(p->node, p->addr))
+		return CLUSTER_EINVAL;
+	if (p->state != RELAY__PEER_STATE__PEER_ACTIVE &&
+	    p->state != RELAY__PEER_STATE__PEER_LEAVING && p->state != RELAY__PEER_STATE__PEER_LEFT)
+		return CLUSTER_EINVAL;
+	return 0;
+}
+
+/* Commands the host accepts: Peer (applied here) and what the queue state machine accepts. */
+static int
+craft__validate(const Relay__Command *cmd)
+{
+	if (cmd->cmd_case == RELAY__COMMAND__CMD_PEER)
+		return craft__peer_validate(cmd->peer);
+	return queue_validate(cmd) ? CLUSTER_EINVAL : 0;
+}
+
+/* Moves book slot src into dst (dst's content is gone). */
+static void
+craft__book_move(struct cluster__raft *c, size_t dst, size_t src)
+{
+	c->peers[dst] = c->peers[src];
+	c->last_contact[dst] = c->last_contact[src];
+	c->pstate[dst] = c->pstate[src];
+	c->plocal[dst] = c->plocal[src];
+	c->pprop_ms[dst] = c->pprop_ms[src];
+	c->out[dst] = c->out[src];
+	memset(&c->out[src], 0, sizeof(c->out[src]));
+	if (c->self == src)
+		c->self = dst;
+}
+
+/* Dials addr for book slot i (not self; nothing before the transport is open). */
+static void
+craft__book_dial(struct cluster__raft *c, size_t i)
+{
+	if (!c->tp || i == c->self || !c->peers[i].addr[0])
+		return;
+	int rv = transport_add_peer(c->tp, c->peers[i].name, c->peers[i].addr);
+	if (rv)
+		cluster__log("peer %s=%s error=\"%s\"", c->peers[i].name, c->peers[i].addr,
+			     transport_strerror(rv));
+}
+
+/* Adds a member to the book; its index, or -1 when the book is full. */
+static int
+craft__book_add(struct cluster__raft *c, const char *name, const char *addr, unsigned state,
+		int local)
+{
+	if (c->n_peers >= CLUSTER_MAX_PEERS)
+		return -1;
+	size_t i = c->n_peers++;
+	memset(&c->peers[i], 0, sizeof(c->peers[i]));
+	snprintf(c->peers[i].name, sizeof(c->peers[i].name), "%s", name);
+	snprintf(c->peers[i].addr, sizeof(c->peers[i].addr), "%s", addr ? addr : "");
+	c->peers[i].id = cluster_peer_raft_id(name);
+	c->last_contact[i] = -1;
+	c->pstate[i] = (uint8_t)state;
+	c->plocal[i] = (uint8_t)local;
+	c->pprop_ms[i] = 0;
+	memset(&c->out[i], 0, sizeof(c->out[i]));
+	craft__book_dial(c, i);
+	return (int)i;
+}
+
+/* Forgets member i (never self): its connection closes, its waiting messages are dropped. */
+static void
+craft__book_del(struct cluster__raft *c, size_t i)
+{
+	if (i == c->self || i >= c->n_peers)
+		return;
+	if (c->tp && c->peers[i].addr[0])
+		transport_remove_peer(c->tp, c->peers[i].name);
+	free(c->out[i].buf);
+	memset(&c->out[i], 0, sizeof(c->out[i]));
+	size_t last = --c->n_peers;
+	if (i != last)
+		craft__book_move(c, i, last);
+}
+
+static void
+craft__book_set_addr(struct cluster__raft *c, size_t i, const char *addr)
+{
+	if (!addr || !*addr || !strcmp(c->peers[i].addr, addr))
+		return;
+	if (c->tp && i != c->self && c->peers[i].addr[0])
+		transport_remove_peer(c->tp, c->peers[i].name);
+	snprintf(c->peers[i].addr, sizeof(c->peers[i].addr), "%s", addr);
+	craft__book_dial(c, i);
+}
+
+/* Fills p (borrowing from the book) for slot i. */
+static void
+craft__book_peer(const struct cluster__raft *c, size_t i, Relay__Peer *p, int with_local)
+{
+	relay__peer__init(p);
+	p->node = (char *)c->peers[i].name;
+	p->addr = (char *)c->peers[i].addr;
+	p->state = (Relay__PeerState)c->pstate[i];
+	if (with_local && c->plocal[i]) {
+		p->has_local = 1;
+		p->local = 1;
+	}
+}
+
+/* Adds the book to b (raft_meta "raft_peers"). */
+static int
+craft__book_put(struct cluster__raft *c, struct store_batch *b)
+{
+	Relay__Peer ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	for (size_t i = 0; i < c->n_peers; i++) {
+		craft__book_peer(c, i, &ps[i], 1);
+		pp[i] = &ps[i];
+	}
+	Relay__PeerBook book = RELAY__PEER_BOOK__INIT;
+	book.n_peers = c->n_peers;
+	book.peers = pp;
+	unsigned char buf[CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 16) + 16];
+	size_t len = relay__peer_book__get_packed_size(&book);
+	if (len > sizeof(buf))
+		return STORE_EINVAL;
+	relay__peer_book__pack(&book, buf);
+	return store_batch_put(b, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1,
+			       buf, len);
+}
+
+/* Replaces the book with the stored one.  STORE_ENOTFOUND when none was stored. */
+static int
+craft__book_load(struct cluster__raft *c, const char *self)
+{
+	void *v;
+	size_t vlen;
+	int rv = store_get(c->store, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1,
+			   &v, &vlen);
+	if (rv)
+		return rv;
+	Relay__PeerBook *book = relay__peer_book__unpack(NULL, vlen, v);
+	free(v);
+	if (!book || book->n_peers > CLUSTER_MAX_PEERS) {
+		if (book)
+			relay__peer_book__free_unpacked(book, NULL);
+		return STORE_ECORRUPT;
+	}
+	for (size_t i = 0; i < book->n_peers; i++)
+		if (craft__peer_validate(book->peers[i])) {
+			relay__peer_book__free_unpacked(book, NULL);
+			return STORE_ECORRUPT;
+		}
+	c->n_peers = 0;
+	c->self = SIZE_MAX;
+	for (size_t i = 0; i < book->n_peers; i++) {
+		const Relay__Peer *p = book->peers[i];
+		int k = craft__book_add(c, p->node, p->addr, p->state, p->has_local && p->local);
+		if (k >= 0 && !strcmp(p->node, self))
+			c->self = (size_t)k;
+	}
+	relay__peer_book__free_unpacked(book, NULL);
+	return 0;
+}
+
+/* Applies a committed Peer command to the book (and the transport), and adds the book to the
+ * next write.  Returns the status for the proposer. */
+static int
+craft__apply_peer(struct cluster__raft *c, uint64_t index, const Relay__Peer *p)
+{
+	if (craft__peer_validate(p))
+		return CLUSTER_EINVAL;
+	int i = craft__peer_by_name(c, p->node);
+	const char *addr = p->addr ? p->addr : "";
+	int status = 0;
+	switch (p->state) {
+	case RELAY__PEER_STATE__PEER_ACTIVE:
+		if (i < 0) {
+			if (!*addr)
+				return CLUSTER_EBADADDR;
+			if ((i = craft__book_add(c, p->node, addr, p->state, 0)) < 0)
+				return CLUSTER_EFULL;
+		} else {
+			craft__book_set_addr(c, (size_t)i, addr);
+		}
+		break;
+	case RELAY__PEER_STATE__PEER_LEAVING:
+		if (i < 0)
+			return CLUSTER_ENOMEMBER;
+		break;
+	default:
+		if (i < 0)
+			return 0;
+		if ((size_t)i != c->self) {
+			cluster__log("index=%" PRIu64 " event=peer node=%s state=left", index,
+				     p->node);
+			craft__book_del(c, (size_t)i);
+			i = -1;
+		}
+		break;
+	}
+	if (i >= 0) {
+		if (c->pstate[i] != p->state)
+			c->pprop_ms[i] = 0;
+		c->pstate[i] = (uint8_t)p->state;
+		c->plocal[i] = 0;
+		cluster__log("index=%" PRIu64 " event=peer node=%s addr=%s state=%s", index,
+			     p->node, c->peers[i].addr, craft__peer_state_name(p->state));
+	}
+	int rv = craft__book_put(c, &c->next);
+	if (rv) {
+		cluster__log("address book not recorded error=\"%s\"", store_strerror(rv));
+		status = cluster__store_err(rv);
+	}
+	return status;
+}
+
+/* Copies the entries of a carried address book into bk (validated: -1 on a bad one). */
+static int
+craft__book_from_proto(struct craft_book *bk, Relay__Peer *const *peers, size_t n)
+{
+	bk->n = 0;
+	if (n > CLUSTER_MAX_PEERS)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const Relay__Peer *p = peers[i];
+		if (craft__peer_validate(p))
+			return -1;
+		struct craft_book_ent *e = &bk->e[i];
+		snprintf(e->node, sizeof(e->node), "%s", p->node);
+		snprintf(e->addr, sizeof(e->addr), "%s", p->addr ? p->addr : "");
+		e->state = (uint8_t)p->state;
+	}
+	bk->n = n;
+	return 0;
+}
+
+/* Fills ps/pp (borrowing from bk) for a message; returns how many. */
+static size_t
+craft__book_to_proto(const struct craft_book *bk, Relay__Peer ps[CLUSTER_MAX_PEERS],
+		     Relay__Peer *pp[CLUSTER_MAX_PEERS])
+{
+	for (size_t i = 0; i < bk->n; i++) {
+		relay__peer__init(&ps[i]);
+		ps[i].node = (char *)bk->e[i].node;
+		ps[i].addr = (char *)bk->e[i].addr;
+		ps[i].state = (Relay__PeerState)bk->e[i].state;
+		pp[i] = &ps[i];
+	}
+	return bk->n;
+}
+
+/* The address book stored in a view (raft_meta "raft_peers", written with the applies, so it
+ * is the book at the view's applied index), without the entries only a config knows.  None
+ * (n 0) when the view holds no book or a damaged one (logged). */
+static void
+craft__view_book(struct craft_view *vw)
+{
+	vw->book.n = 0;
+	void *v;
+	size_t vlen;
+	if (store_view_get(vw->v, STORE_CF_META, CRAFT_META_PEERS, sizeof(CRAFT_META_PEERS) - 1, &v,
+			   &vlen))
+		return;
+	Relay__PeerBook *book = relay__peer_book__unpack(NULL, vlen, v);
+	free(v);
+	Relay__Peer *kept[CLUSTER_MAX_PEERS];
+	size_t n = 0;
+	for (size_t i = 0; book && i < book->n_peers && n < CLUSTER_MAX_PEERS; i++)
+		if (!(book->peers[i]->has_local && book->peers[i]->local))
+			kept[n++] = book->peers[i];
+	if (!book || book->n_peers > CLUSTER_MAX_PEERS || craft__book_from_proto(&vw->book, kept, n))
+		cluster__log("snapshot view index=%" PRIu64 ": stored address book unreadable; "
+			     "the snapshot carries none",
+			     vw->index);
+	if (book)
+		relay__peer_book__free_unpacked(book, NULL);
+}
+
+/* A snapshot's address book replaces ours (this node stays in it) and goes into b; none (n 0):
+ * ours is kept. */
+static int
+craft__book_replace(struct cluster__raft *c, const struct craft_book *bk, struct store_batch *b)
+{
+	if (!bk->n)
+		return 0;
+	for (size_t i = 0; i < c->n_peers;) {
+		int keep = i == c->self;
+		for (size_t k = 0; !keep && k < bk->n; k++)
+			keep = !strcmp(bk->e[k].node, c->peers[i].name);
+		if (keep)
+			i++;
+		else
+			craft__book_del(c, i);
+	}
+	for (size_t k = 0; k < bk->n; k++) {
+		const struct craft_book_ent *e = &bk->e[k];
+		int i = craft__peer_by_name(c, e->node);
+		if (i < 0)
+			i = craft__book_add(c, e->node, e->addr, e->state, 0);
+		else
+			craft__book_set_addr(c, (size_t)i, e->addr);
+		if (i >= 0) {
+			if (c->pstate[i] != e->state)
+				c->pprop_ms[i] = 0;
+			c->pstate[i] = e->state;
+			c->plocal[i] = 0;
+		}
+	}
+	return craft__book_put(c, b);
+}
+
 static const char *
 craft__role_name(enum raft_role r)
 {
@@ -304,6 +674,8 @@ craft__role_name(enum raft_role r)
 }
 
 static void craft__run_cb(uv_idle_t *h);
+static void craft__reconcile(struct cluster__raft *c);
+static void craft__recv_transfer(struct cluster__raft *c, const void *data, size_t len);
 
 static void
 craft__schedule(struct cluster__raft *c)
@@ -670,12 +1042,30 @@ craft__send(struct cluster__raft *c, const struct raft_ready *rd)
 	}
 }
 
+/* A committed configuration entry after the one tracked becomes c->conf_committed.  Called for
+ * every committed entry handed out, also those not applied yet while a snapshot is fetched:
+ * the configuration is the core's, not the queue's. */
+static void
+craft__track_conf(struct cluster__raft *c, const struct raft_entry *e)
+{
+	struct raft_conf conf;
+	if (e->type != RAFT_ENTRY_CONF || e->index <= c->conf_index ||
+	    raft_conf_decode(e->data, e->len, &conf))
+		return;
+	c->conf_committed = conf;
+	c->conf_index = e->index;
+	cluster__log("index=%" PRIu64 " event=conf voters=%" PRIu32 " learners=%" PRIu32,
+		     e->index, conf.n_voters, conf.n_learners);
+}
+
 /* Applies one committed entry (index c->applied + 1) and moves the proposal it completes to
- * done.  Sets c->failed when apply must stop. */
+ * done: a Peer command to the address book, every other one to the queue state machine.  Sets
+ * c->failed when apply must stop. */
 static void
 craft__apply_entry(struct cluster__raft *c, const struct raft_entry *e, struct craft_list *done)
 {
 	int status = 0;
+	craft__track_conf(c, e);
 	if (e->type == RAFT_ENTRY_NORMAL) {
 		Relay__Command *cmd = relay__command__unpack(NULL, e->len, e->data);
 		if (!cmd) {
@@ -685,7 +1075,11 @@ craft__apply_entry(struct cluster__raft *c, const struct raft_entry *e, struct c
 			c->failed = CLUSTER_ENOMEM;
 			return;
 		}
-		int rv = queue_apply(c->fsm, e->index, cmd, &c->next);
+		int rv = 0;
+		if (cmd->cmd_case == RELAY__COMMAND__CMD_PEER)
+			status = craft__apply_peer(c, e->index, cmd->peer);
+		else
+			rv = queue_apply(c->fsm, e->index, cmd, &c->next);
 		if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
 			cluster__log("index=%" PRIu64 " apply stopped error=\"%s\"; restart "
 				     "to replay",
@@ -726,8 +1120,12 @@ craft__apply(struct cluster__raft *c, const struct raft_ready *rd, struct craft_
 		const struct raft_entry *e = &rd->committed[i];
 		if (e->index > c->handed)
 			c->handed = e->index;
-		if (c->fetch.active || e->index <= c->applied)
-			continue; /* fetching; or applied before a restart, or by a snapshot */
+		if (c->fetch.active || e->index <= c->applied) {
+			/* fetching; or applied before a restart, or by a snapshot */
+			if (c->fetch.active)
+				craft__track_conf(c, e);
+			continue;
+		}
 		craft__apply_entry(c, e, done);
 	}
 	if (c->applied != before) {
@@ -910,6 +1308,7 @@ craft__view_prepare(struct cluster__raft *c, int compact, uint64_t min_index)
 		craft__view_unref(vw);
 		return CLUSTER_ENOTFOUND;
 	}
+	craft__view_book(vw);
 	c->prep = vw;
 	c->prep_compact = compact;
 	c->digesting = 1;
@@ -938,6 +1337,9 @@ craft__compact(struct cluster__raft *c, struct craft_view *vw)
 	d.keys = vw->digest.keys;
 	d.bytes = vw->digest.bytes;
 	d.crc = vw->digest.crc;
+	Relay__Peer ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	d.n_peers = craft__book_to_proto(&vw->book, ps, pp);
+	d.peers = pp;
 	unsigned char buf[CRAFT_DESCRIPTOR_MAX];
 	size_t len = relay__snapshot_descriptor__get_packed_size(&d);
 	if (len > sizeof(buf))
@@ -1120,6 +1522,7 @@ craft__serve(struct cluster__raft *c, size_t pi, const void *data, size_t len)
 		return;
 	}
 	Relay__SnapshotChunk ch = RELAY__SNAPSHOT_CHUNK__INIT;
+	Relay__Peer bps[CLUSTER_MAX_PEERS], *bpp[CLUSTER_MAX_PEERS];
 	ch.session = f->session;
 	ch.seq = f->seq;
 	ch.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;
@@ -1190,6 +1593,11 @@ craft__serve(struct cluster__raft *c, size_t pi, const void *data, size_t len)
 	ch.keys = sv->view->digest.keys;
 	ch.bytes = sv->view->digest.bytes;
 	ch.crc = sv->view->digest.crc;
+	/* the first chunk of a session binds it: the view's address book comes with it */
+	if (start) {
+		ch.n_peers = craft__book_to_proto(&sv->view->book, bps, bpp);
+		ch.peers = bpp;
+	}
 	for (size_t i = 0; i < ch.n_kvs; i++)
 		c->counters.snapshot_served_bytes += ch.kvs[i]->data.len + ch.kvs[i]->key.len;
 	if (ch.done)
@@ -1328,6 +1736,10 @@ craft__fetch_finish(struct cluster__raft *c)
 				    sizeof(STORE_META_INSTALL) - 1);
 	if (!rv)
 		rv = store_applied_put(&b, f->view_index);
+	/* the view may be newer than the descriptor installed: its book is the one at its index
+	 * (none carried: the one installed with the descriptor stays) */
+	if (!rv)
+		rv = craft__book_replace(c, &f->view_book, &b);
 	if (!rv)
 		rv = store_write(c->store, &b, 1);
 	store_batch_fini(&b);
@@ -1464,7 +1876,8 @@ craft__fetch_chunk(struct cluster__raft *c, size_t pi, const void *data, size_t 
 	if (ch->status != RELAY__SNAPSHOT_STATUS__SNAP_OK || !ch->has_index || !ch->has_view_id) {
 		bad = 1;
 	} else if (!f->bound) {
-		if (ch->index < f->min_index) {
+		if (ch->index < f->min_index ||
+		    craft__book_from_proto(&f->view_book, ch->peers, ch->n_peers)) {
 			bad = 1;
 		} else {
 			f->bound = 1;
@@ -1545,11 +1958,18 @@ static int
 craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 {
 	char hint[CLUSTER_ID_MAX + 1] = "";
+	struct craft_book book = {0};
 	if (rd->snap_len) {
 		Relay__SnapshotDescriptor *d =
 		    relay__snapshot_descriptor__unpack(NULL, rd->snap_len, rd->snap_data);
 		if (d) {
 			snprintf(hint, sizeof(hint), "%s", d->node);
+			if (craft__book_from_proto(&book, d->peers, d->n_peers)) {
+				c->counters.raft_dropped++;
+				cluster__log("snapshot install index=%" PRIu64
+					     ": bad address book; ours is kept",
+					     rd->snap->index);
+			}
 			relay__snapshot_descriptor__free_unpacked(d, NULL);
 		}
 	}
@@ -1559,6 +1979,9 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 		rv = craft__wipe_queue(b);
 	if (!rv)
 		rv = store_log_delete(b, 1, UINT64_MAX);
+	/* the snapshot's address book replaces ours (none: ours is kept) */
+	if (!rv)
+		rv = craft__book_replace(c, &book, b);
 	if (!rv)
 		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);
 	if (!rv)
@@ -1592,6 +2015,8 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 	}
 	c->applied = c->durable_applied = c->handed = rd->snap->index;
 	c->snap_index = rd->snap->index;
+	c->conf_committed = rd->snap->conf;
+	c->conf_index = rd->snap->index;
 	/* a fetch in progress for an older snapshot starts over for this one */
 	free(c->fetch.val);
 	c->fetch.val = NULL;
@@ -1775,6 +2200,11 @@ craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const 
 			craft__fetch_chunk(c, (size_t)pi, data, len);
 		return;
 	}
+	if (kind == CRAFT_KIND_TRANSFER) {
+		if (pi >= 0)
+			craft__recv_transfer(c, data, len);
+		return;
+	}
 	if (kind == CRAFT_KIND_PROPOSE) {
 		c->counters.forwards_received++;
 		if (c->role != RAFT_LEADER || c->have_held || c->failed ||
@@ -1784,7 +2214,7 @@ craft__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const 
 		if (!cmd)
 			return;
 		int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
-			 queue_validate(cmd) == 0;
+			 craft__validate(cmd) == 0;
 		relay__command__free_unpacked(cmd, NULL);
 		if (ok && raft_propose(c->raft, data, len, NULL, NULL) == 0)
 			craft__schedule(c);
@@ -1831,6 +2261,7 @@ craft__tick_cb(uv_timer_t *t)
 		}
 	}
 	craft__complete(c, &done);
+	craft__reconcile(c);
 	craft__schedule(c);
 }
 
@@ -1847,7 +2278,7 @@ cluster__raft_propose(struct cluster__raft *c, const Relay__Command *cmd, cluste
 		rv = c->failed;
 		goto err;
 	}
-	if (queue_validate(cmd)) {
+	if (craft__validate(cmd)) {
 		rv = CLUSTER_EINVAL;
 		goto err;
 	}
@@ -1890,12 +2321,275 @@ err:
 	return rv;
 }
 
+/* ---- membership: the leader steers the configuration towards the address book ---- */
+
+static void
+craft__noop_cb(void *arg, int status)
+{
+	(void)arg;
+	(void)status;
+}
+
+/* Proposes Peer{node, addr, state} on behalf of this node (no one waits for it). */
+static int
+craft__propose_peer(struct cluster__raft *c, const char *node, const char *addr, unsigned state,
+		    cluster_propose_cb cb, void *arg)
+{
+	Relay__Peer p = RELAY__PEER__INIT;
+	p.node = (char *)node;
+	p.addr = (char *)(addr ? addr : "");
+	p.state = (Relay__PeerState)state;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_PEER;
+	cmd.peer = &p;
+	return cluster__raft_propose(c, &cmd, cb ? cb : craft__noop_cb, arg);
+}
+
+static const struct raft_peer_status *
+craft__progress(const struct raft_status *rs, uint64_t id)
+{
+	for (uint32_t k = 0; k < rs->n_peers; k++)
+		if (rs->peers[k].id == id)
+			return &rs->peers[k];
+	return NULL;
+}
+
+/* One configuration change; 1 when one was appended (or must wait), 0 to look further. */
+static int
+craft__conf_change(struct cluster__raft *c, size_t i, enum raft_conf_op op, const char *what,
+		   uint64_t now)
+{
+	int rv = raft_propose_conf(c->raft, op, c->peers[i].id, NULL, NULL);
+	if (rv == 0) {
+		cluster__log("event=conf-change op=%s node=%s", what, c->peers[i].name);
+		c->pprop_ms[i] = now;
+		craft__schedule(c);
+		return 1;
+	}
+	if (rv == RAFT_ECONFPENDING || rv == RAFT_EFULL || rv == RAFT_ETRANSFER)
+		return 1; /* the next tick tries again */
+	if (now - c->pprop_ms[i] >= c->retry_ms) {
+		cluster__log("conf-change op=%s node=%s error=\"%s\"", what, c->peers[i].name,
+			     raft_strerror(rv));
+		c->pprop_ms[i] = now;
+	}
+	return 0;
+}
+
+/* Leader, each tick: at most one configuration change towards the book (cluster.h). */
+static void
+craft__reconcile(struct cluster__raft *c)
+{
+	if (c->role != RAFT_LEADER || c->failed || c->have_held || c->closing)
+		return;
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (rs.role != RAFT_LEADER || rs.transferee)
+		return;
+	uint64_t now = uv_now(c->loop);
+	int throttled;
+	for (size_t i = 0; i < c->n_peers; i++) {
+		uint64_t id = c->peers[i].id;
+		int member = raft_conf_is_member(&rs.conf, id);
+		int voter = raft_conf_is_voter(&rs.conf, id);
+		throttled = c->pprop_ms[i] && now - c->pprop_ms[i] < c->retry_ms;
+		switch (c->pstate[i]) {
+		case RELAY__PEER_STATE__PEER_ACTIVE:
+			if (c->plocal[i]) {
+				/* a bootstrap member known from config only: put it in the log so
+				 * that nodes joining later learn its address */
+				if (member && !throttled && c->peers[i].addr[0]) {
+					craft__propose_peer(c, c->peers[i].name, c->peers[i].addr,
+							    RELAY__PEER_STATE__PEER_ACTIVE, NULL,
+							    NULL);
+					c->pprop_ms[i] = now;
+				}
+				break;
+			}
+			if (!member) {
+				if (craft__conf_change(c, i, RAFT_CONF_ADD_LEARNER, "add-learner",
+						       now))
+					return;
+			} else if (!voter) {
+				const struct raft_peer_status *pr = craft__progress(&rs, id);
+				if (pr && pr->state == 1 &&
+				    pr->match + CRAFT_PROMOTE_LAG >= rs.commit &&
+				    craft__conf_change(c, i, RAFT_CONF_ADD_VOTER, "promote", now))
+					return;
+			}
+			break;
+		case RELAY__PEER_STATE__PEER_LEAVING:
+			if (member) {
+				if (craft__conf_change(c, i, RAFT_CONF_REMOVE, "remove", now))
+					return;
+			} else if (!raft_conf_is_member(&c->conf_committed, id) && !throttled) {
+				/* out of the committed configuration: its deliveries move, then
+				 * every node forgets it */
+				Relay__Member m = RELAY__MEMBER__INIT;
+				m.node = c->peers[i].name;
+				m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
+				m.has_at_ms = 1;
+				m.at_ms = (uint64_t)time(NULL) * 1000;
+				Relay__Command cmd = RELAY__COMMAND__INIT;
+				cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+				cmd.member = &m;
+				int rv = cluster__raft_propose(c, &cmd, craft__noop_cb, NULL);
+				if (rv == CLUSTER_EINVAL) {
+					/* a queue state machine without member states: nothing
+					 * to move */
+					cluster__log("event=member-removed node=%s skipped: %s",
+						     c->peers[i].name, cluster_strerror(rv));
+					rv = 0;
+				}
+				if (!rv)
+					rv = craft__propose_peer(c, c->peers[i].name, "",
+								 RELAY__PEER_STATE__PEER_LEFT, NULL,
+								 NULL);
+				cluster__log("event=member-removed node=%s%s%s", c->peers[i].name,
+					     rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
+				c->pprop_ms[i] = now;
+			}
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+int
+cluster__raft_member_add(struct cluster__raft *c, const char *id, const char *addr,
+			 cluster_propose_cb cb, void *arg)
+{
+	if (craft__id_addr_ok(id, addr) || !addr || !*addr)
+		return CLUSTER_EBADADDR;
+	int i = craft__peer_by_name(c, id);
+	if (i >= 0 && c->pstate[i] == RELAY__PEER_STATE__PEER_ACTIVE &&
+	    (!c->plocal[i] || raft_conf_is_member(&c->conf_committed, c->peers[i].id)))
+		return CLUSTER_EEXIST;
+	if (i < 0 && c->n_peers >= CLUSTER_MAX_PEERS)
+		return CLUSTER_EFULL;
+	return craft__propose_peer(c, id, addr, RELAY__PEER_STATE__PEER_ACTIVE, cb, arg);
+}
+
+int
+cluster__raft_member_remove(struct cluster__raft *c, const char *id, cluster_propose_cb cb,
+			    void *arg)
+{
+	if (craft__id_addr_ok(id, NULL))
+		return CLUSTER_EBADADDR;
+	int i = craft__peer_by_name(c, id);
+	if (i < 0 || c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
+		return CLUSTER_ENOMEMBER;
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (raft_conf_is_voter(&rs.conf, c->peers[i].id) && rs.conf.n_voters == 1)
+		return CLUSTER_EINVAL; /* the last voter */
+	return craft__propose_peer(c, id, "", RELAY__PEER_STATE__PEER_LEAVING, cb, arg);
+}
+
+/* On the leader: starts a transfer to target (NULL/"": the most caught-up other voter). */
+static int
+craft__transfer_here(struct cluster__raft *c, const char *target)
+{
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	uint64_t to = 0;
+	if (target && *target) {
+		int ti = craft__peer_by_name(c, target);
+		if (ti < 0 || !raft_conf_is_voter(&rs.conf, c->peers[ti].id))
+			return CLUSTER_ENOMEMBER;
+		to = c->peers[ti].id;
+		if (to == c->id)
+			return CLUSTER_EINVAL;
+	} else {
+		uint64_t best = 0;
+		int best_active = -1;
+		for (uint32_t k = 0; k < rs.n_peers; k++) {
+			const struct raft_peer_status *p = &rs.peers[k];
+			if (p->id == c->id || !p->voter)
+				continue;
+			if (!to || (int)p->active > best_active ||
+			    ((int)p->active == best_active && p->match > best)) {
+				to = p->id;
+				best = p->match;
+				best_active = p->active;
+			}
+		}
+		if (!to)
+			return CLUSTER_EINVAL;
+	}
+	int rv = raft_transfer_leader(c->raft, to);
+	if (rv == RAFT_ENOTLEADER)
+		return CLUSTER_ENOLEADER;
+	if (rv)
+		return CLUSTER_EINVAL;
+	int pi = craft__peer_by_id(c, to);
+	cluster__log("event=leader-transfer to=%s", pi >= 0 ? c->peers[pi].name : "?");
+	craft__schedule(c);
+	return 0;
+}
+
+int
+cluster__raft_transfer_leader(struct cluster__raft *c, const char *target, const char *from_leader)
+{
+	if (c->closing)
+		return CLUSTER_ECLOSED;
+	if (target && *target && craft__peer_by_name(c, target) < 0)
+		return CLUSTER_ENOMEMBER;
+	if (c->lead == 0)
+		return CLUSTER_ENOLEADER;
+	int li = craft__peer_by_id(c, c->lead);
+	if (li < 0)
+		return CLUSTER_ENOLEADER;
+	if (from_leader && *from_leader && strcmp(from_leader, c->peers[li].name))
+		return 0; /* leadership moved already */
+	if (target && *target && !strcmp(target, c->peers[li].name))
+		return 0; /* already the leader */
+	if (c->role == RAFT_LEADER)
+		return craft__transfer_here(c, target);
+	/* forward: "target\nfrom_leader" */
+	char buf[2 * CLUSTER_ID_MAX + 2];
+	int n = snprintf(buf, sizeof(buf), "%s\n%s", target ? target : "", c->peers[li].name);
+	craft__out(c, (size_t)li, CRAFT_KIND_TRANSFER, buf, (size_t)n);
+	return 0;
+}
+
+/* A forwarded transfer request (peer input: checked). */
+static void
+craft__recv_transfer(struct cluster__raft *c, const void *data, size_t len)
+{
+	char buf[2 * CLUSTER_ID_MAX + 2];
+	if (c->role != RAFT_LEADER || len >= sizeof(buf))
+		return;
+	memcpy(buf, data, len);
+	buf[len] = 0;
+	char *nl = strchr(buf, '\n');
+	if (!nl)
+		return;
+	*nl = 0;
+	const char *from = nl + 1;
+	if (*from && strcmp(from, c->peers[c->self].name))
+		return; /* meant for an earlier leader: it moved already */
+	int rv = craft__transfer_here(c, buf);
+	if (rv)
+		cluster__log("leader-transfer (forwarded) to=%s error=\"%s\"", *buf ? buf : "any",
+			     cluster_strerror(rv));
+}
+
 /* ---- open ---- */
 
 int
 cluster__raft_wanted(const struct cluster_config *cfg)
 {
-	return cfg->cluster_listen && *cfg->cluster_listen && cfg->n_peers >= 2;
+	if (!cfg->cluster_listen || !*cfg->cluster_listen || cfg->n_peers == 0)
+		return 0;
+	if (cfg->n_peers >= 2)
+		return 1;
+	/* one peer that is not this node: join that cluster */
+	const char *eq = strchr(cfg->peers[0], '=');
+	size_t n = eq ? (size_t)(eq - cfg->peers[0]) : strlen(cfg->peers[0]);
+	return !(cfg->node_id && strlen(cfg->node_id) == n &&
+		 !strncmp(cfg->peers[0], cfg->node_id, n));
 }
 
 /* Loads the durable raft state and gives it to the core (or bootstraps a new cluster). */
@@ -1918,6 +2612,19 @@ craft__load(struct cluster__raft *c)
 			cluster__log("open: the data dir holds a single node's queue; a replicated "
 				     "node needs an empty data_dir");
 			return CLUSTER_EINVAL;
+		}
+		if (c->join) {
+			/* a new member: empty state; the leader sends the configuration (after
+			 * relayctl node add) */
+			struct raft_snap_meta empty = {0};
+			rv = raft_restore(c->raft, &hs, &empty, NULL, 0, NULL, 0);
+			if (rv) {
+				cluster__log("open: join error=\"%s\"", raft_strerror(rv));
+				return CLUSTER_EINVAL;
+			}
+			cluster__log("event=join-wait peers=%zu (waiting for relayctl node add)",
+				     c->n_peers - 1);
+			return 0;
 		}
 		struct raft_conf conf = {0};
 		for (size_t i = 0; i < c->n_peers; i++)
@@ -2058,17 +2765,31 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	if (!c)
 		return CLUSTER_ENOMEM;
 	c->loop = loop;
-	if (cluster_peers_parse(cfg->peers, cfg->n_peers, cfg->node_id, c->peers, err,
-				sizeof(err))) {
-		cluster__log("open: %s", err);
+	if (cluster_peers_parse(cfg->peers, cfg->n_peers, NULL, c->peers, err, sizeof(err)) ||
+	    craft__id_addr_ok(cfg->node_id, cfg->cluster_listen)) {
+		cluster__log("open: %s", err[0] ? err : "node_id or cluster_listen not valid");
 		free(c);
 		return CLUSTER_EINVAL;
 	}
 	c->n_peers = cfg->n_peers;
+	c->self = SIZE_MAX;
 	for (size_t i = 0; i < c->n_peers; i++) {
 		c->last_contact[i] = -1;
+		c->plocal[i] = 1; /* until the log says */
 		if (!strcmp(c->peers[i].name, cfg->node_id))
 			c->self = i;
+	}
+	if (c->self == SIZE_MAX) {
+		/* not among the configured peers: a node joining an existing cluster */
+		c->join = 1;
+		int k = craft__book_add(c, cfg->node_id, cfg->cluster_listen,
+					RELAY__PEER_STATE__PEER_ACTIVE, 1);
+		if (k < 0) {
+			cluster__log("open: peers: at most %u members", CLUSTER_MAX_PEERS);
+			free(c);
+			return CLUSTER_EINVAL;
+		}
+		c->self = (size_t)k;
 	}
 	c->id = c->peers[c->self].id;
 	c->boot = craft__random64();
@@ -2117,8 +2838,34 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		rv = rv == RAFT_ENOMEM ? CLUSTER_ENOMEM : CLUSTER_EINVAL;
 		goto err_after_fsm;
 	}
+	/* the stored address book wins over config `peers` (they only bootstrap) */
+	rv = craft__book_load(c, cfg->node_id);
+	if (rv == 0 && c->self == SIZE_MAX)
+		c->self = (size_t)craft__book_add(c, cfg->node_id, cfg->cluster_listen,
+						  RELAY__PEER_STATE__PEER_ACTIVE, 1);
+	if (rv == 0 && c->self == SIZE_MAX) {
+		cluster__log("open: the stored address book is full and lacks this node");
+		rv = CLUSTER_ECORRUPT;
+		goto err_after_raft;
+	}
+	if (rv == 0) {
+		cluster__log("open: address book from the store members=%zu", c->n_peers);
+	} else if (rv != STORE_ENOTFOUND) {
+		cluster__log("open: address book error=\"%s\"", store_strerror(rv));
+		rv = cluster__store_err(rv);
+		goto err_after_raft;
+	}
 	if ((rv = craft__load(c)))
 		goto err_after_raft;
+	if ((rv = craft__book_put(c, &c->next))) {
+		rv = cluster__store_err(rv);
+		goto err_after_raft;
+	}
+	{
+		struct raft_status rs;
+		raft_status(c->raft, &rs);
+		c->conf_committed = rs.conf;
+	}
 	struct transport_config tc = {
 	    .node_id = cfg->node_id,
 	    .listen = cfg->cluster_listen,
@@ -2134,7 +2881,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		goto err_after_raft;
 	}
 	for (size_t i = 0; i < c->n_peers; i++) {
-		if (i == c->self)
+		if (i == c->self || !c->peers[i].addr[0])
 			continue;
 		if ((rv = transport_add_peer(c->tp, c->peers[i].name, c->peers[i].addr))) {
 			cluster__log("open: peer %s=%s error=\"%s\"", c->peers[i].name,
@@ -2296,7 +3043,18 @@ cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 		struct cluster_peer_status *p = &st->peers[i];
 		memset(p, 0, sizeof(*p));
 		snprintf(p->name, sizeof(p->name), "%s", c->peers[i].name);
+		snprintf(p->addr, sizeof(p->addr), "%s", c->peers[i].addr);
 		p->id = c->peers[i].id;
+		if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
+			p->membership = "removed";
+		else if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEAVING)
+			p->membership = "leaving";
+		else if (raft_conf_is_voter(&rs.conf, p->id))
+			p->membership = "voter";
+		else if (raft_conf_is_member(&rs.conf, p->id))
+			p->membership = "learner";
+		else
+			p->membership = "joining";
 		p->self = i == c->self;
 		if (p->self) {
 			p->connected = 1;

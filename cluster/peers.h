@@ -13,7 +13,7 @@
 
 #include "cluster.h"
 
-#define CLUSTER_PEER_ADDR_MAX 255u
+#define CLUSTER_PEER_ADDR_MAX CLUSTER_ADDR_MAX
 
 struct cluster_peer {
 	char name[CLUSTER_ID_MAX + 1];
@@ -33,7 +33,8 @@ int cluster_peer_parse(const char *spec, struct cluster_peer *out, char *err, si
 
 /*
  * Parses n specs into out (room for CLUSTER_MAX_PEERS) and checks the list: no duplicate id
- * or Raft id, and self among them.  0 or CLUSTER_EINVAL with a reason in err.
+ * or Raft id, and self among them (self NULL: not checked).  0 or CLUSTER_EINVAL with a reason
+ * in err.
  */
 int cluster_peers_parse(const char *const *specs, size_t n, const char *self,
 			struct cluster_peer *out, char *err, size_t errlen);

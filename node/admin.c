@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/time.h>
 
 #include "admin.pb-c.h"
@@ -24,19 +25,34 @@
 #include "queue_fsm.h"
 #include "transport.h"
 
+/* The queue change in progress: one command per message through the log. */
+enum admin_op { ADMIN_OP_DELETE, ADMIN_OP_RETRY, ADMIN_OP_HOLD, ADMIN_OP_RELEASE };
+
+static const char *const admin_op_names[] = {"delete", "retry", "hold", "release"};
+
 struct admin {
 	uv_loop_t *loop;
 	struct transport_admin *ta;
 	struct cluster *cluster;
 	const struct relay_config *cfg;
 	bool closing;
-	/* the queue delete in progress */
+	/* the cluster change in progress (node add/remove, drain): its callback replies */
+	struct admin_cc *cc;
+	/* the queue change in progress */
+	enum admin_op op;
 	size_t del_pending;
 	size_t n_deleted, n_not_found, n_failed;
 	char **deleted, **not_found; /* owned, each up to ADMIN_DELETE_MAX */
 	char del_error[160];
 	struct admin_del **dels; /* owned array; entries borrowed until their callback */
 	size_t ndels;
+};
+
+/* A cluster change waiting for its commit. */
+struct admin_cc {
+	struct admin *a; /* NULL once the admin endpoint closed (the callback then only frees) */
+	char what[16];	 /* "node add", "node remove", "drain" */
+	char node[QUEUE_NODE_MAX + 1];
 };
 
 struct admin_del {
@@ -97,6 +113,83 @@ admin_msg_deferred(const struct queue_msg *m, uint64_t now, uint32_t *max_attemp
 	return tried && m->next_attempt_ms > now;
 }
 
+/* In the queue state machine's member table (ownership). */
+static bool
+admin_member_known(struct admin *a, const char *node)
+{
+	static struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(cluster_queue(a->cluster), mem, QUEUE_MEMBERS_MAX);
+	for (size_t i = 0; i < n && i < QUEUE_MEMBERS_MAX; i++)
+		if (strcmp(mem[i].node, node) == 0)
+			return true;
+	return false;
+}
+
+static const char *
+admin_owner_state_name(unsigned st)
+{
+	switch (st) {
+	case QUEUE_MEMBER_LIVE:
+		return "live";
+	case QUEUE_MEMBER_DRAINING:
+		return "draining";
+	case QUEUE_MEMBER_DRAINED:
+		return "drained";
+	case QUEUE_MEMBER_DOWN:
+		return "down";
+	default:
+		return "removed";
+	}
+}
+
+static void
+admin_set_ownership(Relay__PeerStatus *p, const struct queue_member *m)
+{
+	p->owner_state = (char *)admin_owner_state_name(m->state);
+	p->has_domains = p->has_rcpts_owned = p->has_rcpts_deferred = true;
+	p->domains = m->domains;
+	p->rcpts_owned = m->rcpts_owned;
+	p->rcpts_deferred = m->rcpts_deferred;
+	p->has_inflight = p->has_renew_age_ms = true;
+	p->inflight = m->inflight;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	p->renew_age_ms = m->renew_at_ms == 0 ? -1 : now - (int64_t)m->renew_at_ms;
+}
+
+/* Domains for one status reply: at most ADMIN_DOMAINS_MAX, strings copied. */
+struct admin_domains {
+	Relay__DomainStatus *ds;
+	Relay__DomainStatus **dp;
+	char (*names)[QUEUE_DOMAIN_MAX + 1];
+	char (*owners)[QUEUE_NODE_MAX + 1];
+	size_t n;
+	bool truncated;
+};
+
+static int
+admin_domain_cb(void *arg, const char *domain, const char *owner, uint64_t epoch,
+		uint64_t rcpts_queued)
+{
+	struct admin_domains *d = arg;
+	if (d->n == ADMIN_DOMAINS_MAX) {
+		d->truncated = true;
+		return 1;
+	}
+	Relay__DomainStatus *x = &d->ds[d->n];
+	relay__domain_status__init(x);
+	snprintf(d->names[d->n], sizeof(d->names[d->n]), "%s", domain);
+	snprintf(d->owners[d->n], sizeof(d->owners[d->n]), "%s", owner ? owner : "");
+	x->domain = d->names[d->n];
+	x->owner = d->owners[d->n];
+	x->epoch = epoch;
+	x->rcpts_queued = rcpts_queued;
+	d->dp[d->n] = x;
+	d->n++;
+	return 0;
+}
+
 static void
 admin_status(struct admin *a)
 {
@@ -131,7 +224,14 @@ admin_status(struct admin *a)
 	st.has_leader_changes = st.has_now_ms = true;
 	st.leader_changes = cs.leader_changes;
 	st.now_ms = now;
-	Relay__PeerStatus ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	/* members: the address book, then members only the queue's member table knows */
+	static Relay__PeerStatus ps[CLUSTER_MAX_PEERS + QUEUE_MEMBERS_MAX];
+	static Relay__PeerStatus *pp[CLUSTER_MAX_PEERS + QUEUE_MEMBERS_MAX];
+	static struct queue_member mem[QUEUE_MEMBERS_MAX];
+	bool mem_used[QUEUE_MEMBERS_MAX] = {false};
+	size_t nmem = queue_fsm_members(q, mem, QUEUE_MEMBERS_MAX);
+	if (nmem > QUEUE_MEMBERS_MAX)
+		nmem = QUEUE_MEMBERS_MAX;
 	Relay__PeerStatus self = RELAY__PEER_STATUS__INIT;
 	Relay__PeerStatus *selfp = &self;
 	if (cs.replicated) {
@@ -139,6 +239,8 @@ admin_status(struct admin *a)
 			const struct cluster_peer_status *p = &cs.peers[i];
 			relay__peer_status__init(&ps[i]);
 			ps[i].id = (char *)p->name;
+			ps[i].addr = (char *)p->addr;
+			ps[i].membership = (char *)(p->membership ? p->membership : "");
 			ps[i].has_self = ps[i].has_connected = ps[i].has_healthy = true;
 			ps[i].self = p->self;
 			ps[i].connected = p->connected;
@@ -158,15 +260,51 @@ admin_status(struct admin *a)
 		st.peers = pp;
 	} else {
 		self.id = (char *)a->cfg->node_id;
+		self.membership = "voter";
 		self.has_self = self.has_connected = self.has_healthy = true;
 		self.self = self.connected = self.healthy = true;
 		st.n_peers = 1;
 		st.peers = &selfp;
 	}
+	for (size_t i = 0; i < st.n_peers; i++)
+		for (size_t k = 0; k < nmem; k++)
+			if (!mem_used[k] && strcmp(mem[k].node, st.peers[i]->id) == 0) {
+				admin_set_ownership(st.peers[i], &mem[k]);
+				mem_used[k] = true;
+			}
+	if (cs.replicated) {
+		for (size_t k = 0; k < nmem; k++) {
+			if (mem_used[k])
+				continue;
+			Relay__PeerStatus *x = &ps[st.n_peers];
+			relay__peer_status__init(x);
+			x->id = mem[k].node;
+			x->membership = "";
+			admin_set_ownership(x, &mem[k]);
+			pp[st.n_peers++] = x;
+		}
+	}
+	struct admin_domains dom = {
+	    .ds = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.ds)),
+	    .dp = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.dp)),
+	    .names = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.names)),
+	    .owners = calloc(ADMIN_DOMAINS_MAX, sizeof(*dom.owners)),
+	};
+	if (dom.ds && dom.dp && dom.names && dom.owners) {
+		queue_fsm_domains(q, admin_domain_cb, &dom);
+		st.n_domains = dom.n;
+		st.domains = dom.dp;
+		st.has_domains_truncated = true;
+		st.domains_truncated = dom.truncated;
+	}
 	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
 	r.ok = true;
 	r.status = &st;
 	admin_send(a, &r);
+	free(dom.ds);
+	free(dom.dp);
+	free(dom.names);
+	free(dom.owners);
 }
 
 static bool
@@ -174,7 +312,8 @@ admin_rcpt_in_domain(const Relay__QueueRecord *rec, const char *domain)
 {
 	for (size_t i = 0; i < rec->n_rcpts; i++) {
 		const Relay__QueueRcpt *r = rec->rcpts[i];
-		if (r->state != RELAY__RCPT_STATE__RCPT_QUEUED || r->rcpt == NULL || r->rcpt->addr == NULL)
+		if (r->state != RELAY__RCPT_STATE__RCPT_QUEUED || r->rcpt == NULL ||
+		    r->rcpt->addr == NULL)
 			continue;
 		const char *at = strrchr(r->rcpt->addr, '@');
 		if (at != NULL && strcasecmp(at + 1, domain) == 0)
@@ -238,7 +377,8 @@ admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
 		it->attempts = att;
 		it->state = deferred ? "deferred" : "active";
 		for (size_t i = 0; i < rec->n_rcpts; i++)
-			if (rec->rcpts[i]->state == RELAY__RCPT_STATE__RCPT_QUEUED && rec->rcpts[i]->rcpt) {
+			if (rec->rcpts[i]->state == RELAY__RCPT_STATE__RCPT_QUEUED &&
+			    rec->rcpts[i]->rcpt) {
 				it->first_rcpt = rec->rcpts[i]->rcpt->addr;
 				break;
 			}
@@ -304,14 +444,23 @@ static void
 admin_del_finish(struct admin *a)
 {
 	Relay__QueueDeleteReply dr = RELAY__QUEUE_DELETE_REPLY__INIT;
-	dr.n_deleted = a->n_deleted;
-	dr.deleted = a->deleted;
-	dr.n_not_found = a->n_not_found;
-	dr.not_found = a->not_found;
+	Relay__QueueChangeReply cr = RELAY__QUEUE_CHANGE_REPLY__INIT;
 	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
 	r.ok = a->n_failed == 0;
 	r.error = a->n_failed ? a->del_error : NULL;
-	r.queue_delete = &dr;
+	if (a->op == ADMIN_OP_DELETE) {
+		dr.n_deleted = a->n_deleted;
+		dr.deleted = a->deleted;
+		dr.n_not_found = a->n_not_found;
+		dr.not_found = a->not_found;
+		r.queue_delete = &dr;
+	} else {
+		cr.n_done = a->n_deleted;
+		cr.done = a->deleted;
+		cr.n_not_found = a->n_not_found;
+		cr.not_found = a->not_found;
+		r.queue_change = &cr;
+	}
 	admin_send(a, &r);
 	admin_del_reset(a);
 }
@@ -326,13 +475,17 @@ admin_del_cb(void *arg, int status)
 	if (a != NULL && !a->closing) {
 		if (status == 0) {
 			a->deleted[a->n_deleted++] = strdup(d->queue_id);
-			log_info(d->queue_id, "event=deleted by=admin");
+			log_info(d->queue_id, "event=%s by=admin",
+				 a->op == ADMIN_OP_DELETE  ? "deleted"
+				 : a->op == ADMIN_OP_RETRY ? "retry"
+				 : a->op == ADMIN_OP_HOLD  ? "held"
+							   : "released");
 		} else if (status == CLUSTER_ENOTFOUND) {
 			a->not_found[a->n_not_found++] = strdup(d->queue_id);
 		} else {
 			a->n_failed++;
-			snprintf(a->del_error, sizeof(a->del_error), "delete %s: %s", d->queue_id,
-				 cluster_strerror(status));
+			snprintf(a->del_error, sizeof(a->del_error), "%s %s: %s",
+				 admin_op_names[a->op], d->queue_id, cluster_strerror(status));
 		}
 		if (--a->del_pending == 0)
 			admin_del_finish(a);
@@ -350,10 +503,35 @@ admin_del_one(struct admin *a, const char *id)
 	d->slot = a->ndels;
 	snprintf(d->queue_id, sizeof(d->queue_id), "%s", id);
 	Relay__Delete del = RELAY__DELETE__INIT;
-	del.queue_id = d->queue_id;
+	Relay__Retry retry = RELAY__RETRY__INIT;
+	Relay__Hold hold = RELAY__HOLD__INIT;
+	Relay__Release rel = RELAY__RELEASE__INIT;
 	Relay__Command cmd = RELAY__COMMAND__INIT;
-	cmd.cmd_case = RELAY__COMMAND__CMD_DELETE;
-	cmd.delete_ = &del;
+	uint64_t now = admin_now_ms(); /* the proposing node's clock (relay.proto) */
+	switch (a->op) {
+	case ADMIN_OP_DELETE:
+		del.queue_id = d->queue_id;
+		cmd.cmd_case = RELAY__COMMAND__CMD_DELETE;
+		cmd.delete_ = &del;
+		break;
+	case ADMIN_OP_RETRY:
+		retry.queue_id = d->queue_id;
+		retry.at_ms = now;
+		cmd.cmd_case = RELAY__COMMAND__CMD_RETRY;
+		cmd.retry = &retry;
+		break;
+	case ADMIN_OP_HOLD:
+		hold.queue_id = d->queue_id;
+		cmd.cmd_case = RELAY__COMMAND__CMD_HOLD;
+		cmd.hold = &hold;
+		break;
+	case ADMIN_OP_RELEASE:
+		rel.queue_id = d->queue_id;
+		rel.at_ms = now;
+		cmd.cmd_case = RELAY__COMMAND__CMD_RELEASE;
+		cmd.release = &rel;
+		break;
+	}
 	int rc = cluster_propose(a->cluster, &cmd, admin_del_cb, d);
 	if (rc != 0) {
 		free(d);
@@ -363,23 +541,29 @@ admin_del_one(struct admin *a, const char *id)
 	return 0;
 }
 
+/* One command per message (queue_ids, plus every deferred message when all_deferred). */
 static void
-admin_queue_delete(struct admin *a, const Relay__QueueDeleteRequest *req)
+admin_queue_op(struct admin *a, enum admin_op op, char **queue_ids, size_t n_queue_ids,
+	       bool all_deferred)
 {
 	struct queue_fsm *q = cluster_queue(a->cluster);
 	const char *ids[ADMIN_DELETE_MAX];
 	size_t n = 0;
-	for (size_t i = 0; i < req->n_queue_ids && n < ADMIN_DELETE_MAX; i++)
-		if (strlen(req->queue_ids[i]) <= QUEUE_ID_MAX)
-			ids[n++] = req->queue_ids[i];
-	if (req->n_queue_ids > ADMIN_DELETE_MAX) {
-		admin_error(a, "queue delete: too many ids in one request");
+	a->op = op;
+	if (n_queue_ids > ADMIN_DELETE_MAX) {
+		char msg[80];
+		snprintf(msg, sizeof(msg), "queue %s: more than %u ids in one request",
+			 admin_op_names[op], ADMIN_DELETE_MAX);
+		admin_error(a, msg);
 		return;
 	}
+	for (size_t i = 0; i < n_queue_ids && n < ADMIN_DELETE_MAX; i++)
+		if (strlen(queue_ids[i]) <= QUEUE_ID_MAX)
+			ids[n++] = queue_ids[i];
 	uint64_t now = admin_now_ms();
-	if (req->has_all_deferred && req->all_deferred)
-		for (const struct queue_msg *m = queue_fsm_first(q); m != NULL && n < ADMIN_DELETE_MAX;
-		     m = queue_fsm_next(q, m))
+	if (all_deferred)
+		for (const struct queue_msg *m = queue_fsm_first(q);
+		     m != NULL && n < ADMIN_DELETE_MAX; m = queue_fsm_next(q, m))
 			if (admin_msg_deferred(m, now, NULL))
 				ids[n++] = m->queue_id;
 	a->deleted = calloc(n ? n : 1, sizeof(char *));
@@ -412,6 +596,167 @@ admin_queue_delete(struct admin *a, const Relay__QueueDeleteRequest *req)
 }
 
 static void
+admin_queue_delete(struct admin *a, const Relay__QueueDeleteRequest *req)
+{
+	admin_queue_op(a, ADMIN_OP_DELETE, req->queue_ids, req->n_queue_ids,
+		       req->has_all_deferred && req->all_deferred);
+}
+
+static void
+admin_queue_change(struct admin *a, const Relay__QueueChangeRequest *req)
+{
+	enum admin_op op;
+	if (strcmp(req->action, "retry") == 0)
+		op = ADMIN_OP_RETRY;
+	else if (strcmp(req->action, "hold") == 0)
+		op = ADMIN_OP_HOLD;
+	else if (strcmp(req->action, "release") == 0)
+		op = ADMIN_OP_RELEASE;
+	else {
+		admin_error(a, "queue: action must be retry, hold or release");
+		return;
+	}
+	admin_queue_op(a, op, req->queue_ids, req->n_queue_ids,
+		       req->has_all_deferred && req->all_deferred);
+}
+
+/* ---- cluster changes ---- */
+
+static void
+admin_cc_reply(struct admin *a, const char *node, int status, const char *what)
+{
+	struct cluster_status cs;
+	cluster_status(a->cluster, &cs);
+	if (status != 0) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "%s %s: %s%s%s", what, node, cluster_strerror(status),
+			 cs.leader[0] ? " (leader: " : "", cs.leader[0] ? cs.leader : "");
+		if (cs.leader[0])
+			strcat(msg, ")");
+		admin_error(a, msg);
+		return;
+	}
+	Relay__ClusterChangeReply cr = RELAY__CLUSTER_CHANGE_REPLY__INIT;
+	cr.leader = cs.leader;
+	cr.node = (char *)node;
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = true;
+	r.cluster_change = &cr;
+	admin_send(a, &r);
+}
+
+static void
+admin_cc_cb(void *arg, int status)
+{
+	struct admin_cc *cc = arg;
+	struct admin *a = cc->a;
+	if (a != NULL) {
+		a->cc = NULL;
+		if (!a->closing) {
+			log_info("-", "event=admin-%s node=%s status=\"%s\"", cc->what, cc->node,
+				 status ? cluster_strerror(status) : "committed");
+			admin_cc_reply(a, cc->node, status, cc->what);
+		}
+	}
+	free(cc);
+}
+
+/* Starts one cluster change: start(cluster, node, extra, cb, cc) proposes it. */
+static void
+admin_cc_start(struct admin *a, const char *what, const char *node, int rc_or_start,
+	       struct admin_cc *cc)
+{
+	if (rc_or_start != 0) {
+		free(cc);
+		admin_cc_reply(a, node, rc_or_start, what);
+		return;
+	}
+	a->cc = cc;
+}
+
+static struct admin_cc *
+admin_cc_new(struct admin *a, const char *what, const char *node)
+{
+	struct admin_cc *cc = calloc(1, sizeof(*cc));
+	if (cc == NULL)
+		return NULL;
+	cc->a = a;
+	snprintf(cc->what, sizeof(cc->what), "%s", what);
+	snprintf(cc->node, sizeof(cc->node), "%s", node);
+	return cc;
+}
+
+static void
+admin_node_add(struct admin *a, const Relay__NodeAddRequest *req)
+{
+	struct admin_cc *cc = admin_cc_new(a, "node add", req->id);
+	if (cc == NULL) {
+		admin_error(a, "out of memory");
+		return;
+	}
+	admin_cc_start(a, "node add", req->id,
+		       cluster_member_add(a->cluster, req->id, req->addr, admin_cc_cb, cc), cc);
+}
+
+static void
+admin_node_remove(struct admin *a, const Relay__NodeRemoveRequest *req)
+{
+	struct admin_cc *cc = admin_cc_new(a, "node remove", req->id);
+	if (cc == NULL) {
+		admin_error(a, "out of memory");
+		return;
+	}
+	admin_cc_start(a, "node remove", req->id,
+		       cluster_member_remove(a->cluster, req->id, admin_cc_cb, cc), cc);
+}
+
+static void
+admin_leader_transfer(struct admin *a, const Relay__LeaderTransferRequest *req)
+{
+	const char *target = req->id ? req->id : "";
+	int rc = cluster_transfer_leader(a->cluster, target, req->from_leader);
+	admin_cc_reply(a, target[0] ? target : "(most caught-up voter)", rc, "leader transfer");
+}
+
+/* A node the cluster knows: in the address book or in the queue's member table. */
+static bool
+admin_node_known(struct admin *a, const char *node)
+{
+	struct cluster_status cs;
+	cluster_status(a->cluster, &cs);
+	if (!cs.replicated)
+		return strcmp(node, a->cfg->node_id) == 0;
+	for (unsigned i = 0; i < cs.n_peers; i++)
+		if (strcmp(cs.peers[i].name, node) == 0)
+			return true;
+	return admin_member_known(a, node);
+}
+
+static void
+admin_drain(struct admin *a, const Relay__DrainRequest *req)
+{
+	const char *node = req->id && req->id[0] ? req->id : a->cfg->node_id;
+	if (strlen(node) > QUEUE_NODE_MAX || !admin_node_known(a, node)) {
+		admin_cc_reply(a, node, CLUSTER_ENOMEMBER, "drain");
+		return;
+	}
+	struct admin_cc *cc = admin_cc_new(a, "drain", node);
+	if (cc == NULL) {
+		admin_error(a, "out of memory");
+		return;
+	}
+	Relay__Member m = RELAY__MEMBER__INIT;
+	m.node = cc->node;
+	m.state = RELAY__MEMBER_STATE__MEMBER_DRAINING;
+	m.has_at_ms = true;
+	m.at_ms = admin_now_ms();
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	cmd.member = &m;
+	admin_cc_start(a, "drain", node, cluster_propose(a->cluster, &cmd, admin_cc_cb, cc), cc);
+}
+
+static void
 admin_request_cb(void *arg, const void *data, size_t len)
 {
 	struct admin *a = arg;
@@ -433,6 +778,21 @@ admin_request_cb(void *arg, const void *data, size_t len)
 		break;
 	case RELAY__ADMIN_REQUEST__REQ_QUEUE_DELETE:
 		admin_queue_delete(a, req->queue_delete);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_QUEUE_CHANGE:
+		admin_queue_change(a, req->queue_change);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_NODE_ADD:
+		admin_node_add(a, req->node_add);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_NODE_REMOVE:
+		admin_node_remove(a, req->node_remove);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_LEADER_TRANSFER:
+		admin_leader_transfer(a, req->leader_transfer);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_DRAIN:
+		admin_drain(a, req->drain);
 		break;
 	default:
 		admin_error(a, "unknown request (relayctl newer than this node?)");
@@ -495,6 +855,8 @@ admin_stop(struct admin *a, void (*done)(void *arg), void *arg)
 	for (size_t i = 0; i < a->ndels; i++)
 		if (a->dels[i] != NULL)
 			a->dels[i]->a = NULL; /* their callbacks may come after a is freed */
+	if (a->cc != NULL)
+		a->cc->a = NULL;
 	if (cl == NULL) {
 		/* leak the small struct rather than free it under the transport */
 		transport_admin_close(a->ta, done, arg);

@@ -5,8 +5,11 @@
  * loopback).
  *
  * Reads (status, queue list, queue show) answer from this node's applied state.  Changes
- * (queue delete) are proposed through the cluster like any other command and answered once
- * committed and applied here, so every node shows the same result.
+ * (queue delete|retry|hold|release, node add|remove, drain) are proposed through the cluster
+ * like any other command and answered once committed and applied here, so every node shows the
+ * same result; a leader transfer is handed to the leader (cluster_transfer_leader) and
+ * answered at once.  Node add/remove and drain then take their course (cluster.h
+ * "Membership", the draining node's delivery); relayctl follows them in status.
  */
 #ifndef RELAY_ADMIN_H
 #define RELAY_ADMIN_H
@@ -16,6 +19,7 @@
 
 #define ADMIN_LIST_MAX 10000	/* items in one queue list reply */
 #define ADMIN_DELETE_MAX 10000	/* messages in one queue delete */
+#define ADMIN_DOMAINS_MAX 1000	/* domains listed in one status reply */
 
 struct relay_config;
 struct cluster;

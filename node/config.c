@@ -57,7 +57,7 @@ static const struct config_key config_keys[] = {
     {"http_listen", CT_ADDRS, OFF(http_listen), "", 0, 0,
      "HTTP endpoint for /healthz, /readyz and /metrics: one addr:port. Empty: off."},
     {"admin_listen", CT_ADDRS, OFF(admin_listen), "", 0, 0,
-     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). Plain TCP, so loopback only until the cluster TLS keys are set. Empty: off."},
+     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). With cluster_ca/cluster_cert/cluster_key set it is mutual TLS (clients need a certificate of the cluster CA) and may listen anywhere; without them plain TCP, loopback only. Empty: off."},
     {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
      "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
@@ -96,6 +96,10 @@ static const struct config_key config_keys[] = {
     {"max_pending_proposals", CT_UINT, OFF(max_pending_proposals), "10000", 1, 1000000,
      "Messages waiting to be committed at once; more get 451 4.3.0."},
     {"log_level", CT_LOGLEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
+    {"lease", CT_DURATION, OFF(lease_ms), "4s", 500, 600000,
+     "Delivery ownership lease: an owner that has not renewed it through the log for this long starts no attempt; the leader moves its domains after lease plus a grace of max(1s, lease/4)."},
+    {"drain_timeout", CT_DURATION, OFF(drain_timeout_ms), "30s", 0, 3600000,
+     "relayctl drain: how long a draining node lets its attempts in flight finish before it abandons them (they stay queued) and hands its domains over."},
     {"retry_base", CT_DURATION, OFF(retry_base_ms), "60s", 100, 86400000,
      "Delay before the first retry of a deferred recipient; doubles after each failed attempt up to retry_max."},
     {"retry_max", CT_DURATION, OFF(retry_max_ms), "1h", 100, 7 * 86400000ull,
@@ -117,7 +121,7 @@ static const struct config_key config_keys[] = {
     {"cluster_listen", CT_STRING, OFF(cluster_listen), "", 0, 0,
      "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
     {"peers", CT_LIST, OFF(peers), "", 0, 0,
-     "Cluster members, list of id=host:port (their cluster_listen), this node included; a new cluster is bootstrapped with all of them as voters. Fewer than two: a single node."},
+     "Cluster members, list of id=host:port (their cluster_listen). This node included: a new cluster is bootstrapped with all of them as voters (fewer than two: a single node). This node not in the list: it joins the cluster they form once `relayctl node add` names it. Only bootstraps: afterwards the membership stored in data_dir wins."},
     {"cluster_ca", CT_STRING, OFF(cluster_ca), "", 0, 0,
      "PEM CA of the cluster: peers must present a certificate it signed (mutual TLS). cluster_ca, cluster_cert and cluster_key: all or none; none means plain TCP between nodes (INSECURE: for tests and trusted networks only)."},
     {"cluster_cert", CT_STRING, OFF(cluster_cert), "", 0, 0,
@@ -681,7 +685,8 @@ valid_node_id(const char *s)
 	return true;
 }
 
-/* The consensus keys: peers are id=host:port with distinct ids, this node among them;
+/* The consensus keys: peers are id=host:port with distinct ids (this node among them, or a
+ * node joining the cluster they name);
  * cluster_listen is addr:port; TLS files all or none; heartbeat at most half the election
  * timeout. */
 static int
@@ -710,12 +715,10 @@ config_check_cluster(const struct relay_config *cfg)
 		if (strcmp(id, cfg->node_id) == 0)
 			self = true;
 	}
-	if (cfg->peers.n >= 2) {
+	/* a node not in the list joins the cluster the list names (relayctl node add) */
+	if (cfg->peers.n >= 2 || (cfg->peers.n == 1 && !self)) {
 		if (cfg->cluster_listen[0] == '\0')
 			return config_fail("peers: a cluster needs cluster_listen");
-		if (cfg->node_id[0] != '\0' && !self)
-			return config_fail("peers: this node (node_id %s) is not in the list",
-					   cfg->node_id);
 		if (cfg->peers.n > 16)
 			return config_fail("peers: at most 16 members");
 	}
@@ -740,9 +743,9 @@ config_check(const struct relay_config *cfg)
 		return config_fail("http_listen: one address only");
 	if (cfg->admin_listen.n > 1)
 		return config_fail("admin_listen: one address only");
-	if (cfg->admin_listen.n == 1) {
+	if (cfg->admin_listen.n == 1 && cfg->cluster_ca[0] == '\0') {
 		/* G5: the admin port takes authenticated peers only; without cluster TLS that
-		 * means nobody but this host */
+		 * means nobody but this host (with it: mutual TLS, certificates of the cluster CA) */
 		const struct sockaddr *sa = (const struct sockaddr *)&cfg->admin_listen.v[0].ss;
 		int loop = sa->sa_family == AF_INET
 			       ? (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127

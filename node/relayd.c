@@ -133,6 +133,7 @@ signal_cb(uv_signal_t *h, int signum)
 	relayd.stopping_parts = relayd.admin != NULL ? 3 : 2;
 	if (relayd.admin != NULL)
 		admin_stop(relayd.admin, admin_stopped_cb, NULL);
+	relayd.msrc.delivery = NULL; /* freed by the close below */
 	delivery_close(relayd.delivery, delivery_stopped_cb, NULL);
 	smtp_server_shutdown(relayd.smtp, smtp_stopped_cb, NULL);
 }
@@ -328,6 +329,7 @@ main(int argc, char **argv)
 	}
 	relayd.msrc.smtp = relayd.smtp;
 	relayd.msrc.cluster = relayd.cluster;
+	relayd.msrc.delivery = relayd.delivery;
 	relayd.msrc.node_id = relayd.cfg.node_id;
 	if (relayd.cfg.http_listen.n > 0 &&
 	    http_start(relayd.loop, (const struct sockaddr *)&relayd.cfg.http_listen.v[0].ss,
@@ -336,7 +338,10 @@ main(int argc, char **argv)
 		return 1;
 	}
 	if (relayd.cfg.admin_listen.n > 0 &&
-	    admin_start(relayd.loop, &relayd.cfg, NULL, NULL, NULL, relayd.cluster, &relayd.admin,
+	    admin_start(relayd.loop, &relayd.cfg, relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_ca : NULL,
+			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_cert : NULL,
+			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_key : NULL, relayd.cluster,
+			&relayd.admin,
 			err, sizeof(err)) != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;

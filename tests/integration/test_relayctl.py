@@ -1,7 +1,7 @@
 """relayctl against a running relayd: every command, --json parsed, exit codes.
 
-Single node for now (the 3-node checks come with the replicated cluster).  Address range:
-127.0.14.x (this module only).
+Single node (the 3-node checks are test_relayctl_cluster.py); the admin endpoint over mutual
+TLS.  Address range: 127.0.14.x (this module only).
 """
 import json
 import os
@@ -110,6 +110,62 @@ class RelayctlTest(RelayTestCase):
         code, out, err = ctl("status", server="not-an-address")
         self.assertIn(code, (2, 3))
         self.assertTrue(err.startswith("relayctl: "))
+
+
+CERTS = os.path.join(os.path.dirname(__file__), "../../scripts/make-cluster-certs.sh")
+TLS_ADDR = "127.0.14.2"
+TLS_ADMIN = "127.0.14.2:7402"
+
+
+class RelayctlTlsTest(RelayTestCase):
+    """With the cluster TLS keys the admin endpoint is mutual TLS: a client needs a certificate
+    of the cluster CA (relayctl --ca/--cert/--key, or the keys of --config); the endpoint may
+    then listen on a non-loopback address (checked here by the config check only)."""
+
+    def setUp(self):
+        super().setUp()
+        self.certs = os.path.join(self.tmp, "certs")
+        self.other = os.path.join(self.tmp, "other")
+        for d in (self.certs, self.other):
+            subprocess.run(["bash", CERTS, d, "1"], check=True, capture_output=True)
+        self.node = self.relayd(addr=TLS_ADDR, port=2525, admin_listen=TLS_ADMIN,
+                                cluster_ca=os.path.join(self.certs, "ca.crt"),
+                                cluster_cert=os.path.join(self.certs, "node1.crt"),
+                                cluster_key=os.path.join(self.certs, "node1.key"))
+        self.node.start()
+
+    def test_mutual_tls(self):
+        c = self.certs
+        own = ["--ca", c + "/ca.crt", "--cert", c + "/admin.crt", "--key", c + "/admin.key"]
+        wait_for(lambda: ctl(*own, "status", server=TLS_ADMIN)[0] == 0, 10, "admin over TLS")
+        code, out, err = ctl(*own, "--json", "status", server=TLS_ADMIN)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["node_id"], "node1")
+        # --config: the node's own cluster credentials, and its admin_listen
+        r = subprocess.run([RELAYCTL, "--config", self.node.conf_path, "--json", "status"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # no certificate, or one of another CA: no answer
+        code, out, err = ctl("status", server=TLS_ADMIN)
+        self.assertEqual(code, 3, out)
+        o = self.other
+        code, out, err = ctl("--ca", o + "/ca.crt", "--cert", o + "/admin.crt", "--key",
+                             o + "/admin.key", "status", server=TLS_ADMIN)
+        self.assertEqual(code, 3, out)
+        code, out, err = ctl("--ca", c + "/ca.crt", "status", server=TLS_ADMIN)
+        self.assertEqual(code, 2)  # --ca, --cert and --key go together
+        # a non-loopback admin_listen is refused without cluster TLS, accepted with it
+        base = [os.environ.get("RELAYD", os.path.join(os.path.dirname(__file__),
+                                                      "../../build/node/relayd")),
+                "--config", self.node.conf_path, "--print-config"]
+        r = subprocess.run(base + ["--admin-listen=10.9.9.9:7402"], capture_output=True,
+                           text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = subprocess.run(base + ["--admin-listen=10.9.9.9:7402", "--cluster-ca=",
+                                   "--cluster-cert=", "--cluster-key="],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not a loopback address", r.stderr)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ add_executable(test_cluster_raft ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_cluster_r
 target_link_libraries(test_cluster_raft PRIVATE relay_cluster PkgConfig::CMOCKA)
 foreach(_case peers_parse replicate_failover_restart close_fails_pending_once
         no_quorum_times_out_then_commits snapshot_catch_up snapshot_server_lost
-        hostile_frames)
+        hostile_frames member_join_snapshot_remove)
   add_test(NAME unit.test_cluster_raft.${_case} COMMAND test_cluster_raft test_${_case})
   set_tests_properties(unit.test_cluster_raft.${_case} PROPERTIES LABELS unit TIMEOUT 300)
 endforeach()
+# The lease core of delivery ownership (cluster/ownership.c): pure, simulated time.
+relay_unit_test(test_ownership SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_ownership.c LIBS relay_cluster)
+relay_unit_test(test_queue_own SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_queue_own.c LIBS relay_cluster)

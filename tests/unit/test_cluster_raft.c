@@ -9,8 +9,10 @@
  * before any leader exists commit once one is elected; a node whose data dir was wiped while the
  * others compacted their log catches up by snapshot, and restarts from it; malformed frames from a
  * peer (batches cut short, lengths past the end, nested batches, junk Raft messages and proposals)
- * are dropped and counted. Waiting is "run the loop until a condition holds, with a deadline",
- * never a sleep.
+ * are dropped and counted; a node started outside its peers list joins when added
+ * (cluster_member_add through a follower), catches up by snapshot and gets the address book with
+ * it, the membership survives a restart, and a removed member is forgotten. Waiting is "run the
+ * loop until a condition holds, with a deadline", never a sleep.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -541,7 +543,8 @@ test_snapshot_catch_up(void **state)
 	run_until(f, done_reached, &w, "20 callbacks");
 	uint64_t want = 20;
 	run_until(f, converged, &want, "20 messages");
-	/* a follower is down while the others apply and compact */
+	/* a follower is down while the others apply and compact; in the middle, an ownership
+	 * change (a member, and example.org assigned to it), which the snapshot must carry */
 	node_close(f, down);
 	/* three messages over 1 MiB, one through the other follower (forwarded): they are in
 	 * the snapshot, and their values stream in pieces */
@@ -551,13 +554,27 @@ test_snapshot_catch_up(void **state)
 	propose_big(f, lead, &dn, 299, ((size_t)1 << 20) + 1);
 	w.want = 23;
 	run_until(f, done_reached, &w, "23 callbacks");
-	propose_range(f, lead, &dn, 20, 297);
+	propose_range(f, lead, &dn, 20, 150);
+	static struct done dm;
+	memset(&dm, 0, sizeof(dm));
+	Relay__Member mem = RELAY__MEMBER__INIT;
+	mem.node = "owner-1";
+	mem.state = RELAY__MEMBER_STATE__MEMBER_LIVE;
+	Relay__Command mc = RELAY__COMMAND__INIT;
+	mc.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	mc.member = &mem;
+	static struct pctx mctx;
+	mctx = (struct pctx){&dm, 0};
+	assert_int_equal(cluster_propose(f->n[lead].c, &mc, prop_cb, &mctx), 0);
+	propose_range(f, lead, &dn, 150, 297);
 	w.want = 300;
 	run_until(f, done_reached, &w, "300 callbacks");
+	struct want_done wm = {1, &dm};
+	run_until(f, done_reached, &wm, "the member change");
 	check_exactly_once(&dn, 0, 300);
 	/* compaction digests a view off the loop thread: it follows the applies */
-	struct snap_want sw = {lead, 40}; /* past the three big messages */
-	run_until(f, compacted_past, &sw, "the leader compacted past 40");
+	struct snap_want sw = {lead, 200}; /* past the big messages and the member change */
+	run_until(f, compacted_past, &sw, "the leader compacted past 200");
 	struct cluster_status st;
 	cluster_status(f->n[lead].c, &st);
 	assert_true(st.snapshots >= 1);
@@ -576,6 +593,15 @@ test_snapshot_catch_up(void **state)
 	check_big(f, down, 297, (size_t)3 << 20);
 	check_big(f, down, 298, ((size_t)5 << 20) + 123);
 	check_big(f, down, 299, ((size_t)1 << 20) + 1);
+	assert_true(st.snapshot_index > 150);
+	struct queue_member mb[2];
+	assert_int_equal(queue_fsm_members(cluster_queue(f->n[down].c), mb, 2), 1);
+	assert_string_equal(mb[0].node, "owner-1");
+	char owner[QUEUE_NODE_MAX + 1];
+	uint64_t epoch;
+	assert_int_equal(
+	    queue_fsm_domain_owner(cluster_queue(f->n[down].c), "example.org", owner, &epoch), 0);
+	assert_string_equal(owner, "owner-1");
 	/* and keeps applying after it, also across its own restart */
 	memset(&dn, 0, sizeof(dn));
 	propose_range(f, down, &dn, 300, 320);
@@ -656,6 +682,152 @@ test_snapshot_server_lost(void **state)
 	run_until(f, converged, &want, "the two live nodes agree");
 	for (unsigned i = 20; i < 40; i++)
 		check_big(f, down, i, (size_t)3 << 20);
+}
+
+/* ---- membership (cluster.h "Membership") ---- */
+
+/* Opens node i with the first n entries of the peers list (i not among them: it joins). */
+static void
+node_open_peers(struct fx *f, int i, size_t n)
+{
+	struct cluster_config cfg = {
+	    .node_id = f->n[i].name,
+	    .data_dir = f->n[i].dir,
+	    .cluster_listen = f->listen[i],
+	    .peers = f->peers,
+	    .n_peers = n,
+	    .election_timeout_ms = 300,
+	    .heartbeat_ms = 30,
+	    .propose_fail_ms = f->propose_fail_ms,
+	    .retry_ms = 1000,
+	    .snapshot_entries = f->snapshot_entries,
+	};
+	int rv = cluster_open(&f->loop, &cfg, &f->n[i].c);
+	if (rv)
+		fail_msg("cluster_open %s: %s", f->n[i].name, cluster_strerror(rv));
+}
+
+/* Node i lists exactly the members in want ("n1:voter,n3:voter", in book order ignored). */
+struct members_want {
+	int node;
+	const char *want[NODES + 1];
+};
+
+static int
+members_are(struct fx *f, void *arg)
+{
+	struct members_want *w = arg;
+	struct cluster_status st;
+	cluster_status(f->n[w->node].c, &st);
+	size_t n = 0;
+	while (w->want[n])
+		n++;
+	if (st.n_peers != n)
+		return 0;
+	for (size_t k = 0; k < n; k++) {
+		int found = 0;
+		for (unsigned i = 0; i < st.n_peers; i++) {
+			char have[96];
+			snprintf(have, sizeof(have), "%s:%s", st.peers[i].name,
+				 st.peers[i].membership ? st.peers[i].membership : "");
+			if (!strcmp(have, w->want[k]))
+				found = 1;
+		}
+		if (!found)
+			return 0;
+	}
+	return 1;
+}
+
+static void
+cb_status(void *arg, int status)
+{
+	*(int *)arg = status == 0 ? 1 : status;
+}
+
+static int
+flag_set(struct fx *f, void *arg)
+{
+	return *(int *)arg != 0;
+}
+
+static int
+snapshotted(struct fx *f, void *arg)
+{
+	struct node *n = arg;
+	struct cluster_status st;
+	cluster_status(n->c, &st);
+	return st.snapshot_index > 50;
+}
+
+static void
+test_member_join_snapshot_remove(void **state)
+{
+	struct fx *f = *state;
+	f->snapshot_entries = 50;
+	memset(&dn, 0, sizeof(dn));
+	/* n1 and n2 bootstrap a cluster of two and compact their log */
+	node_open_peers(f, 0, 2);
+	node_open_peers(f, 1, 2);
+	run_until(f, have_leader, NULL, "a leader of two");
+	int lead = leader_of(f);
+	propose_range(f, lead, &dn, 0, 200);
+	struct want_done w = {200, &dn};
+	run_until(f, done_reached, &w, "200 callbacks");
+	check_exactly_once(&dn, 0, 200);
+	struct cluster_status st;
+	run_until(f, snapshotted, &f->n[lead], "the leader compacted");
+	/* n3 starts outside its peers list: it waits, knows no leader, votes for no one */
+	node_open_peers(f, 2, 2);
+	cluster_status(f->n[2].c, &st);
+	assert_string_equal(st.leader, "");
+	assert_int_equal(cluster_member_add(f->n[0].c, "bad id", "x:1", cb_status, NULL),
+			 CLUSTER_EBADADDR);
+	assert_int_equal(cluster_member_add(f->n[0].c, "n2", f->listen[1], cb_status, NULL),
+			 CLUSTER_EEXIST);
+	assert_int_equal(cluster_member_remove(f->n[0].c, "n9", cb_status, NULL),
+			 CLUSTER_ENOMEMBER);
+	/* added through the follower: learner, caught up by snapshot, voter */
+	int follower = 1 - lead, added = 0;
+	assert_int_equal(
+	    cluster_member_add(f->n[follower].c, "n3", f->listen[2], cb_status, &added), 0);
+	run_until(f, flag_set, &added, "the Peer command committed");
+	assert_int_equal(added, 1);
+	struct members_want all = {2, {"n1:voter", "n2:voter", "n3:voter", NULL}};
+	for (int i = 0; i < NODES; i++) {
+		all.node = i;
+		run_until(f, members_are, &all, "three voters on every node");
+	}
+	uint64_t want = 200;
+	run_until(f, converged, &want, "n3 caught up");
+	cluster_status(f->n[2].c, &st);
+	assert_true(st.snapshots_installed >= 1);
+	/* the address book came with the snapshot: n3 knows n1 and n2 at their addresses */
+	for (unsigned i = 0; i < st.n_peers; i++) {
+		int k = st.peers[i].name[1] - '1';
+		assert_string_equal(st.peers[i].addr, f->listen[k]);
+	}
+	/* a restart of n1 with its config peers (two) keeps three members */
+	node_close(f, 0);
+	node_open_peers(f, 0, 2);
+	all.node = 0;
+	run_until(f, members_are, &all, "n1 keeps three voters across a restart");
+	run_until(f, have_leader, NULL, "a leader of three");
+	/* n2 leaves (asked of n3); n1 and n3 forget it, and still commit */
+	int removed = 0;
+	assert_int_equal(cluster_member_remove(f->n[2].c, "n2", cb_status, &removed), 0);
+	run_until(f, flag_set, &removed, "the removal committed");
+	struct members_want two = {0, {"n1:voter", "n3:voter", NULL}};
+	run_until(f, members_are, &two, "n2 gone from n1");
+	two.node = 2;
+	run_until(f, members_are, &two, "n2 gone from n3");
+	node_close(f, 1);
+	run_until(f, have_leader, NULL, "a leader of two again");
+	memset(&dn, 0, sizeof(dn));
+	propose_range(f, 2, &dn, 200, 210);
+	w.want = 10;
+	run_until(f, done_reached, &w, "10 callbacks without n2");
+	check_exactly_once(&dn, 200, 210);
 }
 
 /* ---- hostile peer input (G6) ---- */
@@ -771,6 +943,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_snapshot_catch_up, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_snapshot_server_lost, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_member_join_snapshot_remove, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
