@@ -521,6 +521,13 @@ craft__apply_peer(struct cluster__raft *c, uint64_t index, const Relay__Peer *p)
 	int i = craft__peer_by_name(c, p->node);
 	const char *addr = p->addr ? p->addr : "";
 	int status = 0;
+	if (p->has_local && p->local && (p->state != RELAY__PEER_STATE__PEER_ACTIVE ||
+					  (i >= 0 && !c->plocal[i]))) {
+		/* a publication of a config-known member after a Peer command for it: stale */
+		cluster__log("index=%" PRIu64 " event=peer node=%s publication skipped", index,
+			     p->node);
+		return 0;
+	}
 	switch (p->state) {
 	case RELAY__PEER_STATE__PEER_ACTIVE:
 		if (i < 0) {
@@ -2345,6 +2352,24 @@ craft__propose_peer(struct cluster__raft *c, const char *node, const char *addr,
 	return cluster__raft_propose(c, &cmd, cb ? cb : craft__noop_cb, arg);
 }
 
+/* Proposes Peer{node, addr, ACTIVE, local} for book slot i, a member known from config only:
+ * it applies only while no Peer command for that node has applied (craft__apply_peer), so a
+ * publication that reaches the log after a removal does not bring the member back. */
+static void
+craft__publish_peer(struct cluster__raft *c, size_t i)
+{
+	Relay__Peer p = RELAY__PEER__INIT;
+	p.node = c->peers[i].name;
+	p.addr = c->peers[i].addr;
+	p.state = RELAY__PEER_STATE__PEER_ACTIVE;
+	p.has_local = 1;
+	p.local = 1;
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_PEER;
+	cmd.peer = &p;
+	cluster__raft_propose(c, &cmd, craft__noop_cb, NULL);
+}
+
 static const struct raft_peer_status *
 craft__progress(const struct raft_status *rs, uint64_t id)
 {
@@ -2399,9 +2424,7 @@ craft__reconcile(struct cluster__raft *c)
 				/* a bootstrap member known from config only: put it in the log so
 				 * that nodes joining later learn its address */
 				if (member && !throttled && c->peers[i].addr[0]) {
-					craft__propose_peer(c, c->peers[i].name, c->peers[i].addr,
-							    RELAY__PEER_STATE__PEER_ACTIVE, NULL,
-							    NULL);
+					craft__publish_peer(c, i);
 					c->pprop_ms[i] = now;
 				}
 				break;
