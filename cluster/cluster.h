@@ -213,17 +213,17 @@ struct cluster_status {
 	uint64_t leader_changes; /* times the known leader changed since open */
 	uint64_t forwarded;	 /* proposals sent to a leader (retries included) */
 	uint64_t forward_retries;
-	uint64_t forwards_received;   /* proposals other nodes forwarded to us */
-	uint64_t timed_out;	      /* proposals failed with CLUSTER_ETIMEDOUT */
-	uint64_t snapshots;	      /* snapshots taken */
-	uint64_t snapshots_installed; /* snapshots received from a leader and fetched */
-	int snapshot_installing;      /* 1 while a snapshot's key/values are being fetched */
-	uint64_t snapshot_fetches;    /* fetch sessions started (a restart counts again) */
-	uint64_t snapshot_fetch_bytes; /* key + value bytes received by fetches */
+	uint64_t forwards_received;	  /* proposals other nodes forwarded to us */
+	uint64_t timed_out;		  /* proposals failed with CLUSTER_ETIMEDOUT */
+	uint64_t snapshots;		  /* snapshots taken */
+	uint64_t snapshots_installed;	  /* snapshots received from a leader and fetched */
+	int snapshot_installing;	  /* 1 while a snapshot's key/values are being fetched */
+	uint64_t snapshot_fetches;	  /* fetch sessions started (a restart counts again) */
+	uint64_t snapshot_fetch_bytes;	  /* key + value bytes received by fetches */
 	uint64_t snapshot_fetch_failures; /* timeouts, refused or bad chunks, failed writes */
 	uint64_t snapshot_serves;	  /* fetch sessions served to other nodes */
 	uint64_t snapshot_served_bytes;	  /* key + value bytes sent to them */
-	uint64_t raft_dropped;	      /* raft outbox overflow + transport drops */
+	uint64_t raft_dropped;		  /* raft outbox overflow + transport drops */
 	unsigned n_peers;
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];
 };

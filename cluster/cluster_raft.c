@@ -37,19 +37,23 @@
  * of its store (store_view; its index is the applied index written atomically with the apply
  * writes it shows), digests it on a worker thread, and compacts the log to it: the Raft
  * snapshot's data is only a SnapshotDescriptor (index, view id, node, digest, and the address
- * book stored in the view: the book at exactly its index), persisted with
- * the deletion of the log up to its index in the next write.  The queue is never in memory.
- * A follower that receives one (rd.snap) writes, in one synced write on the loop thread (after
- * the write in flight): the hard state, the wipe of the three CFs, the deletion of its log, the
- * snapshot meta and the install marker (STORE_META_INSTALL); it reloads the (empty) queue state
+ * book stored in the view: raft_meta "raft_peers" is written with the applies, so it is the
+ * book at exactly the view's index), persisted with the deletion of the log up to its index in
+ * the next write.  The queue is never in memory.  A follower that receives one (rd.snap)
+ * writes, in one synced write on the loop thread (after the write in flight): the hard state,
+ * the wipe of the three CFs, the deletion of its log, the descriptor's address book (none:
+ * its own stays), the snapshot meta and the install marker (STORE_META_INSTALL); it reloads
+ * the (empty) queue state
  * machine and fetches the key/values with SnapshotFetch / SnapshotChunk frames from a node that
  * has a view at or past the index (the leader, the descriptor's node, then each member), one
  * chunk of at most CRAFT_SNAP_CHUNK_BYTES at a time, written as they come (unsynced).  A
  * failed or silent session starts over with the next node, its partial copy wiped.  When the
- * copy matches the view's digest, one synced write drops the marker and records the view's
- * index as applied; the queue is reloaded, and the entries the core handed out meanwhile (all
- * durable in the log) are applied from the store.  Until then nothing is applied.  At open, a
- * marker left by a crash mid-install makes the node wipe the partial copy and fetch again.
+ * copy matches the view's digest, one synced write drops the marker, records the view's
+ * index as applied and installs the view's address book (the first chunk of a session carries
+ * it: the view served may be newer than the descriptor); the queue is reloaded, and the
+ * entries the core handed out meanwhile (all durable in the log) are applied from the store.
+ * Until then nothing is applied.  At open, a marker left by a crash mid-install makes the node
+ * wipe the partial copy and fetch again.
  * Any node whose store is complete serves fetches (at most CRAFT_SNAP_SERVE_MAX at once).
  *
  * Failure modes: a failed write is retried at the next tick with everything that queued up
@@ -104,8 +108,8 @@
  * comes in pieces) and this many pieces; a node serves at most CRAFT_SNAP_SERVE_MAX sessions at
  * once (more wait: SNAP_RETRY) and drops one idle for CRAFT_SNAP_SESSION_IDLE_MS.  A fetch
  * request unanswered for CRAFT_FETCH_TIMEOUT_MS is sent again, CRAFT_FETCH_TRIES times (none
- * when the node is not connected), then a new session starts with the next node; SNAP_RETRY waits CRAFT_FETCH_RETRY_MS, a failed
- * session CRAFT_FETCH_RESTART_MS. */
+ * when the node is not connected), then a new session starts with the next node; SNAP_RETRY waits
+ * CRAFT_FETCH_RETRY_MS, a failed session CRAFT_FETCH_RESTART_MS. */
 #define CRAFT_SNAP_NCFS 3
 #define CRAFT_SNAP_CHUNK_BYTES ((size_t)1 << 20)
 #define CRAFT_SNAP_CHUNK_KVS 16384u
@@ -161,10 +165,10 @@ struct craft_book {
 };
 
 struct craft_view {
-	struct store_view *v; /* owned */
+	struct store_view *v;	/* owned */
 	struct craft_book book; /* the address book stored in the view (entries from the log) */
-	uint64_t id;	      /* random, nonzero */
-	uint64_t index;	      /* the applied index stored with the state it shows */
+	uint64_t id;		/* random, nonzero */
+	uint64_t index;		/* the applied index stored with the state it shows */
 	struct store_digest digest;
 	int refs; /* sessions using it, + 1 while it is the node's current view */
 	uint64_t t0;
@@ -192,17 +196,17 @@ struct craft_fetch {
 	uint64_t view_index, view_id, view_keys, view_bytes;
 	uint32_t view_crc;
 	struct craft_book view_book; /* the address book of the view (SnapshotChunk.peers) */
-	int ci;						/* position: CF in the stream, */
-	unsigned char key[STORE_KEY_MAX + 1];		/* key (the first still wanted), */
-	size_t klen;					/* */
-	int has_key;					/* */
-	uint64_t offset;				/* bytes of its value held */
-	unsigned char *val;				/* owned: a value in pieces */
-	uint64_t val_size;				/* */
-	struct store_digest digest;			/* of what was received */
-	uint64_t deadline;				/* uv_now() an answer is due; 0 none */
-	uint64_t next_at;				/* uv_now() to send the next request */
-	uint64_t t0;					/* uv_hrtime() at the start */
+	int ci;			     /* position: CF in the stream, */
+	unsigned char key[STORE_KEY_MAX + 1]; /* key (the first still wanted), */
+	size_t klen;			      /* */
+	int has_key;			      /* */
+	uint64_t offset;		      /* bytes of its value held */
+	unsigned char *val;		      /* owned: a value in pieces */
+	uint64_t val_size;		      /* */
+	struct store_digest digest;	      /* of what was received */
+	uint64_t deadline;		      /* uv_now() an answer is due; 0 none */
+	uint64_t next_at;		      /* uv_now() to send the next request */
+	uint64_t t0;			      /* uv_hrtime() at the start */
 };
 
 /* Messages waiting to leave for one peer in one frame. */
@@ -521,8 +525,8 @@ craft__apply_peer(struct cluster__raft *c, uint64_t index, const Relay__Peer *p)
 	int i = craft__peer_by_name(c, p->node);
 	const char *addr = p->addr ? p->addr : "";
 	int status = 0;
-	if (p->has_local && p->local && (p->state != RELAY__PEER_STATE__PEER_ACTIVE ||
-					  (i >= 0 && !c->plocal[i]))) {
+	if (p->has_local && p->local &&
+	    (p->state != RELAY__PEER_STATE__PEER_ACTIVE || (i >= 0 && !c->plocal[i]))) {
 		/* a publication of a config-known member after a Peer command for it: stale */
 		cluster__log("index=%" PRIu64 " event=peer node=%s publication skipped", index,
 			     p->node);
@@ -624,7 +628,8 @@ craft__view_book(struct craft_view *vw)
 	for (size_t i = 0; book && i < book->n_peers && n < CLUSTER_MAX_PEERS; i++)
 		if (!(book->peers[i]->has_local && book->peers[i]->local))
 			kept[n++] = book->peers[i];
-	if (!book || book->n_peers > CLUSTER_MAX_PEERS || craft__book_from_proto(&vw->book, kept, n))
+	if (!book || book->n_peers > CLUSTER_MAX_PEERS ||
+	    craft__book_from_proto(&vw->book, kept, n))
 		cluster__log("snapshot view index=%" PRIu64 ": stored address book unreadable; "
 			     "the snapshot carries none",
 			     vw->index);
@@ -1061,8 +1066,8 @@ craft__track_conf(struct cluster__raft *c, const struct raft_entry *e)
 		return;
 	c->conf_committed = conf;
 	c->conf_index = e->index;
-	cluster__log("index=%" PRIu64 " event=conf voters=%" PRIu32 " learners=%" PRIu32,
-		     e->index, conf.n_voters, conf.n_learners);
+	cluster__log("index=%" PRIu64 " event=conf voters=%" PRIu32 " learners=%" PRIu32, e->index,
+		     conf.n_voters, conf.n_learners);
 }
 
 /* Applies one committed entry (index c->applied + 1) and moves the proposal it completes to
@@ -1262,10 +1267,9 @@ craft__digest_after_cb(uv_work_t *req, int status)
 		craft__view_unref(vw);
 		return;
 	}
-	cluster__log("event=snapshot-view index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64
-		     " ms=%" PRIu64,
-		     vw->index, vw->digest.keys, vw->digest.bytes,
-		     (uv_hrtime() - vw->t0) / 1000000);
+	cluster__log(
+	    "event=snapshot-view index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64 " ms=%" PRIu64,
+	    vw->index, vw->digest.keys, vw->digest.bytes, (uv_hrtime() - vw->t0) / 1000000);
 	/* the newest view serves new fetch sessions; sessions keep the one they started on */
 	if (!c->view || vw->index >= c->view->index) {
 		craft__view_unref(c->view);
@@ -1456,7 +1460,8 @@ craft__serve_read(struct craft_view *vw, const Relay__SnapshotFetch *f, Relay__S
 			uint64_t off = 0;
 			if (first && f->has_offset && f->offset) {
 				/* resuming inside a value: it must be that key */
-				if (kl != f->key.len || memcmp(k, f->key.data, kl) || f->offset > vl) {
+				if (kl != f->key.len || memcmp(k, f->key.data, kl) ||
+				    f->offset > vl) {
 					rv = CRAFT_SERVE_RESTART;
 					break;
 				}
@@ -1555,10 +1560,11 @@ craft__serve(struct cluster__raft *c, size_t pi, const void *data, size_t len)
 		}
 		if (!c->view || c->view->index < f->min_index) {
 			/* no view new enough: take one now (unless one is being digested) */
-			int rv = c->digesting ? CLUSTER_EBUSY
-					      : craft__view_prepare(c, 0, f->min_index);
-			ch.status = rv == CLUSTER_ENOTFOUND ? RELAY__SNAPSHOT_STATUS__SNAP_UNAVAILABLE
-							    : RELAY__SNAPSHOT_STATUS__SNAP_RETRY;
+			int rv =
+			    c->digesting ? CLUSTER_EBUSY : craft__view_prepare(c, 0, f->min_index);
+			ch.status = rv == CLUSTER_ENOTFOUND
+					? RELAY__SNAPSHOT_STATUS__SNAP_UNAVAILABLE
+					: RELAY__SNAPSHOT_STATUS__SNAP_RETRY;
 			goto reply;
 		}
 		if (!slot) {
@@ -1772,7 +1778,8 @@ craft__fetch_finish(struct cluster__raft *c)
 	c->counters.snapshots_installed++;
 	cluster__log("event=snapshot-installed index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64
 		     " ms=%" PRIu64 " catch_up=%" PRIu64,
-		     f->view_index, f->digest.keys, f->digest.bytes, (uv_hrtime() - f->t0) / 1000000,
+		     f->view_index, f->digest.keys, f->digest.bytes,
+		     (uv_hrtime() - f->t0) / 1000000,
 		     c->handed > c->applied ? c->handed - c->applied : 0);
 	/* the entries the core handed out while we fetched are durable in the log: apply them */
 	struct craft_list done = {0};
@@ -1811,8 +1818,8 @@ craft__fetch_kv(struct cluster__raft *c, const Relay__SnapshotKV *kv, struct sto
 	struct craft_fetch *f = &c->fetch;
 	int ci = craft__snap_ci(kv->cf);
 	uint64_t off = kv->has_offset ? kv->offset : 0;
-	if (ci < 0 || kv->key.len > STORE_KEY_MAX || kv->size > STORE_VALUE_MAX ||
-	    off > kv->size || kv->data.len > kv->size - off)
+	if (ci < 0 || kv->key.len > STORE_KEY_MAX || kv->size > STORE_VALUE_MAX || off > kv->size ||
+	    kv->data.len > kv->size - off)
 		return -1;
 	if (f->offset) {
 		/* the rest of a value in pieces: same key, in order */
@@ -1942,8 +1949,8 @@ craft__fetch_tick(struct cluster__raft *c, uint64_t now)
 	if (f->deadline && now >= f->deadline) {
 		c->counters.snapshot_fetch_failures++;
 		struct transport_peer_stats ps;
-		int gone = transport_peer_stats(c->tp, c->peers[f->src].name, &ps) != 0 ||
-			   !ps.connected;
+		int gone =
+		    transport_peer_stats(c->tp, c->peers[f->src].name, &ps) != 0 || !ps.connected;
 		if (++f->tries >= CRAFT_FETCH_TRIES || gone) {
 			cluster__log("snapshot fetch: no answer from=%s%s; another node",
 				     c->peers[f->src].name, gone ? " (not connected)" : "");
