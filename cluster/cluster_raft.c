@@ -372,6 +372,8 @@ craft__validate(const Relay__Command *cmd)
 	return queue_validate(cmd) ? CLUSTER_EINVAL : 0;
 }
 
+static void craft__serve_release(struct craft_serve *sv);
+
 /* Moves book slot src into dst (dst's content is gone). */
 static void
 craft__book_move(struct cluster__raft *c, size_t dst, size_t src)
@@ -385,6 +387,12 @@ craft__book_move(struct cluster__raft *c, size_t dst, size_t src)
 	memset(&c->out[src], 0, sizeof(c->out[src]));
 	if (c->self == src)
 		c->self = dst;
+	/* the snapshot sessions name peers by slot */
+	for (size_t k = 0; k < CRAFT_SNAP_SERVE_MAX; k++)
+		if (c->serve[k].used && c->serve[k].peer == src)
+			c->serve[k].peer = dst;
+	if (c->fetch.src == src)
+		c->fetch.src = dst;
 }
 
 /* Dials addr for book slot i (not self; nothing before the transport is open). */
@@ -430,6 +438,12 @@ craft__book_del(struct cluster__raft *c, size_t i)
 		transport_remove_peer(c->tp, c->peers[i].name);
 	free(c->out[i].buf);
 	memset(&c->out[i], 0, sizeof(c->out[i]));
+	for (size_t k = 0; k < CRAFT_SNAP_SERVE_MAX; k++)
+		if (c->serve[k].used && c->serve[k].peer == i)
+			craft__serve_release(&c->serve[k]);
+	if (c->fetch.src == i)
+		c->fetch.src =
+		    c->self; /* a silent source: the fetch moves on (craft__fetch_tick) */
 	size_t last = --c->n_peers;
 	if (i != last)
 		craft__book_move(c, i, last);
@@ -1650,7 +1664,7 @@ craft__fetch_send(struct cluster__raft *c)
 	r.offset = f->offset;
 	unsigned char buf[64 + STORE_KEY_MAX];
 	size_t len = relay__snapshot_fetch__get_packed_size(&r);
-	if (len <= sizeof(buf)) {
+	if (len <= sizeof(buf) && f->src != c->self && f->src < c->n_peers) {
 		relay__snapshot_fetch__pack(&r, buf);
 		craft__out(c, f->src, CRAFT_KIND_SNAP_FETCH, buf, len);
 	}
