@@ -651,15 +651,17 @@ craft__view_book(struct craft_view *vw)
 		relay__peer_book__free_unpacked(book, NULL);
 }
 
-/* A snapshot's address book replaces ours (this node stays in it) and goes into b; none (n 0):
- * ours is kept. */
+/* A snapshot's address book replaces the part of ours that came from the log and goes into b;
+ * this node and the members only our config knows stay (a snapshot carries no config-only
+ * entries: before the leader publishes them, dropping ours would leave no node to fetch from).
+ * None (n 0): ours is kept. */
 static int
 craft__book_replace(struct cluster__raft *c, const struct craft_book *bk, struct store_batch *b)
 {
 	if (!bk->n)
 		return 0;
 	for (size_t i = 0; i < c->n_peers;) {
-		int keep = i == c->self;
+		int keep = i == c->self || c->plocal[i];
 		for (size_t k = 0; !keep && k < bk->n; k++)
 			keep = !strcmp(bk->e[k].node, c->peers[i].name);
 		if (keep)

@@ -11,7 +11,7 @@ add_executable(test_cluster_raft ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_cluster_r
 target_link_libraries(test_cluster_raft PRIVATE relay_cluster PkgConfig::CMOCKA)
 foreach(_case peers_parse replicate_failover_restart close_fails_pending_once
         no_quorum_times_out_then_commits snapshot_catch_up snapshot_server_lost
-        hostile_frames member_join_snapshot_remove)
+        hostile_frames member_join_snapshot_remove snapshot_address_book)
   add_test(NAME unit.test_cluster_raft.${_case} COMMAND test_cluster_raft test_${_case})
   set_tests_properties(unit.test_cluster_raft.${_case} PROPERTIES LABELS unit TIMEOUT 300)
 endforeach()

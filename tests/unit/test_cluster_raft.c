@@ -830,6 +830,53 @@ test_member_join_snapshot_remove(void **state)
 	check_exactly_once(&dn, 200, 210);
 }
 
+/* A member known only from the log (n4, added while n3 is down; never started, nothing listens
+ * at its address) reaches n3 through the snapshot's address book: the entry that added it is
+ * compacted away before n3 comes back with a wiped store. */
+static void
+test_snapshot_address_book(void **state)
+{
+	struct fx *f = *state;
+	f->snapshot_entries = 50;
+	memset(&dn, 0, sizeof(dn));
+	for (int i = 0; i < NODES; i++)
+		node_open(f, i);
+	run_until(f, have_leader, NULL, "a leader");
+	int lead = leader_of(f);
+	int down = (lead + 1) % NODES;
+	propose_range(f, lead, &dn, 0, 20);
+	struct want_done w = {20, &dn};
+	run_until(f, done_reached, &w, "20 callbacks");
+	node_close(f, down);
+	char addr4[32];
+	snprintf(addr4, sizeof(addr4), "127.0.12.4:%s", strchr(f->listen[0], ':') + 1);
+	int added = 0;
+	assert_int_equal(cluster_member_add(f->n[lead].c, "n4", addr4, cb_status, &added), 0);
+	run_until(f, flag_set, &added, "the Peer command for n4 committed");
+	assert_int_equal(added, 1);
+	struct cluster_status st;
+	cluster_status(f->n[lead].c, &st);
+	uint64_t peer_index = st.commit_index;
+	propose_range(f, lead, &dn, 20, 200);
+	w.want = 200;
+	run_until(f, done_reached, &w, "200 callbacks");
+	struct snap_want sw = {lead, peer_index + 60};
+	run_until(f, compacted_past, &sw, "the leader compacted past the Peer entry");
+	nftw(f->n[down].dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	node_open(f, down);
+	uint64_t want = 200;
+	run_until(f, converged, &want, "the wiped node caught up");
+	cluster_status(f->n[down].c, &st);
+	assert_true(st.snapshots_installed >= 1);
+	int found = 0;
+	for (unsigned i = 0; i < st.n_peers; i++)
+		if (!strcmp(st.peers[i].name, "n4")) {
+			assert_string_equal(st.peers[i].addr, addr4);
+			found = 1;
+		}
+	assert_true(found);
+}
+
 /* ---- hostile peer input (G6) ---- */
 
 static void
@@ -944,6 +991,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_snapshot_server_lost, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_member_join_snapshot_remove, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_snapshot_address_book, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
