@@ -848,8 +848,11 @@ cluster__put_time(FILE *out, uint64_t ms)
 		fprintf(out, "%" PRIu64, ms);
 }
 
+/* The dump of one record; fsm (may be NULL: a raw dump) gives each queued recipient's domain
+ * owner and epoch. */
 static void
-cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pending)
+cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pending,
+		     const struct queue_fsm *fsm)
 {
 	if (json) {
 		fputs("{\"queue_id\":\"", out);
@@ -873,6 +876,16 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 					q->delay_notified ? "true" : "false");
 			if (q->has_epoch)
 				fprintf(out, ",\"epoch\":%" PRIu64, q->epoch);
+			char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+			uint64_t depoch;
+			if (fsm && q->rcpt && q->state == RELAY__RCPT_STATE__RCPT_QUEUED) {
+				queue_addr_domain(q->rcpt->addr, dom);
+				if (!queue_fsm_domain_owner(fsm, dom, owner, &depoch)) {
+					fputs(",\"owner\":\"", out);
+					cluster__put_str(out, owner, 1);
+					fprintf(out, "\",\"owner_epoch\":%" PRIu64, depoch);
+				}
+			}
 			if (q->rcpt && q->rcpt->has_notify)
 				fprintf(out, ",\"notify\":%u", q->rcpt->notify);
 			if (q->rcpt && q->rcpt->orcpt) {
@@ -923,8 +936,9 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			fprintf(out, ",\"next_attempt_ms\":%" PRIu64, r->next_attempt_ms);
 		if (r->has_update_index)
 			fprintf(out, ",\"update_index\":%" PRIu64, r->update_index);
-		fprintf(out, ",\"accept_index\":%" PRIu64 ",\"pending_apply\":%s}\n",
-			r->accept_index, pending ? "true" : "false");
+		fprintf(out, ",\"accept_index\":%" PRIu64 ",\"held\":%s,\"pending_apply\":%s}\n",
+			r->accept_index, r->has_held && r->held ? "true" : "false",
+			pending ? "true" : "false");
 		return;
 	}
 	cluster__put_str(out, r->queue_id, 0);
@@ -953,6 +967,8 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 			cluster__put_str(out, q->last_reply, 0);
 		}
 	}
+	if (r->has_held && r->held)
+		fputs(" held=1", out);
 	if (pending)
 		fputs(" pending_apply=1", out);
 	fputc('\n', out);
@@ -967,8 +983,11 @@ cluster__dump_raw(struct store *s, FILE *out, int json, int *bad)
 	if (rv)
 		return cluster__store_err(rv);
 	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
-		size_t vlen;
+		size_t vlen, kl;
 		const unsigned char *v = store_iter_value(it, &vlen);
+		const unsigned char *key = store_iter_key(it, &kl);
+		if (kl && key[0] == QUEUE_KEY_OWN)
+			continue; /* ownership state, not a message */
 		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
 		if (!r || !r->queue_id) {
 			size_t klen;
@@ -980,7 +999,7 @@ cluster__dump_raw(struct store *s, FILE *out, int json, int *bad)
 				relay__queue_record__free_unpacked(r, NULL);
 			continue;
 		}
-		cluster__dump_record(out, r, json, 0);
+		cluster__dump_record(out, r, json, 0, NULL);
 		relay__queue_record__free_unpacked(r, NULL);
 	}
 	rv = cluster__store_err(store_iter_status(it));
@@ -1071,7 +1090,7 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		}
 		int pending =
 		    r->accept_index > applied || (r->has_update_index && r->update_index > applied);
-		cluster__dump_record(out, r, json, pending);
+		cluster__dump_record(out, r, json, pending, fsm);
 		relay__queue_record__free_unpacked(r, NULL);
 	}
 out:

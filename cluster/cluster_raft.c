@@ -32,8 +32,8 @@
  * or below the stored applied index are skipped.
  *
  * Snapshots (Raft thesis ch. 5): after snapshot_entries applied entries since the last one, the
- * queue (records as stored + bodies) is serialized into a QueueSnapshot (bounded by
- * RAFT_SNAPSHOT_MAX_BYTES; over it: skipped, warned, the log keeps growing), given to
+ * queue (records as stored + bodies + the ownership keys) is serialized into a QueueSnapshot
+ * (bounded by RAFT_SNAPSHOT_MAX_BYTES; over it: skipped, warned, the log keeps growing), given to
  * raft_compact, and persisted (meta + data) with the deletion of the log up to its index in the
  * next write.  A follower that receives one replaces its queue with it in one synced write on
  * the loop thread (rare; after the write in flight), reloads the queue state machine in place,
@@ -699,8 +699,50 @@ craft__snap_body(struct cluster__raft *c, const struct queue_msg *m, void **body
 	return rv;
 }
 
-/* Serializes the queue as applied (index c->applied) into *out (malloc'd).  CLUSTER_ETOOBIG
- * over RAFT_SNAPSHOT_MAX_BYTES. */
+/* The ownership keys of the queue CF (queue_fsm_own_kv), copied into a growing array. */
+struct craft__own {
+	Relay__SnapshotKV **kv;
+	size_t n, cap, bytes;
+};
+
+static int
+craft__own_cb(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+	struct craft__own *o = arg;
+	if (o->n == o->cap) {
+		size_t nc = o->cap ? o->cap * 2 : 64;
+		Relay__SnapshotKV **na = realloc(o->kv, nc * sizeof(*na));
+		if (!na)
+			return CLUSTER_ENOMEM;
+		o->kv = na;
+		o->cap = nc;
+	}
+	Relay__SnapshotKV *kv = malloc(sizeof(*kv) + klen + vlen);
+	if (!kv)
+		return CLUSTER_ENOMEM;
+	relay__snapshot_kv__init(kv);
+	unsigned char *p = (unsigned char *)(kv + 1);
+	memcpy(p, key, klen);
+	memcpy(p + klen, val, vlen);
+	kv->key.data = p;
+	kv->key.len = klen;
+	kv->value.data = p + klen;
+	kv->value.len = vlen;
+	o->kv[o->n++] = kv;
+	o->bytes += klen + vlen + 8;
+	return o->bytes > RAFT_SNAPSHOT_MAX_BYTES ? CLUSTER_ETOOBIG : 0;
+}
+
+static void
+craft__own_free(struct craft__own *o)
+{
+	for (size_t i = 0; i < o->n; i++)
+		free(o->kv[i]);
+	free(o->kv);
+}
+
+/* Serializes the queue as applied (index c->applied) into *out (malloc'd): records, bodies and
+ * the ownership keys.  CLUSTER_ETOOBIG over RAFT_SNAPSHOT_MAX_BYTES. */
 static int
 craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
 {
@@ -710,9 +752,10 @@ craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
 	Relay__SnapshotItem **items = calloc(cap ? cap : 1, sizeof(*items));
 	if (!items)
 		return CLUSTER_ENOMEM;
-	size_t total = 0;
-	int rv = 0;
-	for (const struct queue_msg *m = queue_fsm_first(c->fsm); m && n < cap;
+	struct craft__own own = {0};
+	int rv = queue_fsm_own_kv(c->fsm, craft__own_cb, &own);
+	size_t total = own.bytes;
+	for (const struct queue_msg *m = queue_fsm_first(c->fsm); !rv && m && n < cap;
 	     m = queue_fsm_next(c->fsm, m)) {
 		Relay__SnapshotItem *it = calloc(1, sizeof(*it));
 		if (!it) {
@@ -747,6 +790,8 @@ craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
 		s.index = c->applied;
 		s.n_items = n;
 		s.items = items;
+		s.n_queue_own = own.n;
+		s.queue_own = own.kv;
 		size_t len = relay__queue_snapshot__get_packed_size(&s);
 		if (len > RAFT_SNAPSHOT_MAX_BYTES) {
 			rv = CLUSTER_ETOOBIG;
@@ -757,6 +802,7 @@ craft__snap_build(struct cluster__raft *c, void **out, size_t *outlen)
 		}
 	}
 	craft__snap_items_free(items, n);
+	craft__own_free(&own);
 	return rv;
 }
 
@@ -830,7 +876,8 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 		}
 	}
 	struct store_batch *b = &c->next;
-	/* every key of the queue CFs: queue ids and index keys start with a printable byte */
+	/* every key of the queue CFs: queue ids and index keys start with a printable byte, the
+	 * ownership keys with QUEUE_KEY_OWN (0x01) */
 	static const unsigned char lo[1] = {0};
 	static const unsigned char hi[2] = {0xff, 0xff};
 	int rv = 0;
@@ -859,6 +906,15 @@ craft__install(struct cluster__raft *c, const struct raft_ready *rd)
 					     it->body.len);
 		if (!rv)
 			rv = store_batch_put(b, STORE_CF_INDEX, ik, 9 + idl, "", 0);
+	}
+	for (size_t i = 0; s && !rv && i < s->n_queue_own; i++) {
+		const Relay__SnapshotKV *kv = s->queue_own[i];
+		if (kv->key.len < 2 || kv->key.data[0] != QUEUE_KEY_OWN) {
+			rv = STORE_ECORRUPT; /* only ownership keys travel here */
+			break;
+		}
+		rv = store_batch_put(b, STORE_CF_QUEUE, kv->key.data, kv->key.len, kv->value.data,
+				     kv->value.len);
 	}
 	if (!rv)
 		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);

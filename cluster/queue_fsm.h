@@ -6,41 +6,64 @@
  * in-memory state.  It reads no clock, no random numbers and no disk: every node applying the
  * same commands in the same order reaches the same state (byte-identical store writes).
  *
+ * THE RULE for every other component: the queue state is exactly the key/values of
+ * STORE_CF_QUEUE, STORE_CF_BODY and STORE_CF_INDEX.  Copying those three column families
+ * wholesale (a snapshot) and calling queue_fsm_reload (or queue_fsm_new) gives the same state
+ * (queue_fsm_digest) as applying the log.  STORE_CF_QUEUE holds the message records (key: queue
+ * id, never starting with QUEUE_KEY_OWN) and the ownership state (keys starting with
+ * QUEUE_KEY_OWN = 0x01: members, domain assignments, tombstones; see "Delivery ownership").
+ * Anything that lists the messages of STORE_CF_QUEUE skips the keys starting with 0x01.
+ *
  *   Accept   body -> body CF, record (envelope + one QueueRcpt per recipient, state queued,
  *            next attempt = received_ms) -> queue CF, an entry in the index CF (state queued,
- *            next attempt).  A second Accept for a queue id already present is a no-op
- *            (idempotent retry after an ambiguous failure).
- *   Outcome  for each listed recipient still queued: DELIVERED -> delivered, FAILED -> failed,
+ *            next attempt), and an assignment for each of its domains that has none.  A second
+ *            Accept for a queue id already present is a no-op (idempotent retry after an
+ *            ambiguous failure), and so is an Accept for a queue id removed recently (a
+ *            tombstone, below), counted in stats.removed_accepts.
+ *   Outcome  for each listed recipient still queued whose domain's current epoch is
+ *            outcome.epoch (fencing, below): DELIVERED -> delivered, FAILED -> failed,
  *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
  *            kind counts the attempt and records at_ms, reply, relay, dsn_status and epoch.
  *            Recipients already final are left alone, and a DEFERRED whose at_ms equals the
  *            recipient's last attempt is that attempt again, so a duplicated outcome is a
- *            no-op; an outcome for a queue id not in the queue is a no-op (0).  The attached DSN
- * (an Accept from <>) is applied like an Accept in the same apply, only when the outcome changed at
- * least one recipient (a replayed outcome does not enqueue its DSN again even after the first copy
- * was delivered and deleted).  Fencing by epoch comes later; the epoch is only stored. Delete   the
- * listed recipients (all when none is listed) still queued become deleted.  An unknown queue id
- * gives QUEUE_ENOTFOUND (deterministic; nothing changes).
+ *            no-op; an outcome for a queue id not in the queue is a no-op (0).  The attached
+ *            DSN (an Accept from <>) is applied like an Accept in the same apply (assignments
+ *            included), only when the outcome changed at least one recipient (a replayed
+ *            outcome does not enqueue its DSN again even after the first copy was delivered
+ *            and deleted).
+ *   Delete   the listed recipients (all when none is listed) still queued become deleted.  An
+ *            unknown queue id gives QUEUE_ENOTFOUND (deterministic; nothing changes).
+ *   Member, Renew, Hold, Release, Retry: see "Delivery ownership" below.
  *
  *   A message whose recipients are all final (delivered / failed / deleted) is removed: record,
- *   body and index key.  The index CF holds exactly one key per message in the queue (every
- *   message in the queue has a queued recipient): state 'Q', big-endian earliest next attempt
- *   of its queued recipients, queue id.  (A stored record without a queued recipient, which
- *   this code never writes, is loaded but never scheduled.)
+ *   body and index key, and its queue id becomes a tombstone.  The index CF holds exactly one
+ *   key per message in the queue (every message in the queue has a queued recipient): state
+ *   'Q', big-endian earliest next attempt of its queued recipients, queue id (a held message
+ *   keeps its key).  (A stored record without a queued recipient, which this code never
+ *   writes, is loaded but never scheduled.)
+ *
+ *   Tombstones (dedup of late Accepts): a retried forward of an Accept can commit after the
+ *   message was delivered and removed; applying it would deliver it again.  So the last
+ *   QUEUE_TOMBSTONES_MAX removed queue ids are kept (key 01 'T' + big-endian index of the
+ *   removing command -> queue id), the oldest evicted first (in removal order, in the same
+ *   batch as the removal that overflows them), and an Accept (or an Outcome's DSN) for one of
+ *   them is a no-op.  A retry that commits after QUEUE_TOMBSTONES_MAX later removals enqueues
+ *   the message again (at-least-once, G3).
  *
  * In memory, per message: the stored record as packed bytes (envelope and recipient states, no
  * body), so apply never reads the store and queue_fsm_read_record always shows the applied
  * state, even before the caller has written the batch; the metadata below for cheap scans; a
- * hash table by queue id; the apply order; and a binary heap in next-attempt order for the
- * delivery scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change).  All of it is
- * rebuilt by queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies
- * are read from the store on demand.
+ * hash table by queue id; the apply order; a binary heap in next-attempt order for the
+ * message-level scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change); one item
+ * per (message, domain) in the heap of the domain's owner.  All of it is rebuilt by
+ * queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies are read from
+ * the store on demand.
  *
- * Failure modes: an invalid command (queue_validate, or a recipient index past the message's
- * recipients) is rejected deterministically with QUEUE_EINVAL and changes nothing;
- * QUEUE_ENOMEM also changes nothing (neither memory nor batch) and the caller must stop
- * applying (the entry is replayed on the next open).  A damaged queue record at queue_fsm_new
- * gives QUEUE_ECORRUPT.
+ * Failure modes: an invalid command (queue_validate, a recipient index past the message's
+ * recipients, or a Member for one member more than QUEUE_MEMBERS_MAX) is rejected
+ * deterministically with QUEUE_EINVAL and changes nothing; QUEUE_ENOMEM also changes nothing
+ * (neither memory nor batch) and the caller must stop applying (the entry is replayed on the
+ * next open).  A damaged queue record or ownership key at queue_fsm_new gives QUEUE_ECORRUPT.
  */
 #ifndef RELAY_QUEUE_FSM_H
 #define RELAY_QUEUE_FSM_H
@@ -96,6 +119,15 @@ struct queue_rcpt_meta {
 	uint64_t last_attempt_ms; /* 0: never attempted */
 };
 
+/* Internal: a node of a binary min-heap ordered by (key, tie, sub); pos is SIZE_MAX when it is
+ * in no heap. */
+struct queue_hnode {
+	uint64_t key, tie;
+	uint32_t sub;
+	size_t pos;
+};
+struct queue__item;
+
 /* One message's metadata, owned by the fsm; valid until the message is removed or the fsm is
  * freed.  Read-only for users. */
 struct queue_msg {
@@ -112,9 +144,12 @@ struct queue_msg {
 	struct queue_msg *prev, *next; /* apply order */
 	struct queue_msg *hnext;       /* hash chain */
 	uint64_t hash;
-	size_t heap_pos;    /* position in the next-attempt heap; SIZE_MAX when not in it */
-	unsigned char *rec; /* owned: the packed Relay__QueueRecord as stored */
+	struct queue_hnode hn; /* in the next-attempt heap (not when held) */
+	unsigned char *rec;    /* owned: the packed Relay__QueueRecord as stored */
 	size_t rec_len;
+	struct queue__item *items; /* owned: one per distinct recipient domain */
+	uint32_t nitems;
+	uint32_t *ritem; /* owned: recipient -> its item */
 };
 
 struct queue_counts {
@@ -131,11 +166,13 @@ struct queue_fsm_stats {
 	uint64_t messages_deleted; /* messages removed because every recipient was final */
 	uint64_t dsns;		   /* DSN messages enqueued with an Outcome */
 	uint64_t stale_outcomes;   /* recipients an Outcome listed with a stale epoch (ignored) */
-	uint64_t held;		   /* Hold commands applied */
-	uint64_t released;	   /* Release commands applied */
+	uint64_t held;		   /* Hold commands applied (not the no-ops) */
+	uint64_t released;	   /* Release commands applied (not the no-ops) */
 	uint64_t retried;	   /* Retry commands applied */
-	uint64_t member_changes;   /* Member commands applied */
-	uint64_t reassigned;	   /* domain assignments moved to another owner */
+	uint64_t member_changes;   /* Member commands that changed a member's state */
+	uint64_t reassigned;	   /* domain assignments a Member command gave a new owner
+				      (to or from unowned included) */
+	uint64_t removed_accepts;  /* Accepts (and DSNs) ignored: their queue id is a tombstone */
 };
 
 struct queue_fsm;
@@ -196,51 +233,69 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
 			      Relay__QueueRcpt *rcpts, Relay__QueueRcpt **rcpt_ptrs);
 
 /*
- * ---- Delivery ownership (issue 5) ----  [CONTRACT: declared first, implemented by the
- * ownership work; until then these are not linked]
+ * ---- Delivery ownership (issue 5) ----
  *
  * An item is (message, destination domain): the queued recipients of one message whose address
  * has that domain (the part after the last '@', ASCII-lowercased).  Ownership is per domain: every
  * domain with at least one queued recipient has an assignment (owner, epoch).  owner is a member
  * node id or "" (unowned: no LIVE member); epoch is the log index of the command that made the
- * assignment, so epochs only grow and two assignments never share one.
+ * assignment, so a domain's epochs only grow and two assignments of one domain never share one
+ * (the domains assigned by one command share its index).  Epochs are indexes >= 1: an Outcome
+ * with epoch 0 (or none) is always stale.
  *
  * Members: a table node id -> state (enum queue_member_state), changed only by Member commands
  * (Renew records the renew index of a known member and is otherwise a no-op; a Renew from an
  * unknown node is a no-op).  At most QUEUE_MEMBERS_MAX members (a Member command for one more is
- * QUEUE_EINVAL).  REMOVED deletes the entry.
+ * QUEUE_EINVAL).  REMOVED deletes the entry.  A Member command that sets the state a member
+ * already has, or REMOVED for an unknown node, is a no-op (nothing written).
  *
  * Assignment rules (all in apply, deterministic):
  *   - an Accept (or a DSN enqueued by an Outcome) whose recipient has a domain without an
  *     assignment creates one: owner = rendezvous winner among LIVE members (the highest
- *     queue_rendezvous(node, domain)), epoch = this index; "" when no member is LIVE;
+ *     queue_rendezvous(node, domain); ties: the lower node id), epoch = this index; "" when no
+ *     member is LIVE;
  *   - a Member command that takes a node out of LIVE/DRAINING (DRAINED, DOWN, REMOVED) moves every
  *     domain it owns to the rendezvous winner among the LIVE members, epoch = this index;
- *   - a Member command that makes a node LIVE gives every unowned domain an owner (epoch = this
- *     index); existing assignments stay where they are (sticky: no rebalancing, so no attempt in
- *     flight is fenced off needlessly);
+ *   - a Member command that makes a node LIVE gives every unowned domain an owner (the winner
+ *     among the LIVE members, itself included; epoch = this index); existing assignments stay
+ *     where they are (sticky: no rebalancing, so no attempt in flight is fenced off needlessly);
  *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
  *     DRAINED);
  *   - an assignment is forgotten when its domain has no queued recipient left (a later Accept
- *     for that domain makes a new one with a new epoch).
+ *     for that domain makes a new one with a new epoch).  Held recipients are queued.
+ * A command that moves domains writes their assignments in domain order.
  *
  * Fencing (G4): an Outcome changes a listed recipient only when outcome->epoch equals the current
- * epoch of that recipient's domain; other listed recipients are skipped and counted in
- * queue_fsm_stats.stale_outcomes (recipients).  An outcome that changed no recipient does not
- * enqueue its DSN.  Hold/Release/Retry/Delete are operator commands and carry no epoch.
+ * epoch of that recipient's domain; the other listed recipients that are still queued are
+ * skipped and counted in queue_fsm_stats.stale_outcomes (recipients; those already final are a
+ * duplicate, not counted).  An outcome that changed no recipient writes nothing and does not
+ * enqueue its DSN.  Hold/Release/Retry/Delete are operator commands and carry no epoch; an
+ * Outcome for a held message applies like any other (an attempt in flight when it was held).
  *
  * Hold/Release/Retry: Hold marks the message held (QueueRecord.held): it leaves every due
  * list (queue_fsm_due, queue_fsm_due_owned) until Release, which clears the flag and sets the
  * next attempt of its queued recipients to at_ms.  Retry sets the next attempt of the queued
- * recipients to at_ms (held stays held).  Unknown queue id: QUEUE_ENOTFOUND (nothing changes).
+ * recipients to at_ms (held stays held).  Hold of a held message and Release of a message not
+ * held are no-ops (nothing written).  Unknown queue id: QUEUE_ENOTFOUND (nothing changes).
  *
- * Everything above is persisted by the apply batch in the store (so a restart, queue_fsm_reload
- * after a snapshot install, and any snapshot that copies the queue CFs carry it) and is part of
- * queue_fsm_digest.
+ * Everything above is persisted by the apply batch in STORE_CF_QUEUE under keys starting with
+ * QUEUE_KEY_OWN (queue ids never do):
+ *   01 'D' domain         -> 1 (version), epoch (u64 BE), owner node id (no bytes: unowned)
+ *   01 'M' node id        -> 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE)
+ *   01 'T' index (u64 BE) -> the queue id removed by the command at that index
+ * so a restart, queue_fsm_reload after a snapshot install, and any snapshot that copies the
+ * queue CFs carry it; all of it is part of queue_fsm_digest.  A store written before ownership
+ * (records without 'D' keys) loads its domains unowned at epoch 0, not persisted, until a member
+ * becomes LIVE and takes them; an assignment key whose domain has no queued recipient (never
+ * written) is ignored.
  */
 #define QUEUE_MEMBERS_MAX 64u
-#define QUEUE_NODE_MAX 63u     /* bytes in a node id */
-#define QUEUE_DOMAIN_MAX 255u  /* bytes in a domain */
+#define QUEUE_TOMBSTONES_MAX 65536u /* removed queue ids remembered (dedup of late Accepts) */
+#define QUEUE_KEY_OWN 0x01	    /* first byte of every ownership key in STORE_CF_QUEUE */
+/* A node id: 1..QUEUE_NODE_MAX bytes of printable ASCII without space, '"' or '\' (the rule
+ * of queue ids), checked by queue_validate for Member and Renew. */
+#define QUEUE_NODE_MAX 63u    /* bytes in a node id */
+#define QUEUE_DOMAIN_MAX 255u /* bytes in a domain */
 
 enum queue_member_state {
 	QUEUE_MEMBER_LIVE = RELAY__MEMBER_STATE__MEMBER_LIVE,
@@ -252,11 +307,11 @@ enum queue_member_state {
 
 struct queue_member {
 	char node[QUEUE_NODE_MAX + 1];
-	uint8_t state;		/* enum queue_member_state */
-	uint64_t since_index;	/* log index of the Member command that set state */
-	uint64_t renew_index;	/* log index of its last applied Renew; 0 none */
-	uint64_t domains;	/* domains it owns now */
-	uint64_t rcpts_owned;	/* queued recipients in those domains (held included) */
+	uint8_t state;		 /* enum queue_member_state */
+	uint64_t since_index;	 /* log index of the Member command that set state */
+	uint64_t renew_index;	 /* log index of its last applied Renew; 0 none */
+	uint64_t domains;	 /* domains it owns now */
+	uint64_t rcpts_owned;	 /* queued recipients in those domains (held included) */
 	uint64_t rcpts_deferred; /* of which attempted at least once */
 };
 
@@ -270,24 +325,26 @@ uint64_t queue_rendezvous(const char *node, const char *domain);
  * QUEUE_DOMAIN_MAX bytes ("" when there is no '@').  out has QUEUE_DOMAIN_MAX + 1 bytes. */
 void queue_addr_domain(const char *addr, char *out);
 
-/* A domain's assignment: 0 with owner (QUEUE_NODE_MAX + 1 bytes; "" unowned) and *epoch, or
- * QUEUE_ENOTFOUND when no queued recipient has that domain. */
+/* A domain's assignment (domain compared ASCII-lowercased): 0 with owner (QUEUE_NODE_MAX + 1
+ * bytes; "" unowned) and *epoch, or QUEUE_ENOTFOUND when no queued recipient has that domain. */
 int queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner,
 			   uint64_t *epoch);
 
 /* Every assignment, in domain order: cb(arg, domain, owner, epoch, queued recipients); cb
- * returns nonzero to stop.  Returns the number of calls. */
+ * returns nonzero to stop.  Returns the number of calls (0 also when out of memory). */
 typedef int (*queue_domain_cb)(void *arg, const char *domain, const char *owner, uint64_t epoch,
 			       uint64_t rcpts_queued);
 size_t queue_fsm_domains(const struct queue_fsm *q, queue_domain_cb cb, void *arg);
 
 /*
  * The owner's scheduler view: the items owned by `owner` whose next attempt (the earliest of
- * the item's queued recipients) is <= now_ms, earliest first (ties: apply order), held messages
- * left out, at most max calls; cb returns nonzero to stop.  Returns the number of calls or
- * QUEUE_ENOMEM.  O(k log k) for k calls, whatever the queue size (a heap per owner, items moving
- * between heaps when their domain moves).  queue_fsm_next_due_owned_ms: the earliest next attempt
- * among owner's items (held left out), UINT64_MAX when none; O(1).  cb must not apply commands.
+ * the item's queued recipients) is <= now_ms, earliest first (ties: apply order, then the
+ * item's first recipient), held messages left out, at most max calls; cb returns nonzero to
+ * stop.  Returns the number of calls or QUEUE_ENOMEM.  owner "" gives the unowned items; a node
+ * that is not a member has none.  O(k log k) for k calls, whatever the queue size (a heap per
+ * owner, items moving between heaps when their domain moves).  queue_fsm_next_due_owned_ms: the
+ * earliest next attempt among owner's items (held left out), UINT64_MAX when none; O(1).  cb
+ * must not apply commands; it->msg and it->domain are valid until the next apply.
  */
 struct queue_item {
 	const struct queue_msg *msg;
@@ -299,6 +356,13 @@ typedef int (*queue_item_cb)(void *arg, const struct queue_item *it);
 int queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms,
 			queue_item_cb cb, void *arg, size_t max);
 uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owner);
+
+/* The ownership state as the store holds it once the apply batches are written: every key of
+ * STORE_CF_QUEUE that starts with QUEUE_KEY_OWN, with its value, in no particular order.  cb
+ * returns nonzero to stop (that value is returned); 0 when all were given.  For a snapshot
+ * built from memory (cluster_raft.c) while the last apply batch may not be written yet. */
+typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
+int queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */
 uint64_t queue_fsm_digest(const struct queue_fsm *q);

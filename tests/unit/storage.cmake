@@ -14,3 +14,4 @@ foreach(_case peers_parse replicate_failover_restart close_fails_pending_once
   add_test(NAME unit.test_cluster_raft.${_case} COMMAND test_cluster_raft test_${_case})
   set_tests_properties(unit.test_cluster_raft.${_case} PROPERTIES LABELS unit TIMEOUT 300)
 endforeach()
+relay_unit_test(test_queue_own SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_queue_own.c LIBS relay_cluster)

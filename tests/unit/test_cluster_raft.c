@@ -490,11 +490,26 @@ test_snapshot_catch_up(void **state)
 	run_until(f, done_reached, &w, "20 callbacks");
 	uint64_t want = 20;
 	run_until(f, converged, &want, "20 messages");
-	/* a follower is down while the others apply and compact */
+	/* a follower is down while the others apply and compact; in the middle, an ownership
+	 * change (a member, and example.org assigned to it), which the snapshot must carry */
 	node_close(f, down);
-	propose_range(f, lead, &dn, 20, 300);
+	propose_range(f, lead, &dn, 20, 150);
+	static struct done dm;
+	memset(&dm, 0, sizeof(dm));
+	Relay__Member mem = RELAY__MEMBER__INIT;
+	mem.node = "owner-1";
+	mem.state = RELAY__MEMBER_STATE__MEMBER_LIVE;
+	Relay__Command mc = RELAY__COMMAND__INIT;
+	mc.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	mc.member = &mem;
+	static struct pctx mctx;
+	mctx = (struct pctx){&dm, 0};
+	assert_int_equal(cluster_propose(f->n[lead].c, &mc, prop_cb, &mctx), 0);
+	propose_range(f, lead, &dn, 150, 300);
 	w.want = 300;
 	run_until(f, done_reached, &w, "300 callbacks");
+	struct want_done wm = {1, &dm};
+	run_until(f, done_reached, &wm, "the member change");
 	check_exactly_once(&dn, 0, 300);
 	struct cluster_status st;
 	cluster_status(f->n[lead].c, &st);
@@ -509,6 +524,15 @@ test_snapshot_catch_up(void **state)
 	run_until(f, converged, &want, "the node caught up by snapshot");
 	cluster_status(f->n[down].c, &st);
 	assert_true(st.snapshots_installed >= 1);
+	assert_true(st.snapshot_index > 150);
+	struct queue_member mb[2];
+	assert_int_equal(queue_fsm_members(cluster_queue(f->n[down].c), mb, 2), 1);
+	assert_string_equal(mb[0].node, "owner-1");
+	char owner[QUEUE_NODE_MAX + 1];
+	uint64_t epoch;
+	assert_int_equal(
+	    queue_fsm_domain_owner(cluster_queue(f->n[down].c), "example.org", owner, &epoch), 0);
+	assert_string_equal(owner, "owner-1");
 	/* and keeps applying after it, also across its own restart */
 	memset(&dn, 0, sizeof(dn));
 	propose_range(f, down, &dn, 300, 320);

@@ -453,11 +453,37 @@ make_delete(struct obuf *o, const char *id, const uint32_t *idx, size_t n)
 	return &o->cmd;
 }
 
-/* Applies one command at index, writes its batch to the store and keeps a copy in w->log.
- * Returns the apply status; *nops (if set) gets the number of store operations. */
-static int
-apply1(struct world *w, uint64_t index, const Relay__Command *cmd, unsigned *nops)
+/* The current epoch of the domain of recipient rcpt of message id (0 when it has none). */
+static uint64_t
+epoch_of(struct queue_fsm *q, const char *id, uint32_t rcpt)
 {
+	Relay__QueueRecord *rec;
+	if (queue_fsm_read_record(q, id, &rec))
+		return 0;
+	uint64_t epoch = 0;
+	if (rcpt < rec->n_rcpts) {
+		char d[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+		queue_addr_domain(rec->rcpts[rcpt]->rcpt->addr, d);
+		if (queue_fsm_domain_owner(q, d, owner, &epoch))
+			epoch = 0;
+	}
+	relay__queue_record__free_unpacked(rec, NULL);
+	return epoch;
+}
+
+/* Applies one command at index, writes its batch to the store and keeps a copy in w->log.
+ * Returns the apply status; *nops (if set) gets the number of store operations.  An Outcome
+ * without an epoch gets the current epoch of its first recipient's domain (what the owner of
+ * that domain would send); tests of fencing set it themselves. */
+static int
+apply1(struct world *w, uint64_t index, Relay__Command *cmd, unsigned *nops)
+{
+	if (cmd && cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME && cmd->outcome &&
+	    !cmd->outcome->has_epoch && cmd->outcome->n_rcpt_index) {
+		cmd->outcome->has_epoch = 1;
+		cmd->outcome->epoch =
+		    epoch_of(w->q, cmd->outcome->queue_id, cmd->outcome->rcpt_index[0]);
+	}
 	struct store_batch one;
 	store_batch_init(&one);
 	int rv = queue_apply(w->q, index, cmd, &one);
@@ -479,11 +505,52 @@ accept1(struct world *w, uint64_t index, const char *id, unsigned i)
 	assert_int_equal(apply1(w, index, &b.cmd, NULL), 0);
 }
 
+struct kv_count {
+	struct store *s;
+	unsigned n;
+};
+
+static int
+own_kv_cb(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+	struct kv_count *c = arg;
+	void *v;
+	size_t vl;
+	assert_int_equal(((const unsigned char *)key)[0], QUEUE_KEY_OWN);
+	if (store_get(c->s, STORE_CF_QUEUE, key, klen, &v, &vl))
+		fail_msg("ownership key %.*s (len %zu) not in the store", (int)klen - 1,
+			 (const char *)key + 1, klen);
+	assert_int_equal(vl, vlen);
+	assert_memory_equal(v, val, vlen);
+	free(v);
+	c->n++;
+	return 0;
+}
+
+/* The ownership keys of the store are exactly what memory says (queue_fsm_own_kv). */
+static void
+check_own_keys(struct world *w)
+{
+	struct kv_count c = {w->s, 0};
+	assert_int_equal(queue_fsm_own_kv(w->q, own_kv_cb, &c), 0);
+	struct store_iter *it;
+	assert_int_equal(store_iter_new(w->s, STORE_CF_QUEUE, &it), 0);
+	unsigned n = 0;
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
+		size_t kl;
+		const unsigned char *key = store_iter_key(it, &kl);
+		n += kl && key[0] == QUEUE_KEY_OWN;
+	}
+	store_iter_free(it);
+	assert_int_equal(n, c.n);
+}
+
 /* The store agrees with memory: one queue record and one body per message, and exactly one
- * index key per message, at its earliest next attempt. */
+ * index key per message, at its earliest next attempt; the ownership keys match. */
 static void
 check_store(struct world *w)
 {
+	check_own_keys(w);
 	struct queue_counts c;
 	queue_fsm_counts(w->q, &c);
 	static const enum store_cf cfs[] = {STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX};
@@ -495,6 +562,10 @@ check_store(struct world *w)
 			size_t kl;
 			const unsigned char *key = store_iter_key(it, &kl);
 			char id[QUEUE_ID_MAX + 1];
+			if (cfs[k] == STORE_CF_QUEUE && kl && key[0] == QUEUE_KEY_OWN) {
+				n--; /* checked by check_own_keys */
+				continue;
+			}
 			if (cfs[k] == STORE_CF_INDEX) {
 				assert_true(kl > 9 && kl <= 9 + QUEUE_ID_MAX);
 				assert_int_equal(key[0], QUEUE_INDEX_QUEUED);
@@ -533,7 +604,8 @@ test_deferred_then_delivered(void **state)
 	/* recipients 0 and 1 deferred, a "delayed" DSN sent for them */
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__DEFERRED, t0 + 5000, t0 + 60000, r01, 2);
 	o.out.delay_notified = o.out.has_delay_notified = 1;
-	o.out.epoch = 7;
+	o.out.epoch = epoch_of(w.q, "m1", 0);
+	assert_int_equal(o.out.epoch, 1); /* both domains assigned by the Accept */
 	o.out.has_epoch = 1;
 	assert_int_equal(apply1(&w, 2, &o.cmd, NULL), 0);
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
@@ -571,7 +643,7 @@ test_deferred_then_delivered(void **state)
 	assert_string_equal(rec->rcpts[0]->last_relay, "mx.example[192.0.2.1]:25");
 	assert_string_equal(rec->rcpts[0]->last_dsn_status, "4.7.1");
 	assert_true(rec->rcpts[0]->has_delay_notified && rec->rcpts[0]->delay_notified);
-	assert_int_equal(rec->rcpts[0]->epoch, 7);
+	assert_int_equal(rec->rcpts[0]->epoch, 1);
 	assert_int_equal(rec->rcpts[2]->state, RELAY__RCPT_STATE__RCPT_DELIVERED);
 	assert_string_equal(rec->rcpts[2]->last_reply, "250 2.0.0 ok");
 	assert_string_equal(rec->rcpts[2]->rcpt->addr, "c@example.com");
@@ -589,7 +661,9 @@ test_deferred_then_delivered(void **state)
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__DELIVERED, t0 + 121000, 0, r01, 2);
 	unsigned nops;
 	assert_int_equal(apply1(&w, 5, &o.cmd, &nops), 0);
-	assert_int_equal(nops, 3); /* record, body, index key deleted */
+	/* record, body, index key deleted; a tombstone; the assignments of example.org and
+	 * example.net forgotten (example.com's went with recipient 2) */
+	assert_int_equal(nops, 3 + 1 + 2);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	assert_int_equal(queue_fsm_read_record(w.q, "m1", &rec), QUEUE_ENOTFOUND);
 	void *body;
@@ -712,7 +786,9 @@ test_failed_with_dsn(void **state)
 
 	unsigned nops;
 	assert_int_equal(apply1(&w, 2, &o.cmd, &nops), 0);
-	assert_int_equal(nops, 1 + 3); /* m1's record, and the DSN's body, record and index key */
+	/* m1's record; example.org has no queued recipient left: its assignment goes; the DSN's
+	 * body, record and index key, and an assignment for example.com */
+	assert_int_equal(nops, 1 + 1 + 3 + 1);
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
 	assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_FAILED);
 	const struct queue_msg *dm = queue_fsm_lookup(w.q, "m1-dsn");
@@ -749,7 +825,9 @@ test_failed_with_dsn(void **state)
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__FAILED, 70, 0, r1, 1);
 	o.out.dsn = &dsn.acc;
 	assert_int_equal(apply1(&w, 5, &o.cmd, &nops), 0);
-	assert_int_equal(nops, 3 + 3);
+	/* m1's record, body and index key, its tombstone, example.net's assignment; the DSN's
+	 * three keys and example.com's assignment (made anew: m1-dsn was removed) */
+	assert_int_equal(nops, 3 + 1 + 1 + 3 + 1);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	assert_non_null(queue_fsm_lookup(w.q, "m1-dsn2"));
 	check_store(&w);
