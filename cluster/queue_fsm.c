@@ -1803,6 +1803,10 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 	uint8_t os = mb ? mb->state : QUEUE__NO_STATE;
 	if (os == ns || (!mb && ns == QUEUE_MEMBER_REMOVED))
 		return 0; /* already so */
+	/* The leader's DOWN carries the renew index it saw lapse: a Renew committed since then
+	 * makes it a no-op (a deposed leader's late verdict never fences off a live owner). */
+	if (mc->has_expect_renew_index && (!mb || mb->renew_index != mc->expect_renew_index))
+		return 0;
 	if (!mb && q->nmembers == QUEUE_MEMBERS_MAX)
 		return QUEUE_EINVAL; /* deterministic: the table is full */
 	int give = queue__is_owner_state(os) && !queue__is_owner_state(ns);

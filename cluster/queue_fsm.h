@@ -259,6 +259,8 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  *   - a Member command that makes a node LIVE gives every unowned domain an owner (the winner
  *     among the LIVE members, itself included; epoch = this index); existing assignments stay
  *     where they are (sticky: no rebalancing, so no attempt in flight is fenced off needlessly);
+ *   - a Member command with expect_renew_index set (the leader's DOWN) is a no-op unless the
+ *     member is in the table and its renew_index equals it;
  *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
  *     DRAINED);
  *   - an assignment is forgotten when its domain has no queued recipient left (a later Accept

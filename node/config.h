@@ -81,6 +81,8 @@ struct relay_config {
 	uint64_t max_pending_proposals;
 	char *log_level;
 	/* delivery */
+	uint64_t lease_ms;	   /* delivery ownership lease (cluster/ownership.h) */
+	uint64_t drain_timeout_ms; /* relayctl drain: bound on attempts in flight */
 	uint64_t retry_base_ms;
 	uint64_t retry_max_ms;
 	uint64_t queue_lifetime_ms;

@@ -41,6 +41,7 @@
 #include "log.h"
 #include "mta_session.h"
 #include "mx.h"
+#include "ownership.h"
 #include "queue_fsm.h"
 #include "relay.pb-c.h"
 #include "resolver.h"
@@ -72,6 +73,7 @@ struct rcpt_result {
 	char *reply; /* owned */
 	char *relay; /* owned; "" when no host was reached */
 	uint64_t next_attempt_ms;
+	uint64_t epoch; /* the ownership epoch of its domain when the attempt started */
 };
 
 struct delivery;
@@ -203,6 +205,15 @@ struct delivery {
 	struct dconn *idle_head, *idle_tail; /* idle connections of every destination */
 	struct pending_prop *retry_list;
 	struct delivery_stats st;
+	/* delivery ownership (cluster/ownership.h) */
+	struct own own;
+	uv_timer_t own_timer;
+	struct own_prop *own_props; /* Member/Renew proposals not called back (list) */
+	size_t n_own_props;
+	int self_state;		    /* this node in the member table; -1 absent */
+	bool may_start;		    /* at the last tick: LIVE and lease held */
+	bool own_booted;	    /* the boot-time LIVE was proposed */
+	bool abandon;		    /* drain timeout: abandoned attempts are due again at once */
 	void (*done)(void *);
 	void *done_arg;
 };
@@ -385,6 +396,7 @@ struct ogroup {
 	bool delay_notified;
 	const char *reply, *relay, *status;
 	uint64_t next;
+	uint64_t epoch;
 	size_t n;
 	uint32_t *idx;
 	Relay__Accept *dsn; /* attached DSN, or NULL */
@@ -647,7 +659,8 @@ msg_complete(struct dmsg *m)
 				if (r->status[0] == '\0' || r->status[0] == '2')
 					snprintf(r->status, sizeof(r->status), "4.4.7");
 			} else {
-				r->next_attempt_ms = next;
+				/* An attempt a drain abandoned is due again at once (on the next owner). */
+				r->next_attempt_ms = d->abandon ? now : next;
 				if (d->cfg->delay_warning_time_ms > 0 && !qr->delay_notified &&
 				    now >= rec->received_ms + d->cfg->delay_warning_time_ms &&
 				    dsn_should_notify(from, notify, DSN_ACTION_DELAYED, false)) {
@@ -686,8 +699,9 @@ msg_complete(struct dmsg *m)
 		size_t j;
 		for (j = 0; j < ng; j++)
 			if (g[j].kind == r->kind && g[j].delay_notified == r->delay_dsn &&
-			    g[j].next == r->next_attempt_ms && strcmp(g[j].reply, reply) == 0 &&
-			    strcmp(g[j].relay, relay) == 0 && strcmp(g[j].status, r->status) == 0)
+			    g[j].next == r->next_attempt_ms && g[j].epoch == r->epoch &&
+			    strcmp(g[j].reply, reply) == 0 && strcmp(g[j].relay, relay) == 0 &&
+			    strcmp(g[j].status, r->status) == 0)
 				break;
 		if (j == ng) {
 			g[ng].kind = r->kind;
@@ -696,6 +710,7 @@ msg_complete(struct dmsg *m)
 			g[ng].relay = relay;
 			g[ng].status = r->status;
 			g[ng].next = r->next_attempt_ms;
+			g[ng].epoch = r->epoch;
 			ng++;
 		}
 		g[j].n++;
@@ -714,8 +729,9 @@ msg_complete(struct dmsg *m)
 		const char *reply = r->reply ? r->reply : "", *relay = r->relay ? r->relay : "";
 		for (size_t j = 0; j < ng; j++)
 			if (g[j].kind == r->kind && g[j].delay_notified == r->delay_dsn &&
-			    g[j].next == r->next_attempt_ms && strcmp(g[j].reply, reply) == 0 &&
-			    strcmp(g[j].relay, relay) == 0 && strcmp(g[j].status, r->status) == 0) {
+			    g[j].next == r->next_attempt_ms && g[j].epoch == r->epoch &&
+			    strcmp(g[j].reply, reply) == 0 && strcmp(g[j].relay, relay) == 0 &&
+			    strcmp(g[j].status, r->status) == 0) {
 				g[j].idx[g[j].n++] = (uint32_t)i;
 				break;
 			}
@@ -759,6 +775,8 @@ msg_complete(struct dmsg *m)
 			 : g[j].kind == RES_DEFERRED ? RELAY__OUTCOME_KIND__DEFERRED
 						     : RELAY__OUTCOME_KIND__FAILED;
 		o.at_ms = now;
+		o.has_epoch = true;
+		o.epoch = g[j].epoch;
 		if (g[j].kind == RES_DEFERRED) {
 			o.has_next_attempt_ms = true;
 			o.next_attempt_ms = g[j].next;
@@ -1880,6 +1898,14 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
 			continue;
 		if (qr->has_next_attempt_ms && qr->next_attempt_ms > now)
 			continue;
+		/* Only the recipients of domains this node owns, at the epoch it owns them (G4). */
+		char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+		uint64_t ep = 0;
+		queue_addr_domain(qr->rcpt->addr, dom);
+		if (queue_fsm_domain_owner(d->q, dom, owner, &ep) != 0 ||
+		    !own_may_start(&d->own, now, d->self_state, owner, ep, ep))
+			continue;
+		m->res[i].epoch = ep;
 		struct ddest *x = dest_get(d, qr->rcpt->addr);
 		m->res[i].in_job = true;
 		if (x == NULL) {
@@ -1961,15 +1987,20 @@ struct scan_ctx {
 };
 
 static int
-scan_cb(void *arg, const struct queue_msg *m)
+scan_cb(void *arg, const struct queue_item *it)
 {
 	struct scan_ctx *sc = arg;
+	const struct queue_msg *m = it->msg;
 	if (msg_find(sc->d, m->queue_id) != NULL)
 		return 0; /* in flight */
-	if (m->next_attempt_ms > sc->now) {
-		sc->next_due = m->next_attempt_ms;
+	if (it->next_attempt_ms > sc->now) {
+		sc->next_due = it->next_attempt_ms;
 		return 1;
 	}
+	/* A message with several due domains of ours shows up once per domain: start it once. */
+	for (size_t i = 0; i < sc->n; i++)
+		if (strcmp(sc->ids[i], m->queue_id) == 0)
+			return 0;
 	if (sc->n == sc->room) {
 		return 1; /* full: a finishing message asks for a new scan */
 	}
@@ -1977,9 +2008,11 @@ scan_cb(void *arg, const struct queue_msg *m)
 	return 0;
 }
 
-/* Starts due messages that are not in flight, within the in-memory bounds, in next-attempt
- * order; arms the timer for the earliest one not due yet.  Cost: O(k log k) for the k messages
- * in flight or started (queue_fsm_due), whatever the queue size. */
+/* Starts the due items this node owns (queue_fsm_due_owned) whose messages are not in flight,
+ * within the in-memory bounds, in next-attempt order; arms the timer for the earliest one not
+ * due yet.  Nothing starts without a lease and the LIVE state (the ownership tick asks for a
+ * scan when they come back).  Cost: O(k log k) for the k items in flight or started, whatever
+ * the queue size. */
 static void
 sched_scan(struct delivery *d)
 {
@@ -1987,37 +2020,30 @@ sched_scan(struct delivery *d)
 	if (d->closing)
 		return;
 	uint64_t now = now_ms();
-	/* Until delivery ownership exists (assignments with epochs, issue 5), in a replicated
-	 * cluster only the leader starts deliveries, so the nodes do not all deliver everything.
-	 * A follower looks again every second (leadership changes arrive without an apply). */
-	struct cluster_status cst;
-	cluster_status(d->cluster, &cst);
-	if (cst.replicated && (cst.role == NULL || strcmp(cst.role, "leader") != 0)) {
-		uv_timer_stop(&d->sched_timer);
-		d->armed_ms = now + 1000;
-		uv_timer_start(&d->sched_timer, sched_timer_cb, 1000, 0);
-		return;
-	}
+	uv_timer_stop(&d->sched_timer);
+	d->armed_ms = 0;
+	if (!own_may_start(&d->own, now, d->self_state, d->own.self, 1, 1))
+		return; /* own_tick_cb rescans when this node may start again */
 	uint64_t max = sched_inflight_max(d);
 	size_t room = d->nmsgs < max ? (size_t)(max - d->nmsgs) : 0;
 	if (d->inflight_bytes >= DLV_INFLIGHT_BYTES_MAX)
 		room = 0;
 	struct scan_ctx sc = {.d = d, .now = now, .room = room, .next_due = UINT64_MAX};
-	uv_timer_stop(&d->sched_timer);
-	d->armed_ms = 0;
 	if (room > 0 && (sc.ids = malloc(room * sizeof(*sc.ids))) == NULL)
 		room = sc.room = 0;
 	if (room == 0) {
 		free(sc.ids);
 		return; /* a finishing message asks for a new scan */
 	}
-	int rc = queue_fsm_due(d->q, UINT64_MAX, scan_cb, &sc, d->nmsgs + room + 1);
+	/* Items of in-flight messages are skipped; a message has at most QUEUE_RCPTS_MAX domains. */
+	int rc = queue_fsm_due_owned(d->q, d->own.self, UINT64_MAX, scan_cb, &sc,
+				     (d->nmsgs + room + 1) * 4 + 64);
 	uint64_t retry_at = UINT64_MAX;
 	if (rc < 0)
 		retry_at = now + 1000;
 	for (size_t i = 0; i < sc.n; i++) {
 		const struct queue_msg *qm = queue_fsm_lookup(d->q, sc.ids[i]);
-		if (qm == NULL)
+		if (qm == NULL || msg_find(d, sc.ids[i]) != NULL)
 			continue;
 		if (d->inflight_bytes >= DLV_INFLIGHT_BYTES_MAX) {
 			retry_at = now; /* the next finishing message rescans */
@@ -2072,6 +2098,235 @@ check_cb(uv_check_t *h)
 	}
 	if (d->scan_wanted)
 		sched_scan(d);
+}
+
+/* ------------------------------------------------------------ ownership */
+
+#define DLV_OWN_TICK_MS 100 /* lease, leader verdicts and drain are looked at this often */
+#define DLV_OWN_PROPS_MAX (2 * QUEUE_MEMBERS_MAX + 4) /* Member/Renew proposals in flight */
+
+/* A Member or Renew proposal in flight.  Detached (d = NULL) when the engine closes first: the
+ * cluster still calls back (at the latest when it closes) and the callback only frees it. */
+struct own_prop {
+	struct delivery *d;
+	bool renew;
+	struct own_prop *next, *prev;
+};
+
+static void
+own_prop_cb(void *arg, int status)
+{
+	struct own_prop *p = arg;
+	struct delivery *d = p->d;
+	if (d != NULL) {
+		if (p->prev)
+			p->prev->next = p->next;
+		else
+			d->own_props = p->next;
+		if (p->next)
+			p->next->prev = p->prev;
+		d->n_own_props--;
+		if (p->renew)
+			own_renew_done(&d->own, status == 0, now_ms());
+		if (status != 0)
+			d->st.own_failures++;
+	}
+	free(p);
+}
+
+/* Proposes cmd for ownership; false when it could not be proposed now. */
+static bool
+own_propose(struct delivery *d, const Relay__Command *cmd, bool renew)
+{
+	if (d->closing || d->n_own_props >= DLV_OWN_PROPS_MAX)
+		return false;
+	struct own_prop *p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return false;
+	p->d = d;
+	p->renew = renew;
+	int rc = cluster_propose(d->cluster, cmd, own_prop_cb, p);
+	if (rc != 0) {
+		free(p);
+		d->st.own_failures++;
+		return false;
+	}
+	p->next = d->own_props;
+	if (p->next)
+		p->next->prev = p;
+	d->own_props = p;
+	d->n_own_props++;
+	return true;
+}
+
+static bool
+own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has_expect,
+		   uint64_t expect)
+{
+	Relay__Member mb = RELAY__MEMBER__INIT;
+	mb.node = (char *)node;
+	mb.state = (Relay__MemberState)state;
+	mb.has_at_ms = true;
+	mb.at_ms = now_ms();
+	if (has_expect) {
+		mb.has_expect_renew_index = true;
+		mb.expect_renew_index = expect;
+	}
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	cmd.member = &mb;
+	bool ok = own_propose(d, &cmd, false);
+	if (ok) {
+		d->st.member_proposals++;
+		log_info("-", "event=member-propose node=%s state=%s", node,
+			 state == QUEUE_MEMBER_LIVE	  ? "live"
+			 : state == QUEUE_MEMBER_DRAINING ? "draining"
+			 : state == QUEUE_MEMBER_DRAINED  ? "drained"
+			 : state == QUEUE_MEMBER_DOWN	  ? "down"
+							  : "removed");
+	}
+	return ok;
+}
+
+/* Queued jobs (not on a connection yet) that this node may no longer start end without a
+ * result: their recipients stay as they are in the queue (their new owner, or this node once
+ * it holds a lease again, starts them). */
+static void
+own_prune_jobs(struct delivery *d, uint64_t now)
+{
+	struct djob *drop = NULL;
+	for (struct ddest *x = d->dest_list; x; x = x->next) {
+		struct djob *keep_head = NULL, *keep_tail = NULL, *j;
+		size_t kept = 0;
+		while ((j = dest_pop(x)) != NULL) {
+			bool ok = j->n > 0;
+			if (ok) {
+				const Relay__QueueRcpt *qr = j->msg->rec->rcpts[j->idx[0]];
+				char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+				uint64_t ep = 0;
+				queue_addr_domain(qr->rcpt->addr, dom);
+				ok = queue_fsm_domain_owner(d->q, dom, owner, &ep) == 0 &&
+				     own_may_start(&d->own, now, d->self_state, owner, ep,
+						   j->msg->res[j->idx[0]].epoch);
+			}
+			j->next = NULL;
+			if (ok) {
+				if (keep_tail)
+					keep_tail->next = j;
+				else
+					keep_head = j;
+				keep_tail = j;
+				kept++;
+			} else {
+				j->next = drop;
+				drop = j;
+			}
+		}
+		x->qhead = keep_head;
+		x->qtail = keep_tail;
+		x->nqueued = kept;
+	}
+	while (drop != NULL) {
+		struct djob *j = drop;
+		drop = j->next;
+		struct dmsg *m = j->msg;
+		for (size_t k = 0; k < j->n; k++)
+			m->res[j->idx[k]].in_job = false;
+		d->st.jobs_dropped++;
+		job_free(j);
+		msg_job_done(m);
+	}
+}
+
+/* Drain timeout: the attempts in flight are cut; their recipients are deferred (due at once). */
+static void
+own_abandon(struct delivery *d)
+{
+	d->abandon = true;
+	for (struct dconn *c = d->conns, *next; c; c = next) {
+		next = c->next;
+		conn_close(c);
+	}
+	log_warn("-", "event=drain-abandon note=\"attempts in flight cut after drain_timeout\"");
+}
+
+static void
+own_tick_cb(uv_timer_t *t)
+{
+	struct delivery *d = t->data;
+	if (d->closing)
+		return;
+	uint64_t now = now_ms();
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(d->q, mem, QUEUE_MEMBERS_MAX);
+	d->self_state = -1;
+	for (size_t i = 0; i < nm; i++)
+		if (strcmp(mem[i].node, d->own.self) == 0)
+			d->self_state = mem[i].state;
+	/* Owner side: be a member, keep the lease. */
+	if (own_self_live_due(&d->own, now, d->self_state, !d->own_booted)) {
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_LIVE, false, 0))
+			d->own.live_proposed_ms = 0; /* try again next tick */
+	}
+	d->own_booted = true;
+	if (own_renew_due(&d->own, now)) {
+		Relay__Renew rn = RELAY__RENEW__INIT;
+		rn.node = d->own.self;
+		rn.has_at_ms = true;
+		rn.at_ms = now;
+		Relay__Command cmd = RELAY__COMMAND__INIT;
+		cmd.cmd_case = RELAY__COMMAND__CMD_RENEW;
+		cmd.renew = &rn;
+		own_renew_sent(&d->own, now);
+		if (!own_propose(d, &cmd, true))
+			own_renew_done(&d->own, false, now);
+	}
+	/* Drain. */
+	switch (own_drain_tick(&d->own, now, d->self_state, d->nmsgs)) {
+	case 2:
+		own_abandon(d);
+		break;
+	case 1:
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_DRAINED, false, 0))
+			d->own.drained_proposed_ms = 0;
+		break;
+	default:
+		break;
+	}
+	if (d->self_state != QUEUE_MEMBER_DRAINING)
+		d->abandon = false;
+	/* Leader side: verdicts on the others' leases and on members that left. */
+	struct cluster_status cst;
+	cluster_status(d->cluster, &cst);
+	bool leader = cst.role != NULL && strcmp(cst.role, "leader") == 0;
+	const char *conf[CLUSTER_MAX_PEERS];
+	size_t nconf = 0;
+	for (unsigned i = 0; i < cst.n_peers && nconf < CLUSTER_MAX_PEERS; i++)
+		conf[nconf++] = cst.peers[i].name;
+	if (!cst.replicated)
+		nconf = 0; /* a single node: its id is the only one, nothing to remove */
+	struct own_action act[OWN_MAX_ACTIONS];
+	size_t na = own_leader_tick(&d->own, now, leader, cst.term, mem, nm, conf, nconf, act,
+				    OWN_MAX_ACTIONS);
+	for (size_t i = 0; i < na; i++) {
+		if (act[i].state == QUEUE_MEMBER_DOWN)
+			log_warn("-", "event=lease-lapsed node=%s renew_index=%" PRIu64, act[i].node,
+				 act[i].expect_renew_index);
+		own_propose_member(d, act[i].node, act[i].state, act[i].has_expect,
+				   act[i].expect_renew_index);
+	}
+	/* Start or stop. */
+	bool may = own_may_start(&d->own, now, d->self_state, d->own.self, 1, 1);
+	if (may != d->may_start) {
+		log_info("-", "event=%s state=%d lease_ms_left=%" PRId64,
+			 may ? "ownership-resumed" : "ownership-paused", d->self_state,
+			 d->own.lease_until > now ? (int64_t)(d->own.lease_until - now)
+						  : -(int64_t)(now - d->own.lease_until));
+		d->may_start = may;
+		if (may)
+			sched_request(d);
+	}
+	own_prune_jobs(d, now);
 }
 
 /* ------------------------------------------------------------ lifetime */
@@ -2168,7 +2423,15 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	d->check.data = d;
 	uv_check_start(&d->check, check_cb);
 	uv_unref((uv_handle_t *)&d->check);
-	d->handles_open = 3;
+	struct own_config oc = {.self = cfg->node_id,
+				.lease_ms = cfg->lease_ms,
+				.drain_timeout_ms = cfg->drain_timeout_ms};
+	own_init(&d->own, &oc);
+	d->self_state = -1;
+	uv_timer_init(loop, &d->own_timer);
+	d->own_timer.data = d;
+	uv_timer_start(&d->own_timer, own_tick_cb, 0, DLV_OWN_TICK_MS);
+	d->handles_open = 4;
 	sched_request(d); /* resume what is queued and due */
 	log_info("-", "event=delivery-started dns=\"%s\" max_deliveries=%" PRIu64
 		      " per_destination=%" PRIu64 " retry_base=%" PRIu64 "ms",
@@ -2233,6 +2496,13 @@ delivery_close(struct delivery *d, void (*done)(void *arg), void *arg)
 	uv_close((uv_handle_t *)&d->sched_timer, handle_closed_cb);
 	uv_close((uv_handle_t *)&d->retry_timer, handle_closed_cb);
 	uv_close((uv_handle_t *)&d->check, handle_closed_cb);
+	uv_timer_stop(&d->own_timer);
+	uv_close((uv_handle_t *)&d->own_timer, handle_closed_cb);
+	/* Member/Renew proposals in flight: the cluster calls them back later; detach them. */
+	for (struct own_prop *p = d->own_props; p; p = p->next)
+		p->d = NULL;
+	d->own_props = NULL;
+	d->n_own_props = 0;
 	/* Outcome proposals waiting for a retry are dropped: the recipients stay queued. */
 	while (d->retry_list != NULL) {
 		struct pending_prop *p = d->retry_list;
@@ -2268,6 +2538,9 @@ void
 delivery_get_stats(const struct delivery *d, struct delivery_stats *st)
 {
 	*st = d->st;
+	st->renews = d->own.renews;
+	st->lease_until_ms = d->own.lease_until;
+	st->self_state = d->self_state;
 	st->inflight_msgs = d->nmsgs;
 	st->active_conns = (uint64_t)d->nconn;
 }

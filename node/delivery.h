@@ -60,6 +60,13 @@ struct delivery_stats {
 	uint64_t jobs_started, connections, messages_sent;
 	uint64_t rcpts_delivered, rcpts_deferred, rcpts_failed, dsns;
 	uint64_t inflight_msgs, active_conns;
+	/* delivery ownership */
+	uint64_t member_proposals; /* Member commands proposed (own LIVE/DRAINED, leader verdicts) */
+	uint64_t own_failures;	   /* Member/Renew proposals that failed */
+	uint64_t jobs_dropped;	   /* queued jobs dropped: lease lost or domain moved */
+	uint64_t renews;	   /* Renews committed */
+	uint64_t lease_until_ms;   /* this node's lease (unix ms; 0 none) */
+	int64_t self_state;	   /* enum queue_member_state of this node, -1 not a member */
 };
 void delivery_get_stats(const struct delivery *d, struct delivery_stats *st);
 

@@ -6,8 +6,11 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluster.h"
+#include "delivery.h"
+#include "queue_fsm.h"
 #include "smtp_server.h"
 
 static void
@@ -145,6 +148,73 @@ render_cluster(struct http_text *t, struct cluster *c)
 	}
 }
 
+static const char *
+member_state_name(int s)
+{
+	switch (s) {
+	case QUEUE_MEMBER_LIVE:
+		return "live";
+	case QUEUE_MEMBER_DRAINING:
+		return "draining";
+	case QUEUE_MEMBER_DRAINED:
+		return "drained";
+	case QUEUE_MEMBER_DOWN:
+		return "down";
+	default:
+		return "removed";
+	}
+}
+
+/* Delivery ownership: the member table and assignments (applied state), this node's lease. */
+static void
+render_ownership(struct http_text *t, struct cluster *c, const struct delivery *dl,
+		 uint64_t now_ms)
+{
+	struct queue_fsm *q = cluster_queue(c);
+	static struct queue_member mem[QUEUE_MEMBERS_MAX]; /* loop thread only */
+	size_t n = queue_fsm_members(q, mem, QUEUE_MEMBERS_MAX);
+	family(t, "relay_ownership_member_state", "gauge",
+	       "1 for each member's delivery-ownership state (applied member table).");
+	for (size_t i = 0; i < n; i++)
+		http_printf(t, "relay_ownership_member_state{node=\"%s\",state=\"%s\"} 1\n",
+			    mem[i].node, member_state_name(mem[i].state));
+	family(t, "relay_ownership_domains", "gauge", "Destination domains a member owns.");
+	for (size_t i = 0; i < n; i++)
+		http_printf(t, "relay_ownership_domains{node=\"%s\"} %" PRIu64 "\n", mem[i].node,
+			    mem[i].domains);
+	family(t, "relay_ownership_recipients", "gauge",
+	       "Queued recipients in the domains a member owns.");
+	for (size_t i = 0; i < n; i++)
+		http_printf(t, "relay_ownership_recipients{node=\"%s\"} %" PRIu64 "\n", mem[i].node,
+			    mem[i].rcpts_owned);
+	struct queue_fsm_stats qs;
+	queue_fsm_stats(q, &qs);
+	counter(t, "relay_ownership_stale_outcomes_total",
+		"Recipients of outcomes ignored for a stale ownership epoch (fencing).",
+		qs.stale_outcomes);
+	counter(t, "relay_ownership_reassigned_total", "Domain assignments moved to another owner.",
+		qs.reassigned);
+	if (dl != NULL) {
+		struct delivery_stats ds;
+		delivery_get_stats(dl, &ds);
+		family(t, "relay_ownership_lease_remaining_seconds", "gauge",
+		       "Time left on this node's delivery lease (negative: lapsed).");
+		double left = ds.lease_until_ms == 0 ? -1.0
+				  : ds.lease_until_ms >= now_ms
+				      ? (double)(ds.lease_until_ms - now_ms) / 1000.0
+				      : -(double)(now_ms - ds.lease_until_ms) / 1000.0;
+		http_printf(t, "relay_ownership_lease_remaining_seconds %.3f\n", left);
+		counter(t, "relay_ownership_renews_total", "Lease renewals committed.", ds.renews);
+		counter(t, "relay_ownership_member_proposals_total",
+			"Member commands this node proposed.", ds.member_proposals);
+		counter(t, "relay_ownership_jobs_dropped_total",
+			"Queued delivery jobs dropped because the lease lapsed or the domain moved.",
+			ds.jobs_dropped);
+		gauge(t, "relay_delivery_inflight_messages", "Messages with attempts in flight.",
+		      ds.inflight_msgs);
+	}
+}
+
 /* Bound on applied entries behind the commit index for /readyz. */
 #define METRICS_READY_MAX_LAG 1000
 
@@ -175,8 +245,13 @@ metrics_fill(void *arg, struct http_text *t, bool *ready, char *reason, size_t r
 	gauge(t, "relay_up", "1 while relayd runs.", 1);
 	if (m->smtp != NULL)
 		render_smtp(t, m->smtp);
-	if (m->cluster != NULL)
+	if (m->cluster != NULL) {
 		render_cluster(t, m->cluster);
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		render_ownership(t, m->cluster, m->delivery,
+				 (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+	}
 	*ready = m->cluster != NULL && m->smtp != NULL && !m->stopping;
 	if (m->stopping)
 		snprintf(reason, reason_len, "shutting down");

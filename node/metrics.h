@@ -13,10 +13,12 @@
 
 struct smtp_server;
 struct cluster;
+struct delivery;
 
 struct metrics_sources {
 	const struct smtp_server *smtp; /* may be NULL (not started yet / stopped) */
 	struct cluster *cluster;	/* may be NULL */
+	const struct delivery *delivery; /* may be NULL */
 	const char *node_id;
 	bool stopping;
 };

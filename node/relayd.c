@@ -133,6 +133,7 @@ signal_cb(uv_signal_t *h, int signum)
 	relayd.stopping_parts = relayd.admin != NULL ? 3 : 2;
 	if (relayd.admin != NULL)
 		admin_stop(relayd.admin, admin_stopped_cb, NULL);
+	relayd.msrc.delivery = NULL; /* freed by the close below */
 	delivery_close(relayd.delivery, delivery_stopped_cb, NULL);
 	smtp_server_shutdown(relayd.smtp, smtp_stopped_cb, NULL);
 }
@@ -339,6 +340,7 @@ main(int argc, char **argv)
 	}
 	relayd.msrc.smtp = relayd.smtp;
 	relayd.msrc.cluster = relayd.cluster;
+	relayd.msrc.delivery = relayd.delivery;
 	relayd.msrc.node_id = relayd.cfg.node_id;
 	if (relayd.cfg.http_listen.n > 0 &&
 	    http_start(relayd.loop, (const struct sockaddr *)&relayd.cfg.http_listen.v[0].ss,

@@ -79,6 +79,9 @@ class Relayd:
         }
         self.keys.update({k: str(v) for k, v in keys.items()})
         self.proc = None
+        # argv prefix, e.g. ["ip", "netns", "exec", NS] to run inside a network namespace
+        # (netns.Netns.argv); it must exec relayd so that self.proc is relayd itself
+        self.wrap = []
 
     def write_config(self):
         with open(self.conf_path, "w") as f:
@@ -89,7 +92,7 @@ class Relayd:
     def start(self, extra_args=(), wait=True, timeout=20.0):
         self.write_config()
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([RELAYD, "--config", self.conf_path, *extra_args],
+        self.proc = subprocess.Popen([*self.wrap, RELAYD, "--config", self.conf_path, *extra_args],
                                      stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         _procs.append(self.proc)

@@ -14,4 +14,6 @@ foreach(_case peers_parse replicate_failover_restart close_fails_pending_once
   add_test(NAME unit.test_cluster_raft.${_case} COMMAND test_cluster_raft test_${_case})
   set_tests_properties(unit.test_cluster_raft.${_case} PROPERTIES LABELS unit TIMEOUT 300)
 endforeach()
+# The lease core of delivery ownership (cluster/ownership.c): pure, simulated time.
+relay_unit_test(test_ownership SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_ownership.c LIBS relay_cluster)
 relay_unit_test(test_queue_own SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_queue_own.c LIBS relay_cluster)

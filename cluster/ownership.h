@@ -1,0 +1,127 @@
+/*
+ * ownership.h - the lease core of delivery ownership (issue 5, guarantee G4): pure, no clock,
+ * no I/O, no allocation.  The host (node/delivery.c) feeds it the time, its own Renew proposals
+ * and their results, and the applied member table of the queue state machine
+ * (queue_fsm_members); it answers what to propose and whether this node may start attempts.
+ *
+ * Who owns what is decided in the queue state machine (cluster/queue_fsm.h: domains, epochs,
+ * Member commands).  This core adds time, on two sides:
+ *
+ * Owner side.  A node holds a lease while a Renew it proposed at time s has committed (and been
+ * applied here): lease_until = s + lease (the latest such s).  It may start an attempt for an
+ * item only while it holds the lease, its own member state is LIVE and its applied state says it
+ * owns the item's domain at the item's epoch (own_may_start).  A node cut off from the majority
+ * cannot commit a Renew, so it stops starting attempts at most `lease` after its last successful
+ * renew was proposed.  Renews are proposed every renew interval, one at a time.
+ *
+ * Leader side.  The leader remembers, per member, when it saw the member's renew index change in
+ * its applied state (it polls; seeing late only delays the verdict).  On becoming leader every
+ * member starts with a fresh "seen" time (nothing about leases lives only in an old leader's
+ * memory: the new one just waits a whole lease).  A LIVE or DRAINING member not seen renewing for
+ * lease + grace gets Member{DOWN, expect_renew_index = the index it saw}: the state machine
+ * applies it only if no later Renew committed, so the member's lease (counted from a proposal
+ * time no later than the leader's apply time of that Renew) lapsed at least `grace` before the
+ * DOWN can commit.  grace covers clock rate differences and the leader's polling delay.  A DOWN
+ * member whose renew index moved past the DOWN (it came back) gets Member{LIVE}.  A member that
+ * is not in the Raft configuration any more gets Member{REMOVED}.  Each proposal is repeated at
+ * most every retry interval while its condition holds.
+ *
+ * Drain.  A member whose state is DRAINING starts no new attempt; when it has no attempt in
+ * flight, or drain_timeout after it saw DRAINING (then the host abandons what is in flight), it
+ * proposes Member{self, DRAINED}; its domains then move.
+ */
+#ifndef RELAY_OWNERSHIP_H
+#define RELAY_OWNERSHIP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue_fsm.h"
+
+#define OWN_DEFAULT_LEASE_MS 4000u
+#define OWN_DEFAULT_DRAIN_TIMEOUT_MS 30000u
+#define OWN_MAX_ACTIONS QUEUE_MEMBERS_MAX /* proposals one tick may return */
+
+struct own_config {
+	const char *self;	    /* this node's id (copied) */
+	uint64_t lease_ms;	    /* 0: default */
+	uint64_t renew_ms;	    /* 0: lease / 4 */
+	uint64_t grace_ms;	    /* 0: max(1000, lease / 4) */
+	uint64_t retry_ms;	    /* 0: lease / 2: repeat an unanswered proposal */
+	uint64_t drain_timeout_ms;  /* 0: default */
+};
+
+/* What the host should propose: Member{node, state[, expect_renew_index]} */
+struct own_action {
+	char node[QUEUE_NODE_MAX + 1];
+	uint8_t state;		    /* enum queue_member_state */
+	bool has_expect;
+	uint64_t expect_renew_index;
+};
+
+struct own_seen {
+	char node[QUEUE_NODE_MAX + 1];
+	uint64_t renew_index;
+	uint64_t seen_ms;	    /* leader's time it saw renew_index (or became leader) */
+	uint64_t proposed_ms;	    /* last action proposed for this member; 0 none */
+	uint8_t proposed_state;
+	bool used;
+};
+
+struct own {
+	char self[QUEUE_NODE_MAX + 1];
+	uint64_t lease_ms, renew_ms, grace_ms, retry_ms, drain_timeout_ms;
+	/* owner side */
+	uint64_t lease_until;	    /* 0: no lease */
+	bool renew_inflight;
+	uint64_t renew_sent_ms;	    /* of the one in flight */
+	uint64_t last_renew_ms;	    /* when the last renew was proposed */
+	uint64_t renews, renew_failures;
+	uint64_t live_proposed_ms;  /* own LIVE at boot / after DOWN: last proposal */
+	/* drain */
+	uint64_t drain_seen_ms;	    /* when this node saw itself DRAINING; 0 not draining */
+	uint64_t drained_proposed_ms;
+	/* leader side */
+	bool leader;
+	uint64_t term;
+	uint64_t leader_since_ms;
+	struct own_seen seen[QUEUE_MEMBERS_MAX];
+	uint64_t downs, lives, removes; /* actions proposed */
+};
+
+void own_init(struct own *o, const struct own_config *cfg);
+
+/* Owner side.  own_renew_due: propose a Renew now (none in flight and the interval passed, or no
+ * lease held).  own_renew_sent: it was proposed at now.  own_renew_done: its result (ok: committed
+ * and applied here) - the lease extends to sent + lease. */
+bool own_renew_due(const struct own *o, uint64_t now);
+void own_renew_sent(struct own *o, uint64_t now);
+void own_renew_done(struct own *o, bool ok, uint64_t now);
+bool own_lease_held(const struct own *o, uint64_t now);
+
+/* May this node start an attempt for an item whose domain its applied state assigns to
+ * `owner` at `epoch`, given its own member state (enum queue_member_state, or -1 when it is not
+ * in the member table)?  item_epoch is the epoch the host will put in the Outcome. */
+bool own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner,
+		   uint64_t epoch, uint64_t item_epoch);
+
+/* Should this node propose Member{self, LIVE}?  Yes when it is not in the table or is DOWN (or
+ * DRAINED and `revive` is set: at boot), at most every retry interval. */
+bool own_self_live_due(struct own *o, uint64_t now, int self_state, bool revive);
+
+/* Drain: given this node's state and its attempts in flight, returns 1 to propose DRAINED now,
+ * 2 to abandon the attempts in flight first (drain_timeout passed), 0 nothing. */
+int own_drain_tick(struct own *o, uint64_t now, int self_state, size_t inflight);
+
+/*
+ * Leader side, every tick on every node (leader tells whether this node leads in term).
+ * members: the applied table (queue_fsm_members); conf/nconf: the node ids in the Raft
+ * configuration (voters and learners; nconf 0 = unknown: nothing is removed).  Writes at most
+ * cap actions to out and returns their number.
+ */
+size_t own_leader_tick(struct own *o, uint64_t now, bool leader, uint64_t term,
+		       const struct queue_member *members, size_t n, const char *const *conf,
+		       size_t nconf, struct own_action *out, size_t cap);
+
+#endif
