@@ -70,6 +70,7 @@
  * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.
  * --long is 2,000,000 steps per seed.)
  */
+#include "ownership.h"
 #include "queue_fsm.h"
 #include "raft.h"
 #include "relay.pb-c.h"
@@ -98,6 +99,8 @@
 #define SIM_FULL_CHECK_EVERY 500       /* units between full model checks of a random node */
 #define SIM_MQ_BUCKETS 4096	       /* model hash buckets (chained) */
 #define SIM_BACKLOG 80		       /* queued messages beyond which outcomes get likelier */
+#define SIM_DOM_MAX 16		       /* distinct recipient domains the model tracks */
+#define SIM_ATTEMPTS 8		       /* delivery attempts in flight per node (lease mode) */
 
 /* ------------------------------------------------------------------ PRNG */
 
@@ -246,6 +249,14 @@ struct disk {
 	uint64_t last_due;
 };
 
+/* A delivery attempt in flight (lease mode): its Outcome is proposed at `due`. */
+struct attempt {
+	char qid[QUEUE_ID_MAX + 1];
+	uint32_t idx[SIM_MQ_RCPTS];
+	size_t n;
+	uint64_t epoch, due;
+};
+
 struct node {
 	uint64_t id;
 	bool up;
@@ -261,6 +272,12 @@ struct node {
 	uint64_t seen_commit;
 	uint64_t lc_term, lc_checked;
 	struct raft_config cfg;
+	/* lease mode: the host side of cluster/ownership.c (memory: lost in a crash) */
+	struct own own;
+	uint64_t renew_seq, renew_deadline; /* the Renew in flight (0: none) */
+	bool revived;			    /* proposed itself LIVE since boot */
+	struct attempt att[SIM_ATTEMPTS];
+	size_t n_att;
 };
 
 struct inflight {
@@ -274,6 +291,7 @@ struct applied_rec {
 	uint64_t digest; /* queue_fsm_digest after applying it */
 	int32_t rc;	 /* queue_apply's result (0 for no-op and config entries) */
 	uint8_t set;
+	char what[40]; /* the command, for messages ("member n2 REMOVED") */
 };
 
 /* The model of one queue id: its recipients' states as the rules in queue_fsm.h say, and the
@@ -286,6 +304,8 @@ struct mq {
 	uint8_t st[SIM_MQ_RCPTS];
 	uint32_t attempts[SIM_MQ_RCPTS];
 	uint64_t last_at[SIM_MQ_RCPTS];
+	uint8_t dom[SIM_MQ_RCPTS]; /* index into sim.dom */
+	uint64_t removed_no;	   /* its place in the removal order (1...); 0 never removed */
 	uint64_t *iv; /* pairs from, to (UINT64_MAX while present) */
 	size_t niv, ivcap;
 };
@@ -314,8 +334,13 @@ struct sim {
 	uint32_t conf_ppm, transfer_ppm, compact_ppm;
 	bool pre_vote, check_quorum;
 	unsigned election_tick, heartbeat_tick;
+	/* lease mode: membership comes from the ownership core on every node (Renews, LIVE at boot,
+	 * DRAINED after a drain, the leader's DOWN/LIVE/REMOVED), operators only drain; outcomes
+	 * come from attempts started under own_may_start.  Otherwise Member commands are random. */
+	bool lease_mode;
+	uint64_t lease_ms;
 	/* client mix, chosen per seed (percent of proposals) */
-	unsigned pct_outcome, pct_delete, pct_repeat;
+	unsigned pct_outcome, pct_delete, pct_repeat, pct_member, pct_renew, pct_hold;
 	/* oracles */
 	struct u64vec leader_of_term;
 	struct u64vec committed_term;
@@ -328,6 +353,15 @@ struct sim {
 	uint64_t commit_max;
 	uint64_t next_prop;
 	/* the queue model */
+	uint64_t n_removals; /* messages removed so far (tombstones: the last QUEUE_TOMBSTONES_MAX) */
+	/* domains (ASCII-lowercased): queued recipients, and the assignment last seen */
+	struct {
+		char name[QUEUE_DOMAIN_MAX + 1];
+		uint64_t queued;
+		uint64_t epoch;
+		char owner[QUEUE_NODE_MAX + 1];
+	} dom[SIM_DOM_MAX];
+	size_t n_dom;
 	struct mq *mq_bucket[SIM_MQ_BUCKETS];
 	struct mq **mq_all;
 	size_t n_mq, mq_cap;
@@ -335,6 +369,7 @@ struct sim {
 	struct recent recent[SIM_RECENT];
 	/* heal phase */
 	uint64_t heal_prop_at[SIM_HEAL_PROPOSALS];
+	uint64_t heal_own_at;
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
@@ -342,13 +377,19 @@ struct sim {
 	    n_sm_resumes;
 	uint64_t n_cmd[4];   /* committed: accept, outcome, delete, rejected (result != 0) */
 	uint64_t n_full_checks, queue_max;
+	uint64_t n_fenced, n_member_cmds, n_renews, n_reassigned; /* ownership */
+	uint64_t n_attempts, n_may_start_checks, n_removed_overlaps;
+	bool strict_lease;
+	/* lease check: the last node seen allowed to start an attempt per model domain, and when */
+	uint64_t starter[SIM_DOM_MAX], starter_at[SIM_DOM_MAX], starter_epoch[SIM_DOM_MAX];
 };
 
 /* totals over the seeds run by this process */
 static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
 	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4], full_checks,
-	    queue_max;
+	    queue_max, members, renews, fenced, reassigned, attempts, lease_runs, may_start,
+	    removed_overlaps;
 } g_tot;
 
 static struct sim *S;
@@ -567,6 +608,24 @@ pwrite_new(struct node *nd, uint64_t seq)
 	d->last_due = w->due = due;
 	return w;
 }
+
+/* The ownership name of node id (config node_id). */
+static void
+node_name(uint64_t id, char *out)
+{
+	/* ids are 1..SIM_MAX_NODES + 1: one or two digits */
+	out[0] = 'n';
+	if (id >= 10) {
+		out[1] = (char)('0' + id / 10 % 10);
+		out[2] = (char)('0' + id % 10);
+		out[3] = 0;
+	} else {
+		out[1] = (char)('0' + id);
+		out[2] = 0;
+	}
+}
+
+static void describe(const Relay__Command *c, char *out, size_t n);
 
 /* ------------------------------------------------------------------ stores */
 
@@ -835,13 +894,48 @@ mq_present_at(const struct mq *q, uint64_t j)
 	return false;
 }
 
+/* The domain of an address as ownership sees it (queue_fsm.h): after the last '@',
+ * ASCII-lowercased; its index in the model's table. */
+static uint8_t dom_index(const char *name);
+
+static uint8_t
+dom_of(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	char d[QUEUE_DOMAIN_MAX + 1];
+	size_t n = 0;
+	for (const char *p = at ? at + 1 : ""; *p && n < QUEUE_DOMAIN_MAX; p++)
+		d[n++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+	d[n] = 0;
+	return dom_index(d);
+}
+
+/* The model's index of a domain name (as the FSM reports it: lowercased). */
+static uint8_t
+dom_index(const char *d)
+{
+	for (size_t k = 0; k < S->n_dom; k++)
+		if (!strcmp(S->dom[k].name, d))
+			return (uint8_t)k;
+	if (S->n_dom == SIM_DOM_MAX)
+		fail("model: more than %d domains", SIM_DOM_MAX);
+	snprintf(S->dom[S->n_dom].name, sizeof(S->dom[0].name), "%s", d);
+	return (uint8_t)S->n_dom++;
+}
+
+static bool
+mq_tombstone(const struct mq *q)
+{
+	return q->removed_no && S->n_removals - q->removed_no < QUEUE_TOMBSTONES_MAX;
+}
+
 static void
 mq_accept(uint64_t index, const Relay__Accept *a, struct mq **touched, size_t *nt)
 {
 	struct mq *q = mq_get(a->queue_id, true);
 	touched[(*nt)++] = q;
-	if (q->present)
-		return; /* idempotent retry */
+	if (q->present || mq_tombstone(q))
+		return; /* idempotent retry, or a late one of a message removed since */
 	if (a->n_rcpts > SIM_MQ_RCPTS)
 		fail("model: accept %s has %zu recipients", a->queue_id, a->n_rcpts);
 	q->present = true;
@@ -850,6 +944,8 @@ mq_accept(uint64_t index, const Relay__Accept *a, struct mq **touched, size_t *n
 		q->st[i] = QUEUE_RCPT_QUEUED;
 		q->attempts[i] = 0;
 		q->last_at[i] = 0;
+		q->dom[i] = dom_of(a->rcpts[i]->addr);
+		S->dom[q->dom[i]].queued++;
 	}
 	if (q->niv + 2 > q->ivcap) {
 		q->ivcap = q->ivcap ? q->ivcap * 2 : 4;
@@ -862,7 +958,7 @@ mq_accept(uint64_t index, const Relay__Accept *a, struct mq **touched, size_t *n
 /* An Outcome (o) or a Delete (o NULL) by the rules of queue_fsm.h; returns the result. */
 static int
 mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
-	  const Relay__Outcome *o, struct mq **touched, size_t *nt)
+	  const Relay__Outcome *o, const uint64_t *dom_epoch, struct mq **touched, size_t *nt)
 {
 	struct mq *q = mq_get(id, true);
 	touched[(*nt)++] = q;
@@ -887,6 +983,9 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 		if (ch[i] && o && o->kind == RELAY__OUTCOME_KIND__DEFERRED && q->attempts[i] &&
 		    q->last_at[i] == o->at_ms)
 			ch[i] = false;
+		/* fencing (G4): only at the epoch its domain had when the outcome applied */
+		if (ch[i] && o && (!o->has_epoch || o->epoch != dom_epoch[q->dom[i]]))
+			ch[i] = false;
 		nch += ch[i];
 	}
 	if (!nch)
@@ -898,12 +997,15 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 				q->attempts[i]++;
 				q->last_at[i] = o->at_ms;
 			}
+			if (to != QUEUE_RCPT_QUEUED)
+				S->dom[q->dom[i]].queued--;
 		}
 		nqueued += q->st[i] == QUEUE_RCPT_QUEUED;
 	}
 	if (!nqueued) {
 		q->present = false;
 		q->iv[q->niv - 1] = index;
+		q->removed_no = ++S->n_removals;
 	}
 	if (o && o->dsn)
 		mq_accept(index, o->dsn, touched, nt);
@@ -912,7 +1014,18 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 
 /* Applies a committed command to the model (at the first apply of its index anywhere). */
 static int
-model_apply(uint64_t index, const Relay__Command *cmd, struct mq **touched, size_t *nt)
+mq_exists(const char *id, struct mq **touched, size_t *nt)
+{
+	struct mq *q = mq_get(id, true);
+	touched[(*nt)++] = q;
+	return q->present ? 0 : QUEUE_ENOTFOUND;
+}
+
+/* Applies a committed command to the model (at the first apply of its index anywhere);
+ * dom_epoch: each domain's epoch just before (the applying node's, for fencing). */
+static int
+model_apply(uint64_t index, const Relay__Command *cmd, const uint64_t *dom_epoch,
+	    struct mq **touched, size_t *nt)
 {
 	switch (cmd->cmd_case) {
 	case RELAY__COMMAND__CMD_ACCEPT:
@@ -920,10 +1033,19 @@ model_apply(uint64_t index, const Relay__Command *cmd, struct mq **touched, size
 		return 0;
 	case RELAY__COMMAND__CMD_OUTCOME:
 		return mq_change(index, cmd->outcome->queue_id, cmd->outcome->rcpt_index,
-				 cmd->outcome->n_rcpt_index, cmd->outcome, touched, nt);
+				 cmd->outcome->n_rcpt_index, cmd->outcome, dom_epoch, touched, nt);
 	case RELAY__COMMAND__CMD_DELETE:
 		return mq_change(index, cmd->delete_->queue_id, cmd->delete_->rcpt_index,
-				 cmd->delete_->n_rcpt_index, NULL, touched, nt);
+				 cmd->delete_->n_rcpt_index, NULL, dom_epoch, touched, nt);
+	case RELAY__COMMAND__CMD_HOLD:
+		return mq_exists(cmd->hold->queue_id, touched, nt);
+	case RELAY__COMMAND__CMD_RELEASE:
+		return mq_exists(cmd->release->queue_id, touched, nt);
+	case RELAY__COMMAND__CMD_RETRY:
+		return mq_exists(cmd->retry->queue_id, touched, nt);
+	case RELAY__COMMAND__CMD_MEMBER:
+	case RELAY__COMMAND__CMD_RENEW:
+		return 0; /* at most SIM_MAX_NODES + 1 node ids: never past QUEUE_MEMBERS_MAX */
 	default:
 		fail("model: command case %d not generated by the simulator", (int)cmd->cmd_case);
 	}
@@ -943,6 +1065,12 @@ model_touched(const Relay__Command *cmd, struct mq **touched, size_t *nt)
 			ids[1] = cmd->outcome->dsn->queue_id;
 	} else if (cmd->cmd_case == RELAY__COMMAND__CMD_DELETE)
 		ids[0] = cmd->delete_->queue_id;
+	else if (cmd->cmd_case == RELAY__COMMAND__CMD_HOLD)
+		ids[0] = cmd->hold->queue_id;
+	else if (cmd->cmd_case == RELAY__COMMAND__CMD_RELEASE)
+		ids[0] = cmd->release->queue_id;
+	else if (cmd->cmd_case == RELAY__COMMAND__CMD_RETRY)
+		ids[0] = cmd->retry->queue_id;
 	for (int k = 0; k < 2; k++) {
 		struct mq *q = ids[k] ? mq_get(ids[k], false) : NULL;
 		if (q)
@@ -965,6 +1093,217 @@ check_mq_presence(struct node *nd, const struct mq *q, uint64_t j, const char *w
 		     nd->id, when, j, q->id);
 }
 
+/* ------------------------------------------------------------------ ownership checks */
+
+struct dom_seen {
+	char name[QUEUE_DOMAIN_MAX + 1];
+	char owner[QUEUE_NODE_MAX + 1];
+	uint64_t epoch, queued;
+};
+
+struct dom_list {
+	struct dom_seen d[SIM_DOM_MAX];
+	size_t n;
+	bool overflow;
+};
+
+static int
+dom_list_cb(void *arg, const char *domain, const char *owner, uint64_t epoch, uint64_t queued)
+{
+	struct dom_list *l = arg;
+	if (l->n == SIM_DOM_MAX) {
+		l->overflow = true;
+		return 1;
+	}
+	struct dom_seen *d = &l->d[l->n++];
+	size_t n = strnlen(domain, QUEUE_DOMAIN_MAX), m = strnlen(owner, QUEUE_NODE_MAX);
+	memcpy(d->name, domain, n);
+	d->name[n] = 0;
+	memcpy(d->owner, owner, m);
+	d->owner[m] = 0;
+	d->epoch = epoch;
+	d->queued = queued;
+	return 0;
+}
+
+static const char *
+member_state_name(int st)
+{
+	switch (st) {
+	case QUEUE_MEMBER_LIVE:
+		return "LIVE";
+	case QUEUE_MEMBER_DRAINING:
+		return "DRAINING";
+	case QUEUE_MEMBER_DRAINED:
+		return "DRAINED";
+	case QUEUE_MEMBER_DOWN:
+		return "DOWN";
+	case QUEUE_MEMBER_REMOVED:
+		return "REMOVED";
+	default:
+		return "not a member";
+	}
+}
+
+/* The state of member `node` in the FSM (-1: not in the table). */
+static int
+member_state(const struct queue_member *mem, size_t n, const char *node)
+{
+	for (size_t k = 0; k < n; k++)
+		if (!strcmp(mem[k].node, node))
+			return mem[k].state;
+	return -1;
+}
+
+/*
+ * After the first apply of each index: every domain with a queued recipient has exactly one
+ * assignment and no other domain has one; its queued-recipient count is the model's; its owner
+ * is LIVE or DRAINING, or "" only when no member is LIVE; a domain's epoch never goes back, and
+ * an assignment that changed (owner or epoch) carries this index as its epoch.
+ */
+static void
+check_assignments(struct node *nd, uint64_t index)
+{
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	bool any_live = false;
+	for (size_t k = 0; k < nm; k++)
+		any_live |= mem[k].state == QUEUE_MEMBER_LIVE;
+	struct dom_list l = {.n = 0};
+	queue_fsm_domains(nd->fsm, dom_list_cb, &l);
+	if (l.overflow)
+		fail("ownership: more than %d domains assigned at %" PRIu64, SIM_DOM_MAX, index);
+	bool listed[SIM_DOM_MAX] = {0};
+	for (size_t j = 0; j < l.n; j++) {
+		const struct dom_seen *d = &l.d[j];
+		size_t k;
+		for (k = 0; k < S->n_dom && strcmp(S->dom[k].name, d->name); k++)
+			;
+		if (k == S->n_dom || !S->dom[k].queued)
+			fail("ownership: at %" PRIu64 " domain %s is assigned (to \"%s\" epoch %" PRIu64
+			     ") but has no queued recipient",
+			     index, d->name, d->owner, d->epoch);
+		if (listed[k])
+			fail("ownership: at %" PRIu64 " domain %s has two assignments", index,
+			     d->name);
+		listed[k] = true;
+		if (d->queued != S->dom[k].queued)
+			fail("ownership: at %" PRIu64 " domain %s counts %" PRIu64
+			     " queued recipients, the model %" PRIu64,
+			     index, d->name, d->queued, S->dom[k].queued);
+		if (!d->owner[0]) {
+			if (any_live)
+				fail("ownership: at %" PRIu64 " domain %s is unowned while a member "
+				     "is LIVE",
+				     index, d->name);
+		} else {
+			int st = member_state(mem, nm, d->owner);
+			if (st != QUEUE_MEMBER_LIVE && st != QUEUE_MEMBER_DRAINING)
+				fail("ownership: at %" PRIu64 " domain %s is owned by %s, which is %s",
+				     index, d->name, d->owner, member_state_name(st));
+		}
+		if (d->epoch == 0 || d->epoch > index)
+			fail("ownership: at %" PRIu64 " domain %s has epoch %" PRIu64, index,
+			     d->name, d->epoch);
+		if (d->epoch < S->dom[k].epoch)
+			fail("ownership: at %" PRIu64 " the epoch of %s went back from %" PRIu64
+			     " to %" PRIu64,
+			     index, d->name, S->dom[k].epoch, d->epoch);
+		bool changed = d->epoch != S->dom[k].epoch || strcmp(d->owner, S->dom[k].owner);
+		if (changed && d->epoch != index)
+			fail("ownership: at %" PRIu64 " domain %s moved from \"%s\"/%" PRIu64
+			     " to \"%s\"/%" PRIu64 " without this index as its epoch",
+			     index, d->name, S->dom[k].owner, S->dom[k].epoch, d->owner, d->epoch);
+		if (changed && S->dom[k].epoch)
+			S->n_reassigned++;
+		S->dom[k].epoch = d->epoch;
+		snprintf(S->dom[k].owner, sizeof(S->dom[k].owner), "%s", d->owner);
+	}
+	for (size_t k = 0; k < S->n_dom; k++)
+		if (S->dom[k].queued && !listed[k])
+			fail("ownership: at %" PRIu64 " domain %s has %" PRIu64
+			     " queued recipients and no assignment",
+			     index, S->dom[k].name, S->dom[k].queued);
+}
+
+/* After the heal: when some member is LIVE, every assigned domain is owned by a LIVE member. */
+static void
+check_owned_by_live(struct node *nd)
+{
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	bool any_live = false;
+	for (size_t k = 0; k < nm; k++)
+		any_live |= mem[k].state == QUEUE_MEMBER_LIVE;
+	if (!any_live)
+		return;
+	struct dom_list l = {.n = 0};
+	queue_fsm_domains(nd->fsm, dom_list_cb, &l);
+	for (size_t j = 0; j < l.n; j++)
+		if (member_state(mem, nm, l.d[j].owner) != QUEUE_MEMBER_LIVE)
+			fail("ownership: after the heal node %" PRIu64 " has domain %s owned by "
+			     "\"%s\" (%s) while a member is LIVE",
+			     nd->id, l.d[j].name, l.d[j].owner,
+			     member_state_name(member_state(mem, nm, l.d[j].owner)));
+}
+
+/* The ownership keys of a store against its FSM (queue_fsm.h "Delivery ownership"). */
+struct own_keys {
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nmem;
+	struct dom_list l;
+	size_t nd, nm, nt; /* keys seen: assignments, members, tombstones */
+};
+
+static void
+check_own_key(struct node *nd, const char *when, const unsigned char *k, size_t kl,
+	      const unsigned char *v, size_t vl, struct own_keys *o)
+{
+	char name[QUEUE_DOMAIN_MAX + 1];
+	bool ok = kl >= 2 && kl - 2 <= QUEUE_DOMAIN_MAX;
+	if (ok) {
+		memcpy(name, k + 2, kl - 2);
+		name[kl - 2] = 0;
+	}
+	if (ok && k[1] == 'D') {
+		/* 1 (version), epoch (u64 BE), owner */
+		o->nd++;
+		size_t j;
+		for (j = 0; j < o->l.n && strcmp(o->l.d[j].name, name); j++)
+			;
+		ok = j < o->l.n && vl >= 9 && v[0] == 1 &&
+		     store_u64_decode(v + 1) == o->l.d[j].epoch && vl - 9 == strlen(o->l.d[j].owner) &&
+		     !memcmp(v + 9, o->l.d[j].owner, vl - 9);
+	} else if (ok && k[1] == 'M') {
+		/* 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE) */
+		o->nm++;
+		size_t j;
+		for (j = 0; j < o->nmem && strcmp(o->mem[j].node, name); j++)
+			;
+		ok = j < o->nmem && vl == 18 && v[0] == 1 && v[1] == o->mem[j].state &&
+		     store_u64_decode(v + 2) == o->mem[j].since_index &&
+		     store_u64_decode(v + 10) == o->mem[j].renew_index;
+	} else if (ok && k[1] == 'T') {
+		/* big-endian index of the removing command -> the queue id */
+		o->nt++;
+		char id[QUEUE_ID_MAX + 1];
+		ok = kl == 10 && vl && vl <= QUEUE_ID_MAX;
+		if (ok) {
+			memcpy(id, v, vl);
+			id[vl] = 0;
+			const struct mq *q = mq_get(id, false);
+			ok = q && !mq_present_at(q, nd->sm_index) &&
+			     !queue_fsm_lookup(nd->fsm, id);
+		}
+	} else {
+		ok = false;
+	}
+	if (!ok)
+		fail("node %" PRIu64 " (%s, applied %" PRIu64 ") ownership key %c%s does not match "
+		     "its FSM",
+		     nd->id, when, nd->sm_index, kl > 1 ? k[1] : '?', kl > 2 ? name : "");
+}
+
 /* The node's store holds what queue_fsm.h says for the FSM's messages, and nothing else:
  * their records byte for byte (queue CF), their bodies (body CF) and one index key each
  * ('Q', big-endian next attempt, queue id). */
@@ -973,6 +1312,8 @@ check_store(struct node *nd, const char *when)
 {
 	struct queue_counts c;
 	queue_fsm_counts(nd->fsm, &c);
+	struct own_keys own = {.nmem = queue_fsm_members(nd->fsm, own.mem, QUEUE_MEMBERS_MAX)};
+	queue_fsm_domains(nd->fsm, dom_list_cb, &own.l);
 	for (int k = 0; k < 3; k++) {
 		enum store_cf cf = queue_cfs[k];
 		struct store_iter *it;
@@ -983,6 +1324,11 @@ check_store(struct node *nd, const char *when)
 			size_t kl, vl;
 			const unsigned char *key = store_iter_key(it, &kl);
 			const unsigned char *v = store_iter_value(it, &vl);
+			if (cf == STORE_CF_QUEUE && kl && key[0] == QUEUE_KEY_OWN) {
+				check_own_key(nd, when, key, kl, v, vl, &own);
+				n--;
+				continue;
+			}
 			char id[QUEUE_ID_MAX + 1];
 			size_t off = cf == STORE_CF_INDEX ? 9 : 0;
 			if (kl <= off || kl - off > QUEUE_ID_MAX ||
@@ -1010,6 +1356,15 @@ check_store(struct node *nd, const char *when)
 			     " %s keys for %" PRIu64 " messages",
 			     nd->id, when, nd->sm_index, n, store_cf_name(cf), c.messages);
 	}
+	if (own.nd != own.l.n || own.nm != own.nmem)
+		fail("node %" PRIu64 " (%s, applied %" PRIu64 ") store has %zu assignment and %zu "
+		     "member keys, its FSM %zu and %zu",
+		     nd->id, when, nd->sm_index, own.nd, own.nm, own.l.n, own.nmem);
+	uint64_t tombs = S->n_removals < QUEUE_TOMBSTONES_MAX ? S->n_removals : QUEUE_TOMBSTONES_MAX;
+	if (nd->sm_index == S->applied_max && own.nt != tombs)
+		fail("node %" PRIu64 " (%s, applied %" PRIu64 ") store has %zu tombstones, the "
+		     "model %" PRIu64,
+		     nd->id, when, nd->sm_index, own.nt, tombs);
 }
 
 /* Every queue id the committed log has queued at the node's applied index, and nothing else,
@@ -1058,6 +1413,16 @@ cmd_name(const Relay__Command *cmd)
 		return "outcome";
 	case RELAY__COMMAND__CMD_DELETE:
 		return "delete";
+	case RELAY__COMMAND__CMD_MEMBER:
+		return "member";
+	case RELAY__COMMAND__CMD_RENEW:
+		return "renew";
+	case RELAY__COMMAND__CMD_HOLD:
+		return "hold";
+	case RELAY__COMMAND__CMD_RELEASE:
+		return "release";
+	case RELAY__COMMAND__CMD_RETRY:
+		return "retry";
 	default:
 		return "command";
 	}
@@ -1085,18 +1450,39 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 		cmd = relay__command__unpack(NULL, e->len, e->data);
 		if (!cmd)
 			fail("node %" PRIu64 " entry %" PRIu64 " does not unpack", nd->id, e->index);
+		/* the domains' epochs before, as this node sees them: what fencing compares */
+		uint64_t dom_epoch[SIM_DOM_MAX] = {0};
+		if (first && cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME)
+			for (size_t k = 0; k < S->n_dom; k++) {
+				char owner[QUEUE_NODE_MAX + 1];
+				if (queue_fsm_domain_owner(nd->fsm, S->dom[k].name, owner,
+							   &dom_epoch[k]))
+					dom_epoch[k] = 0;
+			}
 		rc = queue_apply(nd->fsm, e->index, cmd, b);
 		if (rc == QUEUE_ENOMEM || rc == QUEUE_EIO || rc == QUEUE_ECORRUPT)
 			fail("node %" PRIu64 " queue_apply %" PRIu64 ": %s", nd->id, e->index,
 			     queue_strerror(rc));
 		if (first) {
-			int want = model_apply(e->index, cmd, touched, &nt);
+			int want = model_apply(e->index, cmd, dom_epoch, touched, &nt);
 			if (rc != want)
 				fail("queue model: %s %s at %" PRIu64 " gives \"%s\", the rules "
 				     "say \"%s\"",
-				     cmd_name(cmd), touched[0]->id, e->index,
+				     cmd_name(cmd), nt ? touched[0]->id : "-", e->index,
 				     rc ? queue_strerror(rc) : "ok",
 				     want ? queue_strerror(want) : "ok");
+			if (cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME && nt) {
+				/* G4, said plainly: a recipient listed with a stale epoch for its
+				 * domain is left exactly as it was (the model agrees below) */
+				const struct mq *q = touched[0];
+				const Relay__Outcome *o = cmd->outcome;
+				for (size_t k = 0; k < o->n_rcpt_index && q->present; k++) {
+					uint32_t i = o->rcpt_index[k];
+					if (i < q->nrcpts && q->st[i] == QUEUE_RCPT_QUEUED &&
+					    (!o->has_epoch || o->epoch != dom_epoch[q->dom[i]]))
+						S->n_fenced++;
+				}
+			}
 			/* the recipients of what it touched, as the rules say */
 			for (size_t k = 0; k < nt; k++) {
 				const struct mq *q = touched[k];
@@ -1120,6 +1506,12 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 			}
 		} else {
 			model_touched(cmd, touched, &nt);
+		}
+		if (cmd->cmd_case == RELAY__COMMAND__CMD_RENEW && nd->renew_seq &&
+		    cmd->origin_node == nd->id && cmd->origin_boot == nd->boot &&
+		    cmd->origin_seq == nd->renew_seq) {
+			own_renew_done(&nd->own, true, S->now); /* committed and applied here */
+			nd->renew_seq = 0;
 		}
 		if (cmd->has_origin_seq) {
 			uint64_t id = cmd->origin_seq;
@@ -1147,11 +1539,23 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 		ar->ehash = eh;
 		ar->rc = rc;
 		ar->digest = dg;
+		if (cmd)
+			describe(cmd, ar->what, sizeof(ar->what));
 		S->applied_max = e->index;
+		check_assignments(nd, e->index);
 		if (cmd) {
-			S->n_cmd[rc ? 3 : cmd->cmd_case == RELAY__COMMAND__CMD_ACCEPT	 ? 0
-				    : cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME ? 1
-										   : 2]++;
+			if (rc)
+				S->n_cmd[3]++;
+			else if (cmd->cmd_case == RELAY__COMMAND__CMD_ACCEPT)
+				S->n_cmd[0]++;
+			else if (cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME)
+				S->n_cmd[1]++;
+			else if (cmd->cmd_case == RELAY__COMMAND__CMD_DELETE)
+				S->n_cmd[2]++;
+			else if (cmd->cmd_case == RELAY__COMMAND__CMD_MEMBER)
+				S->n_member_cmds++;
+			else if (cmd->cmd_case == RELAY__COMMAND__CMD_RENEW)
+				S->n_renews++;
 			struct queue_counts c;
 			queue_fsm_counts(nd->fsm, &c);
 			if (c.messages > S->queue_max)
@@ -1257,6 +1661,13 @@ node_start(struct node *nd, bool bootstrap)
 		     nd->id, applied);
 	check_fsm_full(nd, "restart");
 	nd->boot = rnd();
+	char me[QUEUE_NODE_MAX + 1];
+	node_name(nd->id, me);
+	struct own_config oc = {.self = me, .lease_ms = S->lease_ms};
+	own_init(&nd->own, &oc);
+	nd->renew_seq = 0;
+	nd->revived = false;
+	nd->n_att = 0;
 	nd->up = true;
 	nd->tick_phase = rnd_n(SIM_TICK);
 	nd->seen_commit = nd->d.snap.index;
@@ -1508,8 +1919,15 @@ struct gen {
 	uint8_t body[SIM_BODY_MAX];
 	Relay__Outcome out;
 	Relay__Delete del;
+	Relay__Member mem;
+	Relay__Renew ren;
+	Relay__Hold hold;
+	Relay__Release rel;
+	Relay__Retry rty;
+	char node[QUEUE_NODE_MAX + 1];
 	uint32_t idx[SIM_MQ_RCPTS + 2];
 };
+
 
 static void
 gen_qid(char *out, char prefix)
@@ -1574,6 +1992,8 @@ gen_other_qid(char *out)
 /* An outcome for recipients the proposer sees queued in its own FSM (sometimes a replay of
  * their last attempt, an already final one, an index past the message's recipients, or a
  * queue id it does not have). */
+static void gen_outcome_kind(struct gen *g, uint64_t at);
+
 static void
 gen_outcome(struct node *nd, struct gen *g)
 {
@@ -1581,31 +2001,57 @@ gen_outcome(struct node *nd, struct gen *g)
 	const struct queue_msg *m = rnd_n(10) ? pick_msg(nd) : NULL;
 	size_t n = 0;
 	uint64_t at = SIM_EPOCH_MS + S->now;
-	if (m) {
+	uint64_t epoch = 0;
+	const struct mq *q = m ? mq_get(m->queue_id, false) : NULL;
+	if (m && q && q->nrcpts == m->nrcpts) {
+		/* an item: the queued recipients of one domain, at the epoch the proposer's own
+		 * FSM gives that domain (stale when its FSM is behind) */
 		snprintf(g->qid, sizeof(g->qid), "%s", m->queue_id);
-		uint32_t first_q = UINT32_MAX;
-		for (uint32_t i = 0; i < m->nrcpts && i < SIM_MQ_RCPTS; i++) {
-			bool q = m->rcpts[i].state == QUEUE_RCPT_QUEUED;
-			if (q && first_q == UINT32_MAX)
-				first_q = i;
-			if ((q && rnd_n(10) < 7) || rnd_n(20) == 0)
+		uint32_t pick = UINT32_MAX, seen = 0;
+		for (uint32_t i = 0; i < m->nrcpts; i++)
+			if (m->rcpts[i].state == QUEUE_RCPT_QUEUED && rnd_n(++seen) == 0)
+				pick = i;
+		if (pick == UINT32_MAX)
+			pick = 0;
+		for (uint32_t i = 0; i < m->nrcpts; i++) {
+			bool item = m->rcpts[i].state == QUEUE_RCPT_QUEUED &&
+				    q->dom[i] == q->dom[pick];
+			if (i == pick || (item && rnd_n(10) < 8) || rnd_n(20) == 0)
 				g->idx[n++] = i;
 		}
-		if (!n && first_q != UINT32_MAX)
-			g->idx[n++] = first_q;
-		if (!n)
-			g->idx[n++] = 0;
 		if (rnd_n(50) == 0)
 			g->idx[n++] = m->nrcpts; /* past its recipients: rejected at apply */
-		if (rnd_n(8) == 0 && m->rcpts[g->idx[0] % m->nrcpts].last_attempt_ms)
-			at = m->rcpts[g->idx[0] % m->nrcpts].last_attempt_ms; /* a replay */
+		if (rnd_n(8) == 0 && m->rcpts[pick].last_attempt_ms)
+			at = m->rcpts[pick].last_attempt_ms; /* a replay */
+		char owner[QUEUE_NODE_MAX + 1];
+		if (queue_fsm_domain_owner(nd->fsm, S->dom[q->dom[pick]].name, owner, &epoch))
+			epoch = 0;
+		if (rnd_n(20) == 0)
+			epoch = epoch > 1 ? rnd_n(epoch) : 0; /* an older epoch: stale */
 	} else {
 		gen_other_qid(g->qid);
 		g->idx[n++] = (uint32_t)rnd_n(2);
+		epoch = rnd_n(S->applied_max + 1);
 	}
+	g->out.has_epoch = 1;
+	g->out.epoch = epoch;
 	g->out.queue_id = g->qid;
 	g->out.rcpt_index = g->idx;
 	g->out.n_rcpt_index = n;
+	g->cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
+	g->cmd.outcome = &g->out;
+	gen_outcome_kind(g, at);
+}
+
+/* The verdict part of an outcome: kind, reply, relay, DSN status, and sometimes a DSN. */
+static void
+gen_outcome_kind(struct gen *g, uint64_t at)
+{
+	if (g->cmd.cmd_case != RELAY__COMMAND__CMD_OUTCOME) {
+		relay__outcome__init(&g->out);
+		g->cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
+		g->cmd.outcome = &g->out;
+	}
 	g->out.at_ms = at;
 	unsigned k = (unsigned)rnd_n(10);
 	bool dsn = false;
@@ -1646,8 +2092,6 @@ gen_outcome(struct node *nd, struct gen *g)
 		g->dsn.received_ms = at;
 		g->out.dsn = &g->dsn;
 	}
-	g->cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
-	g->cmd.outcome = &g->out;
 }
 
 static void
@@ -1672,6 +2116,80 @@ gen_delete(struct node *nd, struct gen *g)
 	g->del.n_rcpt_index = n;
 	g->cmd.cmd_case = RELAY__COMMAND__CMD_DELETE;
 	g->cmd.delete_ = &g->del;
+}
+
+static const Relay__MemberState member_states[] = {
+    RELAY__MEMBER_STATE__MEMBER_LIVE, RELAY__MEMBER_STATE__MEMBER_DRAINING,
+    RELAY__MEMBER_STATE__MEMBER_DRAINED, RELAY__MEMBER_STATE__MEMBER_DOWN,
+    RELAY__MEMBER_STATE__MEMBER_REMOVED};
+
+static void
+gen_member_cmd(struct gen *g, uint64_t id, Relay__MemberState st)
+{
+	relay__member__init(&g->mem);
+	node_name(id, g->node);
+	g->mem.node = g->node;
+	g->mem.state = st;
+	g->mem.has_at_ms = 1;
+	g->mem.at_ms = SIM_EPOCH_MS + S->now;
+	g->cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	g->cmd.member = &g->mem;
+}
+
+/* What an operator, a leader or a node itself proposes about membership, at random. */
+static void
+gen_member(struct gen *g)
+{
+	unsigned k = (unsigned)rnd_n(20);
+	Relay__MemberState st = member_states[k < 9 ? 0 : k < 12 ? 1 : k < 14 ? 2 : k < 18 ? 3 : 4];
+	if (S->lease_mode)
+		st = RELAY__MEMBER_STATE__MEMBER_DRAINING; /* the rest is the ownership cores' */
+	gen_member_cmd(g, 1 + rnd_n((uint64_t)S->n_ids), st);
+}
+
+static void
+gen_renew(struct node *nd, struct gen *g)
+{
+	relay__renew__init(&g->ren);
+	node_name(nd->id, g->node);
+	g->ren.node = g->node;
+	g->ren.has_at_ms = 1;
+	g->ren.at_ms = SIM_EPOCH_MS + S->now;
+	g->cmd.cmd_case = RELAY__COMMAND__CMD_RENEW;
+	g->cmd.renew = &g->ren;
+}
+
+/* relayctl queue hold|release|retry on a message the proposer has (or an unknown one). */
+static void
+gen_hold(struct node *nd, struct gen *g)
+{
+	const struct queue_msg *m = rnd_n(6) ? pick_msg(nd) : NULL;
+	if (m)
+		snprintf(g->qid, sizeof(g->qid), "%s", m->queue_id);
+	else
+		gen_other_qid(g->qid);
+	uint64_t at = SIM_EPOCH_MS + S->now + rnd_n(60000);
+	switch (rnd_n(3)) {
+	case 0:
+		relay__hold__init(&g->hold);
+		g->hold.queue_id = g->qid;
+		g->cmd.cmd_case = RELAY__COMMAND__CMD_HOLD;
+		g->cmd.hold = &g->hold;
+		break;
+	case 1:
+		relay__release__init(&g->rel);
+		g->rel.queue_id = g->qid;
+		g->rel.at_ms = at;
+		g->cmd.cmd_case = RELAY__COMMAND__CMD_RELEASE;
+		g->cmd.release = &g->rel;
+		break;
+	default:
+		relay__retry__init(&g->rty);
+		g->rty.queue_id = g->qid;
+		g->rty.at_ms = at;
+		g->cmd.cmd_case = RELAY__COMMAND__CMD_RETRY;
+		g->cmd.retry = &g->rty;
+	}
 }
 
 static uint8_t *
@@ -1704,10 +2222,19 @@ gen_command(struct node *nd, size_t *len)
 	/* a backlog gets more delivery attempts (and keeps snapshots small enough to stream in
 	 * small chunks within the heal budget) */
 	unsigned pct_outcome = S->pct_outcome + (qc.messages > SIM_BACKLOG ? 30 : 0);
-	if (k < S->pct_repeat + pct_outcome)
+	if (S->lease_mode)
+		pct_outcome = 5; /* the attempts' outcomes are proposed by start_attempt's owners */
+	unsigned c = S->pct_repeat;
+	if (k < (c += pct_outcome))
 		gen_outcome(nd, &g);
-	else if (k < S->pct_repeat + pct_outcome + S->pct_delete)
+	else if (k < (c += S->pct_delete))
 		gen_delete(nd, &g);
+	else if (k < (c += S->pct_member))
+		gen_member(&g);
+	else if (k < (c += S->pct_renew))
+		gen_renew(nd, &g);
+	else if (k < (c += S->pct_hold))
+		gen_hold(nd, &g);
 	else
 		gen_accept(&g);
 	uint8_t *p = pack_cmd(&g.cmd, len);
@@ -1727,16 +2254,20 @@ describe(const Relay__Command *c, char *out, size_t n)
 		snprintf(out, n, "accept %s rcpts=%zu", c->accept->queue_id, c->accept->n_rcpts);
 		break;
 	case RELAY__COMMAND__CMD_OUTCOME:
-		snprintf(out, n, "outcome %s kind=%d n=%zu at=%" PRIu64 "%s", c->outcome->queue_id,
-			 (int)c->outcome->kind, c->outcome->n_rcpt_index, c->outcome->at_ms,
-			 c->outcome->dsn ? " +dsn" : "");
+		snprintf(out, n, "outcome %s kind=%d n=%zu at=%" PRIu64 " epoch=%" PRIu64 "%s",
+			 c->outcome->queue_id, (int)c->outcome->kind, c->outcome->n_rcpt_index,
+			 c->outcome->at_ms, c->outcome->epoch, c->outcome->dsn ? " +dsn" : "");
 		break;
 	case RELAY__COMMAND__CMD_DELETE:
 		snprintf(out, n, "delete %s n=%zu", c->delete_->queue_id,
 			 c->delete_->n_rcpt_index);
 		break;
+	case RELAY__COMMAND__CMD_MEMBER:
+		snprintf(out, n, "member %s %s", c->member->node,
+			 member_state_name((int)c->member->state));
+		break;
 	default:
-		snprintf(out, n, "command %d", (int)c->cmd_case);
+		snprintf(out, n, "%s", cmd_name(c));
 	}
 }
 
@@ -1783,12 +2314,273 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	return rv;
 }
 
+/* ------------------------------------------------------------------ ownership hosts */
+
+/* Proposes g at nd (a new proposal id; counted).  0 when the core took it. */
+static int
+propose_gen(struct node *nd, struct gen *g, uint64_t *id_out)
+{
+	size_t len;
+	uint8_t *buf = pack_cmd(&g->cmd, &len);
+	uint64_t id = ++S->next_prop;
+	int rv = propose(nd, id, buf, len);
+	free(buf);
+	if (id_out)
+		*id_out = id;
+	if (rv)
+		S->n_refused++;
+	else
+		S->n_proposed++;
+	return rv;
+}
+
+/* nd's state in its own applied member table (-1: not in it). */
+static int
+self_state(struct node *nd)
+{
+	char me[QUEUE_NODE_MAX + 1];
+	node_name(nd->id, me);
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	return member_state(mem, n, me);
+}
+
+struct due_pick {
+	char qid[QUEUE_ID_MAX + 1];
+	char domain[QUEUE_DOMAIN_MAX + 1];
+	uint64_t epoch;
+	uint32_t idx[SIM_MQ_RCPTS];
+	size_t n;
+};
+
+struct due_list {
+	struct due_pick p[8];
+	size_t n;
+};
+
+static int
+due_cb(void *arg, const struct queue_item *it)
+{
+	struct due_list *l = arg;
+	if (l->n == 8)
+		return 1;
+	struct due_pick *p = &l->p[l->n++];
+	snprintf(p->qid, sizeof(p->qid), "%s", it->msg->queue_id);
+	snprintf(p->domain, sizeof(p->domain), "%s", it->domain);
+	p->epoch = it->epoch;
+	p->n = 0;
+	const struct mq *q = mq_get(it->msg->queue_id, false);
+	uint8_t d = dom_index(it->domain);
+	for (uint32_t i = 0; q && i < it->msg->nrcpts && i < q->nrcpts; i++)
+		if (it->msg->rcpts[i].state == QUEUE_RCPT_QUEUED && q->dom[i] == d)
+			p->idx[p->n++] = i;
+	return 0;
+}
+
+/* Lease mode: nd starts an attempt on one of the items its applied state gives it, if the lease
+ * core lets it (own_may_start); the Outcome, with the epoch read now, follows later. */
+static bool
+start_attempt(struct node *nd)
+{
+	if (!nd->up || nd->n_att == SIM_ATTEMPTS)
+		return false;
+	char me[QUEUE_NODE_MAX + 1];
+	node_name(nd->id, me);
+	struct due_list l = {.n = 0};
+	/* simulated time is short: every owned item counts as due */
+	if (!own_lease_held(&nd->own, S->now) ||
+	    queue_fsm_due_owned(nd->fsm, me, UINT64_MAX / 2, due_cb, &l, 8) <= 0 || !l.n)
+		return false;
+	struct due_pick *p = &l.p[rnd_n(l.n)];
+	if (!p->n || !own_may_start(&nd->own, S->now, self_state(nd), me, p->epoch, p->epoch))
+		return false;
+	struct attempt *a = &nd->att[nd->n_att++];
+	snprintf(a->qid, sizeof(a->qid), "%s", p->qid);
+	memcpy(a->idx, p->idx, p->n * sizeof(p->idx[0]));
+	a->n = p->n;
+	a->epoch = p->epoch;
+	a->due = S->now + 1 + rnd_n(800);
+	S->n_attempts++;
+	trace("node %" PRIu64 " starts an attempt on %s (%s) epoch=%" PRIu64, nd->id, p->qid,
+	      p->domain, p->epoch);
+	return true;
+}
+
+/* Proposes the Outcome of every attempt of nd that is over. */
+static void
+finish_attempts(struct node *nd)
+{
+	for (size_t k = 0; k < nd->n_att;) {
+		struct attempt *a = &nd->att[k];
+		if (a->due > S->now) {
+			k++;
+			continue;
+		}
+		struct gen g;
+		relay__command__init(&g.cmd);
+		gen_outcome_kind(&g, SIM_EPOCH_MS + S->now);
+		snprintf(g.qid, sizeof(g.qid), "%s", a->qid);
+		memcpy(g.idx, a->idx, a->n * sizeof(a->idx[0]));
+		g.out.queue_id = g.qid;
+		g.out.rcpt_index = g.idx;
+		g.out.n_rcpt_index = a->n;
+		g.out.has_epoch = 1;
+		g.out.epoch = a->epoch;
+		propose_gen(nd, &g, NULL); /* a lost one is the attempt's problem: retried later */
+		nd->att[k] = nd->att[--nd->n_att];
+	}
+}
+
+/* The host side of the ownership core (cluster/ownership.h) on node nd, once per tick: renew the
+ * lease, propose itself LIVE, finish a drain, and as leader the DOWN/LIVE/REMOVED verdicts. */
+static void
+own_host_tick(struct node *nd)
+{
+	struct own *o = &nd->own;
+	uint64_t now = S->now;
+	int st = self_state(nd);
+	struct gen g;
+	if (nd->renew_seq && now > nd->renew_deadline) {
+		own_renew_done(o, false, now); /* not applied here in time */
+		nd->renew_seq = 0;
+	}
+	if (own_renew_due(o, now)) {
+		relay__command__init(&g.cmd);
+		gen_renew(nd, &g);
+		uint64_t id;
+		if (propose_gen(nd, &g, &id) == 0) {
+			own_renew_sent(o, now);
+			nd->renew_seq = id;
+			nd->renew_deadline = now + o->lease_ms;
+		}
+	}
+	if (!nd->up)
+		return;
+	bool revive = !nd->revived;
+	nd->revived = true;
+	if (own_self_live_due(o, now, st, revive)) {
+		relay__command__init(&g.cmd);
+		gen_member_cmd(&g, nd->id, RELAY__MEMBER_STATE__MEMBER_LIVE);
+		propose_gen(nd, &g, NULL);
+	}
+	int d = own_drain_tick(o, now, st, nd->n_att);
+	if (d == 2) {
+		nd->n_att = 0; /* abandoned */
+		d = own_drain_tick(o, now, st, 0);
+	}
+	if (d == 1) {
+		relay__command__init(&g.cmd);
+		gen_member_cmd(&g, nd->id, RELAY__MEMBER_STATE__MEMBER_DRAINED);
+		propose_gen(nd, &g, NULL);
+	}
+	struct raft_status rs;
+	raft_status(nd->r, &rs);
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	char names[2 * RAFT_MAX_NODES][QUEUE_NODE_MAX + 1];
+	const char *conf[2 * RAFT_MAX_NODES];
+	size_t nconf = 0;
+	for (uint32_t i = 0; i < rs.conf.n_voters + rs.conf.n_learners; i++) {
+		uint64_t id = i < rs.conf.n_voters ? rs.conf.voters[i]
+						   : rs.conf.learners[i - rs.conf.n_voters];
+		node_name(id, names[nconf]);
+		conf[nconf] = names[nconf];
+		nconf++;
+	}
+	struct own_action act[OWN_MAX_ACTIONS];
+	size_t na = own_leader_tick(o, now, rs.role == RAFT_LEADER, rs.term, mem, nm, conf, nconf,
+				    act, OWN_MAX_ACTIONS);
+	for (size_t k = 0; k < na && nd->up; k++) {
+		relay__command__init(&g.cmd);
+		gen_member_cmd(&g, strtoull(act[k].node + 1, NULL, 10),
+			       (Relay__MemberState)act[k].state);
+		if (act[k].has_expect) {
+			g.mem.has_expect_renew_index = 1;
+			g.mem.expect_renew_index = act[k].expect_renew_index;
+		}
+		trace("node %" PRIu64 " (leader) proposes %s %s", nd->id, act[k].node,
+		      member_state_name(act[k].state));
+		propose_gen(nd, &g, NULL);
+	}
+}
+
+/*
+ * Was a Member{id, REMOVED} committed at an index in (from, to]?  The leader's ownership core
+ * proposes REMOVED for a node out of the Raft configuration at once, without waiting for its
+ * lease to lapse (unlike DOWN), so a removed server that still holds a lease and has not
+ * applied its removal (it gets no entries any more) may start attempts for up to lease_ms
+ * while the domain's new owner does too: outcomes stay fenced (G4) but a delivery may be
+ * duplicated.  Such overlaps are counted (removed_overlaps); --strict-lease makes them fail.
+ */
+static bool
+removed_between(uint64_t id, uint64_t from, uint64_t to)
+{
+	char want[40];
+	snprintf(want, sizeof(want), "member n%" PRIu64 " REMOVED", id);
+	for (uint64_t i = from + 1; i <= to; i++)
+		if (!strcmp(applied_at(i)->what, want))
+			return true;
+	return false;
+}
+
+/* Lease mode, every unit: no two nodes may start attempts for one domain at the same time
+ * (own_may_start over each node's own applied state and lease). */
+static void
+check_starters(void)
+{
+	for (int i = 1; i <= S->n_ids; i++) {
+		struct node *nd = &S->nodes[i];
+		if (!nd->up || !own_lease_held(&nd->own, S->now))
+			continue;
+		int st = self_state(nd);
+		if (st != QUEUE_MEMBER_LIVE)
+			continue;
+		char me[QUEUE_NODE_MAX + 1];
+		node_name(nd->id, me);
+		struct dom_list l = {.n = 0};
+		queue_fsm_domains(nd->fsm, dom_list_cb, &l);
+		for (size_t j = 0; j < l.n; j++) {
+			if (!own_may_start(&nd->own, S->now, st, l.d[j].owner, l.d[j].epoch,
+					   l.d[j].epoch))
+				continue;
+			uint8_t k = dom_index(l.d[j].name);
+			S->n_may_start_checks++;
+			if (S->starter_at[k] == S->now && S->starter[k] != nd->id) {
+				uint64_t e1 = S->starter_epoch[k], e2 = l.d[j].epoch;
+				uint64_t hi = e1 > e2 ? e1 : e2;
+				uint64_t stale = e1 < e2 ? S->starter[k] : nd->id;
+				if (!S->strict_lease && removed_between(stale, e1 < e2 ? e1 : e2, hi)) {
+					/* known gap, counted: see removed_server() */
+					S->n_removed_overlaps++;
+					continue;
+				}
+				fail("lease: nodes %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
+				     ") and %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
+				     ") may both start attempts for %s; epoch %" PRIu64 " is %s",
+				     S->starter[k], S->nodes[S->starter[k]].sm_index, e1, nd->id,
+				     nd->sm_index, e2, l.d[j].name, hi, applied_at(hi)->what);
+			}
+			S->starter[k] = nd->id;
+			S->starter_at[k] = S->now;
+			S->starter_epoch[k] = l.d[j].epoch;
+		}
+	}
+}
+
 static void
 client_actions(void)
 {
 	if (!S->healing && chance(50000)) {
 		struct node *nd = random_up_node();
-		if (nd) {
+		struct queue_counts qc;
+		if (nd)
+			queue_fsm_counts(nd->fsm, &qc);
+		if (nd && S->lease_mode &&
+		    rnd_n(100) < S->pct_outcome + (qc.messages > SIM_BACKLOG ? 30 : 0)) {
+			/* the owners work: the first node from a random one that may start */
+			for (int i = 0; i < S->n_ids && !start_attempt(&S->nodes[1 + (nd->id - 1 + (uint64_t)i) % (uint64_t)S->n_ids]); i++)
+				;
+		} else if (nd) {
 			size_t len;
 			uint8_t *buf = gen_command(nd, &len);
 			int rv = propose(nd, ++S->next_prop, buf, len);
@@ -1977,13 +2769,19 @@ step_once(void)
 		if (nd->up && (S->now + nd->tick_phase) % SIM_TICK == 0) {
 			raft_tick(nd->r);
 			drain(nd);
+			if (S->lease_mode && nd->up)
+				own_host_tick(nd);
 		}
+		if (S->lease_mode && nd->up && nd->n_att)
+			finish_attempts(nd);
 	}
 	sync_disks();
 	client_actions();
 	for (int i = 1; i <= S->n_ids; i++)
 		if (S->nodes[i].up)
 			check_node(&S->nodes[i]);
+	if (S->lease_mode)
+		check_starters();
 	if (S->now % SIM_FULL_CHECK_EVERY == 0) {
 		struct node *nd = random_up_node();
 		if (nd)
@@ -2013,6 +2811,34 @@ converged(void)
 			uint8_t *buf = pack_cmd(&g.cmd, &len);
 			if (propose(l, SIM_PROP_ID_HEAL | (uint64_t)k, buf, len) == 0)
 				S->heal_prop_at[k] = S->now;
+			free(buf);
+		}
+		return false;
+	}
+	/* ownership settles: a draining member finishes (DRAINED, what its drain proposes with
+	 * nothing in flight) and some member is LIVE (a node proposes itself at boot) */
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(l->fsm, mem, QUEUE_MEMBERS_MAX);
+	bool any_live = false;
+	const char *draining = NULL;
+	for (size_t k = 0; k < nm; k++) {
+		any_live |= mem[k].state == QUEUE_MEMBER_LIVE;
+		if (mem[k].state == QUEUE_MEMBER_DRAINING)
+			draining = mem[k].node;
+	}
+	if (draining || !any_live) {
+		if (!S->heal_own_at || S->now - S->heal_own_at > 1000) {
+			struct gen g;
+			relay__command__init(&g.cmd);
+			if (draining)
+				gen_member_cmd(&g, strtoull(draining + 1, NULL, 10),
+					       RELAY__MEMBER_STATE__MEMBER_DRAINED);
+			else
+				gen_member_cmd(&g, l->id, RELAY__MEMBER_STATE__MEMBER_LIVE);
+			size_t len;
+			uint8_t *buf = pack_cmd(&g.cmd, &len);
+			if (propose(l, ++S->next_prop, buf, len) == 0)
+				S->heal_own_at = S->now;
 			free(buf);
 		}
 		return false;
@@ -2095,6 +2921,7 @@ struct run_opts {
 	bool trace;
 	bool verbose;
 	int pre_vote, check_quorum; /* -1: chosen per seed */
+	bool strict_lease;
 };
 
 static int
@@ -2108,6 +2935,7 @@ sim_run(const struct run_opts *o)
 	S->steps = o->steps;
 	S->fault_end = o->steps;
 	S->trace = o->trace;
+	S->strict_lease = o->strict_lease;
 	S->net = calloc(SIM_NET_MAX, sizeof(*S->net));
 	/* fault knobs for this seed */
 	S->drop_ppm = (uint32_t)rnd_n(100000);
@@ -2146,6 +2974,15 @@ sim_run(const struct run_opts *o)
 	S->pct_outcome = 40 + (unsigned)rnd_n(26);
 	S->pct_delete = 2 + (unsigned)rnd_n(12);
 	S->pct_repeat = 2 + (unsigned)rnd_n(9);
+	S->pct_member = 1 + (unsigned)rnd_n(4);
+	S->pct_renew = 1 + (unsigned)rnd_n(5);
+	S->pct_hold = 1 + (unsigned)rnd_n(3);
+	S->lease_mode = rnd_n(2);
+	S->lease_ms = 1000 + rnd_n(4000);
+	if (S->lease_mode) {
+		S->pct_renew = 0; /* the cores renew */
+		S->pct_member = 1;
+	}
 	if (o->pre_vote >= 0)
 		S->pre_vote = o->pre_vote;
 	if (o->check_quorum >= 0)
@@ -2217,8 +3054,11 @@ sim_run(const struct run_opts *o)
 	}
 	/* every live node holds exactly what the committed log has queued */
 	for (int i = 1; i <= S->n_ids; i++)
-		if (S->nodes[i].up)
+		if (S->nodes[i].up) {
 			check_fsm_full(&S->nodes[i], "after heal");
+			if (S->nodes[i].sm_index == ls.commit) /* members; not a removed node */
+				check_owned_by_live(&S->nodes[i]);
+		}
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
 		       " commit=%" PRIu64 " term=%" PRIu64 " proposed=%" PRIu64 " applied=%" PRIu64
@@ -2226,12 +3066,15 @@ sim_run(const struct run_opts *o)
 		       " diskfail=%" PRIu64 " conf=%" PRIu64 " transfers=%" PRIu64
 		       " compactions=%" PRIu64 " snapinstalls=%" PRIu64 " msgs=%" PRIu64
 		       " prevote=%d cq=%d accepts=%" PRIu64 " outcomes=%" PRIu64
-		       " deletes=%" PRIu64 " rejected=%" PRIu64 " queue_max=%" PRIu64 "\n",
+		       " deletes=%" PRIu64 " rejected=%" PRIu64 " queue_max=%" PRIu64
+		       " members=%" PRIu64 " renews=%" PRIu64 " fenced=%" PRIu64
+		       " reassigned=%" PRIu64 "\n",
 		       o->seed, o->nodes, o->steps, S->now - S->fault_end, ls.commit, ls.term,
 		       S->n_proposed, S->n_applied, S->n_refused, S->n_elections, S->n_crashes,
 		       S->n_disk_fail, S->n_conf, S->n_transfers, S->n_compactions,
 		       S->n_snap_installs, S->n_msgs, S->pre_vote, S->check_quorum, S->n_cmd[0],
-		       S->n_cmd[1], S->n_cmd[2], S->n_cmd[3], S->queue_max);
+		       S->n_cmd[1], S->n_cmd[2], S->n_cmd[3], S->queue_max, S->n_member_cmds,
+		       S->n_renews, S->n_fenced, S->n_reassigned);
 	g_tot.runs++;
 	g_tot.steps += S->now;
 	g_tot.applied += S->n_applied;
@@ -2249,6 +3092,14 @@ sim_run(const struct run_opts *o)
 	for (int k = 0; k < 4; k++)
 		g_tot.cmd[k] += S->n_cmd[k];
 	g_tot.full_checks += S->n_full_checks;
+	g_tot.members += S->n_member_cmds;
+	g_tot.renews += S->n_renews;
+	g_tot.fenced += S->n_fenced;
+	g_tot.reassigned += S->n_reassigned;
+	g_tot.attempts += S->n_attempts;
+	g_tot.lease_runs += S->lease_mode;
+	g_tot.may_start += S->n_may_start_checks;
+	g_tot.removed_overlaps += S->n_removed_overlaps;
 	if (S->queue_max > g_tot.queue_max)
 		g_tot.queue_max = S->queue_max;
 	if (S->now - S->fault_end > g_tot.heal_max)
@@ -2332,6 +3183,8 @@ main(int argc, char **argv)
 		} else if (!strcmp(a, "--check-quorum") && v) {
 			o.check_quorum = atoi(v);
 			i++;
+		} else if (!strcmp(a, "--strict-lease")) {
+			o.strict_lease = true;
 		} else if (!strcmp(a, "--quiet")) {
 			o.verbose = false;
 		} else if (!strcmp(a, "--regress") && v) {
@@ -2341,7 +3194,7 @@ main(int argc, char **argv)
 			fprintf(stderr,
 				"usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] "
 				"[--long] [--trace] [--quiet] [--regress FILE] "
-				"[--prevote 0|1] [--check-quorum 0|1]\n");
+				"[--prevote 0|1] [--check-quorum 0|1] [--strict-lease]\n");
 			return 2;
 		}
 	}
@@ -2377,5 +3230,10 @@ main(int argc, char **argv)
 	       " rejected=%" PRIu64 " full_checks=%" PRIu64 " queue_max=%" PRIu64 "\n",
 	       g_tot.cmd[0], g_tot.cmd[1], g_tot.cmd[2], g_tot.cmd[3], g_tot.full_checks,
 	       g_tot.queue_max);
+	printf("ownership: member_cmds=%" PRIu64 " renews=%" PRIu64 " fenced_rcpts=%" PRIu64
+	       " reassigned=%" PRIu64 " lease_mode_runs=%" PRIu64 " attempts=%" PRIu64
+	       " may_start_checks=%" PRIu64 " removed_overlaps=%" PRIu64 "\n",
+	       g_tot.members, g_tot.renews, g_tot.fenced, g_tot.reassigned, g_tot.lease_runs,
+	       g_tot.attempts, g_tot.may_start, g_tot.removed_overlaps);
 	return bad ? 1 : 0;
 }
