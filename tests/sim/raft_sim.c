@@ -29,10 +29,21 @@
  *
  * Client proposals are packed relay.Command protobufs drawn from the seeded PRNG, each tagged
  * like cluster_raft's (origin node/boot/seq): Accepts (1-4 recipients over a few domains, small
- * bodies), Outcomes the proposer builds from its own (possibly stale) FSM (delivered, deferred,
- * failed, some with a DSN, some duplicated, some for unknown or removed queue ids, a few with a
- * recipient index past the message's: rejected at apply), Deletes (some unknown), and
- * verbatim re-proposals of earlier commands (a forward retried after a lost reply).
+ * bodies), Outcomes for an item (queued recipients of one domain) the proposer picks from its
+ * own (possibly stale) FSM, carrying the epoch that FSM gives the domain (delivered, deferred,
+ * failed, some with a DSN, some duplicated, some with an older epoch, some for unknown or
+ * removed queue ids, a few with a recipient index past the message's: rejected at apply),
+ * Deletes (some unknown), Hold/Release/Retry, Member commands (LIVE, DRAINING, DRAINED, DOWN,
+ * REMOVED) and Renews, and verbatim re-proposals of earlier commands (a forward retried after
+ * a lost reply).
+ *
+ * Lease mode (half the seeds): membership is not random but what the nodes do: every node
+ * hosts the ownership core (cluster/ownership.c) like node/delivery.c, once per tick: Renew
+ * every lease/4 (the lease runs from the proposal once it is applied here), Member{self,
+ * LIVE} at boot, DRAINED when a drain is over, and as leader the DOWN (with
+ * expect_renew_index) / LIVE / REMOVED verdicts; operators only drain; Outcomes come from
+ * attempts a node starts under own_may_start and proposes later with the epoch read at the
+ * start.  A crash loses the core's memory (lease, attempts).
  *
  * Run: a fault phase of --steps units, then a heal phase: every fault stops, every node is
  * restarted, and within a bounded time a leader must exist, proposals made after the heal
@@ -57,6 +68,20 @@
  *                       committed Outcome/Delete made all its recipients final, and nothing
  *                       else is (checked per apply, after every restart and install, every
  *                       few hundred steps on a random node, and on every node after the heal),
+ *   ownership           (fencing, G4) an Outcome changes only recipients whose domain's epoch
+ *                       at apply is the outcome's (the model fences with the epochs the
+ *                       applying node had just before); after every index each domain with a
+ *                       queued recipient has exactly one assignment and no other domain has
+ *                       one, with the model's queued count, owned by a LIVE or DRAINING member
+ *                       or unowned only when no member is LIVE; a domain's epoch never goes
+ *                       back and an assignment that changed carries that index as its epoch;
+ *                       tombstones make late Accepts of removed ids no-ops; the store's
+ *                       ownership keys (0x01 D/M/T) match the FSM; after the heal every domain
+ *                       is owned by a LIVE member (when one is LIVE); in lease mode no two
+ *                       nodes may start attempts for one domain at the same simulated time
+ *                       (own_may_start over each node's own applied state and lease) - two
+ *                       known gaps are counted instead (removed_overlaps, recreated_overlaps:
+ *                       see removed_between, forgot_between) unless --strict-lease,
  *   durability          a proposal applied anywhere is committed in the final log and
  *                       applied by every member after the heal; a durable store is never past
  *                       its durable log nor behind its snapshot; a node's view store equals its
@@ -67,6 +92,7 @@
  *
  * Usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace]
  *                 [--quiet] [--regress FILE] [--prevote 0|1] [--check-quorum 0|1]
+ *                 [--strict-lease]
  * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.
  * --long is 2,000,000 steps per seed.)
  */
@@ -3014,9 +3040,16 @@ sim_run(const struct run_opts *o)
 		S->check_quorum = o->check_quorum;
 
 	if (setjmp(g_fail_jmp)) {
+		char forced[64] = "";
+		if (o->pre_vote >= 0 || o->check_quorum >= 0 || o->strict_lease)
+			snprintf(forced, sizeof(forced), "%s%s%s%s%s",
+				 o->pre_vote >= 0 ? (o->pre_vote ? " --prevote 1" : " --prevote 0") : "",
+				 o->check_quorum >= 0 ? " --check-quorum " : "",
+				 o->check_quorum >= 0 ? (o->check_quorum ? "1" : "0") : "",
+				 o->strict_lease ? " --strict-lease" : "", "");
 		printf("FAIL raft_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "   # t=%" PRIu64 ": %s\n",
-		       o->seed, o->nodes, o->steps, S->now, g_fail_msg);
+		       "%s   # t=%" PRIu64 ": %s\n",
+		       o->seed, o->nodes, o->steps, forced, S->now, g_fail_msg);
 		fflush(stdout);
 		return 1; /* state is leaked on purpose: the process is about to report */
 	}
@@ -3153,14 +3186,17 @@ run_regress(const char *path, bool verbose)
 				     .pre_vote = -1,
 				     .check_quorum = -1};
 		unsigned long long seed, steps;
-		int nodes;
+		int nodes, pv = -1, cq = -1;
 		if (line[0] == '#' || line[0] == '\n')
 			continue;
-		if (sscanf(line, "%llu %d %llu", &seed, &nodes, &steps) != 3)
+		/* seed nodes steps [prevote check_quorum]: the last two force the setting */
+		if (sscanf(line, "%llu %d %llu %d %d", &seed, &nodes, &steps, &pv, &cq) < 3)
 			continue;
 		o.seed = seed;
 		o.nodes = nodes;
 		o.steps = steps;
+		o.pre_vote = pv;
+		o.check_quorum = cq;
 		n++;
 		bad += sim_run(&o) != 0;
 	}
