@@ -92,7 +92,9 @@
  *
  * Usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace]
  *                 [--quiet] [--regress FILE] [--prevote 0|1] [--check-quorum 0|1]
- *                 [--strict-lease]
+ *                 [--strict-lease] [--heal-compact N]
+ * (--heal-compact: entries between compactions after the heal, default SIM_HEAL_COMPACT;
+ * 20, the fault phase's, shows the snapshot-restart livelock of raft.c: see README.md.)
  * (--prevote/--check-quorum force a setting; by default each seed picks, at least one on.
  * --long is 2,000,000 steps per seed.)
  */
@@ -117,6 +119,7 @@
 #define SIM_HEAL_BUDGET 20000
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_PROP_ID_HEAL (1ULL << 62)
+#define SIM_HEAL_COMPACT 1000 /* entries between compactions after the heal */
 #define SIM_EPOCH_MS 1700000000000ULL /* simulated time 0 as a unix time in ms */
 #define SIM_MQ_RCPTS 4		       /* recipients per generated Accept, at most */
 #define SIM_DOMAINS 5		       /* recipient domains d0..d4.example */
@@ -366,6 +369,7 @@ struct sim {
 	 * come from attempts started under own_may_start.  Otherwise Member commands are random. */
 	bool lease_mode;
 	uint64_t lease_ms;
+	uint64_t heal_compact; /* entries between compactions after the heal (--heal-compact) */
 	/* client mix, chosen per seed (percent of proposals) */
 	unsigned pct_outcome, pct_delete, pct_repeat, pct_member, pct_renew, pct_hold;
 	/* oracles */
@@ -1011,7 +1015,8 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 		    q->last_at[i] == o->at_ms)
 			ch[i] = false;
 		/* fencing (G4): only at the epoch its domain had when the outcome applied */
-		if (ch[i] && o && (!o->has_epoch || o->epoch != dom_epoch[q->dom[i]]))
+		if (ch[i] && o &&
+		    (!o->has_epoch || !o->epoch || o->epoch != dom_epoch[q->dom[i]]))
 			ch[i] = false;
 		nch += ch[i];
 	}
@@ -1506,7 +1511,8 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 				for (size_t k = 0; k < o->n_rcpt_index && q->present; k++) {
 					uint32_t i = o->rcpt_index[k];
 					if (i < q->nrcpts && q->st[i] == QUEUE_RCPT_QUEUED &&
-					    (!o->has_epoch || o->epoch != dom_epoch[q->dom[i]]))
+					    (!o->has_epoch || !o->epoch ||
+					     o->epoch != dom_epoch[q->dom[i]]))
 						S->n_fenced++;
 				}
 			}
@@ -2680,7 +2686,11 @@ client_actions(void)
 		if (nd) {
 			struct raft_status st;
 			raft_status(nd->r, &st);
-			if (st.applied >= st.snap_index + 20 && st.applied <= st.persisted_index &&
+			/* compacting every 20 entries is a fault-phase stressor; after the heal a
+			 * host compacts like cluster_raft (every snapshot_entries), or a slow
+			 * snapshot transfer restarted by each compaction never ends */
+			uint64_t every = S->healing ? S->heal_compact : 20;
+			if (st.applied >= st.snap_index + every && st.applied <= st.persisted_index &&
 			    nd->sm_index == st.applied) {
 				void *buf;
 				size_t len;
@@ -2973,6 +2983,7 @@ struct run_opts {
 	bool verbose;
 	int pre_vote, check_quorum; /* -1: chosen per seed */
 	bool strict_lease;
+	uint64_t heal_compact; /* 0: SIM_HEAL_COMPACT */
 };
 
 static int
@@ -2987,6 +2998,7 @@ sim_run(const struct run_opts *o)
 	S->fault_end = o->steps;
 	S->trace = o->trace;
 	S->strict_lease = o->strict_lease;
+	S->heal_compact = o->heal_compact ? o->heal_compact : SIM_HEAL_COMPACT;
 	S->net = calloc(SIM_NET_MAX, sizeof(*S->net));
 	/* fault knobs for this seed */
 	S->drop_ppm = (uint32_t)rnd_n(100000);
@@ -3040,13 +3052,16 @@ sim_run(const struct run_opts *o)
 		S->check_quorum = o->check_quorum;
 
 	if (setjmp(g_fail_jmp)) {
-		char forced[64] = "";
-		if (o->pre_vote >= 0 || o->check_quorum >= 0 || o->strict_lease)
+		char forced[128] = "";
+		char hc[48] = "";
+		if (o->heal_compact)
+			snprintf(hc, sizeof(hc), " --heal-compact %" PRIu64, o->heal_compact);
+		if (o->pre_vote >= 0 || o->check_quorum >= 0 || o->strict_lease || o->heal_compact)
 			snprintf(forced, sizeof(forced), "%s%s%s%s%s",
 				 o->pre_vote >= 0 ? (o->pre_vote ? " --prevote 1" : " --prevote 0") : "",
 				 o->check_quorum >= 0 ? " --check-quorum " : "",
 				 o->check_quorum >= 0 ? (o->check_quorum ? "1" : "0") : "",
-				 o->strict_lease ? " --strict-lease" : "", "");
+				 o->strict_lease ? " --strict-lease" : "", hc);
 		printf("FAIL raft_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
 		       "%s   # t=%" PRIu64 ": %s\n",
 		       o->seed, o->nodes, o->steps, forced, S->now, g_fail_msg);
@@ -3245,6 +3260,9 @@ main(int argc, char **argv)
 		} else if (!strcmp(a, "--check-quorum") && v) {
 			o.check_quorum = atoi(v);
 			i++;
+		} else if (!strcmp(a, "--heal-compact") && v) {
+			o.heal_compact = strtoull(v, NULL, 0);
+			i++;
 		} else if (!strcmp(a, "--strict-lease")) {
 			o.strict_lease = true;
 		} else if (!strcmp(a, "--quiet")) {
@@ -3256,7 +3274,8 @@ main(int argc, char **argv)
 			fprintf(stderr,
 				"usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] "
 				"[--long] [--trace] [--quiet] [--regress FILE] "
-				"[--prevote 0|1] [--check-quorum 0|1] [--strict-lease]\n");
+				"[--prevote 0|1] [--check-quorum 0|1] [--strict-lease] "
+				"[--heal-compact N]\n");
 			return 2;
 		}
 	}
