@@ -3112,8 +3112,20 @@ sim_run(const struct run_opts *o)
 	}
 	if (!ok) {
 		struct node *l = leader_node();
-		fail("liveness: no convergence %" PRIu64 " units after heal (leader %" PRIu64 ")",
-		     budget, l ? l->id : 0);
+		char st[256] = "", *p = st;
+		for (int i = 1; i <= S->n_ids && p < st + sizeof(st) - 48; i++) {
+			struct node *nd = &S->nodes[i];
+			struct raft_status rs = {0};
+			if (nd->up)
+				raft_status(nd->r, &rs);
+			p += snprintf(p, (size_t)(st + sizeof(st) - p),
+				      " n%d:%s t%" PRIu64 " c%" PRIu64 " a%" PRIu64 " p%" PRIu64
+				      " w%zu",
+				      i, !nd->up ? "down" : rs.role == RAFT_LEADER ? "L" : "F", rs.term,
+				      rs.commit, nd->sm_index, rs.persisted_index, nd->d.npw);
+		}
+		fail("liveness: no convergence %" PRIu64 " units after heal (leader %" PRIu64 ");%s",
+		     budget, l ? l->id : 0, st);
 	}
 	/* durability: every proposal ever applied is committed at its index in the final log */
 	struct node *l = leader_node();
