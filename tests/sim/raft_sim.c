@@ -1307,14 +1307,18 @@ check_own_key(struct node *nd, const char *when, const unsigned char *k, size_t 
 		     store_u64_decode(v + 1) == o->l.d[j].epoch && vl - 9 == strlen(o->l.d[j].owner) &&
 		     !memcmp(v + 9, o->l.d[j].owner, vl - 9);
 	} else if (ok && k[1] == 'M') {
-		/* 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE) */
+		/* 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE), the last
+		 * Renew's at_ms (u64 BE), inflight (u32 BE) */
 		o->nm++;
 		size_t j;
 		for (j = 0; j < o->nmem && strcmp(o->mem[j].node, name); j++)
 			;
-		ok = j < o->nmem && vl == 18 && v[0] == 1 && v[1] == o->mem[j].state &&
+		ok = j < o->nmem && vl == 30 && v[0] == 1 && v[1] == o->mem[j].state &&
 		     store_u64_decode(v + 2) == o->mem[j].since_index &&
-		     store_u64_decode(v + 10) == o->mem[j].renew_index;
+		     store_u64_decode(v + 10) == o->mem[j].renew_index &&
+		     store_u64_decode(v + 18) == o->mem[j].renew_at_ms &&
+		     ((uint32_t)v[26] << 24 | (uint32_t)v[27] << 16 | (uint32_t)v[28] << 8 | v[29]) ==
+			 o->mem[j].inflight;
 	} else if (ok && k[1] == 'T') {
 		/* big-endian index of the removing command -> the queue id */
 		o->nt++;
