@@ -217,12 +217,16 @@ own_leader_tick(struct own *o, uint64_t now, bool leader, uint64_t term,
 			s->seen_ms = now ? now : 1;
 		}
 		if (nconf > 0 && !in_conf(m->node, conf, nconf)) {
-			if (act_ok(o, s, QUEUE_MEMBER_REMOVED, now)) {
+			if (s->out_since_ms == 0)
+				s->out_since_ms = now ? now : 1;
+			if (now >= s->out_since_ms + o->lease_ms + o->grace_ms &&
+			    act_ok(o, s, QUEUE_MEMBER_REMOVED, now)) {
 				na = act_add(out, na, cap, s, QUEUE_MEMBER_REMOVED, false, 0, now);
 				o->removes++;
 			}
 			continue;
 		}
+		s->out_since_ms = 0;
 		switch (m->state) {
 		case QUEUE_MEMBER_LIVE:
 		case QUEUE_MEMBER_DRAINING:

@@ -23,8 +23,11 @@
  * time no later than the leader's apply time of that Renew) lapsed at least `grace` before the
  * DOWN can commit.  grace covers clock rate differences and the leader's polling delay.  A DOWN
  * member whose renew index moved past the DOWN (it came back) gets Member{LIVE}.  A member that
- * is not in the Raft configuration any more gets Member{REMOVED}.  Each proposal is repeated at
- * most every retry interval while its condition holds.
+ * is not in the Raft configuration any more gets Member{REMOVED}, but only lease + grace after
+ * this leader first saw it out (or after its election): a removed node receives no more entries,
+ * so it cannot learn that a later Renew committed, and its lease ends at most `lease` after its
+ * removal reached it; its own Renews, which may still commit through a forward, are not counted.
+ * Each proposal is repeated at most every retry interval while its condition holds.
  *
  * Drain.  A member whose state is DRAINING starts no new attempt; when it has no attempt in
  * flight, or drain_timeout after it saw DRAINING (then the host abandons what is in flight), it
@@ -65,6 +68,8 @@ struct own_seen {
 	uint64_t renew_index;
 	uint64_t seen_ms;	    /* leader's time it saw renew_index (or became leader) */
 	uint64_t proposed_ms;	    /* last action proposed for this member; 0 none */
+	uint64_t out_since_ms;	    /* when this leader first saw it out of the Raft
+				       configuration; 0 while it is in */
 	uint8_t proposed_state;
 	bool used;
 };

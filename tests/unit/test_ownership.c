@@ -135,12 +135,19 @@ test_leader_down_live_removed(void **state)
 	assert_string_equal(act[0].node, "b");
 	assert_int_equal(act[0].state, QUEUE_MEMBER_LIVE);
 	assert_false(act[0].has_expect);
-	/* c leaves the Raft configuration: REMOVED. */
+	/* c leaves the Raft configuration: REMOVED once its lease must have lapsed, whatever its
+	 * renews (a removed node may still get a Renew committed through a forward, but cannot
+	 * learn of it). */
 	const char *conf2[] = {"a", "b"};
 	m[1].state = QUEUE_MEMBER_LIVE;
 	m[1].since_index = 32;
 	m[0].renew_index = 33;
-	n = own_leader_tick(&o, 18000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS);
+	assert_int_equal(own_leader_tick(&o, 18000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS), 0);
+	m[2].renew_index = 40;
+	m[0].renew_index = 41;
+	m[1].renew_index = 42;
+	assert_int_equal(own_leader_tick(&o, 22999, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS), 0);
+	n = own_leader_tick(&o, 23000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "c");
 	assert_int_equal(act[0].state, QUEUE_MEMBER_REMOVED);
