@@ -8,7 +8,7 @@
 # Three relayd on 127.0.0.1 (SMTP PORT..PORT+2, cluster 7451-7453, plain TCP), each with its own
 # data dir: every 250 means the message is fsynced on a majority (2 of 3) and applied on the
 # node that answered.  smtp-source talks to one node: TARGET=follower (default; its proposals
-# are forwarded to the leader) or leader.  Until ownership (issue 5) only the leader delivers,
+# are forwarded to the leader) or leader.  The owner of the one destination domain delivers
 # to the baseline's smtp-sink via `transport` (no DNS).  Then the failover time: SIGKILL the
 # leader while a client sends one message at a time to a follower, and measure from the kill to
 # the first 250 after it (FAILOVERS times, median).
