@@ -1046,6 +1046,12 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 	struct ddest *x = arg;
 	struct delivery *d = x->d;
 	x->state = DEST_NEW;
+	if (status != 0 && status != MX_ECANCELED) {
+		if (mx_is_permanent(status))
+			d->st.dns_permanent++;
+		else
+			d->st.dns_failures++;
+	}
 	if (status == 0 && list != NULL && list->nhosts > 0) {
 		if (x->mx == NULL)
 			x->mx = malloc(sizeof(*x->mx));
@@ -1118,6 +1124,7 @@ dest_pump(struct ddest *x)
 			return;
 		}
 		x->state = DEST_RESOLVING;
+		d->st.dns_lookups++;
 		int rc = x->no_mx ? resolver_host(d->resolver, x->host, resolve_cb, x)
 				  : resolver_mx(d->resolver, x->host, resolve_cb, x);
 		if (rc != 0) {

@@ -60,6 +60,9 @@ struct delivery_stats {
 	uint64_t jobs_started, connections, messages_sent;
 	uint64_t rcpts_delivered, rcpts_deferred, rcpts_failed, dsns;
 	uint64_t inflight_msgs, active_conns;
+	uint64_t dns_lookups;	/* MX or host lookups started (the resolver's cache answers some) */
+	uint64_t dns_failures;	/* lookups that failed temporarily (SERVFAIL, timeout, ...) */
+	uint64_t dns_permanent; /* lookups with a permanent answer: NXDOMAIN, null MX, no host */
 	/* delivery ownership */
 	uint64_t member_proposals; /* Member commands proposed (own LIVE/DRAINED, leader verdicts) */
 	uint64_t own_failures;	   /* Member/Renew proposals that failed */

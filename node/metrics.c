@@ -228,6 +228,29 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 			ds.jobs_dropped);
 		gauge(t, "relay_delivery_inflight_messages", "Messages with attempts in flight.",
 		      ds.inflight_msgs);
+		family(t, "relay_delivery_recipients_total", "counter",
+		       "Recipients this node attempted, by result (bounced: failed for good, DSN "
+		       "to the sender).");
+		http_printf(t, "relay_delivery_recipients_total{result=\"delivered\"} %" PRIu64 "\n",
+			    ds.rcpts_delivered);
+		http_printf(t, "relay_delivery_recipients_total{result=\"deferred\"} %" PRIu64 "\n",
+			    ds.rcpts_deferred);
+		http_printf(t, "relay_delivery_recipients_total{result=\"bounced\"} %" PRIu64 "\n",
+			    ds.rcpts_failed);
+		counter(t, "relay_delivery_dsns_total", "DSN messages this node generated.", ds.dsns);
+		counter(t, "relay_delivery_connections_total", "Outgoing SMTP connections opened.",
+			ds.connections);
+		counter(t, "relay_delivery_messages_sent_total",
+			"Messages handed to a destination (one per SMTP transaction).",
+			ds.messages_sent);
+		counter(t, "relay_dns_lookups_total", "MX or host lookups started for deliveries.",
+			ds.dns_lookups);
+		family(t, "relay_dns_failures_total", "counter",
+		       "Lookups that failed, temporary (deferred) or permanent (bounced).");
+		http_printf(t, "relay_dns_failures_total{kind=\"temporary\"} %" PRIu64 "\n",
+			    ds.dns_failures);
+		http_printf(t, "relay_dns_failures_total{kind=\"permanent\"} %" PRIu64 "\n",
+			    ds.dns_permanent);
 	}
 }
 

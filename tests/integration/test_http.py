@@ -42,8 +42,16 @@ class HttpTest(RelayTestCase):
         # the snapshot is refreshed every 0.5 s
         wait_for(lambda: "relay_messages_accepted_total 1\n" in get("/metrics")[1], 10,
                  "accepted counter")
+        # dns_servers is a closed port: both recipients' lookups fail for now, both deferred
+        wait_for(lambda: 'relay_delivery_recipients_total{result="deferred"} 2\n'
+                 in get("/metrics")[1], 15, "two deferrals")
         code, text = get("/metrics")
         self.assertEqual(code, 200)
+        for needle in ("relay_dns_lookups_total 2", 'relay_dns_failures_total{kind="temporary"} 2',
+                       'relay_delivery_recipients_total{result="delivered"} 0',
+                       'relay_ownership_member_state{node="node1",state="live"} 1',
+                       'relay_ownership_domains{node="node1"} 2'):
+            self.assertIn(needle, text)
         for needle in ('relay_messages_rejected_total{reason="bad_command"} 1',
                        "relay_queue_messages 1",
                        'relay_queue_recipients{state="queued"} 2',
