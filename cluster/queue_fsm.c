@@ -2381,6 +2381,23 @@ queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owner)
 	return h && h->n ? h->a[0]->key : UINT64_MAX;
 }
 
+const char *
+queue_member_state_name(unsigned state)
+{
+	switch (state) {
+	case QUEUE_MEMBER_LIVE:
+		return "live";
+	case QUEUE_MEMBER_DRAINING:
+		return "draining";
+	case QUEUE_MEMBER_DRAINED:
+		return "drained";
+	case QUEUE_MEMBER_DOWN:
+		return "down";
+	default:
+		return "removed";
+	}
+}
+
 size_t
 queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t cap)
 {

@@ -321,6 +321,9 @@ struct queue_member {
 	uint64_t rcpts_deferred; /* of which attempted at least once */
 };
 
+/* "live", "draining", "drained", "down" or "removed" (anything else); never NULL. */
+const char *queue_member_state_name(unsigned state);
+
 /* The members in node id order; returns the count (at most cap are written). */
 size_t queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t cap);
 

@@ -125,27 +125,10 @@ admin_member_known(struct admin *a, const char *node)
 	return false;
 }
 
-static const char *
-admin_owner_state_name(unsigned st)
-{
-	switch (st) {
-	case QUEUE_MEMBER_LIVE:
-		return "live";
-	case QUEUE_MEMBER_DRAINING:
-		return "draining";
-	case QUEUE_MEMBER_DRAINED:
-		return "drained";
-	case QUEUE_MEMBER_DOWN:
-		return "down";
-	default:
-		return "removed";
-	}
-}
-
 static void
 admin_set_ownership(Relay__PeerStatus *p, const struct queue_member *m)
 {
-	p->owner_state = (char *)admin_owner_state_name(m->state);
+	p->owner_state = (char *)queue_member_state_name(m->state);
 	p->has_domains = p->has_rcpts_owned = p->has_rcpts_deferred = true;
 	p->domains = m->domains;
 	p->rcpts_owned = m->rcpts_owned;

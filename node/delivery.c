@@ -2186,11 +2186,7 @@ own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has
 	if (ok) {
 		d->st.member_proposals++;
 		log_info("-", "event=member-propose node=%s state=%s", node,
-			 state == QUEUE_MEMBER_LIVE	  ? "live"
-			 : state == QUEUE_MEMBER_DRAINING ? "draining"
-			 : state == QUEUE_MEMBER_DRAINED  ? "drained"
-			 : state == QUEUE_MEMBER_DOWN	  ? "down"
-							  : "removed");
+			 queue_member_state_name(state));
 	}
 	return ok;
 }

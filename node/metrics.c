@@ -164,23 +164,6 @@ render_cluster(struct http_text *t, struct cluster *c)
 	}
 }
 
-static const char *
-member_state_name(int s)
-{
-	switch (s) {
-	case QUEUE_MEMBER_LIVE:
-		return "live";
-	case QUEUE_MEMBER_DRAINING:
-		return "draining";
-	case QUEUE_MEMBER_DRAINED:
-		return "drained";
-	case QUEUE_MEMBER_DOWN:
-		return "down";
-	default:
-		return "removed";
-	}
-}
-
 /* Delivery ownership: the member table and assignments (applied state), this node's lease. */
 static void
 render_ownership(struct http_text *t, struct cluster *c, const struct delivery *dl,
@@ -193,7 +176,7 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 	       "1 for each member's delivery-ownership state (applied member table).");
 	for (size_t i = 0; i < n; i++)
 		http_printf(t, "relay_ownership_member_state{node=\"%s\",state=\"%s\"} 1\n",
-			    mem[i].node, member_state_name(mem[i].state));
+			    mem[i].node, queue_member_state_name(mem[i].state));
 	family(t, "relay_ownership_domains", "gauge", "Destination domains a member owns.");
 	for (size_t i = 0; i < n; i++)
 		http_printf(t, "relay_ownership_domains{node=\"%s\"} %" PRIu64 "\n", mem[i].node,
