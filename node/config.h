@@ -89,6 +89,7 @@ struct relay_config {
 	uint64_t delay_warning_time_ms; /* 0: no delay DSN */
 	uint64_t max_deliveries;
 	uint64_t max_connections_per_destination;
+	uint64_t max_messages_per_minute_per_destination; /* 0: no limit */
 	uint64_t max_messages_per_connection;
 	struct config_list tls_required_domains; /* lowercased */
 	uint64_t connect_timeout_ms;

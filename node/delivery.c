@@ -132,6 +132,8 @@ struct ddest {
 	size_t nqueued;
 	int nconn;
 	struct dconn *idle; /* idle connections (most recent first) */
+	double tokens;	    /* max_messages_per_minute_per_destination: the bucket */
+	uint64_t tokens_ms; /* when it was last filled; 0 = never (starts full) */
 	struct ddest *hnext, *next, *prev;
 };
 
@@ -192,6 +194,7 @@ struct delivery {
 	uint64_t seen_applied;
 	bool scan_wanted;
 	bool slot_waiters; /* a destination waits for a connection slot (max_deliveries) */
+	bool rate_waiters; /* a destination waits for its rate limit (the ownership tick pumps) */
 	bool closing;
 	bool done_called;
 	int handles_open;
@@ -1019,6 +1022,36 @@ dest_pop(struct ddest *x)
 	return j;
 }
 
+/* The next job of x for a connection, within max_messages_per_minute_per_destination (a token
+ * bucket holding a second's worth, at least 1); NULL when there is none or the limit says wait
+ * (then the ownership tick pumps x again).  The close and failure paths use dest_pop. */
+static struct djob *
+dest_take(struct ddest *x)
+{
+	struct delivery *d = x->d;
+	uint64_t per_min = d->cfg->max_messages_per_minute_per_destination;
+	if (x->nqueued == 0)
+		return NULL;
+	if (per_min > 0) {
+		double burst = per_min / 60.0 < 1.0 ? 1.0 : per_min / 60.0;
+		uint64_t now = now_ms();
+		if (x->tokens_ms == 0)
+			x->tokens = burst;
+		else if (now > x->tokens_ms)
+			x->tokens += (double)(now - x->tokens_ms) * per_min / 60000.0;
+		if (x->tokens > burst)
+			x->tokens = burst;
+		x->tokens_ms = now;
+		if (x->tokens < 1.0) {
+			d->rate_waiters = true;
+			d->st.rate_waits++;
+			return NULL;
+		}
+		x->tokens -= 1.0;
+	}
+	return dest_pop(x);
+}
+
 static void
 dest_push(struct ddest *x, struct djob *j)
 {
@@ -1153,7 +1186,9 @@ dest_pump(struct ddest *x)
 	}
 	while (x->nqueued > 0 && (uint64_t)x->nconn < d->cfg->max_connections_per_destination &&
 	       (uint64_t)d->nconn < d->cfg->max_deliveries) {
-		struct djob *j = dest_pop(x);
+		struct djob *j = dest_take(x);
+		if (j == NULL)
+			break; /* the rate limit: the ownership tick pumps again */
 		if (conn_new(x, j) == NULL) {
 			struct mta_diag dg = {.code = 451, .local = true};
 			snprintf(dg.enh, sizeof(dg.enh), "4.3.0");
@@ -1239,8 +1274,10 @@ conn_reuse(struct ddest *x)
 	struct dconn *c = x->idle;
 	if (c == NULL || x->nqueued == 0)
 		return false;
+	struct djob *j = dest_take(x);
+	if (j == NULL)
+		return false;
 	conn_idle_leave(c);
-	struct djob *j = dest_pop(x);
 	c->job = j;
 	job_txn(j);
 	if (mta_session_next(&c->sess, &j->txn) != 0) {
@@ -1702,7 +1739,7 @@ conn_txn_done(struct dconn *c)
 		return;
 	struct djob *next = NULL;
 	if (!c->d->closing && c->nmsgs < c->d->cfg->max_messages_per_connection)
-		next = dest_pop(c->dest);
+		next = dest_take(c->dest);
 	if (next == NULL) {
 		if (!c->d->closing && c->nmsgs < c->d->cfg->max_messages_per_connection)
 			conn_idle_enter(c); /* conn_process arms DLV_IDLE_MS */
@@ -2332,6 +2369,13 @@ own_tick_cb(uv_timer_t *t)
 			sched_request(d);
 	}
 	own_prune_jobs(d, now);
+	/* Destinations waiting for their rate limit. */
+	if (d->rate_waiters) {
+		d->rate_waiters = false;
+		for (struct ddest *x = d->dest_list; x; x = x->next)
+			if (x->nqueued > 0)
+				dest_pump(x);
+	}
 }
 
 /* ------------------------------------------------------------ lifetime */

@@ -63,6 +63,7 @@ struct delivery_stats {
 	uint64_t dns_lookups;	/* MX or host lookups started (the resolver's cache answers some) */
 	uint64_t dns_failures;	/* lookups that failed temporarily (SERVFAIL, timeout, ...) */
 	uint64_t dns_permanent; /* lookups with a permanent answer: NXDOMAIN, null MX, no host */
+	uint64_t rate_waits;	/* jobs held back by max_messages_per_minute_per_destination */
 	/* delivery ownership */
 	uint64_t member_proposals; /* Member commands proposed (own LIVE/DRAINED, leader verdicts) */
 	uint64_t own_failures;	   /* Member/Renew proposals that failed */

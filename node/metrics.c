@@ -226,6 +226,10 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		counter(t, "relay_delivery_messages_sent_total",
 			"Messages handed to a destination (one per SMTP transaction).",
 			ds.messages_sent);
+		counter(t, "relay_delivery_rate_limited_total",
+			"Times a destination's next message waited for "
+			"max_messages_per_minute_per_destination.",
+			ds.rate_waits);
 		counter(t, "relay_dns_lookups_total", "MX or host lookups started for deliveries.",
 			ds.dns_lookups);
 		family(t, "relay_dns_failures_total", "counter",

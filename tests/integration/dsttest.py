@@ -98,6 +98,7 @@ class AioSink:
         self.addr, self.port = addr, port
         self.messages = []
         self.tls = []          # per message: was the session under STARTTLS?
+        self.times = []        # per message: time.monotonic() at the end of DATA
         self.lock = threading.Lock()
         sink = self
 
@@ -107,6 +108,7 @@ class AioSink:
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                           envelope.original_content))
                     sink.tls.append(session.ssl is not None)
+                    sink.times.append(time.monotonic())
                 return reply
 
         kw = {}

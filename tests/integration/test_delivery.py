@@ -232,6 +232,20 @@ class DeliveryTest(RelayTestCase):
         self.assertGreaterEqual(slow.connections, 3)   # at most 4 messages per connection
         self.assertLess(slow.connections, 12)          # but connections are reused
 
+    def test_rate_limit_per_destination(self):
+        # 300 a minute = 5 a second, bursts of 5: 20 messages take about 3 s
+        sink = self.peer(AioSink(NET + "13"))
+        node = self.node(max_messages_per_minute_per_destination=300)
+        with smtplib.SMTP(RELAY, PORT, timeout=20) as s:
+            for i in range(20):
+                s.sendmail("a@src.test", ["r%d@aonly.test" % i], "Subject: %d\r\n\r\nx\r\n" % i)
+        wait_for(lambda: sink.count() == 20, 30, "20 deliveries")
+        t = sorted(sink.times)
+        self.assertGreaterEqual(t[-1] - t[0], 2.4, "20 messages at 5/s after a burst of 5")
+        for a in t:  # no second holds more than the burst plus a second's rate (+1 slack)
+            self.assertLessEqual(sum(1 for b in t if a <= b < a + 1.0), 11, t)
+        self.wait_drained(node)
+
     # ---------------------------------------------------------------- bounces
 
     def test_550_bounces_with_dsn_to_sender(self):
