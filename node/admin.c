@@ -254,6 +254,14 @@ admin_status(struct admin *a)
 			if (!mem_used[k] && strcmp(mem[k].node, st.peers[i]->id) == 0) {
 				admin_set_ownership(st.peers[i], &mem[k]);
 				mem_used[k] = true;
+				/* A follower hears only from the leader; a member whose lease renewal
+				 * committed recently reached the majority, so it is healthy too. */
+				Relay__PeerStatus *x = st.peers[i];
+				if (!x->healthy && x->renew_age_ms >= 0 &&
+				    (uint64_t)x->renew_age_ms < 2 * a->cfg->lease_ms + 1000 &&
+				    (mem[k].state == QUEUE_MEMBER_LIVE ||
+				     mem[k].state == QUEUE_MEMBER_DRAINING))
+					x->healthy = true;
 			}
 	if (cs.replicated) {
 		for (size_t k = 0; k < nmem; k++) {

@@ -212,6 +212,14 @@ class RelayctlClusterTest(RelayTestCase):
         self.assertGreater(want[1], 0)
         self.assertEqual(want[2], 2)
         self.wait_everywhere(lambda a: domains(a).get("far.example") == want, "same assignment")
+        # every node, followers included, sees all three healthy (contact or a recent renewal),
+        # with their renewals' age and attempts in flight
+        def all_healthy(a):
+            st = status(a)
+            return st and all(m["healthy"] and m["ownership"] and
+                              0 <= m["ownership"]["renew_age_ms"] < 10000 and
+                              m["ownership"]["inflight"] >= 0 for m in st["members"])
+        self.wait_everywhere(all_healthy, "three healthy members")
         code, out, err = ctl(admin(ADDRS[1]), "status")
         self.assertEqual(code, 0, err)
         for col in ("MEMBER", "ADDRESS", "ROLE", "OWNER", "DOMAINS", "DOMAIN", "EPOCH"):
