@@ -1606,7 +1606,7 @@ queue__idle_victims(struct queue_fsm *q, const struct queue_msg *m, const unsign
 	size_t a = 0, c = 0;
 	for (k = 0; k < e; k++)
 		v[k] = c == nnew || (a < nold && queue__dom_order(old[a], nw[c]) < 0) ? old[a++]
-										: nw[c++];
+										      : nw[c++];
 	free(nw);
 	free(old);
 	*out = v;

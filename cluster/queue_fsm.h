@@ -16,10 +16,11 @@
  *
  *   Accept   body -> body CF, record (envelope + one QueueRcpt per recipient, state queued,
  *            next attempt = received_ms) -> queue CF, an entry in the index CF (state queued,
- *            next attempt), and an assignment for each of its domains that has none.  A second
- *            Accept for a queue id already present is a no-op (idempotent retry after an
- *            ambiguous failure), and so is an Accept for a queue id removed recently (a
- *            tombstone, below), counted in stats.removed_accepts.
+ *            next attempt), and an assignment for each of its domains that has none (an idle
+ *            one is reused or replaced: see "Delivery ownership").  A second Accept for a
+ *            queue id already present is a no-op (idempotent retry after an ambiguous
+ *            failure), and so is an Accept for a queue id removed recently (a tombstone,
+ *            below), counted in stats.removed_accepts.
  *   Outcome  for each listed recipient still queued whose domain's current epoch is
  *            outcome.epoch (fencing, below): DELIVERED -> delivered, FAILED -> failed,
  *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
@@ -55,7 +56,8 @@
  * state, even before the caller has written the batch; the metadata below for cheap scans; a
  * hash table by queue id; the apply order; a binary heap in next-attempt order for the
  * message-level scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change); one item
- * per (message, domain) in the heap of the domain's owner.  All of it is rebuilt by
+ * per (message, domain) in the heap of the domain's owner; the idle assignments in a heap by
+ * (epoch, domain) (eviction: O(log n) per change).  All of it is rebuilt by
  * queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies are read from
  * the store on demand.
  *

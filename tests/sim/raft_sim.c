@@ -423,9 +423,9 @@ struct sim {
 /* totals over the seeds run by this process */
 static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
-	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4], full_checks,
-	    queue_max, members, renews, fenced, reassigned, attempts, lease_runs, may_start,
-	    removed_overlaps;
+	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4],
+	    full_checks, queue_max, members, renews, fenced, reassigned, attempts, lease_runs,
+	    may_start, removed_overlaps;
 } g_tot;
 
 static struct sim *S;
@@ -1220,7 +1220,8 @@ check_assignments(struct node *nd, uint64_t index)
 		for (k = 0; k < S->n_dom && strcmp(S->dom[k].name, d->name); k++)
 			;
 		if (k == S->n_dom || (!S->dom[k].queued && !S->dom[k].epoch))
-			fail("ownership: at %" PRIu64 " domain %s is assigned (to \"%s\" epoch %" PRIu64
+			fail("ownership: at %" PRIu64
+			     " domain %s is assigned (to \"%s\" epoch %" PRIu64
 			     ") but has no queued recipient and had no assignment before",
 			     index, d->name, d->owner, d->epoch);
 		if (listed[k])
@@ -1265,8 +1266,8 @@ check_assignments(struct node *nd, uint64_t index)
 			     " queued recipients and no assignment",
 			     index, S->dom[k].name, S->dom[k].queued);
 		if (S->dom[k].epoch && !listed[k])
-			fail("ownership: at %" PRIu64 " the idle assignment of %s (\"%s\" epoch %" PRIu64
-			     ") was forgotten",
+			fail("ownership: at %" PRIu64
+			     " the idle assignment of %s (\"%s\" epoch %" PRIu64 ") was forgotten",
 			     index, S->dom[k].name, S->dom[k].owner, S->dom[k].epoch);
 	}
 }
@@ -2606,8 +2607,8 @@ check_starters(void)
 					S->n_removed_overlaps++;
 					continue;
 				}
-				/* (a domain emptied and accepted again keeps its assignment, idle in
-				 * between, so it never has a second owner that way: fatal) */
+				/* (a domain emptied and accepted again keeps its assignment, idle
+				 * in between, so it never has a second owner that way: fatal) */
 				fail("lease: nodes %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
 				     ") and %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
 				     ") may both start attempts for %s; epoch %" PRIu64 " is %s",

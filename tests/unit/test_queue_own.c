@@ -1556,9 +1556,9 @@ static void
 deliver1(struct world *w, const char *id, const char *domain)
 {
 	const uint32_t r0 = 0;
-	assert_int_equal(
-	    outcome(w, id, RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, epoch_of(w, domain), T0, 0, NULL),
-	    0);
+	assert_int_equal(outcome(w, id, RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, epoch_of(w, domain),
+				 T0, 0, NULL),
+			 0);
 	assert_null(queue_fsm_lookup(w->q, id));
 }
 
@@ -1601,8 +1601,8 @@ test_idle_reuse_and_move(void **state)
 	const char *own = winner_of("x.example", live, 2);
 	const char *other = strcmp(own, "n1") ? "n1" : "n2";
 	assert_int_equal(accept1(&w, "m1", "a@x.example"), 0); /* 3 */
-	deliver1(&w, "m1", "x.example");			/* 4 */
-	assert_int_equal(w.nops, 3 + 1);			/* no D key written or deleted */
+	deliver1(&w, "m1", "x.example");		       /* 4 */
+	assert_int_equal(w.nops, 3 + 1);		       /* no D key written or deleted */
 	expect_owner(&w, "x.example", own, 3);
 	assert_int_equal(check_own_keys(&w, 'D'), 1);
 	struct dom_count dc = {0, 0};
@@ -1639,8 +1639,8 @@ test_idle_reuse_and_move(void **state)
 	assert_int_equal(accept1(&w, "m4", "d@x.example"), 0); /* 11: reused at 10 */
 	expect_owner(&w, "x.example", other, 10);
 	const uint32_t r0 = 0;
-	assert_int_equal(
-	    outcome(&w, "m4", RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, 3, T0, 0, NULL), 0);
+	assert_int_equal(outcome(&w, "m4", RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, 3, T0, 0, NULL),
+			 0);
 	assert_int_equal(w.nops, 0);
 	deliver1(&w, "m4", "x.example"); /* 13 */
 	/* no LIVE member: unowned, idle */
@@ -1686,13 +1686,13 @@ has_dom(struct world *w, const char *prefix, unsigned i)
 static uint64_t
 idle_scenario(struct world *w, int reload)
 {
-	assert_int_equal(member(w, "n1", QUEUE_MEMBER_LIVE), 0);       /* 1 */
-	assert_int_equal(accept1(w, "old", "u@old.example"), 0);        /* 2: active, epoch 2 */
+	assert_int_equal(member(w, "n1", QUEUE_MEMBER_LIVE), 0); /* 1 */
+	assert_int_equal(accept1(w, "old", "u@old.example"), 0); /* 2: active, epoch 2 */
 	const char *ties[] = {"a@zz-tie.example", "b@aa-tie.example", "c@mm-tie.example"};
 	assert_int_equal(accept_n(w, "tie", ties, 3, T0), 0); /* 3: three domains at epoch 3 */
 	const uint32_t r012[] = {0, 1, 2};
-	assert_int_equal(
-	    outcome(w, "tie", RELAY__OUTCOME_KIND__DELIVERED, r012, 3, 3, T0, 0, NULL), 0);
+	assert_int_equal(outcome(w, "tie", RELAY__OUTCOME_KIND__DELIVERED, r012, 3, 3, T0, 0, NULL),
+			 0);
 	for (unsigned i = 0; i < QUEUE_IDLE_DOMAINS_MAX - 3; i++)
 		idle_add(w, "f", i);
 	/* at the bound: nothing forgotten yet */
@@ -2101,7 +2101,6 @@ test_idle_enomem(void **state)
 	skip(); /* the sanitizer owns malloc */
 }
 #endif
-
 
 int
 main(void)
