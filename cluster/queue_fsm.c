@@ -20,6 +20,9 @@
  * in the heap of the domain's owner (a member's, or the unowned heap), keyed by (the item's
  * earliest next attempt, accept_index, item number).  Domains (queue__dom) are in a hash table
  * by name and on their owner's list; members (queue__member) in an array sorted by node id.
+ * An idle assignment (persisted, no queued recipient) stays in the table and on its owner's list
+ * and is in a min-heap by (epoch, name), whose minimum is the next one forgotten when one more
+ * than QUEUE_IDLE_DOMAINS_MAX would be idle.
  * The removed queue ids (tombstones) are a FIFO in removal order plus a fixed hash table.
  *
  * Ownership keys in the queue CF (first byte QUEUE_KEY_OWN; queue ids never start with it, so
@@ -108,7 +111,10 @@ struct queue__dom {
 	/* its 'D' key is in the store (not: an assignment loaded from a store older than
 	 * ownership: unowned, epoch 0, until a member becomes LIVE) */
 	uint8_t persisted;
-	uint8_t fresh; /* prepared: inserted at link */
+	uint8_t fresh;	  /* prepared: inserted at link */
+	uint8_t evicting; /* during an apply: an idle assignment this command forgets */
+	size_t ipos;	  /* idle (persisted, no queued recipient): its idle heap slot; else
+			     SIZE_MAX */
 	size_t len;
 	char name[];
 };
@@ -133,6 +139,9 @@ struct queue_fsm {
 	struct queue__dom *unowned; /* the domains without owner */
 	uint64_t nunowned;
 	struct queue__heap unowned_heap;
+	struct queue__dom **idle; /* owned array (QUEUE_IDLE_DOMAINS_MAX): a min-heap of the idle
+				     assignments by (epoch, name) */
+	size_t nidle;
 	struct queue__tomb **tbuckets;	   /* owned array (QUEUE__TOMB_BUCKETS); tombstones owned */
 	struct queue__tomb *thead, *ttail; /* removal order: oldest first */
 	size_t ntombs;
@@ -569,7 +578,96 @@ queue__dom_new(const char *name, size_t len, uint64_t h)
 	memcpy(d->name, name, len);
 	d->len = len;
 	d->hash = h;
+	d->ipos = SIZE_MAX;
 	return d;
+}
+
+/* The idle assignments: a binary min-heap in q->idle (room for QUEUE_IDLE_DOMAINS_MAX, never
+ * more) ordered by (epoch, name) - a total order, as names are unique. */
+static int
+queue__dom_order(const struct queue__dom *x, const struct queue__dom *y)
+{
+	if (x->epoch != y->epoch)
+		return x->epoch < y->epoch ? -1 : 1;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->name, y->name, n);
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static int
+queue__cmp_dom_order(const void *a, const void *b)
+{
+	return queue__dom_order(*(struct queue__dom *const *)a, *(struct queue__dom *const *)b);
+}
+
+static void
+queue__idle_set(struct queue_fsm *q, size_t pos, struct queue__dom *d)
+{
+	q->idle[pos] = d;
+	d->ipos = pos;
+}
+
+static void
+queue__idle_up(struct queue_fsm *q, size_t pos)
+{
+	struct queue__dom *d = q->idle[pos];
+	while (pos > 0) {
+		size_t up = (pos - 1) / 2;
+		if (queue__dom_order(q->idle[up], d) <= 0)
+			break;
+		queue__idle_set(q, pos, q->idle[up]);
+		pos = up;
+	}
+	queue__idle_set(q, pos, d);
+}
+
+static void
+queue__idle_down(struct queue_fsm *q, size_t pos)
+{
+	struct queue__dom *d = q->idle[pos];
+	for (;;) {
+		size_t c = 2 * pos + 1;
+		if (c >= q->nidle)
+			break;
+		if (c + 1 < q->nidle && queue__dom_order(q->idle[c + 1], q->idle[c]) < 0)
+			c++;
+		if (queue__dom_order(d, q->idle[c]) <= 0)
+			break;
+		queue__idle_set(q, pos, q->idle[c]);
+		pos = c;
+	}
+	queue__idle_set(q, pos, d);
+}
+
+/* Precondition: q->nidle < QUEUE_IDLE_DOMAINS_MAX. */
+static void
+queue__idle_insert(struct queue_fsm *q, struct queue__dom *d)
+{
+	assert(q->nidle < QUEUE_IDLE_DOMAINS_MAX && d->ipos == SIZE_MAX);
+	queue__idle_set(q, q->nidle++, d);
+	queue__idle_up(q, d->ipos);
+}
+
+static void
+queue__idle_remove(struct queue_fsm *q, struct queue__dom *d)
+{
+	size_t pos = d->ipos;
+	assert(pos < q->nidle && q->idle[pos] == d);
+	d->ipos = SIZE_MAX;
+	struct queue__dom *last = q->idle[--q->nidle];
+	if (pos == q->nidle)
+		return;
+	queue__idle_set(q, pos, last);
+	queue__idle_up(q, pos);
+	queue__idle_down(q, last->ipos);
+}
+
+/* After d's epoch changed (it only grows). */
+static void
+queue__idle_fix(struct queue_fsm *q, struct queue__dom *d)
+{
+	if (d->ipos != SIZE_MAX)
+		queue__idle_down(q, d->ipos);
 }
 
 static struct queue__heap *
@@ -623,11 +721,13 @@ queue__dom_insert(struct queue_fsm *q, struct queue__dom *d)
 	q->ndoms++;
 }
 
-/* Removes and frees d (no queued recipient left). */
+/* Removes and frees d (no queued recipient left; idle or not). */
 static void
 queue__dom_forget(struct queue_fsm *q, struct queue__dom *d)
 {
 	assert(!d->nitems && !d->items && !d->rcpts_queued);
+	if (d->ipos != SIZE_MAX)
+		queue__idle_remove(q, d);
 	queue__dom_detach(q, d);
 	struct queue__dom **pp = &q->dbuckets[d->hash & (q->ndbuckets - 1)];
 	while (*pp != d) {
@@ -1209,11 +1309,23 @@ queue__prep_free(struct queue__prep *p)
 	p->m = NULL;
 }
 
-/* Does domain d still have a queued recipient after the command being applied? */
+static int
+queue__is_owner_state(uint8_t s)
+{
+	return s == QUEUE_MEMBER_LIVE || s == QUEUE_MEMBER_DRAINING;
+}
+
+/* Does an Accept in the command being applied keep domain d's assignment?  Yes when d still
+ * has a queued recipient after the command, or when d is (or becomes) idle - persisted, not
+ * forgotten by this command - and its owner may keep domains (LIVE or DRAINING). */
 static int
 queue__dom_stays(const struct queue__dom *d)
 {
-	return d && d->rcpts_queued > d->leaving;
+	if (!d || d->evicting)
+		return 0;
+	if (d->rcpts_queued > d->leaving)
+		return 1;
+	return d->persisted && d->owner && queue__is_owner_state(d->owner->state);
 }
 
 /* Builds the message of Accept a at index and reserves room for it.  p->m = NULL when the
@@ -1313,7 +1425,9 @@ queue__accept_writes(struct store_batch *b, const Relay__Accept *a, const struct
 	return 0;
 }
 
-/* Links a prepared Accept: its new domains get their assignment (epoch index). */
+/* Links a prepared Accept: its new domains get their assignment (epoch index), an idle one
+ * kept becomes active again, an idle one not kept (its owner may not keep domains) is
+ * replaced. */
 static void
 queue__accept_link(struct queue_fsm *q, struct queue__prep *p, uint64_t index)
 {
@@ -1321,8 +1435,16 @@ queue__accept_link(struct queue_fsm *q, struct queue__prep *p, uint64_t index)
 	for (uint32_t j = 0; j < m->nitems; j++) {
 		struct queue__dom *nd = p->nd[j];
 		struct queue__dom *d = queue__dom_find(q, nd->name, nd->len, nd->hash);
-		if (nd->fresh) {
-			assert(!d);
+		if (d && d->ipos != SIZE_MAX)
+			queue__idle_remove(q, d);
+		if (nd->fresh && d) {
+			assert(!d->rcpts_queued);
+			nd->fresh = 0;
+			queue__dom_detach(q, d);
+			queue__dom_attach(q, d, nd->owner);
+			d->epoch = index;
+			d->persisted = 1;
+		} else if (nd->fresh) {
 			d = nd;
 			p->nd[j] = NULL;
 			d->fresh = 0;
@@ -1440,6 +1562,59 @@ queue__change_edit(void *ctx, Relay__QueueRecord *rec, Relay__QueueRcpt *rc)
 }
 
 /*
+ * The idle assignments forgotten when the domains of m's items with forget[j] set lose their
+ * last queued recipient: those persisted become idle, and when that makes more than
+ * QUEUE_IDLE_DOMAINS_MAX idle ones, the excess with the smallest (epoch, name) among the idle
+ * ones and the new ones go (the same as adding them one at a time, each time forgetting the
+ * smallest).  *out (malloc'd, NULL when none) gets them, *n their count.  Changes nothing
+ * (the idle heap is taken apart and put back).  O(k log n) for k new idle ones.
+ */
+static int
+queue__idle_victims(struct queue_fsm *q, const struct queue_msg *m, const unsigned char *forget,
+		    struct queue__dom ***out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	size_t nnew = 0;
+	for (uint32_t j = 0; j < m->nitems; j++)
+		nnew += forget[j] && m->items[j].dom->persisted;
+	if (!nnew || q->nidle + nnew <= QUEUE_IDLE_DOMAINS_MAX)
+		return 0;
+	size_t e = q->nidle + nnew - QUEUE_IDLE_DOMAINS_MAX; /* <= nnew */
+	struct queue__dom **nw = malloc(nnew * sizeof(*nw)), **old = malloc(e * sizeof(*old)),
+			  **v = malloc(e * sizeof(*v));
+	if (!nw || !old || !v) {
+		free(nw);
+		free(old);
+		free(v);
+		return QUEUE_ENOMEM;
+	}
+	size_t k = 0;
+	for (uint32_t j = 0; j < m->nitems; j++)
+		if (forget[j] && m->items[j].dom->persisted)
+			nw[k++] = m->items[j].dom;
+	if (nnew > 1)
+		qsort(nw, nnew, sizeof(*nw), queue__cmp_dom_order);
+	/* the e smallest idle ones (fewer when there are fewer), then the heap as it was */
+	size_t nold = 0;
+	while (nold < e && q->nidle) {
+		old[nold] = q->idle[0];
+		queue__idle_remove(q, old[nold++]);
+	}
+	for (size_t i = 0; i < nold; i++)
+		queue__idle_insert(q, old[i]);
+	size_t a = 0, c = 0;
+	for (k = 0; k < e; k++)
+		v[k] = c == nnew || (a < nold && queue__dom_order(old[a], nw[c]) < 0) ? old[a++]
+										      : nw[c++];
+	free(nw);
+	free(old);
+	*out = v;
+	*n = e;
+	return 0;
+}
+
+/*
  * Applies an Outcome (o set) or a Delete (o NULL) to the recipients idx[0..nidx) of queue id
  * (every recipient when nidx is 0, only for a Delete).  Only recipients still queued change,
  * and for an Outcome only those whose domain's epoch is o->epoch (fencing).  When none changes,
@@ -1516,6 +1691,8 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 	struct queue__prep dsn = {0};
 	struct queue__tomb *tomb = NULL;
 	size_t evict = 0;
+	struct queue__dom **victims = NULL; /* the idle assignments this command forgets */
+	size_t nvict = 0;
 	size_t mark_len = b->len;
 	unsigned mark_count = b->count;
 	if (nqueued) {
@@ -1537,12 +1714,17 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 		it->dom->leaving = it->nqueued - inq[j];
 		forget[j] = it->dom->rcpts_queued == it->dom->leaving;
 	}
-	rv = 0;
+	if ((rv = queue__idle_victims(q, m, forget, &victims, &nvict)))
+		goto err_after_alloc;
+	for (size_t k = 0; k < nvict; k++)
+		victims[k]->evicting = 1;
 	if (o && o->dsn)
 		rv = queue__accept_prepare(q, index, o->dsn, &dsn);
 	for (uint32_t j = 0; j < m->nitems; j++)
 		if (m->items[j].nqueued)
 			m->items[j].dom->leaving = 0;
+	for (size_t k = 0; k < nvict; k++)
+		victims[k]->evicting = 0;
 	if (rv)
 		goto err_after_alloc;
 	rv = QUEUE_ENOMEM;
@@ -1570,8 +1752,8 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 		     store_batch_put(b, STORE_CF_INDEX, nkey, nklen, "", 0)))
 			goto err_after_batch;
 	}
-	for (uint32_t j = 0; j < m->nitems; j++)
-		if (forget[j] && m->items[j].dom->persisted && queue__del_dom(b, m->items[j].dom))
+	for (size_t k = 0; k < nvict; k++)
+		if (queue__del_dom(b, victims[k]))
 			goto err_after_batch;
 	if (dsn.m && queue__accept_writes(b, o->dsn, &dsn, index))
 		goto err_after_batch;
@@ -1601,6 +1783,12 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 			mr->delay_notified |= o->has_delay_notified && o->delay_notified;
 		}
 	}
+	/* the evicted idle ones first (room in the idle heap), marked as such meanwhile */
+	for (size_t k = 0; k < nvict; k++)
+		if (victims[k]->ipos != SIZE_MAX)
+			queue__dom_forget(q, victims[k]);
+		else
+			victims[k]->evicting = 1;
 	for (uint32_t j = 0; j < m->nitems; j++) {
 		struct queue__item *it = &m->items[j];
 		if (!it->nqueued)
@@ -1613,8 +1801,10 @@ queue__apply_change(struct queue_fsm *q, uint64_t index, const char *id, const u
 		if (!inq[j]) {
 			queue__item_off(q, it);
 			it->dom = NULL;
-			if (forget[j])
+			if (forget[j] && (!d->persisted || d->evicting))
 				queue__dom_forget(q, d);
+			else if (forget[j])
+				queue__idle_insert(q, d);
 		} else if (inext[j] != it->hn.key) {
 			it->hn.key = inext[j];
 			queue__heap_fix(queue__owner_heap(q, d->owner), &it->hn);
@@ -1651,6 +1841,7 @@ err_after_batch:
 	b->count = mark_count;
 err_after_alloc:
 	queue__prep_free(&dsn);
+	free(victims);
 	free(tomb);
 	free(packed);
 	return rv;
@@ -1783,12 +1974,6 @@ queue__cmp_dom_name(const void *a, const void *b)
 	return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-static int
-queue__is_owner_state(uint8_t s)
-{
-	return s == QUEUE_MEMBER_LIVE || s == QUEUE_MEMBER_DRAINING;
-}
-
 /* Slot of an owner for per-target counts: its position, QUEUE_MEMBERS_MAX for nm (new, not in
  * the table yet), QUEUE_MEMBERS_MAX + 1 for unowned. */
 static size_t
@@ -1893,6 +2078,7 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 		queue__dom_attach(q, d, to[k]);
 		d->epoch = index;
 		d->persisted = 1;
+		queue__idle_fix(q, d);
 		struct queue__heap *hp = queue__owner_heap(q, to[k]);
 		for (struct queue__item *it = d->items; it; it = it->dnext)
 			if (!it->msg->held)
@@ -2010,6 +2196,7 @@ queue_fsm_free(struct queue_fsm *q)
 	free(q->buckets);
 	free(q->heap.a);
 	free(q->unowned_heap.a);
+	free(q->idle);
 	free(q);
 }
 
@@ -2116,13 +2303,14 @@ queue_fsm_new(struct store *s, struct queue_fsm **out)
 	q->ndbuckets = QUEUE__DOM_BUCKETS_MIN;
 	q->dbuckets = calloc(q->ndbuckets, sizeof(*q->dbuckets));
 	q->tbuckets = calloc(QUEUE__TOMB_BUCKETS, sizeof(*q->tbuckets));
+	q->idle = malloc(QUEUE_IDLE_DOMAINS_MAX * sizeof(*q->idle));
 	struct queue_msg **all = NULL;
 	size_t n = 0, cap = 0;
 	struct queue__pending_owner *po = NULL;
 	size_t npo = 0, cpo = 0;
 	struct store_iter *it = NULL;
 	int rv = QUEUE_ENOMEM;
-	if (!q->buckets || !q->dbuckets || !q->tbuckets)
+	if (!q->buckets || !q->dbuckets || !q->tbuckets || !q->idle)
 		goto err_after_alloc;
 	if (store_iter_new(s, STORE_CF_QUEUE, &it))
 		goto err_after_alloc;
@@ -2215,14 +2403,17 @@ queue_fsm_new(struct store *s, struct queue_fsm **out)
 		queue__link(q, m);
 		all[i] = NULL;
 	}
-	/* an assignment without a queued recipient cannot be written; never trust the disk:
-	 * forgotten in memory */
+	/* an assignment key without a queued recipient is an idle assignment (only keys make
+	 * domains without one); more than the bound cannot be written */
 	for (size_t i = 0; i < q->ndbuckets; i++) {
-		struct queue__dom *d = q->dbuckets[i], *dn;
-		for (; d; d = dn) {
-			dn = d->hnext;
-			if (!d->rcpts_queued)
-				queue__dom_forget(q, d);
+		for (struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
+			if (d->rcpts_queued)
+				continue;
+			if (q->nidle == QUEUE_IDLE_DOMAINS_MAX) {
+				rv = QUEUE_ECORRUPT;
+				goto err_after_load;
+			}
+			queue__idle_insert(q, d);
 		}
 	}
 	free(all);

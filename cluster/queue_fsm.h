@@ -16,10 +16,11 @@
  *
  *   Accept   body -> body CF, record (envelope + one QueueRcpt per recipient, state queued,
  *            next attempt = received_ms) -> queue CF, an entry in the index CF (state queued,
- *            next attempt), and an assignment for each of its domains that has none.  A second
- *            Accept for a queue id already present is a no-op (idempotent retry after an
- *            ambiguous failure), and so is an Accept for a queue id removed recently (a
- *            tombstone, below), counted in stats.removed_accepts.
+ *            next attempt), and an assignment for each of its domains that has none (an idle
+ *            one is reused or replaced: see "Delivery ownership").  A second Accept for a
+ *            queue id already present is a no-op (idempotent retry after an ambiguous
+ *            failure), and so is an Accept for a queue id removed recently (a tombstone,
+ *            below), counted in stats.removed_accepts.
  *   Outcome  for each listed recipient still queued whose domain's current epoch is
  *            outcome.epoch (fencing, below): DELIVERED -> delivered, FAILED -> failed,
  *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
@@ -55,7 +56,8 @@
  * state, even before the caller has written the batch; the metadata below for cheap scans; a
  * hash table by queue id; the apply order; a binary heap in next-attempt order for the
  * message-level scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change); one item
- * per (message, domain) in the heap of the domain's owner.  All of it is rebuilt by
+ * per (message, domain) in the heap of the domain's owner; the idle assignments in a heap by
+ * (epoch, domain) (eviction: O(log n) per change).  All of it is rebuilt by
  * queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies are read from
  * the store on demand.
  *
@@ -237,7 +239,8 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  *
  * An item is (message, destination domain): the queued recipients of one message whose address
  * has that domain (the part after the last '@', ASCII-lowercased).  Ownership is per domain: every
- * domain with at least one queued recipient has an assignment (owner, epoch).  owner is a member
+ * domain with at least one queued recipient has an assignment (owner, epoch), active; some
+ * domains without one keep theirs, idle (below).  owner is a member
  * node id or "" (unowned: no LIVE member); epoch is the log index of the command that made the
  * assignment, so a domain's epochs only grow and two assignments of one domain never share one
  * (the domains assigned by one command share its index).  Epochs are indexes >= 1: an Outcome
@@ -255,16 +258,27 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  *     queue_rendezvous(node, domain); ties: the lower node id), epoch = this index; "" when no
  *     member is LIVE;
  *   - a Member command that takes a node out of LIVE/DRAINING (DRAINED, DOWN, REMOVED) moves every
- *     domain it owns to the rendezvous winner among the LIVE members, epoch = this index;
- *   - a Member command that makes a node LIVE gives every unowned domain an owner (the winner
+ *     domain it owns (active or idle) to the rendezvous winner among the LIVE members, epoch = this
+ *     index;
+ *   - a Member command that makes a node LIVE gives every unowned domain (active or idle) an
+ *     owner (the winner
  *     among the LIVE members, itself included; epoch = this index); existing assignments stay
  *     where they are (sticky: no rebalancing, so no attempt in flight is fenced off needlessly);
  *   - a Member command with expect_renew_index set (the leader's DOWN) is a no-op unless the
  *     member is in the table and its renew_index equals it;
  *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
  *     DRAINED);
- *   - an assignment is forgotten when its domain has no queued recipient left (a later Accept
- *     for that domain makes a new one with a new epoch).  Held recipients are queued.
+ *   - an assignment whose domain has no queued recipient left becomes idle: it stays (key, owner,
+ *     epoch) so that a previous owner still finishing an attempt never overlaps a new owner.
+ *     An Accept (or DSN) for an idle domain whose owner is LIVE or DRAINING makes it active
+ *     again, same owner and epoch (the rule of an active domain); otherwise (unowned, or an
+ *     owner that may not keep domains) it gets a new assignment as above.  At most
+ *     QUEUE_IDLE_DOMAINS_MAX are idle: when one more becomes idle, the idle one with the
+ *     smallest (epoch, domain) is forgotten (its key deleted in the same batch; several at
+ *     once: the same as one at a time), and a later Accept for it makes a new assignment.  An
+ *     assignment never persisted (a store older than ownership, below) is forgotten, not kept
+ *     idle.  In an Outcome, the domains it empties become idle (or are forgotten) before its
+ *     DSN is enqueued.  Held recipients are queued.
  * A command that moves domains writes their assignments in domain order.
  *
  * Fencing (G4): an Outcome changes a listed recipient only when outcome->epoch equals the current
@@ -290,10 +304,11 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  * so a restart, queue_fsm_reload after a snapshot install, and any snapshot that copies the
  * queue CFs carry it; all of it is part of queue_fsm_digest.  A store written before ownership
  * (records without 'D' keys) loads its domains unowned at epoch 0, not persisted, until a member
- * becomes LIVE and takes them; an assignment key whose domain has no queued recipient (never
- * written) is ignored.
+ * becomes LIVE and takes them; an assignment key whose domain has no queued recipient is an idle
+ * assignment (more than QUEUE_IDLE_DOMAINS_MAX of them: QUEUE_ECORRUPT).
  */
 #define QUEUE_MEMBERS_MAX 64u
+#define QUEUE_IDLE_DOMAINS_MAX 4096u /* idle assignments kept (see "Delivery ownership") */
 #define QUEUE_TOMBSTONES_MAX 65536u /* removed queue ids remembered (dedup of late Accepts) */
 #define QUEUE_KEY_OWN 0x01	    /* first byte of every ownership key in STORE_CF_QUEUE */
 /* A node id: 1..QUEUE_NODE_MAX bytes of printable ASCII without space, '"' or '\' (the rule
@@ -316,7 +331,7 @@ struct queue_member {
 	uint64_t renew_index;	 /* log index of its last applied Renew; 0 none */
 	uint64_t renew_at_ms;	 /* that Renew's at_ms (the member's clock; 0 unknown) */
 	uint32_t inflight;	 /* messages with attempts in flight it reported with it */
-	uint64_t domains;	 /* domains it owns now */
+	uint64_t domains;	 /* domains it owns now (idle ones included) */
 	uint64_t rcpts_owned;	 /* queued recipients in those domains (held included) */
 	uint64_t rcpts_deferred; /* of which attempted at least once */
 };
@@ -334,13 +349,13 @@ uint64_t queue_rendezvous(const char *node, const char *domain);
  * QUEUE_DOMAIN_MAX bytes ("" when there is no '@').  out has QUEUE_DOMAIN_MAX + 1 bytes. */
 void queue_addr_domain(const char *addr, char *out);
 
-/* A domain's assignment (domain compared ASCII-lowercased): 0 with owner (QUEUE_NODE_MAX + 1
- * bytes; "" unowned) and *epoch, or QUEUE_ENOTFOUND when no queued recipient has that domain. */
+/* A domain's assignment, active or idle (domain compared ASCII-lowercased): 0 with owner
+ * (QUEUE_NODE_MAX + 1 bytes; "" unowned) and *epoch, or QUEUE_ENOTFOUND when it has none. */
 int queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner,
 			   uint64_t *epoch);
 
-/* Every assignment, in domain order: cb(arg, domain, owner, epoch, queued recipients); cb
- * returns nonzero to stop.  Returns the number of calls (0 also when out of memory). */
+/* Every assignment (idle ones included, with 0 queued recipients), in domain order: cb(arg,
+ * domain, owner, epoch, queued recipients); cb returns nonzero to stop.  Returns the number of calls (0 also when out of memory). */
 typedef int (*queue_domain_cb)(void *arg, const char *domain, const char *owner, uint64_t epoch,
 			       uint64_t rcpts_queued);
 size_t queue_fsm_domains(const struct queue_fsm *q, queue_domain_cb cb, void *arg);

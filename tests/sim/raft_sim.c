@@ -71,17 +71,20 @@
  *   ownership           (fencing, G4) an Outcome changes only recipients whose domain's epoch
  *                       at apply is the outcome's (the model fences with the epochs the
  *                       applying node had just before); after every index each domain with a
- *                       queued recipient has exactly one assignment and no other domain has
- *                       one, with the model's queued count, owned by a LIVE or DRAINING member
- *                       or unowned only when no member is LIVE; a domain's epoch never goes
- *                       back and an assignment that changed carries that index as its epoch;
+ *                       queued recipient has exactly one assignment, every other assigned
+ *                       domain is an idle one (assigned before, no queued recipient) and no
+ *                       assignment is ever forgotten (the model's domains stay far below
+ *                       QUEUE_IDLE_DOMAINS_MAX: no eviction), with the model's queued count,
+ *                       owned by a LIVE or DRAINING member or unowned only when no member is
+ *                       LIVE; a domain's epoch never goes back and an assignment that changed
+ *                       carries that index as its epoch;
  *                       tombstones make late Accepts of removed ids no-ops; the store's
  *                       ownership keys (0x01 D/M/T) match the FSM; after the heal every domain
  *                       is owned by a LIVE member (when one is LIVE); in lease mode no two
  *                       nodes may start attempts for one domain at the same simulated time
- *                       (own_may_start over each node's own applied state and lease) - two
- *                       known gaps are counted instead (removed_overlaps, recreated_overlaps:
- *                       see removed_between, forgot_between) unless --strict-lease,
+ *                       (own_may_start over each node's own applied state and lease) - one
+ *                       known gap is counted instead (removed_overlaps: see removed_between)
+ *                       unless --strict-lease,
  *   durability          a proposal applied anywhere is committed in the final log and
  *                       applied by every member after the heal; a durable store is never past
  *                       its durable log nor behind its snapshot; a node's view store equals its
@@ -129,6 +132,8 @@
 #define SIM_MQ_BUCKETS 4096	       /* model hash buckets (chained) */
 #define SIM_BACKLOG 80		       /* queued messages beyond which outcomes get likelier */
 #define SIM_DOM_MAX 16		       /* distinct recipient domains the model tracks */
+/* no idle assignment is ever evicted in the simulation (check_assignments relies on it) */
+_Static_assert(SIM_DOM_MAX <= QUEUE_IDLE_DOMAINS_MAX, "the model's domains reach the idle bound");
 #define SIM_ATTEMPTS 8		       /* delivery attempts in flight per node (lease mode) */
 
 /* ------------------------------------------------------------------ PRNG */
@@ -321,7 +326,6 @@ struct applied_rec {
 	int32_t rc;	 /* queue_apply's result (0 for no-op and config entries) */
 	uint8_t set;
 	char what[40]; /* the command, for messages ("member n2 REMOVED") */
-	uint16_t forgot; /* model domains whose last queued recipient went at this index */
 };
 
 /* The model of one queue id: its recipients' states as the rules in queue_fsm.h say, and the
@@ -410,7 +414,7 @@ struct sim {
 	uint64_t n_cmd[4];   /* committed: accept, outcome, delete, rejected (result != 0) */
 	uint64_t n_full_checks, queue_max;
 	uint64_t n_fenced, n_member_cmds, n_renews, n_reassigned; /* ownership */
-	uint64_t n_attempts, n_may_start_checks, n_removed_overlaps, n_recreated_overlaps;
+	uint64_t n_attempts, n_may_start_checks, n_removed_overlaps;
 	bool strict_lease;
 	/* lease check: the last node seen allowed to start an attempt per model domain, and when */
 	uint64_t starter[SIM_DOM_MAX], starter_at[SIM_DOM_MAX], starter_epoch[SIM_DOM_MAX];
@@ -419,9 +423,9 @@ struct sim {
 /* totals over the seeds run by this process */
 static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
-	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4], full_checks,
-	    queue_max, members, renews, fenced, reassigned, attempts, lease_runs, may_start,
-	    removed_overlaps, recreated_overlaps;
+	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4],
+	    full_checks, queue_max, members, renews, fenced, reassigned, attempts, lease_runs,
+	    may_start, removed_overlaps;
 } g_tot;
 
 static struct sim *S;
@@ -1030,8 +1034,8 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 				q->attempts[i]++;
 				q->last_at[i] = o->at_ms;
 			}
-			if (to != QUEUE_RCPT_QUEUED && !--S->dom[q->dom[i]].queued)
-				applied_at(index)->forgot |= (uint16_t)(1u << q->dom[i]);
+			if (to != QUEUE_RCPT_QUEUED)
+				S->dom[q->dom[i]].queued--; /* at 0: idle, assignment kept */
 		}
 		nqueued += q->st[i] == QUEUE_RCPT_QUEUED;
 	}
@@ -1190,9 +1194,12 @@ member_state(const struct queue_member *mem, size_t n, const char *node)
 
 /*
  * After the first apply of each index: every domain with a queued recipient has exactly one
- * assignment and no other domain has one; its queued-recipient count is the model's; its owner
- * is LIVE or DRAINING, or "" only when no member is LIVE; a domain's epoch never goes back, and
- * an assignment that changed (owner or epoch) carries this index as its epoch.
+ * assignment; every other assigned domain is idle (assigned at an earlier index, no queued
+ * recipient), and an assignment once made is never forgotten (no eviction: SIM_DOM_MAX is far
+ * below QUEUE_IDLE_DOMAINS_MAX); its queued-recipient count is the model's; its owner is LIVE
+ * or DRAINING, or "" only when no member is LIVE (idle ones included: they move and are taken
+ * like the others); a domain's epoch never goes back, and an assignment that changed (owner or
+ * epoch) carries this index as its epoch.
  */
 static void
 check_assignments(struct node *nd, uint64_t index)
@@ -1212,9 +1219,10 @@ check_assignments(struct node *nd, uint64_t index)
 		size_t k;
 		for (k = 0; k < S->n_dom && strcmp(S->dom[k].name, d->name); k++)
 			;
-		if (k == S->n_dom || !S->dom[k].queued)
-			fail("ownership: at %" PRIu64 " domain %s is assigned (to \"%s\" epoch %" PRIu64
-			     ") but has no queued recipient",
+		if (k == S->n_dom || (!S->dom[k].queued && !S->dom[k].epoch))
+			fail("ownership: at %" PRIu64
+			     " domain %s is assigned (to \"%s\" epoch %" PRIu64
+			     ") but has no queued recipient and had no assignment before",
 			     index, d->name, d->owner, d->epoch);
 		if (listed[k])
 			fail("ownership: at %" PRIu64 " domain %s has two assignments", index,
@@ -1252,11 +1260,16 @@ check_assignments(struct node *nd, uint64_t index)
 		S->dom[k].epoch = d->epoch;
 		snprintf(S->dom[k].owner, sizeof(S->dom[k].owner), "%s", d->owner);
 	}
-	for (size_t k = 0; k < S->n_dom; k++)
+	for (size_t k = 0; k < S->n_dom; k++) {
 		if (S->dom[k].queued && !listed[k])
 			fail("ownership: at %" PRIu64 " domain %s has %" PRIu64
 			     " queued recipients and no assignment",
 			     index, S->dom[k].name, S->dom[k].queued);
+		if (S->dom[k].epoch && !listed[k])
+			fail("ownership: at %" PRIu64
+			     " the idle assignment of %s (\"%s\" epoch %" PRIu64 ") was forgotten",
+			     index, S->dom[k].name, S->dom[k].owner, S->dom[k].epoch);
+	}
 }
 
 /* After the heal: when some member is LIVE, every assigned domain is owned by a LIVE member. */
@@ -2563,23 +2576,6 @@ removed_between(uint64_t id, uint64_t from, uint64_t to)
 	return false;
 }
 
-/*
- * Did model domain k lose its last queued recipient at an index in (from, to]?  Its assignment
- * is then forgotten, and the next Accept for it makes a new one with the rendezvous winner
- * among the LIVE members at that time (queue_fsm.h), which need not be the previous owner: a
- * previous owner that has not applied the change and still holds a lease (it sees the old
- * items, e.g. a message an operator deleted) may start attempts while the new owner does.
- * Counted as recreated_overlaps; --strict-lease makes them fail.
- */
-static bool
-forgot_between(uint8_t k, uint64_t from, uint64_t to)
-{
-	for (uint64_t i = from + 1; i <= to; i++)
-		if (applied_at(i)->forgot & (1u << k))
-			return true;
-	return false;
-}
-
 /* Lease mode, every unit: no two nodes may start attempts for one domain at the same time
  * (own_may_start over each node's own applied state and lease). */
 static void
@@ -2611,11 +2607,8 @@ check_starters(void)
 					S->n_removed_overlaps++;
 					continue;
 				}
-				if (!S->strict_lease && forgot_between(k, e1 < e2 ? e1 : e2, hi)) {
-					/* known gap, counted: see forgot_between() */
-					S->n_recreated_overlaps++;
-					continue;
-				}
+				/* (a domain emptied and accepted again keeps its assignment, idle
+				 * in between, so it never has a second owner that way: fatal) */
 				fail("lease: nodes %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
 				     ") and %" PRIu64 " (applied %" PRIu64 ", epoch %" PRIu64
 				     ") may both start attempts for %s; epoch %" PRIu64 " is %s",
@@ -3195,7 +3188,6 @@ sim_run(const struct run_opts *o)
 	g_tot.lease_runs += S->lease_mode;
 	g_tot.may_start += S->n_may_start_checks;
 	g_tot.removed_overlaps += S->n_removed_overlaps;
-	g_tot.recreated_overlaps += S->n_recreated_overlaps;
 	if (S->queue_max > g_tot.queue_max)
 		g_tot.queue_max = S->queue_max;
 	if (S->now - S->fault_end > g_tot.heal_max)
@@ -3335,9 +3327,8 @@ main(int argc, char **argv)
 	       g_tot.queue_max);
 	printf("ownership: member_cmds=%" PRIu64 " renews=%" PRIu64 " fenced_rcpts=%" PRIu64
 	       " reassigned=%" PRIu64 " lease_mode_runs=%" PRIu64 " attempts=%" PRIu64
-	       " may_start_checks=%" PRIu64 " removed_overlaps=%" PRIu64
-	       " recreated_overlaps=%" PRIu64 "\n",
+	       " may_start_checks=%" PRIu64 " removed_overlaps=%" PRIu64 "\n",
 	       g_tot.members, g_tot.renews, g_tot.fenced, g_tot.reassigned, g_tot.lease_runs,
-	       g_tot.attempts, g_tot.may_start, g_tot.removed_overlaps, g_tot.recreated_overlaps);
+	       g_tot.attempts, g_tot.may_start, g_tot.removed_overlaps);
 	return bad ? 1 : 0;
 }

@@ -6,7 +6,8 @@
  * Hold/Release/Retry, the tombstones of removed queue ids and their bound, persistence across a
  * reopen and queue_fsm_reload, determinism of a random command stream (digests and store
  * batches), the per-owner due lists (order against a brute force scan, and cost), the members
- * bound and the validation of the new commands.
+ * bound and the validation of the new commands, idle assignments (reuse, moves, the eviction
+ * order and bound, reload, determinism, allocation failures).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -30,6 +31,9 @@ struct world {
 	struct store_batch log; /* every apply write, concatenated */
 	uint64_t index;		/* of the last command applied */
 	unsigned nops;		/* store operations of the last command */
+	/* when set, applies cmd at index into one instead of queue_apply (allocation faults) */
+	int (*apply_fn)(struct world *w, uint64_t index, const Relay__Command *cmd,
+			struct store_batch *one);
 };
 
 static void
@@ -55,7 +59,9 @@ apply(struct world *w, const Relay__Command *cmd)
 {
 	struct store_batch one;
 	store_batch_init(&one);
-	int rv = queue_apply(w->q, ++w->index, cmd, &one);
+	++w->index;
+	int rv = w->apply_fn ? w->apply_fn(w, w->index, cmd, &one)
+			     : queue_apply(w->q, w->index, cmd, &one);
 	if (rv)
 		assert_int_equal(one.len, 0); /* a rejected command writes nothing */
 	assert_int_equal(store_write(w->s, &one, 0), 0);
@@ -420,15 +426,18 @@ test_assignment_rules(void **state)
 			 0);
 	assert_int_equal(queue_fsm_members(w.q, ms, QUEUE_MEMBERS_MAX), 3);
 	assert_int_equal(ms[1].rcpts_deferred, 1);
-	/* an assignment is forgotten with its last queued recipient; a later Accept makes a new
-	 * one with a new epoch */
+	/* an assignment stays, idle, after its last queued recipient (its key too); a later Accept
+	 * reuses it: same owner, same epoch */
 	assert_int_equal(outcome(&w, "m4", RELAY__OUTCOME_KIND__DELIVERED, &r0, 1,
 				 epoch_of(&w, "c.example"), T0 + 1, 0, NULL),
 			 0);
-	check_expect(&w, "c.example=-");
+	check_expect(&w, "c.example=n2@15");
+	assert_int_equal(check_own_keys(&w, 'D'), 3);
 	assert_int_equal(accept1(&w, "m5", "y@c.example"), 0);
-	check_expect(&w, "c.example=n2@20");
+	assert_int_equal(w.nops, 3); /* body, record, index: no D key */
+	check_expect(&w, "c.example=n2@15");
 	check_own_keys(&w, 0);
+	check_reopen(&w);
 	world_fini(&w);
 }
 
@@ -652,7 +661,8 @@ test_fencing(void **state)
 	assert_non_null(queue_fsm_lookup(w.q, "m1-dsn"));
 	const char *live[] = {"n1", "n2"};
 	expect_owner(&w, "dsn.example", winner_of("dsn.example", live, 2), w.index);
-	check_expect(&w, "one.example=-");
+	/* one.example has no queued recipient left: idle, same assignment */
+	check_expect(&w, "one.example=n2@8");
 	Relay__QueueRecord *rec;
 	assert_int_equal(queue_fsm_read_record(w.q, "m1", &rec), 0);
 	assert_int_equal(rec->rcpts[0]->epoch, 8);
@@ -667,7 +677,7 @@ test_fencing(void **state)
 }
 
 /* An outcome that finishes the last recipient of a domain while its DSN goes to the same
- * domain: the assignment is forgotten and made anew (epoch = the outcome's index). */
+ * domain: the assignment becomes idle and the DSN reuses it (same owner, same epoch). */
 static void
 test_dsn_same_domain(void **state)
 {
@@ -695,13 +705,13 @@ test_dsn_same_domain(void **state)
 			 0);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	const char *live[] = {"n1", "n2"};
-	expect_owner(&w, "same.example", winner_of("same.example", live, 2), 4);
+	expect_owner(&w, "same.example", winner_of("same.example", live, 2), 3);
 	static struct item_list l;
 	memset(&l, 0, sizeof(l));
 	const char *own = winner_of("same.example", live, 2);
 	assert_int_equal(queue_fsm_due_owned(w.q, own, UINT64_MAX, item_cb, &l, 64), 1);
 	assert_string_equal(l.it[0].m->queue_id, "m1-dsn");
-	assert_int_equal(l.it[0].epoch, 4);
+	assert_int_equal(l.it[0].epoch, 3);
 	check_own_keys(&w, 0);
 	check_reopen(&w);
 	world_fini(&w);
@@ -1539,6 +1549,239 @@ test_members_bound_and_validation(void **state)
 #endif
 #endif
 
+/* ---- idle assignments ---- */
+
+/* Delivers the only recipient of id at its domain's current epoch. */
+static void
+deliver1(struct world *w, const char *id, const char *domain)
+{
+	const uint32_t r0 = 0;
+	assert_int_equal(outcome(w, id, RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, epoch_of(w, domain),
+				 T0, 0, NULL),
+			 0);
+	assert_null(queue_fsm_lookup(w->q, id));
+}
+
+static int
+no_owner(struct world *w, const char *domain)
+{
+	char o[QUEUE_NODE_MAX + 1];
+	uint64_t e;
+	return queue_fsm_domain_owner(w->q, domain, o, &e) == QUEUE_ENOTFOUND;
+}
+
+struct dom_count {
+	size_t n, idle;
+};
+
+static int
+dom_count_cb(void *arg, const char *domain, const char *owner, uint64_t epoch, uint64_t rcpts)
+{
+	(void)domain;
+	(void)owner;
+	(void)epoch;
+	struct dom_count *c = arg;
+	c->n++;
+	c->idle += rcpts == 0;
+	return 0;
+}
+
+/* An assignment stays idle after its last recipient; reused (same owner and epoch) while its
+ * owner is LIVE or DRAINING; moved with its owner's DOWN; unowned when no member is LIVE, then
+ * replaced by an Accept and taken by a member becoming LIVE. */
+static void
+test_idle_reuse_and_move(void **state)
+{
+	(void)state;
+	struct world w;
+	world_init(&w);
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0);
+	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0);
+	const char *live[] = {"n1", "n2"};
+	const char *own = winner_of("x.example", live, 2);
+	const char *other = strcmp(own, "n1") ? "n1" : "n2";
+	assert_int_equal(accept1(&w, "m1", "a@x.example"), 0); /* 3 */
+	deliver1(&w, "m1", "x.example");		       /* 4 */
+	assert_int_equal(w.nops, 3 + 1);		       /* no D key written or deleted */
+	expect_owner(&w, "x.example", own, 3);
+	assert_int_equal(check_own_keys(&w, 'D'), 1);
+	struct dom_count dc = {0, 0};
+	assert_int_equal(queue_fsm_domains(w.q, dom_count_cb, &dc), 1);
+	assert_int_equal(dc.idle, 1);
+	struct queue_member ms[QUEUE_MEMBERS_MAX];
+	assert_int_equal(queue_fsm_members(w.q, ms, QUEUE_MEMBERS_MAX), 2);
+	assert_int_equal(ms[!strcmp(own, "n2")].domains, 1); /* idle ones included */
+	assert_int_equal(ms[!strcmp(own, "n2")].rcpts_owned, 0);
+	check_own_keys(&w, 0);
+	check_reopen(&w);
+
+	/* reuse: same owner, same epoch, no D key; an outcome at that epoch applies */
+	assert_int_equal(accept1(&w, "m2", "b@X.Example"), 0); /* 5 */
+	assert_int_equal(w.nops, 3);
+	expect_owner(&w, "x.example", own, 3);
+	deliver1(&w, "m2", "x.example"); /* 6 */
+	/* a DRAINING owner keeps it too (the rule of an active domain) */
+	assert_int_equal(member(&w, own, QUEUE_MEMBER_DRAINING), 0); /* 7 */
+	assert_int_equal(accept1(&w, "m3", "c@x.example"), 0);	     /* 8 */
+	expect_owner(&w, "x.example", own, 3);
+	deliver1(&w, "m3", "x.example"); /* 9 */
+	/* its owner DOWN: the idle assignment moves, epoch = that index */
+	struct queue_fsm_stats before, after;
+	queue_fsm_stats(w.q, &before);
+	assert_int_equal(member(&w, own, QUEUE_MEMBER_DOWN), 0); /* 10 */
+	queue_fsm_stats(w.q, &after);
+	assert_int_equal(w.nops, 1 + 1);
+	assert_int_equal(after.reassigned - before.reassigned, 1);
+	expect_owner(&w, "x.example", other, 10);
+	check_own_keys(&w, 0);
+	check_reopen(&w);
+	/* an Outcome at the old epoch is stale now */
+	assert_int_equal(accept1(&w, "m4", "d@x.example"), 0); /* 11: reused at 10 */
+	expect_owner(&w, "x.example", other, 10);
+	const uint32_t r0 = 0;
+	assert_int_equal(outcome(&w, "m4", RELAY__OUTCOME_KIND__DELIVERED, &r0, 1, 3, T0, 0, NULL),
+			 0);
+	assert_int_equal(w.nops, 0);
+	deliver1(&w, "m4", "x.example"); /* 13 */
+	/* no LIVE member: unowned, idle */
+	assert_int_equal(member(&w, other, QUEUE_MEMBER_DOWN), 0); /* 14 */
+	expect_owner(&w, "x.example", "", 14);
+	/* an Accept for an unowned idle domain makes a new assignment */
+	assert_int_equal(accept1(&w, "m5", "e@x.example"), 0); /* 15 */
+	assert_int_equal(w.nops, 4);
+	expect_owner(&w, "x.example", "", 15);
+	deliver1(&w, "m5", "x.example"); /* 16 */
+	expect_owner(&w, "x.example", "", 15);
+	/* a member becoming LIVE takes the unowned idle domain */
+	assert_int_equal(member(&w, "n3", QUEUE_MEMBER_LIVE), 0); /* 17 */
+	expect_owner(&w, "x.example", "n3", 17);
+	assert_int_equal(check_own_keys(&w, 'D'), 1);
+	check_invariants(&w);
+	check_reopen(&w);
+	world_fini(&w);
+}
+
+/* An Accept of a new domain "<prefix><i>.example" then its delivery: one more idle. */
+static void
+idle_add(struct world *w, const char *prefix, unsigned i)
+{
+	char id[32], addr[64], dom[48];
+	snprintf(id, sizeof(id), "%s%u", prefix, i);
+	snprintf(dom, sizeof(dom), "%s%u.example", prefix, i);
+	snprintf(addr, sizeof(addr), "u@%s", dom);
+	assert_int_equal(accept1(w, id, addr), 0);
+	deliver1(w, id, dom);
+}
+
+static int
+has_dom(struct world *w, const char *prefix, unsigned i)
+{
+	char dom[48];
+	snprintf(dom, sizeof(dom), "%s%u.example", prefix, i);
+	return !no_owner(w, dom);
+}
+
+/* The eviction scenario; reload: a queue_fsm_reload once the idle ones are at the bound.
+ * Returns the final digest. */
+static uint64_t
+idle_scenario(struct world *w, int reload)
+{
+	assert_int_equal(member(w, "n1", QUEUE_MEMBER_LIVE), 0); /* 1 */
+	assert_int_equal(accept1(w, "old", "u@old.example"), 0); /* 2: active, epoch 2 */
+	const char *ties[] = {"a@zz-tie.example", "b@aa-tie.example", "c@mm-tie.example"};
+	assert_int_equal(accept_n(w, "tie", ties, 3, T0), 0); /* 3: three domains at epoch 3 */
+	const uint32_t r012[] = {0, 1, 2};
+	assert_int_equal(outcome(w, "tie", RELAY__OUTCOME_KIND__DELIVERED, r012, 3, 3, T0, 0, NULL),
+			 0);
+	for (unsigned i = 0; i < QUEUE_IDLE_DOMAINS_MAX - 3; i++)
+		idle_add(w, "f", i);
+	/* at the bound: nothing forgotten yet */
+	struct dom_count dc = {0, 0};
+	queue_fsm_domains(w->q, dom_count_cb, &dc);
+	assert_int_equal(dc.idle, QUEUE_IDLE_DOMAINS_MAX);
+	assert_int_equal(dc.n, QUEUE_IDLE_DOMAINS_MAX + 1);
+	assert_int_equal(check_own_keys(w, 'D'), QUEUE_IDLE_DOMAINS_MAX + 1);
+	assert_false(no_owner(w, "aa-tie.example"));
+	if (reload)
+		assert_int_equal(queue_fsm_reload(w->q), 0);
+	/* one more idle: the smallest (epoch, name) goes, its key deleted in the same batch */
+	idle_add(w, "g", 0);
+	assert_int_equal(w->nops, 3 + 1 + 1);
+	assert_true(no_owner(w, "aa-tie.example"));
+	assert_false(no_owner(w, "mm-tie.example"));
+	idle_add(w, "g", 1);
+	assert_true(no_owner(w, "mm-tie.example"));
+	assert_false(no_owner(w, "zz-tie.example"));
+	idle_add(w, "g", 2);
+	assert_true(no_owner(w, "zz-tie.example"));
+	assert_true(has_dom(w, "f", 0));
+	idle_add(w, "g", 3);
+	assert_false(has_dom(w, "f", 0));
+	assert_true(has_dom(w, "f", 1));
+	/* a domain becoming idle with the smallest epoch of all is itself forgotten */
+	deliver1(w, "old", "old.example");
+	assert_int_equal(w->nops, 3 + 1 + 1);
+	assert_true(no_owner(w, "old.example"));
+	assert_true(has_dom(w, "f", 1));
+	/* two at once: the two smallest go */
+	const char *two[] = {"a@p.example", "b@q.example"};
+	assert_int_equal(accept_n(w, "two", two, 2, T0), 0);
+	const uint32_t r01[] = {0, 1};
+	assert_int_equal(outcome(w, "two", RELAY__OUTCOME_KIND__DELIVERED, r01, 2,
+				 epoch_of(w, "p.example"), T0, 0, NULL),
+			 0);
+	assert_int_equal(w->nops, 3 + 1 + 2);
+	assert_false(has_dom(w, "f", 1));
+	assert_false(has_dom(w, "f", 2));
+	assert_true(has_dom(w, "f", 3));
+	/* an idle one reused is active again: the next idle one needs no eviction */
+	assert_int_equal(accept1(w, "f4again", "v@f4.example"), 0);
+	assert_int_equal(w->nops, 3);
+	idle_add(w, "h", 0);
+	assert_int_equal(w->nops, 3 + 1);
+	assert_true(has_dom(w, "f", 3));
+	deliver1(w, "f4again", "f4.example"); /* f4 idle again: f3 goes */
+	assert_false(has_dom(w, "f", 3));
+	assert_true(has_dom(w, "f", 4));
+	memset(&dc, 0, sizeof(dc));
+	queue_fsm_domains(w->q, dom_count_cb, &dc);
+	assert_int_equal(dc.idle, QUEUE_IDLE_DOMAINS_MAX);
+	assert_int_equal(dc.n, QUEUE_IDLE_DOMAINS_MAX);
+	assert_int_equal(check_own_keys(w, 'D'), QUEUE_IDLE_DOMAINS_MAX);
+	check_reopen(w);
+	/* after the reload: the order goes on from the keys alone */
+	idle_add(w, "h", 1);
+	assert_false(has_dom(w, "f", 4));
+	assert_true(has_dom(w, "f", 5));
+	/* the member DOWN then back: every idle one moves, keeps the bound */
+	assert_int_equal(member(w, "n2", QUEUE_MEMBER_LIVE), 0);
+	assert_int_equal(member(w, "n1", QUEUE_MEMBER_DOWN), 0);
+	expect_owner(w, "f5.example", "n2", w->index);
+	check_own_keys(w, 0);
+	check_invariants(w);
+	return queue_fsm_digest(w->q);
+}
+
+/* The bound and the eviction order; the same digests and batches with or without a reload
+ * (the idle heap rebuilt from the keys) in the middle. */
+static void
+test_idle_eviction(void **state)
+{
+	(void)state;
+	struct world a, b;
+	world_init(&a);
+	world_init(&b);
+	uint64_t da = idle_scenario(&a, 0), db = idle_scenario(&b, 1);
+	assert_int_equal(da, db);
+	assert_int_equal(a.index, b.index);
+	assert_int_equal(a.log.len, b.log.len);
+	assert_memory_equal(a.log.buf, b.log.buf, a.log.len);
+	check_reopen(&a);
+	assert_int_equal(queue_fsm_digest(a.q), db);
+	world_fini(&a);
+	world_fini(&b);
+}
+
 #ifndef OWN_NO_MALLOC_HOOK
 /* The allocator with a fault: while fail_at > 0, the fail_at-th allocation from now fails. */
 extern void *__libc_malloc(size_t);
@@ -1762,9 +2005,97 @@ test_enomem_changes_nothing(void **state)
 	world_fini(&ref);
 	world_fini(&w);
 }
+
+/* Applies cmd failing its 1st, 2nd, ... allocation until it succeeds; each failure must leave
+ * the memory (digest) and the batch unchanged. */
+static long idle_faults;
+
+static int
+apply_with_faults(struct world *w, uint64_t index, const Relay__Command *cmd,
+		  struct store_batch *one)
+{
+	for (long k = 1;; k++) {
+		uint64_t d = queue_fsm_digest(w->q);
+		store_batch_clear(one);
+		fail_at = k;
+		int rv = queue_apply(w->q, index, cmd, one);
+		int hit = fail_at == 0;
+		fail_at = 0;
+		if (rv != QUEUE_ENOMEM)
+			return rv;
+		assert_true(hit);
+		assert_int_equal(one->len, 0);
+		assert_int_equal(queue_fsm_digest(w->q), d);
+		idle_faults++;
+	}
+}
+
+/* Evictions (one and two at once, of new and of old idle ones) under allocation faults: the
+ * same result as without. */
+static void
+test_idle_enomem(void **state)
+{
+	(void)state;
+	struct world ref, w;
+	world_init(&ref);
+	world_init(&w);
+	assert_int_equal(member(&ref, "n1", QUEUE_MEMBER_LIVE), 0);
+	assert_int_equal(member(&w, "n1", QUEUE_MEMBER_LIVE), 0);
+	const char *two[] = {"a@p.example", "b@q.example"};
+	const char *ds[] = {"u@dsn.example"};
+	for (int k = 0; k < 2; k++) {
+		struct world *x = k ? &w : &ref;
+		assert_int_equal(accept1(x, "old", "u@old.example"), 0);
+		for (unsigned i = 0; i < QUEUE_IDLE_DOMAINS_MAX; i++)
+			idle_add(x, "f", i);
+		assert_int_equal(accept_n(x, "two", two, 2, T0), 0);
+		assert_int_equal(accept_n(x, "dsn", ds, 1, T0), 0);
+		if (k)
+			x->apply_fn = apply_with_faults;
+		idle_add(x, "g", 0);
+		deliver1(x, "old", "old.example");
+		const uint32_t r01[] = {0, 1};
+		assert_int_equal(outcome(x, "two", RELAY__OUTCOME_KIND__DELIVERED, r01, 2,
+					 epoch_of(x, "p.example"), T0, 0, NULL),
+				 0);
+		/* an outcome whose DSN goes to a domain it empties, at the bound */
+		Relay__Recipient dr = RELAY__RECIPIENT__INIT;
+		Relay__Recipient *drp = &dr;
+		dr.addr = "sender@dsn.example";
+		Relay__Accept dsn = RELAY__ACCEPT__INIT;
+		dsn.queue_id = "dsn-dsn";
+		dsn.mail_from = "";
+		dsn.n_rcpts = 1;
+		dsn.rcpts = &drp;
+		dsn.received_ms = T0;
+		const uint32_t r0 = 0;
+		assert_int_equal(outcome(x, "dsn", RELAY__OUTCOME_KIND__FAILED, &r0, 1,
+					 epoch_of(x, "dsn.example"), T0, 0, &dsn),
+				 0);
+		x->apply_fn = NULL;
+		expect_owner(x, "dsn.example", "n1", 4 + 2 * QUEUE_IDLE_DOMAINS_MAX);
+	}
+	print_message("%ld allocation failures injected\n", idle_faults);
+	assert_true(idle_faults >= 4);
+	assert_int_equal(queue_fsm_digest(w.q), queue_fsm_digest(ref.q));
+	assert_int_equal(w.log.len, ref.log.len);
+	assert_memory_equal(w.log.buf, ref.log.buf, w.log.len);
+	check_own_keys(&w, 0);
+	check_invariants(&w);
+	check_reopen(&w);
+	world_fini(&ref);
+	world_fini(&w);
+}
 #else
 static void
 test_enomem_changes_nothing(void **state)
+{
+	(void)state;
+	skip(); /* the sanitizer owns malloc */
+}
+
+static void
+test_idle_enomem(void **state)
 {
 	(void)state;
 	skip(); /* the sanitizer owns malloc */
@@ -1788,6 +2119,9 @@ main(void)
 	    cmocka_unit_test(test_due_owned_order_and_cost),
 	    cmocka_unit_test(test_members_bound_and_validation),
 	    cmocka_unit_test(test_enomem_changes_nothing),
+	    cmocka_unit_test(test_idle_reuse_and_move),
+	    cmocka_unit_test(test_idle_eviction),
+	    cmocka_unit_test(test_idle_enomem),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
