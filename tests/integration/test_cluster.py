@@ -96,7 +96,13 @@ class ClusterTest(RelayTestCase):
     def queues_hold(self, ids):
         """Every id is in the applied queue of every node (not merely in its log)."""
         for n in self.cl:
-            q = n.dump_queue()
+            try:
+                q = n.dump_queue()
+            except AssertionError as e:
+                # a node fetching a streamed snapshot: its dump refuses the partial copy
+                if "snapshot-incomplete" in str(e):
+                    return False
+                raise
             if any(i not in q or q[i].get("pending_apply") for i in ids):
                 return False
         return True
