@@ -69,16 +69,20 @@ own_lease_held(const struct own *o, uint64_t now)
 }
 
 bool
+own_may_act(const struct own *o, uint64_t now, int self_state)
+{
+	return self_state == QUEUE_MEMBER_LIVE && own_lease_held(o, now);
+}
+
+bool
 own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner,
 	      uint64_t epoch, uint64_t item_epoch)
 {
-	if (self_state != QUEUE_MEMBER_LIVE)
-		return false;
 	if (owner == NULL || strcmp(owner, o->self) != 0)
 		return false;
 	if (epoch == 0 || epoch != item_epoch)
 		return false;
-	return own_lease_held(o, now);
+	return own_may_act(o, now, self_state);
 }
 
 bool

@@ -105,6 +105,10 @@ void own_renew_sent(struct own *o, uint64_t now);
 void own_renew_done(struct own *o, bool ok, uint64_t now);
 bool own_lease_held(const struct own *o, uint64_t now);
 
+/* May this node start attempts at all: it is LIVE (enum queue_member_state; -1 when it is not
+ * in the member table) and holds its lease? */
+bool own_may_act(const struct own *o, uint64_t now, int self_state);
+
 /* May this node start an attempt for an item whose domain its applied state assigns to
  * `owner` at `epoch`, given its own member state (enum queue_member_state, or -1 when it is not
  * in the member table)?  item_epoch is the epoch the host will put in the Outcome. */

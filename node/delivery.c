@@ -2041,10 +2041,8 @@ scan_cb(void *arg, const struct queue_item *it)
 		sc->next_due = it->next_attempt_ms;
 		return 1;
 	}
-	/* A message with several due domains of ours shows up once per domain: start it once. */
-	for (size_t i = 0; i < sc->n; i++)
-		if (strcmp(sc->ids[i], m->queue_id) == 0)
-			return 0;
+	/* A message with several due domains of ours shows up once per domain: the start loop
+	 * skips the copies (msg_find), they only take a slot of this scan. */
 	if (sc->n == sc->room) {
 		return 1; /* full: a finishing message asks for a new scan */
 	}
@@ -2066,7 +2064,7 @@ sched_scan(struct delivery *d)
 	uint64_t now = now_ms();
 	uv_timer_stop(&d->sched_timer);
 	d->armed_ms = 0;
-	if (!own_may_start(&d->own, now, d->self_state, d->own.self, 1, 1))
+	if (!own_may_act(&d->own, now, d->self_state))
 		return; /* own_tick_cb rescans when this node may start again */
 	uint64_t max = sched_inflight_max(d);
 	size_t room = d->nmsgs < max ? (size_t)(max - d->nmsgs) : 0;
@@ -2358,7 +2356,7 @@ own_tick_cb(uv_timer_t *t)
 				   act[i].expect_renew_index);
 	}
 	/* Start or stop. */
-	bool may = own_may_start(&d->own, now, d->self_state, d->own.self, 1, 1);
+	bool may = own_may_act(&d->own, now, d->self_state);
 	if (may != d->may_start) {
 		log_info("-", "event=%s state=%d lease_ms_left=%" PRId64,
 			 may ? "ownership-resumed" : "ownership-paused", d->self_state,
