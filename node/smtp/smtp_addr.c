@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include "smtp_addr.h"
-#include "smtp_session.h"
 
 #define SMTP__LABEL_MAX 63   /* RFC 1035 sec 2.3.4 */
 #define SMTP__LITERAL_MAX 64 /* "[IPv6:...]" content; longer than any valid literal */

@@ -8,6 +8,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* RFC 5321 4.5.3.1 size limits of a path and its parts. */
+#define SMTP_LOCAL_MAX 64   /* RFC 5321 4.5.3.1.1 */
+#define SMTP_DOMAIN_MAX 255 /* RFC 5321 4.5.3.1.2 */
+#define SMTP_PATH_MAX 256   /* RFC 5321 4.5.3.1.3, incl. the angle brackets */
+
 enum smtp__addr_err {
 	SMTP__ADDR_OK = 0,
 	SMTP__ADDR_SYNTAX = -1, /* malformed */

@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "smtp_session.h"
+#include "smtp_received.h"
 
 #define SMTP__RCVD_FIELD_MAX 256 /* any one field; 4 per line stay far below 998 octets */
 

@@ -30,6 +30,7 @@
 #include "proxy.h"
 #include "queue_id.h"
 #include "relay.pb-c.h"
+#include "smtp_received.h"
 #include "tls.h"
 
 #define SMTP_RECEIVED_MAX 2048

@@ -57,6 +57,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "smtp_addr.h" /* SMTP_LOCAL_MAX, SMTP_DOMAIN_MAX, SMTP_PATH_MAX */
+
 /* Limits.  The config fields override the defaults; 0 in a config field means the default. */
 #define SMTP_LINE_MAX_DEFAULT 2048 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
 #define SMTP_LINE_MAX_MIN 512	   /* smaller configured values are raised to this */
@@ -68,9 +70,6 @@
 #define SMTP_AUTH_LINE_MAX 2048	      /* one AUTH continuation line incl. CRLF (base64) */
 #define SMTP_AUTH_FIELD_MAX 255	      /* authzid, user, password each (RFC 4616 sec 2) */
 #define SMTP_HELO_MAX 255	      /* EHLO/HELO argument */
-#define SMTP_LOCAL_MAX 64	      /* RFC 5321 4.5.3.1.1 */
-#define SMTP_DOMAIN_MAX 255	      /* RFC 5321 4.5.3.1.2 */
-#define SMTP_PATH_MAX 256	      /* RFC 5321 4.5.3.1.3, incl. the angle brackets */
 #define SMTP_ENVID_MAX 100	      /* RFC 3461 sec 4.4 */
 #define SMTP_ORCPT_MAX 500	      /* RFC 3461 sec 4.2 */
 #define SMTP_REPLY_TEXT_MAX 256	      /* text of a glue-supplied reply (message_result) */
@@ -280,30 +279,5 @@ bool smtp_session_in_data(const struct smtp_session *s);
 
 /* Current state name, for logs ("greeted", "helo", "mail", "rcpt", "data", ...). */
 const char *smtp_session_state_name(const struct smtp_session *s);
-
-/* ---- Received: header (RFC 5321 4.4, RFC 5322 3.6.7) ---- */
-
-struct smtp_received_info {
-	const char *helo;	 /* client's EHLO/HELO argument, or NULL */
-	const char *client_name; /* verified reverse name, or NULL ("unknown") */
-	const char *client_addr; /* "192.0.2.1" or "IPv6:2001:db8::1" (RFC 5321 4.1.3) */
-	const char *hostname;	 /* ours */
-	bool esmtp;		 /* EHLO rather than HELO */
-	bool tls;
-	bool auth;
-	bool smtputf8;
-	const char *queue_id; /* or NULL */
-	const char *rcpt;     /* the recipient when there is exactly one, else NULL */
-	const char *date;     /* RFC 5322 date-time, supplied by the caller (no clock here) */
-};
-
-/*
- * Writes "Received: from ... by ... with <protocol> id ... for <rcpt>; <date>" CRLF, folded
- * with CRLF TAB before "by", "with"/"id", "for".  Protocol per RFC 3848 (SMTP, ESMTP, ESMTPA,
- * ESMTPS, ESMTPSA) and RFC 6531 sec 3.7.3 (UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA).
- * Client-supplied text (helo) is sanitized so it cannot break the comment or the header.
- * Returns the length written (NUL-terminated, the NUL not counted) or -ENOSPC / -EINVAL.
- */
-int smtp_received_header(char *buf, size_t cap, const struct smtp_received_info *ri);
 
 #endif

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "smtp_harness.h"
+#include "smtp_received.h"
 
 static int
 setup(void **state)
