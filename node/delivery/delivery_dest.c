@@ -1,0 +1,308 @@
+/*
+ * delivery_dest.c - destinations (routes) of the engine (delivery_int.h): the route of a
+ * recipient (transport, relayhost, MX), MX resolution and its cache, the job queue of a
+ * route, the per-destination rate limit (max_messages_per_minute_per_destination: a token
+ * bucket), and the connection slots (max_deliveries, max_connections_per_destination).
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "delivery.h"
+#include "delivery_int.h"
+
+/* ------------------------------------------------------------ destinations */
+
+struct ddest *
+dlv__dest_get(struct delivery *d, const char *rcpt_addr)
+{
+	char key[300], domain[MX_NAME_MAX + 2];
+	struct config_route route = {.port = 25};
+	const char *dom = dlv__rcpt_domain(rcpt_addr);
+	if (mx_name_normalize(dom, domain) != 0 || domain[0] == '\0')
+		snprintf(domain, sizeof(domain), "%s", "");
+	bool tls_req = domain[0] && dlv__list_has(&d->cfg->tls_required_domains, domain);
+	const char *target = NULL;
+	bool transport = false;
+	for (size_t i = 0; domain[0] && i < d->cfg->transport.n; i++) {
+		const char *e = d->cfg->transport.v[i], *eq = strchr(e, '=');
+		if (eq && (size_t)(eq - e) == strlen(domain) &&
+		    strncasecmp(e, domain, (size_t)(eq - e)) == 0) {
+			target = eq + 1;
+			transport = true;
+			break;
+		}
+	}
+	if (target == NULL && d->cfg->relayhost[0] != '\0')
+		target = d->cfg->relayhost;
+	if (target != NULL) {
+		if (config_parse_route(target, &route) != 0)
+			return NULL;
+		if (transport)
+			route.no_mx = true;
+		snprintf(key, sizeof(key), "%s%s:%u%s", route.no_mx ? "host:" : "mx:", route.host,
+			 route.port, tls_req ? "/tls" : "");
+	} else {
+		snprintf(route.host, sizeof(route.host), "%s", domain);
+		route.port = 25;
+		route.no_mx = false;
+		snprintf(key, sizeof(key), "domain:%s%s", domain, tls_req ? "/tls" : "");
+	}
+	uint64_t h = dlv__hash_str(key) % DLV_HASH_BUCKETS;
+	for (struct ddest *x = d->dests[h]; x; x = x->hnext)
+		if (strcmp(x->key, key) == 0)
+			return x;
+	struct ddest *x = calloc(1, sizeof(*x));
+	if (x == NULL)
+		return NULL;
+	x->d = d;
+	snprintf(x->key, sizeof(x->key), "%s", key);
+	snprintf(x->domain, sizeof(x->domain), "%s", domain);
+	snprintf(x->host, sizeof(x->host), "%s", route.host);
+	x->port = route.port;
+	x->no_mx = route.no_mx;
+	x->tls_required = tls_req;
+	x->hnext = d->dests[h];
+	d->dests[h] = x;
+	x->next = d->dest_list;
+	if (d->dest_list)
+		d->dest_list->prev = x;
+	d->dest_list = x;
+	return x;
+}
+
+void
+dlv__dest_maybe_free(struct ddest *x)
+{
+	struct delivery *d = x->d;
+	if (x->nqueued > 0 || x->nconn > 0 || x->state == DEST_RESOLVING)
+		return;
+	struct ddest **pp = &d->dests[dlv__hash_str(x->key) % DLV_HASH_BUCKETS];
+	while (*pp != x)
+		pp = &(*pp)->hnext;
+	*pp = x->hnext;
+	if (x->prev)
+		x->prev->next = x->next;
+	else
+		d->dest_list = x->next;
+	if (x->next)
+		x->next->prev = x->prev;
+	free(x->mx);
+	free(x);
+}
+
+struct djob *
+dlv__dest_pop(struct ddest *x)
+{
+	struct djob *j = x->qhead;
+	if (j == NULL)
+		return NULL;
+	x->qhead = j->next;
+	if (x->qhead == NULL)
+		x->qtail = NULL;
+	x->nqueued--;
+	j->next = NULL;
+	return j;
+}
+
+/* The next job of x for a connection, within max_messages_per_minute_per_destination (a token
+ * bucket holding a second's worth, at least 1); NULL when there is none or the limit says wait
+ * (then the ownership tick pumps x again).  The close and failure paths use dlv__dest_pop. */
+struct djob *
+dlv__dest_take(struct ddest *x)
+{
+	struct delivery *d = x->d;
+	uint64_t per_min = d->cfg->max_messages_per_minute_per_destination;
+	if (x->nqueued == 0)
+		return NULL;
+	if (per_min > 0) {
+		double burst = per_min / 60.0 < 1.0 ? 1.0 : per_min / 60.0;
+		uint64_t now = dlv__now_ms();
+		if (x->tokens_ms == 0)
+			x->tokens = burst;
+		else if (now > x->tokens_ms)
+			x->tokens += (double)(now - x->tokens_ms) * per_min / 60000.0;
+		if (x->tokens > burst)
+			x->tokens = burst;
+		x->tokens_ms = now;
+		if (x->tokens < 1.0) {
+			d->rate_waiters = true;
+			d->st.rate_waits++;
+			return NULL;
+		}
+		x->tokens -= 1.0;
+	}
+	return dlv__dest_pop(x);
+}
+
+void
+dlv__dest_push(struct ddest *x, struct djob *j)
+{
+	j->next = NULL;
+	if (x->qtail)
+		x->qtail->next = j;
+	else
+		x->qhead = j;
+	x->qtail = j;
+	x->nqueued++;
+}
+
+/* Every queued job of x ends with the same result. */
+void
+dlv__dest_fail_queued(struct ddest *x, bool permanent, const struct mta_diag *dg, const char *relay)
+{
+	struct djob *j;
+	while ((j = dlv__dest_pop(x)) != NULL)
+		dlv__job_finish_all(j, permanent, dg, relay);
+}
+
+static void
+resolve_cb(void *arg, int status, const struct mx_list *list)
+{
+	struct ddest *x = arg;
+	struct delivery *d = x->d;
+	x->state = DEST_NEW;
+	if (status != 0 && status != MX_ECANCELED) {
+		if (mx_is_permanent(status))
+			d->st.dns_permanent++;
+		else
+			d->st.dns_failures++;
+	}
+	if (status == 0 && list != NULL && list->nhosts > 0) {
+		if (x->mx == NULL)
+			x->mx = malloc(sizeof(*x->mx));
+		if (x->mx != NULL) {
+			*x->mx = *list;
+			x->state = DEST_READY;
+			uint32_t ttl = list->ttl < 5 ? 5 : list->ttl;
+			x->mx_expires_ms = dlv__now_ms() + (uint64_t)ttl * 1000;
+			if (log_enabled(LOG_DEBUG)) {
+				char buf[1024];
+				mx_list_format(list, buf, sizeof(buf));
+				log_debug("-", "event=resolved dest=%s hosts=\"%s\"", x->key, buf);
+			}
+		} else {
+			status = MX_ENOMEM;
+		}
+	}
+	if (status != 0 || x->state != DEST_READY) {
+		struct mta_diag dg = {0};
+		bool perm = mx_is_permanent(status);
+		dg.code = perm ? 550 : 451;
+		dg.local = true;
+		snprintf(dg.enh, sizeof(dg.enh), "%s", mx_status_code(status));
+		snprintf(dg.text, sizeof(dg.text), "%d %s %s: %s", dg.code, dg.enh, x->host,
+			 mx_strerror(status));
+		if (status == MX_ENULLMX)
+			snprintf(dg.text, sizeof(dg.text), "556 5.1.10 %s: %s", x->host,
+				 mx_strerror(status));
+		log_info("-", "event=dns-failed dest=%s error=\"%s\" permanent=%s", x->key,
+			 mx_strerror(status), perm ? "yes" : "no");
+		if (!d->closing)
+			dlv__dest_fail_queued(x, perm, &dg, "");
+		dlv__dest_maybe_free(x);
+		dlv__maybe_done(d);
+		return;
+	}
+	dlv__dest_pump(x);
+	dlv__dest_maybe_free(x);
+}
+
+/* Starts what the destination may start: a lookup, or connections for its queued jobs.  Never
+ * frees x (the caller calls dlv__dest_maybe_free). */
+void
+dlv__dest_pump(struct ddest *x)
+{
+	struct delivery *d = x->d;
+	if (d->closing || x->nqueued == 0)
+		return;
+	if (x->state == DEST_RESOLVING)
+		return;
+	if (x->state == DEST_READY && dlv__now_ms() >= x->mx_expires_ms && x->nconn == 0)
+		x->state = DEST_NEW;
+	if (x->state == DEST_NEW) {
+		struct mta_diag dg = {.code = 451, .local = true};
+		if (d->resolver == NULL) {
+			snprintf(dg.enh, sizeof(dg.enh), "4.4.3");
+			snprintf(dg.text, sizeof(dg.text), "451 4.4.3 no DNS server configured");
+			dlv__dest_fail_queued(x, false, &dg, "");
+			return;
+		}
+		if (x->host[0] == '\0') {
+			dg.code = 550;
+			snprintf(dg.enh, sizeof(dg.enh), "5.1.2");
+			snprintf(dg.text, sizeof(dg.text), "550 5.1.2 bad destination domain");
+			dlv__dest_fail_queued(x, true, &dg, "");
+			return;
+		}
+		x->state = DEST_RESOLVING;
+		d->st.dns_lookups++;
+		int rc = x->no_mx ? resolver_host(d->resolver, x->host, resolve_cb, x)
+				  : resolver_mx(d->resolver, x->host, resolve_cb, x);
+		if (rc != 0) {
+			x->state = DEST_NEW;
+			bool perm = rc == -EINVAL;
+			dg.code = perm ? 550 : 451;
+			snprintf(dg.enh, sizeof(dg.enh), perm ? "5.1.2" : "4.4.3");
+			snprintf(dg.text, sizeof(dg.text), "%d %s %s: lookup failed (%s)", dg.code,
+				 dg.enh, x->host, strerror(-rc));
+			dlv__dest_fail_queued(x, perm, &dg, "");
+		}
+		return;
+	}
+	while (x->nqueued > 0 && dlv__conn_reuse(x))
+		;
+	if (x->nqueued > 0 && (uint64_t)d->nconn >= d->cfg->max_deliveries &&
+	    (uint64_t)x->nconn < d->cfg->max_connections_per_destination) {
+		/* every slot is taken: close the oldest idle connection of another route */
+		for (struct dconn *ic = d->idle_head; ic != NULL; ic = ic->gnext)
+			if (ic->dest != x) {
+				dlv__conn_idle_leave(ic);
+				mta_session_quit(&ic->sess);
+				dlv__conn_process(ic);
+				break;
+			}
+	}
+	while (x->nqueued > 0 && (uint64_t)x->nconn < d->cfg->max_connections_per_destination &&
+	       (uint64_t)d->nconn < d->cfg->max_deliveries) {
+		struct djob *j = dlv__dest_take(x);
+		if (j == NULL)
+			break; /* the rate limit: the ownership tick pumps again */
+		if (dlv__conn_new(x, j) == NULL) {
+			struct mta_diag dg = {.code = 451, .local = true};
+			snprintf(dg.enh, sizeof(dg.enh), "4.3.0");
+			snprintf(dg.text, sizeof(dg.text), "451 4.3.0 out of memory");
+			dlv__job_finish_all(j, false, &dg, "");
+			break;
+		}
+	}
+	if (x->nqueued > 0 && (uint64_t)d->nconn >= d->cfg->max_deliveries)
+		d->slot_waiters = true; /* a closing connection calls dlv__dests_pump_all */
+}
+
+/* A connection slot freed: let waiting destinations use it. */
+void
+dlv__dests_pump_all(struct delivery *d)
+{
+	if (!d->slot_waiters)
+		return;
+	d->slot_waiters = false;
+	struct ddest *x, *next;
+	for (x = d->dest_list; x && (uint64_t)d->nconn < d->cfg->max_deliveries; x = next) {
+		next = x->next;
+		if (x->nqueued > 0 && x->state == DEST_READY) {
+			dlv__dest_pump(x);
+			dlv__dest_maybe_free(x);
+		}
+	}
+	if (x != NULL)
+		d->slot_waiters = true; /* the slots ran out before the list did */
+}

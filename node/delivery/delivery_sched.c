@@ -1,0 +1,285 @@
+/*
+ * delivery_sched.c - the scheduler of the delivery engine (delivery_int.h): which queued
+ * messages are due and owned by this node, reading their records and bodies, splitting them
+ * into jobs per route, and the bounds on what is in flight (messages, body bytes).
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "delivery.h"
+#include "delivery_int.h"
+
+/* ------------------------------------------------------------ scheduler */
+
+/* Splits a due message into jobs and queues them on their destinations.  Returns 0, -2 when its
+ * body is not in the store yet, or -1 when it cannot be read now. */
+static int
+sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
+{
+	struct dmsg *m = calloc(1, sizeof(*m));
+	if (m == NULL)
+		return -1;
+	m->d = d;
+	snprintf(m->qid, sizeof(m->qid), "%s", qm->queue_id);
+	void *body = NULL;
+	size_t blen = 0;
+	int rc = queue_fsm_read_record(d->q, qm->queue_id, &m->rec);
+	if (rc == 0)
+		rc = queue_fsm_read_body(d->q, qm->queue_id, &body, &blen);
+	if (rc != 0) {
+		/* ENOTFOUND for the body: the Accept was applied, its batch is not written yet */
+		bool m_rec_ok = m->rec != NULL;
+		if (rc != QUEUE_ENOTFOUND || m->rec == NULL)
+			log_warn(qm->queue_id, "event=read-failed error=\"%s\"",
+				 queue_strerror(rc));
+		if (m->rec)
+			relay__queue_record__free_unpacked(m->rec, NULL);
+		free(m);
+		/* A missing body long after arrival is not the pending write: a damaged store.
+		 * Retried every second (and logged), never spun on. */
+		if (rc == QUEUE_ENOTFOUND && m_rec_ok && now < qm->received_ms + 10000)
+			return -2;
+		if (rc == QUEUE_ENOTFOUND && m_rec_ok)
+			log_warn(qm->queue_id, "event=read-failed error=\"body missing\"");
+		return -1;
+	}
+	m->body = body;
+	m->body_len = blen;
+	m->body_8bit = (m->rec->has_body_type && m->rec->body_type == 1) ||
+		       mta_body_is_8bit(m->body, m->body_len);
+	if (dlv__xtext_decode(m->rec->envid, m->envid, sizeof(m->envid)) == NULL)
+		m->envid[0] = '\0';
+	m->res = calloc(m->rec->n_rcpts ? m->rec->n_rcpts : 1, sizeof(*m->res));
+	if (m->res == NULL) {
+		free(body);
+		relay__queue_record__free_unpacked(m->rec, NULL);
+		free(m);
+		return -1;
+	}
+	uint64_t h = dlv__hash_str(m->qid) % DLV_HASH_BUCKETS;
+	m->hnext = d->msgs[h];
+	d->msgs[h] = m;
+	d->nmsgs++;
+	d->inflight_bytes += blen;
+	m->njobs = 1; /* held while the jobs are made */
+
+	/* Group the due recipients by destination, at most MTA_MAX_RCPTS per job. */
+	const Relay__QueueRecord *rec = m->rec;
+	struct djob *open[16];
+	size_t nopen = 0;
+	for (size_t i = 0; i < rec->n_rcpts; i++) {
+		const Relay__QueueRcpt *qr = rec->rcpts[i];
+		if (qr->state != RELAY__RCPT_STATE__RCPT_QUEUED)
+			continue;
+		if (qr->has_next_attempt_ms && qr->next_attempt_ms > now)
+			continue;
+		/* Only the recipients of domains this node owns, at the epoch it owns them (G4). */
+		char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+		uint64_t ep = 0;
+		queue_addr_domain(qr->rcpt->addr, dom);
+		if (queue_fsm_domain_owner(d->q, dom, owner, &ep) != 0 ||
+		    !own_may_start(&d->own, now, d->self_state, owner, ep, ep))
+			continue;
+		m->res[i].epoch = ep;
+		struct ddest *x = dlv__dest_get(d, qr->rcpt->addr);
+		m->res[i].in_job = true;
+		if (x == NULL) {
+			struct rcpt_result *r = &m->res[i];
+			r->kind = RES_FAILED;
+			snprintf(r->status, sizeof(r->status), "5.1.2");
+			r->reply = dlv__xstrdup("550 5.1.2 bad destination (route)");
+			r->relay = dlv__xstrdup("");
+			continue;
+		}
+		struct djob *j = NULL;
+		for (size_t k = 0; k < nopen; k++)
+			if (open[k]->dest == x && open[k]->n < MTA_MAX_RCPTS) {
+				j = open[k];
+				break;
+			}
+		if (j == NULL) {
+			j = calloc(1, sizeof(*j));
+			if (j == NULL) {
+				m->res[i].in_job = false;
+				continue;
+			}
+			j->msg = m;
+			j->dest = x;
+			m->njobs++;
+			if (nopen == sizeof(open) / sizeof(open[0])) {
+				dlv__dest_push(open[0]->dest, open[0]);
+				dlv__dest_pump(open[0]->dest);
+				memmove(open, open + 1, (nopen - 1) * sizeof(open[0]));
+				nopen--;
+			}
+			open[nopen++] = j;
+		}
+		struct mta_rcpt *r = &j->rc[j->n];
+		memset(r, 0, sizeof(*r));
+		r->addr = qr->rcpt->addr;
+		r->notify = dlv__notify_from_queue(qr->rcpt);
+		r->orcpt = NULL;
+		if (qr->rcpt->orcpt != NULL && qr->rcpt->orcpt[0] != '\0') {
+			char buf[MTA_ORCPT_MAX + 1];
+			if (dlv__orcpt_decode(qr->rcpt->orcpt, buf, sizeof(buf)) != NULL)
+				r->orcpt = j->orcpt[j->n] = strdup(buf);
+		}
+		r->state = MTA_RCPT_PENDING;
+		j->idx[j->n++] = (uint32_t)i;
+	}
+	struct ddest *touched[sizeof(open) / sizeof(open[0])];
+	size_t nt = 0;
+	for (size_t k = 0; k < nopen; k++) {
+		struct ddest *x = open[k]->dest;
+		dlv__dest_push(x, open[k]);
+		bool seen = false;
+		for (size_t t = 0; t < nt; t++)
+			seen |= touched[t] == x;
+		if (!seen)
+			touched[nt++] = x;
+	}
+	for (size_t t = 0; t < nt; t++)
+		dlv__dest_pump(touched[t]);
+	for (size_t t = 0; t < nt; t++)
+		dlv__dest_maybe_free(touched[t]); /* those a synchronous failure left empty */
+	dlv__msg_job_done(m); /* drop the hold: completes at once when no job was made */
+	return 0;
+}
+
+static uint64_t
+sched_inflight_max(const struct delivery *d)
+{
+	return d->cfg->max_deliveries * DLV_INFLIGHT_PER_SLOT;
+}
+
+struct scan_ctx {
+	struct delivery *d;
+	uint64_t now;
+	size_t room; /* messages we may still start */
+	size_t n;
+	char (*ids)[QUEUE_ID_MAX + 1]; /* due and not in flight, in next-attempt order */
+	uint64_t next_due;	       /* earliest next attempt not due yet and not in flight */
+};
+
+static int
+scan_cb(void *arg, const struct queue_item *it)
+{
+	struct scan_ctx *sc = arg;
+	const struct queue_msg *m = it->msg;
+	if (dlv__msg_find(sc->d, m->queue_id) != NULL)
+		return 0; /* in flight */
+	if (it->next_attempt_ms > sc->now) {
+		sc->next_due = it->next_attempt_ms;
+		return 1;
+	}
+	/* A message with several due domains of ours shows up once per domain: the start loop
+	 * skips the copies (dlv__msg_find), they only take a slot of this scan. */
+	if (sc->n == sc->room) {
+		return 1; /* full: a finishing message asks for a new scan */
+	}
+	snprintf(sc->ids[sc->n++], QUEUE_ID_MAX + 1, "%s", m->queue_id);
+	return 0;
+}
+
+/* Starts the due items this node owns (queue_fsm_due_owned) whose messages are not in flight,
+ * within the in-memory bounds, in next-attempt order; arms the timer for the earliest one not
+ * due yet.  Nothing starts without a lease and the LIVE state (the ownership tick asks for a
+ * scan when they come back).  Cost: O(k log k) for the k items in flight or started, whatever
+ * the queue size. */
+static void
+sched_scan(struct delivery *d)
+{
+	d->scan_wanted = false;
+	if (d->closing)
+		return;
+	uint64_t now = dlv__now_ms();
+	uv_timer_stop(&d->sched_timer);
+	d->armed_ms = 0;
+	if (!own_may_act(&d->own, now, d->self_state))
+		return; /* dlv__own_tick_cb rescans when this node may start again */
+	uint64_t max = sched_inflight_max(d);
+	size_t room = d->nmsgs < max ? (size_t)(max - d->nmsgs) : 0;
+	if (d->inflight_bytes >= DLV_INFLIGHT_BYTES_MAX)
+		room = 0;
+	struct scan_ctx sc = {.d = d, .now = now, .room = room, .next_due = UINT64_MAX};
+	if (room > 0 && (sc.ids = malloc(room * sizeof(*sc.ids))) == NULL)
+		room = sc.room = 0;
+	if (room == 0) {
+		free(sc.ids);
+		return; /* a finishing message asks for a new scan */
+	}
+	/* Items of in-flight messages are skipped; a message has at most QUEUE_RCPTS_MAX domains.
+	 */
+	int rc = queue_fsm_due_owned(d->q, d->own.self, UINT64_MAX, scan_cb, &sc,
+				     (d->nmsgs + room + 1) * 4 + 64);
+	uint64_t retry_at = UINT64_MAX;
+	if (rc < 0)
+		retry_at = now + 1000;
+	for (size_t i = 0; i < sc.n; i++) {
+		const struct queue_msg *qm = queue_fsm_lookup(d->q, sc.ids[i]);
+		if (qm == NULL || dlv__msg_find(d, sc.ids[i]) != NULL)
+			continue;
+		if (d->inflight_bytes >= DLV_INFLIGHT_BYTES_MAX) {
+			retry_at = now; /* the next finishing message rescans */
+			break;
+		}
+		int st = sched_start_msg(d, qm, now);
+		if (st == -2 && now + 20 < retry_at)
+			retry_at = now + 20; /* body not written yet: the cluster's next write */
+		else if (st != 0 && now + 1000 < retry_at)
+			retry_at = now + 1000;
+	}
+	free(sc.ids);
+	uint64_t next = sc.next_due < retry_at ? sc.next_due : retry_at;
+	if (next != UINT64_MAX && next > now) {
+		d->armed_ms = next;
+		uv_timer_start(&d->sched_timer, dlv__sched_timer_cb, next - now, 0);
+	}
+}
+
+void
+dlv__sched_timer_cb(uv_timer_t *t)
+{
+	struct delivery *d = t->data;
+	d->armed_ms = 0;
+	sched_scan(d);
+}
+
+/* Asks for a scan at the end of this loop turn (dlv__check_cb), coalesced; the zero timer makes
+ * sure the loop does not block in poll first when the request comes from a timer or close callback.
+ */
+void
+dlv__sched_request(struct delivery *d)
+{
+	if (d->closing || d->scan_wanted)
+		return;
+	d->scan_wanted = true;
+	d->armed_ms = 0;
+	uv_timer_start(&d->sched_timer, dlv__sched_timer_cb, 0, 0);
+}
+
+/* Once per loop turn: scan when asked to, or when the queue changed (commands applied). */
+void
+dlv__check_cb(uv_check_t *h)
+{
+	struct delivery *d = h->data;
+	if (d->closing)
+		return;
+	struct cluster_stats st;
+	cluster_stats(d->cluster, &st);
+	if (st.applied_index != d->seen_applied) {
+		d->seen_applied = st.applied_index;
+		d->scan_wanted = true; /* the scan below */
+	}
+	if (d->scan_wanted)
+		sched_scan(d);
+}
