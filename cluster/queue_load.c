@@ -1,0 +1,441 @@
+/*
+ * queue_load.c - the queue state machine and its store (queue_fsm_int.h): tombstones of
+ * removed queue ids, opening and reloading from the store (records, ownership keys,
+ * tombstones), the ownership key/values a snapshot carries, and the state digest.
+ */
+#include <assert.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue_fsm.h"
+#include "queue_fsm_int.h"
+
+struct queue__tomb *
+queue__tomb_find(const struct queue_fsm *q, const char *id, size_t n, uint64_t h)
+{
+	for (struct queue__tomb *t = q->tbuckets[h % QUEUE__TOMB_BUCKETS]; t; t = t->hnext)
+		if (t->hash == h && !strncmp(t->id, id, n) && t->id[n] == 0)
+			return t;
+	return NULL;
+}
+
+struct queue__tomb *
+queue__tomb_new(const char *id, size_t n, uint64_t index)
+{
+	struct queue__tomb *t = calloc(1, sizeof(*t) + n + 1);
+	if (!t)
+		return NULL;
+	memcpy(t->id, id, n);
+	t->hash = queue__hash(id, n);
+	t->index = index;
+	return t;
+}
+
+void
+queue__tomb_push(struct queue_fsm *q, struct queue__tomb *t)
+{
+	size_t bi = t->hash % QUEUE__TOMB_BUCKETS;
+	t->hnext = q->tbuckets[bi];
+	q->tbuckets[bi] = t;
+	t->next = NULL;
+	if (q->ttail)
+		q->ttail->next = t;
+	else
+		q->thead = t;
+	q->ttail = t;
+	q->ntombs++;
+}
+
+/* Forgets the oldest tombstone. */
+void
+queue__tomb_pop(struct queue_fsm *q)
+{
+	struct queue__tomb *t = q->thead;
+	assert(t);
+	struct queue__tomb **pp = &q->tbuckets[t->hash % QUEUE__TOMB_BUCKETS];
+	while (*pp != t) {
+		assert(*pp);
+		pp = &(*pp)->hnext;
+	}
+	*pp = t->hnext;
+	q->thead = t->next;
+	if (!q->thead)
+		q->ttail = NULL;
+	q->ntombs--;
+	free(t);
+}
+
+/* ---- open / free ---- */
+
+static int
+queue__cmp_index(const void *a, const void *b)
+{
+	const struct queue_msg *x = *(struct queue_msg *const *)a,
+			       *y = *(struct queue_msg *const *)b;
+	if (x->accept_index != y->accept_index)
+		return x->accept_index < y->accept_index ? -1 : 1;
+	return strcmp(x->queue_id, y->queue_id);
+}
+
+void
+queue_fsm_free(struct queue_fsm *q)
+{
+	if (!q)
+		return;
+	struct queue_msg *m = q->head, *next;
+	for (; m; m = next) {
+		next = m->next;
+		queue__msg_free(m);
+	}
+	for (size_t i = 0; q->dbuckets && i < q->ndbuckets; i++) {
+		struct queue__dom *d = q->dbuckets[i], *dn;
+		for (; d; d = dn) {
+			dn = d->hnext;
+			free(d);
+		}
+	}
+	for (size_t i = 0; i < q->nmembers; i++)
+		queue__member_free(q->members[i]);
+	while (q->thead)
+		queue__tomb_pop(q);
+	free(q->tbuckets);
+	free(q->dbuckets);
+	free(q->buckets);
+	free(q->heap.a);
+	free(q->unowned_heap.a);
+	free(q->idle);
+	free(q);
+}
+
+int
+queue_fsm_reload(struct queue_fsm *q)
+{
+	struct queue_fsm *n;
+	int rv = queue_fsm_new(q->store, &n);
+	if (rv)
+		return rv;
+	struct queue_fsm old = *q;
+	*q = *n;
+	q->stats = old.stats;
+	*n = old;
+	queue_fsm_free(n);
+	return 0;
+}
+
+/* An assignment read before the members: its owner is resolved after them. */
+struct queue__pending_owner {
+	struct queue__dom *d;
+	char owner[QUEUE_NODE_MAX + 1];
+};
+
+/* Loads one ownership key (k[0] == QUEUE_KEY_OWN). */
+static int
+queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const unsigned char *v,
+		size_t vlen, struct queue__pending_owner **po, size_t *npo, size_t *cpo)
+{
+	if (klen < 2 || (k[1] != QUEUE__OWN_TOMB && (vlen < 1 || v[0] != QUEUE__OWN_VERSION)))
+		return QUEUE_ECORRUPT;
+	const char *s = (const char *)k + 2;
+	size_t sl = klen - 2;
+	switch (k[1]) {
+	case QUEUE__OWN_DOMAIN: {
+		if (sl > QUEUE_DOMAIN_MAX || vlen < QUEUE__DOM_VAL_LEN ||
+		    vlen > QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX || memchr(s, 0, sl))
+			return QUEUE_ECORRUPT;
+		if (*npo == *cpo) {
+			size_t nc = *cpo ? *cpo * 2 : 64;
+			struct queue__pending_owner *np = realloc(*po, nc * sizeof(*np));
+			if (!np)
+				return QUEUE_ENOMEM;
+			*po = np;
+			*cpo = nc;
+		}
+		uint64_t h = queue__hash(s, sl);
+		struct queue__dom *d;
+		if (queue__dom_reserve(q, q->ndoms + 1) || !(d = queue__dom_new(s, sl, h)))
+			return QUEUE_ENOMEM;
+		d->epoch = store_u64_decode(v + 1);
+		d->persisted = 1;
+		queue__dom_insert(q, d);
+		struct queue__pending_owner *p = &(*po)[(*npo)++];
+		p->d = d;
+		memcpy(p->owner, v + QUEUE__DOM_VAL_LEN, vlen - QUEUE__DOM_VAL_LEN);
+		p->owner[vlen - QUEUE__DOM_VAL_LEN] = 0;
+		return 0;
+	}
+	case QUEUE__OWN_MEMBER: {
+		if (!queue__token_ok(s, sl, QUEUE_NODE_MAX) ||
+		    (vlen != QUEUE__MEMBER_VAL_LEN && vlen != QUEUE__MEMBER_VAL_LEN_V1) ||
+		    v[1] >= QUEUE_MEMBER_REMOVED || q->nmembers == QUEUE_MEMBERS_MAX)
+			return QUEUE_ECORRUPT;
+		struct queue__member *mb = calloc(1, sizeof(*mb));
+		if (!mb)
+			return QUEUE_ENOMEM;
+		memcpy(mb->node, s, sl);
+		mb->state = v[1];
+		mb->since_index = store_u64_decode(v + 2);
+		mb->renew_index = store_u64_decode(v + 10);
+		if (vlen == QUEUE__MEMBER_VAL_LEN) {
+			mb->renew_at_ms = store_u64_decode(v + 18);
+			mb->inflight = (uint32_t)v[26] << 24 | (uint32_t)v[27] << 16 |
+				       (uint32_t)v[28] << 8 | v[29];
+		}
+		q->members[q->nmembers++] = mb; /* key order is node id order */
+		return 0;
+	}
+	case QUEUE__OWN_TOMB: {
+		if (klen != 10 || !queue__token_ok((const char *)v, vlen, QUEUE_ID_MAX))
+			return QUEUE_ECORRUPT;
+		struct queue__tomb *t =
+		    queue__tomb_new((const char *)v, vlen, store_u64_decode(k + 2));
+		if (!t)
+			return QUEUE_ENOMEM;
+		queue__tomb_push(q, t); /* key order is removal order */
+		return 0;
+	}
+	default:
+		return QUEUE_ECORRUPT;
+	}
+}
+
+int
+queue_fsm_new(struct store *s, struct queue_fsm **out)
+{
+	struct queue_fsm *q = calloc(1, sizeof(*q));
+	if (!q)
+		return QUEUE_ENOMEM;
+	q->store = s;
+	q->nbuckets = QUEUE__BUCKETS_MIN;
+	q->buckets = calloc(q->nbuckets, sizeof(*q->buckets));
+	q->ndbuckets = QUEUE__DOM_BUCKETS_MIN;
+	q->dbuckets = calloc(q->ndbuckets, sizeof(*q->dbuckets));
+	q->tbuckets = calloc(QUEUE__TOMB_BUCKETS, sizeof(*q->tbuckets));
+	q->idle = malloc(QUEUE_IDLE_DOMAINS_MAX * sizeof(*q->idle));
+	struct queue_msg **all = NULL;
+	size_t n = 0, cap = 0;
+	struct queue__pending_owner *po = NULL;
+	size_t npo = 0, cpo = 0;
+	struct store_iter *it = NULL;
+	int rv = QUEUE_ENOMEM;
+	if (!q->buckets || !q->dbuckets || !q->tbuckets || !q->idle)
+		goto err_after_alloc;
+	if (store_iter_new(s, STORE_CF_QUEUE, &it))
+		goto err_after_alloc;
+	int owners_done = 0;
+	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
+		size_t klen, vlen;
+		const unsigned char *k = store_iter_key(it, &klen);
+		const unsigned char *v = store_iter_value(it, &vlen);
+		if (klen && k[0] == QUEUE_KEY_OWN) {
+			if ((rv = queue__load_own(q, k, klen, v, vlen, &po, &npo, &cpo)))
+				goto err_after_load;
+			continue;
+		}
+		if (!owners_done) {
+			/* the members are in: give the assignments their owners */
+			for (size_t i = 0; i < npo; i++) {
+				size_t pos;
+				struct queue__member *mb = NULL;
+				if (po[i].owner[0] &&
+				    !(mb = queue__member_find(q, po[i].owner, &pos))) {
+					rv = QUEUE_ECORRUPT;
+					goto err_after_load;
+				}
+				queue__dom_attach(q, po[i].d, mb);
+			}
+			owners_done = 1;
+		}
+		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
+		struct queue_msg *m = NULL;
+		if (!r) {
+			rv = QUEUE_ECORRUPT;
+		} else {
+			rv = queue__meta_from_record(q, r, v, vlen, &m);
+			if (!rv && (strlen(r->queue_id) != klen || memcmp(k, r->queue_id, klen)))
+				rv = QUEUE_ECORRUPT;
+			relay__queue_record__free_unpacked(r, NULL);
+		}
+		if (!rv && n == cap) {
+			size_t nc = cap ? cap * 2 : 1024;
+			struct queue_msg **na = realloc(all, nc * sizeof(*na));
+			if (na) {
+				all = na;
+				cap = nc;
+			} else {
+				rv = QUEUE_ENOMEM;
+			}
+		}
+		if (rv) {
+			queue__msg_free(m);
+			goto err_after_load;
+		}
+		all[n++] = m;
+	}
+	if (store_iter_status(it)) {
+		rv = QUEUE_EIO;
+		goto err_after_load;
+	}
+	if (!owners_done) {
+		for (size_t i = 0; i < npo; i++) {
+			size_t pos;
+			struct queue__member *mb = NULL;
+			if (po[i].owner[0] && !(mb = queue__member_find(q, po[i].owner, &pos))) {
+				rv = QUEUE_ECORRUPT;
+				goto err_after_load;
+			}
+			queue__dom_attach(q, po[i].d, mb);
+		}
+	}
+	rv = QUEUE_ENOMEM;
+	if (queue__reserve(q, n) || queue__heap_reserve(&q->heap, n))
+		goto err_after_load;
+	if (n)
+		qsort(all, n, sizeof(*all), queue__cmp_index);
+	for (size_t i = 1; i < n; i++) {
+		if (!queue__cmp_index(&all[i - 1], &all[i])) {
+			rv = QUEUE_ECORRUPT; /* cannot happen with unique keys; never trust the disk
+					      */
+			goto err_after_load;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct queue_msg *m = all[i];
+		for (uint32_t j = 0; j < m->nitems; j++) {
+			if (!m->items[j].nqueued)
+				continue;
+			struct queue__heap *hp = queue__owner_heap(q, m->items[j].dom->owner);
+			if (queue__heap_reserve(hp, hp->n + m->nitems))
+				goto err_after_load;
+		}
+		queue__link(q, m);
+		all[i] = NULL;
+	}
+	/* an assignment key without a queued recipient is an idle assignment (only keys make
+	 * domains without one); more than the bound cannot be written */
+	for (size_t i = 0; i < q->ndbuckets; i++) {
+		for (struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
+			if (d->rcpts_queued)
+				continue;
+			if (q->nidle == QUEUE_IDLE_DOMAINS_MAX) {
+				rv = QUEUE_ECORRUPT;
+				goto err_after_load;
+			}
+			queue__idle_insert(q, d);
+		}
+	}
+	free(all);
+	free(po);
+	store_iter_free(it);
+	*out = q;
+	return 0;
+err_after_load:
+	for (size_t i = 0; i < n; i++)
+		queue__msg_free(all[i]);
+	free(all);
+err_after_alloc:
+	free(po);
+	store_iter_free(it);
+	queue_fsm_free(q);
+	return rv;
+}
+
+int
+queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
+{
+	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX];
+	int rv;
+	for (size_t i = 0; i < q->nmembers; i++) {
+		const struct queue__member *mb = q->members[i];
+		size_t kl = queue__own_key(k, QUEUE__OWN_MEMBER, mb->node, strlen(mb->node));
+		queue__member_val(v, mb->state, mb->since_index, mb->renew_index, mb->renew_at_ms,
+				  mb->inflight);
+		if ((rv = cb(arg, k, kl, v, QUEUE__MEMBER_VAL_LEN)))
+			return rv;
+	}
+	for (size_t i = 0; i < q->ndbuckets; i++) {
+		for (const struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
+			if (!d->persisted)
+				continue;
+			size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
+			if ((rv = cb(arg, k, kl, v, queue__dom_val(v, d->epoch, d->owner))))
+				return rv;
+		}
+	}
+	for (const struct queue__tomb *t = q->thead; t; t = t->next) {
+		size_t kl = queue__tomb_key(k, t->index);
+		if ((rv = cb(arg, k, kl, t->id, strlen(t->id))))
+			return rv;
+	}
+	return 0;
+}
+
+static uint64_t
+queue__mix(uint64_t h, uint64_t v)
+{
+	for (int i = 0; i < 8; i++) {
+		h ^= (v >> (8 * i)) & 0xff;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+uint64_t
+queue_fsm_digest(const struct queue_fsm *q)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (const struct queue_msg *m = q->head; m; m = m->next) {
+		h = queue__mix(h, m->hash);
+		h = queue__mix(h, m->received_ms);
+		h = queue__mix(h, m->size);
+		h = queue__mix(h, m->accept_index);
+		h = queue__mix(h, m->next_attempt_ms);
+		h = queue__mix(h, m->nrcpts);
+		h = queue__mix(h, m->nqueued);
+		h = queue__mix(h, m->held);
+		for (uint32_t i = 0; i < m->nrcpts; i++) {
+			h = queue__mix(h, m->rcpts[i].state);
+			h = queue__mix(h, m->rcpts[i].attempts);
+			h = queue__mix(h, m->rcpts[i].next_attempt_ms);
+			h = queue__mix(h, m->rcpts[i].last_attempt_ms);
+			h = queue__mix(h, m->rcpts[i].delay_notified);
+		}
+		/* the record: envelope, replies, relays, epochs */
+		h = queue__mix(h, m->rec_len);
+		h = queue__mix(h, queue__hash((const char *)m->rec, m->rec_len));
+	}
+	/* members in node order */
+	h = queue__mix(h, q->nmembers);
+	for (size_t i = 0; i < q->nmembers; i++) {
+		const struct queue__member *mb = q->members[i];
+		h = queue__mix(h, queue__hash(mb->node, strlen(mb->node)));
+		h = queue__mix(h, mb->state);
+		h = queue__mix(h, mb->since_index);
+		h = queue__mix(h, mb->renew_index);
+		h = queue__mix(h, mb->renew_at_ms);
+		h = queue__mix(h, mb->inflight);
+		h = queue__mix(h, mb->ndomains);
+	}
+	/* assignments: a sum, whatever the order of the hash table */
+	uint64_t ds = 0;
+	for (size_t i = 0; i < q->ndbuckets; i++) {
+		for (const struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
+			uint64_t x = queue__mix(d->hash, d->epoch);
+			x = queue__mix(
+			    x, d->owner ? queue__hash(d->owner->node, strlen(d->owner->node)) : 0);
+			x = queue__mix(x, d->rcpts_queued);
+			x = queue__mix(x, d->persisted);
+			ds += x;
+		}
+	}
+	h = queue__mix(h, q->ndoms);
+	h = queue__mix(h, ds);
+	/* tombstones in removal order */
+	h = queue__mix(h, q->ntombs);
+	for (const struct queue__tomb *t = q->thead; t; t = t->next) {
+		h = queue__mix(h, t->hash);
+		h = queue__mix(h, t->index);
+	}
+	return h;
+}
