@@ -70,8 +70,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cluster.h"
-#include "cluster_int.h"
+#include "cluster_types.h"
+#include "cluster_raft.h"
+#include "cluster_util.h"
 #include "peers.h"
 #include "queue_fsm.h"
 #include "raft.h"

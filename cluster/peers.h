@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cluster.h"
+#include "cluster_types.h"
 
 #define CLUSTER_PEER_ADDR_MAX CLUSTER_ADDR_MAX
 
