@@ -1,5 +1,6 @@
 # relay_unit_test(NAME SOURCES a.c b.c LIBS x y)
-#   builds a cmocka test executable tests/unit/NAME and registers it with label "unit".
+#   builds a cmocka test executable NAME (in the room's build dir) and registers it as unit.NAME
+#   with label "unit".
 function(relay_unit_test name)
   cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
   add_executable(${name} ${T_SOURCES})

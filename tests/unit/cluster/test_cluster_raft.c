@@ -976,7 +976,7 @@ test_hostile_frames(void **state)
 }
 
 /* argv[1], when given, runs only the tests it names (a cmocka filter pattern): ctest runs each
- * case in its own process (tests/unit/storage.cmake). */
+ * case in its own process (tests/unit/cluster/CMakeLists.txt). */
 int
 main(int argc, char **argv)
 {

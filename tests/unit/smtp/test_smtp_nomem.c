@@ -1,7 +1,7 @@
 /*
  * test_smtp_nomem.c: allocation failures inside the SMTP session machine.
  *
- * Linked with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc (tests/unit/smtp.cmake), so the
+ * Linked with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc (tests/unit/smtp/CMakeLists.txt), so the
  * calls made by relay_smtp and by this file go through the wrappers below; cmocka, being a
  * shared library, is unaffected.  A failure is armed for the next call whose size falls in a
  * window, which singles out one buffer (body growth, recipient array, line buffer).
