@@ -1,6 +1,6 @@
 /*
  * ownership.h - the lease core of delivery ownership (issue 5, guarantee G4): pure, no clock,
- * no I/O, no allocation.  The host (node/delivery.c) feeds it the time, its own Renew proposals
+ * no I/O, no allocation.  The host (node/delivery/delivery_own.c) feeds it the time, its own Renew proposals
  * and their results, and the applied member table of the queue state machine
  * (queue_fsm_members); it answers what to propose and whether this node may start attempts.
  *

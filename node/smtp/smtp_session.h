@@ -37,7 +37,7 @@
  * intermediate replies and carry none.  Reply text is ASCII: other bytes (a UTF-8 address
  * echoed in "554 5.7.1 <addr>: Relay access denied") are shown as '?'.
  *
- * Protocol notes (details in smtp_session.c):
+ * Protocol notes (details in smtp_commands.c and smtp_data.c):
  *   - DATA ends only on CR LF "." CR LF; bare CR and bare LF in a body are stored as CR LF and
  *     never take part in an end-of-data sequence (SMTP smuggling); counter bare_newline counts
  *     the messages where that happened.  Over max_message_size the body is still read to its

@@ -7,7 +7,9 @@
      cluster/.
   3. No include cycle between units.  A unit is one module: X.c with X.h, plus the files that
      include X's private header X_int.h (a module split along its seams is one unit).
-  4. No call cycle between units: from `nm` of the static libraries given on the command line,
+  4. Each outside library is used from one place: LIBRARY_HOMES maps an include prefix to the
+     only files that may include it.
+  5. No call cycle between units: from `nm` of the static libraries given on the command line,
      unit A -> unit B when an object of A uses a symbol an object of B defines.
 
 usage: check_layout.py SOURCE_DIR [LIB.a ...]
@@ -22,6 +24,13 @@ EXEMPT = {
     'cluster/cluster_raft.c': 'restructured into a pure host core and split by issue 11',
 }
 ROOTS = ['node', 'cluster', 'storage']
+LIBRARY_HOMES = {
+    'rocksdb/': {'storage/store_rocksdb.c'},
+    'nng/': {'cluster/transport.c'},
+    'openssl/': {'node/tls.c'},
+    'ares': {'node/delivery/resolver.c'},
+    'microhttpd': {'node/admin/http.c'},
+}
 
 top = sys.argv[1]
 libs = sys.argv[2:]
@@ -65,6 +74,14 @@ for f in files:
             fail.append('%s includes %s: cluster/ and storage/ must not use node/' % (f, h))
         if top_dir == 'storage' and hd == 'cluster':
             fail.append('%s includes %s: storage/ must not use cluster/' % (f, h))
+
+# 4. one home per outside library
+sys_re = re.compile(r'^\s*#\s*include\s+<([^>]+)>', re.M)
+for f in files:
+    for i in sys_re.findall(open(os.path.join(top, f), errors='replace').read()):
+        for prefix, homes in LIBRARY_HOMES.items():
+            if i.startswith(prefix) and f not in homes:
+                fail.append('%s includes <%s>: only %s may' % (f, i, ', '.join(sorted(homes))))
 
 # units
 def stem(f):
@@ -130,7 +147,7 @@ for f in files:
             iedges[unit[f]].add(unit[h])
 cycles(iedges, 'include')
 
-# 4. call graph between units (objects of the libraries)
+# 5. call graph between units (objects of the libraries)
 if libs:
     defined = {}
     undef = defaultdict(set)

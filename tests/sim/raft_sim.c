@@ -38,7 +38,7 @@
  * a lost reply).
  *
  * Lease mode (half the seeds): membership is not random but what the nodes do: every node
- * hosts the ownership core (cluster/ownership.c) like node/delivery.c, once per tick: Renew
+ * hosts the ownership core (cluster/ownership.c) like node/delivery/delivery_own.c, once per tick: Renew
  * every lease/4 (the lease runs from the proposal once it is applied here), Member{self,
  * LIVE} at boot, DRAINED when a drain is over, and as leader the DOWN (with
  * expect_renew_index) / LIVE / REMOVED verdicts; operators only drain; Outcomes come from
