@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "smtp_addr.h"
+#include "mailbox.h"
 #include "smtp_session.h"
 #include "smtp_session_int.h"
 
@@ -221,9 +221,9 @@ cmd_mail(struct smtp_session *s, const char *args)
 		REJECT(s, bad_syntax, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
 		return;
 	}
-	r = smtp__parse_path(p, strlen(p), SMTP__PARSE_NULL_OK | SMTP__PARSE_UTF8, addr,
+	r = mailbox_parse_path(p, strlen(p), MAILBOX_PARSE_NULL_OK | MAILBOX_PARSE_UTF8, addr,
 			     sizeof(addr), &dom, &used);
-	if (r != SMTP__ADDR_OK) {
+	if (r != MAILBOX_OK) {
 		REJECT(s, bad_address, 501, "5.1.7", "Bad sender address syntax");
 		return;
 	}
@@ -285,7 +285,7 @@ cmd_mail(struct smtp_session *s, const char *args)
 				goto dup;
 			seen_envid = true;
 			if (pr.val == NULL ||
-			    !smtp__xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
+			    !mailbox_xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
 				REJECT(s, bad_syntax, 501, "5.5.4", "Bad ENVID parameter");
 				return;
 			}
@@ -387,7 +387,7 @@ orcpt_valid(const struct smtp__param *pr)
 			return false;
 	}
 	size_t rest = pr->val_len - (size_t)(semi + 1 - pr->val);
-	return smtp__xtext_valid(semi + 1, rest, SMTP_ORCPT_MAX);
+	return mailbox_xtext_valid(semi + 1, rest, SMTP_ORCPT_MAX);
 }
 
 static void
@@ -417,9 +417,9 @@ cmd_rcpt(struct smtp_session *s, const char *args)
 		REJECT(s, bad_syntax, 501, "5.5.4", "Syntax: RCPT TO:<address>");
 		return;
 	}
-	r = smtp__parse_path(p, strlen(p), SMTP__PARSE_POSTMASTER_OK | SMTP__PARSE_UTF8, addr,
+	r = mailbox_parse_path(p, strlen(p), MAILBOX_PARSE_POSTMASTER_OK | MAILBOX_PARSE_UTF8, addr,
 			     sizeof(addr), &dom, &used);
-	if (r != SMTP__ADDR_OK || (p[used] != '\0' && p[used] != ' ')) {
+	if (r != MAILBOX_OK || (p[used] != '\0' && p[used] != ' ')) {
 		REJECT(s, bad_address, 501, "5.1.3", "Bad recipient address syntax");
 		return;
 	}

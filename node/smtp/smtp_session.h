@@ -57,7 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "smtp_addr.h" /* SMTP_LOCAL_MAX, SMTP_DOMAIN_MAX, SMTP_PATH_MAX */
+#include "mailbox.h" /* SMTP_LOCAL_MAX, SMTP_DOMAIN_MAX, SMTP_PATH_MAX */
 
 /* Limits.  The config fields override the defaults; 0 in a config field means the default. */
 #define SMTP_LINE_MAX_DEFAULT 2048 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
