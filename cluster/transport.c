@@ -200,6 +200,27 @@ err_after_create:
 	return rv;
 }
 
+/* Listen on a unix socket (the admin endpoint's admin_socket): mode 0600 (NNG chmods it after
+ * bind; the process umask covers the moment before), no TLS.  A file left by a process that
+ * died is replaced (NNG finds nobody listening behind it). */
+static int
+listen_unix(nng_socket sock, const char *path)
+{
+	char url[TRANSPORT_URL_MAX];
+	nng_listener l;
+	int n = snprintf(url, sizeof(url), "ipc://%s", path);
+	if (path[0] != '/' || n < 0 || (size_t)n >= sizeof(url))
+		return TRANSPORT_EADDR;
+	if (nng_listener_create(&l, sock, url) != 0)
+		return TRANSPORT_EADDR;
+	if (nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600) != 0 ||
+	    nng_listener_start(l, 0) != 0) {
+		nng_listener_close(l);
+		return TRANSPORT_ELISTEN;
+	}
+	return 0;
+}
+
 /* Start a dialer on sock that reconnects forever; it is closed with the socket. */
 static int
 dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
@@ -811,7 +832,8 @@ transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg
 	int rv, fd;
 	bool tls;
 	struct tls_material m;
-	if (loop == NULL || cfg == NULL || cfg->listen == NULL || cb == NULL || out == NULL)
+	if (loop == NULL || cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) ||
+	    cb == NULL || out == NULL)
 		return TRANSPORT_EINVAL;
 	struct transport_admin *a = calloc(1, sizeof(*a));
 	if (a == NULL)
@@ -829,7 +851,9 @@ transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg
 			    cfg->max_msg_bytes ? cfg->max_msg_bytes
 					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
 	nng_listener l;
-	if ((rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+	if (cfg->listen != NULL && (rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+		goto err_after_sock;
+	if (cfg->unix_path != NULL && (rv = listen_unix(a->rep, cfg->unix_path)) != 0)
 		goto err_after_sock;
 	if (nng_socket_get_int(a->rep, NNG_OPT_RECVFD, &fd) != 0 ||
 	    uv_poll_init(loop, &a->poll, fd) != 0) {
@@ -920,8 +944,8 @@ transport_admin_request(const struct transport_admin_config *cfg, const char *se
 	bool tls;
 	struct tls_material m;
 	nng_socket s;
-	if (cfg == NULL || cfg->listen == NULL || reply == NULL || reply_len == NULL ||
-	    (len > 0 && req == NULL) || timeout_ms == 0)
+	if (cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) || reply == NULL ||
+	    reply_len == NULL || (len > 0 && req == NULL) || timeout_ms == 0)
 		return TRANSPORT_EINVAL;
 	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
 		return rv;
@@ -934,8 +958,23 @@ transport_admin_request(const struct transport_admin_config *cfg, const char *se
 					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
 	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, (nng_duration)timeout_ms);
 	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms);
-	if ((rv = dial_to(s, tls, &m, server_name, cfg->listen)) != 0)
+	if (cfg->unix_path != NULL) {
+		char url[TRANSPORT_URL_MAX];
+		nng_dialer d;
+		int n = snprintf(url, sizeof(url), "ipc://%s", cfg->unix_path);
+		if (n < 0 || (size_t)n >= sizeof(url) || nng_dialer_create(&d, s, url) != 0) {
+			rv = TRANSPORT_EADDR;
+			goto err_after_sock;
+		}
+		nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RECONNECT_MIN_MS);
+		nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, TRANSPORT_RECONNECT_MAX_MS);
+		if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+			rv = TRANSPORT_ENNG;
+			goto err_after_sock;
+		}
+	} else if ((rv = dial_to(s, tls, &m, server_name, cfg->listen)) != 0) {
 		goto err_after_sock;
+	}
 	nng_msg *msg;
 	if (nng_msg_alloc(&msg, len) != 0) {
 		rv = TRANSPORT_ENOMEM;

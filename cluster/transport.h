@@ -41,10 +41,14 @@
  * trusted.  A message larger than NNG's receive bound makes NNG close that connection.
  *
  * Admin endpoint: a request/reply channel (REP on the node, REQ in relayctl) carrying opaque
- * bytes, authenticated the same way (any cert of the cluster CA, e.g. admin.crt from
- * scripts/make-cluster-certs.sh).  The server is served on the loop thread through RECVFD too,
- * one request at a time: the callback gets a request, and the next is read only after
- * transport_admin_reply().  The client call blocks (a CLI's call; never on a node's loop).
+ * bytes, over TCP authenticated the same way but with its own files: the node gives the CA of
+ * relayctl's certificates (admin_ca, apart from the cluster CA, so an admin certificate is never
+ * a member's credential) and its own cert; relayctl gives the cluster CA (to check the node) and
+ * its admin cert.  It may also listen on a unix socket (unix_path: no TLS; access is the
+ * socket file's mode, 0600, so only the node's user and root connect).  The server is served on
+ * the loop thread through RECVFD too, one request at a time on all its listeners: the callback
+ * gets a request, and the next is read only after transport_admin_reply().  The client call
+ * blocks (a CLI's call; never on a node's loop).
  *
  * Threads: every function here is called on the loop thread of the loop given at open, except
  * transport_admin_request() (any thread but that loop's) and transport_strerror().
@@ -187,9 +191,14 @@ int transport_peer_stats(const struct transport *t, const char *peer_id,
 /* ---- admin endpoint: request/reply, opaque bytes ---- */
 
 struct transport_admin_config {
-	const char *listen;    /* borrowed; server: "host:port" to listen on (port 0 picks one) */
-	const char *ca_file;   /* borrowed; cluster CA; all three or none (none: plain tcp,
-				  INSECURE, tests only) */
+	const char *listen;    /* borrowed; server: "host:port" to listen on (port 0 picks one);
+				  client: where to connect; NULL: unix_path only */
+	const char *unix_path; /* borrowed; server: also listen on this unix socket (created mode
+				  0600, a stale file replaced); client: connect here instead of
+				  listen; NULL: none.  Never TLS. */
+	const char *ca_file;   /* borrowed; the CA the other side's cert must chain to (server:
+				  relayctl's admin CA; client: the cluster CA); all three or none
+				  (none: plain tcp, loopback only by config) */
 	const char *cert_file; /* borrowed */
 	const char *key_file;  /* borrowed */
 	size_t max_msg_bytes;  /* bound on a request (server) or a reply (client); 0: default */

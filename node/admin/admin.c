@@ -619,11 +619,12 @@ admin_cc_reply(struct admin *a, const char *node, int status, const char *what)
 	struct cluster_status cs;
 	cluster_status(a->cluster, &cs);
 	if (status != 0) {
+		/* one snprintf: a long node id is cut, never written past msg (was: strcat after a
+		 * full buffer wrote msg[200]) */
 		char msg[200];
-		snprintf(msg, sizeof(msg), "%s %s: %s%s%s", what, node, cluster_strerror(status),
-			 cs.leader[0] ? " (leader: " : "", cs.leader[0] ? cs.leader : "");
-		if (cs.leader[0])
-			strcat(msg, ")");
+		snprintf(msg, sizeof(msg), "%s %s: %s%s%s%s", what, node, cluster_strerror(status),
+			 cs.leader[0] ? " (leader: " : "", cs.leader[0] ? cs.leader : "",
+			 cs.leader[0] ? ")" : "");
 		admin_error(a, msg);
 		return;
 	}
@@ -794,7 +795,8 @@ admin_request_cb(void *arg, const void *data, size_t len)
 
 int
 admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, const char *cert,
-	    const char *key, struct cluster *cluster, struct admin **out, char *err, size_t errlen)
+	    const char *key, const char *unix_path, struct cluster *cluster, struct admin **out,
+	    char *err, size_t errlen)
 {
 	struct admin *a = calloc(1, sizeof(*a));
 	if (a == NULL) {
@@ -805,15 +807,17 @@ admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, con
 	a->cfg = cfg;
 	a->cluster = cluster;
 	struct transport_admin_config tc = {
-	    .listen = cfg->admin_listen.v[0].text,
+	    .listen = cfg->admin_listen.n > 0 ? cfg->admin_listen.v[0].text : NULL,
+	    .unix_path = unix_path,
 	    .ca_file = ca,
 	    .cert_file = cert,
 	    .key_file = key,
 	};
 	int rc = transport_admin_listen(loop, &tc, admin_request_cb, a, &a->ta);
 	if (rc != 0) {
-		snprintf(err, errlen, "admin_listen: cannot listen on %s: %s", tc.listen,
-			 transport_strerror(rc));
+		snprintf(err, errlen, "admin_listen/admin_socket: cannot listen on %s%s%s: %s",
+			 tc.listen ? tc.listen : "", tc.listen && unix_path ? " and " : "",
+			 unix_path ? unix_path : "", transport_strerror(rc));
 		free(a);
 		return -1;
 	}

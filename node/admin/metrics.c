@@ -57,6 +57,23 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 	family(t, "relay_smtp_auth_total", "counter", "AUTH attempts by result.");
 	http_printf(t, "relay_smtp_auth_total{result=\"ok\"} %" PRIu64 "\n", st.auth_ok);
 	http_printf(t, "relay_smtp_auth_total{result=\"failed\"} %" PRIu64 "\n", st.auth_failed);
+	http_printf(t, "relay_smtp_auth_total{result=\"throttled\"} %" PRIu64 "\n",
+		    st.auth_throttled);
+	gauge(t, "relay_smtp_auth_checks", "Password checks queued or running on the AUTH workers.",
+	      st.auth_jobs);
+	family(t, "relay_smtp_data_cut_total", "counter",
+	       "Messages cut with 421 4.4.2 during their data, by deadline.");
+	http_printf(t, "relay_smtp_data_cut_total{reason=\"min_data_rate\"} %" PRIu64 "\n",
+		    st.data_rate_cut);
+	http_printf(t, "relay_smtp_data_cut_total{reason=\"data_total_timeout\"} %" PRIu64 "\n",
+		    st.data_total_cut);
+	gauge(t, "relay_smtp_receive_memory_bytes",
+	      "Bytes of bodies being received and of proposals not yet committed (max_receive_memory).",
+	      st.receive_memory_used);
+	gauge(t, "relay_smtp_receive_memory_peak_bytes", "Largest relay_smtp_receive_memory_bytes seen.",
+	      st.receive_memory_peak);
+	gauge(t, "relay_smtp_receive_memory_limit_bytes", "max_receive_memory.",
+	      st.receive_memory_limit);
 	counter(t, "relay_messages_accepted_total", "Messages answered 250 (committed).",
 		st.accepted);
 	family(t, "relay_messages_rejected_total", "counter",

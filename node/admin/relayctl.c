@@ -1,6 +1,7 @@
 /*
- * relayctl: the admin CLI.  Sends one request to a node's admin endpoint (admin_listen) and
- * prints the reply as a table, or as JSON with --json (one object; schema in the README).
+ * relayctl: the admin CLI.  Sends one request to a node's admin endpoint (admin_socket or
+ * admin_listen) and prints the reply as a table, or as JSON with --json (one object; schema in
+ * the README).
  *
  *   relayctl [options] status
  *   relayctl [options] queue list [--state active|deferred] [--domain D] [--limit N]
@@ -10,10 +11,13 @@
  *   relayctl [options] leader transfer [ID]
  *   relayctl [options] drain [ID]
  *
- * Options (anywhere on the line): --server HOST:PORT (default: $RELAYCTL_SERVER, else
- * admin_listen of --config FILE, else 127.0.0.1:7402), --config FILE (a relayd config:
- * admin_listen is taken from it), --ca/--cert/--key FILE (mutual TLS with the cluster CA),
- * --timeout DUR, --json.  --timeout bounds one request (default 5s), or the whole wait of a
+ * Options (anywhere on the line): --server HOST:PORT or unix:PATH (default: the admin_socket of
+ * --config FILE when that socket exists, else its admin_listen, else $RELAYCTL_SERVER, else
+ * 127.0.0.1:7402), --config FILE (a relayd config), --ca/--cert/--key FILE (mutual TLS on
+ * admin_listen: --ca the cluster CA, which signed the node's certificate, --cert/--key
+ * relayctl's certificate of admin_ca; with --config, --ca defaults to its cluster_ca),
+ * --timeout DUR, --json.  A unix socket needs no certificate: its file mode (0600) admits
+ * relayd's user and root.  --timeout bounds one request (default 5s), or the whole wait of a
  * command that follows a change to its end (node add, node remove, leader transfer, drain;
  * default 60s).
  *
@@ -34,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "admin.pb-c.h"
@@ -71,7 +76,7 @@ usage(FILE *out)
 {
 	fprintf(
 	    out,
-	    "usage: relayctl [--server HOST:PORT] [--config FILE] [--json] [--timeout DUR]\n"
+	    "usage: relayctl [--server HOST:PORT|unix:PATH] [--config FILE] [--json] [--timeout DUR]\n"
 	    "                [--ca FILE --cert FILE --key FILE] COMMAND\n"
 	    "commands:\n"
 	    "  status                                  members, roles, indexes, queue depth\n"
@@ -162,11 +167,13 @@ call(const Relay__AdminRequest *req)
 	if (buf == NULL)
 		die(EXIT_FAILED, "out of memory");
 	relay__admin_request__pack(req, buf);
+	bool unix_sock = strncmp(opt.server, "unix:", 5) == 0;
 	struct transport_admin_config tc = {
-	    .listen = opt.server,
-	    .ca_file = opt.ca,
-	    .cert_file = opt.cert,
-	    .key_file = opt.key,
+	    .listen = unix_sock ? NULL : opt.server,
+	    .unix_path = unix_sock ? opt.server + 5 : NULL,
+	    .ca_file = unix_sock ? NULL : opt.ca,
+	    .cert_file = unix_sock ? NULL : opt.cert,
+	    .key_file = unix_sock ? NULL : opt.key,
 	};
 	void *reply = NULL;
 	size_t rlen = 0;
@@ -928,14 +935,26 @@ main(int argc, char **argv)
 		if (config_init(&cfg) != 0 || config_load_file(&cfg, config_file) != 0 ||
 		    config_load_env(&cfg, environ) != 0)
 			die(EXIT_USAGE, "%s", config_error());
+		/* the node's unix socket when it is there (same host, relayd's user or root) */
+		static char sock[CONFIG_SOCKET_PATH_MAX + 8];
+		char path[CONFIG_SOCKET_PATH_MAX];
+		struct stat sb;
+		if (opt.server == NULL && config_admin_socket_path(&cfg, path, sizeof(path)) == 0 &&
+		    stat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+			snprintf(sock, sizeof(sock), "unix:%s", path);
+			opt.server = sock;
+		}
 		if (opt.server == NULL && cfg.admin_listen.n > 0)
 			opt.server = cfg.admin_listen.v[0].text;
-		/* The node's cluster credentials authenticate us to the admin endpoint (mutual TLS
-		 * with the cluster CA), unless --ca/--cert/--key say otherwise. */
-		if (opt.ca == NULL && opt.cert == NULL && opt.key == NULL && cfg.cluster_ca[0]) {
-			opt.ca = cfg.cluster_ca;
-			opt.cert = cfg.cluster_cert;
-			opt.key = cfg.cluster_key;
+		/* admin_listen with admin_ca is mutual TLS: the node shows its cluster cert (checked
+		 * against cluster_ca), we show a certificate of admin_ca, never a member's */
+		if (opt.server != NULL && strncmp(opt.server, "unix:", 5) != 0 && cfg.admin_ca[0]) {
+			if (opt.ca == NULL)
+				opt.ca = cfg.cluster_ca;
+			if (opt.cert == NULL || opt.key == NULL)
+				die(EXIT_USAGE, "%s is mutual TLS (admin_ca): give --cert and --key, a "
+				    "certificate of admin_ca (scripts/make-cluster-certs.sh: admin.crt)",
+				    opt.server);
 		}
 	}
 	if (opt.server == NULL)

@@ -24,6 +24,8 @@
 #include <time.h>
 
 #include "auth.h"
+#include "auth_limit.h"
+#include "auth_pool.h"
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
@@ -37,21 +39,23 @@
 
 struct conn;
 
+/* The receive budget (max_receive_memory) with a count of its holders: the server and every
+ * proposal in flight (a proposal may outlive its connection and the server; the last holder
+ * frees it). */
+struct recv_budget {
+	struct smtp_budget b;
+	size_t refs;
+};
+
 struct proposal {
 	struct smtp_server *srv;
 	struct conn *conn; /* NULL once the connection gave up on it */
 	uint64_t t0;	   /* uv_hrtime at propose */
 	size_t size;
 	size_t nrcpt;
+	struct recv_budget *budget; /* holds a ref; `reserved` bytes of it until the answer */
+	uint64_t reserved;
 	char queue_id[32];
-};
-
-struct auth_job {
-	uv_work_t req;
-	struct conn *conn; /* holds a ref */
-	char user[SMTP_AUTH_FIELD_MAX + 1];
-	char pass[SMTP_AUTH_FIELD_MAX + 1];
-	int ok;
 };
 
 struct write_req {
@@ -72,6 +76,7 @@ struct conn {
 	enum conn_tls tls_state;
 	struct sockaddr_storage peer;
 	char addr[INET6_ADDRSTRLEN + 8]; /* "192.0.2.1" / "2001:db8::1" */
+	char client_key[CONFIG_CLIENT_KEY_MAX]; /* addr cut to client_ipv4/6_prefix: the limits' */
 	char id[24];			 /* session id for logs */
 	char *in;			 /* owned, SMTP_CONN_INBUF_MAX */
 	size_t in_len;
@@ -79,6 +84,13 @@ struct conn {
 	int refs;      /* open handles + jobs */
 	bool reading, closing, close_after_write, busy, shutdown_after_message;
 	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
+	bool proxy_local;    /* PROXY LOCAL/UNKNOWN/UNSPEC: no client named; never trusted */
+	bool trusted;	     /* in mynetworks (as the session was told) */
+	bool tls_closed;     /* our close_notify is out */
+	bool in_msg;	     /* between DATA 354 / first BDAT and the end of the message */
+	uint64_t msg_start_ms, msg_bytes; /* uv_now when it began; bytes fed since */
+	const char *timeout_kind;	  /* for the reject line of a 421 4.4.2 */
+	const char *result_reason;	  /* for the reject line of a glue-chosen refusal */
 	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
 	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
 	struct proposal *prop; /* in flight, or NULL */
@@ -104,7 +116,11 @@ struct smtp_server {
 	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
 	struct smtp_server_stats stats;
 	struct queue_id_gen qid; /* queue ids of accepted messages (queue_id.h) */
+	struct recv_budget *budget; /* holds a ref (see struct recv_budget) */
+	struct auth_pool *auth_pool; /* crypt workers (NULL without auth) */
+	struct auth_limit auth_limit; /* failed AUTH per client and minute */
 	bool shutting_down;
+	bool stopping_auth; /* auth_pool_stop called; its callback frees the server */
 	uv_timer_t shutdown_timer;
 	void (*done)(void *);
 	void *done_arg;
@@ -126,6 +142,10 @@ void
 smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st)
 {
 	*st = srv->stats;
+	st->receive_memory_used = srv->budget->b.used;
+	st->receive_memory_peak = srv->budget->b.peak;
+	st->receive_memory_limit = srv->budget->b.limit;
+	st->auth_jobs = srv->auth_pool != NULL ? auth_pool_jobs(srv->auth_pool) : 0;
 	st->proxy_invalid = srv->proxy_invalid;
 	st->proxy_refused = srv->proxy_refused;
 	st->sessions_active = 0;
@@ -170,6 +190,28 @@ conn_in_data(const struct conn *c)
 	return c->sess != NULL && smtp_session_in_data(c->sess);
 }
 
+/*
+ * The deadlines of a message's data (issue 12 sec. 3): all of it within data_total_timeout,
+ * and within data_timeout plus its bytes at min_data_rate (Postfix's smtpd_min_data_rate), so a
+ * client trickling a byte every few minutes is cut however often it sends.  Loop time (uv_now:
+ * monotonic).  *kind says which deadline is the nearest.
+ */
+static uint64_t
+conn_msg_deadline(const struct conn *c, const char **kind)
+{
+	const struct relay_config *cfg = c->srv->cfg;
+	uint64_t total = c->msg_start_ms + cfg->data_total_timeout_ms;
+	*kind = "data_total";
+	if (cfg->min_data_rate > 0) {
+		uint64_t allowed = cfg->data_timeout_ms + c->msg_bytes * 1000 / cfg->min_data_rate;
+		if (c->msg_start_ms + allowed < total) {
+			*kind = "data_rate";
+			return c->msg_start_ms + allowed;
+		}
+	}
+	return total;
+}
+
 static void
 conn_arm_timer(struct conn *c)
 {
@@ -179,6 +221,14 @@ conn_arm_timer(struct conn *c)
 	uint64_t t = c->prop != NULL   ? cfg->propose_timeout_ms
 		     : conn_in_data(c) ? cfg->data_timeout_ms
 				       : cfg->command_timeout_ms;
+	if (c->prop == NULL && c->in_msg) {
+		const char *kind;
+		uint64_t now = uv_now(c->srv->loop), dl = conn_msg_deadline(c, &kind);
+		if (dl <= now)
+			t = 0;
+		else if (dl - now < t)
+			t = dl - now;
+	}
 	uv_timer_stop(&c->timer);
 	c->timer.data = c;
 	uv_timer_start(&c->timer, conn_timer_cb, t, 0);
@@ -270,7 +320,13 @@ static void
 alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	static char slab[SMTP_READ_CHUNK]; /* one loop thread: reads are consumed before the next */
-	*buf = uv_buf_init(slab, sizeof(slab));
+	const struct conn *c = h->data;
+	size_t room = SMTP_CONN_INBUF_MAX - c->in_len;
+	/* plaintext never reads more than c->in can take (reading stops when it is full); TLS
+	 * records go to OpenSSL, which hands plaintext over as room allows */
+	if (c->tls_state != CONN_TLS_NONE || room > sizeof(slab))
+		room = sizeof(slab);
+	*buf = uv_buf_init(slab, (unsigned)room);
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -403,60 +459,66 @@ read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 /* ---- events ---- */
 
 static void
-auth_work_cb(uv_work_t *req)
-{
-	struct auth_job *j = req->data;
-	j->ok = auth_table_check(j->conn->srv->auth, j->user, j->pass);
-}
-
-static void
 conn_unref(struct conn *c);
 
+/* A password check finished on the AUTH workers (on the loop thread). */
 static void
-auth_after_cb(uv_work_t *req, int status)
+auth_done_cb(void *arg, bool ok, bool canceled)
 {
-	struct auth_job *j = req->data;
-	struct conn *c = j->conn;
-	char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
-	explicit_bzero(j->pass, sizeof(j->pass));
+	struct conn *c = arg;
 	if (!c->closing) {
-		int ok = status == 0 && j->ok;
-		if (ok)
+		if (ok) {
 			c->srv->stats.auth_ok++;
-		else
+			log_info(c->id, "event=auth client=%s result=ok", c->addr);
+		} else {
+			/* the 535 is this failure's log line (event=reject cmd=AUTH) */
 			c->srv->stats.auth_failed++;
-		log_info(c->id, "event=auth client=%s user=%s result=%s", c->addr,
-			 log_safe(j->user, strlen(j->user), safe, sizeof(safe)),
-			 ok ? "ok" : "failed");
+			auth_limit_failed(&c->srv->auth_limit, c->client_key, uv_now(c->srv->loop));
+		}
 		c->busy = false;
-		smtp_session_auth_result(c->sess, ok);
+		smtp_session_auth_result(c->sess, ok && !canceled);
 		conn_process(c);
 	}
-	free(j);
 	conn_unref(c);
 }
 
+/*
+ * SMTP_EV_AUTH: the password is checked on the AUTH workers, unless the client has failed
+ * auth_failures_per_minute_per_client times this minute or max_concurrent_auth checks are in
+ * the pool already: then 454 4.7.0 at once, no crypt (issue 12 sec. 4).
+ */
 static void
 conn_start_auth(struct conn *c, const struct smtp_event *ev)
 {
-	struct auth_job *j = calloc(1, sizeof(*j));
-	if (j == NULL) {
+	struct smtp_server *srv = c->srv;
+	if (srv->auth == NULL || srv->auth_pool == NULL) {
 		smtp_session_auth_result(c->sess, 0);
 		return;
 	}
-	j->conn = c;
-	j->req.data = j;
-	snprintf(j->user, sizeof(j->user), "%s", ev->auth.user);
-	snprintf(j->pass, sizeof(j->pass), "%s", ev->auth.password);
-	if (c->srv->auth == NULL ||
-	    uv_queue_work(c->srv->loop, &j->req, auth_work_cb, auth_after_cb) != 0) {
-		explicit_bzero(j->pass, sizeof(j->pass));
-		free(j);
-		smtp_session_auth_result(c->sess, 0);
+	if (auth_limit_blocked(&srv->auth_limit, c->client_key, uv_now(srv->loop))) {
+		srv->stats.auth_throttled++;
+		c->result_reason = "auth_failures_per_minute";
+		smtp_session_auth_tempfail(c->sess);
+		return;
+	}
+	int rc = auth_pool_submit(srv->auth_pool, srv->auth, ev->auth.user, ev->auth.password,
+				  auth_done_cb, c);
+	if (rc != 0) {
+		srv->stats.auth_throttled++;
+		c->result_reason = rc == AUTH_POOL_EBUSY ? "max_concurrent_auth" : "nomem";
+		smtp_session_auth_tempfail(c->sess);
 		return;
 	}
 	c->refs++;
 	c->busy = true;
+}
+
+/* Drops one hold on the budget (the last frees it). */
+static void
+budget_unref(struct recv_budget *b)
+{
+	if (--b->refs == 0)
+		free(b);
 }
 
 static void
@@ -465,6 +527,8 @@ propose_cb(void *arg, int status)
 	struct proposal *p = arg;
 	struct conn *c = p->conn;
 	uint64_t ns = uv_hrtime() - p->t0, ms = ns / 1000000;
+	smtp_budget_give(&p->budget->b, p->reserved); /* committed or failed: the cluster let go */
+	budget_unref(p->budget);
 	if (c != NULL) {
 		stats_latency(p->srv, ns);
 		if (status == 0)
@@ -487,6 +551,7 @@ propose_cb(void *arg, int status)
 			smtp_session_message_result(c->sess, 250, "2.0.0", text);
 			c->messages++;
 		} else {
+			c->result_reason = "queue_unavailable";
 			smtp_session_message_result(c->sess, 451, "4.3.0",
 						    "Queue unavailable, try again later");
 		}
@@ -497,10 +562,11 @@ propose_cb(void *arg, int status)
 	free(p);
 }
 
+/* A message the glue cannot propose (out of memory): 451, its reject line says why. */
 static void
 conn_reject_message(struct conn *c, const char *why)
 {
-	log_warn(c->id, "event=message-rejected reason=\"%s\"", why);
+	c->result_reason = why;
 	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
 }
 
@@ -513,7 +579,7 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
 	uint64_t ms = now_ms();
 	if (p == NULL) {
-		conn_reject_message(c, "out of memory");
+		conn_reject_message(c, "nomem");
 		return;
 	}
 	queue_id_make(&srv->qid, ms, p->queue_id, sizeof(p->queue_id));
@@ -544,11 +610,29 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 		free(rv);
 		free(rp);
 		free(p);
-		conn_reject_message(c, "out of memory");
+		conn_reject_message(c, "nomem");
 		return;
 	}
 	memcpy(body, hdr, (size_t)hlen);
 	memcpy(body + hlen, ev->message.body, ev->message.body_len);
+	/* The proposal takes the body's place in the receive budget until the cluster answers:
+	 * the session's copy goes now (the cluster packs its own). */
+	smtp_session_drop_body(c->sess);
+	bool trusted = c->trusted || env->auth_user != NULL;
+	if (!smtp_budget_take(&srv->budget->b, blen, trusted)) {
+		free(body);
+		free(rv);
+		free(rp);
+		free(p);
+		srv->counters.over_budget++;
+		c->result_reason = "over_budget";
+		smtp_session_message_result(c->sess, 452, "4.3.1",
+					    "Insufficient system storage, try again later");
+		return;
+	}
+	p->budget = srv->budget;
+	p->budget->refs++;
+	p->reserved = blen;
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		relay__recipient__init(&rv[i]);
 		rv[i].addr = (char *)env->rcpts[i].addr;
@@ -576,6 +660,9 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	acc.helo = (char *)env->helo;
 	acc.auth_user = (char *)env->auth_user;
 	acc.node_id = srv->cfg->node_id;
+	/* bounce_content: what a DSN may return of it (issue 12 sec. 1) */
+	acc.has_trusted = true;
+	acc.trusted = trusted;
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
 	cmd.accept = &acc;
@@ -597,7 +684,10 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	if (rc != 0) {
 		log_warn(p->queue_id, "event=propose-failed error=\"%s\"", cluster_strerror(rc));
 		srv->stats.accept_failed++;
+		smtp_budget_give(&p->budget->b, p->reserved);
+		budget_unref(p->budget);
 		free(p);
+		c->result_reason = "queue_unavailable";
 		smtp_session_message_result(c->sess, 451, "4.3.0",
 					    "Queue unavailable, try again later");
 		return;
@@ -605,6 +695,20 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	c->prop = p;
 	c->busy = true;
 	conn_arm_timer(c);
+}
+
+/* After a feed of n bytes: a message's data began, goes on, or ended (its deadlines). */
+static void
+conn_track_message(struct conn *c, size_t n)
+{
+	bool in = smtp_session_in_message(c->sess);
+	if (in && !c->in_msg) {
+		c->msg_start_ms = uv_now(c->srv->loop);
+		c->msg_bytes = 0;
+	}
+	if (in || c->in_msg)
+		c->msg_bytes += n;
+	c->in_msg = in;
 }
 
 /*
@@ -637,6 +741,7 @@ conn_process(struct conn *c)
 				return;
 			}
 			t = smtp_session_event(c->sess, &ev);
+			conn_track_message(c, n);
 			if (was_data != conn_in_data(c) || n > 0)
 				conn_arm_timer(c);
 			if (n == 0 && t == SMTP_EV_NONE)
@@ -666,6 +771,15 @@ conn_process(struct conn *c)
 			conn_start_message(c, &ev);
 			continue;
 		case SMTP_EV_CLOSE:
+			if (c->tls_state == CONN_TLS_ON && !c->tls_closed) {
+				/* QUIT, timeouts, too many errors: end TLS with a close_notify
+				 * (RFC 8446 6.1) before the TCP close */
+				c->tls_closed = true;
+				if (tls_conn_shutdown(c->tls) != 0 || conn_flush_tls(c) != 0) {
+					conn_close(c);
+					return;
+				}
+			}
 			if (c->wbytes == 0) {
 				conn_close(c);
 				return;
@@ -724,9 +838,18 @@ conn_timer_cb(uv_timer_t *t)
 		conn_arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
 		return;
 	}
-	log_info(c->id, "event=timeout client=%s state=%s", c->addr,
-		 smtp_session_state_name(c->sess));
-	c->srv->counters.timeouts++;
+	/* the 421 4.4.2 is the log line (event=reject reason=<kind>); the session counts it */
+	c->timeout_kind = conn_in_data(c) ? "timeout_data" : "timeout_command";
+	if (c->in_msg) {
+		const char *kind;
+		if (conn_msg_deadline(c, &kind) <= uv_now(c->srv->loop)) {
+			c->timeout_kind = kind;
+			if (strcmp(kind, "data_rate") == 0)
+				c->srv->stats.data_rate_cut++;
+			else
+				c->srv->stats.data_total_cut++;
+		}
+	}
 	smtp_session_timeout(c->sess);
 	conn_process(c);
 }
@@ -780,7 +903,8 @@ conn_close(struct conn *c)
 	uv_close((uv_handle_t *)&c->timer, conn_handle_closed_cb);
 }
 
-/* Open sessions other than nc (closing ones no longer count): in total and from nc's address. */
+/* Open sessions other than nc (closing ones no longer count): in total and from nc's client
+ * (its address cut to client_ipv4_prefix / client_ipv6_prefix: one IPv6 /64 is one client). */
 static void
 count_sessions(struct smtp_server *srv, const struct conn *nc, size_t *total, size_t *same)
 {
@@ -789,7 +913,7 @@ count_sessions(struct smtp_server *srv, const struct conn *nc, size_t *total, si
 		if (c == nc || c->sess == NULL || c->closing)
 			continue;
 		(*total)++;
-		if (strcmp(c->addr, nc->addr) == 0)
+		if (strcmp(c->client_key, nc->client_key) == 0)
 			(*same)++;
 	}
 }
@@ -799,6 +923,35 @@ trace_cb(void *arg, const struct smtp_session *s, const char *from, const char *
 {
 	(void)s;
 	log_debug((const char *)arg, "event=state from=%s to=%s", from, to);
+}
+
+/*
+ * Every 4xx/5xx the session sends is one log line (STYLE "Every refusal sent to a peer is one
+ * log line"): the command (only the verb for AUTH), the codes, the reason (the counter of
+ * relay_messages_rejected_total, or the glue's own for a refusal it chose), the client.
+ */
+static void
+reject_cb(void *arg, const struct smtp_session *s, const char *cmd, int code, const char *enh,
+	  const char *reason)
+{
+	struct conn *c = arg;
+	const struct smtp_budget *b = &c->srv->budget->b;
+	if (c->result_reason != NULL && (!strcmp(reason, "result") || !strcmp(reason, "auth_throttled")))
+		reason = c->result_reason;
+	if (!strcmp(reason, "timeouts") && c->timeout_kind != NULL)
+		reason = c->timeout_kind;
+	c->result_reason = NULL;
+	if (!strcmp(reason, "no_postmaster"))
+		log_warn(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s hint=\"set "
+			 "postmaster_address: RFC 5321 requires accepting mail for <postmaster>\"",
+			 cmd, code, enh, reason, c->addr);
+	else if (!strcmp(reason, "over_budget"))
+		log_info(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s "
+			 "receive_memory=%" PRIu64 " max_receive_memory=%" PRIu64, cmd, code, enh,
+			 reason, c->addr, b->used, b->limit);
+	else
+		log_info(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s", cmd, code,
+			 enh, reason, c->addr);
 }
 
 static void
@@ -822,7 +975,9 @@ conn_refuse(struct conn *c, const char *event, const char *reason)
 	char line[300];
 	int n = snprintf(line, sizeof(line), "421 4.7.0 %s Error: %s\r\n", c->srv->cfg->hostname,
 			 reason);
-	log_info(c->id, "event=%s client=%s reason=\"%s\"", event, c->addr, reason);
+	bool grouped = c->client_key[0] != '\0' && strcmp(c->client_key, c->addr) != 0;
+	log_info(c->id, "event=%s client=%s%s%s reason=\"%s\"", event, c->addr,
+		 grouped ? " client_key=" : "", grouped ? c->client_key : "", reason);
 	c->close_after_write = true;
 	uv_timer_stop(&c->timer);
 	uv_timer_start(&c->timer, conn_timer_cb, 10000, 0);
@@ -840,6 +995,8 @@ conn_start_session(struct conn *c)
 	struct smtp_server *srv = c->srv;
 	const struct relay_config *cfg = srv->cfg;
 	size_t total, same;
+	config_client_key((const struct sockaddr *)&c->peer, (unsigned)cfg->client_ipv4_prefix,
+			  (unsigned)cfg->client_ipv6_prefix, c->client_key);
 	count_sessions(srv, c, &total, &same);
 	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64) {
 		srv->stats.refused++;
@@ -852,16 +1009,20 @@ conn_start_session(struct conn *c)
 		return;
 	}
 	struct smtp_session_client client = {
-	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .trusted = !c->proxy_local &&
+		       config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
 	    .tls_active = false,
+	    .hook_arg = c,
 	};
+	c->trusted = client.trusted;
 	if (smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
 		conn_close(c);
 		return;
 	}
 	srv->stats.sessions_total++;
-	log_info(c->id, "event=connect client=%s trusted=%s%s%s", c->addr,
-		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via);
+	log_info(c->id, "event=connect client=%s trusted=%s%s%s%s", c->addr,
+		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via,
+		 c->proxy_local ? " proxy=local" : "");
 	conn_arm_timer(c);
 	conn_process(c);
 }
@@ -890,6 +1051,9 @@ conn_proxy_input(struct conn *c)
 		c->peer = pi.src;
 		addr_text(&c->peer, c->addr, sizeof(c->addr));
 	}
+	/* LOCAL / UNKNOWN / UNSPEC name no client: the session keeps the balancer's address for
+	 * logs and limits, but never its mynetworks trust (issue 12 sec. 5) */
+	c->proxy_local = pi.local;
 	log_debug(c->id, "event=proxy version=%d client=%s via=%s%s", pi.version, c->addr, c->via,
 		  pi.local ? " local=yes" : "");
 	conn_start_session(c);
@@ -965,7 +1129,23 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->scfg.n_relay_domains = cfg->relay_domains.n;
 	srv->scfg.tls_available = tls != NULL;
 	srv->scfg.auth_available = auth != NULL;
+	srv->scfg.postmaster = cfg->postmaster_address;
+	srv->scfg.max_hops = cfg->max_hops;
 	srv->scfg.counters = &srv->counters;
+	srv->scfg.reject_cb = reject_cb;
+	srv->budget = calloc(1, sizeof(*srv->budget));
+	if (srv->budget == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(srv);
+		return -1;
+	}
+	srv->budget->refs = 1;
+	srv->budget->b.limit = cfg->max_receive_memory;
+	srv->scfg.budget = &srv->budget->b;
+	auth_limit_init(&srv->auth_limit, (uint32_t)cfg->auth_failures_per_minute_per_client);
+	if (auth != NULL &&
+	    auth_pool_start(loop, (unsigned)cfg->max_concurrent_auth, &srv->auth_pool, err, errlen) != 0)
+		return -1; /* the process exits */
 	if (log_enabled(LOG_DEBUG)) {
 		srv->scfg.trace_cb = trace_cb;
 		srv->scfg.trace_arg = (void *)"smtp";
@@ -999,9 +1179,18 @@ server_free_cb(uv_handle_t *h)
 	struct smtp_server *srv = h->data;
 	void (*done)(void *) = srv->done;
 	void *arg = srv->done_arg;
+	budget_unref(srv->budget);
 	free(srv);
 	if (done)
 		done(arg);
+}
+
+/* The AUTH workers are stopped (every connection, and so every check, was over before). */
+static void
+server_auth_stopped_cb(void *arg)
+{
+	struct smtp_server *srv = arg;
+	uv_close((uv_handle_t *)&srv->shutdown_timer, server_free_cb);
 }
 
 static void
@@ -1009,9 +1198,14 @@ server_maybe_done(struct smtp_server *srv)
 {
 	if (!srv->shutting_down || srv->n_conns > 0 || srv->listeners_open > 0)
 		return;
-	if (uv_is_closing((uv_handle_t *)&srv->shutdown_timer))
+	if (uv_is_closing((uv_handle_t *)&srv->shutdown_timer) || srv->stopping_auth)
 		return;
 	uv_timer_stop(&srv->shutdown_timer);
+	if (srv->auth_pool != NULL) {
+		srv->stopping_auth = true;
+		auth_pool_stop(srv->auth_pool, server_auth_stopped_cb, srv);
+		return;
+	}
 	uv_close((uv_handle_t *)&srv->shutdown_timer, server_free_cb);
 }
 

@@ -120,6 +120,8 @@ class OwnershipTest(RelayTestCase):
             a = self.net.addr(i)
             n = self.relayd(name=name, addr=a, port=2525, cluster_listen="%s:7401" % a,
                             peers=peers, http_listen="%s:8025" % a, mynetworks=SUBNET,
+                            # plain cluster traffic on the test bridge (not loopback)
+                            cluster_insecure="yes",
                             dns_servers="%s:53" % HOST, lease="%dms" % (LEASE_S * 1000),
                             election_timeout="500ms", heartbeat_interval="50ms",
                             propose_timeout="5s", retry_base="1s", retry_max="2s",

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sys/stat.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -771,8 +772,11 @@ static void
 admin_test(bool tls)
 {
 	static struct admin_srv s;
-	char ca[128], cert[128], key[128], ccert[128], ckey[128], fcert[128], fkey[128];
+	char ca[128], aca[128], cert[128], key[128], ccert[128], ckey[128], fcert[128], fkey[128];
 	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+	/* the node checks relayctl's cert against the admin CA, relayctl the node's against the
+	 * cluster CA (scripts/make-cluster-certs.sh) */
+	snprintf(aca, sizeof(aca), "%s/a/admin-ca.crt", certdir);
 	snprintf(cert, sizeof(cert), "%s/a/node1.crt", certdir);
 	snprintf(key, sizeof(key), "%s/a/node1.key", certdir);
 	snprintf(ccert, sizeof(ccert), "%s/a/admin.crt", certdir);
@@ -785,7 +789,7 @@ admin_test(bool tls)
 	s.timer.data = &s;
 	struct transport_admin_config scfg = {.listen = "127.0.0.91:0"};
 	if (tls) {
-		scfg.ca_file = ca;
+		scfg.ca_file = aca;
 		scfg.cert_file = cert;
 		scfg.key_file = key;
 	}
@@ -823,6 +827,10 @@ admin_test(bool tls)
 		j.cfg.cert_file = fcert;
 		j.cfg.key_file = fkey;
 		j.timeout_ms = 700;
+		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
+		/* A cluster member's cert is not relayctl's (issue 12): refused. */
+		j.cfg.cert_file = cert;
+		j.cfg.key_file = key;
 		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
 		/* The server's cert must name the node we meant. */
 		j.cfg.cert_file = ccert;
@@ -864,6 +872,41 @@ static void
 test_admin_tls(void **state)
 {
 	admin_test(true);
+}
+
+/* admin_socket: a unix socket, mode 0600, no TLS; relayctl connects by path. */
+static void
+test_admin_unix(void **state)
+{
+	(void)state;
+	static struct admin_srv s;
+	char path[128];
+	snprintf(path, sizeof(path), "%s/admin.sock", certdir);
+	memset(&s, 0, sizeof(s));
+	uv_timer_init(&loop, &s.timer);
+	s.timer.data = &s;
+	struct transport_admin_config scfg = {.unix_path = "relative.sock"};
+	assert_int_equal(transport_admin_listen(&loop, &scfg, admin_cb, &s, &s.a), TRANSPORT_EADDR);
+	scfg.unix_path = path;
+	assert_int_equal(transport_admin_listen(&loop, &scfg, admin_cb, &s, &s.a), 0);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0600);
+	static struct client_job j;
+	memset(&j, 0, sizeof(j));
+	j.cfg.unix_path = path;
+	j.timeout_ms = 5000;
+	j.req = "status";
+	assert_int_equal(run_client(&j), 0);
+	assert_int_equal(j.reply_len, 9);
+	assert_memory_equal(j.reply, "re:status", 9);
+	free(j.reply);
+	bool done = false;
+	transport_admin_close(s.a, closed_cb, &done);
+	assert_true(run_until(flag_set, &done, WAIT_MS));
+	uv_close((uv_handle_t *)&s.timer, NULL);
+	uv_run(&loop, UV_RUN_NOWAIT);
 }
 
 /* ---- Raft codec ---- */
@@ -1133,6 +1176,7 @@ main(void)
 	    cmocka_unit_test(test_queue_byte_bound),  cmocka_unit_test(test_reconnect_plain),
 	    cmocka_unit_test(test_reconnect_tls),     cmocka_unit_test(test_close_pending),
 	    cmocka_unit_test(test_admin_plain),	      cmocka_unit_test(test_admin_tls),
+	    cmocka_unit_test(test_admin_unix),
 	    cmocka_unit_test(test_raft_codec),	      cmocka_unit_test(test_raft_over_transport),
 	    cmocka_unit_test(test_bad_config),
 	};
