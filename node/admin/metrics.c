@@ -247,6 +247,9 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 			"Times a destination's next message waited for "
 			"max_messages_per_minute_per_destination.",
 			ds.rate_waits);
+		counter(t, "relay_delivery_loops_total",
+			"Destinations whose every host was this node: recipients bounced 5.4.6.",
+			ds.loops);
 		counter(t, "relay_dns_lookups_total", "MX or host lookups started for deliveries.",
 			ds.dns_lookups);
 		family(t, "relay_dns_failures_total", "counter",

@@ -195,6 +195,7 @@ struct delivery {
 	struct dconn *idle_head, *idle_tail; /* idle connections of every destination */
 	struct pending_prop *retry_list;
 	struct delivery_stats st;
+	struct mx_self self; /* our own SMTP endpoints, rebuilt at each resolution (loops) */
 	/* delivery ownership (cluster/ownership.h) */
 	struct own own;
 	uv_timer_t own_timer;
