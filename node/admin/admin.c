@@ -32,7 +32,9 @@ static const char *const admin_op_names[] = {"delete", "retry", "hold", "release
 
 struct admin {
 	uv_loop_t *loop;
-	struct transport_admin *ta;
+	struct transport_admin *ta; /* NULL for a local endpoint (admin_new_local) */
+	void (*reply)(void *arg, const void *data, size_t len); /* local: where replies go */
+	void *reply_arg;
 	struct cluster *cluster;
 	const struct relay_config *cfg;
 	bool closing;
@@ -69,6 +71,16 @@ admin_now_ms(void)
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
+/* The reply bytes to the client (the listener's, or a local endpoint's hook). */
+static void
+admin_reply_bytes(struct admin *a, const void *data, size_t len)
+{
+	if (a->ta != NULL)
+		transport_admin_reply(a->ta, data, len);
+	else
+		a->reply(a->reply_arg, data, len);
+}
+
 static void
 admin_send(struct admin *a, const Relay__AdminReply *r)
 {
@@ -76,11 +88,11 @@ admin_send(struct admin *a, const Relay__AdminReply *r)
 	uint8_t *buf = malloc(len ? len : 1);
 	if (buf == NULL) {
 		/* cannot even say so: reply an empty (undecodable) frame, the client reports it */
-		transport_admin_reply(a->ta, "", 0);
+		admin_reply_bytes(a, "", 0);
 		return;
 	}
 	relay__admin_reply__pack(r, buf);
-	transport_admin_reply(a->ta, buf, len);
+	admin_reply_bytes(a, buf, len);
 	free(buf);
 }
 
@@ -794,6 +806,29 @@ admin_request_cb(void *arg, const void *data, size_t len)
 }
 
 int
+admin_new_local(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		void (*reply)(void *arg, const void *data, size_t len), void *reply_arg,
+		struct admin **out)
+{
+	struct admin *a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return -1;
+	a->loop = loop;
+	a->cfg = cfg;
+	a->cluster = cluster;
+	a->reply = reply;
+	a->reply_arg = reply_arg;
+	*out = a;
+	return 0;
+}
+
+void
+admin_request(struct admin *a, const void *data, size_t len)
+{
+	admin_request_cb(a, data, len);
+}
+
+int
 admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, const char *cert,
 	    const char *key, const char *unix_path, struct cluster *cluster, struct admin **out,
 	    char *err, size_t errlen)
@@ -852,6 +887,15 @@ admin_stop(struct admin *a, void (*done)(void *arg), void *arg)
 			a->dels[i]->a = NULL; /* their callbacks may come after a is freed */
 	if (a->cc != NULL)
 		a->cc->a = NULL;
+	if (a->ta == NULL) {
+		/* local: nothing listens; freed now, done() called from here */
+		free(cl);
+		admin_del_reset(a);
+		free(a);
+		if (done != NULL)
+			done(arg);
+		return;
+	}
 	if (cl == NULL) {
 		/* leak the small struct rather than free it under the transport */
 		transport_admin_close(a->ta, done, arg);

@@ -32,6 +32,15 @@ int admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca,
 		const char *key, const char *unix_path, struct cluster *cluster, struct admin **out,
 		char *err, size_t errlen);
 
+/* For tests and the fuzz harness (tests/fuzz/fuzz_admin_request.c): an endpoint without a
+ * listener; admin_request() hands it a request as the listener would, and its one reply goes
+ * to reply(reply_arg, ...) (now or from a later cluster callback on the loop).  0 or -1. */
+int admin_new_local(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		    void (*reply)(void *arg, const void *data, size_t len), void *reply_arg,
+		    struct admin **out);
+/* One request (data borrowed for the call), answered once; the next only after the reply. */
+void admin_request(struct admin *a, const void *data, size_t len);
+
 /* Stops serving; a change in progress still completes in the cluster but is not answered.
  * done(arg) runs on the loop once everything is freed. */
 void admin_stop(struct admin *a, void (*done)(void *arg), void *arg);
