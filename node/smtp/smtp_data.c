@@ -23,9 +23,10 @@ body_drop(struct smtp_session *s)
 	s->body_len = s->body_cap = 0;
 }
 
-/* Grows the body to hold need bytes, within the receive budget: the doubled capacity when the
- * budget has room for it, else exactly need.  false (over_budget or nomem set, body dropped)
- * when neither fits. */
+/* Grows the body to hold need bytes, within the receive budget: the doubled capacity, or as
+ * much of it as the budget has left (never just `need`: growing by one line at a time would
+ * copy the body once per line).  false (over_budget or nomem set, body dropped) when even
+ * need does not fit. */
 static bool
 body_grow(struct smtp_session *s, size_t need)
 {
@@ -35,13 +36,13 @@ body_grow(struct smtp_session *s, size_t need)
 		cap *= 2;
 	if (cap > s->max_size)
 		cap = (size_t)s->max_size;
-	if (!smtp_budget_take(s->cfg->budget, cap - s->body_cap, trusted)) {
-		cap = need;
-		if (!smtp_budget_take(s->cfg->budget, cap - s->body_cap, trusted)) {
-			s->over_budget = true;
-			body_drop(s);
-			return false;
-		}
+	uint64_t room = smtp_budget_room(s->cfg->budget, trusted);
+	if (cap - s->body_cap > room)
+		cap = s->body_cap + (size_t)room;
+	if (cap < need || !smtp_budget_take(s->cfg->budget, cap - s->body_cap, trusted)) {
+		s->over_budget = true;
+		body_drop(s);
+		return false;
 	}
 	char *nb = realloc(s->body, cap);
 	if (nb == NULL) {

@@ -135,6 +135,12 @@ def send(source, mail_from, rcpts, body, port=PORT, host=RELAY):
         return s.data(body)
 
 
+def sanitized():
+    """relayd built with ASan (its memory is not comparable)."""
+    out = subprocess.run(["ldd", RELAYD], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
 def rss_kb(pid, field="VmRSS"):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -302,7 +308,7 @@ class AbuseTest(RelayTestCase):
         base = rss_kb(pid)
         chunk = (b"x" * 998 + b"\r\n") * 1024  # 1 MiB of lines
         conns = []
-        for i in range(40):
+        for i in range(40):  # 40 uploads at once, as in the issue's attack
             c = SmtpConn(RELAY, PORT, source=STRANGER, timeout=60)
             c.reply()
             c.cmd("EHLO stranger.example")
@@ -310,8 +316,9 @@ class AbuseTest(RelayTestCase):
             c.cmd("RCPT TO:<x@dst.test>")
             code, lines = c.cmd("DATA")
             conns.append((c, code))
-            if code == 354:
-                for _ in range(4):
+        for _ in range(4):  # then 4 MiB each, a MiB at a time round the connections
+            for c, code in conns:
+                if code == 354:
                     c.send(chunk)
         # the uploads are unfinished: the budget bounds what they hold
         wait_for(lambda: metric_now("relay_smtp_receive_memory_peak_bytes") >= budget * 0.6, 60,
@@ -320,7 +327,8 @@ class AbuseTest(RelayTestCase):
         grown_mib = (peak - base) / 1024.0
         print("RSS before %d KiB, peak %d KiB: grew %.1f MiB under 160 MiB of uploads "
               "(budget 32 MiB)" % (base, peak, grown_mib))
-        self.assertLess(grown_mib, 32 + 40, "RSS grew past the budget plus a constant")
+        if not sanitized():  # ASan's quarantine and shadow memory are not relayd's
+            self.assertLess(grown_mib, 32 + 40, "RSS grew past the budget plus a constant")
         self.assertLessEqual(metric_now("relay_smtp_receive_memory_peak_bytes"), budget)
         # a stranger's DATA now finds no room: 452 4.3.1 at once
         c = SmtpConn(RELAY, PORT, source="127.0.0.101")
@@ -337,16 +345,23 @@ class AbuseTest(RelayTestCase):
         c.close()
         # trusted mail still gets in (strangers fill at most 3/4 of the budget)
         self.legit_delivered("during-upload")
-        # the uploads end: those that outgrew the budget get 452 4.3.1
+        # the uploads end: those the budget held are queued; the others were refused 452 4.3.1,
+        # at DATA once the budget was full, or at the end of a body that outgrew it
+        data_codes = [code for _, code in conns]
         codes = []
         for c, code in conns:
             if code == 354:
                 c.send(b".\r\n")
                 codes.append(c.reply()[0])
             c.close()
-        print("end-of-data replies:", {k: codes.count(k) for k in set(codes)})
-        self.assertIn(452, codes)
-        metric("relay_messages_rejected_total", 1 + codes.count(452), reason="over_budget")
+        print("DATA replies:", {k: data_codes.count(k) for k in set(data_codes)},
+              "end-of-data replies:", {k: codes.count(k) for k in set(codes)})
+        refused = data_codes.count(452) + codes.count(452)
+        self.assertGreater(refused, 0)
+        self.assertLessEqual(set(data_codes), {354, 452})
+        self.assertLessEqual(set(codes), {250, 452})
+        self.assertLessEqual(codes.count(250) * 4, 24)  # at most the strangers' 3/4 of 32 MiB
+        metric("relay_messages_rejected_total", 1 + refused, reason="over_budget")
         self.reject_logged(node, "over_budget", "DATA")
         wait_for(lambda: metric_now("relay_smtp_receive_memory_bytes") == 0, 30, "the budget back")
 

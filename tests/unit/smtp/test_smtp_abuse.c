@@ -152,7 +152,8 @@ static void
 test_budget_data(void **state)
 {
 	struct harness *h = *state;
-	struct smtp_budget b = {.limit = 40000};
+	static struct smtp_budget b; /* outlives the session (freed in teardown) */
+	b = (struct smtp_budget){.limit = 40000};
 	h->cfg.budget = &b;
 	h->client.trusted = true;
 	assert_int_equal(h_start(h), 0);
@@ -192,7 +193,8 @@ static void
 test_budget_bdat(void **state)
 {
 	struct harness *h = *state;
-	struct smtp_budget b = {.limit = 10000};
+	static struct smtp_budget b; /* outlives the session (freed in teardown) */
+	b = (struct smtp_budget){.limit = 10000};
 	h->cfg.budget = &b;
 	h->client.trusted = true;
 	assert_int_equal(h_start(h), 0);
@@ -220,7 +222,8 @@ static void
 test_budget_shares(void **state)
 {
 	(void)state;
-	struct smtp_budget b = {.limit = 1000};
+	static struct smtp_budget b; /* outlives the session (freed in teardown) */
+	b = (struct smtp_budget){.limit = 1000};
 	assert_true(smtp_budget_take(&b, 700, false));
 	assert_false(smtp_budget_take(&b, 100, false));
 	assert_int_equal(smtp_budget_room(&b, false), 1000 / 100 * SMTP_BUDGET_UNTRUSTED_PCT - 700);
@@ -238,7 +241,8 @@ static void
 test_drop_body(void **state)
 {
 	struct harness *h = *state;
-	struct smtp_budget b = {.limit = 1 << 20};
+	static struct smtp_budget b; /* outlives the session (freed in teardown) */
+	b = (struct smtp_budget){.limit = 1 << 20};
 	h->cfg.budget = &b;
 	h->client.trusted = true;
 	assert_int_equal(h_start(h), 0);
