@@ -97,7 +97,7 @@ async_cb(uv_async_t *h)
 	while (j != NULL) {
 		struct auth_job *next = j->next;
 		p->njobs--;
-		j->cb(j->arg, j->ok, j->canceled);
+		j->cb(j->arg, j->user, j->ok, j->canceled);
 		free(j);
 		j = next;
 	}

@@ -27,9 +27,9 @@
 
 struct auth_pool;
 
-/* A check's result, on the loop thread.  ok: the password matches; canceled: the pool stopped
- * before the job ran (ok is 0). */
-typedef void (*auth_pool_cb)(void *arg, bool ok, bool canceled);
+/* A check's result, on the loop thread.  user: the name checked (borrowed for the call); ok:
+ * the password matches; canceled: the pool stopped before the job ran (ok is 0). */
+typedef void (*auth_pool_cb)(void *arg, const char *user, bool ok, bool canceled);
 
 /* Starts the threads.  0, or -1 with a message in err. */
 int auth_pool_start(uv_loop_t *loop, unsigned max_jobs, struct auth_pool **out, char *err,

@@ -463,13 +463,15 @@ conn_unref(struct conn *c);
 
 /* A password check finished on the AUTH workers (on the loop thread). */
 static void
-auth_done_cb(void *arg, bool ok, bool canceled)
+auth_done_cb(void *arg, const char *user, bool ok, bool canceled)
 {
 	struct conn *c = arg;
 	if (!c->closing) {
 		if (ok) {
+			char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
 			c->srv->stats.auth_ok++;
-			log_info(c->id, "event=auth client=%s result=ok", c->addr);
+			log_info(c->id, "event=auth client=%s user=%s result=ok", c->addr,
+				 log_safe(user, strlen(user), safe, sizeof(safe)));
 		} else {
 			/* the 535 is this failure's log line (event=reject cmd=AUTH) */
 			c->srv->stats.auth_failed++;
