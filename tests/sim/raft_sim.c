@@ -25,7 +25,9 @@
  * index (raft_set_applied).  A snapshot (compaction, or what raft_compact hands to a follower)
  * is the key/values of the queue CFs (STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX) of vstore
  * at the applied index; an install clears those CFs, writes the snapshot's, and calls
- * queue_fsm_reload (one batch, in the write stream like cluster_raft's install).
+ * queue_fsm_reload (one batch, in the write stream like cluster_raft's install).  A node of the
+ * initial configuration with no Raft state on disk (its bootstrap lost in a crash) bootstraps
+ * again at start, as cluster_raft's craft__load does.
  *
  * Client proposals are packed relay.Command protobufs drawn from the seeded PRNG, each tagged
  * like cluster_raft's (origin node/boot/seq): Accepts (1-4 recipients over a few domains, small
@@ -1673,6 +1675,14 @@ node_start(struct node *nd, bool bootstrap)
 	uint64_t applied = 0;
 	if ((rv = store_applied_get(nd->dstore, &applied)))
 		fail("node %" PRIu64 " store_applied_get: %s", nd->id, store_strerror(rv));
+	/* Like craft__load: a node of the initial configuration (in `peers`, not joining) whose
+	 * disk holds no Raft state bootstraps, at every start.  Its bootstrap may not have been
+	 * durable: a crash keeps a prefix of the writes, so nothing later was either and it has
+	 * promised nothing to anyone.  (Seed 210170: a power cut at t=49 took every node's
+	 * bootstrap; restored with no configuration, none ever campaigned.) */
+	if (!bootstrap && nd->id <= (uint64_t)S->n_nodes && nd->d.hs.term == 0 && nd->d.n == 0 &&
+	    nd->d.snap.index == 0)
+		bootstrap = true;
 	if (bootstrap) {
 		struct raft_conf conf = {0};
 		for (int i = 1; i <= S->n_nodes; i++)
@@ -2190,15 +2200,27 @@ gen_member_cmd(struct gen *g, uint64_t id, Relay__MemberState st)
 	g->cmd.member = &g->mem;
 }
 
-/* What an operator, a leader or a node itself proposes about membership, at random. */
+/* What an operator, a leader or a node itself proposes about membership, at random; half the
+ * DRAINEDs carry expect_since_index from the proposer's (possibly stale) view, as a member's
+ * own does. */
 static void
-gen_member(struct gen *g)
+gen_member(struct node *nd, struct gen *g)
 {
 	unsigned k = (unsigned)rnd_n(20);
 	Relay__MemberState st = member_states[k < 9 ? 0 : k < 12 ? 1 : k < 14 ? 2 : k < 18 ? 3 : 4];
 	if (S->lease_mode)
 		st = RELAY__MEMBER_STATE__MEMBER_DRAINING; /* the rest is the ownership cores' */
-	gen_member_cmd(g, 1 + rnd_n((uint64_t)S->n_ids), st);
+	uint64_t id = 1 + rnd_n((uint64_t)S->n_ids);
+	gen_member_cmd(g, id, st);
+	if (st == RELAY__MEMBER_STATE__MEMBER_DRAINED && rnd_n(2)) {
+		struct queue_member mem[QUEUE_MEMBERS_MAX];
+		size_t n = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+		g->mem.has_expect_since_index = 1;
+		g->mem.expect_since_index = 0;
+		for (size_t i = 0; i < n; i++)
+			if (!strcmp(mem[i].node, g->node))
+				g->mem.expect_since_index = mem[i].since_index;
+	}
 }
 
 static void
@@ -2286,7 +2308,7 @@ gen_command(struct node *nd, size_t *len)
 	else if (k < (c += S->pct_delete))
 		gen_delete(nd, &g);
 	else if (k < (c += S->pct_member))
-		gen_member(&g);
+		gen_member(nd, &g);
 	else if (k < (c += S->pct_renew))
 		gen_renew(nd, &g);
 	else if (k < (c += S->pct_hold))
@@ -2321,6 +2343,10 @@ describe(const Relay__Command *c, char *out, size_t n)
 	case RELAY__COMMAND__CMD_MEMBER:
 		snprintf(out, n, "member %s %s", c->member->node,
 			 member_state_name((int)c->member->state));
+		if (c->member->has_expect_since_index) {
+			size_t l = strlen(out);
+			snprintf(out + l, n - l, " if-since=%" PRIu64, c->member->expect_since_index);
+		}
 		break;
 	default:
 		snprintf(out, n, "%s", cmd_name(c));
@@ -2345,7 +2371,7 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	size_t len;
 	uint8_t *p = pack_cmd(c, &len);
 	relay__command__free_unpacked(c, NULL);
-	uint64_t idx, term;
+	uint64_t idx, term, origin = nd->id;
 	struct raft_status st0;
 	raft_status(nd->r, &st0);
 	int rv = raft_propose(nd->r, p, len, &idx, &term);
@@ -2363,8 +2389,14 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	}
 	free(p);
 	if (rv == 0) {
-		trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64 ": %s",
-		      nd->id, id, idx, term, desc);
+		if (origin != nd->id)
+			trace("node %" PRIu64 " proposed (from %" PRIu64 ") id=%" PRIx64
+			      " at %" PRIu64 "/%" PRIu64 ": %s",
+			      nd->id, origin, id, idx, term, desc);
+		else
+			trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64
+			      ": %s",
+			      nd->id, id, idx, term, desc);
 		drain(nd);
 	}
 	return rv;
@@ -2390,15 +2422,28 @@ propose_gen(struct node *nd, struct gen *g, uint64_t *id_out)
 	return rv;
 }
 
-/* nd's state in its own applied member table (-1: not in it). */
+/* nd's state in its own applied member table (-1: not in it); *since (if not NULL): the index
+ * that set it (0: not in it). */
 static int
-self_state(struct node *nd)
+self_state_since(struct node *nd, uint64_t *since)
 {
 	char me[QUEUE_NODE_MAX + 1];
 	node_name(nd->id, me);
 	struct queue_member mem[QUEUE_MEMBERS_MAX];
 	size_t n = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	if (since) {
+		*since = 0;
+		for (size_t k = 0; k < n; k++)
+			if (!strcmp(mem[k].node, me))
+				*since = mem[k].since_index;
+	}
 	return member_state(mem, n, me);
+}
+
+static int
+self_state(struct node *nd)
+{
+	return self_state_since(nd, NULL);
 }
 
 struct due_pick {
@@ -2494,7 +2539,8 @@ own_host_tick(struct node *nd)
 {
 	struct own *o = &nd->own;
 	uint64_t now = S->now;
-	int st = self_state(nd);
+	uint64_t since;
+	int st = self_state_since(nd, &since);
 	struct gen g;
 	if (nd->renew_seq && now > nd->renew_deadline) {
 		own_renew_done(o, false, now); /* not applied here in time */
@@ -2527,6 +2573,9 @@ own_host_tick(struct node *nd)
 	if (d == 1) {
 		relay__command__init(&g.cmd);
 		gen_member_cmd(&g, nd->id, RELAY__MEMBER_STATE__MEMBER_DRAINED);
+		/* only if still the DRAINING it judged, as in delivery.c (ownership.h: Drain) */
+		g.mem.has_expect_since_index = 1;
+		g.mem.expect_since_index = since;
 		propose_gen(nd, &g, NULL);
 	}
 	struct raft_status rs;
