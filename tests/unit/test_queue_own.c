@@ -1059,7 +1059,8 @@ test_drained_expect_since(void **state)
 	assert_int_equal(w.nops, 0);
 	assert_int_equal(queue_fsm_digest(w.q), d0);
 	expect_owner(&w, "d0.example", "n5", 3);
-	/* for a node not in the table: a no-op too (no DRAINED entry is created) */
+	/* for a node not in the table: a no-op too (no DRAINED entry is created), unless it
+	 * expects exactly that (0) */
 	assert_int_equal(drained_since(&w, "n7", 2), 0);		/* 6 */
 	assert_int_equal(w.nops, 0);
 	/* a new drain, and the DRAINED judged on it: the domain moves */
@@ -1077,6 +1078,12 @@ test_drained_expect_since(void **state)
 	/* without the precondition (an operator's or an older node's DRAINED) it applies as before */
 	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_DRAINED), 0);	/* 10 */
 	expect_owner(&w, "d0.example", "", 10);
+	/* 0 expects a node that is not in the table */
+	assert_int_equal(drained_since(&w, "n2", 0), 0);		/* 11: n2 is: no-op */
+	assert_int_equal(w.nops, 0);
+	assert_int_equal(drained_since(&w, "n8", 0), 0);		/* 12: the member key */
+	assert_int_equal(w.nops, 1);
+	assert_int_equal(queue_fsm_members(w.q, ms, QUEUE_MEMBERS_MAX), 3);
 	check_reopen(&w);
 	world_fini(&w);
 }
