@@ -1381,11 +1381,17 @@ raft_tick(struct raft *r)
 		}
 		return;
 	}
-	r->election_elapsed++;
-	if (r->election_elapsed >= r->rand_timeout) {
+	/* A node that cannot campaign (a learner, or out of its latest configuration) keeps
+	 * counting, saturated, as etcd's tickElection does: an election timeout after its
+	 * leader's last message it answers vote requests again (the check-quorum guard in
+	 * raft_step).  Restarting the count at each randomized timeout, as it did, kept it
+	 * ignoring most of them for ever after its leader was gone; a voter the others count on
+	 * that missed its own re-add then blocked every election (tests/sim, seed 213904). */
+	if (r->election_elapsed < r->rand_timeout)
+		r->election_elapsed++;
+	if (r->election_elapsed >= r->rand_timeout && promotable(r)) {
 		r->election_elapsed = 0;
-		if (promotable(r))
-			campaign(r, r->cfg.pre_vote, false);
+		campaign(r, r->cfg.pre_vote, false);
 	}
 }
 
