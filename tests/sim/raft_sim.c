@@ -409,6 +409,10 @@ struct sim {
 	uint64_t heal_own_at;
 	uint64_t heal_target; /* commit index every member must apply (set once ownership settled) */
 	uint64_t heal_transfer; /* units one snapshot transfer may take (heal_transfer_units) */
+	/* the configuration of the highest-index configuration entry applied anywhere: the
+	 * committed one (shut_down_removed) */
+	struct raft_conf committed_conf;
+	uint64_t committed_conf_index;
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
@@ -1499,6 +1503,12 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 	struct mq *touched[4];
 	size_t nt = 0;
 	Relay__Command *cmd = NULL;
+	if (e->type == RAFT_ENTRY_CONF && e->index > S->committed_conf_index) {
+		if (raft_conf_decode(e->data, e->len, &S->committed_conf))
+			fail("node %" PRIu64 " configuration entry %" PRIu64 " does not decode",
+			     nd->id, e->index);
+		S->committed_conf_index = e->index;
+	}
 	if (e->type == RAFT_ENTRY_NORMAL) {
 		cmd = relay__command__unpack(NULL, e->len, e->data);
 		if (!cmd)
@@ -3009,20 +3019,21 @@ heal_transfer_units(void)
 	return S->heal_transfer;
 }
 
-/* The operator shuts a removed server down (thesis 4.2.3): without pre-vote or check-quorum
- * one that never learnt of its removal disrupts every leader with a higher term, forever.  A
- * node in the leader's latest configuration comes back (an uncommitted removal was undone). */
+/* The operator shuts a removed server down once its removal is committed (thesis 4.2.3):
+ * without pre-vote or check-quorum one that never learnt of its removal disrupts every leader
+ * with a higher term, forever.  A node that a later committed configuration holds again
+ * comes back.  Not the latest configuration of the leader: it may be uncommitted, and the
+ * leader a stale one of an older term (seed 412063 with --prevote 0 --check-quorum 0: at the
+ * heal the stale leader n4's uncommitted {4,5,6} shut n2 and n3 down while the committed
+ * configuration needed them, and no majority was left for ever). */
 static void
 shut_down_removed(void)
 {
-	struct node *l = leader_node();
-	if (!l)
+	if (S->committed_conf_index == 0)
 		return;
-	struct raft_status ls;
-	raft_status(l->r, &ls);
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *nd = &S->nodes[i];
-		bool member = raft_conf_is_member(&ls.conf, nd->id);
+		bool member = raft_conf_is_member(&S->committed_conf, nd->id);
 		if (!member && nd->up) {
 			node_crash(nd, "removed: shut down");
 			nd->restart_at = UINT64_MAX;
