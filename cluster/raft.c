@@ -1258,8 +1258,16 @@ raft_step(struct raft *r, const struct raft_msg *m)
 			 */
 			struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 			reply(r, m, &out);
-		} else if (m->type == RAFT_MSG_PREVOTE) {
-			struct raft_msg out = {.type = RAFT_MSG_PREVOTE_RESP, .reject = 1};
+		} else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+			/* Reject with our term so that the candidate updates itself (Figure 3.1).
+			 * etcd ignores a stale vote request, but a candidate that we never contact
+			 * (our configuration is older than its and leaves it out) would then never
+			 * learn our term: without pre-vote, stale members campaigning at ever
+			 * higher terms kept it below them for ever (tests/sim, seed 412386). */
+			struct raft_msg out = {.type = m->type == RAFT_MSG_PREVOTE
+							   ? RAFT_MSG_PREVOTE_RESP
+							   : RAFT_MSG_VOTE_RESP,
+					       .reject = 1};
 			reply(r, m, &out);
 		}
 		return 0;

@@ -480,6 +480,51 @@ case_unpromotable_answers_votes(void)
 	h_free(&h);
 }
 
+/*
+ * Figure 3.1: a vote request with a stale term is rejected with the current term, and the
+ * candidate adopts it.  (A stale request used to be ignored; a candidate that the others never
+ * contact - their configuration leaves it out - then never caught up with their terms:
+ * tests/sim seed 412386, without pre-vote.)
+ */
+static void
+case_stale_vote_rejected(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h.isolated[1] = true;
+	raft_campaign(h.r[2]); /* term 3, alone: 1 is cut off, 3 grants it */
+	h_pump(&h);
+	uint64_t t2 = st(&h, 2).term;
+	CHECK(t2 > st(&h, 1).term);
+	/* 1 asks 2 for a vote at its older term: 2 answers, 1 learns 2's term */
+	struct raft_status s1 = st(&h, 1);
+	struct raft_msg m = {.type = RAFT_MSG_VOTE,
+			     .from = 1,
+			     .to = 2,
+			     .term = s1.term,
+			     .log_term = s1.term,
+			     .index = s1.last_index};
+	CHECK(raft_step(h.r[2], &m) == 0);
+	h_drain(&h, 2);
+	bool rejected = false;
+	while (h.qh != h.qt) {
+		struct raft_msg *q = &h.q[h.qh];
+		if (q->type == RAFT_MSG_VOTE_RESP && q->to == 1) {
+			rejected = q->reject && q->term == t2;
+			CHECK(raft_step(h.r[1], q) == 0);
+		}
+		msg_drop(q);
+		h.qh = (h.qh + 1) % Q_MAX;
+	}
+	CHECK(rejected);
+	CHECK(st(&h, 1).term == t2 && st(&h, 1).role == RAFT_FOLLOWER);
+	CHECK(st(&h, 2).vote != 1);
+	h_free(&h);
+}
+
 /* check-quorum (6.2): a leader that hears from no majority steps down. */
 static void
 case_check_quorum_step_down(void)
@@ -853,6 +898,7 @@ static const struct {
     {"no_prevote_disrupts", case_no_prevote_disrupts},
     {"lease_ignores_votes", case_lease_ignores_votes},
     {"unpromotable_answers_votes", case_unpromotable_answers_votes},
+    {"stale_vote_rejected", case_stale_vote_rejected},
     {"check_quorum_step_down", case_check_quorum_step_down},
     {"transfer", case_transfer},
     {"snapshot_install", case_snapshot_install},
