@@ -2202,6 +2202,8 @@ own_propose(struct delivery *d, const Relay__Command *cmd, bool renew)
 	return true;
 }
 
+/* Proposes Member{node, state}; with expect_renew_index = expect if has_expect, and with
+ * expect_since_index = expect_since unless it is 0 (queue_fsm.h). */
 static bool
 own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has_expect,
 		   uint64_t expect, uint64_t expect_since)
