@@ -31,7 +31,12 @@
  *
  * Drain.  A member whose state is DRAINING starts no new attempt; when it has no attempt in
  * flight, or drain_timeout after it saw DRAINING (then the host abandons what is in flight), it
- * proposes Member{self, DRAINED}; its domains then move.
+ * proposes Member{self, DRAINED, expect_since_index = the since index of that DRAINING state};
+ * its domains then move.  The precondition matters because the view it judged may be old: a
+ * node back from a crash proposes itself LIVE from the state it restarted with, which may
+ * predate the DRAINING; that LIVE can commit before the DRAINED, and a DRAINED applied to a
+ * LIVE member would move the domains of an owner that holds its lease (tests/sim, seeds 310887
+ * and 310908); with the precondition it is a no-op.
  */
 #ifndef RELAY_OWNERSHIP_H
 #define RELAY_OWNERSHIP_H
@@ -119,8 +124,9 @@ bool own_may_start(const struct own *o, uint64_t now, int self_state, const char
  * DRAINED and `revive` is set: at boot), at most every retry interval. */
 bool own_self_live_due(struct own *o, uint64_t now, int self_state, bool revive);
 
-/* Drain: given this node's state and its attempts in flight, returns 1 to propose DRAINED now,
- * 2 to abandon the attempts in flight first (drain_timeout passed), 0 nothing. */
+/* Drain: given this node's state and its attempts in flight, returns 1 to propose DRAINED now
+ * (with expect_since_index = this node's since_index in the table it read self_state from), 2 to
+ * abandon the attempts in flight first (drain_timeout passed), 0 nothing. */
 int own_drain_tick(struct own *o, uint64_t now, int self_state, size_t inflight);
 
 /*

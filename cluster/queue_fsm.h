@@ -266,6 +266,9 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  *     where they are (sticky: no rebalancing, so no attempt in flight is fenced off needlessly);
  *   - a Member command with expect_renew_index set (the leader's DOWN) is a no-op unless the
  *     member is in the table and its renew_index equals it;
+ *   - a Member command with expect_since_index set (a member's own DRAINED: the since_index of
+ *     the DRAINING it saw) is a no-op unless the member's since_index equals it (0: not in the
+ *     table), i.e. its state was not set again meanwhile (e.g. LIVE);
  *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
  *     DRAINED);
  *   - an assignment whose domain has no queued recipient left becomes idle: it stays (key, owner,

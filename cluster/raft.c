@@ -1258,8 +1258,16 @@ raft_step(struct raft *r, const struct raft_msg *m)
 			 */
 			struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 			reply(r, m, &out);
-		} else if (m->type == RAFT_MSG_PREVOTE) {
-			struct raft_msg out = {.type = RAFT_MSG_PREVOTE_RESP, .reject = 1};
+		} else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+			/* Reject with our term so that the candidate updates itself (Figure 3.1).
+			 * etcd ignores a stale vote request, but a candidate that we never contact
+			 * (our configuration is older than its and leaves it out) would then never
+			 * learn our term: without pre-vote, stale members campaigning at ever
+			 * higher terms kept it below them for ever (tests/sim, seed 412386). */
+			struct raft_msg out = {.type = m->type == RAFT_MSG_PREVOTE
+							   ? RAFT_MSG_PREVOTE_RESP
+							   : RAFT_MSG_VOTE_RESP,
+					       .reject = 1};
 			reply(r, m, &out);
 		}
 		return 0;
@@ -1381,11 +1389,17 @@ raft_tick(struct raft *r)
 		}
 		return;
 	}
-	r->election_elapsed++;
-	if (r->election_elapsed >= r->rand_timeout) {
+	/* A node that cannot campaign (a learner, or out of its latest configuration) keeps
+	 * counting, saturated, as etcd's tickElection does: an election timeout after its
+	 * leader's last message it answers vote requests again (the check-quorum guard in
+	 * raft_step).  Restarting the count at each randomized timeout, as it did, kept it
+	 * ignoring most of them for ever after its leader was gone; a voter the others count on
+	 * that missed its own re-add then blocked every election (tests/sim, seed 213904). */
+	if (r->election_elapsed < r->rand_timeout)
+		r->election_elapsed++;
+	if (r->election_elapsed >= r->rand_timeout && promotable(r)) {
 		r->election_elapsed = 0;
-		if (promotable(r))
-			campaign(r, r->cfg.pre_vote, false);
+		campaign(r, r->cfg.pre_vote, false);
 	}
 }
 

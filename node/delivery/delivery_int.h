@@ -200,10 +200,11 @@ struct delivery {
 	uv_timer_t own_timer;
 	struct own_prop *own_props; /* Member/Renew proposals not called back (list) */
 	size_t n_own_props;
-	int self_state;	 /* this node in the member table; -1 absent */
-	bool may_start;	 /* at the last tick: LIVE and lease held */
-	bool own_booted; /* the boot-time LIVE was proposed */
-	bool abandon;	 /* drain timeout: abandoned attempts are due again at once */
+	int self_state;	     /* this node in the member table; -1 absent */
+	uint64_t self_since; /* its since_index (the index that set self_state); 0 absent */
+	bool may_start;	     /* at the last tick: LIVE and lease held */
+	bool own_booted;     /* the boot-time LIVE was proposed */
+	bool abandon;	     /* drain timeout: abandoned attempts are due again at once */
 	void (*done)(void *);
 	void *done_arg;
 };

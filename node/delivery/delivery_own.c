@@ -66,9 +66,11 @@ own_propose(struct delivery *d, const Relay__Command *cmd, bool renew)
 	return true;
 }
 
+/* Proposes Member{node, state}; with expect_renew_index = expect if has_expect, and with
+ * expect_since_index = expect_since unless it is 0 (queue_fsm.h). */
 static bool
 own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has_expect,
-		   uint64_t expect)
+		   uint64_t expect, uint64_t expect_since)
 {
 	Relay__Member mb = RELAY__MEMBER__INIT;
 	mb.node = (char *)node;
@@ -78,6 +80,10 @@ own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has
 	if (has_expect) {
 		mb.has_expect_renew_index = true;
 		mb.expect_renew_index = expect;
+	}
+	if (expect_since != 0) {
+		mb.has_expect_since_index = true;
+		mb.expect_since_index = expect_since;
 	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
@@ -163,12 +169,15 @@ dlv__own_tick_cb(uv_timer_t *t)
 	struct queue_member mem[QUEUE_MEMBERS_MAX];
 	size_t nm = queue_fsm_members(d->q, mem, QUEUE_MEMBERS_MAX);
 	d->self_state = -1;
+	d->self_since = 0;
 	for (size_t i = 0; i < nm; i++)
-		if (strcmp(mem[i].node, d->own.self) == 0)
+		if (strcmp(mem[i].node, d->own.self) == 0) {
 			d->self_state = mem[i].state;
+			d->self_since = mem[i].since_index;
+		}
 	/* Owner side: be a member, keep the lease. */
 	if (own_self_live_due(&d->own, now, d->self_state, !d->own_booted)) {
-		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_LIVE, false, 0))
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_LIVE, false, 0, 0))
 			d->own.live_proposed_ms = 0; /* try again next tick */
 	}
 	d->own_booted = true;
@@ -192,7 +201,9 @@ dlv__own_tick_cb(uv_timer_t *t)
 		own_abandon(d);
 		break;
 	case 1:
-		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_DRAINED, false, 0))
+		/* only if still the DRAINING it judged (ownership.h: Drain) */
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_DRAINED, false, 0,
+					d->self_since))
 			d->own.drained_proposed_ms = 0;
 		break;
 	default:
@@ -218,7 +229,7 @@ dlv__own_tick_cb(uv_timer_t *t)
 			log_warn("-", "event=lease-lapsed node=%s renew_index=%" PRIu64,
 				 act[i].node, act[i].expect_renew_index);
 		own_propose_member(d, act[i].node, act[i].state, act[i].has_expect,
-				   act[i].expect_renew_index);
+				   act[i].expect_renew_index, 0);
 	}
 	/* Start or stop. */
 	bool may = own_may_act(&d->own, now, d->self_state);
