@@ -12,6 +12,11 @@
  * data (a Raft term or vote, an acknowledged message) would be lost: open fails instead of
  * RocksDB's default (kPointInTimeRecovery), which silently recovers only up to the damage.
  *
+ * Test-only knob: with RELAY_TEST_UNSAFE_NO_SYNC=1 in the environment, writes asked to be synced
+ * are not (no fsync of the WAL): acknowledged data is NOT durable.  It exists only so that a test
+ * (tests/integration/test_durability.py) can show its checker catches a relayd that answers 250
+ * before the WAL sync; each open under it says so on stderr.  Never set it anywhere else.
+ *
  * Failure modes: open errors (missing permissions, a damaged manifest or WAL, a lock held by
  * another process) and write errors are reported on stderr with RocksDB's text and returned as
  * STORE_EIO; a damaged block surfaces as STORE_EIO from the read or iterator.
@@ -24,6 +29,9 @@
 #include <rocksdb/c.h>
 
 #include "store.h"
+
+/* See the header comment: test only. */
+#define STORE_TEST_UNSAFE_NO_SYNC_ENV "RELAY_TEST_UNSAFE_NO_SYNC"
 
 struct store_rocksdb {
 	struct store base;
@@ -346,7 +354,14 @@ store_open(const char *dir, int readonly, struct store **out)
 	rocksdb_options_set_wal_recovery_mode(s->opts,
 					      rocksdb_tolerate_corrupted_tail_records_recovery);
 	s->wsync = rocksdb_writeoptions_create();
-	rocksdb_writeoptions_set_sync(s->wsync, 1);
+	const char *unsafe = getenv(STORE_TEST_UNSAFE_NO_SYNC_ENV);
+	int no_sync = unsafe && strcmp(unsafe, "1") == 0;
+	if (no_sync)
+		fprintf(stderr,
+			"store: open dir=%s event=unsafe-no-sync %s=1: TEST ONLY, synced writes are "
+			"not fsynced\n",
+			dir, STORE_TEST_UNSAFE_NO_SYNC_ENV);
+	rocksdb_writeoptions_set_sync(s->wsync, !no_sync);
 	s->wnosync = rocksdb_writeoptions_create();
 	rocksdb_writeoptions_set_sync(s->wnosync, 0);
 	s->ropts = rocksdb_readoptions_create();

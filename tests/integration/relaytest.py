@@ -40,6 +40,13 @@ _procs = []
 def _kill_all():
     for p in _procs:
         if p.poll() is None:
+            # a tracer (strace) leaves its tracee running when it dies: its children first
+            try:
+                with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                    for kid in f.read().split():
+                        os.kill(int(kid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
             p.kill()
             try:
                 p.wait(5)
@@ -121,8 +128,11 @@ class Relayd:
         self.keys.update({k: str(v) for k, v in keys.items()})
         self.proc = None
         # argv prefix, e.g. ["ip", "netns", "exec", NS] to run inside a network namespace
-        # (netns.Netns.argv); it must exec relayd so that self.proc is relayd itself
+        # (netns.Netns.argv); it must exec relayd so that self.proc is relayd itself, unless
+        # signal_child is set: then self.proc is a tracer (strace) whose one child is relayd,
+        # signals go to that child, and the tracer ends as relayd ended
         self.wrap = []
+        self.signal_child = False
         # extra environment for the process (added to this process's environment)
         self.env = {}
         # How the current run may end: None while it must keep running until the test stops
@@ -161,17 +171,36 @@ class Relayd:
         except OSError:
             return ""
 
+    def pid(self):
+        """The pid of relayd itself (see signal_child)."""
+        if not self.signal_child:
+            return self.proc.pid
+        p = self.proc.pid
+        with open("/proc/%d/task/%d/children" % (p, p)) as f:
+            kids = f.read().split()
+        if len(kids) != 1:
+            raise AssertionError("%s: %d children under the tracer" % (self.name, len(kids)))
+        return int(kids[0])
+
+    def send_signal(self, sig):
+        """Sends sig to relayd (not to a tracer wrapping it)."""
+        try:
+            os.kill(self.pid(), sig)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
     def stop(self, timeout=20.0):
         """SIGTERM and wait (a stopped process is continued); returns the exit code, which must
         be 0."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.expected = {0}
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.send_signal(signal.SIGCONT)
+        self.send_signal(signal.SIGTERM)
+        self.send_signal(signal.SIGCONT)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.send_signal(signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(5)
             raise AssertionError("relayd did not exit within %.0fs of SIGTERM" % timeout)
@@ -180,13 +209,17 @@ class Relayd:
         """SIGKILL and wait: the run ends killed, as the test wants."""
         if self.proc is not None and self.proc.poll() is None:
             self.expected = {-signal.SIGKILL}
-            self.proc.kill()
-            self.proc.wait(10)
+            self.send_signal(signal.SIGKILL)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # the tracer itself
+                self.proc.wait(10)
 
     def terminate(self):
         """SIGTERM without waiting: the run is to end with exit code 0 (a clean stop)."""
         self.expected = {0}
-        self.proc.send_signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def expect_exit(self, *codes):
         """The current run is to end on its own with one of codes (e.g. 1: refuses to start)."""
