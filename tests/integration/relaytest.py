@@ -150,6 +150,7 @@ class Relayd:
         self._reap()
         self.write_config()
         self.logf = open(self.log_path, "ab")
+        log_from = self.logf.tell()  # this run's lines start here
         env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen([*self.wrap, RELAYD, "--config", self.conf_path, *extra_args],
                                      stdout=self.logf, stderr=subprocess.STDOUT,
@@ -158,11 +159,19 @@ class Relayd:
         _procs.append(self.proc)
         self.started_at = time.monotonic()
         if wait:
-            wait_for(lambda: self.proc.poll() is not None or port_open(self.addr, self.port),
-                     timeout, "relayd %s to listen on %s:%d" % (self.name, self.addr, self.port))
+            # listening, and started: the port alone could be another process's (a test of
+            # another checkout on the same address)
+            wait_for(lambda: self.proc.poll() is not None or (
+                port_open(self.addr, self.port) and b"event=started" in self._log_from(log_from)),
+                timeout, "relayd %s to listen on %s:%d" % (self.name, self.addr, self.port))
             if self.proc.poll() is not None:
                 raise AssertionError("relayd exited with %d:\n%s" % (self.proc.returncode, self.log()))
         return self
+
+    def _log_from(self, offset):
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read()
 
     def log(self):
         try:
