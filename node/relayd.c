@@ -315,6 +315,13 @@ main(int argc, char **argv)
 		 (unsigned long long)st.applied_index,
 		 (unsigned long long)((uv_hrtime() - t0) / 1000000));
 
+	/* Handle SIGTERM/SIGINT before the first listener opens: a node that accepts connections
+	 * stops cleanly (exit 0) on SIGTERM, even one sent while the other parts still start.
+	 * signal_cb runs only from the loop, once everything below has started. */
+	uv_signal_init(relayd.loop, &relayd.sigterm);
+	uv_signal_init(relayd.loop, &relayd.sigint);
+	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&relayd.sigint, signal_cb, SIGINT);
 	rc = smtp_server_start(relayd.loop, &relayd.cfg, relayd.cluster, relayd.tls, relayd.auth,
 			       &relayd.smtp, err, sizeof(err));
 	if (rc != 0) {
@@ -346,10 +353,6 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
-	uv_signal_init(relayd.loop, &relayd.sigterm);
-	uv_signal_init(relayd.loop, &relayd.sigint);
-	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
-	uv_signal_start(&relayd.sigint, signal_cb, SIGINT);
 	for (size_t i = 0; i < relayd.cfg.smtp_listen.n; i++)
 		log_info("-", "event=listening smtp=%s", relayd.cfg.smtp_listen.v[i].text);
 	if (relayd.http != NULL)

@@ -1,10 +1,13 @@
 #!/bin/bash
 # make-cluster-certs.sh DIR N: a cluster CA and N node certificates, for tests and the demo.
+# make-cluster-certs.sh DIR NAME [NAME...]: the same with the nodes' names given (node ids such
+#                                  as n1 or relayd-0; a single all-digit argument is N).
 #
 # Writes into DIR (created if missing):
 #   ca.crt ca.key                  the cluster CA (P-256, self-signed, 10 years)
 #   node1.crt node1.key ... nodeN  one pair per node: CN=nodeI, SAN DNS:nodeI, serverAuth and
-#                                  clientAuth (the same cert listens and dials: mutual TLS)
+#                                  clientAuth (the same cert listens and dials: mutual TLS);
+#                                  NAME.crt NAME.key when names are given
 #   admin.crt admin.key            a client cert for relayctl (CN=admin)
 # Keys are unencrypted PKCS#8 PEM, mode 0600.  The node id in the relay config must equal the
 # cert's name: a dialing node checks that the peer it reaches holds the cert of the peer id it
@@ -12,12 +15,28 @@
 # certs.
 set -euo pipefail
 
-if [ $# -ne 2 ] || ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ]; then
-	echo "usage: $0 DIR N" >&2
+usage() {
+	echo "usage: $0 DIR N | $0 DIR NAME [NAME...]" >&2
 	exit 2
-fi
+}
+[ $# -ge 2 ] || usage
 dir=$1
-n=$2
+shift
+names=()
+if [ $# -eq 1 ] && [[ $1 =~ ^[0-9]+$ ]]; then
+	[ "$1" -ge 1 ] || usage
+	for i in $(seq 1 "$1"); do
+		names+=("node$i")
+	done
+else
+	for name in "$@"; do
+		[[ $name =~ ^[A-Za-z0-9._-]{1,63}$ ]] && [ "$name" != admin ] && [ "$name" != ca ] || {
+			echo "$0: bad node name '$name' (letters, digits, '-', '_', '.'; max 63)" >&2
+			exit 2
+		}
+		names+=("$name")
+	done
+fi
 mkdir -p "$dir"
 umask 077
 tmp=$(mktemp -d)
@@ -43,9 +62,9 @@ EXT
 		-out "$dir/$name.crt" 2>/dev/null
 }
 
-for i in $(seq 1 "$n"); do
-	issue "node$i"
+for name in "${names[@]}"; do
+	issue "$name"
 done
 issue admin
 chmod 0644 "$dir"/*.crt
-echo "$dir: ca.crt, node1..node$n, admin"
+echo "$dir: ca.crt, ${names[*]}, admin"
