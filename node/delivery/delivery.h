@@ -69,7 +69,12 @@ struct delivery_stats {
 	uint64_t own_failures;	   /* Member/Renew proposals that failed */
 	uint64_t jobs_dropped;	   /* queued jobs dropped: lease lost or domain moved */
 	uint64_t renews;	   /* Renews committed */
-	uint64_t lease_until_ms;   /* this node's lease (unix ms; 0 none) */
+	int64_t lease_left_ms;	   /* this node's lease: ms left (negative: lapsed; INT64_MIN: never
+				      held), on the monotonic clock */
+	uint64_t commits_refused;  /* attempts abandoned before their end of data: the lease (minus
+				      its margin) lapsed or the domain moved */
+	uint64_t phase_timeouts;   /* attempts cut by a phase deadline (RFC 5321 4.5.3.2) */
+	uint64_t attempt_timeouts; /* attempts cut by delivery_attempt_timeout */
 	int64_t self_state;	   /* enum queue_member_state of this node, -1 not a member */
 };
 void delivery_get_stats(const struct delivery *d, struct delivery_stats *st);
