@@ -82,6 +82,8 @@ class Relayd:
         # argv prefix, e.g. ["ip", "netns", "exec", NS] to run inside a network namespace
         # (netns.Netns.argv); it must exec relayd so that self.proc is relayd itself
         self.wrap = []
+        # environment of the process (None: this one's), e.g. LD_PRELOAD=libfaketime
+        self.env = None
 
     def write_config(self):
         with open(self.conf_path, "w") as f:
@@ -94,7 +96,7 @@ class Relayd:
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*self.wrap, RELAYD, "--config", self.conf_path, *extra_args],
                                      stdout=self.logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=self.env)
         _procs.append(self.proc)
         self.started_at = time.monotonic()
         if wait:
