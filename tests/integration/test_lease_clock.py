@@ -1,7 +1,7 @@
 """test_lease_clock: leases on a clock that cannot jump, bounded by the whole attempt, and the
 deadlines of outgoing SMTP (issue 11 section 3, issue 12 section 3 outgoing side).
 
-Everything on 127.0.42.x (this module only): three relayd (.1-.3, cluster on :7401, HTTP on
+Everything on 127.0.47.x (this module only): three relayd (.1-.3, cluster on :7401, HTTP on
 :8025, admin on :7402), a single relayd (.5), dnsmasq (.53), an aiosmtpd destination (.20) that
 notes every transaction (the time of MAIL and of the end of DATA, the client's EHLO name, the
 recipients) and holds each RCPT reply `hold` seconds so attempts stay in flight, and two hostile
@@ -47,7 +47,7 @@ from relaytest import RelayTestCase, wait_for
 from dsttest import Dnsmasq
 from scripted_server import ScriptedServer
 
-NET = "127.0.42."
+NET = "127.0.47."
 DNS = NET + "53"
 DEST = NET + "20"
 TRICKLE = NET + "21"
