@@ -168,6 +168,16 @@ class LeaseClockTest(RelayTestCase):
 
     # ---- helpers ----
 
+    def stop_all(self):
+        """Every node stops cleanly on SIGTERM (exit 0; under ASan: no leak) and no log holds a
+        sanitizer report."""
+        for n in self.nodes:
+            self.assertTrue(n.alive(), "%s died:\n%s" % (n.name, n.log()[-3000:]))
+        for n in self.nodes:
+            self.assertEqual(n.stop(), 0, "%s exit:\n%s" % (n.name, n.log()[-3000:]))
+            for bad in ("Sanitizer", "runtime error:"):
+                self.assertNotIn(bad, n.log(), n.name)
+
     def cluster(self, faketime, lease):
         """Three nodes; with faketime, each under libfaketime with its own timestamp file."""
         self.clock_files = []
@@ -264,7 +274,6 @@ class LeaseClockTest(RelayTestCase):
         # both the leader and the follower have attempts in flight
         wait_for(lambda: self.dest.mails_from(names[li]) and self.dest.mails_from(names[fi]),
                  60, "attempts of the leader and of the follower")
-        t_step = time.monotonic()
         lapsed_before = self.nodes[li].log().count("event=lease-lapsed")
         self.step(li, "+30")
         self.step(fi, "-30")
@@ -293,10 +302,8 @@ class LeaseClockTest(RelayTestCase):
         self.check_no_overlap_nothing_lost(accepted, 150, "wall clocks stepped")
         lapsed = self.nodes[li].log().count("event=lease-lapsed") - lapsed_before
         self.assertEqual(lapsed, 0, "the leader declared leases lapsed after the steps")
-        for n in self.nodes:
-            self.assertTrue(n.alive(), "%s died:\n%s" % (n.name, n.log()[-3000:]))
-        print("steps at +%.1f s: no lease lapsed, no ownership moved" % (t_step - self.nodes[0].started_at),
-              flush=True)
+        print("no lease lapsed, no ownership moved after the steps", flush=True)
+        self.stop_all()
 
     def test_owner_stopped_before_end_of_data(self):
         self.cluster(faketime=False, lease="2s")
@@ -334,7 +341,7 @@ class LeaseClockTest(RelayTestCase):
         late = [t for t in self.dest.snap() if t[2] == names[owner] and t[1] > t_stop]
         self.assertFalse(late, "the stopped owner completed transactions after its lease: %s"
                          % late)
-        self.assertTrue(victim.alive())
+        self.stop_all()
 
     def test_hostile_destinations(self):
         trickle = ScriptedServer(TRICKLE, mode="trickle", delay=1.0, name="trickle.test").start()
@@ -352,7 +359,7 @@ class LeaseClockTest(RelayTestCase):
             s.sendmail("s@client.test", ["c@good.test"], b"X-Test-Id: g\r\nSubject: 3\r\n\r\n3\r\n")
         # one slot: the two hostile ones cannot hold it beyond the deadline
         wait_for(lambda: self.delivered({"g": ["c@good.test"]}), 40,
-                 "the good destination delivered behind two hostile ones")
+                 "the good destination delivered behind the hostile ones")
         elapsed = time.monotonic() - t0
         log = wait_for(lambda: (lambda l: l if "to=<a@trickle.test>" in l and
                                 "to=<b@stalltls.test>" in l else None)(n.log()), 20,
@@ -366,11 +373,9 @@ class LeaseClockTest(RelayTestCase):
         # (the metrics page is published periodically: wait for it)
         wait_for(lambda: 'relay_delivery_timeouts_total{deadline="attempt"} 2' in
                  metrics(SINGLE), 10, "two attempt timeouts in the metrics")
-        # the trickler got a handful of bytes out of its 20-odd byte greeting
-        self.assertLess(elapsed, 40)
         print("hostile: both cut and deferred, the good one delivered %.1f s after submission"
               % elapsed, flush=True)
-        self.assertEqual(n.stop(), 0)
+        self.stop_all()
 
 
 if __name__ == "__main__":
