@@ -263,7 +263,7 @@ class LeaseClockTest(RelayTestCase):
     # ---- the tests ----
 
     def test_wall_clock_steps(self):
-        self.cluster(faketime=True, lease="3s")
+        self.cluster(faketime=True, lease="5s")
         li = self.leader()
         self.assertIsNotNone(li)
         fi = (li + 1) % 3          # a follower whose clock goes back
