@@ -692,11 +692,13 @@ conn_commit(struct dconn *c)
 		return true;
 	}
 	d->st.commits_refused++;
-	int64_t left = d->own.lease_until == 0	 ? INT64_MIN
-		       : d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
-						   : -(int64_t)(now - d->own.lease_until);
+	char left[24] = "none"; /* no lease at all */
+	if (d->own.lease_until != 0)
+		snprintf(left, sizeof(left), "%" PRId64,
+			 d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
+						   : -(int64_t)(now - d->own.lease_until));
 	log_warn(c->job ? c->job->msg->qid : "-",
-		 "event=commit-refused relay=%s lease_ms_left=%" PRId64 " margin_ms=%" PRIu64
+		 "event=commit-refused relay=%s lease_ms_left=%s margin_ms=%" PRIu64
 		 " note=\"lease lapsed or domain moved: no end of data sent, the recipients stay "
 		 "queued\"",
 		 c->relay, left, d->own.margin_ms);
