@@ -402,7 +402,7 @@ delivery_get_stats(const struct delivery *d, struct delivery_stats *st)
 	*st = d->st;
 	st->renews = d->own.renews;
 	uint64_t now = clock_mono_ms(); /* the lease runs on this clock (clock.h) */
-	st->lease_left_ms = d->own.lease_until == 0 ? INT64_MIN
+	st->lease_left_ms = d->own.lease_until == 0	? INT64_MIN
 			    : d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
 							: -(int64_t)(now - d->own.lease_until);
 	st->self_state = d->self_state;

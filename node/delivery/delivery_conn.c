@@ -508,8 +508,7 @@ dlv__conn_next_address(struct dconn *c)
 				c->host_i++;
 			}
 		}
-		if (c->host_i >= c->mx.nhosts || c->job == NULL || c->d->closing ||
-		    c->attempt_over)
+		if (c->host_i >= c->mx.nhosts || c->job == NULL || c->d->closing || c->attempt_over)
 			break;
 		if (conn_connect(c) == 0)
 			return;

@@ -48,8 +48,8 @@
 #define DLV_IDLE_MS                                                                                \
 	2000 /* a connection waits this long for the next job of its route (Postfix                \
 		smtp_connection_cache_time_limit) */
-#define DLV_COMMIT_POLL_MS 5 /* the commit gate looks again this often while the kernel still
-				holds body bytes it has not sent */
+/* The commit gate looks again this often while the kernel still holds body bytes unsent. */
+#define DLV_COMMIT_POLL_MS 5
 
 enum rres { RES_NONE = 0, RES_DELIVERED, RES_DEFERRED, RES_FAILED };
 
@@ -145,7 +145,7 @@ struct dconn {
 	bool commit_poll;  /* MTA_EV_COMMIT waits for the kernel to send the body (timer polls) */
 	struct mta_deadline dl; /* the job's attempt and the current phase (mono clock) */
 	uint64_t idle_until;	/* mono: an idle connection quits then */
-	int refs; /* timer + sockets */
+	int refs;		/* timer + sockets */
 	struct mta_session sess;
 	struct mta_config mcfg;
 	struct tls_conn *tls; /* owned */
@@ -206,10 +206,10 @@ struct delivery {
 	uv_timer_t own_timer;
 	struct own_prop *own_props; /* Member/Renew proposals not called back (list) */
 	size_t n_own_props;
-	int self_state;	 /* this node in the member table; -1 absent */
-	bool may_start;	 /* at the last tick: LIVE and lease held */
-	bool own_booted; /* the boot-time LIVE was proposed */
-	bool abandon;	 /* drain timeout: abandoned attempts are due again at once */
+	int self_state;		 /* this node in the member table; -1 absent */
+	bool may_start;		 /* at the last tick: LIVE and lease held */
+	bool own_booted;	 /* the boot-time LIVE was proposed */
+	bool abandon;		 /* drain timeout: abandoned attempts are due again at once */
 	uint64_t backsteps_seen; /* own.clock_backsteps already logged */
 	void (*done)(void *);
 	void *done_arg;

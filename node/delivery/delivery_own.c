@@ -259,8 +259,9 @@ dlv__own_tick_cb(uv_timer_t *t)
 	if (d->own.clock_backsteps != d->backsteps_seen) {
 		/* cannot happen with a monotonic clock: a broken clock_mono_ms, logged loudly */
 		d->backsteps_seen = d->own.clock_backsteps;
-		log_error("-", "event=clock-went-back backsteps=%" PRIu64
-			       " note=\"the monotonic clock went back: lease dropped\"",
+		log_error("-",
+			  "event=clock-went-back backsteps=%" PRIu64
+			  " note=\"the monotonic clock went back: lease dropped\"",
 			  d->own.clock_backsteps);
 	}
 	/* Start or stop. */

@@ -66,8 +66,7 @@
 #define MTA_TIMEOUT_DATA_BLOCK (3 * 60 * 1000) /* 4.5.3.2.5 each body write */
 #define MTA_TIMEOUT_DATA_TERM (10 * 60 * 1000) /* 4.5.3.2.6 "." -> 250 */
 #define MTA_TIMEOUT_OTHER (5 * 60 * 1000)      /* EHLO, STARTTLS, RSET, QUIT */
-#define MTA_TIMEOUT_TLS (5 * 60 * 1000)	       /* the STARTTLS handshake (RFC 5321 says
-						  nothing; Postfix smtp_starttls_timeout) */
+#define MTA_TIMEOUT_TLS (5 * 60 * 1000)	       /* TLS handshake (smtp_starttls_timeout) */
 
 /* --- replies ------------------------------------------------------------ */
 
@@ -169,7 +168,7 @@ enum mta_tls_policy {
 struct mta_config {
 	const char *helo_name; /* borrowed; our EHLO name */
 	enum mta_tls_policy tls;
-	bool tls_active; /* TLS already on (implicit TLS port) */
+	bool tls_active;  /* TLS already on (implicit TLS port) */
 	bool commit_gate; /* stop before the end of data: MTA_EV_COMMIT */
 };
 
@@ -228,8 +227,8 @@ struct mta_session {
 	uint64_t ext_size;    /* SIZE the server declared, 0 = none */
 	bool tls_active;
 	bool body_8bit_unsupported; /* sent 8-bit without 8BITMIME (logged by glue) */
-	unsigned phase_seq; /* changes whenever a new wait starts (a state, a complete
-			       reply, a body write done): struct mta_deadline */
+	unsigned phase_seq;	    /* changes whenever a new wait starts (a state, a complete
+				       reply, a body write done): struct mta_deadline */
 	/* private */
 	struct mta_config cfg;
 	struct mta_txn *txn;

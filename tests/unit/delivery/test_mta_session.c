@@ -708,7 +708,6 @@ test_abort_and_timeouts(void **state)
 	assert_int_equal(r[0].state, MTA_RCPT_PENDING);
 }
 
-
 /* The commit gate (cfg.commit_gate): the machine stops before the end of data
  * and lets the glue decide (the delivery lease, cluster/ownership.h). */
 static struct mta_config cfg_gate = {
@@ -747,7 +746,8 @@ test_commit_gate_ok(void **state)
 
 	/* a second transaction on the connection is gated again; an empty body asks at once */
 	struct mta_rcpt r2[1] = {{.addr = "b@d"}};
-	struct mta_txn t2 = {.mail_from = "s@x", .body = "", .body_len = 0, .rcpts = r2, .nrcpts = 1};
+	struct mta_txn t2 = {
+	    .mail_from = "s@x", .body = "", .body_len = 0, .rcpts = r2, .nrcpts = 1};
 	assert_int_equal(mta_session_next(&s, &t2), 0);
 	cli(&s, "MAIL FROM:<s@x>\r\nRCPT TO:<b@d>\r\nDATA\r\n");
 	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
@@ -833,8 +833,8 @@ test_commit_gate_refused(void **state)
 
 	/* a discarded body (nobody accepted, DATA said 354 anyway) is ended without asking */
 	struct mta_rcpt r2[1] = {{.addr = "a@d"}};
-	struct mta_txn t2 = {.mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r2,
-			     .nrcpts = 1};
+	struct mta_txn t2 = {
+	    .mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r2, .nrcpts = 1};
 	start(&s, &cfg_gate, &t2, "250-mx\r\n250 PIPELINING\r\n");
 	drain(&s);
 	srv(&s, "250 ok\r\n550 no\r\n354 go\r\n");
@@ -846,8 +846,8 @@ test_commit_gate_refused(void **state)
 
 	/* the glue's timer or a lost connection while the gate waits: next host, no "." */
 	struct mta_rcpt r3[1] = {{.addr = "a@d"}};
-	struct mta_txn t3 = {.mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r3,
-			     .nrcpts = 1};
+	struct mta_txn t3 = {
+	    .mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r3, .nrcpts = 1};
 	start(&s, &cfg_gate, &t3, "250-mx\r\n250 PIPELINING\r\n");
 	drain(&s);
 	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
@@ -951,7 +951,8 @@ test_tls_wait_deadline(void **state)
 	memset(&dl, 0, sizeof(dl));
 	struct mta_config cfg = {.helo_name = "relay.example", .tls = MTA_TLS_OPPORTUNISTIC};
 	struct mta_rcpt r[1] = {{.addr = "a@d"}};
-	struct mta_txn t = {.mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
 	start(&s, &cfg, &t, "250-mx\r\n250 STARTTLS\r\n");
 	cli(&s, "STARTTLS\r\n");
 	srv(&s, "220 go ahead\r\n");
