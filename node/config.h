@@ -93,6 +93,7 @@ struct relay_config {
 	uint64_t max_messages_per_connection;
 	struct config_list tls_required_domains; /* lowercased */
 	uint64_t connect_timeout_ms;
+	uint64_t delivery_attempt_timeout_ms; /* total of one attempt (mta_session.h deadlines) */
 	/* consensus (cluster/cluster.h replicated mode) */
 	char *cluster_listen;	  /* "addr:port"; "": single node */
 	struct config_list peers; /* id=host:port, this node included */

@@ -19,6 +19,8 @@ PKGS=(
   # tests, demo and benchmark peers
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
+  # libfaketime: tests/integration/test_lease_clock.py steps the nodes' wall clocks
+  faketime
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
 # whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.

@@ -33,18 +33,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
 /* ------------------------------------------------------------ helpers */
-
-uint64_t
-dlv__now_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
 
 uint64_t
 dlv__hash_str(const char *s)
@@ -408,7 +401,10 @@ delivery_get_stats(const struct delivery *d, struct delivery_stats *st)
 {
 	*st = d->st;
 	st->renews = d->own.renews;
-	st->lease_until_ms = d->own.lease_until;
+	uint64_t now = clock_mono_ms(); /* the lease runs on this clock (clock.h) */
+	st->lease_left_ms = d->own.lease_until == 0	? INT64_MIN
+			    : d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
+							: -(int64_t)(now - d->own.lease_until);
 	st->self_state = d->self_state;
 	st->inflight_msgs = d->nmsgs;
 	st->active_conns = (uint64_t)d->nconn;

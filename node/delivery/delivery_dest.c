@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -125,7 +126,7 @@ dlv__dest_take(struct ddest *x)
 		return NULL;
 	if (per_min > 0) {
 		double burst = per_min / 60.0 < 1.0 ? 1.0 : per_min / 60.0;
-		uint64_t now = dlv__now_ms();
+		uint64_t now = clock_mono_ms();
 		if (x->tokens_ms == 0)
 			x->tokens = burst;
 		else if (now > x->tokens_ms)
@@ -183,7 +184,7 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 			*x->mx = *list;
 			x->state = DEST_READY;
 			uint32_t ttl = list->ttl < 5 ? 5 : list->ttl;
-			x->mx_expires_ms = dlv__now_ms() + (uint64_t)ttl * 1000;
+			x->mx_expires_ms = clock_mono_ms() + (uint64_t)ttl * 1000;
 			if (log_enabled(LOG_DEBUG)) {
 				char buf[1024];
 				mx_list_format(list, buf, sizeof(buf));
@@ -226,7 +227,7 @@ dlv__dest_pump(struct ddest *x)
 		return;
 	if (x->state == DEST_RESOLVING)
 		return;
-	if (x->state == DEST_READY && dlv__now_ms() >= x->mx_expires_ms && x->nconn == 0)
+	if (x->state == DEST_READY && clock_mono_ms() >= x->mx_expires_ms && x->nconn == 0)
 		x->state = DEST_NEW;
 	if (x->state == DEST_NEW) {
 		struct mta_diag dg = {.code = 451, .local = true};

@@ -48,6 +48,8 @@
 #define DLV_IDLE_MS                                                                                \
 	2000 /* a connection waits this long for the next job of its route (Postfix                \
 		smtp_connection_cache_time_limit) */
+/* The commit gate looks again this often while the kernel still holds body bytes unsent. */
+#define DLV_COMMIT_POLL_MS 5
 
 enum rres { RES_NONE = 0, RES_DELIVERED, RES_DEFERRED, RES_FAILED };
 
@@ -139,7 +141,11 @@ struct dconn {
 	uv_timer_t timer;
 	struct dsock *sock; /* current attempt, or NULL */
 	bool connected, reading, closing, reached, tls_plain_retry, tls_failed;
-	int refs; /* timer + sockets */
+	bool attempt_over; /* the job's delivery_attempt_timeout passed: no failover, defer */
+	bool commit_poll;  /* MTA_EV_COMMIT waits for the kernel to send the body (timer polls) */
+	struct mta_deadline dl; /* the job's attempt and the current phase (mono clock) */
+	uint64_t idle_until;	/* mono: an idle connection quits then */
+	int refs;		/* timer + sockets */
 	struct mta_session sess;
 	struct mta_config mcfg;
 	struct tls_conn *tls; /* owned */
@@ -200,11 +206,12 @@ struct delivery {
 	uv_timer_t own_timer;
 	struct own_prop *own_props; /* Member/Renew proposals not called back (list) */
 	size_t n_own_props;
-	int self_state;	     /* this node in the member table; -1 absent */
-	uint64_t self_since; /* its since_index (the index that set self_state); 0 absent */
-	bool may_start;	     /* at the last tick: LIVE and lease held */
-	bool own_booted;     /* the boot-time LIVE was proposed */
-	bool abandon;	     /* drain timeout: abandoned attempts are due again at once */
+	int self_state;		 /* this node in the member table; -1 absent */
+	uint64_t self_since;	 /* its since_index (the index that set self_state); 0 absent */
+	bool may_start;		 /* at the last tick: LIVE and lease held */
+	bool own_booted;	 /* the boot-time LIVE was proposed */
+	bool abandon;		 /* drain timeout: abandoned attempts are due again at once */
+	uint64_t backsteps_seen; /* own.clock_backsteps already logged */
 	void (*done)(void *);
 	void *done_arg;
 };
@@ -224,7 +231,6 @@ struct own_prop {
 
 /* ---- delivery.c ---- */
 
-uint64_t dlv__now_ms(void);
 uint64_t dlv__hash_str(const char *s);
 void dlv__rfc5322_date(char *buf, size_t cap, uint64_t ms);
 const char *dlv__xtext_decode(const char *s, char *out, size_t cap);
@@ -250,6 +256,7 @@ void dlv__job_finish_all(struct djob *j, bool permanent, const struct mta_diag *
 void dlv__job_harvest(struct djob *j, const char *relay);
 bool dlv__job_has_pending(const struct djob *j);
 void dlv__job_txn(struct djob *j);
+void dlv__job_drop(struct djob *j);
 
 /* ---- delivery_dest.c ---- */
 
@@ -281,5 +288,8 @@ void dlv__check_cb(uv_check_t *h);
 /* ---- delivery_own.c ---- */
 
 void dlv__own_tick_cb(uv_timer_t *t);
+int dlv__own_self_state(const struct delivery *d, const struct queue_member *mem, size_t n,
+			uint64_t *since);
+bool dlv__own_may_commit(struct delivery *d, const struct djob *j, uint64_t mono);
 
 #endif
