@@ -4,10 +4,14 @@ Everything listens on loopback addresses the test module owns (127.0.N.x); desti
 25 of their own address, as an MX would.  Nothing here uses /etc/resolv.conf: dnsmasq runs with
 --no-resolv and answers only what the test tells it (and NXDOMAIN for the rest of its zones).
 
-  Dnsmasq(addr, mx=[(domain, host, pref)], a=[(host, addr)], null_mx=[domain], local=[zone])
+  Dnsmasq(addr, mx=[(domain, host, pref)], a=[(host, addr)], null_mx=[domain], local=[zone],
+          txt=[(name, text)])
   AioSink(addr)       aiosmtpd in a thread: keeps every envelope and the exact bytes received
   SmtpSink(addr, ...) Postfix smtp-sink (-d dump files, -r/-s/-Q to fail chosen commands)
   dns_query(server, name, qtype) -> (rcode, answer count), a minimal UDP client for readiness
+  TestCA(workdir, name)  a CA made with openssl: issue(cn, sans) -> (chain, key, cert) files
+  HttpsServer(addr, chain, key, routes={host: (status, content_type, body)})  an HTTPS server
+                      (Python's http.server over ssl) that answers by Host header and counts
 """
 import os
 import random
@@ -47,7 +51,7 @@ class Dnsmasq:
     """dnsmasq on addr:53 serving only the given records; other names in `local` zones are
     NXDOMAIN.  Null MX (RFC 7505) is a raw MX record: preference 0, exchange "."."""
 
-    def __init__(self, workdir, addr, mx=(), a=(), null_mx=(), local=("test",)):
+    def __init__(self, workdir, addr, mx=(), a=(), null_mx=(), local=("test",), txt=()):
         self.addr = addr
         self.log_path = os.path.join(workdir, "dnsmasq-%s.log" % addr)
         args = [DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
@@ -62,6 +66,8 @@ class Dnsmasq:
             args.append("--host-record=%s,%s" % (host, ip))
         for domain in null_mx:
             args.append("--dns-rr=%s,15,000000" % domain)
+        for name, text in txt:
+            args.append("--txt-record=%s,%s" % (name, text))
         self.args = args
         self.proc = None
         self.probe = a[0][0] if a else None
@@ -203,3 +209,104 @@ def queue_empty(node):
         return node.dump_queue() == {}
     except AssertionError:
         return False
+
+
+class TestCA:
+    """A certificate authority for tests (openssl CLI): a self-signed root, and leaf certificates
+    it signs with subjectAltName DNS names.  Two TestCAs are two strangers to each other."""
+
+    def __init__(self, workdir, name):
+        self.dir = os.path.join(workdir, "ca-" + name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.cert = os.path.join(self.dir, "ca.pem")
+        self.key = os.path.join(self.dir, "ca.key")
+        self.serial = 1
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "3", "-subj",
+                        "/CN=%s" % name, "-keyout", self.key, "-out", self.cert,
+                        "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                       check=True, capture_output=True)
+
+    def issue(self, cn, sans=None):
+        """(chain file: leaf then CA, key file, leaf-only file) for cn (and sans, DNS names)."""
+        base = os.path.join(self.dir, "%s-%d" % (cn, self.serial))
+        key, csr, cert, chain = base + ".key", base + ".csr", base + ".pem", base + "-chain.pem"
+        ext = base + ".ext"
+        with open(ext, "w") as f:
+            f.write("subjectAltName=%s\n" % ",".join("DNS:" + n for n in (sans or [cn])))
+            f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=%s" % cn,
+                        "-keyout", key, "-out", csr], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey",
+                        self.key, "-set_serial", str(self.serial), "-days", "2", "-out", cert,
+                        "-extfile", ext], check=True, capture_output=True)
+        self.serial += 1
+        with open(chain, "w") as out, open(cert) as leaf, open(self.cert) as root:
+            out.write(leaf.read() + root.read())
+        return chain, key, cert
+
+
+def server_tls_context(chain, key):
+    """A server-side ssl.SSLContext presenting chain (leaf first) with key."""
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(chain, key)
+    return ctx
+
+
+class HttpsServer:
+    """An HTTPS server (http.server + ssl, in a thread) on addr:port.  routes maps a Host header
+    (without port) to (status, content_type, body); other hosts get 404.  hits counts requests
+    per (host, path)."""
+
+    def __init__(self, addr, chain, key, routes, port=443):
+        import http.server
+        import ssl
+        self.addr, self.port = addr, port
+        self.routes = dict(routes)
+        self.hits = {}
+        self.lock = threading.Lock()
+        srv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                host = (self.headers.get("Host") or "").split(":")[0].lower()
+                with srv.lock:
+                    srv.hits[(host, self.path)] = srv.hits.get((host, self.path), 0) + 1
+                    status, ctype, body = srv.routes.get(host, (404, "text/plain", "no\n"))
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((addr, port), Handler)
+        self.httpd.daemon_threads = True
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(chain, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = None
+
+    def start(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        wait_for(lambda: port_open(self.addr, self.port), 10, "https on %s" % self.addr)
+        return self
+
+    def count(self, host, path="/.well-known/mta-sts.txt"):
+        with self.lock:
+            return self.hits.get((host, path), 0)
+
+    def set_route(self, host, status, ctype, body):
+        with self.lock:
+            self.routes[host] = (status, ctype, body)
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
