@@ -222,10 +222,10 @@ dtls_done(struct dtls_dest *t)
 		x->mx_expires_ms = until; /* the TLSA records expire with the MX list */
 	x->state = DEST_READY;
 	if (log_enabled(LOG_DEBUG)) {
-		char dane[MX_MAX_HOSTS * 4 + 1] = "";
+		char dane[MX_MAX_HOSTS * 10 + 1] = "";
 		for (size_t i = 0; x->mx && i < x->mx->nhosts; i++)
-			snprintf(dane + strlen(dane), sizeof(dane) - strlen(dane), "%s%d",
-				 i ? "," : "", (int)t->dane[i]);
+			snprintf(dane + strlen(dane), sizeof(dane) - strlen(dane), "%s%s",
+				 i ? "," : "", tls_policy_dane_name(t->dane[i]));
 		log_debug("-", "event=tls-facts dest=%s level=%s sts=%s dane=%s", x->key,
 			  tls_policy_level_name(x->tls_level),
 			  t->sts == NULL			 ? "none"

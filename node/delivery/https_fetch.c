@@ -258,6 +258,8 @@ reap(struct https_fetch *f)
 		struct hf_req *q = NULL;
 		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&q);
 		q->rc = m->data.result;
+		if (q->rc == CURLE_FILESIZE_EXCEEDED) /* Content-Length said it before the body */
+			q->too_big = true;
 		curl_multi_remove_handle(f->multi, m->easy_handle);
 		req_unlink(f, q);
 		if (q->rc != CURLE_OK && q->errbuf[0] == '\0')

@@ -127,6 +127,26 @@ tls_policy_plan(const struct tls_host_facts *f, struct tls_host_plan *p)
 }
 
 const char *
+tls_policy_dane_name(enum tls_dane_state st)
+{
+	switch (st) {
+	case TLSP_DANE_NA:
+		return "na";
+	case TLSP_DANE_USABLE:
+		return "usable";
+	case TLSP_DANE_UNUSABLE:
+		return "unusable";
+	case TLSP_DANE_NONE:
+		return "none";
+	case TLSP_DANE_INSECURE:
+		return "insecure";
+	case TLSP_DANE_FAILED:
+		return "failed";
+	}
+	return "?";
+}
+
+const char *
 tls_policy_reason_text(enum tls_plan_reason why)
 {
 	switch (why) {

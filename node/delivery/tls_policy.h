@@ -116,6 +116,9 @@ struct tls_host_plan {
 /* The plan for one host (the decision table at the top of this file). */
 void tls_policy_plan(const struct tls_host_facts *f, struct tls_host_plan *out);
 
+/* "usable", "none", "failed", ... for logs. */
+const char *tls_policy_dane_name(enum tls_dane_state st);
+
 /* A short text for a reason ("TLSA lookup failed", ...). */
 const char *tls_policy_reason_text(enum tls_plan_reason why);
 

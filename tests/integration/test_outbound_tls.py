@@ -19,6 +19,9 @@ Domains (tls_policy in the relay's config, MTA-STS by TXT + policy):
   tst-imp.test -> imp, policy testing mx: mx.imp.test
   badfetch.test -> imp, policy enforce, but served by the impostor HTTPS server: no policy
   html.test -> imp, policy enforce but served as text/html: no policy
+  big.test -> imp, a policy body over 64 KB: no policy
+  redir.test -> imp, the policy URL answers 301: not followed, no policy
+  hang.test -> imp, mta-sts.hang.test (.82:443) accepts and never answers
 """
 import os
 import re
@@ -27,7 +30,8 @@ import tempfile
 import unittest
 
 from relaytest import RelayTestCase, wait_for
-from dsttest import AioSink, Dnsmasq, HttpsServer, TestCA, queue_empty, server_tls_context
+from dsttest import (AioSink, Dnsmasq, HangServer, HttpsServer, TestCA, queue_empty,
+                     server_tls_context)
 
 # The impostor sends its CA along: OpenSSL says "self-signed certificate in certificate chain".
 UNTRUSTED = r"(self-signed certificate in certificate chain|unable to get local issuer certificate)"
@@ -37,7 +41,7 @@ DNS = NET + "53"
 RELAY = NET + "1"
 PORT = 2525
 GOOD, IMP, WRONG, SRC = NET + "10", NET + "11", NET + "12", NET + "20"
-HTTPS_GOOD, HTTPS_IMP = NET + "80", NET + "81"
+HTTPS_GOOD, HTTPS_IMP, HTTPS_HANG = NET + "80", NET + "81", NET + "82"
 
 MX = [("v-ok.test", "mx.good.test", 10), ("v-imp.test", "mx.imp.test", 10),
       ("v-wrong.test", "mx.wrong.test", 10), ("may-imp.test", "mx.imp.test", 10),
@@ -45,13 +49,16 @@ MX = [("v-ok.test", "mx.good.test", 10), ("v-imp.test", "mx.imp.test", 10),
       ("enf-imp.test", "mx.imp.test", 10), ("enf-mx.test", "mx.good.test", 10),
       ("tst-imp.test", "mx.imp.test", 10), ("badfetch.test", "mx.imp.test", 10),
       ("html.test", "mx.imp.test", 10), ("src.test", "mx.src.test", 10),
-      ("life.test", "mx.imp.test", 10)]
-STS_DOMAINS = ["enf.test", "enf-imp.test", "enf-mx.test", "tst-imp.test", "html.test"]
+      ("life.test", "mx.imp.test", 10), ("big.test", "mx.imp.test", 10),
+      ("redir.test", "mx.imp.test", 10), ("hang.test", "mx.imp.test", 10)]
+STS_DOMAINS = ["enf.test", "enf-imp.test", "enf-mx.test", "tst-imp.test", "html.test",
+               "big.test", "redir.test"]
 A = [("mx.good.test", GOOD), ("mx.imp.test", IMP), ("mx.wrong.test", WRONG),
-     ("mx.src.test", SRC), ("mta-sts.badfetch.test", HTTPS_IMP)] + \
+     ("mx.src.test", SRC), ("mta-sts.badfetch.test", HTTPS_IMP),
+     ("mta-sts.hang.test", HTTPS_HANG)] + \
     [("mta-sts." + d, HTTPS_GOOD) for d in STS_DOMAINS]
 TXT = [("_mta-sts." + d, "v=STSv1; id=%s1" % d.split(".")[0].replace("-", ""))
-       for d in STS_DOMAINS + ["badfetch.test"]]
+       for d in STS_DOMAINS + ["badfetch.test", "hang.test"]]
 
 LEVELS = ("v-ok.test=verify v-imp.test=verify v-wrong.test=verify may-imp.test=may "
           "enc-imp.test=encrypt life.test=verify")
@@ -85,7 +92,11 @@ class OutboundTlsTest(RelayTestCase):
             "mta-sts.enf-mx.test": (200, "text/plain", policy("enforce", "mx.other.test")),
             "mta-sts.tst-imp.test": (200, "text/plain", policy("testing", "mx.imp.test")),
             "mta-sts.html.test": (200, "text/html", policy("enforce", "mx.imp.test")),
+            "mta-sts.big.test": (200, "text/plain",
+                                 policy("enforce", "mx.good.test") + "x: " + "y" * 70000),
+            "mta-sts.redir.test": (301, "text/plain", policy("enforce", "mx.good.test")),
         }))
+        cls.hang = cls._peer(HangServer(HTTPS_HANG, 443))
         badweb = cls.other.issue("mta-sts.badfetch.test")
         cls.badweb = cls._peer(HttpsServer(HTTPS_IMP, badweb[0], badweb[1], {
             "mta-sts.badfetch.test": (200, "text/plain", policy("enforce", "mx.good.test"))}))
@@ -254,6 +265,32 @@ class OutboundTlsTest(RelayTestCase):
         self.outcome(node, qid, "sent")
         self.assertIn("event=mta-sts-fetch-failed domain=html.test id=html1 error=\"media type "
                       "'text/html' is not text/plain\"", node.log())
+
+    def test_sts_policy_size_is_bounded(self):
+        node = self.node()
+        qid = self.send("u@big.test")
+        wait_for(lambda: self.got(self.imp, "u@big.test"), 20, "delivered without policy")
+        self.outcome(node, qid, "sent")
+        self.assertIn("event=mta-sts-fetch-failed domain=big.test id=big1 error=\"response "
+                      "larger than the bound\"", node.log())
+
+    def test_sts_redirect_is_not_followed(self):
+        node = self.node()
+        qid = self.send("u@redir.test")
+        wait_for(lambda: self.got(self.imp, "u@redir.test"), 20, "delivered without policy")
+        self.outcome(node, qid, "sent")
+        self.assertIn("event=mta-sts-fetch-failed domain=redir.test id=redir1 error=\"HTTP "
+                      "status 301\"", node.log())
+
+    def test_shutdown_during_a_policy_fetch(self):
+        # The fetch is stuck in its TLS handshake; SIGTERM cancels it and relayd exits 0
+        # (tearDown checks the code; under ASan that also means nothing leaked).
+        node = self.node()
+        before = self.hang.accepted
+        self.send("u@hang.test")
+        wait_for(lambda: self.hang.accepted > before, 20, "the policy fetch to connect")
+        self.assertEqual(node.stop(), 0)
+        self.assertEqual(self.got(self.imp, "u@hang.test"), [])
 
     def test_sts_off(self):
         node = self.node(mta_sts="no")
