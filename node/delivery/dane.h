@@ -31,9 +31,9 @@ struct dane_tlsa {
 };
 
 struct dane_rrset {
-	size_t n;	/* usable records kept */
-	size_t nall;	/* TLSA records in the answer */
-	uint32_t ttl;	/* minimum TTL of the TLSA records */
+	size_t n;     /* usable records kept */
+	size_t nall;  /* TLSA records in the answer */
+	uint32_t ttl; /* minimum TTL of the TLSA records */
 	struct dane_tlsa rr[DANE_TLSA_MAX];
 };
 

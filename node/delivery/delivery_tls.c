@@ -198,7 +198,7 @@ dlv__tls_dest_free(struct ddest *x)
 	if (x->tls == NULL)
 		return;
 	DTLS_PANIC_IF(x->tls->pending != 0, "dest %s freed with %d TLS lookups", x->key,
-		       x->tls->pending);
+		      x->tls->pending);
 	dtls_reset(x->tls);
 	free(x->tls);
 	x->tls = NULL;
@@ -228,7 +228,7 @@ dtls_done(struct dtls_dest *t)
 				 i ? "," : "", tls_policy_dane_name(t->dane[i]));
 		log_debug("-", "event=tls-facts dest=%s level=%s sts=%s dane=%s", x->key,
 			  tls_policy_level_name(x->tls_level),
-			  t->sts == NULL			 ? "none"
+			  t->sts == NULL		     ? "none"
 			  : t->sts->mode == TLSP_STS_ENFORCE ? "enforce"
 							     : "testing",
 			  dane);
@@ -290,7 +290,8 @@ dlv__tls_dest_prepare(struct ddest *x)
 			return false;
 		x->tls = calloc(1, sizeof(*x->tls));
 		if (x->tls == NULL)
-			return false; /* no facts: DANE and MTA-STS do not apply (dane-only skips) */
+			return false; /* no facts: DANE and MTA-STS do not apply (dane-only skips)
+				       */
 		x->tls->x = x;
 	}
 	struct dtls_dest *t = x->tls;
@@ -420,7 +421,8 @@ sts_fetch_cb(void *arg, const struct https_result *res)
 	if (strncasecmp(res->content_type, "text/plain", 10) != 0 ||
 	    (res->content_type[10] != '\0' && res->content_type[10] != ';' &&
 	     res->content_type[10] != ' ')) {
-		snprintf(why, sizeof(why), "media type '%.64s' is not text/plain", res->content_type);
+		snprintf(why, sizeof(why), "media type '%.64s' is not text/plain",
+			 res->content_type);
 		sts_fetch_failed(e, why);
 		return;
 	}
@@ -550,7 +552,8 @@ sts_want(struct dtls_dest *t)
 	if (!e->busy) {
 		char qname[MX_NAME_MAX + 16];
 		snprintf(qname, sizeof(qname), "%s%s", MTA_STS_PREFIX, e->domain);
-		if (d->resolver == NULL || resolver_raw(d->resolver, qname, 16, sts_txt_cb, e) != 0) {
+		if (d->resolver == NULL ||
+		    resolver_raw(d->resolver, qname, 16, sts_txt_cb, e) != 0) {
 			sts_apply(e, t); /* no lookup possible: what the cache holds */
 			return;
 		}
@@ -706,7 +709,9 @@ dlv__tls_check_peer(struct dconn *c)
 		 p->auth == TLSP_AUTH_DANE ? "DANE" : "certificate", h->name, why);
 	c->tlsc.failed = true;
 	log_info(qid, "event=tls-verify-failed relay=%s auth=%s reason=\"%s\"", c->relay,
-		 p->auth == TLSP_AUTH_DANE ? "dane" : p->why == TLSP_R_STS ? "mta-sts" : "pkix",
+		 p->auth == TLSP_AUTH_DANE ? "dane"
+		 : p->why == TLSP_R_STS	   ? "mta-sts"
+					   : "pkix",
 		 why);
 	return -1;
 }

@@ -89,7 +89,8 @@ req_finish(struct hf_req *q, int status, const char *error)
 	if (q->easy != NULL) {
 		char *ct = NULL;
 		curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &res.http_code);
-		if (curl_easy_getinfo(q->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct != NULL)
+		if (curl_easy_getinfo(q->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK &&
+		    ct != NULL)
 			snprintf(ctype, sizeof(ctype), "%s", ct);
 	}
 	res.content_type = ctype;
@@ -317,8 +318,7 @@ https_fetch_pending(const struct https_fetch *f)
 }
 
 int
-https_fetch_get(struct https_fetch *f, const struct https_request *rq, https_fetch_cb cb,
-		void *arg)
+https_fetch_get(struct https_fetch *f, const struct https_request *rq, https_fetch_cb cb, void *arg)
 {
 	char url[600], resolve[400];
 	bool v6 = rq->addr != NULL && strchr(rq->addr, ':') != NULL;
@@ -362,8 +362,8 @@ https_fetch_get(struct https_fetch *f, const struct https_request *rq, https_fet
 	bad |= curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2) != CURLE_OK;
 	if (rq->ca_file != NULL && rq->ca_file[0] != '\0')
 		bad |= curl_easy_setopt(e, CURLOPT_CAINFO, rq->ca_file) != CURLE_OK;
-	bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)rq->max_bytes) !=
-	       CURLE_OK;
+	bad |=
+	    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)rq->max_bytes) != CURLE_OK;
 	bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd") != CURLE_OK;
 	bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb) != CURLE_OK;
 	bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, q) != CURLE_OK;

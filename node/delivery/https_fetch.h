@@ -27,10 +27,10 @@
 #define HTTPS_FETCH_ERR_MAX 256
 
 enum https_status {
-	HTTPS_OK = 0,	       /* a complete response (any HTTP code: check it) */
-	HTTPS_EFAILED = -1,    /* connect, TLS, certificate, timeout, protocol: see error */
-	HTTPS_ETOOBIG = -2,    /* the body is longer than max_bytes */
-	HTTPS_ECANCELED = -3,  /* https_fetch_close() */
+	HTTPS_OK = 0,	      /* a complete response (any HTTP code: check it) */
+	HTTPS_EFAILED = -1,   /* connect, TLS, certificate, timeout, protocol: see error */
+	HTTPS_ETOOBIG = -2,   /* the body is longer than max_bytes */
+	HTTPS_ECANCELED = -3, /* https_fetch_close() */
 	HTTPS_ENOMEM = -4,
 };
 

@@ -18,11 +18,11 @@
 #include "mx.h"
 #include "tls_policy.h"
 
-#define MTA_STS_ID_MAX 32		/* RFC 8461 3.1: 1*32(ALPHA / DIGIT) */
-#define MTA_STS_TXT_MAX 1024		/* bytes of one TXT record kept (strings joined) */
-#define MTA_STS_MX_MAX 16		/* mx patterns kept from one policy */
-#define MTA_STS_MAX_AGE_MAX 31557600u	/* RFC 8461 3.2: at most a year */
-#define MTA_STS_BODY_MAX (64 * 1024)	/* RFC 8461 3.3 suggests 64 KB */
+#define MTA_STS_ID_MAX 32	      /* RFC 8461 3.1: 1*32(ALPHA / DIGIT) */
+#define MTA_STS_TXT_MAX 1024	      /* bytes of one TXT record kept (strings joined) */
+#define MTA_STS_MX_MAX 16	      /* mx patterns kept from one policy */
+#define MTA_STS_MAX_AGE_MAX 31557600u /* RFC 8461 3.2: at most a year */
+#define MTA_STS_BODY_MAX (64 * 1024)  /* RFC 8461 3.3 suggests 64 KB */
 #define MTA_STS_PREFIX "_mta-sts."
 #define MTA_STS_HOST_PREFIX "mta-sts."
 #define MTA_STS_PATH "/.well-known/mta-sts.txt"

@@ -30,8 +30,8 @@ tls_policy_level_name(enum tls_policy_level level)
 }
 
 enum tls_policy_level
-tls_policy_for_domain(char *const *policy, size_t npolicy, char *const *required,
-		      size_t nrequired, const char *domain)
+tls_policy_for_domain(char *const *policy, size_t npolicy, char *const *required, size_t nrequired,
+		      const char *domain)
 {
 	size_t dl = strlen(domain);
 	if (dl == 0)

@@ -93,15 +93,15 @@ enum tls_plan_auth { TLSP_AUTH_NONE = 0, TLSP_AUTH_PKIX, TLSP_AUTH_DANE };
 /* Why a host is skipped, or where a requirement comes from (for logs and deferral texts). */
 enum tls_plan_reason {
 	TLSP_R_NONE = 0,
-	TLSP_R_TLSA_FAILED,	    /* skip: the TLSA lookup failed */
-	TLSP_R_TLSA_UNUSABLE,	    /* skip (dane-only): no usable TLSA record */
-	TLSP_R_TLSA_MISSING,	    /* skip (dane-only): no secure TLSA RRset */
-	TLSP_R_DNSSEC_INSECURE,	    /* skip (dane-only): MX or address records not secure */
-	TLSP_R_STS_MX_MISMATCH,	    /* skip (enforce) or report (testing): not in the policy */
-	TLSP_R_DANE,		    /* connect: DANE check */
+	TLSP_R_TLSA_FAILED,	     /* skip: the TLSA lookup failed */
+	TLSP_R_TLSA_UNUSABLE,	     /* skip (dane-only): no usable TLSA record */
+	TLSP_R_TLSA_MISSING,	     /* skip (dane-only): no secure TLSA RRset */
+	TLSP_R_DNSSEC_INSECURE,	     /* skip (dane-only): MX or address records not secure */
+	TLSP_R_STS_MX_MISMATCH,	     /* skip (enforce) or report (testing): not in the policy */
+	TLSP_R_DANE,		     /* connect: DANE check */
 	TLSP_R_DANE_UNAUTHENTICATED, /* connect: TLS without check (unusable TLSA records) */
-	TLSP_R_STS,		    /* connect: the MTA-STS policy asks for the PKIX check */
-	TLSP_R_LEVEL,		    /* connect: what the level asks */
+	TLSP_R_STS,		     /* connect: the MTA-STS policy asks for the PKIX check */
+	TLSP_R_LEVEL,		     /* connect: what the level asks */
 };
 
 struct tls_host_plan {

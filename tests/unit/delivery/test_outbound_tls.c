@@ -205,7 +205,8 @@ test_plan_table(void **state)
 	    {TLSP_DANE_ONLY, false, TLSP_DANE_NA, TLSP_STS_ENFORCE, true, SKIP, TLSP_AUTH_NONE,
 	     TLSP_R_DNSSEC_INSECURE},
 	    /* MTA-STS enforce */
-	    {TLSP_MAY, false, TLSP_DANE_NA, TLSP_STS_ENFORCE, true, REQ, TLSP_AUTH_PKIX, TLSP_R_STS},
+	    {TLSP_MAY, false, TLSP_DANE_NA, TLSP_STS_ENFORCE, true, REQ, TLSP_AUTH_PKIX,
+	     TLSP_R_STS},
 	    {TLSP_MAY, false, TLSP_DANE_NA, TLSP_STS_ENFORCE, false, SKIP, TLSP_AUTH_NONE,
 	     TLSP_R_STS_MX_MISMATCH},
 	    {TLSP_ENCRYPT, false, TLSP_DANE_NA, TLSP_STS_ENFORCE, true, REQ, TLSP_AUTH_PKIX,
@@ -361,9 +362,9 @@ test_sts_txt_records(void **state)
 	    {"v=STSv1 ; id=abc ;", 0, "abc"},
 	    {"v=STSv1; ext=1; id=Z9", 0, "Z9"},
 	    {"v=STSv1; id=a; id=b", 0, "a"},
-	    {"v=STSv1;", -2, NULL},			   /* no id */
-	    {"v=STSv1; id=", -2, NULL},		   /* empty id */
-	    {"v=STSv1; id=a-b", -2, NULL},		   /* id is ALPHA / DIGIT */
+	    {"v=STSv1;", -2, NULL},					 /* no id */
+	    {"v=STSv1; id=", -2, NULL},					 /* empty id */
+	    {"v=STSv1; id=a-b", -2, NULL},				 /* id is ALPHA / DIGIT */
 	    {"v=STSv1; id=123456789012345678901234567890123", -2, NULL}, /* 33 */
 	    {"v=STSv1; junk", -2, NULL},
 	    {"v=STSv10; id=a", -1, NULL},
@@ -430,13 +431,13 @@ test_sts_policy_parse(void **state)
 	     TLSP_STS_ENFORCE, MTA_STS_MAX_AGE_MAX, 1},
 	    {"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 100\nfoo: bar\n", 0,
 	     TLSP_STS_ENFORCE, 100, 1},
-	    {"version: STSv1 \t\nmode: enforce  \nmx:  A.Test. \nmax_age: 5\n", 0,
-	     TLSP_STS_ENFORCE, 5, 1},
+	    {"version: STSv1 \t\nmode: enforce  \nmx:  A.Test. \nmax_age: 5\n", 0, TLSP_STS_ENFORCE,
+	     5, 1},
 	    {"version: STSv2\nmode: enforce\nmx: a.test\nmax_age: 100\n", -1, 0, 0, 0},
 	    {"version: STSv1\nmode: strict\nmx: a.test\nmax_age: 100\n", -1, 0, 0, 0},
 	    {"version: STSv1\nmode: enforce\nmax_age: 100\n", -1, 0, 0, 0}, /* no mx */
-	    {"version: STSv1\nmode: enforce\nmx: a.test\n", -1, 0, 0, 0},	/* no max_age */
-	    {"mode: enforce\nmx: a.test\nmax_age: 100\n", -1, 0, 0, 0},	/* no version */
+	    {"version: STSv1\nmode: enforce\nmx: a.test\n", -1, 0, 0, 0},   /* no max_age */
+	    {"mode: enforce\nmx: a.test\nmax_age: 100\n", -1, 0, 0, 0},	    /* no version */
 	    {"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 1x\n", -1, 0, 0, 0},
 	    {"version: STSv1\nmode: enforce\nmx: a test\nmax_age: 1\n", -1, 0, 0, 0},
 	    {"version: STSv1\nmode: enforce\nmx: *.\nmax_age: 1\n", -1, 0, 0, 0},
