@@ -188,9 +188,13 @@ tls_conn_setup_check(struct tls_conn *t, const struct tls_peer_check *chk)
 		}
 		if (usable == 0)
 			return -1;
-	} else {
-		if (SSL_set1_host(ssl, chk->names[0]) != 1)
+	} else if (strchr(chk->names[0], ':') != NULL || strspn(chk->names[0], "0123456789.") ==
+							       strlen(chk->names[0])) {
+		/* an address literal route ([192.0.2.1]:25): the certificate's IP address */
+		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), chk->names[0]) != 1)
 			return -1;
+	} else if (SSL_set1_host(ssl, chk->names[0]) != 1) {
+		return -1;
 	}
 	for (size_t i = 1; i < chk->nnames && i < TLS_NAMES_MAX; i++)
 		if (chk->names[i] != NULL && chk->names[i][0] != '\0' &&

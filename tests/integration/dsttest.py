@@ -234,12 +234,14 @@ class TestCA:
                        check=True, capture_output=True)
 
     def issue(self, cn, sans=None):
-        """(chain file: leaf then CA, key file, leaf-only file) for cn (and sans, DNS names)."""
+        """(chain file: leaf then CA, key file, leaf-only file) for cn (and sans: DNS names, or
+        "IP:addr")."""
         base = os.path.join(self.dir, "%s-%d" % (cn, self.serial))
         key, csr, cert, chain = base + ".key", base + ".csr", base + ".pem", base + "-chain.pem"
         ext = base + ".ext"
         with open(ext, "w") as f:
-            f.write("subjectAltName=%s\n" % ",".join("DNS:" + n for n in (sans or [cn])))
+            f.write("subjectAltName=%s\n" % ",".join(
+                n if n.startswith("IP:") else "DNS:" + n for n in (sans or [cn])))
             f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
         subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=%s" % cn,

@@ -9,6 +9,8 @@ CA; the destinations are aiosmtpd with STARTTLS (required by them).
   mx.imp.test   .11  an impostor: a certificate naming mx.imp.test, from ANOTHER CA
   mx.wrong.test .12  certificate of the test CA, but naming other.test
   mx.src.test   .20  plain sink: the senders' domain (DSNs)
+  .13                certificate of the test CA for the IP address 127.0.41.13 (a transport
+                     route [127.0.41.13]:25 for iplit.test, level verify)
 
 Domains (tls_policy in the relay's config, MTA-STS by TXT + policy):
   v-ok.test -> good (verify)          v-imp.test -> imp (verify)       v-wrong.test -> wrong
@@ -40,7 +42,7 @@ NET = "127.0.41."
 DNS = NET + "53"
 RELAY = NET + "1"
 PORT = 2525
-GOOD, IMP, WRONG, SRC = NET + "10", NET + "11", NET + "12", NET + "20"
+GOOD, IMP, WRONG, SRC, IPLIT = NET + "10", NET + "11", NET + "12", NET + "20", NET + "13"
 HTTPS_GOOD, HTTPS_IMP, HTTPS_HANG = NET + "80", NET + "81", NET + "82"
 
 MX = [("v-ok.test", "mx.good.test", 10), ("v-imp.test", "mx.imp.test", 10),
@@ -61,7 +63,7 @@ TXT = [("_mta-sts." + d, "v=STSv1; id=%s1" % d.split(".")[0].replace("-", ""))
        for d in STS_DOMAINS + ["badfetch.test", "hang.test"]]
 
 LEVELS = ("v-ok.test=verify v-imp.test=verify v-wrong.test=verify may-imp.test=may "
-          "enc-imp.test=encrypt life.test=verify")
+          "enc-imp.test=encrypt life.test=verify iplit.test=verify")
 
 
 def policy(mode, *mx, max_age=86400):
@@ -84,6 +86,8 @@ class OutboundTlsTest(RelayTestCase):
         cls.imp = cls._peer(AioSink(IMP, tls_context=server_tls_context(*imp[:2])))
         cls.wrong = cls._peer(AioSink(WRONG, tls_context=server_tls_context(*wrong[:2])))
         cls.src = cls._peer(AioSink(SRC))
+        iplit = cls.ca.issue("iplit", ["IP:" + IPLIT])
+        cls.iplit = cls._peer(AioSink(IPLIT, tls_context=server_tls_context(*iplit[:2])))
         web = cls.ca.issue("mta-sts.enf.test", ["mta-sts." + d for d in STS_DOMAINS])
         cls.web = cls._peer(HttpsServer(HTTPS_GOOD, web[0], web[1], {
             "mta-sts.enf.test": (200, "text/plain", policy("enforce", "*.good.test")),
@@ -183,6 +187,12 @@ class OutboundTlsTest(RelayTestCase):
         self.assertIn("TLS: certificate verification failed for mx.wrong.test: hostname "
                       "mismatch", line)
         self.assertEqual(self.got(self.wrong, "u@v-wrong.test"), [])
+
+    def test_verify_an_address_literal_route(self):
+        node = self.node(transport="iplit.test=[%s]:25" % IPLIT)
+        qid = self.send("u@iplit.test")
+        wait_for(lambda: self.got(self.iplit, "u@iplit.test"), 20, "delivery by address")
+        self.outcome(node, qid, "sent")
 
     def test_without_the_ca_verify_fails_closed(self):
         # The system store does not know the test CA: verify refuses mx.good.test too.
