@@ -289,9 +289,8 @@ dlv__tls_dest_prepare(struct ddest *x)
 		if (!dane && !sts)
 			return false;
 		x->tls = calloc(1, sizeof(*x->tls));
-		if (x->tls == NULL)
-			return false; /* no facts: DANE and MTA-STS do not apply (dane-only skips)
-				       */
+		if (x->tls == NULL) /* no facts: DANE and MTA-STS do not apply (dane-only skips) */
+			return false;
 		x->tls->x = x;
 	}
 	struct dtls_dest *t = x->tls;

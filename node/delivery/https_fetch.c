@@ -141,6 +141,7 @@ fetch_handle_closed(struct https_fetch *f)
 		req_finish(q, HTTPS_ECANCELED, "canceled");
 	}
 	free(f);
+	curl_global_cleanup(); /* pairs with https_fetch_new's curl_global_init */
 }
 
 static void
@@ -289,12 +290,15 @@ https_fetch_new(uv_loop_t *loop, struct https_fetch **out)
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		return -EIO;
 	struct https_fetch *f = calloc(1, sizeof(*f));
-	if (f == NULL)
+	if (f == NULL) {
+		curl_global_cleanup();
 		return -ENOMEM;
+	}
 	f->loop = loop;
 	f->multi = curl_multi_init();
 	if (f->multi == NULL) {
 		free(f);
+		curl_global_cleanup();
 		return -EIO;
 	}
 	curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
