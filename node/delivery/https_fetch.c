@@ -15,6 +15,7 @@
  */
 #include "https_fetch.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -284,6 +285,25 @@ reap(struct https_fetch *f)
 
 /* ------------------------------------------------------------ API */
 
+/* A host name that cannot change the meaning of the URL or of the CURLOPT_RESOLVE entry. */
+static bool
+host_ok(const char *h)
+{
+	size_t n = strlen(h);
+	if (n == 0 || n > 253)
+		return false;
+	return strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == n;
+}
+
+/* A numeric IPv4 or IPv6 address. */
+static bool
+addr_ok(const char *a, bool *v6)
+{
+	unsigned char buf[16];
+	*v6 = inet_pton(AF_INET6, a, buf) == 1;
+	return *v6 || inet_pton(AF_INET, a, buf) == 1;
+}
+
 int
 https_fetch_new(uv_loop_t *loop, struct https_fetch **out)
 {
@@ -325,12 +345,13 @@ int
 https_fetch_get(struct https_fetch *f, const struct https_request *rq, https_fetch_cb cb, void *arg)
 {
 	char url[600], resolve[400];
-	bool v6 = rq->addr != NULL && strchr(rq->addr, ':') != NULL;
+	bool v6 = false;
 
 	if (f->closing)
 		return -ECANCELED;
 	if (cb == NULL || rq->host == NULL || rq->addr == NULL || rq->path == NULL ||
-	    rq->path[0] != '/' || rq->port == 0 || rq->port > 65535 || rq->max_bytes == 0)
+	    rq->path[0] != '/' || rq->port == 0 || rq->port > 65535 || rq->max_bytes == 0 ||
+	    !host_ok(rq->host) || !addr_ok(rq->addr, &v6) || strpbrk(rq->path, " \r\n#") != NULL)
 		return -EINVAL;
 	if (f->inflight >= HTTPS_FETCH_INFLIGHT_MAX)
 		return -EBUSY;
