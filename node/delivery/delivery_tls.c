@@ -296,6 +296,8 @@ dlv__tls_dest_prepare(struct ddest *x)
 	struct dtls_dest *t = x->tls;
 	dtls_reset(t);
 	t->pending = 1; /* held while starting: nothing below may finish it */
+	/* Known gap: an MX host name that is a CNAME keeps its own name as the TLSA base domain
+	 * (RFC 7672 2.2.2 would try the secure expanded name first); README "Outbound TLS". */
 	if (dane && cfg->dns_dnssec_trusted && x->mx->secure && d->resolver != NULL) {
 		for (size_t i = 0; i < x->mx->nhosts; i++) {
 			char qname[DANE_QNAME_MAX + 1];
@@ -519,7 +521,11 @@ sts_txt_cb(void *arg, int status, enum mx_dns res, bool ad, const uint8_t *abuf,
 	}
 }
 
-/* t's destination wants its domain's policy: from the cache, or after a discovery. */
+/* t's destination wants its domain's policy: from the cache, or after a discovery.
+ * Known gap: the cache is per node and in memory, so a new owner of the domain (failover,
+ * drain, restart) starts with none: an attacker who blocks that first discovery gets the
+ * domain treated as policy-less until a fetch succeeds (RFC 8461 10.2's first-use window;
+ * README "Outbound TLS" says why the log does not carry policies). */
 static void
 sts_want(struct dtls_dest *t)
 {
