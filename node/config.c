@@ -29,6 +29,8 @@ enum config_type {
 	CT_CIDRS,
 	CT_TRANSPORT,
 	CT_LOGLEVEL,
+	CT_BOOL,
+	CT_TLS_POLICY,
 };
 
 struct config_key {
@@ -124,6 +126,14 @@ static const struct config_key config_keys[] = {
     {"delivery_attempt_timeout", CT_DURATION, OFF(delivery_attempt_timeout_ms), "10m", 1000,
      86400000,
      "Longest one delivery attempt (a message's transaction on a connection, across the MX hosts it fails over to) may take up to its end of data; then it is cut and its recipients are deferred. Each phase (connect, greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, each body write) also has its own deadline (RFC 5321 4.5.3.2; connect_timeout) that partial replies do not extend. The reply to the end of data keeps its RFC 5321 10 minutes."},
+    {"tls_policy", CT_TLS_POLICY, OFF(tls_policy), "", 0, 0,
+     "Outbound TLS per recipient domain, list of domain=level: may (STARTTLS when offered, no certificate check: the default), encrypt (TLS or no delivery), verify (TLS with a certificate valid for the MX host name, chained to tls_ca_file), dane (RFC 7672: TLSA records authenticate the MX when DNSSEC proves them, else as may), dane-only (DANE or no delivery). A domain in tls_required_domains is encrypt."},
+    {"tls_ca_file", CT_STRING, OFF(tls_ca_file), "", 0, 0,
+     "PEM CA certificates trusted for outbound TLS (tls_policy verify, MTA-STS MX hosts and policy fetches). Empty: the system store."},
+    {"dns_dnssec_trusted", CT_BOOL, OFF(dns_dnssec_trusted), "no", 0, 0,
+     "yes: dns_servers are validating resolvers on a trusted path, so their AD bit marks DNSSEC-secure answers (needed for dane and dane-only; without it DANE never applies)."},
+    {"mta_sts", CT_BOOL, OFF(mta_sts), "yes", 0, 0,
+     "Look up MTA-STS policies (RFC 8461) of MX domains: enforce delivers only to MX hosts the policy names, over TLS with a verified certificate; testing delivers anyway and logs what enforce would refuse. Policies are cached per node for their max_age."},
     {"cluster_listen", CT_STRING, OFF(cluster_listen), "", 0, 0,
      "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
     {"peers", CT_LIST, OFF(peers), "", 0, 0,
@@ -386,6 +396,30 @@ valid_domain(const char *d)
 	return label > 0;
 }
 
+/* A tls_policy entry: domain=level, lowercased in place. */
+static int
+tls_policy_entry_check(char *it, const char *source)
+{
+	static const char *const levels[] = {CONFIG_TLS_LEVELS};
+	for (char *p = it; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	char *eq = strchr(it, '=');
+	if (eq == NULL)
+		return config_fail("%s: tls_policy: '%s' is not domain=level", source, it);
+	*eq = '\0';
+	bool ok = valid_domain(it);
+	*eq = '=';
+	if (!ok)
+		return config_fail("%s: tls_policy: '%s' is not domain=level (bad domain)", source,
+				   it);
+	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+		if (strcmp(eq + 1, levels[i]) == 0)
+			return 0;
+	return config_fail("%s: tls_policy: '%s': the level must be one of may, encrypt, verify, "
+			   "dane, dane-only",
+			   source, it);
+}
+
 static void
 list_free(struct config_list *l)
 {
@@ -417,6 +451,14 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		*(char **)field = s;
 		return 0;
 	}
+	case CT_BOOL:
+		if (strcmp(value, "yes") == 0)
+			*(bool *)field = true;
+		else if (strcmp(value, "no") == 0)
+			*(bool *)field = false;
+		else
+			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
+		return 0;
 	case CT_LOGLEVEL:
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -445,6 +487,7 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		return 0;
 	case CT_LIST:
 	case CT_DOMAINS:
+	case CT_TLS_POLICY:
 	case CT_TRANSPORT: {
 		if (split_list(value, items, &n, buf, sizeof(buf)) != 0)
 			return config_fail("%s: %s: more than %d entries", source, k->name,
@@ -458,6 +501,10 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 			if (k->type == CT_DOMAINS && !valid_domain(it)) {
 				list_free(&nl);
 				return config_fail("%s: %s: '%s' is not a domain", source, k->name, it);
+			}
+			if (k->type == CT_TLS_POLICY && tls_policy_entry_check(it, source) != 0) {
+				list_free(&nl);
+				return -1;
 			}
 			if (k->type == CT_TRANSPORT) {
 				char *eq = strchr(it, '=');
@@ -542,6 +589,7 @@ config_fini(struct relay_config *cfg)
 			break;
 		case CT_LIST:
 		case CT_DOMAINS:
+		case CT_TLS_POLICY:
 		case CT_TRANSPORT:
 			list_free(field);
 			break;
@@ -737,6 +785,32 @@ config_check_cluster(const struct relay_config *cfg)
 	return 0;
 }
 
+/* Outbound TLS: one level per domain (tls_policy or tls_required_domains, not both), a
+ * readable tls_ca_file. */
+static int
+config_check_tls_out(const struct relay_config *cfg)
+{
+	for (size_t i = 0; i < cfg->tls_policy.n; i++) {
+		const char *e = cfg->tls_policy.v[i];
+		size_t dl = (size_t)(strchr(e, '=') - e);
+		for (size_t j = 0; j < i; j++)
+			if (strncmp(cfg->tls_policy.v[j], e, dl + 1) == 0)
+				return config_fail("tls_policy: domain '%.*s' appears twice", (int)dl,
+						   e);
+		for (size_t j = 0; j < cfg->tls_required_domains.n; j++)
+			if (strlen(cfg->tls_required_domains.v[j]) == dl &&
+			    strncmp(cfg->tls_required_domains.v[j], e, dl) == 0)
+				return config_fail("tls_policy: domain '%.*s' is in "
+						   "tls_required_domains too (that means "
+						   "%.*s=encrypt): keep one",
+						   (int)dl, e, (int)dl, e);
+	}
+	if (cfg->tls_ca_file[0] != '\0' && access(cfg->tls_ca_file, R_OK) != 0)
+		return config_fail("tls_ca_file: cannot read '%s': %s", cfg->tls_ca_file,
+				   strerror(errno));
+	return 0;
+}
+
 int
 config_check(const struct relay_config *cfg)
 {
@@ -777,6 +851,8 @@ config_check(const struct relay_config *cfg)
 					   cfg->transport.v[i]);
 	if (cfg->retry_max_ms < cfg->retry_base_ms)
 		return config_fail("retry_max: must be at least retry_base");
+	if (config_check_tls_out(cfg) != 0)
+		return -1;
 	return config_check_cluster(cfg);
 }
 
@@ -804,6 +880,10 @@ type_name(enum config_type t)
 		return "domain=host:port list";
 	case CT_LOGLEVEL:
 		return "level";
+	case CT_BOOL:
+		return "yes/no";
+	case CT_TLS_POLICY:
+		return "domain=level list";
 	}
 	return "?";
 }
@@ -848,8 +928,12 @@ config_print(const struct relay_config *cfg, FILE *out)
 		case CT_DURATION:
 			fprintf(out, "%llums", (unsigned long long)*(const uint64_t *)field);
 			break;
+		case CT_BOOL:
+			fprintf(out, "%s", *(const bool *)field ? "yes" : "no");
+			break;
 		case CT_LIST:
 		case CT_DOMAINS:
+		case CT_TLS_POLICY:
 		case CT_TRANSPORT: {
 			const struct config_list *l = field;
 			for (size_t j = 0; j < l->n; j++)

@@ -25,6 +25,10 @@
 #define CONFIG_VALUE_MAX 4096   /* bytes in one value */
 #define CONFIG_FILE_MAX (1 << 20)
 
+/* The levels of tls_policy, weakest first (node/delivery/tls_policy.h parses the same names;
+ * its unit test checks that they agree). */
+#define CONFIG_TLS_LEVELS "may", "encrypt", "verify", "dane", "dane-only"
+
 struct config_list {
 	size_t n;
 	char *v[CONFIG_LIST_MAX]; /* owned */
@@ -94,6 +98,11 @@ struct relay_config {
 	struct config_list tls_required_domains; /* lowercased */
 	uint64_t connect_timeout_ms;
 	uint64_t delivery_attempt_timeout_ms; /* total of one attempt (mta_session.h deadlines) */
+	/* outbound TLS (node/delivery/tls_policy.h) */
+	struct config_list tls_policy; /* domain=level, lowercased; level in CONFIG_TLS_LEVELS */
+	char *tls_ca_file;	       /* "": the system store */
+	bool dns_dnssec_trusted;       /* dns_servers validate DNSSEC: their AD bit is believed */
+	bool mta_sts;		       /* look up and apply MTA-STS policies (RFC 8461) */
 	/* consensus (cluster/cluster.h replicated mode) */
 	char *cluster_listen;	  /* "addr:port"; "": single node */
 	struct config_list peers; /* id=host:port, this node included */

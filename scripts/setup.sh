@@ -15,12 +15,14 @@ PKGS=(
   # build
   build-essential cmake pkg-config git clang-14 libclang-rt-14-dev
   libuv1-dev libnng-dev librocksdb-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
-  libc-ares-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev
+  libc-ares-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev libcurl4-openssl-dev
   # tests, demo and benchmark peers
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
   # libfaketime: tests/integration/test_lease_clock.py steps the nodes' wall clocks
   faketime
+  # outbound TLS tests: a validating resolver, an authoritative server, zone signing
+  unbound nsd ldnsutils
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
 # whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.
@@ -53,7 +55,7 @@ install_packages() {
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 
   # Make sure nothing we installed is left running (a system without policy-rc.d support).
-  for svc in dnsmasq haproxy prometheus prometheus-node-exporter; do
+  for svc in dnsmasq haproxy prometheus prometheus-node-exporter unbound nsd; do
     pkill -x "$svc" 2>/dev/null || true
   done
   postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true

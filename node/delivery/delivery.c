@@ -254,7 +254,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	    ((uint64_t)tv.tv_sec << 20) ^ (uint64_t)tv.tv_usec ^ ((uint64_t)getpid() << 40);
 	mx_rng_seed(&d->rng, seed);
 	queue_id_gen_init(&d->qid, cfg->node_id, "dsn");
-	if (tls_client_ctx_new(&d->tls, err, errlen) != 0)
+	if (dlv__tls_start(d, err, errlen) != 0)
 		goto err_after_alloc;
 	char servers[RESOLVER_SERVERS_MAX];
 	if (servers_string(cfg, servers, sizeof(servers)) != 0) {
@@ -266,6 +266,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 		    .servers = servers,
 		    .cache_max = RESOLVER_CACHE_DEFAULT,
 		    .seed = seed ^ 0x9e3779b97f4a7c15ull,
+		    .dnssec_ad = cfg->dns_dnssec_trusted,
 		};
 		int rc = resolver_new(loop, &ro, &d->resolver);
 		if (rc != 0) {
@@ -302,7 +303,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	*out = d;
 	return 0;
 err_after_tls:
-	tls_ctx_free(d->tls);
+	dlv__tls_fini(d);
 err_after_alloc:
 	free(d);
 	return -1;
@@ -321,7 +322,8 @@ dlv__maybe_done(struct delivery *d)
 {
 	if (!d->closing || d->done_called)
 		return;
-	if (d->conns != NULL || d->nmsgs > 0 || d->handles_open > 0 || d->resolver != NULL)
+	if (d->conns != NULL || d->nmsgs > 0 || d->handles_open > 0 || d->resolver != NULL ||
+	    dlv__tls_busy(d))
 		return;
 	if (d->dest_list != NULL) {
 		/* only idle destinations can remain (a lookup in flight holds its own) */
@@ -335,7 +337,7 @@ dlv__maybe_done(struct delivery *d)
 	void (*done)(void *) = d->done;
 	void *arg = d->done_arg;
 	d->done_called = true;
-	tls_ctx_free(d->tls);
+	dlv__tls_fini(d);
 	log_info("-",
 		 "event=delivery-stopped connections=%" PRIu64 " messages_sent=%" PRIu64
 		 " delivered=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64 " dsns=%" PRIu64,
@@ -393,6 +395,7 @@ delivery_close(struct delivery *d, void (*done)(void *arg), void *arg)
 		d->resolver = NULL;
 		resolver_close(r); /* lookups in flight get MX_ECANCELED from its close callbacks */
 	}
+	dlv__tls_close(d); /* MTA-STS fetches in flight: canceled the same way */
 	dlv__maybe_done(d);
 }
 

@@ -366,6 +366,11 @@ conn_tls_input(struct dconn *c, const char *buf, size_t len)
 		char desc[128];
 		log_debug("-", "event=tls relay=%s tls=\"%s\"", c->relay,
 			  tls_conn_describe(c->tls, desc, sizeof(desc)));
+		if (dlv__tls_check_peer(c) != 0) { /* before any SMTP byte goes over it */
+			c->tls_failed = true;
+			mta_session_tls_done(&c->sess, false);
+			return;
+		}
 		c->tls_state = CTLS_ON;
 		mta_session_tls_done(&c->sess, true);
 	}
@@ -401,13 +406,9 @@ conn_start_session(struct dconn *c)
 {
 	dlv__job_txn(c->job);
 	c->mcfg.helo_name = c->d->cfg->hostname;
-	c->mcfg.tls = c->dest->tls_required ? MTA_TLS_REQUIRED
-		      : c->tls_plain_retry  ? MTA_TLS_NONE
-					    : MTA_TLS_OPPORTUNISTIC;
+	c->mcfg.tls = dlv__tls_session_mode(c);
 	c->mcfg.tls_active = false;
 	c->mcfg.commit_gate = true; /* the lease decides on the end of data (conn_commit) */
-	if (c->d->tls == NULL && c->mcfg.tls == MTA_TLS_OPPORTUNISTIC)
-		c->mcfg.tls = MTA_TLS_NONE;
 	mta_session_init(&c->sess, &c->mcfg, &c->job->txn);
 }
 
@@ -460,6 +461,10 @@ conn_connect(struct dconn *c)
 	}
 	inet_ntop(a->family, a->addr, abuf, sizeof(abuf));
 	snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", h->name, abuf, c->dest->port);
+	if (dlv__tls_plan(c) != 0) {
+		c->addr_i = h->naddrs - 1; /* outbound TLS skips the whole host */
+		return -1;
+	}
 	struct dsock *s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return -1;
@@ -639,8 +644,9 @@ conn_session_closed(struct dconn *c)
 			j->last = c->sess.diag;
 			snprintf(j->last_relay, sizeof(j->last_relay), "%s", c->relay);
 		}
+		dlv__tls_session_closed(c, j);
 		if (dlv__job_has_pending(j)) {
-			if (c->tls_failed && !c->dest->tls_required)
+			if (c->tls_failed && !c->tlsc.plan.required)
 				c->tls_plain_retry = true;
 			dlv__conn_next_address(c);
 			return;
@@ -741,7 +747,7 @@ dlv__conn_process(struct dconn *c)
 				break; /* handshaking */
 			c->in_len = 0;
 			char err[64];
-			c->tls = tls_conn_new_client(c->d->tls, c->mx.hosts[c->host_i].name);
+			c->tls = dlv__tls_conn_new(c);
 			if (c->tls == NULL) {
 				c->tls_failed = true;
 				mta_session_tls_done(&c->sess, false);

@@ -30,7 +30,10 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 	const char *dom = dlv__rcpt_domain(rcpt_addr);
 	if (mx_name_normalize(dom, domain) != 0 || domain[0] == '\0')
 		snprintf(domain, sizeof(domain), "%s", "");
-	bool tls_req = domain[0] && dlv__list_has(&d->cfg->tls_required_domains, domain);
+	enum tls_policy_level level = dlv__tls_level(d, domain);
+	char lvl[32] = "";
+	if (level != TLSP_MAY)
+		snprintf(lvl, sizeof(lvl), "/%s", tls_policy_level_name(level));
 	const char *target = NULL;
 	bool transport = false;
 	for (size_t i = 0; domain[0] && i < d->cfg->transport.n; i++) {
@@ -50,12 +53,12 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 		if (transport)
 			route.no_mx = true;
 		snprintf(key, sizeof(key), "%s%s:%u%s", route.no_mx ? "host:" : "mx:", route.host,
-			 route.port, tls_req ? "/tls" : "");
+			 route.port, lvl);
 	} else {
 		snprintf(route.host, sizeof(route.host), "%s", domain);
 		route.port = 25;
 		route.no_mx = false;
-		snprintf(key, sizeof(key), "domain:%s%s", domain, tls_req ? "/tls" : "");
+		snprintf(key, sizeof(key), "domain:%s%s", domain, lvl);
 	}
 	uint64_t h = dlv__hash_str(key) % DLV_HASH_BUCKETS;
 	for (struct ddest *x = d->dests[h]; x; x = x->hnext)
@@ -70,7 +73,8 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 	snprintf(x->host, sizeof(x->host), "%s", route.host);
 	x->port = route.port;
 	x->no_mx = route.no_mx;
-	x->tls_required = tls_req;
+	x->rcpt_mx = target == NULL;
+	x->tls_level = level;
 	x->hnext = d->dests[h];
 	d->dests[h] = x;
 	x->next = d->dest_list;
@@ -96,6 +100,7 @@ dlv__dest_maybe_free(struct ddest *x)
 		d->dest_list = x->next;
 	if (x->next)
 		x->next->prev = x->prev;
+	dlv__tls_dest_free(x);
 	free(x->mx);
 	free(x);
 }
@@ -211,6 +216,10 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 			dlv__dest_fail_queued(x, perm, &dg, "");
 		dlv__dest_maybe_free(x);
 		dlv__maybe_done(d);
+		return;
+	}
+	if (dlv__tls_dest_prepare(x)) {
+		x->state = DEST_RESOLVING; /* delivery_tls.c makes it READY once its facts are in */
 		return;
 	}
 	dlv__dest_pump(x);

@@ -11,6 +11,9 @@
  *   delivery_conn.c     one outgoing connection: libuv socket, client TLS, the mta_session machine
  *   delivery_outcome.c  results: Outcome proposals (re-proposed until accepted), DSNs, logs
  *   delivery_own.c      the ownership runtime: Member/Renew proposals, the lease, drain
+ *   delivery_tls.c      outbound TLS: levels, DANE (TLSA lookups), MTA-STS (discovery, the
+ *                       per-node policy cache, HTTPS fetches), the plan of each connection and
+ *                       the check of the peer after the handshake
  */
 #ifndef RELAY_DELIVERY_INT_H
 #define RELAY_DELIVERY_INT_H
@@ -23,9 +26,12 @@
 
 #include "cluster.h"
 #include "config.h"
+#include "dane.h"
 #include "dsn.h"
+#include "https_fetch.h"
 #include "log.h"
 #include "mta_session.h"
+#include "mta_sts.h"
 #include "mx.h"
 #include "ownership.h"
 #include "queue_fsm.h"
@@ -33,6 +39,7 @@
 #include "resolver.h"
 #include "retry.h"
 #include "tls.h"
+#include "tls_policy.h"
 
 /* Bounds. */
 #define DLV_INFLIGHT_PER_SLOT 8			   /* messages in memory per max_deliveries */
@@ -113,7 +120,9 @@ struct ddest {
 	char host[256];		      /* MX route: the domain; else the relay host */
 	unsigned port;
 	bool no_mx;
-	bool tls_required;
+	bool rcpt_mx;			 /* the recipient domain's own MX (MTA-STS applies) */
+	enum tls_policy_level tls_level; /* tls_policy / tls_required_domains */
+	struct dtls_dest *tls;		 /* owned (delivery_tls.c): DANE and MTA-STS facts */
 	enum dest_state state;
 	struct mx_list *mx; /* owned, when READY */
 	uint64_t mx_expires_ms;
@@ -134,6 +143,13 @@ struct dsock {
 
 enum ctls { CTLS_NONE, CTLS_HANDSHAKE, CTLS_ON };
 
+/* What outbound TLS asks of the current host of a connection (delivery_tls.c). */
+struct dconn_tls {
+	struct tls_host_plan plan;
+	bool failed; /* the peer failed the plan's check: diag says why; no plaintext retry */
+	struct mta_diag diag;
+};
+
 struct dconn {
 	struct delivery *d;
 	struct ddest *dest;
@@ -150,6 +166,7 @@ struct dconn {
 	struct mta_config mcfg;
 	struct tls_conn *tls; /* owned */
 	enum ctls tls_state;
+	struct dconn_tls tlsc;
 	struct mx_list mx; /* copy taken when the connection started */
 	size_t host_i, addr_i;
 	char relay[DLV_RELAY_MAX]; /* "host[addr]:port" of the current attempt */
@@ -177,6 +194,8 @@ struct delivery {
 	struct queue_fsm *q;
 	struct resolver *resolver; /* NULL when no DNS server is known */
 	struct tls_ctx *tls;
+	struct https_fetch *http; /* MTA-STS policy fetches; NULL when mta_sts = no or closed */
+	struct sts_cache *sts;	  /* owned (delivery_tls.c): MTA-STS policies, per node */
 	struct retry_policy retry;
 	struct mx_rng rng;
 	struct queue_id_gen qid;
@@ -291,5 +310,25 @@ void dlv__own_tick_cb(uv_timer_t *t);
 int dlv__own_self_state(const struct delivery *d, const struct queue_member *mem, size_t n,
 			uint64_t *since);
 bool dlv__own_may_commit(struct delivery *d, const struct djob *j, uint64_t mono);
+
+/* ---- delivery_tls.c ---- */
+
+#define DLV_STS_CACHE_MAX 1024		     /* MTA-STS domains remembered (policy or none) */
+#define DLV_STS_RECHECK_MS (60 * 1000)	     /* a domain's TXT record is asked again after */
+#define DLV_STS_FETCH_TIMEOUT_MS (30 * 1000) /* one policy fetch, connect included */
+#define DLV_STS_PORT 443
+
+int dlv__tls_start(struct delivery *d, char *err, size_t errlen);
+void dlv__tls_close(struct delivery *d);
+bool dlv__tls_busy(const struct delivery *d);
+void dlv__tls_fini(struct delivery *d);
+enum tls_policy_level dlv__tls_level(const struct delivery *d, const char *domain);
+bool dlv__tls_dest_prepare(struct ddest *x);
+void dlv__tls_dest_free(struct ddest *x);
+int dlv__tls_plan(struct dconn *c);
+enum mta_tls_policy dlv__tls_session_mode(const struct dconn *c);
+struct tls_conn *dlv__tls_conn_new(struct dconn *c);
+int dlv__tls_check_peer(struct dconn *c);
+void dlv__tls_session_closed(struct dconn *c, struct djob *j);
 
 #endif

@@ -29,6 +29,7 @@ LIBRARY_HOMES = {
     'nng/': {'cluster/transport.c'},
     'openssl/': {'node/tls.c'},
     'ares': {'node/delivery/resolver.c'},
+    'curl/': {'node/delivery/https_fetch.c'},
     'microhttpd': {'node/admin/http.c'},
 }
 
