@@ -33,6 +33,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -217,7 +218,7 @@ dtls_done(struct dtls_dest *t)
 		return;
 	}
 	uint64_t ttl = t->tlsa_ttl < 5 ? 5 : t->tlsa_ttl;
-	uint64_t until = dlv__now_ms() + ttl * 1000;
+	uint64_t until = clock_mono_ms() + ttl * 1000;
 	if (until < x->mx_expires_ms)
 		x->mx_expires_ms = until; /* the TLSA records expire with the MX list */
 	x->state = DEST_READY;
@@ -359,7 +360,7 @@ sts_apply(const struct sts_entry *e, struct dtls_dest *t)
 {
 	free(t->sts);
 	t->sts = NULL;
-	if (!e->have || dlv__now_ms() >= e->expires_ms || e->pol.mode == TLSP_STS_NONE)
+	if (!e->have || clock_mono_ms() >= e->expires_ms || e->pol.mode == TLSP_STS_NONE)
 		return;
 	t->sts = malloc(sizeof(*t->sts));
 	if (t->sts != NULL)
@@ -374,7 +375,7 @@ sts_finish(struct sts_entry *e)
 	struct dtls_dest *w = e->waiters;
 	e->waiters = NULL;
 	e->busy = false;
-	e->checked_ms = dlv__now_ms();
+	e->checked_ms = clock_mono_ms();
 	d->sts->busy--;
 	for (struct dtls_dest *t = w; t != NULL; t = t->sts_next)
 		sts_apply(e, t);
@@ -393,7 +394,7 @@ sts_fetch_failed(struct sts_entry *e, const char *why)
 {
 	log_info("-", "event=mta-sts-fetch-failed domain=%s id=%s error=\"%s\" cached=%s",
 		 e->domain, e->txt_id, why,
-		 e->have && dlv__now_ms() < e->expires_ms ? "yes" : "no");
+		 e->have && clock_mono_ms() < e->expires_ms ? "yes" : "no");
 	sts_finish(e);
 }
 
@@ -435,7 +436,7 @@ sts_fetch_cb(void *arg, const struct https_result *res)
 	e->have = true;
 	e->pol = pol;
 	memcpy(e->id, e->txt_id, sizeof(e->id));
-	e->expires_ms = dlv__now_ms() + (uint64_t)pol.max_age * 1000;
+	e->expires_ms = clock_mono_ms() + (uint64_t)pol.max_age * 1000;
 	char mx[256] = "";
 	for (size_t i = 0; i < pol.nmx; i++)
 		snprintf(mx + strlen(mx), sizeof(mx) - strlen(mx), "%s%s", i ? "," : "", pol.mx[i]);
@@ -502,7 +503,7 @@ sts_txt_cb(void *arg, int status, enum mx_dns res, bool ad, const uint8_t *abuf,
 		txt = (int)mta_sts_txt_answer(abuf, alen, id);
 	else if (status == 0 && (res == MX_DNS_NXDOMAIN || res == MX_DNS_NODATA))
 		txt = MTA_STS_TXT_NONE;
-	bool fresh = e->have && dlv__now_ms() < e->expires_ms;
+	bool fresh = e->have && clock_mono_ms() < e->expires_ms;
 	enum mta_sts_step step = mta_sts_after_txt(txt, id, fresh, e->have ? e->id : NULL);
 	log_debug("-", "event=mta-sts-txt domain=%s txt=%d id=%s step=%d", e->domain, txt, id,
 		  (int)step);
@@ -532,7 +533,7 @@ sts_want(struct dtls_dest *t)
 	struct ddest *x = t->x;
 	struct delivery *d = x->d;
 	struct sts_cache *c = d->sts;
-	uint64_t h, now = dlv__now_ms();
+	uint64_t h, now = clock_mono_ms();
 	struct sts_entry *e = sts_find(c, x->domain, &h);
 
 	if (e == NULL) {
