@@ -76,7 +76,9 @@ static const struct config_key config_keys[] = {
      "PEM certificate chain for STARTTLS. Empty: STARTTLS and AUTH are not offered."},
     {"tls_key", CT_STRING, OFF(tls_key), "", 0, 0, "PEM private key for tls_cert."},
     {"auth_users_file", CT_STRING, OFF(auth_users_file), "", 0, 0,
-     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH."},
+     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH. Re-read on SIGHUP."},
+    {"sender_permissions_file", CT_STRING, OFF(sender_permissions_file), "", 0, 0,
+     "File of `user: pattern, ...` lines: the senders (MAIL FROM) each AUTH user may use; a pattern is an address, @domain or * (any, <> included). A user not listed may send as nobody: 553 5.7.1. mynetworks clients are not checked. Empty: any sender. Re-read on SIGHUP."},
     {"max_line_length", CT_UINT, OFF(max_line_length), "2048", 512, 65536,
      "Longest SMTP command line in bytes, CRLF included (RFC 5321 4.5.3.1.4 minimum 512)."},
     {"max_errors", CT_UINT, OFF(max_errors), "10", 1, 1000,
@@ -765,6 +767,9 @@ config_check(const struct relay_config *cfg)
 	if (cfg->auth_users_file[0] != '\0' && cfg->tls_cert[0] == '\0')
 		return config_fail("auth_users_file: AUTH is offered only after STARTTLS, so "
 				   "tls_cert and tls_key are needed too");
+	if (cfg->sender_permissions_file[0] != '\0' && cfg->auth_users_file[0] == '\0')
+		return config_fail("sender_permissions_file: needs auth_users_file (it says what "
+				   "each AUTH user may send as)");
 	if (cfg->relayhost[0] != '\0' && config_parse_route(cfg->relayhost, NULL) != 0)
 		return config_fail("relayhost: '%s' is not host[:port] or [host]:port",
 				   cfg->relayhost);

@@ -70,6 +70,7 @@ struct relay_config {
 	char *tls_cert;
 	char *tls_key;
 	char *auth_users_file;
+	char *sender_permissions_file; /* user: pattern, ... ("": any sender) */
 	uint64_t max_line_length;
 	uint64_t max_errors;
 	uint64_t command_timeout_ms;

@@ -30,6 +30,7 @@
 #include "proxy.h"
 #include "queue_id.h"
 #include "relay.pb-c.h"
+#include "senders.h"
 #include "smtp_received.h"
 #include "tls.h"
 
@@ -48,7 +49,8 @@ struct proposal {
 
 struct auth_job {
 	uv_work_t req;
-	struct conn *conn; /* holds a ref */
+	struct conn *conn;	   /* holds a ref */
+	struct auth_table *table; /* a hold: a reload may replace srv->auth meanwhile */
 	char user[SMTP_AUTH_FIELD_MAX + 1];
 	char pass[SMTP_AUTH_FIELD_MAX + 1];
 	int ok;
@@ -79,6 +81,7 @@ struct conn {
 	int refs;      /* open handles + jobs */
 	bool reading, closing, close_after_write, busy, shutdown_after_message;
 	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
+	bool trusted;	     /* in mynetworks */
 	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
 	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
 	struct proposal *prop; /* in flight, or NULL */
@@ -91,7 +94,8 @@ struct smtp_server {
 	const struct relay_config *cfg;
 	struct cluster *cluster;
 	struct tls_ctx *tls;
-	struct auth_table *auth;
+	struct auth_table *auth;	 /* owned (one hold); replaced by smtp_server_reload */
+	struct sender_table *senders;	 /* owned; NULL: any sender (no sender_permissions_file) */
 	struct smtp_session_config scfg;
 	struct smtp_counters counters;
 	uv_tcp_t listeners[CONFIG_LIST_MAX];
@@ -406,7 +410,7 @@ static void
 auth_work_cb(uv_work_t *req)
 {
 	struct auth_job *j = req->data;
-	j->ok = auth_table_check(j->conn->srv->auth, j->user, j->pass);
+	j->ok = auth_table_check(j->table, j->user, j->pass);
 }
 
 static void
@@ -419,6 +423,7 @@ auth_after_cb(uv_work_t *req, int status)
 	struct conn *c = j->conn;
 	char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
 	explicit_bzero(j->pass, sizeof(j->pass));
+	auth_table_free(j->table);
 	if (!c->closing) {
 		int ok = status == 0 && j->ok;
 		if (ok)
@@ -448,9 +453,11 @@ conn_start_auth(struct conn *c, const struct smtp_event *ev)
 	j->req.data = j;
 	snprintf(j->user, sizeof(j->user), "%s", ev->auth.user);
 	snprintf(j->pass, sizeof(j->pass), "%s", ev->auth.password);
+	j->table = auth_table_hold(c->srv->auth); /* before the job can run */
 	if (c->srv->auth == NULL ||
 	    uv_queue_work(c->srv->loop, &j->req, auth_work_cb, auth_after_cb) != 0) {
 		explicit_bzero(j->pass, sizeof(j->pass));
+		auth_table_free(j->table);
 		free(j);
 		smtp_session_auth_result(c->sess, 0);
 		return;
@@ -831,6 +838,31 @@ conn_refuse(struct conn *c, const char *event, const char *reason)
 }
 
 /*
+ * The MAIL FROM policy (smtp_mail_check_cb): clients in mynetworks are not checked; an
+ * authenticated client may use only the senders sender_permissions_file gives its user.
+ */
+static void
+conn_mail_check(void *arg, const char *auth_user, const char *mail_from,
+		struct smtp_mail_verdict *v)
+{
+	struct conn *c = arg;
+	struct smtp_server *srv = c->srv;
+	if (c->trusted || auth_user == NULL || srv->senders == NULL ||
+	    sender_table_allows(srv->senders, auth_user, mail_from))
+		return;
+	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
+	v->code = 553;
+	v->reason = SMTP_MAIL_SENDER_DENIED;
+	snprintf(v->enh, sizeof(v->enh), "5.7.1");
+	snprintf(v->text, sizeof(v->text), "<%s>: Sender address rejected: not owned by user %s",
+		 mail_from, auth_user);
+	log_info(c->id, "event=reject cmd=MAIL code=553 enh=5.7.1 client=%s user=%s from=<%s> "
+			"reason=\"sender not owned by user\"",
+		 c->addr, log_safe(auth_user, strlen(auth_user), safe_user, sizeof(safe_user)),
+		 log_safe(mail_from, strlen(mail_from), safe_from, sizeof(safe_from)));
+}
+
+/*
  * The client is known (the socket's peer, or the one a PROXY header named): apply the
  * connection limits to it, then start the SMTP session and greet.
  */
@@ -851,9 +883,11 @@ conn_start_session(struct conn *c)
 		conn_refuse(c, "refused", "too many connections from your address");
 		return;
 	}
+	c->trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
 	struct smtp_session_client client = {
-	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .trusted = c->trusted,
 	    .tls_active = false,
+	    .check_arg = c,
 	};
 	if (smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
 		conn_close(c);
@@ -943,11 +977,13 @@ connection_cb(uv_stream_t *l, int status)
 
 int
 smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
-		  struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out, char *err,
-		  size_t errlen)
+		  struct tls_ctx *tls, struct auth_table *auth, struct sender_table *senders,
+		  struct smtp_server **out, char *err, size_t errlen)
 {
 	struct smtp_server *srv = calloc(1, sizeof(*srv));
 	if (srv == NULL) {
+		auth_table_free(auth);
+		sender_table_free(senders);
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -956,6 +992,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->cluster = cluster;
 	srv->tls = tls;
 	srv->auth = auth;
+	srv->senders = senders;
 	srv->scfg.hostname = cfg->hostname;
 	srv->scfg.max_message_size = cfg->max_message_size;
 	srv->scfg.max_recipients = cfg->max_recipients;
@@ -966,6 +1003,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->scfg.tls_available = tls != NULL;
 	srv->scfg.auth_available = auth != NULL;
 	srv->scfg.counters = &srv->counters;
+	srv->scfg.mail_check = conn_mail_check;
 	if (log_enabled(LOG_DEBUG)) {
 		srv->scfg.trace_cb = trace_cb;
 		srv->scfg.trace_arg = (void *)"smtp";
@@ -999,6 +1037,8 @@ server_free_cb(uv_handle_t *h)
 	struct smtp_server *srv = h->data;
 	void (*done)(void *) = srv->done;
 	void *arg = srv->done_arg;
+	auth_table_free(srv->auth);
+	sender_table_free(srv->senders);
 	free(srv);
 	if (done)
 		done(arg);
@@ -1056,4 +1096,36 @@ smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg
 	}
 	uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, srv->cfg->shutdown_timeout_ms, 0);
 	server_maybe_done(srv);
+}
+
+int
+smtp_server_reload(struct smtp_server *srv)
+{
+	const struct relay_config *cfg = srv->cfg;
+	struct auth_table *auth = NULL;
+	struct sender_table *senders = NULL;
+	char err[512];
+	if (cfg->auth_users_file[0] != '\0' &&
+	    auth_table_load(cfg->auth_users_file, &auth, err, sizeof(err)) != 0)
+		goto err_keep;
+	if (cfg->sender_permissions_file[0] != '\0' &&
+	    sender_table_load(cfg->sender_permissions_file, &senders, err, sizeof(err)) != 0)
+		goto err_after_auth;
+	if (cfg->auth_users_file[0] != '\0') {
+		auth_table_free(srv->auth); /* checks in flight keep their own hold */
+		srv->auth = auth;
+	}
+	if (cfg->sender_permissions_file[0] != '\0') {
+		sender_table_free(srv->senders);
+		srv->senders = senders;
+	}
+	log_info("-", "event=reload auth_users=%zu sender_users=%zu sender_patterns=%zu",
+		 auth_table_count(srv->auth), sender_table_users(srv->senders),
+		 sender_table_patterns(srv->senders));
+	return 0;
+err_after_auth:
+	auth_table_free(auth);
+err_keep:
+	log_warn("-", "event=reload-failed error=\"%s\" action=kept-previous-tables", err);
+	return -1;
 }

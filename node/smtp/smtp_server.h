@@ -21,17 +21,26 @@ struct relay_config;
 struct cluster;
 struct tls_ctx;
 struct auth_table;
+struct sender_table;
 struct smtp_server;
 
 #define SMTP_CONN_INBUF_MAX (256 * 1024) /* plaintext read but not yet consumed by the machine */
 #define SMTP_CONN_WRITE_MAX (256 * 1024) /* bytes queued to the socket before we stop producing */
 #define SMTP_READ_CHUNK (64 * 1024)
 
-/* Starts listening.  cfg, cluster, tls (may be NULL) and auth (may be NULL) are borrowed and
- * must outlive the server.  Returns 0, or -1 with a message in err. */
+/* Starts listening.  cfg, cluster and tls (may be NULL) are borrowed and must outlive the
+ * server; auth (auth_users_file, may be NULL) and senders (sender_permissions_file, may be
+ * NULL) are owned by the server from this call on, whatever it returns.  Returns 0, or -1 with
+ * a message in err. */
 int smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
-		      struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out,
-		      char *err, size_t errlen);
+		      struct tls_ctx *tls, struct auth_table *auth, struct sender_table *senders,
+		      struct smtp_server **out, char *err, size_t errlen);
+
+/* SIGHUP: reads auth_users_file and sender_permissions_file again (those configured) and, when
+ * both load, replaces the tables; sessions stay open (an AUTH check in flight finishes with the
+ * table it started with; the next MAIL uses the new permissions).  A file that does not load
+ * keeps both previous tables and logs why (event=reload-failed).  0 or -1. */
+int smtp_server_reload(struct smtp_server *srv);
 
 /* Stops accepting, lets sessions in the middle of a message finish, answers the others
  * "421 4.3.2", cuts whatever is left after shutdown_timeout, frees the server, then calls
