@@ -71,6 +71,8 @@ struct relay_config {
 	char *tls_key;
 	char *auth_users_file;
 	char *sender_permissions_file; /* user: pattern, ... ("": any sender) */
+	uint64_t max_messages_per_hour_per_user;   /* 0: no quota */
+	uint64_t max_messages_per_hour_per_client; /* 0: no quota */
 	uint64_t max_line_length;
 	uint64_t max_errors;
 	uint64_t command_timeout_ms;

@@ -19,6 +19,10 @@ PKGS=(
   # tests, demo and benchmark peers
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
+  # issue 13: real DKIM verifiers (and OpenDKIM as Postfix's milter in bench/e2e.sh), real
+  # bounce parsers run on our DSNs
+  python3-dkim opendkim opendkim-tools python3-flufl.bounce libmail-deliverystatus-bounceparser-perl
+  libsisimai-perl
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
 # whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.
@@ -51,7 +55,7 @@ install_packages() {
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 
   # Make sure nothing we installed is left running (a system without policy-rc.d support).
-  for svc in dnsmasq haproxy prometheus prometheus-node-exporter; do
+  for svc in dnsmasq haproxy prometheus prometheus-node-exporter opendkim; do
     pkill -x "$svc" 2>/dev/null || true
   done
   postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true

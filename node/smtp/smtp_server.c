@@ -28,6 +28,7 @@
 #include "config.h"
 #include "log.h"
 #include "proxy.h"
+#include "queue_fsm.h" /* the quota windows (queue_fsm_quota) */
 #include "queue_id.h"
 #include "relay.pb-c.h"
 #include "senders.h"
@@ -42,6 +43,9 @@ struct proposal {
 	struct smtp_server *srv;
 	struct conn *conn; /* NULL once the connection gave up on it */
 	uint64_t t0;	   /* uv_hrtime at propose */
+	uint64_t received_ms;
+	char user[SMTP_AUTH_FIELD_MAX + 1];  /* counted under this user ("": none) */
+	char client_key[INET6_ADDRSTRLEN + 8]; /* counted under this client ("": none) */
 	size_t size;
 	size_t nrcpt;
 	char queue_id[32];
@@ -82,6 +86,7 @@ struct conn {
 	bool reading, closing, close_after_write, busy, shutdown_after_message;
 	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
 	bool trusted;	     /* in mynetworks */
+	char qkey[INET6_ADDRSTRLEN + 8]; /* the client as quotas count it (quota_client_key) */
 	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
 	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
 	struct proposal *prop; /* in flight, or NULL */
@@ -466,6 +471,69 @@ conn_start_auth(struct conn *c, const struct smtp_event *ev)
 	c->busy = true;
 }
 
+/* ---- quotas (max_messages_per_hour_per_user / _per_client; cluster/queue_fsm.h) ---- */
+
+void
+smtp_quota_client_key(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+	char a[INET6_ADDRSTRLEN];
+	if (ss->ss_family == AF_INET6) {
+		struct in6_addr x = ((const struct sockaddr_in6 *)ss)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(&x)) {
+			inet_ntop(AF_INET, &x.s6_addr[12], a, sizeof(a));
+			snprintf(out, cap, "%s", a);
+			return;
+		}
+		memset(&x.s6_addr[8], 0, 8);
+		inet_ntop(AF_INET6, &x, a, sizeof(a));
+		snprintf(out, cap, "%s/64", a);
+		return;
+	}
+	inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a, sizeof(a));
+	snprintf(out, cap, "%s", a);
+}
+
+/*
+ * Is (user, client key) over its quota at at_ms, by this node's applied windows?  1 with the
+ * 450 text (naming what is over and when its window resets) in text, else 0.  user or ckey
+ * NULL/"": not counted.
+ */
+static int
+quota_over(struct smtp_server *srv, const char *user, const char *ckey, uint64_t at_ms,
+	   char *text, size_t cap)
+{
+	const struct relay_config *cfg = srv->cfg;
+	const struct queue_fsm *fsm = cluster_queue(srv->cluster);
+	struct queue_quota w;
+	struct {
+		char kind;
+		const char *name, *what;
+		uint64_t limit;
+	} keys[2] = {
+	    {QUEUE_QUOTA_USER, user, "user", cfg->max_messages_per_hour_per_user},
+	    {QUEUE_QUOTA_CLIENT, ckey, "client", cfg->max_messages_per_hour_per_client},
+	};
+	for (int i = 0; i < 2; i++) {
+		if (keys[i].limit == 0 || keys[i].name == NULL || keys[i].name[0] == '\0' ||
+		    fsm == NULL || queue_fsm_quota(fsm, keys[i].kind, keys[i].name, &w) != 0)
+			continue;
+		uint64_t end = w.start_ms + QUEUE_QUOTA_WINDOW_MS;
+		if (at_ms >= end || w.count < keys[i].limit)
+			continue;
+		char when[32];
+		time_t t = (time_t)(end / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		snprintf(text, cap,
+			 "Hourly message quota reached for %s %s (%" PRIu64 " per hour); it resets "
+			 "at %s",
+			 keys[i].what, keys[i].name, keys[i].limit, when);
+		return 1;
+	}
+	return 0;
+}
+
 static void
 propose_cb(void *arg, int status)
 {
@@ -479,9 +547,16 @@ propose_cb(void *arg, int status)
 		else
 			p->srv->stats.accept_failed++;
 	}
+	char qtext[SMTP_REPLY_TEXT_MAX];
+	if (status == CLUSTER_EQUOTA &&
+	    !quota_over(p->srv, p->user, p->client_key, p->received_ms, qtext, sizeof(qtext)))
+		snprintf(qtext, sizeof(qtext), "Hourly message quota reached; try again later");
 	if (status == 0)
 		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
 			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
+	else if (status == CLUSTER_EQUOTA)
+		log_info(p->queue_id, "event=reject cmd=DATA code=450 enh=4.7.1 reason=\"%s\"%s",
+			 qtext, c == NULL ? " client=gone" : "");
 	else
 		log_warn(p->queue_id, "event=propose-failed error=\"%s\" commit_ms=%" PRIu64,
 			 cluster_strerror(status), ms);
@@ -493,6 +568,9 @@ propose_cb(void *arg, int status)
 			snprintf(text, sizeof(text), "Ok: queued as %s", p->queue_id);
 			smtp_session_message_result(c->sess, 250, "2.0.0", text);
 			c->messages++;
+		} else if (status == CLUSTER_EQUOTA) {
+			p->srv->counters.over_quota++;
+			smtp_session_message_result(c->sess, 450, "4.7.1", qtext);
 		} else {
 			smtp_session_message_result(c->sess, 451, "4.3.0",
 						    "Queue unavailable, try again later");
@@ -583,6 +661,19 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	acc.helo = (char *)env->helo;
 	acc.auth_user = (char *)env->auth_user;
 	acc.node_id = srv->cfg->node_id;
+	/* quotas: the limits in force here travel with the Accept (queue_fsm.h "Quotas") */
+	p->received_ms = ms;
+	if (env->auth_user != NULL && srv->cfg->max_messages_per_hour_per_user > 0) {
+		acc.has_quota_user = true;
+		acc.quota_user = (uint32_t)srv->cfg->max_messages_per_hour_per_user;
+		snprintf(p->user, sizeof(p->user), "%s", env->auth_user);
+	}
+	if (!c->trusted && srv->cfg->max_messages_per_hour_per_client > 0) {
+		acc.has_quota_client = true;
+		acc.quota_client = (uint32_t)srv->cfg->max_messages_per_hour_per_client;
+		acc.client_key = c->qkey;
+		snprintf(p->client_key, sizeof(p->client_key), "%s", c->qkey);
+	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
 	cmd.accept = &acc;
@@ -847,10 +938,20 @@ conn_mail_check(void *arg, const char *auth_user, const char *mail_from,
 {
 	struct conn *c = arg;
 	struct smtp_server *srv = c->srv;
+	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
+	/* an early refusal from the applied windows; the Accept's apply decides in the end */
+	if (quota_over(srv, auth_user, c->trusted ? NULL : c->qkey, now_ms(), v->text,
+		       sizeof(v->text))) {
+		v->code = 450;
+		v->reason = SMTP_MAIL_OVER_QUOTA;
+		snprintf(v->enh, sizeof(v->enh), "4.7.1");
+		log_info(c->id, "event=reject cmd=MAIL code=450 enh=4.7.1 client=%s reason=\"%s\"",
+			 c->addr, v->text);
+		return;
+	}
 	if (c->trusted || auth_user == NULL || srv->senders == NULL ||
 	    sender_table_allows(srv->senders, auth_user, mail_from))
 		return;
-	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
 	v->code = 553;
 	v->reason = SMTP_MAIL_SENDER_DENIED;
 	snprintf(v->enh, sizeof(v->enh), "5.7.1");
@@ -884,6 +985,7 @@ conn_start_session(struct conn *c)
 		return;
 	}
 	c->trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
+	smtp_quota_client_key(&c->peer, c->qkey, sizeof(c->qkey));
 	struct smtp_session_client client = {
 	    .trusted = c->trusted,
 	    .tls_active = false,

@@ -71,4 +71,10 @@ struct smtp_server_stats {
 
 void smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st);
 
+/* The client as max_messages_per_hour_per_client counts it: its address; an IPv6 one as its
+ * /64 ("2001:db8:1:2::/64"); an IPv4-mapped one as the IPv4 address.  out: at least
+ * INET6_ADDRSTRLEN + 4 bytes. */
+struct sockaddr_storage;
+void smtp_quota_client_key(const struct sockaddr_storage *ss, char *out, size_t cap);
+
 #endif
