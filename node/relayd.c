@@ -24,6 +24,7 @@
 
 #include "admin.h"
 #include "auth.h"
+#include "dkim_sign.h"
 #include "senders.h"
 #include "cluster.h"
 #include "config.h"
@@ -50,6 +51,7 @@ static struct {
 	struct tls_ctx *tls;
 	struct auth_table *auth;     /* handed to the smtp server (it owns it then) */
 	struct sender_table *senders; /* likewise */
+	struct dkim_signer *dkim;     /* likewise */
 	struct http *http;
 	struct admin *admin;
 	struct metrics_sources msrc;
@@ -289,6 +291,10 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 2;
 	}
+	if (dkim_signer_new(&relayd.cfg, &relayd.dkim, err, sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 2;
+	}
 	if (relayd.cfg.sender_permissions_file[0] != '\0' &&
 	    sender_table_load(relayd.cfg.sender_permissions_file, &relayd.senders, err,
 			      sizeof(err)) != 0) {
@@ -337,6 +343,11 @@ main(int argc, char **argv)
 			       relayd.senders, &relayd.smtp, err, sizeof(err));
 	relayd.auth = NULL; /* the server owns them now */
 	relayd.senders = NULL;
+	if (rc == 0)
+		smtp_server_set_dkim(relayd.smtp, relayd.dkim);
+	else
+		dkim_signer_free(relayd.dkim);
+	relayd.dkim = NULL;
 	if (rc != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;

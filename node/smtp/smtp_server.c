@@ -26,6 +26,7 @@
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
+#include "dkim_sign.h"
 #include "log.h"
 #include "proxy.h"
 #include "queue_fsm.h" /* the quota windows (queue_fsm_quota) */
@@ -101,6 +102,7 @@ struct smtp_server {
 	struct tls_ctx *tls;
 	struct auth_table *auth;	 /* owned (one hold); replaced by smtp_server_reload */
 	struct sender_table *senders;	 /* owned; NULL: any sender (no sender_permissions_file) */
+	struct dkim_signer *dkim;	 /* owned; NULL: no dkim_keys */
 	struct smtp_session_config scfg;
 	struct smtp_counters counters;
 	uv_tcp_t listeners[CONFIG_LIST_MAX];
@@ -589,6 +591,25 @@ conn_reject_message(struct conn *c, const char *why)
 	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
 }
 
+/* DKIM: signs the message of a client from mynetworks or authenticated when its From: domain
+ * has keys (dkim_sign.h); *sig NULL when it is not signed (it is queued unsigned). */
+static void
+conn_dkim_sign(struct conn *c, const char *queue_id, const struct smtp_event *ev, uint64_t ms,
+	       char **sig, size_t *siglen)
+{
+	char domain[256], why[96];
+	enum dkim_sign_result r =
+	    dkim_signer_sign(c->srv->dkim, ev->message.body, ev->message.body_len, ms / 1000, sig,
+			     siglen, domain, why);
+	c->srv->stats.dkim[r == DKIM_SIGNED ? 0 : r == DKIM_SIGN_NO_KEY ? 1 : 2]++;
+	if (r == DKIM_SIGNED)
+		log_info(queue_id, "event=dkim-signed d=%s", domain);
+	else if (r == DKIM_SIGN_NO_KEY)
+		log_debug(queue_id, "event=dkim-unsigned reason=\"%s\"", why);
+	else
+		log_warn(queue_id, "event=dkim-unsigned reason=\"%s\"", why);
+}
+
 static void
 conn_start_message(struct conn *c, const struct smtp_event *ev)
 {
@@ -620,11 +641,16 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
 	if (hlen < 0)
 		hlen = 0;
-	size_t blen = (size_t)hlen + ev->message.body_len;
+	char *sig = NULL;
+	size_t siglen = 0;
+	if (srv->dkim != NULL && (c->trusted || env->auth_user != NULL))
+		conn_dkim_sign(c, p->queue_id, ev, ms, &sig, &siglen);
+	size_t blen = (size_t)hlen + siglen + ev->message.body_len;
 	uint8_t *body = malloc(blen ? blen : 1);
 	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
 	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
 	if (body == NULL || rv == NULL || rp == NULL) {
+		free(sig);
 		free(body);
 		free(rv);
 		free(rp);
@@ -632,8 +658,12 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 		conn_reject_message(c, "out of memory");
 		return;
 	}
+	/* our Received:, the DKIM-Signature field(s), then the message as the client sent it */
 	memcpy(body, hdr, (size_t)hlen);
-	memcpy(body + hlen, ev->message.body, ev->message.body_len);
+	if (siglen)
+		memcpy(body + hlen, sig, siglen);
+	free(sig);
+	memcpy(body + (size_t)hlen + siglen, ev->message.body, ev->message.body_len);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		relay__recipient__init(&rv[i]);
 		rv[i].addr = (char *)env->rcpts[i].addr;
@@ -1141,6 +1171,7 @@ server_free_cb(uv_handle_t *h)
 	void *arg = srv->done_arg;
 	auth_table_free(srv->auth);
 	sender_table_free(srv->senders);
+	dkim_signer_free(srv->dkim);
 	free(srv);
 	if (done)
 		done(arg);
@@ -1230,4 +1261,11 @@ err_after_auth:
 err_keep:
 	log_warn("-", "event=reload-failed error=\"%s\" action=kept-previous-tables", err);
 	return -1;
+}
+
+void
+smtp_server_set_dkim(struct smtp_server *srv, struct dkim_signer *dkim)
+{
+	dkim_signer_free(srv->dkim);
+	srv->dkim = dkim;
 }

@@ -22,6 +22,7 @@ struct cluster;
 struct tls_ctx;
 struct auth_table;
 struct sender_table;
+struct dkim_signer;
 struct smtp_server;
 
 #define SMTP_CONN_INBUF_MAX (256 * 1024) /* plaintext read but not yet consumed by the machine */
@@ -35,6 +36,9 @@ struct smtp_server;
 int smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
 		      struct tls_ctx *tls, struct auth_table *auth, struct sender_table *senders,
 		      struct smtp_server **out, char *err, size_t errlen);
+
+/* Hands the server its DKIM signer (dkim_sign.h; owned from now on; NULL: no signing). */
+void smtp_server_set_dkim(struct smtp_server *srv, struct dkim_signer *dkim);
 
 /* SIGHUP: reads auth_users_file and sender_permissions_file again (those configured) and, when
  * both load, replaces the tables; sessions stay open (an AUTH check in flight finishes with the
@@ -67,6 +71,7 @@ struct smtp_server_stats {
 	uint64_t latency_bucket[SMTP_LATENCY_NBUCKETS]; /* cumulative per upper bound */
 	uint64_t latency_count;
 	double latency_sum_s;
+	uint64_t dkim[3]; /* messages signed, unsigned (no key), unsigned (could not sign) */
 };
 
 void smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st);
