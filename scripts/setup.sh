@@ -21,7 +21,7 @@ PKGS=(
   prometheus procps psmisc curl strace bc
   # issue 13: real DKIM verifiers (and OpenDKIM as Postfix's milter in bench/e2e.sh), real
   # bounce parsers run on our DSNs
-  python3-dkim opendkim opendkim-tools python3-flufl.bounce libmail-deliverystatus-bounceparser-perl
+  python3-dkim python3-nacl python3-dnspython opendkim opendkim-tools python3-flufl.bounce libmail-deliverystatus-bounceparser-perl
   libsisimai-perl
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine

@@ -4,7 +4,8 @@ Everything listens on loopback addresses the test module owns (127.0.N.x); desti
 25 of their own address, as an MX would.  Nothing here uses /etc/resolv.conf: dnsmasq runs with
 --no-resolv and answers only what the test tells it (and NXDOMAIN for the rest of its zones).
 
-  Dnsmasq(addr, mx=[(domain, host, pref)], a=[(host, addr)], null_mx=[domain], local=[zone])
+  Dnsmasq(addr, mx=[(domain, host, pref)], a=[(host, addr)], null_mx=[domain], local=[zone],
+          txt=[(name, text)])
   AioSink(addr)       aiosmtpd in a thread: keeps every envelope and the exact bytes received
   SmtpSink(addr, ...) Postfix smtp-sink (-d dump files, -r/-s/-Q to fail chosen commands)
   dns_query(server, name, qtype) -> (rcode, answer count), a minimal UDP client for readiness
@@ -47,7 +48,7 @@ class Dnsmasq:
     """dnsmasq on addr:53 serving only the given records; other names in `local` zones are
     NXDOMAIN.  Null MX (RFC 7505) is a raw MX record: preference 0, exchange "."."""
 
-    def __init__(self, workdir, addr, mx=(), a=(), null_mx=(), local=("test",)):
+    def __init__(self, workdir, addr, mx=(), a=(), null_mx=(), local=("test",), txt=()):
         self.addr = addr
         self.log_path = os.path.join(workdir, "dnsmasq-%s.log" % addr)
         args = [DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
@@ -62,6 +63,13 @@ class Dnsmasq:
             args.append("--host-record=%s,%s" % (host, ip))
         for domain in null_mx:
             args.append("--dns-rr=%s,15,000000" % domain)
+        for name, text in txt:
+            # one TXT record; a text over 255 bytes becomes several strings (RFC 1035 3.3.14).
+            # On dnsmasq's command line a comma separates strings and quotes stay literal,
+            # so the text must not contain a comma.
+            assert "," not in text, text
+            parts = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+            args.append("--txt-record=%s,%s" % (name, ",".join(parts)))
         self.args = args
         self.proc = None
         self.probe = a[0][0] if a else None
