@@ -80,3 +80,26 @@ if [[ -f $validate/package-lock.json ]]; then
     cp "$validate/package-lock.json" "$validate/node_modules/.setup-lock.json"
   fi
 fi
+
+# The npm bounce parser of tests/integration/test_dsn_parsers.py (email-bounce-parser, pinned by
+# tests/integration/bounce_parsers/package-lock.json).  Its re2 dependency compiles a native
+# module (minutes on 2 cores), so the install lives in a machine cache keyed by the lock file and
+# each clone links to it: a fresh clone on the same machine (CI) does not compile it again.
+bp=$top/tests/integration/bounce_parsers
+if [[ -f $bp/package-lock.json ]]; then
+  key=$(sha256sum "$bp/package-lock.json" | cut -c1-16)
+  cache=/var/cache/relayd-tests/bounce-parsers-$key
+  if [[ -f $cache/node_modules/.setup-lock.json ]]; then
+    echo "setup: bounce parser npm packages present ($cache)"
+  else
+    echo "setup: npm ci for the bounce parsers in $cache (compiles re2: a few minutes)"
+    $SUDO mkdir -p "$cache"
+    $SUDO cp "$bp/package.json" "$bp/package-lock.json" "$cache/"
+    (cd "$cache" && $SUDO npm ci --no-audit --no-fund --loglevel=error)
+    $SUDO cp "$bp/package-lock.json" "$cache/node_modules/.setup-lock.json"
+  fi
+  if [[ $(readlink "$bp/node_modules" 2>/dev/null) != "$cache/node_modules" ]]; then
+    rm -rf "$bp/node_modules"
+    ln -s "$cache/node_modules" "$bp/node_modules"
+  fi
+fi
