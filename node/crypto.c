@@ -18,7 +18,6 @@ struct crypto_key {
 	EVP_PKEY *pkey; /* owned */
 	enum crypto_key_type type;
 	unsigned bits;
-	EVP_MD_CTX *md; /* owned, reused for every signature */
 };
 
 struct crypto_sha256 {
@@ -69,10 +68,6 @@ key_from_bio(BIO *bio, struct crypto_key **out, char *err, size_t errlen)
 			 OBJ_nid2sn(EVP_PKEY_get_base_id(pkey)));
 		goto err_after_key;
 	}
-	if ((k->md = EVP_MD_CTX_new()) == NULL) {
-		snprintf(err, errlen, "out of memory");
-		goto err_after_key;
-	}
 	*out = k;
 	return 0;
 err_after_key:
@@ -116,7 +111,6 @@ crypto_key_free(struct crypto_key *k)
 {
 	if (k == NULL)
 		return;
-	EVP_MD_CTX_free(k->md);
 	EVP_PKEY_free(k->pkey);
 	free(k);
 }
@@ -148,11 +142,14 @@ crypto_dkim_sign(struct crypto_key *k, const void *data, size_t len, unsigned ch
 		md = NULL; /* PureEdDSA: no digest of its own */
 	}
 	size_t n = CRYPTO_SIG_MAX;
-	EVP_MD_CTX_reset(k->md);
-	if (EVP_DigestSignInit(k->md, NULL, md, NULL, k->pkey) != 1 ||
-	    EVP_DigestSign(k->md, NULL, &n, data, len) != 1 || n > CRYPTO_SIG_MAX ||
-	    EVP_DigestSign(k->md, sig, &n, data, len) != 1)
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new(); /* per call: keys sign from several threads */
+	if (ctx == NULL || EVP_DigestSignInit(ctx, NULL, md, NULL, k->pkey) != 1 ||
+	    EVP_DigestSign(ctx, NULL, &n, data, len) != 1 || n > CRYPTO_SIG_MAX ||
+	    EVP_DigestSign(ctx, sig, &n, data, len) != 1) {
+		EVP_MD_CTX_free(ctx);
 		goto err;
+	}
+	EVP_MD_CTX_free(ctx);
 	*siglen = n;
 	return 0;
 err:

@@ -9,7 +9,8 @@
  * The public key as DKIM publishes it (p= of the DNS TXT record): RSA as the base64 of its
  * SubjectPublicKeyInfo DER, Ed25519 as the base64 of its 32 raw bytes.
  *
- * Threads: a loaded key may sign from one thread at a time.
+ * Threads: a loaded key is read-only after crypto_key_load: it may sign from several threads at
+ * once (the thread pool signs for the SMTP server).
  */
 #ifndef RELAY_CRYPTO_H
 #define RELAY_CRYPTO_H

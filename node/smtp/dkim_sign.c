@@ -29,7 +29,6 @@ struct dkim_signer {
 	bool subdomains;
 	const char *names[DKIM_NAMES_MAX]; /* borrowed: from the config or the default list */
 	size_t nnames;
-	struct dkim_msg msg; /* scratch: the fields of the message being signed */
 };
 
 static const char *const dkim_default_headers[] = {DKIM_DEFAULT_HEADERS};
@@ -145,7 +144,7 @@ hash_emit(void *arg, const char *bytes, size_t n)
 
 /* One signature with key k over the message: appended to out.  0 or -1. */
 static int
-sign_one(struct dkim_signer *s, struct dkim_key_ent *k, const char *msg, const char *h,
+sign_one(const struct dkim_msg *m, struct dkim_key_ent *k, const char *msg, const char *h,
 	 const char *bh, uint64_t now_s, struct dkim_buf *out)
 {
 	char sig[DKIM_SIG_FIELD_MAX];
@@ -165,7 +164,7 @@ sign_one(struct dkim_signer *s, struct dkim_key_ent *k, const char *msg, const c
 	char b64[2 * CRYPTO_SIG_MAX];
 	size_t rawlen;
 	int rc = -1;
-	if (dkim_header_data(msg, &s->msg, h, sig, (size_t)len, &data) == 0 &&
+	if (dkim_header_data(msg, m, h, sig, (size_t)len, &data) == 0 &&
 	    crypto_dkim_sign(k->key, data.p, data.len, raw, &rawlen) == 0 &&
 	    crypto_base64(raw, rawlen, b64, sizeof(b64)) > 0 &&
 	    (len = dkim_sig_add_b(sig, (size_t)len, sizeof(sig), b64)) > 0)
@@ -184,12 +183,18 @@ dkim_signer_sign(struct dkim_signer *s, const char *msg, size_t len, uint64_t no
 	*hlen = 0;
 	if (s == NULL)
 		return DKIM_SIGN_NO_KEY;
-	if (dkim_parse(msg, len, &s->msg) != 0) {
+	struct dkim_msg *m = malloc(sizeof(*m)); /* per call: signing runs on several threads */
+	if (m == NULL) {
+		res = DKIM_SIGN_FAILED;
+		snprintf(r, sizeof(r), "out of memory");
+		goto out;
+	}
+	if (dkim_parse(msg, len, m) != 0) {
 		snprintf(r, sizeof(r), "header fields do not parse (or more than %d)",
 			 DKIM_FIELDS_MAX);
 		goto out;
 	}
-	if (dkim_from_domain(msg, &s->msg, from, sizeof(from)) != 0) {
+	if (dkim_from_domain(msg, m, from, sizeof(from)) != 0) {
 		snprintf(r, sizeof(r), "no single From: mailbox with an ASCII domain");
 		goto out;
 	}
@@ -206,11 +211,11 @@ dkim_signer_sign(struct dkim_signer *s, const char *msg, size_t len, uint64_t no
 	struct crypto_sha256 *hash = crypto_sha256_new();
 	if (hash == NULL)
 		goto out;
-	dkim_body_relaxed(msg + s->msg.body_off, len - s->msg.body_off, hash_emit, hash);
+	dkim_body_relaxed(msg + m->body_off, len - m->body_off, hash_emit, hash);
 	crypto_sha256_final(hash, digest);
 	crypto_sha256_free(hash);
 	if (crypto_base64(digest, sizeof(digest), bh, sizeof(bh)) == 0 ||
-	    dkim_h_list(msg, &s->msg, s->names, s->nnames, h, sizeof(h)) != 0)
+	    dkim_h_list(msg, m, s->names, s->nnames, h, sizeof(h)) != 0)
 		goto out;
 	struct dkim_buf o = {.max = 4 * DKIM_SIG_FIELD_MAX};
 	/* Ed25519 first, then RSA (the order of RFC 8463's example) */
@@ -220,7 +225,7 @@ dkim_signer_sign(struct dkim_signer *s, const char *msg, size_t len, uint64_t no
 			if (strcmp(s->keys[i].domain, d) != 0 ||
 			    crypto_key_type(s->keys[i].key) != want)
 				continue;
-			if (sign_one(s, &s->keys[i], msg, h, bh, now_s, &o) != 0) {
+			if (sign_one(m, &s->keys[i], msg, h, bh, now_s, &o) != 0) {
 				dkim_buf_free(&o);
 				goto out;
 			}
@@ -231,6 +236,7 @@ dkim_signer_sign(struct dkim_signer *s, const char *msg, size_t len, uint64_t no
 	snprintf(domain, 256, "%s", d);
 	res = DKIM_SIGNED;
 out:
+	free(m);
 	if (reason != NULL)
 		snprintf(reason, 96, "%s", r);
 	return res;

@@ -42,7 +42,8 @@ void dkim_signer_free(struct dkim_signer *s);
  * Signs msg (the message as the client sent it, CRLF line ends).  DKIM_SIGNED: *hdrs
  * (malloc'ed, the caller frees) holds the field(s) to put above the message, CRLF-terminated,
  * *hlen bytes, and domain (256 bytes) the d= used.  Otherwise *hdrs is NULL and reason (when
- * not NULL, 96 bytes) says why for the log.  now_s is the t= tag.
+ * not NULL, 96 bytes) says why for the log.  now_s is the t= tag.  Thread-safe: s is only read
+ * (the SMTP server signs on the libuv thread pool).
  */
 enum dkim_sign_result dkim_signer_sign(struct dkim_signer *s, const char *msg, size_t len,
 				       uint64_t now_s, char **hdrs, size_t *hlen, char *domain,

@@ -591,33 +591,107 @@ conn_reject_message(struct conn *c, const char *why)
 	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
 }
 
-/* DKIM: signs the message of a client from mynetworks or authenticated when its From: domain
- * has keys (dkim_sign.h); *sig NULL when it is not signed (it is queued unsigned). */
-static void
-conn_dkim_sign(struct conn *c, const char *queue_id, const struct smtp_event *ev, uint64_t ms,
-	       char **sig, size_t *siglen)
-{
+/*
+ * DKIM (dkim_sign.h): a message of a client from mynetworks or authenticated is signed on the
+ * libuv thread pool (an RSA signature costs a fraction of a millisecond: not on the loop),
+ * then proposed with its signature.  The job holds a ref on the conn, which keeps the session
+ * and so the message body (owned by the pending SMTP_EV_MESSAGE) alive; a conn that closed
+ * meanwhile drops the result.
+ */
+struct sign_job {
+	uv_work_t req;
+	struct conn *conn;	   /* holds a ref */
+	struct dkim_signer *signer; /* borrowed (the server's; read-only) */
+	const char *body;	   /* borrowed from the session's pending event */
+	size_t body_len;
+	uint64_t ms;		   /* receive time: t= and the Accept's received_ms */
+	enum dkim_sign_result result;
+	char *sig; /* owned: the DKIM-Signature field(s) */
+	size_t siglen;
 	char domain[256], why[96];
-	enum dkim_sign_result r =
-	    dkim_signer_sign(c->srv->dkim, ev->message.body, ev->message.body_len, ms / 1000, sig,
-			     siglen, domain, why);
-	c->srv->stats.dkim[r == DKIM_SIGNED ? 0 : r == DKIM_SIGN_NO_KEY ? 1 : 2]++;
-	if (r == DKIM_SIGNED)
-		log_info(queue_id, "event=dkim-signed d=%s", domain);
-	else if (r == DKIM_SIGN_NO_KEY)
-		log_debug(queue_id, "event=dkim-unsigned reason=\"%s\"", why);
-	else
-		log_warn(queue_id, "event=dkim-unsigned reason=\"%s\"", why);
+};
+
+static void conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms,
+				 struct sign_job *j);
+
+static void
+sign_work_cb(uv_work_t *req)
+{
+	struct sign_job *j = req->data;
+	j->result = dkim_signer_sign(j->signer, j->body, j->body_len, j->ms / 1000, &j->sig,
+				     &j->siglen, j->domain, j->why);
+}
+
+static void
+sign_after_cb(uv_work_t *req, int status)
+{
+	struct sign_job *j = req->data;
+	struct conn *c = j->conn;
+	struct smtp_event ev;
+	if (status != 0) { /* cancelled: queued unsigned */
+		j->result = DKIM_SIGN_FAILED;
+		snprintf(j->why, sizeof(j->why), "signing job cancelled");
+	}
+	if (!c->closing && smtp_session_event(c->sess, &ev) == SMTP_EV_MESSAGE) {
+		c->busy = false;
+		conn_propose_message(c, &ev, j->ms, j);
+		conn_process(c);
+	}
+	free(j->sig);
+	free(j);
+	conn_unref(c);
 }
 
 static void
 conn_start_message(struct conn *c, const struct smtp_event *ev)
 {
 	struct smtp_server *srv = c->srv;
+	uint64_t ms = now_ms();
+	if (srv->dkim == NULL || !(c->trusted || ev->message.env->auth_user != NULL)) {
+		conn_propose_message(c, ev, ms, NULL);
+		return;
+	}
+	struct sign_job *j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		conn_reject_message(c, "out of memory");
+		return;
+	}
+	j->req.data = j;
+	j->conn = c;
+	j->signer = srv->dkim;
+	j->body = ev->message.body;
+	j->body_len = ev->message.body_len;
+	j->ms = ms;
+	if (uv_queue_work(srv->loop, &j->req, sign_work_cb, sign_after_cb) != 0) {
+		free(j);
+		conn_reject_message(c, "cannot queue the signing job");
+		return;
+	}
+	c->refs++;
+	c->busy = true;
+}
+
+/* Logs and counts a signing result under the message's queue id. */
+static void
+conn_dkim_log(struct smtp_server *srv, const char *queue_id, const struct sign_job *j)
+{
+	srv->stats.dkim[j->result == DKIM_SIGNED ? 0 : j->result == DKIM_SIGN_NO_KEY ? 1 : 2]++;
+	if (j->result == DKIM_SIGNED)
+		log_info(queue_id, "event=dkim-signed d=%s", j->domain);
+	else if (j->result == DKIM_SIGN_NO_KEY)
+		log_debug(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
+	else
+		log_warn(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
+}
+
+/* Proposes the message of ev (received at ms) with the signature of j (NULL: unsigned). */
+static void
+conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms, struct sign_job *j)
+{
+	struct smtp_server *srv = c->srv;
 	const struct smtp_envelope *env = ev->message.env;
 	struct proposal *p = calloc(1, sizeof(*p));
 	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
-	uint64_t ms = now_ms();
 	if (p == NULL) {
 		conn_reject_message(c, "out of memory");
 		return;
@@ -641,16 +715,15 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
 	if (hlen < 0)
 		hlen = 0;
-	char *sig = NULL;
-	size_t siglen = 0;
-	if (srv->dkim != NULL && (c->trusted || env->auth_user != NULL))
-		conn_dkim_sign(c, p->queue_id, ev, ms, &sig, &siglen);
+	const char *sig = j && j->result == DKIM_SIGNED ? j->sig : NULL;
+	size_t siglen = sig ? j->siglen : 0;
+	if (j != NULL)
+		conn_dkim_log(srv, p->queue_id, j);
 	size_t blen = (size_t)hlen + siglen + ev->message.body_len;
 	uint8_t *body = malloc(blen ? blen : 1);
 	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
 	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
 	if (body == NULL || rv == NULL || rp == NULL) {
-		free(sig);
 		free(body);
 		free(rv);
 		free(rp);
@@ -662,7 +735,6 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	memcpy(body, hdr, (size_t)hlen);
 	if (siglen)
 		memcpy(body + hlen, sig, siglen);
-	free(sig);
 	memcpy(body + (size_t)hlen + siglen, ev->message.body, ev->message.body_len);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		relay__recipient__init(&rv[i]);
