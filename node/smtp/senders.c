@@ -64,6 +64,8 @@ static struct sender_user *
 user_find(const struct sender_table *t, const char *name)
 {
 	struct sender_user key = {.name = (char *)name};
+	if (t->n == 0)
+		return NULL; /* bsearch wants a non-NULL base */
 	return bsearch(&key, t->users, t->n, sizeof(*t->users), user_cmp);
 }
 
