@@ -11,8 +11,12 @@ quota) and, authenticated, from 127.0.32.99 (in mynetworks: only the per-user qu
   450 4.7.1 naming the reset time; every node's queue holds exactly those 10, and
   `relayctl quota 127.0.32.50 --json` on every node says 10;
 - max_messages_per_hour_per_user = 7 for alice: the same, with AUTH over STARTTLS.
-No message is delivered (dns_servers is a closed port, retry_base 1h).  Every wait has a deadline;
-every process started is stopped.
+- the other parts of issue 13 through the same cluster and balancer: alice may not send as
+  bob (553 5.7.1 from whichever node took the connection); a message from mynetworks with
+  From: in sign.example is signed by the node that accepted it (RSA-2048 and Ed25519), reaches
+  the destination from the domain's owner (any node) and verifies with python3-dkim.
+No other message is delivered (dns_servers is a closed port, retry_base 1h).  Every wait has a
+deadline; every process started is stopped.
 """
 import json
 import os
@@ -23,7 +27,9 @@ import subprocess
 import threading
 import time
 
+from dsttest import AioSink
 from relaytest import RelayTestCase, wait_for
+from test_dkim import dns_p, gen_key
 from test_tls_auth import make_cert, make_users
 
 RELAYCTL = os.environ.get("RELAYCTL", os.path.join(os.path.dirname(__file__),
@@ -36,6 +42,7 @@ CLIENT = "127.0.32.50"
 CLIENT2 = "127.0.32.51"
 TRUSTED = "127.0.32.99"
 CLIENT_QUOTA, USER_QUOTA = 10, 7
+DEST = "127.0.32.25"
 
 
 def ctl_json(addr, *args):
@@ -49,6 +56,12 @@ class QuotaClusterTest(RelayTestCase):
         super().setUp()
         cert, key = make_cert(self.tmp)
         users = make_users(self.tmp, {"alice": "wonderland"})
+        self.rsa = gen_key(os.path.join(self.tmp, "rsa.pem"), "rsa2048")
+        self.ed = gen_key(os.path.join(self.tmp, "ed.pem"), "ed25519")
+        perms = os.path.join(self.tmp, "senders")
+        with open(perms, "w") as f:
+            f.write("alice: alice@client.example, @client.example\n")
+        self.sink = AioSink(DEST, port=2525).start()
         self.cl = []
         for name, addr in zip(NAMES, ADDRS):
             self.cl.append(self.relayd(
@@ -58,7 +71,9 @@ class QuotaClusterTest(RelayTestCase):
                 retry_max="2h", proxy_from=LB_SRC + "/32", mynetworks=TRUSTED + "/32",
                 relay_domains="far.example", tls_cert=cert, tls_key=key,
                 auth_users_file=users, max_messages_per_hour_per_client=CLIENT_QUOTA,
-                max_messages_per_hour_per_user=USER_QUOTA))
+                max_messages_per_hour_per_user=USER_QUOTA, sender_permissions_file=perms,
+                dkim_keys="sign.example:r1:%s, sign.example:e1:%s" % (self.rsa, self.ed),
+                transport="dest.example=[%s]:2525" % DEST))
         for n in self.cl:
             n.start()
         wait_for(self.agreed_leader, 30, "an agreed leader", interval=0.2)
@@ -84,6 +99,7 @@ class QuotaClusterTest(RelayTestCase):
         self.ctx.verify_mode = ssl.CERT_NONE
 
     def tearDown(self):
+        self.sink.stop()
         if self.haproxy.poll() is None:
             self.haproxy.terminate()
             self.haproxy.wait(10)
@@ -241,6 +257,41 @@ class QuotaClusterTest(RelayTestCase):
         q = ctl_json(ADDRS[0], "quota", "2001:db8:1:2:3:4:5:6")
         self.assertEqual(q["client_key"], "2001:db8:1:2::/64")
         self.assertEqual(q["windows"], [])
+
+    def test_sender_rights_and_dkim_through_the_cluster(self):
+        import dkim
+        # sender rights: refused by whichever node the balancer picked, three times over
+        for i in range(3):
+            with smtplib.SMTP(LB, LB_PORT, local_hostname="quota.test",
+                              source_address=(CLIENT, 0), timeout=20) as s:
+                s.starttls(context=self.ctx)
+                s.ehlo()
+                s.login("alice", "wonderland")
+                code, text = s.mail("bob@other.example")
+                self.assertEqual((code, text.decode()),
+                                 (553, "5.7.1 <bob@other.example>: Sender address rejected: "
+                                       "not owned by user alice"))
+                self.assertEqual(s.mail("alice@client.example")[0], 250)
+        # DKIM: signed on the accepting node, delivered by the domain's owner, verified
+        keys = {b"r1": "v=DKIM1; k=rsa; p=" + dns_p(self.rsa, "rsa"),
+                b"e1": "v=DKIM1; k=ed25519; p=" + dns_p(self.ed, "ed25519")}
+
+        def dnsfunc(name, timeout=5):
+            return keys[name.split(b".")[0]].encode()
+        for i in range(3):
+            with smtplib.SMTP(LB, LB_PORT, local_hostname="quota.test",
+                              source_address=(TRUSTED, 0), timeout=20) as s:
+                s.sendmail("news@sign.example", ["reader@dest.example"],
+                           ("From: News <news@sign.example>\r\nTo: reader@dest.example\r\n"
+                            "Subject: signed %d\r\n\r\nsigned once, replicated\r\n" % i).encode())
+        wait_for(lambda: self.sink.count() >= 3, 30, "three signed messages delivered")
+        for _, _, data in self.sink.snapshot():
+            self.assertEqual(data.count(b"DKIM-Signature:"), 2, data[:400])
+            for idx in (0, 1):
+                d = dkim.DKIM(data)
+                self.assertTrue(d.verify(idx=idx, dnsfunc=dnsfunc), (idx, data[:600]))
+        signed_by = [n.name for n in self.cl if "event=dkim-signed d=sign.example" in n.log()]
+        self.assertGreaterEqual(len(signed_by), 2, signed_by)
 
 
 if __name__ == "__main__":
