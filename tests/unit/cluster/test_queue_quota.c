@@ -312,6 +312,49 @@ test_bound_and_sweep(void **state)
 	world_fini(&w);
 }
 
+/* A full table and an Accept whose own window is the oldest: the window it uses is never the
+ * one forgotten; the next oldest is (the smallest after skipping ours in the heap). */
+static void
+test_full_table_keeps_the_windows_in_use(void **state)
+{
+	(void)state;
+	struct world w;
+	world_init(&w);
+	char id[32], client[32];
+	/* the oldest window: user "old" at T0 */
+	assert_int_equal(accept_q(&w, "o0", T0, "old", 100, NULL, 0), 0);
+	for (unsigned i = 1; i < QUEUE_QUOTA_KEYS_MAX; i++) {
+		snprintf(id, sizeof(id), "k%u", i);
+		snprintf(client, sizeof(client), "c%05u", i);
+		assert_int_equal(accept_q(&w, id, T0 + i, NULL, 0, client, 5), 0);
+	}
+	/* "old" sends again with a new client key: one new window, the table is full; "old" is
+	 * the oldest but in use, so c00001 (start T0 + 1) goes */
+	assert_int_equal(accept_q(&w, "o1", T0 + 500000, "old", 100, "brand-new", 5), 0);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_USER, "old", NULL), 2);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_CLIENT, "brand-new", NULL), 1);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_CLIENT, "c00001", NULL), 0);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_CLIENT, "c00002", NULL), 1);
+	struct queue_fsm_stats st;
+	queue_fsm_stats(w.q, &st);
+	assert_int_equal(st.quota_evicted, 1);
+	/* two new windows at once, neither of them "old": the two oldest go, "old" (T0) first */
+	assert_int_equal(accept_q(&w, "n2", T0 + 600000, "newuser", 1, "newclient", 1), 0);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_USER, "old", NULL), 0);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_CLIENT, "c00002", NULL), 0);
+	assert_int_equal(count_of(&w, QUEUE_QUOTA_CLIENT, "c00003", NULL), 1);
+	queue_fsm_stats(w.q, &st);
+	assert_int_equal(st.quota_evicted, 3);
+	size_t n = 0;
+	queue_fsm_quotas(w.q, count_cb, &n);
+	assert_int_equal(n, QUEUE_QUOTA_KEYS_MAX);
+	struct queue_fsm *r;
+	assert_int_equal(queue_fsm_new(w.s, &r), 0);
+	assert_int_equal(queue_fsm_digest(r), queue_fsm_digest(w.q));
+	queue_fsm_free(r);
+	world_fini(&w);
+}
+
 int
 main(void)
 {
@@ -320,6 +363,7 @@ main(void)
 	    cmocka_unit_test(test_user_and_client),
 	    cmocka_unit_test(test_replicated_state),
 	    cmocka_unit_test(test_bound_and_sweep),
+	    cmocka_unit_test(test_full_table_keeps_the_windows_in_use),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
