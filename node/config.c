@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <strings.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -29,7 +30,7 @@ enum config_type {
 	CT_CIDRS,
 	CT_TRANSPORT,
 	CT_LOGLEVEL,
-	CT_BOOL,
+	CT_BOOL, /* yes/no (true/false, on/off, 1/0) into a bool */
 	CT_TLS_POLICY,
 };
 
@@ -78,7 +79,21 @@ static const struct config_key config_keys[] = {
      "PEM certificate chain for STARTTLS. Empty: STARTTLS and AUTH are not offered."},
     {"tls_key", CT_STRING, OFF(tls_key), "", 0, 0, "PEM private key for tls_cert."},
     {"auth_users_file", CT_STRING, OFF(auth_users_file), "", 0, 0,
-     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH."},
+     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH. Re-read on SIGHUP."},
+    {"sender_permissions_file", CT_STRING, OFF(sender_permissions_file), "", 0, 0,
+     "File of `user: pattern, ...` lines: the senders (MAIL FROM) each AUTH user may use; a pattern is an address, @domain or * (any, <> included). A user not listed may send as nobody: 553 5.7.1. mynetworks clients are not checked. Empty: any sender. Re-read on SIGHUP."},
+    {"max_messages_per_hour_per_user", CT_UINT, OFF(max_messages_per_hour_per_user), "0", 0,
+     1000000,
+     "Messages an AUTH user may send per hour, counted cluster-wide by the replicated queue (an hour from the user's first message in a window); more get 450 4.7.1 naming the reset time and are not queued. 0: no quota."},
+    {"max_messages_per_hour_per_client", CT_UINT, OFF(max_messages_per_hour_per_client), "0",
+     0, 1000000,
+     "Messages a client address (IPv6: its /64) outside mynetworks may send per hour, counted cluster-wide like max_messages_per_hour_per_user. 0: no quota."},
+    {"dkim_keys", CT_LIST, OFF(dkim_keys), "", 0, 0,
+     "DKIM signing keys, list of domain:selector:keyfile (PEM private key: RSA of 2048 bits or more, or Ed25519 per RFC 8463; a domain may have one of each and gets both signatures). Mail from mynetworks and AUTH clients whose From: domain has a key is signed once, on the accepting node, before it is queued. Empty: no signing."},
+    {"dkim_sign_subdomains", CT_BOOL, OFF(dkim_sign_subdomains), "no", 0, 0,
+     "yes: a From: domain without a key of its own is signed with the keys of its nearest parent domain in dkim_keys (d= the parent)."},
+    {"dkim_headers", CT_LIST, OFF(dkim_headers), "", 0, 0,
+     "Header fields DKIM signs (list of names), each instance present; From is always signed and oversigned. Empty: from, reply-to, sender, subject, date, to, cc, message-id, in-reply-to, references, mime-version, content-type, content-transfer-encoding, content-disposition, content-id and the list-* fields."},
     {"max_line_length", CT_UINT, OFF(max_line_length), "2048", 512, 65536,
      "Longest SMTP command line in bytes, CRLF included (RFC 5321 4.5.3.1.4 minimum 512)."},
     {"max_errors", CT_UINT, OFF(max_errors), "10", 1, 1000,
@@ -451,14 +466,6 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		*(char **)field = s;
 		return 0;
 	}
-	case CT_BOOL:
-		if (strcmp(value, "yes") == 0)
-			*(bool *)field = true;
-		else if (strcmp(value, "no") == 0)
-			*(bool *)field = false;
-		else
-			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
-		return 0;
 	case CT_LOGLEVEL:
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -467,6 +474,16 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		free(*(char **)field);
 		*(char **)field = strdup(value);
 		return *(char **)field ? 0 : config_fail("%s: out of memory", source);
+	case CT_BOOL:
+		if (!strcasecmp(value, "yes") || !strcasecmp(value, "true") ||
+		    !strcasecmp(value, "on") || !strcmp(value, "1"))
+			*(bool *)field = true;
+		else if (!strcasecmp(value, "no") || !strcasecmp(value, "false") ||
+			 !strcasecmp(value, "off") || !strcmp(value, "0"))
+			*(bool *)field = false;
+		else
+			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
+		return 0;
 	case CT_UINT:
 		if (parse_number(value, &num, (const char *const[]){NULL}, NULL, 1) != 0)
 			return config_fail("%s: %s: '%s' is not a number", source, k->name, value);
@@ -811,6 +828,50 @@ config_check_tls_out(const struct relay_config *cfg)
 	return 0;
 }
 
+/* dkim_keys entries are domain:selector:keyfile; dkim_headers entries are field names. */
+static int
+config_check_dkim(const struct relay_config *cfg)
+{
+	for (size_t i = 0; i < cfg->dkim_keys.n; i++) {
+		const char *e = cfg->dkim_keys.v[i];
+		const char *c1 = strchr(e, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		char dom[256], sel[64];
+		if (c1 == NULL || c2 == NULL || c2[1] == '\0' || (size_t)(c1 - e) >= sizeof(dom) ||
+		    (size_t)(c2 - c1 - 1) >= sizeof(sel) || c2 == c1 + 1)
+			return config_fail("dkim_keys: '%s' is not domain:selector:keyfile", e);
+		memcpy(dom, e, (size_t)(c1 - e));
+		dom[c1 - e] = '\0';
+		memcpy(sel, c1 + 1, (size_t)(c2 - c1 - 1));
+		sel[c2 - c1 - 1] = '\0';
+		for (char *p = dom; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		if (!valid_domain(dom))
+			return config_fail("dkim_keys: '%s': '%s' is not a domain", e, dom);
+		/* a selector is one or more DNS labels (RFC 6376 3.1) */
+		for (const char *p = sel; *p; p++)
+			if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_')
+				return config_fail("dkim_keys: '%s': '%s' is not a selector (letters, "
+						   "digits, '-', '_', '.')", e, sel);
+		if (sel[0] == '.' || sel[strlen(sel) - 1] == '.' || strstr(sel, ".."))
+			return config_fail("dkim_keys: '%s': '%s' is not a selector", e, sel);
+	}
+	if (cfg->dkim_headers.n > 64)
+		return config_fail("dkim_headers: more than 64 names");
+	for (size_t i = 0; i < cfg->dkim_headers.n; i++) {
+		const char *h = cfg->dkim_headers.v[i];
+		size_t n = strlen(h);
+		bool ok = n > 0 && n <= 64;
+		/* a field name: printable ASCII but ':' (RFC 5322 3.6.8) */
+		for (size_t j = 0; ok && j < n; j++)
+			ok = h[j] > 32 && h[j] < 127 && h[j] != ':';
+		if (!ok)
+			return config_fail("dkim_headers: '%s' is not a header field name", h);
+		if (strcasecmp(h, "dkim-signature") == 0)
+			return config_fail("dkim_headers: DKIM-Signature is never signed");
+	}
+	return 0;
+}
+
 int
 config_check(const struct relay_config *cfg)
 {
@@ -842,6 +903,11 @@ config_check(const struct relay_config *cfg)
 	if (cfg->auth_users_file[0] != '\0' && cfg->tls_cert[0] == '\0')
 		return config_fail("auth_users_file: AUTH is offered only after STARTTLS, so "
 				   "tls_cert and tls_key are needed too");
+	if (config_check_dkim(cfg) != 0)
+		return -1;
+	if (cfg->sender_permissions_file[0] != '\0' && cfg->auth_users_file[0] == '\0')
+		return config_fail("sender_permissions_file: needs auth_users_file (it says what "
+				   "each AUTH user may send as)");
 	if (cfg->relayhost[0] != '\0' && config_parse_route(cfg->relayhost, NULL) != 0)
 		return config_fail("relayhost: '%s' is not host[:port] or [host]:port",
 				   cfg->relayhost);
@@ -925,11 +991,11 @@ config_print(const struct relay_config *cfg, FILE *out)
 		case CT_SIZE:
 			fprintf(out, "%llu", (unsigned long long)*(const uint64_t *)field);
 			break;
-		case CT_DURATION:
-			fprintf(out, "%llums", (unsigned long long)*(const uint64_t *)field);
-			break;
 		case CT_BOOL:
 			fprintf(out, "%s", *(const bool *)field ? "yes" : "no");
+			break;
+		case CT_DURATION:
+			fprintf(out, "%llums", (unsigned long long)*(const uint64_t *)field);
 			break;
 		case CT_LIST:
 		case CT_DOMAINS:

@@ -74,6 +74,12 @@ struct relay_config {
 	char *tls_cert;
 	char *tls_key;
 	char *auth_users_file;
+	char *sender_permissions_file; /* user: pattern, ... ("": any sender) */
+	uint64_t max_messages_per_hour_per_user;   /* 0: no quota */
+	uint64_t max_messages_per_hour_per_client; /* 0: no quota */
+	struct config_list dkim_keys;    /* domain:selector:keyfile */
+	bool dkim_sign_subdomains;
+	struct config_list dkim_headers; /* empty: DKIM_DEFAULT_HEADERS */
 	uint64_t max_line_length;
 	uint64_t max_errors;
 	uint64_t command_timeout_ms;

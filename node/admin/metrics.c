@@ -69,6 +69,11 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 #undef X
 	http_printf(t, "relay_messages_rejected_total{reason=\"queue_unavailable\"} %" PRIu64 "\n",
 		    st.accept_failed);
+	family(t, "relay_dkim_messages_total", "counter",
+	       "Messages from mynetworks or AUTH clients by DKIM signing result (dkim_keys).");
+	http_printf(t, "relay_dkim_messages_total{result=\"signed\"} %" PRIu64 "\n", st.dkim[0]);
+	http_printf(t, "relay_dkim_messages_total{result=\"no_key\"} %" PRIu64 "\n", st.dkim[1]);
+	http_printf(t, "relay_dkim_messages_total{result=\"unsigned\"} %" PRIu64 "\n", st.dkim[2]);
 
 	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
 	family(t, "relay_proposal_latency_seconds", "histogram",

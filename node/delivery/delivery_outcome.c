@@ -131,6 +131,9 @@ msg_propose(struct dmsg *m, const Relay__Command *cmd)
 	}
 }
 
+/* What an expired recipient's reply starts with; the last error follows (or "none"). */
+#define DLV_EXPIRED_PREFIX "queue lifetime expired; last error: "
+
 /* Builds a DSN of `action` for the recipients flagged in sel (n of them) into acc (body and
  * strings owned by the caller's buffers: *body_out to free).  Returns 0 or -1. */
 static int
@@ -171,6 +174,15 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 			x->remote_mta = rmta[k][0] ? rmta[k] : NULL;
 		}
 		x->diag = res->reply && res->reply[0] ? res->reply : NULL;
+		x->expired = res->expired;
+		if (res->expired && x->diag != NULL &&
+		    strncmp(x->diag, DLV_EXPIRED_PREFIX, strlen(DLV_EXPIRED_PREFIX)) == 0) {
+			/* the DSN says "expired" with Status 4.4.7; its Diagnostic-Code is the
+			 * last reply itself (dsn.h) */
+			x->diag += strlen(DLV_EXPIRED_PREFIX);
+			if (strcmp(x->diag, "none") == 0)
+				x->diag = NULL;
+		}
 		x->last_attempt = last;
 		x->will_retry_until = action == DSN_ACTION_DELAYED ? until : NULL;
 		k++;
@@ -289,7 +301,7 @@ msg_complete(struct dmsg *m)
 				r->kind = RES_FAILED;
 				r->expired = true;
 				char buf[MTA_TEXT_MAX + 64];
-				snprintf(buf, sizeof(buf), "queue lifetime expired; last error: %s",
+				snprintf(buf, sizeof(buf), DLV_EXPIRED_PREFIX "%s",
 					 r->reply ? r->reply : "none");
 				free(r->reply);
 				r->reply = dlv__dup_max(buf, QUEUE_REPLY_MAX);

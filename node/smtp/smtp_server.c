@@ -26,10 +26,13 @@
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
+#include "dkim_sign.h"
 #include "log.h"
 #include "proxy.h"
+#include "queue_fsm.h" /* the quota windows (queue_fsm_quota) */
 #include "queue_id.h"
 #include "relay.pb-c.h"
+#include "senders.h"
 #include "smtp_received.h"
 #include "tls.h"
 
@@ -41,6 +44,9 @@ struct proposal {
 	struct smtp_server *srv;
 	struct conn *conn; /* NULL once the connection gave up on it */
 	uint64_t t0;	   /* uv_hrtime at propose */
+	uint64_t received_ms;
+	char user[SMTP_AUTH_FIELD_MAX + 1];  /* counted under this user ("": none) */
+	char client_key[INET6_ADDRSTRLEN + 8]; /* counted under this client ("": none) */
 	size_t size;
 	size_t nrcpt;
 	char queue_id[32];
@@ -48,7 +54,8 @@ struct proposal {
 
 struct auth_job {
 	uv_work_t req;
-	struct conn *conn; /* holds a ref */
+	struct conn *conn;	   /* holds a ref */
+	struct auth_table *table; /* a hold: a reload may replace srv->auth meanwhile */
 	char user[SMTP_AUTH_FIELD_MAX + 1];
 	char pass[SMTP_AUTH_FIELD_MAX + 1];
 	int ok;
@@ -79,6 +86,8 @@ struct conn {
 	int refs;      /* open handles + jobs */
 	bool reading, closing, close_after_write, busy, shutdown_after_message;
 	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
+	bool trusted;	     /* in mynetworks */
+	char qkey[INET6_ADDRSTRLEN + 8]; /* the client as quotas count it (quota_client_key) */
 	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
 	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
 	struct proposal *prop; /* in flight, or NULL */
@@ -91,7 +100,9 @@ struct smtp_server {
 	const struct relay_config *cfg;
 	struct cluster *cluster;
 	struct tls_ctx *tls;
-	struct auth_table *auth;
+	struct auth_table *auth;	 /* owned (one hold); replaced by smtp_server_reload */
+	struct sender_table *senders;	 /* owned; NULL: any sender (no sender_permissions_file) */
+	struct dkim_signer *dkim;	 /* owned; NULL: no dkim_keys */
 	struct smtp_session_config scfg;
 	struct smtp_counters counters;
 	uv_tcp_t listeners[CONFIG_LIST_MAX];
@@ -406,7 +417,7 @@ static void
 auth_work_cb(uv_work_t *req)
 {
 	struct auth_job *j = req->data;
-	j->ok = auth_table_check(j->conn->srv->auth, j->user, j->pass);
+	j->ok = auth_table_check(j->table, j->user, j->pass);
 }
 
 static void
@@ -419,6 +430,7 @@ auth_after_cb(uv_work_t *req, int status)
 	struct conn *c = j->conn;
 	char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
 	explicit_bzero(j->pass, sizeof(j->pass));
+	auth_table_free(j->table);
 	if (!c->closing) {
 		int ok = status == 0 && j->ok;
 		if (ok)
@@ -448,15 +460,80 @@ conn_start_auth(struct conn *c, const struct smtp_event *ev)
 	j->req.data = j;
 	snprintf(j->user, sizeof(j->user), "%s", ev->auth.user);
 	snprintf(j->pass, sizeof(j->pass), "%s", ev->auth.password);
+	j->table = auth_table_hold(c->srv->auth); /* before the job can run */
 	if (c->srv->auth == NULL ||
 	    uv_queue_work(c->srv->loop, &j->req, auth_work_cb, auth_after_cb) != 0) {
 		explicit_bzero(j->pass, sizeof(j->pass));
+		auth_table_free(j->table);
 		free(j);
 		smtp_session_auth_result(c->sess, 0);
 		return;
 	}
 	c->refs++;
 	c->busy = true;
+}
+
+/* ---- quotas (max_messages_per_hour_per_user / _per_client; cluster/queue_fsm.h) ---- */
+
+void
+smtp_quota_client_key(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+	char a[INET6_ADDRSTRLEN];
+	if (ss->ss_family == AF_INET6) {
+		struct in6_addr x = ((const struct sockaddr_in6 *)ss)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(&x)) {
+			inet_ntop(AF_INET, &x.s6_addr[12], a, sizeof(a));
+			snprintf(out, cap, "%s", a);
+			return;
+		}
+		memset(&x.s6_addr[8], 0, 8);
+		inet_ntop(AF_INET6, &x, a, sizeof(a));
+		snprintf(out, cap, "%s/64", a);
+		return;
+	}
+	inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a, sizeof(a));
+	snprintf(out, cap, "%s", a);
+}
+
+/*
+ * Is (user, client key) over its quota at at_ms, by this node's applied windows?  1 with the
+ * 450 text (naming what is over and when its window resets) in text, else 0.  user or ckey
+ * NULL/"": not counted.
+ */
+static int
+quota_over(struct smtp_server *srv, const char *user, const char *ckey, uint64_t at_ms,
+	   char *text, size_t cap)
+{
+	const struct relay_config *cfg = srv->cfg;
+	const struct queue_fsm *fsm = cluster_queue(srv->cluster);
+	struct queue_quota w;
+	struct {
+		char kind;
+		const char *name, *what;
+		uint64_t limit;
+	} keys[2] = {
+	    {QUEUE_QUOTA_USER, user, "user", cfg->max_messages_per_hour_per_user},
+	    {QUEUE_QUOTA_CLIENT, ckey, "client", cfg->max_messages_per_hour_per_client},
+	};
+	for (int i = 0; i < 2; i++) {
+		if (keys[i].limit == 0 || keys[i].name == NULL || keys[i].name[0] == '\0' ||
+		    fsm == NULL || queue_fsm_quota(fsm, keys[i].kind, keys[i].name, &w) != 0)
+			continue;
+		uint64_t end = w.start_ms + QUEUE_QUOTA_WINDOW_MS;
+		if (at_ms >= end || w.count < keys[i].limit)
+			continue;
+		char when[32];
+		time_t t = (time_t)(end / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		snprintf(text, cap,
+			 "Hourly message quota reached for %s %s (%" PRIu64 " per hour); it resets "
+			 "at %s",
+			 keys[i].what, keys[i].name, keys[i].limit, when);
+		return 1;
+	}
+	return 0;
 }
 
 static void
@@ -472,9 +549,16 @@ propose_cb(void *arg, int status)
 		else
 			p->srv->stats.accept_failed++;
 	}
+	char qtext[SMTP_REPLY_TEXT_MAX];
+	if (status == CLUSTER_EQUOTA &&
+	    !quota_over(p->srv, p->user, p->client_key, p->received_ms, qtext, sizeof(qtext)))
+		snprintf(qtext, sizeof(qtext), "Hourly message quota reached; try again later");
 	if (status == 0)
 		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
 			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
+	else if (status == CLUSTER_EQUOTA)
+		log_info(p->queue_id, "event=reject cmd=DATA code=450 enh=4.7.1 reason=\"%s\"%s",
+			 qtext, c == NULL ? " client=gone" : "");
 	else
 		log_warn(p->queue_id, "event=propose-failed error=\"%s\" commit_ms=%" PRIu64,
 			 cluster_strerror(status), ms);
@@ -486,6 +570,9 @@ propose_cb(void *arg, int status)
 			snprintf(text, sizeof(text), "Ok: queued as %s", p->queue_id);
 			smtp_session_message_result(c->sess, 250, "2.0.0", text);
 			c->messages++;
+		} else if (status == CLUSTER_EQUOTA) {
+			p->srv->counters.over_quota++;
+			smtp_session_message_result(c->sess, 450, "4.7.1", qtext);
 		} else {
 			smtp_session_message_result(c->sess, 451, "4.3.0",
 						    "Queue unavailable, try again later");
@@ -504,14 +591,107 @@ conn_reject_message(struct conn *c, const char *why)
 	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
 }
 
+/*
+ * DKIM (dkim_sign.h): a message of a client from mynetworks or authenticated is signed on the
+ * libuv thread pool (an RSA signature costs a fraction of a millisecond: not on the loop),
+ * then proposed with its signature.  The job holds a ref on the conn, which keeps the session
+ * and so the message body (owned by the pending SMTP_EV_MESSAGE) alive; a conn that closed
+ * meanwhile drops the result.
+ */
+struct sign_job {
+	uv_work_t req;
+	struct conn *conn;	   /* holds a ref */
+	struct dkim_signer *signer; /* borrowed (the server's; read-only) */
+	const char *body;	   /* borrowed from the session's pending event */
+	size_t body_len;
+	uint64_t ms;		   /* receive time: t= and the Accept's received_ms */
+	enum dkim_sign_result result;
+	char *sig; /* owned: the DKIM-Signature field(s) */
+	size_t siglen;
+	char domain[256], why[96];
+};
+
+static void conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms,
+				 struct sign_job *j);
+
+static void
+sign_work_cb(uv_work_t *req)
+{
+	struct sign_job *j = req->data;
+	j->result = dkim_signer_sign(j->signer, j->body, j->body_len, j->ms / 1000, &j->sig,
+				     &j->siglen, j->domain, j->why);
+}
+
+static void
+sign_after_cb(uv_work_t *req, int status)
+{
+	struct sign_job *j = req->data;
+	struct conn *c = j->conn;
+	struct smtp_event ev;
+	if (status != 0) { /* cancelled: queued unsigned */
+		j->result = DKIM_SIGN_FAILED;
+		snprintf(j->why, sizeof(j->why), "signing job cancelled");
+	}
+	if (!c->closing && smtp_session_event(c->sess, &ev) == SMTP_EV_MESSAGE) {
+		c->busy = false;
+		conn_propose_message(c, &ev, j->ms, j);
+		conn_process(c);
+	}
+	free(j->sig);
+	free(j);
+	conn_unref(c);
+}
+
 static void
 conn_start_message(struct conn *c, const struct smtp_event *ev)
+{
+	struct smtp_server *srv = c->srv;
+	uint64_t ms = now_ms();
+	if (srv->dkim == NULL || !(c->trusted || ev->message.env->auth_user != NULL)) {
+		conn_propose_message(c, ev, ms, NULL);
+		return;
+	}
+	struct sign_job *j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		conn_reject_message(c, "out of memory");
+		return;
+	}
+	j->req.data = j;
+	j->conn = c;
+	j->signer = srv->dkim;
+	j->body = ev->message.body;
+	j->body_len = ev->message.body_len;
+	j->ms = ms;
+	if (uv_queue_work(srv->loop, &j->req, sign_work_cb, sign_after_cb) != 0) {
+		free(j);
+		conn_reject_message(c, "cannot queue the signing job");
+		return;
+	}
+	c->refs++;
+	c->busy = true;
+}
+
+/* Logs and counts a signing result under the message's queue id. */
+static void
+conn_dkim_log(struct smtp_server *srv, const char *queue_id, const struct sign_job *j)
+{
+	srv->stats.dkim[j->result == DKIM_SIGNED ? 0 : j->result == DKIM_SIGN_NO_KEY ? 1 : 2]++;
+	if (j->result == DKIM_SIGNED)
+		log_info(queue_id, "event=dkim-signed d=%s", j->domain);
+	else if (j->result == DKIM_SIGN_NO_KEY)
+		log_debug(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
+	else
+		log_warn(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
+}
+
+/* Proposes the message of ev (received at ms) with the signature of j (NULL: unsigned). */
+static void
+conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms, struct sign_job *j)
 {
 	struct smtp_server *srv = c->srv;
 	const struct smtp_envelope *env = ev->message.env;
 	struct proposal *p = calloc(1, sizeof(*p));
 	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
-	uint64_t ms = now_ms();
 	if (p == NULL) {
 		conn_reject_message(c, "out of memory");
 		return;
@@ -535,7 +715,11 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
 	if (hlen < 0)
 		hlen = 0;
-	size_t blen = (size_t)hlen + ev->message.body_len;
+	const char *sig = j && j->result == DKIM_SIGNED ? j->sig : NULL;
+	size_t siglen = sig ? j->siglen : 0;
+	if (j != NULL)
+		conn_dkim_log(srv, p->queue_id, j);
+	size_t blen = (size_t)hlen + siglen + ev->message.body_len;
 	uint8_t *body = malloc(blen ? blen : 1);
 	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
 	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
@@ -547,8 +731,11 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 		conn_reject_message(c, "out of memory");
 		return;
 	}
+	/* our Received:, the DKIM-Signature field(s), then the message as the client sent it */
 	memcpy(body, hdr, (size_t)hlen);
-	memcpy(body + hlen, ev->message.body, ev->message.body_len);
+	if (siglen)
+		memcpy(body + hlen, sig, siglen);
+	memcpy(body + (size_t)hlen + siglen, ev->message.body, ev->message.body_len);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		relay__recipient__init(&rv[i]);
 		rv[i].addr = (char *)env->rcpts[i].addr;
@@ -576,6 +763,19 @@ conn_start_message(struct conn *c, const struct smtp_event *ev)
 	acc.helo = (char *)env->helo;
 	acc.auth_user = (char *)env->auth_user;
 	acc.node_id = srv->cfg->node_id;
+	/* quotas: the limits in force here travel with the Accept (queue_fsm.h "Quotas") */
+	p->received_ms = ms;
+	if (env->auth_user != NULL && srv->cfg->max_messages_per_hour_per_user > 0) {
+		acc.has_quota_user = true;
+		acc.quota_user = (uint32_t)srv->cfg->max_messages_per_hour_per_user;
+		snprintf(p->user, sizeof(p->user), "%s", env->auth_user);
+	}
+	if (!c->trusted && srv->cfg->max_messages_per_hour_per_client > 0) {
+		acc.has_quota_client = true;
+		acc.quota_client = (uint32_t)srv->cfg->max_messages_per_hour_per_client;
+		acc.client_key = c->qkey;
+		snprintf(p->client_key, sizeof(p->client_key), "%s", c->qkey);
+	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
 	cmd.accept = &acc;
@@ -831,6 +1031,41 @@ conn_refuse(struct conn *c, const char *event, const char *reason)
 }
 
 /*
+ * The MAIL FROM policy (smtp_mail_check_cb): clients in mynetworks are not checked; an
+ * authenticated client may use only the senders sender_permissions_file gives its user.
+ */
+static void
+conn_mail_check(void *arg, const char *auth_user, const char *mail_from,
+		struct smtp_mail_verdict *v)
+{
+	struct conn *c = arg;
+	struct smtp_server *srv = c->srv;
+	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
+	/* an early refusal from the applied windows; the Accept's apply decides in the end */
+	if (quota_over(srv, auth_user, c->trusted ? NULL : c->qkey, now_ms(), v->text,
+		       sizeof(v->text))) {
+		v->code = 450;
+		v->reason = SMTP_MAIL_OVER_QUOTA;
+		snprintf(v->enh, sizeof(v->enh), "4.7.1");
+		log_info(c->id, "event=reject cmd=MAIL code=450 enh=4.7.1 client=%s reason=\"%s\"",
+			 c->addr, v->text);
+		return;
+	}
+	if (c->trusted || auth_user == NULL || srv->senders == NULL ||
+	    sender_table_allows(srv->senders, auth_user, mail_from))
+		return;
+	v->code = 553;
+	v->reason = SMTP_MAIL_SENDER_DENIED;
+	snprintf(v->enh, sizeof(v->enh), "5.7.1");
+	snprintf(v->text, sizeof(v->text), "<%s>: Sender address rejected: not owned by user %s",
+		 mail_from, auth_user);
+	log_info(c->id, "event=reject cmd=MAIL code=553 enh=5.7.1 client=%s user=%s from=<%s> "
+			"reason=\"sender not owned by user\"",
+		 c->addr, log_safe(auth_user, strlen(auth_user), safe_user, sizeof(safe_user)),
+		 log_safe(mail_from, strlen(mail_from), safe_from, sizeof(safe_from)));
+}
+
+/*
  * The client is known (the socket's peer, or the one a PROXY header named): apply the
  * connection limits to it, then start the SMTP session and greet.
  */
@@ -851,9 +1086,12 @@ conn_start_session(struct conn *c)
 		conn_refuse(c, "refused", "too many connections from your address");
 		return;
 	}
+	c->trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
+	smtp_quota_client_key(&c->peer, c->qkey, sizeof(c->qkey));
 	struct smtp_session_client client = {
-	    .trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .trusted = c->trusted,
 	    .tls_active = false,
+	    .check_arg = c,
 	};
 	if (smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
 		conn_close(c);
@@ -943,11 +1181,13 @@ connection_cb(uv_stream_t *l, int status)
 
 int
 smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
-		  struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out, char *err,
-		  size_t errlen)
+		  struct tls_ctx *tls, struct auth_table *auth, struct sender_table *senders,
+		  struct smtp_server **out, char *err, size_t errlen)
 {
 	struct smtp_server *srv = calloc(1, sizeof(*srv));
 	if (srv == NULL) {
+		auth_table_free(auth);
+		sender_table_free(senders);
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -956,6 +1196,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->cluster = cluster;
 	srv->tls = tls;
 	srv->auth = auth;
+	srv->senders = senders;
 	srv->scfg.hostname = cfg->hostname;
 	srv->scfg.max_message_size = cfg->max_message_size;
 	srv->scfg.max_recipients = cfg->max_recipients;
@@ -966,6 +1207,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->scfg.tls_available = tls != NULL;
 	srv->scfg.auth_available = auth != NULL;
 	srv->scfg.counters = &srv->counters;
+	srv->scfg.mail_check = conn_mail_check;
 	if (log_enabled(LOG_DEBUG)) {
 		srv->scfg.trace_cb = trace_cb;
 		srv->scfg.trace_arg = (void *)"smtp";
@@ -999,6 +1241,9 @@ server_free_cb(uv_handle_t *h)
 	struct smtp_server *srv = h->data;
 	void (*done)(void *) = srv->done;
 	void *arg = srv->done_arg;
+	auth_table_free(srv->auth);
+	sender_table_free(srv->senders);
+	dkim_signer_free(srv->dkim);
 	free(srv);
 	if (done)
 		done(arg);
@@ -1056,4 +1301,43 @@ smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg
 	}
 	uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, srv->cfg->shutdown_timeout_ms, 0);
 	server_maybe_done(srv);
+}
+
+int
+smtp_server_reload(struct smtp_server *srv)
+{
+	const struct relay_config *cfg = srv->cfg;
+	struct auth_table *auth = NULL;
+	struct sender_table *senders = NULL;
+	char err[512];
+	if (cfg->auth_users_file[0] != '\0' &&
+	    auth_table_load(cfg->auth_users_file, &auth, err, sizeof(err)) != 0)
+		goto err_keep;
+	if (cfg->sender_permissions_file[0] != '\0' &&
+	    sender_table_load(cfg->sender_permissions_file, &senders, err, sizeof(err)) != 0)
+		goto err_after_auth;
+	if (cfg->auth_users_file[0] != '\0') {
+		auth_table_free(srv->auth); /* checks in flight keep their own hold */
+		srv->auth = auth;
+	}
+	if (cfg->sender_permissions_file[0] != '\0') {
+		sender_table_free(srv->senders);
+		srv->senders = senders;
+	}
+	log_info("-", "event=reload auth_users=%zu sender_users=%zu sender_patterns=%zu",
+		 auth_table_count(srv->auth), sender_table_users(srv->senders),
+		 sender_table_patterns(srv->senders));
+	return 0;
+err_after_auth:
+	auth_table_free(auth);
+err_keep:
+	log_warn("-", "event=reload-failed error=\"%s\" action=kept-previous-tables", err);
+	return -1;
+}
+
+void
+smtp_server_set_dkim(struct smtp_server *srv, struct dkim_signer *dkim)
+{
+	dkim_signer_free(srv->dkim);
+	srv->dkim = dkim;
 }

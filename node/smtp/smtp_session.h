@@ -91,6 +91,8 @@
 	X(auth_failed, "AUTH refused by the verifier, cancelled or malformed")                     \
 	X(bare_newline, "messages with bare CR/LF normalized to CRLF (smuggling defence)")         \
 	X(need_smtputf8, "UTF-8 address without the SMTPUTF8 parameter")                           \
+	X(sender_denied, "MAIL refused: sender address not owned by the authenticated user")       \
+	X(over_quota, "MAIL or message refused: hourly message quota reached")                     \
 	X(nomem, "replies 451 because an allocation failed")                                       \
 	X(timeouts, "sessions closed by smtp_session_timeout")                                     \
 	X(tls_failed, "STARTTLS handshakes reported failed")                                       \
@@ -111,6 +113,28 @@ struct smtp_session;
 typedef void (*smtp_trace_cb)(void *arg, const struct smtp_session *s, const char *from_state,
 			      const char *to_state);
 
+/* What a MAIL FROM policy hook says about a sender it refuses (code 0: accepted). */
+enum smtp_mail_refusal {
+	SMTP_MAIL_SENDER_DENIED = 1, /* counted in sender_denied */
+	SMTP_MAIL_OVER_QUOTA,	     /* counted in over_quota */
+};
+struct smtp_mail_verdict {
+	int code;		 /* 0: accept; else a 4xx/5xx reply code */
+	enum smtp_mail_refusal reason;
+	char enh[12];		 /* "5.7.1" */
+	char text[SMTP_REPLY_TEXT_MAX + 1];
+};
+
+/*
+ * MAIL FROM policy hook: called once a MAIL command is otherwise valid, before its 250, with
+ * the session's check_arg (struct smtp_session_client), the authenticated user (NULL when
+ * none) and the reverse-path without brackets ("" for <>).  It fills v (zeroed by the caller)
+ * and must not call back into the session.  A refusal is answered "<code> <enh> <text>" and
+ * counts as a peer error.
+ */
+typedef void (*smtp_mail_check_cb)(void *check_arg, const char *auth_user, const char *mail_from,
+				   struct smtp_mail_verdict *v);
+
 /* Server-wide settings.  Borrowed by every session; must outlive them. */
 struct smtp_session_config {
 	const char *hostname;	    /* greeting, EHLO, 421s; borrowed; NULL means "localhost" */
@@ -123,6 +147,7 @@ struct smtp_session_config {
 	bool tls_available;		/* a certificate is configured: offer STARTTLS */
 	bool auth_available;		/* AUTH configured: offer AUTH PLAIN LOGIN after TLS */
 	struct smtp_counters *counters; /* may be NULL; borrowed */
+	smtp_mail_check_cb mail_check;	/* may be NULL: every valid MAIL is accepted */
 	smtp_trace_cb trace_cb;		/* may be NULL */
 	void *trace_arg;
 };
@@ -131,6 +156,7 @@ struct smtp_session_config {
 struct smtp_session_client {
 	bool trusted;	 /* in mynetworks: may relay to any domain (G5) */
 	bool tls_active; /* connection already on TLS (implicit TLS listener) */
+	void *check_arg; /* passed to cfg->mail_check; borrowed */
 };
 
 enum smtp_event_type {

@@ -72,7 +72,12 @@ class Dnsmasq:
         for domain in null_mx:
             args.append("--dns-rr=%s,15,000000" % domain)
         for name, text in txt:
-            args.append("--txt-record=%s,%s" % (name, text))
+            # one TXT record; a text over 255 bytes becomes several strings (RFC 1035 3.3.14).
+            # On dnsmasq's command line a comma separates strings and quotes stay literal,
+            # so the text must not contain a comma.
+            assert "," not in text, text
+            parts = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+            args.append("--txt-record=%s,%s" % (name, ",".join(parts)))
         self.args = args
         self.proc = None
         self.probe = a[0][0] if a else None

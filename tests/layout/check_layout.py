@@ -27,7 +27,8 @@ ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
     'rocksdb/': {'storage/store_rocksdb.c'},
     'nng/': {'cluster/transport.c'},
-    'openssl/': {'node/tls.c'},
+    # node/crypto.c: DKIM's keys, signatures and SHA-256 (issue 13); node/tls.c: TLS
+    'openssl/': {'node/tls.c', 'node/crypto.c'},
     'ares': {'node/delivery/resolver.c'},
     'curl/': {'node/delivery/https_fetch.c'},
     'microhttpd': {'node/admin/http.c'},
