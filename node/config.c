@@ -30,7 +30,7 @@ enum config_type {
 	CT_CIDRS,
 	CT_TRANSPORT,
 	CT_LOGLEVEL,
-	CT_BOOL, /* yes/no (true/false, on/off, 1/0) into a bool */
+	CT_BOOL, /* exactly yes or no, into a bool */
 	CT_TLS_POLICY,
 };
 
@@ -475,11 +475,9 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		*(char **)field = strdup(value);
 		return *(char **)field ? 0 : config_fail("%s: out of memory", source);
 	case CT_BOOL:
-		if (!strcasecmp(value, "yes") || !strcasecmp(value, "true") ||
-		    !strcasecmp(value, "on") || !strcmp(value, "1"))
+		if (strcmp(value, "yes") == 0)
 			*(bool *)field = true;
-		else if (!strcasecmp(value, "no") || !strcasecmp(value, "false") ||
-			 !strcasecmp(value, "off") || !strcmp(value, "0"))
+		else if (strcmp(value, "no") == 0)
 			*(bool *)field = false;
 		else
 			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
