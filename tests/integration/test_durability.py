@@ -1,7 +1,7 @@
 """test_durability: a 250 is written only after the WAL holding the message is fsynced, and a
 damaged WAL stops a node instead of losing synced records (issue 11, G1).
 
-Addresses 127.0.31.1 (single nodes) and 127.0.31.11-13 (a cluster over mutual TLS).  Delivery
+Addresses 127.0.35.1 (single nodes) and 127.0.35.11-13 (a cluster over mutual TLS).  Delivery
 never succeeds (dns_servers is a closed port, retry_base 1h): messages stay queued.
 
 - Every 250 after a sync (synctrace.py reads strace's record of the kernel calls): a single node
@@ -27,8 +27,8 @@ import unittest
 import synctrace
 from relaytest import RelayTestCase, port_open, wait_for
 
-ADDR = "127.0.31.1"
-ADDRS = ["127.0.31.11", "127.0.31.12", "127.0.31.13"]
+ADDR = "127.0.35.1"
+ADDRS = ["127.0.35.11", "127.0.35.12", "127.0.35.13"]
 NAMES = ["d1", "d2", "d3"]
 PEERS = ",".join("%s=%s:7401" % (n, a) for n, a in zip(NAMES, ADDRS))
 COMMON = dict(retry_base="1h", retry_max="1h", propose_timeout="20s")

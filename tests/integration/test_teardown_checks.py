@@ -4,7 +4,7 @@ Every integration test that starts relayd through RelayTestCase.relayd() gets, a
 node still running is stopped with SIGTERM and must exit 0; every run must have ended as the test
 said (kill: SIGKILL, stop/terminate: 0, expect_exit: the codes given); no node log may hold a
 sanitizer report.  These cases show that each check fires (a check that cannot fail proves
-nothing), on relayd on 127.0.32.1-3.
+nothing), on relayd on 127.0.36.1-3.
 """
 import signal
 import unittest
@@ -14,7 +14,7 @@ from relaytest import RelayTestCase, wait_for
 
 class TeardownChecksTest(RelayTestCase):
     def test_expected_ends_pass(self):
-        n = self.relayd(addr="127.0.32.1", port=2525)
+        n = self.relayd(addr="127.0.36.1", port=2525)
         n.start()
         n.kill()                      # SIGKILL, as the test wants
         n.start()
@@ -26,7 +26,7 @@ class TeardownChecksTest(RelayTestCase):
         self.assertEqual(n.problems(), [])
 
     def test_unexpected_signal_and_exit_are_reported(self):
-        n = self.relayd(addr="127.0.32.2", port=2525)
+        n = self.relayd(addr="127.0.36.2", port=2525)
         n.start()
         n.proc.send_signal(signal.SIGABRT)  # as a crash or an assertion would end it
         wait_for(lambda: not n.alive(), 10, "relayd to die")
@@ -43,7 +43,7 @@ class TeardownChecksTest(RelayTestCase):
         n.runs = []  # seen: do not fail this test's own teardown
 
     def test_sanitizer_report_in_log_is_reported(self):
-        n = self.relayd(addr="127.0.32.3", port=2525)
+        n = self.relayd(addr="127.0.36.3", port=2525)
         n.start()
         self.assertEqual(n.stop(), 0)
         self.assertEqual(n.problems(), [])
