@@ -31,7 +31,7 @@ work=$(mktemp -d /tmp/relayd-e2e.XXXXXX)
   --transport=dst.perfbase.test=127.0.0.1:"$SINK" --dns-servers=127.0.0.1:53 \
   --max-connections-per-destination="$DEST_CONC" --max-deliveries=100 \
   --max-messages-per-connection=1000 --retry-base=1s --retry-max=5s \
-  --log-level=warn 2>"$work/relayd.log" &
+  ${DKIM_KEYS:+--dkim-keys="$DKIM_KEYS"} --log-level=warn 2>"$work/relayd.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do ss -ltn "sport = :$PORT" | grep -q LISTEN && break; sleep 0.1; done

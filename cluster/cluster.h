@@ -13,6 +13,9 @@
  * wait for the next one).  When the write completes, the entries are committed and applied in
  * log order on the loop thread, then the callbacks run in the same order.
  *
+ * An Accept the queue state machine refuses over an hourly quota (queue_fsm.h "Quotas") gets
+ * cb(CLUSTER_EQUOTA) on every node alike: committed, but nothing was queued.
+ *
  * Failure modes: a failed write gives every proposal of that batch cb(CLUSTER_EIO) and does not
  * advance the log; more than max_pending proposals waiting gives CLUSTER_EBUSY at once (the SMTP
  * session answers 451 and the client retries); cluster_close fails the proposals not yet written

@@ -26,7 +26,8 @@
 	X(CLUSTER_EEXIST, -12, "already a member")                                                 \
 	X(CLUSTER_ENOMEMBER, -13, "no such member")                                                \
 	X(CLUSTER_EFULL, -14, "the cluster has its maximum number of members")                     \
-	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")
+	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")                         \
+	X(CLUSTER_EQUOTA, -16, "hourly message quota reached (the Accept was refused)")
 
 enum cluster_errno {
 #define CLUSTER__ERRNO_ENUM(name, val, str) name = (val),

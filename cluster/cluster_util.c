@@ -78,6 +78,8 @@ cluster__queue_err(int rv)
 		return CLUSTER_ECORRUPT;
 	case QUEUE_ENOTFOUND:
 		return CLUSTER_ENOTFOUND;
+	case QUEUE_EQUOTA:
+		return CLUSTER_EQUOTA;
 	default:
 		return CLUSTER_EIO;
 	}

@@ -23,6 +23,53 @@ own_init(struct own *o, const struct own_config *cfg)
 		o->retry_ms = 1;
 	o->drain_timeout_ms = cfg->drain_timeout_ms ? cfg->drain_timeout_ms
 						    : OWN_DEFAULT_DRAIN_TIMEOUT_MS;
+	o->margin_ms = cfg->margin_ms ? cfg->margin_ms : o->lease_ms / 8;
+	if (cfg->margin_ms == 0 && o->margin_ms < OWN_COMMIT_MARGIN_MIN_MS)
+		o->margin_ms = OWN_COMMIT_MARGIN_MIN_MS;
+	if (o->margin_ms > o->lease_ms / 2)
+		o->margin_ms = o->lease_ms / 2; /* a lease must leave room to act */
+}
+
+/* ---------------------------------------------------------------- the clock */
+
+static uint64_t
+clamp(uint64_t t, uint64_t now)
+{
+	return t > now ? (now ? now : 1) : t;
+}
+
+/*
+ * Every call that changes *o passes its time here first.  A time earlier than one given before
+ * means the host's clock went back (it must be monotonic, see ownership.h): what was counted on
+ * the old clock cannot be trusted.  The lease is dropped, the renew in flight will not extend it,
+ * and every remembered time later than now is brought back to now: a renew is due at once, and
+ * the leader's verdicts wait a whole lease + grace again from now (late, never early).
+ */
+static void
+own_clock(struct own *o, uint64_t now)
+{
+	if (now >= o->clock_ms) {
+		o->clock_ms = now;
+		return;
+	}
+	o->clock_backsteps++;
+	o->clock_ms = now;
+	o->lease_until = 0;
+	if (o->renew_inflight)
+		o->renew_distrusted = true;
+	o->renew_sent_ms = clamp(o->renew_sent_ms, now);
+	if (o->last_renew_ms > now)
+		o->last_renew_ms = 0; /* due at once (own_renew_due) */
+	o->live_proposed_ms = clamp(o->live_proposed_ms, now);
+	o->drain_seen_ms = clamp(o->drain_seen_ms, now);
+	o->drained_proposed_ms = clamp(o->drained_proposed_ms, now);
+	o->leader_since_ms = clamp(o->leader_since_ms, now);
+	for (size_t i = 0; i < QUEUE_MEMBERS_MAX; i++) {
+		struct own_seen *s = &o->seen[i];
+		s->seen_ms = clamp(s->seen_ms, now);
+		s->proposed_ms = clamp(s->proposed_ms, now);
+		s->out_since_ms = clamp(s->out_since_ms, now);
+	}
 }
 
 /* ---------------------------------------------------------------- owner side */
@@ -40,7 +87,9 @@ own_renew_due(const struct own *o, uint64_t now)
 void
 own_renew_sent(struct own *o, uint64_t now)
 {
+	own_clock(o, now);
 	o->renew_inflight = true;
+	o->renew_distrusted = false;
 	o->renew_sent_ms = now;
 	o->last_renew_ms = now ? now : 1;
 }
@@ -48,10 +97,14 @@ own_renew_sent(struct own *o, uint64_t now)
 void
 own_renew_done(struct own *o, bool ok, uint64_t now)
 {
-	(void)now;
+	own_clock(o, now);
 	if (!o->renew_inflight)
 		return;
 	o->renew_inflight = false;
+	if (o->renew_distrusted) {
+		o->renew_distrusted = false;
+		ok = false; /* sent on a clock that went back since: its time means nothing now */
+	}
 	if (!ok) {
 		o->renew_failures++;
 		return;
@@ -65,24 +118,42 @@ own_renew_done(struct own *o, bool ok, uint64_t now)
 bool
 own_lease_held(const struct own *o, uint64_t now)
 {
-	return o->lease_until != 0 && now < o->lease_until;
+	return o->lease_until != 0 && now >= o->clock_ms && now < o->lease_until;
+}
+
+bool
+own_lease_margin(const struct own *o, uint64_t now)
+{
+	return own_lease_held(o, now) && now + o->margin_ms < o->lease_until;
 }
 
 bool
 own_may_act(const struct own *o, uint64_t now, int self_state)
 {
-	return self_state == QUEUE_MEMBER_LIVE && own_lease_held(o, now);
+	return self_state == QUEUE_MEMBER_LIVE && own_lease_margin(o, now);
+}
+
+/* Is the item's domain this node's at the epoch the attempt carries? */
+static bool
+own_item_mine(const struct own *o, const char *owner, uint64_t epoch, uint64_t item_epoch)
+{
+	return owner != NULL && strcmp(owner, o->self) == 0 && epoch != 0 && epoch == item_epoch;
 }
 
 bool
 own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner,
 	      uint64_t epoch, uint64_t item_epoch)
 {
-	if (owner == NULL || strcmp(owner, o->self) != 0)
-		return false;
-	if (epoch == 0 || epoch != item_epoch)
-		return false;
-	return own_may_act(o, now, self_state);
+	return own_item_mine(o, owner, epoch, item_epoch) && own_may_act(o, now, self_state);
+}
+
+bool
+own_may_commit(const struct own *o, uint64_t now, int self_state, const char *owner,
+	       uint64_t epoch, uint64_t item_epoch)
+{
+	return own_item_mine(o, owner, epoch, item_epoch) &&
+	       (self_state == QUEUE_MEMBER_LIVE || self_state == QUEUE_MEMBER_DRAINING) &&
+	       own_lease_margin(o, now);
 }
 
 bool
@@ -91,6 +162,7 @@ own_self_live_due(struct own *o, uint64_t now, int self_state, bool revive)
 	bool want = self_state < 0 || self_state == QUEUE_MEMBER_DOWN ||
 		    self_state == QUEUE_MEMBER_REMOVED ||
 		    (revive && self_state == QUEUE_MEMBER_DRAINED);
+	own_clock(o, now);
 	if (!want)
 		return false;
 	if (o->live_proposed_ms != 0 && now < o->live_proposed_ms + o->retry_ms)
@@ -102,6 +174,7 @@ own_self_live_due(struct own *o, uint64_t now, int self_state, bool revive)
 int
 own_drain_tick(struct own *o, uint64_t now, int self_state, size_t inflight)
 {
+	own_clock(o, now);
 	if (self_state != QUEUE_MEMBER_DRAINING) {
 		o->drain_seen_ms = 0;
 		o->drained_proposed_ms = 0;
@@ -181,6 +254,7 @@ own_leader_tick(struct own *o, uint64_t now, bool leader, uint64_t term,
 		const struct queue_member *members, size_t n, const char *const *conf, size_t nconf,
 		struct own_action *out, size_t cap)
 {
+	own_clock(o, now);
 	if (!leader) {
 		o->leader = false;
 		return 0;

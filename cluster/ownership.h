@@ -31,7 +31,33 @@
  *
  * Drain.  A member whose state is DRAINING starts no new attempt; when it has no attempt in
  * flight, or drain_timeout after it saw DRAINING (then the host abandons what is in flight), it
- * proposes Member{self, DRAINED}; its domains then move.
+ * proposes Member{self, DRAINED, expect_since_index = the since index of that DRAINING state};
+ * its domains then move.  The precondition matters because the view it judged may be old: a
+ * node back from a crash proposes itself LIVE from the state it restarted with, which may
+ * predate the DRAINING; that LIVE can commit before the DRAINED, and a DRAINED applied to a
+ * LIVE member would move the domains of an owner that holds its lease (tests/sim, seeds 310887
+ * and 310908); with the precondition it is a no-op.
+ *
+ * The lease bounds the whole attempt, not only its start (DESIGN "Safety rules").  An attempt
+ * commits when the owner sends the end of data (the final "." of DATA, or BDAT LAST): until then
+ * the destination delivers nothing.  The host asks own_may_commit right before it hands the end
+ * of data to the socket; without it the attempt is abandoned (the connection closed, the
+ * recipients left queued).  Starting and committing both need the lease to run at least
+ * margin_ms longer (max(lease / 8, OWN_COMMIT_MARGIN_MIN_MS)): the margin covers the time the
+ * end of data takes to reach the destination and the attempts a refused commit would waste.  So
+ * a DOWN verdict, which commits at least `grace` after the owner's lease lapsed, comes at least
+ * margin + grace after the owner's last commit.
+ *
+ * Time.  Every `now` is one clock of the node that calls: the host feeds its monotonic clock
+ * (node/clock.h clock_mono_ms, CLOCK_BOOTTIME), never the wall clock, on both sides: an NTP step
+ * of the wall clock must neither stretch an owner's lease (a step back) nor make the leader see a
+ * lease lapse early (a step forward).  Times of different nodes are never compared: the owner
+ * counts its lease from its own proposal time, the leader counts from its own apply time.  What
+ * this core can see, it guards: the owner side remembers the latest time it was given, and a
+ * call with an earlier time (a clock that went back) drops the lease and distrusts the renew in
+ * flight (counted in clock_backsteps); a query with an earlier time answers "no lease".  A clock
+ * that jumps forward on the leader cannot be seen from here: only the host's monotonic clock
+ * excludes it.
  */
 #ifndef RELAY_OWNERSHIP_H
 #define RELAY_OWNERSHIP_H
@@ -44,6 +70,7 @@
 
 #define OWN_DEFAULT_LEASE_MS 4000u
 #define OWN_DEFAULT_DRAIN_TIMEOUT_MS 30000u
+#define OWN_COMMIT_MARGIN_MIN_MS 250u /* the commit margin is max(lease / 8, this) */
 #define OWN_MAX_ACTIONS QUEUE_MEMBERS_MAX /* proposals one tick may return */
 
 struct own_config {
@@ -53,6 +80,7 @@ struct own_config {
 	uint64_t grace_ms;	    /* 0: max(1000, lease / 4) */
 	uint64_t retry_ms;	    /* 0: lease / 2: repeat an unanswered proposal */
 	uint64_t drain_timeout_ms;  /* 0: default */
+	uint64_t margin_ms;	    /* 0: max(lease / 8, OWN_COMMIT_MARGIN_MIN_MS), at most lease/2 */
 };
 
 /* What the host should propose: Member{node, state[, expect_renew_index]} */
@@ -76,10 +104,14 @@ struct own_seen {
 
 struct own {
 	char self[QUEUE_NODE_MAX + 1];
-	uint64_t lease_ms, renew_ms, grace_ms, retry_ms, drain_timeout_ms;
+	uint64_t lease_ms, renew_ms, grace_ms, retry_ms, drain_timeout_ms, margin_ms;
+	/* the clock (see "Time" above) */
+	uint64_t clock_ms;	    /* the latest time a call that changes *o was given */
+	uint64_t clock_backsteps;   /* calls whose time was earlier: the lease was dropped */
 	/* owner side */
 	uint64_t lease_until;	    /* 0: no lease */
 	bool renew_inflight;
+	bool renew_distrusted;	    /* the clock went back since the one in flight was sent */
 	uint64_t renew_sent_ms;	    /* of the one in flight */
 	uint64_t last_renew_ms;	    /* when the last renew was proposed */
 	uint64_t renews, renew_failures;
@@ -105,8 +137,11 @@ void own_renew_sent(struct own *o, uint64_t now);
 void own_renew_done(struct own *o, bool ok, uint64_t now);
 bool own_lease_held(const struct own *o, uint64_t now);
 
+/* Does the lease run at least the commit margin past now (and has the clock not gone back)? */
+bool own_lease_margin(const struct own *o, uint64_t now);
+
 /* May this node start attempts at all: it is LIVE (enum queue_member_state; -1 when it is not
- * in the member table) and holds its lease? */
+ * in the member table) and its lease runs at least the margin past now? */
 bool own_may_act(const struct own *o, uint64_t now, int self_state);
 
 /* May this node start an attempt for an item whose domain its applied state assigns to
@@ -115,12 +150,18 @@ bool own_may_act(const struct own *o, uint64_t now, int self_state);
 bool own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner,
 		   uint64_t epoch, uint64_t item_epoch);
 
+/* May an attempt started at item_epoch commit now (send its end of data)?  As own_may_start,
+ * but a DRAINING member may finish what it started: its domains move only after DRAINED. */
+bool own_may_commit(const struct own *o, uint64_t now, int self_state, const char *owner,
+		    uint64_t epoch, uint64_t item_epoch);
+
 /* Should this node propose Member{self, LIVE}?  Yes when it is not in the table or is DOWN (or
  * DRAINED and `revive` is set: at boot), at most every retry interval. */
 bool own_self_live_due(struct own *o, uint64_t now, int self_state, bool revive);
 
-/* Drain: given this node's state and its attempts in flight, returns 1 to propose DRAINED now,
- * 2 to abandon the attempts in flight first (drain_timeout passed), 0 nothing. */
+/* Drain: given this node's state and its attempts in flight, returns 1 to propose DRAINED now
+ * (with expect_since_index = this node's since_index in the table it read self_state from), 2 to
+ * abandon the attempts in flight first (drain_timeout passed), 0 nothing. */
 int own_drain_tick(struct own *o, uint64_t now, int self_state, size_t inflight);
 
 /*

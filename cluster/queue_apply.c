@@ -197,6 +197,7 @@ queue__apply_accept(struct queue_fsm *q, uint64_t index, const Relay__Accept *a,
 		    struct store_batch *b)
 {
 	struct queue__prep p;
+	struct queue__quota_prep *qp;
 	int rv = queue__accept_prepare(q, index, a, &p);
 	if (rv)
 		return rv;
@@ -204,15 +205,27 @@ queue__apply_accept(struct queue_fsm *q, uint64_t index, const Relay__Accept *a,
 		q->stats.removed_accepts += p.removed;
 		return 0;
 	}
+	if ((rv = queue__quota_begin(q, a, &qp))) {
+		queue__prep_free(&p);
+		if (rv != QUEUE_EQUOTA)
+			return rv;
+		/* refused: a retried copy of this Accept must stay refused (queue_fsm.h) */
+		if (queue__tomb_add(q, index, a->queue_id, b))
+			return QUEUE_ENOMEM;
+		q->stats.quota_refused++;
+		return QUEUE_EQUOTA;
+	}
 	size_t mark_len = b->len;
 	unsigned mark_count = b->count;
-	if (queue__accept_writes(b, a, &p, index)) {
+	if (queue__accept_writes(b, a, &p, index) || queue__quota_write(b, qp)) {
 		b->len = mark_len;
 		b->count = mark_count;
 		queue__prep_free(&p);
+		queue__quota_end(q, qp, 0);
 		return QUEUE_ENOMEM;
 	}
 	queue__accept_link(q, &p, index);
+	queue__quota_end(q, qp, 1);
 	return 0;
 }
 

@@ -81,7 +81,8 @@
 	X(QUEUE_ENOMEM, -2, "out of memory")                                                       \
 	X(QUEUE_EIO, -3, "storage error")                                                          \
 	X(QUEUE_ECORRUPT, -4, "corrupt queue record")                                              \
-	X(QUEUE_ENOTFOUND, -5, "no such message")
+	X(QUEUE_ENOTFOUND, -5, "no such message")                                                 \
+	X(QUEUE_EQUOTA, -6, "hourly message quota reached")
 
 enum queue_errno {
 #define QUEUE__ERRNO_ENUM(name, val, str) name = (val),
@@ -175,6 +176,8 @@ struct queue_fsm_stats {
 	uint64_t reassigned;	   /* domain assignments a Member command gave a new owner
 				      (to or from unowned included) */
 	uint64_t removed_accepts;  /* Accepts (and DSNs) ignored: their queue id is a tombstone */
+	uint64_t quota_refused;	   /* Accepts refused over a quota (QUEUE_EQUOTA) */
+	uint64_t quota_evicted;	   /* quota windows forgotten before they ended (table full) */
 };
 
 struct queue_fsm;
@@ -266,6 +269,9 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  *     where they are (sticky: no rebalancing, so no attempt in flight is fenced off needlessly);
  *   - a Member command with expect_renew_index set (the leader's DOWN) is a no-op unless the
  *     member is in the table and its renew_index equals it;
+ *   - a Member command with expect_since_index set (a member's own DRAINED: the since_index of
+ *     the DRAINING it saw) is a no-op unless the member's since_index equals it (0: not in the
+ *     table), i.e. its state was not set again meanwhile (e.g. LIVE);
  *   - DRAINING changes no assignment (the draining node finishes its attempts, then proposes
  *     DRAINED);
  *   - an assignment whose domain has no queued recipient left becomes idle: it stays (key, owner,
@@ -387,6 +393,54 @@ uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owne
  * built from memory (cluster_raft.c) while the last apply batch may not be written yet. */
 typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
 int queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
+
+/*
+ * ---- Quotas (issue 13 part 2) ----
+ *
+ * Hourly message quotas per authenticated user and per client, exact across the cluster
+ * because every node counts the same committed Accepts.  An Accept with quota_user > 0 is
+ * counted under (QUEUE_QUOTA_USER, auth_user), one with quota_client > 0 under
+ * (QUEUE_QUOTA_CLIENT, client_key).  Each (kind, name) has one window: start_ms and the
+ * messages accepted in it.  Times come from the Accepts (received_ms, the proposer's clock),
+ * never from the applying node:
+ *   - no window, or received_ms >= start_ms + QUEUE_QUOTA_WINDOW_MS: the window is over; the
+ *     Accept opens a new one (start_ms = received_ms, count 0 before it);
+ *   - otherwise (an earlier received_ms too, from a node whose clock lags) it falls in the
+ *     current window.
+ * If count >= the limit the Accept carries for any of its keys, it is refused: apply returns
+ * QUEUE_EQUOTA, nothing is queued or counted, and the queue id becomes a tombstone (like a
+ * removed message: a retried forward of the same Accept is then a no-op, never a message
+ * queued after its client heard 450).  Else each key's count grows by one.  A duplicate
+ * Accept (queue id present or a tombstone) is a no-op before any quota is looked at.
+ *
+ * Bound: at most QUEUE_QUOTA_KEYS_MAX windows.  Each counted Accept forgets up to
+ * QUEUE__QUOTA_SWEEP windows that ended by its received_ms (oldest start first); when a new
+ * window would exceed the bound, the window with the oldest start (ties: kind, then name) that
+ * the Accept does not use is forgotten, ended or not (stats.quota_evicted counts those not
+ * ended: beyond QUEUE_QUOTA_KEYS_MAX senders an hour, the oldest windows restart early).
+ * Persisted in STORE_CF_QUEUE (part of snapshots and of queue_fsm_digest):
+ *   01 'Q' kind name -> 1 (version), start_ms (u64 BE), count (u32 BE)
+ */
+#define QUEUE_QUOTA_WINDOW_MS 3600000ull /* one hour */
+#define QUEUE_QUOTA_KEYS_MAX 65536u	 /* windows kept (users and clients together) */
+#define QUEUE_QUOTA_NAME_MAX 255u	 /* bytes in a user name or client key */
+#define QUEUE_QUOTA_USER 'u'
+#define QUEUE_QUOTA_CLIENT 'c'
+
+struct queue_quota {
+	char kind; /* QUEUE_QUOTA_USER or QUEUE_QUOTA_CLIENT */
+	char name[QUEUE_QUOTA_NAME_MAX + 1];
+	uint64_t start_ms; /* the window: [start_ms, start_ms + QUEUE_QUOTA_WINDOW_MS) */
+	uint32_t count;	   /* messages accepted in it */
+};
+
+/* The window of (kind, name) as applied: 0 and *out, or QUEUE_ENOTFOUND.  A window whose end
+ * has passed (by the caller's clock) is still returned: the caller compares. */
+int queue_fsm_quota(const struct queue_fsm *q, char kind, const char *name, struct queue_quota *out);
+
+/* Every window, in no particular order; cb returns nonzero to stop.  Returns the calls made. */
+typedef int (*queue_quota_cb)(void *arg, const struct queue_quota *w);
+size_t queue_fsm_quotas(const struct queue_fsm *q, queue_quota_cb cb, void *arg);
 
 /* Digest of the in-memory state (for determinism tests and consistency checks). */
 uint64_t queue_fsm_digest(const struct queue_fsm *q);

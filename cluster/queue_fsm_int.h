@@ -10,14 +10,28 @@
  *                     and Renew, their keys
  *   queue_load.c      tombstones, open and reload from the store, snapshot key/values, digest
  *   queue_validate.c  validation of commands before anything changes
+ *   queue_quota.c     hourly quota windows per user and client (queue_fsm.h "Quotas")
  */
 #ifndef RELAY_QUEUE_FSM_INT_H
 #define RELAY_QUEUE_FSM_INT_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "queue_fsm.h"
+
+/* A broken invariant of the state machine: say where, then stop, in every build (NDEBUG too). */
+#define QUEUE__PANIC_IF(cond, ...)                                                                 \
+	do {                                                                                       \
+		if (cond) {                                                                        \
+			fprintf(stderr, "queue_fsm panic in %s:%d: ", __func__, __LINE__);         \
+			fprintf(stderr, __VA_ARGS__);                                              \
+			fputc('\n', stderr);                                                       \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
 
 #define QUEUE__BUCKETS_MIN 1024u
 #define QUEUE__DOM_BUCKETS_MIN 256u
@@ -26,6 +40,11 @@
 #define QUEUE__OWN_DOMAIN 'D'
 #define QUEUE__OWN_MEMBER 'M'
 #define QUEUE__OWN_TOMB 'T'
+#define QUEUE__OWN_QUOTA 'Q'
+#define QUEUE__QUOTA_VAL_LEN 13	 /* version, start_ms, count */
+#define QUEUE__QUOTA_KEY_MAX (3 + QUEUE_QUOTA_NAME_MAX)
+#define QUEUE__QUOTA_BUCKETS 16384u /* fixed: QUEUE_QUOTA_KEYS_MAX / 4 per chain on average */
+#define QUEUE__QUOTA_SWEEP 2u	    /* ended windows one Accept forgets */
 #define QUEUE__OWN_VERSION 1
 #define QUEUE__OWN_KEY_MAX (2 + QUEUE_DOMAIN_MAX)
 #define QUEUE__DOM_VAL_LEN 9 /* + owner */
@@ -85,6 +104,18 @@ struct queue__tomb {
 	char id[];
 };
 
+/* One quota window (queue_fsm.h "Quotas"). */
+struct queue__quota {
+	struct queue__quota *hnext; /* hash chain */
+	uint64_t hash;		    /* of kind + name */
+	uint64_t start_ms;
+	uint32_t count;
+	size_t hpos; /* slot in queue_fsm.qheap */
+	char kind;
+	size_t len;
+	char name[];
+};
+
 struct queue_fsm {
 	struct store *store;	       /* borrowed */
 	struct queue_msg **buckets;    /* owned array; the messages are owned too */
@@ -105,6 +136,10 @@ struct queue_fsm {
 	struct queue__tomb **tbuckets;	   /* owned array (QUEUE__TOMB_BUCKETS); tombstones owned */
 	struct queue__tomb *thead, *ttail; /* removal order: oldest first */
 	size_t ntombs;
+	struct queue__quota **qbuckets; /* owned array (QUEUE__QUOTA_BUCKETS); windows owned */
+	struct queue__quota **qheap;	/* owned array (QUEUE_QUOTA_KEYS_MAX): min-heap by (start_ms,
+					   kind, name) */
+	size_t nquota;
 	struct queue_counts counts;
 	struct queue_fsm_stats stats;
 };
@@ -182,5 +217,21 @@ struct queue__tomb *queue__tomb_find(const struct queue_fsm *q, const char *id, 
 struct queue__tomb *queue__tomb_new(const char *id, size_t n, uint64_t index);
 void queue__tomb_push(struct queue_fsm *q, struct queue__tomb *t);
 void queue__tomb_pop(struct queue_fsm *q);
+int queue__tomb_add(struct queue_fsm *q, uint64_t index, const char *id, struct store_batch *b);
+
+/* ---- queue_quota.c ---- */
+
+struct queue__quota_prep;
+/* An Accept's quotas in the phases of apply: begin decides (QUEUE_EQUOTA: over a limit;
+ * QUEUE_ENOMEM) and prepares, changing nothing (*p NULL when nothing is counted); write adds
+ * the store writes; end commits (commit != 0) or drops the preparation, and frees it. */
+int queue__quota_begin(struct queue_fsm *q, const Relay__Accept *a, struct queue__quota_prep **p);
+int queue__quota_write(struct store_batch *b, const struct queue__quota_prep *p);
+void queue__quota_end(struct queue_fsm *q, struct queue__quota_prep *p, int commit);
+int queue__quota_load(struct queue_fsm *q, const unsigned char *k, size_t klen,
+		      const unsigned char *v, size_t vlen);
+int queue__quota_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
+uint64_t queue__quota_digest(const struct queue_fsm *q);
+void queue__quota_free(struct queue_fsm *q);
 
 #endif

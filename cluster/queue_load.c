@@ -67,6 +67,35 @@ queue__tomb_pop(struct queue_fsm *q)
 	free(t);
 }
 
+/* Makes id a tombstone of the command at index (the oldest forgotten beyond
+ * QUEUE_TOMBSTONES_MAX): batch first, then memory.  0, or QUEUE_ENOMEM with nothing changed
+ * (the batch rolled back to where it was). */
+int
+queue__tomb_add(struct queue_fsm *q, uint64_t index, const char *id, struct store_batch *b)
+{
+	size_t idlen = strlen(id), mark_len = b->len;
+	unsigned mark_count = b->count;
+	struct queue__tomb *t = queue__tomb_new(id, idlen, index);
+	if (!t)
+		return QUEUE_ENOMEM;
+	size_t evict = q->ntombs + 1 > QUEUE_TOMBSTONES_MAX ? q->ntombs + 1 - QUEUE_TOMBSTONES_MAX : 0;
+	unsigned char tk[10];
+	int bad = store_batch_put(b, STORE_CF_QUEUE, tk, queue__tomb_key(tk, index), id, idlen);
+	struct queue__tomb *o = q->thead;
+	for (size_t k = 0; !bad && k < evict; k++, o = o->next)
+		bad = store_batch_delete(b, STORE_CF_QUEUE, tk, queue__tomb_key(tk, o->index));
+	if (bad) {
+		b->len = mark_len;
+		b->count = mark_count;
+		free(t);
+		return QUEUE_ENOMEM;
+	}
+	queue__tomb_push(q, t);
+	for (size_t k = 0; k < evict; k++)
+		queue__tomb_pop(q);
+	return 0;
+}
+
 /* ---- open / free ---- */
 
 static int
@@ -100,6 +129,7 @@ queue_fsm_free(struct queue_fsm *q)
 		queue__member_free(q->members[i]);
 	while (q->thead)
 		queue__tomb_pop(q);
+	queue__quota_free(q);
 	free(q->tbuckets);
 	free(q->dbuckets);
 	free(q->buckets);
@@ -137,6 +167,8 @@ queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const 
 {
 	if (klen < 2 || (k[1] != QUEUE__OWN_TOMB && (vlen < 1 || v[0] != QUEUE__OWN_VERSION)))
 		return QUEUE_ECORRUPT;
+	if (k[1] == QUEUE__OWN_QUOTA)
+		return queue__quota_load(q, k, klen, v, vlen);
 	const char *s = (const char *)k + 2;
 	size_t sl = klen - 2;
 	switch (k[1]) {
@@ -368,7 +400,7 @@ queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 		if ((rv = cb(arg, k, kl, t->id, strlen(t->id))))
 			return rv;
 	}
-	return 0;
+	return queue__quota_kv(q, cb, arg);
 }
 
 static uint64_t
@@ -437,5 +469,8 @@ queue_fsm_digest(const struct queue_fsm *q)
 		h = queue__mix(h, t->hash);
 		h = queue__mix(h, t->index);
 	}
+	/* quota windows */
+	h = queue__mix(h, q->nquota);
+	h = queue__mix(h, queue__quota_digest(q));
 	return h;
 }

@@ -429,6 +429,11 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 	 * makes it a no-op (a deposed leader's late verdict never fences off a live owner). */
 	if (mc->has_expect_renew_index && (!mb || mb->renew_index != mc->expect_renew_index))
 		return 0;
+	/* A member's own DRAINED carries the since index of the DRAINING it saw end: a state set
+	 * later (LIVE again) makes it a no-op, or it would move the domains of an owner that may
+	 * be starting attempts (tests/sim, seed 310908). */
+	if (mc->has_expect_since_index && (mb ? mb->since_index : 0) != mc->expect_since_index)
+		return 0;
 	if (!mb && q->nmembers == QUEUE_MEMBERS_MAX)
 		return QUEUE_EINVAL; /* deterministic: the table is full */
 	int give = queue__is_owner_state(os) && !queue__is_owner_state(ns);

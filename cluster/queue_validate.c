@@ -50,6 +50,20 @@ queue__addr_ok(const char *a, int may_be_empty)
 }
 
 static int
+queue__quota_name_ok(const char *s)
+{
+	if (!s)
+		return 0;
+	size_t n = strnlen(s, QUEUE_QUOTA_NAME_MAX + 1);
+	if (n == 0 || n > QUEUE_QUOTA_NAME_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+static int
 queue__accept_ok(const Relay__Accept *a)
 {
 	if (!a || !queue__id_ok(a->queue_id) || !queue__addr_ok(a->mail_from, 1))
@@ -60,6 +74,11 @@ queue__accept_ok(const Relay__Accept *a)
 		if (!a->rcpts[i] || !queue__addr_ok(a->rcpts[i]->addr, 0))
 			return 0;
 	if (a->body.len > QUEUE_BODY_MAX || (a->body.len && !a->body.data))
+		return 0;
+	/* quotas: a counted name is 1..QUEUE_QUOTA_NAME_MAX bytes without control characters */
+	if (a->has_quota_user && a->quota_user && !queue__quota_name_ok(a->auth_user))
+		return 0;
+	if (a->has_quota_client && a->quota_client && !queue__quota_name_ok(a->client_key))
 		return 0;
 	return 1;
 }

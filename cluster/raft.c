@@ -38,9 +38,14 @@ struct raft_progress {
 	uint64_t pending_snap; /* SNAPSHOT: index of the snapshot being sent */
 	uint64_t snap_acked;   /* SNAPSHOT: bytes the follower said it holds */
 	unsigned snap_ticks;
-	uint64_t *infl; /* ring of last indexes of in-flight appends, cap max_inflight */
+	uint64_t *infl; /* ring of last indexes of in-flight appends, cap max_inflight; borrowed
+			   from raft.infl_pool */
 	unsigned infl_start, infl_count;
 };
+
+/* Progress slots.  A configuration has at most RAFT_MAX_NODES members, so while conf_apply
+ * moves from the old configuration to the new one, old and new together fit. */
+#define RAFT_PRS_CAP (RAFT_MAX_NODES * 2)
 
 struct raft_pending {
 	uint64_t seq;
@@ -84,8 +89,14 @@ struct raft {
 	/* configuration: latest in the log (takes effect on append, 4.1) */
 	struct raft_conf conf;
 	uint64_t conf_index;
-	struct raft_progress prs[RAFT_MAX_NODES * 2];
+	struct raft_progress prs[RAFT_PRS_CAP];
 	unsigned n_prs;
+	/* In-flight rings for the progress slots: RAFT_PRS_CAP rings of max_inflight each,
+	 * allocated once by raft_new (owned), so that a membership change allocates nothing and
+	 * never leaves a member untracked (a leader that tracked fewer voters than a quorum would
+	 * count commits on a partial view). */
+	uint64_t *infl_pool;
+	uint32_t infl_free; /* bit i set: ring i of infl_pool is free */
 
 	/* timers */
 	unsigned election_elapsed, heartbeat_elapsed, rand_timeout;
@@ -342,11 +353,32 @@ pr_reset_infl(struct raft_progress *pr)
 	pr->infl_start = pr->infl_count = 0;
 }
 
-/* Make progress entries match r->conf, keeping what is known about remaining members. */
-static int
+/* A free in-flight ring of the pool.  Cannot fail: rings and progress slots are as many. */
+static uint64_t *
+infl_ring_take(struct raft *r)
+{
+	if (r->infl_free == 0)
+		abort(); /* invariant: more progress entries than RAFT_PRS_CAP */
+	unsigned i = (unsigned)__builtin_ctz(r->infl_free);
+	r->infl_free &= ~(1u << i);
+	return r->infl_pool + (size_t)i * r->cfg.max_inflight;
+}
+
+static void
+infl_ring_put(struct raft *r, uint64_t *ring)
+{
+	if (!ring)
+		return;
+	size_t i = (size_t)(ring - r->infl_pool) / r->cfg.max_inflight;
+	r->infl_free |= 1u << i;
+}
+
+/* Make progress entries match r->conf, keeping what is known about remaining members.  Every
+ * member gets an entry: nothing here can fail. */
+static void
 conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 {
-	struct raft_progress old[RAFT_MAX_NODES * 2];
+	struct raft_progress old[RAFT_PRS_CAP];
 	unsigned n_old = r->n_prs;
 	memcpy(old, r->prs, sizeof(old[0]) * n_old);
 	r->conf = *c;
@@ -368,19 +400,14 @@ conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 			pr->next = last_index(r) + 1;
 			pr->state = PR_PROBE;
 			pr->active = true;
-			pr->infl = malloc(sizeof(uint64_t) * r->cfg.max_inflight);
-			if (!pr->infl) {
-				r->n_prs--;
-				continue; /* cannot track it; treated as unreachable */
-			}
+			pr->infl = infl_ring_take(r);
 		}
 		pr->voter = i < c->n_voters;
 	}
 	for (unsigned k = 0; k < n_old; k++)
-		free(old[k].infl);
+		infl_ring_put(r, old[k].infl);
 	if (r->transferee && !raft_conf_is_voter(c, r->transferee))
 		r->transferee = 0;
-	return 0;
 }
 
 /* Recompute the latest configuration after the log's suffix changed. */
@@ -874,7 +901,7 @@ cmp_desc(const void *a, const void *b)
 static bool
 maybe_commit(struct raft *r)
 {
-	uint64_t m[RAFT_MAX_NODES * 2];
+	uint64_t m[RAFT_PRS_CAP];
 	unsigned n = 0;
 	for (unsigned i = 0; i < r->n_prs; i++) {
 		struct raft_progress *pr = &r->prs[i];
@@ -882,7 +909,9 @@ maybe_commit(struct raft *r)
 			continue;
 		m[n++] = pr->id == r->id ? r->persisted_index : pr->match;
 	}
-	if (n == 0)
+	/* conf_apply tracks every voter, so n is the number of voters; were one ever missing,
+	 * m[quorum - 1] would not be a quorum's view: never commit on a partial view. */
+	if (n < quorum(r))
 		return false;
 	qsort(m, n, sizeof(m[0]), cmp_desc);
 	uint64_t c = m[quorum(r) - 1];
@@ -1258,8 +1287,16 @@ raft_step(struct raft *r, const struct raft_msg *m)
 			 */
 			struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 			reply(r, m, &out);
-		} else if (m->type == RAFT_MSG_PREVOTE) {
-			struct raft_msg out = {.type = RAFT_MSG_PREVOTE_RESP, .reject = 1};
+		} else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+			/* Reject with our term so that the candidate updates itself (Figure 3.1).
+			 * etcd ignores a stale vote request, but a candidate that we never contact
+			 * (our configuration is older than its and leaves it out) would then never
+			 * learn our term: without pre-vote, stale members campaigning at ever
+			 * higher terms kept it below them for ever (tests/sim, seed 412386). */
+			struct raft_msg out = {.type = m->type == RAFT_MSG_PREVOTE
+							   ? RAFT_MSG_PREVOTE_RESP
+							   : RAFT_MSG_VOTE_RESP,
+					       .reject = 1};
 			reply(r, m, &out);
 		}
 		return 0;
@@ -1381,11 +1418,17 @@ raft_tick(struct raft *r)
 		}
 		return;
 	}
-	r->election_elapsed++;
-	if (r->election_elapsed >= r->rand_timeout) {
+	/* A node that cannot campaign (a learner, or out of its latest configuration) keeps
+	 * counting, saturated, as etcd's tickElection does: an election timeout after its
+	 * leader's last message it answers vote requests again (the check-quorum guard in
+	 * raft_step).  Restarting the count at each randomized timeout, as it did, kept it
+	 * ignoring most of them for ever after its leader was gone; a voter the others count on
+	 * that missed its own re-add then blocked every election (tests/sim, seed 213904). */
+	if (r->election_elapsed < r->rand_timeout)
+		r->election_elapsed++;
+	if (r->election_elapsed >= r->rand_timeout && promotable(r)) {
 		r->election_elapsed = 0;
-		if (promotable(r))
-			campaign(r, r->cfg.pre_vote, false);
+		campaign(r, r->cfg.pre_vote, false);
 	}
 }
 
@@ -1696,6 +1739,10 @@ raft_new(const struct raft_config *cfg, struct raft **out)
 	r->cfg.election_tick = DEF(cfg->election_tick, 10);
 	r->cfg.heartbeat_tick = DEF(cfg->heartbeat_tick, 1);
 	r->cfg.max_inflight = DEF(cfg->max_inflight, 64);
+	if (r->cfg.max_inflight > RAFT_MAX_INFLIGHT) {
+		free(r);
+		return RAFT_EINVAL;
+	}
 	r->cfg.max_msg_entries = DEF(cfg->max_msg_entries, 64);
 	r->cfg.max_msg_bytes = DEF(cfg->max_msg_bytes, 1u << 20);
 	r->cfg.max_outbox = DEF(cfg->max_outbox, 1024);
@@ -1707,7 +1754,9 @@ raft_new(const struct raft_config *cfg, struct raft **out)
 	r->next_seq = 1;
 	r->outbox = calloc(r->cfg.max_outbox, sizeof(*r->outbox));
 	r->held = calloc(r->cfg.max_outbox, sizeof(*r->held));
-	if (!r->outbox || !r->held) {
+	r->infl_pool = calloc((size_t)RAFT_PRS_CAP * r->cfg.max_inflight, sizeof(*r->infl_pool));
+	r->infl_free = (uint32_t)((1ull << RAFT_PRS_CAP) - 1);
+	if (!r->outbox || !r->held || !r->infl_pool) {
 		raft_free(r);
 		return RAFT_ENOMEM;
 	}
@@ -1730,8 +1779,7 @@ raft_free(struct raft *r)
 		msg_free(&r->held[i].m);
 	free(r->outbox);
 	free(r->held);
-	for (unsigned i = 0; i < r->n_prs; i++)
-		free(r->prs[i].infl);
+	free(r->infl_pool);
 	free(r->snap_data);
 	free(r->rx.buf);
 	free(r);

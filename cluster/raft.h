@@ -41,9 +41,11 @@
  * Bounds.  Every queue is bounded by a field of struct raft_config (a default is used when the
  * field is 0): the outbox and the persist-wait queue (max_outbox messages each; overflow drops
  * the message, which Raft tolerates, and counts it), in-flight AppendEntries per follower
- * (max_inflight), entries and bytes per message (max_msg_entries, max_msg_bytes), uncommitted
- * entries at the leader (max_uncommitted), entries in the in-memory log (max_log_entries: the
- * host must compact), committed entries handed out per ready (max_apply_batch), entry size
+ * (max_inflight, at most RAFT_MAX_INFLIGHT; raft_new allocates the rings of every member a
+ * configuration can hold, so a membership change never fails to track one), entries and bytes
+ * per message (max_msg_entries, max_msg_bytes), uncommitted entries at the leader
+ * (max_uncommitted), entries in the in-memory log (max_log_entries: the host must compact),
+ * committed entries handed out per ready (max_apply_batch), entry size
  * (RAFT_ENTRY_MAX_BYTES), snapshot size (RAFT_SNAPSHOT_MAX_BYTES; sent in chunks of at most
  * max_msg_bytes, one in flight per follower; a follower assembles one snapshot at a time)
  * and readies fetched but not yet reported durable (RAFT_MAX_UNPERSISTED_READIES; beyond it
@@ -72,6 +74,7 @@
 #define RAFT_ENTRY_MAX_BYTES (132u << 20)   /* one entry's data (a 128 MiB body + envelope) */
 #define RAFT_SNAPSHOT_MAX_BYTES (64u << 20) /* opaque snapshot data */
 #define RAFT_MAX_UNPERSISTED_READIES 64	    /* readies fetched but not yet reported durable */
+#define RAFT_MAX_INFLIGHT 1024		    /* largest raft_config.max_inflight */
 
 /* Error codes: 0 or negative.  One table, one string each. */
 #define RAFT_ERRNO_MAP(X)                                                                          \

@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <strings.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -32,7 +33,8 @@ enum config_type {
 	CT_CIDRS,
 	CT_TRANSPORT,
 	CT_LOGLEVEL,
-	CT_BOOL,
+	CT_BOOL, /* exactly yes or no, into a bool */
+	CT_TLS_POLICY,
 	CT_CHOICE, /* one of the words in config_key.choices ("a|b") */
 };
 
@@ -101,7 +103,21 @@ static const struct config_key config_keys[] = {
      0, 0,
      "OpenSSL cipher list for TLS 1.2 on the SMTP listeners (STARTTLS); the default is Mozilla's intermediate profile without DHE (ECDHE key exchange, AEAD ciphers only). TLS 1.3 uses OpenSSL's suites; TLS 1.1 and older are refused."},
     {"auth_users_file", CT_STRING, OFF(auth_users_file), "", 0, 0,
-     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH."},
+     "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH. Re-read on SIGHUP."},
+    {"sender_permissions_file", CT_STRING, OFF(sender_permissions_file), "", 0, 0,
+     "File of `user: pattern, ...` lines: the senders (MAIL FROM) each AUTH user may use; a pattern is an address, @domain or * (any, <> included). A user not listed may send as nobody: 553 5.7.1. mynetworks clients are not checked. Empty: any sender. Re-read on SIGHUP."},
+    {"max_messages_per_hour_per_user", CT_UINT, OFF(max_messages_per_hour_per_user), "0", 0,
+     1000000,
+     "Messages an AUTH user may send per hour, counted cluster-wide by the replicated queue (an hour from the user's first message in a window); more get 450 4.7.1 naming the reset time and are not queued. 0: no quota."},
+    {"max_messages_per_hour_per_client", CT_UINT, OFF(max_messages_per_hour_per_client), "0",
+     0, 1000000,
+     "Messages a client address (IPv6: its /64) outside mynetworks may send per hour, counted cluster-wide like max_messages_per_hour_per_user. 0: no quota."},
+    {"dkim_keys", CT_LIST, OFF(dkim_keys), "", 0, 0,
+     "DKIM signing keys, list of domain:selector:keyfile (PEM private key: RSA of 2048 bits or more, or Ed25519 per RFC 8463; a domain may have one of each and gets both signatures). Mail from mynetworks and AUTH clients whose From: domain has a key is signed once, on the accepting node, before it is queued. Empty: no signing."},
+    {"dkim_sign_subdomains", CT_BOOL, OFF(dkim_sign_subdomains), "no", 0, 0,
+     "yes: a From: domain without a key of its own is signed with the keys of its nearest parent domain in dkim_keys (d= the parent)."},
+    {"dkim_headers", CT_LIST, OFF(dkim_headers), "", 0, 0,
+     "Header fields DKIM signs (list of names), each instance present; From is always signed and oversigned. Empty: from, reply-to, sender, subject, date, to, cc, message-id, in-reply-to, references, mime-version, content-type, content-transfer-encoding, content-disposition, content-id and the list-* fields."},
     {"max_line_length", CT_UINT, OFF(max_line_length), "2048", 512, 65536,
      "Longest SMTP command line in bytes, CRLF included (RFC 5321 4.5.3.1.4 minimum 512)."},
     {"auth_failures_per_minute_per_client", CT_UINT, OFF(auth_failures_per_minute_per_client),
@@ -159,6 +175,17 @@ static const struct config_key config_keys[] = {
      "Recipient domains that must be delivered over STARTTLS (list); other domains use TLS when offered."},
     {"connect_timeout", CT_DURATION, OFF(connect_timeout_ms), "30s", 100, 600000,
      "How long an outgoing connection may take to connect before the next address is tried."},
+    {"delivery_attempt_timeout", CT_DURATION, OFF(delivery_attempt_timeout_ms), "10m", 1000,
+     86400000,
+     "Longest one delivery attempt (a message's transaction on a connection, across the MX hosts it fails over to) may take up to its end of data; then it is cut and its recipients are deferred. Each phase (connect, greeting, EHLO, STARTTLS, MAIL, RCPT, DATA, each body write) also has its own deadline (RFC 5321 4.5.3.2; connect_timeout) that partial replies do not extend. The reply to the end of data keeps its RFC 5321 10 minutes."},
+    {"tls_policy", CT_TLS_POLICY, OFF(tls_policy), "", 0, 0,
+     "Outbound TLS per recipient domain, list of domain=level: may (STARTTLS when offered, no certificate check: the default), encrypt (TLS or no delivery), verify (TLS with a certificate valid for the MX host name, chained to tls_ca_file), dane (RFC 7672: TLSA records authenticate the MX when DNSSEC proves them, else as may), dane-only (DANE or no delivery). A domain in tls_required_domains is encrypt."},
+    {"tls_ca_file", CT_STRING, OFF(tls_ca_file), "", 0, 0,
+     "PEM CA certificates trusted for outbound TLS (tls_policy verify, MTA-STS MX hosts and policy fetches). Empty: the system store."},
+    {"dns_dnssec_trusted", CT_BOOL, OFF(dns_dnssec_trusted), "no", 0, 0,
+     "yes: dns_servers are validating resolvers on a trusted path, so their AD bit marks DNSSEC-secure answers (needed for dane and dane-only; without it DANE never applies)."},
+    {"mta_sts", CT_BOOL, OFF(mta_sts), "yes", 0, 0,
+     "Look up MTA-STS policies (RFC 8461) of MX domains: enforce delivers only to MX hosts the policy names, over TLS with a verified certificate; testing delivers anyway and logs what enforce would refuse. Policies are cached per node for their max_age."},
     {"cluster_listen", CT_STRING, OFF(cluster_listen), "", 0, 0,
      "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
     {"peers", CT_LIST, OFF(peers), "", 0, 0,
@@ -423,6 +450,30 @@ valid_domain(const char *d)
 	return label > 0;
 }
 
+/* A tls_policy entry: domain=level, lowercased in place. */
+static int
+tls_policy_entry_check(char *it, const char *source)
+{
+	static const char *const levels[] = {CONFIG_TLS_LEVELS};
+	for (char *p = it; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	char *eq = strchr(it, '=');
+	if (eq == NULL)
+		return config_fail("%s: tls_policy: '%s' is not domain=level", source, it);
+	*eq = '\0';
+	bool ok = valid_domain(it);
+	*eq = '=';
+	if (!ok)
+		return config_fail("%s: tls_policy: '%s' is not domain=level (bad domain)", source,
+				   it);
+	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+		if (strcmp(eq + 1, levels[i]) == 0)
+			return 0;
+	return config_fail("%s: tls_policy: '%s': the level must be one of may, encrypt, verify, "
+			   "dane, dane-only",
+			   source, it);
+}
+
 static void
 list_free(struct config_list *l)
 {
@@ -462,17 +513,14 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		free(*(char **)field);
 		*(char **)field = strdup(value);
 		return *(char **)field ? 0 : config_fail("%s: out of memory", source);
-	case CT_BOOL: {
-		static const char *const yes[] = {"yes", "true", "on", "1"};
-		static const char *const no[] = {"no", "false", "off", "0"};
-		for (size_t i = 0; i < 4; i++) {
-			if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
-				*(bool *)field = strcasecmp(value, yes[i]) == 0;
-				return 0;
-			}
-		}
-		return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
-	}
+	case CT_BOOL:
+		if (strcmp(value, "yes") == 0)
+			*(bool *)field = true;
+		else if (strcmp(value, "no") == 0)
+			*(bool *)field = false;
+		else
+			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
+		return 0;
 	case CT_CHOICE: {
 		const char *c = k->choices;
 		size_t vl = strlen(value);
@@ -512,6 +560,7 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		return 0;
 	case CT_LIST:
 	case CT_DOMAINS:
+	case CT_TLS_POLICY:
 	case CT_TRANSPORT: {
 		if (split_list(value, items, &n, buf, sizeof(buf)) != 0)
 			return config_fail("%s: %s: more than %d entries", source, k->name,
@@ -525,6 +574,10 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 			if (k->type == CT_DOMAINS && !valid_domain(it)) {
 				list_free(&nl);
 				return config_fail("%s: %s: '%s' is not a domain", source, k->name, it);
+			}
+			if (k->type == CT_TLS_POLICY && tls_policy_entry_check(it, source) != 0) {
+				list_free(&nl);
+				return -1;
 			}
 			if (k->type == CT_TRANSPORT) {
 				char *eq = strchr(it, '=');
@@ -610,6 +663,7 @@ config_fini(struct relay_config *cfg)
 			break;
 		case CT_LIST:
 		case CT_DOMAINS:
+		case CT_TLS_POLICY:
 		case CT_TRANSPORT:
 			list_free(field);
 			break;
@@ -899,6 +953,76 @@ config_check_cluster(const struct relay_config *cfg)
 	return 0;
 }
 
+/* Outbound TLS: one level per domain (tls_policy or tls_required_domains, not both), a
+ * readable tls_ca_file. */
+static int
+config_check_tls_out(const struct relay_config *cfg)
+{
+	for (size_t i = 0; i < cfg->tls_policy.n; i++) {
+		const char *e = cfg->tls_policy.v[i];
+		size_t dl = (size_t)(strchr(e, '=') - e);
+		for (size_t j = 0; j < i; j++)
+			if (strncmp(cfg->tls_policy.v[j], e, dl + 1) == 0)
+				return config_fail("tls_policy: domain '%.*s' appears twice", (int)dl,
+						   e);
+		for (size_t j = 0; j < cfg->tls_required_domains.n; j++)
+			if (strlen(cfg->tls_required_domains.v[j]) == dl &&
+			    strncmp(cfg->tls_required_domains.v[j], e, dl) == 0)
+				return config_fail("tls_policy: domain '%.*s' is in "
+						   "tls_required_domains too (that means "
+						   "%.*s=encrypt): keep one",
+						   (int)dl, e, (int)dl, e);
+	}
+	if (cfg->tls_ca_file[0] != '\0' && access(cfg->tls_ca_file, R_OK) != 0)
+		return config_fail("tls_ca_file: cannot read '%s': %s", cfg->tls_ca_file,
+				   strerror(errno));
+	return 0;
+}
+
+/* dkim_keys entries are domain:selector:keyfile; dkim_headers entries are field names. */
+static int
+config_check_dkim(const struct relay_config *cfg)
+{
+	for (size_t i = 0; i < cfg->dkim_keys.n; i++) {
+		const char *e = cfg->dkim_keys.v[i];
+		const char *c1 = strchr(e, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		char dom[256], sel[64];
+		if (c1 == NULL || c2 == NULL || c2[1] == '\0' || (size_t)(c1 - e) >= sizeof(dom) ||
+		    (size_t)(c2 - c1 - 1) >= sizeof(sel) || c2 == c1 + 1)
+			return config_fail("dkim_keys: '%s' is not domain:selector:keyfile", e);
+		memcpy(dom, e, (size_t)(c1 - e));
+		dom[c1 - e] = '\0';
+		memcpy(sel, c1 + 1, (size_t)(c2 - c1 - 1));
+		sel[c2 - c1 - 1] = '\0';
+		for (char *p = dom; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		if (!valid_domain(dom))
+			return config_fail("dkim_keys: '%s': '%s' is not a domain", e, dom);
+		/* a selector is one or more DNS labels (RFC 6376 3.1) */
+		for (const char *p = sel; *p; p++)
+			if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_')
+				return config_fail("dkim_keys: '%s': '%s' is not a selector (letters, "
+						   "digits, '-', '_', '.')", e, sel);
+		if (sel[0] == '.' || sel[strlen(sel) - 1] == '.' || strstr(sel, ".."))
+			return config_fail("dkim_keys: '%s': '%s' is not a selector", e, sel);
+	}
+	if (cfg->dkim_headers.n > 64)
+		return config_fail("dkim_headers: more than 64 names");
+	for (size_t i = 0; i < cfg->dkim_headers.n; i++) {
+		const char *h = cfg->dkim_headers.v[i];
+		size_t n = strlen(h);
+		bool ok = n > 0 && n <= 64;
+		/* a field name: printable ASCII but ':' (RFC 5322 3.6.8) */
+		for (size_t j = 0; ok && j < n; j++)
+			ok = h[j] > 32 && h[j] < 127 && h[j] != ':';
+		if (!ok)
+			return config_fail("dkim_headers: '%s' is not a header field name", h);
+		if (strcasecmp(h, "dkim-signature") == 0)
+			return config_fail("dkim_headers: DKIM-Signature is never signed");
+	}
+	return 0;
+}
+
 int
 config_check(const struct relay_config *cfg)
 {
@@ -947,6 +1071,11 @@ config_check(const struct relay_config *cfg)
 	if (cfg->auth_users_file[0] != '\0' && cfg->tls_cert[0] == '\0')
 		return config_fail("auth_users_file: AUTH is offered only after STARTTLS, so "
 				   "tls_cert and tls_key are needed too");
+	if (config_check_dkim(cfg) != 0)
+		return -1;
+	if (cfg->sender_permissions_file[0] != '\0' && cfg->auth_users_file[0] == '\0')
+		return config_fail("sender_permissions_file: needs auth_users_file (it says what "
+				   "each AUTH user may send as)");
 	if (cfg->relayhost[0] != '\0' && config_parse_route(cfg->relayhost, NULL) != 0)
 		return config_fail("relayhost: '%s' is not host[:port] or [host]:port",
 				   cfg->relayhost);
@@ -956,6 +1085,8 @@ config_check(const struct relay_config *cfg)
 					   cfg->transport.v[i]);
 	if (cfg->retry_max_ms < cfg->retry_base_ms)
 		return config_fail("retry_max: must be at least retry_base");
+	if (config_check_tls_out(cfg) != 0)
+		return -1;
 	return config_check_cluster(cfg);
 }
 
@@ -985,6 +1116,8 @@ type_name(enum config_type t)
 		return "level";
 	case CT_BOOL:
 		return "yes/no";
+	case CT_TLS_POLICY:
+		return "domain=level list";
 	case CT_CHOICE:
 		return "choice";
 	}
@@ -1025,18 +1158,19 @@ config_print(const struct relay_config *cfg, FILE *out)
 		case CT_CHOICE:
 			fprintf(out, "%s", *(char *const *)field);
 			break;
-		case CT_BOOL:
-			fprintf(out, "%s", *(const bool *)field ? "yes" : "no");
-			break;
 		case CT_UINT:
 		case CT_SIZE:
 			fprintf(out, "%llu", (unsigned long long)*(const uint64_t *)field);
+			break;
+		case CT_BOOL:
+			fprintf(out, "%s", *(const bool *)field ? "yes" : "no");
 			break;
 		case CT_DURATION:
 			fprintf(out, "%llums", (unsigned long long)*(const uint64_t *)field);
 			break;
 		case CT_LIST:
 		case CT_DOMAINS:
+		case CT_TLS_POLICY:
 		case CT_TRANSPORT: {
 			const struct config_list *l = field;
 			for (size_t j = 0; j < l->n; j++)

@@ -25,6 +25,10 @@
 #define CONFIG_VALUE_MAX 4096   /* bytes in one value */
 #define CONFIG_FILE_MAX (1 << 20)
 
+/* The levels of tls_policy, weakest first (node/delivery/tls_policy.h parses the same names;
+ * its unit test checks that they agree). */
+#define CONFIG_TLS_LEVELS "may", "encrypt", "verify", "dane", "dane-only"
+
 struct config_list {
 	size_t n;
 	char *v[CONFIG_LIST_MAX]; /* owned */
@@ -80,6 +84,12 @@ struct relay_config {
 	char *auth_users_file;
 	uint64_t auth_failures_per_minute_per_client;
 	uint64_t max_concurrent_auth;
+	char *sender_permissions_file; /* user: pattern, ... ("": any sender) */
+	uint64_t max_messages_per_hour_per_user;   /* 0: no quota */
+	uint64_t max_messages_per_hour_per_client; /* 0: no quota */
+	struct config_list dkim_keys;    /* domain:selector:keyfile */
+	bool dkim_sign_subdomains;
+	struct config_list dkim_headers; /* empty: DKIM_DEFAULT_HEADERS */
 	uint64_t max_line_length;
 	uint64_t max_errors;
 	uint64_t command_timeout_ms;
@@ -107,6 +117,12 @@ struct relay_config {
 	uint64_t max_messages_per_connection;
 	struct config_list tls_required_domains; /* lowercased */
 	uint64_t connect_timeout_ms;
+	uint64_t delivery_attempt_timeout_ms; /* total of one attempt (mta_session.h deadlines) */
+	/* outbound TLS (node/delivery/tls_policy.h) */
+	struct config_list tls_policy; /* domain=level, lowercased; level in CONFIG_TLS_LEVELS */
+	char *tls_ca_file;	       /* "": the system store */
+	bool dns_dnssec_trusted;       /* dns_servers validate DNSSEC: their AD bit is believed */
+	bool mta_sts;		       /* look up and apply MTA-STS policies (RFC 8461) */
 	/* consensus (cluster/cluster.h replicated mode) */
 	char *cluster_listen;	  /* "addr:port"; "": single node */
 	struct config_list peers; /* id=host:port, this node included */

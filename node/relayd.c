@@ -25,6 +25,8 @@
 
 #include "admin.h"
 #include "auth.h"
+#include "dkim_sign.h"
+#include "senders.h"
 #include "cluster.h"
 #include "config.h"
 #include "http.h"
@@ -48,11 +50,13 @@ static struct {
 	struct delivery *delivery;
 	int stopping_parts; /* smtp server and delivery still stopping */
 	struct tls_ctx *tls;
-	struct auth_table *auth;
+	struct auth_table *auth;     /* handed to the smtp server (it owns it then) */
+	struct sender_table *senders; /* likewise */
+	struct dkim_signer *dkim;     /* likewise */
 	struct http *http;
 	struct admin *admin;
 	struct metrics_sources msrc;
-	uv_signal_t sigterm, sigint;
+	uv_signal_t sigterm, sigint, sighup;
 	int stopping;
 	int exit_code;
 } relayd;
@@ -117,6 +121,15 @@ delivery_stopped_cb(void *arg)
 {
 	relayd.delivery = NULL;
 	part_stopped();
+}
+
+/* SIGHUP: re-read the user and sender tables; sessions stay up (smtp_server_reload). */
+static void
+sighup_cb(uv_signal_t *h, int signum)
+{
+	log_info("-", "event=signal signal=HUP action=reload");
+	if (relayd.smtp != NULL && !relayd.stopping)
+		smtp_server_reload(relayd.smtp);
 }
 
 static void
@@ -283,6 +296,16 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 2;
 	}
+	if (dkim_signer_new(&relayd.cfg, &relayd.dkim, err, sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 2;
+	}
+	if (relayd.cfg.sender_permissions_file[0] != '\0' &&
+	    sender_table_load(relayd.cfg.sender_permissions_file, &relayd.senders, err,
+			      sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 2;
+	}
 
 	/* Everything relayd creates is its user's alone: the RocksDB files (queue, bodies, Raft
 	 * log), the admin socket, snapshots (issue 12 sec. 5).  The data directory too, even one
@@ -328,8 +351,23 @@ main(int argc, char **argv)
 		 (unsigned long long)st.applied_index,
 		 (unsigned long long)((uv_hrtime() - t0) / 1000000));
 
+	/* Handle SIGTERM/SIGINT before the first listener opens: a node that accepts connections
+	 * stops cleanly (exit 0) on SIGTERM, even one sent while the other parts still start.
+	 * signal_cb runs only from the loop, once everything below has started. */
+	uv_signal_init(relayd.loop, &relayd.sigterm);
+	uv_signal_init(relayd.loop, &relayd.sigint);
+	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&relayd.sigint, signal_cb, SIGINT);
+	size_t auth_users = auth_table_count(relayd.auth);
 	rc = smtp_server_start(relayd.loop, &relayd.cfg, relayd.cluster, relayd.tls, relayd.auth,
-			       &relayd.smtp, err, sizeof(err));
+			       relayd.senders, &relayd.smtp, err, sizeof(err));
+	relayd.auth = NULL; /* the server owns them now */
+	relayd.senders = NULL;
+	if (rc == 0)
+		smtp_server_set_dkim(relayd.smtp, relayd.dkim);
+	else
+		dkim_signer_free(relayd.dkim);
+	relayd.dkim = NULL;
 	if (rc != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
@@ -361,10 +399,8 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
-	uv_signal_init(relayd.loop, &relayd.sigterm);
-	uv_signal_init(relayd.loop, &relayd.sigint);
-	uv_signal_start(&relayd.sigterm, signal_cb, SIGTERM);
-	uv_signal_start(&relayd.sigint, signal_cb, SIGINT);
+	uv_signal_init(relayd.loop, &relayd.sighup);
+	uv_signal_start(&relayd.sighup, sighup_cb, SIGHUP);
 	for (size_t i = 0; i < relayd.cfg.smtp_listen.n; i++)
 		log_info("-", "event=listening smtp=%s", relayd.cfg.smtp_listen.v[i].text);
 	if (relayd.http != NULL)
@@ -376,12 +412,11 @@ main(int argc, char **argv)
 		log_info("-", "event=listening admin_socket=%s", admin_sock);
 	log_info("-", "event=started version=%s node_id=%s hostname=%s data_dir=%s tls=%s auth_users=%zu",
 		 RELAY_VERSION, relayd.cfg.node_id, relayd.cfg.hostname, relayd.cfg.data_dir,
-		 relayd.tls ? "yes" : "no", auth_table_count(relayd.auth));
+		 relayd.tls ? "yes" : "no", auth_users);
 
 	uv_run(relayd.loop, UV_RUN_DEFAULT);
 	uv_loop_close(relayd.loop);
 	tls_ctx_free(relayd.tls);
-	auth_table_free(relayd.auth);
 	config_fini(&relayd.cfg);
 	return relayd.exit_code;
 }

@@ -6,6 +6,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@ struct tls_ctx {
 
 struct tls_conn {
 	SSL *ssl;
+	enum tls_auth auth; /* the check asked for (client conns) */
 	BIO *rbio; /* owned by ssl */
 	BIO *wbio; /* owned by ssl */
 };
@@ -108,7 +110,7 @@ tls_ctx_free(struct tls_ctx *ctx)
 }
 
 int
-tls_client_ctx_new(struct tls_ctx **out, char *err, size_t errlen)
+tls_client_ctx_new(const char *ca_file, struct tls_ctx **out, char *err, size_t errlen)
 {
 	struct tls_ctx *c = calloc(1, sizeof(*c));
 	if (c == NULL) {
@@ -118,15 +120,36 @@ tls_client_ctx_new(struct tls_ctx **out, char *err, size_t errlen)
 	c->ctx = SSL_CTX_new(TLS_client_method());
 	if (c->ctx == NULL) {
 		tls_errstr(err, errlen, "SSL_CTX_new");
-		free(c);
-		return -1;
+		goto err_after_alloc;
 	}
 	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
-	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL); /* opportunistic, RFC 7435 */
+	/* Never abort the handshake for the certificate: tls_conn_peer_check() decides after it
+	 * (opportunistic conns, RFC 7435, do not check at all). */
+	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+	if (ca_file != NULL && ca_file[0] != '\0') {
+		if (SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL) != 1) {
+			char what[300];
+			snprintf(what, sizeof(what), "tls_ca_file %s", ca_file);
+			tls_errstr(err, errlen, what);
+			goto err_after_ctx;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(c->ctx) != 1) {
+		tls_errstr(err, errlen, "the system CA store");
+		goto err_after_ctx;
+	}
+	if (SSL_CTX_dane_enable(c->ctx) <= 0) {
+		tls_errstr(err, errlen, "DANE");
+		goto err_after_ctx;
+	}
 	*out = c;
 	return 0;
+err_after_ctx:
+	SSL_CTX_free(c->ctx);
+err_after_alloc:
+	free(c);
+	return -1;
 }
 
 static struct tls_conn *
@@ -170,6 +193,81 @@ tls_conn_new_client(struct tls_ctx *ctx, const char *sni)
 		SSL_set_tlsext_host_name(t->ssl, sni); /* best effort */
 	ERR_clear_error();
 	return t;
+}
+
+/* Sets up the check of a client conn.  0, or -1 (nothing usable, or out of memory). */
+static int
+tls_conn_setup_check(struct tls_conn *t, const struct tls_peer_check *chk)
+{
+	SSL *ssl = t->ssl;
+	if (chk->nnames == 0 || chk->names[0] == NULL || chk->names[0][0] == '\0')
+		return -1; /* nothing to check the certificate against */
+	if (chk->mode == TLS_AUTH_DANE) {
+		/* names[0] is the TLSA base domain, the primary reference identifier */
+		if (SSL_dane_enable(ssl, chk->names[0]) <= 0)
+			return -1;
+		/* RFC 7672 3.1.1: a DANE-EE(3) match needs no name check */
+		SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+		size_t usable = 0;
+		for (size_t i = 0; i < chk->ntlsa; i++) {
+			const struct tls_tlsa *r = &chk->tlsa[i];
+			if (SSL_dane_tlsa_add(ssl, r->usage, r->selector, r->mtype, r->data, r->len) >
+			    0)
+				usable++;
+		}
+		if (usable == 0)
+			return -1;
+	} else if (strchr(chk->names[0], ':') != NULL || strspn(chk->names[0], "0123456789.") ==
+							       strlen(chk->names[0])) {
+		/* an address literal route ([192.0.2.1]:25): the certificate's IP address */
+		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), chk->names[0]) != 1)
+			return -1;
+	} else if (SSL_set1_host(ssl, chk->names[0]) != 1) {
+		return -1;
+	}
+	for (size_t i = 1; i < chk->nnames && i < TLS_NAMES_MAX; i++)
+		if (chk->names[i] != NULL && chk->names[i][0] != '\0' &&
+		    SSL_add1_host(ssl, chk->names[i]) != 1)
+			return -1;
+	/* RFC 6125 6.4.3: a wildcard is a whole left-most label (RFC 8461 4.1 too) */
+	SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	t->auth = chk->mode;
+	return 0;
+}
+
+struct tls_conn *
+tls_conn_new_client_checked(struct tls_ctx *ctx, const char *sni, const struct tls_peer_check *chk)
+{
+	struct tls_conn *t = tls_conn_new_client(ctx, sni);
+	if (t == NULL || chk == NULL || chk->mode == TLS_AUTH_NONE)
+		return t;
+	if (tls_conn_setup_check(t, chk) != 0) {
+		ERR_clear_error();
+		tls_conn_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+int
+tls_conn_peer_check(struct tls_conn *t, char *why, size_t cap)
+{
+	if (t->auth == TLS_AUTH_NONE)
+		return 0;
+	if (SSL_get0_peer_certificate(t->ssl) == NULL) {
+		snprintf(why, cap, "no certificate");
+		return -1;
+	}
+	long rc = SSL_get_verify_result(t->ssl);
+	if (rc != X509_V_OK) {
+		snprintf(why, cap, "%s", X509_verify_cert_error_string(rc));
+		return -1;
+	}
+	if (t->auth == TLS_AUTH_DANE && SSL_get0_dane_authority(t->ssl, NULL, NULL) < 0) {
+		snprintf(why, cap, "no matching DANE TLSA record");
+		return -1;
+	}
+	return 0;
 }
 
 void

@@ -1,11 +1,14 @@
 #!/bin/bash
 # make-cluster-certs.sh DIR N: a cluster CA and N node certificates, an admin CA and relayctl's
 # certificate, for tests and the demo.
+# make-cluster-certs.sh DIR NAME [NAME...]: the same with the nodes' names given (node ids such
+#                                  as n1 or relayd-0; a single all-digit argument is N).
 #
 # Writes into DIR (created if missing):
 #   ca.crt ca.key                  the cluster CA (P-256, self-signed, 10 years)
 #   node1.crt node1.key ... nodeN  one pair per node: CN=nodeI, SAN DNS:nodeI, serverAuth and
-#                                  clientAuth (the same cert listens and dials: mutual TLS)
+#                                  clientAuth (the same cert listens and dials: mutual TLS);
+#                                  NAME.crt NAME.key when names are given
 #   admin-ca.crt admin-ca.key      the admin CA (relayd's admin_ca): apart from the cluster CA,
 #                                  so relayctl's certificate is never a cluster member's
 #                                  credential (a cert of the cluster CA may send Raft frames)
@@ -16,12 +19,28 @@
 # certs.
 set -euo pipefail
 
-if [ $# -ne 2 ] || ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ]; then
-	echo "usage: $0 DIR N" >&2
+usage() {
+	echo "usage: $0 DIR N | $0 DIR NAME [NAME...]" >&2
 	exit 2
-fi
+}
+[ $# -ge 2 ] || usage
 dir=$1
-n=$2
+shift
+names=()
+if [ $# -eq 1 ] && [[ $1 =~ ^[0-9]+$ ]]; then
+	[ "$1" -ge 1 ] || usage
+	for i in $(seq 1 "$1"); do
+		names+=("node$i")
+	done
+else
+	for name in "$@"; do
+		[[ $name =~ ^[A-Za-z0-9._-]{1,63}$ ]] && [ "$name" != admin ] && [ "$name" != ca ] && [ "$name" != admin-ca ] || {
+			echo "$0: bad node name '$name' (letters, digits, '-', '_', '.'; max 63)" >&2
+			exit 2
+		}
+		names+=("$name")
+	done
+fi
 mkdir -p "$dir"
 umask 077
 tmp=$(mktemp -d)
@@ -51,9 +70,9 @@ EXT
 		-out "$dir/$name.crt" 2>/dev/null
 }
 
-for i in $(seq 1 "$n"); do
-	issue "node$i"
+for name in "${names[@]}"; do
+	issue "$name"
 done
 issue admin admin-ca clientAuth
 chmod 0644 "$dir"/*.crt
-echo "$dir: ca.crt, node1..node$n, admin-ca.crt, admin (of admin-ca)"
+echo "$dir: ca.crt, ${names[*]}, admin-ca.crt, admin (of admin-ca)"

@@ -15,10 +15,18 @@ PKGS=(
   # build
   build-essential cmake pkg-config git clang-14 libclang-rt-14-dev
   libuv1-dev libnng-dev librocksdb-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler
-  libc-ares-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev
+  libc-ares-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev libcurl4-openssl-dev
   # tests, demo and benchmark peers
   postfix swaks libnet-ssleay-perl dnsmasq-base haproxy python3 python3-aiosmtpd openssl iproute2 iptables
   prometheus procps psmisc curl strace bc
+  # libfaketime: tests/integration/test_lease_clock.py steps the nodes' wall clocks
+  faketime
+  # outbound TLS tests: a validating resolver, an authoritative server, zone signing
+  unbound nsd ldnsutils
+  # issue 13: real DKIM verifiers (and OpenDKIM as Postfix's milter in bench/e2e.sh), real
+  # bounce parsers run on our DSNs
+  python3-dkim python3-nacl python3-dnspython opendkim opendkim-tools python3-flufl.bounce libmail-deliverystatus-bounceparser-perl
+  libsisimai-perl
   # TLS profile checks of the SMTP listener (tests/integration/test_abuse.py)
   testssl.sh sslscan
 )
@@ -53,7 +61,7 @@ install_packages() {
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 
   # Make sure nothing we installed is left running (a system without policy-rc.d support).
-  for svc in dnsmasq haproxy prometheus prometheus-node-exporter; do
+  for svc in dnsmasq haproxy prometheus prometheus-node-exporter unbound nsd opendkim; do
     pkill -x "$svc" 2>/dev/null || true
   done
   postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true
@@ -76,5 +84,28 @@ if [[ -f $validate/package-lock.json ]]; then
     echo "setup: npm ci in deploy/validate"
     npm ci --prefix "$validate" --no-audit --no-fund --loglevel=error
     cp "$validate/package-lock.json" "$validate/node_modules/.setup-lock.json"
+  fi
+fi
+
+# The npm bounce parser of tests/integration/test_dsn_parsers.py (email-bounce-parser, pinned by
+# tests/integration/bounce_parsers/package-lock.json).  Its re2 dependency compiles a native
+# module (minutes on 2 cores), so the install lives in a machine cache keyed by the lock file and
+# each clone links to it: a fresh clone on the same machine (CI) does not compile it again.
+bp=$top/tests/integration/bounce_parsers
+if [[ -f $bp/package-lock.json ]]; then
+  key=$(sha256sum "$bp/package-lock.json" | cut -c1-16)
+  cache=/var/cache/relayd-tests/bounce-parsers-$key
+  if [[ -f $cache/node_modules/.setup-lock.json ]]; then
+    echo "setup: bounce parser npm packages present ($cache)"
+  else
+    echo "setup: npm ci for the bounce parsers in $cache (compiles re2: a few minutes)"
+    $SUDO mkdir -p "$cache"
+    $SUDO cp "$bp/package.json" "$bp/package-lock.json" "$cache/"
+    (cd "$cache" && $SUDO npm ci --no-audit --no-fund --loglevel=error)
+    $SUDO cp "$bp/package-lock.json" "$cache/node_modules/.setup-lock.json"
+  fi
+  if [[ $(readlink "$bp/node_modules" 2>/dev/null) != "$cache/node_modules" ]]; then
+    rm -rf "$bp/node_modules"
+    ln -s "$cache/node_modules" "$bp/node_modules"
   fi
 fi

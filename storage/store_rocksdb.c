@@ -6,8 +6,19 @@
  * sync=1 sets WriteOptions.sync (the WAL is fsynced before the write returns).  The WAL is on, so
  * after a crash RocksDB recovers a prefix of the writes across all column families.
  *
- * Failure modes: open errors (missing permissions, a damaged manifest, a lock held by another
- * process) and write errors are reported on stderr with RocksDB's text and returned as
+ * WAL recovery: kTolerateCorruptedTailRecords.  A record torn by a crash while it was being
+ * written (the tail of the last WAL) is dropped: it was never acknowledged, since a synced write
+ * returns only once the whole record is on disk.  A corrupt record anywhere else means synced
+ * data (a Raft term or vote, an acknowledged message) would be lost: open fails instead of
+ * RocksDB's default (kPointInTimeRecovery), which silently recovers only up to the damage.
+ *
+ * Test-only knob: with RELAY_TEST_UNSAFE_NO_SYNC=1 in the environment, writes asked to be synced
+ * are not (no fsync of the WAL): acknowledged data is NOT durable.  It exists only so that a test
+ * (tests/integration/test_durability.py) can show its checker catches a relayd that answers 250
+ * before the WAL sync; each open under it says so on stderr.  Never set it anywhere else.
+ *
+ * Failure modes: open errors (missing permissions, a damaged manifest or WAL, a lock held by
+ * another process) and write errors are reported on stderr with RocksDB's text and returned as
  * STORE_EIO; a damaged block surfaces as STORE_EIO from the read or iterator.
  */
 #include <errno.h>
@@ -18,6 +29,9 @@
 #include <rocksdb/c.h>
 
 #include "store.h"
+
+/* See the header comment: test only. */
+#define STORE_TEST_UNSAFE_NO_SYNC_ENV "RELAY_TEST_UNSAFE_NO_SYNC"
 
 struct store_rocksdb {
 	struct store base;
@@ -336,8 +350,18 @@ store_open(const char *dir, int readonly, struct store **out)
 	/* Keep RocksDB's own info logs small: one file, a few MiB. */
 	rocksdb_options_set_max_log_file_size(s->opts, 4 << 20);
 	rocksdb_options_set_keep_log_file_num(s->opts, 2);
+	/* See the header: a torn tail is dropped, corruption before it refuses the open. */
+	rocksdb_options_set_wal_recovery_mode(s->opts,
+					      rocksdb_tolerate_corrupted_tail_records_recovery);
 	s->wsync = rocksdb_writeoptions_create();
-	rocksdb_writeoptions_set_sync(s->wsync, 1);
+	const char *unsafe = getenv(STORE_TEST_UNSAFE_NO_SYNC_ENV);
+	int no_sync = unsafe && strcmp(unsafe, "1") == 0;
+	if (no_sync)
+		fprintf(stderr,
+			"store: open dir=%s event=unsafe-no-sync %s=1: TEST ONLY, synced writes are "
+			"not fsynced\n",
+			dir, STORE_TEST_UNSAFE_NO_SYNC_ENV);
+	rocksdb_writeoptions_set_sync(s->wsync, !no_sync);
 	s->wnosync = rocksdb_writeoptions_create();
 	rocksdb_writeoptions_set_sync(s->wnosync, 0);
 	s->ropts = rocksdb_readoptions_create();

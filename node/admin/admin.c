@@ -23,7 +23,10 @@
 #include "config.h"
 #include "log.h"
 #include "queue_fsm.h"
+#include "smtp_server.h" /* smtp_quota_client_key */
 #include "transport.h"
+
+#include <arpa/inet.h>
 
 /* The queue change in progress: one command per message through the log. */
 enum admin_op { ADMIN_OP_DELETE, ADMIN_OP_RETRY, ADMIN_OP_HOLD, ADMIN_OP_RELEASE };
@@ -760,6 +763,119 @@ admin_drain(struct admin *a, const Relay__DrainRequest *req)
 	admin_cc_start(a, "drain", node, cluster_propose(a->cluster, &cmd, admin_cc_cb, cc), cc);
 }
 
+/* ---- relayctl quota (issue 13 part 2) ---- */
+
+struct admin_quota {
+	Relay__QuotaWindow *w; /* owned array of ADMIN_LIST_MAX */
+	char (*names)[QUEUE_QUOTA_NAME_MAX + 1];
+	size_t n;
+	uint64_t now;
+	bool truncated;
+	const struct relay_config *cfg;
+};
+
+static void
+admin_quota_add(struct admin_quota *aq, const struct queue_quota *w)
+{
+	if (aq->n == ADMIN_LIST_MAX) {
+		aq->truncated = true;
+		return;
+	}
+	Relay__QuotaWindow *x = &aq->w[aq->n];
+	relay__quota_window__init(x);
+	bool user = w->kind == QUEUE_QUOTA_USER;
+	x->kind = user ? "user" : "client";
+	memcpy(aq->names[aq->n], w->name, sizeof(aq->names[0]));
+	x->name = aq->names[aq->n];
+	x->count = w->count;
+	x->start_ms = w->start_ms;
+	x->reset_ms = w->start_ms + QUEUE_QUOTA_WINDOW_MS;
+	x->has_limit = true;
+	x->limit = user ? aq->cfg->max_messages_per_hour_per_user
+			: aq->cfg->max_messages_per_hour_per_client;
+	aq->n++;
+}
+
+static int
+admin_quota_cb(void *arg, const struct queue_quota *w)
+{
+	struct admin_quota *aq = arg;
+	if (aq->now < w->start_ms + QUEUE_QUOTA_WINDOW_MS) /* ended windows count nothing */
+		admin_quota_add(aq, w);
+	return 0;
+}
+
+static int
+admin_quota_cmp(const void *a, const void *b)
+{
+	const Relay__QuotaWindow *x = a, *y = b;
+	if (x->count != y->count)
+		return x->count > y->count ? -1 : 1;
+	int c = strcmp(x->kind, y->kind);
+	return c ? c : strcmp(x->name, y->name);
+}
+
+/* The name as a client address, if it is one: its quota key in key (else ""). */
+static void
+admin_quota_client(const char *name, char *key, size_t cap)
+{
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	key[0] = '\0';
+	if (inet_pton(AF_INET, name, &((struct sockaddr_in *)&ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, name, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	else
+		return;
+	smtp_quota_client_key(&ss, key, cap);
+}
+
+static void
+admin_quota(struct admin *a, const Relay__QuotaRequest *req)
+{
+	const struct queue_fsm *fsm = cluster_queue(a->cluster);
+	struct admin_quota aq = {.now = admin_now_ms(), .cfg = a->cfg};
+	char key[INET6_ADDRSTRLEN + 8] = "";
+	aq.w = calloc(ADMIN_LIST_MAX, sizeof(*aq.w));
+	aq.names = calloc(ADMIN_LIST_MAX, sizeof(*aq.names));
+	Relay__QuotaWindow **wp = calloc(ADMIN_LIST_MAX, sizeof(*wp));
+	if (aq.w == NULL || aq.names == NULL || wp == NULL) {
+		admin_error(a, "out of memory");
+		goto out;
+	}
+	if (req->name != NULL && req->name[0] != '\0') {
+		struct queue_quota w;
+		if (strlen(req->name) <= QUEUE_QUOTA_NAME_MAX &&
+		    queue_fsm_quota(fsm, QUEUE_QUOTA_USER, req->name, &w) == 0)
+			admin_quota_cb(&aq, &w);
+		admin_quota_client(req->name, key, sizeof(key));
+		if (key[0] && queue_fsm_quota(fsm, QUEUE_QUOTA_CLIENT, key, &w) == 0)
+			admin_quota_cb(&aq, &w);
+	} else {
+		queue_fsm_quotas(fsm, admin_quota_cb, &aq);
+	}
+	qsort(aq.w, aq.n, sizeof(*aq.w), admin_quota_cmp);
+	for (size_t i = 0; i < aq.n; i++)
+		wp[i] = &aq.w[i];
+	Relay__QuotaReply qr = RELAY__QUOTA_REPLY__INIT;
+	qr.windows = wp;
+	qr.n_windows = aq.n;
+	qr.has_now_ms = true;
+	qr.now_ms = aq.now;
+	qr.has_truncated = true;
+	qr.truncated = aq.truncated;
+	qr.client_key = key[0] ? key : NULL;
+	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
+	r.ok = true;
+	r.quota = &qr;
+	admin_send(a, &r);
+out:
+	free(wp);
+	free(aq.names);
+	free(aq.w);
+}
+
 static void
 admin_request_cb(void *arg, const void *data, size_t len)
 {
@@ -797,6 +913,9 @@ admin_request_cb(void *arg, const void *data, size_t len)
 		break;
 	case RELAY__ADMIN_REQUEST__REQ_DRAIN:
 		admin_drain(a, req->drain);
+		break;
+	case RELAY__ADMIN_REQUEST__REQ_QUOTA:
+		admin_quota(a, req->quota);
 		break;
 	default:
 		admin_error(a, "unknown request (relayctl newer than this node?)");

@@ -86,6 +86,11 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 #undef X
 	http_printf(t, "relay_messages_rejected_total{reason=\"queue_unavailable\"} %" PRIu64 "\n",
 		    st.accept_failed);
+	family(t, "relay_dkim_messages_total", "counter",
+	       "Messages from mynetworks or AUTH clients by DKIM signing result (dkim_keys).");
+	http_printf(t, "relay_dkim_messages_total{result=\"signed\"} %" PRIu64 "\n", st.dkim[0]);
+	http_printf(t, "relay_dkim_messages_total{result=\"no_key\"} %" PRIu64 "\n", st.dkim[1]);
+	http_printf(t, "relay_dkim_messages_total{result=\"unsigned\"} %" PRIu64 "\n", st.dkim[2]);
 
 	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
 	family(t, "relay_proposal_latency_seconds", "histogram",
@@ -183,8 +188,7 @@ render_cluster(struct http_text *t, struct cluster *c)
 
 /* Delivery ownership: the member table and assignments (applied state), this node's lease. */
 static void
-render_ownership(struct http_text *t, struct cluster *c, const struct delivery *dl,
-		 uint64_t now_ms)
+render_ownership(struct http_text *t, struct cluster *c, const struct delivery *dl)
 {
 	struct queue_fsm *q = cluster_queue(c);
 	static struct queue_member mem[QUEUE_MEMBERS_MAX]; /* loop thread only */
@@ -215,11 +219,20 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		delivery_get_stats(dl, &ds);
 		family(t, "relay_ownership_lease_remaining_seconds", "gauge",
 		       "Time left on this node's delivery lease (negative: lapsed).");
-		double left = ds.lease_until_ms == 0 ? -1.0
-				  : ds.lease_until_ms >= now_ms
-				      ? (double)(ds.lease_until_ms - now_ms) / 1000.0
-				      : -(double)(now_ms - ds.lease_until_ms) / 1000.0;
+		/* computed by the engine on its monotonic clock: never against this wall clock */
+		double left = ds.lease_left_ms == INT64_MIN ? -1.0 : (double)ds.lease_left_ms / 1000.0;
 		http_printf(t, "relay_ownership_lease_remaining_seconds %.3f\n", left);
+		counter(t, "relay_delivery_commits_refused_total",
+			"Attempts abandoned before their end of data: the lease (minus its margin) "
+			"lapsed or the domain moved; the recipients stay queued.",
+			ds.commits_refused);
+		family(t, "relay_delivery_timeouts_total", "counter",
+		       "Attempts cut by a deadline: a phase's (RFC 5321 4.5.3.2) or the attempt's "
+		       "(delivery_attempt_timeout).");
+		http_printf(t, "relay_delivery_timeouts_total{deadline=\"phase\"} %" PRIu64 "\n",
+			    ds.phase_timeouts);
+		http_printf(t, "relay_delivery_timeouts_total{deadline=\"attempt\"} %" PRIu64 "\n",
+			    ds.attempt_timeouts);
 		counter(t, "relay_ownership_renews_total", "Lease renewals committed.", ds.renews);
 		counter(t, "relay_ownership_member_proposals_total",
 			"Member commands this node proposed.", ds.member_proposals);
@@ -297,10 +310,7 @@ metrics_fill(void *arg, struct http_text *t, bool *ready, char *reason, size_t r
 		render_smtp(t, m->smtp);
 	if (m->cluster != NULL) {
 		render_cluster(t, m->cluster);
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		render_ownership(t, m->cluster, m->delivery,
-				 (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+		render_ownership(t, m->cluster, m->delivery);
 	}
 	*ready = m->cluster != NULL && m->smtp != NULL && !m->stopping;
 	if (m->stopping)

@@ -89,6 +89,8 @@ usage(FILE *out)
 	    "                                          caught-up other voter)\n"
 	    "  drain [ID]                              hand a member's deliveries over (default:\n"
 	    "                                          the node answering); waits until drained\n"
+	    "  quota [USER|ADDR]                       messages counted this hour per user and\n"
+	    "                                          client (cluster-wide hourly quotas)\n"
 	    "--timeout: one request (default 5s), or the whole wait (default 60s)\n"
 	    "exit codes: 0 ok, 1 request failed, 2 usage, 3 no node reachable\n");
 }
@@ -906,6 +908,58 @@ global_option(int argc, char **argv, int *i, const char **config_file)
 	return true;
 }
 
+/* relayctl quota [USER|ADDR]: the hourly quota windows (max_messages_per_hour_per_*). */
+static int
+cmd_quota(int argc, char **argv)
+{
+	Relay__QuotaRequest qr = RELAY__QUOTA_REQUEST__INIT;
+	if (argc > 1)
+		die(EXIT_USAGE, "quota takes at most one USER or ADDR");
+	if (argc == 1)
+		qr.name = argv[0];
+	Relay__AdminRequest req = RELAY__ADMIN_REQUEST__INIT;
+	req.req_case = RELAY__ADMIN_REQUEST__REQ_QUOTA;
+	req.quota = &qr;
+	Relay__AdminReply *r = call(&req);
+	const Relay__QuotaReply *q = r->quota;
+	if (q == NULL)
+		die(EXIT_FAILED, "reply without quotas (a node older than relayctl?)");
+	if (opt.json) {
+		printf("{\"now_ms\":%" PRIu64 ",", q->now_ms);
+		if (q->client_key)
+			json_kv_str("client_key", q->client_key, false), putchar(',');
+		printf("\"windows\":[");
+		for (size_t i = 0; i < q->n_windows; i++) {
+			const Relay__QuotaWindow *w = q->windows[i];
+			printf("%s{", i ? "," : "");
+			json_kv_str("kind", w->kind, false);
+			json_kv_str("name", w->name, true);
+			json_kv_u64("count", w->count, true);
+			json_kv_u64("limit", w->limit, true);
+			json_kv_u64("start_ms", w->start_ms, true);
+			json_kv_u64("reset_ms", w->reset_ms, true);
+			putchar('}');
+		}
+		printf("],\"truncated\":%s}\n", q->truncated ? "true" : "false");
+	} else {
+		char in[32];
+		printf("%-7s %-40s %7s %7s  %s\n", "KIND", "NAME", "COUNT", "LIMIT", "RESETS IN");
+		for (size_t i = 0; i < q->n_windows; i++) {
+			const Relay__QuotaWindow *w = q->windows[i];
+			char lim[24];
+			snprintf(lim, sizeof(lim), w->limit ? "%" PRIu64 : "-", w->limit);
+			printf("%-7s %-40s %7u %7s  %s\n", w->kind, w->name, w->count, lim,
+			       fmt_age(w->reset_ms, q->now_ms, in, sizeof(in)));
+		}
+		if (q->n_windows == 0 && qr.name)
+			printf("nothing counted for %s this hour\n", qr.name);
+		if (q->truncated)
+			printf("(more windows than shown)\n");
+	}
+	relay__admin_reply__free_unpacked(r, NULL);
+	return EXIT_OK;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -998,6 +1052,8 @@ main(int argc, char **argv)
 		return cmd_leader(argc - i, argv + i);
 	if (strcmp(cmd, "drain") == 0)
 		return cmd_drain(argc - i, argv + i);
+	if (strcmp(cmd, "quota") == 0)
+		return cmd_quota(argc - i, argv + i);
 	usage(stderr);
 	die(EXIT_USAGE, "unknown command '%s'", cmd);
 }

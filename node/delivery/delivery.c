@@ -33,18 +33,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
 /* ------------------------------------------------------------ helpers */
-
-uint64_t
-dlv__now_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
 
 uint64_t
 dlv__hash_str(const char *s)
@@ -261,7 +254,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	    ((uint64_t)tv.tv_sec << 20) ^ (uint64_t)tv.tv_usec ^ ((uint64_t)getpid() << 40);
 	mx_rng_seed(&d->rng, seed);
 	queue_id_gen_init(&d->qid, cfg->node_id, "dsn");
-	if (tls_client_ctx_new(&d->tls, err, errlen) != 0)
+	if (dlv__tls_start(d, err, errlen) != 0)
 		goto err_after_alloc;
 	char servers[RESOLVER_SERVERS_MAX];
 	if (servers_string(cfg, servers, sizeof(servers)) != 0) {
@@ -273,6 +266,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 		    .servers = servers,
 		    .cache_max = RESOLVER_CACHE_DEFAULT,
 		    .seed = seed ^ 0x9e3779b97f4a7c15ull,
+		    .dnssec_ad = cfg->dns_dnssec_trusted,
 		};
 		int rc = resolver_new(loop, &ro, &d->resolver);
 		if (rc != 0) {
@@ -309,7 +303,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	*out = d;
 	return 0;
 err_after_tls:
-	tls_ctx_free(d->tls);
+	dlv__tls_fini(d);
 err_after_alloc:
 	free(d);
 	return -1;
@@ -328,7 +322,8 @@ dlv__maybe_done(struct delivery *d)
 {
 	if (!d->closing || d->done_called)
 		return;
-	if (d->conns != NULL || d->nmsgs > 0 || d->handles_open > 0 || d->resolver != NULL)
+	if (d->conns != NULL || d->nmsgs > 0 || d->handles_open > 0 || d->resolver != NULL ||
+	    dlv__tls_busy(d))
 		return;
 	if (d->dest_list != NULL) {
 		/* only idle destinations can remain (a lookup in flight holds its own) */
@@ -342,7 +337,7 @@ dlv__maybe_done(struct delivery *d)
 	void (*done)(void *) = d->done;
 	void *arg = d->done_arg;
 	d->done_called = true;
-	tls_ctx_free(d->tls);
+	dlv__tls_fini(d);
 	log_info("-",
 		 "event=delivery-stopped connections=%" PRIu64 " messages_sent=%" PRIu64
 		 " delivered=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64 " dsns=%" PRIu64,
@@ -400,6 +395,7 @@ delivery_close(struct delivery *d, void (*done)(void *arg), void *arg)
 		d->resolver = NULL;
 		resolver_close(r); /* lookups in flight get MX_ECANCELED from its close callbacks */
 	}
+	dlv__tls_close(d); /* MTA-STS fetches in flight: canceled the same way */
 	dlv__maybe_done(d);
 }
 
@@ -408,7 +404,10 @@ delivery_get_stats(const struct delivery *d, struct delivery_stats *st)
 {
 	*st = d->st;
 	st->renews = d->own.renews;
-	st->lease_until_ms = d->own.lease_until;
+	uint64_t now = clock_mono_ms(); /* the lease runs on this clock (clock.h) */
+	st->lease_left_ms = d->own.lease_until == 0	? INT64_MIN
+			    : d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
+							: -(int64_t)(now - d->own.lease_until);
 	st->self_state = d->self_state;
 	st->inflight_msgs = d->nmsgs;
 	st->active_conns = (uint64_t)d->nconn;

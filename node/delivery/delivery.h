@@ -15,7 +15,12 @@
  *   connection  one mta_session over libuv (+ client TLS for STARTTLS); takes the destination's
  *              jobs one after another (at most max_messages_per_connection; idle, it waits
  *              DLV_IDLE_MS for the next one), fails over to the next address / next MX on
- *              connect errors, non-220 greetings, 4xx to MAIL/DATA/dot, a lost connection.
+ *              connect errors, non-220 greetings, 4xx to MAIL/DATA/dot, a lost connection,
+ *              a phase deadline; every attempt ends within delivery_attempt_timeout
+ *              (mta_session.h deadlines, on the monotonic clock: node/clock.h).
+ *   commit     right before the end of data the lease is asked again (ownership.h
+ *              own_may_commit): without it the connection closes without the "." and the
+ *              recipients stay queued, with no Outcome (the lease bounds the whole attempt).
  *   outcome    when every job of a message is done: one Outcome per (kind, reply, relay) group,
  *              deferred ones with the next attempt from retry.h (or failed when queue_lifetime is
  *              over), a DSN (RFC 3464) per message and reason attached as the Outcome's dsn
@@ -70,7 +75,12 @@ struct delivery_stats {
 	uint64_t own_failures;	   /* Member/Renew proposals that failed */
 	uint64_t jobs_dropped;	   /* queued jobs dropped: lease lost or domain moved */
 	uint64_t renews;	   /* Renews committed */
-	uint64_t lease_until_ms;   /* this node's lease (unix ms; 0 none) */
+	int64_t lease_left_ms;	   /* this node's lease: ms left (negative: lapsed; INT64_MIN: never
+				      held), on the monotonic clock */
+	uint64_t commits_refused;  /* attempts abandoned before their end of data: the lease (minus
+				      its margin) lapsed or the domain moved */
+	uint64_t phase_timeouts;   /* attempts cut by a phase deadline (RFC 5321 4.5.3.2) */
+	uint64_t attempt_timeouts; /* attempts cut by delivery_attempt_timeout */
 	int64_t self_state;	   /* enum queue_member_state of this node, -1 not a member */
 };
 void delivery_get_stats(const struct delivery *d, struct delivery_stats *st);

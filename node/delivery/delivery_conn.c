@@ -2,6 +2,17 @@
  * delivery_conn.c - one outgoing SMTP connection (delivery_int.h): libuv TCP, client TLS
  * over memory BIOs (tls.h), the pure client machine (mta_session.h) driven by the bytes,
  * failover to the next address and MX, connection reuse and idle connections.
+ *
+ * Deadlines (mta_session.h struct mta_deadline, on the monotonic clock): each attempt (a job
+ * taken by the connection, across failover) gets delivery_attempt_timeout, each phase its RFC
+ * 5321 4.5.3.2 value (connect: connect_timeout), armed when the phase starts and never moved by
+ * bytes that complete nothing.  A phase deadline fails this host over to the next; the attempt
+ * deadline defers the job's recipients.
+ *
+ * Commit gate: the machine stops before the end of data (MTA_EV_COMMIT).  Once every body byte
+ * left this process and the kernel (nothing in libuv's queue, SIOCOUTQNSD 0), the glue asks the
+ * lease (dlv__own_may_commit) and sends the "." only with it; otherwise the connection closes
+ * without it and the recipients stay queued (dlv__job_drop).
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -11,10 +22,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/sockios.h>
+#endif
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -23,12 +39,22 @@ static void conn_timer_cb(uv_timer_t *t);
 
 /* ------------------------------------------------------------ connections */
 
+/* The connection takes a job: its attempt's total deadline starts now. */
+static void
+conn_attempt_start(struct dconn *c)
+{
+	c->attempt_over = false;
+	c->commit_poll = false;
+	mta_deadline_attempt(&c->dl, clock_mono_ms(), c->d->cfg->delivery_attempt_timeout_ms);
+}
+
 static void
 conn_idle_enter(struct dconn *c)
 {
 	struct delivery *d = c->d;
 	struct ddest *x = c->dest;
 	c->idle = true;
+	c->idle_until = clock_mono_ms() + DLV_IDLE_MS;
 	c->iprev = NULL;
 	c->inext = x->idle;
 	if (x->idle)
@@ -80,6 +106,7 @@ dlv__conn_reuse(struct ddest *x)
 		return false;
 	dlv__conn_idle_leave(c);
 	c->job = j;
+	conn_attempt_start(c);
 	dlv__job_txn(j);
 	if (mta_session_next(&c->sess, &j->txn) != 0) {
 		/* the session moved on (the server said something): give the job back */
@@ -186,12 +213,22 @@ dlv__conn_close(struct dconn *c)
 	uv_close((uv_handle_t *)&c->timer, conn_timer_closed_cb);
 }
 
+/* Arms the connection's timer for the earliest deadline that applies now: the idle bound, or
+ * the attempt's and its current phase's (a phase that started since the last call gets its
+ * deadline from now), or the commit gate's next look at the socket. */
 static void
-conn_arm(struct dconn *c, uint64_t ms)
+conn_arm_deadline(struct dconn *c)
 {
+	uint64_t now = clock_mono_ms(), at;
+	if (c->idle)
+		at = c->idle_until;
+	else
+		at = mta_deadline_update(&c->dl, c->connected ? &c->sess : NULL, now);
+	if (c->commit_poll && (at == 0 || at > now + DLV_COMMIT_POLL_MS))
+		at = now + DLV_COMMIT_POLL_MS;
 	uv_timer_stop(&c->timer);
-	if (ms > 0)
-		uv_timer_start(&c->timer, conn_timer_cb, ms, 0);
+	if (at != 0)
+		uv_timer_start(&c->timer, conn_timer_cb, at > now ? at - now : 0, 0);
 }
 
 static void
@@ -340,6 +377,11 @@ conn_tls_input(struct dconn *c, const char *buf, size_t len)
 		char desc[128];
 		log_debug("-", "event=tls relay=%s tls=\"%s\"", c->relay,
 			  tls_conn_describe(c->tls, desc, sizeof(desc)));
+		if (dlv__tls_check_peer(c) != 0) { /* before any SMTP byte goes over it */
+			c->tls_failed = true;
+			mta_session_tls_done(&c->sess, false);
+			return;
+		}
 		c->tls_state = CTLS_ON;
 		mta_session_tls_done(&c->sess, true);
 	}
@@ -375,12 +417,9 @@ conn_start_session(struct dconn *c)
 {
 	dlv__job_txn(c->job);
 	c->mcfg.helo_name = c->d->cfg->hostname;
-	c->mcfg.tls = c->dest->tls_required ? MTA_TLS_REQUIRED
-		      : c->tls_plain_retry  ? MTA_TLS_NONE
-					    : MTA_TLS_OPPORTUNISTIC;
+	c->mcfg.tls = dlv__tls_session_mode(c);
 	c->mcfg.tls_active = false;
-	if (c->d->tls == NULL && c->mcfg.tls == MTA_TLS_OPPORTUNISTIC)
-		c->mcfg.tls = MTA_TLS_NONE;
+	c->mcfg.commit_gate = true; /* the lease decides on the end of data (conn_commit) */
 	mta_session_init(&c->sess, &c->mcfg, &c->job->txn);
 }
 
@@ -433,6 +472,10 @@ conn_connect(struct dconn *c)
 	}
 	inet_ntop(a->family, a->addr, abuf, sizeof(abuf));
 	snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", h->name, abuf, c->dest->port);
+	if (dlv__tls_plan(c) != 0) {
+		c->addr_i = h->naddrs - 1; /* outbound TLS skips the whole host */
+		return -1;
+	}
 	struct dsock *s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return -1;
@@ -455,7 +498,8 @@ conn_connect(struct dconn *c)
 		conn_drop_sock(c);
 		return -1;
 	}
-	conn_arm(c, c->d->cfg->connect_timeout_ms);
+	mta_deadline_glue_phase(&c->dl, clock_mono_ms(), c->d->cfg->connect_timeout_ms);
+	conn_arm_deadline(c);
 	return 0;
 }
 
@@ -480,12 +524,12 @@ dlv__conn_next_address(struct dconn *c)
 				c->host_i++;
 			}
 		}
-		if (c->host_i >= c->mx.nhosts || c->job == NULL || c->d->closing)
+		if (c->host_i >= c->mx.nhosts || c->job == NULL || c->d->closing || c->attempt_over)
 			break;
 		if (conn_connect(c) == 0)
 			return;
 	}
-	if (c->job != NULL && !c->reached && !c->d->closing) {
+	if (c->job != NULL && !c->reached && !c->d->closing && !c->attempt_over) {
 		/* No host of the route answered: the jobs waiting here would fail alike. */
 		struct mta_diag dg = c->job->last;
 		char relay[DLV_RELAY_MAX];
@@ -502,26 +546,54 @@ conn_timer_cb(uv_timer_t *t)
 	struct dconn *c = t->data;
 	if (c->closing)
 		return;
-	if (c->sock != NULL && !c->connected) {
-		struct mta_diag *dg = &c->job->last;
-		dg->code = 451;
-		dg->local = true;
-		snprintf(dg->enh, sizeof(dg->enh), "4.4.1");
-		snprintf(dg->text, sizeof(dg->text), "451 4.4.1 connect to %s: timed out",
-			 c->relay);
-		snprintf(c->job->last_relay, sizeof(c->job->last_relay), "%s", c->relay);
-		dlv__conn_next_address(c);
-		return;
-	}
+	uint64_t now = clock_mono_ms();
 	if (c->idle) {
+		if (now < c->idle_until) {
+			conn_arm_deadline(c); /* the loop's clock ran ahead of ours */
+			return;
+		}
 		dlv__conn_idle_leave(c);
 		mta_session_quit(&c->sess);
 		dlv__conn_process(c);
 		return;
 	}
-	log_info(c->job ? c->job->msg->qid : "-", "event=timeout relay=%s state=%s", c->relay,
-		 mta_state_name(c->sess.state));
-	mta_session_abort(&c->sess, "timeout");
+	if (c->sock == NULL)
+		return; /* between two addresses: conn_connect arms again */
+	const struct mta_session *s = c->connected ? &c->sess : NULL;
+	enum mta_expiry ex = mta_deadline_expired(&c->dl, s, now);
+	if (ex == MTA_DL_NONE) {
+		/* early, or the commit gate looks at the socket again */
+		if (c->connected)
+			dlv__conn_process(c);
+		else
+			conn_arm_deadline(c);
+		return;
+	}
+	bool total = ex == MTA_DL_ATTEMPT;
+	if (total) {
+		c->attempt_over = true;
+		c->d->st.attempt_timeouts++;
+	} else {
+		c->d->st.phase_timeouts++;
+	}
+	const char *phase = c->connected ? mta_state_name(c->sess.state) : "connect";
+	log_info(c->job ? c->job->msg->qid : "-", "event=timeout deadline=%s relay=%s state=%s",
+		 total ? "attempt" : "phase", c->relay, phase);
+	if (!c->connected) {
+		struct mta_diag *dg = &c->job->last;
+		dg->code = 451;
+		dg->local = true;
+		snprintf(dg->enh, sizeof(dg->enh), "4.4.1");
+		snprintf(dg->text, sizeof(dg->text), "451 4.4.1 connect to %s: %s", c->relay,
+			 total ? "delivery_attempt_timeout reached" : "timed out");
+		snprintf(c->job->last_relay, sizeof(c->job->last_relay), "%s", c->relay);
+		dlv__conn_next_address(c);
+		return;
+	}
+	char why[96];
+	snprintf(why, sizeof(why), "%s (%s)",
+		 total ? "delivery_attempt_timeout reached" : "timeout", phase);
+	mta_session_abort(&c->sess, why);
 	dlv__conn_process(c);
 }
 
@@ -557,6 +629,7 @@ conn_txn_done(struct dconn *c)
 		return;
 	}
 	c->job = next;
+	conn_attempt_start(c);
 	dlv__job_txn(next);
 	if (mta_session_next(&c->sess, &next->txn) != 0)
 		mta_session_quit(&c->sess);
@@ -568,14 +641,23 @@ conn_session_closed(struct dconn *c)
 {
 	struct djob *j = c->job;
 	dlv__conn_idle_leave(c);
+	if (j != NULL && c->sess.close_reason == MTA_CLOSE_ABANDONED) {
+		/* the commit gate said no: no "." was sent; not for another host either */
+		dlv__job_harvest(j, c->relay);
+		c->job = NULL;
+		dlv__job_drop(j);
+		dlv__conn_close(c);
+		return;
+	}
 	if (j != NULL) {
 		dlv__job_harvest(j, c->relay);
 		if (c->sess.close_reason == MTA_CLOSE_NEXT_HOST && c->sess.diag.code != 0) {
 			j->last = c->sess.diag;
 			snprintf(j->last_relay, sizeof(j->last_relay), "%s", c->relay);
 		}
+		dlv__tls_session_closed(c, j);
 		if (dlv__job_has_pending(j)) {
-			if (c->tls_failed && !c->dest->tls_required)
+			if (c->tls_failed && !c->tlsc.plan.required)
 				c->tls_plain_retry = true;
 			dlv__conn_next_address(c);
 			return;
@@ -584,6 +666,60 @@ conn_session_closed(struct dconn *c)
 		dlv__job_done(j);
 	}
 	dlv__conn_close(c);
+}
+
+/* Bytes the kernel holds for the socket and has not sent yet (0 when it cannot tell). */
+static size_t
+conn_unsent(struct dconn *c)
+{
+#ifdef SIOCOUTQNSD
+	uv_os_fd_t fd;
+	int n = 0;
+	if (c->sock != NULL && uv_fileno((uv_handle_t *)&c->sock->tcp, &fd) == 0 &&
+	    ioctl(fd, SIOCOUTQNSD, &n) == 0 && n > 0)
+		return (size_t)n;
+#else
+	(void)c;
+#endif
+	return 0;
+}
+
+/*
+ * MTA_EV_COMMIT: once the whole body left (libuv's queue empty, the kernel sent it all), ask
+ * the lease right before the end of data goes out.  Returns false while it must wait (a write
+ * callback or the poll timer comes back).
+ */
+static bool
+conn_commit(struct dconn *c)
+{
+	if (c->wbytes > 0) {
+		c->commit_poll = false; /* write_cb calls dlv__conn_process */
+		return false;
+	}
+	if (conn_unsent(c) > 0) {
+		c->commit_poll = true; /* conn_timer_cb looks again in DLV_COMMIT_POLL_MS */
+		return false;
+	}
+	c->commit_poll = false;
+	struct delivery *d = c->d;
+	uint64_t now = clock_mono_ms();
+	if (c->job != NULL && dlv__own_may_commit(d, c->job, now)) {
+		mta_session_commit(&c->sess, true, NULL);
+		return true;
+	}
+	d->st.commits_refused++;
+	char left[24] = "none"; /* no lease at all */
+	if (d->own.lease_until != 0)
+		snprintf(left, sizeof(left), "%" PRId64,
+			 d->own.lease_until >= now ? (int64_t)(d->own.lease_until - now)
+						   : -(int64_t)(now - d->own.lease_until));
+	log_warn(c->job ? c->job->msg->qid : "-",
+		 "event=commit-refused relay=%s lease_ms_left=%s margin_ms=%" PRIu64
+		 " note=\"lease lapsed or domain moved: no end of data sent, the recipients stay "
+		 "queued\"",
+		 c->relay, left, d->own.margin_ms);
+	mta_session_commit(&c->sess, false, "delivery lease lapsed before the end of data");
+	return true;
 }
 
 /* Runs the machine over the buffered input and acts on its events.  Never frees c. */
@@ -622,7 +758,7 @@ dlv__conn_process(struct dconn *c)
 				break; /* handshaking */
 			c->in_len = 0;
 			char err[64];
-			c->tls = tls_conn_new_client(c->d->tls, c->mx.hosts[c->host_i].name);
+			c->tls = dlv__tls_conn_new(c);
 			if (c->tls == NULL) {
 				c->tls_failed = true;
 				mta_session_tls_done(&c->sess, false);
@@ -636,6 +772,11 @@ dlv__conn_process(struct dconn *c)
 				continue;
 			}
 			break;
+		}
+		if (ev == MTA_EV_COMMIT) {
+			if (!conn_commit(c))
+				break;
+			continue;
 		}
 		if (ev == MTA_EV_TXN_DONE) {
 			if (c->idle)
@@ -656,7 +797,7 @@ dlv__conn_process(struct dconn *c)
 	if (c->closing || c->sock == NULL)
 		return;
 	conn_update_reading(c);
-	conn_arm(c, c->idle ? DLV_IDLE_MS : mta_session_timeout_ms(&c->sess));
+	conn_arm_deadline(c);
 }
 
 struct dconn *
@@ -682,6 +823,7 @@ dlv__conn_new(struct ddest *x, struct djob *j)
 	d->st.jobs_started++;
 	c->host_i = 0;
 	c->addr_i = 0;
+	conn_attempt_start(c);
 	if (c->mx.nhosts == 0 || conn_connect(c) != 0) {
 		/* next_address advances from (0,0): pretend we tried it */
 		dlv__conn_next_address(c);

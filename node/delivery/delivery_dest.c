@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -57,7 +58,10 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 		snprintf(domain, sizeof(domain), "%s", dom);
 	else if (mx_name_normalize(dom, domain) != 0 || domain[0] == '\0')
 		snprintf(domain, sizeof(domain), "%s", "");
-	bool tls_req = domain[0] && dlv__list_has(&d->cfg->tls_required_domains, domain);
+	enum tls_policy_level level = dlv__tls_level(d, domain);
+	char lvl[32] = "";
+	if (level != TLSP_MAY)
+		snprintf(lvl, sizeof(lvl), "/%s", tls_policy_level_name(level));
 	const char *target = NULL;
 	bool transport = false;
 	for (size_t i = 0; domain[0] && i < d->cfg->transport.n; i++) {
@@ -77,19 +81,19 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 		snprintf(route.host, sizeof(route.host), "%s", literal);
 		route.port = 25;
 		route.no_mx = true;
-		snprintf(key, sizeof(key), "host:%s:25%s", route.host, tls_req ? "/tls" : "");
+		snprintf(key, sizeof(key), "host:%s:25%s", route.host, lvl);
 	} else if (target != NULL) {
 		if (config_parse_route(target, &route) != 0)
 			return NULL;
 		if (transport)
 			route.no_mx = true;
 		snprintf(key, sizeof(key), "%s%s:%u%s", route.no_mx ? "host:" : "mx:", route.host,
-			 route.port, tls_req ? "/tls" : "");
+			 route.port, lvl);
 	} else {
 		snprintf(route.host, sizeof(route.host), "%s", domain);
 		route.port = 25;
 		route.no_mx = false;
-		snprintf(key, sizeof(key), "domain:%s%s", domain, tls_req ? "/tls" : "");
+		snprintf(key, sizeof(key), "domain:%s%s", domain, lvl);
 	}
 	uint64_t h = dlv__hash_str(key) % DLV_HASH_BUCKETS;
 	for (struct ddest *x = d->dests[h]; x; x = x->hnext)
@@ -104,7 +108,8 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 	snprintf(x->host, sizeof(x->host), "%s", route.host);
 	x->port = route.port;
 	x->no_mx = route.no_mx;
-	x->tls_required = tls_req;
+	x->rcpt_mx = target == NULL && !is_literal;
+	x->tls_level = level;
 	x->hnext = d->dests[h];
 	d->dests[h] = x;
 	x->next = d->dest_list;
@@ -130,6 +135,7 @@ dlv__dest_maybe_free(struct ddest *x)
 		d->dest_list = x->next;
 	if (x->next)
 		x->next->prev = x->prev;
+	dlv__tls_dest_free(x);
 	free(x->mx);
 	free(x);
 }
@@ -160,7 +166,7 @@ dlv__dest_take(struct ddest *x)
 		return NULL;
 	if (per_min > 0) {
 		double burst = per_min / 60.0 < 1.0 ? 1.0 : per_min / 60.0;
-		uint64_t now = dlv__now_ms();
+		uint64_t now = clock_mono_ms();
 		if (x->tokens_ms == 0)
 			x->tokens = burst;
 		else if (now > x->tokens_ms)
@@ -289,7 +295,7 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 			}
 			x->state = DEST_READY;
 			uint32_t ttl = list->ttl < 5 ? 5 : list->ttl;
-			x->mx_expires_ms = dlv__now_ms() + (uint64_t)ttl * 1000;
+			x->mx_expires_ms = clock_mono_ms() + (uint64_t)ttl * 1000;
 			if (log_enabled(LOG_DEBUG)) {
 				char buf[1024];
 				mx_list_format(list, buf, sizeof(buf));
@@ -318,6 +324,10 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 		dlv__maybe_done(d);
 		return;
 	}
+	if (dlv__tls_dest_prepare(x)) {
+		x->state = DEST_RESOLVING; /* delivery_tls.c makes it READY once its facts are in */
+		return;
+	}
 	dlv__dest_pump(x);
 	dlv__dest_maybe_free(x);
 }
@@ -332,7 +342,7 @@ dlv__dest_pump(struct ddest *x)
 		return;
 	if (x->state == DEST_RESOLVING)
 		return;
-	if (x->state == DEST_READY && dlv__now_ms() >= x->mx_expires_ms && x->nconn == 0)
+	if (x->state == DEST_READY && clock_mono_ms() >= x->mx_expires_ms && x->nconn == 0)
 		x->state = DEST_NEW;
 	if (x->state == DEST_NEW) {
 		struct mta_diag dg = {.code = 451, .local = true};

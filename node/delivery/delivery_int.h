@@ -11,6 +11,9 @@
  *   delivery_conn.c     one outgoing connection: libuv socket, client TLS, the mta_session machine
  *   delivery_outcome.c  results: Outcome proposals (re-proposed until accepted), DSNs, logs
  *   delivery_own.c      the ownership runtime: Member/Renew proposals, the lease, drain
+ *   delivery_tls.c      outbound TLS: levels, DANE (TLSA lookups), MTA-STS (discovery, the
+ *                       per-node policy cache, HTTPS fetches), the plan of each connection and
+ *                       the check of the peer after the handshake
  */
 #ifndef RELAY_DELIVERY_INT_H
 #define RELAY_DELIVERY_INT_H
@@ -23,9 +26,12 @@
 
 #include "cluster.h"
 #include "config.h"
+#include "dane.h"
 #include "dsn.h"
+#include "https_fetch.h"
 #include "log.h"
 #include "mta_session.h"
+#include "mta_sts.h"
 #include "mx.h"
 #include "ownership.h"
 #include "queue_fsm.h"
@@ -33,6 +39,7 @@
 #include "resolver.h"
 #include "retry.h"
 #include "tls.h"
+#include "tls_policy.h"
 
 /* Bounds. */
 #define DLV_INFLIGHT_PER_SLOT 8			   /* messages in memory per max_deliveries */
@@ -48,6 +55,8 @@
 #define DLV_IDLE_MS                                                                                \
 	2000 /* a connection waits this long for the next job of its route (Postfix                \
 		smtp_connection_cache_time_limit) */
+/* The commit gate looks again this often while the kernel still holds body bytes unsent. */
+#define DLV_COMMIT_POLL_MS 5
 
 enum rres { RES_NONE = 0, RES_DELIVERED, RES_DEFERRED, RES_FAILED };
 
@@ -111,7 +120,9 @@ struct ddest {
 	char host[256];		      /* MX route: the domain; else the relay host */
 	unsigned port;
 	bool no_mx;
-	bool tls_required;
+	bool rcpt_mx;			 /* the recipient domain's own MX (MTA-STS applies) */
+	enum tls_policy_level tls_level; /* tls_policy / tls_required_domains */
+	struct dtls_dest *tls;		 /* owned (delivery_tls.c): DANE and MTA-STS facts */
 	enum dest_state state;
 	struct mx_list *mx; /* owned, when READY */
 	uint64_t mx_expires_ms;
@@ -132,6 +143,13 @@ struct dsock {
 
 enum ctls { CTLS_NONE, CTLS_HANDSHAKE, CTLS_ON };
 
+/* What outbound TLS asks of the current host of a connection (delivery_tls.c). */
+struct dconn_tls {
+	struct tls_host_plan plan;
+	bool failed; /* the peer failed the plan's check: diag says why; no plaintext retry */
+	struct mta_diag diag;
+};
+
 struct dconn {
 	struct delivery *d;
 	struct ddest *dest;
@@ -139,11 +157,16 @@ struct dconn {
 	uv_timer_t timer;
 	struct dsock *sock; /* current attempt, or NULL */
 	bool connected, reading, closing, reached, tls_plain_retry, tls_failed;
-	int refs; /* timer + sockets */
+	bool attempt_over; /* the job's delivery_attempt_timeout passed: no failover, defer */
+	bool commit_poll;  /* MTA_EV_COMMIT waits for the kernel to send the body (timer polls) */
+	struct mta_deadline dl; /* the job's attempt and the current phase (mono clock) */
+	uint64_t idle_until;	/* mono: an idle connection quits then */
+	int refs;		/* timer + sockets */
 	struct mta_session sess;
 	struct mta_config mcfg;
 	struct tls_conn *tls; /* owned */
 	enum ctls tls_state;
+	struct dconn_tls tlsc;
 	struct mx_list mx; /* copy taken when the connection started */
 	size_t host_i, addr_i;
 	char relay[DLV_RELAY_MAX]; /* "host[addr]:port" of the current attempt */
@@ -171,6 +194,8 @@ struct delivery {
 	struct queue_fsm *q;
 	struct resolver *resolver; /* NULL when no DNS server is known */
 	struct tls_ctx *tls;
+	struct https_fetch *http; /* MTA-STS policy fetches; NULL when mta_sts = no or closed */
+	struct sts_cache *sts;	  /* owned (delivery_tls.c): MTA-STS policies, per node */
 	struct retry_policy retry;
 	struct mx_rng rng;
 	struct queue_id_gen qid;
@@ -201,10 +226,12 @@ struct delivery {
 	uv_timer_t own_timer;
 	struct own_prop *own_props; /* Member/Renew proposals not called back (list) */
 	size_t n_own_props;
-	int self_state;	 /* this node in the member table; -1 absent */
-	bool may_start;	 /* at the last tick: LIVE and lease held */
-	bool own_booted; /* the boot-time LIVE was proposed */
-	bool abandon;	 /* drain timeout: abandoned attempts are due again at once */
+	int self_state;		 /* this node in the member table; -1 absent */
+	uint64_t self_since;	 /* its since_index (the index that set self_state); 0 absent */
+	bool may_start;		 /* at the last tick: LIVE and lease held */
+	bool own_booted;	 /* the boot-time LIVE was proposed */
+	bool abandon;		 /* drain timeout: abandoned attempts are due again at once */
+	uint64_t backsteps_seen; /* own.clock_backsteps already logged */
 	void (*done)(void *);
 	void *done_arg;
 };
@@ -224,7 +251,6 @@ struct own_prop {
 
 /* ---- delivery.c ---- */
 
-uint64_t dlv__now_ms(void);
 uint64_t dlv__hash_str(const char *s);
 void dlv__rfc5322_date(char *buf, size_t cap, uint64_t ms);
 const char *dlv__xtext_decode(const char *s, char *out, size_t cap);
@@ -250,6 +276,7 @@ void dlv__job_finish_all(struct djob *j, bool permanent, const struct mta_diag *
 void dlv__job_harvest(struct djob *j, const char *relay);
 bool dlv__job_has_pending(const struct djob *j);
 void dlv__job_txn(struct djob *j);
+void dlv__job_drop(struct djob *j);
 
 /* ---- delivery_dest.c ---- */
 
@@ -281,5 +308,28 @@ void dlv__check_cb(uv_check_t *h);
 /* ---- delivery_own.c ---- */
 
 void dlv__own_tick_cb(uv_timer_t *t);
+int dlv__own_self_state(const struct delivery *d, const struct queue_member *mem, size_t n,
+			uint64_t *since);
+bool dlv__own_may_commit(struct delivery *d, const struct djob *j, uint64_t mono);
+
+/* ---- delivery_tls.c ---- */
+
+#define DLV_STS_CACHE_MAX 1024		     /* MTA-STS domains remembered (policy or none) */
+#define DLV_STS_RECHECK_MS (60 * 1000)	     /* a domain's TXT record is asked again after */
+#define DLV_STS_FETCH_TIMEOUT_MS (30 * 1000) /* one policy fetch, connect included */
+#define DLV_STS_PORT 443
+
+int dlv__tls_start(struct delivery *d, char *err, size_t errlen);
+void dlv__tls_close(struct delivery *d);
+bool dlv__tls_busy(const struct delivery *d);
+void dlv__tls_fini(struct delivery *d);
+enum tls_policy_level dlv__tls_level(const struct delivery *d, const char *domain);
+bool dlv__tls_dest_prepare(struct ddest *x);
+void dlv__tls_dest_free(struct ddest *x);
+int dlv__tls_plan(struct dconn *c);
+enum mta_tls_policy dlv__tls_session_mode(const struct dconn *c);
+struct tls_conn *dlv__tls_conn_new(struct dconn *c);
+int dlv__tls_check_peer(struct dconn *c);
+void dlv__tls_session_closed(struct dconn *c, struct djob *j);
 
 #endif

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -130,6 +131,9 @@ msg_propose(struct dmsg *m, const Relay__Command *cmd)
 	}
 }
 
+/* What an expired recipient's reply starts with; the last error follows (or "none"). */
+#define DLV_EXPIRED_PREFIX "queue lifetime expired; last error: "
+
 /* The message came from mynetworks or an authenticated client (Accept.trusted; a record from
  * before that field: authenticated, or its client address in mynetworks). */
 static bool
@@ -162,7 +166,7 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 {
 	struct delivery *d = m->d;
 	const Relay__QueueRecord *rec = m->rec;
-	uint64_t now = dlv__now_ms();
+	uint64_t now = clock_wall_ms(); /* DSN dates, the DSN's received_ms */
 	struct dsn_rcpt *dr = calloc(n, sizeof(*dr));
 	char(*orc)[MTA_ORCPT_MAX + 1] = calloc(n, sizeof(*orc));
 	char(*rmta)[MX_NAME_MAX + 2] = calloc(n, sizeof(*rmta));
@@ -194,6 +198,15 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 			x->remote_mta = rmta[k][0] ? rmta[k] : NULL;
 		}
 		x->diag = res->reply && res->reply[0] ? res->reply : NULL;
+		x->expired = res->expired;
+		if (res->expired && x->diag != NULL &&
+		    strncmp(x->diag, DLV_EXPIRED_PREFIX, strlen(DLV_EXPIRED_PREFIX)) == 0) {
+			/* the DSN says "expired" with Status 4.4.7; its Diagnostic-Code is the
+			 * last reply itself (dsn.h) */
+			x->diag += strlen(DLV_EXPIRED_PREFIX);
+			if (strcmp(x->diag, "none") == 0)
+				x->diag = NULL;
+		}
 		x->last_attempt = last;
 		x->will_retry_until = action == DSN_ACTION_DELAYED ? until : NULL;
 		k++;
@@ -289,7 +302,9 @@ msg_complete(struct dmsg *m)
 	struct delivery *d = m->d;
 	const Relay__QueueRecord *rec = m->rec;
 	const struct queue_msg *meta = queue_fsm_lookup(d->q, m->qid);
-	uint64_t now = dlv__now_ms();
+	/* Queue times (received_ms, next_attempt_ms, lifetime) are wall times that travel in log
+	 * entries; they decide when an item is due, never who may act on it. */
+	uint64_t now = clock_wall_ms();
 	size_t n = rec->n_rcpts;
 	size_t na = n ? n : 1;
 	bool *fail_sel = calloc(na, sizeof(bool)), *ok_sel = calloc(na, sizeof(bool)),
@@ -318,7 +333,7 @@ msg_complete(struct dmsg *m)
 				r->kind = RES_FAILED;
 				r->expired = true;
 				char buf[MTA_TEXT_MAX + 64];
-				snprintf(buf, sizeof(buf), "queue lifetime expired; last error: %s",
+				snprintf(buf, sizeof(buf), DLV_EXPIRED_PREFIX "%s",
 					 r->reply ? r->reply : "none");
 				free(r->reply);
 				r->reply = dlv__dup_max(buf, QUEUE_REPLY_MAX);
@@ -533,6 +548,24 @@ dlv__job_done(struct djob *j)
 			job_set(j, k, RES_DEFERRED, &dg, j->last_relay);
 		}
 	struct dmsg *m = j->msg;
+	dlv__job_free(j);
+	dlv__msg_job_done(m);
+}
+
+/*
+ * The job ends without a result for its unfinished recipients: an attempt abandoned before its
+ * end of data (the commit gate: the lease lapsed or the domain moved).  They stay queued as
+ * they are: no Outcome, no retry step consumed, due again at once for whoever owns them (this
+ * node once it holds a lease again, or the domain's new owner).  Recipients the destination
+ * already answered for good (5xx/4xx to RCPT) keep those results (dlv__job_harvest first).
+ */
+void
+dlv__job_drop(struct djob *j)
+{
+	struct dmsg *m = j->msg;
+	for (size_t k = 0; k < j->n; k++)
+		if (j->rc[k].state == MTA_RCPT_PENDING || j->rc[k].state == MTA_RCPT_ACCEPTED)
+			m->res[j->idx[k]].in_job = false;
 	dlv__job_free(j);
 	dlv__msg_job_done(m);
 }

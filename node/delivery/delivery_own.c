@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
@@ -34,7 +35,7 @@ own_prop_cb(void *arg, int status)
 			p->next->prev = p->prev;
 		d->n_own_props--;
 		if (p->renew)
-			own_renew_done(&d->own, status == 0, dlv__now_ms());
+			own_renew_done(&d->own, status == 0, clock_mono_ms());
 		if (status != 0)
 			d->st.own_failures++;
 	}
@@ -66,18 +67,24 @@ own_propose(struct delivery *d, const Relay__Command *cmd, bool renew)
 	return true;
 }
 
+/* Proposes Member{node, state}; with expect_renew_index = expect if has_expect, and with
+ * expect_since_index = expect_since unless it is 0 (queue_fsm.h). */
 static bool
 own_propose_member(struct delivery *d, const char *node, uint8_t state, bool has_expect,
-		   uint64_t expect)
+		   uint64_t expect, uint64_t expect_since)
 {
 	Relay__Member mb = RELAY__MEMBER__INIT;
 	mb.node = (char *)node;
 	mb.state = (Relay__MemberState)state;
 	mb.has_at_ms = true;
-	mb.at_ms = dlv__now_ms();
+	mb.at_ms = clock_wall_ms(); /* recorded, for display: never compared with a lease */
 	if (has_expect) {
 		mb.has_expect_renew_index = true;
 		mb.expect_renew_index = expect;
+	}
+	if (expect_since != 0) {
+		mb.has_expect_since_index = true;
+		mb.expect_since_index = expect_since;
 	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
@@ -141,6 +148,49 @@ own_prune_jobs(struct delivery *d, uint64_t now)
 	}
 }
 
+/* This node's state in the member table mem[0..n) (queue_fsm_members), -1 when absent. */
+int
+dlv__own_self_state(const struct delivery *d, const struct queue_member *mem, size_t n,
+		    uint64_t *since)
+{
+	if (since)
+		*since = 0;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(mem[i].node, d->own.self) == 0) {
+			if (since)
+				*since = mem[i].since_index;
+			return mem[i].state;
+		}
+	return -1;
+}
+
+/*
+ * May the attempt of job j commit now (send its end of data)?  Right before the "." of DATA:
+ * every recipient the destination accepted must still be this node's, at the epoch the attempt
+ * started under, with the lease running at least its margin longer (own_may_commit), read from
+ * the applied state now (not the last tick's).  Also false when the clock says the lease is
+ * gone for any other reason.
+ */
+bool
+dlv__own_may_commit(struct delivery *d, const struct djob *j, uint64_t mono)
+{
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t nm = queue_fsm_members(d->q, mem, QUEUE_MEMBERS_MAX);
+	int self = dlv__own_self_state(d, mem, nm, NULL);
+	for (size_t k = 0; k < j->n; k++) {
+		if (j->rc[k].state != MTA_RCPT_ACCEPTED)
+			continue;
+		const Relay__QueueRcpt *qr = j->msg->rec->rcpts[j->idx[k]];
+		char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
+		uint64_t ep = 0;
+		queue_addr_domain(qr->rcpt->addr, dom);
+		if (queue_fsm_domain_owner(d->q, dom, owner, &ep) != 0 ||
+		    !own_may_commit(&d->own, mono, self, owner, ep, j->msg->res[j->idx[k]].epoch))
+			return false;
+	}
+	return true;
+}
+
 /* Drain timeout: the attempts in flight are cut; their recipients are deferred (due at once). */
 static void
 own_abandon(struct delivery *d)
@@ -159,16 +209,14 @@ dlv__own_tick_cb(uv_timer_t *t)
 	struct delivery *d = t->data;
 	if (d->closing)
 		return;
-	uint64_t now = dlv__now_ms();
+	/* The lease core runs on the monotonic clock only (ownership.h "Time"). */
+	uint64_t now = clock_mono_ms();
 	struct queue_member mem[QUEUE_MEMBERS_MAX];
 	size_t nm = queue_fsm_members(d->q, mem, QUEUE_MEMBERS_MAX);
-	d->self_state = -1;
-	for (size_t i = 0; i < nm; i++)
-		if (strcmp(mem[i].node, d->own.self) == 0)
-			d->self_state = mem[i].state;
+	d->self_state = dlv__own_self_state(d, mem, nm, &d->self_since);
 	/* Owner side: be a member, keep the lease. */
 	if (own_self_live_due(&d->own, now, d->self_state, !d->own_booted)) {
-		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_LIVE, false, 0))
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_LIVE, false, 0, 0))
 			d->own.live_proposed_ms = 0; /* try again next tick */
 	}
 	d->own_booted = true;
@@ -176,7 +224,7 @@ dlv__own_tick_cb(uv_timer_t *t)
 		Relay__Renew rn = RELAY__RENEW__INIT;
 		rn.node = d->own.self;
 		rn.has_at_ms = true;
-		rn.at_ms = now;
+		rn.at_ms = clock_wall_ms(); /* recorded (status: renew age), never a lease time */
 		rn.has_inflight = true;
 		rn.inflight = d->nmsgs > UINT32_MAX ? UINT32_MAX : (uint32_t)d->nmsgs;
 		Relay__Command cmd = RELAY__COMMAND__INIT;
@@ -192,7 +240,9 @@ dlv__own_tick_cb(uv_timer_t *t)
 		own_abandon(d);
 		break;
 	case 1:
-		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_DRAINED, false, 0))
+		/* only if still the DRAINING it judged (ownership.h: Drain) */
+		if (!own_propose_member(d, d->own.self, QUEUE_MEMBER_DRAINED, false, 0,
+					d->self_since))
 			d->own.drained_proposed_ms = 0;
 		break;
 	default:
@@ -218,7 +268,15 @@ dlv__own_tick_cb(uv_timer_t *t)
 			log_warn("-", "event=lease-lapsed node=%s renew_index=%" PRIu64,
 				 act[i].node, act[i].expect_renew_index);
 		own_propose_member(d, act[i].node, act[i].state, act[i].has_expect,
-				   act[i].expect_renew_index);
+				   act[i].expect_renew_index, 0);
+	}
+	if (d->own.clock_backsteps != d->backsteps_seen) {
+		/* cannot happen with a monotonic clock: a broken clock_mono_ms, logged loudly */
+		d->backsteps_seen = d->own.clock_backsteps;
+		log_error("-",
+			  "event=clock-went-back backsteps=%" PRIu64
+			  " note=\"the monotonic clock went back: lease dropped\"",
+			  d->own.clock_backsteps);
 	}
 	/* Start or stop. */
 	bool may = own_may_act(&d->own, now, d->self_state);

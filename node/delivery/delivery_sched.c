@@ -15,15 +15,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "delivery.h"
 #include "delivery_int.h"
 
 /* ------------------------------------------------------------ scheduler */
 
-/* Splits a due message into jobs and queues them on their destinations.  Returns 0, -2 when its
- * body is not in the store yet, or -1 when it cannot be read now. */
+/* Splits a due message into jobs and queues them on their destinations.  now: the wall clock
+ * (queue times), mono: the monotonic clock (the lease).  Returns 0, -2 when its body is not in
+ * the store yet, or -1 when it cannot be read now. */
 static int
-sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
+sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now, uint64_t mono)
 {
 	struct dmsg *m = calloc(1, sizeof(*m));
 	if (m == NULL)
@@ -87,7 +89,7 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now)
 		uint64_t ep = 0;
 		queue_addr_domain(qr->rcpt->addr, dom);
 		if (queue_fsm_domain_owner(d->q, dom, owner, &ep) != 0 ||
-		    !own_may_start(&d->own, now, d->self_state, owner, ep, ep))
+		    !own_may_start(&d->own, mono, d->self_state, owner, ep, ep))
 			continue;
 		m->res[i].epoch = ep;
 		struct ddest *x = dlv__dest_get(d, qr->rcpt->addr);
@@ -201,10 +203,12 @@ sched_scan(struct delivery *d)
 	d->scan_wanted = false;
 	if (d->closing)
 		return;
-	uint64_t now = dlv__now_ms();
+	/* Two clocks (clock.h): what is due is a wall time of the queue; who may act, the lease, is
+	 * the monotonic clock's. */
+	uint64_t now = clock_wall_ms(), mono = clock_mono_ms();
 	uv_timer_stop(&d->sched_timer);
 	d->armed_ms = 0;
-	if (!own_may_act(&d->own, now, d->self_state))
+	if (!own_may_act(&d->own, mono, d->self_state))
 		return; /* dlv__own_tick_cb rescans when this node may start again */
 	uint64_t max = sched_inflight_max(d);
 	size_t room = d->nmsgs < max ? (size_t)(max - d->nmsgs) : 0;
@@ -232,7 +236,7 @@ sched_scan(struct delivery *d)
 			retry_at = now; /* the next finishing message rescans */
 			break;
 		}
-		int st = sched_start_msg(d, qm, now);
+		int st = sched_start_msg(d, qm, now, mono);
 		if (st == -2 && now + 20 < retry_at)
 			retry_at = now + 20; /* body not written yet: the cluster's next write */
 		else if (st != 0 && now + 1000 < retry_at)

@@ -226,9 +226,9 @@ make_plan(const struct dsn_input *in, struct plan *p)
 		else if (in->rcpts[i].action == DSN_ACTION_DELAYED)
 			any_delayed = true;
 	}
-	p->subject = p->any_failed ? "Undelivered Mail Returned to Sender"
-		     : any_delayed ? "Delivery Status Notification (Delay)"
-				   : "Delivery Status Notification (Success)";
+	p->subject = p->any_failed ? "Delivery report: message not delivered"
+		     : any_delayed ? "Delivery report: message delayed, still trying"
+				   : "Delivery report: message delivered";
 	if (in->orig != NULL && in->orig_len > 0) {
 		bool want_full = p->any_failed && in->ret != DSN_RET_HDRS;
 		if (want_full && in->orig_len <= max) {
@@ -260,13 +260,11 @@ make_plan(const struct dsn_input *in, struct plan *p)
 	return -EINVAL; /* a crafted original that contains 1000 candidates */
 }
 
+/* The message header and the multipart/report preamble (RFC 5322, RFC 3834 5, RFC 6522). */
 static void
-write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
+write_head(struct sb *b, const struct dsn_input *in, const struct plan *p)
 {
-	const char *bd = p->boundary;
-
-	/* RFC 5322 header; RFC 3834 5 Auto-Submitted; RFC 6522 multipart/report */
-	sb_fmt(b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", in->reporting_mta);
+	sb_fmt(b, "From: Mail delivery reports <MAILER-DAEMON@%s>\r\n", in->reporting_mta);
 	sb_fmt(b, "To: <%s>\r\n", in->mail_from);
 	sb_fmt(b, "Subject: %s\r\n", p->subject);
 	sb_fmt(b, "Date: %s\r\n", in->date);
@@ -276,42 +274,96 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 	sb_fmt(b,
 	       "Content-Type: multipart/report; report-type=delivery-status;\r\n"
 	       "\tboundary=\"%s\"\r\n",
-	       bd);
-	sb_str(b, "\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+	       p->boundary);
+	sb_str(b, "\r\nThis is a delivery report in MIME format (RFC 3464).\r\n\r\n");
+}
 
-	/* 1: for people */
-	sb_fmt(b, "--%s\r\n", bd);
+/* The status a recipient's report carries: 4.4.7 for an expiry (RFC 3463 3.5). */
+static const char *
+rcpt_status(const struct dsn_rcpt *r)
+{
+	return r->action == DSN_ACTION_FAILED && r->expired ? "4.4.7" : r->status;
+}
+
+/* What happened to one recipient, in words. */
+static const char *
+rcpt_outcome(const struct dsn_rcpt *r)
+{
+	switch (r->action) {
+	case DSN_ACTION_FAILED:
+		if (r->expired)
+			return "not delivered: we gave up after temporary failures (queue lifetime "
+			       "over)";
+		return r->status[0] == '5' ? "not delivered: permanent failure"
+					   : "not delivered";
+	case DSN_ACTION_DELAYED:
+		return "delayed: still queued, delivery will be tried again";
+	case DSN_ACTION_DELIVERED:
+		return "delivered";
+	case DSN_ACTION_RELAYED:
+		return "relayed to a system that sends no delivery reports";
+	case DSN_ACTION_EXPANDED:
+		return "delivered and forwarded to further recipients";
+	}
+	return "not delivered";
+}
+
+/* Part 1, for people: our own words, one block per recipient. */
+static void
+write_text(struct sb *b, const struct dsn_input *in, const struct plan *p)
+{
+	bool any_delayed = false, any_expired = false;
+	for (size_t i = 0; i < in->nrcpts; i++) {
+		any_delayed |= in->rcpts[i].action == DSN_ACTION_DELAYED;
+		any_expired |= in->rcpts[i].action == DSN_ACTION_FAILED && in->rcpts[i].expired;
+	}
+	sb_fmt(b, "--%s\r\n", p->boundary);
 	sb_str(b, "Content-Description: Notification\r\n"
 		  "Content-Type: text/plain; charset=utf-8\r\n");
 	if (p->fields_8bit)
 		sb_str(b, "Content-Transfer-Encoding: 8bit\r\n");
 	sb_str(b, "\r\n");
-	sb_fmt(b, "This is the mail system at host %s.\r\n\r\n", in->reporting_mta);
-	if (p->any_failed)
-		sb_str(b, "Your message could not be delivered to one or more recipients.\r\n"
-			  "It is attached below.\r\n\r\n");
-	else
-		sb_str(b, "This is a report on the delivery of your message; no action is\r\n"
-			  "required on your part.\r\n\r\n");
+	sb_fmt(b, "Delivery report from the relay %s about your message\r\n", in->reporting_mta);
+	sb_fmt(b, "received on %s.\r\n\r\n", in->arrival_date);
+	if (p->any_failed) {
+		sb_str(b, "Your message did not reach the recipients listed below, and the\r\n"
+			  "relay has stopped trying to send it to them.");
+		if (any_expired)
+			sb_str(b, " Where the reason says\r\n"
+				  "\"gave up\", the receiving side kept refusing it for the time\r\n"
+				  "being until the time we keep messages ran out; sending it again\r\n"
+				  "later may succeed.");
+		sb_str(b, "\r\n\r\n");
+	} else if (any_delayed) {
+		sb_str(b, "Your message has not reached the recipients listed below yet. It\r\n"
+			  "is still queued and will be sent again; there is no need to resend\r\n"
+			  "it. You will get another report if the relay gives up.\r\n\r\n");
+	} else {
+		sb_str(b, "Your message reached the recipients listed below, as you asked to\r\n"
+			  "be told. Nothing needs to be done.\r\n\r\n");
+	}
+	/* one block per recipient: "<address>: outcome (status)", then indented details */
 	for (size_t i = 0; i < in->nrcpts; i++) {
 		const struct dsn_rcpt *r = &in->rcpts[i];
-		sb_fmt(b, "<%s>: %s", r->final_rcpt, dsn_action_name(r->action));
+		sb_fmt(b, "<%s>: %s (%s)\r\n", r->final_rcpt, rcpt_outcome(r), rcpt_status(r));
 		if (r->remote_mta)
-			sb_fmt(b, " (host %s)", r->remote_mta);
-		sb_str(b, "\r\n");
+			sb_fmt(b, "    Server: %s\r\n", r->remote_mta);
 		if (r->diag)
-			sb_fmt(b, "    %s\r\n", r->diag);
+			sb_fmt(b, "    Reason: %s\r\n", r->diag);
 		if (r->action == DSN_ACTION_DELAYED && r->will_retry_until)
-			sb_fmt(b, "    Delivery will be retried until %s.\r\n",
-			       r->will_retry_until);
+			sb_fmt(b, "    Retrying until: %s\r\n", r->will_retry_until);
+		sb_str(b, "\r\n");
 	}
 	if (p->truncated)
-		sb_str(b, "\r\nThe message was too large to return in full; only its headers "
-			  "are included.\r\n");
-	sb_str(b, "\r\n");
+		sb_str(b, "The message was too large to return in full; only its header is\r\n"
+			  "attached.\r\n\r\n");
+}
 
-	/* 2: machine-readable, RFC 3464 2.2 / 2.3 */
-	sb_fmt(b, "--%s\r\n", bd);
+/* Part 2, for programs: RFC 3464 2.2 (per message) and 2.3 (per recipient). */
+static void
+write_status(struct sb *b, const struct dsn_input *in, const struct plan *p)
+{
+	sb_fmt(b, "--%s\r\n", p->boundary);
 	sb_str(b, "Content-Description: Delivery report\r\n"
 		  "Content-Type: message/delivery-status\r\n");
 	if (p->fields_8bit) /* SMTPUTF8 addresses; RFC 6533 global DSNs not done */
@@ -328,7 +380,7 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 			sb_fmt(b, "Original-Recipient: %s\r\n", r->orcpt);
 		sb_fmt(b, "Final-Recipient: rfc822; %s\r\n", r->final_rcpt);
 		sb_fmt(b, "Action: %s\r\n", dsn_action_name(r->action));
-		sb_fmt(b, "Status: %s\r\n", r->status);
+		sb_fmt(b, "Status: %s\r\n", rcpt_status(r));
 		if (r->remote_mta)
 			sb_fmt(b, "Remote-MTA: dns; %s\r\n", r->remote_mta);
 		if (r->diag)
@@ -339,26 +391,38 @@ write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
 			sb_fmt(b, "Will-Retry-Until: %s\r\n", r->will_retry_until);
 	}
 	sb_str(b, "\r\n");
+}
 
-	/* 3: the original, RFC 3462/6522 */
-	if (p->inc_len > 0) {
-		sb_fmt(b, "--%s\r\n", bd);
-		if (p->full)
-			sb_str(b, "Content-Description: Undelivered Message\r\n"
-				  "Content-Type: message/rfc822\r\n");
-		else
-			sb_str(b, "Content-Description: Message Headers\r\n"
-				  "Content-Type: text/rfc822-headers\r\n");
-		if (mta_body_is_8bit(in->orig, p->inc_len))
-			sb_str(b, "Content-Transfer-Encoding: 8bit\r\n");
+/* Part 3: the original, or its header (RFC 3462/6522). */
+static void
+write_original(struct sb *b, const struct dsn_input *in, const struct plan *p)
+{
+	if (p->inc_len == 0)
+		return;
+	sb_fmt(b, "--%s\r\n", p->boundary);
+	if (p->full)
+		sb_str(b, "Content-Description: Undelivered Message\r\n"
+			  "Content-Type: message/rfc822\r\n");
+	else
+		sb_str(b, "Content-Description: Message Headers\r\n"
+			  "Content-Type: text/rfc822-headers\r\n");
+	if (mta_body_is_8bit(in->orig, p->inc_len))
+		sb_str(b, "Content-Transfer-Encoding: 8bit\r\n");
+	sb_str(b, "\r\n");
+	sb_put(b, in->orig, p->inc_len);
+	if (p->inc_len < 2 || in->orig[p->inc_len - 2] != '\r' || in->orig[p->inc_len - 1] != '\n')
 		sb_str(b, "\r\n");
-		sb_put(b, in->orig, p->inc_len);
-		if (p->inc_len < 2 || in->orig[p->inc_len - 2] != '\r' ||
-		    in->orig[p->inc_len - 1] != '\n')
-			sb_str(b, "\r\n");
-		sb_str(b, "\r\n");
-	}
-	sb_fmt(b, "--%s--\r\n", bd);
+	sb_str(b, "\r\n");
+}
+
+static void
+write_report(struct sb *b, const struct dsn_input *in, const struct plan *p)
+{
+	write_head(b, in, p);
+	write_text(b, in, p);
+	write_status(b, in, p);
+	write_original(b, in, p);
+	sb_fmt(b, "--%s--\r\n", p->boundary);
 }
 
 int

@@ -22,6 +22,16 @@
  * message/delivery-status (per-message then per-recipient fields), and the
  * original as message/rfc822 or text/rfc822-headers.  CRLF line ends.
  *
+ * Classification (issue 13 part 5): the machine-readable part carries it, so
+ * bounce processors need not guess from the prose: Action failed with a 5.x.x
+ * Status is a permanent failure (Diagnostic-Code: smtp; the destination's
+ * reply); an expiry is Action failed, Status 4.4.7 ("delivery time expired",
+ * RFC 3463 3.5) with the last temporary reply as Diagnostic-Code; a delay is
+ * Action delayed with its 4.x.x Status and Will-Retry-Until.  The text part
+ * says the same in our own words (it copies no other MTA's wording, so
+ * parsers that recognize MTAs by their prose take it for a plain RFC 3464
+ * report).
+ *
  * What of the original is returned (the rule):
  *   - RET=HDRS: headers only;
  *   - when no recipient failed (delay or success reports): headers only;
@@ -81,6 +91,8 @@ struct dsn_rcpt {
 	const char *diag;	      /* SMTP reply "550 5.1.1 ...", or NULL */
 	const char *last_attempt;     /* RFC 5322 date, or NULL */
 	const char *will_retry_until; /* RFC 5322 date for delayed, or NULL */
+	bool expired; /* failed because queue_lifetime is over (after temporary failures): Status
+			 4.4.7, diag the last reply (RFC 3463 3.5, RFC 3464 2.3.3) */
 };
 
 struct dsn_input {

@@ -341,10 +341,18 @@ emit_simple(struct mta_session *s, enum cmd kind)
 	emit(s, kind, 0, line);
 }
 
+/* Every new wait is a new phase (struct mta_deadline). */
+static void
+phase_next(struct mta_session *s)
+{
+	s->phase_seq++;
+}
+
 static void
 enter_state(struct mta_session *s, enum mta_state st)
 {
 	s->state = st;
+	phase_next(s);
 }
 
 /* ------------------------------------------------------------ outcomes */
@@ -590,15 +598,34 @@ fill(struct mta_session *s)
 	}
 }
 
+/* Is the end of data held back until the glue says it may commit?  Not for
+ * a discarded body: ending it commits nothing (no recipient was accepted). */
+static bool
+commit_gated(const struct mta_session *s)
+{
+	return s->cfg.commit_gate && !s->discard_body && !s->committed;
+}
+
+/* The body is out but for its end: ask the glue (MTA_EV_COMMIT). */
+static void
+body_check_gate(struct mta_session *s)
+{
+	if (s->state == MTA_S_BODY && s->bphase == B_TERM && s->bpos == 0 && commit_gated(s) &&
+	    s->event == MTA_EV_NONE)
+		s->event = MTA_EV_COMMIT;
+}
+
 static void
 body_start(struct mta_session *s, bool discard)
 {
 	s->discard_body = discard;
+	s->committed = false;
 	s->bpos = 0;
 	s->bphase = (!discard && s->txn->body_len > 0 && s->txn->body[0] == '.') ? B_STUFF : B_BODY;
 	if (discard || s->txn->body_len == 0)
 		s->bphase = B_TERM;
 	enter_state(s, MTA_S_BODY);
+	body_check_gate(s);
 }
 
 /* All replies of the transaction are in: decide (non-DATA paths). */
@@ -775,6 +802,7 @@ on_reply(struct mta_session *s, const struct mta_reply *r)
 	struct mta_diag d;
 	int cls = r->code / 100;
 
+	phase_next(s); /* a complete reply: the next wait is a new phase */
 	mta_diag_from_reply(&d, r);
 	if (s->state == MTA_S_QUIT) {
 		enter_state(s, MTA_S_CLOSED);
@@ -1020,6 +1048,8 @@ mta_session_output(const struct mta_session *s, struct mta_iov *iov, size_t max)
 	size_t pos = s->bpos;
 	while (k < max && phase != B_DONE) {
 		struct mta_iov v;
+		if (phase == B_TERM && commit_gated(s))
+			break; /* the end of data waits for mta_session_commit() */
 		if (!body_seg(s, phase, pos, &v))
 			break;
 		body_next(s, &phase, &pos, &v);
@@ -1045,9 +1075,13 @@ mta_session_output_done(struct mta_session *s, size_t n)
 				fill(s); /* the rest of a long PIPELINING group */
 		}
 	}
+	if (s->state == MTA_S_BODY && n > 0)
+		phase_next(s); /* a body write went out: RFC 5321 4.5.3.2.5 per write */
 	while (s->state == MTA_S_BODY) {
 		struct mta_iov v;
 		if (s->bphase == B_DONE || !body_seg(s, s->bphase, s->bpos, &v))
+			break;
+		if (s->bphase == B_TERM && commit_gated(s))
 			break;
 		if (v.len == 0) {
 			body_next(s, &s->bphase, &s->bpos, &v);
@@ -1064,6 +1098,7 @@ mta_session_output_done(struct mta_session *s, size_t n)
 			s->bpos = 0;
 		body_next(s, &s->bphase, &s->bpos, &v);
 	}
+	body_check_gate(s);
 	if (s->state == MTA_S_BODY && s->bphase == B_DONE) {
 		expect(s, CMD_DOT, 0);
 		enter_state(s, MTA_S_DATA_END);
@@ -1089,6 +1124,29 @@ mta_session_tls_done(struct mta_session *s, bool ok)
 	s->ext_size = 0;
 	emit_simple(s, CMD_EHLO);
 	enter_state(s, MTA_S_EHLO);
+}
+
+void
+mta_session_commit(struct mta_session *s, bool ok, const char *why)
+{
+	struct mta_diag d;
+
+	if (s->event != MTA_EV_COMMIT)
+		return;
+	s->event = MTA_EV_NONE;
+	if (ok) {
+		s->committed = true;
+		phase_next(s);
+		return;
+	}
+	diag_local(&d, 421, "4.4.2", why ? why : "transaction abandoned before the end of data");
+	txn_finish(s, FIN_NEXT_HOST, &d);
+	s->close_reason = MTA_CLOSE_ABANDONED;
+	s->diag = d;
+	s->exp_count = 0;
+	s->gen = GEN_DONE;
+	enter_state(s, MTA_S_CLOSED);
+	s->event = MTA_EV_CLOSED;
 }
 
 int
@@ -1165,9 +1223,69 @@ mta_session_timeout_ms(const struct mta_session *s)
 	case MTA_S_STARTTLS:
 	case MTA_S_QUIT:
 		return MTA_TIMEOUT_OTHER;
+	case MTA_S_TLS_WAIT:
+		return MTA_TIMEOUT_TLS;
 	default:
 		return 0;
 	}
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+void
+mta_deadline_attempt(struct mta_deadline *dl, uint64_t now, uint64_t total_ms)
+{
+	dl->attempt_until = total_ms ? now + total_ms : 0;
+}
+
+void
+mta_deadline_glue_phase(struct mta_deadline *dl, uint64_t now, uint64_t ms)
+{
+	dl->phase_until = ms ? now + ms : 0;
+	dl->glue_phase = true;
+}
+
+/* Does the attempt's total bound the session's current phase?  Not the reply
+ * to the end of data, nor what follows the work (see mta_session.h). */
+static bool
+attempt_bounds(const struct mta_session *s)
+{
+	if (s == NULL)
+		return true;
+	switch (s->state) {
+	case MTA_S_DATA_END:
+	case MTA_S_READY:
+	case MTA_S_QUIT:
+	case MTA_S_CLOSED:
+		return false;
+	default:
+		return true;
+	}
+}
+
+uint64_t
+mta_deadline_update(struct mta_deadline *dl, const struct mta_session *s, uint64_t now)
+{
+	if (s != NULL && (dl->glue_phase || s->phase_seq != dl->phase_seq)) {
+		unsigned ms = mta_session_timeout_ms(s);
+		dl->phase_until = ms ? now + ms : 0;
+		dl->phase_seq = s->phase_seq;
+		dl->glue_phase = false;
+	}
+	uint64_t at = dl->phase_until;
+	if (attempt_bounds(s) && dl->attempt_until != 0 && (at == 0 || dl->attempt_until < at))
+		at = dl->attempt_until;
+	return at;
+}
+
+enum mta_expiry
+mta_deadline_expired(const struct mta_deadline *dl, const struct mta_session *s, uint64_t now)
+{
+	if (attempt_bounds(s) && dl->attempt_until != 0 && now >= dl->attempt_until)
+		return MTA_DL_ATTEMPT;
+	if (dl->phase_until != 0 && now >= dl->phase_until)
+		return MTA_DL_PHASE;
+	return MTA_DL_NONE;
 }
 
 const char *

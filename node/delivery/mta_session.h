@@ -4,15 +4,21 @@
  * Contract: pure.  Replies in, commands out: no sockets, no clock, no OpenSSL.
  * The glue (libuv + TLS) owns the connection; it feeds the server's bytes to
  * mta_session_feed(), writes what mta_session_output() exposes, acts on the
- * event mta_session_event() reports, and arms the timer that
- * mta_session_timeout_ms() names (RFC 5321 4.5.3.2).
+ * event mta_session_event() reports, and keeps the deadlines that struct
+ * mta_deadline computes from its monotonic clock (RFC 5321 4.5.3.2 per
+ * phase, partial replies extend nothing; a total per attempt).
  *
  * Happy path: greeting 220 -> EHLO (HELO on 5xx) -> STARTTLS when offered and
  * policy allows (event MTA_EV_STARTTLS: the glue handshakes, calls
  * mta_session_tls_done(), and the machine sends EHLO again, RFC 3207 4.2) ->
  * MAIL, RCPT..., DATA (one PIPELINING group, RFC 2920 3.1, or one at a time)
  * -> the body, dot-stuffed (RFC 5321 4.5.2), then "." -> final reply ->
- * MTA_EV_TXN_DONE.  The glue then calls mta_session_next() to send another
+ * MTA_EV_TXN_DONE.  With cfg.commit_gate the machine stops before the "."
+ * (MTA_EV_COMMIT): the glue says whether it may still commit the
+ * transaction (mta_session_commit(); a delivery lease, cluster/ownership.h);
+ * when not, the session closes without the "." (MTA_CLOSE_ABANDONED): the
+ * server must not deliver a message whose data did not end (RFC 5321 4.1.1.4,
+ * 3.8), and the recipients stay PENDING.  The glue then calls mta_session_next() to send another
  * transaction on the connection (RSET first when the last one was left open)
  * or mta_session_quit().
  *
@@ -60,6 +66,7 @@
 #define MTA_TIMEOUT_DATA_BLOCK (3 * 60 * 1000) /* 4.5.3.2.5 each body write */
 #define MTA_TIMEOUT_DATA_TERM (10 * 60 * 1000) /* 4.5.3.2.6 "." -> 250 */
 #define MTA_TIMEOUT_OTHER (5 * 60 * 1000)      /* EHLO, STARTTLS, RSET, QUIT */
+#define MTA_TIMEOUT_TLS (5 * 60 * 1000)	       /* TLS handshake (smtp_starttls_timeout) */
 
 /* --- replies ------------------------------------------------------------ */
 
@@ -161,7 +168,8 @@ enum mta_tls_policy {
 struct mta_config {
 	const char *helo_name; /* borrowed; our EHLO name */
 	enum mta_tls_policy tls;
-	bool tls_active; /* TLS already on (implicit TLS port) */
+	bool tls_active;  /* TLS already on (implicit TLS port) */
+	bool commit_gate; /* stop before the end of data: MTA_EV_COMMIT */
 };
 
 enum mta_event {
@@ -169,11 +177,14 @@ enum mta_event {
 	MTA_EV_STARTTLS, /* handshake now, then mta_session_tls_done() */
 	MTA_EV_TXN_DONE, /* outcome in the txn; mta_session_next() or _quit() */
 	MTA_EV_CLOSED,	 /* close the connection; see close_reason and diag */
+	MTA_EV_COMMIT,	 /* the body is out but for its end: mta_session_commit() */
 };
 
 enum mta_close {
 	MTA_CLOSE_OK = 0,    /* QUIT after the work was done */
 	MTA_CLOSE_NEXT_HOST, /* this host failed: s->diag says why */
+	MTA_CLOSE_ABANDONED, /* the glue refused the commit: no "." was sent; the
+				recipients are PENDING, but not for another host */
 };
 
 enum mta_ext {
@@ -216,6 +227,8 @@ struct mta_session {
 	uint64_t ext_size;    /* SIZE the server declared, 0 = none */
 	bool tls_active;
 	bool body_8bit_unsupported; /* sent 8-bit without 8BITMIME (logged by glue) */
+	unsigned phase_seq;	    /* changes whenever a new wait starts (a state, a complete
+				       reply, a body write done): struct mta_deadline */
 	/* private */
 	struct mta_config cfg;
 	struct mta_txn *txn;
@@ -224,6 +237,7 @@ struct mta_session {
 	bool mail_ok;
 	int mail_fail; /* 0, 4 or 5: class of a failed MAIL reply */
 	bool discard_body;
+	bool committed; /* the glue allowed the end of data (commit_gate) */
 	size_t naccepted;
 	struct mta_diag mail_diag;
 	bool in_txn[MTA_MAX_RCPTS];
@@ -273,6 +287,15 @@ void mta_session_output_done(struct mta_session *s, size_t n);
  * plaintext when the policy is opportunistic). */
 void mta_session_tls_done(struct mta_session *s, bool ok);
 
+/*
+ * After MTA_EV_COMMIT: ok = the glue may commit (the "." follows in the
+ * output).  Otherwise the session closes at once without it
+ * (MTA_CLOSE_ABANDONED, diag "421 4.4.2 <why>"): a QUIT or RSET would be body
+ * text inside DATA, only closing the connection aborts the transaction.  The
+ * glue checks right before: with no body bytes of its own left unsent.
+ */
+void mta_session_commit(struct mta_session *s, bool ok, const char *why);
+
 /* After MTA_EV_TXN_DONE: run txn on the same connection.  0, or -EINVAL
  * (wrong state, too many recipients; nothing changed). */
 int mta_session_next(struct mta_session *s, struct mta_txn *txn);
@@ -288,8 +311,55 @@ void mta_session_quit(struct mta_session *s);
  */
 void mta_session_abort(struct mta_session *s, const char *why);
 
-/* Milliseconds of the RFC 5321 4.5.3.2 timeout that applies now, 0 = none. */
+/* Milliseconds of the RFC 5321 4.5.3.2 timeout of the current phase, 0 = none. */
 unsigned mta_session_timeout_ms(const struct mta_session *s);
+
+/* --- deadlines ---------------------------------------------------------- */
+
+/*
+ * The deadlines of one attempt, pure: every `now` is the glue's monotonic
+ * clock (node/clock.h), never the wall clock.
+ *
+ * Phase: each wait of the session (the greeting, the reply to each command,
+ * the STARTTLS handshake, each body write, the reply to the end of data, the
+ * reply to QUIT) must end within mta_session_timeout_ms() of its start.  A
+ * phase starts when s->phase_seq changes; bytes that do not complete a reply
+ * or a write do not change it, so a server trickling a reply one byte a
+ * minute is cut when its phase ends (Postfix smtp_per_record_deadline; RFC
+ * 5321 4.5.3.2 gives the values).  The glue's own phase before the session
+ * (the TCP connect) is set with mta_deadline_glue_phase().
+ *
+ * Attempt: one total bound from the start of the attempt (a job taken by a
+ * connection, across the hosts it fails over to) to its end of data.  It does
+ * not cut the wait for the reply to the end of data, which keeps its RFC 5321
+ * 4.5.3.2.6 ten minutes (a client that gives up after the "." risks a
+ * duplicate, RFC 1047), nor the QUIT after the work.
+ */
+struct mta_deadline {
+	uint64_t attempt_until; /* 0: none */
+	uint64_t phase_until;	/* 0: none */
+	unsigned phase_seq;	/* the session phase phase_until belongs to */
+	bool glue_phase;	/* phase_until is the glue's (connect), not the session's */
+};
+
+enum mta_expiry { MTA_DL_NONE = 0, MTA_DL_PHASE, MTA_DL_ATTEMPT };
+
+/* A new attempt starts at now: total_ms from now (0: no total). */
+void mta_deadline_attempt(struct mta_deadline *dl, uint64_t now, uint64_t total_ms);
+
+/* The glue's own phase (connecting) starts at now and lasts ms (0: none). */
+void mta_deadline_glue_phase(struct mta_deadline *dl, uint64_t now, uint64_t ms);
+
+/*
+ * Takes note of the session's phase (s NULL: the glue's phase runs): a phase
+ * that started since the last call gets its deadline from now.  Returns when
+ * the glue must look again: the earliest deadline that applies, 0 for none.
+ */
+uint64_t mta_deadline_update(struct mta_deadline *dl, const struct mta_session *s, uint64_t now);
+
+/* Which deadline has passed at now (the attempt's first), after update. */
+enum mta_expiry mta_deadline_expired(const struct mta_deadline *dl, const struct mta_session *s,
+				     uint64_t now);
 
 /* Name of a state, for logs. */
 const char *mta_state_name(enum mta_state st);

@@ -302,6 +302,57 @@ skip_name(const uint8_t *msg, size_t len, size_t *off)
 }
 
 int
+mx_answer_header(const uint8_t *msg, size_t len, struct mx_dns_header *h)
+{
+	if (len < 12)
+		return MX_EMALFORMED;
+	h->tc = (msg[2] & 0x02) != 0;
+	h->ad = (msg[3] & 0x20) != 0;
+	h->rcode = msg[3] & 0x0f;
+	h->qdcount = (unsigned)msg[4] << 8 | msg[5];
+	h->ancount = (unsigned)msg[6] << 8 | msg[7];
+	return 0;
+}
+
+int
+mx_answer_each(const uint8_t *msg, size_t len, uint16_t type,
+	       int (*fn)(void *arg, const uint8_t *rdata, size_t rdlen, uint32_t ttl), void *arg)
+{
+	struct mx_dns_header h;
+	size_t off = 12;
+	int n = 0;
+
+	if (mx_answer_header(msg, len, &h) != 0)
+		return MX_EMALFORMED;
+	for (unsigned i = 0; i < h.qdcount; i++) {
+		if (skip_name(msg, len, &off) != 0 || off + 4 > len)
+			return MX_EMALFORMED;
+		off += 4;
+	}
+	for (unsigned i = 0; i < h.ancount; i++) {
+		if (skip_name(msg, len, &off) != 0 || off + 10 > len)
+			return MX_EMALFORMED;
+		uint16_t t = (uint16_t)(msg[off] << 8 | msg[off + 1]);
+		uint16_t cls = (uint16_t)(msg[off + 2] << 8 | msg[off + 3]);
+		uint32_t ttl = (uint32_t)msg[off + 4] << 24 | (uint32_t)msg[off + 5] << 16 |
+			       (uint32_t)msg[off + 6] << 8 | msg[off + 7];
+		size_t rdlen = (size_t)msg[off + 8] << 8 | msg[off + 9];
+		off += 10;
+		if (off + rdlen > len)
+			return MX_EMALFORMED;
+		if (ttl & 0x80000000u) /* RFC 2181 8 */
+			ttl = 0;
+		if (t == type && cls == 1) {
+			n++;
+			if (fn(arg, msg + off, rdlen, ttl) != 0)
+				return n;
+		}
+		off += rdlen;
+	}
+	return n;
+}
+
+int
 mx_answer_min_ttl(const uint8_t *msg, size_t len, uint32_t *ttl)
 {
 	size_t off = 12;

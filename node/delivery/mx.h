@@ -102,6 +102,7 @@ struct mx_host {
 	bool implicit;	    /* RFC 5321 5.1 implicit MX: the domain itself */
 	bool dns_temp;	    /* an address lookup failed temporarily */
 	bool dns_malformed; /* an address lookup returned garbage */
+	bool secure;	    /* both address answers carried the AD bit (resolver dnssec_ad) */
 	size_t naddrs;
 	struct mx_addr addrs[MX_MAX_ADDRS];
 };
@@ -110,6 +111,9 @@ struct mx_list {
 	size_t nhosts;
 	struct mx_host hosts[MX_MAX_HOSTS];
 	uint32_t ttl; /* minimum TTL over every answer used, capped at MX_TTL_MAX */
+	bool secure;  /* the host names are DNSSEC-authenticated: the MX answer (or, for the
+			 implicit MX, its NODATA answer) carried the AD bit, or the names
+			 came from configuration (resolver_host) */
 };
 
 /*
@@ -173,6 +177,27 @@ int mx_classify_mx_query(enum mx_dns res, size_t nrecords);
  * there are no answer records), or MX_EMALFORMED.  Never reads past len.
  */
 int mx_answer_min_ttl(const uint8_t *msg, size_t len, uint32_t *ttl);
+
+/* The header of a raw DNS message (RFC 1035 4.1.1; AD: RFC 4035 3.2.3). */
+struct mx_dns_header {
+	unsigned rcode;
+	bool ad; /* Authentic Data: a validating resolver says the answer is DNSSEC-secure */
+	bool tc;
+	unsigned qdcount, ancount;
+};
+
+/* Reads the header.  0, or MX_EMALFORMED when len < 12. */
+int mx_answer_header(const uint8_t *msg, size_t len, struct mx_dns_header *h);
+
+/*
+ * Walks the answer section of a raw DNS message: fn(arg, rdata, rdlen, ttl) for each record of
+ * class IN and the given type, whatever its owner (a CNAME chain the resolver followed comes
+ * first).  fn returns 0 to go on, non-zero to stop.  Returns the number of records passed to
+ * fn, or MX_EMALFORMED.  Never reads past len.
+ */
+int mx_answer_each(const uint8_t *msg, size_t len, uint16_t type,
+		   int (*fn)(void *arg, const uint8_t *rdata, size_t rdlen, uint32_t ttl),
+		   void *arg);
 
 /*
  * The node's own SMTP endpoints, for loop detection (RFC 5321 5.1: "if the SMTP client finds

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum lookup_kind { LOOKUP_MX, LOOKUP_HOST };
+enum lookup_kind { LOOKUP_MX, LOOKUP_HOST, LOOKUP_RAW };
 
 struct lookup;
 
@@ -47,6 +47,14 @@ struct lookup {
 	unsigned asked; /* address queries sent */
 	bool canceled;
 	bool from_cache; /* answered from the cache: do not store again */
+	uint8_t ad[MX_MAX_HOSTS]; /* per host: 1 = the A answer, 2 = the AAAA answer had AD */
+	/* LOOKUP_RAW */
+	uint16_t qtype;
+	resolver_raw_cb raw_cb;
+	enum mx_dns raw_res;
+	bool raw_ad;
+	uint8_t *raw_abuf; /* owned copy of the answer, or NULL */
+	size_t raw_alen;
 	struct mx_list list;
 	struct qref refs[1 + 2 * MX_MAX_HOSTS];
 	struct lookup *next; /* done list */
@@ -85,6 +93,13 @@ struct resolver {
 	struct cache_entry *cache;
 	size_t cache_max;
 	uint64_t cache_clock;
+	bool dnssec_ad;
+};
+
+/* The argument of a query sent with the AD bit (ares_send): the caller's callback. */
+struct ad_query {
+	ares_callback cb;
+	void *arg;
 };
 
 static uint64_t
@@ -220,7 +235,7 @@ cache_store(struct resolver *r, const struct lookup *lk)
 {
 	struct cache_entry *victim = NULL;
 
-	if (r->cache_max == 0 || lk->status != 0 || lk->list.ttl == 0)
+	if (r->cache_max == 0 || lk->status != 0 || lk->list.ttl == 0 || lk->kind == LOOKUP_RAW)
 		return;
 	for (size_t i = 0; i < r->cache_max; i++) {
 		struct cache_entry *e = &r->cache[i];
@@ -241,6 +256,19 @@ cache_store(struct resolver *r, const struct lookup *lk)
 
 /* --- completion ---------------------------------------------------------- */
 
+/* Calls the user callback of a finished lookup and frees it. */
+static void
+lookup_call(struct lookup *lk)
+{
+	if (lk->kind == LOOKUP_RAW)
+		lk->raw_cb(lk->arg, lk->status, lk->raw_res, lk->raw_ad, lk->raw_abuf,
+			   lk->raw_alen);
+	else
+		lk->cb(lk->arg, lk->status, lk->status == 0 ? &lk->list : NULL);
+	free(lk->raw_abuf);
+	free(lk);
+}
+
 static void
 idle_cb(uv_idle_t *h)
 {
@@ -251,8 +279,7 @@ idle_cb(uv_idle_t *h)
 	uv_idle_stop(&r->idle);
 	while (lk != NULL) {
 		struct lookup *next = lk->next;
-		lk->cb(lk->arg, lk->status, lk->status == 0 ? &lk->list : NULL);
-		free(lk);
+		lookup_call(lk);
 		lk = next;
 	}
 }
@@ -280,6 +307,82 @@ lookup_done(struct lookup *lk)
 
 static void arm_timer(struct resolver *r);
 static void lookup_finish_addresses(struct lookup *lk);
+
+/* The answer of a query sent with ares_send: the status ares_query would give (its rcode
+ * mapping, c-ares 1.18 ares_query.c), then the caller's callback. */
+static void
+ad_query_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	struct ad_query *aq = arg;
+	ares_callback cb = aq->cb;
+	void *cb_arg = aq->arg;
+	struct mx_dns_header h;
+
+	free(aq);
+	if (status == ARES_SUCCESS) {
+		if (abuf == NULL || alen < 0 || mx_answer_header(abuf, (size_t)alen, &h) != 0) {
+			status = ARES_EBADRESP;
+		} else {
+			switch (h.rcode) {
+			case 0:
+				status = h.ancount > 0 ? ARES_SUCCESS : ARES_ENODATA;
+				break;
+			case 1:
+				status = ARES_EFORMERR;
+				break;
+			case 2:
+				status = ARES_ESERVFAIL;
+				break;
+			case 3:
+				status = ARES_ENOTFOUND;
+				break;
+			case 4:
+				status = ARES_ENOTIMP;
+				break;
+			case 5:
+				status = ARES_EREFUSED;
+				break;
+			default:
+				break;
+			}
+		}
+	}
+	cb(cb_arg, status, timeouts, abuf, alen);
+}
+
+/* Sends one question; with dnssec_ad the query carries the AD bit (RFC 6840 5.7), which
+ * ares_query cannot set, so it is built here and sent with ares_send.  Like ares_query, a
+ * failure to send calls cb at once. */
+static void
+rsv_query(struct resolver *r, const char *name, int type, ares_callback cb, void *arg)
+{
+	if (!r->dnssec_ad) {
+		ares_query(r->ch, name, ns_c_in, type, cb, arg);
+		return;
+	}
+	unsigned char *q = NULL;
+	int qlen = 0;
+	int st = ares_create_query(name, ns_c_in, type, 0, 1, &q, &qlen, 0);
+	struct ad_query *aq = st == ARES_SUCCESS ? malloc(sizeof(*aq)) : NULL;
+	if (aq == NULL) {
+		if (q != NULL)
+			ares_free_string(q);
+		cb(arg, st == ARES_SUCCESS ? ARES_ENOMEM : st, 0, NULL, 0);
+		return;
+	}
+	q[3] |= 0x20; /* AD */
+	aq->cb = cb;
+	aq->arg = arg;
+	ares_send(r->ch, q, qlen, ad_query_cb, aq); /* copies q */
+	ares_free_string(q);
+}
+
+/* Did this answer carry the AD bit (and do we believe it)? */
+static bool
+answer_ad(const struct resolver *r, const unsigned char *abuf, int alen)
+{
+	return r->dnssec_ad && abuf != NULL && alen >= 12 && (abuf[3] & 0x20) != 0;
+}
 static void addr_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
 
 /* Ask A and AAAA for every host of lk->list. */
@@ -300,8 +403,8 @@ lookup_addresses(struct lookup *lk)
 			q->family = (uint8_t)fams[f];
 			lk->pending++;
 			lk->asked++;
-			ares_query(r->ch, lk->list.hosts[i].name, ns_c_in,
-				   fams[f] == AF_INET ? ns_t_a : ns_t_aaaa, addr_cb, q);
+			rsv_query(r, lk->list.hosts[i].name,
+				  fams[f] == AF_INET ? ns_t_a : ns_t_aaaa, addr_cb, q);
 		}
 	}
 	if (--lk->pending == 0)
@@ -311,6 +414,8 @@ lookup_addresses(struct lookup *lk)
 static void
 lookup_finish_addresses(struct lookup *lk)
 {
+	for (size_t i = 0; i < lk->list.nhosts; i++) /* before mx_finish moves hosts */
+		lk->list.hosts[i].secure = lk->ad[i] == 3;
 	lk->status = mx_finish(&lk->list);
 	/* resolver_host(): the name itself does not exist. */
 	if (lk->status == MX_ENOADDR && lk->kind == LOOKUP_HOST && lk->nx == lk->asked)
@@ -345,6 +450,8 @@ addr_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 		lk->canceled = true;
 	} else {
 		enum mx_dns res = query_status(status);
+		if ((res == MX_DNS_OK || res == MX_DNS_NODATA) && answer_ad(lk->r, abuf, alen))
+			lk->ad[q->host] |= q->family == AF_INET ? 1 : 2;
 		if (res == MX_DNS_OK) {
 			uint32_t ttl = MX_TTL_MAX;
 			res = resolver_parse_addr_answer(abuf, alen < 0 ? 0 : (size_t)alen,
@@ -388,11 +495,14 @@ mx_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 					       &n, &ttl);
 	}
 	int cls = mx_classify_mx_query(res, n);
+	bool ad = answer_ad(r, abuf, alen);
 	if (cls == 1) {
 		lk->status = mx_order(rrs, n, &r->rng, &lk->list);
 		mx_list_note_ttl(&lk->list, ttl);
+		lk->list.secure = ad;
 	} else if (cls == 2) {
 		lk->status = mx_implicit(lk->name, &lk->list);
+		lk->list.secure = ad; /* the NODATA (no MX) answer was secure */
 	} else {
 		lk->status = cls;
 	}
@@ -508,6 +618,7 @@ resolver_new(uv_loop_t *loop, const struct resolver_options *opt, struct resolve
 	r->now_cb = opt->now_cb;
 	r->now_arg = opt->now_arg;
 	mx_rng_seed(&r->rng, opt->seed);
+	r->dnssec_ad = opt->dnssec_ad;
 	r->cache_max = opt->cache_max > RESOLVER_CACHE_MAX ? RESOLVER_CACHE_MAX : opt->cache_max;
 	if (r->cache_max > 0) {
 		r->cache = calloc(r->cache_max, sizeof(*r->cache));
@@ -572,8 +683,7 @@ resolver_free_if_closed(struct resolver *r)
 	r->done_head = r->done_tail = NULL;
 	while (lk != NULL) {
 		struct lookup *next = lk->next;
-		lk->cb(lk->arg, lk->status, lk->status == 0 ? &lk->list : NULL);
-		free(lk);
+		lookup_call(lk);
 		lk = next;
 	}
 	free(r->cache);
@@ -683,10 +793,11 @@ lookup_start(struct resolver *r, enum lookup_kind kind, const char *name, resolv
 	if (kind == LOOKUP_MX) {
 		lk->refs[0].lk = lk;
 		lk->pending = 1;
-		ares_query(r->ch, norm, ns_c_in, ns_t_mx, mx_cb, &lk->refs[0]);
+		rsv_query(r, norm, ns_t_mx, mx_cb, &lk->refs[0]);
 	} else {
 		mx_implicit(norm, &lk->list);
 		lk->list.hosts[0].implicit = false;
+		lk->list.secure = true; /* the caller's name, not one DNS gave */
 		lookup_addresses(lk);
 	}
 	arm_timer(r);
@@ -703,4 +814,57 @@ int
 resolver_host(struct resolver *r, const char *host, resolver_cb cb, void *arg)
 {
 	return lookup_start(r, LOOKUP_HOST, host, cb, arg);
+}
+
+static void
+raw_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	struct lookup *lk = arg;
+	struct resolver *r = lk->r;
+
+	(void)timeouts;
+	lk->pending--;
+	if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED || r->closing) {
+		lk->canceled = true;
+		lookup_done(lk);
+		return;
+	}
+	lk->raw_res = query_status(status);
+	if (abuf != NULL && alen > 0) {
+		lk->raw_ad = answer_ad(r, abuf, alen);
+		lk->raw_abuf = malloc((size_t)alen);
+		if (lk->raw_abuf == NULL) {
+			lk->status = MX_ENOMEM;
+			lookup_done(lk);
+			return;
+		}
+		memcpy(lk->raw_abuf, abuf, (size_t)alen);
+		lk->raw_alen = (size_t)alen;
+	}
+	lookup_done(lk);
+}
+
+int
+resolver_raw(struct resolver *r, const char *name, uint16_t qtype, resolver_raw_cb cb, void *arg)
+{
+	char norm[MX_NAME_MAX + 2];
+
+	if (r->closing)
+		return -ECANCELED;
+	if (cb == NULL || name == NULL || mx_name_normalize(name, norm) != 0 || norm[0] == '\0')
+		return -EINVAL;
+	struct lookup *lk = calloc(1, sizeof(*lk));
+	if (lk == NULL)
+		return -ENOMEM;
+	lk->r = r;
+	lk->kind = LOOKUP_RAW;
+	lk->raw_cb = cb;
+	lk->arg = arg;
+	lk->qtype = qtype;
+	strcpy(lk->name, norm);
+	r->inflight++;
+	lk->pending = 1;
+	rsv_query(r, norm, qtype, raw_cb, lk);
+	arm_timer(r);
+	return 0;
 }

@@ -29,10 +29,20 @@
  * used (capped at MX_TTL_MAX), at most `cache_max` entries, least recently
  * used evicted first.  Equal preferences are reshuffled on each cache hit.
  * Negative results are not cached.
+ *
+ * DNSSEC (option dnssec_ad, for servers the operator declared validating):
+ * every query carries the AD bit (RFC 6840 5.7: "tell me whether you
+ * validated it"), and an answer's AD bit marks it secure: mx_list.secure (the
+ * MX answer, or the NODATA of an implicit MX) and mx_host.secure (both the A
+ * and the AAAA answer).  Without the option nothing is marked secure.
+ *
+ * resolver_raw() asks one question and hands back the raw answer (TLSA, TXT:
+ * the callers parse them with mx_answer_each()); it is never cached.
  */
 #ifndef RELAY_RESOLVER_H
 #define RELAY_RESOLVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -54,6 +64,7 @@ struct resolver_options {
 	unsigned tries;	     /* 0 = RESOLVER_TRIES_DEFAULT */
 	size_t cache_max;    /* 0 = no cache; capped at RESOLVER_CACHE_MAX */
 	uint64_t seed;	     /* seeds the shuffle of equal MX preferences */
+	bool dnssec_ad;	     /* ask with the AD bit and believe it in answers (see above) */
 	/* Seconds for TTL bookkeeping; NULL = uv_now(loop) / 1000. */
 	uint64_t (*now_cb)(void *now_arg);
 	void *now_arg;
@@ -84,6 +95,21 @@ int resolver_mx(struct resolver *r, const char *domain, resolver_cb cb, void *ar
 
 /* Addresses of one host, no MX lookup (an IP literal resolves to itself). */
 int resolver_host(struct resolver *r, const char *host, resolver_cb cb, void *arg);
+
+/*
+ * A raw answer: status 0 (then res says how the query ended: MX_DNS_OK with
+ * records, NODATA, NXDOMAIN, TEMP for SERVFAIL/REFUSED/timeout, MALFORMED),
+ * or MX_ECANCELED / MX_ENOMEM.  ad: the answer carried the AD bit and the
+ * resolver has dnssec_ad.  abuf/alen: the answer (NULL/0 when there is none),
+ * borrowed, valid only during the callback.
+ */
+typedef void (*resolver_raw_cb)(void *arg, int status, enum mx_dns res, bool ad,
+				const uint8_t *abuf, size_t alen);
+
+/* One question of type qtype (class IN) about name.  Returns 0 (cb will be
+ * called exactly once), -EINVAL for a bad name, -ECANCELED, -ENOMEM. */
+int resolver_raw(struct resolver *r, const char *name, uint16_t qtype, resolver_raw_cb cb,
+		 void *arg);
 
 /* Lookups in flight (not yet called back); for tests and metrics. */
 size_t resolver_pending(const struct resolver *r);

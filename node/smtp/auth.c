@@ -16,6 +16,7 @@ struct auth_entry {
 };
 
 struct auth_table {
+	unsigned holds; /* auth_table_hold / auth_table_free */
 	size_t n;
 	struct auth_entry *v;
 	char *dummy; /* owned: a hash of the first user's scheme and cost, for unknown users */
@@ -25,10 +26,18 @@ struct auth_table {
 static const char auth_dummy_hash[] =
     "$6$invalidsalt$OS/8b0Lm8VQ7wHbPnT.Ke2ou/u7ViJ0a6bKnQy0pX6VZFB6mhfv2ZZ0a3J8NUjt0e7ydRgk0/vbyS9sQhq0xI/";
 
+struct auth_table *
+auth_table_hold(struct auth_table *t)
+{
+	if (t != NULL)
+		t->holds++;
+	return t;
+}
+
 void
 auth_table_free(struct auth_table *t)
 {
-	if (t == NULL)
+	if (t == NULL || --t->holds > 0)
 		return;
 	for (size_t i = 0; i < t->n; i++) {
 		free(t->v[i].user);
@@ -78,6 +87,7 @@ auth_table_load(const char *path, struct auth_table **out, char *err, size_t err
 	unsigned lineno = 0;
 	if (t == NULL)
 		goto err_nomem;
+	t->holds = 1;
 	while (fgets(line, sizeof(line), f) != NULL) {
 		lineno++;
 		size_t len = strlen(line);

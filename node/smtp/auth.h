@@ -16,8 +16,13 @@
 
 struct auth_table;
 
-/* Loads the file.  Returns 0 or -1 with a message in err (line number included). */
+/* Loads the file.  Returns 0 or -1 with a message in err (line number included).  The new
+ * table has one hold (the caller's). */
 int auth_table_load(const char *path, struct auth_table **out, char *err, size_t errlen);
+/* Another hold on t (a check running on the thread pool while a reload replaces the table);
+ * returns t.  Holds are taken and dropped on one thread (the loop). */
+struct auth_table *auth_table_hold(struct auth_table *t);
+/* Drops one hold; the last one frees t (wiping the hashes).  NULL is a no-op. */
 void auth_table_free(struct auth_table *t);
 size_t auth_table_count(const struct auth_table *t);
 

@@ -327,6 +327,24 @@ cmd_mail(struct smtp_session *s, const char *args)
 		REJECT(s, need_smtputf8, 553, "5.6.7", "SMTPUTF8 required for UTF-8 addresses");
 		return;
 	}
+	if (s->cfg->mail_check != NULL) {
+		struct smtp_mail_verdict v;
+		memset(&v, 0, sizeof(v));
+		s->cfg->mail_check(s->client.check_arg, s->authenticated ? s->auth_user : NULL,
+				   addr, &v);
+		if (v.code != 0) {
+			if (v.code < 400 || v.code > 599)
+				v.code = 451; /* a hook bug must not become a 2xx */
+			if (v.reason == SMTP_MAIL_OVER_QUOTA)
+				COUNT(s, over_quota);
+			else
+				COUNT(s, sender_denied);
+			v.text[sizeof(v.text) - 1] = '\0';
+			smtp__reply(s, v.code, v.enh[0] ? v.enh : NULL, "%s", v.text);
+			smtp__peer_error(s);
+			return;
+		}
+	}
 	smtp__txn_reset(s);
 	s->in_txn = true;
 	memcpy(s->mail_from, addr, strlen(addr) + 1);

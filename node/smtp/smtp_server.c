@@ -10,6 +10,9 @@
  * Lifetime: a conn is freed only when both its handles are closed and no thread-pool job holds
  * it (c->refs).  A proposal in flight is not a ref: closing detaches it (p->conn = NULL) and the
  * cluster callback frees it later.
+ *
+ * A message, from SMTP_EV_MESSAGE to the cluster's answer, is smtp_server_msg.c's (the objects
+ * both files share: smtp_server_int.h).
  */
 #include "smtp_server.h"
 
@@ -28,105 +31,18 @@
 #include "auth_pool.h"
 #include "cluster.h"
 #include "config.h"
+#include "dkim_sign.h"
 #include "log.h"
 #include "proxy.h"
+#include "queue_fsm.h" /* the quota windows (queue_fsm_quota) */
 #include "queue_id.h"
 #include "relay.pb-c.h"
+#include "senders.h"
 #include "smtp_received.h"
 #include "tls.h"
 
-#define SMTP_RECEIVED_MAX 2048
+#include "smtp_server_int.h"
 
-struct conn;
-
-/* The receive budget (max_receive_memory) with a count of its holders: the server and every
- * proposal in flight (a proposal may outlive its connection and the server; the last holder
- * frees it). */
-struct recv_budget {
-	struct smtp_budget b;
-	size_t refs;
-};
-
-struct proposal {
-	struct smtp_server *srv;
-	struct conn *conn; /* NULL once the connection gave up on it */
-	uint64_t t0;	   /* uv_hrtime at propose */
-	size_t size;
-	size_t nrcpt;
-	struct recv_budget *budget; /* holds a ref; `reserved` bytes of it until the answer */
-	uint64_t reserved;
-	char queue_id[32];
-};
-
-struct write_req {
-	uv_write_t req;
-	struct conn *conn;
-	size_t len;
-	char data[];
-};
-
-enum conn_tls { CONN_TLS_NONE, CONN_TLS_HANDSHAKE, CONN_TLS_ON };
-
-struct conn {
-	uv_tcp_t tcp;
-	uv_timer_t timer;
-	struct smtp_server *srv;
-	struct smtp_session *sess; /* owned; NULL for a connection refused with 421 */
-	struct tls_conn *tls;	   /* owned */
-	enum conn_tls tls_state;
-	struct sockaddr_storage peer;
-	char addr[INET6_ADDRSTRLEN + 8]; /* "192.0.2.1" / "2001:db8::1" */
-	char client_key[CONFIG_CLIENT_KEY_MAX]; /* addr cut to client_ipv4/6_prefix: the limits' */
-	char id[24];			 /* session id for logs */
-	char *in;			 /* owned, SMTP_CONN_INBUF_MAX */
-	size_t in_len;
-	size_t wbytes; /* queued in uv_write */
-	int refs;      /* open handles + jobs */
-	bool reading, closing, close_after_write, busy, shutdown_after_message;
-	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
-	bool proxy_local;    /* PROXY LOCAL/UNKNOWN/UNSPEC: no client named; never trusted */
-	bool trusted;	     /* in mynetworks (as the session was told) */
-	bool tls_closed;     /* our close_notify is out */
-	bool in_msg;	     /* between DATA 354 / first BDAT and the end of the message */
-	uint64_t msg_start_ms, msg_bytes; /* uv_now when it began; bytes fed since */
-	const char *timeout_kind;	  /* for the reject line of a 421 4.4.2 */
-	const char *result_reason;	  /* for the reject line of a glue-chosen refusal */
-	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
-	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
-	struct proposal *prop; /* in flight, or NULL */
-	uint64_t messages;
-	struct conn *next, *prev;
-};
-
-struct smtp_server {
-	uv_loop_t *loop;
-	const struct relay_config *cfg;
-	struct cluster *cluster;
-	struct tls_ctx *tls;
-	struct auth_table *auth;
-	struct smtp_session_config scfg;
-	struct smtp_counters counters;
-	uv_tcp_t listeners[CONFIG_LIST_MAX];
-	size_t n_listeners;
-	int listeners_open;
-	struct conn *conns;
-	size_t n_conns;
-	uint64_t next_sid;
-	uint64_t proxy_invalid; /* bad or missing PROXY header from a proxy_from address */
-	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
-	struct smtp_server_stats stats;
-	struct queue_id_gen qid; /* queue ids of accepted messages (queue_id.h) */
-	struct recv_budget *budget; /* holds a ref (see struct recv_budget) */
-	struct auth_pool *auth_pool; /* crypt workers (NULL without auth) */
-	struct auth_limit auth_limit; /* failed AUTH per client and minute */
-	bool shutting_down;
-	bool stopping_auth; /* auth_pool_stop called; its callback frees the server */
-	uv_timer_t shutdown_timer;
-	void (*done)(void *);
-	void *done_arg;
-};
-
-static void conn_process(struct conn *c);
 static void conn_close(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
 static void conn_refuse(struct conn *c, const char *event, const char *reason);
@@ -154,8 +70,8 @@ smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st)
 			st->sessions_active++;
 }
 
-static void
-stats_latency(struct smtp_server *srv, uint64_t ns)
+void
+smtp_server__stats_latency(struct smtp_server *srv, uint64_t ns)
 {
 	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
 	double ms = (double)ns / 1e6;
@@ -168,16 +84,16 @@ stats_latency(struct smtp_server *srv, uint64_t ns)
 
 /* ---- helpers ---- */
 
-static uint64_t
-now_ms(void)
+uint64_t
+smtp_server__now_ms(void)
 {
 	struct timeval tv;
 	gettimeofday(&tv, NULL);
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-static void
-rfc5322_date(char *buf, size_t cap, time_t t)
+void
+smtp_server__date(char *buf, size_t cap, time_t t)
 {
 	struct tm tm;
 	gmtime_r(&t, &tm);
@@ -212,8 +128,8 @@ conn_msg_deadline(const struct conn *c, const char **kind)
 	return total;
 }
 
-static void
-conn_arm_timer(struct conn *c)
+void
+smtp_server__arm_timer(struct conn *c)
 {
 	if (c->closing)
 		return;
@@ -252,7 +168,7 @@ write_cb(uv_write_t *req, int status)
 		return;
 	}
 	if (!c->closing)
-		conn_process(c);
+		smtp_server__conn_process(c);
 }
 
 static int
@@ -403,7 +319,7 @@ conn_tls_input(struct conn *c, const char *buf, size_t len)
 		smtp_session_tls_done(c->sess, 1);
 	}
 	/* Plaintext: read while there is room; the rest stays buffered inside OpenSSL and
-	 * conn_process pulls it when the machine has consumed some. */
+	 * smtp_server__conn_process pulls it when the machine has consumed some. */
 	if (conn_tls_pull(c) != 0)
 		conn_close(c);
 }
@@ -453,19 +369,18 @@ read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	if (!c->closing)
-		conn_process(c);
+		smtp_server__conn_process(c);
 }
 
 /* ---- events ---- */
-
-static void
-conn_unref(struct conn *c);
 
 /* A password check finished on the AUTH workers (on the loop thread). */
 static void
 auth_done_cb(void *arg, const char *user, bool ok, bool canceled)
 {
 	struct conn *c = arg;
+	auth_table_free(c->auth_held); /* drops the hold taken for this check */
+	c->auth_held = NULL;
 	if (!c->closing) {
 		if (ok) {
 			char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
@@ -479,9 +394,9 @@ auth_done_cb(void *arg, const char *user, bool ok, bool canceled)
 		}
 		c->busy = false;
 		smtp_session_auth_result(c->sess, ok && !canceled);
-		conn_process(c);
+		smtp_server__conn_process(c);
 	}
-	conn_unref(c);
+	smtp_server__conn_unref(c);
 }
 
 /*
@@ -503,200 +418,20 @@ conn_start_auth(struct conn *c, const struct smtp_event *ev)
 		smtp_session_auth_tempfail(c->sess);
 		return;
 	}
-	int rc = auth_pool_submit(srv->auth_pool, srv->auth, ev->auth.user, ev->auth.password,
-				  auth_done_cb, c);
+	/* a hold: a reload (SIGHUP) may replace srv->auth while the check runs */
+	struct auth_table *t = auth_table_hold(srv->auth);
+	int rc = auth_pool_submit(srv->auth_pool, t, ev->auth.user, ev->auth.password, auth_done_cb,
+				  c);
 	if (rc != 0) {
+		auth_table_free(t);
 		srv->stats.auth_throttled++;
 		c->result_reason = rc == AUTH_POOL_EBUSY ? "max_concurrent_auth" : "nomem";
 		smtp_session_auth_tempfail(c->sess);
 		return;
 	}
+	c->auth_held = t;
 	c->refs++;
 	c->busy = true;
-}
-
-/* Drops one hold on the budget (the last frees it). */
-static void
-budget_unref(struct recv_budget *b)
-{
-	if (--b->refs == 0)
-		free(b);
-}
-
-static void
-propose_cb(void *arg, int status)
-{
-	struct proposal *p = arg;
-	struct conn *c = p->conn;
-	uint64_t ns = uv_hrtime() - p->t0, ms = ns / 1000000;
-	smtp_budget_give(&p->budget->b, p->reserved); /* committed or failed: the cluster let go */
-	budget_unref(p->budget);
-	if (c != NULL) {
-		stats_latency(p->srv, ns);
-		if (status == 0)
-			p->srv->stats.accepted++;
-		else
-			p->srv->stats.accept_failed++;
-	}
-	if (status == 0)
-		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
-			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
-	else
-		log_warn(p->queue_id, "event=propose-failed error=\"%s\" commit_ms=%" PRIu64,
-			 cluster_strerror(status), ms);
-	if (c != NULL) {
-		c->prop = NULL;
-		c->busy = false;
-		char text[96];
-		if (status == 0) {
-			snprintf(text, sizeof(text), "Ok: queued as %s", p->queue_id);
-			smtp_session_message_result(c->sess, 250, "2.0.0", text);
-			c->messages++;
-		} else {
-			c->result_reason = "queue_unavailable";
-			smtp_session_message_result(c->sess, 451, "4.3.0",
-						    "Queue unavailable, try again later");
-		}
-		if (c->shutdown_after_message)
-			smtp_session_shutdown(c->sess);
-		conn_process(c);
-	}
-	free(p);
-}
-
-/* A message the glue cannot propose (out of memory): 451, its reject line says why. */
-static void
-conn_reject_message(struct conn *c, const char *why)
-{
-	c->result_reason = why;
-	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
-}
-
-static void
-conn_start_message(struct conn *c, const struct smtp_event *ev)
-{
-	struct smtp_server *srv = c->srv;
-	const struct smtp_envelope *env = ev->message.env;
-	struct proposal *p = calloc(1, sizeof(*p));
-	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
-	uint64_t ms = now_ms();
-	if (p == NULL) {
-		conn_reject_message(c, "nomem");
-		return;
-	}
-	queue_id_make(&srv->qid, ms, p->queue_id, sizeof(p->queue_id));
-	rfc5322_date(date, sizeof(date), (time_t)(ms / 1000));
-	snprintf(caddr, sizeof(caddr), "%s%s", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
-		 c->addr);
-	struct smtp_received_info ri = {
-	    .helo = env->helo,
-	    .client_addr = caddr,
-	    .hostname = srv->cfg->hostname,
-	    .esmtp = env->esmtp,
-	    .tls = env->tls,
-	    .auth = env->auth_user != NULL,
-	    .smtputf8 = env->smtputf8,
-	    .queue_id = p->queue_id,
-	    .rcpt = env->n_rcpts == 1 ? env->rcpts[0].addr : NULL,
-	    .date = date,
-	};
-	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
-	if (hlen < 0)
-		hlen = 0;
-	size_t blen = (size_t)hlen + ev->message.body_len;
-	uint8_t *body = malloc(blen ? blen : 1);
-	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
-	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
-	if (body == NULL || rv == NULL || rp == NULL) {
-		free(body);
-		free(rv);
-		free(rp);
-		free(p);
-		conn_reject_message(c, "nomem");
-		return;
-	}
-	memcpy(body, hdr, (size_t)hlen);
-	memcpy(body + hlen, ev->message.body, ev->message.body_len);
-	/* The proposal takes the body's place in the receive budget until the cluster answers:
-	 * the session's copy goes now (the cluster packs its own). */
-	smtp_session_drop_body(c->sess);
-	bool trusted = c->trusted || env->auth_user != NULL;
-	if (!smtp_budget_take(&srv->budget->b, blen, trusted)) {
-		free(body);
-		free(rv);
-		free(rp);
-		free(p);
-		srv->counters.over_budget++;
-		c->result_reason = "over_budget";
-		smtp_session_message_result(c->sess, 452, "4.3.1",
-					    "Insufficient system storage, try again later");
-		return;
-	}
-	p->budget = srv->budget;
-	p->budget->refs++;
-	p->reserved = blen;
-	for (size_t i = 0; i < env->n_rcpts; i++) {
-		relay__recipient__init(&rv[i]);
-		rv[i].addr = (char *)env->rcpts[i].addr;
-		rv[i].has_notify = env->rcpts[i].notify != 0;
-		rv[i].notify = env->rcpts[i].notify;
-		rv[i].orcpt = (char *)env->rcpts[i].orcpt;
-		rp[i] = &rv[i];
-	}
-	Relay__Accept acc = RELAY__ACCEPT__INIT;
-	acc.queue_id = p->queue_id;
-	acc.mail_from = (char *)env->mail_from;
-	acc.n_rcpts = env->n_rcpts;
-	acc.rcpts = rp;
-	acc.body.data = body;
-	acc.body.len = blen;
-	acc.received_ms = ms;
-	acc.has_ret = env->ret != SMTP_RET_NONE;
-	acc.ret = env->ret;
-	acc.envid = (char *)env->envid;
-	acc.has_smtputf8 = env->smtputf8;
-	acc.smtputf8 = env->smtputf8;
-	acc.has_body_type = true;
-	acc.body_type = env->body;
-	acc.client_addr = c->addr;
-	acc.helo = (char *)env->helo;
-	acc.auth_user = (char *)env->auth_user;
-	acc.node_id = srv->cfg->node_id;
-	/* bounce_content: what a DSN may return of it (issue 12 sec. 1) */
-	acc.has_trusted = true;
-	acc.trusted = trusted;
-	Relay__Command cmd = RELAY__COMMAND__INIT;
-	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
-	cmd.accept = &acc;
-
-	p->conn = c;
-	p->srv = srv;
-	p->t0 = uv_hrtime();
-	p->size = blen;
-	p->nrcpt = env->n_rcpts;
-	char safe[SMTP_PATH_MAX * 4 + 1];
-	log_info(p->queue_id, "session=%s client=%s from=<%s> nrcpt=%zu size=%zu%s%s", c->id,
-		 c->addr, log_safe(env->mail_from, strlen(env->mail_from), safe, sizeof(safe)),
-		 env->n_rcpts, blen, env->tls ? " tls=yes" : "",
-		 env->auth_user ? " auth=yes" : "");
-	int rc = cluster_propose(srv->cluster, &cmd, propose_cb, p);
-	free(body);
-	free(rv);
-	free(rp);
-	if (rc != 0) {
-		log_warn(p->queue_id, "event=propose-failed error=\"%s\"", cluster_strerror(rc));
-		srv->stats.accept_failed++;
-		smtp_budget_give(&p->budget->b, p->reserved);
-		budget_unref(p->budget);
-		free(p);
-		c->result_reason = "queue_unavailable";
-		smtp_session_message_result(c->sess, 451, "4.3.0",
-					    "Queue unavailable, try again later");
-		return;
-	}
-	c->prop = p;
-	c->busy = true;
-	conn_arm_timer(c);
 }
 
 /* After a feed of n bytes: a message's data began, goes on, or ended (its deadlines). */
@@ -717,8 +452,8 @@ conn_track_message(struct conn *c, size_t n)
  * Runs the machine over the buffered input until it blocks, then dispatches its event.
  * Never frees c (conn_close only starts closing).
  */
-static void
-conn_process(struct conn *c)
+void
+smtp_server__conn_process(struct conn *c)
 {
 	struct smtp_event ev;
 	while (!c->closing && c->sess != NULL) {
@@ -745,7 +480,7 @@ conn_process(struct conn *c)
 			t = smtp_session_event(c->sess, &ev);
 			conn_track_message(c, n);
 			if (was_data != conn_in_data(c) || n > 0)
-				conn_arm_timer(c);
+				smtp_server__arm_timer(c);
 			if (n == 0 && t == SMTP_EV_NONE)
 				break; /* output above the high-water mark: wait for write_cb */
 		}
@@ -770,7 +505,7 @@ conn_process(struct conn *c)
 			conn_start_auth(c, &ev);
 			continue;
 		case SMTP_EV_MESSAGE:
-			conn_start_message(c, &ev);
+			smtp_server__start_message(c, &ev);
 			continue;
 		case SMTP_EV_CLOSE:
 			if (c->tls_state == CONN_TLS_ON && !c->tls_closed) {
@@ -827,7 +562,7 @@ conn_timer_cb(uv_timer_t *t)
 					    "Queue did not answer in time, try again later");
 		if (c->shutdown_after_message)
 			smtp_session_shutdown(c->sess);
-		conn_process(c);
+		smtp_server__conn_process(c);
 		return;
 	}
 	if (c->tls_state == CONN_TLS_HANDSHAKE) {
@@ -837,7 +572,7 @@ conn_timer_cb(uv_timer_t *t)
 		return;
 	}
 	if (c->busy) {
-		conn_arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
+		smtp_server__arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
 		return;
 	}
 	/* the 421 4.4.2 is the log line (event=reject reason=<kind>); the session counts it */
@@ -853,7 +588,7 @@ conn_timer_cb(uv_timer_t *t)
 		}
 	}
 	smtp_session_timeout(c->sess);
-	conn_process(c);
+	smtp_server__conn_process(c);
 }
 
 /* ---- connection lifetime ---- */
@@ -861,8 +596,8 @@ conn_timer_cb(uv_timer_t *t)
 static void
 server_maybe_done(struct smtp_server *srv);
 
-static void
-conn_unref(struct conn *c)
+void
+smtp_server__conn_unref(struct conn *c)
 {
 	if (--c->refs > 0)
 		return;
@@ -884,7 +619,7 @@ conn_unref(struct conn *c)
 static void
 conn_handle_closed_cb(uv_handle_t *h)
 {
-	conn_unref(h->data);
+	smtp_server__conn_unref(h->data);
 }
 
 static void
@@ -988,6 +723,41 @@ conn_refuse(struct conn *c, const char *event, const char *reason)
 }
 
 /*
+ * The MAIL FROM policy (smtp_mail_check_cb): clients in mynetworks are not checked; an
+ * authenticated client may use only the senders sender_permissions_file gives its user.
+ */
+static void
+conn_mail_check(void *arg, const char *auth_user, const char *mail_from,
+		struct smtp_mail_verdict *v)
+{
+	struct conn *c = arg;
+	struct smtp_server *srv = c->srv;
+	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
+	/* an early refusal from the applied windows; the Accept's apply decides in the end */
+	if (smtp_server__quota_over(srv, auth_user, c->trusted ? NULL : c->qkey, smtp_server__now_ms(), v->text,
+		       sizeof(v->text))) {
+		v->code = 450;
+		v->reason = SMTP_MAIL_OVER_QUOTA;
+		snprintf(v->enh, sizeof(v->enh), "4.7.1");
+		log_info(c->id, "event=reject cmd=MAIL code=450 enh=4.7.1 client=%s reason=\"%s\"",
+			 c->addr, v->text);
+		return;
+	}
+	if (c->trusted || auth_user == NULL || srv->senders == NULL ||
+	    sender_table_allows(srv->senders, auth_user, mail_from))
+		return;
+	v->code = 553;
+	v->reason = SMTP_MAIL_SENDER_DENIED;
+	snprintf(v->enh, sizeof(v->enh), "5.7.1");
+	snprintf(v->text, sizeof(v->text), "<%s>: Sender address rejected: not owned by user %s",
+		 mail_from, auth_user);
+	log_info(c->id, "event=reject cmd=MAIL code=553 enh=5.7.1 client=%s user=%s from=<%s> "
+			"reason=\"sender not owned by user\"",
+		 c->addr, log_safe(auth_user, strlen(auth_user), safe_user, sizeof(safe_user)),
+		 log_safe(mail_from, strlen(mail_from), safe_from, sizeof(safe_from)));
+}
+
+/*
  * The client is known (the socket's peer, or the one a PROXY header named): apply the
  * connection limits to it, then start the SMTP session and greet.
  */
@@ -1010,10 +780,14 @@ conn_start_session(struct conn *c)
 		conn_refuse(c, "refused", "too many connections from your address");
 		return;
 	}
+	/* LOCAL / UNKNOWN PROXY headers name no client: never the balancer's mynetworks trust */
+	c->trusted = !c->proxy_local &&
+		     config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
+	smtp_quota_client_key(&c->peer, c->qkey, sizeof(c->qkey));
 	struct smtp_session_client client = {
-	    .trusted = !c->proxy_local &&
-		       config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer),
+	    .trusted = c->trusted,
 	    .tls_active = false,
+	    .check_arg = c,
 	    .hook_arg = c,
 	};
 	c->trusted = client.trusted;
@@ -1025,8 +799,8 @@ conn_start_session(struct conn *c)
 	log_info(c->id, "event=connect client=%s trusted=%s%s%s%s", c->addr,
 		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via,
 		 c->proxy_local ? " proxy=local" : "");
-	conn_arm_timer(c);
-	conn_process(c);
+	smtp_server__arm_timer(c);
+	smtp_server__conn_process(c);
 }
 
 /*
@@ -1109,11 +883,13 @@ connection_cb(uv_stream_t *l, int status)
 
 int
 smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
-		  struct tls_ctx *tls, struct auth_table *auth, struct smtp_server **out, char *err,
-		  size_t errlen)
+		  struct tls_ctx *tls, struct auth_table *auth, struct sender_table *senders,
+		  struct smtp_server **out, char *err, size_t errlen)
 {
 	struct smtp_server *srv = calloc(1, sizeof(*srv));
 	if (srv == NULL) {
+		auth_table_free(auth);
+		sender_table_free(senders);
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -1122,6 +898,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->cluster = cluster;
 	srv->tls = tls;
 	srv->auth = auth;
+	srv->senders = senders;
 	srv->scfg.hostname = cfg->hostname;
 	srv->scfg.max_message_size = cfg->max_message_size;
 	srv->scfg.max_recipients = cfg->max_recipients;
@@ -1148,6 +925,7 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	if (auth != NULL &&
 	    auth_pool_start(loop, (unsigned)cfg->max_concurrent_auth, &srv->auth_pool, err, errlen) != 0)
 		return -1; /* the process exits */
+	srv->scfg.mail_check = conn_mail_check;
 	if (log_enabled(LOG_DEBUG)) {
 		srv->scfg.trace_cb = trace_cb;
 		srv->scfg.trace_arg = (void *)"smtp";
@@ -1181,7 +959,10 @@ server_free_cb(uv_handle_t *h)
 	struct smtp_server *srv = h->data;
 	void (*done)(void *) = srv->done;
 	void *arg = srv->done_arg;
-	budget_unref(srv->budget);
+	smtp_server__budget_unref(srv->budget);
+	auth_table_free(srv->auth);
+	sender_table_free(srv->senders);
+	dkim_signer_free(srv->dkim);
 	free(srv);
 	if (done)
 		done(arg);
@@ -1248,8 +1029,47 @@ smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg
 			continue;
 		}
 		smtp_session_shutdown(c->sess);
-		conn_process(c);
+		smtp_server__conn_process(c);
 	}
 	uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, srv->cfg->shutdown_timeout_ms, 0);
 	server_maybe_done(srv);
+}
+
+int
+smtp_server_reload(struct smtp_server *srv)
+{
+	const struct relay_config *cfg = srv->cfg;
+	struct auth_table *auth = NULL;
+	struct sender_table *senders = NULL;
+	char err[512];
+	if (cfg->auth_users_file[0] != '\0' &&
+	    auth_table_load(cfg->auth_users_file, &auth, err, sizeof(err)) != 0)
+		goto err_keep;
+	if (cfg->sender_permissions_file[0] != '\0' &&
+	    sender_table_load(cfg->sender_permissions_file, &senders, err, sizeof(err)) != 0)
+		goto err_after_auth;
+	if (cfg->auth_users_file[0] != '\0') {
+		auth_table_free(srv->auth); /* checks in flight keep their own hold */
+		srv->auth = auth;
+	}
+	if (cfg->sender_permissions_file[0] != '\0') {
+		sender_table_free(srv->senders);
+		srv->senders = senders;
+	}
+	log_info("-", "event=reload auth_users=%zu sender_users=%zu sender_patterns=%zu",
+		 auth_table_count(srv->auth), sender_table_users(srv->senders),
+		 sender_table_patterns(srv->senders));
+	return 0;
+err_after_auth:
+	auth_table_free(auth);
+err_keep:
+	log_warn("-", "event=reload-failed error=\"%s\" action=kept-previous-tables", err);
+	return -1;
+}
+
+void
+smtp_server_set_dkim(struct smtp_server *srv, struct dkim_signer *dkim)
+{
+	dkim_signer_free(srv->dkim);
+	srv->dkim = dkim;
 }

@@ -107,6 +107,8 @@
 	X(auth_failed, "AUTH refused by the verifier, cancelled or malformed")                     \
 	X(bare_newline, "messages with bare CR/LF normalized to CRLF (smuggling defence)")         \
 	X(need_smtputf8, "UTF-8 address without the SMTPUTF8 parameter")                           \
+	X(sender_denied, "MAIL refused: sender address not owned by the authenticated user")       \
+	X(over_quota, "MAIL or message refused: hourly message quota reached")                     \
 	X(nomem, "replies 451 because an allocation failed")                                       \
 	X(timeouts, "sessions closed by smtp_session_timeout")                                     \
 	X(tls_failed, "STARTTLS handshakes reported failed")                                       \
@@ -161,6 +163,28 @@ void smtp_budget_give(struct smtp_budget *b, uint64_t n);
 /* Bytes a client may still reserve (UINT64_MAX for a NULL budget). */
 uint64_t smtp_budget_room(const struct smtp_budget *b, bool trusted);
 
+/* What a MAIL FROM policy hook says about a sender it refuses (code 0: accepted). */
+enum smtp_mail_refusal {
+	SMTP_MAIL_SENDER_DENIED = 1, /* counted in sender_denied */
+	SMTP_MAIL_OVER_QUOTA,	     /* counted in over_quota */
+};
+struct smtp_mail_verdict {
+	int code;		 /* 0: accept; else a 4xx/5xx reply code */
+	enum smtp_mail_refusal reason;
+	char enh[12];		 /* "5.7.1" */
+	char text[SMTP_REPLY_TEXT_MAX + 1];
+};
+
+/*
+ * MAIL FROM policy hook: called once a MAIL command is otherwise valid, before its 250, with
+ * the session's check_arg (struct smtp_session_client), the authenticated user (NULL when
+ * none) and the reverse-path without brackets ("" for <>).  It fills v (zeroed by the caller)
+ * and must not call back into the session.  A refusal is answered "<code> <enh> <text>" and
+ * counts as a peer error.
+ */
+typedef void (*smtp_mail_check_cb)(void *check_arg, const char *auth_user, const char *mail_from,
+				   struct smtp_mail_verdict *v);
+
 /* Server-wide settings.  Borrowed by every session; must outlive them. */
 struct smtp_session_config {
 	const char *hostname;	    /* greeting, EHLO, 421s; borrowed; NULL means "localhost" */
@@ -176,6 +200,7 @@ struct smtp_session_config {
 	uint64_t max_hops;		/* Received: fields refused at; 0: SMTP_MAX_HOPS_DEFAULT */
 	struct smtp_budget *budget;	/* may be NULL (no node-wide bound); borrowed */
 	struct smtp_counters *counters; /* may be NULL; borrowed */
+	smtp_mail_check_cb mail_check;	/* may be NULL: every valid MAIL is accepted */
 	smtp_trace_cb trace_cb;		/* may be NULL */
 	void *trace_arg;
 	smtp_reject_cb reject_cb; /* may be NULL; gets the client's hook_arg */
@@ -185,6 +210,7 @@ struct smtp_session_config {
 struct smtp_session_client {
 	bool trusted;	 /* in mynetworks: may relay to any domain (G5) */
 	bool tls_active; /* connection already on TLS (implicit TLS listener) */
+	void *check_arg; /* passed to cfg->mail_check; borrowed */
 	void *hook_arg;	 /* passed to reject_cb; not used otherwise */
 };
 

@@ -82,6 +82,7 @@ run_machine(const uint8_t *data, size_t size)
 
 	cfg.tls = (enum mta_tls_policy)(flags % 3);
 	cfg.tls_active = flags & 4;
+	cfg.commit_gate = flags & 2; /* the end of data waits for mta_session_commit */
 	t.body_8bit = flags & 8;
 	t.smtputf8 = flags & 16;
 	size_t step = 1 + (flags >> 5) * 37u;
@@ -109,6 +110,10 @@ run_machine(const uint8_t *data, size_t size)
 			} else {
 				mta_session_quit(&s);
 			}
+			continue;
+		case MTA_EV_COMMIT:
+			/* the glue's answer: from the input, so both paths are explored */
+			mta_session_commit(&s, off < size && (data[off] & 1), "fuzz: no commit");
 			continue;
 		case MTA_EV_CLOSED:
 			continue;

@@ -10,6 +10,9 @@ show on demand.  One thread per connection; each connection follows `mode`:
   rcpt550     every RCPT gets "550 5.1.1 <addr>: no such user"
   badtls      offers STARTTLS, answers 220 to it, then sends a TLS alert and closes (a broken
               TLS stack); without STARTTLS it is an ok server
+  trickle     like ok, but every reply (the greeting first) goes out one byte every `delay`
+              seconds: a hostile server holding a client's slot
+  stalltls    offers STARTTLS, answers 220 to it, then reads the ClientHello and never answers
 
 `connections` counts accepted connections, `max_active` the most open at once (as this server's
 threads see them: a connection the client already closed may still count for a moment);
@@ -80,6 +83,13 @@ class ScriptedServer:
         def say(line):
             if self.mode == "slow" and self.delay:
                 time.sleep(self.delay)
+            if self.mode == "trickle":
+                for b in line.encode() + b"\r\n":
+                    if self.stopping:
+                        return
+                    c.sendall(bytes([b]))
+                    time.sleep(self.delay)
+                return
             c.sendall(line.encode() + b"\r\n")
 
         in_txn = [False]
@@ -106,13 +116,18 @@ class ScriptedServer:
                 cmd = line.decode("utf-8", "replace").strip()
                 verb = cmd.split(" ", 1)[0].upper()
                 if verb == "EHLO":
-                    tls = "250-STARTTLS\r\n" if self.mode == "badtls" else ""
+                    tls = "250-STARTTLS\r\n" if self.mode in ("badtls", "stalltls") else ""
                     say("250-%s\r\n%s250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES"
                         % (self.name, tls))
                 elif verb == "STARTTLS" and self.mode == "badtls":
                     say("220 2.0.0 Ready to start TLS")
                     f.read1(4096) if hasattr(f, "read1") else None   # the ClientHello
                     c.sendall(b"\x15\x03\x03\x00\x02\x02\x28")  # fatal handshake_failure
+                    return
+                elif verb == "STARTTLS" and self.mode == "stalltls":
+                    say("220 2.0.0 Ready to start TLS")
+                    while not self.stopping and c.recv(4096):   # the ClientHello, unanswered
+                        pass
                     return
                 elif verb == "HELO":
                     say("250 %s" % self.name)

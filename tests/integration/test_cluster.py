@@ -1,6 +1,7 @@
 """test_cluster: three relayd nodes replicating their queue through Raft (issue 4, G1).
 
-Nodes n1-n3 on 127.0.0.11-13 (SMTP 2525, cluster 7401, HTTP 8025), plain TCP between nodes.
+Nodes n1-n3 on 127.0.0.11-13 (SMTP 2525, cluster 7401, HTTP 8025), mutual TLS between nodes
+(certificates per test from scripts/make-cluster-certs.sh, as deployed).
 Delivery cannot succeed (dns_servers is a closed port, retry_base 1h), so every accepted message
 stays queued and can be counted on every node with `relayd --dump-queue --json`.
 
@@ -46,12 +47,14 @@ def metrics(addr):
 class ClusterTest(RelayTestCase):
     def start_cluster(self, **keys):
         self.cl = []
+        tls = self.cluster_tls(NAMES)
         for name, addr in zip(NAMES, ADDRS):
             n = self.relayd(name=name, addr=addr, port=2525,
                             cluster_listen="%s:7401" % addr, peers=PEERS,
                             http_listen="%s:8025" % addr,
                             election_timeout="500ms", heartbeat_interval="50ms",
-                            propose_timeout="10s", retry_base="1h", retry_max="1h", **keys)
+                            propose_timeout="10s", retry_base="1h", retry_max="1h",
+                            **tls[name], **keys)
             self.cl.append(n)
         for n in self.cl:
             n.start()

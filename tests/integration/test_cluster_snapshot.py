@@ -1,8 +1,8 @@
 """test_cluster_snapshot: streamed snapshots of a queue over 64 MiB, and big messages in a
 cluster (issue 4).
 
-Nodes n1-n3 on 127.0.16.11-13 (SMTP 2525, cluster 7401, HTTP 8025), plain TCP between nodes,
-snapshot_entries 16.  Everything is relayed through `relayhost = [127.0.16.99]:25`, where
+Nodes n1-n3 on 127.0.16.11-13 (SMTP 2525, cluster 7401, HTTP 8025), mutual TLS between nodes
+(certificates per test from scripts/make-cluster-certs.sh, as deployed), snapshot_entries 16.  Everything is relayed through `relayhost = [127.0.16.99]:25`, where
 nothing listens: every delivery defers (retry_base 1h), so every accepted message stays queued
 and the queues can be compared with `relayd --dump-queue --json`.
 
@@ -56,8 +56,9 @@ def body_of(k, size):
 class ClusterSnapshotTest(RelayTestCase):
     def start_cluster(self):
         self.cl = []
+        tls = self.cluster_tls(NAMES)
         for name, addr in zip(NAMES, ADDRS):
-            n = self.relayd(name=name, addr=addr, port=2525,
+            n = self.relayd(name=name, addr=addr, port=2525, **tls[name],
                             cluster_listen="%s:7401" % addr, peers=PEERS,
                             http_listen="%s:8025" % addr,
                             election_timeout="500ms", heartbeat_interval="50ms",

@@ -28,7 +28,7 @@ import time
 import unittest
 import urllib.request
 
-from relaytest import port_open, wait_for
+from relaytest import port_open, sanitizer_reports, wait_for
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 RELAYCTL = os.environ.get("RELAYCTL", os.path.join(TOP, "build/node/relayctl"))
@@ -251,6 +251,10 @@ class DemoTest(unittest.TestCase):
         for addr, port in [("127.0.0.1", 2525)] + [(a, p) for a in NODES.values()
                                                    for p in (2525, 8025, 7402)]:
             self.assertFalse(port_open(addr, port), "%s:%d still open" % (addr, port))
+        # the teardown checks of relaytest: no sanitizer report in any node's log
+        for n in NODES:
+            with open(os.path.join(self.dir, n + ".log"), errors="replace") as f:
+                self.assertEqual(sanitizer_reports(f.read()), [], "%s.log" % n)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import unittest
 import urllib.error
 import urllib.request
 
-from relaytest import RELAYD, RelayTestCase, SmtpConn, port_open, wait_for
+from relaytest import (RELAYD, RelayTestCase, SmtpConn, describe_exit, port_open,
+                       sanitizer_reports, wait_for)
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEPLOY = os.path.join(TOP, "deploy")
@@ -536,6 +537,7 @@ class Pod:
         self.cfg = move(cfg)
         self.log_path = os.path.join(root, self.name + ".log")
         self.proc = None
+        self.expected = None  # None: runs until the test stops it; else the return codes allowed
 
     def pod_environ(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYD_")}
@@ -561,10 +563,22 @@ class Pod:
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
+            self.expected = {-signal.SIGKILL}
             self.proc.kill()
             self.proc.wait(10)
         if self.proc:
             self.logf.close()
+
+    def problems(self):
+        """After kill(): how the pod's relayd ended if not as the test wanted, and sanitizer
+        reports in its log (the teardown checks of relaytest)."""
+        out = []
+        if self.proc and (self.expected is None or self.proc.returncode not in self.expected):
+            out.append("%s: %s" % (self.name, describe_exit(self.proc.returncode)))
+        reports = sanitizer_reports(self.log())
+        if reports:
+            out.append("%s log holds a sanitizer report: %s" % (self.name, reports[0]))
+        return out
 
 
 class PodTest(RelayTestCase):
@@ -586,11 +600,15 @@ class PodTest(RelayTestCase):
     def tearDown(self):
         failed = self._outcome is not None and any(
             t is self for t, _ in self._outcome.result.failures + self._outcome.result.errors)
+        problems = []
         for p in self.pods:
             p.kill()
-            if failed:
+            problems += p.problems()
+            if failed or problems:
                 print("---- log of %s ----\n%s" % (p.name, p.log()[-5000:]))
         super().tearDown()
+        if problems:
+            raise AssertionError("teardown: " + "; ".join(problems))
 
     def start_pod(self, ordinal):
         p = Pod(self.m, ordinal, self.tmp, self.secrets).start(self.EXTRA)
@@ -617,6 +635,7 @@ class PodTest(RelayTestCase):
     def stop_within_grace(self, pod):
         grace = self.m.pod["terminationGracePeriodSeconds"]
         t0 = time.monotonic()
+        pod.expected = {0}
         pod.proc.send_signal(signal.SIGTERM)
         rc = pod.proc.wait(grace)
         self.assertEqual(rc, 0, "SIGTERM exit code")

@@ -1,8 +1,9 @@
 """test_ownership: delivery ownership with leases and fencing across real processes (issue 5, G4).
 
 Three relayd, each in its own network namespace (netns.py, prefix "rown", 10.202.0.0/24) joined by
-a bridge.  The root namespace holds the far side on the bridge: dnsmasq (10.202.0.1:53) and two
-aiosmtpd destinations, a fast one (10.202.0.1:25) and a slow one (10.202.0.2:25, SLOW s per
+a bridge, with mutual TLS between them (certificates per test from scripts/make-cluster-certs.sh,
+as deployed).  The root namespace holds the far side on the bridge: dnsmasq (10.202.0.1:53) and
+two aiosmtpd destinations, a fast one (10.202.0.1:25) and a slow one (10.202.0.2:25, SLOW s per
 message) so attempts are in flight when an owner goes away.  The destinations note for every
 transaction the time of MAIL and of the end of DATA, the client address (which node) and the
 bench id header.  Nodes open at most 2 connections per destination, so the slow domains keep a
@@ -116,12 +117,12 @@ class OwnershipTest(RelayTestCase):
             self.addCleanup(d.ctl.stop)
         peers = ",".join("%s=%s:7401" % (n, self.net.addr(i)) for i, n in enumerate(NAMES))
         self.excluded = set()
+        tls = self.cluster_tls(NAMES)
         for i, name in enumerate(NAMES):
             a = self.net.addr(i)
-            n = self.relayd(name=name, addr=a, port=2525, cluster_listen="%s:7401" % a,
+            n = self.relayd(name=name, addr=a, port=2525, **tls[name],
+                            cluster_listen="%s:7401" % a,
                             peers=peers, http_listen="%s:8025" % a, mynetworks=SUBNET,
-                            # plain cluster traffic on the test bridge (not loopback)
-                            cluster_insecure="yes",
                             dns_servers="%s:53" % HOST, lease="%dms" % (LEASE_S * 1000),
                             election_timeout="500ms", heartbeat_interval="50ms",
                             propose_timeout="5s", retry_base="1s", retry_max="2s",

@@ -12,7 +12,6 @@ iptables DROP inside its namespace (the test still reaches its HTTP endpoint):
   leader and answer 200 the whole time; healed, it answers 200 again.
 """
 import os
-import subprocess
 import time
 import unittest
 import urllib.error
@@ -24,7 +23,6 @@ from relaytest import RelayTestCase, wait_for
 PREFIX = "rrdy"
 SUBNET = "10.201.0.0/24"
 NAMES = ["node1", "node2", "node3"]
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 ELECTION = 0.5    # election_timeout in seconds (heartbeat 50 ms)
 CUT_DEADLINE = 15  # seconds for a cut node to report 503, for the rest to have a leader
 HEAL_DEADLINE = 30
@@ -59,18 +57,13 @@ class ReadyzPartitionTest(RelayTestCase):
         self.net = Netns(PREFIX, len(NAMES), SUBNET)
         self.addCleanup(self.net.close)  # after tearDown has killed the nodes
         self.net.setup()
-        certs = os.path.join(self.tmp, "certs")
-        subprocess.run(["bash", os.path.join(TOP, "scripts/make-cluster-certs.sh"), certs,
-                        str(len(NAMES))], check=True, capture_output=True, timeout=60)
+        tls = self.cluster_tls(NAMES)
         peers = ",".join("%s=%s:7401" % (n, self.net.addr(i)) for i, n in enumerate(NAMES))
         self.cl = []
         for i, name in enumerate(NAMES):
             a = self.net.addr(i)
             n = self.relayd(name=name, addr=a, port=2525, cluster_listen="%s:7401" % a,
-                            peers=peers, http_listen="%s:8025" % a,
-                            cluster_ca=os.path.join(certs, "ca.crt"),
-                            cluster_cert=os.path.join(certs, name + ".crt"),
-                            cluster_key=os.path.join(certs, name + ".key"),
+                            peers=peers, http_listen="%s:8025" % a, **tls[name],
                             election_timeout="%dms" % (ELECTION * 1000),
                             heartbeat_interval="50ms", retry_base="1h", retry_max="1h")
             n.wrap = self.net.argv(i, [])

@@ -1,8 +1,10 @@
 """relayctl against a running 3-node cluster (issue 6): every command, --json parsed.
 
-Nodes n1-n3 on 127.0.15.11-13 (SMTP 2525, cluster 7401, admin 7402), plain TCP between nodes
-(loopback only).  A fourth node n4 on 127.0.15.14 joins with `node add` and leaves with
-`node remove`.  dns_servers is a closed port and retry_base 1h: no message is ever delivered, so
+Nodes n1-n3 on 127.0.15.11-13 (SMTP 2525, cluster 7401, admin 7402), mutual TLS between nodes and
+for relayctl (certificates per test from scripts/make-cluster-certs.sh, as deployed), except
+test_queue_hold_release_retry_delete: plain TCP between nodes and a plain admin endpoint on
+loopback (the insecure mode stays supported and tested).  A fourth node n4 on 127.0.15.14 joins
+with `node add` and leaves with `node remove`.  dns_servers is a closed port and retry_base 1h: no message is ever delivered, so
 queued messages stay put whatever delivery ownership does; the tests never wait for a delivery.
 
 - queue hold / release / retry / delete, each through one node, visible on every node
@@ -29,6 +31,8 @@ ADDRS = ["127.0.15.11", "127.0.15.12", "127.0.15.13"]
 NAMES = ["n1", "n2", "n3"]
 ADDR4 = "127.0.15.14"
 PEERS = ",".join("%s=%s:7401" % (n, a) for n, a in zip(NAMES, ADDRS))
+PLAIN_TCP_TESTS = {"test_queue_hold_release_retry_delete"}
+CTL_TLS = []  # relayctl's --ca/--cert/--key for the current test (empty: plain TCP)
 
 
 def admin(addr):
@@ -36,7 +40,7 @@ def admin(addr):
 
 
 def ctl(server, *args, timeout="5s"):
-    r = subprocess.run([RELAYCTL, "--server", server, "--timeout", timeout, *args],
+    r = subprocess.run([RELAYCTL, "--server", server, "--timeout", timeout, *CTL_TLS, *args],
                        capture_output=True, text=True, timeout=120)
     return r.returncode, r.stdout, r.stderr
 
@@ -57,6 +61,11 @@ def status(addr):
 class RelayctlClusterTest(RelayTestCase):
     def setUp(self):
         super().setUp()
+        self.tls = None
+        CTL_TLS[:] = []
+        if self._testMethodName not in PLAIN_TCP_TESTS:
+            self.tls = self.cluster_tls(NAMES + ["n4"])
+            CTL_TLS[:] = self.admin_tls_args()
         self.cl = []
         for name, addr in zip(NAMES, ADDRS):
             self.cl.append(self.node(name, addr, PEERS))
@@ -69,7 +78,8 @@ class RelayctlClusterTest(RelayTestCase):
         return self.relayd(name=name, addr=addr, port=2525, cluster_listen="%s:7401" % addr,
                            peers=peers, admin_listen=admin(addr),
                            election_timeout="500ms", heartbeat_interval="50ms",
-                           propose_timeout="10s", retry_base="1h", retry_max="2h")
+                           propose_timeout="10s", retry_base="1h", retry_max="2h",
+                           **(self.tls[name] if self.tls else {}))
 
     def tearDown(self):
         for n in self.nodes:

@@ -25,7 +25,7 @@ class ShutdownTest(RelayTestCase):
         busy.cmd("RCPT TO:<c@d.test>")
         self.assertEqual(busy.cmd("DATA")[0], 354)
         busy.send("Subject: in flight\r\n\r\nfirst half\r\n")
-        node.proc.send_signal(15)
+        node.terminate()
         # the idle session hears 421 and is closed
         code, lines = idle.reply()
         self.assertEqual(code, 421, lines)
@@ -49,7 +49,7 @@ class ShutdownTest(RelayTestCase):
         c.cmd("MAIL FROM:<a@b.test>")
         c.cmd("RCPT TO:<c@d.test>")
         c.cmd("DATA")
-        node.proc.send_signal(15)
+        node.terminate()
         self.assertEqual(node.proc.wait(10), 0)
         self.assertTrue(c.closed())
 

@@ -25,7 +25,9 @@
  * index (raft_set_applied).  A snapshot (compaction, or what raft_compact hands to a follower)
  * is the key/values of the queue CFs (STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX) of vstore
  * at the applied index; an install clears those CFs, writes the snapshot's, and calls
- * queue_fsm_reload (one batch, in the write stream like cluster_raft's install).
+ * queue_fsm_reload (one batch, in the write stream like cluster_raft's install).  A node of the
+ * initial configuration with no Raft state on disk (its bootstrap lost in a crash) bootstraps
+ * again at start, as cluster_raft's craft__load does.
  *
  * Client proposals are packed relay.Command protobufs drawn from the seeded PRNG, each tagged
  * like cluster_raft's (origin node/boot/seq): Accepts (1-4 recipients over a few domains, small
@@ -406,6 +408,11 @@ struct sim {
 	uint64_t heal_prop_at[SIM_HEAL_PROPOSALS];
 	uint64_t heal_own_at;
 	uint64_t heal_target; /* commit index every member must apply (set once ownership settled) */
+	uint64_t heal_transfer; /* units one snapshot transfer may take (heal_transfer_units) */
+	/* the configuration of the highest-index configuration entry applied anywhere: the
+	 * committed one (shut_down_removed) */
+	struct raft_conf committed_conf;
+	uint64_t committed_conf_index;
 	bool heal_done[SIM_HEAL_PROPOSALS];
 	/* stats */
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
@@ -1496,6 +1503,12 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 	struct mq *touched[4];
 	size_t nt = 0;
 	Relay__Command *cmd = NULL;
+	if (e->type == RAFT_ENTRY_CONF && e->index > S->committed_conf_index) {
+		if (raft_conf_decode(e->data, e->len, &S->committed_conf))
+			fail("node %" PRIu64 " configuration entry %" PRIu64 " does not decode",
+			     nd->id, e->index);
+		S->committed_conf_index = e->index;
+	}
 	if (e->type == RAFT_ENTRY_NORMAL) {
 		cmd = relay__command__unpack(NULL, e->len, e->data);
 		if (!cmd)
@@ -1563,6 +1576,8 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 		    cmd->origin_seq == nd->renew_seq) {
 			own_renew_done(&nd->own, true, S->now); /* committed and applied here */
 			nd->renew_seq = 0;
+			trace("node %" PRIu64 " renew applied at %" PRIu64 ": lease until %" PRIu64,
+			      nd->id, e->index, nd->own.lease_until);
 		}
 		if (cmd->has_origin_seq) {
 			uint64_t id = cmd->origin_seq;
@@ -1670,6 +1685,14 @@ node_start(struct node *nd, bool bootstrap)
 	uint64_t applied = 0;
 	if ((rv = store_applied_get(nd->dstore, &applied)))
 		fail("node %" PRIu64 " store_applied_get: %s", nd->id, store_strerror(rv));
+	/* Like craft__load: a node of the initial configuration (in `peers`, not joining) whose
+	 * disk holds no Raft state bootstraps, at every start.  Its bootstrap may not have been
+	 * durable: a crash keeps a prefix of the writes, so nothing later was either and it has
+	 * promised nothing to anyone.  (Seed 210170: a power cut at t=49 took every node's
+	 * bootstrap; restored with no configuration, none ever campaigned.) */
+	if (!bootstrap && nd->id <= (uint64_t)S->n_nodes && nd->d.hs.term == 0 && nd->d.n == 0 &&
+	    nd->d.snap.index == 0)
+		bootstrap = true;
 	if (bootstrap) {
 		struct raft_conf conf = {0};
 		for (int i = 1; i <= S->n_nodes; i++)
@@ -2187,15 +2210,27 @@ gen_member_cmd(struct gen *g, uint64_t id, Relay__MemberState st)
 	g->cmd.member = &g->mem;
 }
 
-/* What an operator, a leader or a node itself proposes about membership, at random. */
+/* What an operator, a leader or a node itself proposes about membership, at random; half the
+ * DRAINEDs carry expect_since_index from the proposer's (possibly stale) view, as a member's
+ * own does. */
 static void
-gen_member(struct gen *g)
+gen_member(struct node *nd, struct gen *g)
 {
 	unsigned k = (unsigned)rnd_n(20);
 	Relay__MemberState st = member_states[k < 9 ? 0 : k < 12 ? 1 : k < 14 ? 2 : k < 18 ? 3 : 4];
 	if (S->lease_mode)
 		st = RELAY__MEMBER_STATE__MEMBER_DRAINING; /* the rest is the ownership cores' */
-	gen_member_cmd(g, 1 + rnd_n((uint64_t)S->n_ids), st);
+	uint64_t id = 1 + rnd_n((uint64_t)S->n_ids);
+	gen_member_cmd(g, id, st);
+	if (st == RELAY__MEMBER_STATE__MEMBER_DRAINED && rnd_n(2)) {
+		struct queue_member mem[QUEUE_MEMBERS_MAX];
+		size_t n = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+		g->mem.has_expect_since_index = 1;
+		g->mem.expect_since_index = 0;
+		for (size_t i = 0; i < n; i++)
+			if (!strcmp(mem[i].node, g->node))
+				g->mem.expect_since_index = mem[i].since_index;
+	}
 }
 
 static void
@@ -2283,7 +2318,7 @@ gen_command(struct node *nd, size_t *len)
 	else if (k < (c += S->pct_delete))
 		gen_delete(nd, &g);
 	else if (k < (c += S->pct_member))
-		gen_member(&g);
+		gen_member(nd, &g);
 	else if (k < (c += S->pct_renew))
 		gen_renew(nd, &g);
 	else if (k < (c += S->pct_hold))
@@ -2318,6 +2353,10 @@ describe(const Relay__Command *c, char *out, size_t n)
 	case RELAY__COMMAND__CMD_MEMBER:
 		snprintf(out, n, "member %s %s", c->member->node,
 			 member_state_name((int)c->member->state));
+		if (c->member->has_expect_since_index) {
+			size_t l = strlen(out);
+			snprintf(out + l, n - l, " if-since=%" PRIu64, c->member->expect_since_index);
+		}
 		break;
 	default:
 		snprintf(out, n, "%s", cmd_name(c));
@@ -2342,7 +2381,7 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	size_t len;
 	uint8_t *p = pack_cmd(c, &len);
 	relay__command__free_unpacked(c, NULL);
-	uint64_t idx, term;
+	uint64_t idx, term, origin = nd->id;
 	struct raft_status st0;
 	raft_status(nd->r, &st0);
 	int rv = raft_propose(nd->r, p, len, &idx, &term);
@@ -2360,8 +2399,14 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	}
 	free(p);
 	if (rv == 0) {
-		trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64 ": %s",
-		      nd->id, id, idx, term, desc);
+		if (origin != nd->id)
+			trace("node %" PRIu64 " proposed (from %" PRIu64 ") id=%" PRIx64
+			      " at %" PRIu64 "/%" PRIu64 ": %s",
+			      nd->id, origin, id, idx, term, desc);
+		else
+			trace("node %" PRIu64 " proposed id=%" PRIx64 " at %" PRIu64 "/%" PRIu64
+			      ": %s",
+			      nd->id, id, idx, term, desc);
 		drain(nd);
 	}
 	return rv;
@@ -2387,15 +2432,28 @@ propose_gen(struct node *nd, struct gen *g, uint64_t *id_out)
 	return rv;
 }
 
-/* nd's state in its own applied member table (-1: not in it). */
+/* nd's state in its own applied member table (-1: not in it); *since (if not NULL): the index
+ * that set it (0: not in it). */
 static int
-self_state(struct node *nd)
+self_state_since(struct node *nd, uint64_t *since)
 {
 	char me[QUEUE_NODE_MAX + 1];
 	node_name(nd->id, me);
 	struct queue_member mem[QUEUE_MEMBERS_MAX];
 	size_t n = queue_fsm_members(nd->fsm, mem, QUEUE_MEMBERS_MAX);
+	if (since) {
+		*since = 0;
+		for (size_t k = 0; k < n; k++)
+			if (!strcmp(mem[k].node, me))
+				*since = mem[k].since_index;
+	}
 	return member_state(mem, n, me);
+}
+
+static int
+self_state(struct node *nd)
+{
+	return self_state_since(nd, NULL);
 }
 
 struct due_pick {
@@ -2491,7 +2549,8 @@ own_host_tick(struct node *nd)
 {
 	struct own *o = &nd->own;
 	uint64_t now = S->now;
-	int st = self_state(nd);
+	uint64_t since;
+	int st = self_state_since(nd, &since);
 	struct gen g;
 	if (nd->renew_seq && now > nd->renew_deadline) {
 		own_renew_done(o, false, now); /* not applied here in time */
@@ -2524,6 +2583,9 @@ own_host_tick(struct node *nd)
 	if (d == 1) {
 		relay__command__init(&g.cmd);
 		gen_member_cmd(&g, nd->id, RELAY__MEMBER_STATE__MEMBER_DRAINED);
+		/* only if still the DRAINING it judged, as in delivery.c (ownership.h: Drain) */
+		g.mem.has_expect_since_index = 1;
+		g.mem.expect_since_index = since;
 		propose_gen(nd, &g, NULL);
 	}
 	struct raft_status rs;
@@ -2874,8 +2936,15 @@ converged(void)
 		}
 		return false;
 	}
-	/* ownership settles: a draining member finishes (DRAINED, what its drain proposes with
-	 * nothing in flight) and some member is LIVE (a node proposes itself at boot) */
+	/* Ownership settles: no member is DRAINING and some member is LIVE.  In lease mode the
+	 * ownership cores finish a drain (the member's own DRAINED once it applied DRAINING and
+	 * has nothing in flight; REMOVED from the leader lease + grace after it left the
+	 * configuration): proposing DRAINED for it here would move its domains while it may
+	 * still hold its lease without having seen DRAINING (seed 300060: removed from the
+	 * configuration just before the DRAINING, so it never applies it).  Otherwise (random
+	 * Member commands, no leases) the heal proposes the DRAINED itself.  LIVE for the
+	 * leader (an operator's undrain; a node proposes itself only at boot) moves no owned
+	 * domain, so it is safe in both modes. */
 	struct queue_member mem[QUEUE_MEMBERS_MAX];
 	size_t nm = queue_fsm_members(l->fsm, mem, QUEUE_MEMBERS_MAX);
 	bool any_live = false;
@@ -2886,7 +2955,8 @@ converged(void)
 			draining = mem[k].node;
 	}
 	if (draining || !any_live) {
-		if (!S->heal_own_at || S->now - S->heal_own_at > 1000) {
+		if ((draining == NULL || !S->lease_mode) &&
+		    (!S->heal_own_at || S->now - S->heal_own_at > 1000)) {
 			struct gen g;
 			relay__command__init(&g.cmd);
 			if (draining)
@@ -2917,20 +2987,53 @@ converged(void)
 	return true;
 }
 
-/* The operator shuts a removed server down (thesis 4.2.3): without pre-vote or check-quorum
- * one that never learnt of its removal disrupts every leader with a higher term, forever.  A
- * node in the leader's latest configuration comes back (an uncommitted removal was undone). */
+/*
+ * The time one snapshot transfer may take after the heal, on top of SIM_HEAL_BUDGET: the core
+ * streams a snapshot in chunks of at most max_msg_bytes, one in flight per follower (raft.h),
+ * and after the heal no message is lost and each takes at most delay_max units, so a follower
+ * that needs the leader's snapshot waits up to ceil(len / max_msg_bytes) round trips of
+ * 2 * delay_max.  Taken over the largest snapshot any node holds and the smallest
+ * max_msg_bytes, and never lowered.  (The sim streams the queue itself through the core to
+ * exercise the chunking; the host's Raft snapshot is a small descriptor and the queue comes
+ * in CRAFT_SNAP_CHUNK_BYTES fetch chunks.  Seed 300169: a 53,726-byte snapshot in 67-byte
+ * chunks, ~800 round trips of ~26 units, overran a fixed budget while making progress.)  A
+ * transfer that never finishes still fails (checked by making leader_handle_snap_resp in
+ * cluster/raft.c restart every transfer half way: every seed fails at this deadline).
+ */
+static uint64_t
+heal_transfer_units(void)
+{
+	size_t len = 0, chunk = SIZE_MAX;
+	for (int i = 1; i <= S->n_ids; i++) {
+		const struct node *nd = &S->nodes[i];
+		if (nd->d.snap_len > len)
+			len = nd->d.snap_len;
+		if (nd->r && nd->cfg.max_msg_bytes && nd->cfg.max_msg_bytes < chunk)
+			chunk = nd->cfg.max_msg_bytes;
+	}
+	if (chunk == SIZE_MAX)
+		return S->heal_transfer;
+	uint64_t units = (uint64_t)((len + chunk - 1) / chunk) * 2 * S->delay_max;
+	if (units > S->heal_transfer)
+		S->heal_transfer = units;
+	return S->heal_transfer;
+}
+
+/* The operator shuts a removed server down once its removal is committed (thesis 4.2.3):
+ * without pre-vote or check-quorum one that never learnt of its removal disrupts every leader
+ * with a higher term, forever.  A node that a later committed configuration holds again
+ * comes back.  Not the latest configuration of the leader: it may be uncommitted, and the
+ * leader a stale one of an older term (seed 412063 with --prevote 0 --check-quorum 0: at the
+ * heal the stale leader n4's uncommitted {4,5,6} shut n2 and n3 down while the committed
+ * configuration needed them, and no majority was left for ever). */
 static void
 shut_down_removed(void)
 {
-	struct node *l = leader_node();
-	if (!l)
+	if (S->committed_conf_index == 0)
 		return;
-	struct raft_status ls;
-	raft_status(l->r, &ls);
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *nd = &S->nodes[i];
-		bool member = raft_conf_is_member(&ls.conf, nd->id);
+		bool member = raft_conf_is_member(&S->committed_conf, nd->id);
 		if (!member && nd->up) {
 			node_crash(nd, "removed: shut down");
 			nd->restart_at = UINT64_MAX;
@@ -3104,7 +3207,7 @@ sim_run(const struct run_opts *o)
 	uint64_t budget = SIM_HEAL_BUDGET * (S->election_tick > 10 ? S->election_tick : 10) / 10;
 	uint64_t deadline = S->now + budget;
 	bool ok = false;
-	for (; S->now <= deadline; S->now++) {
+	for (; S->now <= deadline + heal_transfer_units(); S->now++) {
 		step_once();
 		if (S->now % 10 == 0 && !S->pre_vote && !S->check_quorum)
 			shut_down_removed();
@@ -3127,8 +3230,9 @@ sim_run(const struct run_opts *o)
 				      i, !nd->up ? "down" : rs.role == RAFT_LEADER ? "L" : "F", rs.term,
 				      rs.commit, nd->sm_index, rs.persisted_index, nd->d.npw);
 		}
-		fail("liveness: no convergence %" PRIu64 " units after heal (leader %" PRIu64 ");%s",
-		     budget, l ? l->id : 0, st);
+		fail("liveness: no convergence %" PRIu64 " units after heal (%" PRIu64
+		     " + %" PRIu64 " for a snapshot transfer; leader %" PRIu64 ");%s",
+		     budget + S->heal_transfer, budget, S->heal_transfer, l ? l->id : 0, st);
 	}
 	/* durability: every proposal ever applied is committed at its index in the final log */
 	struct node *l = leader_node();

@@ -427,6 +427,104 @@ case_lease_ignores_votes(void)
 	h_free(&h);
 }
 
+/*
+ * 4.2.3 for a node that cannot campaign (here a learner; in tests/sim seed 213904 a voter that
+ * missed its own re-add): an election timeout after its leader's last message it answers vote
+ * requests again.  It used to restart its count at each randomized timeout and ignore most of
+ * them for ever, which blocked elections that needed its vote.
+ */
+static void
+case_unpromotable_answers_votes(void)
+{
+	struct h h;
+	memset(&h, 0, sizeof(h));
+	h.n = 3;
+	struct raft_conf conf = {.n_voters = 2, .voters = {1, 2}, .n_learners = 1, .learners = {3}};
+	for (int i = 1; i <= 3; i++) {
+		struct raft_config c = h_cfg((uint64_t)i, true, true);
+		raft_new(&c, &h.r[i]);
+		raft_bootstrap(h.r[i], &conf);
+	}
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h_tick(&h, 1, 1);
+	CHECK(st(&h, 3).lead == 1);
+	/* the leader is gone: 3 hears nothing more; 2 asks for pre-votes at every tick */
+	int ignored = 0;
+	for (int k = 1; k <= 60; k++) {
+		raft_tick(h.r[3]);
+		h_drain(&h, 3);
+		struct raft_status s3 = st(&h, 3);
+		struct raft_msg m = {.type = RAFT_MSG_PREVOTE,
+				     .from = 2,
+				     .to = 3,
+				     .term = s3.term + 1,
+				     .log_term = s3.term,
+				     .index = s3.last_index};
+		CHECK(raft_step(h.r[3], &m) == 0);
+		h_drain(&h, 3);
+		bool answered = false;
+		while (h.qh != h.qt) {
+			struct raft_msg *q = &h.q[h.qh];
+			answered |= q->type == RAFT_MSG_PREVOTE_RESP && q->from == 3 && q->to == 2;
+			msg_drop(q);
+			h.qh = (h.qh + 1) % Q_MAX;
+		}
+		if (k < 10) /* election_tick: 3 still trusts its leader */
+			CHECK(!answered);
+		else
+			ignored += !answered;
+	}
+	CHECK(ignored == 0);
+	h_free(&h);
+}
+
+/*
+ * Figure 3.1: a vote request with a stale term is rejected with the current term, and the
+ * candidate adopts it.  (A stale request used to be ignored; a candidate that the others never
+ * contact - their configuration leaves it out - then never caught up with their terms:
+ * tests/sim seed 412386, without pre-vote.)
+ */
+static void
+case_stale_vote_rejected(void)
+{
+	struct h h;
+	h_init(&h, 3, false, false);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h.isolated[1] = true;
+	raft_campaign(h.r[2]); /* term 3, alone: 1 is cut off, 3 grants it */
+	h_pump(&h);
+	uint64_t t2 = st(&h, 2).term;
+	CHECK(t2 > st(&h, 1).term);
+	/* 1 asks 2 for a vote at its older term: 2 answers, 1 learns 2's term */
+	struct raft_status s1 = st(&h, 1);
+	struct raft_msg m = {.type = RAFT_MSG_VOTE,
+			     .from = 1,
+			     .to = 2,
+			     .term = s1.term,
+			     .log_term = s1.term,
+			     .index = s1.last_index};
+	CHECK(raft_step(h.r[2], &m) == 0);
+	h_drain(&h, 2);
+	bool rejected = false;
+	while (h.qh != h.qt) {
+		struct raft_msg *q = &h.q[h.qh];
+		if (q->type == RAFT_MSG_VOTE_RESP && q->to == 1) {
+			rejected = q->reject && q->term == t2;
+			CHECK(raft_step(h.r[1], q) == 0);
+		}
+		msg_drop(q);
+		h.qh = (h.qh + 1) % Q_MAX;
+	}
+	CHECK(rejected);
+	CHECK(st(&h, 1).term == t2 && st(&h, 1).role == RAFT_FOLLOWER);
+	CHECK(st(&h, 2).vote != 1);
+	h_free(&h);
+}
+
 /* check-quorum (6.2): a leader that hears from no majority steps down. */
 static void
 case_check_quorum_step_down(void)
@@ -799,6 +897,8 @@ static const struct {
     {"prevote_no_disruption", case_prevote_no_disruption},
     {"no_prevote_disrupts", case_no_prevote_disrupts},
     {"lease_ignores_votes", case_lease_ignores_votes},
+    {"unpromotable_answers_votes", case_unpromotable_answers_votes},
+    {"stale_vote_rejected", case_stale_vote_rejected},
     {"check_quorum_step_down", case_check_quorum_step_down},
     {"transfer", case_transfer},
     {"snapshot_install", case_snapshot_install},

@@ -52,7 +52,8 @@ test_owner_lease(void **state)
 	own_renew_sent(&o, 2000);
 	own_renew_done(&o, true, 9000); /* late commit: the lease is already over */
 	assert_false(own_lease_held(&o, 9000));
-	assert_true(own_lease_held(&o, 5999));
+	assert_int_equal(o.lease_until, 6000); /* it ran to 2000 + lease */
+	assert_false(own_lease_held(&o, 5999)); /* asked with a time before one it was given */
 	own_renew_done(&o, true, 9001); /* no renew in flight: ignored */
 	assert_int_equal(o.renews, 2);
 }
@@ -83,7 +84,8 @@ test_may_start_table(void **state)
 	    {2000, QUEUE_MEMBER_DOWN, "a", 7, 7, false},
 	    {2000, QUEUE_MEMBER_DRAINED, "a", 7, 7, false},
 	    {2000, -1, "a", 7, 7, false},			/* not a member */
-	    {4999, QUEUE_MEMBER_LIVE, "a", 7, 7, true},
+	    {4499, QUEUE_MEMBER_LIVE, "a", 7, 7, true},
+	    {4500, QUEUE_MEMBER_LIVE, "a", 7, 7, false}, /* less than the margin (500) left */
 	    {5000, QUEUE_MEMBER_LIVE, "a", 7, 7, false}, /* lease over */
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -282,6 +284,196 @@ test_down_never_overlaps_lease(void **state)
 	}
 }
 
+
+/* The commit rule: as starting, with the margin, but a DRAINING member finishes its attempts. */
+static void
+test_may_commit_margin(void **state)
+{
+	(void)state;
+	struct own o;
+	struct own_config cfg = {.self = "a", .lease_ms = 4000};
+	own_init(&o, &cfg);
+	assert_int_equal(o.margin_ms, 500); /* lease / 8 */
+	own_renew_sent(&o, 1000);
+	own_renew_done(&o, true, 1001);
+	assert_true(own_may_commit(&o, 4499, QUEUE_MEMBER_LIVE, "a", 7, 7));
+	assert_false(own_may_commit(&o, 4500, QUEUE_MEMBER_LIVE, "a", 7, 7));
+	assert_true(own_lease_held(&o, 4500)); /* held, but not long enough to commit */
+	assert_true(own_may_commit(&o, 2000, QUEUE_MEMBER_DRAINING, "a", 7, 7));
+	assert_false(own_may_start(&o, 2000, QUEUE_MEMBER_DRAINING, "a", 7, 7));
+	assert_false(own_may_commit(&o, 2000, QUEUE_MEMBER_DOWN, "a", 7, 7));
+	assert_false(own_may_commit(&o, 2000, QUEUE_MEMBER_DRAINED, "a", 7, 7));
+	assert_false(own_may_commit(&o, 2000, -1, "a", 7, 7));
+	assert_false(own_may_commit(&o, 2000, QUEUE_MEMBER_LIVE, "b", 7, 7)); /* moved */
+	assert_false(own_may_commit(&o, 2000, QUEUE_MEMBER_LIVE, "a", 9, 7)); /* moved and back */
+	assert_false(own_may_commit(&o, 2000, QUEUE_MEMBER_LIVE, NULL, 7, 7));
+	/* the margin's floor, and its ceiling on a tiny lease */
+	struct own_config c2 = {.self = "a", .lease_ms = 1000};
+	own_init(&o, &c2);
+	assert_int_equal(o.margin_ms, OWN_COMMIT_MARGIN_MIN_MS);
+	struct own_config c3 = {.self = "a", .lease_ms = 400};
+	own_init(&o, &c3);
+	assert_int_equal(o.margin_ms, 200);
+	struct own_config c4 = {.self = "a", .lease_ms = 8000, .margin_ms = 300};
+	own_init(&o, &c4);
+	assert_int_equal(o.margin_ms, 300);
+}
+
+/* A clock that goes back (the host must feed a monotonic one; this is what the core can guard):
+ * the owner drops its lease and distrusts the renew in flight; the leader waits longer. */
+static void
+test_clock_backstep(void **state)
+{
+	(void)state;
+	struct own o;
+	struct own_config cfg = {.self = "a", .lease_ms = 4000};
+	own_init(&o, &cfg);
+	own_renew_sent(&o, 100000);
+	own_renew_done(&o, true, 100050); /* lease to 104000 */
+	assert_true(own_may_act(&o, 100500, QUEUE_MEMBER_LIVE));
+	/* the clock steps back 30 s: a query at once says no lease... */
+	assert_false(own_lease_held(&o, 70500));
+	assert_false(own_may_act(&o, 70500, QUEUE_MEMBER_LIVE));
+	assert_int_equal(o.clock_backsteps, 0);
+	/* ...and the next call that changes the core drops it for good */
+	assert_false(own_self_live_due(&o, 70600, QUEUE_MEMBER_LIVE, false));
+	assert_int_equal(o.clock_backsteps, 1);
+	assert_int_equal(o.lease_until, 0);
+	assert_false(own_lease_held(&o, 70600));
+	assert_false(own_lease_held(&o, 103999)); /* not back when the old clock's time comes */
+	/* a renew is due at once (not 30 s later), and counts on the new clock */
+	assert_true(own_renew_due(&o, 70600));
+	own_renew_sent(&o, 70600);
+	own_renew_done(&o, true, 70700);
+	assert_int_equal(o.lease_until, 74600);
+	assert_true(own_may_act(&o, 71000, QUEUE_MEMBER_LIVE));
+	/* a renew in flight across a step back does not extend the lease */
+	own_renew_sent(&o, 71600);
+	assert_int_equal(own_drain_tick(&o, 41600, QUEUE_MEMBER_LIVE, 0), 0); /* steps back */
+	own_renew_done(&o, true, 41700);
+	assert_int_equal(o.lease_until, 0);
+	assert_int_equal(o.renew_failures, 1);
+	assert_int_equal(o.clock_backsteps, 2);
+
+	/* leader side: a step back delays verdicts, never hastens them */
+	struct own l;
+	struct own_config lc = {.self = "a", .lease_ms = 4000}; /* grace 1000 */
+	own_init(&l, &lc);
+	struct own_action act[OWN_MAX_ACTIONS];
+	const char *conf[] = {"a", "b"};
+	struct queue_member m[2] = {mem("a", QUEUE_MEMBER_LIVE, 1, 10),
+				    mem("b", QUEUE_MEMBER_LIVE, 2, 11)};
+	assert_int_equal(own_leader_tick(&l, 50000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	m[0].renew_index = 12;
+	assert_int_equal(own_leader_tick(&l, 54000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	/* back to 20000: b was last seen "at 20000" now: nothing before 25000 */
+	assert_int_equal(own_leader_tick(&l, 20000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	m[0].renew_index = 13;
+	assert_int_equal(own_leader_tick(&l, 24999, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	size_t n = own_leader_tick(&l, 25000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS);
+	assert_int_equal(n, 1);
+	assert_string_equal(act[0].node, "b");
+	assert_int_equal(act[0].state, QUEUE_MEMBER_DOWN);
+}
+
+/*
+ * One owner and one leader, each on its own clocks, in true time T (ms): each node has a
+ * monotonic clock (its own origin, as after different boots) and a wall clock that NTP steps
+ * 30 s: the owner's back, the leader's forward, at random moments.  The owner renews (commits
+ * after random delays, some lost); the leader observes late and proposes DOWN; whenever a DOWN
+ * the state machine would apply commits, the owner must not hold its lease by its own clock at
+ * that instant.  Returns the number of such overlaps over `seeds` runs.
+ *   feed_wall  the host feeds the wall clocks instead of the monotonic ones
+ *   step_owner / step_leader  which wall clocks step
+ */
+static unsigned
+clock_scenario(unsigned seeds, bool feed_wall, bool step_owner, bool step_leader)
+{
+	unsigned overlaps = 0;
+	for (uint64_t seed = 1; seed <= seeds; seed++) {
+		uint64_t rs = seed * 7919;
+		struct own own, lead;
+		struct own_config oc = {.self = "b", .lease_ms = 2000 + rnd(&rs) % 3000};
+		struct own_config lc = oc;
+		lc.self = "a";
+		own_init(&own, &oc);
+		own_init(&lead, &lc);
+		const uint64_t mono_o0 = 5000000 + rnd(&rs) % 1000000, mono_l0 = 1000 + rnd(&rs) % 9000;
+		const uint64_t wall0 = 1700000000000ull;
+		const uint64_t step_o = 5000 + rnd(&rs) % 20000, step_l = 5000 + rnd(&rs) % 20000;
+		uint64_t committed_index = 5, leader_view = 5;
+		uint64_t pend_commit_at = 0, pend_learn_at = 0, pend_index = 0;
+		uint64_t view_at = 0, view_index = 0, down_at = 0, down_expect = 0, next_index = 6;
+		bool overlapped = false;
+		for (uint64_t T = 1; T < 45000 && !overlapped; T++) {
+			uint64_t on = feed_wall ? wall0 + T - (step_owner && T >= step_o ? 30000 : 0)
+						: mono_o0 + T;
+			uint64_t ln = feed_wall ? wall0 + T + (step_leader && T >= step_l ? 30000 : 0)
+						: mono_l0 + T;
+			if (own_renew_due(&own, on) && pend_commit_at == 0 && pend_learn_at == 0) {
+				own_renew_sent(&own, on);
+				if (rnd(&rs) % 10 == 0) {
+					pend_learn_at = T + 1 + rnd(&rs) % 2000; /* lost */
+					pend_index = 0;
+				} else {
+					pend_commit_at = T + rnd(&rs) % 600;
+					pend_index = next_index++;
+				}
+			}
+			if (pend_commit_at != 0 && T >= pend_commit_at) {
+				pend_commit_at = 0;
+				committed_index = pend_index;
+				pend_learn_at = T + rnd(&rs) % 300;
+				view_at = T + rnd(&rs) % 600;
+				view_index = pend_index;
+			}
+			if (view_at != 0 && T >= view_at) {
+				if (view_index > leader_view)
+					leader_view = view_index;
+				view_at = 0;
+			}
+			if (pend_learn_at != 0 && T >= pend_learn_at) {
+				own_renew_done(&own, pend_index != 0, on);
+				pend_learn_at = 0;
+			}
+			/* the owner's host ticks (own_self_live_due is one of its calls) */
+			(void)own_self_live_due(&own, on, QUEUE_MEMBER_LIVE, false);
+			if (down_at != 0 && T >= down_at) {
+				if (committed_index == down_expect && own_lease_held(&own, on))
+					overlapped = true;
+				down_at = 0;
+			}
+			struct queue_member m[2] = {mem("a", QUEUE_MEMBER_LIVE, 1, 1),
+						    mem("b", QUEUE_MEMBER_LIVE, 2, leader_view)};
+			const char *conf[] = {"a", "b"};
+			struct own_action act[4];
+			size_t n = own_leader_tick(&lead, ln, true, 1, m, 2, conf, 2, act, 4);
+			for (size_t i = 0; i < n; i++)
+				if (strcmp(act[i].node, "b") == 0 && act[i].state == QUEUE_MEMBER_DOWN &&
+				    down_at == 0) {
+					down_at = T + rnd(&rs) % 50;
+					down_expect = act[i].expect_renew_index;
+				}
+		}
+		overlaps += overlapped;
+	}
+	return overlaps;
+}
+
+static void
+test_wall_clock_steps(void **state)
+{
+	(void)state;
+	/* The host's clock (clock_mono_ms): steps of the wall clocks change nothing. */
+	assert_int_equal(clock_scenario(60, false, true, true), 0);
+	/* Fed the wall clock, the owner's step back is caught by the core (lease dropped). */
+	assert_int_equal(clock_scenario(60, true, true, false), 0);
+	/* Fed the wall clock, the leader's step forward cannot be seen by the core: DOWN comes
+	 * while the owner still holds its lease.  (This is why the host feeds the monotonic clock,
+	 * and shows the scenario is strong enough to catch it.) */
+	assert_true(clock_scenario(60, true, false, true) > 0);
+}
+
 /* The queue state machine honours the leader's precondition: a DOWN whose expected renew index
  * is stale (a Renew committed after the leader saw the lease lapse) changes nothing. */
 static int
@@ -375,6 +567,9 @@ main(void)
 	    cmocka_unit_test(test_leader_down_live_removed),
 	    cmocka_unit_test(test_drain_and_self_live),
 	    cmocka_unit_test(test_down_never_overlaps_lease),
+	    cmocka_unit_test(test_may_commit_margin),
+	    cmocka_unit_test(test_clock_backstep),
+	    cmocka_unit_test(test_wall_clock_steps),
 	    cmocka_unit_test(test_fsm_down_precondition),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

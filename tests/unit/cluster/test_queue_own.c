@@ -114,6 +114,21 @@ member(struct world *w, const char *node, enum queue_member_state st)
 	return apply(w, &c);
 }
 
+/* Member{node, DRAINED, expect_since_index = since}: a member's own DRAINED (ownership.h). */
+static int
+drained_since(struct world *w, const char *node, uint64_t since)
+{
+	Relay__Member m = RELAY__MEMBER__INIT;
+	m.node = (char *)node;
+	m.state = RELAY__MEMBER_STATE__MEMBER_DRAINED;
+	m.has_expect_since_index = 1;
+	m.expect_since_index = since;
+	Relay__Command c = RELAY__COMMAND__INIT;
+	c.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	c.member = &m;
+	return apply(w, &c);
+}
+
 static int
 renew(struct world *w, const char *node)
 {
@@ -1016,6 +1031,60 @@ test_persistence(void **state)
 	assert_int_equal(store_write(w.s, &bad, 0), 0);
 	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
 	store_batch_fini(&bad);
+	world_fini(&w);
+}
+
+/*
+ * A member's own DRAINED carries the since index of the DRAINING it saw end, and is a no-op once
+ * the member's state was set again (tests/sim seed 310908): n5, back from a crash with a view
+ * older than its DRAINING, proposed itself LIVE; that LIVE committed first and gave it the
+ * unowned domain; then n5 applied the DRAINING, saw nothing in flight and proposed DRAINED.
+ * Applied to the LIVE n5 it would have moved the domain to n2 while n5 (lease held, DRAINED not
+ * applied yet) could still start attempts.
+ */
+static void
+test_drained_expect_since(void **state)
+{
+	(void)state;
+	struct world w;
+	world_init(&w);
+	assert_int_equal(accept1(&w, "m1", "u@d0.example"), 0);		/* 1: unowned */
+	assert_int_equal(member(&w, "n5", QUEUE_MEMBER_DRAINING), 0);	/* 2 */
+	assert_int_equal(member(&w, "n5", QUEUE_MEMBER_LIVE), 0);	/* 3: takes d0 */
+	expect_owner(&w, "d0.example", "n5", 3);
+	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_LIVE), 0);	/* 4: sticky */
+	uint64_t d0 = queue_fsm_digest(w.q);
+	/* the DRAINED judged on the DRAINING at 2: a no-op, nothing written */
+	assert_int_equal(drained_since(&w, "n5", 2), 0);		/* 5 */
+	assert_int_equal(w.nops, 0);
+	assert_int_equal(queue_fsm_digest(w.q), d0);
+	expect_owner(&w, "d0.example", "n5", 3);
+	/* for a node not in the table: a no-op too (no DRAINED entry is created), unless it
+	 * expects exactly that (0) */
+	assert_int_equal(drained_since(&w, "n7", 2), 0);		/* 6 */
+	assert_int_equal(w.nops, 0);
+	/* a new drain, and the DRAINED judged on it: the domain moves */
+	assert_int_equal(member(&w, "n5", QUEUE_MEMBER_DRAINING), 0);	/* 7 */
+	assert_int_equal(drained_since(&w, "n5", 4), 0);		/* 8: stale */
+	assert_int_equal(w.nops, 0);
+	assert_int_equal(drained_since(&w, "n5", 7), 0);		/* 9 */
+	expect_owner(&w, "d0.example", "n2", 9);
+	struct queue_member ms[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(w.q, ms, QUEUE_MEMBERS_MAX);
+	assert_int_equal(n, 2);
+	assert_string_equal(ms[1].node, "n5");
+	assert_int_equal(ms[1].state, QUEUE_MEMBER_DRAINED);
+	assert_int_equal(ms[1].since_index, 9);
+	/* without the precondition (an operator's or an older node's DRAINED) it applies as before */
+	assert_int_equal(member(&w, "n2", QUEUE_MEMBER_DRAINED), 0);	/* 10 */
+	expect_owner(&w, "d0.example", "", 10);
+	/* 0 expects a node that is not in the table */
+	assert_int_equal(drained_since(&w, "n2", 0), 0);		/* 11: n2 is: no-op */
+	assert_int_equal(w.nops, 0);
+	assert_int_equal(drained_since(&w, "n8", 0), 0);		/* 12: the member key */
+	assert_int_equal(w.nops, 1);
+	assert_int_equal(queue_fsm_members(w.q, ms, QUEUE_MEMBERS_MAX), 3);
+	check_reopen(&w);
 	world_fini(&w);
 }
 
@@ -2107,6 +2176,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_assignment_rules),
+	    cmocka_unit_test(test_drained_expect_since),
 	    cmocka_unit_test(test_domains_and_addr),
 	    cmocka_unit_test(test_rendezvous_stability),
 	    cmocka_unit_test(test_fencing),

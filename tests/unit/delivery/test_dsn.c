@@ -130,7 +130,7 @@ static const char *py_failed =
     "assert not m.defects, m.defects\n"
     "assert m.get_content_type() == 'multipart/report', m.get_content_type()\n"
     "assert m.get_param('report-type') == 'delivery-status'\n"
-    "assert m['Subject'] == 'Undelivered Mail Returned to Sender'\n"
+    "assert m['Subject'] == 'Delivery report: message not delivered'\n"
     "assert m['Auto-Submitted'] == 'auto-replied'\n"
     "assert m['To'] == '<s@src.example>'\n"
     "assert 'MAILER-DAEMON@relay.example' in m['From']\n"
@@ -226,7 +226,9 @@ test_headers_only_rules(void **state)
 	in.rcpts = &d;
 	in.nrcpts = 1;
 	assert_int_equal(dsn_build(&in, &out, &len), 0);
-	assert_non_null(strstr(out, "Subject: Delivery Status Notification (Delay)\r\n"));
+	assert_non_null(strstr(out, "Subject: Delivery report: message delayed, still trying\r\n"));
+	assert_non_null(strstr(out, "<a@dest.example>: delayed: still queued, delivery will be "
+				    "tried again (4.4.1)\r\n"));
 	assert_non_null(strstr(out, "Will-Retry-Until: Thu, 03 Dec 2026 09:00:00 +0000\r\n"));
 	assert_non_null(strstr(out, "Action: delayed\r\n"));
 	assert_int_equal(py_check(out, len, py_headers_only), 0);
@@ -245,7 +247,7 @@ test_headers_only_rules(void **state)
 	in.orig_len = 0;
 	in.envid = NULL;
 	assert_int_equal(dsn_build(&in, &out, &len), 0);
-	assert_non_null(strstr(out, "Subject: Delivery Status Notification (Success)\r\n"));
+	assert_non_null(strstr(out, "Subject: Delivery report: message delivered\r\n"));
 	assert_null(strstr(out, "Original-Envelope-Id"));
 	assert_int_equal(
 	    py_check(out, len,
@@ -351,10 +353,55 @@ test_rejects_bad_input(void **state)
 	}
 }
 
+/* An expiry (issue 13 part 5): Action failed, Status 4.4.7, the last reply as Diagnostic-Code,
+ * and a text part in our own words (no other MTA's wording). */
+static void
+test_expired_and_own_words(void **state)
+{
+	struct dsn_input in;
+	char *out = NULL;
+	size_t len = 0;
+	struct dsn_rcpt x = {.final_rcpt = "a@dest.example",
+			     .action = DSN_ACTION_FAILED,
+			     .status = "4.3.0",
+			     .remote_mta = "mx.dest.example",
+			     .diag = "451 4.3.0 try later",
+			     .expired = true};
+	base_input(&in);
+	in.rcpts = &x;
+	in.nrcpts = 1;
+	assert_int_equal(dsn_build(&in, &out, &len), 0);
+	assert_non_null(strstr(out, "Action: failed\r\nStatus: 4.4.7\r\n"));
+	assert_non_null(strstr(out, "Diagnostic-Code: smtp; 451 4.3.0 try later\r\n"));
+	assert_non_null(strstr(out, "<a@dest.example>: not delivered: we gave up after temporary "
+				    "failures (queue lifetime over) (4.4.7)\r\n"));
+	assert_non_null(strstr(out, "    Reason: 451 4.3.0 try later\r\n"));
+	/* none of Postfix's (or sendmail's) phrases: parsers must not take us for them */
+	assert_null(strstr(out, "This is the mail system"));
+	assert_null(strstr(out, "Undelivered Mail Returned to Sender"));
+	assert_null(strstr(out, "Mail Delivery System"));
+	assert_null(strstr(out, "The mail system"));
+	free(out);
+	/* a 5.x.x failure says "permanent" */
+	x.expired = false;
+	x.status = "5.1.1";
+	x.diag = "550 5.1.1 no such user";
+	assert_int_equal(dsn_build(&in, &out, &len), 0);
+	assert_non_null(strstr(out, "Status: 5.1.1\r\n"));
+	assert_non_null(strstr(out, "<a@dest.example>: not delivered: permanent failure (5.1.1)\r\n"));
+	assert_non_null(strstr(out, "    Reason: 550 5.1.1 no such user\r\n"));
+	/* nothing in a permanent report says "temporary" (text parsers read it as a soft
+	 * bounce) */
+	assert_null(strcasestr(out, "temporar"));
+	free(out);
+	(void)state;
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_expired_and_own_words),
 	    cmocka_unit_test(test_should_notify),
 	    cmocka_unit_test(test_failed_full),
 	    cmocka_unit_test(test_headers_only_rules),

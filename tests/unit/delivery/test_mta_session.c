@@ -712,6 +712,262 @@ test_abort_and_timeouts(void **state)
 	assert_int_equal(r[0].state, MTA_RCPT_PENDING);
 }
 
+/* The commit gate (cfg.commit_gate): the machine stops before the end of data
+ * and lets the glue decide (the delivery lease, cluster/ownership.h). */
+static struct mta_config cfg_gate = {
+    .helo_name = "relay.example", .tls = MTA_TLS_NONE, .commit_gate = true};
+
+static void
+test_commit_gate_ok(void **state)
+{
+	struct mta_session s;
+	struct mta_rcpt r[1] = {{.addr = "a@d"}};
+	struct mta_txn t = {.mail_from = "s@x",
+			    .body = "Subject: x\r\n\r\n.dot",
+			    .body_len = 18,
+			    .rcpts = r,
+			    .nrcpts = 1};
+	start(&s, &cfg_gate, &t, "250-mx\r\n250 PIPELINING\r\n");
+	drain(&s);
+	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
+	/* the whole body, dot-stuffed, but not its end (no CRLF "." CRLF) */
+	cli(&s, "Subject: x\r\n\r\n..dot");
+	assert_int_equal(mta_session_event(&s), MTA_EV_COMMIT);
+	assert_int_equal(s.state, MTA_S_BODY);
+	assert_int_equal(mta_session_timeout_ms(&s), MTA_TIMEOUT_DATA_BLOCK);
+	cli(&s, ""); /* nothing until the glue says so */
+	/* server bytes wait while the event is pending */
+	assert_int_equal(mta_session_feed(&s, "250 early\r\n", 11), 0);
+	unsigned seq = s.phase_seq;
+	mta_session_commit(&s, true, NULL);
+	assert_int_equal(mta_session_event(&s), MTA_EV_NONE);
+	assert_true(s.phase_seq != seq);
+	cli(&s, "\r\n.\r\n");
+	assert_int_equal(s.state, MTA_S_DATA_END);
+	srv(&s, "250 2.0.0 ok\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_TXN_DONE);
+	assert_int_equal(r[0].state, MTA_RCPT_DELIVERED);
+
+	/* a second transaction on the connection is gated again; an empty body asks at once */
+	struct mta_rcpt r2[1] = {{.addr = "b@d"}};
+	struct mta_txn t2 = {
+	    .mail_from = "s@x", .body = "", .body_len = 0, .rcpts = r2, .nrcpts = 1};
+	assert_int_equal(mta_session_next(&s, &t2), 0);
+	cli(&s, "MAIL FROM:<s@x>\r\nRCPT TO:<b@d>\r\nDATA\r\n");
+	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_COMMIT);
+	cli(&s, "");
+	mta_session_commit(&s, true, NULL);
+	cli(&s, ".\r\n");
+	srv(&s, "250 ok\r\n");
+	assert_int_equal(r2[0].state, MTA_RCPT_DELIVERED);
+
+	/* written one byte at a time: the event comes only after the last body byte */
+	for (size_t i = 0; i < sizeof(body_cases) / sizeof(body_cases[0]); i++) {
+		struct mta_rcpt r3[1] = {{.addr = "a@d"}};
+		struct mta_txn t3 = {.mail_from = "",
+				     .body = body_cases[i].in,
+				     .body_len = strlen(body_cases[i].in),
+				     .rcpts = r3,
+				     .nrcpts = 1};
+		start(&s, &cfg_gate, &t3, "250-mx\r\n250 PIPELINING\r\n");
+		drain(&s);
+		srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
+		char got[256];
+		size_t o = 0;
+		for (;;) {
+			struct mta_iov iov[4];
+			if (mta_session_event(&s) == MTA_EV_COMMIT) {
+				mta_session_commit(&s, true, NULL);
+				got[o++] = '|'; /* where the gate opened */
+				continue;
+			}
+			if (mta_session_output(&s, iov, 4) == 0)
+				break;
+			got[o++] = iov[0].base[0];
+			mta_session_output_done(&s, 1);
+		}
+		got[o] = '\0';
+		/* the gate opens exactly where the end of data starts */
+		const char *want = body_cases[i].out;
+		size_t wl = strlen(want), tl = strlen(body_cases[i].in) == 0 ? 3 : 0;
+		if (tl == 0) {
+			const char *in = body_cases[i].in;
+			size_t n = strlen(in);
+			tl = n >= 2 && in[n - 2] == '\r' && in[n - 1] == '\n' ? 3 : 5;
+		}
+		char exp[256];
+		snprintf(exp, sizeof(exp), "%.*s|%s", (int)(wl - tl), want, want + wl - tl);
+		assert_string_equal(got, exp);
+		assert_int_equal(s.state, MTA_S_DATA_END);
+	}
+}
+
+static void
+test_commit_gate_refused(void **state)
+{
+	struct mta_session s;
+	struct mta_rcpt r[3] = {{.addr = "a@d"}, {.addr = "b@d"}, {.addr = "c@d"}};
+	struct mta_txn t = {.mail_from = "s@x",
+			    .body = "Subject: x\r\n\r\nbody\r\n",
+			    .body_len = 20,
+			    .rcpts = r,
+			    .nrcpts = 3};
+	start(&s, &cfg_gate, &t, "250-mx\r\n250 PIPELINING\r\n");
+	drain(&s);
+	srv(&s, "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n450 4.2.0 later\r\n354 go\r\n");
+	cli(&s, "Subject: x\r\n\r\nbody\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_COMMIT);
+	mta_session_commit(&s, false, "lease lapsed");
+	/* closed at once: no ".", no QUIT (inside DATA it would be body text) */
+	assert_int_equal(mta_session_event(&s), MTA_EV_CLOSED);
+	assert_int_equal(s.state, MTA_S_CLOSED);
+	assert_int_equal(s.close_reason, MTA_CLOSE_ABANDONED);
+	cli(&s, "");
+	assert_int_equal(r[0].state, MTA_RCPT_PENDING);
+	assert_string_equal(r[0].diag.text, "421 4.4.2 lease lapsed");
+	/* the server's own answers stand */
+	assert_int_equal(r[1].state, MTA_RCPT_FAILED);
+	assert_int_equal(r[2].state, MTA_RCPT_DEFERRED);
+	assert_int_equal(t.result, MTA_TXN_NEXT_HOST);
+	/* nothing happens on a late commit */
+	mta_session_commit(&s, true, NULL);
+	assert_int_equal(mta_session_event(&s), MTA_EV_CLOSED);
+	cli(&s, "");
+
+	/* a discarded body (nobody accepted, DATA said 354 anyway) is ended without asking */
+	struct mta_rcpt r2[1] = {{.addr = "a@d"}};
+	struct mta_txn t2 = {
+	    .mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r2, .nrcpts = 1};
+	start(&s, &cfg_gate, &t2, "250-mx\r\n250 PIPELINING\r\n");
+	drain(&s);
+	srv(&s, "250 ok\r\n550 no\r\n354 go\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_NONE);
+	cli(&s, ".\r\n");
+	srv(&s, "250 ok\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_TXN_DONE);
+	assert_int_equal(r2[0].state, MTA_RCPT_FAILED);
+
+	/* the glue's timer or a lost connection while the gate waits: next host, no "." */
+	struct mta_rcpt r3[1] = {{.addr = "a@d"}};
+	struct mta_txn t3 = {
+	    .mail_from = "s@x", .body = "x\r\n", .body_len = 3, .rcpts = r3, .nrcpts = 1};
+	start(&s, &cfg_gate, &t3, "250-mx\r\n250 PIPELINING\r\n");
+	drain(&s);
+	srv(&s, "250 ok\r\n250 ok\r\n354 go\r\n");
+	cli(&s, "x\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_COMMIT);
+	mta_session_abort(&s, "timeout (body)");
+	assert_int_equal(mta_session_event(&s), MTA_EV_CLOSED);
+	assert_int_equal(s.close_reason, MTA_CLOSE_NEXT_HOST);
+	assert_int_equal(r3[0].state, MTA_RCPT_PENDING);
+	cli(&s, "");
+}
+
+/* Deadlines under simulated time (ms on a monotonic clock). */
+static void
+test_deadlines(void **state)
+{
+	struct mta_session s;
+	struct mta_deadline dl;
+	memset(&dl, 0, sizeof(dl));
+	static char body[200000];
+	memset(body, 'a', sizeof(body));
+	memcpy(body + sizeof(body) - 2, "\r\n", 2);
+	struct mta_rcpt r[1] = {{.addr = "a@d"}};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = body, .body_len = sizeof(body), .rcpts = r, .nrcpts = 1};
+	const uint64_t total = 600000;
+
+	/* connect: the glue's phase */
+	mta_deadline_attempt(&dl, 1000, total);
+	mta_deadline_glue_phase(&dl, 1000, 30000);
+	assert_int_equal(mta_deadline_update(&dl, NULL, 1000), 31000);
+	assert_int_equal(mta_deadline_expired(&dl, NULL, 30999), MTA_DL_NONE);
+	assert_int_equal(mta_deadline_expired(&dl, NULL, 31000), MTA_DL_PHASE);
+
+	/* connected at 2000: the greeting has 5 minutes from then */
+	assert_int_equal(mta_session_init(&s, &cfg_gate, &t), 0);
+	assert_int_equal(mta_deadline_update(&dl, &s, 2000), 2000 + MTA_TIMEOUT_GREETING);
+	/* a server trickling its greeting a byte at a time extends nothing */
+	const char *greet = "220 mx.example ESMTP\r\n";
+	for (size_t i = 1; i < strlen(greet); i++) {
+		uint64_t now = 2000 + i * 10000;
+		assert_int_equal(mta_session_feed(&s, greet, i), 0);
+		assert_int_equal(mta_deadline_update(&dl, &s, now), 2000 + MTA_TIMEOUT_GREETING);
+		assert_int_equal(mta_deadline_expired(&dl, &s, now), MTA_DL_NONE);
+	}
+	assert_int_equal(mta_deadline_expired(&dl, &s, 2000 + MTA_TIMEOUT_GREETING), MTA_DL_PHASE);
+	/* the complete reply at 250000 starts the next phase (EHLO) */
+	srv(&s, greet);
+	assert_int_equal(mta_deadline_update(&dl, &s, 250000), 250000 + MTA_TIMEOUT_OTHER);
+	cli(&s, "EHLO relay.example\r\n");
+	/* a partial EHLO reply at 400000: the phase stays; the attempt (601000) comes first */
+	assert_int_equal(mta_session_feed(&s, "250-mx\r\n", 8), 0);
+	assert_int_equal(mta_deadline_update(&dl, &s, 400000), 250000 + MTA_TIMEOUT_OTHER);
+	srv(&s, "250-mx\r\n250 PIPELINING\r\n");
+	/* MAIL's phase from 500000 would end at 800000: the attempt's 601000 bounds it */
+	assert_int_equal(mta_deadline_update(&dl, &s, 500000), 1000 + total);
+	cli(&s, "MAIL FROM:<s@x>\r\nRCPT TO:<a@d>\r\nDATA\r\n");
+	srv(&s, "250 ok\r\n250 ok\r\n");
+	assert_int_equal(mta_deadline_update(&dl, &s, 510000), 1000 + total); /* DATA: 2 min */
+	srv(&s, "354 go\r\n");
+	/* each body write starts a phase of MTA_TIMEOUT_DATA_BLOCK */
+	uint64_t now = 520000;
+	assert_int_equal(mta_deadline_update(&dl, &s, now), 1000 + total);
+	struct mta_iov iov[4];
+	assert_true(mta_session_output(&s, iov, 4) > 0);
+	mta_session_output_done(&s, 65536);
+	now = 530000;
+	/* a fresh phase, still bounded by the attempt */
+	assert_int_equal(mta_deadline_update(&dl, &s, now), 1000 + total);
+	assert_int_equal(dl.phase_until, now + MTA_TIMEOUT_DATA_BLOCK);
+	assert_int_equal(mta_deadline_expired(&dl, &s, 1000 + total), MTA_DL_ATTEMPT);
+	/* rest of the body; the gate asks; the "." goes at 590000 */
+	drain(&s);
+	assert_int_equal(mta_session_event(&s), MTA_EV_COMMIT);
+	mta_session_commit(&s, true, NULL);
+	cli(&s, ".\r\n");
+	assert_int_equal(s.state, MTA_S_DATA_END);
+	/* the reply to the end of data keeps its 10 minutes past the attempt's bound */
+	assert_int_equal(mta_deadline_update(&dl, &s, 590000), 590000 + MTA_TIMEOUT_DATA_TERM);
+	assert_int_equal(mta_deadline_expired(&dl, &s, 1000 + total + 1), MTA_DL_NONE);
+	assert_int_equal(mta_deadline_expired(&dl, &s, 590000 + MTA_TIMEOUT_DATA_TERM),
+			 MTA_DL_PHASE);
+	srv(&s, "250 ok\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_TXN_DONE);
+	/* READY: nothing of the session's bounds the glue */
+	assert_int_equal(mta_deadline_update(&dl, &s, 700000), 0);
+	/* QUIT: its own phase, not the old attempt's */
+	mta_session_quit(&s);
+	assert_int_equal(mta_deadline_update(&dl, &s, 700000), 700000 + MTA_TIMEOUT_OTHER);
+	/* no total: the phase alone */
+	mta_deadline_attempt(&dl, 0, 0);
+	assert_int_equal(dl.attempt_until, 0);
+}
+
+/* STARTTLS: the handshake is a phase of its own (it used to have none). */
+static void
+test_tls_wait_deadline(void **state)
+{
+	struct mta_session s;
+	struct mta_deadline dl;
+	memset(&dl, 0, sizeof(dl));
+	struct mta_config cfg = {.helo_name = "relay.example", .tls = MTA_TLS_OPPORTUNISTIC};
+	struct mta_rcpt r[1] = {{.addr = "a@d"}};
+	struct mta_txn t = {
+	    .mail_from = "s@x", .body = "x", .body_len = 1, .rcpts = r, .nrcpts = 1};
+	start(&s, &cfg, &t, "250-mx\r\n250 STARTTLS\r\n");
+	cli(&s, "STARTTLS\r\n");
+	srv(&s, "220 go ahead\r\n");
+	assert_int_equal(mta_session_event(&s), MTA_EV_STARTTLS);
+	assert_int_equal(mta_session_timeout_ms(&s), MTA_TIMEOUT_TLS);
+	mta_deadline_attempt(&dl, 100, 0);
+	assert_int_equal(mta_deadline_update(&dl, &s, 100), 100 + MTA_TIMEOUT_TLS);
+	/* handshake bytes go past the machine: the deadline stays */
+	assert_int_equal(mta_deadline_update(&dl, &s, 5000), 100 + MTA_TIMEOUT_TLS);
+}
+
 int
 main(void)
 {
@@ -727,6 +983,10 @@ main(void)
 	    cmocka_unit_test(test_body_stuffing),
 	    cmocka_unit_test(test_reply_parse),
 	    cmocka_unit_test(test_abort_and_timeouts),
+	    cmocka_unit_test(test_commit_gate_ok),
+	    cmocka_unit_test(test_commit_gate_refused),
+	    cmocka_unit_test(test_deadlines),
+	    cmocka_unit_test(test_tls_wait_deadline),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,12 +167,10 @@ test_abuse_keys(void **state)
 	assert_string_equal(cfg.bounce_content, "headers");
 	assert_int_equal(cfg.max_hops, 50);
 	assert_int_equal(cfg.max_receive_memory, (uint64_t)256 << 20);
-	for (const char *const *y = (const char *const[]){"yes", "TRUE", "on", "1", NULL}; *y; y++) {
-		assert_int_equal(config_set(&cfg, "cluster_insecure", *y, "t"), 0);
-		assert_true(cfg.cluster_insecure);
-		assert_int_equal(config_set(&cfg, "cluster_insecure", "no", "t"), 0);
-		assert_false(cfg.cluster_insecure);
-	}
+	assert_int_equal(config_set(&cfg, "cluster_insecure", "yes", "t"), 0);
+	assert_true(cfg.cluster_insecure);
+	assert_int_equal(config_set(&cfg, "cluster_insecure", "no", "t"), 0);
+	assert_false(cfg.cluster_insecure);
 	assert_int_not_equal(config_set(&cfg, "cluster_insecure", "maybe", "t"), 0);
 	assert_non_null(strstr(config_error(), "cluster_insecure"));
 	assert_int_equal(config_set(&cfg, "bounce_content", "full", "t"), 0);
@@ -280,13 +278,64 @@ test_abuse_keys(void **state)
 	}
 }
 
+/* Outbound TLS keys: each bad value gets an error naming the key and the value. */
+static void
+test_outbound_tls_keys(void **state)
+{
+	struct relay_config cfg;
+	(void)state;
+	assert_int_equal(config_init(&cfg), 0);
+	assert_int_equal(cfg.tls_policy.n, 0);
+	assert_false(cfg.dns_dnssec_trusted);
+	assert_true(cfg.mta_sts);
+	assert_string_equal(cfg.tls_ca_file, "");
+
+	assert_int_equal(config_set(&cfg, "tls_policy", "A.test=verify, b.test=DANE-only", "t"), 0);
+	assert_int_equal(cfg.tls_policy.n, 2);
+	assert_string_equal(cfg.tls_policy.v[0], "a.test=verify");
+	assert_string_equal(cfg.tls_policy.v[1], "b.test=dane-only");
+	static const char *const bad[] = {"a.test", "a.test=", "a.test=strict", "=verify",
+					  "a..test=verify", "a.test=verify=x"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_not_equal(config_set(&cfg, "tls_policy", bad[i], "file:9"), 0);
+		assert_non_null(strstr(config_error(), "tls_policy"));
+		assert_non_null(strstr(config_error(), "file:9"));
+	}
+	assert_non_null(strstr(config_error(), "a.test=verify=x"));
+	assert_int_equal(cfg.tls_policy.n, 2); /* a bad value keeps the old one */
+
+	assert_int_equal(config_set(&cfg, "dns_dnssec_trusted", "yes", "t"), 0);
+	assert_true(cfg.dns_dnssec_trusted);
+	assert_int_equal(config_set(&cfg, "mta-sts", "no", "flag"), 0);
+	assert_false(cfg.mta_sts);
+	assert_int_not_equal(config_set(&cfg, "mta_sts", "true", "t"), 0);
+	assert_non_null(strstr(config_error(), "not yes or no"));
+	assert_int_not_equal(config_set(&cfg, "dns_dnssec_trusted", "", "t"), 0);
+
+	assert_int_equal(config_check(&cfg), 0);
+	assert_int_equal(config_set(&cfg, "tls_policy", "a.test=may a.test=verify", "t"), 0);
+	assert_int_not_equal(config_check(&cfg), 0);
+	assert_non_null(strstr(config_error(), "appears twice"));
+	assert_int_equal(config_set(&cfg, "tls_policy", "a.test=verify", "t"), 0);
+	assert_int_equal(config_set(&cfg, "tls_required_domains", "a.test", "t"), 0);
+	assert_int_not_equal(config_check(&cfg), 0);
+	assert_non_null(strstr(config_error(), "tls_required_domains"));
+	assert_int_equal(config_set(&cfg, "tls_required_domains", "", "t"), 0);
+	assert_int_equal(config_check(&cfg), 0);
+	assert_int_equal(config_set(&cfg, "tls_ca_file", "/nonexistent/ca.pem", "t"), 0);
+	assert_int_not_equal(config_check(&cfg), 0);
+	assert_non_null(strstr(config_error(), "tls_ca_file"));
+	config_fini(&cfg);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
 	    cmocka_unit_test(test_addrs), cmocka_unit_test(test_cidr_match),
-	    cmocka_unit_test(test_keys_and_errors), cmocka_unit_test(test_abuse_keys),
+	    cmocka_unit_test(test_keys_and_errors), cmocka_unit_test(test_outbound_tls_keys),
+	    cmocka_unit_test(test_abuse_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -937,6 +937,72 @@ test_starttls_fail_and_unavailable(void **state)
 	h_teardown(&hh);
 }
 
+/* ---- the MAIL FROM policy hook (sender_permissions_file, quotas) ---- */
+
+struct mail_hook_seen {
+	int calls;
+	char user[SMTP_AUTH_FIELD_MAX + 1];
+	bool had_user;
+	char from[SMTP_PATH_MAX];
+};
+
+/* Refuses any sender starting with "bad" (553, as a sender denial) and "full" (450 quota). */
+static void
+mail_hook(void *arg, const char *auth_user, const char *mail_from, struct smtp_mail_verdict *v)
+{
+	struct mail_hook_seen *seen = arg;
+	seen->calls++;
+	seen->had_user = auth_user != NULL;
+	snprintf(seen->user, sizeof(seen->user), "%s", auth_user ? auth_user : "");
+	snprintf(seen->from, sizeof(seen->from), "%s", mail_from);
+	if (strncmp(mail_from, "bad", 3) == 0) {
+		v->code = 553;
+		v->reason = SMTP_MAIL_SENDER_DENIED;
+		snprintf(v->enh, sizeof(v->enh), "5.7.1");
+		snprintf(v->text, sizeof(v->text), "<%s>: Sender address rejected: not owned by user x",
+			 mail_from);
+	} else if (strncmp(mail_from, "full", 4) == 0) {
+		v->code = 450;
+		v->reason = SMTP_MAIL_OVER_QUOTA;
+		snprintf(v->enh, sizeof(v->enh), "4.7.1");
+		snprintf(v->text, sizeof(v->text), "quota \x01reached");
+	} else if (strncmp(mail_from, "weird", 5) == 0) {
+		v->code = 250; /* a broken hook: never becomes a success */
+		snprintf(v->text, sizeof(v->text), "no");
+	}
+}
+
+static void
+test_mail_check_hook(void **state)
+{
+	struct harness *h = *state;
+	struct mail_hook_seen seen = {0};
+	h->cfg.mail_check = mail_hook;
+	h->client.check_arg = &seen;
+	start(h);
+	expect(h, "EHLO c\r\nMAIL FROM:<ok@x.example>\r\n", EHLO_REPLY "250 2.1.0 Ok\r\n");
+	assert_int_equal(seen.calls, 1);
+	assert_false(seen.had_user);
+	assert_string_equal(seen.from, "ok@x.example");
+	expect(h, "RSET\r\nMAIL FROM:<bad@x.example>\r\n",
+	       "250 2.0.0 Ok\r\n553 5.7.1 <bad@x.example>: Sender address rejected: not owned by "
+	       "user x\r\n");
+	assert_int_equal(h->counters.sender_denied, 1);
+	/* the refused MAIL opened no transaction */
+	expect(h, "RCPT TO:<a@example.org>\r\n", "503 5.5.1 Error: need MAIL command\r\n");
+	expect(h, "MAIL FROM:<full@x.example>\r\n", "450 4.7.1 quota ?reached\r\n");
+	assert_int_equal(h->counters.over_quota, 1);
+	expect(h, "MAIL FROM:<weird@x.example>\r\n", "451 no\r\n");
+	/* <> reaches the hook as "" */
+	expect(h, "MAIL FROM:<>\r\n", "250 2.1.0 Ok\r\n");
+	assert_string_equal(seen.from, "");
+	/* a syntax error is answered before the hook is asked */
+	int before = seen.calls;
+	expect(h, "RSET\r\nMAIL FROM:<bad@x.example> FOO=1\r\n",
+	       "250 2.0.0 Ok\r\n555 5.5.4 Unsupported parameter\r\n");
+	assert_int_equal(seen.calls, before);
+}
+
 /* ---- AUTH (RFC 4954, RFC 4616) ---- */
 
 static void
@@ -1360,7 +1426,8 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_starttls_pipelined_injection, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_starttls_harness_discard, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_starttls_fail_and_unavailable, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_auth_requires_tls, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_mail_check_hook, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_auth_requires_tls, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_auth_plain, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_auth_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_auth_login, setup, teardown),

@@ -3,7 +3,8 @@
  * directory, and the in-memory twin) so the twin stays faithful: batches and reads, range
  * deletes, iteration order and seeks, the raft log (append, read, bounds, delete), hard state,
  * applied index, corruption detection, atomic failed writes; plus RocksDB-only persistence
- * across reopen and read-only opens.
+ * across reopen and read-only opens, and WAL damage after a crash (a torn last record is
+ * dropped, a damaged record before it refuses the open).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,7 +15,11 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "store.h"
 
@@ -412,6 +417,136 @@ test_persistence(void **state)
 	assert_int_equal(store_open(f->db, 0, &two), STORE_EIO);
 }
 
+/* ---- WAL damage (RocksDB only) ----
+ *
+ * A crash image: the files of an open store, copied while it runs, are what a SIGKILL (or a
+ * power cut after the last fsync) leaves behind.  Each record is a synced write, so every one of
+ * them was acknowledged; only the last may be torn by a crash (it was being written).
+ */
+
+#define WAL_RECORDS 20
+
+static void
+wal_value(int i, char *buf, size_t len)
+{
+	snprintf(buf, len, "term=%04d vote=n%d ", i, i % 3);
+	size_t n = strlen(buf);
+	memset(buf + n, 'a' + i % 26, len - n - 1); /* long enough to be found in the WAL */
+	buf[len - 1] = '\0';
+}
+
+/* Writes WAL_RECORDS synced meta records into a store at db and leaves a crash image of it in
+ * copy (the store is still open while the files are copied). */
+static void
+wal_crash_image(const char *db, const char *copy)
+{
+	struct store *s;
+	assert_int_equal(store_open(db, 0, &s), 0);
+	for (int i = 0; i < WAL_RECORDS; i++) {
+		char k[16], v[200];
+		snprintf(k, sizeof(k), "hs%02d", i);
+		wal_value(i, v, sizeof(v));
+		put1(s, STORE_CF_META, k, v);
+	}
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", db, copy);
+	assert_int_equal(system(cmd), 0);
+	store_free(s);
+}
+
+/* The newest WAL (NNNNNN.log) of the store at db, into path. */
+static void
+wal_path(const char *db, char *path, size_t len)
+{
+	DIR *d = opendir(db);
+	assert_non_null(d);
+	struct dirent *e;
+	char best[64] = "";
+	while ((e = readdir(d)) != NULL) {
+		size_t n = strlen(e->d_name);
+		if (n > 4 && strcmp(e->d_name + n - 4, ".log") == 0 && strcmp(e->d_name, best) > 0 &&
+		    n < sizeof(best))
+			strcpy(best, e->d_name);
+	}
+	closedir(d);
+	assert_true(best[0] != '\0');
+	snprintf(path, len, "%s/%s", db, best);
+}
+
+/* The WAL's bytes and their offset of record i's value. */
+static size_t
+wal_find(const char *wal, int i, off_t *size)
+{
+	int fd = open(wal, O_RDONLY);
+	assert_true(fd >= 0);
+	struct stat st;
+	assert_int_equal(fstat(fd, &st), 0);
+	char *buf = malloc((size_t)st.st_size);
+	assert_int_equal(read(fd, buf, (size_t)st.st_size), st.st_size);
+	close(fd);
+	char v[200];
+	wal_value(i, v, sizeof(v));
+	char *at = memmem(buf, (size_t)st.st_size, v, strlen(v));
+	assert_non_null(at);
+	size_t off = (size_t)(at - buf);
+	free(buf);
+	*size = st.st_size;
+	return off;
+}
+
+/* A record in the middle of the WAL is damaged: later synced records (term, vote) would be
+ * lost silently, so the store refuses to open (RocksDB's default recovers up to the damage). */
+static void
+test_wal_corrupt_middle_refuses_open(void **state)
+{
+	struct fx *f = *state;
+	char db[160], copy[160], wal[256];
+	snprintf(db, sizeof(db), "%s/orig", f->dir);
+	snprintf(copy, sizeof(copy), "%s/crash", f->dir);
+	wal_crash_image(db, copy);
+	wal_path(copy, wal, sizeof(wal));
+	off_t size;
+	size_t off = wal_find(wal, WAL_RECORDS / 2, &size) + 100;
+	assert_true((off_t)off < size / 2 + size / 4 && (off_t)off > size / 4);
+	int fd = open(wal, O_RDWR);
+	assert_true(fd >= 0);
+	unsigned char c;
+	assert_int_equal(pread(fd, &c, 1, (off_t)off), 1);
+	c ^= 0x20;
+	assert_int_equal(pwrite(fd, &c, 1, (off_t)off), 1);
+	close(fd);
+	struct store *s = NULL;
+	assert_int_equal(store_open(copy, 0, &s), STORE_EIO);
+	assert_null(s);
+	/* also read-only (relayd --dump-queue) */
+	assert_int_equal(store_open(copy, 1, &s), STORE_EIO);
+}
+
+/* The last record torn by a crash (cut short): the store opens with every record before it. */
+static void
+test_wal_torn_tail_opens(void **state)
+{
+	struct fx *f = *state;
+	char db[160], copy[160], wal[256];
+	snprintf(db, sizeof(db), "%s/orig", f->dir);
+	snprintf(copy, sizeof(copy), "%s/crash", f->dir);
+	wal_crash_image(db, copy);
+	wal_path(copy, wal, sizeof(wal));
+	off_t size;
+	size_t off = wal_find(wal, WAL_RECORDS - 1, &size);
+	/* cut in the middle of the last record's value */
+	assert_int_equal(truncate(wal, (off_t)off + 50), 0);
+	struct store *s;
+	assert_int_equal(store_open(copy, 0, &s), 0);
+	for (int i = 0; i < WAL_RECORDS; i++) {
+		char k[16], v[200];
+		snprintf(k, sizeof(k), "hs%02d", i);
+		wal_value(i, v, sizeof(v));
+		expect(s, STORE_CF_META, k, i < WAL_RECORDS - 1 ? v : NULL);
+	}
+	store_free(s);
+}
+
 /* Digest of the three queue CFs read through a view of s, and checks that a view is frozen. */
 static struct store_digest
 digest_now(struct store *s)
@@ -550,6 +685,9 @@ main(void)
 	    BOTH(test_view),
 	    BOTH(test_wipe_cf),
 	    cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_corrupt_middle_refuses_open, setup_rocks,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_torn_tail_opens, setup_rocks, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
