@@ -5,18 +5,20 @@
  *
  * Each round: CRASHES_PER_ROUND times node2 starts and is killed (SIGKILL or SIGTERM in turn)
  * 0..CRASH_WINDOW_MS after it is ready, so TLS handshakes between the two are often in flight
- * when it goes; then it starts again and must
- * rejoin within REJOIN_DEADLINE_MS: node1 receives its hellos (node2's dialer -> node1's
- * listener) and the pongs to node1's pings (node1's dialer -> node2's listener and back); then
- * it is stopped (SIGTERM or SIGKILL in turn).  node1's transport is never restarted.
+ * when it goes; then it starts again and must rejoin within REJOIN_DEADLINE_MS: node1 receives
+ * its hellos (node2's dialer -> node1's listener) and the pongs to node1's pings (node1's
+ * dialer -> node2's listener, and back); then it is stopped (SIGTERM or SIGKILL in turn).
+ * node1's transport is never restarted, as a long-lived member's would not be.
  *
- * Why: with NNG 1.5.2 a peer that disappears during the TLS handshake can leave node1's
- * listener never accepting again or its dialer never redialing (nanomsg/nng#1518, NNG_ECLOSED
- * from the negotiation is taken for "the endpoint was closed"); cluster/transport.c detects
- * and re-creates such endpoints.  On the transport before that guard, 1 TLS round in ~4 stalled.
+ * Why: with NNG 1.5.2 a peer that vanishes during a handshake can leave node1's listener never
+ * accepting again or its dialer never dialing again (nanomsg/nng#1518: NNG_ECLOSED from the
+ * negotiation is taken for "the endpoint was closed"); cluster/transport.c's guard finds and
+ * re-creates such endpoints.  Measured on the transport before the guard: 8 runs in 10 stalled
+ * within 15 rounds (about 1 short life in 100 killed an endpoint; 7 listeners, 1 dialer).
  *
- * Environment: TP_ROUNDS (rounds per case), TP_SEED (delays), TP_MEASURE=1 (do not fail: on a
- * stall, print it, reopen node1 and go on; prints a summary), for measuring.
+ * Environment, for measuring: TP_ROUNDS (rounds per case), TP_CRASHES (short lives per round),
+ * TP_CRASH_MS (their longest), TP_SEED (the delays; printed, so a failure can be rerun),
+ * TP_MEASURE=1 (on a stall, print it, reopen node1 and go on instead of failing).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -46,9 +48,7 @@
 
 #define HOST_A "127.0.0.73"
 #define HOST_B "127.0.0.74"
-#define TLS_ROUNDS                                                                                 \
-	25 /* ~1 min; on the transport before the guard 8 runs in 10 stalled                       \
-	      within 15 rounds (measured, see the report of that change) */
+#define TLS_ROUNDS 25 /* about a minute; see above for what 15 found before the guard */
 #define PLAIN_ROUNDS 8
 #define CRASHES_PER_ROUND 8 /* short lives of node2 before the one that must rejoin */
 #define CRASH_WINDOW_MS 60  /* a short life lasts this long after ready, at most */
