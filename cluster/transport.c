@@ -349,9 +349,14 @@ struct peer {
 	struct dial_watch dw;
 	uint64_t dialer_restarts; /* loop thread only */
 	nng_pipe in_pipe;	  /* the newest connection its frames came in on (loop) */
-	nng_aio *aio;		  /* owned; send of the in-flight message */
-	pthread_mutex_t mtx;	  /* guards everything below */
-	struct queued *ring;	  /* owned, capacity t->max_queue; waiting messages */
+	/* older ones, superseded at stale_at[i] (loop); closed if still open after
+	   TRANSPORT_STALE_PIPE_MS */
+	nng_pipe stale[TRANSPORT_STALE_PIPES_MAX];
+	uint64_t stale_at[TRANSPORT_STALE_PIPES_MAX];
+	unsigned n_stale;
+	nng_aio *aio;	     /* owned; send of the in-flight message */
+	pthread_mutex_t mtx; /* guards everything below */
+	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
 	unsigned head, n;
 	bool busy;	 /* a message is in p->aio */
 	size_t busy_len; /* its payload bytes */
@@ -555,22 +560,57 @@ pipe_newer(uint32_t a, uint32_t b)
 }
 
 /*
- * A frame of p's came in on pipe.  A peer reaches us on one connection at a time (one dialer),
- * so when a newer connection carries its frames, the older one is dead, and NNG 1.5.2 may never
- * notice: a TLS connection whose peer vanished while its last message waited for us (PULL
- * posts no receive then) keeps its state, buffers and descriptor forever.  So it is closed
- * here (counted in stale_inbound_closed).  Frames still queued on the older one are delivered.
+ * A frame of p's came in on pipe at now_ms.  A peer reaches us on one connection at a time (one
+ * dialer), so when a newer connection carries its frames, the older one is dead.  NNG notices
+ * that by itself, except for a TLS connection whose peer vanished while its last message waited
+ * for us (PULL posts no receive then): that one keeps its state, buffers and descriptor forever.
+ * So the older one is noted, and the guard closes it once it has been silent for
+ * TRANSPORT_STALE_PIPE_MS (stale_inbound_closed).  Not at once, and not while it carries
+ * anything: closing a connection in the middle of a receive can wedge NNG 1.5.2's reaper for
+ * good.  Frames still queued on the older one are delivered.
  */
 static void
-peer_inbound(struct peer *p, nng_pipe pipe)
+peer_inbound(struct peer *p, nng_pipe pipe, uint64_t now_ms)
 {
 	int id = nng_pipe_id(pipe);
 	int cur = nng_pipe_id(p->in_pipe);
-	if (id <= 0 || id == cur || (cur > 0 && !pipe_newer((uint32_t)id, (uint32_t)cur)))
+	if (id <= 0 || id == cur)
 		return;
-	if (cur > 0 && nng_pipe_close(p->in_pipe) == 0)
-		p->t->stale_inbound_closed++;
+	if (cur > 0 && !pipe_newer((uint32_t)id, (uint32_t)cur)) { /* an older one, still busy */
+		for (unsigned i = 0; i < p->n_stale; i++)
+			if (nng_pipe_id(p->stale[i]) == id)
+				p->stale_at[i] = now_ms;
+		return;
+	}
+	if (cur > 0) {
+		if (p->n_stale == TRANSPORT_STALE_PIPES_MAX) { /* forget the oldest: bounded */
+			memmove(&p->stale[0], &p->stale[1], (p->n_stale - 1) * sizeof(p->stale[0]));
+			memmove(&p->stale_at[0], &p->stale_at[1],
+				(p->n_stale - 1) * sizeof(p->stale_at[0]));
+			p->n_stale--;
+		}
+		p->stale[p->n_stale] = p->in_pipe;
+		p->stale_at[p->n_stale] = now_ms;
+		p->n_stale++;
+	}
 	p->in_pipe = pipe;
+}
+
+/* Close p's superseded connections silent for TRANSPORT_STALE_PIPE_MS (loop thread). */
+static void
+peer_close_stale(struct peer *p, uint64_t now_ms)
+{
+	unsigned kept = 0;
+	for (unsigned i = 0; i < p->n_stale; i++) {
+		if (now_ms - p->stale_at[i] < TRANSPORT_STALE_PIPE_MS) {
+			p->stale[kept] = p->stale[i];
+			p->stale_at[kept] = p->stale_at[i];
+			kept++;
+		} else if (nng_pipe_close(p->stale[i]) == 0) { /* else: NNG closed it by itself */
+			p->t->stale_inbound_closed++;
+		}
+	}
+	p->n_stale = kept;
 }
 
 static void
@@ -597,7 +637,7 @@ transport_deliver(struct transport *t, nng_msg *msg)
 		t->dropped_unauth++;
 		goto out;
 	}
-	peer_inbound(p, nng_msg_get_pipe(msg));
+	peer_inbound(p, nng_msg_get_pipe(msg), uv_now(t->loop));
 	t->received++;
 	t->cb(t->cb_arg, f->from, f->has_kind ? f->kind : 0, f->payload.data, f->payload.len);
 out:
@@ -795,15 +835,22 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 		(unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
 }
 
-/* Every TRANSPORT_GUARD_TICK_MS: one snapshot of NNG's statistics, every endpoint looked at. */
+/*
+ * Every TRANSPORT_GUARD_TICK_MS: superseded inbound connections, then one snapshot of NNG's
+ * statistics and every endpoint looked at.
+ */
 static void
 transport_guard_cb(uv_timer_t *h)
 {
 	struct transport *t = h->data;
 	nng_stat *root;
-	if (t->closing || nng_stats_get(&root) != 0)
+	if (t->closing)
 		return;
 	uint64_t now_ms = uv_now(t->loop);
+	for (struct peer *p = t->peers; p != NULL; p = p->next)
+		peer_close_stale(p, now_ms);
+	if (nng_stats_get(&root) != 0)
+		return;
 	guard_listener(t, root, now_ms);
 	for (struct peer *p = t->peers; p != NULL; p = p->next)
 		guard_dialer(t, p, root, now_ms);

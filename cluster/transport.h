@@ -24,8 +24,9 @@
  *     listener_probes and listener_restarts, one log line each re-creation.
  *   - A peer's dialer that has no connection and has counted no attempt for
  *     TRANSPORT_DIAL_STALL_MS is closed and dialed again (dialer_restarts, one log line).
- *   - When a peer's frames arrive on a newer connection, its older inbound connection is
- *     closed (stale_inbound_closed): NNG can miss that a TLS peer went away.
+ *   - When a peer's frames arrive on a newer connection, its older inbound connection, once
+ *     silent for TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): NNG can miss that
+ *     a TLS peer went away, and keep that connection's memory and descriptor forever.
  *   So a restarted peer is reached again within about TRANSPORT_DIAL_STALL_MS +
  *   TRANSPORT_PROBE_WAIT_MS + 2 ticks even when NNG would have stalled forever.
  *
@@ -101,7 +102,7 @@ const char *transport_strerror(int code);
 /* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
    snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */
 #define TRANSPORT_DEFAULT_MAX_MSG_BYTES                                                            \
-	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES              \
+	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES            \
 							 : (size_t)RAFT_SNAPSHOT_MAX_BYTES) +      \
 	 ((size_t)2 << 20))
 #define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u /* messages waiting per peer */
@@ -118,6 +119,10 @@ const char *transport_strerror(int code);
 /* a dialer with no connection and no attempt for this long is re-created: well above
    TRANSPORT_RECONNECT_MAX_MS plus a connect and a TLS handshake on a working network */
 #define TRANSPORT_DIAL_STALL_MS 10000
+/* a peer's inbound connection superseded by a newer one and silent this long since is one NNG
+   lost track of: the guard closes it; at most TRANSPORT_STALE_PIPES_MAX noted per peer */
+#define TRANSPORT_STALE_PIPE_MS 3000
+#define TRANSPORT_STALE_PIPES_MAX 16u
 #define TRANSPORT_PEM_MAX ((size_t)64 << 10) /* one cert or key file */
 #define TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES ((size_t)16 << 20)
 
