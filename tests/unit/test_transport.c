@@ -5,7 +5,10 @@
  * keeps the loop turning, since some conditions change on NNG threads).  Addresses are 127.0.0.x
  * with port 0 (the kernel picks), so the test runs in parallel with others.  Certificates are
  * made at run time by scripts/make-cluster-certs.sh into a temp dir: one cluster CA ("a") and
- * another CA ("b") whose certs must not get in.  A raw nng PUSH socket plays the hostile peer.
+ * another CA ("b") whose certs must not get in.  A raw nng PUSH socket plays the hostile peer;
+ * raw TCP sockets play peers that go away in the middle of a TLS handshake or never answer.
+ * Arguments: FILTER [SKIP], cmocka globs on the test names (transport.cmake runs the TLS cases,
+ * "*tls*", as their own CTest entry).  test_transport_restart has the multi-process scenario.
  */
 #include <setjmp.h>
 #include <stdarg.h>
