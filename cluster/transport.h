@@ -16,6 +16,20 @@
  *   - Received frames are delivered by the recv callback ON THE LIBUV LOOP THREAD, in arrival
  *     order per connection (so in send order per peer while a connection lasts).
  *
+ * Endpoint guard (NNG 1.5.2, Debian's, has bugs that stop endpoints for good; see transport.c):
+ * every TRANSPORT_GUARD_TICK_MS the loop reads NNG's counters of this node's endpoints.
+ *   - A listener that counted a negotiation error is probed: a socket of ours dials it; if the
+ *     listener has accepted nothing TRANSPORT_PROBE_WAIT_MS later, it is closed and listened
+ *     again on the same port (the connections it held are dropped; peers redial).  Counted in
+ *     listener_probes and listener_restarts, one log line each re-creation.
+ *   - A peer's dialer that has no connection and has counted no attempt for
+ *     TRANSPORT_DIAL_STALL_MS is closed and dialed again (dialer_restarts, one log line).
+ *   - When a peer's frames arrive on a newer connection, its older inbound connection, once
+ *     silent for TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): NNG can miss that
+ *     a TLS peer went away, and keep that connection's memory and descriptor forever.
+ *   So a restarted peer is reached again within about TRANSPORT_DIAL_STALL_MS +
+ *   TRANSPORT_PROBE_WAIT_MS + 2 ticks even when NNG would have stalled forever.
+ *
  * Bringing NNG onto the loop: the PULL socket's NNG_OPT_RECVFD (a descriptor NNG makes readable
  * while a message can be received) is watched with a uv_poll; the poll callback takes up to
  * TRANSPORT_RECV_BATCH messages with non-blocking nng_recvmsg and returns (level-triggered, so
@@ -92,7 +106,7 @@ const char *transport_strerror(int code);
 /* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
    snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */
 #define TRANSPORT_DEFAULT_MAX_MSG_BYTES                                                            \
-	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES              \
+	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES            \
 							 : (size_t)RAFT_SNAPSHOT_MAX_BYTES) +      \
 	 ((size_t)2 << 20))
 #define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u /* messages waiting per peer */
@@ -104,6 +118,15 @@ const char *transport_strerror(int code);
 #define TRANSPORT_RECVBUF 128		  /* NNG receive buffer of the PULL socket, messages */
 #define TRANSPORT_RECONNECT_MIN_MS 100
 #define TRANSPORT_RECONNECT_MAX_MS 2000
+#define TRANSPORT_GUARD_TICK_MS 1000 /* the endpoint guard looks at NNG's counters */
+#define TRANSPORT_PROBE_WAIT_MS 5000 /* a probed listener must accept within this */
+/* a dialer with no connection and no attempt for this long is re-created: well above
+   TRANSPORT_RECONNECT_MAX_MS plus a connect and a TLS handshake on a working network */
+#define TRANSPORT_DIAL_STALL_MS 10000
+/* a peer's inbound connection superseded by a newer one and silent this long since is one NNG
+   lost track of: the guard closes it; at most TRANSPORT_STALE_PIPES_MAX noted per peer */
+#define TRANSPORT_STALE_PIPE_MS 3000
+#define TRANSPORT_STALE_PIPES_MAX 16u
 #define TRANSPORT_PEM_MAX ((size_t)64 << 10) /* one cert or key file */
 #define TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES ((size_t)16 << 20)
 
@@ -165,12 +188,16 @@ int transport_send(struct transport *t, const char *peer_id, uint32_t kind, cons
 void transport_close(struct transport *t, void (*done)(void *arg), void *arg);
 
 struct transport_stats {
-	uint64_t sent;		    /* messages handed to a connection */
-	uint64_t received;	    /* frames delivered to the callback */
-	uint64_t dropped_full;	    /* transport_send refused: peer queue full */
-	uint64_t dropped_unauth;    /* wrong `to`, unknown `from`, other cluster */
-	uint64_t dropped_malformed; /* did not unpack, or over the size bound */
-	uint64_t send_errors;	    /* NNG refused a queued message (not counting close) */
+	uint64_t sent;		       /* messages handed to a connection */
+	uint64_t received;	       /* frames delivered to the callback */
+	uint64_t dropped_full;	       /* transport_send refused: peer queue full */
+	uint64_t dropped_unauth;       /* wrong `to`, unknown `from`, other cluster */
+	uint64_t dropped_malformed;    /* did not unpack, or over the size bound */
+	uint64_t send_errors;	       /* NNG refused a queued message (not counting close) */
+	uint64_t listener_probes;      /* the guard's probes of our listener */
+	uint64_t listener_restarts;    /* listener found not accepting and re-created */
+	uint64_t dialer_restarts;      /* peer dialers found stuck and re-created */
+	uint64_t stale_inbound_closed; /* a peer's older inbound connection, superseded */
 	unsigned peers;
 	unsigned peers_connected; /* peers with at least one live connection */
 };
@@ -184,6 +211,7 @@ struct transport_peer_stats {
 	uint64_t sent;	     /* handed to a connection */
 	uint64_t dropped_full;
 	uint64_t send_errors;
+	uint64_t dialer_restarts; /* its dialer found stuck and re-created */
 };
 int transport_peer_stats(const struct transport *t, const char *peer_id,
 			 struct transport_peer_stats *out);
