@@ -82,7 +82,6 @@
 #include "store.h"
 #include "transport.h"
 
-#define CRAFT_BATCH_HDR 5
 /* Outgoing messages to a peer wait this long to share one frame (fewer NNG messages: their
  * cost per message, not per byte, bounds a loaded leader), or until the batch holds this many
  * bytes.  A bigger message (a snapshot chunk) flushes the batch and goes alone. */
@@ -93,6 +92,8 @@
 /* Bound on one peer frame's payload, sent or received: an AppendEntries with one entry of
  * RAFT_ENTRY_MAX_BYTES plus up to raft's max_msg_bytes of others, or a forwarded proposal. */
 #define CRAFT_MAX_FRAME_BYTES ((size_t)RAFT_ENTRY_MAX_BYTES + ((size_t)2 << 20))
+/* Items of a batch and of an envelope: [kind u8][length u32 BE][payload]. */
+#define CRAFT_BATCH_HDR 5
 /* Peers the edge keeps a send batch for (the book and members being forgotten). */
 #define CRAFT_EDGE_PEERS (2 * CLUSTER_MAX_PEERS)
 
@@ -101,8 +102,7 @@ struct craft_outbuf {
 	char name[CLUSTER_ID_MAX + 1]; /* "" : a free slot */
 	unsigned char *buf;	       /* owned */
 	size_t len, cap;
-	unsigned n;
-	uint32_t kind; /* of the only message, when n == 1 */
+	unsigned n; /* items after the envelope header */
 };
 
 struct cluster__raft {
@@ -221,16 +221,35 @@ edge__peer_connected(void *arg, const char *name)
 	return c->tp && transport_peer_stats(c->tp, name, &ps) == 0 && ps.connected;
 }
 
-/* Sends the batch of o now: one message as itself, several as a batch frame. */
+/* Writes the envelope header (craft_envelope) at p. */
+static void
+edge__env_put(struct cluster__raft *c, unsigned char *p)
+{
+	uint64_t cid, inc;
+	craft_envelope(c->craft, &cid, &inc);
+	p[0] = CRAFT_ENV_VERSION;
+	store_u64_encode(cid, p + 1);
+	store_u64_encode(inc, p + 9);
+}
+
+static void
+edge__item_hdr(unsigned char *p, uint32_t kind, size_t len)
+{
+	p[0] = (unsigned char)kind;
+	p[1] = (unsigned char)(len >> 24);
+	p[2] = (unsigned char)(len >> 16);
+	p[3] = (unsigned char)(len >> 8);
+	p[4] = (unsigned char)len;
+}
+
+/* Sends the batch of o now: its items in one envelope frame. */
 static void
 edge__flush_peer(struct cluster__raft *c, struct craft_outbuf *o)
 {
 	if (!o->n)
 		return;
-	int rv = o->n == 1 ? transport_send(c->tp, o->name, o->kind, o->buf + CRAFT_BATCH_HDR,
-					    o->len - CRAFT_BATCH_HDR)
-			   : transport_send(c->tp, o->name, CRAFT_KIND_BATCH, o->buf, o->len);
-	if (rv)
+	edge__env_put(c, o->buf);
+	if (transport_send(c->tp, o->name, CRAFT_KIND_ENV, o->buf, o->len))
 		craft_count_drop(c->craft, o->n);
 	o->len = 0;
 	o->n = 0;
@@ -253,15 +272,26 @@ edge__send(void *arg, const char *name, uint32_t kind, const void *data, size_t 
 	struct craft_outbuf *o = edge__outbuf(c, name);
 	if (!o)
 		return -1;
-	if (len + CRAFT_BATCH_HDR > CRAFT_BATCH_MAX_BYTES) {
+	if (len + CRAFT_ENV_HDR + CRAFT_BATCH_HDR > CRAFT_BATCH_MAX_BYTES) {
+		/* a big one goes alone, at once, in its own envelope */
 		edge__flush_peer(c, o);
-		return transport_send(c->tp, name, kind, data, len) ? -1 : 0;
+		unsigned char *buf = malloc(CRAFT_ENV_HDR + CRAFT_BATCH_HDR + len);
+		if (!buf)
+			return -1;
+		edge__env_put(c, buf);
+		edge__item_hdr(buf + CRAFT_ENV_HDR, kind, len);
+		memcpy(buf + CRAFT_ENV_HDR + CRAFT_BATCH_HDR, data, len);
+		int rv = transport_send(c->tp, name, CRAFT_KIND_ENV, buf,
+					CRAFT_ENV_HDR + CRAFT_BATCH_HDR + len);
+		free(buf);
+		return rv ? -1 : 0;
 	}
 	if (o->len + CRAFT_BATCH_HDR + len > CRAFT_BATCH_MAX_BYTES)
 		edge__flush_peer(c, o);
-	if (o->len + CRAFT_BATCH_HDR + len > o->cap) {
+	size_t need = (o->len ? o->len : CRAFT_ENV_HDR) + CRAFT_BATCH_HDR + len;
+	if (need > o->cap) {
 		size_t cap = o->cap ? o->cap : 4096;
-		while (cap < o->len + CRAFT_BATCH_HDR + len)
+		while (cap < need)
 			cap *= 2;
 		unsigned char *nb = realloc(o->buf, cap);
 		if (!nb)
@@ -269,16 +299,13 @@ edge__send(void *arg, const char *name, uint32_t kind, const void *data, size_t 
 		o->buf = nb;
 		o->cap = cap;
 	}
+	if (!o->len)
+		o->len = CRAFT_ENV_HDR; /* the envelope, written at the flush */
 	unsigned char *p = o->buf + o->len;
-	p[0] = (unsigned char)kind;
-	p[1] = (unsigned char)(len >> 24);
-	p[2] = (unsigned char)(len >> 16);
-	p[3] = (unsigned char)(len >> 8);
-	p[4] = (unsigned char)len;
+	edge__item_hdr(p, kind, len);
 	if (len)
 		memcpy(p + CRAFT_BATCH_HDR, data, len);
 	o->len += CRAFT_BATCH_HDR + len;
-	o->kind = kind;
 	o->n++;
 	if (!c->handles)
 		c->want_flush = 1; /* during open: started with the timer */
@@ -410,13 +437,16 @@ edge__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size
 	struct cluster__raft *c = arg;
 	if (c->closing)
 		return;
-	if (kind != CRAFT_KIND_BATCH) {
-		edge__recv_one(c, from, kind, data, len);
+	/* peer input: the envelope first (another cluster's frames stop here), then every length
+	 * is checked against what is left; a bad frame is dropped from the bad item on */
+	const unsigned char *p = data, *end = p + len;
+	if (kind != CRAFT_KIND_ENV || len < CRAFT_ENV_HDR || p[0] != CRAFT_ENV_VERSION) {
+		craft_count_drop(c->craft, 1);
 		return;
 	}
-	/* peer input: every length is checked against what is left; a bad batch is dropped
-	 * from the bad item on */
-	const unsigned char *p = data, *end = p + len;
+	if (craft_recv_env(c->craft, from, store_u64_decode(p + 1), store_u64_decode(p + 9)))
+		return;
+	p += CRAFT_ENV_HDR;
 	while (p < end && !c->closing) {
 		if ((size_t)(end - p) < CRAFT_BATCH_HDR) {
 			craft_count_drop(c->craft, 1);
@@ -425,7 +455,7 @@ edge__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size
 		uint32_t k = p[0];
 		size_t l = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
 		p += CRAFT_BATCH_HDR;
-		if (l > (size_t)(end - p) || k == CRAFT_KIND_BATCH) {
+		if (l > (size_t)(end - p) || k == CRAFT_KIND_BATCH || k == CRAFT_KIND_ENV) {
 			craft_count_drop(c->craft, 1);
 			return;
 		}

@@ -311,6 +311,8 @@ craft__apply_entry(struct craft *c, const struct raft_entry *e, struct craft_lis
 		int rv = 0;
 		if (cmd->cmd_case == RELAY__COMMAND__CMD_PEER)
 			status = craft__apply_peer(c, e->index, cmd->peer);
+		else if (cmd->cmd_case == RELAY__COMMAND__CMD_CLUSTER)
+			status = craft__apply_cluster_id(c, e->index, cmd->cluster);
 		else
 			rv = queue_apply(c->fsm, e->index, cmd, &c->next);
 		if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
@@ -522,6 +524,39 @@ craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m)
 	craft__schedule(c);
 }
 
+/* Frames log a foreign cluster at most this often. */
+#define CRAFT_FOREIGN_LOG_MS 10000u
+
+int
+craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t incarnation)
+{
+	int pi = craft__peer_by_name(c, from);
+	if (pi < 0)
+		return -1;
+	if (cluster_id && c->cluster_id && cluster_id != c->cluster_id) {
+		c->counters.foreign_dropped++;
+		uint64_t now = craft__now(c);
+		if (!c->foreign_log_ms || now - c->foreign_log_ms >= CRAFT_FOREIGN_LOG_MS) {
+			c->foreign_log_ms = now;
+			craft__log(c,
+				   "event=foreign-cluster from=%s cluster=%016" PRIx64
+				   " ours=%016" PRIx64 ": frames dropped (dropped so far: %" PRIu64
+				   ")",
+				   from, cluster_id, c->cluster_id, c->counters.foreign_dropped);
+		}
+		return -1;
+	}
+	craft__book_heard(c, (size_t)pi, incarnation);
+	return 0;
+}
+
+void
+craft_envelope(const struct craft *c, uint64_t *cluster_id, uint64_t *incarnation)
+{
+	*cluster_id = c->cluster_id;
+	*incarnation = c->inc;
+}
+
 void
 craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, size_t len)
 {
@@ -542,6 +577,20 @@ craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, s
 	if (kind == CRAFT_KIND_TRANSFER) {
 		if (pi >= 0)
 			craft__recv_transfer(c, data, len);
+		return;
+	}
+	if (kind == CRAFT_KIND_HELLO || kind == CRAFT_KIND_HELLO_REPLY ||
+	    kind == CRAFT_KIND_REJOIN) {
+		if (pi < 0 || (size_t)pi == c->self) {
+			c->counters.raft_dropped++;
+			return;
+		}
+		if (kind == CRAFT_KIND_HELLO)
+			craft__recv_hello(c, (size_t)pi, data, len);
+		else if (kind == CRAFT_KIND_HELLO_REPLY)
+			craft__recv_hello_reply(c, (size_t)pi, data, len);
+		else
+			craft__recv_rejoin(c, (size_t)pi, data, len);
 		return;
 	}
 	if (kind == CRAFT_KIND_PROPOSE) {
@@ -573,6 +622,7 @@ craft_tick(struct craft *c)
 	}
 	/* proposals: fail the overdue, resubmit the ones whose submission may have been lost */
 	uint64_t now = craft__now(c);
+	craft__boot_tick(c, now);
 	craft__fetch_tick(c, now);
 	craft__serve_expire(c, now);
 	if (!c->writing)
@@ -684,15 +734,18 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	c->self = SIZE_MAX;
 	for (size_t i = 0; i < c->n_peers; i++) {
 		c->last_contact[i] = -1;
-		c->plocal[i] = 1; /* until the log says */
+		c->plocal[i] = 1;   /* until the log says */
+		c->ppending[i] = 1; /* until the member says */
+		c->peers[i].id = 0;
 		if (!strcmp(c->peers[i].name, cfg->node_id))
 			c->self = i;
 	}
+	c->bt.peers_digest = craft__peers_digest(c);
 	if (c->self == SIZE_MAX) {
 		/* not among the configured peers: a node joining an existing cluster */
 		c->join = 1;
 		int k = craft__book_add(c, cfg->node_id, cfg->cluster_listen,
-					RELAY__PEER_STATE__PEER_ACTIVE, 1);
+					RELAY__PEER_STATE__PEER_ACTIVE, 1, 0, 0);
 		if (k < 0) {
 			craft__log(c, "open: peers: at most %u members", CLUSTER_MAX_PEERS);
 			free(c);
@@ -700,7 +753,22 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 		}
 		c->self = (size_t)k;
 	}
-	c->id = c->peers[c->self].id;
+	/* this data_dir's identity, first: the Raft id derives from it */
+	struct raft_hard_state hs0;
+	rv = craft__hs_get(store, &hs0);
+	if (rv && rv != STORE_ENOTFOUND) {
+		craft__log(c, "open: raft hard state error=\"%s\"", store_strerror(rv));
+		free(c);
+		return cluster__store_err(rv);
+	}
+	if ((rv = craft__ident_load(c, rv == 0)) || (rv = craft__bootrec_load(c))) {
+		free(c);
+		return rv;
+	}
+	c->id = cluster_peer_raft_id_inc(cfg->node_id, c->inc);
+	c->peers[c->self].id = c->id;
+	c->pinc[c->self] = c->inc;
+	c->ppending[c->self] = 0;
 	c->boot = c->io.random64(c->io.arg);
 	c->next_seq = 1;
 	c->max_pending = cfg->max_pending ? cfg->max_pending : CLUSTER_DEFAULT_MAX_PENDING;
@@ -730,7 +798,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 		rv = cluster__queue_err(rv);
 		goto err_after_alloc;
 	}
-	struct raft_config rc = {
+	c->rcfg = (struct raft_config){
 	    .id = c->id,
 	    .election_tick = election / c->heartbeat_ms,
 	    .heartbeat_tick = 1,
@@ -740,15 +808,19 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	    .max_inflight = cfg->max_inflight,
 	    .rng_seed = c->io.random64(c->io.arg),
 	};
-	if ((rv = raft_new(&rc, &c->raft))) {
+	if ((rv = raft_new(&c->rcfg, &c->raft))) {
 		rv = rv == RAFT_ENOMEM ? CLUSTER_ENOMEM : CLUSTER_EINVAL;
 		goto err_after_fsm;
 	}
 	/* the stored address book wins over config `peers` (they only bootstrap) */
 	rv = craft__book_load(c, cfg->node_id);
-	if (rv == 0 && c->self == SIZE_MAX)
-		c->self = (size_t)craft__book_add(c, cfg->node_id, cfg->cluster_listen,
-						  RELAY__PEER_STATE__PEER_ACTIVE, 1);
+	if (rv == 0 && c->self == SIZE_MAX) {
+		int k = craft__book_add(c, cfg->node_id, cfg->cluster_listen,
+					RELAY__PEER_STATE__PEER_ACTIVE, 1, c->inc, 0);
+		c->self = k < 0 ? SIZE_MAX : (size_t)k;
+		if (k >= 0)
+			c->peers[k].id = c->id;
+	}
 	if (rv == 0 && c->self == SIZE_MAX) {
 		craft__log(c, "open: the stored address book is full and lacks this node");
 		rv = CLUSTER_ECORRUPT;
@@ -777,8 +849,10 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	craft__book_dial_all(c);
 	if (c->fetch.active)
 		craft__fetch_begin(c, c->fetch.min_index, c->fetch.hint);
-	craft__log(c, "event=cluster-open node=%s id=%016" PRIx64 " peers=%zu listen=%s",
-		   cfg->node_id, c->id, c->n_peers, cfg->cluster_listen);
+	craft__log(c,
+		   "event=cluster-open node=%s id=%016" PRIx64 " incarnation=%016" PRIx64
+		   " cluster=%016" PRIx64 " peers=%zu listen=%s",
+		   cfg->node_id, c->id, c->inc, c->cluster_id, c->n_peers, cfg->cluster_listen);
 	craft__schedule(c);
 	*out = c;
 	return 0;

@@ -44,6 +44,12 @@
 #define CRAFT_KIND_TRANSFER 4u
 #define CRAFT_KIND_SNAP_FETCH 5u
 #define CRAFT_KIND_SNAP_CHUNK 6u
+/* The frame every message travels in (the edge's envelope): [version u8 = CRAFT_ENV_VERSION]
+ * [cluster id u64 BE][the sender's incarnation u64 BE], then items as in a batch.  craft decides
+ * with craft_recv_env whether to take the items. */
+#define CRAFT_KIND_ENV 10u
+#define CRAFT_ENV_VERSION 1u
+#define CRAFT_ENV_HDR 17u
 
 /* The edge, as craft sees it.  Every function is called on the edge's thread. */
 struct craft_io {
@@ -114,6 +120,11 @@ void craft_tick(struct craft *c);
  * craft_recv_raft instead, already decoded (m NULL: it did not decode; counted). */
 void craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, size_t len);
 void craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m);
+/* The envelope of a frame from `from` (the edge's frame header): 0 to take its items, -1 to drop
+ * the frame (another cluster's, counted and logged; or an unknown sender). */
+int craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t incarnation);
+/* What this node's frames carry in their envelope. */
+void craft_envelope(const struct craft *c, uint64_t *cluster_id, uint64_t *incarnation);
 void craft_write_done(struct craft *c, int rv);
 void craft_digest_done(struct craft *c, int rv);
 /* A frame could not be sent or received whole (the edge's own drops): counted. */

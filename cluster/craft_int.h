@@ -50,7 +50,8 @@
 #define CRAFT_FETCH_RESTART_MS 1000u
 #define CRAFT_SERVE_RESTART 1 /* craft__serve_read: the position is not in the view */
 /* Bytes of a packed SnapshotDescriptor: the fields, and the address book (CLUSTER_MAX_PEERS). */
-#define CRAFT_DESCRIPTOR_MAX (256u + CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 16u))
+#define CRAFT_DESCRIPTOR_MAX                                                                       \
+	(256u + (CLUSTER_MAX_PEERS + CRAFT_TOMBS) * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 48u))
 /* A snapshot is also taken once this many entry bytes were applied since the last one, so the
  * in-memory log (entries up to RAFT_ENTRY_MAX_BYTES each) stays bounded in bytes too. */
 #define CRAFT_SNAPSHOT_LOG_BYTES ((uint64_t)256 << 20)
@@ -62,6 +63,20 @@
 #define CRAFT_RUN_ROUNDS 64
 /* Bytes of one log line. */
 #define CRAFT_LOG_LINE_MAX 1024
+/* Members that left remembered (oldest forgotten first). */
+#define CRAFT_TOMBS 16
+/* raft_meta keys: this data_dir's identity (written before anything else), the bootstrap. */
+#define CRAFT_META_IDENT "raft_ident"
+#define CRAFT_META_BOOT "raft_boot"
+/* Frame kinds of discovery (craft_boot.c): Hello, HelloReply, Rejoin. */
+#define CRAFT_KIND_HELLO 7u
+#define CRAFT_KIND_HELLO_REPLY 8u
+#define CRAFT_KIND_REJOIN 9u
+/* A Rejoin is forwarded towards the leader at most this many times. */
+#define CRAFT_REJOIN_HOPS 2u
+/* Bytes of a packed BootRecord, HelloReply (with one), Hello, Rejoin. */
+#define CRAFT_BOOTREC_MAX (64u + CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 32u))
+#define CRAFT_HELLO_MAX (CRAFT_BOOTREC_MAX + 2u * CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 128u)
 
 struct craft_prop {
 	struct craft_prop *next, *prev; /* pending list, in seq order */
@@ -84,13 +99,24 @@ struct craft_list {
 struct craft_book_ent {
 	char node[CLUSTER_ID_MAX + 1];
 	char addr[CLUSTER_ADDR_MAX + 1];
-	uint8_t state;
+	uint8_t state;	 /* Relay__PeerState; PEER_LEFT: a tombstone */
+	uint8_t pending; /* incarnation not known yet */
+	uint64_t inc;	 /* incarnation */
+	uint64_t prev;	 /* the incarnation it replaced (0: none) */
+	uint64_t since;	 /* index of the Peer command that set it */
 };
 
-/* An address book as some view or snapshot holds it; n 0: none. */
+/* An address book as some view or snapshot holds it (members, then tombstones); n 0: none. */
 struct craft_book {
 	size_t n;
-	struct craft_book_ent e[CLUSTER_MAX_PEERS];
+	struct craft_book_ent e[CLUSTER_MAX_PEERS + CRAFT_TOMBS];
+};
+
+/* A member that left: remembered so that a late duplicate of an older Peer command for it is a
+ * no-op (its expectation no longer holds). */
+struct craft_tomb {
+	char node[CLUSTER_ID_MAX + 1];
+	uint64_t since; /* index of the PEER_LEFT */
 };
 
 /* A consistent view of this node's store, digested; fetch sessions stream from it. */
@@ -154,10 +180,36 @@ struct craft {
 	size_t n_peers;
 	size_t self;
 	int dialing; /* the book is dialed: members added later are dialed at once */
-	int join;    /* started outside config `peers`: joins a cluster */
+	uint64_t pinc[CLUSTER_MAX_PEERS];	/* incarnation (peers[i].id derives from it) */
+	uint8_t ppending[CLUSTER_MAX_PEERS];	/* incarnation not known yet (id 0) */
+	uint64_t pprev[CLUSTER_MAX_PEERS];	/* the incarnation it replaced (0: none) */
+	uint64_t psince[CLUSTER_MAX_PEERS];	/* index of the Peer command that set it */
+	uint64_t pheard_inc[CLUSTER_MAX_PEERS]; /* the incarnation its frames carry (0: none) */
+	struct craft_tomb tomb[CRAFT_TOMBS];	/* members that left, oldest first */
+	size_t n_tomb;
+	int join;			 /* started outside config `peers`: joins a cluster */
 	struct raft_conf conf_committed; /* the latest configuration applied here */
 	uint64_t conf_index;		 /* its entry's index (0: from the core's state) */
 	uint64_t id, boot, next_seq;
+	uint64_t inc;		 /* this data_dir's incarnation (0: written before incarnations) */
+	uint64_t cluster_id;	 /* 0: none known yet */
+	struct raft_config rcfg; /* the core's configuration (a bootstrap makes a new core) */
+	struct craft_boot {
+		int phase; /* enum craft_boot_phase */
+		uint64_t next_hello_ms, next_rejoin_ms, log_ms;
+		uint64_t peers_digest; /* of the config `peers` (names), sorted */
+		/* the latest answer of each book slot: */
+		uint8_t answered[CLUSTER_MAX_PEERS], member[CLUSTER_MAX_PEERS];
+		uint8_t offers_me[CLUSTER_MAX_PEERS], same_peers[CLUSTER_MAX_PEERS];
+		uint64_t cid[CLUSTER_MAX_PEERS];
+		char leader[CLUSTER_ID_MAX + 1]; /* a leader some member named */
+		int have_rec;			 /* this node's bootstrap record: */
+		uint64_t rec_cid;
+		struct craft_book rec;	 /* the initial members (node, addr, incarnation) */
+		struct craft_book offer; /* an offer received (have_offer) */
+		uint64_t offer_cid;
+		int have_offer;
+	} bt;
 
 	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
 
@@ -202,6 +254,9 @@ struct craft {
 	uint64_t term;
 	int failed; /* sticky CLUSTER_E*: apply stopped */
 	int closing;
+	uint64_t foreign_log_ms; /* last event=foreign-cluster line */
+	uint64_t cid_prop_ms;	 /* leader: last ClusterId proposal (legacy clusters) */
+	uint64_t orphan_prop_ms; /* leader: last removal of a replaced incarnation */
 
 	struct cluster_stats stats;
 	struct cluster_status counters; /* only the counters are kept here */
@@ -228,15 +283,20 @@ const char *craft__peer_state_name(unsigned st);
 int craft__id_addr_ok(const char *name, const char *addr);
 int craft__peer_validate(const Relay__Peer *p);
 int craft__validate(const Relay__Command *cmd);
-int craft__book_add(struct craft *c, const char *name, const char *addr, unsigned state, int local);
+int craft__book_add(struct craft *c, const char *name, const char *addr, unsigned state, int local,
+		    uint64_t inc, int pending);
+void craft__book_set_inc(struct craft *c, size_t i, uint64_t inc);
+uint64_t craft__member_since(const struct craft *c, const char *node);
+void craft__book_heard(struct craft *c, size_t i, uint64_t inc);
 void craft__book_del(struct craft *c, size_t i);
 void craft__book_dial_all(struct craft *c);
 int craft__book_put(struct craft *c, struct store_batch *b);
 int craft__book_load(struct craft *c, const char *self);
 int craft__apply_peer(struct craft *c, uint64_t index, const Relay__Peer *p);
 int craft__book_from_proto(struct craft_book *bk, Relay__Peer *const *peers, size_t n);
-size_t craft__book_to_proto(const struct craft_book *bk, Relay__Peer ps[CLUSTER_MAX_PEERS],
-			    Relay__Peer *pp[CLUSTER_MAX_PEERS]);
+size_t craft__book_to_proto(const struct craft_book *bk,
+			    Relay__Peer ps[CLUSTER_MAX_PEERS + CRAFT_TOMBS],
+			    Relay__Peer *pp[CLUSTER_MAX_PEERS + CRAFT_TOMBS]);
 void craft__view_book(struct craft *c, struct craft_view *vw);
 int craft__book_replace(struct craft *c, const struct craft_book *bk, struct store_batch *b);
 
@@ -245,6 +305,7 @@ int craft__hs_put(struct store_batch *b, const struct raft_hard_state *hs);
 int craft__snap_put(struct store_batch *b, const struct raft_snap_meta *m, const void *data,
 		    size_t len);
 int craft__marker_put(struct store_batch *b, uint64_t min_index, const char *node);
+int craft__hs_get(struct store *s, struct raft_hard_state *hs);
 int craft__wipe_queue(struct store_batch *b);
 int craft__load(struct craft *c);
 int craft__install_recover(struct craft *c);
@@ -264,6 +325,33 @@ void craft__fetch_begin(struct craft *c, uint64_t min_index, const char *hint);
 void craft__fetch_chunk(struct craft *c, size_t pi, const void *data, size_t len);
 void craft__fetch_tick(struct craft *c, uint64_t now);
 int craft__install(struct craft *c, const struct raft_ready *rd);
+
+/* ---- craft_boot.c ---- */
+enum craft_boot_phase {
+	CRAFT_BOOT_DONE,     /* the node has Raft state (or a bootstrap to replay) */
+	CRAFT_BOOT_DISCOVER, /* empty: asking the members of `peers` what they are */
+	CRAFT_BOOT_REJOIN    /* empty, a cluster exists: asking its leader to take us in */
+};
+enum craft_boot_verdict { CRAFT_BOOT_WAIT, CRAFT_BOOT_SEED, CRAFT_BOOT_ADOPT, CRAFT_BOOT_JOIN };
+/* What discovery knows of one member of `peers` (the decision's input). */
+struct craft_boot_peer {
+	const char *node;
+	int self;	/* this node */
+	int answered;	/* a HelloReply came */
+	int member;	/* it has Raft state */
+	int offers_me;	/* its bootstrap record holds this node at its incarnation */
+	int same_peers; /* its `peers` names the same members */
+};
+int craft__boot_decide(const struct craft_boot_peer *p, size_t n, int join, size_t *who);
+int craft__ident_load(struct craft *c, int has_raft_state);
+int craft__bootrec_load(struct craft *c);
+int craft__boot_replay(struct craft *c);
+void craft__boot_tick(struct craft *c, uint64_t now);
+void craft__recv_hello(struct craft *c, size_t pi, const void *data, size_t len);
+void craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len);
+void craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len);
+int craft__apply_cluster_id(struct craft *c, uint64_t index, const Relay__ClusterId *cl);
+uint64_t craft__peers_digest(const struct craft *c);
 
 /* ---- craft_member.c ---- */
 void craft__reconcile(struct craft *c);

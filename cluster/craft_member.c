@@ -18,37 +18,56 @@ craft__noop_cb(void *arg, int status)
 	(void)status;
 }
 
-/* Proposes Peer{node, addr, state} on behalf of this node (no one waits for it). */
-int
-craft__propose_peer(struct craft *c, const char *node, const char *addr, unsigned state,
-		    cluster_propose_cb cb, void *arg)
+/* Proposes Peer{node, addr, state} on behalf of this node (cb NULL: no one waits for it),
+ * expecting the member's entry as set at expect_since (craft_book.c); pending: an ACTIVE whose
+ * incarnation is not known yet, else inc. */
+static int
+craft__propose_peer_x(struct craft *c, const char *node, const char *addr, unsigned state,
+		      uint64_t expect_since, uint64_t inc, int pending, int local,
+		      cluster_propose_cb cb, void *arg)
 {
 	Relay__Peer p = RELAY__PEER__INIT;
 	p.node = (char *)node;
 	p.addr = (char *)(addr ? addr : "");
 	p.state = (Relay__PeerState)state;
+	p.has_expect_since_index = 1;
+	p.expect_since_index = expect_since;
+	if (state == RELAY__PEER_STATE__PEER_ACTIVE) {
+		if (pending) {
+			p.has_incarnation_pending = 1;
+			p.incarnation_pending = 1;
+		} else {
+			p.has_incarnation = 1;
+			p.incarnation = inc;
+		}
+	}
+	if (local) {
+		p.has_local = 1;
+		p.local = 1;
+	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_PEER;
 	cmd.peer = &p;
 	return craft_propose(c, &cmd, cb ? cb : craft__noop_cb, arg, NULL);
 }
 
-/* Proposes Peer{node, addr, ACTIVE, local} for book slot i, a member known from config only:
- * it applies only while no Peer command for that node has applied (craft__apply_peer), so a
- * publication that reaches the log after a removal does not bring the member back. */
+int
+craft__propose_peer(struct craft *c, const char *node, const char *addr, unsigned state,
+		    cluster_propose_cb cb, void *arg)
+{
+	return craft__propose_peer_x(c, node, addr, state, craft__member_since(c, node), 0, 1, 0,
+				     cb, arg);
+}
+
+/* Proposes Peer{node, addr, ACTIVE, incarnation, local} for book slot i, a member known from
+ * config or the bootstrap only: it applies only while no Peer command for that node has applied
+ * (craft__apply_peer), so a publication that reaches the log after a removal does not bring the
+ * member back. */
 static void
 craft__publish_peer(struct craft *c, size_t i)
 {
-	Relay__Peer p = RELAY__PEER__INIT;
-	p.node = c->peers[i].name;
-	p.addr = c->peers[i].addr;
-	p.state = RELAY__PEER_STATE__PEER_ACTIVE;
-	p.has_local = 1;
-	p.local = 1;
-	Relay__Command cmd = RELAY__COMMAND__INIT;
-	cmd.cmd_case = RELAY__COMMAND__CMD_PEER;
-	cmd.peer = &p;
-	craft_propose(c, &cmd, craft__noop_cb, NULL, NULL);
+	craft__propose_peer_x(c, c->peers[i].name, c->peers[i].addr, RELAY__PEER_STATE__PEER_ACTIVE,
+			      0, i == c->self ? c->inc : c->pinc[i], c->ppending[i], 1, NULL, NULL);
 }
 
 static const struct raft_peer_status *
@@ -81,6 +100,64 @@ craft__conf_change(struct craft *c, size_t i, enum raft_conf_op op, const char *
 	return 0;
 }
 
+/* 1 when id is the Raft id of some member of the book that is in the cluster (active or
+ * leaving, incarnation known). */
+static int
+craft__id_in_book(const struct craft *c, uint64_t id)
+{
+	int i = craft__peer_by_id(c, id);
+	return i >= 0 && c->pstate[i] != RELAY__PEER_STATE__PEER_LEFT;
+}
+
+/* A configuration member whose Raft id no member of the book has is a former incarnation of a
+ * member that rejoined with a new one (its disk was replaced): it is taken out first, one at a
+ * time, before the new incarnation is added.  Only once this leader has applied its whole
+ * committed log, so that its book is not older than the configuration it reads.  1 when a
+ * change was appended or must wait. */
+static int
+craft__remove_replaced(struct craft *c, const struct raft_status *rs, uint64_t now)
+{
+	if (c->applied < rs->commit || c->fetch.active)
+		return 0;
+	for (uint32_t k = 0; k < rs->conf.n_voters + rs->conf.n_learners; k++) {
+		uint64_t id = k < rs->conf.n_voters ? rs->conf.voters[k]
+						    : rs->conf.learners[k - rs->conf.n_voters];
+		if (id == c->id || craft__id_in_book(c, id))
+			continue;
+		if (c->orphan_prop_ms && now - c->orphan_prop_ms < c->retry_ms)
+			return 1;
+		int rv = raft_propose_conf(c->raft, RAFT_CONF_REMOVE, id, NULL, NULL);
+		if (rv == 0) {
+			craft__log(c, "event=conf-change op=remove-replaced id=%016" PRIx64, id);
+			c->orphan_prop_ms = now;
+			craft__schedule(c);
+			return 1;
+		}
+		if (rv == RAFT_ECONFPENDING || rv == RAFT_EFULL || rv == RAFT_ETRANSFER)
+			return 1;
+		craft__log(c, "conf-change op=remove-replaced id=%016" PRIx64 " error=\"%s\"", id,
+			   raft_strerror(rv));
+		c->orphan_prop_ms = now;
+		return 1;
+	}
+	return 0;
+}
+
+/* A leader of a cluster bootstrapped before cluster ids existed gives it one (ClusterId). */
+static void
+craft__cluster_id(struct craft *c, uint64_t now)
+{
+	if (c->cluster_id || (c->cid_prop_ms && now - c->cid_prop_ms < c->retry_ms))
+		return;
+	Relay__ClusterId cl = RELAY__CLUSTER_ID__INIT;
+	cl.cluster_id = c->io.random64(c->io.arg);
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_CLUSTER;
+	cmd.cluster = &cl;
+	craft_propose(c, &cmd, craft__noop_cb, NULL, NULL);
+	c->cid_prop_ms = now;
+}
+
 /* Leader, each tick: at most one configuration change towards the book (cluster.h). */
 void
 craft__reconcile(struct craft *c)
@@ -92,9 +169,14 @@ craft__reconcile(struct craft *c)
 	if (rs.role != RAFT_LEADER || rs.transferee)
 		return;
 	uint64_t now = craft__now(c);
+	if (craft__remove_replaced(c, &rs, now))
+		return;
+	craft__cluster_id(c, now);
 	int throttled;
 	for (size_t i = 0; i < c->n_peers; i++) {
 		uint64_t id = c->peers[i].id;
+		if (c->ppending[i] && i != c->self)
+			continue; /* added, its incarnation not announced yet: no Raft id */
 		int member = raft_conf_is_member(&rs.conf, id);
 		int voter = raft_conf_is_voter(&rs.conf, id);
 		throttled = c->pprop_ms[i] && now - c->pprop_ms[i] < c->retry_ms;
@@ -145,9 +227,9 @@ craft__reconcile(struct craft *c)
 					rv = 0;
 				}
 				if (!rv)
-					rv = craft__propose_peer(c, c->peers[i].name, "",
-								 RELAY__PEER_STATE__PEER_LEFT, NULL,
-								 NULL);
+					rv = craft__propose_peer_x(
+					    c, c->peers[i].name, "", RELAY__PEER_STATE__PEER_LEFT,
+					    c->psince[i], 0, 0, 0, NULL, NULL);
 				craft__log(c, "event=member-removed node=%s%s%s", c->peers[i].name,
 					   rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
 				c->pprop_ms[i] = now;
@@ -171,7 +253,12 @@ craft_member_add(struct craft *c, const char *id, const char *addr, cluster_prop
 		return CLUSTER_EEXIST;
 	if (i < 0 && c->n_peers >= CLUSTER_MAX_PEERS)
 		return CLUSTER_EFULL;
-	return craft__propose_peer(c, id, addr, RELAY__PEER_STATE__PEER_ACTIVE, cb, arg);
+	/* its incarnation: known if it is in the book already (from config), else it announces
+	 * it when it asks to join (craft_boot.c), and only then is it added */
+	int pending = i < 0 || c->ppending[i];
+	return craft__propose_peer_x(c, id, addr, RELAY__PEER_STATE__PEER_ACTIVE,
+				     craft__member_since(c, id), pending ? 0 : c->pinc[i], pending,
+				     0, cb, arg);
 }
 
 int
@@ -312,6 +399,11 @@ craft_status(struct craft *c, struct cluster_status *st)
 	st->snapshot_index = rs.snap_index;
 	st->snapshot_installing = c->fetch.active;
 	st->raft_dropped += rs.dropped_msgs;
+	st->cluster_id = c->cluster_id;
+	st->incarnation = c->inc;
+	st->boot_phase = c->bt.phase == CRAFT_BOOT_DISCOVER ? "discovering"
+			 : c->bt.phase == CRAFT_BOOT_REJOIN ? "rejoining"
+							    : "";
 	uint64_t now = craft__now(c);
 	st->n_peers = (unsigned)c->n_peers;
 	for (size_t i = 0; i < c->n_peers; i++) {
@@ -320,6 +412,12 @@ craft_status(struct craft *c, struct cluster_status *st)
 		snprintf(p->name, sizeof(p->name), "%s", c->peers[i].name);
 		snprintf(p->addr, sizeof(p->addr), "%s", c->peers[i].addr);
 		p->id = c->peers[i].id;
+		p->incarnation = i == c->self ? c->inc : c->pinc[i];
+		p->incarnation_known = i == c->self || !c->ppending[i];
+		if (c->pprev[i] &&
+		    raft_conf_is_member(&rs.conf,
+					cluster_peer_raft_id_inc(c->peers[i].name, c->pprev[i])))
+			p->replaced_incarnation = c->pprev[i];
 		if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
 			p->membership = "removed";
 		else if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEAVING)

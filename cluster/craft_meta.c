@@ -38,7 +38,7 @@ craft__hs_put(struct store_batch *b, const struct raft_hard_state *hs)
 			       sizeof(v));
 }
 
-static int
+int
 craft__hs_get(struct store *s, struct raft_hard_state *hs)
 {
 	unsigned char *v;
@@ -166,28 +166,22 @@ craft__load(struct craft *c)
 				   "node needs an empty data_dir");
 			return CLUSTER_EINVAL;
 		}
-		if (c->join) {
-			/* a new member: empty state; the leader sends the configuration (after
-			 * relayctl node add) */
-			struct raft_snap_meta empty = {0};
-			rv = raft_restore(c->raft, &hs, &empty, NULL, 0, NULL, 0);
-			if (rv) {
-				craft__log(c, "open: join error=\"%s\"", raft_strerror(rv));
-				return CLUSTER_EINVAL;
-			}
-			craft__log(c, "event=join-wait peers=%zu (waiting for relayctl node add)",
-				   c->n_peers - 1);
-			return 0;
+		if (c->bt.have_rec) {
+			/* bootstrapped, but the first Raft write did not happen: the same again */
+			c->conf_index = 1;
+			return craft__boot_replay(c);
 		}
-		struct raft_conf conf = {0};
-		for (size_t i = 0; i < c->n_peers; i++)
-			conf.voters[conf.n_voters++] = c->peers[i].id;
-		rv = raft_bootstrap(c->raft, &conf);
+		/* empty: no Raft state until the configuration admits this node (craft_boot.c) */
+		struct raft_snap_meta empty = {0};
+		rv = raft_restore(c->raft, &hs, &empty, NULL, 0, NULL, 0);
 		if (rv) {
-			craft__log(c, "open: bootstrap error=\"%s\"", raft_strerror(rv));
+			craft__log(c, "open: error=\"%s\"", raft_strerror(rv));
 			return CLUSTER_EINVAL;
 		}
-		craft__log(c, "event=bootstrap voters=%zu", c->n_peers);
+		c->bt.phase = CRAFT_BOOT_DISCOVER;
+		craft__log(c, "event=discover peers=%zu incarnation=%016" PRIx64 "%s",
+			   c->n_peers - 1, c->inc,
+			   c->join ? " (not in its own peers: joins an existing cluster)" : "");
 		return 0;
 	}
 	if (rv) {

@@ -123,7 +123,7 @@ craft__compact(struct craft *c, struct craft_view *vw)
 	d.keys = vw->digest.keys;
 	d.bytes = vw->digest.bytes;
 	d.crc = vw->digest.crc;
-	Relay__Peer ps[CLUSTER_MAX_PEERS], *pp[CLUSTER_MAX_PEERS];
+	Relay__Peer ps[CLUSTER_MAX_PEERS + CRAFT_TOMBS], *pp[CLUSTER_MAX_PEERS + CRAFT_TOMBS];
 	d.n_peers = craft__book_to_proto(&vw->book, ps, pp);
 	d.peers = pp;
 	unsigned char buf[CRAFT_DESCRIPTOR_MAX];
@@ -309,7 +309,7 @@ craft__serve(struct craft *c, size_t pi, const void *data, size_t len)
 		return;
 	}
 	Relay__SnapshotChunk ch = RELAY__SNAPSHOT_CHUNK__INIT;
-	Relay__Peer bps[CLUSTER_MAX_PEERS], *bpp[CLUSTER_MAX_PEERS];
+	Relay__Peer bps[CLUSTER_MAX_PEERS + CRAFT_TOMBS], *bpp[CLUSTER_MAX_PEERS + CRAFT_TOMBS];
 	ch.session = f->session;
 	ch.seq = f->seq;
 	ch.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;

@@ -38,8 +38,10 @@ struct raft_progress {
 	uint64_t pending_snap; /* SNAPSHOT: index of the snapshot being sent */
 	uint64_t snap_acked;   /* SNAPSHOT: bytes the follower said it holds */
 	unsigned snap_ticks;
-	uint64_t *infl; /* ring of last indexes of in-flight appends, cap max_inflight */
+	uint64_t *infl;	   /* ring of last indexes of in-flight appends, cap max_inflight; */
+	uint64_t *infl_sz; /* and of their entry bytes */
 	unsigned infl_start, infl_count;
+	uint64_t infl_bytes; /* entry bytes in flight (REPLICATE) */
 };
 
 struct raft_pending {
@@ -340,6 +342,7 @@ static void
 pr_reset_infl(struct raft_progress *pr)
 {
 	pr->infl_start = pr->infl_count = 0;
+	pr->infl_bytes = 0;
 }
 
 /* Make progress entries match r->conf, keeping what is known about remaining members. */
@@ -362,6 +365,7 @@ conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 		if (k < n_old) {
 			*pr = old[k];
 			old[k].infl = NULL;
+			old[k].infl_sz = NULL;
 		} else {
 			memset(pr, 0, sizeof(*pr));
 			pr->id = id;
@@ -369,15 +373,20 @@ conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 			pr->state = PR_PROBE;
 			pr->active = true;
 			pr->infl = malloc(sizeof(uint64_t) * r->cfg.max_inflight);
-			if (!pr->infl) {
+			pr->infl_sz = malloc(sizeof(uint64_t) * r->cfg.max_inflight);
+			if (!pr->infl || !pr->infl_sz) {
+				free(pr->infl);
+				free(pr->infl_sz);
 				r->n_prs--;
 				continue; /* cannot track it; treated as unreachable */
 			}
 		}
 		pr->voter = i < c->n_voters;
 	}
-	for (unsigned k = 0; k < n_old; k++)
+	for (unsigned k = 0; k < n_old; k++) {
 		free(old[k].infl);
+		free(old[k].infl_sz);
+	}
 	if (r->transferee && !raft_conf_is_voter(c, r->transferee))
 		r->transferee = 0;
 	return 0;
@@ -700,11 +709,14 @@ raft_campaign(struct raft *r)
 /* ---------------------------------------------------------------- replication (leader) */
 
 static void
-infl_add(struct raft *r, struct raft_progress *pr, uint64_t last)
+infl_add(struct raft *r, struct raft_progress *pr, uint64_t last, uint64_t bytes)
 {
 	unsigned cap = r->cfg.max_inflight;
-	pr->infl[(pr->infl_start + pr->infl_count) % cap] = last;
+	unsigned k = (pr->infl_start + pr->infl_count) % cap;
+	pr->infl[k] = last;
+	pr->infl_sz[k] = bytes;
 	pr->infl_count++;
+	pr->infl_bytes += bytes;
 }
 
 static void
@@ -712,9 +724,18 @@ infl_free_to(struct raft *r, struct raft_progress *pr, uint64_t index)
 {
 	unsigned cap = r->cfg.max_inflight;
 	while (pr->infl_count && pr->infl[pr->infl_start] <= index) {
+		pr->infl_bytes -= pr->infl_sz[pr->infl_start];
 		pr->infl_start = (pr->infl_start + 1) % cap;
 		pr->infl_count--;
 	}
+}
+
+/* REPLICATE: the window is full (messages, or bytes: one message always fits). */
+static bool
+infl_full(const struct raft *r, const struct raft_progress *pr)
+{
+	return pr->infl_count >= r->cfg.max_inflight ||
+	       (pr->infl_count && pr->infl_bytes >= r->cfg.max_inflight_bytes);
 }
 
 static void
@@ -799,7 +820,7 @@ send_append(struct raft *r, struct raft_progress *pr, bool send_empty)
 		return false;
 	if (pr->state == PR_PROBE && pr->probe_sent)
 		return false;
-	if (pr->state == PR_REPLICATE && pr->infl_count >= r->cfg.max_inflight)
+	if (pr->state == PR_REPLICATE && infl_full(r, pr))
 		return false;
 	uint64_t prev = pr->next - 1;
 	if (prev < r->snap.index) {
@@ -839,7 +860,7 @@ send_append(struct raft *r, struct raft_progress *pr, bool send_empty)
 	if (pr->state == PR_REPLICATE) {
 		if (n) {
 			pr->next += n;
-			infl_add(r, pr, pr->next - 1);
+			infl_add(r, pr, pr->next - 1, bytes);
 		}
 	} else {
 		pr->probe_sent = true;
@@ -1006,7 +1027,7 @@ leader_handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
 			else
 				pr_become_probe(pr);
 		}
-	} else if (pr->state == PR_REPLICATE && pr->infl_count >= r->cfg.max_inflight) {
+	} else if (pr->state == PR_REPLICATE && infl_full(r, pr)) {
 		/* Appends in the window may all be lost: restart from what is known to match. */
 		pr_become_probe(pr);
 	}
@@ -1696,6 +1717,7 @@ raft_new(const struct raft_config *cfg, struct raft **out)
 	r->cfg.election_tick = DEF(cfg->election_tick, 10);
 	r->cfg.heartbeat_tick = DEF(cfg->heartbeat_tick, 1);
 	r->cfg.max_inflight = DEF(cfg->max_inflight, 64);
+	r->cfg.max_inflight_bytes = DEF(cfg->max_inflight_bytes, (size_t)16 << 20);
 	r->cfg.max_msg_entries = DEF(cfg->max_msg_entries, 64);
 	r->cfg.max_msg_bytes = DEF(cfg->max_msg_bytes, 1u << 20);
 	r->cfg.max_outbox = DEF(cfg->max_outbox, 1024);
@@ -1730,8 +1752,10 @@ raft_free(struct raft *r)
 		msg_free(&r->held[i].m);
 	free(r->outbox);
 	free(r->held);
-	for (unsigned i = 0; i < r->n_prs; i++)
+	for (unsigned i = 0; i < r->n_prs; i++) {
 		free(r->prs[i].infl);
+		free(r->prs[i].infl_sz);
+	}
 	free(r->snap_data);
 	free(r->rx.buf);
 	free(r);

@@ -41,13 +41,13 @@
  * Bounds.  Every queue is bounded by a field of struct raft_config (a default is used when the
  * field is 0): the outbox and the persist-wait queue (max_outbox messages each; overflow drops
  * the message, which Raft tolerates, and counts it), in-flight AppendEntries per follower
- * (max_inflight), entries and bytes per message (max_msg_entries, max_msg_bytes), uncommitted
- * entries at the leader (max_uncommitted), entries in the in-memory log (max_log_entries: the
- * host must compact), committed entries handed out per ready (max_apply_batch), entry size
- * (RAFT_ENTRY_MAX_BYTES), snapshot size (RAFT_SNAPSHOT_MAX_BYTES; sent in chunks of at most
- * max_msg_bytes, one in flight per follower; a follower assembles one snapshot at a time)
- * and readies fetched but not yet reported durable (RAFT_MAX_UNPERSISTED_READIES; beyond it
- * new state simply waits in the core).
+ * (max_inflight messages, max_inflight_bytes), entries and bytes per message (max_msg_entries,
+ * max_msg_bytes), uncommitted entries at the leader (max_uncommitted), entries in the in-memory log
+ * (max_log_entries: the host must compact), committed entries handed out per ready
+ * (max_apply_batch), entry size (RAFT_ENTRY_MAX_BYTES), snapshot size (RAFT_SNAPSHOT_MAX_BYTES;
+ * sent in chunks of at most max_msg_bytes, one in flight per follower; a follower assembles one
+ * snapshot at a time) and readies fetched but not yet reported durable
+ * (RAFT_MAX_UNPERSISTED_READIES; beyond it new state simply waits in the core).
  *
  * Failure modes.  Malformed peer input makes raft_step() return RAFT_EINVAL and changes
  * nothing.  Allocation failure returns RAFT_ENOMEM from the call that needed memory; when it
@@ -179,16 +179,18 @@ struct raft_config {
 	unsigned heartbeat_tick; /* default 1 */
 	bool pre_vote;
 	bool check_quorum;
-	unsigned max_inflight;	  /* AppendEntries in flight per follower (default 64) */
-	unsigned max_msg_entries; /* default 64 */
-	size_t max_msg_bytes;	  /* entry bytes per APP (one entry always fits) and snapshot
-				     chunk size; default 1 MiB */
-	unsigned max_outbox;	  /* default 1024 */
-	unsigned max_uncommitted; /* leader refuses proposals beyond this many uncommitted
-				     entries, or twice this many unapplied (default 4096) */
-	unsigned max_log_entries; /* in-memory log (default 65536) */
-	unsigned max_apply_batch; /* committed entries per ready (default 256) */
-	uint64_t rng_seed;	  /* randomized election timeouts */
+	unsigned max_inflight;	   /* AppendEntries in flight per follower (default 64) */
+	size_t max_inflight_bytes; /* and their entry bytes (default 16 MiB; one always goes):
+				      heartbeats queue behind them, so this bounds their delay */
+	unsigned max_msg_entries;  /* default 64 */
+	size_t max_msg_bytes;	   /* entry bytes per APP (one entry always fits) and snapshot
+				      chunk size; default 1 MiB */
+	unsigned max_outbox;	   /* default 1024 */
+	unsigned max_uncommitted;  /* leader refuses proposals beyond this many uncommitted
+				      entries, or twice this many unapplied (default 4096) */
+	unsigned max_log_entries;  /* in-memory log (default 65536) */
+	unsigned max_apply_batch;  /* committed entries per ready (default 256) */
+	uint64_t rng_seed;	   /* randomized election timeouts */
 };
 
 /* Output of the core.  See the contract at the top. */

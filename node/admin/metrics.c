@@ -143,6 +143,8 @@ render_cluster(struct http_text *t, struct cluster *c)
 		st.snapshot_served_bytes);
 	counter(t, "relay_raft_dropped_messages_total",
 		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
+	counter(t, "relay_raft_foreign_frames_total",
+		"Peer frames dropped because they carry another cluster's id.", st.foreign_dropped);
 	if (st.n_peers) {
 		family(t, "relay_raft_peer_lag", "gauge",
 		       "Leader only: entries a member is behind the leader's log.");
