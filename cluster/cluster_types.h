@@ -157,6 +157,9 @@ struct cluster_status {
 	uint64_t snapshot_fetch_failures; /* timeouts, refused or bad chunks, failed writes */
 	uint64_t snapshot_serves;	  /* fetch sessions served to other nodes */
 	uint64_t snapshot_served_bytes;	  /* key + value bytes sent to them */
+	uint64_t snapshots_deferred;	  /* leader: compactions put off for a member that still
+					     needs the log */
+	uint64_t retention_exceeded;	  /* leader: compacted anyway, the log past its bound */
 	uint64_t raft_dropped;		  /* raft outbox overflow + transport drops */
 	uint64_t foreign_dropped;	  /* frames of another cluster id, dropped */
 	uint64_t cluster_id;		  /* this node's cluster (0: none known yet) */

@@ -343,6 +343,7 @@ craft__apply_entry(struct craft *c, const struct raft_entry *e, struct craft_lis
 	}
 	c->applied = e->index;
 	c->applied_bytes += e->len;
+	c->log_bytes += e->len;
 	c->stats.commits++;
 	if (c->io.apply_after)
 		c->io.apply_after(c->io.arg, e, qrv);
@@ -450,6 +451,13 @@ craft__handle_ready(struct craft *c, struct raft_ready *rd)
 	raft_advance(c->raft, rd);
 	if (installed && seq)
 		raft_persisted(c->raft, seq);
+	if (c->install_ack) {
+		/* an install that needed no fetch counts as soon as it is durable */
+		c->install_ack = 0;
+		int rv = raft_snapshot_installed(c->raft);
+		if (rv)
+			craft__log(c, "snapshot install: ack error=\"%s\"", raft_strerror(rv));
+	}
 	craft__complete(c, &done);
 }
 
@@ -779,6 +787,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 		election = 2 * c->heartbeat_ms;
 	c->fail_ms = cfg->fail_ms ? cfg->fail_ms : CLUSTER_DEFAULT_PROPOSE_FAIL_MS;
 	c->retry_ms = cfg->retry_ms ? cfg->retry_ms : 2 * election;
+	c->retain_silent_ms = (uint64_t)CRAFT_RETAIN_SILENT_ELECTIONS * election;
 	c->snapshot_entries =
 	    cfg->snapshot_entries ? cfg->snapshot_entries : CLUSTER_DEFAULT_SNAPSHOT_ENTRIES;
 	c->nbuckets = 1024;
@@ -807,6 +816,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	    .max_msg_bytes = cfg->max_msg_bytes,
 	    .max_inflight = cfg->max_inflight,
 	    .rng_seed = c->io.random64(c->io.arg),
+	    .defer_snapshot_ack = true,
 	};
 	if ((rv = raft_new(&c->rcfg, &c->raft))) {
 		rv = rv == RAFT_ENOMEM ? CLUSTER_ENOMEM : CLUSTER_EINVAL;

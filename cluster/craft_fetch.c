@@ -154,6 +154,11 @@ craft__fetch_finish(struct craft *c)
 	}
 	c->applied = c->durable_applied = f->view_index;
 	c->counters.snapshots_installed++;
+	/* the data is durable here: only now does the snapshot count (its acknowledgement goes to
+	 * the leader; this node may vote, be elected, be counted and be promoted again) */
+	int arv = raft_snapshot_installed(c->raft);
+	if (arv)
+		craft__log(c, "snapshot install: ack error=\"%s\"", raft_strerror(arv));
 	craft__log(c,
 		   "event=snapshot-installed index=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64
 		   " ms=%" PRIu64 " catch_up=%" PRIu64,
@@ -347,6 +352,51 @@ craft__fetch_tick(struct craft *c, uint64_t now)
  * (STORE_META_INSTALL) in one synced write on the loop thread (no write is in flight); the
  * state machine is reloaded (empty) and the fetch of the key/values starts.  Committed entries
  * wait in the log until the fetch completes (craft__fetch_finish). */
+/* Installs the snapshot of rd when this node's queue state is already at or past its index
+ * (durable): one synced write replaces the log and the snapshot meta, nothing is fetched, and
+ * the snapshot counts at once (craft__handle_ready acknowledges it once persisted). */
+static int
+craft__install_have(struct craft *c, const struct raft_ready *rd)
+{
+	struct store_batch *b = &c->next;
+	int rv = craft__hs_put(b, &rd->hs);
+	if (!rv)
+		rv = store_log_delete(b, 1, UINT64_MAX);
+	if (!rv)
+		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);
+	c->log_last = 0;
+	if (rv) {
+		craft__log(c, "snapshot install: batch error=\"%s\"", store_strerror(rv));
+		return cluster__store_err(rv);
+	}
+	struct raft_ready rest = *rd;
+	rest.hs_changed = false;
+	if ((rv = craft__persist(c, &rest)))
+		return rv;
+	rv = c->io.write_now(c->io.arg, b, 1);
+	c->stats.fsyncs++;
+	if (rv) {
+		craft__log(c, "snapshot install: write error=\"%s\"", store_strerror(rv));
+		return cluster__store_err(rv);
+	}
+	store_batch_clear(b);
+	c->install_seq = c->next_seq_persist;
+	c->next_sync = 0;
+	c->next_seq_persist = 0;
+	c->next_bytes = 0;
+	c->snap_index = rd->snap->index;
+	if (c->conf_index < rd->snap->index) {
+		c->conf_committed = rd->snap->conf;
+		c->conf_index = rd->snap->index;
+	}
+	c->install_ack = 1;
+	craft__log(c,
+		   "event=snapshot-installed index=%" PRIu64 " applied=%" PRIu64
+		   ": the queue here is already past it, nothing fetched",
+		   rd->snap->index, c->applied);
+	return 0;
+}
+
 int
 craft__install(struct craft *c, const struct raft_ready *rd)
 {
@@ -368,6 +418,12 @@ craft__install(struct craft *c, const struct raft_ready *rd)
 		}
 	}
 	struct store_batch *b = &c->next;
+	/* the queue state here is already at or past the snapshot (a view newer than the last
+	 * descriptor was fetched): the log and the snapshot meta change, the queue stays */
+	int have = !c->fetch.active && c->applied >= rd->snap->index &&
+		   c->durable_applied >= rd->snap->index;
+	if (have)
+		return craft__install_have(c, rd);
 	int rv = craft__hs_put(b, &rd->hs);
 	if (!rv)
 		rv = craft__wipe_queue(b);

@@ -55,6 +55,15 @@
 /* A snapshot is also taken once this many entry bytes were applied since the last one, so the
  * in-memory log (entries up to RAFT_ENTRY_MAX_BYTES each) stays bounded in bytes too. */
 #define CRAFT_SNAPSHOT_LOG_BYTES ((uint64_t)256 << 20)
+/* The leader keeps its log for a member that still needs it (craft__retain) while the log
+ * since the last snapshot holds less than this many bytes and entries (raft's in-memory log is
+ * bounded at max_log_entries, 65536 by default). */
+#define CRAFT_RETAIN_LOG_BYTES ((uint64_t)256 << 20)
+#define CRAFT_RETAIN_ENTRIES 32768u
+/* ... for a member heard from within this many election timeouts (a restart, not an outage). */
+#define CRAFT_RETAIN_SILENT_ELECTIONS 10u
+/* A compaction still put off is logged again this often. */
+#define CRAFT_RETAIN_LOG_MS 10000u
 /* Bytes of proposals waiting to commit on this node (beyond: CLUSTER_EBUSY, 451), and of the
  * next write while one is in flight (beyond: the core's readies wait). */
 #define CRAFT_PENDING_MAX_BYTES ((size_t)256 << 20)
@@ -212,6 +221,7 @@ struct craft {
 	} bt;
 
 	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
+	uint64_t retain_silent_ms; /* CRAFT_RETAIN_SILENT_ELECTIONS election timeouts */
 
 	/* proposals not completed: list in seq order, hash by seq; unsent: first not submitted */
 	struct craft_list pending;
@@ -235,6 +245,9 @@ struct craft {
 	uint64_t snap_index;		   /* latest snapshot (ours or installed) */
 	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
 	uint64_t applied_bytes;		   /* entry bytes applied since then */
+	uint64_t log_bytes;		   /* entry bytes applied since the last compaction */
+	int retaining;			   /* leader: a compaction is put off (craft__retain) */
+	uint64_t retain_log_ms;		   /* its last log line */
 	uint64_t handed;		   /* highest committed index the core handed out */
 	size_t pending_bytes;		   /* bytes of the pending proposals */
 
@@ -248,6 +261,7 @@ struct craft {
 	struct raft_ready held; /* a ready with a snapshot, waiting for the write in flight */
 	int have_held;
 	uint64_t install_seq;
+	int install_ack; /* an install that fetched nothing: acknowledge it once persisted */
 
 	uint64_t lead;
 	enum raft_role role;

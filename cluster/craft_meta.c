@@ -236,11 +236,19 @@ craft__load(struct craft *c)
 		goto out;
 	}
 	c->log_last = last;
-	/* the queue is durable with its applied index: those entries are not handed out again */
-	if (c->applied > snap.index && c->applied <= last &&
-	    (rv = raft_set_applied(c->raft, c->applied)))
-		craft__log(c, "open: raft_set_applied index=%" PRIu64 " error=\"%s\"", c->applied,
+	/* the queue is durable with its applied index: those entries are not handed out again.
+	 * Only up to what this log holds as committed (the durable commit index): a fetched view
+	 * may stand for entries this log holds from a deposed leader, which the core must still
+	 * replace (the state machine skips them when they come back committed). */
+	uint64_t upto = c->applied;
+	if (upto > hs.commit)
+		upto = hs.commit > snap.index ? hs.commit : snap.index;
+	if (upto > snap.index && upto <= last && (rv = raft_set_applied(c->raft, upto)))
+		craft__log(c, "open: raft_set_applied index=%" PRIu64 " error=\"%s\"", upto,
 			   raft_strerror(rv));
+	/* an install that did not complete: nothing counts until its data is here again */
+	if (c->fetch.active && (rv = raft_set_installing(c->raft)))
+		craft__log(c, "open: raft_set_installing error=\"%s\"", raft_strerror(rv));
 	if (c->applied < snap.index) {
 		craft__log(c, "open: applied=%" PRIu64 " behind snapshot=%" PRIu64, c->applied,
 			   snap.index);

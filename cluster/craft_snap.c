@@ -12,6 +12,7 @@
 #include "craft_int.h"
 
 static void craft__compact(struct craft *c, struct craft_view *vw);
+static int craft__retain(struct craft *c);
 
 void
 craft__view_unref(struct craft_view *vw)
@@ -115,6 +116,10 @@ craft__compact(struct craft *c, struct craft_view *vw)
 {
 	if (c->have_held || c->failed || c->fetch.active || vw->index <= c->snap_index)
 		return;
+	/* again now that the view is digested: a member may have fallen behind meanwhile (a
+	 * learner just added, a snapshot just sent) */
+	if (craft__retain(c))
+		return;
 	Relay__SnapshotDescriptor d = RELAY__SNAPSHOT_DESCRIPTOR__INIT;
 	d.index = vw->index;
 	d.view_id = vw->id;
@@ -151,6 +156,7 @@ craft__compact(struct craft *c, struct craft_view *vw)
 		craft__log(c, "snapshot not persisted error=\"%s\"", store_strerror(rv));
 	}
 	c->snap_index = meta.index;
+	c->log_bytes = 0;
 	c->counters.snapshots++;
 	craft__log(
 	    c, "event=snapshot index=%" PRIu64 " term=%" PRIu64 " keys=%" PRIu64 " bytes=%" PRIu64,
@@ -161,6 +167,73 @@ craft__compact(struct craft *c, struct craft_view *vw)
 /* Takes a snapshot when snapshot_entries entries (or CRAFT_SNAPSHOT_LOG_BYTES of entry data)
  * were applied since the last one (or the last attempt).  The queue is never read into memory:
  * a view of the store is digested off the loop thread, then the log is compacted to it. */
+/* 1 when the leader keeps its log instead of compacting it now: a member still needs entries
+ * a compaction to the applied index would drop (one heard from within the last
+ * CRAFT_RETAIN_SILENT_ELECTIONS election timeouts whose log stops short of it, e.g. restarted;
+ * or one installing an older snapshot: it continues from that snapshot's index once its data
+ * is in), and the log holds less than CRAFT_RETAIN_LOG_BYTES and CRAFT_RETAIN_ENTRIES.  A member
+ * that just restarted, or finished fetching, thus catches up by log instead of needing a (new)
+ * snapshot and wiping what it holds.  Beyond the bound the log is compacted anyway (logged,
+ * counted): that member gets a snapshot. */
+static int
+craft__retain(struct craft *c)
+{
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (rs.role != RAFT_LEADER) {
+		c->retaining = 0;
+		return 0;
+	}
+	uint64_t floor = UINT64_MAX, who = 0, now = craft__now(c);
+	for (uint32_t k = 0; k < rs.n_peers; k++) {
+		const struct raft_peer_status *p = &rs.peers[k];
+		if (p->id == c->id)
+			continue;
+		/* a member silent for long is not waited for (it gets a snapshot when it is back)
+		 */
+		int pi = craft__peer_by_id(c, p->id);
+		if (p->state != 2 && (pi < 0 || c->last_contact[pi] < 0 ||
+				      now - (uint64_t)c->last_contact[pi] >= c->retain_silent_ms))
+			continue;
+		uint64_t need = p->match;
+		if (p->state == 2 && p->pending_snap > need)
+			need = p->pending_snap;
+		if (p->state == 0 && p->next - 1 > need)
+			need = p->next - 1;
+		if (need < floor) {
+			floor = need;
+			who = p->id;
+		}
+	}
+	if (floor >= c->durable_applied) {
+		c->retaining = 0;
+		return 0;
+	}
+	int pi = craft__peer_by_id(c, who);
+	const char *name = pi >= 0 ? c->peers[pi].name : "?";
+	uint64_t entries = rs.last_index - rs.snap_index;
+	if (c->log_bytes < CRAFT_RETAIN_LOG_BYTES && entries < CRAFT_RETAIN_ENTRIES) {
+		if (!c->retaining || now - c->retain_log_ms >= CRAFT_RETAIN_LOG_MS) {
+			c->counters.snapshots_deferred += !c->retaining;
+			craft__log(c,
+				   "event=snapshot-deferred member=%s needs=%" PRIu64
+				   " applied=%" PRIu64 " log_entries=%" PRIu64
+				   " log_bytes=%" PRIu64,
+				   name, floor, c->durable_applied, entries, c->log_bytes);
+			c->retain_log_ms = now;
+		}
+		c->retaining = 1;
+		return 1;
+	}
+	c->retaining = 0;
+	c->counters.retention_exceeded++;
+	craft__log(c,
+		   "event=retention-exceeded member=%s needs=%" PRIu64 " log_entries=%" PRIu64
+		   " log_bytes=%" PRIu64 ": compacting; it will need a snapshot",
+		   name, floor, entries, c->log_bytes);
+	return 0;
+}
+
 void
 craft__maybe_snapshot(struct craft *c)
 {
@@ -172,8 +245,14 @@ craft__maybe_snapshot(struct craft *c)
 		return;
 	if (c->durable_applied <= c->snap_index)
 		return; /* the store has nothing newer yet */
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (rs.applied < c->durable_applied)
+		return; /* state fetched past the log (the core compacts only what it applied) */
 	/* the view holds what is written (durable_applied, or the write in flight), which may be
 	 * well behind what is applied in memory: count the next interval from there */
+	if (craft__retain(c))
+		return; /* tried again at the next tick: the member may catch up, or fall silent */
 	c->snap_tried = c->durable_applied;
 	c->applied_bytes = 0;
 	int rv = craft__view_prepare(c, 1, c->snap_index + 1);

@@ -79,7 +79,11 @@ struct raft {
 		struct raft_snap_meta meta;
 		uint8_t *buf;
 	} rx;
-	bool snap_install;   /* received from leader; not yet handed out in a ready */
+	bool snap_install; /* received from leader; not yet handed out in a ready */
+	/* defer_snapshot_ack: the host is installing the snapshot's data; until
+	 * raft_snapshot_installed() this node acknowledges nothing, votes for no one and does not
+	 * campaign (it holds no state to stand for) */
+	bool installing;
 	bool snap_unapplied; /* handed out, applied at raft_advance */
 	uint64_t applied, fetched_index, persisted_index;
 
@@ -416,7 +420,7 @@ quorum(const struct raft *r)
 static bool
 promotable(const struct raft *r)
 {
-	return raft_conf_is_voter(&r->conf, r->id) && !r->snap_install;
+	return raft_conf_is_voter(&r->conf, r->id) && !r->snap_install && !r->installing;
 }
 
 /* ---------------------------------------------------------------- outbox */
@@ -1071,6 +1075,20 @@ static void
 handle_append(struct raft *r, const struct raft_msg *m)
 {
 	struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
+	if (r->installing) {
+		/* Nothing is acknowledged before the snapshot's data is here: an append beyond our
+		 * log is answered with where the log ends (a rejection never raises the leader's
+		 * match), one that fits is left unanswered (the leader probes again) and not
+		 * taken (the in-memory log stays the snapshot alone). */
+		if (m->index > last_index(r)) {
+			out.reject = 1;
+			out.index = m->index;
+			out.hint_index = last_index(r);
+			out.hint_term = raft_term_at(r, out.hint_index);
+			reply(r, m, &out);
+		}
+		return;
+	}
 	if (m->index < r->commit) {
 		out.index = r->commit;
 		reply(r, m, &out);
@@ -1128,6 +1146,18 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 {
 	struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 	const struct raft_snap_meta *s = &m->snap;
+	if (r->installing) {
+		/* The one being installed: "all its bytes are here" keeps the leader from resending
+		 * it; its acknowledgement comes with raft_snapshot_installed().  Another one waits:
+		 * the install in progress completes first (the leader resends). */
+		if (s->index == r->snap.index && s->term == r->snap.term) {
+			struct raft_msg ack = {.type = RAFT_MSG_SNAP_RESP,
+					       .index = s->index,
+					       .snap_offset = m->snap_total};
+			reply(r, m, &ack);
+		}
+		return 0;
+	}
 	if (s->index <= r->commit) {
 		out.index = r->commit;
 		reply(r, m, &out);
@@ -1187,6 +1217,15 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 	r->snap = *s;
 	r->snap_install = true;
 	r->commit = s->index;
+	if (r->cfg.defer_snapshot_ack) {
+		/* the host acknowledges once it holds the data (raft_snapshot_installed) */
+		r->installing = true;
+		r->fetched_index = s->index;
+		if (r->persisted_index >= s->index)
+			r->persisted_index = s->index - 1;
+		conf_apply(r, &s->conf, s->index);
+		return 0;
+	}
 	r->fetched_index = s->index;
 	if (r->persisted_index >= s->index)
 		r->persisted_index = s->index - 1;
@@ -1233,8 +1272,9 @@ static void
 handle_vote(struct raft *r, const struct raft_msg *m)
 {
 	bool pre = m->type == RAFT_MSG_PREVOTE;
-	bool can =
-	    r->vote == m->from || (r->vote == 0 && r->lead == 0) || (pre && m->term > r->term);
+	/* a node installing a snapshot's data holds no state it could vouch for */
+	bool can = !r->installing && (r->vote == m->from || (r->vote == 0 && r->lead == 0) ||
+				      (pre && m->term > r->term));
 	struct raft_msg out = {.type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP};
 	if (can && log_up_to_date(r, m->log_term, m->index)) {
 		out.term = m->term;
@@ -1830,7 +1870,42 @@ raft_status(const struct raft *r, struct raft_status *st)
 		p->state = (uint8_t)pr->state;
 		p->match = pr->id == r->id ? r->persisted_index : pr->match;
 		p->next = pr->next;
+		p->pending_snap = pr->state == PR_SNAPSHOT ? pr->pending_snap : 0;
 	}
+}
+
+int
+raft_snapshot_installed(struct raft *r)
+{
+	if (r->ready_out)
+		return RAFT_ESTATE;
+	if (!r->installing)
+		return 0;
+	r->installing = false;
+	if (r->lead && r->lead != r->id) {
+		/* the acknowledgement withheld since the snapshot arrived (to the current leader:
+		 * it probes from there) */
+		struct raft_msg out = {
+		    .type = RAFT_MSG_APP_RESP, .to = r->lead, .index = r->snap.index};
+		send(r, &out);
+	}
+	return 0;
+}
+
+int
+raft_set_installing(struct raft *r)
+{
+	if (r->ready_out || !r->cfg.defer_snapshot_ack || r->snap.index == 0 ||
+	    r->role == RAFT_LEADER)
+		return RAFT_ESTATE;
+	r->installing = true;
+	return 0;
+}
+
+bool
+raft_installing(const struct raft *r)
+{
+	return r->installing;
 }
 
 int

@@ -191,6 +191,11 @@ struct raft_config {
 	unsigned max_log_entries;  /* in-memory log (default 65536) */
 	unsigned max_apply_batch;  /* committed entries per ready (default 256) */
 	uint64_t rng_seed;	   /* randomized election timeouts */
+	/* A snapshot from the leader counts only once the host holds its data: it is handed
+	 * out in a ready as always, but its acknowledgement is withheld until the host calls
+	 * raft_snapshot_installed(); until then the node acknowledges no append, grants no vote
+	 * (pre-vote included) and does not campaign (raft_set_installing() after a restart). */
+	bool defer_snapshot_ack;
 };
 
 /* Output of the core.  See the contract at the top. */
@@ -243,6 +248,7 @@ struct raft_status {
 		uint8_t state;	/* 0 probe, 1 replicate, 2 snapshot */
 		uint64_t match; /* highest index known replicated (self: persisted) */
 		uint64_t next;
+		uint64_t pending_snap; /* state 2: the snapshot it is sent (0 otherwise) */
 	} peers[RAFT_MAX_NODES];
 };
 
@@ -270,6 +276,16 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
  * the same durable write that stores it, or after raft_persisted() for it.
  */
 int raft_set_applied(struct raft *r, uint64_t index);
+
+/*
+ * defer_snapshot_ack: the data of the snapshot last handed out (rd.snap) is now durable here;
+ * the acknowledgement withheld since then goes to the leader, and the node may vote and campaign
+ * again.  After a restart in the middle of an install, raft_set_installing() (after
+ * raft_restore) puts the core back into that state.  raft_installing() tells which.
+ */
+int raft_snapshot_installed(struct raft *r);
+int raft_set_installing(struct raft *r);
+bool raft_installing(const struct raft *r);
 
 /*
  * Start a brand-new cluster: every initial member calls this (instead of raft_restore) with
