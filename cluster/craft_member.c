@@ -100,6 +100,18 @@ craft__conf_change(struct craft *c, size_t i, enum raft_conf_op op, const char *
 	return 0;
 }
 
+/* The since index of node in the queue's member table (0: not in it). */
+static uint64_t
+craft__member_state_since(struct craft *c, const char *node)
+{
+	struct queue_member mem[QUEUE_MEMBERS_MAX];
+	size_t n = queue_fsm_members(c->fsm, mem, QUEUE_MEMBERS_MAX);
+	for (size_t k = 0; k < n && k < QUEUE_MEMBERS_MAX; k++)
+		if (!strcmp(mem[k].node, node))
+			return mem[k].since_index;
+	return 0;
+}
+
 /* 1 when id is the Raft id of some member of the book that is in the cluster (active or
  * leaving, incarnation known). */
 static int
@@ -215,6 +227,11 @@ craft__reconcile(struct craft *c)
 				m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
 				m.has_at_ms = 1;
 				m.at_ms = c->io.wall_ms(c->io.arg);
+				/* it applies only to the member as this leader sees it now: a late
+				 * duplicate (resubmitted after a leader change) cannot remove it
+				 * once it was added again and set itself LIVE */
+				m.has_expect_since_index = 1;
+				m.expect_since_index = craft__member_state_since(c, m.node);
 				Relay__Command cmd = RELAY__COMMAND__INIT;
 				cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
 				cmd.member = &m;
