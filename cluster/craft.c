@@ -525,7 +525,13 @@ craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m)
 		c->counters.raft_dropped++; /* malformed, or the core is busy with a held ready */
 		return;
 	}
-	if (pi < 0 || m->from != c->peers[pi].id)
+	if (c->bt.phase == CRAFT_BOOT_DISCOVER)
+		return; /* empty and not yet in any cluster: nothing to vote or acknowledge with (a
+			   node that then adopts the bootstrap must not have promised anything) */
+	/* the sender is who its frame says: the member's Raft id as our book has it, or as the
+	 * incarnation its frames carry derives it (a member whose rejoin this node's book does not
+	 * show yet: it learns of it from that member's log) */
+	if (pi < 0 || (m->from != c->peers[pi].id && m->from != c->pheard_id[pi]))
 		c->counters.raft_dropped++; /* claims another sender than its frame */
 	else if (raft_step(c->raft, m))
 		c->counters.raft_dropped++;
@@ -788,6 +794,8 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	c->fail_ms = cfg->fail_ms ? cfg->fail_ms : CLUSTER_DEFAULT_PROPOSE_FAIL_MS;
 	c->retry_ms = cfg->retry_ms ? cfg->retry_ms : 2 * election;
 	c->retain_silent_ms = (uint64_t)CRAFT_RETAIN_SILENT_ELECTIONS * election;
+	c->snap_chunk_bytes =
+	    cfg->snap_chunk_bytes ? cfg->snap_chunk_bytes : CRAFT_SNAP_CHUNK_BYTES;
 	c->snapshot_entries =
 	    cfg->snapshot_entries ? cfg->snapshot_entries : CLUSTER_DEFAULT_SNAPSHOT_ENTRIES;
 	c->nbuckets = 1024;
@@ -856,6 +864,8 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	}
 	c->stats.applied_index = c->applied;
 	c->handed = c->applied;
+	if (c->io.state_loaded && !c->fetch.active)
+		c->io.state_loaded(c->io.arg, c->applied);
 	craft__book_dial_all(c);
 	if (c->fetch.active)
 		craft__fetch_begin(c, c->fetch.min_index, c->fetch.hint);
@@ -890,6 +900,36 @@ craft_closing(struct craft *c)
 	c->closing = 1;
 }
 
+/* Frees what craft owns (not the store, not the pending proposals' memory: the caller). */
+static void
+craft__release(struct craft *c)
+{
+	raft_free(c->raft);
+	queue_fsm_free(c->fsm);
+	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++)
+		if (c->serve[i].used)
+			craft__serve_release(&c->serve[i]);
+	craft__view_unref(c->view);
+	craft__view_unref(c->prep);
+	free(c->fetch.val);
+	store_batch_fini(&c->wbatch);
+	store_batch_fini(&c->next);
+	free(c->buckets);
+	free(c);
+}
+
+void
+craft_abandon(struct craft *c)
+{
+	if (!c)
+		return;
+	for (struct craft_prop *p = c->pending.head, *nx; p; p = nx) {
+		nx = p->next;
+		free(p);
+	}
+	craft__release(c);
+}
+
 void
 craft_free(struct craft *c)
 {
@@ -908,18 +948,7 @@ craft_free(struct craft *c)
 	for (struct craft_prop *p = all.head; p; p = p->next)
 		p->status = CLUSTER_ECLOSED;
 	craft__complete(c, &all);
-	raft_free(c->raft);
-	queue_fsm_free(c->fsm);
-	for (size_t i = 0; i < CRAFT_SNAP_SERVE_MAX; i++)
-		if (c->serve[i].used)
-			craft__serve_release(&c->serve[i]);
-	craft__view_unref(c->view);
-	craft__view_unref(c->prep);
-	free(c->fetch.val);
-	store_batch_fini(&c->wbatch);
-	store_batch_fini(&c->next);
-	free(c->buckets);
-	free(c);
+	craft__release(c);
 }
 
 /* ---- read-only access ---- */

@@ -86,6 +86,9 @@ struct craft_io {
 	 * queue_apply's result rc (0 for entries the queue does not see) */
 	void (*apply_before)(void *arg, const struct raft_entry *e);
 	void (*apply_after)(void *arg, const struct raft_entry *e, int rc);
+	/* the queue state machine was (re)loaded from the store at applied index index (open, a
+	 * completed snapshot install) */
+	void (*state_loaded)(void *arg, uint64_t index);
 };
 
 struct craft_config {
@@ -97,6 +100,7 @@ struct craft_config {
 	/* Raft core settings (0 / false: relayd's: pre-vote and check-quorum on) */
 	bool no_pre_vote, no_check_quorum;
 	unsigned max_msg_bytes, max_inflight;
+	size_t snap_chunk_bytes; /* bytes per SnapshotChunk (0: CRAFT_SNAP_CHUNK_BYTES) */
 };
 
 struct craft;
@@ -109,6 +113,9 @@ int craft_open(const struct craft_config *cfg, struct store *store, const struct
 /* Fails the pending proposals (CLUSTER_ECLOSED), writes what applied state is queued (write_now,
  * synced) and frees everything but the store.  Only when craft_busy() is 0. */
 void craft_free(struct craft *c);
+/* The process died (simulator): frees everything but the store, writes nothing, completes no
+ * proposal.  Writes and digests in flight are the edge's to forget. */
+void craft_abandon(struct craft *c);
 /* 1 while a write or a digest started through io has not completed. */
 int craft_busy(const struct craft *c);
 /* From now on craft starts nothing (no write, no digest, no proposal). */

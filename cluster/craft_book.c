@@ -30,6 +30,10 @@ craft__peer_by_id(const struct craft *c, uint64_t id)
 	for (size_t i = 0; i < c->n_peers; i++)
 		if (c->peers[i].id == id)
 			return (int)i;
+	/* the incarnation its frames carry (newer than the book may know) */
+	for (size_t i = 0; i < c->n_peers; i++)
+		if (c->pheard_id[i] == id)
+			return (int)i;
 	return -1;
 }
 
@@ -107,6 +111,7 @@ craft__book_move(struct craft *c, size_t dst, size_t src)
 	c->pprev[dst] = c->pprev[src];
 	c->psince[dst] = c->psince[src];
 	c->pheard_inc[dst] = c->pheard_inc[src];
+	c->pheard_id[dst] = c->pheard_id[src];
 	c->bt.answered[dst] = c->bt.answered[src];
 	c->bt.member[dst] = c->bt.member[src];
 	c->bt.offers_me[dst] = c->bt.offers_me[src];
@@ -175,6 +180,7 @@ craft__book_add(struct craft *c, const char *name, const char *addr, unsigned st
 	c->pprev[i] = 0;
 	c->psince[i] = 0;
 	c->pheard_inc[i] = 0;
+	c->pheard_id[i] = 0;
 	c->bt.answered[i] = c->bt.member[i] = c->bt.offers_me[i] = c->bt.same_peers[i] = 0;
 	c->bt.cid[i] = 0;
 	craft__book_dial(c, i);
@@ -219,9 +225,12 @@ craft__book_heard(struct craft *c, size_t i, uint64_t inc)
 {
 	if (i >= c->n_peers || i == c->self)
 		return;
-	c->pheard_inc[i] = inc;
-	if (c->plocal[i] && !c->psince[i] && (c->ppending[i] || c->pinc[i] != inc) &&
-	    c->bt.phase != CRAFT_BOOT_DONE)
+	if (c->pheard_inc[i] != inc || !c->pheard_id[i]) {
+		c->pheard_inc[i] = inc;
+		c->pheard_id[i] = cluster_peer_raft_id_inc(c->peers[i].name, inc);
+	}
+	if (c->plocal[i] && !c->psince[i] &&
+	    (c->ppending[i] || (c->pinc[i] != inc && c->bt.phase != CRAFT_BOOT_DONE)))
 		craft__book_set_inc(c, i, inc);
 }
 

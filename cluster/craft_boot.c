@@ -348,6 +348,24 @@ craft__recv_hello(struct craft *c, size_t pi, const void *data, size_t len)
 	}
 	r.has_peers_digest = 1;
 	r.peers_digest = c->bt.peers_digest;
+	/* a member tells who the members are (the book as the log has it) */
+	Relay__Peer mps[CLUSTER_MAX_PEERS], *mpp[CLUSTER_MAX_PEERS];
+	if (member) {
+		for (size_t i = 0; i < c->n_peers; i++) {
+			if (c->plocal[i] || c->ppending[i] ||
+			    c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
+				continue;
+			Relay__Peer *mp = &mps[r.n_members];
+			relay__peer__init(mp);
+			mp->node = c->peers[i].name;
+			mp->addr = c->peers[i].addr;
+			mp->state = (Relay__PeerState)c->pstate[i];
+			mp->has_incarnation = 1;
+			mp->incarnation = i == c->self ? c->inc : c->pinc[i];
+			mpp[r.n_members++] = mp;
+		}
+		r.members = mpp;
+	}
 	unsigned char buf[CRAFT_HELLO_MAX];
 	size_t rl = relay__hello_reply__get_packed_size(&r);
 	if (rl <= sizeof(buf)) {
@@ -384,6 +402,20 @@ craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len
 		}
 		if (r->leader && *r->leader)
 			snprintf(c->bt.leader, sizeof(c->bt.leader), "%s", r->leader);
+		/* members this node's `peers` lack: known (and dialed) from now on, as if from
+		 * config, so that their frames (the leader's) are taken */
+		for (size_t k = 0; c->bt.member[pi] && k < r->n_members; k++) {
+			const Relay__Peer *mp = r->members[k];
+			if (craft__peer_validate(mp) || !mp->addr || !*mp->addr ||
+			    craft__peer_by_name(c, mp->node) >= 0)
+				continue;
+			int i = craft__book_add(
+			    c, mp->node, mp->addr, RELAY__PEER_STATE__PEER_ACTIVE, 1,
+			    mp->has_incarnation ? mp->incarnation : 0, !mp->has_incarnation);
+			if (i >= 0)
+				craft__log(c, "event=discover-member node=%s addr=%s (from %s)",
+					   mp->node, mp->addr, c->peers[pi].name);
+		}
 	}
 	relay__hello_reply__free_unpacked(r, NULL);
 }

@@ -154,6 +154,8 @@ craft__fetch_finish(struct craft *c)
 	}
 	c->applied = c->durable_applied = f->view_index;
 	c->counters.snapshots_installed++;
+	if (c->io.state_loaded)
+		c->io.state_loaded(c->io.arg, c->applied);
 	/* the data is durable here: only now does the snapshot count (its acknowledgement goes to
 	 * the leader; this node may vote, be elected, be counted and be promoted again) */
 	int arv = raft_snapshot_installed(c->raft);

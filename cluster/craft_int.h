@@ -85,7 +85,7 @@
 #define CRAFT_REJOIN_HOPS 2u
 /* Bytes of a packed BootRecord, HelloReply (with one), Hello, Rejoin. */
 #define CRAFT_BOOTREC_MAX (64u + CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 32u))
-#define CRAFT_HELLO_MAX (CRAFT_BOOTREC_MAX + 2u * CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 128u)
+#define CRAFT_HELLO_MAX (2u * CRAFT_BOOTREC_MAX + 2u * CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 128u)
 
 struct craft_prop {
 	struct craft_prop *next, *prev; /* pending list, in seq order */
@@ -194,6 +194,7 @@ struct craft {
 	uint64_t pprev[CLUSTER_MAX_PEERS];	/* the incarnation it replaced (0: none) */
 	uint64_t psince[CLUSTER_MAX_PEERS];	/* index of the Peer command that set it */
 	uint64_t pheard_inc[CLUSTER_MAX_PEERS]; /* the incarnation its frames carry (0: none) */
+	uint64_t pheard_id[CLUSTER_MAX_PEERS];	/* the Raft id it derives (0: none heard) */
 	struct craft_tomb tomb[CRAFT_TOMBS];	/* members that left, oldest first */
 	size_t n_tomb;
 	int join;			 /* started outside config `peers`: joins a cluster */
@@ -222,6 +223,7 @@ struct craft {
 
 	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
 	uint64_t retain_silent_ms; /* CRAFT_RETAIN_SILENT_ELECTIONS election timeouts */
+	size_t snap_chunk_bytes;   /* CRAFT_SNAP_CHUNK_BYTES, or the config's */
 
 	/* proposals not completed: list in seq order, hash by seq; unsent: first not submitted */
 	struct craft_list pending;

@@ -246,6 +246,17 @@ craft__load(struct craft *c)
 	if (upto > snap.index && upto <= last && (rv = raft_set_applied(c->raft, upto)))
 		craft__log(c, "open: raft_set_applied index=%" PRIu64 " error=\"%s\"", upto,
 			   raft_strerror(rv));
+	/* Raft state, but no configuration with this node in it yet (a crash between the first
+	 * message of the leader and the configuration): still rejoining */
+	{
+		struct raft_status rs;
+		raft_status(c->raft, &rs);
+		if (!raft_conf_is_member(&rs.conf, c->id)) {
+			c->bt.phase = CRAFT_BOOT_REJOIN;
+			craft__log(c,
+				   "open: not in the configuration it holds: asks to be taken in");
+		}
+	}
 	/* an install that did not complete: nothing counts until its data is here again */
 	if (c->fetch.active && (rv = raft_set_installing(c->raft)))
 		craft__log(c, "open: raft_set_installing error=\"%s\"", raft_strerror(rv));

@@ -287,7 +287,8 @@ craft__chunk_kvs_free(Relay__SnapshotChunk *ch)
 /* Reads the chunk at the position of f from vw into ch (kvs, done): at most
  * CRAFT_SNAP_CHUNK_BYTES of keys and values, at most CRAFT_SNAP_CHUNK_KVS pieces. */
 static int
-craft__serve_read(struct craft_view *vw, const Relay__SnapshotFetch *f, Relay__SnapshotChunk *ch)
+craft__serve_read(struct craft_view *vw, const Relay__SnapshotFetch *f, Relay__SnapshotChunk *ch,
+		  size_t chunk_bytes)
 {
 	int ci0 = craft__snap_ci(f->cf);
 	if (ci0 < 0 || (f->has_key && f->key.len > STORE_KEY_MAX + 1) ||
@@ -296,7 +297,7 @@ craft__serve_read(struct craft_view *vw, const Relay__SnapshotFetch *f, Relay__S
 	ch->kvs = calloc(CRAFT_SNAP_CHUNK_KVS, sizeof(*ch->kvs));
 	if (!ch->kvs)
 		return CLUSTER_ENOMEM;
-	size_t budget = CRAFT_SNAP_CHUNK_BYTES;
+	size_t budget = chunk_bytes;
 	int full = 0, rv = 0;
 	for (int ci = ci0; ci < CRAFT_SNAP_NCFS && !full && !rv; ci++) {
 		struct store_iter *it;
@@ -439,7 +440,7 @@ craft__serve(struct craft *c, size_t pi, const void *data, size_t len)
 			   sv->view->digest.bytes);
 	}
 	sv->last_ms = now;
-	int rv = craft__serve_read(sv->view, f, &ch);
+	int rv = craft__serve_read(sv->view, f, &ch, c->snap_chunk_bytes);
 	if (rv == CRAFT_SERVE_RESTART) {
 		craft__chunk_kvs_free(&ch);
 		craft__serve_release(sv);

@@ -286,6 +286,12 @@ test_identity(void **state)
 	store_batch_init(&b);
 	struct raft_hard_state hs = {.term = 3, .vote = 0, .commit = 0};
 	assert_int_equal(craft__hs_put(&b, &hs), 0);
+	struct raft_snap_meta sm = {.index = 0, .term = 0};
+	sm.conf.n_voters = 3;
+	sm.conf.voters[0] = cluster_peer_raft_id("n1");
+	sm.conf.voters[1] = cluster_peer_raft_id("n2");
+	sm.conf.voters[2] = cluster_peer_raft_id("n3");
+	assert_int_equal(craft__snap_put(&b, &sm, NULL, 0), 0);
 	assert_int_equal(store_write(e2.store, &b, 1), 0);
 	store_batch_fini(&b);
 	c = open_craft(&e2, "n2");
