@@ -101,6 +101,7 @@ struct craft_config {
 	bool no_pre_vote, no_check_quorum;
 	unsigned max_msg_bytes, max_inflight;
 	size_t snap_chunk_bytes; /* bytes per SnapshotChunk (0: CRAFT_SNAP_CHUNK_BYTES) */
+	unsigned retain_entries; /* log entries kept for a member (0: CRAFT_RETAIN_ENTRIES) */
 };
 
 struct craft;

@@ -212,7 +212,7 @@ craft__retain(struct craft *c)
 	int pi = craft__peer_by_id(c, who);
 	const char *name = pi >= 0 ? c->peers[pi].name : "?";
 	uint64_t entries = rs.last_index - rs.snap_index;
-	if (c->log_bytes < CRAFT_RETAIN_LOG_BYTES && entries < CRAFT_RETAIN_ENTRIES) {
+	if (c->log_bytes < CRAFT_RETAIN_LOG_BYTES && entries < c->retain_entries) {
 		if (!c->retaining || now - c->retain_log_ms >= CRAFT_RETAIN_LOG_MS) {
 			c->counters.snapshots_deferred += !c->retaining;
 			craft__log(c,

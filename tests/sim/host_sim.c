@@ -36,9 +36,10 @@
  *                       not installing a snapshot holds it (a fetching node never counts);
  *   no vote while       a node installing a snapshot is never a leader or candidate;
  *     installing
- *   state machines      every node applies the same entry at each index and reaches the same
- *                       queue digest after it; a state loaded from the store (open, a completed
- *                       install) has the digest of its applied index;
+ *   state machines      every node applies the entries in order and reaches the same queue digest
+ *                       after them (compared at every SIM_DIGEST_EVERY-th index); a state loaded
+ *                       from the store (open, a completed install) at such an index has its
+ *                       digest;
  *   durability          (every SIM_DURABLE_EVERY units, on sampled indexes) every committed entry
  *                       is held durably - in the log with its committed term, or in a complete
  *                       applied state - by enough voters of the leader's configuration that
@@ -78,7 +79,9 @@
 #define SIM_STEP_MS 30000      /* a wall clock step, at most */
 #define SIM_EPOCH_MS 1700000000000ULL
 #define SIM_BODY_MAX 2000
-#define SIM_PROPS 50000 /* proposals tracked per seed */
+#define SIM_BACKLOG 80	   /* queued messages beyond which deletes get likelier */
+#define SIM_DIGEST_EVERY 8 /* indexes between digests (a digest walks the whole queue) */
+#define SIM_PROPS 100000   /* proposals tracked per seed (--long: about 40000) */
 
 /* ------------------------------------------------------------------ PRNG, failure */
 
@@ -151,13 +154,13 @@ struct node {
 	int64_t drift_ppm;
 	uint64_t mono_base;
 	int64_t wall_step;
-	uint64_t raft_id;     /* the Raft id of its current incarnation (also while down) */
-	uint64_t applied;     /* last index applied (hook), or the state loaded */
-	uint64_t last_commit; /* leader check: commit seen at the last step, */
+	uint64_t raft_id;	    /* the Raft id of its current incarnation (also while down) */
+	uint64_t applied;	    /* last index applied (hook), or the state loaded */
+	uint64_t last_commit;	    /* leader check: commit seen at the last step, */
 	struct raft_conf last_conf; /* under this configuration */
 	uint64_t seen_commit;
 	uint64_t lc_term, lc_checked;
-	int wiped; /* its disk was wiped and it has not rejoined yet */
+	int wiped;	  /* its disk was wiped and it has not rejoined yet */
 	uint64_t dead_id; /* the Raft id of the incarnation whose disk was lost (0: none) */
 };
 
@@ -175,7 +178,7 @@ struct msg {
 struct prop {
 	int used;
 	int kind; /* 0 accept, 1 delete */
-	char qid[24];
+	char qid[QUEUE_ID_MAX + 1];
 	int status; /* 1 pending, 0 ok, <0 error */
 };
 
@@ -192,7 +195,7 @@ struct sim {
 	/* knobs */
 	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
 	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm;
-	unsigned delay_max, sync_max, snap_entries, chunk;
+	unsigned delay_max, sync_max, snap_entries, chunk, retain;
 	/* oracles */
 	uint64_t *leader_of_term, n_lot;
 	uint64_t *cterm, n_cterm; /* committed index -> term (first seen) */
@@ -486,8 +489,11 @@ hook_apply_after(void *arg, const struct raft_entry *e, int rc)
 		fail("node %s applies index %" PRIu64 " after %" PRIu64, n->name, e->index,
 		     n->applied);
 	n->applied = e->index;
-	uint64_t d = queue_fsm_digest(craft_queue(n->c)) | 1;
+	/* the first node to apply an index records the digest after it, the others compare */
+	if (e->index % SIM_DIGEST_EVERY)
+		return;
 	uint64_t *slot = vec_at(&S->digest_at, &S->n_digest, e->index);
+	uint64_t d = queue_fsm_digest(craft_queue(n->c)) | 1;
 	if (!*slot) {
 		*slot = d;
 		S->n_applied++;
@@ -504,10 +510,10 @@ hook_state_loaded(void *arg, uint64_t index)
 	n->applied = index;
 	if (!n->c)
 		return; /* craft_open: checked once it returns */
-	uint64_t d = queue_fsm_digest(craft_queue(n->c)) | 1;
-	uint64_t want = index ? *vec_at(&S->digest_at, &S->n_digest, index) : 0;
-	if (index == 0)
+	if (index == 0 || index % SIM_DIGEST_EVERY)
 		return;
+	uint64_t d = queue_fsm_digest(craft_queue(n->c)) | 1;
+	uint64_t want = *vec_at(&S->digest_at, &S->n_digest, index);
 	if (!want)
 		fail("node %s loaded a state at %" PRIu64 " nobody applied", n->name, index);
 	if (want != d)
@@ -591,6 +597,7 @@ node_start(struct node *n)
 	    .max_msg_bytes = 4096 + (unsigned)rnd_n(16384),
 	    .max_inflight = 4 + (unsigned)rnd_n(29),
 	    .snap_chunk_bytes = S->chunk,
+	    .retain_entries = S->retain,
 	};
 	n->applied = 0;
 	n->c = NULL;
@@ -710,16 +717,21 @@ propose_accept(struct node *n)
 static void
 propose_delete(struct node *n)
 {
-	/* a message some client got 250 for */
-	if (!S->n_props)
+	/* a message of this node's queue (an operator's relayctl queue delete) */
+	struct queue_counts qc;
+	queue_fsm_counts(craft_queue(n->c), &qc);
+	if (!qc.messages)
 		return;
-	struct prop *t = &S->props[rnd_n(S->n_props)];
-	if (t->kind != 0 || t->status != 0)
+	uint64_t k = rnd_n(qc.messages);
+	const struct queue_msg *m = queue_fsm_first(craft_queue(n->c));
+	while (k-- && m)
+		m = queue_fsm_next(craft_queue(n->c), m);
+	if (!m)
 		return;
 	struct prop *p = prop_new(1);
 	if (!p)
 		return;
-	memcpy(p->qid, t->qid, sizeof(p->qid));
+	snprintf(p->qid, sizeof(p->qid), "%s", m->queue_id);
 	Relay__Delete d = RELAY__DELETE__INIT;
 	d.queue_id = p->qid;
 	Relay__Command cmd = RELAY__COMMAND__INIT;
@@ -983,7 +995,10 @@ operators(void)
 	if (!n)
 		return;
 	if (chance(S->propose_ppm)) {
-		if (rnd_n(10) == 0)
+		/* deletes keep the queue near SIM_BACKLOG messages (nothing is delivered here) */
+		struct queue_counts qc;
+		queue_fsm_counts(craft_queue(n->c), &qc);
+		if (rnd_n(10) == 0 || (qc.messages > SIM_BACKLOG && rnd_n(2)))
 			propose_delete(n);
 		else
 			propose_accept(n);
@@ -1203,6 +1218,7 @@ sim_run(const struct opts *o)
 	S->propose_ppm = 5000 + (uint32_t)rnd_n(30000);
 	S->snap_entries = 16 + (unsigned)rnd_n(48);
 	S->chunk = 2048 + (unsigned)rnd_n(30000);
+	S->retain = 100 + (unsigned)rnd_n(2000); /* (the store twin is slow with long logs) */
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
 		       "   # t=%" PRIu64 ": %s\n",
@@ -1245,7 +1261,8 @@ sim_run(const struct opts *o)
 	for (; S->now <= heal_end; S->now++) {
 		step();
 		if (!quiet && S->n_props_ok >= acked_at_heal + 3) {
-			quiet = S->now; /* the cluster commits again: no new proposals from now on */
+			quiet =
+			    S->now; /* the cluster commits again: no new proposals from now on */
 			S->propose_ppm = 0;
 		}
 		if (quiet && S->now % 50 == 0 && settled()) {
@@ -1270,8 +1287,10 @@ sim_run(const struct opts *o)
 		}
 		uint64_t pend = 0, tmo = 0, other = 0;
 		for (size_t k = 0; k < S->n_props; k++)
-			pend += S->props[k].status == 1, tmo += S->props[k].status == CLUSTER_ETIMEDOUT,
-			    other += S->props[k].status < 0 && S->props[k].status != CLUSTER_ETIMEDOUT;
+			pend += S->props[k].status == 1,
+			    tmo += S->props[k].status == CLUSTER_ETIMEDOUT,
+			    other +=
+			    S->props[k].status < 0 && S->props[k].status != CLUSTER_ETIMEDOUT;
 		fail("liveness: no convergence %d units after the heal (proposals ok %" PRIu64
 		     " pending %" PRIu64 " timed out %" PRIu64 " other %" PRIu64 ");%s",
 		     SIM_HEAL_BUDGET, S->n_props_ok, pend, tmo, other, st);
@@ -1280,15 +1299,19 @@ sim_run(const struct opts *o)
 	struct node *l = leader();
 	struct raft_status ls;
 	raft_status(craft_raft(l->c), &ls);
+	size_t n_del = 0;
+	char(*del)[QUEUE_ID_MAX + 1] = malloc((S->n_props + 1) * sizeof(*del));
+	for (size_t k = 0; k < S->n_props; k++)
+		if (S->props[k].kind == 1)
+			memcpy(del[n_del++], S->props[k].qid, sizeof(del[0]));
+	qsort(del, n_del, sizeof(del[0]), (int (*)(const void *, const void *))strcmp);
 	for (size_t k = 0; k < S->n_props; k++) {
 		struct prop *p = &S->props[k];
 		if (p->kind != 0 || p->status != 0)
 			continue;
-		int deleted = 0;
-		for (size_t j = 0; j < S->n_props && !deleted; j++)
-			deleted = S->props[j].kind == 1 && !strcmp(S->props[j].qid, p->qid);
-		if (deleted)
-			continue;
+		if (bsearch(p->qid, del, n_del, sizeof(del[0]),
+			    (int (*)(const void *, const void *))strcmp))
+			continue; /* a Delete of it was proposed: it may be gone */
 		for (uint32_t v = 0; v < ls.conf.n_voters; v++) {
 			int x = node_of_id(ls.conf.voters[v]);
 			if (!x)
@@ -1298,6 +1321,7 @@ sim_run(const struct opts *o)
 				     S->nd[x].name);
 		}
 	}
+	free(del);
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
 		       " commit=%" PRIu64 " leaders=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
