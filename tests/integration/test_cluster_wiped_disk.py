@@ -20,6 +20,7 @@ The scenario (the issue's, tried on main: 169 of 200 acknowledged messages lost)
   6. every message that got 250 is in the queue of all three nodes, which converge, and each
      node stops cleanly (exit 0, no sanitizer report in its log).
 """
+import json
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ ADDRS = ["127.0.31.11", "127.0.31.12", "127.0.31.13"]
 NAMES = ["node1", "node2", "node3"]
 PEERS = ",".join("%s=%s:7401" % (n, a) for n, a in zip(NAMES, ADDRS))
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+RELAYCTL = os.environ.get("RELAYCTL", os.path.join(os.path.dirname(__file__),
+                                                   "../../build/node/relayctl"))
 QUEUED_RE = re.compile(r"queued as ([0-9A-Fa-f]+)")
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:")
 # While L is down, F1 (lagging) and the wiped F2 are watched this long for a leader (there
@@ -63,16 +66,31 @@ def metrics(addr):
 
 
 class WipedDiskTest(RelayTestCase):
+    def status(self, i):
+        """relayctl --json status against node i's admin port (mutual TLS), or None."""
+        r = subprocess.run([RELAYCTL, "--server", "%s:7402" % ADDRS[i], "--timeout", "3s",
+                            "--ca", os.path.join(self.certs, "ca.crt"),
+                            "--cert", os.path.join(self.certs, "admin.crt"),
+                            "--key", os.path.join(self.certs, "admin.key"), "--json", "status"],
+                           capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+
+    def incarnation_of(self, st, name):
+        for m in st["members"]:
+            if m["id"] == name:
+                return m.get("incarnation")
+        return None
+
     def setUp(self):
         super().setUp()
-        certs = os.path.join(self.tmp, "certs")
+        certs = self.certs = os.path.join(self.tmp, "certs")
         subprocess.run(["bash", os.path.join(TOP, "scripts/make-cluster-certs.sh"), certs,
                         str(len(NAMES))], check=True, capture_output=True, timeout=60)
         self.cl = []
         for name, addr in zip(NAMES, ADDRS):
             n = self.relayd(name=name, addr=addr, port=2525,
                             cluster_listen="%s:7401" % addr, peers=PEERS,
-                            http_listen="%s:8025" % addr,
+                            http_listen="%s:8025" % addr, admin_listen="%s:7402" % addr,
                             cluster_ca=os.path.join(certs, "ca.crt"),
                             cluster_cert=os.path.join(certs, name + ".crt"),
                             cluster_key=os.path.join(certs, name + ".key"),
@@ -171,6 +189,10 @@ class WipedDiskTest(RelayTestCase):
             wait_for(lambda: len(accepted) >= n0 + 200, 90,
                      "200 messages accepted by L and F2 while F1 is stopped")
             # 3. F2's disk is replaced, L dies
+            before = self.status(lead)
+            self.assertIsNotNone(before, "relayctl status on the leader")
+            inc_before = self.incarnation_of(before, NAMES[f2])
+            self.assertRegex(inc_before or "", r"^[0-9a-f]{16}$")
             self.cl[f2].kill()
             shutil.rmtree(self.cl[f2].data_dir)
             self.cl[lead].kill()
@@ -225,6 +247,16 @@ class WipedDiskTest(RelayTestCase):
         relog = "\n".join(n.log() for n in self.cl)
         self.assertIn("event=conf-change op=remove-replaced", relog)
         self.assertRegex(self.cl[f2].log(), r"event=rejoined incarnation=[0-9a-f]{16}")
+        # relayctl status: a new incarnation for F2, a voter again; one cluster id everywhere
+        after = [self.status(i) for i in range(3)]
+        self.assertTrue(all(after))
+        inc_after = self.incarnation_of(after[0], NAMES[f2])
+        self.assertRegex(inc_after or "", r"^[0-9a-f]{16}$")
+        self.assertNotEqual(inc_after, inc_before)
+        self.assertEqual(len({st["cluster_id"] for st in after}), 1)
+        self.assertEqual(before["cluster_id"], after[0]["cluster_id"])
+        role = [m["role"] for m in after[0]["members"] if m["id"] == NAMES[f2]]
+        self.assertIn(role[0] if role else "", ("leader", "follower"))
         # each node stops cleanly, and no node log holds a sanitizer report
         for n in self.cl:
             self.assertEqual(n.stop(), 0, "%s exit status" % n.name)
