@@ -63,12 +63,14 @@ struct cluster_config {
 	/* Replicated mode: all below zero/NULL keeps the single node above. */
 	const char *cluster_listen; /* borrowed; "addr:port" for peer traffic; NULL/"": single */
 	const char *const *peers;   /* borrowed; n_peers "id=host:port".  This node included:
-				       a new cluster is bootstrapped with them as voters (fewer
-				       than two: single node).  This node not among them (one or
-				       more): it joins an existing cluster and waits for
-				       cluster_member_add; the list only tells it whom to accept
-				       messages from until the log says.  Once a node has state,
-				       the membership stored with it wins over this list. */
+				       an empty node asks them all what they are and a new
+				       cluster is bootstrapped, with them as voters, only once
+				       every one answered empty (else it rejoins the cluster one
+				       of them belongs to: README "Bootstrap, exactly when");
+				       fewer than two: single node.  This node not among them:
+				       it joins an existing cluster and waits for
+				       cluster_member_add.  Once a node has state, the
+				       membership stored with it wins over this list. */
 	size_t n_peers;
 	const char *cluster_ca;	  /* borrowed; PEM; all three or none (none: plain tcp, INSECURE) */
 	const char *cluster_cert; /* borrowed */

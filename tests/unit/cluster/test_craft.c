@@ -453,6 +453,19 @@ test_foreign_cluster(void **state)
 	assert_int_equal(st.foreign_dropped, 1);
 	assert_int_equal(st.cluster_id, 0x55);
 	assert_string_equal(st.boot_phase, "discovering");
+	/* a cluster from before cluster ids gets one through the log, once */
+	c->cluster_id = 0;
+	Relay__ClusterId cl = RELAY__CLUSTER_ID__INIT;
+	cl.cluster_id = 0x66;
+	assert_int_equal(craft__apply_cluster_id(c, 9, &cl), 0);
+	assert_int_equal(c->cluster_id, 0x66);
+	cl.cluster_id = 0x67; /* a second proposal (another leader's) changes nothing */
+	assert_int_equal(craft__apply_cluster_id(c, 10, &cl), 0);
+	assert_int_equal(c->cluster_id, 0x66);
+	cl.cluster_id = 0;
+	assert_int_equal(craft__apply_cluster_id(c, 11, &cl), CLUSTER_EINVAL);
+	craft_status(c, &st);
+	assert_int_equal(st.cluster_id, 0x66);
 	close_craft(&e, c);
 	store_free(e.store);
 }
