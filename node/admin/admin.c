@@ -244,6 +244,11 @@ admin_status(struct admin *a)
 			ps[i].connected = p->connected;
 			ps[i].has_last_contact_ms = true;
 			ps[i].last_contact_ms = p->last_contact_ms;
+			ps[i].has_incarnation = ps[i].has_incarnation_known = true;
+			ps[i].incarnation = p->incarnation;
+			ps[i].incarnation_known = p->incarnation_known;
+			ps[i].has_replaced_incarnation = p->replaced_incarnation != 0;
+			ps[i].replaced_incarnation = p->replaced_incarnation;
 			if (strcmp(st.role, "leader") == 0) {
 				ps[i].has_match = ps[i].has_lag = true;
 				ps[i].match = p->match;
@@ -256,6 +261,10 @@ admin_status(struct admin *a)
 		}
 		st.n_peers = cs.n_peers;
 		st.peers = pp;
+		st.has_cluster_id = st.has_incarnation = true;
+		st.cluster_id = cs.cluster_id;
+		st.incarnation = cs.incarnation;
+		st.boot_phase = (char *)(cs.boot_phase ? cs.boot_phase : "");
 	} else {
 		self.id = (char *)a->cfg->node_id;
 		self.membership = "voter";

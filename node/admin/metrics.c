@@ -163,8 +163,16 @@ render_cluster(struct http_text *t, struct cluster *c)
 	counter(t, "relay_raft_snapshot_served_bytes_total",
 		"Key and value bytes sent to other nodes' snapshot fetches.",
 		st.snapshot_served_bytes);
+	counter(t, "relay_raft_snapshots_deferred_total",
+		"Compactions the leader put off for a member that still needs its log.",
+		st.snapshots_deferred);
+	counter(t, "relay_raft_retention_exceeded_total",
+		"Compactions made anyway: the log kept for a member passed its bound.",
+		st.retention_exceeded);
 	counter(t, "relay_raft_dropped_messages_total",
 		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
+	counter(t, "relay_raft_foreign_frames_total",
+		"Peer frames dropped because they carry another cluster's id.", st.foreign_dropped);
 	if (st.n_peers) {
 		family(t, "relay_raft_peer_lag", "gauge",
 		       "Leader only: entries a member is behind the leader's log.");

@@ -247,6 +247,11 @@ cmd_status(void)
 		json_kv_u64("applied_index", s->applied_index, true);
 		json_kv_u64("last_index", s->last_index, true);
 		json_kv_u64("leader_changes", s->leader_changes, true);
+		if (s->has_cluster_id) {
+			printf(",\"cluster_id\":\"%016" PRIx64 "\",\"incarnation\":\"%016" PRIx64 "\"",
+			       s->cluster_id, s->incarnation);
+			json_kv_str("boot_phase", s->boot_phase ? s->boot_phase : "", true);
+		}
 		printf(",\"members\":[");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
@@ -264,6 +269,15 @@ cmd_status(void)
 				json_kv_u64("lag", p->lag, true);
 			if (p->has_last_contact_ms)
 				printf(",\"last_contact_ms\":%" PRId64, p->last_contact_ms);
+			if (p->has_incarnation) {
+				if (p->incarnation_known)
+					printf(",\"incarnation\":\"%016" PRIx64 "\"", p->incarnation);
+				else
+					printf(",\"incarnation\":null");
+			}
+			if (p->has_replaced_incarnation)
+				printf(",\"replacing_incarnation\":\"%016" PRIx64 "\"",
+				       p->replaced_incarnation);
 			printf(",\"ownership\":");
 			if (p->owner_state) {
 				putchar('{');
@@ -303,11 +317,18 @@ cmd_status(void)
 		printf("node %s  role %s  term %" PRIu64 "  leader %s\n", s->node_id, s->role,
 		       s->term, s->leader && s->leader[0] ? s->leader : "(none)");
 		printf("commit %" PRIu64 "  applied %" PRIu64 "  last %" PRIu64
-		       "  leader changes %" PRIu64 "\n\n",
+		       "  leader changes %" PRIu64 "\n",
 		       s->commit_index, s->applied_index, s->last_index, s->leader_changes);
-		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
-		       "MEMBER", "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
-		       "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED", "INFLIGHT",
+		if (s->has_cluster_id)
+			printf("cluster %016" PRIx64 "  incarnation %016" PRIx64 "%s%s\n",
+			       s->cluster_id, s->incarnation,
+			       s->boot_phase && s->boot_phase[0] ? "  " : "",
+			       s->boot_phase ? s->boot_phase : "");
+		putchar('\n');
+		printf("%-16s %-22s %-8s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s "
+		       "%9s\n",
+		       "MEMBER", "ADDRESS", "ROLE", "INCARN", "SELF", "CONNECTED", "HEALTH", "MATCH",
+		       "LAG", "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED", "INFLIGHT",
 		       "RENEW_AGE");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
@@ -327,11 +348,26 @@ cmd_status(void)
 				if (p->renew_age_ms >= 0)
 					snprintf(ora, sizeof(ora), "%" PRId64 "ms", p->renew_age_ms);
 			}
-			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
+			/* the incarnation, short (8 hex digits; --json has all 16) */
+			char inc[24] = "-";
+			if (p->has_incarnation)
+				snprintf(inc, sizeof(inc), p->incarnation_known ? "%08" PRIx64 : "pending",
+					 p->incarnation >> 32);
+			printf("%-16s %-22s %-8s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s "
+			       "%9s\n",
 			       p->id, p->addr && p->addr[0] ? p->addr : "-",
-			       member_role(s, p)[0] ? member_role(s, p) : "-", p->self ? "yes" : "",
-			       p->connected ? "yes" : "no", p->healthy ? "ok" : "DOWN", m, l, c,
+			       member_role(s, p)[0] ? member_role(s, p) : "-", inc,
+			       p->self ? "yes" : "", p->connected ? "yes" : "no",
+			       p->healthy ? "ok" : "DOWN", m, l, c,
 			       p->owner_state ? p->owner_state : "-", od, orc, odf, oif, ora);
+		}
+		for (size_t i = 0; i < s->n_peers; i++) {
+			const Relay__PeerStatus *p = s->peers[i];
+			if (p->has_replaced_incarnation)
+				printf("rejoin: %s incarnation %016" PRIx64 " (%s) replaces %016" PRIx64
+				       ", still in the configuration\n",
+				       p->id, p->incarnation, member_role(s, p),
+				       p->replaced_incarnation);
 		}
 		if (s->n_domains) {
 			printf("\n%-32s %-16s %10s %8s\n", "DOMAIN", "OWNER", "EPOCH", "RCPTS");
