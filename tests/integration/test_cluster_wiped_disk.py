@@ -91,6 +91,7 @@ class WipedDiskTest(RelayTestCase):
             n = self.relayd(name=name, addr=addr, port=2525,
                             cluster_listen="%s:7401" % addr, peers=PEERS,
                             http_listen="%s:8025" % addr, admin_listen="%s:7402" % addr,
+                            admin_ca=os.path.join(certs, "admin-ca.crt"),
                             cluster_ca=os.path.join(certs, "ca.crt"),
                             cluster_cert=os.path.join(certs, name + ".crt"),
                             cluster_key=os.path.join(certs, name + ".key"),
