@@ -151,6 +151,7 @@ struct cluster_status {
 	uint64_t forwarded;	 /* proposals sent to a leader (retries included) */
 	uint64_t forward_retries;
 	uint64_t forwards_received;	  /* proposals other nodes forwarded to us */
+	uint64_t forwards_expired;	  /* ... dropped: their origin had given up (craft.c) */
 	uint64_t timed_out;		  /* proposals failed with CLUSTER_ETIMEDOUT */
 	uint64_t snapshots;		  /* snapshots taken */
 	uint64_t snapshots_installed;	  /* snapshots received from a leader and fetched */

@@ -263,12 +263,14 @@ craft__persist(struct craft *c, const struct raft_ready *rd)
 static void
 craft__send(struct craft *c, const struct raft_ready *rd)
 {
+	uint64_t stamp = craft__now(c) + 1;
 	for (size_t i = 0; i < rd->n_msgs; i++) {
-		const struct raft_msg *m = &rd->msgs[i];
-		int pi = craft__peer_by_id(c, m->to);
+		struct raft_msg m = rd->msgs[i];
+		int pi = craft__peer_by_id(c, m.to);
 		if (pi < 0 || (size_t)pi == c->self)
 			continue;
-		if (c->io.send_raft(c->io.arg, c->peers[pi].name, m))
+		m.stamp = stamp;
+		if (c->io.send_raft(c->io.arg, c->peers[pi].name, &m))
 			c->counters.raft_dropped++;
 	}
 }
@@ -414,8 +416,22 @@ craft__submit(struct craft *c, struct craft_prop *p)
 	int pi = craft__peer_by_id(c, c->lead);
 	if (pi < 0)
 		return 0;
-	/* a full queue drops it like the network would: the retry timer sends it again */
-	craft__out(c, (size_t)pi, CRAFT_KIND_PROPOSE, p->data, p->len);
+	/* With it goes what bounds its age at the leader (craft__recv_forward): the stamp of the
+	 * leader's latest message here (sent before this, by the leader's clock) and what is left
+	 * of the proposal's time here.  A forward that waited in a cut link's TCP stream until
+	 * after the origin answered 451 is then dropped rather than committed: the client sends
+	 * that message again, and it must not also be queued.  (A leader whose messages carry no
+	 * stamp, one from before this, gets the plain kind.)
+	 * A full queue drops it like the network would: the retry timer sends it again. */
+	if (c->pstamp[pi]) {
+		uint64_t budget = p->deadline > now ? p->deadline - now : 0;
+		store_u64_encode(c->pstamp[pi], p->fwd_hdr);
+		store_u64_encode(budget, p->fwd_hdr + 8);
+		craft__out(c, (size_t)pi, CRAFT_KIND_PROPOSE_BY, p->fwd_hdr,
+			   CRAFT_FWD_HDR + p->len);
+	} else {
+		craft__out(c, (size_t)pi, CRAFT_KIND_PROPOSE, p->data, p->len);
+	}
 	c->counters.forwarded++;
 	p->sent_ms = now;
 	return 1;
@@ -531,10 +547,14 @@ craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m)
 	/* the sender is who its frame says: the member's Raft id as our book has it, or as the
 	 * incarnation its frames carry derives it (a member whose rejoin this node's book does not
 	 * show yet: it learns of it from that member's log) */
-	if (pi < 0 || (m->from != c->peers[pi].id && m->from != c->pheard_id[pi]))
+	if (pi < 0 || (m->from != c->peers[pi].id && m->from != c->pheard_id[pi])) {
 		c->counters.raft_dropped++; /* claims another sender than its frame */
-	else if (raft_step(c->raft, m))
-		c->counters.raft_dropped++;
+	} else {
+		/* the latest, not the largest: a member restarted elsewhere has another clock */
+		c->pstamp[pi] = m->stamp;
+		if (raft_step(c->raft, m))
+			c->counters.raft_dropped++;
+	}
 	craft__schedule(c);
 }
 
@@ -569,6 +589,49 @@ craft_envelope(const struct craft *c, uint64_t *cluster_id, uint64_t *incarnatio
 {
 	*cluster_id = c->cluster_id;
 	*incarnation = c->inc;
+}
+
+/* 1 when a forwarded proposal (hdr: CRAFT_FWD_HDR bytes from member pi) may have outlived
+ * its origin's wait: dropped, counted, logged now and then.  Its stamp is this node's clock + 1
+ * when it sent a message the origin had before it sent the forward, so now - stamp bounds the
+ * forward's age from above, with no clocks compared across nodes; budget is what the origin
+ * still waited.  A stamp ahead of this clock is not one of ours (a leader before a restart on
+ * another host): dropped too, the origin's retry carries a fresh one. */
+int
+craft__forward_expired(struct craft *c, int pi, const void *hdr)
+{
+	uint64_t stamp = store_u64_decode(hdr);
+	uint64_t budget = store_u64_decode((const unsigned char *)hdr + 8);
+	uint64_t now = craft__now(c);
+	if (stamp != 0 && stamp - 1 <= now && now - (stamp - 1) < budget)
+		return 0;
+	c->counters.forwards_expired++;
+	if (!c->expired_log_ms || now - c->expired_log_ms >= CRAFT_EXPIRED_LOG_MS) {
+		c->expired_log_ms = now;
+		craft__log(c,
+			   "event=forward-expired from=%s age_ms>=%" PRId64 " budget_ms=%" PRIu64
+			   ": its origin has answered 451; dropped (so far: %" PRIu64 ")",
+			   pi >= 0 ? c->peers[pi].name : "?",
+			   stamp ? (int64_t)now - (int64_t)(stamp - 1) : -1, budget,
+			   c->counters.forwards_expired);
+	}
+	return 1;
+}
+
+/* A forwarded proposal (peer input: checked) proposed here, the leader. */
+static void
+craft__propose_forward(struct craft *c, const void *data, size_t len)
+{
+	if (c->role != RAFT_LEADER || c->have_held || c->failed || len > RAFT_ENTRY_MAX_BYTES)
+		return; /* the origin retries */
+	Relay__Command *cmd = relay__command__unpack(NULL, len, data);
+	if (!cmd)
+		return;
+	int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
+		 craft__validate(cmd) == 0;
+	relay__command__free_unpacked(cmd, NULL);
+	if (ok && raft_propose(c->raft, data, len, NULL, NULL) == 0)
+		craft__schedule(c);
 }
 
 void
@@ -607,19 +670,23 @@ craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, s
 			craft__recv_rejoin(c, (size_t)pi, data, len);
 		return;
 	}
+	if (kind == CRAFT_KIND_PROPOSE_BY) {
+		if (len < CRAFT_FWD_HDR) {
+			c->counters.raft_dropped++;
+			return;
+		}
+		c->counters.forwards_received++;
+		if (c->role != RAFT_LEADER)
+			return; /* the origin retries */
+		if (craft__forward_expired(c, pi, data))
+			return;
+		craft__propose_forward(c, (const unsigned char *)data + CRAFT_FWD_HDR,
+				       len - CRAFT_FWD_HDR);
+		return;
+	}
 	if (kind == CRAFT_KIND_PROPOSE) {
 		c->counters.forwards_received++;
-		if (c->role != RAFT_LEADER || c->have_held || c->failed ||
-		    len > RAFT_ENTRY_MAX_BYTES)
-			return; /* the origin retries */
-		Relay__Command *cmd = relay__command__unpack(NULL, len, data);
-		if (!cmd)
-			return;
-		int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
-			 craft__validate(cmd) == 0;
-		relay__command__free_unpacked(cmd, NULL);
-		if (ok && raft_propose(c->raft, data, len, NULL, NULL) == 0)
-			craft__schedule(c);
+		craft__propose_forward(c, data, len);
 	}
 }
 

@@ -40,6 +40,9 @@
  * packs it: [kind u8][length u32 BE][payload] items), a forwarded leadership transfer
  * ("target\nfrom_leader"), a SnapshotFetch and a SnapshotChunk. */
 #define CRAFT_KIND_PROPOSE 2u
+/* A forwarded proposal with its age bound: [leader stamp u64 BE][budget ms u64 BE][command]
+ * (craft.c craft__submit); kind 2 is that of nodes before it, taken as it was. */
+#define CRAFT_KIND_PROPOSE_BY 11u
 #define CRAFT_KIND_BATCH 3u
 #define CRAFT_KIND_TRANSFER 4u
 #define CRAFT_KIND_SNAP_FETCH 5u

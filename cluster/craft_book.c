@@ -112,6 +112,7 @@ craft__book_move(struct craft *c, size_t dst, size_t src)
 	c->psince[dst] = c->psince[src];
 	c->pheard_inc[dst] = c->pheard_inc[src];
 	c->pheard_id[dst] = c->pheard_id[src];
+	c->pstamp[dst] = c->pstamp[src];
 	c->bt.answered[dst] = c->bt.answered[src];
 	c->bt.member[dst] = c->bt.member[src];
 	c->bt.offers_me[dst] = c->bt.offers_me[src];
@@ -181,6 +182,7 @@ craft__book_add(struct craft *c, const char *name, const char *addr, unsigned st
 	c->psince[i] = 0;
 	c->pheard_inc[i] = 0;
 	c->pheard_id[i] = 0;
+	c->pstamp[i] = 0;
 	c->bt.answered[i] = c->bt.member[i] = c->bt.offers_me[i] = c->bt.same_peers[i] = 0;
 	c->bt.cid[i] = 0;
 	craft__book_dial(c, i);

@@ -87,6 +87,12 @@
 #define CRAFT_BOOTREC_MAX (64u + CLUSTER_MAX_PEERS * (CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 32u))
 #define CRAFT_HELLO_MAX (2u * CRAFT_BOOTREC_MAX + 2u * CLUSTER_ID_MAX + CLUSTER_ADDR_MAX + 128u)
 
+/* A forwarded proposal's header (CRAFT_KIND_PROPOSE_BY): the leader's stamp the origin last
+ * had, the milliseconds the origin still waited when it sent it. */
+#define CRAFT_FWD_HDR 16u
+/* Forwards dropped as expired are logged at most this often. */
+#define CRAFT_EXPIRED_LOG_MS 10000u
+
 struct craft_prop {
 	struct craft_prop *next, *prev; /* pending list, in seq order */
 	struct craft_prop *hnext;	/* hash chain by seq */
@@ -97,8 +103,13 @@ struct craft_prop {
 	uint64_t sent_ms;  /* last submission (propose or forward) */
 	int status;
 	size_t len;
+	/* a forward's header, written before each send (CRAFT_KIND_PROPOSE_BY), then data */
+	unsigned char fwd_hdr[CRAFT_FWD_HDR];
 	unsigned char data[]; /* packed, tagged Relay__Command */
 };
+_Static_assert(offsetof(struct craft_prop, data) ==
+		       offsetof(struct craft_prop, fwd_hdr) + CRAFT_FWD_HDR,
+	       "a forward is sent as fwd_hdr and data in one piece");
 
 struct craft_list {
 	struct craft_prop *head, *tail;
@@ -195,6 +206,8 @@ struct craft {
 	uint64_t psince[CLUSTER_MAX_PEERS];	/* index of the Peer command that set it */
 	uint64_t pheard_inc[CLUSTER_MAX_PEERS]; /* the incarnation its frames carry (0: none) */
 	uint64_t pheard_id[CLUSTER_MAX_PEERS];	/* the Raft id it derives (0: none heard) */
+	uint64_t pstamp[CLUSTER_MAX_PEERS];	/* stamp of its latest Raft message (0: none) */
+	uint64_t expired_log_ms;		/* forwards-expired last logged (io.now_ms) */
 	struct craft_tomb tomb[CRAFT_TOMBS];	/* members that left, oldest first */
 	size_t n_tomb;
 	int join;			 /* started outside config `peers`: joins a cluster */
@@ -284,6 +297,9 @@ void craft__log(struct craft *c, const char *fmt, ...) __attribute__((format(pri
 uint64_t craft__now(struct craft *c);
 void craft__schedule(struct craft *c);
 void craft__out(struct craft *c, size_t pi, uint32_t kind, const void *data, size_t len);
+/* 1 when a forwarded proposal's header (CRAFT_FWD_HDR bytes, from member pi) says its origin
+ * may have given up on it: dropped and counted (craft.c). */
+int craft__forward_expired(struct craft *c, int pi, const void *hdr);
 void craft__start_write(struct craft *c);
 void craft__apply_entry(struct craft *c, const struct raft_entry *e, struct craft_list *done);
 void craft__complete(struct craft *c, struct craft_list *done);

@@ -174,6 +174,10 @@ struct raft_msg {
 	uint64_t snap_offset;	    /* SNAP: where this chunk starts; SNAP_RESP: bytes held */
 	uint64_t snap_len;	    /* SNAP: this chunk (at most max_msg_bytes) */
 	void *snap_data;
+	/* The host's, neither set nor read by the core (0 from it): the sender's io clock + 1
+	 * (ms) when it sent this message, 0 none.  A follower echoes its leader's latest in a
+	 * forwarded proposal, so the leader can tell one that arrives too late (craft.c). */
+	uint64_t stamp;
 };
 
 struct raft_config {

@@ -48,6 +48,8 @@ transport_raft_encode(const struct raft_msg *m, void **buf, size_t *len)
 	pm.snap_total = m->snap_total;
 	pm.has_snap_offset = m->snap_offset != 0;
 	pm.snap_offset = m->snap_offset;
+	pm.has_stamp = m->stamp != 0;
+	pm.stamp = m->stamp;
 	if (m->n_entries > 0) {
 		ents = calloc(m->n_entries, sizeof(*ents));
 		eptrs = calloc(m->n_entries, sizeof(*eptrs));
@@ -151,6 +153,7 @@ transport_raft_decode(const void *data, size_t len, struct transport_raft_in *in
 	}
 	m->snap_total = pm->snap_total;
 	m->snap_offset = pm->snap_offset;
+	m->stamp = pm->has_stamp ? pm->stamp : 0;
 	m->snap_len = pm->snap_data.len;
 	m->snap_data = pm->snap_data.len > 0 ? pm->snap_data.data : NULL;
 	in->pb = pm;

@@ -142,6 +142,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 		"Proposals forwarded to the leader (retries included).", st.forwarded);
 	counter(t, "relay_cluster_forward_retries_total", "Forwards sent again.",
 		st.forward_retries);
+	counter(t, "relay_cluster_forwards_expired_total",
+		"Forwarded proposals the leader dropped: they arrived after their origin had "
+		"answered 451 (a cut link's backlog).",
+		st.forwards_expired);
 	counter(t, "relay_cluster_proposals_timed_out_total",
 		"Proposals not committed within propose_timeout.", st.timed_out);
 	counter(t, "relay_raft_snapshots_total", "Snapshots taken.", st.snapshots);

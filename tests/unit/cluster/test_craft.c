@@ -10,7 +10,8 @@
  * incarnation written before anything else and keeps it across opens, a store with Raft state
  * and no identity is incarnation 0; Peer commands carry what they expect to change: a late
  * duplicate of an add, a rejoin or a removal (a forward resubmitted after a leader change) is a
- * no-op once the member was set again, removed members stay as tombstones for that.
+ * no-op once the member was set again, removed members stay as tombstones for that; a forwarded
+ * proposal older than what its origin still waited (by the leader's own clock) is dropped.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -470,6 +471,47 @@ test_foreign_cluster(void **state)
 	store_free(e.store);
 }
 
+/* A forward's age bound: now - (stamp - 1) from the leader's own clock, against the origin's
+ * remaining budget; no stamp, or a stamp ahead of this clock, is dropped too. */
+static void
+test_forward_expired(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	static const struct {
+		uint64_t now, stamp, budget;
+		int expired;
+	} t[] = {
+	    {10000, 9951, 3000, 0},  /* sent within 50 ms of the leader's heartbeat */
+	    {10000, 7002, 3000, 0},  /* 2999 ms (stamp: clock + 1): within */
+	    {10000, 7001, 3000, 1},  /* 3000 ms: the origin may have answered 451 */
+	    {20000, 9951, 3000, 1},  /* waited 10 s in a cut link */
+	    {10000, 9951, 0, 1},     /* sent with nothing left */
+	    {10000, 0, 3000, 1},     /* no stamp */
+	    {10000, 10002, 3000, 1}, /* ahead of this clock: another process's */
+	    {10000, 10001, 3000, 0}, /* this very millisecond */
+	};
+	uint64_t expired = 0;
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		unsigned char hdr[CRAFT_FWD_HDR];
+		store_u64_encode(t[i].stamp, hdr);
+		store_u64_encode(t[i].budget, hdr + 8);
+		e.now = t[i].now;
+		int got = craft__forward_expired(c, craft__peer_by_name(c, "n2"), hdr);
+		if (got != t[i].expired)
+			fail_msg("case %zu: expired=%d, want %d", i, got, t[i].expired);
+		expired += (uint64_t)got;
+	}
+	struct cluster_status st;
+	craft_status(c, &st);
+	assert_int_equal(st.forwards_expired, expired);
+	assert_non_null(strstr(e.last_log, "event=forward-expired from=n2"));
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -479,6 +521,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_boot_decide),	    cmocka_unit_test(test_raft_id_incarnation),
 	    cmocka_unit_test(test_identity),	    cmocka_unit_test(test_peer_expectations),
 	    cmocka_unit_test(test_foreign_cluster), cmocka_unit_test(test_applied_past_commit_case),
+	    cmocka_unit_test(test_forward_expired),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
