@@ -141,7 +141,10 @@ class RollingRestartTest(RelayTestCase):
         """SIGKILLs node i; once the leader's snapshot index is past the end of i's log (it
         keeps its log for a member silent less than 10 election timeouts: then i needs a
         snapshot), or after timeout (the leader may be unable to commit), starts it again."""
-        last = self.metric(i, "relay_raft_last_index", 0)
+        # (a metrics read that times out on a loaded machine must not pass for index 0: the
+        # node would be restarted at once and catch up by log, never fetching)
+        last = wait_for(lambda: self.metric(i, "relay_raft_last_index"), 30,
+                        "%s's last index" % NAMES[i], interval=0.1)
         self.cl[i].kill()
         try:
             wait_for(lambda: self.metric(lead, "relay_raft_snapshot_index", 0) > last + 1,
