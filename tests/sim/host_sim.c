@@ -54,6 +54,7 @@
  * (--long: 1,000,000 steps per seed).
  */
 #include "craft.h"
+#include "host_sim_own.h"
 #include "peers.h"
 #include "queue_fsm.h"
 #include "raft.h"
@@ -82,6 +83,8 @@
 #define SIM_BACKLOG 80	   /* queued messages beyond which deletes get likelier */
 #define SIM_DIGEST_EVERY 8 /* indexes between digests (a digest walks the whole queue) */
 #define SIM_PROPS 100000   /* proposals tracked per seed (--long: about 40000) */
+#define SIM_LONG_OUTAGE 6000 /* a crash or partition in four lasts up to this much longer */
+#define SIM_PAUSE_MAX 5000   /* a process stall, at most */
 
 /* ------------------------------------------------------------------ PRNG, failure */
 
@@ -150,6 +153,9 @@ struct node {
 	int run;
 	uint64_t restart_at;
 	uint64_t next_tick;
+	uint64_t next_own_tick; /* the ownership tick (HSO_TICK_MS of its own clock) */
+	uint64_t paused_until;	/* the process is stalled (a GC or VM pause, SIGSTOP): it runs
+				   nothing, its clocks go on, its frames and disk completions wait */
 	/* clocks: monotonic = base + now * (1 + drift); wall = monotonic + step */
 	int64_t drift_ppm;
 	uint64_t mono_base;
@@ -177,7 +183,7 @@ struct msg {
 
 struct prop {
 	int used;
-	int kind; /* 0 accept, 1 delete */
+	int kind; /* 0 accept, 1 delete, 2 outcome (delivered) */
 	char qid[QUEUE_ID_MAX + 1];
 	int status; /* 1 pending, 0 ok, <0 error */
 };
@@ -194,8 +200,9 @@ struct sim {
 	const char *peers[SIM_MAX];
 	/* knobs */
 	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
-	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm;
+	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
+	uint64_t lease_ms; /* relayd's `lease` on every node */
 	/* oracles */
 	uint64_t *leader_of_term, n_lot;
 	uint64_t *cterm, n_cterm; /* committed index -> term (first seen) */
@@ -215,6 +222,7 @@ static struct sim *S;
 static struct {
 	uint64_t runs, units, props_ok, crashes, wipes, power, transfers, members, compactions,
 	    msgs, durable_checks, leaders, heal_max;
+	struct hso_stats own; /* summed */
 } g_tot;
 
 static void
@@ -608,6 +616,8 @@ node_start(struct node *n)
 	n->raft_id = craft_id(n->c);
 	n->run = 1;
 	n->next_tick = S->now + 1 + rnd_n(SIM_HB);
+	n->next_own_tick = S->now + 1 + rnd_n(HSO_TICK_MS);
+	hso_start(n->idx, n->name, n->c, mono(n));
 	n->last_commit = 0;
 	n->lc_term = 0;
 	n->seen_commit = 0;
@@ -634,20 +644,30 @@ node_crash(struct node *n, const char *why)
 	n->last_due = 0;
 	craft_abandon(n->c);
 	n->c = NULL;
+	hso_crash(n->idx);
 	store_free(n->vstore);
 	n->vstore = NULL;
 	n->up = 0;
+	n->paused_until = 0;
 	n->digesting = 0;
 	n->restart_at = S->now + 20 + rnd_n(1500);
+	if (rnd_n(4) == 0)
+		n->restart_at += rnd_n(SIM_LONG_OUTAGE); /* long enough for its lease to lapse */
 	S->n_crash++;
 	trace("%s crash (%s) kept %zu writes", n->name, why, keep);
+}
+
+static int
+running(const struct node *n)
+{
+	return n->up && n->paused_until <= S->now;
 }
 
 static void
 node_run(struct node *n)
 {
 	int guard = 0;
-	while (n->up && n->run) {
+	while (running(n) && n->run) {
 		n->run = 0;
 		craft_run(n->c);
 		if (++guard > 1000)
@@ -739,6 +759,25 @@ propose_delete(struct node *n)
 	cmd.delete_ = &d;
 	if (craft_propose(n->c, &cmd, prop_cb, p, NULL))
 		p->status = -1;
+}
+
+/* ------------------------------------------------------------------ ownership's edge */
+
+static uint64_t
+mono_of(int idx)
+{
+	return mono(&S->nd[idx]);
+}
+
+/* An Outcome was proposed: its message may leave the queue (G1 treats it as a Delete). */
+static void
+outcome_noted(const char *qid)
+{
+	struct prop *p = prop_new(2);
+	if (!p)
+		return;
+	snprintf(p->qid, sizeof(p->qid), "%s", qid);
+	p->status = 2; /* not a client's: counted nowhere */
 }
 
 /* ------------------------------------------------------------------ checks */
@@ -867,10 +906,9 @@ check_node(struct node *n)
 	n->last_conf = st.conf;
 }
 
-/* Does node k's disk hold committed entry i (with term t): in its log, or in a complete
- * applied state? */
+/* Is node k installing a snapshot (the marker on its disk, or fetching now)? */
 static int
-holds(struct node *k, uint64_t i, uint64_t t)
+disk_marker(struct node *k)
 {
 	void *v;
 	size_t vl;
@@ -878,6 +916,21 @@ holds(struct node *k, uint64_t i, uint64_t t)
 			       sizeof(STORE_META_INSTALL) - 1, &v, &vl) == 0;
 	if (marker)
 		free(v);
+	return marker;
+}
+
+static int
+install_marker(struct node *k)
+{
+	return (k->up && craft_fetching(k->c)) || disk_marker(k);
+}
+
+/* Does node k's disk hold committed entry i (with term t): in its log, or in a complete
+ * applied state? */
+static int
+holds(struct node *k, uint64_t i, uint64_t t)
+{
+	int marker = disk_marker(k);
 	uint64_t applied = 0;
 	store_applied_get(k->dstore, &applied);
 	if (!marker && applied >= i)
@@ -946,8 +999,9 @@ faults(void)
 		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
 		int ok = 1;
 		for (int i = 1; i <= S->n_ids && ok; i++)
-			if (S->nd[i].wiped)
-				ok = 0;
+			if (S->nd[i].wiped || (&S->nd[i] != n && install_marker(&S->nd[i])))
+				ok = 0; /* (one installing a snapshot holds nothing yet either: with
+					 * a lost disk, two of three would lack the data - seed 87) */
 		if (ok) {
 			n->dead_id = n->raft_id;
 			node_crash(n, "disk replaced");
@@ -961,6 +1015,8 @@ faults(void)
 	}
 	if (chance(S->part_ppm)) {
 		uint64_t until = S->now + 100 + rnd_n(2000);
+		if (rnd_n(4) == 0)
+			until += rnd_n(SIM_LONG_OUTAGE);
 		uint64_t mask = rnd_n((1ULL << S->n_ids) - 1) + 1;
 		for (int i = 1; i <= S->n_ids; i++)
 			for (int j = 1; j <= S->n_ids; j++)
@@ -970,6 +1026,13 @@ faults(void)
 	}
 	if (chance(S->part_ppm / 2))
 		memset(S->cut_until, 0, sizeof(S->cut_until));
+	if (chance(S->pause_ppm)) {
+		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
+		if (running(n)) {
+			n->paused_until = S->now + 1 + rnd_n(SIM_PAUSE_MAX);
+			trace("%s pauses until t=%" PRIu64, n->name, n->paused_until);
+		}
+	}
 	if (chance(S->step_ppm)) {
 		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
 		n->wall_step += (int64_t)rnd_n(2 * SIM_STEP_MS) - SIM_STEP_MS;
@@ -982,7 +1045,7 @@ random_up(void)
 	int k = (int)rnd_n((uint64_t)S->n_ids);
 	for (int i = 0; i < S->n_ids; i++) {
 		struct node *n = &S->nd[1 + (k + i) % S->n_ids];
-		if (n->up)
+		if (running(n))
 			return n;
 	}
 	return NULL;
@@ -1032,8 +1095,8 @@ sync_disks(void)
 {
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *n = &S->nd[i];
-		if (!n->up)
-			continue;
+		if (!running(n))
+			continue; /* (a stalled process sees its completions when it runs again) */
 		while (n->npw && n->pw[0].due <= S->now) {
 			struct pw w = n->pw[0];
 			memmove(n->pw, n->pw + 1, (n->npw - 1) * sizeof(w));
@@ -1073,8 +1136,12 @@ deliver(void)
 			i++;
 			continue;
 		}
-		S->net[i] = S->net[--S->n_net];
 		struct node *n = &S->nd[x.to];
+		if (n->up && !running(n)) {
+			i++; /* waits in the socket buffer until the process runs again */
+			continue;
+		}
+		S->net[i] = S->net[--S->n_net];
 		if (!x.cid && !x.inc && S->nd[x.from].up)
 			craft_envelope(S->nd[x.from].c, &x.cid, &x.inc);
 		int env = n->up && link_ok(x.from, x.to)
@@ -1106,7 +1173,7 @@ step(void)
 	deliver();
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *n = &S->nd[i];
-		if (n->up && n->next_tick <= S->now) {
+		if (running(n) && n->next_tick <= S->now) {
 			craft_tick(n->c);
 			/* the tick runs on the node's own clock */
 			n->next_tick =
@@ -1115,6 +1182,15 @@ step(void)
 			if (n->next_tick <= S->now)
 				n->next_tick = S->now + 1;
 		}
+		if (running(n) && n->next_own_tick <= S->now) {
+			/* delivery ownership, on the node's own clock too */
+			hso_tick(n->idx, mono(n), io_wall(n));
+			n->next_own_tick = S->now + (uint64_t)((int64_t)HSO_TICK_MS -
+							       (int64_t)HSO_TICK_MS * n->drift_ppm /
+								   1000000);
+		}
+		if (running(n))
+			hso_step(n->idx, 1, mono(n), io_wall(n));
 		node_run(n);
 	}
 	sync_disks();
@@ -1162,6 +1238,7 @@ struct opts {
 	uint64_t seed, steps;
 	int nodes;
 	int verbose;
+	int pauses; /* --pauses: process stalls too */
 };
 
 static void
@@ -1189,6 +1266,7 @@ sim_free(void)
 	free(S->props);
 	free(S);
 	S = NULL;
+	hso_fini();
 }
 
 static int
@@ -1215,14 +1293,19 @@ sim_run(const struct opts *o)
 	S->member_ppm = 50 + (uint32_t)rnd_n(300);
 	S->compact_ppm = 200 + (uint32_t)rnd_n(2000);
 	S->step_ppm = (uint32_t)rnd_n(200);
+	S->pause_ppm = 50 + (uint32_t)rnd_n(250);
+	if (!o->pauses)
+		S->pause_ppm = 0;
 	S->propose_ppm = 5000 + (uint32_t)rnd_n(30000);
 	S->snap_entries = 16 + (unsigned)rnd_n(48);
 	S->chunk = 2048 + (unsigned)rnd_n(30000);
 	S->retain = 100 + (unsigned)rnd_n(2000); /* (the store twin is slow with long logs) */
+	S->lease_ms = 500 + rnd_n(1500);	 /* relayd's minimum is 500 */
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "   # t=%" PRIu64 ": %s\n",
-		       o->seed, o->nodes, o->steps, S->now, g_fail_msg);
+		       "%s   # t=%" PRIu64 ": %s\n",
+		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "", S->now,
+		       g_fail_msg);
 		fflush(stdout);
 		return 1; /* state leaked on purpose: the process reports and exits */
 	}
@@ -1243,6 +1326,13 @@ sim_run(const struct opts *o)
 		if (store_mem_new(&n->dstore))
 			fail("store_mem_new");
 	}
+	struct hso_env env = {.rnd_n = rnd_n,
+			      .fail = fail,
+			      .trace = trace,
+			      .outcome_proposed = outcome_noted,
+			      .mono = mono_of,
+			      .now = &S->now};
+	hso_init(&env, S->n_ids, S->lease_ms);
 	for (int i = 1; i <= S->n_ids; i++)
 		node_start(&S->nd[i]);
 	for (S->now = 1; S->now <= S->steps; S->now++)
@@ -1253,9 +1343,11 @@ sim_run(const struct opts *o)
 	S->propose_ppm = 2000;
 	uint64_t acked_at_heal = S->n_props_ok;
 	memset(S->cut_until, 0, sizeof(S->cut_until));
-	for (int i = 1; i <= S->n_ids; i++)
+	for (int i = 1; i <= S->n_ids; i++) {
 		if (!S->nd[i].up)
 			S->nd[i].restart_at = S->now;
+		S->nd[i].paused_until = 0;
+	}
 	uint64_t heal_end = S->now + SIM_HEAL_BUDGET, quiet = 0;
 	int ok = 0;
 	for (; S->now <= heal_end; S->now++) {
@@ -1264,6 +1356,7 @@ sim_run(const struct opts *o)
 			quiet =
 			    S->now; /* the cluster commits again: no new proposals from now on */
 			S->propose_ppm = 0;
+			hso_quiet(); /* and no ownership proposals: the log goes idle */
 		}
 		if (quiet && S->now % 50 == 0 && settled()) {
 			ok = 1;
@@ -1302,7 +1395,7 @@ sim_run(const struct opts *o)
 	size_t n_del = 0;
 	char(*del)[QUEUE_ID_MAX + 1] = malloc((S->n_props + 1) * sizeof(*del));
 	for (size_t k = 0; k < S->n_props; k++)
-		if (S->props[k].kind == 1)
+		if (S->props[k].kind != 0)
 			memcpy(del[n_del++], S->props[k].qid, sizeof(del[0]));
 	qsort(del, n_del, sizeof(del[0]), (int (*)(const void *, const void *))strcmp);
 	for (size_t k = 0; k < S->n_props; k++) {
@@ -1322,17 +1415,28 @@ sim_run(const struct opts *o)
 		}
 	}
 	free(del);
+	struct hso_stats os;
+	hso_stats(&os);
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
 		       " commit=%" PRIu64 " leaders=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
 		       " crashes=%" PRIu64 " power=%" PRIu64 " wipes=%" PRIu64
 		       " failed_writes=%" PRIu64 " transfers=%" PRIu64 " member_ops=%" PRIu64
 		       " compactions=%" PRIu64 " states_loaded=%" PRIu64 " durable_checks=%" PRIu64
-		       " msgs=%" PRIu64 "\n",
+		       " msgs=%" PRIu64 " lease=%" PRIu64 " renews=%" PRIu64 " verdicts=%" PRIu64
+		       " attempts=%" PRIu64 " aborted=%" PRIu64 " committed=%" PRIu64
+		       " delivered=%" PRIu64 "\n",
 		       o->seed, o->nodes, o->steps, S->now - o->steps, ls.commit, S->n_leaders,
 		       S->n_props_ok, S->n_props_fail, S->n_crash, S->n_power, S->n_wipe,
 		       S->n_fail_writes, S->n_transfers, S->n_members, S->n_compact,
-		       S->n_installs_seen, S->n_durable_checks, S->n_msgs);
+		       S->n_installs_seen, S->n_durable_checks, S->n_msgs, S->lease_ms, os.renews_ok,
+		       os.verdicts, os.attempts, os.aborted, os.commits, os.outcomes_ok);
+	g_tot.own.renews_ok += os.renews_ok;
+	g_tot.own.verdicts += os.verdicts;
+	g_tot.own.attempts += os.attempts;
+	g_tot.own.aborted += os.aborted;
+	g_tot.own.commits += os.commits;
+	g_tot.own.outcomes_ok += os.outcomes_ok;
 	g_tot.runs++;
 	g_tot.units += S->now;
 	g_tot.props_ok += S->n_props_ok;
@@ -1376,13 +1480,15 @@ main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--long")) {
 			o.steps = 1000000;
+		} else if (!strcmp(a, "--pauses")) {
+			o.pauses = 1;
 		} else if (!strcmp(a, "--trace")) {
 			g_trace = 1;
 		} else if (!strcmp(a, "--quiet")) {
 			o.verbose = 0;
 		} else {
 			fprintf(stderr, "usage: host_sim [--seed S | --seeds A:B] [--nodes N] "
-					"[--steps K] [--long] [--trace] [--quiet]\n");
+					"[--steps K] [--long] [--pauses] [--trace] [--quiet]\n");
 			return 2;
 		}
 	}
@@ -1409,5 +1515,9 @@ main(int argc, char **argv)
 	       g_tot.runs, g_tot.units, g_tot.props_ok, g_tot.leaders, g_tot.crashes, g_tot.power,
 	       g_tot.wipes, g_tot.transfers, g_tot.members, g_tot.compactions, g_tot.durable_checks,
 	       g_tot.msgs, g_tot.heal_max);
+	printf("ownership: renews=%" PRIu64 " verdicts=%" PRIu64 " attempts=%" PRIu64
+	       " aborted_at_gate=%" PRIu64 " committed=%" PRIu64 " delivered=%" PRIu64 "\n",
+	       g_tot.own.renews_ok, g_tot.own.verdicts, g_tot.own.attempts, g_tot.own.aborted,
+	       g_tot.own.commits, g_tot.own.outcomes_ok);
 	return bad ? 1 : 0;
 }
