@@ -27,7 +27,12 @@
  *     compaction is forced now and then (craft_snapshot_now) besides craft's own policy;
  *     snapshot chunks are small (many round trips: fetches span compactions and crashes);
  *   - clients propose Accepts (and Deletes of accepted ones) to random nodes; operators transfer
- *     leadership and add/remove the spare node (it joins from outside its own `peers`).
+ *     leadership and add/remove the spare node (it joins from outside its own `peers`);
+ *   - a crash or partition in four lasts up to SIM_LONG_OUTAGE longer (leases lapse); with
+ *     --pauses, process stalls (nothing runs, clocks go on, frames and completions wait);
+ *   - delivery ownership (host_sim_own.c): the real cluster/ownership.c on every node's own
+ *     clock, Renew/Member through its craft_propose, attempts that take time and pass
+ *     own_may_commit before their end of data, Outcomes.
  *
  * Checked (after every step, unless said otherwise):
  *   election safety     at most one leader per term;
@@ -48,12 +53,17 @@
  *                       nothing below it;
  *   G1                  after the heal every Accept acknowledged to its client (callback status
  *                       0), and not deleted, is in the queue of every member; every member
- *                       applies the whole committed log; liveness within the heal budget.
+ *                       applies the whole committed log; liveness within the heal budget;
+ *   ownership           (true time, host_sim_own.c) never two nodes in the committing window
+ *                       (own_may_commit passed, end of data not yet at the destination) of
+ *                       one domain at one instant.
  *
- * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace] [--quiet]
+ * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--trace]
+ *                 [--quiet]
  * (--long: 1,000,000 steps per seed).
  */
 #include "craft.h"
+#include "host_sim.h"
 #include "host_sim_own.h"
 #include "peers.h"
 #include "queue_fsm.h"
@@ -69,23 +79,6 @@
 #include <string.h>
 #include <time.h>
 
-#define SIM_MAX 7	       /* nodes, the spare included */
-#define SIM_NET_MAX 20000      /* frames in flight; beyond, the network drops */
-#define SIM_HB 10	       /* heartbeat_ms */
-#define SIM_ELECTION 100       /* election_ms */
-#define SIM_HEAL_BUDGET 40000  /* units allowed to converge after the heal */
-#define SIM_DURABLE_EVERY 97   /* units between durability checks */
-#define SIM_DURABLE_SAMPLES 24 /* committed indexes checked each time */
-#define SIM_DRIFT_PPM 2000     /* clock rate within +-0.2% */
-#define SIM_STEP_MS 30000      /* a wall clock step, at most */
-#define SIM_EPOCH_MS 1700000000000ULL
-#define SIM_BODY_MAX 2000
-#define SIM_BACKLOG 80	   /* queued messages beyond which deletes get likelier */
-#define SIM_DIGEST_EVERY 8 /* indexes between digests (a digest walks the whole queue) */
-#define SIM_PROPS 100000   /* proposals tracked per seed (--long: about 40000) */
-#define SIM_LONG_OUTAGE 6000 /* a crash or partition in four lasts up to this much longer */
-#define SIM_PAUSE_MAX 5000   /* a process stall, at most */
-
 /* ------------------------------------------------------------------ PRNG, failure */
 
 static uint64_t g_rng;
@@ -99,7 +92,7 @@ rnd(void)
 	return z ^ (z >> 31);
 }
 
-static uint64_t
+uint64_t
 rnd_n(uint64_t n)
 {
 	return n ? rnd() % n : 0;
@@ -115,7 +108,7 @@ static jmp_buf g_fail_jmp;
 static char g_fail_msg[512];
 static int g_trace;
 
-static void
+void
 fail(const char *fmt, ...)
 {
 	va_list ap;
@@ -127,97 +120,7 @@ fail(const char *fmt, ...)
 
 /* ------------------------------------------------------------------ state */
 
-struct pw {		      /* one write of a node's disk */
-	struct store_batch b; /* owned */
-	uint64_t due;
-	int started; /* io.write_start: craft_write_done at completion */
-	int visible; /* applied to vstore already (write_now) */
-	int durable; /* applied to dstore already */
-	int fails;   /* completes with STORE_EIO */
-};
-
-struct node {
-	int idx; /* 1..n_ids */
-	char name[8], addr[16];
-	int up;
-	int join; /* started outside its own `peers` (the spare) */
-	struct craft *c;
-	struct store *dstore; /* what the disk holds */
-	struct store *vstore; /* what the running process reads (up only) */
-	struct pw *pw;
-	size_t npw, pwcap;
-	uint64_t last_due;
-	int digesting;
-	uint64_t digest_due;
-	int digest_rv;
-	int run;
-	uint64_t restart_at;
-	uint64_t next_tick;
-	uint64_t next_own_tick; /* the ownership tick (HSO_TICK_MS of its own clock) */
-	uint64_t paused_until;	/* the process is stalled (a GC or VM pause, SIGSTOP): it runs
-				   nothing, its clocks go on, its frames and disk completions wait */
-	/* clocks: monotonic = base + now * (1 + drift); wall = monotonic + step */
-	int64_t drift_ppm;
-	uint64_t mono_base;
-	int64_t wall_step;
-	uint64_t raft_id;	    /* the Raft id of its current incarnation (also while down) */
-	uint64_t applied;	    /* last index applied (hook), or the state loaded */
-	uint64_t last_commit;	    /* leader check: commit seen at the last step, */
-	struct raft_conf last_conf; /* under this configuration */
-	uint64_t seen_commit;
-	uint64_t lc_term, lc_checked;
-	int wiped;	  /* its disk was wiped and it has not rejoined yet */
-	uint64_t dead_id; /* the Raft id of the incarnation whose disk was lost (0: none) */
-};
-
-struct msg {
-	uint64_t at;
-	int from, to;
-	uint64_t cid, inc; /* envelope */
-	int raft;
-	struct raft_msg m; /* raft: owned copy */
-	uint32_t kind;	   /* frame */
-	uint8_t *data;	   /* owned */
-	size_t len;
-};
-
-struct prop {
-	int used;
-	int kind; /* 0 accept, 1 delete, 2 outcome (delivered) */
-	char qid[QUEUE_ID_MAX + 1];
-	int status; /* 1 pending, 0 ok, <0 error */
-};
-
-struct sim {
-	uint64_t seed, now, steps;
-	int n_nodes, n_ids; /* voters at bootstrap; + the spare */
-	int healing;
-	struct node nd[SIM_MAX + 1];
-	struct msg *net;
-	size_t n_net;
-	uint64_t cut_until[SIM_MAX + 1][SIM_MAX + 1];
-	char peers_buf[SIM_MAX][32];
-	const char *peers[SIM_MAX];
-	/* knobs */
-	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
-	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
-	unsigned delay_max, sync_max, snap_entries, chunk, retain;
-	uint64_t lease_ms; /* relayd's `lease` on every node */
-	/* oracles */
-	uint64_t *leader_of_term, n_lot;
-	uint64_t *cterm, n_cterm; /* committed index -> term (first seen) */
-	uint64_t *cseen, n_cseen; /* committed index -> term of the node that saw it */
-	uint64_t commit_max;
-	uint64_t *digest_at, n_digest; /* index -> queue digest after applying it (+1) */
-	struct prop *props;
-	size_t n_props;
-	uint64_t next_qid;
-	/* stats */
-	uint64_t n_crash, n_power, n_wipe, n_fail_writes, n_transfers, n_members, n_compact, n_msgs,
-	    n_props_ok, n_props_fail, n_applied, n_installs_seen, n_durable_checks, n_leaders;
-};
-
-static struct sim *S;
+struct sim *S;
 
 static struct {
 	uint64_t runs, units, props_ok, crashes, wipes, power, transfers, members, compactions,
@@ -225,7 +128,7 @@ static struct {
 	struct hso_stats own; /* summed */
 } g_tot;
 
-static void
+void
 trace(const char *fmt, ...)
 {
 	if (!g_trace)
@@ -238,7 +141,7 @@ trace(const char *fmt, ...)
 	va_end(ap);
 }
 
-static uint64_t *
+uint64_t *
 vec_at(uint64_t **v, uint64_t *n, uint64_t i)
 {
 	if (i >= *n) {
@@ -778,205 +681,6 @@ outcome_noted(const char *qid)
 		return;
 	snprintf(p->qid, sizeof(p->qid), "%s", qid);
 	p->status = 2; /* not a client's: counted nowhere */
-}
-
-/* ------------------------------------------------------------------ checks */
-
-static int
-node_of_id(uint64_t id)
-{
-	for (int i = 1; i <= S->n_ids; i++)
-		if (S->nd[i].raft_id == id)
-			return i;
-	return 0;
-}
-
-static struct node *
-leader(void)
-{
-	struct node *best = NULL;
-	uint64_t bt = 0;
-	for (int i = 1; i <= S->n_ids; i++) {
-		struct node *n = &S->nd[i];
-		if (!n->up)
-			continue;
-		struct raft_status st;
-		raft_status(craft_raft(n->c), &st);
-		if (st.role == RAFT_LEADER && st.term >= bt) {
-			best = n;
-			bt = st.term;
-		}
-	}
-	return best;
-}
-
-static int
-cmp_desc(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static void
-check_node(struct node *n)
-{
-	struct raft *r = craft_raft(n->c);
-	struct raft_status st;
-	raft_status(r, &st);
-	if (raft_installing(r) && st.role != RAFT_FOLLOWER)
-		fail("node %s is %s while installing a snapshot", n->name,
-		     st.role == RAFT_LEADER ? "leader" : "a candidate");
-	if (st.role == RAFT_LEADER) {
-		uint64_t *l = vec_at(&S->leader_of_term, &S->n_lot, st.term);
-		if (!*l) {
-			*l = n->raft_id;
-			S->n_leaders++;
-		} else if (*l != n->raft_id) {
-			fail("election safety: two leaders of term %" PRIu64, st.term);
-		}
-	}
-	if (st.commit > st.last_index)
-		fail("node %s commit %" PRIu64 " past last %" PRIu64, n->name, st.commit,
-		     st.last_index);
-	for (uint64_t i = n->seen_commit + 1; i <= st.commit; i++) {
-		uint64_t t = raft_term_at(r, i);
-		if (!t)
-			continue;
-		uint64_t *g = vec_at(&S->cterm, &S->n_cterm, i);
-		if (!*g) {
-			*g = t;
-			*vec_at(&S->cseen, &S->n_cseen, i) = st.term;
-		} else if (*g != t) {
-			fail("committed entry %" PRIu64 " has term %" PRIu64 " on %s, %" PRIu64
-			     " elsewhere",
-			     i, t, n->name, *g);
-		}
-	}
-	if (st.commit > n->seen_commit)
-		n->seen_commit = st.commit;
-	if (st.commit > S->commit_max)
-		S->commit_max = st.commit;
-	if (st.role != RAFT_LEADER) {
-		n->last_commit = 0;
-		return;
-	}
-	/* leader completeness (3.6.3) */
-	if (n->lc_term != st.term) {
-		n->lc_term = st.term;
-		n->lc_checked = 0;
-	}
-	uint64_t from = n->lc_checked > st.snap_index ? n->lc_checked : st.snap_index;
-	for (uint64_t i = from + 1; i <= S->commit_max; i++) {
-		uint64_t g = i < S->n_cterm ? S->cterm[i] : 0;
-		uint64_t t = raft_term_at(r, i);
-		if (g && i < S->n_cseen && S->cseen[i] < st.term && t != g)
-			fail("leader completeness: %s (term %" PRIu64 ") lacks committed %" PRIu64,
-			     n->name, st.term, i);
-	}
-	n->lc_checked = S->commit_max;
-	/* a node installing a snapshot is never counted towards a commit (checked when the commit
-	 * moved under an unchanged configuration: a conf change takes effect on append) */
-	if (n->last_commit && st.commit > n->last_commit &&
-	    !memcmp(&n->last_conf, &st.conf, sizeof(st.conf))) {
-		uint64_t m[RAFT_MAX_NODES * 2];
-		unsigned k = 0, voters = 0;
-		char who[160] = "";
-		size_t o = 0;
-		for (uint32_t j = 0; j < st.n_peers; j++) {
-			const struct raft_peer_status *p = &st.peers[j];
-			if (!p->voter)
-				continue;
-			voters++;
-			int x = node_of_id(p->id);
-			int installing = x && S->nd[x].up && S->nd[x].raft_id == p->id &&
-					 raft_installing(craft_raft(S->nd[x].c));
-			m[k++] = installing ? 0 : p->match;
-			if (o < sizeof(who) - 40)
-				o += (size_t)snprintf(who + o, sizeof(who) - o, " %s:%" PRIu64 "%s",
-						      x ? S->nd[x].name : "?", p->match,
-						      installing ? "(installing)" : "");
-		}
-		qsort(m, k, sizeof(m[0]), cmp_desc);
-		if (voters && m[voters / 2] < st.commit)
-			fail("%s committed %" PRIu64 " with a node installing a snapshot counted "
-			     "(the quorum without it holds %" PRIu64 "):%s",
-			     n->name, st.commit, m[voters / 2], who);
-	}
-	n->last_commit = st.commit;
-	n->last_conf = st.conf;
-}
-
-/* Is node k installing a snapshot (the marker on its disk, or fetching now)? */
-static int
-disk_marker(struct node *k)
-{
-	void *v;
-	size_t vl;
-	int marker = store_get(k->dstore, STORE_CF_META, STORE_META_INSTALL,
-			       sizeof(STORE_META_INSTALL) - 1, &v, &vl) == 0;
-	if (marker)
-		free(v);
-	return marker;
-}
-
-static int
-install_marker(struct node *k)
-{
-	return (k->up && craft_fetching(k->c)) || disk_marker(k);
-}
-
-/* Does node k's disk hold committed entry i (with term t): in its log, or in a complete
- * applied state? */
-static int
-holds(struct node *k, uint64_t i, uint64_t t)
-{
-	int marker = disk_marker(k);
-	uint64_t applied = 0;
-	store_applied_get(k->dstore, &applied);
-	if (!marker && applied >= i)
-		return 1;
-	struct store_entry e;
-	void *buf;
-	if (store_log_get(k->dstore, i, &e, &buf))
-		return 0;
-	int ok = e.term == t;
-	free(buf);
-	return ok;
-}
-
-static void
-check_durable(void)
-{
-	struct node *l = leader();
-	if (!l || S->commit_max == 0)
-		return;
-	struct raft_status st;
-	raft_status(craft_raft(l->c), &st);
-	S->n_durable_checks++;
-	for (int s = 0; s < SIM_DURABLE_SAMPLES; s++) {
-		uint64_t i = s < SIM_DURABLE_SAMPLES / 2 ? S->commit_max - rnd_n(32)
-							 : 1 + rnd_n(S->commit_max);
-		if (i == 0 || i > S->commit_max || i >= S->n_cterm || !S->cterm[i])
-			continue;
-		unsigned have = 0, dead = 0;
-		for (uint32_t j = 0; j < st.conf.n_voters; j++) {
-			uint64_t id = st.conf.voters[j];
-			int k = node_of_id(id), d = 0;
-			for (int x = 1; x <= S->n_ids; x++)
-				d |= S->nd[x].dead_id == id && S->nd[x].raft_id != id;
-			if (d)
-				dead++; /* a lost disk's incarnation: it never votes again */
-			else if (k && holds(&S->nd[k], i, S->cterm[i]))
-				have++;
-		}
-		/* no quorum the live identities could form lacks a holder */
-		unsigned n = st.conf.n_voters, q = n / 2 + 1;
-		if (n - dead - have >= q)
-			fail("durability: committed entry %" PRIu64 " (term %" PRIu64
-			     ") is held by %u of %u voters (%u of them lost their disk): a quorum "
-			     "without it can form",
-			     i, S->cterm[i], have, n, dead);
-	}
 }
 
 /* ------------------------------------------------------------------ faults and operators */
