@@ -708,6 +708,7 @@ faults(void)
 					 * a lost disk, two of three would lack the data - seed 87) */
 		if (ok) {
 			n->dead_id = n->raft_id;
+			*vec_at(&S->dead_ids, &S->n_dead_ids, S->n_wipe) = n->raft_id;
 			node_crash(n, "disk replaced");
 			n->raft_id = 0; /* a new incarnation when it starts */
 			store_free(n->dstore);
@@ -968,6 +969,7 @@ sim_free(void)
 	free(S->cseen);
 	free(S->digest_at);
 	free(S->props);
+	free(S->dead_ids);
 	free(S);
 	S = NULL;
 	hso_fini();

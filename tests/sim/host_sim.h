@@ -71,7 +71,7 @@ struct node {
 	uint64_t seen_commit;
 	uint64_t lc_term, lc_checked;
 	int wiped;	  /* its disk was wiped and it has not rejoined yet */
-	uint64_t dead_id; /* the Raft id of the incarnation whose disk was lost (0: none) */
+	uint64_t dead_id; /* the Raft id of the incarnation whose disk was lost last (0: none) */
 };
 
 struct msg {
@@ -107,6 +107,7 @@ struct sim {
 	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
 	uint64_t lease_ms; /* relayd's `lease` on every node */
+	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */
 	/* oracles */
 	uint64_t *leader_of_term, n_lot;
 	uint64_t *cterm, n_cterm; /* committed index -> term (first seen) */

@@ -193,6 +193,8 @@ check_durable(void)
 			int k = node_of_id(id), d = 0;
 			for (int x = 1; x <= S->n_ids; x++)
 				d |= S->nd[x].dead_id == id && S->nd[x].raft_id != id;
+			for (uint64_t w = 0; w < S->n_wipe && w < S->n_dead_ids; w++)
+				d |= S->dead_ids[w] == id; /* (an earlier one too: seed 1066) */
 			if (d)
 				dead++; /* a lost disk's incarnation: it never votes again */
 			else if (k && holds(&S->nd[k], i, S->cterm[i]))
