@@ -403,8 +403,8 @@ craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len
 	int member = r->state == RELAY__NODE_STATE__NODE_MEMBER;
 	if (c->bt.phase == CRAFT_BOOT_DONE) {
 		/* a member asked (craft__ask_book): only a member of this cluster is believed */
-		member = member && r->has_cluster_id && c->cluster_id &&
-			 r->cluster_id == c->cluster_id;
+		member =
+		    member && r->has_cluster_id && c->cluster_id && r->cluster_id == c->cluster_id;
 	} else {
 		craft__book_heard(c, pi, r->incarnation);
 		c->bt.answered[pi] = 1;

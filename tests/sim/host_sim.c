@@ -62,8 +62,8 @@
  *                 [--quiet]
  * (--long: 1,000,000 steps per seed).
  */
-#include "craft.h"
 #include "host_sim.h"
+#include "craft.h"
 #include "host_sim_own.h"
 #include "peers.h"
 #include "queue_fsm.h"
@@ -705,7 +705,8 @@ faults(void)
 		for (int i = 1; i <= S->n_ids && ok; i++)
 			if (S->nd[i].wiped || (&S->nd[i] != n && install_marker(&S->nd[i])))
 				ok = 0; /* (one installing a snapshot holds nothing yet either: with
-					 * a lost disk, two of three would lack the data - seed 87) */
+					 * a lost disk, two of three would lack the data - seed 87)
+					 */
 		if (ok) {
 			n->dead_id = n->raft_id;
 			*vec_at(&S->dead_ids, &S->n_dead_ids, S->n_wipe) = n->raft_id;
@@ -890,9 +891,9 @@ step(void)
 		if (running(n) && n->next_own_tick <= S->now) {
 			/* delivery ownership, on the node's own clock too */
 			hso_tick(n->idx, mono(n), io_wall(n));
-			n->next_own_tick = S->now + (uint64_t)((int64_t)HSO_TICK_MS -
-							       (int64_t)HSO_TICK_MS * n->drift_ppm /
-								   1000000);
+			n->next_own_tick =
+			    S->now + (uint64_t)((int64_t)HSO_TICK_MS -
+						(int64_t)HSO_TICK_MS * n->drift_ppm / 1000000);
 		}
 		if (running(n))
 			hso_step(n->idx, 1, mono(n), io_wall(n));
@@ -1135,8 +1136,9 @@ sim_run(const struct opts *o)
 		       o->seed, o->nodes, o->steps, S->now - o->steps, ls.commit, S->n_leaders,
 		       S->n_props_ok, S->n_props_fail, S->n_crash, S->n_power, S->n_wipe,
 		       S->n_fail_writes, S->n_transfers, S->n_members, S->n_compact,
-		       S->n_installs_seen, S->n_durable_checks, S->n_msgs, S->lease_ms, os.renews_ok,
-		       os.verdicts, os.attempts, os.aborted, os.commits, os.outcomes_ok);
+		       S->n_installs_seen, S->n_durable_checks, S->n_msgs, S->lease_ms,
+		       os.renews_ok, os.verdicts, os.attempts, os.aborted, os.commits,
+		       os.outcomes_ok);
 	g_tot.own.renews_ok += os.renews_ok;
 	g_tot.own.verdicts += os.verdicts;
 	g_tot.own.attempts += os.attempts;

@@ -25,9 +25,9 @@
 #define SIM_STEP_MS 30000      /* a wall clock step, at most */
 #define SIM_EPOCH_MS 1700000000000ULL
 #define SIM_BODY_MAX 2000
-#define SIM_BACKLOG 80	   /* queued messages beyond which deletes get likelier */
-#define SIM_DIGEST_EVERY 8 /* indexes between digests (a digest walks the whole queue) */
-#define SIM_PROPS 100000   /* proposals tracked per seed (--long: about 40000) */
+#define SIM_BACKLOG 80	     /* queued messages beyond which deletes get likelier */
+#define SIM_DIGEST_EVERY 8   /* indexes between digests (a digest walks the whole queue) */
+#define SIM_PROPS 100000     /* proposals tracked per seed (--long: about 40000) */
 #define SIM_LONG_OUTAGE 6000 /* a crash or partition in four lasts up to this much longer */
 #define SIM_PAUSE_MAX 5000   /* a process stall, at most */
 
@@ -106,7 +106,7 @@ struct sim {
 	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
 	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
-	uint64_t lease_ms; /* relayd's `lease` on every node */
+	uint64_t lease_ms;		/* relayd's `lease` on every node */
 	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */
 	/* oracles */
 	uint64_t *leader_of_term, n_lot;

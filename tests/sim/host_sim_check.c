@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 int
 node_of_id(uint64_t id)
 {

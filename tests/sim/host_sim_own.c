@@ -48,8 +48,8 @@
 #define HSO_PICKS 16	/* owned items looked at per tick */
 #define HSO_SEND_MIN 20 /* an attempt's data takes HSO_SEND_MIN + rnd(HSO_SEND_SPREAD) units */
 #define HSO_SEND_SPREAD 400
-#define HSO_SLOW_IN 4	      /* one attempt in HSO_SLOW_IN is slow (a big message): */
-#define HSO_SLOW_SPREAD 6000  /* up to this much more */
+#define HSO_SLOW_IN 4	     /* one attempt in HSO_SLOW_IN is slow (a big message): */
+#define HSO_SLOW_SPREAD 6000 /* up to this much more */
 #define HSO_WINDOWS (HSO_NODES * HSO_ATT)
 
 enum { ATT_FREE, ATT_SENDING, ATT_COMMITTING, ATT_OUTCOME };
@@ -329,8 +329,7 @@ start_attempts(struct hso_node *nd, uint64_t now)
 			d += G.env.rnd_n(HSO_SLOW_SPREAD);
 		a->due = now + d;
 		G.st.attempts++;
-		G.env.trace("%s starts an attempt on %s (%s) epoch=%" PRIu64 " for %" PRIu64
-			    " ms",
+		G.env.trace("%s starts an attempt on %s (%s) epoch=%" PRIu64 " for %" PRIu64 " ms",
 			    nd->name, a->qid, a->dom, a->epoch, d);
 	}
 }
@@ -366,8 +365,9 @@ window_open(struct hso_node *nd, const struct hso_att *a, uint64_t w)
 			continue;
 		}
 		if (x->node != nd->idx && !strcmp(x->dom, a->dom))
-			G.env.fail("ownership: n%d (%s epoch %" PRIu64 ", committing since t=%" PRIu64
-				   " until t=%" PRIu64 ") and %s (%s epoch %" PRIu64
+			G.env.fail("ownership: n%d (%s epoch %" PRIu64
+				   ", committing since t=%" PRIu64 " until t=%" PRIu64
+				   ") and %s (%s epoch %" PRIu64
 				   ") both send the end of data for %s",
 				   x->node, x->qid, x->epoch, x->start, x->end, nd->name, a->qid,
 				   a->epoch, a->dom);
