@@ -565,8 +565,11 @@ int
 craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t incarnation)
 {
 	int pi = craft__peer_by_name(c, from);
-	if (pi < 0)
+	if (pi < 0) {
+		if (cluster_id && cluster_id == c->cluster_id)
+			craft__ask_book(c, from);
 		return -1;
+	}
 	if (cluster_id && c->cluster_id && cluster_id != c->cluster_id) {
 		c->counters.foreign_dropped++;
 		uint64_t now = craft__now(c);

@@ -375,7 +375,21 @@ craft__recv_hello(struct craft *c, size_t pi, const void *data, size_t len)
 	relay__hello__free_unpacked(h, NULL);
 }
 
-/* A HelloReply from member pi (discovering or rejoining only). */
+void
+craft__ask_book(struct craft *c, const char *from)
+{
+	uint64_t now = craft__now(c);
+	if (c->bt.phase != CRAFT_BOOT_DONE ||
+	    (c->ask_book_ms && now - c->ask_book_ms < c->retry_ms))
+		return;
+	c->ask_book_ms = now ? now : 1;
+	craft__log(c, "event=unknown-member from=%s: asking the members who the members are", from);
+	for (size_t i = 0; i < c->n_peers; i++)
+		if (i != c->self && c->pstate[i] != RELAY__PEER_STATE__PEER_LEFT)
+			craft__send_hello(c, i);
+}
+
+/* A HelloReply from member pi (discovering, rejoining, or asked by craft__ask_book). */
 void
 craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len)
 {
@@ -386,7 +400,12 @@ craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len
 			relay__hello_reply__free_unpacked(r, NULL);
 		return;
 	}
-	if (c->bt.phase != CRAFT_BOOT_DONE) {
+	int member = r->state == RELAY__NODE_STATE__NODE_MEMBER;
+	if (c->bt.phase == CRAFT_BOOT_DONE) {
+		/* a member asked (craft__ask_book): only a member of this cluster is believed */
+		member =
+		    member && r->has_cluster_id && c->cluster_id && r->cluster_id == c->cluster_id;
+	} else {
 		craft__book_heard(c, pi, r->incarnation);
 		c->bt.answered[pi] = 1;
 		c->bt.member[pi] = r->state == RELAY__NODE_STATE__NODE_MEMBER;
@@ -402,9 +421,12 @@ craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len
 		}
 		if (r->leader && *r->leader)
 			snprintf(c->bt.leader, sizeof(c->bt.leader), "%s", r->leader);
+		member = c->bt.member[pi];
+	}
+	{
 		/* members this node's `peers` lack: known (and dialed) from now on, as if from
 		 * config, so that their frames (the leader's) are taken */
-		for (size_t k = 0; c->bt.member[pi] && k < r->n_members; k++) {
+		for (size_t k = 0; member && k < r->n_members; k++) {
 			const Relay__Peer *mp = r->members[k];
 			if (craft__peer_validate(mp) || !mp->addr || !*mp->addr ||
 			    craft__peer_by_name(c, mp->node) >= 0)

@@ -285,6 +285,7 @@ struct craft {
 	int failed; /* sticky CLUSTER_E*: apply stopped */
 	int closing;
 	uint64_t foreign_log_ms; /* last event=foreign-cluster line */
+	uint64_t ask_book_ms;	 /* last Hello sent for an unknown sender (craft__ask_book) */
 	uint64_t cid_prop_ms;	 /* leader: last ClusterId proposal (legacy clusters) */
 	uint64_t orphan_prop_ms; /* leader: last removal of a replaced incarnation */
 
@@ -382,6 +383,10 @@ int craft__boot_replay(struct craft *c);
 void craft__boot_tick(struct craft *c, uint64_t now);
 void craft__recv_hello(struct craft *c, size_t pi, const void *data, size_t len);
 void craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_t len);
+/* A frame of this cluster came from a node the address book lacks (a member added by log
+ * entries this node has not applied yet: if it leads, this node would never catch up): ask the
+ * known peers for the members (Hello), at most once per retry_ms. */
+void craft__ask_book(struct craft *c, const char *from);
 void craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len);
 int craft__apply_cluster_id(struct craft *c, uint64_t index, const Relay__ClusterId *cl);
 uint64_t craft__peers_digest(const struct craft *c);

@@ -27,7 +27,12 @@
  *     compaction is forced now and then (craft_snapshot_now) besides craft's own policy;
  *     snapshot chunks are small (many round trips: fetches span compactions and crashes);
  *   - clients propose Accepts (and Deletes of accepted ones) to random nodes; operators transfer
- *     leadership and add/remove the spare node (it joins from outside its own `peers`).
+ *     leadership and add/remove the spare node (it joins from outside its own `peers`);
+ *   - a crash or partition in four lasts up to SIM_LONG_OUTAGE longer (leases lapse); with
+ *     --pauses, process stalls (nothing runs, clocks go on, frames and completions wait);
+ *   - delivery ownership (host_sim_own.c): the real cluster/ownership.c on every node's own
+ *     clock, Renew/Member through its craft_propose, attempts that take time and pass
+ *     own_may_commit before their end of data, Outcomes.
  *
  * Checked (after every step, unless said otherwise):
  *   election safety     at most one leader per term;
@@ -48,12 +53,18 @@
  *                       nothing below it;
  *   G1                  after the heal every Accept acknowledged to its client (callback status
  *                       0), and not deleted, is in the queue of every member; every member
- *                       applies the whole committed log; liveness within the heal budget.
+ *                       applies the whole committed log; liveness within the heal budget;
+ *   ownership           (true time, host_sim_own.c) never two nodes in the committing window
+ *                       (own_may_commit passed, end of data not yet at the destination) of
+ *                       one domain at one instant.
  *
- * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--trace] [--quiet]
+ * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--trace]
+ *                 [--quiet]
  * (--long: 1,000,000 steps per seed).
  */
+#include "host_sim.h"
 #include "craft.h"
+#include "host_sim_own.h"
 #include "peers.h"
 #include "queue_fsm.h"
 #include "raft.h"
@@ -68,21 +79,6 @@
 #include <string.h>
 #include <time.h>
 
-#define SIM_MAX 7	       /* nodes, the spare included */
-#define SIM_NET_MAX 20000      /* frames in flight; beyond, the network drops */
-#define SIM_HB 10	       /* heartbeat_ms */
-#define SIM_ELECTION 100       /* election_ms */
-#define SIM_HEAL_BUDGET 40000  /* units allowed to converge after the heal */
-#define SIM_DURABLE_EVERY 97   /* units between durability checks */
-#define SIM_DURABLE_SAMPLES 24 /* committed indexes checked each time */
-#define SIM_DRIFT_PPM 2000     /* clock rate within +-0.2% */
-#define SIM_STEP_MS 30000      /* a wall clock step, at most */
-#define SIM_EPOCH_MS 1700000000000ULL
-#define SIM_BODY_MAX 2000
-#define SIM_BACKLOG 80	   /* queued messages beyond which deletes get likelier */
-#define SIM_DIGEST_EVERY 8 /* indexes between digests (a digest walks the whole queue) */
-#define SIM_PROPS 100000   /* proposals tracked per seed (--long: about 40000) */
-
 /* ------------------------------------------------------------------ PRNG, failure */
 
 static uint64_t g_rng;
@@ -96,7 +92,7 @@ rnd(void)
 	return z ^ (z >> 31);
 }
 
-static uint64_t
+uint64_t
 rnd_n(uint64_t n)
 {
 	return n ? rnd() % n : 0;
@@ -112,7 +108,7 @@ static jmp_buf g_fail_jmp;
 static char g_fail_msg[512];
 static int g_trace;
 
-static void
+void
 fail(const char *fmt, ...)
 {
 	va_list ap;
@@ -124,100 +120,15 @@ fail(const char *fmt, ...)
 
 /* ------------------------------------------------------------------ state */
 
-struct pw {		      /* one write of a node's disk */
-	struct store_batch b; /* owned */
-	uint64_t due;
-	int started; /* io.write_start: craft_write_done at completion */
-	int visible; /* applied to vstore already (write_now) */
-	int durable; /* applied to dstore already */
-	int fails;   /* completes with STORE_EIO */
-};
-
-struct node {
-	int idx; /* 1..n_ids */
-	char name[8], addr[16];
-	int up;
-	int join; /* started outside its own `peers` (the spare) */
-	struct craft *c;
-	struct store *dstore; /* what the disk holds */
-	struct store *vstore; /* what the running process reads (up only) */
-	struct pw *pw;
-	size_t npw, pwcap;
-	uint64_t last_due;
-	int digesting;
-	uint64_t digest_due;
-	int digest_rv;
-	int run;
-	uint64_t restart_at;
-	uint64_t next_tick;
-	/* clocks: monotonic = base + now * (1 + drift); wall = monotonic + step */
-	int64_t drift_ppm;
-	uint64_t mono_base;
-	int64_t wall_step;
-	uint64_t raft_id;	    /* the Raft id of its current incarnation (also while down) */
-	uint64_t applied;	    /* last index applied (hook), or the state loaded */
-	uint64_t last_commit;	    /* leader check: commit seen at the last step, */
-	struct raft_conf last_conf; /* under this configuration */
-	uint64_t seen_commit;
-	uint64_t lc_term, lc_checked;
-	int wiped;	  /* its disk was wiped and it has not rejoined yet */
-	uint64_t dead_id; /* the Raft id of the incarnation whose disk was lost (0: none) */
-};
-
-struct msg {
-	uint64_t at;
-	int from, to;
-	uint64_t cid, inc; /* envelope */
-	int raft;
-	struct raft_msg m; /* raft: owned copy */
-	uint32_t kind;	   /* frame */
-	uint8_t *data;	   /* owned */
-	size_t len;
-};
-
-struct prop {
-	int used;
-	int kind; /* 0 accept, 1 delete */
-	char qid[QUEUE_ID_MAX + 1];
-	int status; /* 1 pending, 0 ok, <0 error */
-};
-
-struct sim {
-	uint64_t seed, now, steps;
-	int n_nodes, n_ids; /* voters at bootstrap; + the spare */
-	int healing;
-	struct node nd[SIM_MAX + 1];
-	struct msg *net;
-	size_t n_net;
-	uint64_t cut_until[SIM_MAX + 1][SIM_MAX + 1];
-	char peers_buf[SIM_MAX][32];
-	const char *peers[SIM_MAX];
-	/* knobs */
-	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
-	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm;
-	unsigned delay_max, sync_max, snap_entries, chunk, retain;
-	/* oracles */
-	uint64_t *leader_of_term, n_lot;
-	uint64_t *cterm, n_cterm; /* committed index -> term (first seen) */
-	uint64_t *cseen, n_cseen; /* committed index -> term of the node that saw it */
-	uint64_t commit_max;
-	uint64_t *digest_at, n_digest; /* index -> queue digest after applying it (+1) */
-	struct prop *props;
-	size_t n_props;
-	uint64_t next_qid;
-	/* stats */
-	uint64_t n_crash, n_power, n_wipe, n_fail_writes, n_transfers, n_members, n_compact, n_msgs,
-	    n_props_ok, n_props_fail, n_applied, n_installs_seen, n_durable_checks, n_leaders;
-};
-
-static struct sim *S;
+struct sim *S;
 
 static struct {
 	uint64_t runs, units, props_ok, crashes, wipes, power, transfers, members, compactions,
 	    msgs, durable_checks, leaders, heal_max;
+	struct hso_stats own; /* summed */
 } g_tot;
 
-static void
+void
 trace(const char *fmt, ...)
 {
 	if (!g_trace)
@@ -230,7 +141,7 @@ trace(const char *fmt, ...)
 	va_end(ap);
 }
 
-static uint64_t *
+uint64_t *
 vec_at(uint64_t **v, uint64_t *n, uint64_t i)
 {
 	if (i >= *n) {
@@ -608,6 +519,8 @@ node_start(struct node *n)
 	n->raft_id = craft_id(n->c);
 	n->run = 1;
 	n->next_tick = S->now + 1 + rnd_n(SIM_HB);
+	n->next_own_tick = S->now + 1 + rnd_n(HSO_TICK_MS);
+	hso_start(n->idx, n->name, n->c, mono(n));
 	n->last_commit = 0;
 	n->lc_term = 0;
 	n->seen_commit = 0;
@@ -634,20 +547,30 @@ node_crash(struct node *n, const char *why)
 	n->last_due = 0;
 	craft_abandon(n->c);
 	n->c = NULL;
+	hso_crash(n->idx);
 	store_free(n->vstore);
 	n->vstore = NULL;
 	n->up = 0;
+	n->paused_until = 0;
 	n->digesting = 0;
 	n->restart_at = S->now + 20 + rnd_n(1500);
+	if (rnd_n(4) == 0)
+		n->restart_at += rnd_n(SIM_LONG_OUTAGE); /* long enough for its lease to lapse */
 	S->n_crash++;
 	trace("%s crash (%s) kept %zu writes", n->name, why, keep);
+}
+
+static int
+running(const struct node *n)
+{
+	return n->up && n->paused_until <= S->now;
 }
 
 static void
 node_run(struct node *n)
 {
 	int guard = 0;
-	while (n->up && n->run) {
+	while (running(n) && n->run) {
 		n->run = 0;
 		craft_run(n->c);
 		if (++guard > 1000)
@@ -741,189 +664,23 @@ propose_delete(struct node *n)
 		p->status = -1;
 }
 
-/* ------------------------------------------------------------------ checks */
+/* ------------------------------------------------------------------ ownership's edge */
 
-static int
-node_of_id(uint64_t id)
+static uint64_t
+mono_of(int idx)
 {
-	for (int i = 1; i <= S->n_ids; i++)
-		if (S->nd[i].raft_id == id)
-			return i;
-	return 0;
+	return mono(&S->nd[idx]);
 }
 
-static struct node *
-leader(void)
-{
-	struct node *best = NULL;
-	uint64_t bt = 0;
-	for (int i = 1; i <= S->n_ids; i++) {
-		struct node *n = &S->nd[i];
-		if (!n->up)
-			continue;
-		struct raft_status st;
-		raft_status(craft_raft(n->c), &st);
-		if (st.role == RAFT_LEADER && st.term >= bt) {
-			best = n;
-			bt = st.term;
-		}
-	}
-	return best;
-}
-
-static int
-cmp_desc(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? 1 : x > y ? -1 : 0;
-}
-
+/* An Outcome was proposed: its message may leave the queue (G1 treats it as a Delete). */
 static void
-check_node(struct node *n)
+outcome_noted(const char *qid)
 {
-	struct raft *r = craft_raft(n->c);
-	struct raft_status st;
-	raft_status(r, &st);
-	if (raft_installing(r) && st.role != RAFT_FOLLOWER)
-		fail("node %s is %s while installing a snapshot", n->name,
-		     st.role == RAFT_LEADER ? "leader" : "a candidate");
-	if (st.role == RAFT_LEADER) {
-		uint64_t *l = vec_at(&S->leader_of_term, &S->n_lot, st.term);
-		if (!*l) {
-			*l = n->raft_id;
-			S->n_leaders++;
-		} else if (*l != n->raft_id) {
-			fail("election safety: two leaders of term %" PRIu64, st.term);
-		}
-	}
-	if (st.commit > st.last_index)
-		fail("node %s commit %" PRIu64 " past last %" PRIu64, n->name, st.commit,
-		     st.last_index);
-	for (uint64_t i = n->seen_commit + 1; i <= st.commit; i++) {
-		uint64_t t = raft_term_at(r, i);
-		if (!t)
-			continue;
-		uint64_t *g = vec_at(&S->cterm, &S->n_cterm, i);
-		if (!*g) {
-			*g = t;
-			*vec_at(&S->cseen, &S->n_cseen, i) = st.term;
-		} else if (*g != t) {
-			fail("committed entry %" PRIu64 " has term %" PRIu64 " on %s, %" PRIu64
-			     " elsewhere",
-			     i, t, n->name, *g);
-		}
-	}
-	if (st.commit > n->seen_commit)
-		n->seen_commit = st.commit;
-	if (st.commit > S->commit_max)
-		S->commit_max = st.commit;
-	if (st.role != RAFT_LEADER) {
-		n->last_commit = 0;
+	struct prop *p = prop_new(2);
+	if (!p)
 		return;
-	}
-	/* leader completeness (3.6.3) */
-	if (n->lc_term != st.term) {
-		n->lc_term = st.term;
-		n->lc_checked = 0;
-	}
-	uint64_t from = n->lc_checked > st.snap_index ? n->lc_checked : st.snap_index;
-	for (uint64_t i = from + 1; i <= S->commit_max; i++) {
-		uint64_t g = i < S->n_cterm ? S->cterm[i] : 0;
-		uint64_t t = raft_term_at(r, i);
-		if (g && i < S->n_cseen && S->cseen[i] < st.term && t != g)
-			fail("leader completeness: %s (term %" PRIu64 ") lacks committed %" PRIu64,
-			     n->name, st.term, i);
-	}
-	n->lc_checked = S->commit_max;
-	/* a node installing a snapshot is never counted towards a commit (checked when the commit
-	 * moved under an unchanged configuration: a conf change takes effect on append) */
-	if (n->last_commit && st.commit > n->last_commit &&
-	    !memcmp(&n->last_conf, &st.conf, sizeof(st.conf))) {
-		uint64_t m[RAFT_MAX_NODES * 2];
-		unsigned k = 0, voters = 0;
-		char who[160] = "";
-		size_t o = 0;
-		for (uint32_t j = 0; j < st.n_peers; j++) {
-			const struct raft_peer_status *p = &st.peers[j];
-			if (!p->voter)
-				continue;
-			voters++;
-			int x = node_of_id(p->id);
-			int installing = x && S->nd[x].up && S->nd[x].raft_id == p->id &&
-					 raft_installing(craft_raft(S->nd[x].c));
-			m[k++] = installing ? 0 : p->match;
-			if (o < sizeof(who) - 40)
-				o += (size_t)snprintf(who + o, sizeof(who) - o, " %s:%" PRIu64 "%s",
-						      x ? S->nd[x].name : "?", p->match,
-						      installing ? "(installing)" : "");
-		}
-		qsort(m, k, sizeof(m[0]), cmp_desc);
-		if (voters && m[voters / 2] < st.commit)
-			fail("%s committed %" PRIu64 " with a node installing a snapshot counted "
-			     "(the quorum without it holds %" PRIu64 "):%s",
-			     n->name, st.commit, m[voters / 2], who);
-	}
-	n->last_commit = st.commit;
-	n->last_conf = st.conf;
-}
-
-/* Does node k's disk hold committed entry i (with term t): in its log, or in a complete
- * applied state? */
-static int
-holds(struct node *k, uint64_t i, uint64_t t)
-{
-	void *v;
-	size_t vl;
-	int marker = store_get(k->dstore, STORE_CF_META, STORE_META_INSTALL,
-			       sizeof(STORE_META_INSTALL) - 1, &v, &vl) == 0;
-	if (marker)
-		free(v);
-	uint64_t applied = 0;
-	store_applied_get(k->dstore, &applied);
-	if (!marker && applied >= i)
-		return 1;
-	struct store_entry e;
-	void *buf;
-	if (store_log_get(k->dstore, i, &e, &buf))
-		return 0;
-	int ok = e.term == t;
-	free(buf);
-	return ok;
-}
-
-static void
-check_durable(void)
-{
-	struct node *l = leader();
-	if (!l || S->commit_max == 0)
-		return;
-	struct raft_status st;
-	raft_status(craft_raft(l->c), &st);
-	S->n_durable_checks++;
-	for (int s = 0; s < SIM_DURABLE_SAMPLES; s++) {
-		uint64_t i = s < SIM_DURABLE_SAMPLES / 2 ? S->commit_max - rnd_n(32)
-							 : 1 + rnd_n(S->commit_max);
-		if (i == 0 || i > S->commit_max || i >= S->n_cterm || !S->cterm[i])
-			continue;
-		unsigned have = 0, dead = 0;
-		for (uint32_t j = 0; j < st.conf.n_voters; j++) {
-			uint64_t id = st.conf.voters[j];
-			int k = node_of_id(id), d = 0;
-			for (int x = 1; x <= S->n_ids; x++)
-				d |= S->nd[x].dead_id == id && S->nd[x].raft_id != id;
-			if (d)
-				dead++; /* a lost disk's incarnation: it never votes again */
-			else if (k && holds(&S->nd[k], i, S->cterm[i]))
-				have++;
-		}
-		/* no quorum the live identities could form lacks a holder */
-		unsigned n = st.conf.n_voters, q = n / 2 + 1;
-		if (n - dead - have >= q)
-			fail("durability: committed entry %" PRIu64 " (term %" PRIu64
-			     ") is held by %u of %u voters (%u of them lost their disk): a quorum "
-			     "without it can form",
-			     i, S->cterm[i], have, n, dead);
-	}
+	snprintf(p->qid, sizeof(p->qid), "%s", qid);
+	p->status = 2; /* not a client's: counted nowhere */
 }
 
 /* ------------------------------------------------------------------ faults and operators */
@@ -946,10 +703,13 @@ faults(void)
 		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
 		int ok = 1;
 		for (int i = 1; i <= S->n_ids && ok; i++)
-			if (S->nd[i].wiped)
-				ok = 0;
+			if (S->nd[i].wiped || (&S->nd[i] != n && install_marker(&S->nd[i])))
+				ok = 0; /* (one installing a snapshot holds nothing yet either: with
+					 * a lost disk, two of three would lack the data - seed 87)
+					 */
 		if (ok) {
 			n->dead_id = n->raft_id;
+			*vec_at(&S->dead_ids, &S->n_dead_ids, S->n_wipe) = n->raft_id;
 			node_crash(n, "disk replaced");
 			n->raft_id = 0; /* a new incarnation when it starts */
 			store_free(n->dstore);
@@ -961,6 +721,8 @@ faults(void)
 	}
 	if (chance(S->part_ppm)) {
 		uint64_t until = S->now + 100 + rnd_n(2000);
+		if (rnd_n(4) == 0)
+			until += rnd_n(SIM_LONG_OUTAGE);
 		uint64_t mask = rnd_n((1ULL << S->n_ids) - 1) + 1;
 		for (int i = 1; i <= S->n_ids; i++)
 			for (int j = 1; j <= S->n_ids; j++)
@@ -970,6 +732,13 @@ faults(void)
 	}
 	if (chance(S->part_ppm / 2))
 		memset(S->cut_until, 0, sizeof(S->cut_until));
+	if (chance(S->pause_ppm)) {
+		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
+		if (running(n)) {
+			n->paused_until = S->now + 1 + rnd_n(SIM_PAUSE_MAX);
+			trace("%s pauses until t=%" PRIu64, n->name, n->paused_until);
+		}
+	}
 	if (chance(S->step_ppm)) {
 		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
 		n->wall_step += (int64_t)rnd_n(2 * SIM_STEP_MS) - SIM_STEP_MS;
@@ -982,7 +751,7 @@ random_up(void)
 	int k = (int)rnd_n((uint64_t)S->n_ids);
 	for (int i = 0; i < S->n_ids; i++) {
 		struct node *n = &S->nd[1 + (k + i) % S->n_ids];
-		if (n->up)
+		if (running(n))
 			return n;
 	}
 	return NULL;
@@ -1032,8 +801,8 @@ sync_disks(void)
 {
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *n = &S->nd[i];
-		if (!n->up)
-			continue;
+		if (!running(n))
+			continue; /* (a stalled process sees its completions when it runs again) */
 		while (n->npw && n->pw[0].due <= S->now) {
 			struct pw w = n->pw[0];
 			memmove(n->pw, n->pw + 1, (n->npw - 1) * sizeof(w));
@@ -1073,8 +842,12 @@ deliver(void)
 			i++;
 			continue;
 		}
-		S->net[i] = S->net[--S->n_net];
 		struct node *n = &S->nd[x.to];
+		if (n->up && !running(n)) {
+			i++; /* waits in the socket buffer until the process runs again */
+			continue;
+		}
+		S->net[i] = S->net[--S->n_net];
 		if (!x.cid && !x.inc && S->nd[x.from].up)
 			craft_envelope(S->nd[x.from].c, &x.cid, &x.inc);
 		int env = n->up && link_ok(x.from, x.to)
@@ -1106,7 +879,7 @@ step(void)
 	deliver();
 	for (int i = 1; i <= S->n_ids; i++) {
 		struct node *n = &S->nd[i];
-		if (n->up && n->next_tick <= S->now) {
+		if (running(n) && n->next_tick <= S->now) {
 			craft_tick(n->c);
 			/* the tick runs on the node's own clock */
 			n->next_tick =
@@ -1115,6 +888,15 @@ step(void)
 			if (n->next_tick <= S->now)
 				n->next_tick = S->now + 1;
 		}
+		if (running(n) && n->next_own_tick <= S->now) {
+			/* delivery ownership, on the node's own clock too */
+			hso_tick(n->idx, mono(n), io_wall(n));
+			n->next_own_tick =
+			    S->now + (uint64_t)((int64_t)HSO_TICK_MS -
+						(int64_t)HSO_TICK_MS * n->drift_ppm / 1000000);
+		}
+		if (running(n))
+			hso_step(n->idx, 1, mono(n), io_wall(n));
 		node_run(n);
 	}
 	sync_disks();
@@ -1162,6 +944,7 @@ struct opts {
 	uint64_t seed, steps;
 	int nodes;
 	int verbose;
+	int pauses; /* --pauses: process stalls too */
 };
 
 static void
@@ -1187,8 +970,10 @@ sim_free(void)
 	free(S->cseen);
 	free(S->digest_at);
 	free(S->props);
+	free(S->dead_ids);
 	free(S);
 	S = NULL;
+	hso_fini();
 }
 
 static int
@@ -1215,14 +1000,19 @@ sim_run(const struct opts *o)
 	S->member_ppm = 50 + (uint32_t)rnd_n(300);
 	S->compact_ppm = 200 + (uint32_t)rnd_n(2000);
 	S->step_ppm = (uint32_t)rnd_n(200);
+	S->pause_ppm = 50 + (uint32_t)rnd_n(250);
+	if (!o->pauses)
+		S->pause_ppm = 0;
 	S->propose_ppm = 5000 + (uint32_t)rnd_n(30000);
 	S->snap_entries = 16 + (unsigned)rnd_n(48);
 	S->chunk = 2048 + (unsigned)rnd_n(30000);
 	S->retain = 100 + (unsigned)rnd_n(2000); /* (the store twin is slow with long logs) */
+	S->lease_ms = 500 + rnd_n(1500);	 /* relayd's minimum is 500 */
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "   # t=%" PRIu64 ": %s\n",
-		       o->seed, o->nodes, o->steps, S->now, g_fail_msg);
+		       "%s   # t=%" PRIu64 ": %s\n",
+		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "", S->now,
+		       g_fail_msg);
 		fflush(stdout);
 		return 1; /* state leaked on purpose: the process reports and exits */
 	}
@@ -1243,6 +1033,13 @@ sim_run(const struct opts *o)
 		if (store_mem_new(&n->dstore))
 			fail("store_mem_new");
 	}
+	struct hso_env env = {.rnd_n = rnd_n,
+			      .fail = fail,
+			      .trace = trace,
+			      .outcome_proposed = outcome_noted,
+			      .mono = mono_of,
+			      .now = &S->now};
+	hso_init(&env, S->n_ids, S->lease_ms);
 	for (int i = 1; i <= S->n_ids; i++)
 		node_start(&S->nd[i]);
 	for (S->now = 1; S->now <= S->steps; S->now++)
@@ -1253,9 +1050,11 @@ sim_run(const struct opts *o)
 	S->propose_ppm = 2000;
 	uint64_t acked_at_heal = S->n_props_ok;
 	memset(S->cut_until, 0, sizeof(S->cut_until));
-	for (int i = 1; i <= S->n_ids; i++)
+	for (int i = 1; i <= S->n_ids; i++) {
 		if (!S->nd[i].up)
 			S->nd[i].restart_at = S->now;
+		S->nd[i].paused_until = 0;
+	}
 	uint64_t heal_end = S->now + SIM_HEAL_BUDGET, quiet = 0;
 	int ok = 0;
 	for (; S->now <= heal_end; S->now++) {
@@ -1264,6 +1063,7 @@ sim_run(const struct opts *o)
 			quiet =
 			    S->now; /* the cluster commits again: no new proposals from now on */
 			S->propose_ppm = 0;
+			hso_quiet(); /* and no ownership proposals: the log goes idle */
 		}
 		if (quiet && S->now % 50 == 0 && settled()) {
 			ok = 1;
@@ -1302,7 +1102,7 @@ sim_run(const struct opts *o)
 	size_t n_del = 0;
 	char(*del)[QUEUE_ID_MAX + 1] = malloc((S->n_props + 1) * sizeof(*del));
 	for (size_t k = 0; k < S->n_props; k++)
-		if (S->props[k].kind == 1)
+		if (S->props[k].kind != 0)
 			memcpy(del[n_del++], S->props[k].qid, sizeof(del[0]));
 	qsort(del, n_del, sizeof(del[0]), (int (*)(const void *, const void *))strcmp);
 	for (size_t k = 0; k < S->n_props; k++) {
@@ -1322,17 +1122,29 @@ sim_run(const struct opts *o)
 		}
 	}
 	free(del);
+	struct hso_stats os;
+	hso_stats(&os);
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
 		       " commit=%" PRIu64 " leaders=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
 		       " crashes=%" PRIu64 " power=%" PRIu64 " wipes=%" PRIu64
 		       " failed_writes=%" PRIu64 " transfers=%" PRIu64 " member_ops=%" PRIu64
 		       " compactions=%" PRIu64 " states_loaded=%" PRIu64 " durable_checks=%" PRIu64
-		       " msgs=%" PRIu64 "\n",
+		       " msgs=%" PRIu64 " lease=%" PRIu64 " renews=%" PRIu64 " verdicts=%" PRIu64
+		       " attempts=%" PRIu64 " aborted=%" PRIu64 " committed=%" PRIu64
+		       " delivered=%" PRIu64 "\n",
 		       o->seed, o->nodes, o->steps, S->now - o->steps, ls.commit, S->n_leaders,
 		       S->n_props_ok, S->n_props_fail, S->n_crash, S->n_power, S->n_wipe,
 		       S->n_fail_writes, S->n_transfers, S->n_members, S->n_compact,
-		       S->n_installs_seen, S->n_durable_checks, S->n_msgs);
+		       S->n_installs_seen, S->n_durable_checks, S->n_msgs, S->lease_ms,
+		       os.renews_ok, os.verdicts, os.attempts, os.aborted, os.commits,
+		       os.outcomes_ok);
+	g_tot.own.renews_ok += os.renews_ok;
+	g_tot.own.verdicts += os.verdicts;
+	g_tot.own.attempts += os.attempts;
+	g_tot.own.aborted += os.aborted;
+	g_tot.own.commits += os.commits;
+	g_tot.own.outcomes_ok += os.outcomes_ok;
 	g_tot.runs++;
 	g_tot.units += S->now;
 	g_tot.props_ok += S->n_props_ok;
@@ -1376,13 +1188,15 @@ main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--long")) {
 			o.steps = 1000000;
+		} else if (!strcmp(a, "--pauses")) {
+			o.pauses = 1;
 		} else if (!strcmp(a, "--trace")) {
 			g_trace = 1;
 		} else if (!strcmp(a, "--quiet")) {
 			o.verbose = 0;
 		} else {
 			fprintf(stderr, "usage: host_sim [--seed S | --seeds A:B] [--nodes N] "
-					"[--steps K] [--long] [--trace] [--quiet]\n");
+					"[--steps K] [--long] [--pauses] [--trace] [--quiet]\n");
 			return 2;
 		}
 	}
@@ -1409,5 +1223,9 @@ main(int argc, char **argv)
 	       g_tot.runs, g_tot.units, g_tot.props_ok, g_tot.leaders, g_tot.crashes, g_tot.power,
 	       g_tot.wipes, g_tot.transfers, g_tot.members, g_tot.compactions, g_tot.durable_checks,
 	       g_tot.msgs, g_tot.heal_max);
+	printf("ownership: renews=%" PRIu64 " verdicts=%" PRIu64 " attempts=%" PRIu64
+	       " aborted_at_gate=%" PRIu64 " committed=%" PRIu64 " delivered=%" PRIu64 "\n",
+	       g_tot.own.renews_ok, g_tot.own.verdicts, g_tot.own.attempts, g_tot.own.aborted,
+	       g_tot.own.commits, g_tot.own.outcomes_ok);
 	return bad ? 1 : 0;
 }
