@@ -20,7 +20,7 @@ import time
 import unittest
 import urllib.request
 
-from relaytest import RELAYD, RelayTestCase, wait_for
+from relaytest import RELAYD, SANITIZED, RelayTestCase, wait_for
 
 ADDRS = ["127.0.16.11", "127.0.16.12", "127.0.16.13"]
 NAMES = ["n1", "n2", "n3"]
@@ -61,7 +61,11 @@ class ClusterSnapshotTest(RelayTestCase):
             n = self.relayd(name=name, addr=addr, port=2525, **tls[name],
                             cluster_listen="%s:7401" % addr, peers=PEERS,
                             http_listen="%s:8025" % addr,
-                            election_timeout="500ms", heartbeat_interval="50ms",
+                            # under ASan a node takes seconds over a few MiB of frames:
+                            # with 500 ms the followers kept timing out and campaigning
+                            # (a leader change every few seconds, clients timed out)
+                            election_timeout="2s" if SANITIZED else "500ms",
+                            heartbeat_interval="100ms" if SANITIZED else "50ms",
                             propose_timeout="30s", retry_base="1h", retry_max="1h",
                             relayhost="[127.0.16.99]:25", snapshot_entries=16,
                             max_message_size="10m", data_timeout="60s")
