@@ -16,6 +16,8 @@ A sampler reads every node's /metrics every 50 ms: a node fetching a snapshot's 
 never be the leader (on main it voted and could be elected).  In the end every message that got 250 is in the
 queue of all three nodes (the queues are equal and hold the 208 MiB of bodies), each node
 stops cleanly (exit 0, no sanitizer report).
+Under the ASan build (RELAY_SANITIZED) the queue is 52 MiB and elections take 2 s: the same
+steps, sized so the test ends within CTest's 600 s.
 """
 import os
 import re
@@ -26,7 +28,7 @@ import time
 import unittest
 import urllib.request
 
-from relaytest import RelayTestCase, port_open, wait_for
+from relaytest import SANITIZED, RelayTestCase, port_open, wait_for
 
 ADDRS = ["127.0.38.11", "127.0.38.12", "127.0.38.13"]
 NAMES = ["node1", "node2", "node3"]
@@ -36,6 +38,12 @@ QUEUED_RE = re.compile(r"queued as ([0-9A-Fa-f]+)")
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:")
 MIB = 1 << 20
 BIG_N, BIG_SIZE = 52, 4 * MIB  # 208 MiB of queue
+if SANITIZED:
+    # the ASan build moves bytes several times slower: 52 MiB still takes it tens of seconds
+    # to fetch (steps 2 and 3 happen during the fetch), 208 MiB ran past CTest's 600 s
+    BIG_N = 13
+# ... and takes seconds over MiB frames: 400 ms elections kept the followers campaigning
+ELECTION, HEARTBEAT = ("2s", "100ms") if SANITIZED else ("400ms", "50ms")
 NO_LEADER_WATCH_S = 5.0
 # A restarted node first syncs what its last run wrote unsynced (up to a partial copy of the
 # queue): on a loaded machine that takes a while before it listens.
@@ -80,7 +88,7 @@ class RollingRestartTest(RelayTestCase):
                             cluster_ca=os.path.join(certs, "ca.crt"),
                             cluster_cert=os.path.join(certs, name + ".crt"),
                             cluster_key=os.path.join(certs, name + ".key"),
-                            election_timeout="400ms", heartbeat_interval="50ms",
+                            election_timeout=ELECTION, heartbeat_interval=HEARTBEAT,
                             propose_timeout="30s", snapshot_entries=16,
                             retry_base="1h", retry_max="1h")
             self.cl.append(n)
