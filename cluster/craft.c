@@ -416,7 +416,7 @@ craft__submit(struct craft *c, struct craft_prop *p)
 	int pi = craft__peer_by_id(c, c->lead);
 	if (pi < 0)
 		return 0;
-	/* With it goes what bounds its age at the leader (craft__recv_forward): the stamp of the
+	/* With it goes what bounds its age at the leader (craft__forward_expired): the stamp of the
 	 * leader's latest message here (sent before this, by the leader's clock) and what is left
 	 * of the proposal's time here.  A forward that waited in a cut link's TCP stream until
 	 * after the origin answered 451 is then dropped rather than committed: the client sends
