@@ -353,6 +353,17 @@ dial_watch_step(struct dial_watch *w, bool connected, uint64_t attempts, uint64_
 	return now_ms - w->since_ms >= TRANSPORT_DIAL_STALL_MS;
 }
 
+/*
+ * A send NNG holds on a connection it counts as open (connected), busy_ms after it was handed
+ * over: true when the dialer must be re-created.  A peer that is down has no connection (its
+ * dialer redials by itself, dial_watch_step); a live one drains a frame in well under a second.
+ */
+static bool
+send_stalled(bool connected, bool busy, uint64_t busy_ms)
+{
+	return connected && busy && busy_ms >= TRANSPORT_SEND_STALL_MS;
+}
+
 /* ---- peers ---- */
 
 struct queued {
@@ -380,6 +391,7 @@ struct peer {
 	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
 	unsigned head, n;
 	bool busy;	 /* a message is in p->aio */
+	uint64_t busy_since_ms; /* when it was handed to NNG (mono_ms) */
 	size_t busy_len; /* its payload bytes */
 	size_t bytes;	 /* payload bytes in ring + in flight */
 	bool closing;	 /* no more submissions */
@@ -452,6 +464,15 @@ peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 		atomic_fetch_sub(&p->pipes, 1);
 }
 
+/* A monotonic clock in ms that any thread may read (uv_now is the loop thread's). */
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Hand the ring's head to NNG.  Called with p->mtx held, !p->busy, p->n > 0, !p->closing. */
 static void
 peer_submit_locked(struct peer *p)
@@ -461,6 +482,7 @@ peer_submit_locked(struct peer *p)
 	p->n--;
 	p->busy = true;
 	p->busy_len = q.len;
+	p->busy_since_ms = mono_ms();
 	nng_aio_set_msg(p->aio, q.msg);
 	nng_send_aio(p->sock, p->aio);
 }
@@ -538,9 +560,10 @@ err_after_alloc:
 	return rv;
 }
 
-/* Stop and free a peer (loop thread; p already unlinked).  Its counters go to t's totals. */
+/* Stop a peer's sending and free what it queued (p already unlinked).  Its counters go to t's
+ * totals.  What is left is its socket (peer_release). */
 static void
-peer_free(struct peer *p)
+peer_stop(struct peer *p)
 {
 	struct transport *t = p->t;
 
@@ -549,9 +572,8 @@ peer_free(struct peer *p)
 	pthread_mutex_unlock(&p->mtx);
 	/* Cancels the in-flight send and waits for peer_send_cb, which does not resubmit. */
 	nng_aio_stop(p->aio);
-	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
 	nng_msg *m = nng_aio_get_msg(p->aio);
-	if (m != NULL) /* a submission refused after the stop: still ours */
+	if (m != NULL) /* in flight when stopped, or a submission refused after the stop: ours */
 		nng_msg_free(m);
 	nng_aio_free(p->aio);
 	while (p->n > 0) {
@@ -563,11 +585,33 @@ peer_free(struct peer *p)
 	t->gone_dropped_full += p->dropped_full;
 	t->gone_send_errors += p->send_errors;
 	t->gone_dialer_restarts += p->dialer_restarts;
+}
+
+/* Close a stopped peer's socket and free it.  Touches nothing of t: it may run on a thread of
+ * its own, since nng_close can hang for good in NNG 1.5.2 (nanomsg/nng#1543). */
+static void
+peer_release(struct peer *p)
+{
+	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
 	pthread_mutex_destroy(&p->mtx);
 	free(p->ring);
 	free(p->addr);
 	free(p->id);
 	free(p);
+}
+
+static void
+peer_free(struct peer *p)
+{
+	peer_stop(p);
+	peer_release(p);
+}
+
+static void *
+peer_release_thread(void *arg)
+{
+	peer_release(arg);
+	return NULL;
 }
 
 /* ---- receive ---- */
@@ -865,11 +909,19 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 	}
 	uint64_t idle_ms = now_ms - p->dw.since_ms;
 	bool connected = atomic_load(&p->pipes) > 0;
-	if (p->dialing && !dial_watch_step(&p->dw, connected, attempts, now_ms))
+	pthread_mutex_lock(&p->mtx);
+	bool busy = p->busy;
+	uint64_t busy_ms = busy ? mono_ms() - p->busy_since_ms : 0;
+	pthread_mutex_unlock(&p->mtx);
+	bool stalled = send_stalled(connected, busy, busy_ms);
+	if (p->dialing && !stalled && !dial_watch_step(&p->dw, connected, attempts, now_ms))
 		return;
 	if (p->dialing)
-		nng_dialer_close(p->dialer);
+		nng_dialer_close(p->dialer); /* closes its connection too; does not wait */
 	p->dialing = false;
+	pthread_mutex_lock(&p->mtx); /* the stalled send waits for the new connection: afresh */
+	p->busy_since_ms = mono_ms();
+	pthread_mutex_unlock(&p->mtx);
 	int rv = dial_to(p->sock, t->tls, &t->tlsm, p->id, p->addr, &p->dialer);
 	if (rv == 0) {
 		p->dialing = true;
@@ -877,11 +929,19 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 	}
 	p->dw =
 	    (struct dial_watch){.attempts = 0, .since_ms = now_ms}; /* a new dialer counts from 0 */
-	fprintf(stderr,
-		"transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
-		"attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
-		t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
-		(unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
+	if (stalled)
+		fprintf(stderr,
+			"transport: event=dialer-restart node=%s peer=%s addr=%s send_stall_ms=%llu "
+			"status=%s (a send stood still on a connection NNG counts as open: the peer "
+			"reads nothing, or NNG's reaper is stuck, nanomsg/nng#1543)\n",
+			t->node_id, p->id, p->addr, (unsigned long long)busy_ms,
+			rv == 0 ? "dialing" : transport_strerror(rv));
+	else
+		fprintf(stderr,
+			"transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
+			"attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
+			t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
+			(unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
 }
 
 /*
@@ -1028,7 +1088,16 @@ transport_remove_peer(struct transport *t, const char *peer_id)
 			struct peer *p = *pp;
 			*pp = p->next;
 			t->n_peers--;
-			peer_free(p);
+			/* the socket closes on a thread of its own, so that the loop never waits on
+			   NNG's close (transport_close leaves its own behind after a bounded wait) */
+			peer_stop(p);
+			pthread_attr_t attr;
+			pthread_t th;
+			pthread_attr_init(&attr);
+			pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+			if (pthread_create(&th, &attr, peer_release_thread, p) != 0)
+				peer_release(p);
+			pthread_attr_destroy(&attr);
 			return 0;
 		}
 	}

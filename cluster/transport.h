@@ -24,6 +24,11 @@
  *     listener_probes and listener_restarts, one log line each re-creation.
  *   - A peer's dialer that has no connection and has counted no attempt for
  *     TRANSPORT_DIAL_STALL_MS is closed and dialed again (dialer_restarts, one log line).
+ *   - So is one whose connection NNG still counts as open while a send has stood still on it for
+ *     TRANSPORT_SEND_STALL_MS: a peer that reads nothing, a half-open TCP connection, or (seen
+ *     with NNG 1.5.2) the process-wide reaper stuck for good after a socket closed mid-receive
+ *     (nanomsg/nng#1543, #1813), after which no closed connection is ever reaped and no dialer
+ *     redials by itself.
  *   - When a peer's frames arrive on a newer connection, its older inbound connection, once
  *     silent for TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): NNG can miss that
  *     a TLS peer went away, and keep that connection's memory and descriptor forever.
@@ -129,6 +134,10 @@ struct nng_stat *transport_stat_endpoint(struct nng_stat *st, const char *kind, 
 /* a dialer with no connection and no attempt for this long is re-created: well above
    TRANSPORT_RECONNECT_MAX_MS plus a connect and a TLS handshake on a working network */
 #define TRANSPORT_DIAL_STALL_MS 10000
+/* a send that NNG has held this long on a connection it still counts as open is one that will
+   never complete (a peer that reads nothing, a half-open TCP connection, or NNG's reaper stuck:
+   nanomsg/nng#1543): the guard re-creates the peer's dialer */
+#define TRANSPORT_SEND_STALL_MS 10000
 /* a peer's inbound connection superseded by a newer one and silent this long since is one NNG
    lost track of: the guard closes it; at most TRANSPORT_STALE_PIPES_MAX noted per peer */
 #define TRANSPORT_STALE_PIPE_MS 3000

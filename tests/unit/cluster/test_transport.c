@@ -850,6 +850,60 @@ test_tls_silent_peer_dialer(void **state)
 	node_close(&b);
 }
 
+/*
+ * A peer that takes node1's connection, answers the SP header as a PULL socket and then reads
+ * nothing: node1's send stands still on a connection NNG counts as open, and NNG would never
+ * redial.  Seen for real when NNG 1.5.2's process-wide reaper got stuck after a socket closed
+ * mid-receive (nanomsg/nng#1543, #1813): no closed connection was reaped again, so no dialer
+ * redialed, and a node restarted in the same process was never reached.  The guard re-creates
+ * the dialer after TRANSPORT_SEND_STALL_MS: the peer's listener sees a second connection.
+ */
+static void
+test_plain_deaf_peer(void **state)
+{
+	static struct node a;
+	static char big[60000];
+	node_init(&a, "node1", "127.0.0.79");
+	int port;
+	int l = raw_listen("127.0.0.80", &port);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.80:%d", port);
+	node_open(&a, PLAIN);
+	assert_int_equal(transport_add_peer(a.t, "node2", addr), 0);
+	int deaf = raw_accept(l);
+	int small = 4096;
+	assert_int_equal(setsockopt(deaf, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	uint8_t sp[8];
+	raw_read(deaf, sp, sizeof(sp)); /* node1's header: PUSH0 (0x50) */
+	assert_true(sp[0] == 0 && sp[1] == 'S' && sp[2] == 'P' && sp[3] == 0 && sp[5] == 0x50);
+	static const uint8_t pull[8] = {0, 'S', 'P', 0, 0, 0x51, 0, 0};
+	assert_int_equal(write(deaf, pull, sizeof(pull)), (ssize_t)sizeof(pull));
+	assert_true(wait_connected(a.t, "node2", true));
+	/* far more than the kernel buffers on loopback hold; what the queue cannot take is
+	   dropped, the send in flight stands still */
+	for (int i = 0; i < 400; i++) {
+		(void)transport_send(a.t, "node2", 0, big, sizeof(big));
+		if (i % 20 == 0)
+			run_until(flag_set, &(bool){false}, 20);
+	}
+	struct pollfd pfd = {.fd = l, .events = POLLIN};
+	uint64_t t0 = uv_now(&loop);
+	bool again = false;
+	while (!again && uv_now(&loop) - t0 < TRANSPORT_SEND_STALL_MS + 4 * TRANSPORT_GUARD_TICK_MS) {
+		run_until(flag_set, &(bool){false}, 100);
+		again = poll(&pfd, 1, 0) == 1;
+	}
+	assert_true(again); /* the guard dialed again */
+	struct transport_peer_stats ps;
+	assert_int_equal(transport_peer_stats(a.t, "node2", &ps), 0);
+	assert_true(ps.dialer_restarts >= 1);
+	fprintf(stderr, "deaf peer: redialed after %llu ms, %llu re-creation(s)\n",
+		(unsigned long long)(uv_now(&loop) - t0), (unsigned long long)ps.dialer_restarts);
+	close(deaf);
+	close(l);
+	node_close(&a);
+}
+
 /* ---- admin ---- */
 
 struct admin_srv {
@@ -1383,6 +1437,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_tls_hangup_listener),
 	    cmocka_unit_test(test_tls_silent_peer_dialer),
 	    cmocka_unit_test(test_close_pending),
+	    cmocka_unit_test(test_plain_deaf_peer),
 	    cmocka_unit_test(test_admin_plain),
 	    cmocka_unit_test(test_admin_tls),
 	    cmocka_unit_test(test_admin_unix),
