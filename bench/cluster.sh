@@ -12,9 +12,11 @@
 # are forwarded to the leader) or leader.  The owner of the one destination domain delivers
 # to the baseline's smtp-sink via `transport` (no DNS).  Then the failover time: SIGKILL the
 # leader while a client sends one message at a time to a follower, and measure from the kill to
-# the first 250 after it (FAILOVERS times: p50, p99, max).
+# the first 250 after it (FAILOVERS times: p50, p99, max); the same with SIGSTOP, a host that goes
+# silent without closing its connections (FAILOVERS_SILENT times).
 # Env: RELAYD, PORT (default 2541), SINK (2626), BASELINE, WORKLOADS/CONCS/REPS passed through,
-# FAILOVERS (default 20; 0 skips), CLUSTER_TLS (default 1).
+# FAILOVERS (default 20; 0 skips), FAILOVERS_SILENT (SIGSTOP instead of SIGKILL, default 10; 0
+# skips), CLUSTER_TLS (default 1).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-$top/../shared/bench/postfix-baseline.sh}
@@ -23,6 +25,7 @@ PORT=${PORT:-2541}
 SINK=${SINK:-2626}
 TARGET=${TARGET:-follower}
 FAILOVERS=${FAILOVERS:-20}
+FAILOVERS_SILENT=${FAILOVERS_SILENT:-10}
 CLUSTER_TLS=${CLUSTER_TLS:-1}
 export WORKLOADS=${WORKLOADS:-"4096:5000"}
 export CONCS=${CONCS:-"50"}
@@ -52,7 +55,7 @@ start_node() { # i
     --log-level=warn 2>>"$work/c$i.log" &
   pids[$i]=$!
 }
-cleanup() { for i in 1 2 3; do kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() { for i in 1 2 3; do kill -CONT "${pids[$i]:-}" 2>/dev/null || true; kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 for i in 1 2 3; do start_node "$i"; done
 metric() { curl -s "http://127.0.0.1:$((8450 + $1))/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
@@ -74,14 +77,17 @@ q = lambda f: next((le for le, c in b if c >= f * n), float("inf"))
 print("# latency end of DATA -> 250 on c%s: n=%d p50 <= %g ms, p99 <= %g ms" % (sys.argv[1], n, q(0.5) * 1000, q(0.99) * 1000))
 ' "$T"
 
-if (( FAILOVERS > 0 )); then
-  echo "# failover: SIGKILL the leader, first 250 from a follower after it (ms)"
-  for n in $(seq "$FAILOVERS"); do
-    for _ in $(seq 200); do L=$(leader) && break; sleep 0.05; done
-    F=$(( L % 3 + 1 ))
-    ms=$(python3 - "$((PORT + F - 1))" "${pids[$L]}" <<'PY'
+# failover_once SIG OUT: signal the leader (KILL: its process dies, its connections close;
+# STOP: its host goes silent, nothing closes) while a client sends one message at a time to a
+# follower; the ms from the signal to the first 250 after it go to OUT.  The leader is then
+# restarted (KILL) or continued (STOP).
+failover_once() {
+  local sig=$1 out=$2 L F ms
+  for _ in $(seq 200); do L=$(leader) && break; sleep 0.05; done
+  F=$(( L % 3 + 1 ))
+  ms=$(python3 - "$((PORT + F - 1))" "${pids[$L]}" "$sig" <<'PY'
 import os, signal, smtplib, sys, time
-port, pid = int(sys.argv[1]), int(sys.argv[2])
+port, pid, sig = int(sys.argv[1]), int(sys.argv[2]), getattr(signal, "SIG" + sys.argv[3])
 def send():
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
@@ -90,17 +96,27 @@ def send():
     except (OSError, smtplib.SMTPException):
         return False
 send()
-os.kill(pid, signal.SIGKILL)
+os.kill(pid, sig)
 t0 = time.monotonic()
 while not send():
     time.sleep(0.005)
 print(round((time.monotonic() - t0) * 1000))
 PY
 )
-    echo "failover $n: ${ms} ms"
-    echo "$ms" >> "$work/failover.txt"
-    start_node "$L"
-    for _ in $(seq 100); do [[ "$(metric "$L" relay_raft_has_leader)" == 1 ]] && break; sleep 0.1; done
-  done
-  sort -n "$work/failover.txt" | awk '{a[NR]=$1} END {p99 = int(NR * 0.99 + 0.999); if (p99 < 1) p99 = 1; printf "failover p50 %d ms, p99 %d ms (min %d, max %d, n %d)\n", a[int((NR+1)/2)], a[p99], a[1], a[NR], NR}'
+  echo "failover ($sig) $((n)): ${ms} ms"
+  echo "$ms" >> "$out"
+  if [[ $sig == KILL ]]; then start_node "$L"; else kill -CONT "${pids[$L]}"; fi
+  for _ in $(seq 100); do [[ "$(metric "$L" relay_raft_has_leader)" == 1 ]] && break; sleep 0.1; done
+}
+summary() { sort -n "$1" | awk -v what="$2" '{a[NR]=$1} END {p99 = int(NR * 0.99 + 0.999); if (p99 < 1) p99 = 1; printf "%s p50 %d ms, p99 %d ms (min %d, max %d, n %d)\n", what, a[int((NR+1)/2)], a[p99], a[1], a[NR], NR}'; }
+
+if (( FAILOVERS > 0 )); then
+  echo "# failover: SIGKILL the leader, first 250 from a follower after it (ms)"
+  for n in $(seq "$FAILOVERS"); do failover_once KILL "$work/failover.txt"; done
+  summary "$work/failover.txt" "failover (leader process killed)"
+fi
+if (( FAILOVERS_SILENT > 0 )); then
+  echo "# failover: SIGSTOP the leader (a silent host: no connection closes), first 250 from a follower after it (ms)"
+  for n in $(seq "$FAILOVERS_SILENT"); do failover_once STOP "$work/failover-silent.txt"; done
+  summary "$work/failover-silent.txt" "failover (leader host silent)"
 fi

@@ -431,6 +431,15 @@ edge__recv_one(struct cluster__raft *c, const char *from, uint32_t kind, const v
 	transport_raft_in_fini(&in);
 }
 
+/* The transport's connection to a peer closed (transport_on_peer_down). */
+static void
+edge__peer_down_cb(void *arg, const char *peer)
+{
+	struct cluster__raft *c = arg;
+	if (!c->closing && c->craft != NULL)
+		craft_peer_down(c->craft, peer);
+}
+
 static void
 edge__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size_t len)
 {
@@ -575,6 +584,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 		rv = rv == TRANSPORT_ENOMEM ? CLUSTER_ENOMEM : CLUSTER_EIO;
 		goto err_after_store;
 	}
+	transport_on_peer_down(c->tp, edge__peer_down_cb);
 	struct craft_io io = {
 	    .arg = c,
 	    .now_ms = edge__now_ms,

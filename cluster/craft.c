@@ -693,6 +693,70 @@ craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, s
 	}
 }
 
+/* A campaign due after the leader's connection closed (craft_peer_down), while no leader is
+ * known. */
+static void
+craft__fast_campaign(struct craft *c, uint64_t now)
+{
+	if (!c->fast_campaign_ms || now < c->fast_campaign_ms)
+		return;
+	if (now > c->fast_campaign_end_ms) {
+		c->fast_campaign_ms = 0;
+		return;
+	}
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (rs.lead != 0 || rs.role == RAFT_LEADER || rs.role == RAFT_CANDIDATE) {
+		c->fast_campaign_ms = 0; /* a leader is known, or the votes are out */
+		return;
+	}
+	c->fast_campaign_ms = now + 1; /* the next tick again, up to fast_campaign_end_ms */
+	(void)raft_campaign(c->raft);
+}
+
+/*
+ * Failover without the election timeout.  A follower whose connection to its leader closes
+ * (the leader's process died: its kernel closed every connection at once, so every follower
+ * sees it) forgets that leader (raft_forget_leader: it grants pre-votes at once instead of
+ * refusing them for an election timeout under check-quorum) and the voters campaign in turn of
+ * their Raft ids, the first at once, the k-th k heartbeats later, so that two do not split the
+ * votes.  The first one campaigns again every tick, up to an election timeout, while no leader
+ * is known: its first pre-vote can reach a follower before that follower saw the close.  A
+ * live leader whose connection merely dropped loses nothing but, at worst, its term: pre-vote
+ * and check-quorum stand as they are against a leader that the others still hear, and a host
+ * that goes silent without closing anything is found by the election timeout as before.
+ */
+void
+craft_peer_down(struct craft *c, const char *name)
+{
+	if (c->closing || c->failed || c->bt.phase != CRAFT_BOOT_DONE)
+		return;
+	int pi = craft__peer_by_name(c, name);
+	struct raft_status rs;
+	raft_status(c->raft, &rs);
+	if (pi < 0 || (size_t)pi == c->self || rs.role != RAFT_FOLLOWER || rs.lead == 0 ||
+	    craft__peer_by_id(c, rs.lead) != pi || raft_forget_leader(c->raft) != 0)
+		return;
+	unsigned rank = 0, voter = 0;
+	for (uint32_t i = 0; i < rs.conf.n_voters; i++) {
+		uint64_t v = rs.conf.voters[i];
+		voter |= v == rs.id;
+		rank += v != rs.lead && v != rs.id && v < rs.id;
+	}
+	uint64_t now = craft__now(c);
+	c->counters.leader_lost++;
+	craft__log(c, "event=leader-lost leader=%s term=%" PRIu64 " campaign_in_ms=%" PRIu64
+		   ": its connection closed; electing without waiting for the timeout",
+		   name, rs.term, voter ? (uint64_t)rank * c->heartbeat_ms : 0);
+	if (!voter)
+		return; /* a learner only stops vouching for the leader */
+	c->fast_campaign_ms = now + (uint64_t)rank * c->heartbeat_ms;
+	c->fast_campaign_end_ms = rank == 0 ? now + c->election_ms : c->fast_campaign_ms;
+	if (rank == 0)
+		craft__fast_campaign(c, now);
+	c->io.schedule(c->io.arg);
+}
+
 void
 craft_tick(struct craft *c)
 {
@@ -706,6 +770,7 @@ craft_tick(struct craft *c)
 	}
 	/* proposals: fail the overdue, resubmit the ones whose submission may have been lost */
 	uint64_t now = craft__now(c);
+	craft__fast_campaign(c, now);
 	craft__boot_tick(c, now);
 	craft__fetch_tick(c, now);
 	craft__serve_expire(c, now);
@@ -861,6 +926,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	    cfg->election_ms ? cfg->election_ms : CLUSTER_DEFAULT_ELECTION_TIMEOUT_MS;
 	if (election < 2 * c->heartbeat_ms)
 		election = 2 * c->heartbeat_ms;
+	c->election_ms = election;
 	c->fail_ms = cfg->fail_ms ? cfg->fail_ms : CLUSTER_DEFAULT_PROPOSE_FAIL_MS;
 	c->retry_ms = cfg->retry_ms ? cfg->retry_ms : 2 * election;
 	c->retain_silent_ms = (uint64_t)CRAFT_RETAIN_SILENT_ELECTIONS * election;

@@ -137,6 +137,8 @@ int craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint6
 /* What this node's frames carry in their envelope. */
 void craft_envelope(const struct craft *c, uint64_t *cluster_id, uint64_t *incarnation);
 void craft_write_done(struct craft *c, int rv);
+/* The edge's connection to peer name closed and no other is up (transport_on_peer_down). */
+void craft_peer_down(struct craft *c, const char *name);
 void craft_digest_done(struct craft *c, int rv);
 /* A frame could not be sent or received whole (the edge's own drops): counted. */
 void craft_count_drop(struct craft *c, unsigned n);

@@ -234,7 +234,7 @@ struct craft {
 		int have_offer;
 	} bt;
 
-	unsigned max_pending, heartbeat_ms, fail_ms, retry_ms, snapshot_entries;
+	unsigned max_pending, heartbeat_ms, election_ms, fail_ms, retry_ms, snapshot_entries;
 	uint64_t retain_silent_ms; /* CRAFT_RETAIN_SILENT_ELECTIONS election timeouts */
 	size_t snap_chunk_bytes;   /* CRAFT_SNAP_CHUNK_BYTES, or the config's */
 	unsigned retain_entries;   /* CRAFT_RETAIN_ENTRIES, or the config's */
@@ -285,6 +285,9 @@ struct craft {
 	int failed; /* sticky CLUSTER_E*: apply stopped */
 	int closing;
 	uint64_t foreign_log_ms; /* last event=foreign-cluster line */
+	/* the connection to the leader closed (craft_peer_down): campaign at fast_campaign_ms,
+	   again each tick until fast_campaign_end_ms while no leader is known */
+	uint64_t fast_campaign_ms, fast_campaign_end_ms;
 	uint64_t ask_book_ms;	 /* last Hello sent for an unknown sender (craft__ask_book) */
 	uint64_t cid_prop_ms;	 /* leader: last ClusterId proposal (legacy clusters) */
 	uint64_t orphan_prop_ms; /* leader: last removal of a replaced incarnation */

@@ -733,6 +733,16 @@ raft_campaign(struct raft *r)
 	return 0;
 }
 
+int
+raft_forget_leader(struct raft *r)
+{
+	if (r->ready_out)
+		return RAFT_ESTATE;
+	if (r->role == RAFT_FOLLOWER)
+		r->lead = 0;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- replication (leader) */
 
 static void

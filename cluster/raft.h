@@ -313,6 +313,12 @@ int raft_propose_conf(struct raft *r, enum raft_conf_op op, uint64_t id, uint64_
 int raft_transfer_leader(struct raft *r, uint64_t target);
 /* Start an election at once (tests, manual bootstrap).  Ignored unless a voter. */
 int raft_campaign(struct raft *r);
+/* A follower forgets its leader (its host saw the connection to it close: the leader's process
+ * is likely gone).  It stays a follower in its term but grants (pre-)votes at once, which
+ * check-quorum otherwise refuses for an election timeout after the leader's last message (etcd's
+ * ForgetLeader).  It campaigns only on its own timeout or raft_campaign; the leader's next
+ * message makes it its leader again.  Nothing for a node that is not a follower. */
+int raft_forget_leader(struct raft *r);
 
 /* 1 and fills *rd when there is work, 0 when none, RAFT_ESTATE if a ready is outstanding. */
 int raft_ready_get(struct raft *r, struct raft_ready *rd);

@@ -397,6 +397,7 @@ struct peer {
 	bool closing;	 /* no more submissions */
 	uint64_t sent, dropped_full, send_errors;
 	atomic_int pipes; /* live connections (pipe notify, NNG threads) */
+	atomic_bool lost; /* the last one closed: tell the loop (transport_down_cb) */
 	struct peer *next;
 };
 
@@ -430,7 +431,13 @@ struct transport {
 	atomic_int probe_connected; /* id of the last probe dialer that got a connection */
 	uv_timer_t guard;	    /* every TRANSPORT_GUARD_TICK_MS */
 	uint64_t listener_probes, listener_restarts, stale_inbound_closed;
-	int handles; /* uv handles not yet closed (poll, guard); the last close frees t */
+	int handles; /* uv handles not yet closed (poll, guard, down); the last close frees t */
+	/* peers whose last connection closed, told on the loop (transport_on_peer_down): NNG
+	 * threads wake the loop through down_async while down_open, under down_mtx */
+	uv_async_t down_async;
+	pthread_mutex_t down_mtx;
+	bool down_open;
+	transport_peer_down_cb down_cb;
 	bool closing;
 	void (*done)(void *);
 	void *done_arg;
@@ -453,15 +460,43 @@ peer_find(const struct transport *t, const char *id)
 	return NULL;
 }
 
-/* Pipe events on a peer's PUSH socket (NNG thread): count live connections. */
+/* Pipe events on a peer's PUSH socket (NNG thread): count live connections; when the last one
+ * closes, wake the loop to tell (transport_down_cb). */
 static void
 peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
 	struct peer *p = arg;
-	if (ev == NNG_PIPE_EV_ADD_POST)
+	if (ev == NNG_PIPE_EV_ADD_POST) {
 		atomic_fetch_add(&p->pipes, 1);
-	else if (ev == NNG_PIPE_EV_REM_POST)
-		atomic_fetch_sub(&p->pipes, 1);
+	} else if (ev == NNG_PIPE_EV_REM_POST && atomic_fetch_sub(&p->pipes, 1) == 1) {
+		struct transport *t = p->t;
+		atomic_store(&p->lost, true);
+		pthread_mutex_lock(&t->down_mtx);
+		if (t->down_open)
+			uv_async_send(&t->down_async);
+		pthread_mutex_unlock(&t->down_mtx);
+	}
+}
+
+/* Loop thread: tell of the peers whose last connection closed and that have none again. */
+static void
+transport_down_cb(uv_async_t *h)
+{
+	struct transport *t = h->data;
+	char ids[TRANSPORT_MAX_PEERS][TRANSPORT_ID_MAX + 1];
+	unsigned n = 0;
+	for (struct peer *p = t->peers; p != NULL && n < TRANSPORT_MAX_PEERS; p = p->next)
+		if (atomic_exchange(&p->lost, false) && atomic_load(&p->pipes) == 0)
+			snprintf(ids[n++], sizeof(ids[0]), "%s", p->id);
+	/* the callback may remove peers or close t: ids are copies, closing is checked */
+	for (unsigned i = 0; i < n && !t->closing && t->down_cb != NULL; i++)
+		t->down_cb(t->cb_arg, ids[i]);
+}
+
+void
+transport_on_peer_down(struct transport *t, transport_peer_down_cb cb)
+{
+	t->down_cb = cb;
 }
 
 /* A monotonic clock in ms that any thread may read (uv_now is the loop thread's). */
@@ -521,6 +556,7 @@ peer_new(struct transport *t, const char *id, const char *addr, struct peer **ou
 		return TRANSPORT_ENOMEM;
 	p->t = t;
 	atomic_init(&p->pipes, 0);
+	atomic_init(&p->lost, false);
 	if ((p->id = strdup(id)) == NULL)
 		goto err_after_alloc;
 	if ((p->addr = strdup(addr)) == NULL)
@@ -983,6 +1019,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	if (t == NULL)
 		return TRANSPORT_ENOMEM;
 	atomic_init(&t->probe_connected, 0);
+	pthread_mutex_init(&t->down_mtx, NULL); /* destroyed where t is freed */
 	t->loop = loop;
 	t->cb = cb;
 	t->cb_arg = arg;
@@ -1035,7 +1072,10 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	}
 	uv_timer_init(loop, &t->guard);
 	t->guard.data = t;
-	t->handles = 2;
+	uv_async_init(loop, &t->down_async, transport_down_cb);
+	t->down_async.data = t;
+	t->down_open = true;
+	t->handles = 3;
 	if (t->port > 0) /* without the bound port, the listener could not be re-created */
 		uv_timer_start(&t->guard, transport_guard_cb, TRANSPORT_GUARD_TICK_MS,
 			       TRANSPORT_GUARD_TICK_MS);
@@ -1165,6 +1205,7 @@ transport_close_unref(struct transport *t)
 	if (left == 0) {
 		pthread_cond_destroy(&t->close_cv);
 		pthread_mutex_destroy(&t->close_mtx);
+		pthread_mutex_destroy(&t->down_mtx);
 		free(t);
 	}
 }
@@ -1252,6 +1293,11 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 			    t->node_id, TRANSPORT_CLOSE_WAIT_MS);
 	}
 	pthread_attr_destroy(&attr);
+	/* a close left behind can still run pipe callbacks: they find down_open false */
+	pthread_mutex_lock(&t->down_mtx);
+	t->down_open = false;
+	pthread_mutex_unlock(&t->down_mtx);
+	uv_close((uv_handle_t *)&t->down_async, transport_closed_cb);
 	uv_close((uv_handle_t *)&t->guard, transport_closed_cb);
 	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 }

@@ -169,6 +169,14 @@ typedef void (*transport_recv_cb)(void *arg, const char *from, uint32_t kind, co
 struct transport;
 
 /*
+ * A peer's connection went down: this node's connection to peer_id closed and no other is up
+ * (the peer's process died, or the network dropped the connection).  Called on the loop thread
+ * soon after (the dialer redials by itself); peer_id is borrowed for the call.  May call any
+ * transport function, transport_close() included.
+ */
+typedef void (*transport_peer_down_cb)(void *arg, const char *peer_id);
+
+/*
  * Listen on cfg->listen and start delivering to cb.  cfg is not kept (strings are copied; the
  * PEM files are read now).  On failure nothing is left open and cb is never called.
  */
@@ -177,6 +185,8 @@ int transport_open(uv_loop_t *loop, const struct transport_config *cfg, transpor
 
 /* The TCP port actually bound (useful with port 0). */
 int transport_listen_port(const struct transport *t);
+/* Be told when a peer's connection goes down (NULL: not); arg as the recv callback's. */
+void transport_on_peer_down(struct transport *t, transport_peer_down_cb cb);
 
 /*
  * Add a peer and dial it at addr ("host:port") in the background, reconnecting forever.

@@ -146,6 +146,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 		"Forwarded proposals the leader dropped: they arrived after their origin had "
 		"answered 451 (a cut link's backlog).",
 		st.forwards_expired);
+	counter(t, "relay_raft_leader_lost_total",
+		"Times this follower's connection to its leader closed and it elected a new one "
+		"without waiting for the election timeout.",
+		st.leader_lost);
 	counter(t, "relay_cluster_proposals_timed_out_total",
 		"Proposals not committed within propose_timeout.", st.timed_out);
 	counter(t, "relay_raft_snapshots_total", "Snapshots taken.", st.snapshots);

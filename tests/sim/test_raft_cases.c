@@ -438,6 +438,42 @@ case_lease_ignores_votes(void)
 }
 
 /*
+ * A leader whose process died (its hosts saw the connections close): with pre-vote and
+ * check-quorum a follower's campaign gets nowhere while the other follower still counts the
+ * leader live; once both forgot it (raft_forget_leader), a campaign wins at once, without an
+ * election timeout.  A follower that forgot a live leader takes it back at its next message.
+ */
+static void
+case_forget_leader(void)
+{
+	struct h h;
+	h_init(&h, 3, true, true);
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	CHECK(st(&h, 1).role == RAFT_LEADER);
+	uint64_t term = st(&h, 1).term;
+	/* a follower forgets a live leader: the next heartbeat restores it */
+	CHECK(raft_forget_leader(h.r[3]) == 0);
+	CHECK(st(&h, 3).lead == 0 && st(&h, 3).role == RAFT_FOLLOWER && st(&h, 3).term == term);
+	h_tick(&h, 1, 2);
+	CHECK(st(&h, 3).lead == 1);
+	/* the leader goes; node 2 campaigns while node 3 still counts it live: refused */
+	h.isolated[1] = true;
+	raft_campaign(h.r[2]);
+	h_pump(&h);
+	CHECK(st(&h, 2).role != RAFT_LEADER && st(&h, 3).lead == 1 && st(&h, 3).term == term);
+	/* both forget it: node 2 wins with no tick */
+	CHECK(raft_forget_leader(h.r[2]) == 0 && raft_forget_leader(h.r[3]) == 0);
+	raft_campaign(h.r[2]);
+	h_pump(&h);
+	CHECK(st(&h, 2).role == RAFT_LEADER && st(&h, 3).lead == 2 && st(&h, 2).term == term + 1);
+	/* a leader or candidate has no leader to forget */
+	CHECK(raft_forget_leader(h.r[2]) == 0 && st(&h, 2).role == RAFT_LEADER);
+	h_free(&h);
+}
+
+/*
  * 4.2.3 for a node that cannot campaign (here a learner; in tests/sim seed 213904 a voter that
  * missed its own re-add): an election timeout after its leader's last message it answers vote
  * requests again.  It used to restart its count at each randomized timeout and ignore most of
@@ -1016,6 +1052,7 @@ static const struct {
     {"prevote_no_disruption", case_prevote_no_disruption},
     {"no_prevote_disrupts", case_no_prevote_disrupts},
     {"lease_ignores_votes", case_lease_ignores_votes},
+    {"forget_leader", case_forget_leader},
     {"unpromotable_answers_votes", case_unpromotable_answers_votes},
     {"stale_vote_rejected", case_stale_vote_rejected},
     {"check_quorum_step_down", case_check_quorum_step_down},
