@@ -16,7 +16,8 @@
 # silent without closing its connections (FAILOVERS_SILENT times).
 # Env: RELAYD, PORT (default 2541), SINK (2626), BASELINE, WORKLOADS/CONCS/REPS passed through,
 # FAILOVERS (default 20; 0 skips), FAILOVERS_SILENT (SIGSTOP instead of SIGKILL, default 10; 0
-# skips), CLUSTER_TLS (default 1).
+# skips), CLUSTER_TLS (default 1), LOG_LEVEL (relayd's, default warn), KEEP=1 (keep the data dirs
+# and node logs).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-$top/../shared/bench/postfix-baseline.sh}
@@ -26,6 +27,8 @@ SINK=${SINK:-2626}
 TARGET=${TARGET:-follower}
 FAILOVERS=${FAILOVERS:-20}
 FAILOVERS_SILENT=${FAILOVERS_SILENT:-10}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+KEEP=${KEEP:-0}
 CLUSTER_TLS=${CLUSTER_TLS:-1}
 export WORKLOADS=${WORKLOADS:-"4096:5000"}
 export CONCS=${CONCS:-"50"}
@@ -52,14 +55,24 @@ start_node() { # i
     --transport=dst.perfbase.test=127.0.0.1:"$SINK" --dns-servers=127.0.0.1:53 \
     --max-connections-per-destination=20 --max-deliveries=100 \
     --max-messages-per-connection=1000 --retry-base=1s --retry-max=5s \
-    --log-level=warn 2>>"$work/c$i.log" &
+    --log-level="$LOG_LEVEL" 2>>"$work/c$i.log" &
   pids[$i]=$!
 }
-cleanup() { for i in 1 2 3; do kill -CONT "${pids[$i]:-}" 2>/dev/null || true; kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() { for i in 1 2 3; do kill -CONT "${pids[$i]:-}" 2>/dev/null || true; kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; if [[ $KEEP == 1 ]]; then echo "# kept $work"; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 for i in 1 2 3; do start_node "$i"; done
 metric() { curl -s "http://127.0.0.1:$((8450 + $1))/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
-leader() { for i in 1 2 3; do [[ "$(metric "$i" relay_raft_is_leader)" == 1 ]] && { echo "$i"; return; }; done; return 1; }
+# the leader: the one node that says so while the other two know a leader and are not one (a
+# leader just continued after SIGSTOP says so until it hears the newer term), twice 200 ms apart
+leader_once() {
+  local l=0 n=0 i
+  for i in 1 2 3; do
+    if [[ "$(metric "$i" relay_raft_is_leader)" == 1 ]]; then l=$i; n=$((n + 1));
+    elif [[ "$(metric "$i" relay_raft_has_leader)" != 1 ]]; then return 1; fi
+  done
+  (( n == 1 )) && echo "$l"
+}
+leader() { local a b; a=$(leader_once) && sleep 0.2 && b=$(leader_once) && [[ $a == "$b" ]] && echo "$a"; }
 for _ in $(seq 100); do leader >/dev/null && break; sleep 0.1; done
 L=$(leader) || { tail "$work"/c*.log; exit 1; }
 T=$L
@@ -99,6 +112,8 @@ send()
 os.kill(pid, sig)
 t0 = time.monotonic()
 while not send():
+    if time.monotonic() - t0 > 60:
+        sys.exit("no 250 within 60 s")
     time.sleep(0.005)
 print(round((time.monotonic() - t0) * 1000))
 PY

@@ -130,6 +130,8 @@ struct cluster_peer_status {
 	int incarnation_known;	/* 0: added, not announced yet */
 	uint64_t replaced_incarnation; /* nonzero while that former incarnation of the member is
 					  still in the Raft configuration (being replaced) */
+	int in_conf;		       /* in the committed Raft configuration (voter or learner;
+					  this incarnation or the one it replaces) */
 	int self;		       /* this node */
 	int connected;		       /* a transport connection to it is up (self: 1) */
 	uint64_t match;		       /* leader only: highest index known replicated on it */

@@ -719,9 +719,10 @@ craft__fast_campaign(struct craft *c, uint64_t now)
  * (the leader's process died: its kernel closed every connection at once, so every follower
  * sees it) forgets that leader (raft_forget_leader: it grants pre-votes at once instead of
  * refusing them for an election timeout under check-quorum) and the voters campaign in turn of
- * their Raft ids, the first at once, the k-th k heartbeats later, so that two do not split the
- * votes.  The first one campaigns again every tick, up to an election timeout, while no leader
- * is known: its first pre-vote can reach a follower before that follower saw the close.  A
+ * their Raft ids, the first at once, the k-th k half election timeouts later (only if no leader
+ * is known by then), so that two do not split the votes.  The first one campaigns again every
+ * tick, up to an election timeout, while no leader is known: its first pre-vote can reach a
+ * follower before that follower saw the close.  A
  * live leader whose connection merely dropped loses nothing but, at worst, its term: pre-vote
  * and check-quorum stand as they are against a leader that the others still hear, and a host
  * that goes silent without closing anything is found by the election timeout as before.
@@ -747,10 +748,10 @@ craft_peer_down(struct craft *c, const char *name)
 	c->counters.leader_lost++;
 	craft__log(c, "event=leader-lost leader=%s term=%" PRIu64 " campaign_in_ms=%" PRIu64
 		   ": its connection closed; electing without waiting for the timeout",
-		   name, rs.term, voter ? (uint64_t)rank * c->heartbeat_ms : 0);
+		   name, rs.term, voter ? (uint64_t)rank * (c->election_ms / 2) : 0);
 	if (!voter)
 		return; /* a learner only stops vouching for the leader */
-	c->fast_campaign_ms = now + (uint64_t)rank * c->heartbeat_ms;
+	c->fast_campaign_ms = now + (uint64_t)rank * (c->election_ms / 2);
 	c->fast_campaign_end_ms = rank == 0 ? now + c->election_ms : c->fast_campaign_ms;
 	if (rank == 0)
 		craft__fast_campaign(c, now);

@@ -288,6 +288,7 @@ struct craft {
 	/* the connection to the leader closed (craft_peer_down): campaign at fast_campaign_ms,
 	   again each tick until fast_campaign_end_ms while no leader is known */
 	uint64_t fast_campaign_ms, fast_campaign_end_ms;
+	uint64_t member_wait_log_ms; /* last event=member-remove-wait (craft_member.c) */
 	uint64_t ask_book_ms;	 /* last Hello sent for an unknown sender (craft__ask_book) */
 	uint64_t cid_prop_ms;	 /* leader: last ClusterId proposal (legacy clusters) */
 	uint64_t orphan_prop_ms; /* leader: last removal of a replaced incarnation */

@@ -114,6 +114,9 @@ craft__member_state_since(struct craft *c, const char *node)
 
 /* 1 when id is the Raft id of some member of the book that is in the cluster (active or
  * leaving, incarnation known). */
+/* event=member-remove-wait is logged at most this often */
+#define CRAFT_MEMBER_WAIT_LOG_MS 5000u
+
 static int
 craft__id_in_book(const struct craft *c, uint64_t id)
 {
@@ -220,33 +223,28 @@ craft__reconcile(struct craft *c)
 				if (craft__conf_change(c, i, RAFT_CONF_REMOVE, "remove", now))
 					return;
 			} else if (!raft_conf_is_member(&c->conf_committed, id) && !throttled) {
-				/* out of the committed configuration: its deliveries move, then
-				 * every node forgets it */
-				Relay__Member m = RELAY__MEMBER__INIT;
-				m.node = c->peers[i].name;
-				m.state = RELAY__MEMBER_STATE__MEMBER_REMOVED;
-				m.has_at_ms = 1;
-				m.at_ms = c->io.wall_ms(c->io.arg);
-				/* it applies only to the member as this leader sees it now: a late
-				 * duplicate (resubmitted after a leader change) cannot remove it
-				 * once it was added again and set itself LIVE */
-				m.has_expect_since_index = 1;
-				m.expect_since_index = craft__member_state_since(c, m.node);
-				Relay__Command cmd = RELAY__COMMAND__INIT;
-				cmd.cmd_case = RELAY__COMMAND__CMD_MEMBER;
-				cmd.member = &m;
-				int rv = craft_propose(c, &cmd, craft__noop_cb, NULL, NULL);
-				if (rv == CLUSTER_EINVAL) {
-					/* a queue state machine without member states: nothing
-					 * to move */
-					craft__log(c, "event=member-removed node=%s skipped: %s",
-						   c->peers[i].name, cluster_strerror(rv));
-					rv = 0;
+				/* out of the committed configuration.  Its deliveries move when the
+				 * leader's ownership core (ownership.c) sets it REMOVED: only lease +
+				 * grace after that leader saw it out, since a removed node receives no
+				 * more entries and may still hold a lease it cannot learn has ended.
+				 * Proposing REMOVED here at once moved its domains under a live
+				 * owner's attempt (tests/sim: host_sim --seed 298 --nodes 3 --pauses).
+				 * Once it is out of the member table, every node forgets it. */
+				c->pprop_ms[i] = now;
+				if (craft__member_state_since(c, c->peers[i].name)) {
+					if (now - c->member_wait_log_ms >= CRAFT_MEMBER_WAIT_LOG_MS) {
+						craft__log(c,
+							   "event=member-remove-wait node=%s: out of the "
+							   "configuration; its deliveries move once its "
+							   "lease has lapsed",
+							   c->peers[i].name);
+						c->member_wait_log_ms = now;
+					}
+					break;
 				}
-				if (!rv)
-					rv = craft__propose_peer_x(
-					    c, c->peers[i].name, "", RELAY__PEER_STATE__PEER_LEFT,
-					    c->psince[i], 0, 0, 0, NULL, NULL);
+				int rv = craft__propose_peer_x(c, c->peers[i].name, "",
+							       RELAY__PEER_STATE__PEER_LEFT,
+							       c->psince[i], 0, 0, 0, NULL, NULL);
 				craft__log(c, "event=member-removed node=%s%s%s", c->peers[i].name,
 					   rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
 				c->pprop_ms[i] = now;
@@ -435,6 +433,10 @@ craft_status(struct craft *c, struct cluster_status *st)
 		    raft_conf_is_member(&rs.conf,
 					cluster_peer_raft_id_inc(c->peers[i].name, c->pprev[i])))
 			p->replaced_incarnation = c->pprev[i];
+		p->in_conf = raft_conf_is_member(&c->conf_committed, p->id) ||
+			     (c->pprev[i] &&
+			      raft_conf_is_member(&c->conf_committed, cluster_peer_raft_id_inc(
+									  c->peers[i].name, c->pprev[i])));
 		if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
 			p->membership = "removed";
 		else if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEAVING)

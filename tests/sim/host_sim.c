@@ -28,6 +28,9 @@
  *     snapshot chunks are small (many round trips: fetches span compactions and crashes);
  *   - clients propose Accepts (and Deletes of accepted ones) to random nodes; operators transfer
  *     leadership and add/remove the spare node (it joins from outside its own `peers`);
+ *   - a crashed process's connections close: every other node's edge tells its host
+ *     (craft_peer_down) after a network delay, unless the link is cut; now and then a close is
+ *     told of a peer that is alive (a connection dropped on its own);
  *   - a crash or partition in four lasts up to SIM_LONG_OUTAGE longer (leases lapse); with
  *     --pauses, process stalls (nothing runs, clocks go on, frames and completions wait);
  *   - delivery ownership (host_sim_own.c): the real cluster/ownership.c on every node's own
@@ -269,6 +272,23 @@ net_push(struct node *from, int to, int raft, const struct raft_msg *m, uint32_t
 		}
 		S->n_msgs++;
 	}
+}
+
+/* A connection close from node `from` told to node `to` after a network delay (a frame of
+ * kind SIM_KIND_DOWN, never dropped; lost if the link is cut when it is due). */
+#define SIM_KIND_DOWN 0xffffffffu
+static void
+net_down(int from, int to)
+{
+	if (S->n_net >= SIM_NET_MAX || from == to)
+		return;
+	struct msg *x = &S->net[S->n_net++];
+	memset(x, 0, sizeof(*x));
+	x->at = S->now + 1 + rnd_n(S->delay_max);
+	x->from = from;
+	x->to = to;
+	x->kind = SIM_KIND_DOWN;
+	x->data = malloc(1);
 }
 
 static void
@@ -558,6 +578,9 @@ node_crash(struct node *n, const char *why)
 		n->restart_at += rnd_n(SIM_LONG_OUTAGE); /* long enough for its lease to lapse */
 	S->n_crash++;
 	trace("%s crash (%s) kept %zu writes", n->name, why, keep);
+	for (int i = 1; i <= S->n_ids; i++)
+		if (i != n->idx && S->nd[i].up)
+			net_down(n->idx, i);
 }
 
 static int
@@ -691,6 +714,11 @@ faults(void)
 	if (chance(S->crash_ppm)) {
 		struct node *n = &S->nd[1 + rnd_n(S->n_ids)];
 		node_crash(n, "crash");
+	}
+	if (chance(S->crash_ppm)) { /* a connection between two live nodes drops on its own */
+		int a = 1 + (int)rnd_n(S->n_ids), b = 1 + (int)rnd_n(S->n_ids);
+		if (a != b && S->nd[a].up && S->nd[b].up)
+			net_down(a, b);
 	}
 	if (chance(S->power_ppm)) {
 		for (int i = 1; i <= S->n_ids; i++)
@@ -848,6 +876,15 @@ deliver(void)
 			continue;
 		}
 		S->net[i] = S->net[--S->n_net];
+		if (!x.raft && x.kind == SIM_KIND_DOWN) {
+			if (n->up && n->c && link_ok(x.from, x.to)) {
+				trace("%s: connection to %s closed", n->name, S->nd[x.from].name);
+				craft_peer_down(n->c, S->nd[x.from].name);
+				node_run(n);
+			}
+			msg_free(&x);
+			continue;
+		}
 		if (!x.cid && !x.inc && S->nd[x.from].up)
 			craft_envelope(S->nd[x.from].c, &x.cid, &x.inc);
 		int env = n->up && link_ok(x.from, x.to)
