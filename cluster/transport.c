@@ -25,6 +25,7 @@
  * tried again every tick (logged).
  */
 #include "transport.h"
+#include "transport_int.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -36,13 +37,10 @@
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pipeline0/push.h>
-#include <nng/protocol/reqrep0/rep.h>
-#include <nng/protocol/reqrep0/req.h>
 #include <nng/supplemental/tls/tls.h>
 
 #include "transport.pb-c.h"
 
-#define TRANSPORT_URL_MAX 300
 /* How long transport_close waits for NNG's socket close before leaving it behind. */
 #define TRANSPORT_CLOSE_WAIT_MS 3000
 
@@ -63,15 +61,8 @@ transport_strerror(int code)
 
 /* ---- shared: addresses, TLS material ---- */
 
-/* The PEM material of one endpoint, read at open.  All owned; NULL when TLS is off. */
-struct tls_material {
-	char *ca;   /* CA chain */
-	char *cert; /* own cert */
-	char *key;  /* own key: wiped before free */
-};
-
-static void
-tls_material_fini(struct tls_material *m)
+void
+transport__tls_fini(struct tls_material *m)
 {
 	free(m->ca);
 	free(m->cert);
@@ -107,8 +98,8 @@ read_pem(const char *path, char **out)
 }
 
 /* 0 and *on = false when no file is named; all three or none. */
-static int
-tls_material_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
+int
+transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
 		  bool *on)
 {
 	memset(m, 0, sizeof(*m));
@@ -120,7 +111,7 @@ tls_material_load(struct tls_material *m, const char *ca, const char *cert, cons
 	int rv;
 	if ((rv = read_pem(ca, &m->ca)) != 0 || (rv = read_pem(cert, &m->cert)) != 0 ||
 	    (rv = read_pem(key, &m->key)) != 0) {
-		tls_material_fini(m);
+		transport__tls_fini(m);
 		return rv;
 	}
 	*on = true;
@@ -170,8 +161,8 @@ id_ok(const char *id)
 /*
  * Listen on addr with sock; TLS server config from m when tls.  *port gets the bound port.
  */
-static int
-listen_on(nng_socket sock, bool tls, const struct tls_material *m, const char *addr,
+int
+transport__listen_on(nng_socket sock, bool tls, const struct tls_material *m, const char *addr,
 	  nng_listener *l, int *port)
 {
 	char url[TRANSPORT_URL_MAX];
@@ -207,8 +198,8 @@ err_after_create:
 /* Listen on a unix socket (the admin endpoint's admin_socket): mode 0600 (NNG chmods it after
  * bind; the process umask covers the moment before), no TLS.  A file left by a process that
  * died is replaced (NNG finds nobody listening behind it). */
-static int
-listen_unix(nng_socket sock, const char *path)
+int
+transport__listen_unix(nng_socket sock, const char *path)
 {
 	char url[TRANSPORT_URL_MAX];
 	nng_listener l;
@@ -229,8 +220,8 @@ listen_unix(nng_socket sock, const char *path)
  * Start a dialer on sock that reconnects forever; it is closed with the socket.  *out (may be
  * NULL) gets the dialer.
  */
-static int
-dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
+int
+transport__dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
 	const char *addr, nng_dialer *out)
 {
 	char url[TRANSPORT_URL_MAX];
@@ -573,7 +564,7 @@ peer_new(struct transport *t, const char *id, const char *addr, struct peer **ou
 	}
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
-	if ((rv = dial_to(p->sock, t->tls, &t->tlsm, id, addr, &p->dialer)) != 0)
+	if ((rv = transport__dial_to(p->sock, t->tls, &t->tlsm, id, addr, &p->dialer)) != 0)
 		goto err_after_sock;
 	p->dialing = true;
 	p->dw.since_ms = uv_now(t->loop);
@@ -842,7 +833,7 @@ probe_start(struct transport *t)
 	}
 	probe_addr(t, addr, sizeof(addr));
 	/* no server name: our cert names our id, and any cert of the cluster CA will do */
-	int rv = dial_to(t->probe, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
+	int rv = transport__dial_to(t->probe, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
 	if (rv == 0)
 		t->probing = true;
 	return rv;
@@ -874,7 +865,7 @@ listener_recreate(struct transport *t)
 		nng_listener_close(t->listener);
 	t->listening = false;
 	snprintf(addr, sizeof(addr), "%s:%d", t->listen_host, t->port);
-	int rv = listen_on(t->pull, t->tls, &t->tlsm, addr, &t->listener, &port);
+	int rv = transport__listen_on(t->pull, t->tls, &t->tlsm, addr, &t->listener, &port);
 	if (rv == 0)
 		t->listening = true;
 	return rv;
@@ -958,7 +949,7 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 	pthread_mutex_lock(&p->mtx); /* the stalled send waits for the new connection: afresh */
 	p->busy_since_ms = mono_ms();
 	pthread_mutex_unlock(&p->mtx);
-	int rv = dial_to(p->sock, t->tls, &t->tlsm, p->id, p->addr, &p->dialer);
+	int rv = transport__dial_to(p->sock, t->tls, &t->tlsm, p->id, p->addr, &p->dialer);
 	if (rv == 0) {
 		p->dialing = true;
 		p->dialer_restarts++;
@@ -1033,7 +1024,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	t->max_queue_bytes = cfg->max_queue_bytes_per_peer
 				 ? cfg->max_queue_bytes_per_peer
 				 : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
-	if ((rv = tls_material_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
+	if ((rv = transport__tls_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
 				    &t->tls)) != 0)
 		goto err_after_alloc;
 	if (nng_pull0_open(&t->pull) != 0) {
@@ -1043,10 +1034,10 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	nng_socket_set_size(t->pull, NNG_OPT_RECVMAXSZ,
 			    t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX);
 	nng_socket_set_int(t->pull, NNG_OPT_RECVBUF, TRANSPORT_RECVBUF); /* best effort */
-	if ((rv = listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener, &t->port)) != 0)
+	if ((rv = transport__listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener, &t->port)) != 0)
 		goto err_after_sock;
 	t->listening = true;
-	/* listen_on checked the form host:port; the guard listens again on host and t->port */
+	/* transport__listen_on checked the form host:port; the guard listens again on host and t->port */
 	snprintf(t->listen_host, sizeof(t->listen_host), "%.*s",
 		 (int)(strrchr(cfg->listen, ':') - cfg->listen), cfg->listen);
 	if (nng_socket_get_int(t->pull, NNG_OPT_RECVFD, &fd) != 0) {
@@ -1061,7 +1052,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	if (uv_poll_start(&t->poll, UV_READABLE, transport_poll_cb) != 0) {
 		/* The handle exists now: it can only go through uv_close. */
 		nng_close(t->pull);
-		tls_material_fini(&t->tlsm);
+		transport__tls_fini(&t->tlsm);
 		t->closing = true;
 		pthread_mutex_init(&t->close_mtx, NULL);
 		pthread_cond_init(&t->close_cv, NULL);
@@ -1085,7 +1076,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 err_after_sock:
 	nng_close(t->pull);
 err_after_tls:
-	tls_material_fini(&t->tlsm);
+	transport__tls_fini(&t->tlsm);
 err_after_alloc:
 	free(t);
 	return rv;
@@ -1237,7 +1228,7 @@ transport_close_nng(struct transport *t)
 		t->n_peers--;
 		peer_free(p);
 	}
-	tls_material_fini(&t->tlsm);
+	transport__tls_fini(&t->tlsm);
 }
 
 static void *
@@ -1347,231 +1338,4 @@ transport_peer_stats(const struct transport *t, const char *peer_id,
 	out->dialer_restarts = p->dialer_restarts;
 	out->connected = atomic_load(&p->pipes) > 0;
 	return 0;
-}
-
-/* ---- admin endpoint ---- */
-
-struct transport_admin {
-	uv_loop_t *loop; /* borrowed */
-	uv_poll_t poll;	 /* on the REP socket's RECVFD; stopped while a reply is pending */
-	transport_admin_cb cb;
-	void *cb_arg;
-	nng_socket rep; /* owned */
-	int port;
-	bool pending; /* a request was delivered and not yet answered */
-	bool closing;
-	void (*done)(void *);
-	void *done_arg;
-};
-
-static void admin_closed_cb(uv_handle_t *h);
-
-static void
-admin_poll_cb(uv_poll_t *h, int status, int events)
-{
-	struct transport_admin *a = h->data;
-	if (a->closing || a->pending)
-		return;
-	nng_msg *msg;
-	if (nng_recvmsg(a->rep, &msg, NNG_FLAG_NONBLOCK) != 0)
-		return;
-	a->pending = true;
-	uv_poll_stop(&a->poll); /* one request at a time: resumed by transport_admin_reply */
-	a->cb(a->cb_arg, nng_msg_body(msg), nng_msg_len(msg));
-	nng_msg_free(msg);
-}
-
-int
-transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg,
-		       transport_admin_cb cb, void *arg, struct transport_admin **out)
-{
-	int rv, fd;
-	bool tls;
-	struct tls_material m;
-	if (loop == NULL || cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) ||
-	    cb == NULL || out == NULL)
-		return TRANSPORT_EINVAL;
-	struct transport_admin *a = calloc(1, sizeof(*a));
-	if (a == NULL)
-		return TRANSPORT_ENOMEM;
-	a->loop = loop;
-	a->cb = cb;
-	a->cb_arg = arg;
-	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
-		goto err_after_alloc;
-	if (nng_rep0_open(&a->rep) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_tls;
-	}
-	nng_socket_set_size(a->rep, NNG_OPT_RECVMAXSZ,
-			    cfg->max_msg_bytes ? cfg->max_msg_bytes
-					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
-	nng_listener l;
-	if (cfg->listen != NULL && (rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
-		goto err_after_sock;
-	if (cfg->unix_path != NULL && (rv = listen_unix(a->rep, cfg->unix_path)) != 0)
-		goto err_after_sock;
-	if (nng_socket_get_int(a->rep, NNG_OPT_RECVFD, &fd) != 0 ||
-	    uv_poll_init(loop, &a->poll, fd) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_sock;
-	}
-	a->poll.data = a;
-	if (uv_poll_start(&a->poll, UV_READABLE, admin_poll_cb) != 0) {
-		nng_close(a->rep);
-		tls_material_fini(&m);
-		a->closing = true;
-		uv_close((uv_handle_t *)&a->poll, admin_closed_cb);
-		return TRANSPORT_ENNG;
-	}
-	tls_material_fini(&m); /* the listener's TLS config holds its own copy */
-	*out = a;
-	return 0;
-
-err_after_sock:
-	nng_close(a->rep);
-err_after_tls:
-	tls_material_fini(&m);
-err_after_alloc:
-	free(a);
-	return rv;
-}
-
-int
-transport_admin_listen_port(const struct transport_admin *a)
-{
-	return a->port;
-}
-
-int
-transport_admin_reply(struct transport_admin *a, const void *data, size_t len)
-{
-	if (a->closing)
-		return TRANSPORT_ECLOSED;
-	if (!a->pending)
-		return TRANSPORT_ESTATE;
-	a->pending = false;
-	int rv = 0;
-	nng_msg *m;
-	if (nng_msg_alloc(&m, len) != 0) {
-		rv = TRANSPORT_ENOMEM; /* the client times out */
-	} else {
-		if (len > 0)
-			memcpy(nng_msg_body(m), data, len);
-		/* Fails only when the client is gone: the reply is discarded. */
-		if (nng_sendmsg(a->rep, m, NNG_FLAG_NONBLOCK) != 0)
-			nng_msg_free(m);
-	}
-	if (uv_poll_start(&a->poll, UV_READABLE, admin_poll_cb) != 0 && rv == 0)
-		rv = TRANSPORT_ENNG;
-	return rv;
-}
-
-static void
-admin_closed_cb(uv_handle_t *h)
-{
-	struct transport_admin *a = h->data;
-	void (*done)(void *) = a->done;
-	void *arg = a->done_arg;
-	free(a);
-	if (done != NULL)
-		done(arg);
-}
-
-void
-transport_admin_close(struct transport_admin *a, void (*done)(void *arg), void *arg)
-{
-	if (a == NULL)
-		return;
-	a->closing = true;
-	a->done = done;
-	a->done_arg = arg;
-	uv_poll_stop(&a->poll);
-	nng_close(a->rep);
-	uv_close((uv_handle_t *)&a->poll, admin_closed_cb);
-}
-
-int
-transport_admin_request(const struct transport_admin_config *cfg, const char *server_name,
-			const void *req, size_t len, unsigned timeout_ms, void **reply,
-			size_t *reply_len)
-{
-	int rv;
-	bool tls;
-	struct tls_material m;
-	nng_socket s;
-	if (cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) || reply == NULL ||
-	    reply_len == NULL || (len > 0 && req == NULL) || timeout_ms == 0)
-		return TRANSPORT_EINVAL;
-	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
-		return rv;
-	if (nng_req0_open(&s) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_tls;
-	}
-	nng_socket_set_size(s, NNG_OPT_RECVMAXSZ,
-			    cfg->max_msg_bytes ? cfg->max_msg_bytes
-					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
-	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, (nng_duration)timeout_ms);
-	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms);
-	if (cfg->unix_path != NULL) {
-		char url[TRANSPORT_URL_MAX];
-		nng_dialer d;
-		int n = snprintf(url, sizeof(url), "ipc://%s", cfg->unix_path);
-		if (n < 0 || (size_t)n >= sizeof(url) || nng_dialer_create(&d, s, url) != 0) {
-			rv = TRANSPORT_EADDR;
-			goto err_after_sock;
-		}
-		nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RECONNECT_MIN_MS);
-		nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, TRANSPORT_RECONNECT_MAX_MS);
-		if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
-			rv = TRANSPORT_ENNG;
-			goto err_after_sock;
-		}
-	} else if ((rv = dial_to(s, tls, &m, server_name, cfg->listen, NULL)) != 0) {
-		goto err_after_sock;
-	}
-	nng_msg *msg;
-	if (nng_msg_alloc(&msg, len) != 0) {
-		rv = TRANSPORT_ENOMEM;
-		goto err_after_sock;
-	}
-	if (len > 0)
-		memcpy(nng_msg_body(msg), req, len);
-	uint64_t t0 = uv_hrtime();
-	int nrv = nng_sendmsg(s, msg, 0);
-	if (nrv != 0) {
-		nng_msg_free(msg);
-		rv = nrv == NNG_ETIMEDOUT ? TRANSPORT_ETIMEDOUT : TRANSPORT_ENNG;
-		goto err_after_sock;
-	}
-	/* One deadline for the whole exchange. */
-	uint64_t spent_ms = (uv_hrtime() - t0) / 1000000;
-	if (spent_ms >= timeout_ms) {
-		rv = TRANSPORT_ETIMEDOUT;
-		goto err_after_sock;
-	}
-	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)(timeout_ms - spent_ms));
-	if ((nrv = nng_recvmsg(s, &msg, 0)) != 0) {
-		rv = nrv == NNG_ETIMEDOUT ? TRANSPORT_ETIMEDOUT : TRANSPORT_ENNG;
-		goto err_after_sock;
-	}
-	size_t n = nng_msg_len(msg);
-	void *buf = malloc(n > 0 ? n : 1);
-	if (buf == NULL) {
-		nng_msg_free(msg);
-		rv = TRANSPORT_ENOMEM;
-		goto err_after_sock;
-	}
-	memcpy(buf, nng_msg_body(msg), n);
-	nng_msg_free(msg);
-	*reply = buf;
-	*reply_len = n;
-	rv = 0;
-
-err_after_sock:
-	nng_close(s);
-err_after_tls:
-	tls_material_fini(&m);
-	return rv;
 }

@@ -1,0 +1,37 @@
+/*
+ * transport_int.h - inside the transport unit (transport.c, transport_admin.c): what the peer
+ * transport and the admin endpoint share, addresses and TLS material over NNG.  Nothing outside
+ * cluster/transport*.c includes it (the unit is the one home of <nng/...>: tests/layout).
+ */
+#ifndef RELAY_TRANSPORT_INT_H
+#define RELAY_TRANSPORT_INT_H
+
+#include <stdbool.h>
+
+#include <nng/nng.h>
+
+#define TRANSPORT_URL_MAX 300
+
+/* The PEM material of one endpoint, read at open.  All owned; NULL when TLS is off. */
+struct tls_material {
+	char *ca;   /* CA chain */
+	char *cert; /* own cert */
+	char *key;  /* own key: wiped before free */
+};
+
+/* Read ca/cert/key (all three or none); *on tells whether TLS is on.  0 or TRANSPORT_E*. */
+int transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
+			bool *on);
+/* Free m (the key wiped first). */
+void transport__tls_fini(struct tls_material *m);
+/* Listen on addr ("host:port") with sock, TLS server config from m when tls; *port gets the
+ * bound port. */
+int transport__listen_on(nng_socket sock, bool tls, const struct tls_material *m, const char *addr,
+			 nng_listener *l, int *port);
+/* Listen on a unix socket path (mode 0600). */
+int transport__listen_unix(nng_socket sock, const char *path);
+/* Start a dialer on sock that reconnects forever (closed with the socket); *out may be NULL. */
+int transport__dial_to(nng_socket sock, bool tls, const struct tls_material *m,
+		       const char *server_name, const char *addr, nng_dialer *out);
+
+#endif
