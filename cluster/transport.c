@@ -614,8 +614,7 @@ peer_stop(struct peer *p)
 	t->gone_dialer_restarts += p->dialer_restarts;
 }
 
-/* Close a stopped peer's socket and free it.  Touches nothing of t: it may run on a thread of
- * its own, since nng_close can hang for good in NNG 1.5.2 (nanomsg/nng#1543). */
+/* Close a stopped peer's socket and free it. */
 static void
 peer_release(struct peer *p)
 {
@@ -634,12 +633,6 @@ peer_free(struct peer *p)
 	peer_release(p);
 }
 
-static void *
-peer_release_thread(void *arg)
-{
-	peer_release(arg);
-	return NULL;
-}
 
 /* ---- receive ---- */
 
@@ -1119,16 +1112,10 @@ transport_remove_peer(struct transport *t, const char *peer_id)
 			struct peer *p = *pp;
 			*pp = p->next;
 			t->n_peers--;
-			/* the socket closes on a thread of its own, so that the loop never waits on
-			   NNG's close (transport_close leaves its own behind after a bounded wait) */
-			peer_stop(p);
-			pthread_attr_t attr;
-			pthread_t th;
-			pthread_attr_init(&attr);
-			pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-			if (pthread_create(&th, &attr, peer_release_thread, p) != 0)
-				peer_release(p);
-			pthread_attr_destroy(&attr);
+			/* on the loop: a release on a thread of its own could outlive t, which
+			   the peer's pipe callback reaches (p->t); nng_close hangs only after
+			   NNG's reaper got stuck (nanomsg/nng#1543) */
+			peer_free(p);
 			return 0;
 		}
 	}
