@@ -587,10 +587,9 @@ err_after_alloc:
 	return rv;
 }
 
-/* Stop a peer's sending and free what it queued (p already unlinked).  Its counters go to t's
- * totals.  What is left is its socket (peer_release). */
+/* Stop and free a peer (loop thread; p already unlinked).  Its counters go to t's totals. */
 static void
-peer_stop(struct peer *p)
+peer_free(struct peer *p)
 {
 	struct transport *t = p->t;
 
@@ -599,8 +598,9 @@ peer_stop(struct peer *p)
 	pthread_mutex_unlock(&p->mtx);
 	/* Cancels the in-flight send and waits for peer_send_cb, which does not resubmit. */
 	nng_aio_stop(p->aio);
+	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
 	nng_msg *m = nng_aio_get_msg(p->aio);
-	if (m != NULL) /* in flight when stopped, or a submission refused after the stop: ours */
+	if (m != NULL) /* a submission refused after the stop: still ours */
 		nng_msg_free(m);
 	nng_aio_free(p->aio);
 	while (p->n > 0) {
@@ -612,27 +612,12 @@ peer_stop(struct peer *p)
 	t->gone_dropped_full += p->dropped_full;
 	t->gone_send_errors += p->send_errors;
 	t->gone_dialer_restarts += p->dialer_restarts;
-}
-
-/* Close a stopped peer's socket and free it. */
-static void
-peer_release(struct peer *p)
-{
-	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
 	pthread_mutex_destroy(&p->mtx);
 	free(p->ring);
 	free(p->addr);
 	free(p->id);
 	free(p);
 }
-
-static void
-peer_free(struct peer *p)
-{
-	peer_stop(p);
-	peer_release(p);
-}
-
 
 /* ---- receive ---- */
 
