@@ -178,4 +178,13 @@ struct cluster_status {
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];
 };
 
+/*
+ * The members of the cluster as delivery ownership counts them (own_leader_tick's conf): every
+ * peer of st but one leaving or removed that the committed Raft configuration no longer holds
+ * (it gets no entries, so its lease runs out).  Writes at most cap names (borrowed from st) to
+ * out; returns how many; 0 for a single node (nothing is ever removed there).
+ */
+size_t cluster_status_members(const struct cluster_status *st, const char **out, size_t cap);
+
+
 #endif

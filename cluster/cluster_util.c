@@ -135,3 +135,18 @@ cluster__queue_stats(struct queue_fsm *fsm, struct cluster_stats *st)
 	st->messages_deleted = qs.messages_deleted;
 	st->dsns = qs.dsns;
 }
+
+size_t
+cluster_status_members(const struct cluster_status *st, const char **out, size_t cap)
+{
+	size_t n = 0;
+	if (!st->replicated)
+		return 0;
+	for (unsigned i = 0; i < st->n_peers && n < cap; i++) {
+		const struct cluster_peer_status *p = &st->peers[i];
+		if (p->in_conf || (strcmp(p->membership, "leaving") != 0 &&
+				   strcmp(p->membership, "removed") != 0))
+			out[n++] = p->name;
+	}
+	return n;
+}

@@ -112,11 +112,11 @@ craft__member_state_since(struct craft *c, const char *node)
 	return 0;
 }
 
-/* 1 when id is the Raft id of some member of the book that is in the cluster (active or
- * leaving, incarnation known). */
 /* event=member-remove-wait is logged at most this often */
 #define CRAFT_MEMBER_WAIT_LOG_MS 5000u
 
+/* 1 when id is the Raft id of some member of the book that is in the cluster (active or
+ * leaving, incarnation known). */
 static int
 craft__id_in_book(const struct craft *c, uint64_t id)
 {
@@ -224,20 +224,23 @@ craft__reconcile(struct craft *c)
 					return;
 			} else if (!raft_conf_is_member(&c->conf_committed, id) && !throttled) {
 				/* out of the committed configuration.  Its deliveries move when the
-				 * leader's ownership core (ownership.c) sets it REMOVED: only lease +
-				 * grace after that leader saw it out, since a removed node receives no
-				 * more entries and may still hold a lease it cannot learn has ended.
-				 * Proposing REMOVED here at once moved its domains under a live
-				 * owner's attempt (tests/sim: host_sim --seed 298 --nodes 3 --pauses).
-				 * Once it is out of the member table, every node forgets it. */
+				 * leader's ownership core (ownership.c) sets it REMOVED: only lease
+				 * + grace after that leader saw it out, since a removed node
+				 * receives no more entries and may still hold a lease it cannot
+				 * learn has ended. Proposing REMOVED here at once moved its domains
+				 * under a live owner's attempt (tests/sim: host_sim --seed 298
+				 * --nodes 3 --pauses). Once it is out of the member table, every
+				 * node forgets it. */
 				c->pprop_ms[i] = now;
 				if (craft__member_state_since(c, c->peers[i].name)) {
-					if (now - c->member_wait_log_ms >= CRAFT_MEMBER_WAIT_LOG_MS) {
-						craft__log(c,
-							   "event=member-remove-wait node=%s: out of the "
-							   "configuration; its deliveries move once its "
-							   "lease has lapsed",
-							   c->peers[i].name);
+					if (now - c->member_wait_log_ms >=
+					    CRAFT_MEMBER_WAIT_LOG_MS) {
+						craft__log(
+						    c,
+						    "event=member-remove-wait node=%s: out of the "
+						    "configuration; its deliveries move once its "
+						    "lease has lapsed",
+						    c->peers[i].name);
 						c->member_wait_log_ms = now;
 					}
 					break;
@@ -247,7 +250,6 @@ craft__reconcile(struct craft *c)
 							       c->psince[i], 0, 0, 0, NULL, NULL);
 				craft__log(c, "event=member-removed node=%s%s%s", c->peers[i].name,
 					   rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
-				c->pprop_ms[i] = now;
 			}
 			break;
 		default:
@@ -429,14 +431,12 @@ craft_status(struct craft *c, struct cluster_status *st)
 		p->id = c->peers[i].id;
 		p->incarnation = i == c->self ? c->inc : c->pinc[i];
 		p->incarnation_known = i == c->self || !c->ppending[i];
-		if (c->pprev[i] &&
-		    raft_conf_is_member(&rs.conf,
-					cluster_peer_raft_id_inc(c->peers[i].name, c->pprev[i])))
+		uint64_t prev_id =
+		    c->pprev[i] ? cluster_peer_raft_id_inc(c->peers[i].name, c->pprev[i]) : 0;
+		if (prev_id && raft_conf_is_member(&rs.conf, prev_id))
 			p->replaced_incarnation = c->pprev[i];
 		p->in_conf = raft_conf_is_member(&c->conf_committed, p->id) ||
-			     (c->pprev[i] &&
-			      raft_conf_is_member(&c->conf_committed, cluster_peer_raft_id_inc(
-									  c->peers[i].name, c->pprev[i])));
+			     (prev_id && raft_conf_is_member(&c->conf_committed, prev_id));
 		if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEFT)
 			p->membership = "removed";
 		else if (c->pstate[i] == RELAY__PEER_STATE__PEER_LEAVING)

@@ -100,7 +100,7 @@ read_pem(const char *path, char **out)
 /* 0 and *on = false when no file is named; all three or none. */
 int
 transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
-		  bool *on)
+		    bool *on)
 {
 	memset(m, 0, sizeof(*m));
 	*on = false;
@@ -163,7 +163,7 @@ id_ok(const char *id)
  */
 int
 transport__listen_on(nng_socket sock, bool tls, const struct tls_material *m, const char *addr,
-	  nng_listener *l, int *port)
+		     nng_listener *l, int *port)
 {
 	char url[TRANSPORT_URL_MAX];
 	int rv = make_url(url, sizeof(url), tls, addr);
@@ -222,7 +222,7 @@ transport__listen_unix(nng_socket sock, const char *path)
  */
 int
 transport__dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
-	const char *addr, nng_dialer *out)
+		   const char *addr, nng_dialer *out)
 {
 	char url[TRANSPORT_URL_MAX];
 	nng_dialer d;
@@ -381,11 +381,11 @@ struct peer {
 	pthread_mutex_t mtx; /* guards everything below */
 	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
 	unsigned head, n;
-	bool busy;	 /* a message is in p->aio */
+	bool busy;		/* a message is in p->aio */
 	uint64_t busy_since_ms; /* when it was handed to NNG (mono_ms) */
-	size_t busy_len; /* its payload bytes */
-	size_t bytes;	 /* payload bytes in ring + in flight */
-	bool closing;	 /* no more submissions */
+	size_t busy_len;	/* its payload bytes */
+	size_t bytes;		/* payload bytes in ring + in flight */
+	bool closing;		/* no more submissions */
 	uint64_t sent, dropped_full, send_errors;
 	atomic_int pipes; /* live connections (pipe notify, NNG threads) */
 	atomic_bool lost; /* the last one closed: tell the loop (transport_down_cb) */
@@ -935,18 +935,20 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 	p->dw =
 	    (struct dial_watch){.attempts = 0, .since_ms = now_ms}; /* a new dialer counts from 0 */
 	if (stalled)
-		fprintf(stderr,
-			"transport: event=dialer-restart node=%s peer=%s addr=%s send_stall_ms=%llu "
-			"status=%s (a send stood still on a connection NNG counts as open: the peer "
-			"reads nothing, or NNG's reaper is stuck, nanomsg/nng#1543)\n",
-			t->node_id, p->id, p->addr, (unsigned long long)busy_ms,
-			rv == 0 ? "dialing" : transport_strerror(rv));
+		fprintf(
+		    stderr,
+		    "transport: event=dialer-restart node=%s peer=%s addr=%s send_stall_ms=%llu "
+		    "status=%s (a send stood still on a connection NNG counts as open: the peer "
+		    "reads nothing, or NNG's reaper is stuck, nanomsg/nng#1543)\n",
+		    t->node_id, p->id, p->addr, (unsigned long long)busy_ms,
+		    rv == 0 ? "dialing" : transport_strerror(rv));
 	else
-		fprintf(stderr,
-			"transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
-			"attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
-			t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
-			(unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
+		fprintf(
+		    stderr,
+		    "transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
+		    "attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
+		    t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
+		    (unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
 }
 
 /*
@@ -1003,7 +1005,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 				 ? cfg->max_queue_bytes_per_peer
 				 : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
 	if ((rv = transport__tls_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
-				    &t->tls)) != 0)
+				      &t->tls)) != 0)
 		goto err_after_alloc;
 	if (nng_pull0_open(&t->pull) != 0) {
 		rv = TRANSPORT_ENNG;
@@ -1012,10 +1014,12 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	nng_socket_set_size(t->pull, NNG_OPT_RECVMAXSZ,
 			    t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX);
 	nng_socket_set_int(t->pull, NNG_OPT_RECVBUF, TRANSPORT_RECVBUF); /* best effort */
-	if ((rv = transport__listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener, &t->port)) != 0)
+	if ((rv = transport__listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener,
+				       &t->port)) != 0)
 		goto err_after_sock;
 	t->listening = true;
-	/* transport__listen_on checked the form host:port; the guard listens again on host and t->port */
+	/* transport__listen_on checked the form host:port; the guard listens again on host and
+	 * t->port */
 	snprintf(t->listen_host, sizeof(t->listen_host), "%.*s",
 		 (int)(strrchr(cfg->listen, ':') - cfg->listen), cfg->listen);
 	if (nng_socket_get_int(t->pull, NNG_OPT_RECVFD, &fd) != 0) {

@@ -73,7 +73,8 @@ transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg
 			    cfg->max_msg_bytes ? cfg->max_msg_bytes
 					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
 	nng_listener l;
-	if (cfg->listen != NULL && (rv = transport__listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+	if (cfg->listen != NULL &&
+	    (rv = transport__listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
 		goto err_after_sock;
 	if (cfg->unix_path != NULL && (rv = transport__listen_unix(a->rep, cfg->unix_path)) != 0)
 		goto err_after_sock;

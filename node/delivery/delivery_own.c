@@ -255,15 +255,7 @@ dlv__own_tick_cb(uv_timer_t *t)
 	cluster_status(d->cluster, &cst);
 	bool leader = cst.role != NULL && strcmp(cst.role, "leader") == 0;
 	const char *conf[CLUSTER_MAX_PEERS];
-	size_t nconf = 0;
-	/* the members of the cluster: every peer but one leaving or removed that is out of the
-	   committed Raft configuration (it gets no entries: its lease runs out) */
-	for (unsigned i = 0; i < cst.n_peers && nconf < CLUSTER_MAX_PEERS; i++)
-		if (cst.peers[i].in_conf || (strcmp(cst.peers[i].membership, "leaving") != 0 &&
-					     strcmp(cst.peers[i].membership, "removed") != 0))
-			conf[nconf++] = cst.peers[i].name;
-	if (!cst.replicated)
-		nconf = 0; /* a single node: its id is the only one, nothing to remove */
+	size_t nconf = cluster_status_members(&cst, conf, CLUSTER_MAX_PEERS);
 	struct own_action act[OWN_MAX_ACTIONS];
 	size_t na = own_leader_tick(&d->own, now, leader, cst.term, mem, nm, conf, nconf, act,
 				    OWN_MAX_ACTIONS);
