@@ -80,6 +80,7 @@ struct cluster {
 	struct store_batch wbatch; /* the write in flight: apply writes, then log appends */
 	size_t wbatch_apply_len;   /* where the apply writes end in wbatch */
 	unsigned wbatch_apply_count;
+	uint64_t wbatch_applied;   /* the apply writes in wbatch are those up to this index */
 	uint64_t wbytes;	  /* log bytes of the write in flight */
 	struct store_batch apply; /* apply writes not yet written */
 
@@ -217,6 +218,8 @@ cluster__after_work_cb(uv_work_t *req, int status)
 			p->status = CLUSTER_EIO;
 	} else {
 		store_batch_clear(&c->wbatch);
+		/* the state machine's values up to there are in the store (its overlay lets go) */
+		queue_fsm_written(c->fsm, c->wbatch_applied);
 		if (c->write_sync) {
 			c->stats.batches++;
 			c->stats.bytes += c->wbytes;
@@ -279,6 +282,7 @@ cluster__flush_cb(uv_idle_t *h)
 	store_batch_clear(&c->apply);
 	c->wbatch_apply_len = c->wbatch.len;
 	c->wbatch_apply_count = c->wbatch.count;
+	c->wbatch_applied = c->applied_index;
 
 	struct cluster__fifo failed = {0};
 	uint64_t bytes = 0;

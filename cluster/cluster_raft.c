@@ -930,6 +930,7 @@ craft__after_work_cb(uv_work_t *req, int status)
 	} else {
 		store_batch_clear(&c->wbatch);
 		c->durable_applied = c->write_applied;
+		queue_fsm_written(c->fsm, c->durable_applied);
 		if (c->write_sync) {
 			c->stats.batches++;
 			c->stats.bytes += c->write_bytes;

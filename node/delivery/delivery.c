@@ -177,6 +177,8 @@ dlv__msg_free(struct dmsg *m)
 	*pp = m->hnext;
 	d->nmsgs--;
 	d->inflight_bytes -= m->body_len;
+	/* back in the due lists (gone already when its outcomes finished it) */
+	(void)queue_fsm_set_busy(d->q, m->qid, 0);
 	if (m->res != NULL)
 		for (size_t i = 0; i < m->rec->n_rcpts; i++) {
 			free(m->res[i].reply);

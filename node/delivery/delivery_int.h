@@ -43,6 +43,7 @@
 
 /* Bounds. */
 #define DLV_INFLIGHT_PER_SLOT 8			   /* messages in memory per max_deliveries */
+#define DLV_SCHED_BATCH 64 /* messages one scan starts at most (then the next loop turn) */
 #define DLV_INFLIGHT_BYTES_MAX ((size_t)256 << 20) /* body bytes in memory */
 #define DLV_WRITE_MAX (256 * 1024)		   /* bytes queued in uv_write per connection */
 #define DLV_WRITE_CHUNK (64 * 1024)
