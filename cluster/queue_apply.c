@@ -21,7 +21,8 @@
  * when its domain is new then (fresh), else freed), its envelope in the overlay entry. */
 struct queue__prep {
 	struct queue_msg *m;
-	struct queue__dom **nd;
+	struct queue__dom **nd; /* nitems of them */
+	uint32_t nitems;
 	struct queue__ov *env; /* the envelope (queue_record_from_accept), packed */
 	const char **names;    /* each item's domain (nd[j]->name) */
 	int removed;	       /* the queue id is a tombstone: a no-op */
@@ -30,9 +31,8 @@ struct queue__prep {
 static void
 queue__prep_free(struct queue__prep *p)
 {
-	if (p->nd && p->m)
-		for (uint32_t j = 0; j < p->m->nitems; j++)
-			queue__dom_free(p->nd[j]);
+	for (uint32_t j = 0; p->nd && j < p->nitems; j++)
+		queue__dom_free(p->nd[j]);
 	free(p->nd);
 	free(p->names);
 	free(p->env);
@@ -76,6 +76,7 @@ queue__accept_msg(const Relay__Accept *a, uint64_t index, struct queue__prep *p)
 	uint32_t ni = queue__group(addrs, n, names, item);
 	struct queue_msg *m = p->m = queue__msg_alloc(a->queue_id, strlen(a->queue_id), n, ni);
 	p->nd = calloc(ni, sizeof(*p->nd));
+	p->nitems = ni;
 	p->names = calloc(ni, sizeof(*p->names));
 	if (!m || !p->nd || !p->names)
 		goto out;
@@ -160,6 +161,12 @@ queue__accept_prepare(struct queue_fsm *q, uint64_t index, const Relay__Accept *
 		} else {
 			nd->fresh = 1;
 			owner = nd->owner = queue__winner(q, nd->name, NULL, NULL);
+			if (d && !d->evicting) {
+				/* a new owner for the same destination: its deferral stays */
+				nd->defer_until = d->defer_until;
+				nd->defer_at = d->defer_at;
+				nd->defer_count = d->defer_count;
+			}
 		}
 		/* room: the item in its domain's heap (d's, or nd's when nd is inserted: new, or
 		 * d forgotten by the command first), the domain in its owner's heap */
@@ -279,14 +286,11 @@ queue__apply_accept(struct queue_fsm *q, uint64_t index, const Relay__Accept *a,
 static int
 queue__lift_writes(struct store_batch *b, const struct queue__dom *d)
 {
-	struct queue__dom tmp = *d;
-	tmp.defer_until = tmp.defer_at = 0;
-	tmp.defer_count = 0;
 	unsigned char k[QUEUE__OWN_KEY_MAX];
 	size_t kl = queue__own_key(k, QUEUE__OWN_DEFER, d->name, d->len);
 	if (!d->persisted)
 		return 0; /* no key yet: the lift is memory only */
-	if (queue__put_dom(b, &tmp, d->epoch, d->owner) ||
+	if (queue__put_dom_defer(b, d, d->epoch, d->owner, 0, 0, 0) ||
 	    store_batch_delete(b, STORE_CF_QUEUE, k, kl))
 		return QUEUE_ENOMEM;
 	return 0;
@@ -822,24 +826,21 @@ queue__apply_defer(struct queue_fsm *q, uint64_t index, const Relay__DeferDomain
 	}
 	if (dd->until_ms <= d->defer_until)
 		return 0;
-	struct queue__dom tmp = *d;
-	tmp.defer_until = dd->until_ms;
-	tmp.defer_at = dd->at_ms;
-	tmp.defer_count = d->defer_count < UINT32_MAX ? d->defer_count + 1 : UINT32_MAX;
+	uint32_t count = d->defer_count < UINT32_MAX ? d->defer_count + 1 : UINT32_MAX;
 	const char *reply = dd->reply ? dd->reply : "";
 	unsigned char k[QUEUE__OWN_KEY_MAX];
 	size_t kl = queue__own_key(k, QUEUE__OWN_DEFER, d->name, d->len);
 	size_t mark_len = b->len;
 	unsigned mark_count = b->count;
-	if (queue__put_dom(b, &tmp, d->epoch, d->owner) ||
+	if (queue__put_dom_defer(b, d, d->epoch, d->owner, dd->until_ms, dd->at_ms, count) ||
 	    store_batch_put(b, STORE_CF_QUEUE, k, kl, reply, strlen(reply))) {
 		b->len = mark_len;
 		b->count = mark_count;
 		return QUEUE_ENOMEM;
 	}
-	d->defer_until = tmp.defer_until;
-	d->defer_at = tmp.defer_at;
-	d->defer_count = tmp.defer_count;
+	d->defer_until = dd->until_ms;
+	d->defer_at = dd->at_ms;
+	d->defer_count = count;
 	d->defer_hash = (uint32_t)queue__hash(reply, strlen(reply));
 	queue__dom_resched(q, d);
 	q->stats.defers++;

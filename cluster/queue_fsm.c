@@ -708,6 +708,26 @@ queue_fsm_due_ms(const struct queue_fsm *q, const struct queue_msg *m)
 	return best;
 }
 
+int
+queue_fsm_msg_in_domain(const struct queue_fsm *q, const struct queue_msg *m, const char *domain)
+{
+	(void)q;
+	size_t n = domain ? strlen(domain) : 0;
+	for (uint32_t j = 0; m && domain && j < m->nitems; j++) {
+		const struct queue__dom *d = m->items[j].nqueued ? m->items[j].dom : NULL;
+		if (!d || d->len != n)
+			continue;
+		size_t i = 0;
+		while (i < n && d->name[i] == (char)(domain[i] >= 'A' && domain[i] <= 'Z'
+							 ? domain[i] - 'A' + 'a'
+							 : domain[i]))
+			i++;
+		if (i == n)
+			return 1;
+	}
+	return 0;
+}
+
 /* Every owner's domain heap (members, then the unowned); returns the count. */
 static size_t
 queue__all_dheaps(const struct queue_fsm *q, const struct queue__dheap **hs)

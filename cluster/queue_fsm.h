@@ -260,6 +260,16 @@ int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, 
 int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
 int queue_fsm_read_envelope(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
 
+/* Every message a store holds, without a state machine (constant memory: relayd
+ * --dump-queue), in queue id order: cb(arg, rec) with the record as queue_fsm_read_record
+ * gives it (envelope, states from its state value, results); rec is freed after cb returns;
+ * cb returns nonzero to stop.  A damaged envelope, state value or result sets *bad (the
+ * message is skipped or shown as far as it could be read).  0 or QUEUE_EIO / QUEUE_ENOMEM.
+ * queue_store_domain_owner reads a domain's assignment from the store the same way. */
+typedef int (*queue_record_cb)(void *arg, Relay__QueueRecord *rec);
+int queue_store_stream(struct store *s, queue_record_cb cb, void *arg, int *bad);
+int queue_store_domain_owner(struct store *s, const char *domain, char *owner, uint64_t *epoch);
+
 /* The host's word that the apply writes of every command up to index are in the store: the
  * overlay (queue_store.c) forgets the values they wrote.  Hosts that write each batch before
  * the next read may skip it (the overlay then stays at its bound). */
@@ -275,6 +285,11 @@ int queue_fsm_set_busy(struct queue_fsm *q, const char *queue_id, int busy);
 /* When m is next due: the earliest over its queued recipients' domains of max(their next
  * attempt, the domain's deferral); UINT64_MAX when none is queued. */
 uint64_t queue_fsm_due_ms(const struct queue_fsm *q, const struct queue_msg *m);
+
+/* 1 when m has a queued recipient in domain (compared ASCII-lowercased), else 0: from memory,
+ * without reading its envelope. */
+int queue_fsm_msg_in_domain(const struct queue_fsm *q, const struct queue_msg *m,
+			    const char *domain);
 
 /* Builds the stored record of an Accept committed at index (pure; used by apply).  Pointers in *rec
  * borrow from a and from rcpts (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is

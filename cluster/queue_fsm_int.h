@@ -283,10 +283,13 @@ struct queue__member *queue__winner(const struct queue_fsm *q, const char *domai
 				    struct queue__member *incl, const struct queue__member *excl);
 void queue__member_free(struct queue__member *mb);
 size_t queue__own_key(unsigned char *k, char type, const void *s, size_t n);
-size_t queue__dom_val(unsigned char *v, const struct queue__dom *d, uint64_t epoch,
-		      const struct queue__member *owner);
+size_t queue__dom_val(unsigned char *v, uint64_t epoch, const struct queue__member *owner,
+		      uint64_t until, uint64_t at, uint32_t count);
 int queue__put_dom(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
 		   const struct queue__member *owner);
+int queue__put_dom_defer(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
+			 const struct queue__member *owner, uint64_t until, uint64_t at,
+			 uint32_t count);
 int queue__del_dom(struct store_batch *b, const struct queue__dom *d);
 void queue__member_val(unsigned char *v, uint8_t state, uint64_t since, uint64_t renew,
 		       uint64_t renew_at, uint32_t inflight);

@@ -457,7 +457,9 @@ queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 			if (!d->persisted)
 				continue;
 			size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
-			if ((rv = cb(arg, k, kl, v, queue__dom_val(v, d, d->epoch, d->owner))))
+			size_t vl = queue__dom_val(v, d->epoch, d->owner, d->defer_until,
+						   d->defer_at, d->defer_count);
+			if ((rv = cb(arg, k, kl, v, vl)))
 				return rv;
 		}
 	}

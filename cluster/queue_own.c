@@ -333,39 +333,48 @@ queue__own_key(unsigned char *k, char type, const void *s, size_t n)
  * been since its last delivery), version 2, epoch, until, at (u64 BE each), count (u32 BE),
  * owner length, owner. */
 size_t
-queue__dom_val(unsigned char *v, const struct queue__dom *d, uint64_t epoch,
-	       const struct queue__member *owner)
+queue__dom_val(unsigned char *v, uint64_t epoch, const struct queue__member *owner,
+	       uint64_t until, uint64_t at, uint32_t count)
 {
 	size_t n = owner ? strlen(owner->node) : 0;
 	store_u64_encode(epoch, v + 1);
-	if (!d->defer_until && !d->defer_count) {
+	if (!until && !count) {
 		v[0] = QUEUE__OWN_VERSION;
 		if (n)
 			memcpy(v + QUEUE__DOM_VAL_LEN, owner->node, n);
 		return QUEUE__DOM_VAL_LEN + n;
 	}
 	v[0] = QUEUE__DOM_VERSION_DEFER;
-	store_u64_encode(d->defer_until, v + 9);
-	store_u64_encode(d->defer_at, v + 17);
-	v[25] = (unsigned char)(d->defer_count >> 24);
-	v[26] = (unsigned char)(d->defer_count >> 16);
-	v[27] = (unsigned char)(d->defer_count >> 8);
-	v[28] = (unsigned char)d->defer_count;
+	store_u64_encode(until, v + 9);
+	store_u64_encode(at, v + 17);
+	v[25] = (unsigned char)(count >> 24);
+	v[26] = (unsigned char)(count >> 16);
+	v[27] = (unsigned char)(count >> 8);
+	v[28] = (unsigned char)count;
 	v[29] = (unsigned char)n;
 	if (n)
 		memcpy(v + QUEUE__DOM_DEFER_VAL_LEN, owner->node, n);
 	return QUEUE__DOM_DEFER_VAL_LEN + n;
 }
 
+/* Writes d's assignment with the deferral (until, at, count). */
+int
+queue__put_dom_defer(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
+		     const struct queue__member *owner, uint64_t until, uint64_t at, uint32_t count)
+{
+	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_DEFER_VAL_LEN + QUEUE_NODE_MAX];
+	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
+	size_t vl = queue__dom_val(v, epoch, owner, until, at, count);
+	return store_batch_put(b, STORE_CF_QUEUE, k, kl, v, vl) ? QUEUE_ENOMEM : 0;
+}
+
+/* Writes d's assignment (epoch, owner) with the deferral it has. */
 int
 queue__put_dom(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
 	       const struct queue__member *owner)
 {
-	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_DEFER_VAL_LEN + QUEUE_NODE_MAX];
-	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
-	return store_batch_put(b, STORE_CF_QUEUE, k, kl, v, queue__dom_val(v, d, epoch, owner))
-		   ? QUEUE_ENOMEM
-		   : 0;
+	return queue__put_dom_defer(b, d, epoch, owner, d->defer_until, d->defer_at,
+				    d->defer_count);
 }
 
 /* Forgets an assignment: its key, and its deferral's reason when it has one. */

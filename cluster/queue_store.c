@@ -718,3 +718,166 @@ queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRec
 	rec->has_update_index = 1;
 	rec->update_index = index;
 }
+
+/* ---- streaming a store's messages (no state machine) ---- */
+
+/* Puts a state value into the record of its message (the recipients' states, held, update
+ * index, next attempt).  QUEUE_ECORRUPT if it does not fit the record. */
+static int
+queue__state_into(const unsigned char *v, size_t vlen, Relay__QueueRecord *r)
+{
+	if (vlen < QUEUE__STATE_FIXED || v[0] != QUEUE__STATE_VERSION ||
+	    queue__get16(v + 42) != r->n_rcpts)
+		return QUEUE_ECORRUPT;
+	uint32_t nitems = queue__get16(v + 44);
+	const unsigned char *p = v + QUEUE__STATE_FIXED, *end = v + vlen;
+	for (uint32_t j = 0; j < nitems; j++) {
+		if (p >= end || (size_t)(end - p) < 1u + p[0])
+			return QUEUE_ECORRUPT;
+		p += 1 + p[0];
+	}
+	if ((size_t)(end - p) != r->n_rcpts * (size_t)QUEUE__STATE_RCPT)
+		return QUEUE_ECORRUPT;
+	uint64_t next = UINT64_MAX;
+	for (size_t i = 0; i < r->n_rcpts; i++, p += QUEUE__STATE_RCPT) {
+		Relay__QueueRcpt *rc = r->rcpts[i];
+		if (p[2] >= QUEUE_RCPT_STATES)
+			return QUEUE_ECORRUPT;
+		rc->state = (Relay__RcptState)p[2];
+		rc->has_delay_notified = p[3];
+		rc->delay_notified = p[3];
+		rc->has_attempts = 1;
+		rc->attempts =
+		    (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+		rc->has_next_attempt_ms = 1;
+		rc->next_attempt_ms = store_u64_decode(p + 8);
+		rc->has_last_attempt_ms = rc->attempts > 0;
+		rc->last_attempt_ms = store_u64_decode(p + 16);
+		if (rc->state == RELAY__RCPT_STATE__RCPT_QUEUED && rc->next_attempt_ms < next)
+			next = rc->next_attempt_ms;
+	}
+	r->has_held = v[1] & 1;
+	r->held = v[1] & 1;
+	r->has_update_index = 1;
+	r->update_index = store_u64_decode(v + 26);
+	if (next != UINT64_MAX) {
+		r->has_next_attempt_ms = 1;
+		r->next_attempt_ms = next;
+	}
+	return 0;
+}
+
+/* The message being assembled by queue_store_stream: its envelope with its state, then its
+ * results as the iterator reaches them (they follow its key). */
+struct queue__stream {
+	struct store *s;
+	queue_record_cb cb;
+	void *arg;
+	Relay__QueueRecord *r;
+	int stop, bad;
+};
+
+static void
+queue__stream_emit(struct queue__stream *st)
+{
+	if (st->r && !st->stop)
+		st->stop = st->cb(st->arg, st->r);
+	if (st->r)
+		relay__queue_record__free_unpacked(st->r, NULL);
+	st->r = NULL;
+}
+
+/* A new envelope: unpacked, with its state value (none: a legacy record holds its own). */
+static void
+queue__stream_envelope(struct queue__stream *st, const unsigned char *k, size_t kl,
+		       const unsigned char *v, size_t vl)
+{
+	Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vl, v);
+	if (!r || !r->queue_id || strlen(r->queue_id) != kl || memcmp(r->queue_id, k, kl)) {
+		if (r)
+			relay__queue_record__free_unpacked(r, NULL);
+		st->bad = 1;
+		return;
+	}
+	for (size_t i = 0; i < r->n_rcpts; i++)
+		if (!r->rcpts[i]->rcpt) {
+			relay__queue_record__free_unpacked(r, NULL);
+			st->bad = 1;
+			return;
+		}
+	unsigned char ik[QUEUE__INDEX_KEY_MAX];
+	ik[0] = QUEUE__INDEX_MSG;
+	memcpy(ik + 1, k, kl);
+	void *sv;
+	size_t svl;
+	int rv = store_get(st->s, STORE_CF_INDEX, ik, 1 + kl, &sv, &svl);
+	if (rv == 0) {
+		if (queue__state_into(sv, svl, r))
+			st->bad = 1;
+		free(sv);
+	} else if (rv != STORE_ENOTFOUND) {
+		st->bad = 1;
+	}
+	st->r = r;
+}
+
+int
+queue_store_stream(struct store *s, queue_record_cb cb, void *arg, int *bad)
+{
+	struct queue__stream st = {s, cb, arg, NULL, 0, 0};
+	struct store_iter *it;
+	if (store_iter_new(s, STORE_CF_QUEUE, &it))
+		return QUEUE_ENOMEM;
+	const unsigned char first = QUEUE_KEY_OWN + 1; /* after the ownership keys */
+	for (store_iter_seek(it, &first, 1); store_iter_valid(it) && !st.stop;
+	     store_iter_next(it)) {
+		size_t kl, vl;
+		const unsigned char *k = store_iter_key(it, &kl);
+		const unsigned char *v = store_iter_value(it, &vl);
+		const unsigned char *z = memchr(k, 0, kl);
+		if (!z) {
+			queue__stream_emit(&st);
+			queue__stream_envelope(&st, k, kl, v, vl);
+			continue;
+		}
+		/* a result of the message being assembled (id, 0, 'l', recipient) */
+		size_t idl = (size_t)(z - k);
+		uint32_t i = kl == idl + 4 ? queue__get16(k + idl + 2) : UINT32_MAX;
+		if (!st.r || strlen(st.r->queue_id) != idl || memcmp(st.r->queue_id, k, idl) ||
+		    k[idl + 1] != QUEUE__KEY_RESULT || i >= st.r->n_rcpts ||
+		    queue__result_decode(v, vl, st.r->rcpts[i]))
+			st.bad = 1;
+	}
+	queue__stream_emit(&st);
+	int rv = store_iter_status(it) ? QUEUE_EIO : 0;
+	store_iter_free(it);
+	*bad |= st.bad;
+	return rv;
+}
+
+int
+queue_store_domain_owner(struct store *s, const char *domain, char *owner, uint64_t *epoch)
+{
+	unsigned char k[QUEUE__OWN_KEY_MAX];
+	size_t n = strlen(domain);
+	if (n > QUEUE_DOMAIN_MAX)
+		return QUEUE_ENOTFOUND;
+	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, domain, n);
+	void *v;
+	size_t vl;
+	if (store_get(s, STORE_CF_QUEUE, k, kl, &v, &vl))
+		return QUEUE_ENOTFOUND;
+	const unsigned char *p = v;
+	size_t off = vl >= QUEUE__DOM_DEFER_VAL_LEN && p[0] == QUEUE__DOM_VERSION_DEFER
+			 ? QUEUE__DOM_DEFER_VAL_LEN
+			 : QUEUE__DOM_VAL_LEN;
+	int rv = QUEUE_ECORRUPT;
+	if (vl >= off && vl - off <= QUEUE_NODE_MAX) {
+		*epoch = store_u64_decode(p + 1);
+		memcpy(owner, p + off, vl - off);
+		owner[vl - off] = 0;
+		rv = 0;
+	}
+	free(v);
+	return rv;
+}

@@ -21,11 +21,30 @@
 
 /* ------------------------------------------------------------ scheduler */
 
+/* How a message starts: its due recipients into jobs, or (the expiry sweep) its recipients
+ * whose domain is deferred, bounced at once as expired. */
+enum sched_mode { SCHED_DUE, SCHED_EXPIRE };
+
+/* An expired recipient of a deferred domain: deferred with the domain's reason, which
+ * msg_complete turns into a bounce ("queue lifetime expired"). */
+static void
+sched_expire_rcpt(struct delivery *d, struct rcpt_result *r, const char *dom)
+{
+	char why[QUEUE_REPLY_MAX + 1];
+	if (queue_fsm_domain_reason(d->q, dom, why, sizeof(why)) != 0 || why[0] == '\0')
+		snprintf(why, sizeof(why), "451 4.4.1 %s: delivery temporarily suspended", dom);
+	r->kind = RES_DEFERRED;
+	snprintf(r->status, sizeof(r->status), "4.4.1");
+	r->reply = dlv__dup_max(why, QUEUE_REPLY_MAX);
+	r->relay = dlv__xstrdup("");
+}
+
 /* Splits a due message into jobs and queues them on their destinations.  now: the wall clock
  * (queue times), mono: the monotonic clock (the lease).  Returns 0, -2 when its body is not in
  * the store yet, or -1 when it cannot be read now. */
 static int
-sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now, uint64_t mono)
+sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now, uint64_t mono,
+		enum sched_mode mode)
 {
 	struct dmsg *m = calloc(1, sizeof(*m));
 	if (m == NULL)
@@ -81,16 +100,25 @@ sched_start_msg(struct delivery *d, const struct queue_msg *qm, uint64_t now, ui
 		const Relay__QueueRcpt *qr = rec->rcpts[i];
 		if (qr->state != RELAY__RCPT_STATE__RCPT_QUEUED)
 			continue;
-		if (qr->has_next_attempt_ms && qr->next_attempt_ms > now)
+		if (mode == SCHED_DUE && qr->has_next_attempt_ms && qr->next_attempt_ms > now)
 			continue;
-		/* Only the recipients of domains this node owns, at the epoch it owns them (G4). */
-		char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
-		uint64_t ep = 0;
+		/* Only the recipients of domains this node owns, at the epoch it owns them (G4);
+		 * not those of a deferred domain (DeferDomain), unless they expire. */
+		char dom[QUEUE_DOMAIN_MAX + 1];
+		struct queue_domain_info di;
 		queue_addr_domain(qr->rcpt->addr, dom);
-		if (queue_fsm_domain_owner(d->q, dom, owner, &ep) != 0 ||
-		    !own_may_start(&d->own, mono, d->self_state, owner, ep, ep))
+		if (queue_fsm_domain_info(d->q, dom, &di) != 0 ||
+		    !own_may_start(&d->own, mono, d->self_state, di.owner, di.epoch, di.epoch))
 			continue;
+		if ((mode == SCHED_DUE) != (di.defer_until <= now))
+			continue;
+		uint64_t ep = di.epoch;
 		m->res[i].epoch = ep;
+		if (mode == SCHED_EXPIRE) {
+			m->res[i].in_job = true;
+			sched_expire_rcpt(d, &m->res[i], dom);
+			continue;
+		}
 		struct ddest *x = dlv__dest_get(d, qr->rcpt->addr);
 		m->res[i].in_job = true;
 		if (x == NULL) {
@@ -200,6 +228,46 @@ scan_cb(void *arg, const struct queue_item *it)
 	return 0;
 }
 
+/*
+ * The expiry sweep: a recipient of a deferred domain is due again only when the deferral ends,
+ * so its queue_lifetime could end meanwhile and its bounce wait for the destination's next
+ * round.  Once per DLV_SWEEP_MS the oldest messages (apply order: the order they arrived, up to
+ * the nodes' clock skew) are looked at, at most DLV_SWEEP_WALK of them, stopping at the first
+ * whose lifetime is not over; an expired one (not held, not in flight) with a queued recipient
+ * of a domain this node owns and that is deferred bounces now (Postfix bounces a message to a
+ * dead destination when its time is up the same way).  Returns the messages started (at most
+ * room).  Known gap: more than DLV_SWEEP_WALK expired messages of other owners at the head of
+ * the queue (an owner that cannot act) hide the later ones until their domains move.
+ */
+static size_t
+sched_sweep(struct delivery *d, uint64_t now, uint64_t mono, size_t room)
+{
+	d->sweep_ms = now;
+	size_t started = 0, walked = 0;
+	char ids[DLV_SCHED_BATCH][QUEUE_ID_MAX + 1];
+	size_t n = 0;
+	for (const struct queue_msg *m = queue_fsm_first(d->q);
+	     m != NULL && walked < DLV_SWEEP_WALK && n < room && n < DLV_SCHED_BATCH;
+	     m = queue_fsm_next(d->q, m), walked++) {
+		if (!retry_expired(&d->retry, m->received_ms, now))
+			break;
+		if (m->held || dlv__msg_find(d, m->queue_id) != NULL)
+			continue;
+		/* deferred past now: what queue_fsm_due_ms says beyond the own next attempt */
+		if (queue_fsm_due_ms(d->q, m) <= now)
+			continue; /* due: the scan attempts it (its last try) */
+		snprintf(ids[n++], QUEUE_ID_MAX + 1, "%s", m->queue_id);
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct queue_msg *qm = queue_fsm_lookup(d->q, ids[i]);
+		if (qm == NULL || sched_start_msg(d, qm, now, mono, SCHED_EXPIRE) != 0)
+			continue;
+		started++;
+		d->st.expired_swept++;
+	}
+	return started;
+}
+
 /* Starts the due items this node owns (queue_fsm_due_owned) whose messages are not in flight,
  * within the in-memory bounds, in next-attempt order; arms the timer for the earliest one not
  * due yet.  Nothing starts without a lease and the LIVE state (the ownership tick asks for a
@@ -226,6 +294,8 @@ sched_scan(struct delivery *d)
 		room = 0;
 	if (room > DLV_SCHED_BATCH)
 		room = DLV_SCHED_BATCH;
+	if (room > 0 && now >= d->sweep_ms + DLV_SWEEP_MS)
+		room -= sched_sweep(d, now, mono, room);
 	if (room == 0)
 		return; /* a finishing message asks for a new scan */
 	char ids[DLV_SCHED_BATCH][QUEUE_ID_MAX + 1], busy[DLV_SCHED_BATCH][QUEUE_ID_MAX + 1];
@@ -249,7 +319,7 @@ sched_scan(struct delivery *d)
 			sc.more = false;
 			break;
 		}
-		int st = sched_start_msg(d, qm, now, mono);
+		int st = sched_start_msg(d, qm, now, mono, SCHED_DUE);
 		started += st == 0;
 		if (st == -2 && now + 20 < retry_at)
 			retry_at = now + 20; /* body not written yet: the cluster's next write */
