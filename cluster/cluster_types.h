@@ -27,7 +27,8 @@
 	X(CLUSTER_ENOMEMBER, -13, "no such member")                                                \
 	X(CLUSTER_EFULL, -14, "the cluster has its maximum number of members")                     \
 	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")                         \
-	X(CLUSTER_EQUOTA, -16, "hourly message quota reached (the Accept was refused)")
+	X(CLUSTER_EQUOTA, -16, "hourly message quota reached (the Accept was refused)")               \
+	X(CLUSTER_ESTALE, -17, "the member changed since the command was proposed; look and retry")
 
 enum cluster_errno {
 #define CLUSTER__ERRNO_ENUM(name, val, str) name = (val),
@@ -63,12 +64,14 @@ struct cluster_config {
 	/* Replicated mode: all below zero/NULL keeps the single node above. */
 	const char *cluster_listen; /* borrowed; "addr:port" for peer traffic; NULL/"": single */
 	const char *const *peers;   /* borrowed; n_peers "id=host:port".  This node included:
-				       a new cluster is bootstrapped with them as voters (fewer
-				       than two: single node).  This node not among them (one or
-				       more): it joins an existing cluster and waits for
-				       cluster_member_add; the list only tells it whom to accept
-				       messages from until the log says.  Once a node has state,
-				       the membership stored with it wins over this list. */
+				       an empty node asks them all what they are and a new
+				       cluster is bootstrapped, with them as voters, only once
+				       every one answered empty (else it rejoins the cluster one
+				       of them belongs to: README "Bootstrap, exactly when");
+				       fewer than two: single node.  This node not among them:
+				       it joins an existing cluster and waits for
+				       cluster_member_add.  Once a node has state, the
+				       membership stored with it wins over this list. */
 	size_t n_peers;
 	const char *cluster_ca;	  /* borrowed; PEM; all three or none (none: plain tcp, INSECURE) */
 	const char *cluster_cert; /* borrowed */
@@ -118,15 +121,20 @@ struct cluster_stats {
 struct cluster_peer_status {
 	char name[CLUSTER_ID_MAX + 1];
 	char addr[CLUSTER_ADDR_MAX + 1]; /* its cluster_listen as the address book has it */
-	const char *membership;	 /* static: "voter", "learner", "joining" (wanted, not yet in the
-				    Raft configuration), "leaving", "removed" (this node, taken
-				    out of the cluster) */
-	uint64_t id;		 /* raft id (FNV-1a of the name) */
-	int self;		 /* this node */
-	int connected;		 /* a transport connection to it is up (self: 1) */
-	uint64_t match;		 /* leader only: highest index known replicated on it */
-	uint64_t lag;		 /* leader only: last index - match */
-	int64_t last_contact_ms; /* ms since a message from it arrived; -1 never (self: 0) */
+	const char *membership; /* static: "voter", "learner", "joining" (wanted, not yet in the
+				   Raft configuration), "leaving", "removed" (this node, taken
+				   out of the cluster) */
+	uint64_t id;		/* raft id (peers.h: of the name and the incarnation; 0 while the
+				   incarnation is not known) */
+	uint64_t incarnation;	/* its incarnation as the address book has it */
+	int incarnation_known;	/* 0: added, not announced yet */
+	uint64_t replaced_incarnation; /* nonzero while that former incarnation of the member is
+					  still in the Raft configuration (being replaced) */
+	int self;		       /* this node */
+	int connected;		       /* a transport connection to it is up (self: 1) */
+	uint64_t match;		       /* leader only: highest index known replicated on it */
+	uint64_t lag;		       /* leader only: last index - match */
+	int64_t last_contact_ms;       /* ms since a message from it arrived; -1 never (self: 0) */
 };
 
 struct cluster_status {
@@ -143,6 +151,7 @@ struct cluster_status {
 	uint64_t forwarded;	 /* proposals sent to a leader (retries included) */
 	uint64_t forward_retries;
 	uint64_t forwards_received;	  /* proposals other nodes forwarded to us */
+	uint64_t forwards_expired;	  /* ... dropped: their origin had given up (craft.c) */
 	uint64_t timed_out;		  /* proposals failed with CLUSTER_ETIMEDOUT */
 	uint64_t snapshots;		  /* snapshots taken */
 	uint64_t snapshots_installed;	  /* snapshots received from a leader and fetched */
@@ -152,7 +161,15 @@ struct cluster_status {
 	uint64_t snapshot_fetch_failures; /* timeouts, refused or bad chunks, failed writes */
 	uint64_t snapshot_serves;	  /* fetch sessions served to other nodes */
 	uint64_t snapshot_served_bytes;	  /* key + value bytes sent to them */
+	uint64_t snapshots_deferred;	  /* leader: compactions put off for a member that still
+					     needs the log */
+	uint64_t retention_exceeded;	  /* leader: compacted anyway, the log past its bound */
 	uint64_t raft_dropped;		  /* raft outbox overflow + transport drops */
+	uint64_t foreign_dropped;	  /* frames of another cluster id, dropped */
+	uint64_t cluster_id;		  /* this node's cluster (0: none known yet) */
+	uint64_t incarnation;		  /* this data_dir's incarnation */
+	const char *boot_phase; /* static: "" (a member), "discovering" (empty, asking `peers`),
+				   "rejoining" (empty, asking the leader to take it in) */
 	unsigned n_peers;
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];
 };

@@ -8,14 +8,27 @@
 #include <string.h>
 
 uint64_t
-cluster_peer_raft_id(const char *name)
+cluster_peer_raft_id_inc(const char *name, uint64_t incarnation)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 	for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
 		h ^= *p;
 		h *= 0x100000001b3ull;
 	}
+	if (incarnation) {
+		h *= 0x100000001b3ull; /* the 0 byte */
+		for (int i = 0; i < 8; i++) {
+			h ^= (uint8_t)(incarnation >> (8 * i));
+			h *= 0x100000001b3ull;
+		}
+	}
 	return h ? h : 1;
+}
+
+uint64_t
+cluster_peer_raft_id(const char *name)
+{
+	return cluster_peer_raft_id_inc(name, 0);
 }
 
 static int

@@ -1,9 +1,12 @@
 /*
  * peers.h - cluster members as configured: "id=host:port" specs and their Raft ids.
  *
- * A member's Raft id is the FNV-1a 64-bit hash of its node id string (never 0: a hash of 0
- * becomes 1), so every node derives the same ids from the same `peers` list without a
- * registry.  Two names with the same hash are refused (cluster_peers_parse).
+ * A member's Raft id is derived from its node id and its incarnation (a random number drawn when
+ * its data_dir was first initialized, so a node that lost its disk comes back as a new Raft
+ * member): the FNV-1a 64-bit hash of the node id, a 0 byte and the incarnation (8 bytes,
+ * little-endian); incarnation 0 (stores written before incarnations) is the hash of the node id
+ * alone.  Never 0 (a hash of 0 becomes 1).  Two names with the same hash are refused
+ * (cluster_peers_parse).
  */
 #ifndef RELAY_PEERS_H
 #define RELAY_PEERS_H
@@ -21,8 +24,10 @@ struct cluster_peer {
 	uint64_t id;
 };
 
-/* The Raft id of a node id. */
+/* The Raft id of a node id at incarnation 0 (cluster_peer_raft_id_inc(name, 0)). */
 uint64_t cluster_peer_raft_id(const char *name);
+/* The Raft id of a node id at an incarnation. */
+uint64_t cluster_peer_raft_id_inc(const char *name, uint64_t incarnation);
 
 /*
  * Parses one "id=host:port" spec into *out.  0, or CLUSTER_EINVAL with a reason in err (may be

@@ -715,6 +715,8 @@ queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__QueueRec
 	rec->helo = a->helo;
 	rec->auth_user = a->auth_user;
 	rec->node_id = a->node_id;
+	rec->has_trusted = a->has_trusted;
+	rec->trusted = a->trusted;
 	rec->has_update_index = 1;
 	rec->update_index = index;
 }

@@ -38,9 +38,10 @@ struct raft_progress {
 	uint64_t pending_snap; /* SNAPSHOT: index of the snapshot being sent */
 	uint64_t snap_acked;   /* SNAPSHOT: bytes the follower said it holds */
 	unsigned snap_ticks;
-	uint64_t *infl; /* ring of last indexes of in-flight appends, cap max_inflight; borrowed
-			   from raft.infl_pool */
+	uint64_t *infl;	   /* ring of last indexes of in-flight appends, cap max_inflight; */
+	uint64_t *infl_sz; /* and of their entry bytes; both borrowed from raft.infl_pool */
 	unsigned infl_start, infl_count;
+	uint64_t infl_bytes; /* entry bytes in flight (REPLICATE) */
 };
 
 /* Progress slots.  A configuration has at most RAFT_MAX_NODES members, so while conf_apply
@@ -82,7 +83,11 @@ struct raft {
 		struct raft_snap_meta meta;
 		uint8_t *buf;
 	} rx;
-	bool snap_install;   /* received from leader; not yet handed out in a ready */
+	bool snap_install; /* received from leader; not yet handed out in a ready */
+	/* defer_snapshot_ack: the host is installing the snapshot's data; until
+	 * raft_snapshot_installed() this node acknowledges nothing, votes for no one and does not
+	 * campaign (it holds no state to stand for) */
+	bool installing;
 	bool snap_unapplied; /* handed out, applied at raft_advance */
 	uint64_t applied, fetched_index, persisted_index;
 
@@ -351,9 +356,11 @@ static void
 pr_reset_infl(struct raft_progress *pr)
 {
 	pr->infl_start = pr->infl_count = 0;
+	pr->infl_bytes = 0;
 }
 
-/* A free in-flight ring of the pool.  Cannot fail: rings and progress slots are as many. */
+/* A free in-flight ring of the pool: 2 x max_inflight values, the indexes then their bytes.
+ * Cannot fail: rings and progress slots are as many. */
 static uint64_t *
 infl_ring_take(struct raft *r)
 {
@@ -361,7 +368,7 @@ infl_ring_take(struct raft *r)
 		abort(); /* invariant: more progress entries than RAFT_PRS_CAP */
 	unsigned i = (unsigned)__builtin_ctz(r->infl_free);
 	r->infl_free &= ~(1u << i);
-	return r->infl_pool + (size_t)i * r->cfg.max_inflight;
+	return r->infl_pool + (size_t)i * 2 * r->cfg.max_inflight;
 }
 
 static void
@@ -369,7 +376,7 @@ infl_ring_put(struct raft *r, uint64_t *ring)
 {
 	if (!ring)
 		return;
-	size_t i = (size_t)(ring - r->infl_pool) / r->cfg.max_inflight;
+	size_t i = (size_t)(ring - r->infl_pool) / (2 * (size_t)r->cfg.max_inflight);
 	r->infl_free |= 1u << i;
 }
 
@@ -394,6 +401,7 @@ conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 		if (k < n_old) {
 			*pr = old[k];
 			old[k].infl = NULL;
+			old[k].infl_sz = NULL;
 		} else {
 			memset(pr, 0, sizeof(*pr));
 			pr->id = id;
@@ -401,6 +409,7 @@ conf_apply(struct raft *r, const struct raft_conf *c, uint64_t index)
 			pr->state = PR_PROBE;
 			pr->active = true;
 			pr->infl = infl_ring_take(r);
+			pr->infl_sz = pr->infl + r->cfg.max_inflight;
 		}
 		pr->voter = i < c->n_voters;
 	}
@@ -434,7 +443,7 @@ quorum(const struct raft *r)
 static bool
 promotable(const struct raft *r)
 {
-	return raft_conf_is_voter(&r->conf, r->id) && !r->snap_install;
+	return raft_conf_is_voter(&r->conf, r->id) && !r->snap_install && !r->installing;
 }
 
 /* ---------------------------------------------------------------- outbox */
@@ -727,11 +736,14 @@ raft_campaign(struct raft *r)
 /* ---------------------------------------------------------------- replication (leader) */
 
 static void
-infl_add(struct raft *r, struct raft_progress *pr, uint64_t last)
+infl_add(struct raft *r, struct raft_progress *pr, uint64_t last, uint64_t bytes)
 {
 	unsigned cap = r->cfg.max_inflight;
-	pr->infl[(pr->infl_start + pr->infl_count) % cap] = last;
+	unsigned k = (pr->infl_start + pr->infl_count) % cap;
+	pr->infl[k] = last;
+	pr->infl_sz[k] = bytes;
 	pr->infl_count++;
+	pr->infl_bytes += bytes;
 }
 
 static void
@@ -739,9 +751,18 @@ infl_free_to(struct raft *r, struct raft_progress *pr, uint64_t index)
 {
 	unsigned cap = r->cfg.max_inflight;
 	while (pr->infl_count && pr->infl[pr->infl_start] <= index) {
+		pr->infl_bytes -= pr->infl_sz[pr->infl_start];
 		pr->infl_start = (pr->infl_start + 1) % cap;
 		pr->infl_count--;
 	}
+}
+
+/* REPLICATE: the window is full (messages, or bytes: one message always fits). */
+static bool
+infl_full(const struct raft *r, const struct raft_progress *pr)
+{
+	return pr->infl_count >= r->cfg.max_inflight ||
+	       (pr->infl_count && pr->infl_bytes >= r->cfg.max_inflight_bytes);
 }
 
 static void
@@ -826,7 +847,7 @@ send_append(struct raft *r, struct raft_progress *pr, bool send_empty)
 		return false;
 	if (pr->state == PR_PROBE && pr->probe_sent)
 		return false;
-	if (pr->state == PR_REPLICATE && pr->infl_count >= r->cfg.max_inflight)
+	if (pr->state == PR_REPLICATE && infl_full(r, pr))
 		return false;
 	uint64_t prev = pr->next - 1;
 	if (prev < r->snap.index) {
@@ -866,7 +887,7 @@ send_append(struct raft *r, struct raft_progress *pr, bool send_empty)
 	if (pr->state == PR_REPLICATE) {
 		if (n) {
 			pr->next += n;
-			infl_add(r, pr, pr->next - 1);
+			infl_add(r, pr, pr->next - 1, bytes);
 		}
 	} else {
 		pr->probe_sent = true;
@@ -1035,7 +1056,7 @@ leader_handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
 			else
 				pr_become_probe(pr);
 		}
-	} else if (pr->state == PR_REPLICATE && pr->infl_count >= r->cfg.max_inflight) {
+	} else if (pr->state == PR_REPLICATE && infl_full(r, pr)) {
 		/* Appends in the window may all be lost: restart from what is known to match. */
 		pr_become_probe(pr);
 	}
@@ -1079,6 +1100,20 @@ static void
 handle_append(struct raft *r, const struct raft_msg *m)
 {
 	struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
+	if (r->installing) {
+		/* Nothing is acknowledged before the snapshot's data is here: an append beyond our
+		 * log is answered with where the log ends (a rejection never raises the leader's
+		 * match), one that fits is left unanswered (the leader probes again) and not
+		 * taken (the in-memory log stays the snapshot alone). */
+		if (m->index > last_index(r)) {
+			out.reject = 1;
+			out.index = m->index;
+			out.hint_index = last_index(r);
+			out.hint_term = raft_term_at(r, out.hint_index);
+			reply(r, m, &out);
+		}
+		return;
+	}
 	if (m->index < r->commit) {
 		out.index = r->commit;
 		reply(r, m, &out);
@@ -1136,6 +1171,18 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 {
 	struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 	const struct raft_snap_meta *s = &m->snap;
+	if (r->installing) {
+		/* The one being installed: "all its bytes are here" keeps the leader from resending
+		 * it; its acknowledgement comes with raft_snapshot_installed().  Another one waits:
+		 * the install in progress completes first (the leader resends). */
+		if (s->index == r->snap.index && s->term == r->snap.term) {
+			struct raft_msg ack = {.type = RAFT_MSG_SNAP_RESP,
+					       .index = s->index,
+					       .snap_offset = m->snap_total};
+			reply(r, m, &ack);
+		}
+		return 0;
+	}
 	if (s->index <= r->commit) {
 		out.index = r->commit;
 		reply(r, m, &out);
@@ -1195,6 +1242,15 @@ handle_snapshot(struct raft *r, const struct raft_msg *m)
 	r->snap = *s;
 	r->snap_install = true;
 	r->commit = s->index;
+	if (r->cfg.defer_snapshot_ack) {
+		/* the host acknowledges once it holds the data (raft_snapshot_installed) */
+		r->installing = true;
+		r->fetched_index = s->index;
+		if (r->persisted_index >= s->index)
+			r->persisted_index = s->index - 1;
+		conf_apply(r, &s->conf, s->index);
+		return 0;
+	}
 	r->fetched_index = s->index;
 	if (r->persisted_index >= s->index)
 		r->persisted_index = s->index - 1;
@@ -1241,8 +1297,9 @@ static void
 handle_vote(struct raft *r, const struct raft_msg *m)
 {
 	bool pre = m->type == RAFT_MSG_PREVOTE;
-	bool can =
-	    r->vote == m->from || (r->vote == 0 && r->lead == 0) || (pre && m->term > r->term);
+	/* a node installing a snapshot's data holds no state it could vouch for */
+	bool can = !r->installing && (r->vote == m->from || (r->vote == 0 && r->lead == 0) ||
+				      (pre && m->term > r->term));
 	struct raft_msg out = {.type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP};
 	if (can && log_up_to_date(r, m->log_term, m->index)) {
 		out.term = m->term;
@@ -1743,6 +1800,7 @@ raft_new(const struct raft_config *cfg, struct raft **out)
 		free(r);
 		return RAFT_EINVAL;
 	}
+	r->cfg.max_inflight_bytes = DEF(cfg->max_inflight_bytes, (size_t)16 << 20);
 	r->cfg.max_msg_entries = DEF(cfg->max_msg_entries, 64);
 	r->cfg.max_msg_bytes = DEF(cfg->max_msg_bytes, 1u << 20);
 	r->cfg.max_outbox = DEF(cfg->max_outbox, 1024);
@@ -1754,7 +1812,8 @@ raft_new(const struct raft_config *cfg, struct raft **out)
 	r->next_seq = 1;
 	r->outbox = calloc(r->cfg.max_outbox, sizeof(*r->outbox));
 	r->held = calloc(r->cfg.max_outbox, sizeof(*r->held));
-	r->infl_pool = calloc((size_t)RAFT_PRS_CAP * r->cfg.max_inflight, sizeof(*r->infl_pool));
+	r->infl_pool =
+	    calloc((size_t)RAFT_PRS_CAP * 2 * r->cfg.max_inflight, sizeof(*r->infl_pool));
 	r->infl_free = (uint32_t)((1ull << RAFT_PRS_CAP) - 1);
 	if (!r->outbox || !r->held || !r->infl_pool) {
 		raft_free(r);
@@ -1854,7 +1913,42 @@ raft_status(const struct raft *r, struct raft_status *st)
 		p->state = (uint8_t)pr->state;
 		p->match = pr->id == r->id ? r->persisted_index : pr->match;
 		p->next = pr->next;
+		p->pending_snap = pr->state == PR_SNAPSHOT ? pr->pending_snap : 0;
 	}
+}
+
+int
+raft_snapshot_installed(struct raft *r)
+{
+	if (r->ready_out)
+		return RAFT_ESTATE;
+	if (!r->installing)
+		return 0;
+	r->installing = false;
+	if (r->lead && r->lead != r->id) {
+		/* the acknowledgement withheld since the snapshot arrived (to the current leader:
+		 * it probes from there) */
+		struct raft_msg out = {
+		    .type = RAFT_MSG_APP_RESP, .to = r->lead, .index = r->snap.index};
+		send(r, &out);
+	}
+	return 0;
+}
+
+int
+raft_set_installing(struct raft *r)
+{
+	if (r->ready_out || !r->cfg.defer_snapshot_ack || r->snap.index == 0 ||
+	    r->role == RAFT_LEADER)
+		return RAFT_ESTATE;
+	r->installing = true;
+	return 0;
+}
+
+bool
+raft_installing(const struct raft *r)
+{
+	return r->installing;
 }
 
 int

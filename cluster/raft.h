@@ -41,7 +41,7 @@
  * Bounds.  Every queue is bounded by a field of struct raft_config (a default is used when the
  * field is 0): the outbox and the persist-wait queue (max_outbox messages each; overflow drops
  * the message, which Raft tolerates, and counts it), in-flight AppendEntries per follower
- * (max_inflight, at most RAFT_MAX_INFLIGHT; raft_new allocates the rings of every member a
+ * (max_inflight messages, at most RAFT_MAX_INFLIGHT, and max_inflight_bytes; raft_new allocates the rings of every member a
  * configuration can hold, so a membership change never fails to track one), entries and bytes
  * per message (max_msg_entries, max_msg_bytes), uncommitted entries at the leader
  * (max_uncommitted), entries in the in-memory log (max_log_entries: the host must compact),
@@ -174,6 +174,10 @@ struct raft_msg {
 	uint64_t snap_offset;	    /* SNAP: where this chunk starts; SNAP_RESP: bytes held */
 	uint64_t snap_len;	    /* SNAP: this chunk (at most max_msg_bytes) */
 	void *snap_data;
+	/* The host's, neither set nor read by the core (0 from it): the sender's io clock + 1
+	 * (ms) when it sent this message, 0 none.  A follower echoes its leader's latest in a
+	 * forwarded proposal, so the leader can tell one that arrives too late (craft.c). */
+	uint64_t stamp;
 };
 
 struct raft_config {
@@ -182,16 +186,23 @@ struct raft_config {
 	unsigned heartbeat_tick; /* default 1 */
 	bool pre_vote;
 	bool check_quorum;
-	unsigned max_inflight;	  /* AppendEntries in flight per follower (default 64) */
-	unsigned max_msg_entries; /* default 64 */
-	size_t max_msg_bytes;	  /* entry bytes per APP (one entry always fits) and snapshot
-				     chunk size; default 1 MiB */
-	unsigned max_outbox;	  /* default 1024 */
-	unsigned max_uncommitted; /* leader refuses proposals beyond this many uncommitted
-				     entries, or twice this many unapplied (default 4096) */
-	unsigned max_log_entries; /* in-memory log (default 65536) */
-	unsigned max_apply_batch; /* committed entries per ready (default 256) */
-	uint64_t rng_seed;	  /* randomized election timeouts */
+	unsigned max_inflight;	   /* AppendEntries in flight per follower (default 64) */
+	size_t max_inflight_bytes; /* and their entry bytes (default 16 MiB; one always goes):
+				      heartbeats queue behind them, so this bounds their delay */
+	unsigned max_msg_entries;  /* default 64 */
+	size_t max_msg_bytes;	   /* entry bytes per APP (one entry always fits) and snapshot
+				      chunk size; default 1 MiB */
+	unsigned max_outbox;	   /* default 1024 */
+	unsigned max_uncommitted;  /* leader refuses proposals beyond this many uncommitted
+				      entries, or twice this many unapplied (default 4096) */
+	unsigned max_log_entries;  /* in-memory log (default 65536) */
+	unsigned max_apply_batch;  /* committed entries per ready (default 256) */
+	uint64_t rng_seed;	   /* randomized election timeouts */
+	/* A snapshot from the leader counts only once the host holds its data: it is handed
+	 * out in a ready as always, but its acknowledgement is withheld until the host calls
+	 * raft_snapshot_installed(); until then the node acknowledges no append, grants no vote
+	 * (pre-vote included) and does not campaign (raft_set_installing() after a restart). */
+	bool defer_snapshot_ack;
 };
 
 /* Output of the core.  See the contract at the top. */
@@ -244,6 +255,7 @@ struct raft_status {
 		uint8_t state;	/* 0 probe, 1 replicate, 2 snapshot */
 		uint64_t match; /* highest index known replicated (self: persisted) */
 		uint64_t next;
+		uint64_t pending_snap; /* state 2: the snapshot it is sent (0 otherwise) */
 	} peers[RAFT_MAX_NODES];
 };
 
@@ -271,6 +283,16 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
  * the same durable write that stores it, or after raft_persisted() for it.
  */
 int raft_set_applied(struct raft *r, uint64_t index);
+
+/*
+ * defer_snapshot_ack: the data of the snapshot last handed out (rd.snap) is now durable here;
+ * the acknowledgement withheld since then goes to the leader, and the node may vote and campaign
+ * again.  After a restart in the middle of an install, raft_set_installing() (after
+ * raft_restore) puts the core back into that state.  raft_installing() tells which.
+ */
+int raft_snapshot_installed(struct raft *r);
+int raft_set_installing(struct raft *r);
+bool raft_installing(const struct raft *r);
 
 /*
  * Start a brand-new cluster: every initial member calls this (instead of raft_restore) with

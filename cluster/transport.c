@@ -17,8 +17,12 @@
  * closes the socket (waits for its pipes), frees what is queued.  transport_close() stops the
  * poll before closing the PULL socket (its RECVFD dies with it) and frees the transport in the
  * poll handle's close callback.
+ * Endpoint guard (loop thread, a uv timer): NNG 1.5.2's endpoints can stop for good after a
+ * peer vanishes mid-handshake; the guard reads NNG's statistics, probes and re-creates them
+ * (details at "endpoint guard" below), and closes a peer's superseded inbound connection.
  * Failure modes: peer input is dropped and counted (never asserted on); NNG errors on the send
- * side are counted; a failed open unwinds completely.
+ * side are counted; a failed open unwinds completely; an endpoint that cannot be re-created is
+ * tried again every tick (logged).
  */
 #include "transport.h"
 
@@ -200,10 +204,34 @@ err_after_create:
 	return rv;
 }
 
-/* Start a dialer on sock that reconnects forever; it is closed with the socket. */
+/* Listen on a unix socket (the admin endpoint's admin_socket): mode 0600 (NNG chmods it after
+ * bind; the process umask covers the moment before), no TLS.  A file left by a process that
+ * died is replaced (NNG finds nobody listening behind it). */
+static int
+listen_unix(nng_socket sock, const char *path)
+{
+	char url[TRANSPORT_URL_MAX];
+	nng_listener l;
+	int n = snprintf(url, sizeof(url), "ipc://%s", path);
+	if (path[0] != '/' || n < 0 || (size_t)n >= sizeof(url))
+		return TRANSPORT_EADDR;
+	if (nng_listener_create(&l, sock, url) != 0)
+		return TRANSPORT_EADDR;
+	if (nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600) != 0 ||
+	    nng_listener_start(l, 0) != 0) {
+		nng_listener_close(l);
+		return TRANSPORT_ELISTEN;
+	}
+	return 0;
+}
+
+/*
+ * Start a dialer on sock that reconnects forever; it is closed with the socket.  *out (may be
+ * NULL) gets the dialer.
+ */
 static int
 dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *server_name,
-	const char *addr)
+	const char *addr, nng_dialer *out)
 {
 	char url[TRANSPORT_URL_MAX];
 	nng_dialer d;
@@ -230,11 +258,99 @@ dial_to(nng_socket sock, bool tls, const struct tls_material *m, const char *ser
 		rv = TRANSPORT_ENNG;
 		goto err_after_create;
 	}
+	if (out != NULL)
+		*out = d;
 	return 0;
 
 err_after_create:
 	nng_dialer_close(d);
 	return rv;
+}
+
+/*
+ * ---- endpoint guard, the decisions (pure: counters and times in, an action out) ----
+ *
+ * NNG 1.5.2 takes NNG_ECLOSED from one connection's negotiation (TLS handshake, then the SP
+ * header exchange) for "this endpoint was closed" (nanomsg/nng#1518; fixed in NNG 1.6.0, not in
+ * Debian's 1.5.2).  A peer that goes away while we write to it during the handshake gives
+ * exactly that (EPIPE maps to NNG_ECLOSED), and then:
+ *   - a listener never accepts again.  NNG still completes the handshake of new connections
+ *     below the socket, so the dialing peer sees a connection and sends into it; nothing of it
+ *     reaches us.  NNG counts the error as the listener's "other".
+ *   - a dialer never dials again (no connection, no attempt: all its counters stand still).
+ * Also, the negotiation's 10 s timeout does not fire while a TLS handshake waits for the peer
+ * (the cancel aborts an idle TCP send), so a dialer can wait forever on a silent peer.
+ * The guard reads NNG's statistics of our endpoints every TRANSPORT_GUARD_TICK_MS:
+ *   - listener: when "other" grows, a probe of ours dials the listener; if the listener's
+ *     "accept" has not grown TRANSPORT_PROBE_WAIT_MS later, it is re-created on the same port;
+ *   - dialer: one with no connection whose attempt counters stand still for
+ *     TRANSPORT_DIAL_STALL_MS is re-created.
+ */
+
+enum listen_act {
+	LISTEN_OK,	/* nothing to do */
+	LISTEN_PROBE,	/* suspicious: start a probe */
+	LISTEN_ALIVE,	/* the probe's wait is over: the listener accepted; stop the probe */
+	LISTEN_RESTART, /* it accepted nothing while probed: re-create it (and stop the probe) */
+};
+
+struct listen_watch {
+	uint64_t other;	   /* the listener's "other" errors when last looked at */
+	uint64_t accepts;  /* its "accept" count when the probe started */
+	uint64_t since_ms; /* when the probe started */
+	bool probing;
+};
+
+/*
+ * One look at a listener's counters at now_ms; probe_up: the probe has its connection (from
+ * its side).  Any accept during the probe (ours or a peer's) proves that the listener accepts,
+ * but the probe is ended only once connected or after the wait: closing a dialer in its
+ * handshake can leave NNG 1.5.2 a connection it never frees.  Errors counted meanwhile are
+ * looked at again afterwards.
+ */
+static enum listen_act
+listen_watch_step(struct listen_watch *w, uint64_t other, uint64_t accepts, bool probe_up,
+		  uint64_t now_ms)
+{
+	if (w->probing) {
+		bool waited = now_ms - w->since_ms >= TRANSPORT_PROBE_WAIT_MS;
+		if (accepts > w->accepts && (probe_up || waited)) {
+			w->probing = false;
+			return LISTEN_ALIVE;
+		}
+		if (!waited)
+			return LISTEN_OK;
+		*w = (struct listen_watch){0}; /* the new listener counts from 0 */
+		return LISTEN_RESTART;
+	}
+	if (other <= w->other)
+		return LISTEN_OK;
+	w->other = other;
+	w->accepts = accepts;
+	w->since_ms = now_ms;
+	w->probing = true;
+	return LISTEN_PROBE;
+}
+
+struct dial_watch {
+	uint64_t attempts; /* the dialer's attempts (connects and errors) last seen */
+	uint64_t since_ms; /* when they last changed, or a connection was last seen up */
+};
+
+/*
+ * One look at a dialer at now_ms: true when it must be re-created (no connection and its
+ * attempts standing still for TRANSPORT_DIAL_STALL_MS).  A live dialer without a connection
+ * counts an attempt at least every TRANSPORT_RECONNECT_MAX_MS plus a connect and a handshake.
+ */
+static bool
+dial_watch_step(struct dial_watch *w, bool connected, uint64_t attempts, uint64_t now_ms)
+{
+	if (connected || attempts != w->attempts) {
+		w->attempts = attempts;
+		w->since_ms = now_ms;
+		return false;
+	}
+	return now_ms - w->since_ms >= TRANSPORT_DIAL_STALL_MS;
 }
 
 /* ---- peers ---- */
@@ -247,7 +363,18 @@ struct queued {
 struct peer {
 	struct transport *t; /* borrowed: the owner */
 	char *id;	     /* owned */
+	char *addr;	     /* owned: "host:port" dialed */
 	nng_socket sock;     /* PUSH, owned; its dialer closes with it */
+	nng_dialer dialer;   /* of sock; re-created by the guard */
+	bool dialing;	     /* dialer is valid (a re-creation can fail; retried) */
+	struct dial_watch dw;
+	uint64_t dialer_restarts; /* loop thread only */
+	nng_pipe in_pipe;	  /* the newest connection its frames came in on (loop) */
+	/* older ones, superseded at stale_at[i] (loop); closed if still open after
+	   TRANSPORT_STALE_PIPE_MS */
+	nng_pipe stale[TRANSPORT_STALE_PIPES_MAX];
+	uint64_t stale_at[TRANSPORT_STALE_PIPES_MAX];
+	unsigned n_stale;
 	nng_aio *aio;	     /* owned; send of the in-flight message */
 	pthread_mutex_t mtx; /* guards everything below */
 	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
@@ -279,7 +406,19 @@ struct transport {
 	unsigned n_peers;
 	/* loop-thread counters; removed peers' counters are added here */
 	uint64_t received, dropped_unauth, dropped_malformed;
-	uint64_t gone_sent, gone_dropped_full, gone_send_errors;
+	uint64_t gone_sent, gone_dropped_full, gone_send_errors, gone_dialer_restarts;
+	/* the guard (see "endpoint guard" below) */
+	char listen_host[TRANSPORT_URL_MAX]; /* host part of cfg->listen; with port, listens */
+	nng_listener listener;		     /* of pull; re-created by the guard */
+	bool listening;			     /* listener is valid (re-creation retried) */
+	struct listen_watch lw;
+	nng_socket probe;	 /* PUSH, owned once opened: probes dial our own listener */
+	nng_dialer probe_dialer; /* of probe, while probing */
+	bool probe_sock_open, probing;
+	atomic_int probe_connected; /* id of the last probe dialer that got a connection */
+	uv_timer_t guard;	    /* every TRANSPORT_GUARD_TICK_MS */
+	uint64_t listener_probes, listener_restarts, stale_inbound_closed;
+	int handles; /* uv handles not yet closed (poll, guard); the last close frees t */
 	bool closing;
 	void (*done)(void *);
 	void *done_arg;
@@ -362,6 +501,8 @@ peer_new(struct transport *t, const char *id, const char *addr, struct peer **ou
 	atomic_init(&p->pipes, 0);
 	if ((p->id = strdup(id)) == NULL)
 		goto err_after_alloc;
+	if ((p->addr = strdup(addr)) == NULL)
+		goto err_after_id;
 	if ((p->ring = calloc(t->max_queue, sizeof(*p->ring))) == NULL)
 		goto err_after_id;
 	if (pthread_mutex_init(&p->mtx, NULL) != 0)
@@ -374,8 +515,10 @@ peer_new(struct transport *t, const char *id, const char *addr, struct peer **ou
 	}
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
-	if ((rv = dial_to(p->sock, t->tls, &t->tlsm, id, addr)) != 0)
+	if ((rv = dial_to(p->sock, t->tls, &t->tlsm, id, addr, &p->dialer)) != 0)
 		goto err_after_sock;
+	p->dialing = true;
+	p->dw.since_ms = uv_now(t->loop);
 	*out = p;
 	return 0;
 
@@ -388,6 +531,7 @@ err_after_mtx:
 err_after_ring:
 	free(p->ring);
 err_after_id:
+	free(p->addr); /* NULL when its strdup failed */
 	free(p->id);
 err_after_alloc:
 	free(p);
@@ -418,13 +562,77 @@ peer_free(struct peer *p)
 	t->gone_sent += p->sent;
 	t->gone_dropped_full += p->dropped_full;
 	t->gone_send_errors += p->send_errors;
+	t->gone_dialer_restarts += p->dialer_restarts;
 	pthread_mutex_destroy(&p->mtx);
 	free(p->ring);
+	free(p->addr);
 	free(p->id);
 	free(p);
 }
 
 /* ---- receive ---- */
+
+/* Whether pipe id a was created after b (NNG numbers pipes in order, modulo 2^31). */
+static bool
+pipe_newer(uint32_t a, uint32_t b)
+{
+	uint32_t d = (a - b) & 0x7fffffffu;
+	return d != 0 && d < 0x40000000u;
+}
+
+/*
+ * A frame of p's came in on pipe at now_ms.  A peer reaches us on one connection at a time (one
+ * dialer), so when a newer connection carries its frames, the older one is dead.  NNG notices
+ * that by itself, except for a TLS connection whose peer vanished while its last message waited
+ * for us (PULL posts no receive then): that one keeps its state, buffers and descriptor forever.
+ * So the older one is noted, and the guard closes it once it has been silent for
+ * TRANSPORT_STALE_PIPE_MS (stale_inbound_closed).  Not at once, and not while it carries
+ * anything: closing a connection in the middle of a receive can wedge NNG 1.5.2's reaper for
+ * good.  Frames still queued on the older one are delivered.
+ */
+static void
+peer_inbound(struct peer *p, nng_pipe pipe, uint64_t now_ms)
+{
+	int id = nng_pipe_id(pipe);
+	int cur = nng_pipe_id(p->in_pipe);
+	if (id <= 0 || id == cur)
+		return;
+	if (cur > 0 && !pipe_newer((uint32_t)id, (uint32_t)cur)) { /* an older one, still busy */
+		for (unsigned i = 0; i < p->n_stale; i++)
+			if (nng_pipe_id(p->stale[i]) == id)
+				p->stale_at[i] = now_ms;
+		return;
+	}
+	if (cur > 0) {
+		if (p->n_stale == TRANSPORT_STALE_PIPES_MAX) { /* forget the oldest: bounded */
+			memmove(&p->stale[0], &p->stale[1], (p->n_stale - 1) * sizeof(p->stale[0]));
+			memmove(&p->stale_at[0], &p->stale_at[1],
+				(p->n_stale - 1) * sizeof(p->stale_at[0]));
+			p->n_stale--;
+		}
+		p->stale[p->n_stale] = p->in_pipe;
+		p->stale_at[p->n_stale] = now_ms;
+		p->n_stale++;
+	}
+	p->in_pipe = pipe;
+}
+
+/* Close p's superseded connections silent for TRANSPORT_STALE_PIPE_MS (loop thread). */
+static void
+peer_close_stale(struct peer *p, uint64_t now_ms)
+{
+	unsigned kept = 0;
+	for (unsigned i = 0; i < p->n_stale; i++) {
+		if (now_ms - p->stale_at[i] < TRANSPORT_STALE_PIPE_MS) {
+			p->stale[kept] = p->stale[i];
+			p->stale_at[kept] = p->stale_at[i];
+			kept++;
+		} else if (nng_pipe_close(p->stale[i]) == 0) { /* else: NNG closed it by itself */
+			p->t->stale_inbound_closed++;
+		}
+	}
+	p->n_stale = kept;
+}
 
 static void
 transport_deliver(struct transport *t, nng_msg *msg)
@@ -444,11 +652,13 @@ transport_deliver(struct transport *t, nng_msg *msg)
 		goto out;
 	}
 	const char *cid = f->cluster_id != NULL ? f->cluster_id : "";
+	struct peer *p = NULL;
 	if (strcmp(f->to, t->node_id) != 0 || strcmp(cid, t->cluster_id) != 0 ||
-	    strcmp(f->from, t->node_id) == 0 || peer_find(t, f->from) == NULL) {
+	    strcmp(f->from, t->node_id) == 0 || (p = peer_find(t, f->from)) == NULL) {
 		t->dropped_unauth++;
 		goto out;
 	}
+	peer_inbound(p, nng_msg_get_pipe(msg), uv_now(t->loop));
 	t->received++;
 	t->cb(t->cb_arg, f->from, f->has_kind ? f->kind : 0, f->payload.data, f->payload.len);
 out:
@@ -468,6 +678,210 @@ transport_poll_cb(uv_poll_t *h, int status, int events)
 	}
 }
 
+/* ---- endpoint guard, the I/O edge (loop thread) ---- */
+
+/* The counter name of an endpoint's statistics st; 0 when absent. */
+static uint64_t
+stat_count(nng_stat *st, const char *name)
+{
+	nng_stat *c = nng_stat_find(st, name);
+	return c != NULL ? nng_stat_value(c) : 0;
+}
+
+/* Every attempt a dialer has counted: connections made and each kind of failure. */
+static uint64_t
+dialer_attempts(nng_stat *st)
+{
+	static const char *const names[] = {"connect", "refused", "disconnect", "canceled",
+					    "other",   "timeout", "proto",	"auth",
+					    "oom",     "reject"};
+	uint64_t n = 0;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		n += stat_count(st, names[i]);
+	return n;
+}
+
+/* Our own listener as a probe dials it: a wildcard host becomes the loopback address. */
+static void
+probe_addr(const struct transport *t, char *buf, size_t size)
+{
+	const char *h = t->listen_host;
+	if (h[0] == '\0' || strcmp(h, "*") == 0 || strcmp(h, "0.0.0.0") == 0)
+		h = "127.0.0.1";
+	else if (strcmp(h, "[::]") == 0)
+		h = "[::1]";
+	snprintf(buf, size, "%s:%d", h, t->port);
+}
+
+/* A probe got its connection (NNG thread). */
+static void
+probe_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct transport *t = arg;
+	atomic_store(&t->probe_connected, nng_dialer_id(nng_pipe_dialer(pipe)));
+}
+
+/*
+ * A dialer of ours on our listener, so that a listener that accepts counts one.  The probe
+ * socket (PUSH) is opened once and closed with the transport (nng_close waits for pipes and
+ * must stay off the loop); a probe is a dialer on it, and nng_dialer_close does not wait.
+ */
+static int
+probe_start(struct transport *t)
+{
+	char addr[TRANSPORT_URL_MAX + 16];
+	if (!t->probe_sock_open) {
+		if (nng_push0_open(&t->probe) != 0)
+			return TRANSPORT_ENNG;
+		nng_pipe_notify(t->probe, NNG_PIPE_EV_ADD_POST, probe_pipe_cb, t);
+		t->probe_sock_open = true;
+	}
+	probe_addr(t, addr, sizeof(addr));
+	/* no server name: our cert names our id, and any cert of the cluster CA will do */
+	int rv = dial_to(t->probe, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
+	if (rv == 0)
+		t->probing = true;
+	return rv;
+}
+
+/* End a probe (loop thread): its dialer and connection go, the socket stays. */
+static void
+probe_stop(struct transport *t)
+{
+	if (t->probing)
+		nng_dialer_close(t->probe_dialer);
+	t->probing = false;
+}
+
+/*
+ * Close the listener and listen again on the port it had.  Closing it closes the connections
+ * it accepted (their peers redial) and the ones NNG held back from it.
+ * Known gaps (NNG 1.5.2): the held-back connections are never freed (~75 KB and a descriptor
+ * each; tests/unit/lsan-nng-tls.supp); and closing an accepted connection at the instant it
+ * resubmits a partial receive can wedge NNG's reaper, as nng_close can (nanomsg/nng#1543).
+ * Both only when a listener has stopped accepting, which is worse.
+ */
+static int
+listener_recreate(struct transport *t)
+{
+	char addr[TRANSPORT_URL_MAX + 16];
+	int port;
+	if (t->listening)
+		nng_listener_close(t->listener);
+	t->listening = false;
+	snprintf(addr, sizeof(addr), "%s:%d", t->listen_host, t->port);
+	int rv = listen_on(t->pull, t->tls, &t->tlsm, addr, &t->listener, &port);
+	if (rv == 0)
+		t->listening = true;
+	return rv;
+}
+
+static void
+guard_listener_restart(struct transport *t, uint64_t other, uint64_t accepts)
+{
+	int rv = listener_recreate(t);
+	if (rv == 0)
+		t->listener_restarts++;
+	fprintf(stderr,
+		"transport: event=listener-restart node=%s listen=%s:%d other=%llu accept=%llu "
+		"probe_wait_ms=%d status=%s (nanomsg/nng#1518: the listener accepted nothing, "
+		"our probe included)\n",
+		t->node_id, t->listen_host, t->port, (unsigned long long)other,
+		(unsigned long long)accepts, TRANSPORT_PROBE_WAIT_MS,
+		rv == 0 ? "listening" : transport_strerror(rv));
+}
+
+static void
+guard_listener(struct transport *t, nng_stat *root, uint64_t now_ms)
+{
+	if (!t->listening) { /* the last re-creation failed (port still held?): again */
+		int rv = listener_recreate(t);
+		if (rv == 0) {
+			t->listener_restarts++;
+			fprintf(stderr,
+				"transport: event=listener-restart node=%s listen=%s:%d "
+				"status=listening (after a failed attempt)\n",
+				t->node_id, t->listen_host, t->port);
+		}
+		return;
+	}
+	nng_stat *st = nng_stat_find_listener(root, t->listener);
+	if (st == NULL) /* NNG without statistics: no guard */
+		return;
+	uint64_t other = stat_count(st, "other"), accepts = stat_count(st, "accept");
+	bool probe_up =
+	    t->probing && atomic_load(&t->probe_connected) == nng_dialer_id(t->probe_dialer);
+	switch (listen_watch_step(&t->lw, other, accepts, probe_up, now_ms)) {
+	case LISTEN_OK:
+		return;
+	case LISTEN_PROBE:
+		t->listener_probes++;
+		if (probe_start(t) != 0) /* a peer's accept still proves it; else restart */
+			fprintf(stderr, "transport: event=probe-failed node=%s\n", t->node_id);
+		return;
+	case LISTEN_ALIVE:
+		probe_stop(t);
+		return;
+	case LISTEN_RESTART:
+		guard_listener_restart(t, other, accepts);
+		probe_stop(t); /* after: NNG closed its end with the old listener */
+		return;
+	}
+}
+
+static void
+guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_ms)
+{
+	uint64_t attempts = 0;
+	if (p->dialing) {
+		nng_stat *st = nng_stat_find_dialer(root, p->dialer);
+		if (st == NULL) /* NNG without statistics: no guard */
+			return;
+		attempts = dialer_attempts(st);
+	}
+	uint64_t idle_ms = now_ms - p->dw.since_ms;
+	bool connected = atomic_load(&p->pipes) > 0;
+	if (p->dialing && !dial_watch_step(&p->dw, connected, attempts, now_ms))
+		return;
+	if (p->dialing)
+		nng_dialer_close(p->dialer);
+	p->dialing = false;
+	int rv = dial_to(p->sock, t->tls, &t->tlsm, p->id, p->addr, &p->dialer);
+	if (rv == 0) {
+		p->dialing = true;
+		p->dialer_restarts++;
+	}
+	p->dw =
+	    (struct dial_watch){.attempts = 0, .since_ms = now_ms}; /* a new dialer counts from 0 */
+	fprintf(stderr,
+		"transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
+		"attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
+		t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
+		(unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
+}
+
+/*
+ * Every TRANSPORT_GUARD_TICK_MS: superseded inbound connections, then one snapshot of NNG's
+ * statistics and every endpoint looked at.
+ */
+static void
+transport_guard_cb(uv_timer_t *h)
+{
+	struct transport *t = h->data;
+	nng_stat *root;
+	if (t->closing)
+		return;
+	uint64_t now_ms = uv_now(t->loop);
+	for (struct peer *p = t->peers; p != NULL; p = p->next)
+		peer_close_stale(p, now_ms);
+	if (nng_stats_get(&root) != 0)
+		return;
+	guard_listener(t, root, now_ms);
+	for (struct peer *p = t->peers; p != NULL; p = p->next)
+		guard_dialer(t, p, root, now_ms);
+	nng_stats_free(root);
+}
+
 /* ---- public: peer transport ---- */
 
 static void transport_closed_cb(uv_handle_t *h);
@@ -484,6 +898,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	struct transport *t = calloc(1, sizeof(*t));
 	if (t == NULL)
 		return TRANSPORT_ENOMEM;
+	atomic_init(&t->probe_connected, 0);
 	t->loop = loop;
 	t->cb = cb;
 	t->cb_arg = arg;
@@ -507,9 +922,12 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	nng_socket_set_size(t->pull, NNG_OPT_RECVMAXSZ,
 			    t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX);
 	nng_socket_set_int(t->pull, NNG_OPT_RECVBUF, TRANSPORT_RECVBUF); /* best effort */
-	nng_listener l;
-	if ((rv = listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &l, &t->port)) != 0)
+	if ((rv = listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener, &t->port)) != 0)
 		goto err_after_sock;
+	t->listening = true;
+	/* listen_on checked the form host:port; the guard listens again on host and t->port */
+	snprintf(t->listen_host, sizeof(t->listen_host), "%.*s",
+		 (int)(strrchr(cfg->listen, ':') - cfg->listen), cfg->listen);
 	if (nng_socket_get_int(t->pull, NNG_OPT_RECVFD, &fd) != 0) {
 		rv = TRANSPORT_ENNG;
 		goto err_after_sock;
@@ -527,9 +945,16 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 		pthread_mutex_init(&t->close_mtx, NULL);
 		pthread_cond_init(&t->close_cv, NULL);
 		t->close_refs = 1;
+		t->handles = 1;
 		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 		return TRANSPORT_ENNG;
 	}
+	uv_timer_init(loop, &t->guard);
+	t->guard.data = t;
+	t->handles = 2;
+	if (t->port > 0) /* without the bound port, the listener could not be re-created */
+		uv_timer_start(&t->guard, transport_guard_cb, TRANSPORT_GUARD_TICK_MS,
+			       TRANSPORT_GUARD_TICK_MS);
 	*out = t;
 	return 0;
 
@@ -651,10 +1076,13 @@ transport_close_unref(struct transport *t)
 	}
 }
 
+/* Close callback of the poll and guard handles: the last one ends the loop side's share. */
 static void
 transport_closed_cb(uv_handle_t *h)
 {
 	struct transport *t = h->data;
+	if (--t->handles > 0)
+		return;
 	void (*done)(void *) = t->done;
 	void *arg = t->done_arg;
 	transport_close_unref(t);
@@ -666,6 +1094,8 @@ transport_closed_cb(uv_handle_t *h)
 static void
 transport_close_nng(struct transport *t)
 {
+	if (t->probe_sock_open)
+		nng_close(t->probe);
 	nng_close(t->pull);
 	while (t->peers != NULL) {
 		struct peer *p = t->peers;
@@ -699,6 +1129,7 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 	t->done_arg = arg;
 	/* Stop watching RECVFD before NNG closes it with the socket. */
 	uv_poll_stop(&t->poll);
+	uv_timer_stop(&t->guard);
 	pthread_mutex_init(&t->close_mtx, NULL);
 	pthread_cond_init(&t->close_cv, NULL);
 	t->close_refs = 2;
@@ -728,6 +1159,7 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 			    t->node_id, TRANSPORT_CLOSE_WAIT_MS);
 	}
 	pthread_attr_destroy(&attr);
+	uv_close((uv_handle_t *)&t->guard, transport_closed_cb);
 	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
 }
 
@@ -741,12 +1173,17 @@ transport_stats(const struct transport *t, struct transport_stats *out)
 	out->sent = t->gone_sent;
 	out->dropped_full = t->gone_dropped_full;
 	out->send_errors = t->gone_send_errors;
+	out->dialer_restarts = t->gone_dialer_restarts;
+	out->listener_probes = t->listener_probes;
+	out->listener_restarts = t->listener_restarts;
+	out->stale_inbound_closed = t->stale_inbound_closed;
 	for (struct peer *p = t->peers; p != NULL; p = p->next) {
 		pthread_mutex_lock(&p->mtx);
 		out->sent += p->sent;
 		out->dropped_full += p->dropped_full;
 		out->send_errors += p->send_errors;
 		pthread_mutex_unlock(&p->mtx);
+		out->dialer_restarts += p->dialer_restarts;
 		out->peers++;
 		if (atomic_load(&p->pipes) > 0)
 			out->peers_connected++;
@@ -768,6 +1205,7 @@ transport_peer_stats(const struct transport *t, const char *peer_id,
 	out->dropped_full = p->dropped_full;
 	out->send_errors = p->send_errors;
 	pthread_mutex_unlock(&p->mtx);
+	out->dialer_restarts = p->dialer_restarts;
 	out->connected = atomic_load(&p->pipes) > 0;
 	return 0;
 }
@@ -811,7 +1249,8 @@ transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg
 	int rv, fd;
 	bool tls;
 	struct tls_material m;
-	if (loop == NULL || cfg == NULL || cfg->listen == NULL || cb == NULL || out == NULL)
+	if (loop == NULL || cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) ||
+	    cb == NULL || out == NULL)
 		return TRANSPORT_EINVAL;
 	struct transport_admin *a = calloc(1, sizeof(*a));
 	if (a == NULL)
@@ -829,7 +1268,9 @@ transport_admin_listen(uv_loop_t *loop, const struct transport_admin_config *cfg
 			    cfg->max_msg_bytes ? cfg->max_msg_bytes
 					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
 	nng_listener l;
-	if ((rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+	if (cfg->listen != NULL && (rv = listen_on(a->rep, tls, &m, cfg->listen, &l, &a->port)) != 0)
+		goto err_after_sock;
+	if (cfg->unix_path != NULL && (rv = listen_unix(a->rep, cfg->unix_path)) != 0)
 		goto err_after_sock;
 	if (nng_socket_get_int(a->rep, NNG_OPT_RECVFD, &fd) != 0 ||
 	    uv_poll_init(loop, &a->poll, fd) != 0) {
@@ -920,8 +1361,8 @@ transport_admin_request(const struct transport_admin_config *cfg, const char *se
 	bool tls;
 	struct tls_material m;
 	nng_socket s;
-	if (cfg == NULL || cfg->listen == NULL || reply == NULL || reply_len == NULL ||
-	    (len > 0 && req == NULL) || timeout_ms == 0)
+	if (cfg == NULL || (cfg->listen == NULL && cfg->unix_path == NULL) || reply == NULL ||
+	    reply_len == NULL || (len > 0 && req == NULL) || timeout_ms == 0)
 		return TRANSPORT_EINVAL;
 	if ((rv = tls_material_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls)) != 0)
 		return rv;
@@ -934,8 +1375,23 @@ transport_admin_request(const struct transport_admin_config *cfg, const char *se
 					       : TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES);
 	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, (nng_duration)timeout_ms);
 	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms);
-	if ((rv = dial_to(s, tls, &m, server_name, cfg->listen)) != 0)
+	if (cfg->unix_path != NULL) {
+		char url[TRANSPORT_URL_MAX];
+		nng_dialer d;
+		int n = snprintf(url, sizeof(url), "ipc://%s", cfg->unix_path);
+		if (n < 0 || (size_t)n >= sizeof(url) || nng_dialer_create(&d, s, url) != 0) {
+			rv = TRANSPORT_EADDR;
+			goto err_after_sock;
+		}
+		nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RECONNECT_MIN_MS);
+		nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, TRANSPORT_RECONNECT_MAX_MS);
+		if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+			rv = TRANSPORT_ENNG;
+			goto err_after_sock;
+		}
+	} else if ((rv = dial_to(s, tls, &m, server_name, cfg->listen, NULL)) != 0) {
 		goto err_after_sock;
+	}
 	nng_msg *msg;
 	if (nng_msg_alloc(&msg, len) != 0) {
 		rv = TRANSPORT_ENOMEM;
@@ -979,167 +1435,4 @@ err_after_sock:
 err_after_tls:
 	tls_material_fini(&m);
 	return rv;
-}
-
-/* ---- Raft messages on the wire ---- */
-
-static bool
-raft_conf_fits(const struct raft_conf *c)
-{
-	return c->n_voters <= RAFT_MAX_NODES && c->n_learners <= RAFT_MAX_NODES;
-}
-
-int
-transport_raft_encode(const struct raft_msg *m, void **buf, size_t *len)
-{
-	if (m == NULL || buf == NULL || len == NULL || m->type >= RAFT_MSG_TYPE_COUNT ||
-	    (m->n_entries > 0 && m->entries == NULL) || (m->snap_len > 0 && m->snap_data == NULL))
-		return TRANSPORT_EINVAL;
-	if (m->snap_len > RAFT_SNAPSHOT_MAX_BYTES || !raft_conf_fits(&m->snap.conf))
-		return TRANSPORT_ETOOBIG;
-	int rv = TRANSPORT_ENOMEM;
-	Relay__RaftMsg pm = RELAY__RAFT_MSG__INIT;
-	Relay__RaftConf pc = RELAY__RAFT_CONF__INIT;
-	Relay__RaftEntry *ents = NULL, **eptrs = NULL;
-	pm.type = m->type;
-	pm.has_reject = m->reject != 0;
-	pm.reject = m->reject != 0;
-	pm.has_force = m->force != 0;
-	pm.force = m->force != 0;
-	pm.from = m->from;
-	pm.to = m->to;
-	pm.term = m->term;
-	pm.has_log_term = pm.has_index = pm.has_commit = pm.has_hint_index = pm.has_hint_term = 1;
-	pm.log_term = m->log_term;
-	pm.index = m->index;
-	pm.commit = m->commit;
-	pm.hint_index = m->hint_index;
-	pm.hint_term = m->hint_term;
-	pm.has_snap_total = m->snap_total != 0;
-	pm.snap_total = m->snap_total;
-	pm.has_snap_offset = m->snap_offset != 0;
-	pm.snap_offset = m->snap_offset;
-	if (m->n_entries > 0) {
-		ents = calloc(m->n_entries, sizeof(*ents));
-		eptrs = calloc(m->n_entries, sizeof(*eptrs));
-		if (ents == NULL || eptrs == NULL)
-			goto out;
-		for (uint32_t i = 0; i < m->n_entries; i++) {
-			const struct raft_entry *e = &m->entries[i];
-			if (e->len > RAFT_ENTRY_MAX_BYTES || (e->len > 0 && e->data == NULL)) {
-				rv = TRANSPORT_ETOOBIG;
-				goto out;
-			}
-			relay__raft_entry__init(&ents[i]);
-			ents[i].index = e->index;
-			ents[i].term = e->term;
-			ents[i].has_type = 1;
-			ents[i].type = e->type;
-			ents[i].has_data = 1;
-			ents[i].data.data = e->data;
-			ents[i].data.len = e->len;
-			eptrs[i] = &ents[i];
-		}
-		pm.n_entries = m->n_entries;
-		pm.entries = eptrs;
-	}
-	if (m->type == RAFT_MSG_SNAP) {
-		pm.has_snap_index = pm.has_snap_term = pm.has_snap_data = 1;
-		pm.snap_index = m->snap.index;
-		pm.snap_term = m->snap.term;
-		pc.n_voters = m->snap.conf.n_voters;
-		pc.voters = (uint64_t *)m->snap.conf.voters;
-		pc.n_learners = m->snap.conf.n_learners;
-		pc.learners = (uint64_t *)m->snap.conf.learners;
-		pm.snap_conf = &pc;
-		pm.snap_data.data = m->snap_data;
-		pm.snap_data.len = m->snap_len;
-	}
-	size_t n = relay__raft_msg__get_packed_size(&pm);
-	void *out = malloc(n > 0 ? n : 1);
-	if (out == NULL)
-		goto out;
-	relay__raft_msg__pack(&pm, out);
-	*buf = out;
-	*len = n;
-	rv = 0;
-out:
-	free(eptrs);
-	free(ents);
-	return rv;
-}
-
-int
-transport_raft_decode(const void *data, size_t len, struct transport_raft_in *in)
-{
-	memset(in, 0, sizeof(*in));
-	Relay__RaftMsg *pm = relay__raft_msg__unpack(NULL, len, data);
-	if (pm == NULL)
-		return TRANSPORT_EINVAL;
-	struct raft_msg *m = &in->msg;
-	if (pm->type >= RAFT_MSG_TYPE_COUNT || pm->n_entries > UINT32_MAX ||
-	    pm->snap_data.len > RAFT_SNAPSHOT_MAX_BYTES ||
-	    (pm->snap_conf != NULL && (pm->snap_conf->n_voters > RAFT_MAX_NODES ||
-				       pm->snap_conf->n_learners > RAFT_MAX_NODES)))
-		goto err_after_unpack;
-	m->type = (uint8_t)pm->type;
-	m->reject = pm->reject;
-	m->force = pm->force;
-	m->from = pm->from;
-	m->to = pm->to;
-	m->term = pm->term;
-	m->log_term = pm->log_term;
-	m->index = pm->index;
-	m->commit = pm->commit;
-	m->hint_index = pm->hint_index;
-	m->hint_term = pm->hint_term;
-	if (pm->n_entries > 0) {
-		m->entries = calloc(pm->n_entries, sizeof(*m->entries));
-		if (m->entries == NULL)
-			goto err_after_unpack;
-		for (size_t i = 0; i < pm->n_entries; i++) {
-			const Relay__RaftEntry *e = pm->entries[i];
-			if (e->data.len > RAFT_ENTRY_MAX_BYTES || e->type > RAFT_ENTRY_CONF)
-				goto err_after_entries;
-			m->entries[i] = (struct raft_entry){.index = e->index,
-							    .term = e->term,
-							    .type = (uint8_t)e->type,
-							    .len = (uint32_t)e->data.len,
-							    .data = e->data.data};
-		}
-		m->n_entries = (uint32_t)pm->n_entries;
-	}
-	m->snap.index = pm->snap_index;
-	m->snap.term = pm->snap_term;
-	if (pm->snap_conf != NULL) {
-		const Relay__RaftConf *c = pm->snap_conf;
-		m->snap.conf.n_voters = (uint32_t)c->n_voters;
-		for (size_t i = 0; i < c->n_voters; i++)
-			m->snap.conf.voters[i] = c->voters[i];
-		m->snap.conf.n_learners = (uint32_t)c->n_learners;
-		for (size_t i = 0; i < c->n_learners; i++)
-			m->snap.conf.learners[i] = c->learners[i];
-	}
-	m->snap_total = pm->snap_total;
-	m->snap_offset = pm->snap_offset;
-	m->snap_len = pm->snap_data.len;
-	m->snap_data = pm->snap_data.len > 0 ? pm->snap_data.data : NULL;
-	in->pb = pm;
-	return 0;
-
-err_after_entries:
-	free(m->entries);
-err_after_unpack:
-	relay__raft_msg__free_unpacked(pm, NULL);
-	memset(in, 0, sizeof(*in));
-	return TRANSPORT_EINVAL;
-}
-
-void
-transport_raft_in_fini(struct transport_raft_in *in)
-{
-	free(in->msg.entries);
-	if (in->pb != NULL)
-		relay__raft_msg__free_unpacked(in->pb, NULL);
-	memset(in, 0, sizeof(*in));
 }

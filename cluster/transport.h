@@ -16,6 +16,20 @@
  *   - Received frames are delivered by the recv callback ON THE LIBUV LOOP THREAD, in arrival
  *     order per connection (so in send order per peer while a connection lasts).
  *
+ * Endpoint guard (NNG 1.5.2, Debian's, has bugs that stop endpoints for good; see transport.c):
+ * every TRANSPORT_GUARD_TICK_MS the loop reads NNG's counters of this node's endpoints.
+ *   - A listener that counted a negotiation error is probed: a socket of ours dials it; if the
+ *     listener has accepted nothing TRANSPORT_PROBE_WAIT_MS later, it is closed and listened
+ *     again on the same port (the connections it held are dropped; peers redial).  Counted in
+ *     listener_probes and listener_restarts, one log line each re-creation.
+ *   - A peer's dialer that has no connection and has counted no attempt for
+ *     TRANSPORT_DIAL_STALL_MS is closed and dialed again (dialer_restarts, one log line).
+ *   - When a peer's frames arrive on a newer connection, its older inbound connection, once
+ *     silent for TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): NNG can miss that
+ *     a TLS peer went away, and keep that connection's memory and descriptor forever.
+ *   So a restarted peer is reached again within about TRANSPORT_DIAL_STALL_MS +
+ *   TRANSPORT_PROBE_WAIT_MS + 2 ticks even when NNG would have stalled forever.
+ *
  * Bringing NNG onto the loop: the PULL socket's NNG_OPT_RECVFD (a descriptor NNG makes readable
  * while a message can be received) is watched with a uv_poll; the poll callback takes up to
  * TRANSPORT_RECV_BATCH messages with non-blocking nng_recvmsg and returns (level-triggered, so
@@ -41,10 +55,14 @@
  * trusted.  A message larger than NNG's receive bound makes NNG close that connection.
  *
  * Admin endpoint: a request/reply channel (REP on the node, REQ in relayctl) carrying opaque
- * bytes, authenticated the same way (any cert of the cluster CA, e.g. admin.crt from
- * scripts/make-cluster-certs.sh).  The server is served on the loop thread through RECVFD too,
- * one request at a time: the callback gets a request, and the next is read only after
- * transport_admin_reply().  The client call blocks (a CLI's call; never on a node's loop).
+ * bytes, over TCP authenticated the same way but with its own files: the node gives the CA of
+ * relayctl's certificates (admin_ca, apart from the cluster CA, so an admin certificate is never
+ * a member's credential) and its own cert; relayctl gives the cluster CA (to check the node) and
+ * its admin cert.  It may also listen on a unix socket (unix_path: no TLS; access is the
+ * socket file's mode, 0600, so only the node's user and root connect).  The server is served on
+ * the loop thread through RECVFD too, one request at a time on all its listeners: the callback
+ * gets a request, and the next is read only after transport_admin_reply().  The client call
+ * blocks (a CLI's call; never on a node's loop).
  *
  * Threads: every function here is called on the loop thread of the loop given at open, except
  * transport_admin_request() (any thread but that loop's) and transport_strerror().
@@ -88,7 +106,7 @@ const char *transport_strerror(int code);
 /* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
    snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */
 #define TRANSPORT_DEFAULT_MAX_MSG_BYTES                                                            \
-	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES              \
+	((RAFT_ENTRY_MAX_BYTES > RAFT_SNAPSHOT_MAX_BYTES ? (size_t)RAFT_ENTRY_MAX_BYTES            \
 							 : (size_t)RAFT_SNAPSHOT_MAX_BYTES) +      \
 	 ((size_t)2 << 20))
 #define TRANSPORT_DEFAULT_MAX_QUEUE_PER_PEER 1024u /* messages waiting per peer */
@@ -100,6 +118,15 @@ const char *transport_strerror(int code);
 #define TRANSPORT_RECVBUF 128		  /* NNG receive buffer of the PULL socket, messages */
 #define TRANSPORT_RECONNECT_MIN_MS 100
 #define TRANSPORT_RECONNECT_MAX_MS 2000
+#define TRANSPORT_GUARD_TICK_MS 1000 /* the endpoint guard looks at NNG's counters */
+#define TRANSPORT_PROBE_WAIT_MS 5000 /* a probed listener must accept within this */
+/* a dialer with no connection and no attempt for this long is re-created: well above
+   TRANSPORT_RECONNECT_MAX_MS plus a connect and a TLS handshake on a working network */
+#define TRANSPORT_DIAL_STALL_MS 10000
+/* a peer's inbound connection superseded by a newer one and silent this long since is one NNG
+   lost track of: the guard closes it; at most TRANSPORT_STALE_PIPES_MAX noted per peer */
+#define TRANSPORT_STALE_PIPE_MS 3000
+#define TRANSPORT_STALE_PIPES_MAX 16u
 #define TRANSPORT_PEM_MAX ((size_t)64 << 10) /* one cert or key file */
 #define TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES ((size_t)16 << 20)
 
@@ -161,12 +188,16 @@ int transport_send(struct transport *t, const char *peer_id, uint32_t kind, cons
 void transport_close(struct transport *t, void (*done)(void *arg), void *arg);
 
 struct transport_stats {
-	uint64_t sent;		    /* messages handed to a connection */
-	uint64_t received;	    /* frames delivered to the callback */
-	uint64_t dropped_full;	    /* transport_send refused: peer queue full */
-	uint64_t dropped_unauth;    /* wrong `to`, unknown `from`, other cluster */
-	uint64_t dropped_malformed; /* did not unpack, or over the size bound */
-	uint64_t send_errors;	    /* NNG refused a queued message (not counting close) */
+	uint64_t sent;		       /* messages handed to a connection */
+	uint64_t received;	       /* frames delivered to the callback */
+	uint64_t dropped_full;	       /* transport_send refused: peer queue full */
+	uint64_t dropped_unauth;       /* wrong `to`, unknown `from`, other cluster */
+	uint64_t dropped_malformed;    /* did not unpack, or over the size bound */
+	uint64_t send_errors;	       /* NNG refused a queued message (not counting close) */
+	uint64_t listener_probes;      /* the guard's probes of our listener */
+	uint64_t listener_restarts;    /* listener found not accepting and re-created */
+	uint64_t dialer_restarts;      /* peer dialers found stuck and re-created */
+	uint64_t stale_inbound_closed; /* a peer's older inbound connection, superseded */
 	unsigned peers;
 	unsigned peers_connected; /* peers with at least one live connection */
 };
@@ -180,6 +211,7 @@ struct transport_peer_stats {
 	uint64_t sent;	     /* handed to a connection */
 	uint64_t dropped_full;
 	uint64_t send_errors;
+	uint64_t dialer_restarts; /* its dialer found stuck and re-created */
 };
 int transport_peer_stats(const struct transport *t, const char *peer_id,
 			 struct transport_peer_stats *out);
@@ -187,9 +219,14 @@ int transport_peer_stats(const struct transport *t, const char *peer_id,
 /* ---- admin endpoint: request/reply, opaque bytes ---- */
 
 struct transport_admin_config {
-	const char *listen;    /* borrowed; server: "host:port" to listen on (port 0 picks one) */
-	const char *ca_file;   /* borrowed; cluster CA; all three or none (none: plain tcp,
-				  INSECURE, tests only) */
+	const char *listen;    /* borrowed; server: "host:port" to listen on (port 0 picks one);
+				  client: where to connect; NULL: unix_path only */
+	const char *unix_path; /* borrowed; server: also listen on this unix socket (created mode
+				  0600, a stale file replaced); client: connect here instead of
+				  listen; NULL: none.  Never TLS. */
+	const char *ca_file;   /* borrowed; the CA the other side's cert must chain to (server:
+				  relayctl's admin CA; client: the cluster CA); all three or none
+				  (none: plain tcp, loopback only by config) */
 	const char *cert_file; /* borrowed */
 	const char *key_file;  /* borrowed */
 	size_t max_msg_bytes;  /* bound on a request (server) or a reply (client); 0: default */

@@ -17,7 +17,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include "mailbox.h"
 
 enum config_type {
 	CT_STRING,
@@ -32,6 +35,7 @@ enum config_type {
 	CT_LOGLEVEL,
 	CT_BOOL, /* exactly yes or no, into a bool */
 	CT_TLS_POLICY,
+	CT_CHOICE, /* one of the words in config_key.choices ("a|b") */
 };
 
 struct config_key {
@@ -41,6 +45,7 @@ struct config_key {
 	const char *def;
 	uint64_t min, max; /* for numbers (after unit conversion) */
 	const char *help;
+	const char *choices; /* CT_CHOICE: the accepted words, '|'-separated */
 };
 
 #define OFF(f) offsetof(struct relay_config, f)
@@ -50,7 +55,7 @@ static const struct config_key config_keys[] = {
     {"node_id", CT_STRING, OFF(node_id), "", 0, 0,
      "This node's id, unique in the cluster (letters, digits, '-', '_', '.'; max 63). Empty: the host name."},
     {"hostname", CT_STRING, OFF(hostname), "", 0, 0,
-     "Name used in the SMTP greeting, EHLO reply and Received: headers. Empty: the host name."},
+     "Name used in the SMTP greeting, EHLO reply, Received: headers and DSNs: a domain name (letters, digits, '-' and '.'; labels of 1-63, at most 253). Empty: the host name, which must be one."},
     {"data_dir", CT_STRING, OFF(data_dir), "/var/lib/relayd", 0, 0,
      "Directory of the node's RocksDB (Raft log, queue, bodies). Created if missing."},
     {"smtp_listen", CT_ADDRS, OFF(smtp_listen), "0.0.0.0:25", 0, 0,
@@ -60,9 +65,21 @@ static const struct config_key config_keys[] = {
     {"http_listen", CT_ADDRS, OFF(http_listen), "", 0, 0,
      "HTTP endpoint for /healthz, /readyz and /metrics: one addr:port. Empty: off."},
     {"admin_listen", CT_ADDRS, OFF(admin_listen), "", 0, 0,
-     "relayctl's endpoint (one addr:port, e.g. 127.0.0.1:7402). With cluster_ca/cluster_cert/cluster_key set it is mutual TLS (clients need a certificate of the cluster CA) and may listen anywhere; without them plain TCP, loopback only. Empty: off."},
+     "relayctl's TCP endpoint (one addr:port, e.g. 10.0.0.11:7402). With admin_ca set it is mutual TLS (relayctl needs a certificate of admin_ca; the node shows its cluster_cert) and may listen anywhere; without it plain TCP, loopback only (open to every local user: prefer admin_socket). Empty: off."},
+    {"admin_socket", CT_STRING, OFF(admin_socket), "admin.sock", 0, 0,
+     "relayctl's unix socket (a path; relative: inside data_dir), created mode 0600 so only relayd's user (and root) may use it. Empty: off."},
+    {"admin_ca", CT_STRING, OFF(admin_ca), "", 0, 0,
+     "PEM CA of relayctl's certificates on admin_listen (scripts/make-cluster-certs.sh makes one apart from the cluster CA, so an admin certificate is never a cluster member's credential). Needs cluster_cert/cluster_key (the node's side)."},
     {"proxy_from", CT_CIDRS, OFF(proxy_from), "", 0, 0,
      "Load balancers (CIDR list) that must start each connection with a PROXY v1/v2 header naming the real client; a PROXY header from anyone else is refused."},
+    {"own_addresses", CT_ADDRS, OFF(own_addresses), "", 0, 0,
+     "Where others reach this node's SMTP listeners besides smtp_listen (a NAT, the load balancer), list of addr:port. Delivery never connects to these nor to its own listeners (a wildcard listener covers every local address): mail whose only hosts are this node bounces with 5.4.6 \"mail for DOMAIN loops back to myself\"."},
+    {"postmaster_address", CT_STRING, OFF(postmaster_address), "", 0, 0,
+     "Where mail for <postmaster> and postmaster@hostname goes (RFC 5321 4.5.1), e.g. ops@example.com. Empty: RCPT TO:<postmaster> gets 550 5.1.1."},
+    {"bounce_content", CT_CHOICE, OFF(bounce_content), "headers", 0, 0,
+     "What a DSN returns of a message from a client neither in mynetworks nor authenticated: headers (text/rfc822-headers only) or full (the message, as RET asks, up to 64 KiB). Trusted and authenticated clients always get full.", "headers|full"},
+    {"max_hops", CT_UINT, OFF(max_hops), "50", 1, 1000,
+     "A message with this many Received: headers or more is refused at the end of DATA with 554 5.4.6 (a mail loop)."},
     {"relay_domains", CT_DOMAINS, OFF(relay_domains), "", 0, 0,
      "Domains we accept mail for from anyone (list). Everything else needs mynetworks or AUTH."},
     {"dns_servers", CT_ADDRS, OFF(dns_servers), "", 0, 0,
@@ -73,11 +90,18 @@ static const struct config_key config_keys[] = {
      "Per-domain routes, list of domain=host:port (overrides relayhost and MX)."},
     {"max_message_size", CT_SIZE, OFF(max_message_size), "10m", 1024, (uint64_t)100 << 20,
      "Largest message accepted, in bytes (k/m/g suffix). At most 100m. Advertised with SIZE and enforced in DATA/BDAT."},
+    {"max_receive_memory", CT_SIZE, OFF(max_receive_memory), "256m", (uint64_t)1 << 20,
+     (uint64_t)64 << 30,
+     "Node-wide bound on the memory of message bodies being received and of messages proposed but not yet committed (k/m/g suffix; at least max_message_size). A transaction that would pass it gets 452 4.3.1 at DATA/BDAT or at the end of its data."},
     {"max_recipients", CT_UINT, OFF(max_recipients), "1000", 1, 1000,
      "Recipients per message (at most 1000); more get 452 4.5.3."},
     {"tls_cert", CT_STRING, OFF(tls_cert), "", 0, 0,
      "PEM certificate chain for STARTTLS. Empty: STARTTLS and AUTH are not offered."},
     {"tls_key", CT_STRING, OFF(tls_key), "", 0, 0, "PEM private key for tls_cert."},
+    {"tls_ciphers", CT_STRING, OFF(tls_ciphers),
+     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+     0, 0,
+     "OpenSSL cipher list for TLS 1.2 on the SMTP listeners (STARTTLS); the default is Mozilla's intermediate profile without DHE (ECDHE key exchange, AEAD ciphers only). TLS 1.3 uses OpenSSL's suites; TLS 1.1 and older are refused."},
     {"auth_users_file", CT_STRING, OFF(auth_users_file), "", 0, 0,
      "File of user:hash lines (crypt(3) hashes, e.g. from `openssl passwd -6`). Empty: no AUTH. Re-read on SIGHUP."},
     {"sender_permissions_file", CT_STRING, OFF(sender_permissions_file), "", 0, 0,
@@ -96,16 +120,29 @@ static const struct config_key config_keys[] = {
      "Header fields DKIM signs (list of names), each instance present; From is always signed and oversigned. Empty: from, reply-to, sender, subject, date, to, cc, message-id, in-reply-to, references, mime-version, content-type, content-transfer-encoding, content-disposition, content-id and the list-* fields."},
     {"max_line_length", CT_UINT, OFF(max_line_length), "2048", 512, 65536,
      "Longest SMTP command line in bytes, CRLF included (RFC 5321 4.5.3.1.4 minimum 512)."},
+    {"auth_failures_per_minute_per_client", CT_UINT, OFF(auth_failures_per_minute_per_client),
+     "10", 1, 100000,
+     "Failed AUTH attempts per minute from one client (address, grouped by client_ipv4_prefix / client_ipv6_prefix); beyond, AUTH gets 454 4.7.0 until the minute is over."},
+    {"max_concurrent_auth", CT_UINT, OFF(max_concurrent_auth), "32", 1, 100000,
+     "Password checks queued or running at once on the AUTH worker threads (node-wide); more get 454 4.7.0."},
     {"max_errors", CT_UINT, OFF(max_errors), "10", 1, 1000,
      "Errors per SMTP session before 421 4.7.0 and disconnect."},
     {"command_timeout", CT_DURATION, OFF(command_timeout_ms), "5m", 1000, 86400000,
      "Idle time allowed while waiting for a command (RFC 5321 4.5.3.2.7)."},
     {"data_timeout", CT_DURATION, OFF(data_timeout_ms), "5m", 1000, 86400000,
      "Idle time allowed between data blocks during DATA/BDAT."},
+    {"data_total_timeout", CT_DURATION, OFF(data_total_timeout_ms), "30m", 1000, 86400000,
+     "Longest time one message's data (DATA, or all its BDAT chunks) may take, however steadily it comes; then 421 4.4.2."},
+    {"min_data_rate", CT_SIZE, OFF(min_data_rate), "500", 0, (uint64_t)1 << 30,
+     "Slowest data transfer accepted, in bytes per second (k/m suffix): a message's data may take data_timeout plus its bytes / min_data_rate, else 421 4.4.2. 0: no rate check."},
     {"max_connections", CT_UINT, OFF(max_connections), "1000", 1, 1000000,
      "Concurrent SMTP connections in total; more get 421 4.7.0."},
     {"max_connections_per_client", CT_UINT, OFF(max_connections_per_client), "100", 1, 1000000,
-     "Concurrent SMTP connections from one client address; more get 421 4.7.0."},
+     "Concurrent SMTP connections from one client (address, grouped by client_ipv4_prefix / client_ipv6_prefix); more get 421 4.7.0."},
+    {"client_ipv4_prefix", CT_UINT, OFF(client_ipv4_prefix), "32", 8, 32,
+     "IPv4 clients within one prefix of this length count as one client for max_connections_per_client and auth_failures_per_minute_per_client."},
+    {"client_ipv6_prefix", CT_UINT, OFF(client_ipv6_prefix), "64", 16, 128,
+     "IPv6 clients within one prefix of this length (one /64: one site) count as one client for max_connections_per_client and auth_failures_per_minute_per_client."},
     {"shutdown_timeout", CT_DURATION, OFF(shutdown_timeout_ms), "10s", 0, 3600000,
      "On SIGTERM: how long open sessions may finish before they are cut with 421."},
     {"propose_timeout", CT_DURATION, OFF(propose_timeout_ms), "30s", 100, 3600000,
@@ -155,6 +192,8 @@ static const struct config_key config_keys[] = {
      "Cluster members, list of id=host:port (their cluster_listen). This node included: a new cluster is bootstrapped with all of them as voters (fewer than two: a single node). This node not in the list: it joins the cluster they form once `relayctl node add` names it. Only bootstraps: afterwards the membership stored in data_dir wins."},
     {"cluster_ca", CT_STRING, OFF(cluster_ca), "", 0, 0,
      "PEM CA of the cluster: peers must present a certificate it signed (mutual TLS). cluster_ca, cluster_cert and cluster_key: all or none; none means plain TCP between nodes (INSECURE: for tests and trusted networks only)."},
+    {"cluster_insecure", CT_BOOL, OFF(cluster_insecure), "no", 0, 0,
+     "yes: allow cluster_listen on a non-loopback address without cluster TLS (anyone reaching the port can then inject commands: an open relay by the back door). no: plain cluster traffic only on loopback."},
     {"cluster_cert", CT_STRING, OFF(cluster_cert), "", 0, 0,
      "PEM certificate of this node for cluster traffic, naming node_id (scripts/make-cluster-certs.sh)."},
     {"cluster_key", CT_STRING, OFF(cluster_key), "", 0, 0, "PEM private key for cluster_cert."},
@@ -482,6 +521,25 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 		else
 			return config_fail("%s: %s: '%s' is not yes or no", source, k->name, value);
 		return 0;
+	case CT_CHOICE: {
+		const char *c = k->choices;
+		size_t vl = strlen(value);
+		while (c != NULL && *c != '\0') {
+			const char *bar = strchr(c, '|');
+			size_t cl = bar ? (size_t)(bar - c) : strlen(c);
+			if (cl == vl && strncmp(c, value, vl) == 0) {
+				char *s = strdup(value);
+				if (s == NULL)
+					return config_fail("%s: %s: out of memory", source, k->name);
+				free(*(char **)field);
+				*(char **)field = s;
+				return 0;
+			}
+			c = bar ? bar + 1 : c + cl;
+		}
+		return config_fail("%s: %s: '%s' is not one of %s", source, k->name, value,
+				   k->choices);
+	}
 	case CT_UINT:
 		if (parse_number(value, &num, (const char *const[]){NULL}, NULL, 1) != 0)
 			return config_fail("%s: %s: '%s' is not a number", source, k->name, value);
@@ -599,6 +657,7 @@ config_fini(struct relay_config *cfg)
 		switch (config_keys[i].type) {
 		case CT_STRING:
 		case CT_LOGLEVEL:
+		case CT_CHOICE:
 			free(*(char **)field);
 			*(char **)field = NULL;
 			break;
@@ -754,6 +813,90 @@ valid_node_id(const char *s)
 	return true;
 }
 
+int
+config_admin_socket_path(const struct relay_config *cfg, char *out, size_t cap)
+{
+	int n;
+	if (cfg->admin_socket[0] == '\0')
+		return -1;
+	if (cfg->admin_socket[0] == '/')
+		n = snprintf(out, cap, "%s", cfg->admin_socket);
+	else
+		n = snprintf(out, cap, "%s/%s", cfg->data_dir, cfg->admin_socket);
+	return n < 0 || (size_t)n >= cap || (size_t)n >= CONFIG_SOCKET_PATH_MAX ? -1 : 0;
+}
+
+/* 127.0.0.0/8, ::1 or a v4-mapped loopback. */
+static bool
+addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family != AF_INET6)
+		return false;
+	const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+	return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
+bool
+config_valid_hostname(const char *name)
+{
+	size_t n = strlen(name), label = 0;
+	if (n == 0 || n > 253)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)name[i];
+		if (c == '.') {
+			if (label == 0 || name[i - 1] == '-')
+				return false;
+			label = 0;
+		} else if (isalnum(c) || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return false;
+		} else {
+			return false;
+		}
+	}
+	return label > 0 && name[n - 1] != '-';
+}
+
+void
+config_client_key(const struct sockaddr *sa, unsigned v4_prefix, unsigned v6_prefix, char *out)
+{
+	uint8_t a[16] = {0};
+	int family = sa->sa_family;
+	unsigned bits;
+	if (family == AF_INET) {
+		memcpy(a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		memcpy(a, &s6->sin6_addr, 16);
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			family = AF_INET;
+			memmove(a, a + 12, 4);
+			memset(a + 4, 0, 12);
+		}
+	} else {
+		snprintf(out, CONFIG_CLIENT_KEY_MAX, "-");
+		return;
+	}
+	unsigned max = family == AF_INET ? 32 : 128;
+	bits = family == AF_INET ? v4_prefix : v6_prefix;
+	if (bits > max)
+		bits = max;
+	for (unsigned i = 0; i < max / 8; i++) {
+		unsigned keep = bits > i * 8 ? bits - i * 8 : 0;
+		if (keep < 8)
+			a[i] &= (uint8_t)(0xff00 >> keep);
+	}
+	char text[INET6_ADDRSTRLEN];
+	inet_ntop(family, a, text, sizeof(text));
+	if (bits == max)
+		snprintf(out, CONFIG_CLIENT_KEY_MAX, "%s", text);
+	else
+		snprintf(out, CONFIG_CLIENT_KEY_MAX, "%s/%u", text, bits);
+}
+
 /* The consensus keys: peers are id=host:port with distinct ids (this node among them, or a
  * node joining the cluster they name);
  * cluster_listen is addr:port; TLS files all or none; heartbeat at most half the election
@@ -795,6 +938,16 @@ config_check_cluster(const struct relay_config *cfg)
 		  (cfg->cluster_key[0] != '\0');
 	if (tls != 0 && tls != 3)
 		return config_fail("cluster_ca, cluster_cert and cluster_key: set all or none");
+	struct config_addr cl;
+	if (tls == 0 && !cfg->cluster_insecure && cfg->cluster_listen[0] != '\0' &&
+	    config_parse_addr(cfg->cluster_listen, &cl) == 0 &&
+	    !addr_is_loopback((const struct sockaddr *)&cl.ss))
+		/* G5: a plain cluster port takes Accept commands from anyone who reaches it */
+		return config_fail("cluster_listen: %s is not a loopback address and cluster TLS "
+				   "is off (cluster_ca/cluster_cert/cluster_key): anyone reaching "
+				   "the port could inject mail; set the TLS keys, or "
+				   "cluster_insecure = yes on a trusted network",
+				   cfg->cluster_listen);
 	if (cfg->heartbeat_interval_ms * 2 > cfg->election_timeout_ms)
 		return config_fail("heartbeat_interval: at most half the election_timeout");
 	return 0;
@@ -882,18 +1035,35 @@ config_check(const struct relay_config *cfg)
 		return config_fail("http_listen: one address only");
 	if (cfg->admin_listen.n > 1)
 		return config_fail("admin_listen: one address only");
-	if (cfg->admin_listen.n == 1 && cfg->cluster_ca[0] == '\0') {
-		/* G5: the admin port takes authenticated peers only; without cluster TLS that
-		 * means nobody but this host (with it: mutual TLS, certificates of the cluster CA) */
-		const struct sockaddr *sa = (const struct sockaddr *)&cfg->admin_listen.v[0].ss;
-		int loop = sa->sa_family == AF_INET
-			       ? (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127
-			       : IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
-		if (!loop)
-			return config_fail("admin_listen: %s is not a loopback address; the admin "
-					   "endpoint has no authentication without cluster TLS",
-					   cfg->admin_listen.v[0].text);
-	}
+	if (cfg->admin_ca[0] != '\0' && (cfg->cluster_cert[0] == '\0' || cfg->cluster_key[0] == '\0'))
+		return config_fail("admin_ca: the admin endpoint's TLS needs this node's certificate "
+				   "too (cluster_ca, cluster_cert, cluster_key)");
+	if (cfg->admin_listen.n == 1 && cfg->admin_ca[0] == '\0' &&
+	    !addr_is_loopback((const struct sockaddr *)&cfg->admin_listen.v[0].ss))
+		/* G5: the admin port takes authenticated peers only; without admin TLS that means
+		 * nobody but this host (with it: relayctl's certificate of admin_ca) */
+		return config_fail("admin_listen: %s is not a loopback address; the admin endpoint "
+				   "has no authentication without admin_ca (or use admin_socket)",
+				   cfg->admin_listen.v[0].text);
+	if (cfg->hostname[0] != '\0' && !config_valid_hostname(cfg->hostname))
+		return config_fail("hostname: '%s' is not a domain name (letters, digits, '-' and "
+				   "'.'; labels of 1-63, at most 253)",
+				   cfg->hostname);
+	if (cfg->postmaster_address[0] != '\0' && !mailbox_valid(cfg->postmaster_address, 0))
+		return config_fail("postmaster_address: '%s' is not an address (local@domain)",
+				   cfg->postmaster_address);
+	char sock[CONFIG_SOCKET_PATH_MAX];
+	if (cfg->admin_socket[0] != '\0' && config_admin_socket_path(cfg, sock, sizeof(sock)) != 0)
+		return config_fail("admin_socket: the path '%s%s%s' is longer than %d bytes (a unix "
+				   "socket's limit): use a shorter one",
+				   cfg->admin_socket[0] == '/' ? "" : cfg->data_dir,
+				   cfg->admin_socket[0] == '/' ? "" : "/", cfg->admin_socket,
+				   CONFIG_SOCKET_PATH_MAX - 1);
+	if (cfg->max_receive_memory < cfg->max_message_size)
+		return config_fail("max_receive_memory: %llu is less than max_message_size (%llu): "
+				   "no message of the largest size could be received",
+				   (unsigned long long)cfg->max_receive_memory,
+				   (unsigned long long)cfg->max_message_size);
 	if (cfg->smtp_listen.n == 0)
 		return config_fail("smtp_listen: at least one address is needed");
 	if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0'))
@@ -948,6 +1118,8 @@ type_name(enum config_type t)
 		return "yes/no";
 	case CT_TLS_POLICY:
 		return "domain=level list";
+	case CT_CHOICE:
+		return "choice";
 	}
 	return "?";
 }
@@ -963,7 +1135,7 @@ config_print_table(FILE *out)
 		for (char *p = flag + 2; *p; p++)
 			if (*p == '_')
 				*p = '-';
-		char def[96];
+		char def[CONFIG_VALUE_MAX];
 		if (config_keys[i].def[0] == '\0')
 			snprintf(def, sizeof(def), "(empty)");
 		else
@@ -983,6 +1155,7 @@ config_print(const struct relay_config *cfg, FILE *out)
 		switch (k->type) {
 		case CT_STRING:
 		case CT_LOGLEVEL:
+		case CT_CHOICE:
 			fprintf(out, "%s", *(char *const *)field);
 			break;
 		case CT_UINT:

@@ -60,10 +60,17 @@ struct relay_config {
 	char *node_id;
 	char *hostname;
 	char *data_dir;
+	struct config_addr_list own_addresses; /* NAT / balancer addresses that reach us */
+	char *postmaster_address;	       /* "" : RCPT TO:<postmaster> is refused */
+	char *bounce_content;		       /* "headers" or "full" (untrusted clients) */
+	uint64_t max_hops;		       /* Received: headers that mean a loop */
+	uint64_t max_receive_memory;	       /* node-wide body + proposal budget, bytes */
 	struct config_addr_list smtp_listen;
 	struct config_cidr_list mynetworks;
 	struct config_addr_list http_listen;
 	struct config_addr_list admin_listen;
+	char *admin_socket; /* "" off; relative to data_dir */
+	char *admin_ca;	    /* relayctl's CA on admin_listen */
 	struct config_cidr_list proxy_from; /* load balancers whose PROXY header we believe */
 	struct config_list relay_domains; /* lowercased */
 	struct config_addr_list dns_servers;
@@ -73,7 +80,10 @@ struct relay_config {
 	uint64_t max_recipients;
 	char *tls_cert;
 	char *tls_key;
+	char *tls_ciphers; /* OpenSSL cipher list, TLS 1.2 */
 	char *auth_users_file;
+	uint64_t auth_failures_per_minute_per_client;
+	uint64_t max_concurrent_auth;
 	char *sender_permissions_file; /* user: pattern, ... ("": any sender) */
 	uint64_t max_messages_per_hour_per_user;   /* 0: no quota */
 	uint64_t max_messages_per_hour_per_client; /* 0: no quota */
@@ -84,8 +94,12 @@ struct relay_config {
 	uint64_t max_errors;
 	uint64_t command_timeout_ms;
 	uint64_t data_timeout_ms;
+	uint64_t data_total_timeout_ms;
+	uint64_t min_data_rate; /* bytes/s; 0: no check */
 	uint64_t max_connections;
 	uint64_t max_connections_per_client;
+	uint64_t client_ipv4_prefix; /* clients grouped by prefix (limits) */
+	uint64_t client_ipv6_prefix;
 	uint64_t shutdown_timeout_ms;
 	uint64_t propose_timeout_ms;
 	uint64_t max_pending_proposals;
@@ -113,6 +127,7 @@ struct relay_config {
 	char *cluster_listen;	  /* "addr:port"; "": single node */
 	struct config_list peers; /* id=host:port, this node included */
 	char *cluster_ca;
+	bool cluster_insecure; /* plain cluster_listen off loopback allowed */
 	char *cluster_cert;
 	char *cluster_key;
 	uint64_t election_timeout_ms;
@@ -152,6 +167,22 @@ int config_check(const struct relay_config *cfg);
 
 /* Is the address in the CIDR list? */
 int config_cidr_match(const struct config_cidr_list *l, const struct sockaddr *sa);
+
+/* The client an address belongs to for per-client limits: the address cut to v4_prefix (IPv4,
+ * v4-mapped IPv6 included) or v6_prefix bits, as text ("192.0.2.0/24", "2001:db8:1:2::/64"; a
+ * full-length prefix prints the bare address).  out must hold CONFIG_CLIENT_KEY_MAX bytes. */
+#define CONFIG_CLIENT_KEY_MAX 64
+void config_client_key(const struct sockaddr *sa, unsigned v4_prefix, unsigned v6_prefix,
+		       char *out);
+
+/* admin_socket as a path (relative: inside data_dir) into out.  -1 when admin_socket is off or
+ * the path does not fit a unix socket address (CONFIG_SOCKET_PATH_MAX, NUL included). */
+#define CONFIG_SOCKET_PATH_MAX 108
+int config_admin_socket_path(const struct relay_config *cfg, char *out, size_t cap);
+
+/* A domain name as an SMTP hostname (RFC 5321 Domain: letters, digits, '-' inside labels of
+ * 1-63 bytes, '.' between, at most 253). */
+bool config_valid_hostname(const char *name);
 
 /* Prints the key table as Markdown (for the README and --help). */
 void config_print_table(FILE *out);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -280,9 +281,13 @@ main(int argc, char **argv)
 	log_setup(relayd.cfg.node_id, relayd.cfg.log_level);
 
 	char err[512];
+	if (tls_ciphers_check(relayd.cfg.tls_ciphers, err, sizeof(err)) != 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 2;
+	}
 	if (relayd.cfg.tls_cert[0] != '\0' &&
-	    tls_ctx_new(relayd.cfg.tls_cert, relayd.cfg.tls_key, &relayd.tls, err, sizeof(err)) !=
-		0) {
+	    tls_ctx_new(relayd.cfg.tls_cert, relayd.cfg.tls_key, relayd.cfg.tls_ciphers, &relayd.tls,
+			err, sizeof(err)) != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 2;
 	}
@@ -301,6 +306,11 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 2;
 	}
+
+	/* Everything relayd creates is its user's alone: the RocksDB files (queue, bodies, Raft
+	 * log), the admin socket, snapshots (issue 12 sec. 5).  The data directory too, even one
+	 * an older version created with the default mode. */
+	umask(077);
 
 	relayd.loop = uv_default_loop();
 	uint64_t t0 = uv_hrtime();
@@ -331,6 +341,9 @@ main(int argc, char **argv)
 			cluster_strerror(rc));
 		return 1;
 	}
+	if (chmod(relayd.cfg.data_dir, 0700) != 0)
+		log_warn("-", "event=data-dir-mode data_dir=%s error=\"%s\"", relayd.cfg.data_dir,
+			 strerror(errno));
 	struct cluster_stats st;
 	cluster_stats(relayd.cluster, &st);
 	log_info("-", "event=queue-open data_dir=%s messages=%llu applied_index=%llu open_ms=%llu",
@@ -375,12 +388,14 @@ main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s on %s\n", err, relayd.cfg.http_listen.v[0].text);
 		return 1;
 	}
-	if (relayd.cfg.admin_listen.n > 0 &&
-	    admin_start(relayd.loop, &relayd.cfg, relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_ca : NULL,
-			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_cert : NULL,
-			relayd.cfg.cluster_ca[0] ? relayd.cfg.cluster_key : NULL, relayd.cluster,
-			&relayd.admin,
-			err, sizeof(err)) != 0) {
+	char admin_sock[CONFIG_SOCKET_PATH_MAX];
+	bool admin_tls = relayd.cfg.admin_ca[0] != '\0';
+	bool has_sock = config_admin_socket_path(&relayd.cfg, admin_sock, sizeof(admin_sock)) == 0;
+	if ((relayd.cfg.admin_listen.n > 0 || has_sock) &&
+	    admin_start(relayd.loop, &relayd.cfg, admin_tls ? relayd.cfg.admin_ca : NULL,
+			admin_tls ? relayd.cfg.cluster_cert : NULL,
+			admin_tls ? relayd.cfg.cluster_key : NULL, has_sock ? admin_sock : NULL,
+			relayd.cluster, &relayd.admin, err, sizeof(err)) != 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
@@ -390,8 +405,11 @@ main(int argc, char **argv)
 		log_info("-", "event=listening smtp=%s", relayd.cfg.smtp_listen.v[i].text);
 	if (relayd.http != NULL)
 		log_info("-", "event=listening http=%s", relayd.cfg.http_listen.v[0].text);
-	if (relayd.admin != NULL)
-		log_info("-", "event=listening admin=%s", relayd.cfg.admin_listen.v[0].text);
+	if (relayd.admin != NULL && relayd.cfg.admin_listen.n > 0)
+		log_info("-", "event=listening admin=%s tls=%s", relayd.cfg.admin_listen.v[0].text,
+			 admin_tls ? "yes" : "no");
+	if (relayd.admin != NULL && has_sock)
+		log_info("-", "event=listening admin_socket=%s", admin_sock);
 	log_info("-", "event=started version=%s node_id=%s hostname=%s data_dir=%s tls=%s auth_users=%zu",
 		 RELAY_VERSION, relayd.cfg.node_id, relayd.cfg.hostname, relayd.cfg.data_dir,
 		 relayd.tls ? "yes" : "no", auth_users);

@@ -33,9 +33,36 @@ tls_errstr(char *err, size_t errlen, const char *what)
 	ERR_clear_error();
 }
 
+/* The cipher list must leave at least one TLS 1.2 cipher (SSL_CTX_set_cipher_list fails when
+ * nothing matches). */
+static int
+tls_set_ciphers(SSL_CTX *ctx, const char *ciphers, char *err, size_t errlen)
+{
+	if (ciphers == NULL)
+		return 0;
+	if (SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+		tls_errstr(err, errlen, "tls_ciphers: no cipher of the list is usable");
+		return -1;
+	}
+	return 0;
+}
+
 int
-tls_ctx_new(const char *cert_file, const char *key_file, struct tls_ctx **out, char *err,
-	    size_t errlen)
+tls_ciphers_check(const char *ciphers, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (ctx == NULL) {
+		tls_errstr(err, errlen, "SSL_CTX_new");
+		return -1;
+	}
+	int rc = tls_set_ciphers(ctx, ciphers, err, errlen);
+	SSL_CTX_free(ctx);
+	return rc;
+}
+
+int
+tls_ctx_new(const char *cert_file, const char *key_file, const char *ciphers, struct tls_ctx **out,
+	    char *err, size_t errlen)
 {
 	struct tls_ctx *c = calloc(1, sizeof(*c));
 	if (c == NULL) {
@@ -50,6 +77,8 @@ tls_ctx_new(const char *cert_file, const char *key_file, struct tls_ctx **out, c
 	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (tls_set_ciphers(c->ctx, ciphers, err, errlen) != 0)
+		goto err_after_ctx;
 	if (SSL_CTX_use_certificate_chain_file(c->ctx, cert_file) != 1) {
 		tls_errstr(err, errlen, "tls_cert");
 		goto err_after_ctx;
@@ -302,6 +331,18 @@ tls_conn_write(struct tls_conn *t, const char *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int
+tls_conn_shutdown(struct tls_conn *t)
+{
+	if (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)
+		return 0;
+	/* 0: our close_notify is in the wbio, the peer's not seen yet (we do not wait for it);
+	 * 1: both sent.  Either way the alert is queued. */
+	int rc = SSL_shutdown(t->ssl);
+	ERR_clear_error();
+	return rc >= 0 ? 0 : -1;
 }
 
 size_t

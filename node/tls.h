@@ -28,9 +28,14 @@
 struct tls_ctx;
 struct tls_conn;
 
-/* Loads cert chain and key.  Returns 0 or -1 with a message in err. */
-int tls_ctx_new(const char *cert_file, const char *key_file, struct tls_ctx **out, char *err,
-		size_t errlen);
+/* Loads cert chain and key; ciphers (NULL: OpenSSL's default) is the TLS 1.2 cipher list
+ * (tls_ciphers).  Returns 0 or -1 with a message in err. */
+int tls_ctx_new(const char *cert_file, const char *key_file, const char *ciphers,
+		struct tls_ctx **out, char *err, size_t errlen);
+
+/* Checks a TLS 1.2 cipher list (tls_ciphers) without a certificate: 0, or -1 with a message in
+ * err naming what OpenSSL refused. */
+int tls_ciphers_check(const char *ciphers, char *err, size_t errlen);
 void tls_ctx_free(struct tls_ctx *ctx);
 
 /* The client context: ca_file (PEM) is the trust store for checked conns; NULL or "" means the
@@ -86,6 +91,11 @@ ssize_t tls_conn_read(struct tls_conn *t, char *buf, size_t cap);
 
 /* Encrypts plaintext into the output.  Returns 0 or -1. */
 int tls_conn_write(struct tls_conn *t, const char *buf, size_t len);
+
+/* Queues our close_notify alert (RFC 8446 6.1, RFC 5246 7.2.1) into the output: call it before
+ * closing a connection we end ourselves, then send tls_conn_take_output().  Returns 0 or -1.
+ * Idempotent. */
+int tls_conn_shutdown(struct tls_conn *t);
 
 /* Ciphertext to send: copies up to cap bytes, returns the count (0 when none). */
 size_t tls_conn_take_output(struct tls_conn *t, char *buf, size_t cap);

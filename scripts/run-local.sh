@@ -92,6 +92,8 @@ data_dir = $dir/$n
 smtp_listen = $a:$SMTP_PORT
 http_listen = $a:$HTTP_PORT
 admin_listen = $a:$ADMIN_PORT
+# relayctl's certificates come from their own CA: one of the cluster CA could speak Raft
+admin_ca = $dir/certs/admin-ca.crt
 cluster_listen = $a:$CLUSTER_PORT
 peers = $peers
 cluster_ca = $dir/certs/ca.crt
@@ -252,8 +254,8 @@ Send a message through HAProxy:
 Watch it (members, leader and queue: member health is the leader's view, so ask the node named
 as leader for it; what the sink received; the nodes' logs; metrics):
   $ctl --config $dir/node1.conf status
-  (the admin port is mutual TLS: --config gives relayctl node1's address and cluster certificate;
-  another node: --server ADDR:$ADMIN_PORT --ca $dir/certs/ca.crt --cert $dir/certs/admin.crt
+  (--config: node1's unix socket $dir/node1/admin.sock; the admin port is mutual TLS with the
+  admin CA: --server ADDR:$ADMIN_PORT --ca $dir/certs/ca.crt --cert $dir/certs/admin.crt
   --key $dir/certs/admin.key)
   tail -f $dir/sink/mail.log
   tail -f $dir/node1.log $dir/node2.log $dir/node3.log

@@ -27,6 +27,8 @@ PKGS=(
   # bounce parsers run on our DSNs
   python3-dkim python3-nacl python3-dnspython opendkim opendkim-tools python3-flufl.bounce libmail-deliverystatus-bounceparser-perl
   libsisimai-perl
+  # TLS profile checks of the SMTP listener (tests/integration/test_abuse.py)
+  testssl.sh sslscan
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
 # whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.

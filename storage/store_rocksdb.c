@@ -25,12 +25,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <rocksdb/c.h>
 
 #include "store.h"
 
 /* See the header comment: test only. */
+/* Read-only opens (relayd --dump-queue on a running node) that lose the race with a compaction
+ * are tried again this many times, t x this many ms apart. */
+#define STORE_RO_OPEN_TRIES 10
+#define STORE_RO_OPEN_BACKOFF_MS 50
 #define STORE_TEST_UNSAFE_NO_SYNC_ENV "RELAY_TEST_UNSAFE_NO_SYNC"
 
 /* Bounds on RocksDB's own memory and on the WAL a restart replays (store_open). */
@@ -399,10 +404,24 @@ store_open(const char *dir, int readonly, struct store **out)
 	cfopts[STORE_CF__COUNT] = s->opts;
 
 	char *err = NULL;
-	if (readonly)
-		s->db = rocksdb_open_for_read_only_column_families(
-		    s->opts, dir, STORE_CF__COUNT + 1, names, cfopts, s->cf, 0, &err);
-	else
+	if (readonly) {
+		/* Every table file is opened at once and held (max_open_files -1): once open, the
+		 * view survives the live node's compactions, which delete files.  The open itself
+		 * races with them (a file the MANIFEST names is gone by the time it is opened:
+		 * "No such file"): try again, a bounded number of times. */
+		rocksdb_options_set_max_open_files(s->opts, -1);
+		for (int t = 1;; t++) {
+			s->db = rocksdb_open_for_read_only_column_families(
+			    s->opts, dir, STORE_CF__COUNT + 1, names, cfopts, s->cf, 0, &err);
+			if (s->db || !err || !strstr(err, "No such file") ||
+			    t == STORE_RO_OPEN_TRIES)
+				break;
+			rocksdb_free(err);
+			err = NULL;
+			struct timespec ts = {0, (long)t * STORE_RO_OPEN_BACKOFF_MS * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+	} else
 		s->db = rocksdb_open_column_families(s->opts, dir, STORE_CF__COUNT + 1, names,
 						     cfopts, s->cf, &err);
 	if (err || !s->db) {

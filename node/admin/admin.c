@@ -35,7 +35,9 @@ static const char *const admin_op_names[] = {"delete", "retry", "hold", "release
 
 struct admin {
 	uv_loop_t *loop;
-	struct transport_admin *ta;
+	struct transport_admin *ta; /* NULL for a local endpoint (admin_new_local) */
+	void (*reply)(void *arg, const void *data, size_t len); /* local: where replies go */
+	void *reply_arg;
 	struct cluster *cluster;
 	const struct relay_config *cfg;
 	bool closing;
@@ -72,6 +74,16 @@ admin_now_ms(void)
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
+/* The reply bytes to the client (the listener's, or a local endpoint's hook). */
+static void
+admin_reply_bytes(struct admin *a, const void *data, size_t len)
+{
+	if (a->ta != NULL)
+		transport_admin_reply(a->ta, data, len);
+	else
+		a->reply(a->reply_arg, data, len);
+}
+
 static void
 admin_send(struct admin *a, const Relay__AdminReply *r)
 {
@@ -79,11 +91,11 @@ admin_send(struct admin *a, const Relay__AdminReply *r)
 	uint8_t *buf = malloc(len ? len : 1);
 	if (buf == NULL) {
 		/* cannot even say so: reply an empty (undecodable) frame, the client reports it */
-		transport_admin_reply(a->ta, "", 0);
+		admin_reply_bytes(a, "", 0);
 		return;
 	}
 	relay__admin_reply__pack(r, buf);
-	transport_admin_reply(a->ta, buf, len);
+	admin_reply_bytes(a, buf, len);
 	free(buf);
 }
 
@@ -235,6 +247,11 @@ admin_status(struct admin *a)
 			ps[i].connected = p->connected;
 			ps[i].has_last_contact_ms = true;
 			ps[i].last_contact_ms = p->last_contact_ms;
+			ps[i].has_incarnation = ps[i].has_incarnation_known = true;
+			ps[i].incarnation = p->incarnation;
+			ps[i].incarnation_known = p->incarnation_known;
+			ps[i].has_replaced_incarnation = p->replaced_incarnation != 0;
+			ps[i].replaced_incarnation = p->replaced_incarnation;
 			if (strcmp(st.role, "leader") == 0) {
 				ps[i].has_match = ps[i].has_lag = true;
 				ps[i].match = p->match;
@@ -247,6 +264,10 @@ admin_status(struct admin *a)
 		}
 		st.n_peers = cs.n_peers;
 		st.peers = pp;
+		st.has_cluster_id = st.has_incarnation = true;
+		st.cluster_id = cs.cluster_id;
+		st.incarnation = cs.incarnation;
+		st.boot_phase = (char *)(cs.boot_phase ? cs.boot_phase : "");
 	} else {
 		self.id = (char *)a->cfg->node_id;
 		self.membership = "voter";
@@ -664,11 +685,12 @@ admin_cc_reply(struct admin *a, const char *node, int status, const char *what)
 	struct cluster_status cs;
 	cluster_status(a->cluster, &cs);
 	if (status != 0) {
+		/* one snprintf: a long node id is cut, never written past msg (was: strcat after a
+		 * full buffer wrote msg[200]) */
 		char msg[200];
-		snprintf(msg, sizeof(msg), "%s %s: %s%s%s", what, node, cluster_strerror(status),
-			 cs.leader[0] ? " (leader: " : "", cs.leader[0] ? cs.leader : "");
-		if (cs.leader[0])
-			strcat(msg, ")");
+		snprintf(msg, sizeof(msg), "%s %s: %s%s%s%s", what, node, cluster_strerror(status),
+			 cs.leader[0] ? " (leader: " : "", cs.leader[0] ? cs.leader : "",
+			 cs.leader[0] ? ")" : "");
 		admin_error(a, msg);
 		return;
 	}
@@ -954,8 +976,32 @@ admin_request_cb(void *arg, const void *data, size_t len)
 }
 
 int
+admin_new_local(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		void (*reply)(void *arg, const void *data, size_t len), void *reply_arg,
+		struct admin **out)
+{
+	struct admin *a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return -1;
+	a->loop = loop;
+	a->cfg = cfg;
+	a->cluster = cluster;
+	a->reply = reply;
+	a->reply_arg = reply_arg;
+	*out = a;
+	return 0;
+}
+
+void
+admin_request(struct admin *a, const void *data, size_t len)
+{
+	admin_request_cb(a, data, len);
+}
+
+int
 admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, const char *cert,
-	    const char *key, struct cluster *cluster, struct admin **out, char *err, size_t errlen)
+	    const char *key, const char *unix_path, struct cluster *cluster, struct admin **out,
+	    char *err, size_t errlen)
 {
 	struct admin *a = calloc(1, sizeof(*a));
 	if (a == NULL) {
@@ -966,15 +1012,17 @@ admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, con
 	a->cfg = cfg;
 	a->cluster = cluster;
 	struct transport_admin_config tc = {
-	    .listen = cfg->admin_listen.v[0].text,
+	    .listen = cfg->admin_listen.n > 0 ? cfg->admin_listen.v[0].text : NULL,
+	    .unix_path = unix_path,
 	    .ca_file = ca,
 	    .cert_file = cert,
 	    .key_file = key,
 	};
 	int rc = transport_admin_listen(loop, &tc, admin_request_cb, a, &a->ta);
 	if (rc != 0) {
-		snprintf(err, errlen, "admin_listen: cannot listen on %s: %s", tc.listen,
-			 transport_strerror(rc));
+		snprintf(err, errlen, "admin_listen/admin_socket: cannot listen on %s%s%s: %s",
+			 tc.listen ? tc.listen : "", tc.listen && unix_path ? " and " : "",
+			 unix_path ? unix_path : "", transport_strerror(rc));
 		free(a);
 		return -1;
 	}
@@ -1009,6 +1057,15 @@ admin_stop(struct admin *a, void (*done)(void *arg), void *arg)
 			a->dels[i]->a = NULL; /* their callbacks may come after a is freed */
 	if (a->cc != NULL)
 		a->cc->a = NULL;
+	if (a->ta == NULL) {
+		/* local: nothing listens; freed now, done() called from here */
+		free(cl);
+		admin_del_reset(a);
+		free(a);
+		if (done != NULL)
+			done(arg);
+		return;
+	}
 	if (cl == NULL) {
 		/* leak the small struct rather than free it under the transport */
 		transport_admin_close(a->ta, done, arg);

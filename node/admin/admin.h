@@ -1,8 +1,8 @@
 /*
- * admin.h: relayd's admin endpoint on admin_listen, for relayctl (proto/admin.proto over the
- * cluster transport's request/reply channel; mutual TLS with the cluster CA when cluster_ca,
- * cluster_cert and cluster_key are set, plain TCP otherwise, which config_check allows only on
- * loopback).
+ * admin.h: relayd's admin endpoint for relayctl (proto/admin.proto over the cluster transport's
+ * request/reply channel), on admin_socket (a unix socket, mode 0600) and/or admin_listen (TCP:
+ * mutual TLS when admin_ca is set, relayctl's certificates being of admin_ca and the node's its
+ * cluster cert; plain otherwise, which config_check allows only on loopback).
  *
  * Reads (status, queue list, queue show) answer from this node's applied state.  Changes
  * (queue delete|retry|hold|release, node add|remove, drain) are proposed through the cluster
@@ -25,10 +25,21 @@ struct relay_config;
 struct cluster;
 struct admin;
 
-/* ca/cert/key: all three or NULL (plain TCP).  Returns 0, or -1 with a message in err. */
+/* Listens on cfg->admin_listen (if set) and unix_path (if not NULL).  ca/cert/key (admin_ca and
+ * the node's cluster cert and key): all three or NULL (plain TCP).  Returns 0, or -1 with a
+ * message in err. */
 int admin_start(uv_loop_t *loop, const struct relay_config *cfg, const char *ca, const char *cert,
-		const char *key, struct cluster *cluster, struct admin **out, char *err,
-		size_t errlen);
+		const char *key, const char *unix_path, struct cluster *cluster, struct admin **out,
+		char *err, size_t errlen);
+
+/* For tests and the fuzz harness (tests/fuzz/fuzz_admin_request.c): an endpoint without a
+ * listener; admin_request() hands it a request as the listener would, and its one reply goes
+ * to reply(reply_arg, ...) (now or from a later cluster callback on the loop).  0 or -1. */
+int admin_new_local(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *cluster,
+		    void (*reply)(void *arg, const void *data, size_t len), void *reply_arg,
+		    struct admin **out);
+/* One request (data borrowed for the call), answered once; the next only after the reply. */
+void admin_request(struct admin *a, const void *data, size_t len);
 
 /* Stops serving; a change in progress still completes in the cluster but is not answered.
  * done(arg) runs on the loop once everything is freed. */

@@ -162,7 +162,11 @@ http_start(uv_loop_t *loop, const struct sockaddr *addr, http_fill_cb fill, void
 		flags |= MHD_USE_IPv6;
 	h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, http_handler, h, MHD_OPTION_SOCK_ADDR, addr,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
-				  MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS_PER_IP,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
+				  /* a restart binds again at once, whatever connections the old
+				   * process left in TIME_WAIT (it closes idle ones itself) */
+				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
 	if (h->mhd == NULL) {
 		snprintf(err, errlen, "http_listen: cannot start the HTTP server (address in use?)");
 		pthread_mutex_destroy(&h->mu);

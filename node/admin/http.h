@@ -22,7 +22,12 @@
 #define HTTP_PUBLISH_MS 500
 #define HTTP_STALE_MS 10000
 #define HTTP_METRICS_MAX (256 * 1024) /* bound on the rendered metrics text */
-#define HTTP_MAX_CONNECTIONS 64
+/* Slow clients cannot crowd the liveness probe out (issue 12 sec. 5): one address holds at most
+ * HTTP_MAX_CONNECTIONS_PER_IP connections (more are closed at once), all of them together
+ * HTTP_MAX_CONNECTIONS, and a connection idle for HTTP_IDLE_TIMEOUT_S is closed. */
+#define HTTP_MAX_CONNECTIONS 512
+#define HTTP_MAX_CONNECTIONS_PER_IP 8
+#define HTTP_IDLE_TIMEOUT_S 5
 
 struct http;
 

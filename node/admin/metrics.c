@@ -57,6 +57,23 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 	family(t, "relay_smtp_auth_total", "counter", "AUTH attempts by result.");
 	http_printf(t, "relay_smtp_auth_total{result=\"ok\"} %" PRIu64 "\n", st.auth_ok);
 	http_printf(t, "relay_smtp_auth_total{result=\"failed\"} %" PRIu64 "\n", st.auth_failed);
+	http_printf(t, "relay_smtp_auth_total{result=\"throttled\"} %" PRIu64 "\n",
+		    st.auth_throttled);
+	gauge(t, "relay_smtp_auth_checks", "Password checks queued or running on the AUTH workers.",
+	      st.auth_jobs);
+	family(t, "relay_smtp_data_cut_total", "counter",
+	       "Messages cut with 421 4.4.2 during their data, by deadline.");
+	http_printf(t, "relay_smtp_data_cut_total{reason=\"min_data_rate\"} %" PRIu64 "\n",
+		    st.data_rate_cut);
+	http_printf(t, "relay_smtp_data_cut_total{reason=\"data_total_timeout\"} %" PRIu64 "\n",
+		    st.data_total_cut);
+	gauge(t, "relay_smtp_receive_memory_bytes",
+	      "Bytes of bodies being received and of proposals not yet committed (max_receive_memory).",
+	      st.receive_memory_used);
+	gauge(t, "relay_smtp_receive_memory_peak_bytes", "Largest relay_smtp_receive_memory_bytes seen.",
+	      st.receive_memory_peak);
+	gauge(t, "relay_smtp_receive_memory_limit_bytes", "max_receive_memory.",
+	      st.receive_memory_limit);
 	counter(t, "relay_messages_accepted_total", "Messages answered 250 (committed).",
 		st.accepted);
 	family(t, "relay_messages_rejected_total", "counter",
@@ -125,6 +142,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 		"Proposals forwarded to the leader (retries included).", st.forwarded);
 	counter(t, "relay_cluster_forward_retries_total", "Forwards sent again.",
 		st.forward_retries);
+	counter(t, "relay_cluster_forwards_expired_total",
+		"Forwarded proposals the leader dropped: they arrived after their origin had "
+		"answered 451 (a cut link's backlog).",
+		st.forwards_expired);
 	counter(t, "relay_cluster_proposals_timed_out_total",
 		"Proposals not committed within propose_timeout.", st.timed_out);
 	counter(t, "relay_raft_snapshots_total", "Snapshots taken.", st.snapshots);
@@ -146,8 +167,16 @@ render_cluster(struct http_text *t, struct cluster *c)
 	counter(t, "relay_raft_snapshot_served_bytes_total",
 		"Key and value bytes sent to other nodes' snapshot fetches.",
 		st.snapshot_served_bytes);
+	counter(t, "relay_raft_snapshots_deferred_total",
+		"Compactions the leader put off for a member that still needs its log.",
+		st.snapshots_deferred);
+	counter(t, "relay_raft_retention_exceeded_total",
+		"Compactions made anyway: the log kept for a member passed its bound.",
+		st.retention_exceeded);
 	counter(t, "relay_raft_dropped_messages_total",
 		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
+	counter(t, "relay_raft_foreign_frames_total",
+		"Peer frames dropped because they carry another cluster's id.", st.foreign_dropped);
 	if (st.n_peers) {
 		family(t, "relay_raft_peer_lag", "gauge",
 		       "Leader only: entries a member is behind the leader's log.");
@@ -259,6 +288,9 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 			"Times a destination's next message waited for "
 			"max_messages_per_minute_per_destination.",
 			ds.rate_waits);
+		counter(t, "relay_delivery_loops_total",
+			"Destinations whose every host was this node: recipients bounced 5.4.6.",
+			ds.loops);
 		counter(t, "relay_dns_lookups_total", "MX or host lookups started for deliveries.",
 			ds.dns_lookups);
 		family(t, "relay_dns_failures_total", "counter",

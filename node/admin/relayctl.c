@@ -1,6 +1,7 @@
 /*
- * relayctl: the admin CLI.  Sends one request to a node's admin endpoint (admin_listen) and
- * prints the reply as a table, or as JSON with --json (one object; schema in the README).
+ * relayctl: the admin CLI.  Sends one request to a node's admin endpoint (admin_socket or
+ * admin_listen) and prints the reply as a table, or as JSON with --json (one object; schema in
+ * the README).
  *
  *   relayctl [options] status
  *   relayctl [options] queue list [--state active|deferred] [--domain D] [--limit N]
@@ -10,10 +11,13 @@
  *   relayctl [options] leader transfer [ID]
  *   relayctl [options] drain [ID]
  *
- * Options (anywhere on the line): --server HOST:PORT (default: $RELAYCTL_SERVER, else
- * admin_listen of --config FILE, else 127.0.0.1:7402), --config FILE (a relayd config:
- * admin_listen is taken from it), --ca/--cert/--key FILE (mutual TLS with the cluster CA),
- * --timeout DUR, --json.  --timeout bounds one request (default 5s), or the whole wait of a
+ * Options (anywhere on the line): --server HOST:PORT or unix:PATH (default: the admin_socket of
+ * --config FILE when that socket exists, else its admin_listen, else $RELAYCTL_SERVER, else
+ * 127.0.0.1:7402), --config FILE (a relayd config), --ca/--cert/--key FILE (mutual TLS on
+ * admin_listen: --ca the cluster CA, which signed the node's certificate, --cert/--key
+ * relayctl's certificate of admin_ca; with --config, --ca defaults to its cluster_ca),
+ * --timeout DUR, --json.  A unix socket needs no certificate: its file mode (0600) admits
+ * relayd's user and root.  --timeout bounds one request (default 5s), or the whole wait of a
  * command that follows a change to its end (node add, node remove, leader transfer, drain;
  * default 60s).
  *
@@ -34,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "admin.pb-c.h"
@@ -71,7 +76,7 @@ usage(FILE *out)
 {
 	fprintf(
 	    out,
-	    "usage: relayctl [--server HOST:PORT] [--config FILE] [--json] [--timeout DUR]\n"
+	    "usage: relayctl [--server HOST:PORT|unix:PATH] [--config FILE] [--json] [--timeout DUR]\n"
 	    "                [--ca FILE --cert FILE --key FILE] COMMAND\n"
 	    "commands:\n"
 	    "  status                                  members, roles, indexes, queue depth\n"
@@ -164,11 +169,13 @@ call(const Relay__AdminRequest *req)
 	if (buf == NULL)
 		die(EXIT_FAILED, "out of memory");
 	relay__admin_request__pack(req, buf);
+	bool unix_sock = strncmp(opt.server, "unix:", 5) == 0;
 	struct transport_admin_config tc = {
-	    .listen = opt.server,
-	    .ca_file = opt.ca,
-	    .cert_file = opt.cert,
-	    .key_file = opt.key,
+	    .listen = unix_sock ? NULL : opt.server,
+	    .unix_path = unix_sock ? opt.server + 5 : NULL,
+	    .ca_file = unix_sock ? NULL : opt.ca,
+	    .cert_file = unix_sock ? NULL : opt.cert,
+	    .key_file = unix_sock ? NULL : opt.key,
 	};
 	void *reply = NULL;
 	size_t rlen = 0;
@@ -240,6 +247,11 @@ cmd_status(void)
 		json_kv_u64("applied_index", s->applied_index, true);
 		json_kv_u64("last_index", s->last_index, true);
 		json_kv_u64("leader_changes", s->leader_changes, true);
+		if (s->has_cluster_id) {
+			printf(",\"cluster_id\":\"%016" PRIx64 "\",\"incarnation\":\"%016" PRIx64 "\"",
+			       s->cluster_id, s->incarnation);
+			json_kv_str("boot_phase", s->boot_phase ? s->boot_phase : "", true);
+		}
 		printf(",\"members\":[");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
@@ -257,6 +269,15 @@ cmd_status(void)
 				json_kv_u64("lag", p->lag, true);
 			if (p->has_last_contact_ms)
 				printf(",\"last_contact_ms\":%" PRId64, p->last_contact_ms);
+			if (p->has_incarnation) {
+				if (p->incarnation_known)
+					printf(",\"incarnation\":\"%016" PRIx64 "\"", p->incarnation);
+				else
+					printf(",\"incarnation\":null");
+			}
+			if (p->has_replaced_incarnation)
+				printf(",\"replacing_incarnation\":\"%016" PRIx64 "\"",
+				       p->replaced_incarnation);
 			printf(",\"ownership\":");
 			if (p->owner_state) {
 				putchar('{');
@@ -296,11 +317,18 @@ cmd_status(void)
 		printf("node %s  role %s  term %" PRIu64 "  leader %s\n", s->node_id, s->role,
 		       s->term, s->leader && s->leader[0] ? s->leader : "(none)");
 		printf("commit %" PRIu64 "  applied %" PRIu64 "  last %" PRIu64
-		       "  leader changes %" PRIu64 "\n\n",
+		       "  leader changes %" PRIu64 "\n",
 		       s->commit_index, s->applied_index, s->last_index, s->leader_changes);
-		printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
-		       "MEMBER", "ADDRESS", "ROLE", "SELF", "CONNECTED", "HEALTH", "MATCH", "LAG",
-		       "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED", "INFLIGHT",
+		if (s->has_cluster_id)
+			printf("cluster %016" PRIx64 "  incarnation %016" PRIx64 "%s%s\n",
+			       s->cluster_id, s->incarnation,
+			       s->boot_phase && s->boot_phase[0] ? "  " : "",
+			       s->boot_phase ? s->boot_phase : "");
+		putchar('\n');
+		printf("%-16s %-22s %-8s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s "
+		       "%9s\n",
+		       "MEMBER", "ADDRESS", "ROLE", "INCARN", "SELF", "CONNECTED", "HEALTH", "MATCH",
+		       "LAG", "LAST_CONTACT", "OWNER", "DOMAINS", "RCPTS", "DEFERRED", "INFLIGHT",
 		       "RENEW_AGE");
 		for (size_t i = 0; i < s->n_peers; i++) {
 			const Relay__PeerStatus *p = s->peers[i];
@@ -320,11 +348,26 @@ cmd_status(void)
 				if (p->renew_age_ms >= 0)
 					snprintf(ora, sizeof(ora), "%" PRId64 "ms", p->renew_age_ms);
 			}
-			printf("%-16s %-22s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s %9s\n",
+			/* the incarnation, short (8 hex digits; --json has all 16) */
+			char inc[24] = "-";
+			if (p->has_incarnation)
+				snprintf(inc, sizeof(inc), p->incarnation_known ? "%08" PRIx64 : "pending",
+					 p->incarnation >> 32);
+			printf("%-16s %-22s %-8s %-8s %-4s %-9s %-6s %8s %6s %12s  %-8s %7s %6s %8s %8s "
+			       "%9s\n",
 			       p->id, p->addr && p->addr[0] ? p->addr : "-",
-			       member_role(s, p)[0] ? member_role(s, p) : "-", p->self ? "yes" : "",
-			       p->connected ? "yes" : "no", p->healthy ? "ok" : "DOWN", m, l, c,
+			       member_role(s, p)[0] ? member_role(s, p) : "-", inc,
+			       p->self ? "yes" : "", p->connected ? "yes" : "no",
+			       p->healthy ? "ok" : "DOWN", m, l, c,
 			       p->owner_state ? p->owner_state : "-", od, orc, odf, oif, ora);
+		}
+		for (size_t i = 0; i < s->n_peers; i++) {
+			const Relay__PeerStatus *p = s->peers[i];
+			if (p->has_replaced_incarnation)
+				printf("rejoin: %s incarnation %016" PRIx64 " (%s) replaces %016" PRIx64
+				       ", still in the configuration\n",
+				       p->id, p->incarnation, member_role(s, p),
+				       p->replaced_incarnation);
 		}
 		if (s->n_domains) {
 			printf("\n%-32s %-16s %10s %8s\n", "DOMAIN", "OWNER", "EPOCH", "RCPTS");
@@ -982,14 +1025,26 @@ main(int argc, char **argv)
 		if (config_init(&cfg) != 0 || config_load_file(&cfg, config_file) != 0 ||
 		    config_load_env(&cfg, environ) != 0)
 			die(EXIT_USAGE, "%s", config_error());
+		/* the node's unix socket when it is there (same host, relayd's user or root) */
+		static char sock[CONFIG_SOCKET_PATH_MAX + 8];
+		char path[CONFIG_SOCKET_PATH_MAX];
+		struct stat sb;
+		if (opt.server == NULL && config_admin_socket_path(&cfg, path, sizeof(path)) == 0 &&
+		    stat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+			snprintf(sock, sizeof(sock), "unix:%s", path);
+			opt.server = sock;
+		}
 		if (opt.server == NULL && cfg.admin_listen.n > 0)
 			opt.server = cfg.admin_listen.v[0].text;
-		/* The node's cluster credentials authenticate us to the admin endpoint (mutual TLS
-		 * with the cluster CA), unless --ca/--cert/--key say otherwise. */
-		if (opt.ca == NULL && opt.cert == NULL && opt.key == NULL && cfg.cluster_ca[0]) {
-			opt.ca = cfg.cluster_ca;
-			opt.cert = cfg.cluster_cert;
-			opt.key = cfg.cluster_key;
+		/* admin_listen with admin_ca is mutual TLS: the node shows its cluster cert (checked
+		 * against cluster_ca), we show a certificate of admin_ca, never a member's */
+		if (opt.server != NULL && strncmp(opt.server, "unix:", 5) != 0 && cfg.admin_ca[0]) {
+			if (opt.ca == NULL)
+				opt.ca = cfg.cluster_ca;
+			if (opt.cert == NULL || opt.key == NULL)
+				die(EXIT_USAGE, "%s is mutual TLS (admin_ca): give --cert and --key, a "
+				    "certificate of admin_ca (scripts/make-cluster-certs.sh: admin.crt)",
+				    opt.server);
 		}
 	}
 	if (opt.server == NULL)

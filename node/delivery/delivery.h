@@ -69,6 +69,7 @@ struct delivery_stats {
 	uint64_t dns_failures;	/* lookups that failed temporarily (SERVFAIL, timeout, ...) */
 	uint64_t dns_permanent; /* lookups with a permanent answer: NXDOMAIN, null MX, no host */
 	uint64_t rate_waits;	/* jobs held back by max_messages_per_minute_per_destination */
+	uint64_t loops;		/* destinations bounced 5.4.6: every host was this node */
 	/* delivery ownership */
 	uint64_t member_proposals; /* Member commands proposed (own LIVE/DRAINED, leader verdicts) */
 	uint64_t own_failures;	   /* Member/Renew proposals that failed */

@@ -171,6 +171,17 @@ conn_drop_sock(struct dconn *c)
 	c->reading = false;
 	c->in_len = 0;
 	c->wbytes = 0; /* pending write callbacks see c == NULL via the socket... */
+	if (c->tls_state == CTLS_ON) {
+		/* end TLS with our close_notify (RFC 8446 6.1) before the TCP close: a best-effort
+		 * write of the alert now, as uv_close drops what is still queued */
+		char alert[256];
+		size_t n = tls_conn_shutdown(c->tls) == 0
+			       ? tls_conn_take_output(c->tls, alert, sizeof(alert))
+			       : 0;
+		uv_buf_t b = uv_buf_init(alert, (unsigned)n);
+		if (n > 0)
+			uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+	}
 	tls_conn_free(c->tls);
 	c->tls = NULL;
 	c->tls_state = CTLS_NONE;

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,13 +23,40 @@
 
 /* ------------------------------------------------------------ destinations */
 
+/* An address literal domain ("[192.0.2.1]", "[IPv6:2001:db8::1]", RFC 5321 4.1.3) as the IP
+ * text in ip (no MX: that host, port 25).  false when dom is not one. */
+static bool
+dest_literal(const char *dom, char *ip, size_t cap)
+{
+	size_t n = strlen(dom);
+	unsigned char buf[16];
+	if (n < 3 || dom[0] != '[' || dom[n - 1] != ']')
+		return false;
+	const char *p = dom + 1;
+	size_t len = n - 2;
+	int family = AF_INET;
+	if (len > 5 && strncasecmp(p, "IPv6:", 5) == 0) {
+		p += 5;
+		len -= 5;
+		family = AF_INET6;
+	}
+	if (len >= cap)
+		return false;
+	memcpy(ip, p, len);
+	ip[len] = '\0';
+	return inet_pton(family, ip, buf) == 1;
+}
+
 struct ddest *
 dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 {
-	char key[300], domain[MX_NAME_MAX + 2];
+	char key[300], domain[MX_NAME_MAX + 2], literal[INET6_ADDRSTRLEN + 1];
 	struct config_route route = {.port = 25};
 	const char *dom = dlv__rcpt_domain(rcpt_addr);
-	if (mx_name_normalize(dom, domain) != 0 || domain[0] == '\0')
+	bool is_literal = dest_literal(dom, literal, sizeof(literal));
+	if (is_literal)
+		snprintf(domain, sizeof(domain), "%s", dom);
+	else if (mx_name_normalize(dom, domain) != 0 || domain[0] == '\0')
 		snprintf(domain, sizeof(domain), "%s", "");
 	enum tls_policy_level level = dlv__tls_level(d, domain);
 	char lvl[32] = "";
@@ -47,7 +75,14 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 	}
 	if (target == NULL && d->cfg->relayhost[0] != '\0')
 		target = d->cfg->relayhost;
-	if (target != NULL) {
+	if (target == NULL && is_literal) {
+		/* the mailbox names its host: no MX, port 25 (the grammar accepted it, so we send
+		 * it; a literal of our own endpoints is a loop like any other) */
+		snprintf(route.host, sizeof(route.host), "%s", literal);
+		route.port = 25;
+		route.no_mx = true;
+		snprintf(key, sizeof(key), "host:%s:25%s", route.host, lvl);
+	} else if (target != NULL) {
 		if (config_parse_route(target, &route) != 0)
 			return NULL;
 		if (transport)
@@ -73,7 +108,7 @@ dlv__dest_get(struct delivery *d, const char *rcpt_addr)
 	snprintf(x->host, sizeof(x->host), "%s", route.host);
 	x->port = route.port;
 	x->no_mx = route.no_mx;
-	x->rcpt_mx = target == NULL;
+	x->rcpt_mx = target == NULL && !is_literal;
 	x->tls_level = level;
 	x->hnext = d->dests[h];
 	d->dests[h] = x;
@@ -171,6 +206,69 @@ dlv__dest_fail_queued(struct ddest *x, bool permanent, const struct mta_diag *dg
 		dlv__job_finish_all(j, permanent, dg, relay);
 }
 
+/* The node's own SMTP endpoints (mx.h "loop detection"): its listeners (a wildcard one: every
+ * local interface address and all of loopback, on its port) and own_addresses. */
+static void
+dest_self(struct delivery *d, struct mx_self *self)
+{
+	static const uint8_t lo4[4] = {127, 0, 0, 0}, lo6[16] = {[15] = 1};
+	struct ifaddrs *ifa = NULL;
+	bool have_ifa = false;
+	self->n = 0;
+	for (size_t i = 0; i < d->cfg->smtp_listen.n + d->cfg->own_addresses.n; i++) {
+		const struct config_addr *a = i < d->cfg->smtp_listen.n
+						  ? &d->cfg->smtp_listen.v[i]
+						  : &d->cfg->own_addresses.v[i - d->cfg->smtp_listen.n];
+		const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		unsigned port = ntohs(sa->sa_family == AF_INET ? s4->sin_port : s6->sin6_port);
+		bool any4 = sa->sa_family == AF_INET && s4->sin_addr.s_addr == htonl(INADDR_ANY);
+		bool any6 = sa->sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr);
+		if ((!any4 && !any6) || i >= d->cfg->smtp_listen.n) {
+			if (sa->sa_family == AF_INET)
+				mx_self_add(self, AF_INET, &s4->sin_addr, 32, port);
+			else
+				mx_self_add(self, AF_INET6, &s6->sin6_addr, 128, port);
+			continue;
+		}
+		/* a wildcard listener (libuv binds :: dual-stack: IPv4 too) */
+		mx_self_add(self, AF_INET, lo4, 8, port);
+		if (any6)
+			mx_self_add(self, AF_INET6, lo6, 128, port);
+		if (!have_ifa)
+			have_ifa = getifaddrs(&ifa) == 0;
+		for (struct ifaddrs *f = have_ifa ? ifa : NULL; f != NULL; f = f->ifa_next) {
+			if (f->ifa_addr == NULL)
+				continue;
+			if (f->ifa_addr->sa_family == AF_INET)
+				mx_self_add(self, AF_INET,
+					    &((const struct sockaddr_in *)f->ifa_addr)->sin_addr, 32, port);
+			else if (f->ifa_addr->sa_family == AF_INET6 && any6)
+				mx_self_add(self, AF_INET6,
+					    &((const struct sockaddr_in6 *)f->ifa_addr)->sin6_addr, 128,
+					    port);
+		}
+	}
+	if (have_ifa)
+		freeifaddrs(ifa);
+}
+
+/* Every host of x is this node: the recipients bounce (5.4.6, as Postfix says it). */
+static void
+dest_loop(struct ddest *x, size_t dropped)
+{
+	struct delivery *d = x->d;
+	struct mta_diag dg = {.code = 554, .local = true};
+	const char *what = x->domain[0] ? x->domain : x->host;
+	snprintf(dg.enh, sizeof(dg.enh), "5.4.6");
+	snprintf(dg.text, sizeof(dg.text), "554 5.4.6 mail for %s loops back to myself", what);
+	d->st.loops++;
+	log_warn("-", "event=loop dest=%s hosts_dropped=%zu port=%u", x->key, dropped, x->port);
+	if (!d->closing)
+		dlv__dest_fail_queued(x, true, &dg, "");
+}
+
 static void
 resolve_cb(void *arg, int status, const struct mx_list *list)
 {
@@ -188,6 +286,14 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 			x->mx = malloc(sizeof(*x->mx));
 		if (x->mx != NULL) {
 			*x->mx = *list;
+			dest_self(d, &d->self);
+			size_t dropped = mx_drop_self(x->mx, x->port, &d->self);
+			if (dropped > 0 && x->mx->nhosts == 0) {
+				dest_loop(x, dropped);
+				dlv__dest_maybe_free(x);
+				dlv__maybe_done(d);
+				return;
+			}
 			x->state = DEST_READY;
 			uint32_t ttl = list->ttl < 5 ? 5 : list->ttl;
 			x->mx_expires_ms = clock_mono_ms() + (uint64_t)ttl * 1000;

@@ -246,6 +246,7 @@ struct delivery {
 	struct defer_prop *defer_props; /* DeferDomain proposals in flight (every destination) */
 	uint64_t sweep_ms;		/* wall ms of the last expiry sweep (delivery_sched.c) */
 	struct delivery_stats st;
+	struct mx_self self; /* our own SMTP endpoints, rebuilt at each resolution (loops) */
 	/* delivery ownership (cluster/ownership.h) */
 	struct own own;
 	uv_timer_t own_timer;

@@ -134,6 +134,30 @@ msg_propose(struct dmsg *m, const Relay__Command *cmd)
 /* What an expired recipient's reply starts with; the last error follows (or "none"). */
 #define DLV_EXPIRED_PREFIX "queue lifetime expired; last error: "
 
+/* The message came from mynetworks or an authenticated client (Accept.trusted; a record from
+ * before that field: authenticated, or its client address in mynetworks). */
+static bool
+msg_trusted(const struct delivery *d, const Relay__QueueRecord *rec)
+{
+	if (rec->has_trusted)
+		return rec->trusted;
+	if (rec->auth_user != NULL && rec->auth_user[0] != '\0')
+		return true;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+	if (rec->client_addr == NULL)
+		return false;
+	if (inet_pton(AF_INET, rec->client_addr, &s4->sin_addr) == 1)
+		s4->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, rec->client_addr, &s6->sin6_addr) == 1)
+		s6->sin6_family = AF_INET6;
+	else
+		return false;
+	return config_cidr_match(&d->cfg->mynetworks, (const struct sockaddr *)&ss) == 1;
+}
+
 /* Builds a DSN of `action` for the recipients flagged in sel (n of them) into acc (body and
  * strings owned by the caller's buffers: *body_out to free).  Returns 0 or -1. */
 static int
@@ -189,11 +213,16 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 	}
 	queue_id_make(&d->qid, now, qid, qidcap);
 	snprintf(msgid, sizeof(msgid), "%s@%s", qid, d->cfg->hostname);
+	/* bounce_content (issue 12 sec. 1): a stranger's message is never sent back whole to an
+	 * address the stranger named, only its headers (text/rfc822-headers) */
+	bool headers_only = !msg_trusted(d, rec) && strcmp(d->cfg->bounce_content, "full") != 0;
 	struct dsn_input in = {
 	    .reporting_mta = d->cfg->hostname,
 	    .mail_from = rec->mail_from,
 	    .envid = dlv__xtext_decode(rec->envid, envid, sizeof(envid)),
-	    .ret = rec->has_ret ? (enum dsn_ret)rec->ret : DSN_RET_DEFAULT,
+	    .ret = headers_only ? DSN_RET_HDRS
+		   : rec->has_ret ? (enum dsn_ret)rec->ret
+				  : DSN_RET_DEFAULT,
 	    .arrival_date = arrival,
 	    .date = date,
 	    .message_id = msgid,
@@ -242,10 +271,13 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 	acc->helo = "";
 	acc->auth_user = "";
 	acc->node_id = d->cfg->node_id;
+	acc->has_trusted = true; /* ours (and from <>: it never bounces) */
+	acc->trusted = true;
 	*body_out = body;
 	d->st.dsns++;
-	log_info(m->qid, "event=dsn action=%s dsn_id=%s to=<%s> nrcpt=%zu", dsn_action_name(action),
-		 qid, rec->mail_from, k);
+	log_info(m->qid, "event=dsn action=%s dsn_id=%s to=<%s> nrcpt=%zu bounce_content=%s",
+		 dsn_action_name(action), qid, rec->mail_from, k,
+		 headers_only ? "headers" : "full");
 	rc = 0;
 out:
 	free(dr);

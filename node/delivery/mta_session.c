@@ -12,6 +12,8 @@
  */
 #include "mta_session.h"
 
+#include "mailbox.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -209,20 +211,14 @@ mta_txn_needs_smtputf8(const struct mta_txn *txn)
 	return false;
 }
 
-/* An address we can put between <> on a command line. */
+/* An address we can put between <> on a command line: the grammar the SMTP server accepted it
+ * with (mailbox.h, one grammar for what is accepted and what is sent; issue 12). */
 static bool
 addr_ok(const char *a, bool allow_empty)
 {
-	size_t n = a ? strlen(a) : 0;
-
-	if (a == NULL || n > MTA_ADDR_MAX || (n == 0 && !allow_empty))
+	if (a == NULL || strlen(a) > MTA_ADDR_MAX)
 		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)a[i];
-		if (c <= 0x20 || c == 0x7f || c == '<' || c == '>')
-			return false;
-	}
-	return true;
+	return mailbox_valid(a, MAILBOX_PARSE_UTF8 | (allow_empty ? MAILBOX_PARSE_NULL_OK : 0));
 }
 
 /* Printable ASCII only (ENVID, ORCPT before xtext). */

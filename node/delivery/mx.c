@@ -434,3 +434,75 @@ mx_list_format(const struct mx_list *l, char *buf, size_t size)
 	}
 	return o;
 }
+
+/* ---- loop detection: our own endpoints ---- */
+
+void
+mx_self_add(struct mx_self *self, int family, const void *addr, unsigned prefix, unsigned port)
+{
+	unsigned max = family == AF_INET ? 32 : family == AF_INET6 ? 128 : 0;
+	if (max == 0 || prefix > max || self->n >= MX_SELF_MAX)
+		return;
+	struct mx_self_entry *e = &self->v[self->n++];
+	memset(e, 0, sizeof(*e));
+	e->family = family;
+	memcpy(e->addr, addr, max / 8);
+	e->prefix = prefix;
+	e->port = port;
+}
+
+static bool
+prefix_has(const struct mx_self_entry *e, const uint8_t *a)
+{
+	unsigned full = e->prefix / 8, rest = e->prefix % 8;
+	if (memcmp(e->addr, a, full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xff << (8 - rest));
+	return (e->addr[full] & mask) == (a[full] & mask);
+}
+
+bool
+mx_self_match(const struct mx_self *self, int family, const uint8_t *addr, unsigned port)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	if (family == AF_INET6 && memcmp(addr, v4mapped, 12) == 0) {
+		family = AF_INET;
+		addr += 12;
+	}
+	for (size_t i = 0; i < self->n; i++) {
+		const struct mx_self_entry *e = &self->v[i];
+		if (e->family == family && e->port == port && prefix_has(e, addr))
+			return true;
+	}
+	return false;
+}
+
+size_t
+mx_drop_self(struct mx_list *l, unsigned port, const struct mx_self *self)
+{
+	bool found = false;
+	uint16_t cut = 0;
+	for (size_t i = 0; i < l->nhosts; i++) {
+		const struct mx_host *h = &l->hosts[i];
+		for (size_t k = 0; k < h->naddrs; k++)
+			if (mx_self_match(self, h->addrs[k].family, h->addrs[k].addr, port) &&
+			    (!found || h->pref < cut)) {
+				found = true;
+				cut = h->pref;
+			}
+	}
+	if (!found)
+		return 0;
+	size_t kept = 0, n = l->nhosts;
+	for (size_t i = 0; i < n; i++) {
+		if (l->hosts[i].pref >= cut)
+			continue;
+		if (kept != i)
+			l->hosts[kept] = l->hosts[i];
+		kept++;
+	}
+	l->nhosts = kept;
+	return n - kept;
+}

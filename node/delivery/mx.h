@@ -199,6 +199,41 @@ int mx_answer_each(const uint8_t *msg, size_t len, uint16_t type,
 		   int (*fn)(void *arg, const uint8_t *rdata, size_t rdlen, uint32_t ttl),
 		   void *arg);
 
+/*
+ * The node's own SMTP endpoints, for loop detection (RFC 5321 5.1: "if the SMTP client finds
+ * its own name in the list ... it MUST discard the record and all with a preference at least as
+ * high"; Postfix: "mail for DOMAIN loops back to myself").  An entry is a prefix of one family
+ * and a port: a listener on 192.0.2.1:25 is 192.0.2.1/32 port 25, a wildcard listener on
+ * 0.0.0.0:25 is every local interface address plus 127.0.0.0/8 on port 25, an own_addresses
+ * entry (a NAT or balancer in front of us) its address on its port.
+ */
+#define MX_SELF_MAX 256 /* entries; interfaces beyond it are not seen */
+struct mx_self {
+	size_t n;
+	struct mx_self_entry {
+		int family; /* AF_INET or AF_INET6 */
+		uint8_t addr[16];
+		unsigned prefix; /* bits */
+		unsigned port;
+	} v[MX_SELF_MAX];
+};
+
+/* Adds a prefix (addr: 4 or 16 bytes) on a port; silently ignored when full or bad. */
+void mx_self_add(struct mx_self *self, int family, const void *addr, unsigned prefix,
+		 unsigned port);
+
+/* Is family/addr on port one of self's endpoints?  (An IPv4-mapped IPv6 address counts as its
+ * IPv4 address.) */
+bool mx_self_match(const struct mx_self *self, int family, const uint8_t *addr, unsigned port);
+
+/*
+ * Removes from an ordered list the hosts we would reach ourselves on port (any of their
+ * addresses is in self), and every host whose preference is at least that of the best such
+ * host: those would hand the mail back to us.  Returns how many hosts were removed; when the
+ * list is then empty the mail loops (5.4.6).
+ */
+size_t mx_drop_self(struct mx_list *l, unsigned port, const struct mx_self *self);
+
 /* Reshuffle runs of equal preference in an ordered list (cache hits). */
 void mx_list_reshuffle(struct mx_list *l, struct mx_rng *rng);
 

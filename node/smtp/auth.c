@@ -19,8 +19,10 @@ struct auth_table {
 	unsigned holds; /* auth_table_hold / auth_table_free */
 	size_t n;
 	struct auth_entry *v;
+	char *dummy; /* owned: a hash of the first user's scheme and cost, for unknown users */
 };
 
+/* Used only when no user's hash can serve as a model (an empty table). */
 static const char auth_dummy_hash[] =
     "$6$invalidsalt$OS/8b0Lm8VQ7wHbPnT.Ke2ou/u7ViJ0a6bKnQy0pX6VZFB6mhfv2ZZ0a3J8NUjt0e7ydRgk0/vbyS9sQhq0xI/";
 
@@ -44,7 +46,26 @@ auth_table_free(struct auth_table *t)
 		free(t->v[i].hash);
 	}
 	free(t->v);
+	free(t->dummy);
 	free(t);
+}
+
+/*
+ * The hash checked for an unknown user: the first entry's setting (scheme, cost, salt) applied
+ * to a fixed string, so a check for a user that does not exist costs what a real one costs and
+ * timing tells nothing (issue 12 sec. 4).  NULL when crypt refuses the setting.
+ */
+static char *
+auth_dummy_for(const char *model)
+{
+	struct crypt_data *cd = calloc(1, sizeof(*cd));
+	if (cd == NULL)
+		return NULL;
+	const char *h = crypt_r("relayd: no such user", model, cd);
+	char *dup = h != NULL && h[0] == '$' ? strdup(h) : NULL;
+	explicit_bzero(cd, sizeof(*cd));
+	free(cd);
+	return dup;
 }
 
 size_t
@@ -101,6 +122,12 @@ auth_table_load(const char *path, struct auth_table **out, char *err, size_t err
 	}
 	explicit_bzero(line, sizeof(line));
 	fclose(f);
+	if (t->n > 0 && (t->dummy = auth_dummy_for(t->v[0].hash)) == NULL) {
+		snprintf(err, errlen, "auth_users_file: %s: the hash of user %s: crypt(3) does not "
+			 "know its scheme", path, t->v[0].user);
+		auth_table_free(t);
+		return -1;
+	}
 	*out = t;
 	return 0;
 err_nomem:
@@ -126,7 +153,7 @@ ct_equal(const char *a, const char *b)
 int
 auth_table_check(const struct auth_table *t, const char *user, const char *password)
 {
-	const char *hash = auth_dummy_hash;
+	const char *hash = t != NULL && t->dummy != NULL ? t->dummy : auth_dummy_hash;
 	int known = 0;
 	for (size_t i = 0; t != NULL && i < t->n; i++)
 		if (strcmp(t->v[i].user, user) == 0) {

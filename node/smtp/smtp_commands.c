@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "smtp_addr.h"
+#include "mailbox.h"
 #include "smtp_session.h"
 #include "smtp_session_int.h"
 
@@ -123,6 +123,16 @@ skip_prefix(const char *args, const char *prefix)
 	return args;
 }
 
+/* <postmaster>, or postmaster@ our own hostname, any case (RFC 5321 4.5.1). */
+static bool
+is_postmaster(const struct smtp_session *s, const char *addr, int domain_off)
+{
+	if (domain_off < 0)
+		return strcasecmp(addr, "postmaster") == 0;
+	return domain_off == 11 && strncasecmp(addr, "postmaster@", 11) == 0 &&
+	       strcasecmp(addr + domain_off, s->hostname) == 0;
+}
+
 static bool
 relay_allowed(const struct smtp_session *s, const char *addr, int domain_off)
 {
@@ -221,9 +231,9 @@ cmd_mail(struct smtp_session *s, const char *args)
 		REJECT(s, bad_syntax, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
 		return;
 	}
-	r = smtp__parse_path(p, strlen(p), SMTP__PARSE_NULL_OK | SMTP__PARSE_UTF8, addr,
+	r = mailbox_parse_path(p, strlen(p), MAILBOX_PARSE_NULL_OK | MAILBOX_PARSE_UTF8, addr,
 			     sizeof(addr), &dom, &used);
-	if (r != SMTP__ADDR_OK) {
+	if (r != MAILBOX_OK) {
 		REJECT(s, bad_address, 501, "5.1.7", "Bad sender address syntax");
 		return;
 	}
@@ -285,7 +295,7 @@ cmd_mail(struct smtp_session *s, const char *args)
 				goto dup;
 			seen_envid = true;
 			if (pr.val == NULL ||
-			    !smtp__xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
+			    !mailbox_xtext_valid(pr.val, pr.val_len, SMTP_ENVID_MAX)) {
 				REJECT(s, bad_syntax, 501, "5.5.4", "Bad ENVID parameter");
 				return;
 			}
@@ -405,7 +415,7 @@ orcpt_valid(const struct smtp__param *pr)
 			return false;
 	}
 	size_t rest = pr->val_len - (size_t)(semi + 1 - pr->val);
-	return smtp__xtext_valid(semi + 1, rest, SMTP_ORCPT_MAX);
+	return mailbox_xtext_valid(semi + 1, rest, SMTP_ORCPT_MAX);
 }
 
 static void
@@ -435,13 +445,20 @@ cmd_rcpt(struct smtp_session *s, const char *args)
 		REJECT(s, bad_syntax, 501, "5.5.4", "Syntax: RCPT TO:<address>");
 		return;
 	}
-	r = smtp__parse_path(p, strlen(p), SMTP__PARSE_POSTMASTER_OK | SMTP__PARSE_UTF8, addr,
+	r = mailbox_parse_path(p, strlen(p), MAILBOX_PARSE_POSTMASTER_OK | MAILBOX_PARSE_UTF8, addr,
 			     sizeof(addr), &dom, &used);
-	if (r != SMTP__ADDR_OK || (p[used] != '\0' && p[used] != ' ')) {
+	if (r != MAILBOX_OK || (p[used] != '\0' && p[used] != ' ')) {
 		REJECT(s, bad_address, 501, "5.1.3", "Bad recipient address syntax");
 		return;
 	}
 	p += used;
+	bool postmaster = is_postmaster(s, addr, dom);
+	if (postmaster && (s->cfg->postmaster == NULL || s->cfg->postmaster[0] == '\0')) {
+		/* a recipient we could only bounce (no domain): refused, never queued */
+		REJECT(s, no_postmaster, 550, "5.1.1", "<%s>: Recipient address rejected: no postmaster "
+		       "address is configured here", addr);
+		return;
+	}
 	while ((r = next_param(&p, &pr)) == 1) {
 		if (!s->esmtp) {
 			REJECT(s, bad_syntax, 555, "5.5.4", "ESMTP parameters need EHLO");
@@ -485,7 +502,7 @@ cmd_rcpt(struct smtp_session *s, const char *args)
 		smtp__reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
-	if (!relay_allowed(s, addr, dom)) {
+	if (!postmaster && !relay_allowed(s, addr, dom)) {
 		REJECT(s, relay_denied, 554, "5.7.1", "<%s>: Relay access denied", addr);
 		return;
 	}
@@ -499,7 +516,8 @@ cmd_rcpt(struct smtp_session *s, const char *args)
 		s->rcpts = nr;
 		s->rcpts_cap = cap;
 	}
-	char *a = strdup(addr);
+	/* RFC 5321 4.5.1: postmaster is accepted from anyone and goes where the operator says */
+	char *a = strdup(postmaster ? s->cfg->postmaster : addr);
 	char *o = orcpt != NULL ? strndup(orcpt, orcpt_len) : NULL;
 	if (a == NULL || (orcpt != NULL && o == NULL)) {
 		free(a);
@@ -549,6 +567,14 @@ cmd_data(struct smtp_session *s, const char *args)
 		REJECT(s, bad_sequence, 503, "5.5.1", "Error: DATA after BDAT");
 		return;
 	}
+	uint64_t want = s->size_declared > SMTP__BODY_INIT ? s->size_declared : SMTP__BODY_INIT;
+	if (smtp_budget_room(s->cfg->budget, smtp__budget_trusted(s)) < want) {
+		/* max_receive_memory: not the client's fault, it may try again later (RFC 3463
+		 * 4.3.1); the transaction stays */
+		COUNT(s, over_budget);
+		smtp__reply(s, 452, "4.3.1", "Insufficient system storage, try again later");
+		return;
+	}
 	smtp__body_reset(s);
 	s->dstate = D_BOL;
 	smtp__reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
@@ -589,6 +615,8 @@ cmd_bdat(struct smtp_session *s, const char *args)
 		s->chunk_reject = 503;
 	else if (s->too_big || n > s->max_size - s->body_total)
 		s->chunk_reject = 552;
+	else if (n > 0 && n > smtp_budget_room(s->cfg->budget, smtp__budget_trusted(s)))
+		s->chunk_reject = 452;
 	else
 		s->bdat_used = true;
 	smtp__enter_state(s, ST_BDAT);
@@ -908,6 +936,7 @@ smtp__process_line(struct smtp_session *s, char *line, size_t n)
 		n--;
 	line[n] = '\0';
 	if (smtp__in_auth_exchange(s)) {
+		s->cur_cmd = "AUTH";
 		auth_line(s, line, n);
 		return;
 	}
@@ -931,6 +960,7 @@ smtp__process_line(struct smtp_session *s, char *line, size_t n)
 		for (size_t i = 0; i < sizeof(smtp__cmds) / sizeof(smtp__cmds[0]); i++) {
 			if (strlen(smtp__cmds[i].verb) == vlen &&
 			    strncasecmp(line, smtp__cmds[i].verb, vlen) == 0) {
+				s->cur_cmd = smtp__cmds[i].verb;
 				smtp__cmds[i].fn(s, args);
 				return;
 			}

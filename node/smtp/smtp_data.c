@@ -12,38 +12,65 @@
 
 /* ---- body ---- */
 
+/* Frees the body being received (the rest of it is counted, not stored) and gives its budget
+ * reservation back. */
+static void
+body_drop(struct smtp_session *s)
+{
+	free(s->body);
+	smtp_budget_give(s->cfg->budget, s->body_cap);
+	s->body = NULL;
+	s->body_len = s->body_cap = 0;
+}
+
+/* Grows the body to hold need bytes, within the receive budget: the doubled capacity, or as
+ * much of it as the budget has left (never just `need`: growing by one line at a time would
+ * copy the body once per line).  false (over_budget or nomem set, body dropped) when even
+ * need does not fit. */
+static bool
+body_grow(struct smtp_session *s, size_t need)
+{
+	bool trusted = smtp__budget_trusted(s);
+	size_t cap = s->body_cap ? s->body_cap : SMTP__BODY_INIT;
+	while (cap < need)
+		cap *= 2;
+	if (cap > s->max_size)
+		cap = (size_t)s->max_size;
+	uint64_t room = smtp_budget_room(s->cfg->budget, trusted);
+	if (cap - s->body_cap > room)
+		cap = s->body_cap + (size_t)room;
+	if (cap < need || !smtp_budget_take(s->cfg->budget, cap - s->body_cap, trusted)) {
+		s->over_budget = true;
+		body_drop(s);
+		return false;
+	}
+	char *nb = realloc(s->body, cap);
+	if (nb == NULL) {
+		smtp_budget_give(s->cfg->budget, cap - s->body_cap);
+		s->nomem = true;
+		body_drop(s);
+		return false;
+	}
+	s->body = nb;
+	s->body_cap = cap;
+	return true;
+}
+
 static void
 body_put(struct smtp_session *s, const char *p, size_t n)
 {
 	if (n == 0)
 		return;
 	s->body_total += n;
-	if (s->too_big || s->nomem)
+	if (s->too_big || s->nomem || s->over_budget)
 		return;
 	if (s->body_total > s->max_size) {
 		s->too_big = true;
-		free(s->body);
-		s->body = NULL;
-		s->body_len = s->body_cap = 0;
+		body_drop(s);
 		return;
 	}
-	if (s->body_len + n > s->body_cap) {
-		size_t cap = s->body_cap ? s->body_cap : SMTP__BODY_INIT;
-		while (cap < s->body_len + n)
-			cap *= 2;
-		if (cap > s->max_size)
-			cap = (size_t)s->max_size;
-		char *nb = realloc(s->body, cap);
-		if (nb == NULL) {
-			s->nomem = true;
-			free(s->body);
-			s->body = NULL;
-			s->body_len = s->body_cap = 0;
-			return;
-		}
-		s->body = nb;
-		s->body_cap = cap;
-	}
+	if (s->body_len + n > s->body_cap && !body_grow(s, s->body_len + n))
+		return;
 	memcpy(s->body + s->body_len, p, n);
 	s->body_len += n;
 }
@@ -56,24 +83,88 @@ body_crlf(struct smtp_session *s, bool normalized)
 	body_put(s, "\r\n", 2);
 }
 
+/* Is name (n bytes) the field name "Received", any case? */
+static bool
+is_received(const char *name, size_t n)
+{
+	static const char rcv[] = "received";
+	if (n != sizeof(rcv) - 1)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (c >= 'A' && c <= 'Z')
+			c = (char)(c - 'A' + 'a');
+		if (c != rcv[i])
+			return false;
+	}
+	return true;
+}
+
+/* Received: fields in the header section of a CRLF body (up to the first empty line), counted
+ * up to stop (RFC 5321 6.3: a hop count to detect loops; RFC 5322 3.6.7).  A field name may be
+ * followed by blanks before its colon (RFC 5322 4.5.x obsolete syntax). */
+static uint64_t
+count_received(const char *b, size_t len, uint64_t stop)
+{
+	uint64_t n = 0;
+	size_t i = 0;
+	while (i < len && n < stop) {
+		const char *lf = memchr(b + i, '\n', len - i);
+		size_t end = lf ? (size_t)(lf - b) : len;
+		size_t llen = end - i;
+		if (llen == 0 || (llen == 1 && b[i] == '\r'))
+			break; /* the empty line ends the header section */
+		size_t k = 0;
+		while (k < llen && b[i + k] != ':' && b[i + k] != ' ' && b[i + k] != '\t')
+			k++;
+		size_t name = k;
+		while (k < llen && (b[i + k] == ' ' || b[i + k] == '\t'))
+			k++;
+		if (name > 0 && k < llen && b[i + k] == ':' && is_received(b + i, name))
+			n++;
+		i = end + 1;
+	}
+	return n;
+}
+
+/* The transaction ends with a refusal at the end of its data (not a peer error). */
+static void
+end_refused(struct smtp_session *s)
+{
+	smtp__txn_reset(s);
+	smtp__enter_state(s, smtp__idle_state(s));
+}
+
 /* End of DATA or BDAT LAST: raise SMTP_EV_MESSAGE or answer the failure. */
 static void
 end_of_message(struct smtp_session *s)
 {
+	s->cur_cmd = s->bdat_used ? "BDAT" : "DATA";
 	if (s->normalized)
 		COUNT(s, bare_newline);
 	if (s->too_big) {
 		COUNT(s, too_big);
 		smtp__reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size");
-		smtp__txn_reset(s);
-		smtp__enter_state(s, smtp__idle_state(s));
+		end_refused(s);
+		return;
+	}
+	if (s->over_budget) {
+		COUNT(s, over_budget);
+		smtp__reply(s, 452, "4.3.1", "Insufficient system storage, try again later");
+		end_refused(s);
 		return;
 	}
 	if (s->nomem) {
 		COUNT(s, nomem);
 		smtp__reply(s, 451, "4.3.0", "Insufficient system resources");
-		smtp__txn_reset(s);
-		smtp__enter_state(s, smtp__idle_state(s));
+		end_refused(s);
+		return;
+	}
+	if (count_received(s->body, s->body_len, s->max_hops) >= s->max_hops) {
+		COUNT(s, too_many_hops);
+		smtp__reply(s, 554, "5.4.6", "Too many hops (%llu Received: headers), possible mail "
+			    "loop", (unsigned long long)s->max_hops);
+		end_refused(s);
 		return;
 	}
 	s->env = (struct smtp_envelope){
@@ -204,6 +295,15 @@ smtp__bdat_chunk_done(struct smtp_session *s)
 	if (s->chunk_reject != 0) {
 		int code = s->chunk_reject;
 		s->chunk_reject = 0;
+		if (code == 452) {
+			/* the receive budget cannot take the chunk: the transaction ends, the
+			 * client may try again later (not a peer error) */
+			COUNT(s, over_budget);
+			smtp__reply(s, 452, "4.3.1", "Insufficient system storage, try again later");
+			smtp__txn_reset(s);
+			smtp__enter_state(s, smtp__idle_state(s));
+			return;
+		}
 		if (code == 552) {
 			COUNT(s, too_big);
 			smtp__reply(s, 552, "5.3.4",

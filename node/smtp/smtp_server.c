@@ -10,6 +10,9 @@
  * Lifetime: a conn is freed only when both its handles are closed and no thread-pool job holds
  * it (c->refs).  A proposal in flight is not a ref: closing detaches it (p->conn = NULL) and the
  * cluster callback frees it later.
+ *
+ * A message, from SMTP_EV_MESSAGE to the cluster's answer, is smtp_server_msg.c's (the objects
+ * both files share: smtp_server_int.h).
  */
 #include "smtp_server.h"
 
@@ -24,6 +27,8 @@
 #include <time.h>
 
 #include "auth.h"
+#include "auth_limit.h"
+#include "auth_pool.h"
 #include "cluster.h"
 #include "config.h"
 #include "dkim_sign.h"
@@ -36,92 +41,8 @@
 #include "smtp_received.h"
 #include "tls.h"
 
-#define SMTP_RECEIVED_MAX 2048
+#include "smtp_server_int.h"
 
-struct conn;
-
-struct proposal {
-	struct smtp_server *srv;
-	struct conn *conn; /* NULL once the connection gave up on it */
-	uint64_t t0;	   /* uv_hrtime at propose */
-	uint64_t received_ms;
-	char user[SMTP_AUTH_FIELD_MAX + 1];  /* counted under this user ("": none) */
-	char client_key[INET6_ADDRSTRLEN + 8]; /* counted under this client ("": none) */
-	size_t size;
-	size_t nrcpt;
-	char queue_id[32];
-};
-
-struct auth_job {
-	uv_work_t req;
-	struct conn *conn;	   /* holds a ref */
-	struct auth_table *table; /* a hold: a reload may replace srv->auth meanwhile */
-	char user[SMTP_AUTH_FIELD_MAX + 1];
-	char pass[SMTP_AUTH_FIELD_MAX + 1];
-	int ok;
-};
-
-struct write_req {
-	uv_write_t req;
-	struct conn *conn;
-	size_t len;
-	char data[];
-};
-
-enum conn_tls { CONN_TLS_NONE, CONN_TLS_HANDSHAKE, CONN_TLS_ON };
-
-struct conn {
-	uv_tcp_t tcp;
-	uv_timer_t timer;
-	struct smtp_server *srv;
-	struct smtp_session *sess; /* owned; NULL for a connection refused with 421 */
-	struct tls_conn *tls;	   /* owned */
-	enum conn_tls tls_state;
-	struct sockaddr_storage peer;
-	char addr[INET6_ADDRSTRLEN + 8]; /* "192.0.2.1" / "2001:db8::1" */
-	char id[24];			 /* session id for logs */
-	char *in;			 /* owned, SMTP_CONN_INBUF_MAX */
-	size_t in_len;
-	size_t wbytes; /* queued in uv_write */
-	int refs;      /* open handles + jobs */
-	bool reading, closing, close_after_write, busy, shutdown_after_message;
-	bool awaiting_proxy; /* from proxy_from: the PROXY header comes first */
-	bool trusted;	     /* in mynetworks */
-	char qkey[INET6_ADDRSTRLEN + 8]; /* the client as quotas count it (quota_client_key) */
-	bool first_data;     /* the first client bytes were checked for a stray PROXY header */
-	char via[INET6_ADDRSTRLEN + 8]; /* the load balancer, when a PROXY header was honoured */
-	struct proposal *prop; /* in flight, or NULL */
-	uint64_t messages;
-	struct conn *next, *prev;
-};
-
-struct smtp_server {
-	uv_loop_t *loop;
-	const struct relay_config *cfg;
-	struct cluster *cluster;
-	struct tls_ctx *tls;
-	struct auth_table *auth;	 /* owned (one hold); replaced by smtp_server_reload */
-	struct sender_table *senders;	 /* owned; NULL: any sender (no sender_permissions_file) */
-	struct dkim_signer *dkim;	 /* owned; NULL: no dkim_keys */
-	struct smtp_session_config scfg;
-	struct smtp_counters counters;
-	uv_tcp_t listeners[CONFIG_LIST_MAX];
-	size_t n_listeners;
-	int listeners_open;
-	struct conn *conns;
-	size_t n_conns;
-	uint64_t next_sid;
-	uint64_t proxy_invalid; /* bad or missing PROXY header from a proxy_from address */
-	uint64_t proxy_refused; /* PROXY header from an address not in proxy_from */
-	struct smtp_server_stats stats;
-	struct queue_id_gen qid; /* queue ids of accepted messages (queue_id.h) */
-	bool shutting_down;
-	uv_timer_t shutdown_timer;
-	void (*done)(void *);
-	void *done_arg;
-};
-
-static void conn_process(struct conn *c);
 static void conn_close(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
 static void conn_refuse(struct conn *c, const char *event, const char *reason);
@@ -137,6 +58,10 @@ void
 smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st)
 {
 	*st = srv->stats;
+	st->receive_memory_used = srv->budget->b.used;
+	st->receive_memory_peak = srv->budget->b.peak;
+	st->receive_memory_limit = srv->budget->b.limit;
+	st->auth_jobs = srv->auth_pool != NULL ? auth_pool_jobs(srv->auth_pool) : 0;
 	st->proxy_invalid = srv->proxy_invalid;
 	st->proxy_refused = srv->proxy_refused;
 	st->sessions_active = 0;
@@ -145,8 +70,8 @@ smtp_server_stats(const struct smtp_server *srv, struct smtp_server_stats *st)
 			st->sessions_active++;
 }
 
-static void
-stats_latency(struct smtp_server *srv, uint64_t ns)
+void
+smtp_server__stats_latency(struct smtp_server *srv, uint64_t ns)
 {
 	static const unsigned bounds[SMTP_LATENCY_NBUCKETS] = SMTP_LATENCY_BUCKETS_MS;
 	double ms = (double)ns / 1e6;
@@ -159,16 +84,16 @@ stats_latency(struct smtp_server *srv, uint64_t ns)
 
 /* ---- helpers ---- */
 
-static uint64_t
-now_ms(void)
+uint64_t
+smtp_server__now_ms(void)
 {
 	struct timeval tv;
 	gettimeofday(&tv, NULL);
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-static void
-rfc5322_date(char *buf, size_t cap, time_t t)
+void
+smtp_server__date(char *buf, size_t cap, time_t t)
 {
 	struct tm tm;
 	gmtime_r(&t, &tm);
@@ -181,8 +106,30 @@ conn_in_data(const struct conn *c)
 	return c->sess != NULL && smtp_session_in_data(c->sess);
 }
 
-static void
-conn_arm_timer(struct conn *c)
+/*
+ * The deadlines of a message's data (issue 12 sec. 3): all of it within data_total_timeout,
+ * and within data_timeout plus its bytes at min_data_rate (Postfix's smtpd_min_data_rate), so a
+ * client trickling a byte every few minutes is cut however often it sends.  Loop time (uv_now:
+ * monotonic).  *kind says which deadline is the nearest.
+ */
+static uint64_t
+conn_msg_deadline(const struct conn *c, const char **kind)
+{
+	const struct relay_config *cfg = c->srv->cfg;
+	uint64_t total = c->msg_start_ms + cfg->data_total_timeout_ms;
+	*kind = "data_total";
+	if (cfg->min_data_rate > 0) {
+		uint64_t allowed = cfg->data_timeout_ms + c->msg_bytes * 1000 / cfg->min_data_rate;
+		if (c->msg_start_ms + allowed < total) {
+			*kind = "data_rate";
+			return c->msg_start_ms + allowed;
+		}
+	}
+	return total;
+}
+
+void
+smtp_server__arm_timer(struct conn *c)
 {
 	if (c->closing)
 		return;
@@ -190,6 +137,14 @@ conn_arm_timer(struct conn *c)
 	uint64_t t = c->prop != NULL   ? cfg->propose_timeout_ms
 		     : conn_in_data(c) ? cfg->data_timeout_ms
 				       : cfg->command_timeout_ms;
+	if (c->prop == NULL && c->in_msg) {
+		const char *kind;
+		uint64_t now = uv_now(c->srv->loop), dl = conn_msg_deadline(c, &kind);
+		if (dl <= now)
+			t = 0;
+		else if (dl - now < t)
+			t = dl - now;
+	}
 	uv_timer_stop(&c->timer);
 	c->timer.data = c;
 	uv_timer_start(&c->timer, conn_timer_cb, t, 0);
@@ -213,7 +168,7 @@ write_cb(uv_write_t *req, int status)
 		return;
 	}
 	if (!c->closing)
-		conn_process(c);
+		smtp_server__conn_process(c);
 }
 
 static int
@@ -281,7 +236,13 @@ static void
 alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	static char slab[SMTP_READ_CHUNK]; /* one loop thread: reads are consumed before the next */
-	*buf = uv_buf_init(slab, sizeof(slab));
+	const struct conn *c = h->data;
+	size_t room = SMTP_CONN_INBUF_MAX - c->in_len;
+	/* plaintext never reads more than c->in can take (reading stops when it is full); TLS
+	 * records go to OpenSSL, which hands plaintext over as room allows */
+	if (c->tls_state != CONN_TLS_NONE || room > sizeof(slab))
+		room = sizeof(slab);
+	*buf = uv_buf_init(slab, (unsigned)room);
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -358,7 +319,7 @@ conn_tls_input(struct conn *c, const char *buf, size_t len)
 		smtp_session_tls_done(c->sess, 1);
 	}
 	/* Plaintext: read while there is room; the rest stays buffered inside OpenSSL and
-	 * conn_process pulls it when the machine has consumed some. */
+	 * smtp_server__conn_process pulls it when the machine has consumed some. */
 	if (conn_tls_pull(c) != 0)
 		conn_close(c);
 }
@@ -408,411 +369,91 @@ read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	if (!c->closing)
-		conn_process(c);
+		smtp_server__conn_process(c);
 }
 
 /* ---- events ---- */
 
+/* A password check finished on the AUTH workers (on the loop thread). */
 static void
-auth_work_cb(uv_work_t *req)
+auth_done_cb(void *arg, const char *user, bool ok, bool canceled)
 {
-	struct auth_job *j = req->data;
-	j->ok = auth_table_check(j->table, j->user, j->pass);
-}
-
-static void
-conn_unref(struct conn *c);
-
-static void
-auth_after_cb(uv_work_t *req, int status)
-{
-	struct auth_job *j = req->data;
-	struct conn *c = j->conn;
-	char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
-	explicit_bzero(j->pass, sizeof(j->pass));
-	auth_table_free(j->table);
+	struct conn *c = arg;
+	auth_table_free(c->auth_held); /* drops the hold taken for this check */
+	c->auth_held = NULL;
 	if (!c->closing) {
-		int ok = status == 0 && j->ok;
-		if (ok)
+		if (ok) {
+			char safe[SMTP_AUTH_FIELD_MAX * 4 + 1];
 			c->srv->stats.auth_ok++;
-		else
+			log_info(c->id, "event=auth client=%s user=%s result=ok", c->addr,
+				 log_safe(user, strlen(user), safe, sizeof(safe)));
+		} else {
+			/* the 535 is this failure's log line (event=reject cmd=AUTH) */
 			c->srv->stats.auth_failed++;
-		log_info(c->id, "event=auth client=%s user=%s result=%s", c->addr,
-			 log_safe(j->user, strlen(j->user), safe, sizeof(safe)),
-			 ok ? "ok" : "failed");
+			auth_limit_failed(&c->srv->auth_limit, c->client_key, uv_now(c->srv->loop));
+		}
 		c->busy = false;
-		smtp_session_auth_result(c->sess, ok);
-		conn_process(c);
+		smtp_session_auth_result(c->sess, ok && !canceled);
+		smtp_server__conn_process(c);
 	}
-	free(j);
-	conn_unref(c);
+	smtp_server__conn_unref(c);
 }
 
+/*
+ * SMTP_EV_AUTH: the password is checked on the AUTH workers, unless the client has failed
+ * auth_failures_per_minute_per_client times this minute or max_concurrent_auth checks are in
+ * the pool already: then 454 4.7.0 at once, no crypt (issue 12 sec. 4).
+ */
 static void
 conn_start_auth(struct conn *c, const struct smtp_event *ev)
 {
-	struct auth_job *j = calloc(1, sizeof(*j));
-	if (j == NULL) {
+	struct smtp_server *srv = c->srv;
+	if (srv->auth == NULL || srv->auth_pool == NULL) {
 		smtp_session_auth_result(c->sess, 0);
 		return;
 	}
-	j->conn = c;
-	j->req.data = j;
-	snprintf(j->user, sizeof(j->user), "%s", ev->auth.user);
-	snprintf(j->pass, sizeof(j->pass), "%s", ev->auth.password);
-	j->table = auth_table_hold(c->srv->auth); /* before the job can run */
-	if (c->srv->auth == NULL ||
-	    uv_queue_work(c->srv->loop, &j->req, auth_work_cb, auth_after_cb) != 0) {
-		explicit_bzero(j->pass, sizeof(j->pass));
-		auth_table_free(j->table);
-		free(j);
-		smtp_session_auth_result(c->sess, 0);
+	if (auth_limit_blocked(&srv->auth_limit, c->client_key, uv_now(srv->loop))) {
+		srv->stats.auth_throttled++;
+		c->result_reason = "auth_failures_per_minute";
+		smtp_session_auth_tempfail(c->sess);
 		return;
 	}
-	c->refs++;
-	c->busy = true;
-}
-
-/* ---- quotas (max_messages_per_hour_per_user / _per_client; cluster/queue_fsm.h) ---- */
-
-void
-smtp_quota_client_key(const struct sockaddr_storage *ss, char *out, size_t cap)
-{
-	char a[INET6_ADDRSTRLEN];
-	if (ss->ss_family == AF_INET6) {
-		struct in6_addr x = ((const struct sockaddr_in6 *)ss)->sin6_addr;
-		if (IN6_IS_ADDR_V4MAPPED(&x)) {
-			inet_ntop(AF_INET, &x.s6_addr[12], a, sizeof(a));
-			snprintf(out, cap, "%s", a);
-			return;
-		}
-		memset(&x.s6_addr[8], 0, 8);
-		inet_ntop(AF_INET6, &x, a, sizeof(a));
-		snprintf(out, cap, "%s/64", a);
-		return;
-	}
-	inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a, sizeof(a));
-	snprintf(out, cap, "%s", a);
-}
-
-/*
- * Is (user, client key) over its quota at at_ms, by this node's applied windows?  1 with the
- * 450 text (naming what is over and when its window resets) in text, else 0.  user or ckey
- * NULL/"": not counted.
- */
-static int
-quota_over(struct smtp_server *srv, const char *user, const char *ckey, uint64_t at_ms,
-	   char *text, size_t cap)
-{
-	const struct relay_config *cfg = srv->cfg;
-	const struct queue_fsm *fsm = cluster_queue(srv->cluster);
-	struct queue_quota w;
-	struct {
-		char kind;
-		const char *name, *what;
-		uint64_t limit;
-	} keys[2] = {
-	    {QUEUE_QUOTA_USER, user, "user", cfg->max_messages_per_hour_per_user},
-	    {QUEUE_QUOTA_CLIENT, ckey, "client", cfg->max_messages_per_hour_per_client},
-	};
-	for (int i = 0; i < 2; i++) {
-		if (keys[i].limit == 0 || keys[i].name == NULL || keys[i].name[0] == '\0' ||
-		    fsm == NULL || queue_fsm_quota(fsm, keys[i].kind, keys[i].name, &w) != 0)
-			continue;
-		uint64_t end = w.start_ms + QUEUE_QUOTA_WINDOW_MS;
-		if (at_ms >= end || w.count < keys[i].limit)
-			continue;
-		char when[32];
-		time_t t = (time_t)(end / 1000);
-		struct tm tm;
-		gmtime_r(&t, &tm);
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-		snprintf(text, cap,
-			 "Hourly message quota reached for %s %s (%" PRIu64 " per hour); it resets "
-			 "at %s",
-			 keys[i].what, keys[i].name, keys[i].limit, when);
-		return 1;
-	}
-	return 0;
-}
-
-static void
-propose_cb(void *arg, int status)
-{
-	struct proposal *p = arg;
-	struct conn *c = p->conn;
-	uint64_t ns = uv_hrtime() - p->t0, ms = ns / 1000000;
-	if (c != NULL) {
-		stats_latency(p->srv, ns);
-		if (status == 0)
-			p->srv->stats.accepted++;
-		else
-			p->srv->stats.accept_failed++;
-	}
-	char qtext[SMTP_REPLY_TEXT_MAX];
-	if (status == CLUSTER_EQUOTA &&
-	    !quota_over(p->srv, p->user, p->client_key, p->received_ms, qtext, sizeof(qtext)))
-		snprintf(qtext, sizeof(qtext), "Hourly message quota reached; try again later");
-	if (status == 0)
-		log_info(p->queue_id, "event=queued size=%zu nrcpt=%zu commit_ms=%" PRIu64 "%s",
-			 p->size, p->nrcpt, ms, c == NULL ? " client=gone" : "");
-	else if (status == CLUSTER_EQUOTA)
-		log_info(p->queue_id, "event=reject cmd=DATA code=450 enh=4.7.1 reason=\"%s\"%s",
-			 qtext, c == NULL ? " client=gone" : "");
-	else
-		log_warn(p->queue_id, "event=propose-failed error=\"%s\" commit_ms=%" PRIu64,
-			 cluster_strerror(status), ms);
-	if (c != NULL) {
-		c->prop = NULL;
-		c->busy = false;
-		char text[96];
-		if (status == 0) {
-			snprintf(text, sizeof(text), "Ok: queued as %s", p->queue_id);
-			smtp_session_message_result(c->sess, 250, "2.0.0", text);
-			c->messages++;
-		} else if (status == CLUSTER_EQUOTA) {
-			p->srv->counters.over_quota++;
-			smtp_session_message_result(c->sess, 450, "4.7.1", qtext);
-		} else {
-			smtp_session_message_result(c->sess, 451, "4.3.0",
-						    "Queue unavailable, try again later");
-		}
-		if (c->shutdown_after_message)
-			smtp_session_shutdown(c->sess);
-		conn_process(c);
-	}
-	free(p);
-}
-
-static void
-conn_reject_message(struct conn *c, const char *why)
-{
-	log_warn(c->id, "event=message-rejected reason=\"%s\"", why);
-	smtp_session_message_result(c->sess, 451, "4.3.0", "Queue unavailable, try again later");
-}
-
-/*
- * DKIM (dkim_sign.h): a message of a client from mynetworks or authenticated is signed on the
- * libuv thread pool (an RSA signature costs a fraction of a millisecond: not on the loop),
- * then proposed with its signature.  The job holds a ref on the conn, which keeps the session
- * and so the message body (owned by the pending SMTP_EV_MESSAGE) alive; a conn that closed
- * meanwhile drops the result.
- */
-struct sign_job {
-	uv_work_t req;
-	struct conn *conn;	   /* holds a ref */
-	struct dkim_signer *signer; /* borrowed (the server's; read-only) */
-	const char *body;	   /* borrowed from the session's pending event */
-	size_t body_len;
-	uint64_t ms;		   /* receive time: t= and the Accept's received_ms */
-	enum dkim_sign_result result;
-	char *sig; /* owned: the DKIM-Signature field(s) */
-	size_t siglen;
-	char domain[256], why[96];
-};
-
-static void conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms,
-				 struct sign_job *j);
-
-static void
-sign_work_cb(uv_work_t *req)
-{
-	struct sign_job *j = req->data;
-	j->result = dkim_signer_sign(j->signer, j->body, j->body_len, j->ms / 1000, &j->sig,
-				     &j->siglen, j->domain, j->why);
-}
-
-static void
-sign_after_cb(uv_work_t *req, int status)
-{
-	struct sign_job *j = req->data;
-	struct conn *c = j->conn;
-	struct smtp_event ev;
-	if (status != 0) { /* cancelled: queued unsigned */
-		j->result = DKIM_SIGN_FAILED;
-		snprintf(j->why, sizeof(j->why), "signing job cancelled");
-	}
-	if (!c->closing && smtp_session_event(c->sess, &ev) == SMTP_EV_MESSAGE) {
-		c->busy = false;
-		conn_propose_message(c, &ev, j->ms, j);
-		conn_process(c);
-	}
-	free(j->sig);
-	free(j);
-	conn_unref(c);
-}
-
-static void
-conn_start_message(struct conn *c, const struct smtp_event *ev)
-{
-	struct smtp_server *srv = c->srv;
-	uint64_t ms = now_ms();
-	if (srv->dkim == NULL || !(c->trusted || ev->message.env->auth_user != NULL)) {
-		conn_propose_message(c, ev, ms, NULL);
-		return;
-	}
-	struct sign_job *j = calloc(1, sizeof(*j));
-	if (j == NULL) {
-		conn_reject_message(c, "out of memory");
-		return;
-	}
-	j->req.data = j;
-	j->conn = c;
-	j->signer = srv->dkim;
-	j->body = ev->message.body;
-	j->body_len = ev->message.body_len;
-	j->ms = ms;
-	if (uv_queue_work(srv->loop, &j->req, sign_work_cb, sign_after_cb) != 0) {
-		free(j);
-		conn_reject_message(c, "cannot queue the signing job");
-		return;
-	}
-	c->refs++;
-	c->busy = true;
-}
-
-/* Logs and counts a signing result under the message's queue id. */
-static void
-conn_dkim_log(struct smtp_server *srv, const char *queue_id, const struct sign_job *j)
-{
-	srv->stats.dkim[j->result == DKIM_SIGNED ? 0 : j->result == DKIM_SIGN_NO_KEY ? 1 : 2]++;
-	if (j->result == DKIM_SIGNED)
-		log_info(queue_id, "event=dkim-signed d=%s", j->domain);
-	else if (j->result == DKIM_SIGN_NO_KEY)
-		log_debug(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
-	else
-		log_warn(queue_id, "event=dkim-unsigned reason=\"%s\"", j->why);
-}
-
-/* Proposes the message of ev (received at ms) with the signature of j (NULL: unsigned). */
-static void
-conn_propose_message(struct conn *c, const struct smtp_event *ev, uint64_t ms, struct sign_job *j)
-{
-	struct smtp_server *srv = c->srv;
-	const struct smtp_envelope *env = ev->message.env;
-	struct proposal *p = calloc(1, sizeof(*p));
-	char hdr[SMTP_RECEIVED_MAX], date[64], caddr[INET6_ADDRSTRLEN + 16];
-	if (p == NULL) {
-		conn_reject_message(c, "out of memory");
-		return;
-	}
-	queue_id_make(&srv->qid, ms, p->queue_id, sizeof(p->queue_id));
-	rfc5322_date(date, sizeof(date), (time_t)(ms / 1000));
-	snprintf(caddr, sizeof(caddr), "%s%s", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
-		 c->addr);
-	struct smtp_received_info ri = {
-	    .helo = env->helo,
-	    .client_addr = caddr,
-	    .hostname = srv->cfg->hostname,
-	    .esmtp = env->esmtp,
-	    .tls = env->tls,
-	    .auth = env->auth_user != NULL,
-	    .smtputf8 = env->smtputf8,
-	    .queue_id = p->queue_id,
-	    .rcpt = env->n_rcpts == 1 ? env->rcpts[0].addr : NULL,
-	    .date = date,
-	};
-	int hlen = smtp_received_header(hdr, sizeof(hdr), &ri);
-	if (hlen < 0)
-		hlen = 0;
-	const char *sig = j && j->result == DKIM_SIGNED ? j->sig : NULL;
-	size_t siglen = sig ? j->siglen : 0;
-	if (j != NULL)
-		conn_dkim_log(srv, p->queue_id, j);
-	size_t blen = (size_t)hlen + siglen + ev->message.body_len;
-	uint8_t *body = malloc(blen ? blen : 1);
-	Relay__Recipient *rv = calloc(env->n_rcpts, sizeof(*rv));
-	Relay__Recipient **rp = calloc(env->n_rcpts, sizeof(*rp));
-	if (body == NULL || rv == NULL || rp == NULL) {
-		free(body);
-		free(rv);
-		free(rp);
-		free(p);
-		conn_reject_message(c, "out of memory");
-		return;
-	}
-	/* our Received:, the DKIM-Signature field(s), then the message as the client sent it */
-	memcpy(body, hdr, (size_t)hlen);
-	if (siglen)
-		memcpy(body + hlen, sig, siglen);
-	memcpy(body + (size_t)hlen + siglen, ev->message.body, ev->message.body_len);
-	for (size_t i = 0; i < env->n_rcpts; i++) {
-		relay__recipient__init(&rv[i]);
-		rv[i].addr = (char *)env->rcpts[i].addr;
-		rv[i].has_notify = env->rcpts[i].notify != 0;
-		rv[i].notify = env->rcpts[i].notify;
-		rv[i].orcpt = (char *)env->rcpts[i].orcpt;
-		rp[i] = &rv[i];
-	}
-	Relay__Accept acc = RELAY__ACCEPT__INIT;
-	acc.queue_id = p->queue_id;
-	acc.mail_from = (char *)env->mail_from;
-	acc.n_rcpts = env->n_rcpts;
-	acc.rcpts = rp;
-	acc.body.data = body;
-	acc.body.len = blen;
-	acc.received_ms = ms;
-	acc.has_ret = env->ret != SMTP_RET_NONE;
-	acc.ret = env->ret;
-	acc.envid = (char *)env->envid;
-	acc.has_smtputf8 = env->smtputf8;
-	acc.smtputf8 = env->smtputf8;
-	acc.has_body_type = true;
-	acc.body_type = env->body;
-	acc.client_addr = c->addr;
-	acc.helo = (char *)env->helo;
-	acc.auth_user = (char *)env->auth_user;
-	acc.node_id = srv->cfg->node_id;
-	/* quotas: the limits in force here travel with the Accept (queue_fsm.h "Quotas") */
-	p->received_ms = ms;
-	if (env->auth_user != NULL && srv->cfg->max_messages_per_hour_per_user > 0) {
-		acc.has_quota_user = true;
-		acc.quota_user = (uint32_t)srv->cfg->max_messages_per_hour_per_user;
-		snprintf(p->user, sizeof(p->user), "%s", env->auth_user);
-	}
-	if (!c->trusted && srv->cfg->max_messages_per_hour_per_client > 0) {
-		acc.has_quota_client = true;
-		acc.quota_client = (uint32_t)srv->cfg->max_messages_per_hour_per_client;
-		acc.client_key = c->qkey;
-		snprintf(p->client_key, sizeof(p->client_key), "%s", c->qkey);
-	}
-	Relay__Command cmd = RELAY__COMMAND__INIT;
-	cmd.cmd_case = RELAY__COMMAND__CMD_ACCEPT;
-	cmd.accept = &acc;
-
-	p->conn = c;
-	p->srv = srv;
-	p->t0 = uv_hrtime();
-	p->size = blen;
-	p->nrcpt = env->n_rcpts;
-	char safe[SMTP_PATH_MAX * 4 + 1];
-	log_info(p->queue_id, "session=%s client=%s from=<%s> nrcpt=%zu size=%zu%s%s", c->id,
-		 c->addr, log_safe(env->mail_from, strlen(env->mail_from), safe, sizeof(safe)),
-		 env->n_rcpts, blen, env->tls ? " tls=yes" : "",
-		 env->auth_user ? " auth=yes" : "");
-	int rc = cluster_propose(srv->cluster, &cmd, propose_cb, p);
-	free(body);
-	free(rv);
-	free(rp);
+	/* a hold: a reload (SIGHUP) may replace srv->auth while the check runs */
+	struct auth_table *t = auth_table_hold(srv->auth);
+	int rc = auth_pool_submit(srv->auth_pool, t, ev->auth.user, ev->auth.password, auth_done_cb,
+				  c);
 	if (rc != 0) {
-		log_warn(p->queue_id, "event=propose-failed error=\"%s\"", cluster_strerror(rc));
-		srv->stats.accept_failed++;
-		free(p);
-		smtp_session_message_result(c->sess, 451, "4.3.0",
-					    "Queue unavailable, try again later");
+		auth_table_free(t);
+		srv->stats.auth_throttled++;
+		c->result_reason = rc == AUTH_POOL_EBUSY ? "max_concurrent_auth" : "nomem";
+		smtp_session_auth_tempfail(c->sess);
 		return;
 	}
-	c->prop = p;
+	c->auth_held = t;
+	c->refs++;
 	c->busy = true;
-	conn_arm_timer(c);
+}
+
+/* After a feed of n bytes: a message's data began, goes on, or ended (its deadlines). */
+static void
+conn_track_message(struct conn *c, size_t n)
+{
+	bool in = smtp_session_in_message(c->sess);
+	if (in && !c->in_msg) {
+		c->msg_start_ms = uv_now(c->srv->loop);
+		c->msg_bytes = 0;
+	}
+	if (in || c->in_msg)
+		c->msg_bytes += n;
+	c->in_msg = in;
 }
 
 /*
  * Runs the machine over the buffered input until it blocks, then dispatches its event.
  * Never frees c (conn_close only starts closing).
  */
-static void
-conn_process(struct conn *c)
+void
+smtp_server__conn_process(struct conn *c)
 {
 	struct smtp_event ev;
 	while (!c->closing && c->sess != NULL) {
@@ -837,8 +478,9 @@ conn_process(struct conn *c)
 				return;
 			}
 			t = smtp_session_event(c->sess, &ev);
+			conn_track_message(c, n);
 			if (was_data != conn_in_data(c) || n > 0)
-				conn_arm_timer(c);
+				smtp_server__arm_timer(c);
 			if (n == 0 && t == SMTP_EV_NONE)
 				break; /* output above the high-water mark: wait for write_cb */
 		}
@@ -863,9 +505,18 @@ conn_process(struct conn *c)
 			conn_start_auth(c, &ev);
 			continue;
 		case SMTP_EV_MESSAGE:
-			conn_start_message(c, &ev);
+			smtp_server__start_message(c, &ev);
 			continue;
 		case SMTP_EV_CLOSE:
+			if (c->tls_state == CONN_TLS_ON && !c->tls_closed) {
+				/* QUIT, timeouts, too many errors: end TLS with a close_notify
+				 * (RFC 8446 6.1) before the TCP close */
+				c->tls_closed = true;
+				if (tls_conn_shutdown(c->tls) != 0 || conn_flush_tls(c) != 0) {
+					conn_close(c);
+					return;
+				}
+			}
 			if (c->wbytes == 0) {
 				conn_close(c);
 				return;
@@ -911,7 +562,7 @@ conn_timer_cb(uv_timer_t *t)
 					    "Queue did not answer in time, try again later");
 		if (c->shutdown_after_message)
 			smtp_session_shutdown(c->sess);
-		conn_process(c);
+		smtp_server__conn_process(c);
 		return;
 	}
 	if (c->tls_state == CONN_TLS_HANDSHAKE) {
@@ -921,14 +572,23 @@ conn_timer_cb(uv_timer_t *t)
 		return;
 	}
 	if (c->busy) {
-		conn_arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
+		smtp_server__arm_timer(c); /* waiting on our own work (AUTH check): not the client's fault */
 		return;
 	}
-	log_info(c->id, "event=timeout client=%s state=%s", c->addr,
-		 smtp_session_state_name(c->sess));
-	c->srv->counters.timeouts++;
+	/* the 421 4.4.2 is the log line (event=reject reason=<kind>); the session counts it */
+	c->timeout_kind = conn_in_data(c) ? "timeout_data" : "timeout_command";
+	if (c->in_msg) {
+		const char *kind;
+		if (conn_msg_deadline(c, &kind) <= uv_now(c->srv->loop)) {
+			c->timeout_kind = kind;
+			if (strcmp(kind, "data_rate") == 0)
+				c->srv->stats.data_rate_cut++;
+			else
+				c->srv->stats.data_total_cut++;
+		}
+	}
 	smtp_session_timeout(c->sess);
-	conn_process(c);
+	smtp_server__conn_process(c);
 }
 
 /* ---- connection lifetime ---- */
@@ -936,8 +596,8 @@ conn_timer_cb(uv_timer_t *t)
 static void
 server_maybe_done(struct smtp_server *srv);
 
-static void
-conn_unref(struct conn *c)
+void
+smtp_server__conn_unref(struct conn *c)
 {
 	if (--c->refs > 0)
 		return;
@@ -959,7 +619,7 @@ conn_unref(struct conn *c)
 static void
 conn_handle_closed_cb(uv_handle_t *h)
 {
-	conn_unref(h->data);
+	smtp_server__conn_unref(h->data);
 }
 
 static void
@@ -980,7 +640,8 @@ conn_close(struct conn *c)
 	uv_close((uv_handle_t *)&c->timer, conn_handle_closed_cb);
 }
 
-/* Open sessions other than nc (closing ones no longer count): in total and from nc's address. */
+/* Open sessions other than nc (closing ones no longer count): in total and from nc's client
+ * (its address cut to client_ipv4_prefix / client_ipv6_prefix: one IPv6 /64 is one client). */
 static void
 count_sessions(struct smtp_server *srv, const struct conn *nc, size_t *total, size_t *same)
 {
@@ -989,7 +650,7 @@ count_sessions(struct smtp_server *srv, const struct conn *nc, size_t *total, si
 		if (c == nc || c->sess == NULL || c->closing)
 			continue;
 		(*total)++;
-		if (strcmp(c->addr, nc->addr) == 0)
+		if (strcmp(c->client_key, nc->client_key) == 0)
 			(*same)++;
 	}
 }
@@ -999,6 +660,35 @@ trace_cb(void *arg, const struct smtp_session *s, const char *from, const char *
 {
 	(void)s;
 	log_debug((const char *)arg, "event=state from=%s to=%s", from, to);
+}
+
+/*
+ * Every 4xx/5xx the session sends is one log line (STYLE "Every refusal sent to a peer is one
+ * log line"): the command (only the verb for AUTH), the codes, the reason (the counter of
+ * relay_messages_rejected_total, or the glue's own for a refusal it chose), the client.
+ */
+static void
+reject_cb(void *arg, const struct smtp_session *s, const char *cmd, int code, const char *enh,
+	  const char *reason)
+{
+	struct conn *c = arg;
+	const struct smtp_budget *b = &c->srv->budget->b;
+	if (c->result_reason != NULL && (!strcmp(reason, "result") || !strcmp(reason, "auth_throttled")))
+		reason = c->result_reason;
+	if (!strcmp(reason, "timeouts") && c->timeout_kind != NULL)
+		reason = c->timeout_kind;
+	c->result_reason = NULL;
+	if (!strcmp(reason, "no_postmaster"))
+		log_warn(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s hint=\"set "
+			 "postmaster_address: RFC 5321 requires accepting mail for <postmaster>\"",
+			 cmd, code, enh, reason, c->addr);
+	else if (!strcmp(reason, "over_budget"))
+		log_info(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s "
+			 "receive_memory=%" PRIu64 " max_receive_memory=%" PRIu64, cmd, code, enh,
+			 reason, c->addr, b->used, b->limit);
+	else
+		log_info(c->id, "event=reject cmd=%s code=%d enh=%s reason=%s client=%s", cmd, code,
+			 enh, reason, c->addr);
 }
 
 static void
@@ -1022,7 +712,9 @@ conn_refuse(struct conn *c, const char *event, const char *reason)
 	char line[300];
 	int n = snprintf(line, sizeof(line), "421 4.7.0 %s Error: %s\r\n", c->srv->cfg->hostname,
 			 reason);
-	log_info(c->id, "event=%s client=%s reason=\"%s\"", event, c->addr, reason);
+	bool grouped = c->client_key[0] != '\0' && strcmp(c->client_key, c->addr) != 0;
+	log_info(c->id, "event=%s client=%s%s%s reason=\"%s\"", event, c->addr,
+		 grouped ? " client_key=" : "", grouped ? c->client_key : "", reason);
 	c->close_after_write = true;
 	uv_timer_stop(&c->timer);
 	uv_timer_start(&c->timer, conn_timer_cb, 10000, 0);
@@ -1042,7 +734,7 @@ conn_mail_check(void *arg, const char *auth_user, const char *mail_from,
 	struct smtp_server *srv = c->srv;
 	char safe_from[SMTP_PATH_MAX * 4 + 1], safe_user[SMTP_AUTH_FIELD_MAX * 4 + 1];
 	/* an early refusal from the applied windows; the Accept's apply decides in the end */
-	if (quota_over(srv, auth_user, c->trusted ? NULL : c->qkey, now_ms(), v->text,
+	if (smtp_server__quota_over(srv, auth_user, c->trusted ? NULL : c->qkey, smtp_server__now_ms(), v->text,
 		       sizeof(v->text))) {
 		v->code = 450;
 		v->reason = SMTP_MAIL_OVER_QUOTA;
@@ -1075,6 +767,8 @@ conn_start_session(struct conn *c)
 	struct smtp_server *srv = c->srv;
 	const struct relay_config *cfg = srv->cfg;
 	size_t total, same;
+	config_client_key((const struct sockaddr *)&c->peer, (unsigned)cfg->client_ipv4_prefix,
+			  (unsigned)cfg->client_ipv6_prefix, c->client_key);
 	count_sessions(srv, c, &total, &same);
 	if (total >= cfg->max_connections || srv->n_conns > 2 * cfg->max_connections + 64) {
 		srv->stats.refused++;
@@ -1086,22 +780,27 @@ conn_start_session(struct conn *c)
 		conn_refuse(c, "refused", "too many connections from your address");
 		return;
 	}
-	c->trusted = config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
+	/* LOCAL / UNKNOWN PROXY headers name no client: never the balancer's mynetworks trust */
+	c->trusted = !c->proxy_local &&
+		     config_cidr_match(&cfg->mynetworks, (const struct sockaddr *)&c->peer);
 	smtp_quota_client_key(&c->peer, c->qkey, sizeof(c->qkey));
 	struct smtp_session_client client = {
 	    .trusted = c->trusted,
 	    .tls_active = false,
 	    .check_arg = c,
+	    .hook_arg = c,
 	};
+	c->trusted = client.trusted;
 	if (smtp_session_new(&c->sess, &srv->scfg, &client) != 0) {
 		conn_close(c);
 		return;
 	}
 	srv->stats.sessions_total++;
-	log_info(c->id, "event=connect client=%s trusted=%s%s%s", c->addr,
-		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via);
-	conn_arm_timer(c);
-	conn_process(c);
+	log_info(c->id, "event=connect client=%s trusted=%s%s%s%s", c->addr,
+		 client.trusted ? "yes" : "no", c->via[0] ? " via=" : "", c->via,
+		 c->proxy_local ? " proxy=local" : "");
+	smtp_server__arm_timer(c);
+	smtp_server__conn_process(c);
 }
 
 /*
@@ -1128,6 +827,9 @@ conn_proxy_input(struct conn *c)
 		c->peer = pi.src;
 		addr_text(&c->peer, c->addr, sizeof(c->addr));
 	}
+	/* LOCAL / UNKNOWN / UNSPEC name no client: the session keeps the balancer's address for
+	 * logs and limits, but never its mynetworks trust (issue 12 sec. 5) */
+	c->proxy_local = pi.local;
 	log_debug(c->id, "event=proxy version=%d client=%s via=%s%s", pi.version, c->addr, c->via,
 		  pi.local ? " local=yes" : "");
 	conn_start_session(c);
@@ -1206,7 +908,23 @@ smtp_server_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluste
 	srv->scfg.n_relay_domains = cfg->relay_domains.n;
 	srv->scfg.tls_available = tls != NULL;
 	srv->scfg.auth_available = auth != NULL;
+	srv->scfg.postmaster = cfg->postmaster_address;
+	srv->scfg.max_hops = cfg->max_hops;
 	srv->scfg.counters = &srv->counters;
+	srv->scfg.reject_cb = reject_cb;
+	srv->budget = calloc(1, sizeof(*srv->budget));
+	if (srv->budget == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(srv);
+		return -1;
+	}
+	srv->budget->refs = 1;
+	srv->budget->b.limit = cfg->max_receive_memory;
+	srv->scfg.budget = &srv->budget->b;
+	auth_limit_init(&srv->auth_limit, (uint32_t)cfg->auth_failures_per_minute_per_client);
+	if (auth != NULL &&
+	    auth_pool_start(loop, (unsigned)cfg->max_concurrent_auth, &srv->auth_pool, err, errlen) != 0)
+		return -1; /* the process exits */
 	srv->scfg.mail_check = conn_mail_check;
 	if (log_enabled(LOG_DEBUG)) {
 		srv->scfg.trace_cb = trace_cb;
@@ -1241,6 +959,7 @@ server_free_cb(uv_handle_t *h)
 	struct smtp_server *srv = h->data;
 	void (*done)(void *) = srv->done;
 	void *arg = srv->done_arg;
+	smtp_server__budget_unref(srv->budget);
 	auth_table_free(srv->auth);
 	sender_table_free(srv->senders);
 	dkim_signer_free(srv->dkim);
@@ -1249,14 +968,27 @@ server_free_cb(uv_handle_t *h)
 		done(arg);
 }
 
+/* The AUTH workers are stopped (every connection, and so every check, was over before). */
+static void
+server_auth_stopped_cb(void *arg)
+{
+	struct smtp_server *srv = arg;
+	uv_close((uv_handle_t *)&srv->shutdown_timer, server_free_cb);
+}
+
 static void
 server_maybe_done(struct smtp_server *srv)
 {
 	if (!srv->shutting_down || srv->n_conns > 0 || srv->listeners_open > 0)
 		return;
-	if (uv_is_closing((uv_handle_t *)&srv->shutdown_timer))
+	if (uv_is_closing((uv_handle_t *)&srv->shutdown_timer) || srv->stopping_auth)
 		return;
 	uv_timer_stop(&srv->shutdown_timer);
+	if (srv->auth_pool != NULL) {
+		srv->stopping_auth = true;
+		auth_pool_stop(srv->auth_pool, server_auth_stopped_cb, srv);
+		return;
+	}
 	uv_close((uv_handle_t *)&srv->shutdown_timer, server_free_cb);
 }
 
@@ -1297,7 +1029,7 @@ smtp_server_shutdown(struct smtp_server *srv, void (*done)(void *arg), void *arg
 			continue;
 		}
 		smtp_session_shutdown(c->sess);
-		conn_process(c);
+		smtp_server__conn_process(c);
 	}
 	uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, srv->cfg->shutdown_timeout_ms, 0);
 	server_maybe_done(srv);

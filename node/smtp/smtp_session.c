@@ -120,6 +120,13 @@ reply_line(struct smtp_session *s, int code, bool last, const char *enh, const c
 	tmp[n++] = '\r';
 	tmp[n++] = '\n';
 	smtp__out_put(s, tmp, (size_t)n);
+	if (last) {
+		/* one report per refusal (the glue's event=reject log line) */
+		if (code >= 400 && s->cfg->reject_cb != NULL)
+			s->cfg->reject_cb(s->client.hook_arg, s, s->cur_cmd ? s->cur_cmd : "-", code,
+					  enh ? enh : "", s->reject_reason ? s->reject_reason : "error");
+		s->reject_reason = NULL;
+	}
 }
 
 void
@@ -165,16 +172,69 @@ smtp__peer_error(struct smtp_session *s)
 	}
 }
 
+/* ---- the receive budget ---- */
+
+static uint64_t
+budget_cap(const struct smtp_budget *b, bool trusted)
+{
+	return trusted ? b->limit : b->limit / 100 * SMTP_BUDGET_UNTRUSTED_PCT;
+}
+
+bool
+smtp_budget_take(struct smtp_budget *b, uint64_t n, bool trusted)
+{
+	if (b == NULL)
+		return true;
+	uint64_t cap = budget_cap(b, trusted);
+	if (b->used > cap || n > cap - b->used)
+		return false;
+	b->used += n;
+	if (b->used > b->peak)
+		b->peak = b->used;
+	return true;
+}
+
+void
+smtp_budget_give(struct smtp_budget *b, uint64_t n)
+{
+	if (b == NULL)
+		return;
+	b->used = n > b->used ? 0 : b->used - n;
+}
+
+uint64_t
+smtp_budget_room(const struct smtp_budget *b, bool trusted)
+{
+	if (b == NULL)
+		return UINT64_MAX;
+	uint64_t cap = budget_cap(b, trusted);
+	return b->used >= cap ? 0 : cap - b->used;
+}
+
+bool
+smtp__budget_trusted(const struct smtp_session *s)
+{
+	return s->client.trusted || s->authenticated;
+}
+
 /* ---- transaction ---- */
+
+/* Frees the body and gives its reservation back. */
+static void
+body_release(struct smtp_session *s)
+{
+	free(s->body);
+	smtp_budget_give(s->cfg->budget, s->body_cap);
+	s->body = NULL;
+	s->body_len = s->body_cap = 0;
+}
 
 void
 smtp__body_reset(struct smtp_session *s)
 {
-	free(s->body);
-	s->body = NULL;
-	s->body_len = s->body_cap = 0;
+	body_release(s);
 	s->body_total = 0;
-	s->too_big = s->nomem = s->normalized = false;
+	s->too_big = s->nomem = s->normalized = s->over_budget = false;
 	s->bdat_cr = false;
 	s->chunk_left = 0;
 	s->chunk_last = false;
@@ -243,6 +303,7 @@ line_consume(struct smtp_session *s, const char *p, size_t n)
 
 	size_t len = s->line_len;
 	bool over = s->line_overflow;
+	s->cur_cmd = "-";
 	s->line_len = 0;
 	s->line_overflow = false;
 	if (over) {
@@ -282,6 +343,7 @@ smtp_session_new(struct smtp_session **out, const struct smtp_session_config *cf
 	if (s->max_rcpts > SIZE_MAX / sizeof(struct smtp_rcpt) / 2)
 		s->max_rcpts = SIZE_MAX / sizeof(struct smtp_rcpt) / 2;
 	s->max_errors = cfg->max_errors ? cfg->max_errors : SMTP_MAX_ERRORS_DEFAULT;
+	s->max_hops = cfg->max_hops ? cfg->max_hops : SMTP_MAX_HOPS_DEFAULT;
 	uint64_t lm = cfg->max_line_length ? cfg->max_line_length : SMTP_LINE_MAX_DEFAULT;
 	if (lm < SMTP_LINE_MAX_MIN)
 		lm = SMTP_LINE_MAX_MIN;
@@ -429,6 +491,7 @@ smtp_session_auth_result(struct smtp_session *s, int ok)
 	if (s->ev != SMTP_EV_AUTH)
 		return -EINVAL;
 	s->ev = SMTP_EV_NONE;
+	s->cur_cmd = "AUTH";
 	if (ok) {
 		memcpy(s->auth_user, s->auth_buf + AUTH_OFF_USER, SMTP_AUTH_FIELD_MAX + 1);
 		s->authenticated = true;
@@ -438,6 +501,21 @@ smtp_session_auth_result(struct smtp_session *s, int ok)
 	} else {
 		smtp__auth_fail(s, 535, "5.7.8", "Authentication credentials invalid");
 	}
+	if (s->ev == SMTP_EV_NONE)
+		after_event(s);
+	return 0;
+}
+
+int
+smtp_session_auth_tempfail(struct smtp_session *s)
+{
+	if (s->ev != SMTP_EV_AUTH)
+		return -EINVAL;
+	s->ev = SMTP_EV_NONE;
+	s->cur_cmd = "AUTH";
+	smtp__auth_wipe(s);
+	smtp__enter_state(s, smtp__idle_state(s));
+	REJECT(s, auth_throttled, 454, "4.7.0", "Temporary authentication failure, try again later");
 	if (s->ev == SMTP_EV_NONE)
 		after_event(s);
 	return 0;
@@ -490,6 +568,8 @@ smtp_session_message_result(struct smtp_session *s, int code, const char *enhanc
 	}
 	t[n] = '\0';
 	s->ev = SMTP_EV_NONE;
+	s->cur_cmd = s->bdat_used ? "BDAT" : "DATA";
+	s->reject_reason = "result";
 	smtp__reply(s, code, enhanced, "%s", t);
 	smtp__txn_reset(s);
 	smtp__enter_state(s, smtp__idle_state(s));
@@ -508,6 +588,7 @@ smtp_session_timeout(struct smtp_session *s)
 		return;
 	}
 	COUNT(s, timeouts);
+	s->cur_cmd = "-";
 	smtp__reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->hostname);
 	smtp__close_now(s);
 }
@@ -521,6 +602,8 @@ smtp_session_shutdown(struct smtp_session *s)
 		s->deferred = DEF_SHUTDOWN;
 		return;
 	}
+	s->cur_cmd = "-";
+	s->reject_reason = "shutdown";
 	smtp__reply(s, 421, "4.3.2", "Service shutting down");
 	smtp__close_now(s);
 }
@@ -529,6 +612,19 @@ bool
 smtp_session_in_data(const struct smtp_session *s)
 {
 	return s->state == ST_DATA || s->state == ST_BDAT;
+}
+
+bool
+smtp_session_in_message(const struct smtp_session *s)
+{
+	return smtp_session_in_data(s) || (s->state == ST_RCPT && s->in_txn && s->bdat_used);
+}
+
+void
+smtp_session_drop_body(struct smtp_session *s)
+{
+	if (s->ev == SMTP_EV_MESSAGE)
+		body_release(s);
 }
 
 const char *

@@ -3,9 +3,10 @@
  *
  * Contract.  The machine is a function of (state, bytes in) -> (bytes consumed, reply bytes out,
  * at most one pending event).  It does no I/O, reads no clock, never sleeps, never calls back
- * into the glue except the optional trace hook, and never allocates memory in proportion to a
- * size the peer merely claims (SIZE=, BDAT <n>): it allocates in proportion to bytes actually
- * received, bounded by the configured limits.
+ * into the glue except the optional trace and reject hooks, and never allocates memory in
+ * proportion to a size the peer merely claims (SIZE=, BDAT <n>): it allocates in proportion to
+ * bytes actually received, bounded by the configured limits and by the node-wide receive budget
+ * (struct smtp_budget) its sessions share.
  *
  * Happy path (the glue's loop, see node/ for the libuv side):
  *
@@ -47,8 +48,21 @@
  *     at once and ends the transaction (later chunks then get 503 5.5.1).  A count that cannot
  *     be parsed (not 1..20 digits, or over 2^64-1) cannot be resynchronized: 501 and close.
  *   - Errors toward max_errors: every 4xx/5xx answer to a command, AUTH failures included,
- *     except 452 4.5.3 (too many recipients: the client sends them in the next transaction)
- *     and answers at the end of a message (552, 451).
+ *     except 452 4.5.3 (too many recipients: the client sends them in the next transaction),
+ *     452 4.3.1 (receive budget) and answers at the end of a message (552, 554, 451).
+ *   - Postmaster (RFC 5321 4.5.1): RCPT TO:<postmaster> and <postmaster@hostname> (any case)
+ *     are accepted from anyone and rewritten to cfg->postmaster; with none configured they get
+ *     550 5.1.1 (counter no_postmaster), never a recipient that could only bounce.
+ *   - Hops: a message whose header section holds max_hops or more Received: fields is refused
+ *     at its end with 554 5.4.6 (a mail loop; RFC 5321 6.3).
+ *   - Receive budget: body memory is reserved from cfg->budget as it grows.  DATA when the
+ *     budget cannot take the declared SIZE (or has no room at all), and BDAT with a chunk
+ *     larger than what is left, get 452 4.3.1; a DATA body that outgrows what is left is read
+ *     to its end without being stored and answered 452 4.3.1.  Untrusted clients (neither
+ *     mynetworks nor authenticated) may fill the budget only to SMTP_BUDGET_UNTRUSTED_PCT
+ *     percent, so a stranger's uploads cannot keep trusted mail out.
+ *   - Every 4xx/5xx reply is reported once to the reject hook (command, code, enhanced code,
+ *     the counter that counted it) for the glue's one log line per refusal.
  */
 #ifndef RELAY_SMTP_SESSION_H
 #define RELAY_SMTP_SESSION_H
@@ -57,7 +71,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "smtp_addr.h" /* SMTP_LOCAL_MAX, SMTP_DOMAIN_MAX, SMTP_PATH_MAX */
+#include "mailbox.h" /* SMTP_LOCAL_MAX, SMTP_DOMAIN_MAX, SMTP_PATH_MAX */
 
 /* Limits.  The config fields override the defaults; 0 in a config field means the default. */
 #define SMTP_LINE_MAX_DEFAULT 2048 /* command line incl. CRLF (RFC 5321 4.5.3.1.4: >= 512) */
@@ -73,6 +87,8 @@
 #define SMTP_ENVID_MAX 100	      /* RFC 3461 sec 4.4 */
 #define SMTP_ORCPT_MAX 500	      /* RFC 3461 sec 4.2 */
 #define SMTP_REPLY_TEXT_MAX 256	      /* text of a glue-supplied reply (message_result) */
+#define SMTP_MAX_HOPS_DEFAULT 50      /* Received: fields that mean a loop (Postfix hopcount) */
+#define SMTP_BUDGET_UNTRUSTED_PCT 75  /* share of the receive budget strangers may fill */
 
 /*
  * Reject/event counters, one per reason.  X(field, "help text").  The glue can walk this
@@ -96,6 +112,10 @@
 	X(nomem, "replies 451 because an allocation failed")                                       \
 	X(timeouts, "sessions closed by smtp_session_timeout")                                     \
 	X(tls_failed, "STARTTLS handshakes reported failed")                                       \
+	X(no_postmaster, "RCPT TO:<postmaster> refused: postmaster_address not set")               \
+	X(too_many_hops, "message refused: max_hops Received: headers or more (mail loop)")       \
+	X(over_budget, "transaction refused 452 4.3.1: max_receive_memory would be exceeded")     \
+	X(auth_throttled, "AUTH answered 454 4.7.0: per-client failures or concurrency limit")    \
 	X(messages, "SMTP_EV_MESSAGE events raised")
 
 struct smtp_counters {
@@ -112,6 +132,36 @@ struct smtp_session;
  */
 typedef void (*smtp_trace_cb)(void *arg, const struct smtp_session *s, const char *from_state,
 			      const char *to_state);
+
+/*
+ * Reject hook: called once for every 4xx/5xx reply the machine queues (final line), with the
+ * command it answers ("MAIL", "RCPT", "DATA", "BDAT", "AUTH", ...; "-" when none, e.g. a
+ * timeout), the codes, and the name of the counter that counted it (SMTP_COUNTERS; "result" for
+ * a refusal the glue chose with smtp_session_message_result).  arg is the client's hook_arg.
+ * Never given message data or AUTH secrets; it must not call back into the session.
+ */
+typedef void (*smtp_reject_cb)(void *arg, const struct smtp_session *s, const char *cmd, int code,
+			       const char *enh, const char *reason);
+
+/*
+ * The node-wide receive budget (max_receive_memory): bytes of bodies being received and of
+ * messages proposed but not yet committed.  Plain integers: shared only by sessions and glue on
+ * one thread.  The sessions reserve body memory from it; the glue reserves its proposals with
+ * smtp_budget_take() and gives them back with smtp_budget_give().
+ */
+struct smtp_budget {
+	uint64_t limit; /* bytes */
+	uint64_t used;	/* bytes reserved now */
+	uint64_t peak;	/* largest used seen */
+};
+
+/* Reserves n bytes if used + n stays within limit (trusted) or within
+ * SMTP_BUDGET_UNTRUSTED_PCT percent of it (!trusted).  NULL b always succeeds. */
+bool smtp_budget_take(struct smtp_budget *b, uint64_t n, bool trusted);
+/* Gives back n bytes reserved before. */
+void smtp_budget_give(struct smtp_budget *b, uint64_t n);
+/* Bytes a client may still reserve (UINT64_MAX for a NULL budget). */
+uint64_t smtp_budget_room(const struct smtp_budget *b, bool trusted);
 
 /* What a MAIL FROM policy hook says about a sender it refuses (code 0: accepted). */
 enum smtp_mail_refusal {
@@ -146,10 +196,14 @@ struct smtp_session_config {
 	size_t n_relay_domains;
 	bool tls_available;		/* a certificate is configured: offer STARTTLS */
 	bool auth_available;		/* AUTH configured: offer AUTH PLAIN LOGIN after TLS */
+	const char *postmaster;		/* where <postmaster> goes; NULL or "": refused; borrowed */
+	uint64_t max_hops;		/* Received: fields refused at; 0: SMTP_MAX_HOPS_DEFAULT */
+	struct smtp_budget *budget;	/* may be NULL (no node-wide bound); borrowed */
 	struct smtp_counters *counters; /* may be NULL; borrowed */
 	smtp_mail_check_cb mail_check;	/* may be NULL: every valid MAIL is accepted */
 	smtp_trace_cb trace_cb;		/* may be NULL */
 	void *trace_arg;
+	smtp_reject_cb reject_cb; /* may be NULL; gets the client's hook_arg */
 };
 
 /* Facts about the client the glue knows at accept time.  Copied by smtp_session_new. */
@@ -157,6 +211,7 @@ struct smtp_session_client {
 	bool trusted;	 /* in mynetworks: may relay to any domain (G5) */
 	bool tls_active; /* connection already on TLS (implicit TLS listener) */
 	void *check_arg; /* passed to cfg->mail_check; borrowed */
+	void *hook_arg;	 /* passed to reject_cb; not used otherwise */
 };
 
 enum smtp_event_type {
@@ -275,6 +330,11 @@ int smtp_session_tls_done(struct smtp_session *s, int ok);
  * "535 5.7.8 Authentication credentials invalid".  Returns 0 or -EINVAL. */
 int smtp_session_auth_result(struct smtp_session *s, int ok);
 
+/* Resolves SMTP_EV_AUTH without a verdict: the glue would not check now (too many failures from
+ * this client, too many checks at once): "454 4.7.0 Temporary authentication failure", counted
+ * auth_throttled and as a peer error.  Returns 0 or -EINVAL. */
+int smtp_session_auth_tempfail(struct smtp_session *s);
+
 /*
  * Resolves SMTP_EV_MESSAGE: queues "<code> <enhanced> <text>" and resets the transaction
  * (RFC 5321 4.1.4; HELO and AUTH state stay).  code must be 200..599; enhanced must look like
@@ -302,6 +362,15 @@ void smtp_session_shutdown(struct smtp_session *s);
 /* True while receiving a DATA body or a BDAT chunk: use the data timeout (RFC 5321 4.5.3.2.5,
  * 4.5.3.2.6), else the command timeout (4.5.3.2.7). */
 bool smtp_session_in_data(const struct smtp_session *s);
+
+/* True from the DATA 354 (or the first BDAT chunk) until the message ends: the span the glue
+ * bounds with data_total_timeout and min_data_rate. */
+bool smtp_session_in_message(const struct smtp_session *s);
+
+/* While SMTP_EV_MESSAGE is pending and the glue holds its own copy of the body: frees the
+ * session's body and gives its reservation back to the budget (event.message.body is invalid
+ * afterwards).  Idempotent. */
+void smtp_session_drop_body(struct smtp_session *s);
 
 /* Current state name, for logs ("greeted", "helo", "mail", "rcpt", "data", ...). */
 const char *smtp_session_state_name(const struct smtp_session *s);

@@ -48,8 +48,10 @@ struct smtp_session {
 	const struct smtp_session_config *cfg; /* borrowed */
 	struct smtp_session_client client;
 	const char *hostname;
-	uint64_t max_size, max_rcpts, max_errors;
+	uint64_t max_size, max_rcpts, max_errors, max_hops;
 	size_t line_max;
+	const char *cur_cmd;	   /* the command being answered (static string), for the hook */
+	const char *reject_reason; /* the counter of the refusal being replied, for the hook */
 
 	enum smtp__state state;
 	enum smtp_event_type ev;
@@ -86,6 +88,7 @@ struct smtp_session {
 	size_t body_len, body_cap;
 	uint64_t body_total; /* bytes the body would have, including the dropped ones */
 	bool too_big, nomem, normalized;
+	bool over_budget; /* the receive budget ran out: the rest is dropped, then 452 4.3.1 */
 	enum smtp__dstate dstate;
 	uint64_t chunk_left, chunk_size;
 	bool chunk_last, bdat_cr;
@@ -97,8 +100,11 @@ struct smtp_session {
 	struct smtp_envelope env;
 };
 
+/* Counts one event under its reason; a 4xx/5xx reply that follows reports the same reason to
+ * the reject hook. */
 #define COUNT(s, name)                                                                             \
 	do {                                                                                       \
+		(s)->reject_reason = #name;                                                        \
 		if ((s)->cfg->counters != NULL)                                                    \
 			(s)->cfg->counters->name++;                                                \
 	} while (0)
@@ -141,6 +147,8 @@ void smtp__txn_reset(struct smtp_session *s);
 void smtp__auth_wipe(struct smtp_session *s);
 /* The command state the session returns to after a reply that ends a phase. */
 enum smtp__state smtp__idle_state(const struct smtp_session *s);
+/* The client counts as trusted for the receive budget: mynetworks or authenticated. */
+bool smtp__budget_trusted(const struct smtp_session *s);
 
 /* ---- smtp_commands.c ---- */
 

@@ -12,7 +12,7 @@ hold a sanitizer report (SANITIZER_MARKERS).  A problem fails the test with the 
 
 Cluster TLS: RelayTestCase.cluster_tls(names) makes a CA and one certificate per node name with
 scripts/make-cluster-certs.sh (once per test) and returns {name: {cluster_ca, cluster_cert,
-cluster_key}}, the keys to give each node, as deployed.
+cluster_key, admin_ca}}, the keys to give each node, as deployed (admin_ca: relayctl's CA).
 """
 import atexit
 import json
@@ -86,12 +86,14 @@ def describe_exit(rc):
 
 
 def make_cluster_certs(directory, names):
-    """A cluster CA and a certificate per node name in directory (make-cluster-certs.sh)."""
+    """A cluster CA and a certificate per node name in directory (make-cluster-certs.sh), and
+    the admin CA of relayctl's certificate (admin_ca: an admin_listen is mutual TLS with it)."""
     subprocess.run(["bash", CERT_SCRIPT, directory, *names], check=True, capture_output=True,
                    timeout=120)
     return {n: {"cluster_ca": os.path.join(directory, "ca.crt"),
                 "cluster_cert": os.path.join(directory, n + ".crt"),
-                "cluster_key": os.path.join(directory, n + ".key")} for n in names}
+                "cluster_key": os.path.join(directory, n + ".key"),
+                "admin_ca": os.path.join(directory, "admin-ca.crt")} for n in names}
 
 
 def port_open(host, port):
@@ -340,7 +342,8 @@ class RelayTestCase(unittest.TestCase):
         return {n: self._certs[n] for n in names}
 
     def admin_tls_args(self):
-        """relayctl's --ca/--cert/--key for the admin certificate of cluster_tls's CA."""
+        """relayctl's --ca/--cert/--key: the cluster CA (it signed the nodes' certificates) and
+        relayctl's certificate of the admin CA (cluster_tls's nodes have it as admin_ca)."""
         d = os.path.join(self.tmp, "certs")
         return ["--ca", os.path.join(d, "ca.crt"), "--cert", os.path.join(d, "admin.crt"),
                 "--key", os.path.join(d, "admin.key")]

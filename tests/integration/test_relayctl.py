@@ -1,7 +1,7 @@
 """relayctl against a running relayd: every command, --json parsed, exit codes.
 
 Single node (the 3-node checks are test_relayctl_cluster.py); the admin endpoint over mutual
-TLS.  Address range: 127.0.14.x (this module only).
+TLS with its own CA, and over the node's unix socket.  Address range: 127.0.14.x (this module only).
 """
 import json
 import os
@@ -118,9 +118,11 @@ TLS_ADMIN = "127.0.14.2:7402"
 
 
 class RelayctlTlsTest(RelayTestCase):
-    """With the cluster TLS keys the admin endpoint is mutual TLS: a client needs a certificate
-    of the cluster CA (relayctl --ca/--cert/--key, or the keys of --config); the endpoint may
-    then listen on a non-loopback address (checked here by the config check only)."""
+    """admin_listen with admin_ca is mutual TLS: relayctl needs a certificate of the admin CA
+    (never the cluster CA's: that one would be a member's credential) and checks the node's
+    cluster certificate against the cluster CA; the endpoint may then listen on a non-loopback
+    address (checked here by the config check only).  The node's admin_socket needs no
+    certificate: relayctl --config uses it (issue 12 sec. 5)."""
 
     def setUp(self):
         super().setUp()
@@ -129,6 +131,7 @@ class RelayctlTlsTest(RelayTestCase):
         for d in (self.certs, self.other):
             subprocess.run(["bash", CERTS, d, "1"], check=True, capture_output=True)
         self.node = self.relayd(addr=TLS_ADDR, port=2525, admin_listen=TLS_ADMIN,
+                                admin_ca=os.path.join(self.certs, "admin-ca.crt"),
                                 cluster_ca=os.path.join(self.certs, "ca.crt"),
                                 cluster_cert=os.path.join(self.certs, "node1.crt"),
                                 cluster_key=os.path.join(self.certs, "node1.key"))
@@ -141,31 +144,50 @@ class RelayctlTlsTest(RelayTestCase):
         code, out, err = ctl(*own, "--json", "status", server=TLS_ADMIN)
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["node_id"], "node1")
-        # --config: the node's own cluster credentials, and its admin_listen
-        r = subprocess.run([RELAYCTL, "--config", self.node.conf_path, "--json", "status"],
-                           capture_output=True, text=True, timeout=20)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        # no certificate, or one of another CA: no answer
+        # no certificate, one of another admin CA, or a cluster member's: no answer
         code, out, err = ctl("status", server=TLS_ADMIN)
         self.assertEqual(code, 3, out)
         o = self.other
         code, out, err = ctl("--ca", o + "/ca.crt", "--cert", o + "/admin.crt", "--key",
                              o + "/admin.key", "status", server=TLS_ADMIN)
         self.assertEqual(code, 3, out)
+        code, out, err = ctl("--ca", c + "/ca.crt", "--cert", c + "/node1.crt", "--key",
+                             c + "/node1.key", "status", server=TLS_ADMIN)
+        self.assertEqual(code, 3, out)
         code, out, err = ctl("--ca", c + "/ca.crt", "status", server=TLS_ADMIN)
         self.assertEqual(code, 2)  # --ca, --cert and --key go together
-        # a non-loopback admin_listen is refused without cluster TLS, accepted with it
+        # --config: the node's admin_socket (no certificate; the socket is mode 0600)
+        sock = os.path.join(self.node.data_dir, "admin.sock")
+        self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+        r = subprocess.run([RELAYCTL, "--config", self.node.conf_path, "--json", "status"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["node_id"], "node1")
+        # --config with the TCP endpoint: a certificate of admin_ca is needed (--ca: cluster_ca)
+        r = subprocess.run([RELAYCTL, "--config", self.node.conf_path, "--server", TLS_ADMIN,
+                            "status"], capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("admin_ca", r.stderr)
+        r = subprocess.run([RELAYCTL, "--config", self.node.conf_path, "--server", TLS_ADMIN,
+                            "--cert", c + "/admin.crt", "--key", c + "/admin.key", "status"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # a non-loopback admin_listen is refused without admin_ca, accepted with it
         base = [os.environ.get("RELAYD", os.path.join(os.path.dirname(__file__),
                                                       "../../build/node/relayd")),
                 "--config", self.node.conf_path, "--print-config"]
         r = subprocess.run(base + ["--admin-listen=10.9.9.9:7402"], capture_output=True,
                            text=True, timeout=20)
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = subprocess.run(base + ["--admin-listen=10.9.9.9:7402", "--cluster-ca=",
-                                   "--cluster-cert=", "--cluster-key="],
+        r = subprocess.run(base + ["--admin-listen=10.9.9.9:7402", "--admin-ca="],
                            capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a loopback address", r.stderr)
+        # admin_ca needs the node's own certificate
+        r = subprocess.run(base + ["--cluster-ca=", "--cluster-cert=", "--cluster-key="],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("admin_ca", r.stderr)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,15 @@ class SmtpTest(RelayTestCase):
         n = self.relayd(name="node2", addr="127.0.2.2", port=PORT, max_connections=3,
                         max_connections_per_client=2)
         n.start()
-        # the start-up probe's connection must be gone before we count
-        wait_for(lambda: "event=disconnect" in n.log(), 10, "probe connection closed")
+        # the start-up probes' connections (start() may probe several times before relayd
+        # logs event=started, and relayd may not have accepted the last ones yet) must all be
+        # gone before we count: no server-side socket of the listener left but the listener
+        def probes_gone():
+            out = subprocess.run(["ss", "-Htn", "state", "established", "state", "close-wait",
+                                  "state", "syn-recv", "src", "127.0.2.2:%d" % PORT],
+                                 capture_output=True, text=True).stdout
+            return out.strip() == ""
+        wait_for(probes_gone, 10, "probe connections closed")
         a = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
         b = SmtpConn("127.0.2.2", PORT, source="127.0.0.1")
         self.assertEqual(a.reply()[0], 220)

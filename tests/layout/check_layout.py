@@ -12,6 +12,8 @@
   5. No call cycle between units: from `nm` of the static libraries given on the command line,
      unit A -> unit B when an object of A uses a symbol an object of B defines.
 
+  6. Each integration test module has its own loopback block 127.0.N.x.
+
 usage: check_layout.py SOURCE_DIR [LIB.a ...]
 """
 import os, re, subprocess, sys
@@ -21,7 +23,6 @@ LINE_MAX = 1500
 # Files allowed past LINE_MAX, and why.
 EXEMPT = {
     'cluster/raft.c': 'the Raft core stays whole, as etcd\'s raft.go (issue 10)',
-    'cluster/cluster_raft.c': 'restructured into a pure host core and split by issue 11',
 }
 ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
@@ -181,6 +182,20 @@ if libs:
             if b and b != a:
                 cedges[a].add(b)
     cycles(cedges, 'call')
+
+# 6. each integration test module owns its loopback block 127.0.N.x (N > 0), so modules run in
+#    parallel (ctest -j2) without taking each other's addresses
+owners = defaultdict(set)
+itdir = os.path.join(top, 'tests', 'integration')
+for f in sorted(os.listdir(itdir)):
+    if f.startswith('test_') and f.endswith('.py'):
+        for n in set(re.findall(r'127\.0\.(\d+)\.', open(os.path.join(itdir, f)).read())):
+            if n != '0':
+                owners[n].add(f)
+for n, fs in sorted(owners.items()):
+    if len(fs) > 1:
+        fail.append('127.0.%s.x is used by %s: give each test module its own block' %
+                    (n, ', '.join(sorted(fs))))
 
 for f in fail:
     print('FAIL', f)

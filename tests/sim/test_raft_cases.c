@@ -76,6 +76,7 @@ msg_drop(struct raft_msg *m)
 }
 
 static size_t g_max_msg_bytes; /* 0: the core's default */
+static bool g_defer_ack;       /* defer_snapshot_ack for the cores made by h_init */
 
 static struct raft_config
 h_cfg(uint64_t id, bool pre_vote, bool check_quorum)
@@ -86,7 +87,8 @@ h_cfg(uint64_t id, bool pre_vote, bool check_quorum)
 				.pre_vote = pre_vote,
 				.check_quorum = check_quorum,
 				.max_msg_bytes = g_max_msg_bytes,
-				.rng_seed = id * 7919};
+				.rng_seed = id * 7919,
+				.defer_snapshot_ack = g_defer_ack};
 	return c;
 }
 
@@ -235,6 +237,14 @@ h_tick_all(struct h *h, int n)
 		}
 		h_pump(h);
 	}
+}
+
+static uint64_t
+st_vote_of(struct raft *r)
+{
+	struct raft_status s;
+	raft_status(r, &s);
+	return s.vote;
 }
 
 static struct raft_status
@@ -608,6 +618,115 @@ case_snapshot_chunked(void)
 	snapshot_install(100, 4321);
 }
 
+/* The leader's view of member id: its match index. */
+static uint64_t
+match_of(struct h *h, int leader, uint64_t id)
+{
+	struct raft_status s = st(h, leader);
+	for (uint32_t k = 0; k < s.n_peers; k++)
+		if (s.peers[k].id == id)
+			return s.peers[k].match;
+	return UINT64_MAX;
+}
+
+/* defer_snapshot_ack (issue 11 section 2): a snapshot counts only once the host holds its data.
+ * Until raft_snapshot_installed the installing node acknowledges nothing (the leader's match
+ * for it does not move, it is not counted in a commit), grants no vote and pre-vote, and does
+ * not campaign; then its acknowledgement goes to the leader and it counts again.  A restart in
+ * the middle (raft_set_installing) keeps it so. */
+static void
+snapshot_ack_after_data(bool pre_vote)
+{
+	static uint8_t data[64] = {1, 2, 3};
+	g_defer_ack = true;
+	struct h h;
+	h_init(&h, 3, pre_vote, true);
+	g_defer_ack = false;
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	h.isolated[3] = true;
+	for (int i = 0; i < 50; i++)
+		CHECK(propose(&h, 1, "entry") == 0);
+	h_tick(&h, 1, 1);
+	CHECK(st(&h, 1).commit == 52);
+	CHECK(raft_compact(h.r[1], 40, data, sizeof(data)) == 0);
+	h.isolated[3] = false;
+	h_tick_all(&h, 4);
+	CHECK(h.snaps_installed[3] == 1 && st(&h, 3).snap_index == 40);
+	CHECK(raft_installing(h.r[3]));
+	CHECK(match_of(&h, 1, 3) < 40);	   /* no acknowledgement yet */
+	CHECK(st(&h, 3).last_index == 40); /* and nothing appended after it */
+	/* not counted: with node 2 cut off, the leader commits nothing new */
+	h.isolated[2] = true;
+	CHECK(propose(&h, 1, "after") == 0);
+	h_tick_all(&h, 3);
+	CHECK(st(&h, 1).commit == 52);
+	CHECK(match_of(&h, 1, 3) < 40);
+	/* no vote, no campaign: with the leader gone, 2 cannot win 3's vote, 3 never runs */
+	h.isolated[2] = false;
+	h.isolated[1] = true;
+	uint64_t t3 = st(&h, 3).term;
+	h_tick_all(&h, 60);
+	CHECK(st(&h, 2).role != RAFT_LEADER && st(&h, 3).role == RAFT_FOLLOWER);
+	CHECK(raft_campaign(h.r[3]) == RAFT_ESTATE);
+	CHECK(st(&h, 3).vote != 2 && st(&h, 3).vote != 3);
+	CHECK(pre_vote || st(&h, 2).term > t3); /* without pre-vote, 2 did ask */
+	/* 1 and 2 elect a leader between them (3 still has no vote); with the other one cut
+	 * off, the leader cannot commit until 3's data is in and its acknowledgement arrives */
+	h.isolated[1] = false;
+	h_tick_all(&h, 60);
+	int lead = st(&h, 1).role == RAFT_LEADER ? 1 : st(&h, 2).role == RAFT_LEADER ? 2 : 0;
+	CHECK(lead != 0);
+	h.isolated[3 - lead] = true;
+	CHECK(propose(&h, lead, "last") == 0);
+	h_tick_all(&h, 3);
+	uint64_t c0 = st(&h, lead).commit;
+	CHECK(c0 < st(&h, lead).last_index);
+	CHECK(raft_snapshot_installed(h.r[3]) == 0 && !raft_installing(h.r[3]));
+	h_drain(&h, 3);
+	h_tick_all(&h, 6);
+	CHECK(match_of(&h, lead, 3) == st(&h, lead).last_index);
+	CHECK(st(&h, lead).commit == st(&h, lead).last_index && st(&h, lead).commit > c0);
+	h_free(&h);
+
+	/* a restart in the middle of an install: raft_set_installing after raft_restore */
+	struct raft_config c = h_cfg(3, true, true);
+	c.defer_snapshot_ack = true;
+	struct raft *r;
+	CHECK(raft_new(&c, &r) == 0);
+	struct raft_hard_state hs = {.term = 2, .commit = 40};
+	struct raft_snap_meta sm = {.index = 40, .term = 2};
+	sm.conf.n_voters = 3;
+	sm.conf.voters[0] = 1, sm.conf.voters[1] = 2, sm.conf.voters[2] = 3;
+	CHECK(raft_restore(r, &hs, &sm, data, sizeof(data), NULL, 0) == 0);
+	CHECK(raft_set_installing(r) == 0 && raft_installing(r));
+	CHECK(raft_campaign(r) == RAFT_ESTATE);
+	struct raft_msg v = {
+	    .type = RAFT_MSG_VOTE, .from = 2, .to = 3, .term = 3, .index = 40, .log_term = 2};
+	CHECK(raft_step(r, &v) == 0);
+	struct raft_ready rd;
+	int granted = 0;
+	while (raft_ready_get(r, &rd) > 0) {
+		for (size_t i = 0; i < rd.n_msgs; i++)
+			granted |= rd.msgs[i].type == RAFT_MSG_VOTE_RESP && !rd.msgs[i].reject;
+		uint64_t seq = rd.need_persist ? rd.seq : 0;
+		raft_advance(r, &rd);
+		if (seq)
+			raft_persisted(r, seq);
+	}
+	CHECK(!granted && st_vote_of(r) != 2);
+	raft_free(r);
+}
+
+static void
+case_snapshot_ack_after_data(void)
+{
+	snapshot_ack_after_data(true);
+	if (!g_fail)
+		snapshot_ack_after_data(false);
+}
+
 /* Persist before send: vote grants and append acks leave only after raft_persisted. */
 static void
 case_persist_before_send(void)
@@ -903,6 +1022,7 @@ static const struct {
     {"transfer", case_transfer},
     {"snapshot_install", case_snapshot_install},
     {"snapshot_chunked", case_snapshot_chunked},
+    {"snapshot_ack_after_data", case_snapshot_ack_after_data},
     {"persist_before_send", case_persist_before_send},
     {"membership", case_membership},
     {"conf_waits_for_term_commit", case_conf_waits_for_term_commit},

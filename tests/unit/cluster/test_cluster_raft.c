@@ -909,25 +909,42 @@ test_hostile_frames(void **state)
 	struct transport *t;
 	assert_int_equal(transport_open(&f->loop, &tc, ignore_recv, NULL, &t), 0);
 	assert_int_equal(transport_add_peer(t, "n1", f->listen[0]), 0);
+	/* every frame travels in an envelope (cluster/craft.h CRAFT_KIND_ENV): version, cluster
+	 * id (0: none known), incarnation, then [kind][length] items */
 	static const unsigned char trunc_hdr[] = {1, 0, 0}; /* < 5 header bytes */
 	static const unsigned char overflow[] = {1, 0xff, 0xff, 0xff, 0xff, 1}; /* len > rest */
-	static const unsigned char nested[] = {3, 0, 0, 0, 1, 0}; /* a batch in a batch */
+	static const unsigned char nested[] = {3, 0, 0, 0, 1, 0}; /* a batch in an envelope */
 	static const unsigned char junk_items[] = {1, 0, 0, 0, 2, 0xde, 0xad, 2, 0, 0, 0, 1, 0x07};
-	static const unsigned char junk[] = {0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_raft[] = {1, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_prop[] = {2, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_kind[] = {99, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_xfer[] = {4, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_fetch[] = {5, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_hello[] = {7, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
+	static const unsigned char junk_rejoin[] = {9, 0, 0, 0, 4, 0xff, 0xfe, 0x01, 0x80};
 	struct {
 		uint32_t kind;
 		const unsigned char *d;
 		size_t n;
+		int env;
 	} frames[] = {
-	    {3, trunc_hdr, sizeof(trunc_hdr)}, {3, overflow, sizeof(overflow)},
-	    {3, nested, sizeof(nested)},       {3, junk_items, sizeof(junk_items)},
-	    {1, junk, sizeof(junk)},	       {2, junk, sizeof(junk)},
-	    {99, junk, sizeof(junk)},	       {3, junk, 0},
-	    {4, junk, sizeof(junk)},	       {5, junk, sizeof(junk)},
+	    {10, trunc_hdr, sizeof(trunc_hdr), 1}, {10, overflow, sizeof(overflow), 1},
+	    {10, nested, sizeof(nested), 1},	   {10, junk_items, sizeof(junk_items), 1},
+	    {10, junk_raft, sizeof(junk_raft), 1}, {10, junk_prop, sizeof(junk_prop), 1},
+	    {10, junk_kind, sizeof(junk_kind), 1}, {10, junk_xfer, 0, 1},
+	    {10, junk_xfer, sizeof(junk_xfer), 1}, {10, junk_fetch, sizeof(junk_fetch), 1},
+	    {10, junk_hello, sizeof(junk_hello), 1}, {10, junk_rejoin, sizeof(junk_rejoin), 1},
+	    {3, junk_items, sizeof(junk_items), 0},  /* no envelope: a batch of old */
+	    {1, junk_raft + 5, 4, 0},		       /* no envelope: a bare raft frame */
+	    {10, junk_items, 5, 0},		       /* an envelope too short for its header */
 	};
-	for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++)
-		assert_int_equal(transport_send(t, "n1", frames[i].kind, frames[i].d, frames[i].n),
+	for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++) {
+		unsigned char buf[64] = {1}; /* version 1, cluster 0, incarnation 0 */
+		size_t off = frames[i].env ? 17 : 0;
+		memcpy(buf + off, frames[i].d, frames[i].n);
+		assert_int_equal(transport_send(t, "n1", frames[i].kind, buf, off + frames[i].n),
 				 0);
+	}
 	/* well-formed snapshot fetches it cannot serve: far ahead of it, resuming a session it
 	 * never started, a key past STORE_KEY_MAX; an unsolicited chunk */
 	unsigned char big_key[2048];
@@ -948,19 +965,26 @@ test_hostile_frames(void **state)
 	sf[2].key.data = big_key;
 	sf[2].key.len = sizeof(big_key);
 	for (int i = 0; i < 3; i++) {
-		unsigned char buf[4096];
-		size_t n = relay__snapshot_fetch__pack(&sf[i], buf);
-		assert_int_equal(transport_send(t, "n1", 4, buf, n), 0);
+		unsigned char buf[4096 + 22] = {1};
+		size_t n = relay__snapshot_fetch__pack(&sf[i], buf + 22);
+		buf[17] = 5; /* CRAFT_KIND_SNAP_FETCH */
+		buf[20] = (unsigned char)(n >> 8);
+		buf[21] = (unsigned char)n;
+		assert_int_equal(transport_send(t, "n1", 10, buf, 22 + n), 0);
 	}
 	Relay__SnapshotChunk sc = RELAY__SNAPSHOT_CHUNK__INIT;
 	sc.session = 7;
 	sc.status = RELAY__SNAPSHOT_STATUS__SNAP_OK;
-	unsigned char cbuf[64];
-	assert_int_equal(transport_send(t, "n1", 5, cbuf, relay__snapshot_chunk__pack(&sc, cbuf)),
-			 0);
-	/* trunc, overflow, nested, the junk raft item, the junk raft frame, the junk fetch and
-	 * chunk */
-	uint64_t want = 7;
+	unsigned char cbuf[64 + 22] = {1};
+	size_t cn = relay__snapshot_chunk__pack(&sc, cbuf + 22);
+	cbuf[17] = 6; /* CRAFT_KIND_SNAP_CHUNK */
+	cbuf[21] = (unsigned char)cn;
+	assert_int_equal(transport_send(t, "n1", 10, cbuf, 22 + cn), 0);
+	/* trunc, overflow, nested, the junk raft item, raft message, fetch, hello and rejoin,
+	 * the three frames without a valid envelope (a proposal or transfer to a node that is not
+	 * the leader, an unknown kind, fetches it cannot serve and an unsolicited chunk are
+	 * ignored, not counted) */
+	uint64_t want = 11;
 	run_until(f, dropped_at_least, &want, "the malformed frames counted");
 	unsigned closed = 0;
 	transport_close(t, tp_closed, &closed);

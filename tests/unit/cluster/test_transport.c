@@ -5,7 +5,10 @@
  * keeps the loop turning, since some conditions change on NNG threads).  Addresses are 127.0.0.x
  * with port 0 (the kernel picks), so the test runs in parallel with others.  Certificates are
  * made at run time by scripts/make-cluster-certs.sh into a temp dir: one cluster CA ("a") and
- * another CA ("b") whose certs must not get in.  A raw nng PUSH socket plays the hostile peer.
+ * another CA ("b") whose certs must not get in.  A raw nng PUSH socket plays the hostile peer;
+ * raw TCP sockets play peers that go away in the middle of a TLS handshake or never answer.
+ * Arguments: FILTER [SKIP], cmocka globs on the test names (transport.cmake runs the TLS cases,
+ * "*tls*", as their own CTest entry).  test_transport_restart has the multi-process scenario.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,22 +17,35 @@
 
 #include <cmocka.h>
 
+#include "cmocka_filter.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/push.h>
+#include <nng/supplemental/tls/tls.h>
 
 #include "transport.h"
 #include "transport.pb-c.h"
 
 #define WAIT_MS 10000 /* deadline for things that must happen */
-#define QUIET_MS 1500 /* how long we watch for things that must not happen */
+/* deadline for a connection the transport's guard must restore (transport.h): a stuck
+   dialer's wait and a probed listener's wait, a few guard ticks, and a reconnection */
+#define REJOIN_MS                                                                                  \
+	(TRANSPORT_DIAL_STALL_MS + TRANSPORT_PROBE_WAIT_MS + 3 * TRANSPORT_GUARD_TICK_MS + WAIT_MS)
+#define QUIET_MS 1500	  /* how long we watch for things that must not happen */
+#define HANGUPS 40	  /* clients hanging up mid-handshake in test_tls_hangup_listener */
+#define HANGUP_GAP_MS 110 /* between them: NNG's listener pauses 100 ms after an error */
 #define RX_MAX 2048
 
 static uv_loop_t loop;
@@ -577,10 +593,16 @@ test_queue_byte_bound(void **state)
 	node_close(&a);
 }
 
-/* The peer restarts on the same address: the dialer reconnects by itself.  Returns whether
- * the restarted peer's own dialer got a message through (everything else is asserted). */
-static bool
-reconnect_once(enum tls_kind tls)
+/*
+ * The peer restarts on the same address: the dialers on both sides reconnect by themselves.
+ * With TLS, the old node2's dialer is often still in its handshake with node1's listener when
+ * node2 closes; NNG 1.5.2 may then take the error for a closed listener and never accept again
+ * (nanomsg/nng#1518; ~1 run in 5 here before the transport's guard), and the restarted node2's
+ * connection would never be delivered.  The guard re-creates such a listener, so the new node2
+ * must get through within REJOIN_MS, first time.
+ */
+static void
+reconnect_test(enum tls_kind tls)
 {
 	static struct node a, b;
 	node_init(&a, "node1", "127.0.0.71");
@@ -603,42 +625,23 @@ reconnect_once(enum tls_kind tls)
 	assert_true(wait_count(&b.n, 10, WAIT_MS));
 	for (int i = 0; i < 10; i++)
 		assert_true(rx_is(&b.rx[i], "node1", 0, "after%d", i));
-	/* And back the other way on the new process's dialer.  A message sent on a pipe that
-	 * closes is lost (the transport is at most once; Raft retransmits), so send again until
-	 * one arrives, as Raft would. */
+	/* And back the other way on the new node2's dialer.  The transport is at most once: a
+	 * message sent on a connection that then breaks is lost, so node2 sends every 500 ms
+	 * until one arrives, as Raft would. */
 	bool got = false;
-	for (int tries = 0; tries < WAIT_MS / 500 && !got; tries++) {
+	for (int tries = 0; tries < REJOIN_MS / 500 && !got; tries++) {
 		send_str(&b, "node1", 3, "hello%d", 0);
 		got = wait_count(&a.n, 1, 500);
 	}
-	if (got)
-		assert_true(rx_is(&a.rx[0], "node2", 3, "hello%d", 0));
+	assert_true(got);
+	assert_true(rx_is(&a.rx[0], "node2", 3, "hello%d", 0));
+	struct transport_stats s;
+	transport_stats(a.t, &s);
+	if (s.listener_restarts > 0) /* the case this test is about happened, and was handled */
+		fprintf(stderr, "reconnect (%s): node1's listener was re-created %llu time(s)\n",
+			tls == PLAIN ? "plain" : "tls", (unsigned long long)s.listener_restarts);
 	node_close(&a);
 	node_close(&b);
-	return got;
-}
-
-/*
- * With TLS, about 1 run in 5 the restarted peer's dialer never gets a connection to the old
- * peer's listener within the deadline (nor within 40 s), when both ends are in this one process
- * and their handshakes overlap: NNG 1.5.2 with mbedTLS, cf. nanomsg/nng#1666 (concurrent TLS
- * handshakes in one process fail).  relayd nodes are separate processes; the integration tests
- * with cluster TLS (test_deploy, test_demo, test_readyz_partition) have not shown it.  So the
- * TLS case runs the scenario up to 3 times and fails only if every run fails (it says so on
- * stderr each time); the plain case must pass the first time.
- */
-static void
-reconnect_test(enum tls_kind tls)
-{
-	int runs = tls == PLAIN ? 1 : 3;
-	for (int i = 0; i < runs; i++) {
-		if (reconnect_once(tls))
-			return;
-		fprintf(stderr, "reconnect (%s): run %d: the restarted peer's dialer got nothing "
-				"through (nanomsg/nng#1666?)\n",
-			tls == PLAIN ? "plain" : "tls", i + 1);
-	}
-	fail_msg("the restarted peer never reached the old one");
 }
 
 static void
@@ -686,6 +689,164 @@ test_close_pending(void **state)
 		assert_true(rv == 0 || rv == TRANSPORT_EFULL);
 	}
 	node_close(&a);
+}
+
+/* ---- peers that go away in the middle of a TLS handshake ---- */
+
+/* A raw TCP socket listening on host (port 0); *port gets the port. */
+static int
+raw_listen(const char *host, int *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	int on = 1;
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)), 0);
+	assert_int_equal(inet_pton(AF_INET, host, &sa.sin_addr), 1);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 8), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+/* Accept one connection on the listening fd within WAIT_MS. */
+static int
+raw_accept(int l)
+{
+	struct pollfd pfd = {.fd = l, .events = POLLIN};
+	assert_int_equal(poll(&pfd, 1, WAIT_MS), 1);
+	int fd = accept(l, NULL, NULL);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+/* Read exactly n bytes within WAIT_MS. */
+static void
+raw_read(int fd, uint8_t *buf, size_t n)
+{
+	for (size_t got = 0; got < n;) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		assert_int_equal(poll(&pfd, 1, WAIT_MS), 1);
+		ssize_t r = read(fd, buf + got, n - got);
+		assert_true(r > 0);
+		got += (size_t)r;
+	}
+}
+
+/* The first TLS record an NNG dialer sends (its ClientHello), caught by a raw listener. */
+static size_t
+capture_client_hello(const char *host, uint8_t *buf, size_t size)
+{
+	int port;
+	int l = raw_listen(host, &port);
+	char url[96];
+	nng_socket s;
+	nng_dialer d;
+	nng_tls_config *c;
+	snprintf(url, sizeof(url), "tls+tcp://%s:%d", host, port);
+	assert_int_equal(nng_push0_open(&s), 0);
+	assert_int_equal(nng_dialer_create(&d, s, url), 0);
+	assert_int_equal(nng_tls_config_alloc(&c, NNG_TLS_MODE_CLIENT), 0);
+	assert_int_equal(nng_tls_config_auth_mode(c, NNG_TLS_AUTH_MODE_NONE), 0);
+	assert_int_equal(nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, c), 0);
+	nng_tls_config_free(c);
+	assert_int_equal(nng_dialer_start(d, NNG_FLAG_NONBLOCK), 0);
+	int fd = raw_accept(l);
+	raw_read(fd, buf, 5);		/* record header: type, version, length */
+	assert_int_equal(buf[0], 0x16); /* handshake */
+	size_t n = 5 + ((size_t)buf[3] << 8 | buf[4]);
+	assert_true(n <= size);
+	raw_read(fd, buf + 5, n - 5);
+	close(l);
+	close(fd);
+	nng_close(s);
+	return n;
+}
+
+/* Connect to host:port, send the bytes, hang up. */
+static void
+hang_up_after(const char *host, int port, const uint8_t *bytes, size_t n)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	assert_int_equal(inet_pton(AF_INET, host, &sa.sin_addr), 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(write(fd, bytes, n), (ssize_t)n);
+	close(fd);
+}
+
+/*
+ * Clients that send a ClientHello and hang up while node1 answers: when node1's second write
+ * into the closed connection fails (EPIPE, NNG_ECLOSED) before its read sees the end, NNG
+ * 1.5.2 takes it for "the listener was closed" and never accepts again (nanomsg/nng#1518).
+ * That is a race NNG loses about once in 40 hang-ups here, so this test finds a listener dead
+ * in about half of its runs; every run checks that the guard probes after such errors and that
+ * a real peer gets through afterwards (test_transport_restart has the statistics).
+ */
+static void
+test_tls_hangup_listener(void **state)
+{
+	static struct node a, b;
+	static uint8_t hello[16384];
+	node_init(&a, "node1", "127.0.0.75");
+	node_init(&b, "node2", "127.0.0.76");
+	size_t n = capture_client_hello("127.0.0.76", hello, sizeof(hello));
+	node_open(&a, TLS_A);
+	for (int i = 0; i < HANGUPS; i++) {
+		hang_up_after(a.host, a.port, hello, n);
+		usleep(HANGUP_GAP_MS * 1000); /* NNG looks at the next error only after 100 ms */
+	}
+	assert_true(WAIT_STAT(a.t, listener_probes, 1)); /* the hang-ups make the guard look */
+	node_open(&b, TLS_A);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	bool got = false;
+	for (int tries = 0; tries < REJOIN_MS / 500 && !got; tries++) {
+		send_str(&b, "node1", 0, "in%d", tries);
+		got = wait_count(&a.n, 1, 500);
+	}
+	assert_true(got);
+	struct transport_stats s;
+	transport_stats(a.t, &s);
+	fprintf(stderr, "hangup (listener): %d hang-ups, %llu probe(s), %llu re-creation(s)\n",
+		HANGUPS, (unsigned long long)s.listener_probes,
+		(unsigned long long)s.listener_restarts);
+	node_close(&a);
+	node_close(&b);
+}
+
+/*
+ * A peer that accepts node1's connection and never answers its ClientHello: NNG 1.5.2's
+ * negotiation timeout does not end a TLS handshake that waits for the peer, so the dialer
+ * would wait forever and never try the address again.  The guard re-creates it after
+ * TRANSPORT_DIAL_STALL_MS; by then a real node2 listens on that address and must be reached.
+ */
+static void
+test_tls_silent_peer_dialer(void **state)
+{
+	static struct node a, b;
+	node_init(&a, "node1", "127.0.0.77");
+	node_init(&b, "node2", "127.0.0.78");
+	int l = raw_listen(b.host, &b.port);
+	snprintf(b.addr, sizeof(b.addr), "%s:%d", b.host, b.port);
+	node_open(&a, TLS_A);
+	assert_int_equal(transport_add_peer(a.t, "node2", b.addr), 0);
+	send_str(&a, "node2", 0, "out%d", 0);
+	int silent = raw_accept(l); /* node1's dialer, in its handshake now */
+	close(l);		    /* the silent connection stays open */
+	node_open(&b, TLS_A);	    /* the real node2, on the same port */
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	assert_true(wait_count(&b.n, 1, REJOIN_MS));
+	assert_true(rx_is(&b.rx[0], "node1", 0, "out%d", 0));
+	struct transport_peer_stats ps;
+	assert_int_equal(transport_peer_stats(a.t, "node2", &ps), 0);
+	fprintf(stderr, "silent peer (dialer): %llu re-creation(s)\n",
+		(unsigned long long)ps.dialer_restarts);
+	close(silent);
+	node_close(&a);
+	node_close(&b);
 }
 
 /* ---- admin ---- */
@@ -771,8 +932,11 @@ static void
 admin_test(bool tls)
 {
 	static struct admin_srv s;
-	char ca[128], cert[128], key[128], ccert[128], ckey[128], fcert[128], fkey[128];
+	char ca[128], aca[128], cert[128], key[128], ccert[128], ckey[128], fcert[128], fkey[128];
 	snprintf(ca, sizeof(ca), "%s/a/ca.crt", certdir);
+	/* the node checks relayctl's cert against the admin CA, relayctl the node's against the
+	 * cluster CA (scripts/make-cluster-certs.sh) */
+	snprintf(aca, sizeof(aca), "%s/a/admin-ca.crt", certdir);
 	snprintf(cert, sizeof(cert), "%s/a/node1.crt", certdir);
 	snprintf(key, sizeof(key), "%s/a/node1.key", certdir);
 	snprintf(ccert, sizeof(ccert), "%s/a/admin.crt", certdir);
@@ -785,7 +949,7 @@ admin_test(bool tls)
 	s.timer.data = &s;
 	struct transport_admin_config scfg = {.listen = "127.0.0.91:0"};
 	if (tls) {
-		scfg.ca_file = ca;
+		scfg.ca_file = aca;
 		scfg.cert_file = cert;
 		scfg.key_file = key;
 	}
@@ -823,6 +987,10 @@ admin_test(bool tls)
 		j.cfg.cert_file = fcert;
 		j.cfg.key_file = fkey;
 		j.timeout_ms = 700;
+		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
+		/* A cluster member's cert is not relayctl's (issue 12): refused. */
+		j.cfg.cert_file = cert;
+		j.cfg.key_file = key;
 		assert_int_equal(run_client(&j), TRANSPORT_ETIMEDOUT);
 		/* The server's cert must name the node we meant. */
 		j.cfg.cert_file = ccert;
@@ -864,6 +1032,41 @@ static void
 test_admin_tls(void **state)
 {
 	admin_test(true);
+}
+
+/* admin_socket: a unix socket, mode 0600, no TLS; relayctl connects by path. */
+static void
+test_admin_unix(void **state)
+{
+	(void)state;
+	static struct admin_srv s;
+	char path[128];
+	snprintf(path, sizeof(path), "%s/admin.sock", certdir);
+	memset(&s, 0, sizeof(s));
+	uv_timer_init(&loop, &s.timer);
+	s.timer.data = &s;
+	struct transport_admin_config scfg = {.unix_path = "relative.sock"};
+	assert_int_equal(transport_admin_listen(&loop, &scfg, admin_cb, &s, &s.a), TRANSPORT_EADDR);
+	scfg.unix_path = path;
+	assert_int_equal(transport_admin_listen(&loop, &scfg, admin_cb, &s, &s.a), 0);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0600);
+	static struct client_job j;
+	memset(&j, 0, sizeof(j));
+	j.cfg.unix_path = path;
+	j.timeout_ms = 5000;
+	j.req = "status";
+	assert_int_equal(run_client(&j), 0);
+	assert_int_equal(j.reply_len, 9);
+	assert_memory_equal(j.reply, "re:status", 9);
+	free(j.reply);
+	bool done = false;
+	transport_admin_close(s.a, closed_cb, &done);
+	assert_true(run_until(flag_set, &done, WAIT_MS));
+	uv_close((uv_handle_t *)&s.timer, NULL);
+	uv_run(&loop, UV_RUN_NOWAIT);
 }
 
 /* ---- Raft codec ---- */
@@ -1123,18 +1326,31 @@ teardown(void **state)
 	return uv_loop_close(&loop) == 0 ? 0 : -1;
 }
 
+/* test_transport [FILTER [SKIP]]: cmocka globs on the test names (transport.cmake uses both). */
 int
-main(void)
+main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_order_plain),	      cmocka_unit_test(test_order_tls),
-	    cmocka_unit_test(test_tls_foreign_cert),  cmocka_unit_test(test_unauth_dropped),
-	    cmocka_unit_test(test_malformed_dropped), cmocka_unit_test(test_queue_full_then_drain),
-	    cmocka_unit_test(test_queue_byte_bound),  cmocka_unit_test(test_reconnect_plain),
-	    cmocka_unit_test(test_reconnect_tls),     cmocka_unit_test(test_close_pending),
-	    cmocka_unit_test(test_admin_plain),	      cmocka_unit_test(test_admin_tls),
-	    cmocka_unit_test(test_raft_codec),	      cmocka_unit_test(test_raft_over_transport),
+	    cmocka_unit_test(test_order_plain),
+	    cmocka_unit_test(test_order_tls),
+	    cmocka_unit_test(test_tls_foreign_cert),
+	    cmocka_unit_test(test_unauth_dropped),
+	    cmocka_unit_test(test_malformed_dropped),
+	    cmocka_unit_test(test_queue_full_then_drain),
+	    cmocka_unit_test(test_queue_byte_bound),
+	    cmocka_unit_test(test_reconnect_plain),
+	    cmocka_unit_test(test_reconnect_tls),
+	    cmocka_unit_test(test_tls_hangup_listener),
+	    cmocka_unit_test(test_tls_silent_peer_dialer),
+	    cmocka_unit_test(test_close_pending),
+	    cmocka_unit_test(test_admin_plain),
+	    cmocka_unit_test(test_admin_tls),
+	    cmocka_unit_test(test_admin_unix),
+	    cmocka_unit_test(test_raft_codec),
+	    cmocka_unit_test(test_raft_over_transport),
 	    cmocka_unit_test(test_bad_config),
 	};
+	if (relay_test_filter(argc, argv, tests, sizeof(tests) / sizeof(tests[0])) != 0)
+		return 1;
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -222,6 +223,83 @@ test_min_ttl(void **state)
 	assert_int_equal(ttl, MX_TTL_DEFAULT);
 }
 
+/* A list of hosts "name pref addr" (IPv4 or IPv6 text, one address each). */
+static void
+make_list(struct mx_list *l, const char *const *spec, size_t n)
+{
+	mx_list_init(l);
+	for (size_t i = 0; i < n; i++) {
+		struct mx_host *h = &l->hosts[l->nhosts++];
+		char name[64], addr[64];
+		unsigned pref;
+		memset(h, 0, sizeof(*h));
+		assert_int_equal(sscanf(spec[i], "%63s %u %63s", name, &pref, addr), 3);
+		snprintf(h->name, sizeof(h->name), "%s", name);
+		h->pref = (uint16_t)pref;
+		uint8_t a[16];
+		if (inet_pton(AF_INET, addr, a) == 1)
+			mx_host_add_addr(h, AF_INET, a);
+		else {
+			assert_int_equal(inet_pton(AF_INET6, addr, a), 1);
+			mx_host_add_addr(h, AF_INET6, a);
+		}
+	}
+}
+
+/* Loop detection (issue 12 sec. 2): our own endpoints are never a destination; neither is any
+ * host as preferred or less preferred than the best of them (RFC 5321 5.1). */
+static void
+test_drop_self(void **state)
+{
+	(void)state;
+	static struct mx_self self;
+	static struct mx_list l;
+	uint8_t lo[4] = {127, 0, 0, 0}, own[4] = {192, 0, 2, 25}, v6[16];
+	self.n = 0;
+	mx_self_add(&self, AF_INET, lo, 8, 25);   /* a wildcard listener on port 25 */
+	mx_self_add(&self, AF_INET, own, 32, 25); /* an interface / own_addresses */
+	inet_pton(AF_INET6, "2001:db8::25", v6);
+	mx_self_add(&self, AF_INET6, v6, 128, 2525);
+
+	const char *mine[] = {"mx.self 10 127.0.0.1"};
+	make_list(&l, mine, 1);
+	assert_int_equal(mx_drop_self(&l, 25, &self), 1);
+	assert_int_equal(l.nhosts, 0); /* loops back to myself */
+
+	const char *other_port[] = {"filter 10 127.0.0.1"};
+	make_list(&l, other_port, 1);
+	assert_int_equal(mx_drop_self(&l, 10025, &self), 0); /* a filter on another port */
+	assert_int_equal(l.nhosts, 1);
+
+	const char *backup[] = {"a 10 198.51.100.1", "b 20 127.0.0.53", "c 20 198.51.100.3",
+				"d 30 198.51.100.4"};
+	make_list(&l, backup, 4);
+	assert_int_equal(mx_drop_self(&l, 25, &self), 3); /* we are pref 20: only a is left */
+	assert_int_equal(l.nhosts, 1);
+	assert_string_equal(l.hosts[0].name, "a");
+
+	const char *best[] = {"me 5 ::ffff:192.0.2.25", "b 10 198.51.100.2"};
+	make_list(&l, best, 2);
+	assert_int_equal(mx_drop_self(&l, 25, &self), 2); /* v4-mapped counts as IPv4 */
+	assert_int_equal(l.nhosts, 0);
+
+	const char *six[] = {"a 10 2001:db8::25", "b 10 2001:db8::26"};
+	make_list(&l, six, 2);
+	assert_int_equal(mx_drop_self(&l, 25, &self), 0);
+	assert_int_equal(mx_drop_self(&l, 2525, &self), 2); /* equal preference goes too */
+
+	const char *none[] = {"a 10 198.51.100.1", "b 20 198.51.100.2"};
+	make_list(&l, none, 2);
+	assert_int_equal(mx_drop_self(&l, 25, &self), 0);
+	assert_int_equal(l.nhosts, 2);
+	/* bounded: entries past MX_SELF_MAX are ignored, never written */
+	for (size_t i = 0; i < MX_SELF_MAX + 5; i++)
+		mx_self_add(&self, AF_INET, own, 32, 1000 + (unsigned)i);
+	assert_int_equal(self.n, MX_SELF_MAX);
+	mx_self_add(&self, AF_INET, own, 33, 1); /* bad prefix: ignored */
+	assert_int_equal(self.n, MX_SELF_MAX);
+}
+
 int
 main(void)
 {
@@ -231,6 +309,7 @@ main(void)
 	    cmocka_unit_test(test_implicit_and_finish),
 	    cmocka_unit_test(test_classify),
 	    cmocka_unit_test(test_min_ttl),
+	    cmocka_unit_test(test_drop_self),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,6 +155,129 @@ test_keys_and_errors(void **state)
 	config_fini(&cfg);
 }
 
+/* Issue 12's keys: yes/no, one of a list, the client key of per-client limits, hostnames,
+ * the admin socket path, and the cross-key rules. */
+static void
+test_abuse_keys(void **state)
+{
+	(void)state;
+	static struct relay_config cfg;
+	assert_int_equal(config_init(&cfg), 0);
+	assert_false(cfg.cluster_insecure);
+	assert_string_equal(cfg.bounce_content, "headers");
+	assert_int_equal(cfg.max_hops, 50);
+	assert_int_equal(cfg.max_receive_memory, (uint64_t)256 << 20);
+	assert_int_equal(config_set(&cfg, "cluster_insecure", "yes", "t"), 0);
+	assert_true(cfg.cluster_insecure);
+	assert_int_equal(config_set(&cfg, "cluster_insecure", "no", "t"), 0);
+	assert_false(cfg.cluster_insecure);
+	assert_int_not_equal(config_set(&cfg, "cluster_insecure", "maybe", "t"), 0);
+	assert_non_null(strstr(config_error(), "cluster_insecure"));
+	assert_int_equal(config_set(&cfg, "bounce_content", "full", "t"), 0);
+	assert_string_equal(cfg.bounce_content, "full");
+	assert_int_not_equal(config_set(&cfg, "bounce_content", "ful", "t"), 0);
+	assert_int_not_equal(config_set(&cfg, "bounce_content", "headers|full", "t"), 0);
+	assert_string_equal(cfg.bounce_content, "full");
+	assert_int_not_equal(config_set(&cfg, "client_ipv6_prefix", "129", "t"), 0);
+	assert_int_not_equal(config_set(&cfg, "max_hops", "0", "t"), 0);
+
+	/* cross-key rules */
+	config_set(&cfg, "hostname", "mx.example.org", "t");
+	assert_int_equal(config_check(&cfg), 0);
+	config_set(&cfg, "max_receive_memory", "4m", "t");
+	assert_int_not_equal(config_check(&cfg), 0); /* below max_message_size (10m) */
+	assert_non_null(strstr(config_error(), "max_receive_memory"));
+	config_set(&cfg, "max_receive_memory", "256m", "t");
+	config_set(&cfg, "postmaster_address", "postmaster", "t");
+	assert_int_not_equal(config_check(&cfg), 0);
+	config_set(&cfg, "postmaster_address", "ops@example.org", "t");
+	assert_int_equal(config_check(&cfg), 0);
+	config_set(&cfg, "cluster_listen", "10.0.0.1:7401", "t");
+	assert_int_not_equal(config_check(&cfg), 0);
+	assert_non_null(strstr(config_error(), "cluster_insecure"));
+	config_set(&cfg, "cluster_insecure", "yes", "t");
+	assert_int_equal(config_check(&cfg), 0);
+	config_set(&cfg, "cluster_listen", "127.0.0.1:7401", "t");
+	config_set(&cfg, "cluster_insecure", "no", "t");
+	assert_int_equal(config_check(&cfg), 0);
+	config_set(&cfg, "admin_ca", "/x/admin-ca.crt", "t");
+	assert_int_not_equal(config_check(&cfg), 0); /* needs the node's certificate */
+	config_set(&cfg, "admin_ca", "", "t");
+	config_set(&cfg, "admin_listen", "10.0.0.1:7402", "t");
+	assert_int_not_equal(config_check(&cfg), 0); /* plain admin off loopback */
+	config_set(&cfg, "admin_listen", "", "t");
+
+	/* the admin socket: relative to data_dir, bounded by a unix socket's path */
+	char path[CONFIG_SOCKET_PATH_MAX];
+	config_set(&cfg, "data_dir", "/var/lib/relayd", "t");
+	assert_int_equal(config_admin_socket_path(&cfg, path, sizeof(path)), 0);
+	assert_string_equal(path, "/var/lib/relayd/admin.sock");
+	config_set(&cfg, "admin_socket", "/run/relayd.sock", "t");
+	assert_int_equal(config_admin_socket_path(&cfg, path, sizeof(path)), 0);
+	assert_string_equal(path, "/run/relayd.sock");
+	char longdir[200];
+	memset(longdir, 'd', sizeof(longdir) - 1);
+	longdir[0] = '/';
+	longdir[sizeof(longdir) - 1] = '\0';
+	config_set(&cfg, "admin_socket", "admin.sock", "t");
+	config_set(&cfg, "data_dir", longdir, "t");
+	assert_int_not_equal(config_admin_socket_path(&cfg, path, sizeof(path)), 0);
+	assert_int_not_equal(config_check(&cfg), 0);
+	assert_non_null(strstr(config_error(), "admin_socket"));
+	config_set(&cfg, "admin_socket", "", "t");
+	assert_int_not_equal(config_admin_socket_path(&cfg, path, sizeof(path)), 0);
+	config_fini(&cfg);
+
+	/* hostnames: RFC 5321 Domain */
+	static const struct {
+		const char *name;
+		bool ok;
+	} hosts[] = {{"mx.example.org", true}, {"a", true},	   {"a-b.c1", true},
+		     {"", false},		{"bad_host", false}, {"-a.example", false},
+		     {"a-.example", false},	{"a..b", false},     {"a.", false},
+		     {"a b", false},		{"\xc3\xa9.example", false}};
+	for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++)
+		if (config_valid_hostname(hosts[i].name) != hosts[i].ok)
+			fail_msg("hostname %s", hosts[i].name);
+	char label[80];
+	memset(label, 'x', 64);
+	label[64] = '\0';
+	assert_false(config_valid_hostname(label));
+	label[63] = '\0';
+	assert_true(config_valid_hostname(label));
+
+	/* client keys: the address cut to the prefix; v4-mapped IPv6 is IPv4 */
+	static const struct {
+		const char *addr;
+		unsigned v4, v6;
+		const char *key;
+	} keys[] = {
+	    {"192.0.2.77", 32, 64, "192.0.2.77"},
+	    {"192.0.2.77", 24, 64, "192.0.2.0/24"},
+	    {"2001:db8:1:2:aaaa::5", 32, 64, "2001:db8:1:2::/64"},
+	    {"2001:db8:1:2:aaaa::5", 32, 48, "2001:db8:1::/48"},
+	    {"2001:db8:1:2:aaaa::5", 32, 128, "2001:db8:1:2:aaaa::5"},
+	    {"::ffff:198.51.100.9", 32, 64, "198.51.100.9"},
+	    {"::ffff:198.51.100.9", 16, 64, "198.51.0.0/16"},
+	};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		struct sockaddr_storage ss;
+		memset(&ss, 0, sizeof(ss));
+		if (strchr(keys[i].addr, ':') == NULL) {
+			ss.ss_family = AF_INET;
+			inet_pton(AF_INET, keys[i].addr, &((struct sockaddr_in *)&ss)->sin_addr);
+		} else {
+			ss.ss_family = AF_INET6;
+			inet_pton(AF_INET6, keys[i].addr, &((struct sockaddr_in6 *)&ss)->sin6_addr);
+		}
+		char out[CONFIG_CLIENT_KEY_MAX];
+		config_client_key((const struct sockaddr *)&ss, keys[i].v4, keys[i].v6, out);
+		if (strcmp(out, keys[i].key) != 0)
+			fail_msg("client key of %s /%u /%u: %s, want %s", keys[i].addr, keys[i].v4,
+				 keys[i].v6, out, keys[i].key);
+	}
+}
+
 /* Outbound TLS keys: each bad value gets an error naming the key and the value. */
 static void
 test_outbound_tls_keys(void **state)
@@ -212,6 +335,7 @@ main(void)
 	    cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
 	    cmocka_unit_test(test_addrs), cmocka_unit_test(test_cidr_match),
 	    cmocka_unit_test(test_keys_and_errors), cmocka_unit_test(test_outbound_tls_keys),
+	    cmocka_unit_test(test_abuse_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,6 +81,7 @@ h_setup(struct harness *h)
 	h->cfg.tls_available = true;
 	h->cfg.auth_available = true;
 	h->cfg.counters = &h->counters;
+	h->cfg.postmaster = "ops@example.org";
 	h->pol.tls_ok = 1;
 	h->pol.auth_ok = 1;
 	h->out = calloc(1, H_TRANSCRIPT_MAX + 1);

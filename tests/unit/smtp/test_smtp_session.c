@@ -323,8 +323,8 @@ static const struct addr_case addr_cases[] = {
     {"<\"bob smith\"@example.org>", true, "\"bob smith\"@example.org"},
     {"<\"a\\\"b\"@example.org>", true, "\"a\\\"b\"@example.org"},
     {"<@hop1.example,@hop2.example:bob@example.org>", true, "bob@example.org"},
-    {"<postmaster>", true, "postmaster"},
-    {"<PostMaster>", true, "PostMaster"},
+    {"<postmaster>", true, "ops@example.org"}, /* postmaster_address (RFC 5321 4.5.1) */
+    {"<PostMaster>", true, "ops@example.org"},
     {"<bob@[192.0.2.1]>", true, "bob@[192.0.2.1]"}, /* trusted client only */
     {"<bob@[IPv6:2001:db8::1]>", true, "bob@[IPv6:2001:db8::1]"},
     {"<a-b.c_d!#$%&'*/=?^`{|}~@sub-domain.example.org>", true,

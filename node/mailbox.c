@@ -1,5 +1,6 @@
 /*
- * smtp_addr.c: pure parsers for SMTP paths and ESMTP parameter values.
+ * mailbox.c: pure parsers for SMTP paths and ESMTP parameter values (mailbox.h): the address
+ * grammar shared by the SMTP server and the delivery client.
  *
  * Contract: every function reads only the bytes it is given (no NUL terminator needed), writes
  * only within the capacity it is given, allocates nothing and has no state.  Syntax follows
@@ -8,16 +9,17 @@
  * text and U-label domains, accepted here and refused by the caller when SMTPUTF8 was not
  * given), xtext per RFC 3461 sec 4.
  *
- * Failure modes: malformed input returns SMTP__ADDR_SYNTAX, UTF-8 when not allowed
- * SMTP__ADDR_UTF8, an over-long part SMTP__ADDR_LENGTH.  Nothing here asserts on input.
+ * Failure modes: malformed input returns MAILBOX_SYNTAX, UTF-8 when not allowed
+ * MAILBOX_UTF8, an over-long part MAILBOX_LENGTH.  Nothing here asserts on input.
  */
 #include <arpa/inet.h>
 #include <string.h>
+#include <strings.h>
 
-#include "smtp_addr.h"
+#include "mailbox.h"
 
-#define SMTP__LABEL_MAX 63   /* RFC 1035 sec 2.3.4 */
-#define SMTP__LITERAL_MAX 64 /* "[IPv6:...]" content; longer than any valid literal */
+#define MAILBOX_LABEL_MAX 63   /* RFC 1035 sec 2.3.4 */
+#define MAILBOX_LITERAL_MAX 64 /* "[IPv6:...]" content; longer than any valid literal */
 
 static bool
 is_alpha(unsigned char c)
@@ -41,7 +43,7 @@ is_atext(unsigned char c)
 }
 
 bool
-smtp__utf8_valid(const char *p, size_t len)
+mailbox_utf8_valid(const char *p, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)p;
 	size_t i = 0;
@@ -84,7 +86,7 @@ smtp__utf8_valid(const char *p, size_t len)
 }
 
 bool
-smtp__xtext_valid(const char *p, size_t len, size_t max)
+mailbox_xtext_valid(const char *p, size_t len, size_t max)
 {
 	if (len == 0 || len > max)
 		return false;
@@ -125,7 +127,7 @@ scan_domain(const char *p, size_t len)
 			i++;
 		}
 		size_t ll = i - label_start;
-		if (ll == 0 || ll > SMTP__LABEL_MAX || p[label_start] == '-' || p[i - 1] == '-')
+		if (ll == 0 || ll > MAILBOX_LABEL_MAX || p[label_start] == '-' || p[i - 1] == '-')
 			return 0;
 		if (i < len && p[i] == '.' && i + 1 < len) {
 			unsigned char nc = (unsigned char)p[i + 1];
@@ -142,7 +144,7 @@ scan_domain(const char *p, size_t len)
 static size_t
 scan_literal(const char *p, size_t len)
 {
-	char tmp[SMTP__LITERAL_MAX + 1];
+	char tmp[MAILBOX_LITERAL_MAX + 1];
 	const char *end;
 	size_t n;
 
@@ -152,7 +154,7 @@ scan_literal(const char *p, size_t len)
 	if (end == NULL)
 		return 0;
 	n = (size_t)(end - p) - 1;
-	if (n == 0 || n > SMTP__LITERAL_MAX)
+	if (n == 0 || n > MAILBOX_LITERAL_MAX)
 		return 0;
 	memcpy(tmp, p + 1, n);
 	tmp[n] = '\0';
@@ -211,32 +213,32 @@ scan_local(const char *p, size_t len)
 }
 
 int
-smtp__parse_path(const char *p, size_t len, unsigned flags, char *out, size_t cap, int *domain_off,
+mailbox_parse_path(const char *p, size_t len, unsigned flags, char *out, size_t cap, int *domain_off,
 		 size_t *consumed)
 {
 	size_t i = 1, mb_start, local_len, dom_len;
 
 	if (cap < SMTP_PATH_MAX || len < 2 || p[0] != '<')
-		return SMTP__ADDR_SYNTAX;
+		return MAILBOX_SYNTAX;
 
 	if (p[1] == '>') {
-		if (!(flags & SMTP__PARSE_NULL_OK))
-			return SMTP__ADDR_SYNTAX;
+		if (!(flags & MAILBOX_PARSE_NULL_OK))
+			return MAILBOX_SYNTAX;
 		out[0] = '\0';
 		*domain_off = -1;
 		*consumed = 2;
-		return SMTP__ADDR_OK;
+		return MAILBOX_OK;
 	}
 
 	/* A-d-l = At-domain *( "," At-domain ) ":" ; accepted and ignored (RFC 5321 App. C) */
 	if (p[1] == '@') {
 		for (;;) {
 			if (i >= len || p[i] != '@')
-				return SMTP__ADDR_SYNTAX;
+				return MAILBOX_SYNTAX;
 			i++;
 			size_t d = scan_domain(p + i, len - i);
 			if (d == 0)
-				return SMTP__ADDR_SYNTAX;
+				return MAILBOX_SYNTAX;
 			i += d;
 			if (i < len && p[i] == ',') {
 				i++;
@@ -246,53 +248,71 @@ smtp__parse_path(const char *p, size_t len, unsigned flags, char *out, size_t ca
 				i++;
 				break;
 			}
-			return SMTP__ADDR_SYNTAX;
+			return MAILBOX_SYNTAX;
 		}
 	}
 
 	mb_start = i;
 	local_len = scan_local(p + i, len - i);
 	if (local_len == 0)
-		return SMTP__ADDR_SYNTAX;
+		return MAILBOX_SYNTAX;
 	i += local_len;
 
-	if (i < len && p[i] == '>' && (flags & SMTP__PARSE_POSTMASTER_OK) && local_len == 10 &&
+	if (i < len && p[i] == '>' && (flags & MAILBOX_PARSE_POSTMASTER_OK) && local_len == 10 &&
 	    strncasecmp(p + mb_start, "postmaster", 10) == 0) {
 		memcpy(out, p + mb_start, 10);
 		out[10] = '\0';
 		*domain_off = -1;
 		*consumed = i + 1;
-		return SMTP__ADDR_OK;
+		return MAILBOX_OK;
 	}
 	if (i >= len || p[i] != '@')
-		return SMTP__ADDR_SYNTAX;
+		return MAILBOX_SYNTAX;
 	i++;
 	if (i < len && p[i] == '[')
 		dom_len = scan_literal(p + i, len - i);
 	else
 		dom_len = scan_domain(p + i, len - i);
 	if (dom_len == 0)
-		return SMTP__ADDR_SYNTAX;
+		return MAILBOX_SYNTAX;
 	i += dom_len;
 	if (i >= len || p[i] != '>')
-		return SMTP__ADDR_SYNTAX;
+		return MAILBOX_SYNTAX;
 
 	size_t mb_len = i - mb_start;
 	if (local_len > SMTP_LOCAL_MAX || dom_len > SMTP_DOMAIN_MAX || mb_len + 2 > SMTP_PATH_MAX)
-		return SMTP__ADDR_LENGTH;
+		return MAILBOX_LENGTH;
 	bool ascii = true;
 	for (size_t k = mb_start; k < i; k++)
 		if ((unsigned char)p[k] >= 0x80)
 			ascii = false;
 	if (!ascii) {
-		if (!(flags & SMTP__PARSE_UTF8))
-			return SMTP__ADDR_UTF8;
-		if (!smtp__utf8_valid(p + mb_start, mb_len))
-			return SMTP__ADDR_SYNTAX;
+		if (!(flags & MAILBOX_PARSE_UTF8))
+			return MAILBOX_UTF8;
+		if (!mailbox_utf8_valid(p + mb_start, mb_len))
+			return MAILBOX_SYNTAX;
 	}
 	memcpy(out, p + mb_start, mb_len);
 	out[mb_len] = '\0';
 	*domain_off = (int)(local_len + 1);
 	*consumed = i + 1;
-	return SMTP__ADDR_OK;
+	return MAILBOX_OK;
+}
+
+bool
+mailbox_valid(const char *mailbox, unsigned flags)
+{
+	char path[SMTP_PATH_MAX + 2], out[SMTP_PATH_MAX];
+	size_t n = strlen(mailbox), used;
+	int dom;
+
+	if (n + 2 > SMTP_PATH_MAX)
+		return false;
+	path[0] = '<';
+	memcpy(path + 1, mailbox, n);
+	path[n + 1] = '>';
+	if (mailbox_parse_path(path, n + 2, flags, out, sizeof(out), &dom, &used) != MAILBOX_OK)
+		return false;
+	/* whole, and no source route to strip: the stored form is the sent form */
+	return used == n + 2 && strcmp(out, mailbox) == 0;
 }

@@ -1,0 +1,527 @@
+/*
+ * test_craft.c - the replicated host's pure part (cluster/craft*.c) driven directly, over the
+ * in-memory store and an edge that records what it is asked to do (no loop, no network).
+ *
+ * Shows: the discovery decision (craft__boot_decide) as a table: a node bootstraps only as the
+ * seed once every member of `peers` answered empty with the same `peers`, adopts a bootstrap
+ * that names it at its incarnation, rejoins when a member has a cluster, and otherwise waits
+ * (never alone, never outside its own `peers`); Raft ids derive from node id and incarnation
+ * (incarnation 0 is the id of stores written before incarnations); a new data_dir gets a random
+ * incarnation written before anything else and keeps it across opens, a store with Raft state
+ * and no identity is incarnation 0; Peer commands carry what they expect to change: a late
+ * duplicate of an add, a rejoin or a removal (a forward resubmitted after a leader change) is a
+ * no-op once the member was set again, removed members stay as tombstones for that; a forwarded
+ * proposal older than what its origin still waited (by the leader's own clock) is dropped.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "craft_int.h"
+#include "peers.h"
+#include "store.h"
+
+/* ---- an edge that only records ---- */
+
+struct edge {
+	uint64_t now, rnd;
+	struct store *store;
+	unsigned sent, writes_now;
+	int writing;
+	char last_log[CRAFT_LOG_LINE_MAX];
+};
+
+static uint64_t
+e_now(void *arg)
+{
+	return ((struct edge *)arg)->now;
+}
+
+static uint64_t
+e_wall(void *arg)
+{
+	return 1700000000000ull + ((struct edge *)arg)->now;
+}
+
+static uint64_t
+e_random(void *arg)
+{
+	struct edge *e = arg;
+	return 0x1000 + ++e->rnd;
+}
+
+static void
+e_schedule(void *arg)
+{
+	(void)arg;
+}
+
+static void
+e_log(void *arg, const char *line)
+{
+	struct edge *e = arg;
+	snprintf(e->last_log, sizeof(e->last_log), "%s", line);
+}
+
+static int
+e_peer_add(void *arg, const char *name, const char *addr)
+{
+	(void)arg, (void)name, (void)addr;
+	return 0;
+}
+
+static void
+e_peer_del(void *arg, const char *name)
+{
+	(void)arg, (void)name;
+}
+
+static int
+e_connected(void *arg, const char *name)
+{
+	(void)arg, (void)name;
+	return 0;
+}
+
+static int
+e_send(void *arg, const char *name, uint32_t kind, const void *data, size_t len)
+{
+	(void)name, (void)kind, (void)data, (void)len;
+	((struct edge *)arg)->sent++;
+	return 0;
+}
+
+static int
+e_send_raft(void *arg, const char *name, const struct raft_msg *m)
+{
+	(void)name, (void)m;
+	((struct edge *)arg)->sent++;
+	return 0;
+}
+
+static int
+e_write_start(void *arg, const struct store_batch *b, int sync)
+{
+	struct edge *e = arg;
+	e->writing = 1;
+	return store_write(e->store, b, sync);
+}
+
+static int
+e_write_now(void *arg, const struct store_batch *b, int sync)
+{
+	struct edge *e = arg;
+	e->writes_now++;
+	return store_write(e->store, b, sync);
+}
+
+static int
+e_digest(void *arg, struct store_view *v, const enum store_cf *cfs, size_t n,
+	 struct store_digest *out)
+{
+	(void)arg, (void)v, (void)cfs, (void)n, (void)out;
+	return -1; /* no snapshots here */
+}
+
+static struct craft *
+open_craft(struct edge *e, const char *self)
+{
+	static const char *peers[] = {"n1=127.0.0.1:1", "n2=127.0.0.1:2", "n3=127.0.0.1:3"};
+	struct craft_io io = {
+	    .arg = e,
+	    .now_ms = e_now,
+	    .wall_ms = e_wall,
+	    .random64 = e_random,
+	    .schedule = e_schedule,
+	    .log = e_log,
+	    .peer_add = e_peer_add,
+	    .peer_del = e_peer_del,
+	    .peer_connected = e_connected,
+	    .send = e_send,
+	    .send_raft = e_send_raft,
+	    .write_start = e_write_start,
+	    .write_now = e_write_now,
+	    .digest_start = e_digest,
+	};
+	char listen[32];
+	snprintf(listen, sizeof(listen), "127.0.0.1:%c", self[1]);
+	struct craft_config cfg = {
+	    .node_id = self, .cluster_listen = listen, .peers = peers, .n_peers = 3};
+	struct craft *c = NULL;
+	int rv = craft_open(&cfg, e->store, &io, &c);
+	if (rv)
+		fail_msg("craft_open: %s (%s)", cluster_strerror(rv), e->last_log);
+	return c;
+}
+
+static void
+close_craft(struct edge *e, struct craft *c)
+{
+	if (e->writing) {
+		e->writing = 0;
+		craft_write_done(c, 0);
+	}
+	craft_closing(c);
+	craft_free(c);
+}
+
+/* ---- the discovery decision ---- */
+
+#define P(name, self, ans, mem, offer, same)                                                       \
+	{                                                                                          \
+		name, self, ans, mem, offer, same                                                  \
+	}
+
+static void
+test_boot_decide(void **state)
+{
+	(void)state;
+	struct {
+		const char *what;
+		int join;
+		struct craft_boot_peer p[3];
+		int want;
+		size_t who;
+	} cases[] = {
+	    {"all empty, same peers: the seed (n1) bootstraps",
+	     0,
+	     {P("n1", 1, 0, 0, 0, 0), P("n2", 0, 1, 0, 0, 1), P("n3", 0, 1, 0, 0, 1)},
+	     CRAFT_BOOT_SEED,
+	     SIZE_MAX},
+	    {"all empty: a non-seed waits for the seed",
+	     0,
+	     {P("n1", 0, 1, 0, 0, 1), P("n2", 1, 0, 0, 0, 0), P("n3", 0, 1, 0, 0, 1)},
+	     CRAFT_BOOT_WAIT,
+	     0},
+	    {"one member has not answered: even the seed waits, naming it",
+	     0,
+	     {P("n1", 1, 0, 0, 0, 0), P("n2", 0, 1, 0, 0, 1), P("n3", 0, 0, 0, 0, 0)},
+	     CRAFT_BOOT_WAIT,
+	     2},
+	    {"a member's `peers` differ: wait",
+	     0,
+	     {P("n1", 1, 0, 0, 0, 0), P("n2", 0, 1, 0, 0, 0), P("n3", 0, 1, 0, 0, 1)},
+	     CRAFT_BOOT_WAIT,
+	     1},
+	    {"the seed bootstrapped and offers this node its bootstrap: adopt",
+	     0,
+	     {P("n1", 0, 1, 1, 1, 1), P("n2", 1, 0, 0, 0, 0), P("n3", 0, 1, 0, 0, 1)},
+	     CRAFT_BOOT_ADOPT,
+	     0},
+	    {"a member has a cluster that does not name this incarnation: rejoin (disk replaced)",
+	     0,
+	     {P("n1", 0, 1, 1, 0, 1), P("n2", 1, 0, 0, 0, 0), P("n3", 0, 0, 0, 0, 0)},
+	     CRAFT_BOOT_JOIN,
+	     0},
+	    {"the seed itself lost its disk, the others have the cluster: rejoin, never bootstrap",
+	     0,
+	     {P("n1", 1, 0, 0, 0, 0), P("n2", 0, 1, 1, 0, 1), P("n3", 0, 1, 1, 0, 1)},
+	     CRAFT_BOOT_JOIN,
+	     1},
+	    {"an offer wins over a plain member",
+	     0,
+	     {P("n1", 0, 1, 1, 0, 1), P("n2", 1, 0, 0, 0, 0), P("n3", 0, 1, 1, 1, 1)},
+	     CRAFT_BOOT_ADOPT,
+	     2},
+	    {"outside its own peers, all empty: never bootstraps",
+	     1,
+	     {P("n1", 0, 1, 0, 0, 0), P("n2", 0, 1, 0, 0, 0), P("n9", 1, 0, 0, 0, 0)},
+	     CRAFT_BOOT_WAIT,
+	     SIZE_MAX},
+	    {"outside its own peers, a cluster answers: joins (waits for relayctl node add there)",
+	     1,
+	     {P("n1", 0, 1, 1, 0, 0), P("n2", 0, 0, 0, 0, 0), P("n9", 1, 0, 0, 0, 0)},
+	     CRAFT_BOOT_JOIN,
+	     0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t who;
+		int v = craft__boot_decide(cases[i].p, 3, cases[i].join, &who);
+		if (v != cases[i].want || (cases[i].want != CRAFT_BOOT_SEED && who != cases[i].who))
+			fail_msg("%s: verdict %d who %zu, want %d %zu", cases[i].what, v, who,
+				 cases[i].want, cases[i].who);
+	}
+}
+
+static void
+test_raft_id_incarnation(void **state)
+{
+	(void)state;
+	assert_int_equal(cluster_peer_raft_id_inc("n1", 0), cluster_peer_raft_id("n1"));
+	uint64_t a = cluster_peer_raft_id_inc("n1", 1), b = cluster_peer_raft_id_inc("n1", 2);
+	assert_true(a != b && a != cluster_peer_raft_id("n1") && a != 0 && b != 0);
+	assert_true(cluster_peer_raft_id_inc("n1", 7) != cluster_peer_raft_id_inc("n2", 7));
+}
+
+/* ---- identity ---- */
+
+static void
+test_identity(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n2");
+	uint64_t inc = c->inc;
+	assert_true(inc != 0);
+	assert_int_equal(c->cluster_id, 0);
+	assert_int_equal(c->bt.phase, CRAFT_BOOT_DISCOVER);
+	assert_int_equal(craft_id(c), cluster_peer_raft_id_inc("n2", inc));
+	assert_true(e.writes_now >= 1); /* the identity, written and synced at once */
+	close_craft(&e, c);
+	c = open_craft(&e, "n2");
+	assert_int_equal(c->inc, inc); /* the same data_dir, the same incarnation */
+	close_craft(&e, c);
+	store_free(e.store);
+
+	/* a store with Raft state from before incarnations: incarnation 0, the old Raft id */
+	struct edge e2 = {0};
+	assert_int_equal(store_mem_new(&e2.store), 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	struct raft_hard_state hs = {.term = 3, .vote = 0, .commit = 0};
+	assert_int_equal(craft__hs_put(&b, &hs), 0);
+	struct raft_snap_meta sm = {.index = 0, .term = 0};
+	sm.conf.n_voters = 3;
+	sm.conf.voters[0] = cluster_peer_raft_id("n1");
+	sm.conf.voters[1] = cluster_peer_raft_id("n2");
+	sm.conf.voters[2] = cluster_peer_raft_id("n3");
+	assert_int_equal(craft__snap_put(&b, &sm, NULL, 0), 0);
+	assert_int_equal(store_write(e2.store, &b, 1), 0);
+	store_batch_fini(&b);
+	c = open_craft(&e2, "n2");
+	assert_int_equal(c->inc, 0);
+	assert_int_equal(craft_id(c), cluster_peer_raft_id("n2"));
+	assert_int_equal(c->bt.phase, CRAFT_BOOT_DONE);
+	close_craft(&e2, c);
+	store_free(e2.store);
+}
+
+/* ---- Peer commands and their expectations ---- */
+
+static int
+apply_peer(struct craft *c, uint64_t index, const char *node, unsigned state, int has_inc,
+	   uint64_t inc, int expect, uint64_t since)
+{
+	Relay__Peer p = RELAY__PEER__INIT;
+	p.node = (char *)node;
+	p.addr = "127.0.0.1:9";
+	p.state = (Relay__PeerState)state;
+	if (state == RELAY__PEER_STATE__PEER_ACTIVE) {
+		if (has_inc) {
+			p.has_incarnation = 1;
+			p.incarnation = inc;
+		} else {
+			p.has_incarnation_pending = 1;
+			p.incarnation_pending = 1;
+		}
+	}
+	p.has_expect_since_index = expect;
+	p.expect_since_index = since;
+	return craft__apply_peer(c, index, &p);
+}
+
+static void
+test_peer_expectations(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	const unsigned ACT = RELAY__PEER_STATE__PEER_ACTIVE,
+		       LEAVE = RELAY__PEER_STATE__PEER_LEAVING, LEFT = RELAY__PEER_STATE__PEER_LEFT;
+	/* relayctl node add n4 (its incarnation not announced yet): added, no Raft id */
+	assert_int_equal(apply_peer(c, 10, "n4", ACT, 0, 0, 1, 0), 0);
+	int i = craft__peer_by_name(c, "n4");
+	assert_true(i >= 0 && c->ppending[i] && c->peers[i].id == 0 && c->psince[i] == 10);
+	/* n4 announces itself: the leader proposes its incarnation, expecting the add */
+	assert_int_equal(apply_peer(c, 12, "n4", ACT, 1, 0x44, 1, 10), 0);
+	i = craft__peer_by_name(c, "n4");
+	assert_true(!c->ppending[i] && c->pinc[i] == 0x44 &&
+		    c->peers[i].id == cluster_peer_raft_id_inc("n4", 0x44));
+	/* a late duplicate of the add (expecting the book without n4): a no-op */
+	assert_int_equal(apply_peer(c, 13, "n4", ACT, 0, 0, 1, 0), CLUSTER_ESTALE);
+	assert_int_equal(c->pinc[craft__peer_by_name(c, "n4")], 0x44);
+	/* n4's disk is replaced: a rejoin under incarnation 0x45 replaces 0x44 */
+	assert_int_equal(apply_peer(c, 20, "n4", ACT, 1, 0x45, 1, 12), 0);
+	i = craft__peer_by_name(c, "n4");
+	assert_true(c->pinc[i] == 0x45 && c->pprev[i] == 0x44);
+	/* a late duplicate of the first rejoin (it expected index 10's entry): a no-op */
+	assert_int_equal(apply_peer(c, 21, "n4", ACT, 1, 0x44, 1, 10), CLUSTER_ESTALE);
+	assert_int_equal(c->pinc[craft__peer_by_name(c, "n4")], 0x45);
+	/* removal: LEAVING then LEFT, each expecting the entry before it */
+	assert_int_equal(apply_peer(c, 30, "n4", LEAVE, 0, 0, 1, 20), 0);
+	assert_int_equal(apply_peer(c, 31, "n4", LEFT, 0, 0, 1, 30), 0);
+	assert_int_equal(craft__peer_by_name(c, "n4"), -1);
+	assert_int_equal(craft__member_since(c, "n4"), 31); /* a tombstone */
+	/* late duplicates after the removal: the add, the rejoin, the LEAVING: all no-ops */
+	assert_int_equal(apply_peer(c, 32, "n4", ACT, 0, 0, 1, 0), CLUSTER_ESTALE);
+	assert_int_equal(apply_peer(c, 33, "n4", ACT, 1, 0x45, 1, 12), CLUSTER_ESTALE);
+	assert_int_equal(apply_peer(c, 34, "n4", LEAVE, 0, 0, 1, 20), CLUSTER_ESTALE);
+	assert_int_equal(craft__peer_by_name(c, "n4"), -1);
+	/* a deliberate new add sees the tombstone and expects it: n4 is back */
+	assert_int_equal(apply_peer(c, 40, "n4", ACT, 0, 0, 1, 31), 0);
+	assert_true(craft__peer_by_name(c, "n4") >= 0);
+	/* a late LEFT of the first removal does not forget the re-added member */
+	assert_int_equal(apply_peer(c, 41, "n4", LEFT, 0, 0, 1, 30), CLUSTER_ESTALE);
+	assert_true(craft__peer_by_name(c, "n4") >= 0);
+	/* commands from before expectations (none set) apply as they always did */
+	assert_int_equal(apply_peer(c, 50, "n5", ACT, 1, 0, 0, 0), 0);
+	i = craft__peer_by_name(c, "n5");
+	assert_true(i >= 0 && c->peers[i].id == cluster_peer_raft_id("n5"));
+	/* the book with its tombstones survives a restart (stored with the applies) */
+	assert_int_equal(store_write(e.store, &c->next, 1), 0);
+	store_batch_clear(&c->next);
+	close_craft(&e, c);
+	c = open_craft(&e, "n1");
+	i = craft__peer_by_name(c, "n4");
+	assert_true(i >= 0 && c->psince[i] == 40);
+	assert_int_equal(apply_peer(c, 60, "n4", LEAVE, 0, 0, 1, 40), 0);
+	assert_int_equal(apply_peer(c, 61, "n4", LEFT, 0, 0, 1, 60), 0);
+	assert_int_equal(store_write(e.store, &c->next, 1), 0);
+	store_batch_clear(&c->next);
+	close_craft(&e, c);
+	c = open_craft(&e, "n1");
+	assert_int_equal(craft__member_since(c, "n4"), 61);
+	assert_int_equal(apply_peer(c, 62, "n4", ACT, 0, 0, 1, 40), CLUSTER_ESTALE);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
+/* Issue 11, section 4: a snapshot fetch records the serving node's applied index (8 here), past
+ * what this node's log holds as committed (5): at the next open the core must not take entries
+ * 6..8 of its own log as committed (they may be a deposed leader's, to be replaced), while the
+ * queue, durable at 8, skips them when they come back committed. */
+static void
+test_applied_past_commit(void)
+{
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct store_batch b;
+	store_batch_init(&b);
+	struct raft_hard_state hs = {.term = 3, .vote = 0, .commit = 5};
+	assert_int_equal(craft__hs_put(&b, &hs), 0);
+	for (uint64_t i = 1; i <= 10; i++) {
+		struct store_entry se = {
+		    .index = i, .term = i <= 5 ? 1 : 2, .type = STORE_ENTRY_NOOP};
+		assert_int_equal(store_log_append(&b, &se), 0);
+	}
+	assert_int_equal(store_applied_put(&b, 8), 0);
+	assert_int_equal(store_write(e.store, &b, 1), 0);
+	store_batch_fini(&b);
+	struct craft *c = open_craft(&e, "n2");
+	struct raft_status rs;
+	raft_status(craft_raft(c), &rs);
+	assert_int_equal(rs.commit, 5);
+	assert_int_equal(rs.applied, 5);
+	assert_int_equal(rs.last_index, 10);
+	assert_int_equal(craft_applied(c), 8);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
+static void
+test_applied_past_commit_case(void **state)
+{
+	(void)state;
+	test_applied_past_commit();
+}
+
+/* Frames carry the sender's cluster id: another cluster's are dropped (counted); 0 (a node that
+ * knows none yet: discovering, or a store from before cluster ids) passes; so do unknown
+ * senders not (the transport admits only members, craft checks again). */
+static void
+test_foreign_cluster(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	assert_int_equal(craft_recv_env(c, "n2", 0x77, 5), 0); /* none known yet: any passes */
+	c->cluster_id = 0x55;
+	assert_int_equal(craft_recv_env(c, "n2", 0x77, 5), -1);
+	assert_int_equal(craft_recv_env(c, "n2", 0x55, 5), 0);
+	assert_int_equal(craft_recv_env(c, "n2", 0, 5), 0);
+	assert_int_equal(craft_recv_env(c, "n9", 0x55, 5), -1);
+	struct cluster_status st;
+	craft_status(c, &st);
+	assert_int_equal(st.foreign_dropped, 1);
+	assert_int_equal(st.cluster_id, 0x55);
+	assert_string_equal(st.boot_phase, "discovering");
+	/* a cluster from before cluster ids gets one through the log, once */
+	c->cluster_id = 0;
+	Relay__ClusterId cl = RELAY__CLUSTER_ID__INIT;
+	cl.cluster_id = 0x66;
+	assert_int_equal(craft__apply_cluster_id(c, 9, &cl), 0);
+	assert_int_equal(c->cluster_id, 0x66);
+	cl.cluster_id = 0x67; /* a second proposal (another leader's) changes nothing */
+	assert_int_equal(craft__apply_cluster_id(c, 10, &cl), 0);
+	assert_int_equal(c->cluster_id, 0x66);
+	cl.cluster_id = 0;
+	assert_int_equal(craft__apply_cluster_id(c, 11, &cl), CLUSTER_EINVAL);
+	craft_status(c, &st);
+	assert_int_equal(st.cluster_id, 0x66);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
+/* A forward's age bound: now - (stamp - 1) from the leader's own clock, against the origin's
+ * remaining budget; no stamp, or a stamp ahead of this clock, is dropped too. */
+static void
+test_forward_expired(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	static const struct {
+		uint64_t now, stamp, budget;
+		int expired;
+	} t[] = {
+	    {10000, 9951, 3000, 0},  /* sent within 50 ms of the leader's heartbeat */
+	    {10000, 7002, 3000, 0},  /* 2999 ms (stamp: clock + 1): within */
+	    {10000, 7001, 3000, 1},  /* 3000 ms: the origin may have answered 451 */
+	    {20000, 9951, 3000, 1},  /* waited 10 s in a cut link */
+	    {10000, 9951, 0, 1},     /* sent with nothing left */
+	    {10000, 0, 3000, 1},     /* no stamp */
+	    {10000, 10002, 3000, 1}, /* ahead of this clock: another process's */
+	    {10000, 10001, 3000, 0}, /* this very millisecond */
+	};
+	uint64_t expired = 0;
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		unsigned char hdr[CRAFT_FWD_HDR];
+		store_u64_encode(t[i].stamp, hdr);
+		store_u64_encode(t[i].budget, hdr + 8);
+		e.now = t[i].now;
+		int got = craft__forward_expired(c, craft__peer_by_name(c, "n2"), hdr);
+		if (got != t[i].expired)
+			fail_msg("case %zu: expired=%d, want %d", i, got, t[i].expired);
+		expired += (uint64_t)got;
+	}
+	struct cluster_status st;
+	craft_status(c, &st);
+	assert_int_equal(st.forwards_expired, expired);
+	assert_non_null(strstr(e.last_log, "event=forward-expired from=n2"));
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_boot_decide),	    cmocka_unit_test(test_raft_id_incarnation),
+	    cmocka_unit_test(test_identity),	    cmocka_unit_test(test_peer_expectations),
+	    cmocka_unit_test(test_foreign_cluster), cmocka_unit_test(test_applied_past_commit_case),
+	    cmocka_unit_test(test_forward_expired),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
