@@ -680,6 +680,30 @@ transport_poll_cb(uv_poll_t *h, int status, int events)
 
 /* ---- endpoint guard, the I/O edge (loop thread) ---- */
 
+/* The statistics scope of endpoint `id` of a kind ("listener", "dialer") in the tree under st,
+ * or NULL.  Not nng_stat_find_listener/_dialer: in NNG 1.5.2 they match the id at the root
+ * only and then return the FIRST scope of that kind anywhere below (nng_stat_find_scope
+ * recurses by name alone), so with two peers the guard read one peer's dialer for the other's,
+ * and with a second listener in the process (a socket left closing) the wrong listener. */
+struct nng_stat *
+transport_stat_endpoint(struct nng_stat *st, const char *kind, int id)
+{
+	if (st == NULL)
+		return NULL;
+	if (nng_stat_type(st) == NNG_STAT_SCOPE && strcmp(nng_stat_name(st), kind) == 0) {
+		for (nng_stat *c = nng_stat_child(st); c != NULL; c = nng_stat_next(c))
+			if (strcmp(nng_stat_name(c), "id") == 0)
+				return nng_stat_value(c) == (uint64_t)id ? st : NULL;
+		return NULL;
+	}
+	for (nng_stat *c = nng_stat_child(st); c != NULL; c = nng_stat_next(c)) {
+		nng_stat *r = transport_stat_endpoint(c, kind, id);
+		if (r != NULL)
+			return r;
+	}
+	return NULL;
+}
+
 /* The counter name of an endpoint's statistics st; 0 when absent. */
 static uint64_t
 stat_count(nng_stat *st, const char *name)
@@ -805,7 +829,7 @@ guard_listener(struct transport *t, nng_stat *root, uint64_t now_ms)
 		}
 		return;
 	}
-	nng_stat *st = nng_stat_find_listener(root, t->listener);
+	nng_stat *st = transport_stat_endpoint(root, "listener", nng_listener_id(t->listener));
 	if (st == NULL) /* NNG without statistics: no guard */
 		return;
 	uint64_t other = stat_count(st, "other"), accepts = stat_count(st, "accept");
@@ -834,7 +858,7 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 {
 	uint64_t attempts = 0;
 	if (p->dialing) {
-		nng_stat *st = nng_stat_find_dialer(root, p->dialer);
+		nng_stat *st = transport_stat_endpoint(root, "dialer", nng_dialer_id(p->dialer));
 		if (st == NULL) /* NNG without statistics: no guard */
 			return;
 		attempts = dialer_attempts(st);

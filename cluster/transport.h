@@ -102,6 +102,12 @@ enum transport_errno {
 
 const char *transport_strerror(int code);
 
+/* The statistics of endpoint `id` of `kind` ("listener", "dialer") in a tree from
+ * nng_stats_get, or NULL (NNG 1.5.2's nng_stat_find_listener/_dialer return the first
+ * endpoint of the kind instead; transport.c). */
+struct nng_stat;
+struct nng_stat *transport_stat_endpoint(struct nng_stat *st, const char *kind, int id);
+
 /* Bounds and defaults (used when a config field is 0). */
 /* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
    snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/supplemental/tls/tls.h>
 
@@ -1274,6 +1275,45 @@ test_raft_over_transport(void **state)
 	node_close(&a);
 }
 
+/* The guard reads the counters of ITS endpoint: with two listeners and two dialers in the
+ * process, each is found by its own id (NNG 1.5.2's nng_stat_find_listener/_dialer return the
+ * first of the kind: the guard read one peer's dialer for another's). */
+static uint64_t
+stat_id(nng_stat *st)
+{
+	nng_stat *c = st != NULL ? nng_stat_find(st, "id") : NULL;
+	return c != NULL ? nng_stat_value(c) : 0;
+}
+
+static void
+test_stat_endpoint(void **state)
+{
+	(void)state;
+	nng_socket s[2];
+	nng_listener l[2];
+	nng_dialer d[2];
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(nng_pull0_open(&s[i]), 0);
+		assert_int_equal(nng_listen(s[i], "tcp://127.0.0.1:0", &l[i], 0), 0);
+		/* a dialer that never connects (discard port, loopback): only its stats matter */
+		assert_int_equal(nng_dial(s[i], "tcp://127.0.0.1:9", &d[i], NNG_FLAG_NONBLOCK), 0);
+	}
+	nng_stat *root;
+	assert_int_equal(nng_stats_get(&root), 0);
+	for (int i = 0; i < 2; i++) {
+		int lid = nng_listener_id(l[i]), did = nng_dialer_id(d[i]);
+		assert_int_equal(stat_id(transport_stat_endpoint(root, "listener", lid)), lid);
+		assert_int_equal(stat_id(transport_stat_endpoint(root, "dialer", did)), did);
+		print_message("listener %d: nng_stat_find_listener gives %llu; dialer %d: %llu\n", lid,
+			      (unsigned long long)stat_id(nng_stat_find_listener(root, l[i])), did,
+			      (unsigned long long)stat_id(nng_stat_find_dialer(root, d[i])));
+	}
+	assert_null(transport_stat_endpoint(root, "listener", 1 << 30));
+	nng_stats_free(root);
+	for (int i = 0; i < 2; i++)
+		nng_close(s[i]);
+}
+
 static void
 test_bad_config(void **state)
 {
@@ -1349,6 +1389,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_raft_codec),
 	    cmocka_unit_test(test_raft_over_transport),
 	    cmocka_unit_test(test_bad_config),
+	    cmocka_unit_test(test_stat_endpoint),
 	};
 	if (relay_test_filter(argc, argv, tests, sizeof(tests) / sizeof(tests[0])) != 0)
 		return 1;
