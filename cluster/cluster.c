@@ -80,6 +80,7 @@ struct cluster {
 	struct store_batch wbatch; /* the write in flight: apply writes, then log appends */
 	size_t wbatch_apply_len;   /* where the apply writes end in wbatch */
 	unsigned wbatch_apply_count;
+	uint64_t wbatch_applied;   /* the apply writes in wbatch are those up to this index */
 	uint64_t wbytes;	  /* log bytes of the write in flight */
 	struct store_batch apply; /* apply writes not yet written */
 
@@ -217,6 +218,8 @@ cluster__after_work_cb(uv_work_t *req, int status)
 			p->status = CLUSTER_EIO;
 	} else {
 		store_batch_clear(&c->wbatch);
+		/* the state machine's values up to there are in the store (its overlay lets go) */
+		queue_fsm_written(c->fsm, c->wbatch_applied);
 		if (c->write_sync) {
 			c->stats.batches++;
 			c->stats.bytes += c->wbytes;
@@ -279,6 +282,7 @@ cluster__flush_cb(uv_idle_t *h)
 	store_batch_clear(&c->apply);
 	c->wbatch_apply_len = c->wbatch.len;
 	c->wbatch_apply_count = c->wbatch.count;
+	c->wbatch_applied = c->applied_index;
 
 	struct cluster__fifo failed = {0};
 	uint64_t bytes = 0;
@@ -616,10 +620,12 @@ cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster *
 	store_batch_init(&c->apply);
 	c->work.data = c;
 
+	uint64_t t0 = uv_hrtime();
 	if ((rv = store_open(path, 0, &c->store))) {
 		rv = cluster__store_err(rv);
 		goto err_after_alloc;
 	}
+	uint64_t t1 = uv_hrtime();
 	if ((rv = cluster__init_meta(c, cfg->node_id)))
 		goto err_after_store;
 	if ((rv = queue_fsm_new(c->store, &c->fsm))) {
@@ -627,6 +633,11 @@ cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster *
 		rv = cluster__queue_err(rv);
 		goto err_after_store;
 	}
+	struct queue_counts qc;
+	queue_fsm_counts(c->fsm, &qc);
+	cluster__log("open: event=queue-loaded messages=%" PRIu64 " store_ms=%" PRIu64
+		     " load_ms=%" PRIu64,
+		     qc.messages, (t1 - t0) / 1000000, (uv_hrtime() - t1) / 1000000);
 	if ((rv = cluster__replay(c)))
 		goto err_after_fsm;
 	c->stats.applied_index = c->applied_index;
@@ -753,11 +764,26 @@ cluster__put_time(FILE *out, uint64_t ms)
 		fprintf(out, "%" PRIu64, ms);
 }
 
-/* The dump of one record; fsm (may be NULL: a raw dump) gives each queued recipient's domain
- * owner and epoch. */
+/* Gives a domain's owner and epoch (0) or QUEUE_ENOTFOUND: the state machine's, or the
+ * store's when streaming. */
+typedef int (*cluster__owner_fn)(void *ctx, const char *domain, char *owner, uint64_t *epoch);
+
+static int
+cluster__fsm_owner(void *ctx, const char *domain, char *owner, uint64_t *epoch)
+{
+	return queue_fsm_domain_owner(ctx, domain, owner, epoch);
+}
+
+static int
+cluster__store_owner(void *ctx, const char *domain, char *owner, uint64_t *epoch)
+{
+	return queue_store_domain_owner(ctx, domain, owner, epoch);
+}
+
+/* The dump of one record; owner_of gives each queued recipient's domain owner and epoch. */
 static void
 cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pending,
-		     const struct queue_fsm *fsm)
+		     cluster__owner_fn owner_of, void *owner_ctx)
 {
 	if (json) {
 		fputs("{\"queue_id\":\"", out);
@@ -783,9 +809,9 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 				fprintf(out, ",\"epoch\":%" PRIu64, q->epoch);
 			char dom[QUEUE_DOMAIN_MAX + 1], owner[QUEUE_NODE_MAX + 1];
 			uint64_t depoch;
-			if (fsm && q->rcpt && q->state == RELAY__RCPT_STATE__RCPT_QUEUED) {
+			if (q->rcpt && q->state == RELAY__RCPT_STATE__RCPT_QUEUED) {
 				queue_addr_domain(q->rcpt->addr, dom);
-				if (!queue_fsm_domain_owner(fsm, dom, owner, &depoch)) {
+				if (!owner_of(owner_ctx, dom, owner, &depoch)) {
 					fputs(",\"owner\":\"", out);
 					cluster__put_str(out, owner, 1);
 					fprintf(out, "\",\"owner_epoch\":%" PRIu64, depoch);
@@ -879,33 +905,54 @@ cluster__dump_record(FILE *out, const Relay__QueueRecord *r, int json, int pendi
 	fputc('\n', out);
 }
 
-/* Lists the queue CF as stored, in key order, skipping damaged records (*bad set). */
+/* Streams the queue as stored, in queue id order (constant memory). */
+struct cluster__dump_ctx {
+	FILE *out;
+	int json;
+	struct store *s;
+};
+
 static int
-cluster__dump_raw(struct store *s, FILE *out, int json, int *bad)
+cluster__dump_cb(void *arg, Relay__QueueRecord *r)
+{
+	struct cluster__dump_ctx *d = arg;
+	cluster__dump_record(d->out, r, d->json, 0, cluster__store_owner, d->s);
+	return 0;
+}
+
+static int
+cluster__dump_stream(struct store *s, FILE *out, int json, int *bad)
+{
+	struct cluster__dump_ctx d = {out, json, s};
+	int rv = queue_store_stream(s, cluster__dump_cb, &d, bad);
+	if (*bad)
+		cluster__log("dump: damaged queue records skipped or shown in part");
+	return cluster__queue_err(rv);
+}
+
+/* The log entries after the applied index (a crash before their apply was written): how many,
+ * and whether one is damaged. */
+static int
+cluster__dump_pending(struct store *s, uint64_t applied, uint64_t *n, int *bad)
 {
 	struct store_iter *it;
-	int rv = store_iter_new(s, STORE_CF_QUEUE, &it);
+	*n = 0;
+	int rv = store_iter_new(s, STORE_CF_LOG, &it);
 	if (rv)
 		return cluster__store_err(rv);
-	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
-		size_t vlen, kl;
+	unsigned char key[STORE_LOG_KEY_LEN];
+	store_log_key(applied + 1, key);
+	for (store_iter_seek(it, key, sizeof(key)); store_iter_valid(it); store_iter_next(it)) {
+		size_t klen, vlen;
+		const unsigned char *k = store_iter_key(it, &klen);
 		const unsigned char *v = store_iter_value(it, &vlen);
-		const unsigned char *key = store_iter_key(it, &kl);
-		if (kl && key[0] == QUEUE_KEY_OWN)
-			continue; /* ownership state, not a message */
-		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
-		if (!r || !r->queue_id) {
-			size_t klen;
-			const unsigned char *k = store_iter_key(it, &klen);
-			cluster__log("dump: corrupt queue record key=%.*s",
-				     (int)(klen > 64 ? 64 : klen), (const char *)k);
+		struct store_entry e;
+		if (store_entry_decode(k, klen, v, vlen, &e)) {
+			cluster__log("dump: corrupt log entry");
 			*bad = 1;
-			if (r)
-				relay__queue_record__free_unpacked(r, NULL);
-			continue;
+			break;
 		}
-		cluster__dump_record(out, r, json, 0, NULL);
-		relay__queue_record__free_unpacked(r, NULL);
+		*n += e.type == STORE_ENTRY_NORMAL;
 	}
 	rv = cluster__store_err(store_iter_status(it));
 	store_iter_free(it);
@@ -949,7 +996,20 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		goto out;
 	}
 
-	/* 1. the applied queue, loaded as cluster_open does; a damaged record: list as stored */
+	/* 1. nothing after the applied index (a clean stop, or a node that wrote its last
+	 * applies): the store is the queue, streamed with constant memory */
+	uint64_t npending = 0;
+	if ((rv = cluster__dump_pending(s, applied, &npending, &bad)))
+		goto out;
+	if (!npending) {
+		rv = cluster__dump_stream(s, out, json, &bad);
+		goto out;
+	}
+
+	/* 2. entries still in the log after the applied index go through a state machine loaded
+	 * as cluster_open does (its scheduling state only: records stay in the store) and its
+	 * writes are dropped, so duplicates and rejected commands count exactly as at the next
+	 * open; a store it cannot load is streamed as stored */
 	if ((rv = queue_fsm_new(s, &fsm))) {
 		if (rv != QUEUE_ECORRUPT) {
 			rv = cluster__queue_err(rv);
@@ -957,13 +1017,9 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		}
 		fsm = NULL;
 		bad = 1;
-		rv = cluster__dump_raw(s, out, json, &bad);
+		rv = cluster__dump_stream(s, out, json, &bad);
 		goto out;
 	}
-
-	/* 2. entries still in the log after the applied index (a crash before their apply was
-	 * written) go through the scratch state machine (its writes are dropped), so duplicates
-	 * and rejected commands count exactly as at the next open */
 	if ((rv = store_iter_new(s, STORE_CF_LOG, &it))) {
 		rv = cluster__store_err(rv);
 		goto out;
@@ -999,16 +1055,22 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 	if ((rv = cluster__store_err(store_iter_status(it))))
 		goto out;
 
-	/* 3. the result, in apply order */
+	/* 3. the result, in apply order, one record read at a time (what the replayed entries
+	 * wrote is in the state machine's overlay) */
 	for (const struct queue_msg *m = queue_fsm_first(fsm); m; m = queue_fsm_next(fsm, m)) {
 		Relay__QueueRecord *r;
 		if ((rv = queue_fsm_read_record(fsm, m->queue_id, &r))) {
-			rv = cluster__queue_err(rv);
-			goto out;
+			if (rv != QUEUE_ECORRUPT) {
+				rv = cluster__queue_err(rv);
+				goto out;
+			}
+			bad = 1;
+			rv = 0;
+			continue;
 		}
 		int pending =
 		    r->accept_index > applied || (r->has_update_index && r->update_index > applied);
-		cluster__dump_record(out, r, json, pending, fsm);
+		cluster__dump_record(out, r, json, pending, cluster__fsm_owner, fsm);
 		relay__queue_record__free_unpacked(r, NULL);
 	}
 out:

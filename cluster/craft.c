@@ -207,6 +207,8 @@ craft_write_done(struct craft *c, int rv)
 	} else {
 		store_batch_clear(&c->wbatch);
 		c->durable_applied = c->write_applied;
+		/* the state machine's values up to there are in the store (its overlay lets go) */
+		queue_fsm_written(c->fsm, c->durable_applied);
 		if (c->write_sync) {
 			c->stats.batches++;
 			c->stats.bytes += c->write_bytes;

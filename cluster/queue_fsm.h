@@ -4,19 +4,24 @@
  * Contract: queue_apply(q, index, cmd, batch) turns one committed command into store writes
  * (added to batch, which the caller writes after the log append is durable) and updates the
  * in-memory state.  It reads no clock, no random numbers and no disk: every node applying the
- * same commands in the same order reaches the same state (byte-identical store writes).
+ * same commands in the same order reaches the same state (byte-identical store writes).  What
+ * apply needs of a message (its recipients' states, attempts, next attempts, domains) is in
+ * memory; everything it writes is built from that and the command, so it never reads back
+ * what an earlier apply wrote (the store lags apply by the writes the host has not made yet).
  *
  * THE RULE for every other component: the queue state is exactly the key/values of
  * STORE_CF_QUEUE, STORE_CF_BODY and STORE_CF_INDEX.  Copying those three column families
  * wholesale (a snapshot) and calling queue_fsm_reload (or queue_fsm_new) gives the same state
- * (queue_fsm_digest) as applying the log.  STORE_CF_QUEUE holds the message records (key: queue
- * id, never starting with QUEUE_KEY_OWN) and the ownership state (keys starting with
- * QUEUE_KEY_OWN = 0x01: members, domain assignments, tombstones; see "Delivery ownership").
- * Anything that lists the messages of STORE_CF_QUEUE skips the keys starting with 0x01.
+ * (queue_fsm_digest) as applying the log.  STORE_CF_QUEUE holds the messages' envelopes (key:
+ * queue id, never starting with QUEUE_KEY_OWN), their recipients' last results (key: queue id,
+ * a 0 byte, ...) and the ownership state (keys starting with QUEUE_KEY_OWN = 0x01: members,
+ * domain assignments, deferrals, tombstones, quotas; see "Delivery ownership").  Anything that
+ * lists the messages of STORE_CF_QUEUE skips the keys starting with 0x01 and those holding a 0
+ * byte.  Stored form: see QUEUE_INDEX_MSG below and queue_store.c.
  *
- *   Accept   body -> body CF, record (envelope + one QueueRcpt per recipient, state queued,
- *            next attempt = received_ms) -> queue CF, an entry in the index CF (state queued,
- *            next attempt), and an assignment for each of its domains that has none (an idle
+ *   Accept   body -> body CF, envelope (the Accept's record: QueueRecord with one QueueRcpt per
+ *            recipient, state queued, next attempt = received_ms) -> queue CF, its state value
+ *            -> index CF, and an assignment for each of its domains that has none (an idle
  *            one is reused or replaced: see "Delivery ownership").  A second Accept for a
  *            queue id already present is a no-op (idempotent retry after an ambiguous
  *            failure), and so is an Accept for a queue id removed recently (a tombstone,
@@ -24,23 +29,30 @@
  *   Outcome  for each listed recipient still queued whose domain's current epoch is
  *            outcome.epoch (fencing, below): DELIVERED -> delivered, FAILED -> failed,
  *            DEFERRED -> stays queued with next_attempt_ms and delay_notified (sticky) set; every
- *            kind counts the attempt and records at_ms, reply, relay, dsn_status and epoch.
- *            Recipients already final are left alone, and a DEFERRED whose at_ms equals the
- *            recipient's last attempt is that attempt again, so a duplicated outcome is a
- *            no-op; an outcome for a queue id not in the queue is a no-op (0).  The attached
- *            DSN (an Accept from <>) is applied like an Accept in the same apply (assignments
- *            included), only when the outcome changed at least one recipient (a replayed
- *            outcome does not enqueue its DSN again even after the first copy was delivered
- *            and deleted).
+ *            kind counts the attempt and records at_ms (in the state value) and reply, relay,
+ *            dsn_status and epoch (the recipient's result key).  Recipients already final are
+ *            left alone, and a DEFERRED whose at_ms equals the recipient's last attempt is that
+ *            attempt again, so a duplicated outcome is a no-op; an outcome for a queue id not
+ *            in the queue is a no-op (0).  The attached DSN (an Accept from <>) is applied like
+ *            an Accept in the same apply (assignments included), only when the outcome changed
+ *            at least one recipient (a replayed outcome does not enqueue its DSN again even
+ *            after the first copy was delivered and deleted).  A DELIVERED recipient lifts its
+ *            domain's deferral (DeferDomain).
  *   Delete   the listed recipients (all when none is listed) still queued become deleted.  An
  *            unknown queue id gives QUEUE_ENOTFOUND (deterministic; nothing changes).
+ *   DeferDomain  the domain's owner (at the command's epoch: fenced like an Outcome; otherwise
+ *            a no-op, counted in stats.stale_defers) says its destination is dead: no queued
+ *            recipient of the domain is due before until_ms (an until not later than the one in
+ *            force is a no-op).  One entry for a domain's whole backlog: nothing of its
+ *            messages is written, only the assignment (a version 2 value with until, at and
+ *            the count of deferrals since the last delivery) and the reason (01 'E' domain ->
+ *            reply).  Lifted by a delivery to the domain and by a Retry of one of its messages.
  *   Member, Renew, Hold, Release, Retry: see "Delivery ownership" below.
  *
- *   A message whose recipients are all final (delivered / failed / deleted) is removed: record,
- *   body and index key, and its queue id becomes a tombstone.  The index CF holds exactly one
- *   key per message in the queue (every message in the queue has a queued recipient): state
- *   'Q', big-endian earliest next attempt of its queued recipients, queue id (a held message
- *   keeps its key).  (A stored record without a queued recipient, which this code never
+ *   A message whose recipients are all final (delivered / failed / deleted) is removed:
+ *   envelope, results, body and state value, and its queue id becomes a tombstone.  The index
+ *   CF holds exactly one state value per message in the queue (every message in the queue has
+ *   a queued recipient).  (A stored message without a queued recipient, which this code never
  *   writes, is loaded but never scheduled.)
  *
  *   Tombstones (dedup of late Accepts): a retried forward of an Accept can commit after the
@@ -51,21 +63,25 @@
  *   them is a no-op.  A retry that commits after QUEUE_TOMBSTONES_MAX later removals enqueues
  *   the message again (at-least-once, G3).
  *
- * In memory, per message: the stored record as packed bytes (envelope and recipient states, no
- * body), so apply never reads the store and queue_fsm_read_record always shows the applied
- * state, even before the caller has written the batch; the metadata below for cheap scans; a
- * hash table by queue id; the apply order; a binary heap in next-attempt order for the
- * message-level scheduler (queue_fsm_due, queue_fsm_next_due_ms: O(log n) per change); one item
- * per (message, domain) in the heap of the domain's owner; the idle assignments in a heap by
- * (epoch, domain) (eviction: O(log n) per change).  All of it is rebuilt by
- * queue_fsm_new from the queue CF (bodies and the index CF are not read).  Bodies are read from
- * the store on demand.
+ * In memory, per message, only what scheduling and apply need: one allocation holding struct
+ * queue_msg (times, counts, the hash of its stored values), its recipients' states (24 bytes
+ * each), one item per recipient domain (40 bytes) and its queue id; a hash table by queue id;
+ * the apply order.  About 220 bytes for a message of one recipient (README "Benchmarks").  Due
+ * order: each domain keeps its items in a heap by next attempt, each owner its domains in a
+ * heap by their first item (or their deferral's end): queue_fsm_due_owned walks both in
+ * O(k log k); a domain moving to another owner, or deferred, is O(log n).  The idle
+ * assignments are in a heap by (epoch, domain) (eviction: O(log n) per change).  All of it is
+ * rebuilt by queue_fsm_new from the index CF and the ownership keys (envelopes, results and
+ * bodies are not read).  Envelopes, results and bodies are read from the store on demand
+ * (queue_fsm_read_record, queue_fsm_read_body); the values apply wrote and the host has not yet
+ * (queue_fsm_written) are read from a bounded overlay.
  *
  * Failure modes: an invalid command (queue_validate, a recipient index past the message's
  * recipients, or a Member for one member more than QUEUE_MEMBERS_MAX) is rejected
  * deterministically with QUEUE_EINVAL and changes nothing; QUEUE_ENOMEM also changes nothing
  * (neither memory nor batch) and the caller must stop applying (the entry is replayed on the
- * next open).  A damaged queue record or ownership key at queue_fsm_new gives QUEUE_ECORRUPT.
+ * next open).  A damaged state value or ownership key at queue_fsm_new gives QUEUE_ECORRUPT; a
+ * damaged envelope or result, when it is read.
  */
 #ifndef RELAY_QUEUE_FSM_H
 #define RELAY_QUEUE_FSM_H
@@ -111,48 +127,51 @@ enum queue_rcpt_state {
 };
 #define QUEUE_RCPT_STATES 4
 
-/* Index CF key: state byte, big-endian next attempt ms, queue id. */
+/* Stored form (queue_store.c): index CF key 'M' + queue id -> the message's state value
+ * (QUEUE_STATE_FIXED bytes, its domains, QUEUE_STATE_RCPT bytes per recipient); queue CF key
+ * queue id -> its envelope, queue id + 0 + QUEUE_KEY_RESULT + recipient (u16 BE) -> that
+ * recipient's last result.  A store written before the state value has index keys 'Q' + next
+ * attempt (u64 BE) + queue id with an empty value (legacy: the record holds the state). */
+#define QUEUE_INDEX_MSG 'M'
 #define QUEUE_INDEX_QUEUED 'Q'
+#define QUEUE_KEY_RESULT 'l'
+#define QUEUE_STATE_FIXED 46
+#define QUEUE_STATE_RCPT 24
 
 struct queue_rcpt_meta {
 	uint8_t state;		/* enum queue_rcpt_state */
 	uint8_t delay_notified; /* a "delayed" DSN was sent for it */
+	uint16_t item;		/* internal: its item (recipient domain) in the message */
 	uint32_t attempts;
 	uint64_t next_attempt_ms;
 	uint64_t last_attempt_ms; /* 0: never attempted */
 };
 
-/* Internal: a node of a binary min-heap ordered by (key, tie, sub); pos is SIZE_MAX when it is
- * in no heap. */
-struct queue_hnode {
-	uint64_t key, tie;
-	uint32_t sub;
-	size_t pos;
-};
 struct queue__item;
 
-/* One message's metadata, owned by the fsm; valid until the message is removed or the fsm is
- * freed.  Read-only for users. */
+/* One message's scheduling state, owned by the fsm; valid until the message is removed or the
+ * fsm is freed.  Read-only for users.  One allocation holds it, its recipients, its items and
+ * its queue id (queue_fsm.h "In memory"). */
 struct queue_msg {
-	char queue_id[QUEUE_ID_MAX + 1];
+	const char *queue_id; /* in the same allocation */
 	uint64_t received_ms;
 	uint64_t size;		  /* body bytes */
 	uint64_t accept_index;	  /* log index of its Accept */
-	uint64_t next_attempt_ms; /* earliest next attempt of its queued recipients */
+	uint64_t update_index;	  /* log index of the last command that changed it */
+	uint64_t next_attempt_ms; /* earliest next attempt of its queued recipients (a domain's
+				     deferral not counted: queue_fsm_due_ms) */
 	uint32_t nrcpts;
 	uint32_t nqueued;	       /* recipients still queued (> 0 while in the queue) */
 	uint8_t held;		       /* relayctl queue hold: in no due list */
-	struct queue_rcpt_meta *rcpts; /* nrcpts items */
 	/* internal */
+	uint8_t busy;		       /* queue_fsm_set_busy (local, not replicated) */
+	uint8_t legacy;		       /* stored before the state value: 'Q' index key */
+	uint16_t nitems;
+	struct queue_rcpt_meta *rcpts; /* nrcpts items */
 	struct queue_msg *prev, *next; /* apply order */
 	struct queue_msg *hnext;       /* hash chain */
-	uint64_t hash;
-	struct queue_hnode hn; /* in the next-attempt heap (not when held) */
-	unsigned char *rec;    /* owned: the packed Relay__QueueRecord as stored */
-	size_t rec_len;
-	struct queue__item *items; /* owned: one per distinct recipient domain */
-	uint32_t nitems;
-	uint32_t *ritem; /* owned: recipient -> its item */
+	struct queue__item *items;     /* one per distinct recipient domain */
+	uint64_t shash; /* digest of its stored envelope and results (queue_store.c) */
 };
 
 struct queue_counts {
@@ -178,6 +197,8 @@ struct queue_fsm_stats {
 	uint64_t removed_accepts;  /* Accepts (and DSNs) ignored: their queue id is a tombstone */
 	uint64_t quota_refused;	   /* Accepts refused over a quota (QUEUE_EQUOTA) */
 	uint64_t quota_evicted;	   /* quota windows forgotten before they ended (table full) */
+	uint64_t defers;	   /* DeferDomain commands that deferred a domain */
+	uint64_t stale_defers;	   /* DeferDomain commands ignored: stale epoch or no domain */
 };
 
 struct queue_fsm;
@@ -208,28 +229,67 @@ void queue_fsm_counts(const struct queue_fsm *q, struct queue_counts *c);
 void queue_fsm_stats(const struct queue_fsm *q, struct queue_fsm_stats *st);
 
 /*
- * The delivery scheduler's view, in next-attempt order (ties: apply order).
+ * The whole queue in due order (tests and tools; the delivery engine uses
+ * queue_fsm_due_owned).
  *
- * queue_fsm_due calls cb(arg, m) for the messages with next_attempt_ms <= now_ms, earliest
- * first, at most max of them; cb returns 0 to go on, nonzero to stop.  Returns the number of
- * calls, or QUEUE_ENOMEM (then cb was never called).  Cost O(k log k) for k calls, whatever the
- * queue size.  cb must not apply commands or free the fsm (it may read: lookup, read_record).
- * queue_fsm_next_due_ms gives the earliest next attempt in the queue, UINT64_MAX when empty,
- * in O(1): the scheduler's timer.  Both are in-memory and rebuilt on open (queue_fsm_new).
+ * queue_fsm_due calls cb(arg, m) for the messages due by now_ms, earliest first: a message
+ * comes at its first due item (queue_fsm_due_owned's order over every owner: a domain's
+ * deferral counts), at most max of them; cb returns 0 to go on, nonzero to stop.  Held and
+ * busy messages are left out.  Returns the number of calls, or QUEUE_ENOMEM (then cb was never
+ * called; memory running out later ends the walk early).  Cost O(k log k) for k items visited.
+ * cb must not apply commands or free the fsm (it may read: lookup, read_record).
+ * queue_fsm_next_due_ms gives the earliest due time in the queue, UINT64_MAX when nothing is
+ * due, in O(members): the timer of a scheduler.  Both are in-memory, rebuilt on open.
  */
 typedef int (*queue_due_cb)(void *arg, const struct queue_msg *m);
 int queue_fsm_due(const struct queue_fsm *q, uint64_t now_ms, queue_due_cb cb, void *arg,
 		  size_t max);
 uint64_t queue_fsm_next_due_ms(const struct queue_fsm *q);
 
-/* Reads one body from the store (*body malloc'ed, caller frees), or the full record from memory
- * (the applied state: envelope, recipients with state, attempts, next attempt, delay_notified,
- * last reply; free with relay__queue_record__free_unpacked(rec, NULL)).  QUEUE_ENOTFOUND,
- * QUEUE_EIO, QUEUE_ECORRUPT, QUEUE_ENOMEM.  The body of a message whose Accept was just applied
- * is in the store once the caller has written the apply batch (cluster: the next write after
- * the proposal's callback); until then QUEUE_ENOTFOUND. */
+/* Reads one body from the store (*body malloc'ed, caller frees), or the record of a message as
+ * applied: its envelope (the Accept's record, from the overlay or the store) with every
+ * recipient's state, attempts, next attempt and delay_notified from memory and, for
+ * read_record, its last result (reply, relay, dsn_status, epoch: overlay or store); free with
+ * relay__queue_record__free_unpacked(rec, NULL).  read_envelope skips the results (the
+ * delivery engine's read: one store read).  QUEUE_ENOTFOUND, QUEUE_EIO, QUEUE_ECORRUPT (the
+ * stored envelope or result is damaged), QUEUE_ENOMEM.  The body of a message whose Accept was
+ * just applied is in the store once the caller has written the apply batch (cluster: the next
+ * write after the proposal's callback); until then QUEUE_ENOTFOUND.  So may be its envelope
+ * when more than QUEUE_OVERLAY_BYTES_MAX of values wait for queue_fsm_written. */
 int queue_fsm_read_body(struct queue_fsm *q, const char *queue_id, void **body, size_t *len);
 int queue_fsm_read_record(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
+int queue_fsm_read_envelope(struct queue_fsm *q, const char *queue_id, Relay__QueueRecord **rec);
+
+/* Every message a store holds, without a state machine (constant memory: relayd
+ * --dump-queue), in queue id order: cb(arg, rec) with the record as queue_fsm_read_record
+ * gives it (envelope, states from its state value, results); rec is freed after cb returns;
+ * cb returns nonzero to stop.  A damaged envelope, state value or result sets *bad (the
+ * message is skipped or shown as far as it could be read).  0 or QUEUE_EIO / QUEUE_ENOMEM.
+ * queue_store_domain_owner reads a domain's assignment from the store the same way. */
+typedef int (*queue_record_cb)(void *arg, Relay__QueueRecord *rec);
+int queue_store_stream(struct store *s, queue_record_cb cb, void *arg, int *bad);
+int queue_store_domain_owner(struct store *s, const char *domain, char *owner, uint64_t *epoch);
+
+/* The host's word that the apply writes of every command up to index are in the store: the
+ * overlay (queue_store.c) forgets the values they wrote.  Hosts that write each batch before
+ * the next read may skip it (the overlay then stays at its bound). */
+#define QUEUE_OVERLAY_BYTES_MAX ((size_t)16 << 20)
+void queue_fsm_written(struct queue_fsm *q, uint64_t index);
+
+/* Marks a message in flight (busy) or not on this node: its items leave the due lists
+ * (queue_fsm_due, queue_fsm_due_owned) while busy, so a scheduler walking them never meets its
+ * own attempts.  Local: not replicated, not in the digest, lost by queue_fsm_reload.
+ * QUEUE_ENOTFOUND for a queue id not in the queue.  O(items log n). */
+int queue_fsm_set_busy(struct queue_fsm *q, const char *queue_id, int busy);
+
+/* When m is next due: the earliest over its queued recipients' domains of max(their next
+ * attempt, the domain's deferral); UINT64_MAX when none is queued. */
+uint64_t queue_fsm_due_ms(const struct queue_fsm *q, const struct queue_msg *m);
+
+/* 1 when m has a queued recipient in domain (compared ASCII-lowercased), else 0: from memory,
+ * without reading its envelope. */
+int queue_fsm_msg_in_domain(const struct queue_fsm *q, const struct queue_msg *m,
+			    const char *domain);
 
 /* Builds the stored record of an Accept committed at index (pure; used by apply).  Pointers in *rec
  * borrow from a and from rcpts (nrcpts = a->n_rcpts items, rcpt_ptrs the same count) - nothing is
@@ -294,15 +354,20 @@ void queue_record_from_accept(const Relay__Accept *a, uint64_t index, Relay__Que
  * enqueue its DSN.  Hold/Release/Retry/Delete are operator commands and carry no epoch; an
  * Outcome for a held message applies like any other (an attempt in flight when it was held).
  *
- * Hold/Release/Retry: Hold marks the message held (QueueRecord.held): it leaves every due
+ * Hold/Release/Retry: Hold marks the message held (its state value): it leaves every due
  * list (queue_fsm_due, queue_fsm_due_owned) until Release, which clears the flag and sets the
  * next attempt of its queued recipients to at_ms.  Retry sets the next attempt of the queued
- * recipients to at_ms (held stays held).  Hold of a held message and Release of a message not
+ * recipients to at_ms (held stays held) and lifts the deferrals of their domains (the
+ * operator's "now").  Hold of a held message and Release of a message not
  * held are no-ops (nothing written).  Unknown queue id: QUEUE_ENOTFOUND (nothing changes).
  *
  * Everything above is persisted by the apply batch in STORE_CF_QUEUE under keys starting with
  * QUEUE_KEY_OWN (queue ids never do):
- *   01 'D' domain         -> 1 (version), epoch (u64 BE), owner node id (no bytes: unowned)
+ *   01 'D' domain         -> 1 (version), epoch (u64 BE), owner node id (no bytes: unowned);
+ *                            or, deferred since its last delivery (DeferDomain): 2 (version),
+ *                            epoch, until_ms, at_ms (u64 BE), count (u32 BE), owner length
+ *                            (u8), owner node id
+ *   01 'E' domain         -> the reason of its deferral (the DeferDomain's reply)
  *   01 'M' node id        -> 1 (version), state (u8), since_index (u64 BE), renew_index (u64 BE),
  *                            last Renew's at_ms (u64 BE), inflight (u32 BE) (these two absent
  *                            in stores written before them: 0)
@@ -360,27 +425,51 @@ void queue_addr_domain(const char *addr, char *out);
 int queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner,
 			   uint64_t *epoch);
 
+/* A domain's assignment and deferral (DeferDomain), active or idle (domain compared
+ * ASCII-lowercased): 0 and *out, or QUEUE_ENOTFOUND when it has no assignment. */
+struct queue_domain_info {
+	char owner[QUEUE_NODE_MAX + 1]; /* "" unowned */
+	uint64_t epoch;
+	uint64_t defer_until, defer_at; /* 0: not deferred */
+	uint32_t defer_count;		/* DeferDomain commands since its last delivery */
+	uint64_t rcpts_queued;
+};
+int queue_fsm_domain_info(const struct queue_fsm *q, const char *domain,
+			  struct queue_domain_info *out);
+
+/* A deferred domain's reason as stored (the DeferDomain's reply; "" none), into buf (cap
+ * bytes).  Reads the store: one write behind apply at most. */
+int queue_fsm_domain_reason(struct queue_fsm *q, const char *domain, char *buf, size_t cap);
+
+/* Test knob (the simulator's eviction mode): sets the bound of idle assignments below
+ * QUEUE_IDLE_DOMAINS_MAX for this fsm.  Every node of a test must use the same bound (it is
+ * part of the replicated rules).  Only on an fsm with at most n idle assignments. */
+void queue_fsm_test_idle_max(struct queue_fsm *q, size_t n);
+
 /* Every assignment (idle ones included, with 0 queued recipients), in domain order: cb(arg,
- * domain, owner, epoch, queued recipients); cb returns nonzero to stop.  Returns the number of calls (0 also when out of memory). */
+ * domain, owner, epoch, queued recipients); cb returns nonzero to stop.  Returns the number of
+ * calls (0 also when out of memory). */
 typedef int (*queue_domain_cb)(void *arg, const char *domain, const char *owner, uint64_t epoch,
 			       uint64_t rcpts_queued);
 size_t queue_fsm_domains(const struct queue_fsm *q, queue_domain_cb cb, void *arg);
 
 /*
- * The owner's scheduler view: the items owned by `owner` whose next attempt (the earliest of
- * the item's queued recipients) is <= now_ms, earliest first (ties: apply order, then the
- * item's first recipient), held messages left out, at most max calls; cb returns nonzero to
- * stop.  Returns the number of calls or QUEUE_ENOMEM.  owner "" gives the unowned items; a node
- * that is not a member has none.  O(k log k) for k calls, whatever the queue size (a heap per
- * owner, items moving between heaps when their domain moves).  queue_fsm_next_due_owned_ms: the
- * earliest next attempt among owner's items (held left out), UINT64_MAX when none; O(1).  cb
- * must not apply commands; it->msg and it->domain are valid until the next apply.
+ * The owner's scheduler view: the items owned by `owner` due by now_ms - an item is due at the
+ * earliest next attempt of its queued recipients, or at its domain's deferral's end if later -
+ * earliest first (ties: the item's own next attempt, apply order, then the item's first
+ * recipient), held and busy messages left out, at most max calls; cb returns nonzero to stop.
+ * Returns the number of calls or QUEUE_ENOMEM.  owner "" gives the unowned items; a node that
+ * is not a member has none.  O(k log k) for k calls, whatever the queue size (a heap of items
+ * per domain, a heap of domains per owner: a domain moving is one node).
+ * queue_fsm_next_due_owned_ms: the earliest due time among owner's items (held and busy left
+ * out), UINT64_MAX when none; O(1).  cb must not apply commands; it->msg and it->domain are
+ * valid until the next apply.
  */
 struct queue_item {
 	const struct queue_msg *msg;
 	const char *domain;
 	uint64_t epoch;		  /* the domain's current epoch */
-	uint64_t next_attempt_ms; /* earliest of the item's queued recipients */
+	uint64_t next_attempt_ms; /* when it is due (its domain's deferral counted) */
 };
 typedef int (*queue_item_cb)(void *arg, const struct queue_item *it);
 int queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t now_ms,
@@ -388,9 +477,9 @@ int queue_fsm_due_owned(const struct queue_fsm *q, const char *owner, uint64_t n
 uint64_t queue_fsm_next_due_owned_ms(const struct queue_fsm *q, const char *owner);
 
 /* The ownership state as the store holds it once the apply batches are written: every key of
- * STORE_CF_QUEUE that starts with QUEUE_KEY_OWN, with its value, in no particular order.  cb
- * returns nonzero to stop (that value is returned); 0 when all were given.  For a snapshot
- * built from memory (cluster_raft.c) while the last apply batch may not be written yet. */
+ * STORE_CF_QUEUE that starts with QUEUE_KEY_OWN, with its value, in no particular order,
+ * except the deferrals' reasons (01 'E': not in memory).  cb returns nonzero to stop (that
+ * value is returned); 0 when all were given. */
 typedef int (*queue_kv_cb)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
 int queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg);
 

@@ -78,7 +78,8 @@ queue__tomb_add(struct queue_fsm *q, uint64_t index, const char *id, struct stor
 	struct queue__tomb *t = queue__tomb_new(id, idlen, index);
 	if (!t)
 		return QUEUE_ENOMEM;
-	size_t evict = q->ntombs + 1 > QUEUE_TOMBSTONES_MAX ? q->ntombs + 1 - QUEUE_TOMBSTONES_MAX : 0;
+	size_t evict =
+	    q->ntombs + 1 > QUEUE_TOMBSTONES_MAX ? q->ntombs + 1 - QUEUE_TOMBSTONES_MAX : 0;
 	unsigned char tk[10];
 	int bad = store_batch_put(b, STORE_CF_QUEUE, tk, queue__tomb_key(tk, index), id, idlen);
 	struct queue__tomb *o = q->thead;
@@ -122,7 +123,7 @@ queue_fsm_free(struct queue_fsm *q)
 		struct queue__dom *d = q->dbuckets[i], *dn;
 		for (; d; d = dn) {
 			dn = d->hnext;
-			free(d);
+			queue__dom_free(d);
 		}
 	}
 	for (size_t i = 0; i < q->nmembers; i++)
@@ -130,11 +131,13 @@ queue_fsm_free(struct queue_fsm *q)
 	while (q->thead)
 		queue__tomb_pop(q);
 	queue__quota_free(q);
+	if (q->ov_buckets)
+		queue__ov_free(q);
+	free(q->ov_buckets);
 	free(q->tbuckets);
 	free(q->dbuckets);
 	free(q->buckets);
-	free(q->heap.a);
-	free(q->unowned_heap.a);
+	free(q->unowned_dheap.a);
 	free(q->idle);
 	free(q);
 }
@@ -146,6 +149,11 @@ queue_fsm_reload(struct queue_fsm *q)
 	int rv = queue_fsm_new(q->store, &n);
 	if (rv)
 		return rv;
+	if (n->nidle > q->idle_max) {
+		queue_fsm_free(n);
+		return QUEUE_ECORRUPT;
+	}
+	n->idle_max = q->idle_max;
 	struct queue_fsm old = *q;
 	*q = *n;
 	q->stats = old.stats;
@@ -160,41 +168,83 @@ struct queue__pending_owner {
 	char owner[QUEUE_NODE_MAX + 1];
 };
 
+/* Loads an assignment key ('D'). */
+static int
+queue__load_dom_key(struct queue_fsm *q, const char *s, size_t sl, const unsigned char *v,
+		    size_t vlen, struct queue__pending_owner **po, size_t *npo, size_t *cpo)
+{
+	size_t olen;
+	const unsigned char *ow;
+	if (sl > QUEUE_DOMAIN_MAX || memchr(s, 0, sl))
+		return QUEUE_ECORRUPT;
+	if (v[0] == QUEUE__OWN_VERSION) {
+		if (vlen < QUEUE__DOM_VAL_LEN || vlen > QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX)
+			return QUEUE_ECORRUPT;
+		olen = vlen - QUEUE__DOM_VAL_LEN;
+		ow = v + QUEUE__DOM_VAL_LEN;
+	} else if (v[0] == QUEUE__DOM_VERSION_DEFER) {
+		if (vlen < QUEUE__DOM_DEFER_VAL_LEN ||
+		    vlen != QUEUE__DOM_DEFER_VAL_LEN + (size_t)v[29] || v[29] > QUEUE_NODE_MAX)
+			return QUEUE_ECORRUPT;
+		olen = v[29];
+		ow = v + QUEUE__DOM_DEFER_VAL_LEN;
+	} else {
+		return QUEUE_ECORRUPT;
+	}
+	if (*npo == *cpo) {
+		size_t nc = *cpo ? *cpo * 2 : 64;
+		struct queue__pending_owner *np = realloc(*po, nc * sizeof(*np));
+		if (!np)
+			return QUEUE_ENOMEM;
+		*po = np;
+		*cpo = nc;
+	}
+	struct queue__dom *d;
+	if (queue__dom_reserve(q, q->ndoms + 1) || !(d = queue__dom_new(s, sl)))
+		return QUEUE_ENOMEM;
+	d->epoch = store_u64_decode(v + 1);
+	if (v[0] == QUEUE__DOM_VERSION_DEFER) {
+		d->defer_until = store_u64_decode(v + 9);
+		d->defer_at = store_u64_decode(v + 17);
+		d->defer_count =
+		    (uint32_t)v[25] << 24 | (uint32_t)v[26] << 16 | (uint32_t)v[27] << 8 | v[28];
+	}
+	d->persisted = 1;
+	queue__dom_insert(q, d);
+	struct queue__pending_owner *p = &(*po)[(*npo)++];
+	p->d = d;
+	memcpy(p->owner, ow, olen);
+	p->owner[olen] = 0;
+	return 0;
+}
+
 /* Loads one ownership key (k[0] == QUEUE_KEY_OWN). */
 static int
 queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const unsigned char *v,
 		size_t vlen, struct queue__pending_owner **po, size_t *npo, size_t *cpo)
 {
-	if (klen < 2 || (k[1] != QUEUE__OWN_TOMB && (vlen < 1 || v[0] != QUEUE__OWN_VERSION)))
+	if (klen < 2)
+		return QUEUE_ECORRUPT;
+	/* versions: tombstones and reasons have none, an assignment 1 or 2 (its loader checks) */
+	if ((k[1] == QUEUE__OWN_MEMBER || k[1] == QUEUE__OWN_QUOTA) &&
+	    (vlen < 1 || v[0] != QUEUE__OWN_VERSION))
+		return QUEUE_ECORRUPT;
+	if (k[1] == QUEUE__OWN_DOMAIN && vlen < 1)
 		return QUEUE_ECORRUPT;
 	if (k[1] == QUEUE__OWN_QUOTA)
 		return queue__quota_load(q, k, klen, v, vlen);
 	const char *s = (const char *)k + 2;
 	size_t sl = klen - 2;
 	switch (k[1]) {
-	case QUEUE__OWN_DOMAIN: {
-		if (sl > QUEUE_DOMAIN_MAX || vlen < QUEUE__DOM_VAL_LEN ||
-		    vlen > QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX || memchr(s, 0, sl))
+	case QUEUE__OWN_DOMAIN:
+		return queue__load_dom_key(q, s, sl, v, vlen, po, npo, cpo);
+	case QUEUE__OWN_DEFER: {
+		/* after every 'D' key (key order): the reason of a deferred domain */
+		struct queue__dom *d =
+		    sl <= QUEUE_DOMAIN_MAX ? queue__dom_find(q, s, sl, queue__hash(s, sl)) : NULL;
+		if (!d || !d->defer_count || vlen > QUEUE_REPLY_MAX)
 			return QUEUE_ECORRUPT;
-		if (*npo == *cpo) {
-			size_t nc = *cpo ? *cpo * 2 : 64;
-			struct queue__pending_owner *np = realloc(*po, nc * sizeof(*np));
-			if (!np)
-				return QUEUE_ENOMEM;
-			*po = np;
-			*cpo = nc;
-		}
-		uint64_t h = queue__hash(s, sl);
-		struct queue__dom *d;
-		if (queue__dom_reserve(q, q->ndoms + 1) || !(d = queue__dom_new(s, sl, h)))
-			return QUEUE_ENOMEM;
-		d->epoch = store_u64_decode(v + 1);
-		d->persisted = 1;
-		queue__dom_insert(q, d);
-		struct queue__pending_owner *p = &(*po)[(*npo)++];
-		p->d = d;
-		memcpy(p->owner, v + QUEUE__DOM_VAL_LEN, vlen - QUEUE__DOM_VAL_LEN);
-		p->owner[vlen - QUEUE__DOM_VAL_LEN] = 0;
+		d->defer_hash = (uint32_t)queue__hash((const char *)v, vlen);
 		return 0;
 	}
 	case QUEUE__OWN_MEMBER: {
@@ -232,68 +282,80 @@ queue__load_own(struct queue_fsm *q, const unsigned char *k, size_t klen, const 
 	}
 }
 
-int
-queue_fsm_new(struct store *s, struct queue_fsm **out)
+/* The ownership keys of the queue CF (they sort first: 0x01), then the assignments' owners. */
+static int
+queue__load_owner_keys(struct queue_fsm *q)
 {
-	struct queue_fsm *q = calloc(1, sizeof(*q));
-	if (!q)
-		return QUEUE_ENOMEM;
-	q->store = s;
-	q->nbuckets = QUEUE__BUCKETS_MIN;
-	q->buckets = calloc(q->nbuckets, sizeof(*q->buckets));
-	q->ndbuckets = QUEUE__DOM_BUCKETS_MIN;
-	q->dbuckets = calloc(q->ndbuckets, sizeof(*q->dbuckets));
-	q->tbuckets = calloc(QUEUE__TOMB_BUCKETS, sizeof(*q->tbuckets));
-	q->idle = malloc(QUEUE_IDLE_DOMAINS_MAX * sizeof(*q->idle));
-	struct queue_msg **all = NULL;
-	size_t n = 0, cap = 0;
 	struct queue__pending_owner *po = NULL;
 	size_t npo = 0, cpo = 0;
 	struct store_iter *it = NULL;
 	int rv = QUEUE_ENOMEM;
-	if (!q->buckets || !q->dbuckets || !q->tbuckets || !q->idle)
-		goto err_after_alloc;
-	if (store_iter_new(s, STORE_CF_QUEUE, &it))
-		goto err_after_alloc;
-	int owners_done = 0;
+	if (store_iter_new(q->store, STORE_CF_QUEUE, &it))
+		goto out;
+	const unsigned char first = QUEUE_KEY_OWN;
+	for (store_iter_seek(it, &first, 1); store_iter_valid(it); store_iter_next(it)) {
+		size_t klen, vlen;
+		const unsigned char *k = store_iter_key(it, &klen);
+		const unsigned char *v = store_iter_value(it, &vlen);
+		if (!klen || k[0] != QUEUE_KEY_OWN)
+			break;
+		if ((rv = queue__load_own(q, k, klen, v, vlen, &po, &npo, &cpo)))
+			goto out;
+	}
+	if (store_iter_status(it)) {
+		rv = QUEUE_EIO;
+		goto out;
+	}
+	/* the members are in: give the assignments their owners */
+	for (size_t i = 0; i < npo; i++) {
+		size_t pos;
+		struct queue__member *mb = NULL;
+		if (po[i].owner[0] && !(mb = queue__member_find(q, po[i].owner, &pos))) {
+			rv = QUEUE_ECORRUPT;
+			goto out;
+		}
+		uint64_t have = mb ? mb->ndomains : q->nunowned;
+		if (queue__dheap_reserve(queue__owner_dheap(q, mb), have + 1)) {
+			rv = QUEUE_ENOMEM;
+			goto out;
+		}
+		queue__dom_attach(q, po[i].d, mb);
+	}
+	rv = 0;
+out:
+	free(po);
+	store_iter_free(it);
+	return rv;
+}
+
+/* The messages: one state value each in the index CF ('M'), or a legacy index key ('Q') whose
+ * record holds the state.  *all (malloc'd) gets them, unlinked. */
+static int
+queue__load_msgs(struct queue_fsm *q, struct queue_msg ***all, size_t *n)
+{
+	size_t cap = 0;
+	struct store_iter *it = NULL;
+	int rv = QUEUE_ENOMEM;
+	*all = NULL;
+	*n = 0;
+	if (store_iter_new(q->store, STORE_CF_INDEX, &it))
+		goto out;
 	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it)) {
 		size_t klen, vlen;
 		const unsigned char *k = store_iter_key(it, &klen);
 		const unsigned char *v = store_iter_value(it, &vlen);
-		if (klen && k[0] == QUEUE_KEY_OWN) {
-			if ((rv = queue__load_own(q, k, klen, v, vlen, &po, &npo, &cpo)))
-				goto err_after_load;
-			continue;
-		}
-		if (!owners_done) {
-			/* the members are in: give the assignments their owners */
-			for (size_t i = 0; i < npo; i++) {
-				size_t pos;
-				struct queue__member *mb = NULL;
-				if (po[i].owner[0] &&
-				    !(mb = queue__member_find(q, po[i].owner, &pos))) {
-					rv = QUEUE_ECORRUPT;
-					goto err_after_load;
-				}
-				queue__dom_attach(q, po[i].d, mb);
-			}
-			owners_done = 1;
-		}
-		Relay__QueueRecord *r = relay__queue_record__unpack(NULL, vlen, v);
 		struct queue_msg *m = NULL;
-		if (!r) {
+		if (klen && k[0] == QUEUE__INDEX_MSG)
+			rv = queue__state_load(q, k, klen, v, vlen, &m);
+		else if (klen && k[0] == QUEUE_INDEX_QUEUED && !vlen)
+			rv = queue__legacy_load(q, k, klen, &m);
+		else
 			rv = QUEUE_ECORRUPT;
-		} else {
-			rv = queue__meta_from_record(q, r, v, vlen, &m);
-			if (!rv && (strlen(r->queue_id) != klen || memcmp(k, r->queue_id, klen)))
-				rv = QUEUE_ECORRUPT;
-			relay__queue_record__free_unpacked(r, NULL);
-		}
-		if (!rv && n == cap) {
+		if (!rv && *n == cap) {
 			size_t nc = cap ? cap * 2 : 1024;
-			struct queue_msg **na = realloc(all, nc * sizeof(*na));
+			struct queue_msg **na = realloc(*all, nc * sizeof(*na));
 			if (na) {
-				all = na;
+				*all = na;
 				cap = nc;
 			} else {
 				rv = QUEUE_ENOMEM;
@@ -301,56 +363,64 @@ queue_fsm_new(struct store *s, struct queue_fsm **out)
 		}
 		if (rv) {
 			queue__msg_free(m);
-			goto err_after_load;
+			goto out;
 		}
-		all[n++] = m;
+		(*all)[(*n)++] = m;
 	}
-	if (store_iter_status(it)) {
-		rv = QUEUE_EIO;
+	rv = store_iter_status(it) ? QUEUE_EIO : 0;
+out:
+	store_iter_free(it);
+	return rv;
+}
+
+int
+queue_fsm_new(struct store *s, struct queue_fsm **out)
+{
+	struct queue_fsm *q = calloc(1, sizeof(*q));
+	if (!q)
+		return QUEUE_ENOMEM;
+	q->store = s;
+	q->idle_max = QUEUE_IDLE_DOMAINS_MAX;
+	q->nbuckets = QUEUE__BUCKETS_MIN;
+	q->buckets = calloc(q->nbuckets, sizeof(*q->buckets));
+	q->ndbuckets = QUEUE__DOM_BUCKETS_MIN;
+	q->dbuckets = calloc(q->ndbuckets, sizeof(*q->dbuckets));
+	q->tbuckets = calloc(QUEUE__TOMB_BUCKETS, sizeof(*q->tbuckets));
+	q->ov_buckets = calloc(QUEUE__OV_BUCKETS, sizeof(*q->ov_buckets));
+	q->idle = malloc(QUEUE_IDLE_DOMAINS_MAX * sizeof(*q->idle));
+	struct queue_msg **all = NULL;
+	size_t n = 0;
+	int rv = QUEUE_ENOMEM;
+	if (!q->buckets || !q->dbuckets || !q->tbuckets || !q->ov_buckets || !q->idle)
+		goto err_after_alloc;
+	if ((rv = queue__load_owner_keys(q)) || (rv = queue__load_msgs(q, &all, &n)))
 		goto err_after_load;
-	}
-	if (!owners_done) {
-		for (size_t i = 0; i < npo; i++) {
-			size_t pos;
-			struct queue__member *mb = NULL;
-			if (po[i].owner[0] && !(mb = queue__member_find(q, po[i].owner, &pos))) {
-				rv = QUEUE_ECORRUPT;
-				goto err_after_load;
-			}
-			queue__dom_attach(q, po[i].d, mb);
-		}
-	}
 	rv = QUEUE_ENOMEM;
-	if (queue__reserve(q, n) || queue__heap_reserve(&q->heap, n))
+	if (queue__reserve(q, n))
 		goto err_after_load;
 	if (n)
 		qsort(all, n, sizeof(*all), queue__cmp_index);
 	for (size_t i = 1; i < n; i++) {
 		if (!queue__cmp_index(&all[i - 1], &all[i])) {
-			rv = QUEUE_ECORRUPT; /* cannot happen with unique keys; never trust the disk
-					      */
+			rv = QUEUE_ECORRUPT; /* a legacy and a new key for one id; never trust the
+						disk */
 			goto err_after_load;
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct queue_msg *m = all[i];
-		for (uint32_t j = 0; j < m->nitems; j++) {
-			if (!m->items[j].nqueued)
-				continue;
-			struct queue__heap *hp = queue__owner_heap(q, m->items[j].dom->owner);
-			if (queue__heap_reserve(hp, hp->n + m->nitems))
-				goto err_after_load;
-		}
-		queue__link(q, m);
+		queue__link(q, all[i]);
 		all[i] = NULL;
 	}
+	for (size_t i = 0; i < q->ndbuckets; i++)
+		for (struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext)
+			d->leaving = 0; /* the load's count (queue__load_dom) */
 	/* an assignment key without a queued recipient is an idle assignment (only keys make
 	 * domains without one); more than the bound cannot be written */
 	for (size_t i = 0; i < q->ndbuckets; i++) {
 		for (struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
 			if (d->rcpts_queued)
 				continue;
-			if (q->nidle == QUEUE_IDLE_DOMAINS_MAX) {
+			if (q->nidle == q->idle_max) {
 				rv = QUEUE_ECORRUPT;
 				goto err_after_load;
 			}
@@ -358,8 +428,6 @@ queue_fsm_new(struct store *s, struct queue_fsm **out)
 		}
 	}
 	free(all);
-	free(po);
-	store_iter_free(it);
 	*out = q;
 	return 0;
 err_after_load:
@@ -367,8 +435,6 @@ err_after_load:
 		queue__msg_free(all[i]);
 	free(all);
 err_after_alloc:
-	free(po);
-	store_iter_free(it);
 	queue_fsm_free(q);
 	return rv;
 }
@@ -376,7 +442,7 @@ err_after_alloc:
 int
 queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 {
-	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX];
+	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_DEFER_VAL_LEN + QUEUE_NODE_MAX];
 	int rv;
 	for (size_t i = 0; i < q->nmembers; i++) {
 		const struct queue__member *mb = q->members[i];
@@ -391,7 +457,9 @@ queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 			if (!d->persisted)
 				continue;
 			size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
-			if ((rv = cb(arg, k, kl, v, queue__dom_val(v, d->epoch, d->owner))))
+			size_t vl = queue__dom_val(v, d->epoch, d->owner, d->defer_until,
+						   d->defer_at, d->defer_count);
+			if ((rv = cb(arg, k, kl, v, vl)))
 				return rv;
 		}
 	}
@@ -403,7 +471,7 @@ queue_fsm_own_kv(const struct queue_fsm *q, queue_kv_cb cb, void *arg)
 	return queue__quota_kv(q, cb, arg);
 }
 
-static uint64_t
+uint64_t
 queue__mix(uint64_t h, uint64_t v)
 {
 	for (int i = 0; i < 8; i++) {
@@ -418,24 +486,26 @@ queue_fsm_digest(const struct queue_fsm *q)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 	for (const struct queue_msg *m = q->head; m; m = m->next) {
-		h = queue__mix(h, m->hash);
+		h = queue__mix(h, queue__hash(m->queue_id, strlen(m->queue_id)));
 		h = queue__mix(h, m->received_ms);
 		h = queue__mix(h, m->size);
 		h = queue__mix(h, m->accept_index);
+		h = queue__mix(h, m->update_index);
 		h = queue__mix(h, m->next_attempt_ms);
 		h = queue__mix(h, m->nrcpts);
 		h = queue__mix(h, m->nqueued);
 		h = queue__mix(h, m->held);
+		h = queue__mix(h, m->nitems);
 		for (uint32_t i = 0; i < m->nrcpts; i++) {
 			h = queue__mix(h, m->rcpts[i].state);
+			h = queue__mix(h, m->rcpts[i].item);
 			h = queue__mix(h, m->rcpts[i].attempts);
 			h = queue__mix(h, m->rcpts[i].next_attempt_ms);
 			h = queue__mix(h, m->rcpts[i].last_attempt_ms);
 			h = queue__mix(h, m->rcpts[i].delay_notified);
 		}
-		/* the record: envelope, replies, relays, epochs */
-		h = queue__mix(h, m->rec_len);
-		h = queue__mix(h, queue__hash((const char *)m->rec, m->rec_len));
+		/* what the store holds besides: envelope, results (queue_store.c) */
+		h = queue__mix(h, m->shash);
 	}
 	/* members in node order */
 	h = queue__mix(h, q->nmembers);
@@ -453,11 +523,15 @@ queue_fsm_digest(const struct queue_fsm *q)
 	uint64_t ds = 0;
 	for (size_t i = 0; i < q->ndbuckets; i++) {
 		for (const struct queue__dom *d = q->dbuckets[i]; d; d = d->hnext) {
-			uint64_t x = queue__mix(d->hash, d->epoch);
+			uint64_t x = queue__mix(queue__dom_hash(d), d->epoch);
 			x = queue__mix(
 			    x, d->owner ? queue__hash(d->owner->node, strlen(d->owner->node)) : 0);
 			x = queue__mix(x, d->rcpts_queued);
 			x = queue__mix(x, d->persisted);
+			x = queue__mix(x, d->defer_until);
+			x = queue__mix(x, d->defer_at);
+			x = queue__mix(x, d->defer_count);
+			x = queue__mix(x, d->defer_hash);
 			ds += x;
 		}
 	}

@@ -18,9 +18,15 @@ struct queue__dom *
 queue__dom_find(const struct queue_fsm *q, const char *name, size_t len, uint64_t h)
 {
 	for (struct queue__dom *d = q->dbuckets[h & (q->ndbuckets - 1)]; d; d = d->hnext)
-		if (d->hash == h && d->len == len && !memcmp(d->name, name, len))
+		if (d->len == len && !memcmp(d->name, name, len))
 			return d;
 	return NULL;
+}
+
+uint64_t
+queue__dom_hash(const struct queue__dom *d)
+{
+	return queue__hash(d->name, d->len);
 }
 
 /* Grows the domain table for n domains; ENOMEM leaves it as it was. */
@@ -39,8 +45,9 @@ queue__dom_reserve(struct queue_fsm *q, uint64_t n)
 		struct queue__dom *d = q->dbuckets[i], *next;
 		for (; d; d = next) {
 			next = d->hnext;
-			d->hnext = b[d->hash & (nb - 1)];
-			b[d->hash & (nb - 1)] = d;
+			size_t bi = queue__dom_hash(d) & (nb - 1);
+			d->hnext = b[bi];
+			b[bi] = d;
 		}
 	}
 	free(q->dbuckets);
@@ -50,20 +57,31 @@ queue__dom_reserve(struct queue_fsm *q, uint64_t n)
 }
 
 struct queue__dom *
-queue__dom_new(const char *name, size_t len, uint64_t h)
+queue__dom_new(const char *name, size_t len)
 {
+	if (len > QUEUE_DOMAIN_MAX)
+		return NULL;
 	struct queue__dom *d = calloc(1, sizeof(*d) + len + 1);
 	if (!d)
 		return NULL;
 	memcpy(d->name, name, len);
-	d->len = len;
-	d->hash = h;
-	d->ipos = SIZE_MAX;
+	d->len = (uint8_t)len;
+	d->ipos = QUEUE__NO_POS;
+	d->opos = QUEUE__NO_POS;
 	return d;
 }
 
-/* The idle assignments: a binary min-heap in q->idle (room for QUEUE_IDLE_DOMAINS_MAX, never
- * more) ordered by (epoch, name) - a total order, as names are unique. */
+void
+queue__dom_free(struct queue__dom *d)
+{
+	if (d) {
+		free(d->ih.a);
+		free(d);
+	}
+}
+
+/* The idle assignments: a binary min-heap in q->idle (room for q->idle_max, never more)
+ * ordered by (epoch, name) - a total order, as names are unique. */
 int
 queue__dom_order(const struct queue__dom *x, const struct queue__dom *y)
 {
@@ -84,7 +102,7 @@ static void
 queue__idle_set(struct queue_fsm *q, size_t pos, struct queue__dom *d)
 {
 	q->idle[pos] = d;
-	d->ipos = pos;
+	d->ipos = (uint32_t)pos;
 }
 
 static void
@@ -119,11 +137,12 @@ queue__idle_down(struct queue_fsm *q, size_t pos)
 	queue__idle_set(q, pos, d);
 }
 
-/* Precondition: q->nidle < QUEUE_IDLE_DOMAINS_MAX. */
+/* Precondition: q->nidle < q->idle_max. */
 void
 queue__idle_insert(struct queue_fsm *q, struct queue__dom *d)
 {
-	assert(q->nidle < QUEUE_IDLE_DOMAINS_MAX && d->ipos == SIZE_MAX);
+	QUEUE__PANIC_IF(q->nidle >= q->idle_max || d->ipos != QUEUE__NO_POS, "idle heap full (%zu)",
+			q->nidle);
 	queue__idle_set(q, q->nidle++, d);
 	queue__idle_up(q, d->ipos);
 }
@@ -132,8 +151,8 @@ void
 queue__idle_remove(struct queue_fsm *q, struct queue__dom *d)
 {
 	size_t pos = d->ipos;
-	assert(pos < q->nidle && q->idle[pos] == d);
-	d->ipos = SIZE_MAX;
+	QUEUE__PANIC_IF(pos >= q->nidle || q->idle[pos] != d, "idle heap slot %zu", pos);
+	d->ipos = QUEUE__NO_POS;
 	struct queue__dom *last = q->idle[--q->nidle];
 	if (pos == q->nidle)
 		return;
@@ -146,17 +165,12 @@ queue__idle_remove(struct queue_fsm *q, struct queue__dom *d)
 static void
 queue__idle_fix(struct queue_fsm *q, struct queue__dom *d)
 {
-	if (d->ipos != SIZE_MAX)
+	if (d->ipos != QUEUE__NO_POS)
 		queue__idle_down(q, d->ipos);
 }
 
-struct queue__heap *
-queue__owner_heap(struct queue_fsm *q, struct queue__member *mb)
-{
-	return mb ? &mb->heap : &q->unowned_heap;
-}
-
-/* Puts d on owner mb's list (NULL: unowned). */
+/* Puts d on owner mb's list (NULL: unowned) and, when it has due items, in its domain heap.
+ * Precondition: room in that heap (cap >= the owner's domains after). */
 void
 queue__dom_attach(struct queue_fsm *q, struct queue__dom *d, struct queue__member *mb)
 {
@@ -171,11 +185,14 @@ queue__dom_attach(struct queue_fsm *q, struct queue__dom *d, struct queue__membe
 		mb->ndomains++;
 	else
 		q->nunowned++;
+	queue__dom_resched(q, d);
 }
 
+/* Takes d off its owner's list and domain heap. */
 void
 queue__dom_detach(struct queue_fsm *q, struct queue__dom *d)
 {
+	queue__dom_dheap_off(q, d);
 	struct queue__dom **head = d->owner ? &d->owner->doms : &q->unowned;
 	if (d->oprev)
 		d->oprev->onext = d->onext;
@@ -195,7 +212,7 @@ queue__dom_detach(struct queue_fsm *q, struct queue__dom *d)
 void
 queue__dom_insert(struct queue_fsm *q, struct queue__dom *d)
 {
-	size_t bi = d->hash & (q->ndbuckets - 1);
+	size_t bi = queue__dom_hash(d) & (q->ndbuckets - 1);
 	d->hnext = q->dbuckets[bi];
 	q->dbuckets[bi] = d;
 	q->ndoms++;
@@ -205,52 +222,40 @@ queue__dom_insert(struct queue_fsm *q, struct queue__dom *d)
 void
 queue__dom_forget(struct queue_fsm *q, struct queue__dom *d)
 {
-	assert(!d->nitems && !d->items && !d->rcpts_queued);
-	if (d->ipos != SIZE_MAX)
+	QUEUE__PANIC_IF(d->nitems || d->ih.n || d->rcpts_queued, "domain %s still has items",
+			d->name);
+	if (d->ipos != QUEUE__NO_POS)
 		queue__idle_remove(q, d);
 	queue__dom_detach(q, d);
-	struct queue__dom **pp = &q->dbuckets[d->hash & (q->ndbuckets - 1)];
+	struct queue__dom **pp = &q->dbuckets[queue__dom_hash(d) & (q->ndbuckets - 1)];
 	while (*pp != d) {
-		assert(*pp);
+		QUEUE__PANIC_IF(!*pp, "domain %s not in its bucket", d->name);
 		pp = &(*pp)->hnext;
 	}
 	*pp = d->hnext;
 	q->ndoms--;
-	free(d);
+	queue__dom_free(d);
 }
 
-/* Activates an item (nqueued > 0, dom set): on the domain's list and counts, in its owner's
- * heap unless the message is held.  Precondition: heap room reserved. */
+/* Activates an item (nqueued > 0, dom set): counted in its domain, in the domain's heap unless
+ * the message is held or busy.  Precondition: room (the domain's heap cap > its items). */
 void
 queue__item_on(struct queue_fsm *q, struct queue__item *it)
 {
 	struct queue__dom *d = it->dom;
-	it->dprev = NULL;
-	it->dnext = d->items;
-	if (d->items)
-		d->items->dprev = it;
-	d->items = it;
 	d->nitems++;
 	d->rcpts_queued += it->nqueued;
 	d->rcpts_deferred += it->ndeferred;
-	if (!it->msg->held)
-		queue__heap_insert(queue__owner_heap(q, d->owner), &it->hn);
+	if (queue__in_heap(it))
+		queue__item_heap_on(q, it);
 }
 
 /* The reverse of queue__item_on, counts left to the caller. */
 void
 queue__item_off(struct queue_fsm *q, struct queue__item *it)
 {
-	struct queue__dom *d = it->dom;
-	queue__heap_remove(queue__owner_heap(q, d->owner), &it->hn);
-	if (it->dprev)
-		it->dprev->dnext = it->dnext;
-	else
-		d->items = it->dnext;
-	if (it->dnext)
-		it->dnext->dprev = it->dprev;
-	it->dprev = it->dnext = NULL;
-	d->nitems--;
+	queue__item_heap_off(q, it);
+	it->dom->nitems--;
 }
 
 /* The member with that node id, or NULL; *pos its position or where it would go. */
@@ -308,7 +313,7 @@ void
 queue__member_free(struct queue__member *mb)
 {
 	if (mb) {
-		free(mb->heap.a);
+		free(mb->dheap.a);
 		free(mb);
 	}
 }
@@ -324,34 +329,66 @@ queue__own_key(unsigned char *k, char type, const void *s, size_t n)
 	return 2 + n;
 }
 
+/* An assignment's value: version 1, epoch, owner; or, while the domain is deferred (or has
+ * been since its last delivery), version 2, epoch, until, at (u64 BE each), count (u32 BE),
+ * owner length, owner. */
 size_t
-queue__dom_val(unsigned char *v, uint64_t epoch, const struct queue__member *owner)
+queue__dom_val(unsigned char *v, uint64_t epoch, const struct queue__member *owner,
+	       uint64_t until, uint64_t at, uint32_t count)
 {
 	size_t n = owner ? strlen(owner->node) : 0;
-	v[0] = QUEUE__OWN_VERSION;
 	store_u64_encode(epoch, v + 1);
+	if (!until && !count) {
+		v[0] = QUEUE__OWN_VERSION;
+		if (n)
+			memcpy(v + QUEUE__DOM_VAL_LEN, owner->node, n);
+		return QUEUE__DOM_VAL_LEN + n;
+	}
+	v[0] = QUEUE__DOM_VERSION_DEFER;
+	store_u64_encode(until, v + 9);
+	store_u64_encode(at, v + 17);
+	v[25] = (unsigned char)(count >> 24);
+	v[26] = (unsigned char)(count >> 16);
+	v[27] = (unsigned char)(count >> 8);
+	v[28] = (unsigned char)count;
+	v[29] = (unsigned char)n;
 	if (n)
-		memcpy(v + QUEUE__DOM_VAL_LEN, owner->node, n);
-	return QUEUE__DOM_VAL_LEN + n;
+		memcpy(v + QUEUE__DOM_DEFER_VAL_LEN, owner->node, n);
+	return QUEUE__DOM_DEFER_VAL_LEN + n;
 }
 
+/* Writes d's assignment with the deferral (until, at, count). */
+int
+queue__put_dom_defer(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
+		     const struct queue__member *owner, uint64_t until, uint64_t at, uint32_t count)
+{
+	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_DEFER_VAL_LEN + QUEUE_NODE_MAX];
+	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
+	size_t vl = queue__dom_val(v, epoch, owner, until, at, count);
+	return store_batch_put(b, STORE_CF_QUEUE, k, kl, v, vl) ? QUEUE_ENOMEM : 0;
+}
+
+/* Writes d's assignment (epoch, owner) with the deferral it has. */
 int
 queue__put_dom(struct store_batch *b, const struct queue__dom *d, uint64_t epoch,
 	       const struct queue__member *owner)
 {
-	unsigned char k[QUEUE__OWN_KEY_MAX], v[QUEUE__DOM_VAL_LEN + QUEUE_NODE_MAX];
-	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
-	return store_batch_put(b, STORE_CF_QUEUE, k, kl, v, queue__dom_val(v, epoch, owner))
-		   ? QUEUE_ENOMEM
-		   : 0;
+	return queue__put_dom_defer(b, d, epoch, owner, d->defer_until, d->defer_at,
+				    d->defer_count);
 }
 
+/* Forgets an assignment: its key, and its deferral's reason when it has one. */
 int
 queue__del_dom(struct store_batch *b, const struct queue__dom *d)
 {
 	unsigned char k[QUEUE__OWN_KEY_MAX];
 	size_t kl = queue__own_key(k, QUEUE__OWN_DOMAIN, d->name, d->len);
-	return store_batch_delete(b, STORE_CF_QUEUE, k, kl) ? QUEUE_ENOMEM : 0;
+	if (store_batch_delete(b, STORE_CF_QUEUE, k, kl))
+		return QUEUE_ENOMEM;
+	kl = queue__own_key(k, QUEUE__OWN_DEFER, d->name, d->len);
+	if (d->defer_count && store_batch_delete(b, STORE_CF_QUEUE, k, kl))
+		return QUEUE_ENOMEM;
+	return 0;
 }
 
 void
@@ -464,15 +501,17 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 	uint64_t add[QUEUE_MEMBERS_MAX + 2] = {0};
 	for (k = 0; k < n; k++) {
 		to[k] = queue__winner(q, doms[k]->name, take ? self : NULL, give ? self : NULL);
-		add[queue__slot(q, to[k], nm)] += doms[k]->nitems;
+		add[queue__slot(q, to[k], nm)]++;
 	}
+	/* every owner's domain heap has room for all its domains */
 	for (size_t s = 0; s < QUEUE_MEMBERS_MAX + 2; s++) {
 		if (!add[s])
 			continue;
-		struct queue__heap *hp = s == QUEUE_MEMBERS_MAX + 1 ? &q->unowned_heap
-					 : s == QUEUE_MEMBERS_MAX   ? &nm->heap
-								    : &q->members[s]->heap;
-		if (queue__heap_reserve(hp, hp->n + add[s]))
+		struct queue__member *tm = s == QUEUE_MEMBERS_MAX + 1 ? NULL
+					   : s == QUEUE_MEMBERS_MAX   ? nm
+								      : q->members[s];
+		uint64_t have = tm ? tm->ndomains : q->nunowned;
+		if (queue__dheap_reserve(queue__owner_dheap(q, tm), have + add[s]))
 			goto out;
 	}
 	size_t mark_len = b->len;
@@ -502,22 +541,16 @@ queue__apply_member(struct queue_fsm *q, uint64_t index, const Relay__Member *mc
 	self->since_index = index;
 	for (k = 0; k < n; k++) {
 		struct queue__dom *d = doms[k];
-		struct queue__heap *from = queue__owner_heap(q, d->owner);
-		for (struct queue__item *it = d->items; it; it = it->dnext)
-			queue__heap_remove(from, &it->hn);
 		queue__dom_detach(q, d);
 		queue__dom_attach(q, d, to[k]);
 		d->epoch = index;
 		d->persisted = 1;
 		queue__idle_fix(q, d);
-		struct queue__heap *hp = queue__owner_heap(q, to[k]);
-		for (struct queue__item *it = d->items; it; it = it->dnext)
-			if (!it->msg->held)
-				queue__heap_insert(hp, &it->hn);
 		q->stats.reassigned++;
 	}
 	if (ns == QUEUE_MEMBER_REMOVED) {
-		assert(!self->ndomains && !self->heap.n);
+		QUEUE__PANIC_IF(self->ndomains || self->dheap.n, "removed member %s owns domains",
+				self->node);
 		queue__member_find(q, self->node, &pos);
 		memmove(&q->members[pos], &q->members[pos + 1],
 			(q->nmembers - pos - 1) * sizeof(q->members[0]));
@@ -595,25 +628,82 @@ queue_fsm_members(const struct queue_fsm *q, struct queue_member *out, size_t ca
 	return k;
 }
 
-int
-queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner, uint64_t *epoch)
+/* The domain of a query (ASCII-lowercased), or NULL. */
+static const struct queue__dom *
+queue__dom_lookup(const struct queue_fsm *q, const char *domain)
 {
 	if (!domain)
-		return QUEUE_ENOTFOUND;
+		return NULL;
 	char d[QUEUE_DOMAIN_MAX + 1];
 	size_t n = 0;
 	for (; domain[n] && n < QUEUE_DOMAIN_MAX; n++)
 		d[n] = (char)(domain[n] >= 'A' && domain[n] <= 'Z' ? domain[n] - 'A' + 'a'
 								   : domain[n]);
 	if (domain[n])
-		return QUEUE_ENOTFOUND;
+		return NULL;
 	d[n] = 0;
-	const struct queue__dom *dm = queue__dom_find(q, d, n, queue__hash(d, n));
+	return queue__dom_find(q, d, n, queue__hash(d, n));
+}
+
+int
+queue_fsm_domain_owner(const struct queue_fsm *q, const char *domain, char *owner, uint64_t *epoch)
+{
+	const struct queue__dom *dm = queue__dom_lookup(q, domain);
 	if (!dm)
 		return QUEUE_ENOTFOUND;
 	snprintf(owner, QUEUE_NODE_MAX + 1, "%s", dm->owner ? dm->owner->node : "");
 	*epoch = dm->epoch;
 	return 0;
+}
+
+int
+queue_fsm_domain_info(const struct queue_fsm *q, const char *domain,
+		      struct queue_domain_info *out)
+{
+	const struct queue__dom *dm = queue__dom_lookup(q, domain);
+	if (!dm)
+		return QUEUE_ENOTFOUND;
+	memset(out, 0, sizeof(*out));
+	snprintf(out->owner, sizeof(out->owner), "%s", dm->owner ? dm->owner->node : "");
+	out->epoch = dm->epoch;
+	out->defer_until = dm->defer_until;
+	out->defer_at = dm->defer_at;
+	out->defer_count = dm->defer_count;
+	out->rcpts_queued = dm->rcpts_queued;
+	return 0;
+}
+
+int
+queue_fsm_domain_reason(struct queue_fsm *q, const char *domain, char *buf, size_t cap)
+{
+	const struct queue__dom *dm = queue__dom_lookup(q, domain);
+	if (!dm || !cap)
+		return QUEUE_ENOTFOUND;
+	buf[0] = 0;
+	if (!dm->defer_count)
+		return 0;
+	unsigned char k[QUEUE__OWN_KEY_MAX];
+	size_t kl = queue__own_key(k, QUEUE__OWN_DEFER, dm->name, dm->len);
+	void *v;
+	size_t vlen;
+	int rv = store_get(q->store, STORE_CF_QUEUE, k, kl, &v, &vlen);
+	if (rv == STORE_ENOTFOUND)
+		return 0;
+	if (rv)
+		return rv == STORE_ENOMEM ? QUEUE_ENOMEM : QUEUE_EIO;
+	size_t n = vlen < cap - 1 ? vlen : cap - 1;
+	memcpy(buf, v, n);
+	buf[n] = 0;
+	free(v);
+	return 0;
+}
+
+void
+queue_fsm_test_idle_max(struct queue_fsm *q, size_t n)
+{
+	QUEUE__PANIC_IF(n == 0 || n > QUEUE_IDLE_DOMAINS_MAX || q->nidle > n, "idle bound %zu",
+			n);
+	q->idle_max = n;
 }
 
 size_t

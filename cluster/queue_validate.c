@@ -162,6 +162,15 @@ queue__outcome_ok(const Relay__Outcome *o)
 	return 1;
 }
 
+/* A domain as ownership names it: at most QUEUE_DOMAIN_MAX bytes, no control characters. */
+static int
+queue__defer_ok(const Relay__DeferDomain *dd)
+{
+	return dd && dd->domain && queue__line_ok(dd->domain, QUEUE_DOMAIN_MAX) &&
+	       !strchr(dd->domain, '\t') && dd->epoch && dd->until_ms &&
+	       queue__line_ok(dd->reply, QUEUE_REPLY_MAX);
+}
+
 int
 queue_validate(const Relay__Command *cmd)
 {
@@ -198,6 +207,8 @@ queue_validate(const Relay__Command *cmd)
 		return cmd->release && queue__id_ok(cmd->release->queue_id) ? 0 : QUEUE_EINVAL;
 	case RELAY__COMMAND__CMD_RETRY:
 		return cmd->retry && queue__id_ok(cmd->retry->queue_id) ? 0 : QUEUE_EINVAL;
+	case RELAY__COMMAND__CMD_DEFER_DOMAIN:
+		return queue__defer_ok(cmd->defer_domain) ? 0 : QUEUE_EINVAL;
 	default:
 		return QUEUE_EINVAL;
 	}

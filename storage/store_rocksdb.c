@@ -38,6 +38,10 @@
 #define STORE_RO_OPEN_BACKOFF_MS 50
 #define STORE_TEST_UNSAFE_NO_SYNC_ENV "RELAY_TEST_UNSAFE_NO_SYNC"
 
+/* Bounds on RocksDB's own memory and on the WAL a restart replays (store_open). */
+#define STORE__MEMTABLES_MAX ((size_t)64 << 20)
+#define STORE__WAL_MAX ((uint64_t)128 << 20)
+
 struct store_rocksdb {
 	struct store base;
 	rocksdb_t *db;
@@ -315,6 +319,18 @@ static void
 store__rdb_free(struct store *base)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
+	if (s->db && !s->readonly) {
+		/* a clean close leaves no WAL to replay: the next open reads SSTs only (a restart
+		 * after a crash replays at most STORE__WAL_MAX) */
+		rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+		rocksdb_flushoptions_set_wait(fo, 1);
+		for (int i = 0; i < STORE_CF__COUNT; i++) {
+			char *err = NULL;
+			rocksdb_flush_cf(s->db, fo, s->cf[i], &err);
+			rocksdb_free(err); /* best effort: the WAL still has it all */
+		}
+		rocksdb_flushoptions_destroy(fo);
+	}
 	for (int i = 0; i <= STORE_CF__COUNT; i++)
 		if (s->cf[i])
 			rocksdb_column_family_handle_destroy(s->cf[i]);
@@ -355,6 +371,13 @@ store_open(const char *dir, int readonly, struct store **out)
 	/* Keep RocksDB's own info logs small: one file, a few MiB. */
 	rocksdb_options_set_max_log_file_size(s->opts, 4 << 20);
 	rocksdb_options_set_keep_log_file_num(s->opts, 2);
+	/* Memory and restart time stay bounded whatever the queue's size (issue 14): all the
+	 * column families' memtables together hold at most STORE__MEMTABLES_MAX (RocksDB flushes
+	 * the biggest beyond it), and the WAL that a restart replays into them at most
+	 * STORE__WAL_MAX (beyond it the memtables still needing the oldest WAL are flushed). */
+	rocksdb_options_set_db_write_buffer_size(s->opts, STORE__MEMTABLES_MAX);
+	rocksdb_options_set_write_buffer_size(s->opts, STORE__MEMTABLES_MAX / 2);
+	rocksdb_options_set_max_total_wal_size(s->opts, STORE__WAL_MAX);
 	/* See the header: a torn tail is dropped, corruption before it refuses the open. */
 	rocksdb_options_set_wal_recovery_mode(s->opts,
 					      rocksdb_tolerate_corrupted_tail_records_recovery);

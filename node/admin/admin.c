@@ -108,9 +108,11 @@ admin_error(struct admin *a, const char *msg)
 	admin_send(a, &r);
 }
 
-/* A message is "deferred" when a queued recipient was tried and waits for its next attempt. */
+/* A message is "deferred" when a queued recipient was tried and waits for its next attempt,
+ * or when it waits for its domain's deferral (a dead destination: DeferDomain). */
 static bool
-admin_msg_deferred(const struct queue_msg *m, uint64_t now, uint32_t *max_attempts)
+admin_msg_deferred(const struct queue_fsm *q, const struct queue_msg *m, uint64_t now,
+		   uint32_t *max_attempts)
 {
 	bool tried = false;
 	uint32_t att = 0;
@@ -125,7 +127,8 @@ admin_msg_deferred(const struct queue_msg *m, uint64_t now, uint32_t *max_attemp
 	}
 	if (max_attempts)
 		*max_attempts = att;
-	return tried && m->next_attempt_ms > now;
+	uint64_t due = queue_fsm_due_ms(q, m);
+	return due > now && (tried || due > m->next_attempt_ms);
 }
 
 /* In the queue state machine's member table (ownership). */
@@ -364,11 +367,14 @@ admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
 	bool truncated = false;
 	for (const struct queue_msg *m = queue_fsm_first(q); m != NULL; m = queue_fsm_next(q, m)) {
 		uint32_t att;
-		bool deferred = admin_msg_deferred(m, now, &att);
+		bool deferred = admin_msg_deferred(q, m, now, &att);
 		if (want && strcmp(want, deferred ? "deferred" : "active") != 0)
 			continue;
+		/* the domain from memory: only the messages listed are read from the store */
+		if (req->domain && req->domain[0] && !queue_fsm_msg_in_domain(q, m, req->domain))
+			continue;
 		Relay__QueueRecord *rec = NULL;
-		if (queue_fsm_read_record(q, m->queue_id, &rec) != 0 || rec == NULL)
+		if (queue_fsm_read_envelope(q, m->queue_id, &rec) != 0 || rec == NULL)
 			continue;
 		if (req->domain && req->domain[0] && !admin_rcpt_in_domain(rec, req->domain)) {
 			relay__queue_record__free_unpacked(rec, NULL);
@@ -388,7 +394,7 @@ admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
 		it->nrcpts = m->nrcpts;
 		it->nqueued = m->nqueued;
 		it->has_next_attempt_ms = it->has_attempts = true;
-		it->next_attempt_ms = m->next_attempt_ms;
+		it->next_attempt_ms = queue_fsm_due_ms(q, m);
 		it->attempts = att;
 		it->state = deferred ? "deferred" : "active";
 		for (size_t i = 0; i < rec->n_rcpts; i++)
@@ -418,6 +424,41 @@ admin_queue_list(struct admin *a, const Relay__QueueListRequest *req)
 	free(items);
 }
 
+/* A queued recipient whose domain is deferred as a whole (a dead destination: DeferDomain)
+ * shows the deferral, as Postfix's mailq shows "delivery temporarily suspended": its end as
+ * next_attempt_ms and, when the destination was tried after the recipient's own last attempt,
+ * that try (the deferral's at_ms and reason) as last_attempt_ms and last_reply.  The strings
+ * are the record's (freed with it). */
+static void
+admin_show_deferral(struct queue_fsm *q, Relay__QueueRecord *rec, uint64_t now)
+{
+	for (size_t i = 0; i < rec->n_rcpts; i++) {
+		Relay__QueueRcpt *rc = rec->rcpts[i];
+		if (rc->state != RELAY__RCPT_STATE__RCPT_QUEUED || rc->rcpt == NULL ||
+		    rc->rcpt->addr == NULL)
+			continue;
+		char dom[QUEUE_DOMAIN_MAX + 1], why[QUEUE_REPLY_MAX + 1];
+		struct queue_domain_info di;
+		queue_addr_domain(rc->rcpt->addr, dom);
+		if (queue_fsm_domain_info(q, dom, &di) != 0 || di.defer_until <= now)
+			continue;
+		if (!rc->has_next_attempt_ms || rc->next_attempt_ms < di.defer_until) {
+			rc->has_next_attempt_ms = true;
+			rc->next_attempt_ms = di.defer_until;
+		}
+		if ((rc->has_last_attempt_ms && rc->last_attempt_ms > di.defer_at) ||
+		    queue_fsm_domain_reason(q, dom, why, sizeof(why)) != 0 || why[0] == '\0')
+			continue;
+		char *dup = strdup(why);
+		if (dup == NULL)
+			continue;
+		free(rc->last_reply);
+		rc->last_reply = dup;
+		rc->has_last_attempt_ms = true;
+		rc->last_attempt_ms = di.defer_at;
+	}
+}
+
 static void
 admin_queue_show(struct admin *a, const Relay__QueueShowRequest *req)
 {
@@ -431,6 +472,7 @@ admin_queue_show(struct admin *a, const Relay__QueueShowRequest *req)
 		admin_error(a, msg);
 		return;
 	}
+	admin_show_deferral(cluster_queue(a->cluster), rec, admin_now_ms());
 	Relay__AdminReply r = RELAY__ADMIN_REPLY__INIT;
 	r.ok = true;
 	r.queue_show = rec;
@@ -579,7 +621,7 @@ admin_queue_op(struct admin *a, enum admin_op op, char **queue_ids, size_t n_que
 	if (all_deferred)
 		for (const struct queue_msg *m = queue_fsm_first(q);
 		     m != NULL && n < ADMIN_DELETE_MAX; m = queue_fsm_next(q, m))
-			if (admin_msg_deferred(m, now, NULL))
+			if (admin_msg_deferred(q, m, now, NULL))
 				ids[n++] = m->queue_id;
 	a->deleted = calloc(n ? n : 1, sizeof(char *));
 	a->not_found = calloc(n ? n : 1, sizeof(char *));

@@ -230,6 +230,9 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		qs.stale_outcomes);
 	counter(t, "relay_ownership_reassigned_total", "Domain assignments moved to another owner.",
 		qs.reassigned);
+	counter(t, "relay_queue_domain_deferrals_total",
+		"DeferDomain commands applied: a dead destination's domain deferred as a whole.",
+		qs.defers);
 	if (dl != NULL) {
 		struct delivery_stats ds;
 		delivery_get_stats(dl, &ds);
@@ -272,6 +275,19 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		counter(t, "relay_delivery_messages_sent_total",
 			"Messages handed to a destination (one per SMTP transaction).",
 			ds.messages_sent);
+		counter(t, "relay_delivery_dead_destinations_total",
+			"Destinations found dead (no DNS answer, no host reached): their jobs wait "
+			"for the deferral of their domains.",
+			ds.dests_dead);
+		counter(t, "relay_delivery_domain_deferrals_proposed_total",
+			"DeferDomain commands this node proposed.", ds.domains_deferred);
+		counter(t, "relay_delivery_jobs_suspended_total",
+			"Jobs of a dead destination that ended without an outcome (their domain "
+			"deferred).",
+			ds.jobs_suspended);
+		counter(t, "relay_delivery_expired_swept_total",
+			"Messages of a deferred domain bounced when their queue_lifetime ended.",
+			ds.expired_swept);
 		counter(t, "relay_delivery_rate_limited_total",
 			"Times a destination's next message waited for "
 			"max_messages_per_minute_per_destination.",

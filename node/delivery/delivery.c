@@ -177,6 +177,8 @@ dlv__msg_free(struct dmsg *m)
 	*pp = m->hnext;
 	d->nmsgs--;
 	d->inflight_bytes -= m->body_len;
+	/* back in the due lists (gone already when its outcomes finished it) */
+	(void)queue_fsm_set_busy(d->q, m->qid, 0);
 	if (m->res != NULL)
 		for (size_t i = 0; i < m->rec->n_rcpts; i++) {
 			free(m->res[i].reply);
@@ -243,7 +245,7 @@ delivery_start(uv_loop_t *loop, const struct relay_config *cfg, struct cluster *
 	d->retry.base = cfg->retry_base_ms;
 	d->retry.max = cfg->retry_max_ms;
 	d->retry.lifetime = cfg->queue_lifetime_ms;
-	d->retry.jitter_pct = 0;
+	d->retry.jitter_pct = DLV_RETRY_JITTER_PCT; /* a backlog deferred at once comes back spread */
 	if (retry_policy_check(&d->retry) != 0) {
 		snprintf(err, errlen, "delivery: bad retry_base/retry_max/queue_lifetime");
 		goto err_after_alloc;
@@ -377,7 +379,8 @@ delivery_close(struct delivery *d, void (*done)(void *arg), void *arg)
 		if (--m->nprops == 0 && m->njobs == 0)
 			dlv__msg_free(m);
 	}
-	/* Jobs waiting on destinations end without an outcome. */
+	/* Jobs waiting on destinations (parked ones too) end without an outcome. */
+	dlv__dests_close(d);
 	for (struct ddest *x = d->dest_list; x; x = x->next) {
 		struct djob *j;
 		while ((j = dlv__dest_pop(x)) != NULL) {

@@ -79,6 +79,10 @@ struct delivery_stats {
 				      held), on the monotonic clock */
 	uint64_t commits_refused;  /* attempts abandoned before their end of data: the lease (minus
 				      its margin) lapsed or the domain moved */
+	uint64_t dests_dead;	   /* destinations found dead (no DNS answer, no host reached) */
+	uint64_t domains_deferred; /* DeferDomain commands proposed for them */
+	uint64_t jobs_suspended;   /* jobs that ended without an outcome: their domain deferred */
+	uint64_t expired_swept;	   /* messages bounced by the expiry sweep (domain deferred) */
 	uint64_t phase_timeouts;   /* attempts cut by a phase deadline (RFC 5321 4.5.3.2) */
 	uint64_t attempt_timeouts; /* attempts cut by delivery_attempt_timeout */
 	int64_t self_state;	   /* enum queue_member_state of this node, -1 not a member */

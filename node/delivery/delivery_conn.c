@@ -444,6 +444,7 @@ connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	c->connected = true;
+	c->answered = true;
 	uv_tcp_nodelay(&s->tcp, 1);
 	c->d->st.connections++;
 	conn_start_session(c);
@@ -530,12 +531,21 @@ dlv__conn_next_address(struct dconn *c)
 			return;
 	}
 	if (c->job != NULL && !c->reached && !c->d->closing && !c->attempt_over) {
-		/* No host of the route answered: the jobs waiting here would fail alike. */
+		/* No host of the route took a transaction: the jobs waiting here would fail
+		 * alike.  When none even took a TCP connection the route is dead for now: this
+		 * job and those waiting here wait for the deferral of their domains
+		 * (delivery_dest.c); a host that answered and failed otherwise (TLS required but
+		 * not offered, a greeting refused) defers them one by one, each with its reply. */
 		struct mta_diag dg = c->job->last;
 		char relay[DLV_RELAY_MAX];
 		snprintf(relay, sizeof(relay), "%s", c->job->last_relay);
-		if (dg.code != 0)
+		if (dg.code != 0 && !c->answered) {
+			struct djob *j = c->job;
+			c->job = NULL;
+			dlv__dest_dead(x, &dg, relay, j);
+		} else if (dg.code != 0) {
 			dlv__dest_fail_queued(x, false, &dg, relay);
+		}
 	}
 	dlv__conn_close(c);
 }

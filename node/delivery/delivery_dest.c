@@ -123,7 +123,8 @@ void
 dlv__dest_maybe_free(struct ddest *x)
 {
 	struct delivery *d = x->d;
-	if (x->nqueued > 0 || x->nconn > 0 || x->state == DEST_RESOLVING)
+	if (x->nqueued > 0 || x->nconn > 0 || x->state == DEST_RESOLVING || x->nparked > 0 ||
+	    x->defer_props > 0)
 		return;
 	struct ddest **pp = &d->dests[dlv__hash_str(x->key) % DLV_HASH_BUCKETS];
 	while (*pp != x)
@@ -318,8 +319,10 @@ resolve_cb(void *arg, int status, const struct mx_list *list)
 				 mx_strerror(status));
 		log_info("-", "event=dns-failed dest=%s error=\"%s\" permanent=%s", x->key,
 			 mx_strerror(status), perm ? "yes" : "no");
-		if (!d->closing)
+		if (!d->closing && perm)
 			dlv__dest_fail_queued(x, perm, &dg, "");
+		else if (!d->closing)
+			dlv__dest_dead(x, &dg, "", NULL);
 		dlv__dest_maybe_free(x);
 		dlv__maybe_done(d);
 		return;
@@ -340,6 +343,11 @@ dlv__dest_pump(struct ddest *x)
 	struct delivery *d = x->d;
 	if (d->closing || x->nqueued == 0)
 		return;
+	if (x->dead_until > clock_wall_ms() || x->defer_props > 0) {
+		/* dead: its jobs wait for the deferral of their domains, no attempt */
+		dlv__dest_dead(x, &x->dead_diag, x->dead_relay, NULL);
+		return;
+	}
 	if (x->state == DEST_RESOLVING)
 		return;
 	if (x->state == DEST_READY && clock_mono_ms() >= x->mx_expires_ms && x->nconn == 0)
@@ -349,7 +357,7 @@ dlv__dest_pump(struct ddest *x)
 		if (d->resolver == NULL) {
 			snprintf(dg.enh, sizeof(dg.enh), "4.4.3");
 			snprintf(dg.text, sizeof(dg.text), "451 4.4.3 no DNS server configured");
-			dlv__dest_fail_queued(x, false, &dg, "");
+			dlv__dest_dead(x, &dg, "", NULL);
 			return;
 		}
 		if (x->host[0] == '\0') {
@@ -370,7 +378,10 @@ dlv__dest_pump(struct ddest *x)
 			snprintf(dg.enh, sizeof(dg.enh), perm ? "5.1.2" : "4.4.3");
 			snprintf(dg.text, sizeof(dg.text), "%d %s %s: lookup failed (%s)", dg.code,
 				 dg.enh, x->host, strerror(-rc));
-			dlv__dest_fail_queued(x, perm, &dg, "");
+			if (perm)
+				dlv__dest_fail_queued(x, perm, &dg, "");
+			else
+				dlv__dest_dead(x, &dg, "", NULL);
 		}
 		return;
 	}
@@ -421,4 +432,221 @@ dlv__dests_pump_all(struct delivery *d)
 	}
 	if (x != NULL)
 		d->slot_waiters = true; /* the slots ran out before the list did */
+}
+
+/* ------------------------------------------------------------ dead destinations */
+
+/*
+ * A route that failed as a whole - no DNS answer (a temporary error), no host reached on any
+ * address - would fail every job it holds alike.  Instead of an Outcome per message, its jobs
+ * are parked and the owner proposes one DeferDomain per domain they belong to (at the epoch
+ * each job started with): no attempt for any queued recipient of the domain before now +
+ * backoff (retry_backoff of the domain's deferrals since its last delivery, with jitter).  Once
+ * every proposal of the round committed, the parked jobs end without an outcome: their
+ * recipients stay queued and the state machine keeps them out of the due lists until then
+ * (those whose queue_lifetime is over bounce now).  When a proposal failed, the parked jobs are
+ * deferred one by one, as before.  Jobs that reach the destination meanwhile (until dead_until)
+ * are parked as well, and join a new round when none is in flight (their domain's deferral
+ * covers them, or they are of another domain of the route).  Postfix marks a destination dead
+ * the same way (qmgr: "delivery temporarily suspended").
+ */
+
+static void
+dest_park(struct ddest *x, struct djob *j)
+{
+	j->next = NULL;
+	if (x->ptail)
+		x->ptail->next = j;
+	else
+		x->phead = j;
+	x->ptail = j;
+	x->nparked++;
+}
+
+static struct djob *
+dest_unpark(struct ddest *x)
+{
+	struct djob *j = x->phead;
+	if (j == NULL)
+		return NULL;
+	x->phead = j->next;
+	if (x->phead == NULL)
+		x->ptail = NULL;
+	x->nparked--;
+	j->next = NULL;
+	return j;
+}
+
+/* The round is over: the parked jobs end, without an outcome (suspended) or deferred. */
+static void
+dest_release(struct ddest *x)
+{
+	bool failed = x->defer_failed;
+	struct mta_diag dg = x->dead_diag;
+	char relay[DLV_RELAY_MAX];
+	snprintf(relay, sizeof(relay), "%s", x->dead_relay);
+	x->defer_failed = false;
+	if (failed)
+		x->dead_until = 0; /* no deferral took: the next jobs try again */
+	struct djob *j;
+	while ((j = dest_unpark(x)) != NULL) {
+		if (failed) {
+			dlv__job_finish_all(j, false, &dg, relay);
+		} else {
+			x->d->st.jobs_suspended++;
+			dlv__job_suspend(j, &dg, relay);
+		}
+	}
+}
+
+static void
+defer_cb(void *arg, int status)
+{
+	struct defer_prop *p = arg;
+	struct delivery *d = p->d;
+	struct ddest *x = p->x;
+	if (d == NULL) {
+		free(p);
+		return;
+	}
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		d->defer_props = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	free(p);
+	if (status != 0) {
+		x->defer_failed = true;
+		log_warn("-", "event=defer-domain-failed dest=%s error=\"%s\"", x->key,
+			 cluster_strerror(status));
+	}
+	if (--x->defer_props > 0)
+		return;
+	dest_release(x);
+	dlv__dest_maybe_free(x);
+	dlv__maybe_done(d);
+}
+
+/* One domain of the round: its name and the epoch its jobs started with. */
+struct defer_dom {
+	char name[QUEUE_DOMAIN_MAX + 1];
+	uint64_t epoch;
+};
+
+/* Proposes DeferDomain for the domains of the parked jobs; returns how many are in flight. */
+static unsigned
+dest_defer_round(struct ddest *x)
+{
+	struct delivery *d = x->d;
+	static struct defer_dom doms[DLV_DEFER_DOMAINS_MAX];
+	size_t n = 0;
+	for (struct djob *j = x->phead; j != NULL; j = j->next)
+		for (size_t k = 0; k < j->n; k++) {
+			const Relay__QueueRcpt *qr = j->msg->rec->rcpts[j->idx[k]];
+			char dom[QUEUE_DOMAIN_MAX + 1];
+			uint64_t ep = j->msg->res[j->idx[k]].epoch;
+			queue_addr_domain(qr->rcpt->addr, dom);
+			size_t i = 0;
+			while (i < n && (doms[i].epoch != ep || strcmp(doms[i].name, dom) != 0))
+				i++;
+			if (i == n && n < DLV_DEFER_DOMAINS_MAX) {
+				snprintf(doms[n].name, sizeof(doms[n].name), "%s", dom);
+				doms[n++].epoch = ep;
+			}
+		}
+	uint64_t now = clock_wall_ms();
+	for (size_t i = 0; i < n; i++) {
+		struct queue_domain_info info;
+		uint32_t count = 0;
+		if (queue_fsm_domain_info(d->q, doms[i].name, &info) == 0)
+			count = info.defer_count;
+		uint64_t until = now + retry_backoff(&d->retry, count + 1, mx_rng_next(&d->rng));
+		Relay__DeferDomain dd = RELAY__DEFER_DOMAIN__INIT;
+		dd.domain = doms[i].name;
+		dd.epoch = doms[i].epoch;
+		dd.until_ms = until;
+		dd.at_ms = now;
+		dd.reply = x->dead_diag.text;
+		Relay__Command cmd = RELAY__COMMAND__INIT;
+		cmd.cmd_case = RELAY__COMMAND__CMD_DEFER_DOMAIN;
+		cmd.defer_domain = &dd;
+		struct defer_prop *p = calloc(1, sizeof(*p));
+		if (p == NULL)
+			break;
+		p->d = d;
+		p->x = x;
+		if (cluster_propose(d->cluster, &cmd, defer_cb, p) != 0) {
+			free(p);
+			break;
+		}
+		p->next = d->defer_props;
+		if (p->next)
+			p->next->prev = p;
+		d->defer_props = p;
+		x->defer_props++;
+		d->st.domains_deferred++;
+		if (until > x->dead_until)
+			x->dead_until = until;
+		log_info("-",
+			 "event=domain-deferred domain=%s dest=%s epoch=%" PRIu64 " for_ms=%" PRIu64
+			 " deferrals=%" PRIu32 " parked=%zu error=\"%s\"",
+			 doms[i].name, x->key, doms[i].epoch, until - now, count + 1, x->nparked,
+			 x->dead_diag.text);
+	}
+	if (x->defer_props < n)
+		x->defer_failed = true; /* could not propose them all */
+	return x->defer_props;
+}
+
+/* The destination failed as a whole for now (dg: why; relay: the last host tried, or ""):
+ * cur (if not NULL) and its queued jobs are parked, and a round of DeferDomain starts unless
+ * one is in flight (they join it). */
+void
+dlv__dest_dead(struct ddest *x, const struct mta_diag *dg, const char *relay, struct djob *cur)
+{
+	struct delivery *d = x->d;
+	if (d->closing) {
+		if (cur != NULL)
+			dlv__job_drop(cur); /* stays queued, like the jobs delivery_close ends */
+		return;
+	}
+	if (dg != &x->dead_diag) {
+		if (x->dead_until <= clock_wall_ms() && x->defer_props == 0)
+			d->st.dests_dead++;
+		x->dead_diag = *dg;
+		snprintf(x->dead_relay, sizeof(x->dead_relay), "%s", relay ? relay : "");
+	}
+	if (cur != NULL)
+		dest_park(x, cur);
+	struct djob *j;
+	while ((j = dlv__dest_pop(x)) != NULL)
+		dest_park(x, j);
+	if (x->defer_props > 0 || x->nparked == 0)
+		return; /* they join the round in flight */
+	if (dest_defer_round(x) == 0)
+		dest_release(x); /* nothing proposed: deferred one by one */
+}
+
+/* delivery_close: parked jobs end without an outcome (their recipients stay queued); the
+ * DeferDomain proposals in flight are detached (their callbacks only free them). */
+void
+dlv__dests_close(struct delivery *d)
+{
+	for (struct defer_prop *p = d->defer_props, *next; p; p = next) {
+		next = p->next;
+		p->x->defer_props = 0;
+		p->d = NULL;
+		p->x = NULL;
+		p->next = p->prev = NULL;
+	}
+	d->defer_props = NULL;
+	for (struct ddest *x = d->dest_list; x; x = x->next) {
+		struct djob *j;
+		while ((j = dest_unpark(x)) != NULL) {
+			struct dmsg *m = j->msg;
+			dlv__job_free(j);
+			dlv__msg_job_done(m);
+		}
+	}
 }

@@ -43,6 +43,11 @@
 
 /* Bounds. */
 #define DLV_INFLIGHT_PER_SLOT 8			   /* messages in memory per max_deliveries */
+#define DLV_SCHED_BATCH 64 /* messages one scan starts at most (then the next loop turn) */
+#define DLV_DEFER_DOMAINS_MAX 64 /* DeferDomain commands of one dead destination's round */
+#define DLV_SWEEP_MS 1000	 /* the expiry sweep of deferred domains runs this often */
+#define DLV_SWEEP_WALK 1024	 /* messages one sweep looks at, oldest first */
+#define DLV_RETRY_JITTER_PCT 10	 /* retries (and domain deferrals) spread +/- this much */
 #define DLV_INFLIGHT_BYTES_MAX ((size_t)256 << 20) /* body bytes in memory */
 #define DLV_WRITE_MAX (256 * 1024)		   /* bytes queued in uv_write per connection */
 #define DLV_WRITE_CHUNK (64 * 1024)
@@ -132,7 +137,25 @@ struct ddest {
 	struct dconn *idle; /* idle connections (most recent first) */
 	double tokens;	    /* max_messages_per_minute_per_destination: the bucket */
 	uint64_t tokens_ms; /* when it was last filled; 0 = never (starts full) */
+	/* dead (delivery_dest.c "Dead destinations"): the route failed as a whole (no DNS
+	 * answer, no host reached); its jobs wait parked while DeferDomain commands defer their
+	 * domains, then end without an outcome (or, when a command failed, one by one) */
+	uint64_t dead_until;	   /* wall ms: no attempt before (0: alive) */
+	struct mta_diag dead_diag; /* why */
+	char dead_relay[DLV_RELAY_MAX];
+	struct djob *phead, *ptail; /* parked jobs */
+	size_t nparked;
+	unsigned defer_props; /* DeferDomain proposals in flight */
+	bool defer_failed;    /* one of them failed */
 	struct ddest *hnext, *next, *prev;
+};
+
+/* A DeferDomain proposal of a dead destination.  Detached (d = x = NULL) when the engine closes
+ * first: the cluster still calls back and the callback only frees it. */
+struct defer_prop {
+	struct delivery *d;
+	struct ddest *x;
+	struct defer_prop *next, *prev;
 };
 
 struct dsock {
@@ -157,6 +180,7 @@ struct dconn {
 	uv_timer_t timer;
 	struct dsock *sock; /* current attempt, or NULL */
 	bool connected, reading, closing, reached, tls_plain_retry, tls_failed;
+	bool answered; /* a host of the route took a TCP connection (reached or not) */
 	bool attempt_over; /* the job's delivery_attempt_timeout passed: no failover, defer */
 	bool commit_poll;  /* MTA_EV_COMMIT waits for the kernel to send the body (timer polls) */
 	struct mta_deadline dl; /* the job's attempt and the current phase (mono clock) */
@@ -219,6 +243,8 @@ struct delivery {
 	int nconn;
 	struct dconn *idle_head, *idle_tail; /* idle connections of every destination */
 	struct pending_prop *retry_list;
+	struct defer_prop *defer_props; /* DeferDomain proposals in flight (every destination) */
+	uint64_t sweep_ms;		/* wall ms of the last expiry sweep (delivery_sched.c) */
 	struct delivery_stats st;
 	struct mx_self self; /* our own SMTP endpoints, rebuilt at each resolution (loops) */
 	/* delivery ownership (cluster/ownership.h) */
@@ -277,6 +303,7 @@ void dlv__job_harvest(struct djob *j, const char *relay);
 bool dlv__job_has_pending(const struct djob *j);
 void dlv__job_txn(struct djob *j);
 void dlv__job_drop(struct djob *j);
+void dlv__job_suspend(struct djob *j, const struct mta_diag *dg, const char *relay);
 
 /* ---- delivery_dest.c ---- */
 
@@ -289,6 +316,9 @@ void dlv__dest_fail_queued(struct ddest *x, bool permanent, const struct mta_dia
 			   const char *relay);
 void dlv__dest_pump(struct ddest *x);
 void dlv__dests_pump_all(struct delivery *d);
+void dlv__dest_dead(struct ddest *x, const struct mta_diag *dg, const char *relay,
+		    struct djob *cur);
+void dlv__dests_close(struct delivery *d);
 
 /* ---- delivery_conn.c ---- */
 

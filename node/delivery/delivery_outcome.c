@@ -570,6 +570,31 @@ dlv__job_drop(struct djob *j)
 	dlv__msg_job_done(m);
 }
 
+/*
+ * The job's destination is dead and its domains are deferred (DeferDomain committed): its
+ * pending recipients end without an outcome (they stay queued; the state machine keeps them
+ * out of the due lists until the deferral ends) - except when the message's queue_lifetime is
+ * over: they are deferred with the destination's error, which msg_complete turns into a bounce.
+ */
+void
+dlv__job_suspend(struct djob *j, const struct mta_diag *dg, const char *relay)
+{
+	struct dmsg *m = j->msg;
+	bool expired = retry_expired(&m->d->retry, m->rec->received_ms, clock_wall_ms());
+	for (size_t k = 0; k < j->n; k++) {
+		if (j->rc[k].state != MTA_RCPT_PENDING && j->rc[k].state != MTA_RCPT_ACCEPTED)
+			continue;
+		if (expired) {
+			j->rc[k].state = MTA_RCPT_DEFERRED;
+			job_set(j, k, RES_DEFERRED, dg, relay);
+		} else {
+			m->res[j->idx[k]].in_job = false;
+		}
+	}
+	dlv__job_free(j);
+	dlv__msg_job_done(m);
+}
+
 /* Fails (permanent) or defers every recipient of j with one reason. */
 void
 dlv__job_finish_all(struct djob *j, bool permanent, const struct mta_diag *dg, const char *relay)

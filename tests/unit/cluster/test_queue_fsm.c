@@ -298,19 +298,17 @@ test_lookup_and_reads(void **state)
 	assert_int_equal(rec->rcpts[2]->state, RELAY__RCPT_STATE__RCPT_QUEUED);
 	relay__queue_record__free_unpacked(rec, NULL);
 
-	/* the index CF holds one queued entry per message, ordered by next attempt */
+	/* the index CF holds one state value per message ('M' + queue id) */
 	struct store_iter *it;
 	assert_int_equal(store_iter_new(w.s, STORE_CF_INDEX, &it), 0);
-	uint64_t prev = 0;
 	unsigned n = 0;
 	for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it), n++) {
-		size_t kl;
+		size_t kl, vl;
 		const unsigned char *k = store_iter_key(it, &kl);
-		assert_true(kl > 9);
-		assert_int_equal(k[0], QUEUE_INDEX_QUEUED);
-		uint64_t t = store_u64_decode(k + 1);
-		assert_true(t >= prev);
-		prev = t;
+		store_iter_value(it, &vl);
+		assert_true(kl > 1);
+		assert_int_equal(k[0], QUEUE_INDEX_MSG);
+		assert_true(vl > QUEUE_STATE_FIXED);
 	}
 	store_iter_free(it);
 	struct queue_counts c;
@@ -360,36 +358,66 @@ test_many_messages_rehash(void **state)
 	world_fini(&w);
 }
 
+/* A damaged state value (index CF) stops the load (QUEUE_ECORRUPT); a damaged envelope is
+ * found when the record is read (the load reads only the index CF). */
 static void
 test_corrupt_record(void **state)
 {
+	(void)state;
 	struct world w;
 	world_init(&w);
 	run_script(&w, 3);
 	struct store_batch b;
 	store_batch_init(&b);
-	/* a record that parses but whose key does not match its queue id */
+	/* a state value under a key that is not a queue id */
 	void *v;
 	size_t vlen;
-	assert_int_equal(store_get(w.s, STORE_CF_QUEUE, "m100000", 7, &v, &vlen), 0);
-	assert_int_equal(store_batch_put(&b, STORE_CF_QUEUE, "zzz", 3, v, vlen), 0);
-	free(v);
+	assert_int_equal(store_get(w.s, STORE_CF_INDEX, "Mm100000", 8, &v, &vlen), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_INDEX, "Mz z", 4, v, vlen), 0);
 	assert_int_equal(store_write(w.s, &b, 0), 0);
 	struct queue_fsm *r = NULL;
 	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
 	assert_null(r);
-	/* garbage */
+	/* a truncated one, and one with a recipient state out of range */
 	store_batch_clear(&b);
-	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE, "zzz", 3), 0);
-	assert_int_equal(store_batch_put(&b, STORE_CF_QUEUE, "m1", 2, "\x0a\xff", 2), 0);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_INDEX, "Mz z", 4), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_INDEX, "Mzz", 3, v, vlen - 1), 0);
 	assert_int_equal(store_write(w.s, &b, 0), 0);
 	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
-	/* and without it, the rest loads */
+	unsigned char *bad = malloc(vlen);
+	memcpy(bad, v, vlen);
+	bad[vlen - QUEUE_STATE_RCPT + 2] = 9;
 	store_batch_clear(&b);
-	assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE, "m1", 2), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_INDEX, "Mzz", 3, bad, vlen), 0);
+	assert_int_equal(store_write(w.s, &b, 0), 0);
+	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
+	/* a legacy index key whose record is missing; an unknown kind of key */
+	store_batch_clear(&b);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_INDEX, "Mzz", 3), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_INDEX, "Q\0\0\0\0\0\0\0\1nope", 13, "", 0),
+			 0);
+	assert_int_equal(store_write(w.s, &b, 0), 0);
+	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
+	store_batch_clear(&b);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_INDEX, "Q\0\0\0\0\0\0\0\1nope", 13), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_INDEX, "X1", 2, "", 0), 0);
+	assert_int_equal(store_write(w.s, &b, 0), 0);
+	assert_int_equal(queue_fsm_new(w.s, &r), QUEUE_ECORRUPT);
+	/* without them the rest loads; a garbage envelope shows when read */
+	store_batch_clear(&b);
+	assert_int_equal(store_batch_delete(&b, STORE_CF_INDEX, "X1", 2), 0);
+	assert_int_equal(store_batch_put(&b, STORE_CF_QUEUE, "m100000", 7, "\x0a\xff", 2), 0);
 	assert_int_equal(store_write(w.s, &b, 0), 0);
 	assert_int_equal(queue_fsm_new(w.s, &r), 0);
+	assert_int_equal(queue_fsm_digest(r), queue_fsm_digest(w.q));
+	Relay__QueueRecord *rec = NULL;
+	assert_int_equal(queue_fsm_read_record(r, "m100000", &rec), QUEUE_ECORRUPT);
+	assert_null(rec);
+	assert_int_equal(queue_fsm_read_record(r, "m99999", &rec), 0);
+	relay__queue_record__free_unpacked(rec, NULL);
 	queue_fsm_free(r);
+	free(bad);
+	free(v);
 	store_batch_fini(&b);
 	world_fini(&w);
 	assert_string_equal(queue_strerror(QUEUE_EINVAL), "invalid command");
@@ -545,8 +573,10 @@ check_own_keys(struct world *w)
 	assert_int_equal(n, c.n);
 }
 
-/* The store agrees with memory: one queue record and one body per message, and exactly one
- * index key per message, at its earliest next attempt; the ownership keys match. */
+/* The store agrees with memory (queue_fsm.h "Stored form"): one envelope and one body per
+ * message, a result key for each attempted recipient only, exactly one state value per message
+ * (index CF, 'M' + queue id) holding what memory holds; the ownership keys match.  And the
+ * store alone gives the same state (queue_fsm_new: the same digest). */
 static void
 check_store(struct world *w)
 {
@@ -554,39 +584,68 @@ check_store(struct world *w)
 	struct queue_counts c;
 	queue_fsm_counts(w->q, &c);
 	static const enum store_cf cfs[] = {STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX};
+	uint64_t results = 0, attempted = 0;
+	for (const struct queue_msg *m = queue_fsm_first(w->q); m; m = queue_fsm_next(w->q, m))
+		for (uint32_t i = 0; i < m->nrcpts; i++)
+			attempted += m->rcpts[i].attempts > 0;
 	for (unsigned k = 0; k < 3; k++) {
 		struct store_iter *it;
 		assert_int_equal(store_iter_new(w->s, cfs[k], &it), 0);
 		uint64_t n = 0;
 		for (store_iter_seek(it, NULL, 0); store_iter_valid(it); store_iter_next(it), n++) {
-			size_t kl;
+			size_t kl, vl;
 			const unsigned char *key = store_iter_key(it, &kl);
+			const unsigned char *v = store_iter_value(it, &vl);
 			char id[QUEUE_ID_MAX + 1];
 			if (cfs[k] == STORE_CF_QUEUE && kl && key[0] == QUEUE_KEY_OWN) {
 				n--; /* checked by check_own_keys */
 				continue;
 			}
-			if (cfs[k] == STORE_CF_INDEX) {
-				assert_true(kl > 9 && kl <= 9 + QUEUE_ID_MAX);
-				assert_int_equal(key[0], QUEUE_INDEX_QUEUED);
-				memcpy(id, key + 9, kl - 9);
-				id[kl - 9] = 0;
-			} else {
-				assert_true(kl <= QUEUE_ID_MAX);
-				memcpy(id, key, kl);
-				id[kl] = 0;
-			}
+			const unsigned char *z = memchr(key, 0, kl);
+			size_t off = cfs[k] == STORE_CF_INDEX ? 1 : 0;
+			size_t idl = z ? (size_t)(z - key) : kl - off;
+			if (cfs[k] == STORE_CF_INDEX)
+				assert_int_equal(key[0], QUEUE_INDEX_MSG);
+			assert_true(idl > 0 && idl <= QUEUE_ID_MAX);
+			memcpy(id, key + off, idl);
+			id[idl] = 0;
 			const struct queue_msg *m = queue_fsm_lookup(w->q, id);
 			if (!m)
 				fail_msg("cf %u: key for %s, which is not in the queue", k, id);
 			assert_true(m->nqueued > 0);
-			if (cfs[k] == STORE_CF_INDEX)
-				assert_int_equal(store_u64_decode(key + 1), m->next_attempt_ms);
+			if (z) {
+				/* a result: id, 0, 'l', recipient */
+				assert_int_equal(cfs[k], STORE_CF_QUEUE);
+				assert_int_equal(kl, idl + 4);
+				assert_int_equal(key[idl + 1], QUEUE_KEY_RESULT);
+				uint32_t i = (uint32_t)key[idl + 2] << 8 | key[idl + 3];
+				assert_true(i < m->nrcpts && m->rcpts[i].attempts > 0);
+				results++;
+				n--;
+			} else if (cfs[k] == STORE_CF_INDEX) {
+				assert_true(vl >= QUEUE_STATE_FIXED + m->nrcpts * QUEUE_STATE_RCPT);
+				assert_int_equal(v[1], m->held);
+				assert_int_equal(store_u64_decode(v + 2), m->accept_index);
+				assert_int_equal(store_u64_decode(v + 26), m->update_index);
+				const unsigned char *r = v + vl - m->nrcpts * QUEUE_STATE_RCPT;
+				for (uint32_t i = 0; i < m->nrcpts; i++, r += QUEUE_STATE_RCPT) {
+					assert_int_equal(r[2], m->rcpts[i].state);
+					assert_int_equal(store_u64_decode(r + 8),
+							 m->rcpts[i].next_attempt_ms);
+				}
+			} else if (cfs[k] == STORE_CF_BODY) {
+				assert_int_equal(vl, m->size);
+			}
 		}
 		assert_int_equal(store_iter_status(it), 0);
 		store_iter_free(it);
 		assert_int_equal(n, c.messages);
 	}
+	assert_int_equal(results, attempted);
+	struct queue_fsm *r;
+	assert_int_equal(queue_fsm_new(w->s, &r), 0);
+	assert_int_equal(queue_fsm_digest(r), queue_fsm_digest(w->q));
+	queue_fsm_free(r);
 }
 
 static void
@@ -661,9 +720,10 @@ test_deferred_then_delivered(void **state)
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__DELIVERED, t0 + 121000, 0, r01, 2);
 	unsigned nops;
 	assert_int_equal(apply1(&w, 5, &o.cmd, &nops), 0);
-	/* record, body, index key deleted; a tombstone; the assignments of example.org and
-	 * example.net stay, idle (no write) */
-	assert_int_equal(nops, 3 + 1);
+	/* envelope, body, state value and the results of the three attempted recipients
+	 * deleted; a tombstone; the assignments of example.org and example.net stay, idle (no
+	 * write) */
+	assert_int_equal(nops, 3 + 3 + 1);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	assert_int_equal(queue_fsm_read_record(w.q, "m1", &rec), QUEUE_ENOTFOUND);
 	void *body;
@@ -786,9 +846,10 @@ test_failed_with_dsn(void **state)
 
 	unsigned nops;
 	assert_int_equal(apply1(&w, 2, &o.cmd, &nops), 0);
-	/* m1's record; example.org has no queued recipient left: its assignment stays, idle (no
-	 * write); the DSN's body, record and index key, and an assignment for example.com */
-	assert_int_equal(nops, 1 + 3 + 1);
+	/* m1's state value and its failed recipient's result; example.org has no queued
+	 * recipient left: its assignment stays, idle (no write); the DSN's body, envelope and
+	 * state value, and an assignment for example.com */
+	assert_int_equal(nops, 2 + 3 + 1);
 	const struct queue_msg *m = queue_fsm_lookup(w.q, "m1");
 	assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_FAILED);
 	const struct queue_msg *dm = queue_fsm_lookup(w.q, "m1-dsn");
@@ -825,10 +886,10 @@ test_failed_with_dsn(void **state)
 	make_outcome(&o, "m1", RELAY__OUTCOME_KIND__FAILED, 70, 0, r1, 1);
 	o.out.dsn = &dsn.acc;
 	assert_int_equal(apply1(&w, 5, &o.cmd, &nops), 0);
-	/* m1's record, body and index key, its tombstone (example.net's assignment stays, idle);
-	 * the DSN's three keys and example.com's assignment (idle and unowned - no member is
-	 * LIVE - so made anew) */
-	assert_int_equal(nops, 3 + 1 + 3 + 1);
+	/* m1's envelope, body, state value and its first failed recipient's result, its
+	 * tombstone (example.net's assignment stays, idle); the DSN's three keys and
+	 * example.com's assignment (idle and unowned - no member is LIVE - so made anew) */
+	assert_int_equal(nops, 4 + 1 + 3 + 1);
 	assert_null(queue_fsm_lookup(w.q, "m1"));
 	assert_non_null(queue_fsm_lookup(w.q, "m1-dsn2"));
 	check_store(&w);
