@@ -11,7 +11,9 @@
  * and no identity is incarnation 0; Peer commands carry what they expect to change: a late
  * duplicate of an add, a rejoin or a removal (a forward resubmitted after a leader change) is a
  * no-op once the member was set again, removed members stay as tombstones for that; a forwarded
- * proposal older than what its origin still waited (by the leader's own clock) is dropped.
+ * proposal older than what its origin still waited (by the leader's own clock) is dropped; a
+ * frame from a sender the book lacks asks the members who the members are (rate-limited), and
+ * only an answer with this cluster's id adds to the book.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +35,7 @@ struct edge {
 	uint64_t now, rnd;
 	struct store *store;
 	unsigned sent, writes_now;
+	unsigned hellos; /* CRAFT_KIND_HELLO frames sent */
 	int writing;
 	char last_log[CRAFT_LOG_LINE_MAX];
 };
@@ -92,8 +95,10 @@ e_connected(void *arg, const char *name)
 static int
 e_send(void *arg, const char *name, uint32_t kind, const void *data, size_t len)
 {
-	(void)name, (void)kind, (void)data, (void)len;
-	((struct edge *)arg)->sent++;
+	(void)name, (void)data, (void)len;
+	struct edge *e = arg;
+	e->sent++;
+	e->hellos += kind == CRAFT_KIND_HELLO;
 	return 0;
 }
 
@@ -471,6 +476,79 @@ test_foreign_cluster(void **state)
 	store_free(e.store);
 }
 
+/* A frame from a sender this node's book lacks, carrying this cluster's id (a member added
+ * while this node was away): the node asks the members it knows (not those that left) who the
+ * members are, at most once per retry_ms; another cluster's id asks nothing. Only a member
+ * answering with this cluster's id is believed: the members it names are added to the book. */
+static void
+reply_members(struct craft *c, const char *from, uint64_t cluster_id, const char *node,
+	      const char *addr)
+{
+	Relay__Peer mp = RELAY__PEER__INIT;
+	mp.node = (char *)node;
+	mp.addr = (char *)addr;
+	mp.state = RELAY__PEER_STATE__PEER_ACTIVE;
+	mp.has_incarnation = 1;
+	mp.incarnation = 7;
+	Relay__Peer *mpp[1] = {&mp};
+	Relay__HelloReply r = RELAY__HELLO_REPLY__INIT;
+	r.node = (char *)from;
+	r.state = RELAY__NODE_STATE__NODE_MEMBER;
+	r.has_cluster_id = cluster_id != 0;
+	r.cluster_id = cluster_id;
+	r.n_members = 1;
+	r.members = mpp;
+	unsigned char buf[CRAFT_HELLO_MAX];
+	size_t len = relay__hello_reply__get_packed_size(&r);
+	assert_true(len <= sizeof(buf));
+	relay__hello_reply__pack(&r, buf);
+	craft__recv_hello_reply(c, (size_t)craft__peer_by_name(c, from), buf, len);
+}
+
+static void
+test_ask_book(void **state)
+{
+	(void)state;
+	struct edge e = {.now = 1000};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	c->cluster_id = 0x55;
+	/* still discovering: the boot exchange asks already, nothing extra */
+	assert_int_equal(craft_recv_env(c, "n4", 0x55, 3), -1);
+	assert_int_equal(e.hellos, 0);
+	c->bt.phase = CRAFT_BOOT_DONE;
+	assert_int_equal(craft_recv_env(c, "n4", 0x77, 3), -1); /* another cluster's */
+	assert_int_equal(e.hellos, 0);
+	assert_int_equal(craft_recv_env(c, "n4", 0, 3), -1); /* knows no cluster */
+	assert_int_equal(e.hellos, 0);
+	assert_int_equal(craft_recv_env(c, "n4", 0x55, 3), -1);
+	assert_int_equal(e.hellos, 2); /* n2 and n3 */
+	assert_non_null(strstr(e.last_log, "event=unknown-member from=n4"));
+	e.now += c->retry_ms - 1; /* a flood of frames asks once per retry_ms */
+	assert_int_equal(craft_recv_env(c, "n4", 0x55, 3), -1);
+	assert_int_equal(e.hellos, 2);
+	c->pstate[craft__peer_by_name(c, "n3")] = RELAY__PEER_STATE__PEER_LEFT;
+	e.now += 1;
+	assert_int_equal(craft_recv_env(c, "n4", 0x55, 3), -1);
+	assert_int_equal(e.hellos, 3); /* n2 only: n3 left */
+	/* answers: a member of another cluster, a node that is no member, then this cluster's */
+	reply_members(c, "n2", 0x77, "n4", "127.0.0.1:4");
+	assert_true(craft__peer_by_name(c, "n4") < 0);
+	reply_members(c, "n2", 0, "n4", "127.0.0.1:4");
+	assert_true(craft__peer_by_name(c, "n4") < 0);
+	reply_members(c, "n2", 0x55, "n4", "127.0.0.1:4");
+	int pi = craft__peer_by_name(c, "n4");
+	assert_true(pi >= 0);
+	assert_string_equal(c->peers[pi].addr, "127.0.0.1:4");
+	assert_non_null(strstr(e.last_log, "event=discover-member node=n4"));
+	assert_int_equal(craft_recv_env(c, "n4", 0x55, 7), 0); /* its frames are taken now */
+	/* an invalid member in a believed answer is skipped */
+	reply_members(c, "n2", 0x55, "n5", "");
+	assert_true(craft__peer_by_name(c, "n5") < 0);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
 /* A forward's age bound: now - (stamp - 1) from the leader's own clock, against the origin's
  * remaining budget; no stamp, or a stamp ahead of this clock, is dropped too. */
 static void
@@ -521,7 +599,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_boot_decide),	    cmocka_unit_test(test_raft_id_incarnation),
 	    cmocka_unit_test(test_identity),	    cmocka_unit_test(test_peer_expectations),
 	    cmocka_unit_test(test_foreign_cluster), cmocka_unit_test(test_applied_past_commit_case),
-	    cmocka_unit_test(test_forward_expired),
+	    cmocka_unit_test(test_forward_expired), cmocka_unit_test(test_ask_book),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
