@@ -220,7 +220,7 @@ msg_build_dsn(struct dmsg *m, enum dsn_action action, const bool *sel, size_t n,
 	    .reporting_mta = d->cfg->hostname,
 	    .mail_from = rec->mail_from,
 	    .envid = dlv__xtext_decode(rec->envid, envid, sizeof(envid)),
-	    .ret = headers_only ? DSN_RET_HDRS
+	    .ret = headers_only	  ? DSN_RET_HDRS
 		   : rec->has_ret ? (enum dsn_ret)rec->ret
 				  : DSN_RET_DEFAULT,
 	    .arrival_date = arrival,
@@ -575,21 +575,37 @@ dlv__job_drop(struct djob *j)
  * pending recipients end without an outcome (they stay queued; the state machine keeps them
  * out of the due lists until the deferral ends) - except when the message's queue_lifetime is
  * over: they are deferred with the destination's error, which msg_complete turns into a bounce.
+ * Either way each recipient is counted deferred and gets its `status=deferred` log line, as an
+ * operator reads them (Postfix logs "delivery temporarily suspended" per message likewise): only
+ * the replicated Outcome is spared.
  */
 void
 dlv__job_suspend(struct djob *j, const struct mta_diag *dg, const char *relay)
 {
 	struct dmsg *m = j->msg;
-	bool expired = retry_expired(&m->d->retry, m->rec->received_ms, clock_wall_ms());
+	uint64_t now = clock_wall_ms();
+	bool expired = retry_expired(&m->d->retry, m->rec->received_ms, now);
 	for (size_t k = 0; k < j->n; k++) {
 		if (j->rc[k].state != MTA_RCPT_PENDING && j->rc[k].state != MTA_RCPT_ACCEPTED)
 			continue;
 		if (expired) {
 			j->rc[k].state = MTA_RCPT_DEFERRED;
 			job_set(j, k, RES_DEFERRED, dg, relay);
-		} else {
-			m->res[j->idx[k]].in_job = false;
+			continue; /* counted and logged with the outcome */
 		}
+		m->res[j->idx[k]].in_job = false;
+		m->d->st.rcpts_deferred++;
+		const Relay__QueueRcpt *qr = m->rec->rcpts[j->idx[k]];
+		char safe[MTA_ADDR_MAX * 4 + 1];
+		char rep[MTA_TEXT_MAX * 4 + 1];
+		uint64_t delay = now > m->rec->received_ms ? now - m->rec->received_ms : 0;
+		log_info(m->qid,
+			 "to=<%s> relay=%s delay=%" PRIu64 ".%" PRIu64
+			 " dsn=%s status=deferred (%s; domain deferred as a whole)",
+			 log_safe(qr->rcpt->addr, strlen(qr->rcpt->addr), safe, sizeof(safe)),
+			 relay && relay[0] ? relay : "none", delay / 1000, (delay % 1000) / 100,
+			 dg && dg->enh[0] ? dg->enh : "4.0.0",
+			 log_safe(dg ? dg->text : "", dg ? strlen(dg->text) : 0, rep, sizeof(rep)));
 	}
 	dlv__job_free(j);
 	dlv__msg_job_done(m);
