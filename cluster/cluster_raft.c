@@ -453,7 +453,8 @@ edge__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size
 		craft_count_drop(c->craft, 1);
 		return;
 	}
-	if (craft_recv_env(c->craft, from, store_u64_decode(p + 1), store_u64_decode(p + 9)))
+	int env = craft_recv_env(c->craft, from, store_u64_decode(p + 1), store_u64_decode(p + 9));
+	if (env != 0 && env != CRAFT_ENV_STRANGER)
 		return;
 	p += CRAFT_ENV_HDR;
 	while (p < end && !c->closing) {
@@ -468,7 +469,10 @@ edge__recv_cb(void *arg, const char *from, uint32_t kind, const void *data, size
 			craft_count_drop(c->craft, 1);
 			return;
 		}
-		edge__recv_one(c, from, k, p, l);
+		if (env == CRAFT_ENV_STRANGER)
+			craft_recv_stranger(c->craft, from, k, p, l); /* a join request only */
+		else
+			edge__recv_one(c, from, k, p, l);
 		p += l;
 	}
 }
@@ -560,6 +564,12 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	}
 	if (!cfg->node_id || !cfg->cluster_listen)
 		return CLUSTER_EINVAL;
+	if (cfg->auto_join && ntls != 3) {
+		/* without mutual TLS anyone reaching cluster_listen could make itself a member */
+		cluster__log("open: auto_join needs cluster TLS (cluster_ca, cluster_cert, "
+			     "cluster_key)");
+		return CLUSTER_EINVAL;
+	}
 	struct cluster__raft *c = calloc(1, sizeof(*c));
 	if (!c)
 		return CLUSTER_ENOMEM;
@@ -577,6 +587,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	    .cert_file = ntls ? cfg->cluster_cert : NULL,
 	    .key_file = ntls ? cfg->cluster_key : NULL,
 	    .max_msg_bytes = CRAFT_MAX_FRAME_BYTES,
+	    .admit_strangers = cfg->auto_join,
 	};
 	if ((rv = transport_open(loop, &tc, edge__recv_cb, c, &c->tp))) {
 		cluster__log("open: cluster_listen=%s error=\"%s\"", cfg->cluster_listen,
@@ -611,6 +622,8 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	    .fail_ms = cfg->propose_fail_ms,
 	    .retry_ms = cfg->retry_ms,
 	    .snapshot_entries = cfg->snapshot_entries,
+	    .auto_join = cfg->auto_join,
+	    .cluster_advertise = cfg->cluster_advertise,
 	};
 	if ((rv = craft_open(&cc, c->store, &io, &c->craft)))
 		goto err_after_transport;

@@ -7,6 +7,7 @@
 #ifndef RELAY_CLUSTER_TYPES_H
 #define RELAY_CLUSTER_TYPES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,8 +27,8 @@
 	X(CLUSTER_EEXIST, -12, "already a member")                                                 \
 	X(CLUSTER_ENOMEMBER, -13, "no such member")                                                \
 	X(CLUSTER_EFULL, -14, "the cluster has its maximum number of members")                     \
-	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")                         \
-	X(CLUSTER_EQUOTA, -16, "hourly message quota reached (the Accept was refused)")               \
+	X(CLUSTER_EBADADDR, -15, "bad member id or address (want id and host:port)")               \
+	X(CLUSTER_EQUOTA, -16, "hourly message quota reached (the Accept was refused)")            \
 	X(CLUSTER_ESTALE, -17, "the member changed since the command was proposed; look and retry")
 
 enum cluster_errno {
@@ -82,6 +83,12 @@ struct cluster_config {
 	unsigned retry_ms;	   /* 0: 2 x election timeout; re-forward an uncommitted proposal */
 	unsigned snapshot_entries; /* 0: default; snapshot + compact after this many applied
 				      entries */
+	/* auto_join (needs the cluster TLS keys): a node outside this node's book whose
+	   certificate the cluster CA signed and that asks to join is added by the leader (no
+	   cluster_member_add); this node, outside its own `peers`, asks so by itself. */
+	bool auto_join;
+	const char *cluster_advertise; /* borrowed; how the others reach cluster_listen
+					  (host:port; NULL/"": cluster_listen) */
 };
 
 /* status 0: committed (fsynced) and applied locally; <0: a CLUSTER_E* code. */
@@ -185,6 +192,5 @@ struct cluster_status {
  * out; returns how many; 0 for a single node (nothing is ever removed there).
  */
 size_t cluster_status_members(const struct cluster_status *st, const char **out, size_t cap);
-
 
 #endif

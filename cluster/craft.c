@@ -563,6 +563,17 @@ craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m)
 /* Frames log a foreign cluster at most this often. */
 #define CRAFT_FOREIGN_LOG_MS 10000u
 
+void
+craft_recv_stranger(struct craft *c, const char *from, uint32_t kind, const void *data, size_t len)
+{
+	if (c->closing || !c->auto_join || kind != CRAFT_KIND_REJOIN ||
+	    craft__peer_by_name(c, from) >= 0) {
+		c->counters.raft_dropped++;
+		return;
+	}
+	craft__recv_rejoin_from(c, from, data, len);
+}
+
 int
 craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t incarnation)
 {
@@ -570,6 +581,10 @@ craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t 
 	if (pi < 0) {
 		if (cluster_id && cluster_id == c->cluster_id)
 			craft__ask_book(c, from);
+		/* a node asking to join knows no cluster yet (0), or was admitted and its frames
+		 * outran the Peer command here (ours) */
+		if (c->auto_join && (!cluster_id || cluster_id == c->cluster_id))
+			return CRAFT_ENV_STRANGER;
 		return -1;
 	}
 	if (cluster_id && c->cluster_id && cluster_id != c->cluster_id) {
@@ -748,7 +763,8 @@ craft_peer_down(struct craft *c, const char *name)
 	}
 	uint64_t now = craft__now(c);
 	c->counters.leader_lost++;
-	craft__log(c, "event=leader-lost leader=%s term=%" PRIu64 " campaign_in_ms=%" PRIu64
+	craft__log(c,
+		   "event=leader-lost leader=%s term=%" PRIu64 " campaign_in_ms=%" PRIu64
 		   ": its connection closed; electing without waiting for the timeout",
 		   name, rs.term, voter ? (uint64_t)rank * (c->election_ms / 2) : 0);
 	if (!voter)
@@ -876,8 +892,11 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 		return CLUSTER_ENOMEM;
 	c->io = *io;
 	c->store = store;
+	const char *self_addr = cfg->cluster_advertise && *cfg->cluster_advertise
+				    ? cfg->cluster_advertise
+				    : cfg->cluster_listen;
 	if (cluster_peers_parse(cfg->peers, cfg->n_peers, NULL, c->peers, err, sizeof(err)) ||
-	    craft__id_addr_ok(cfg->node_id, cfg->cluster_listen)) {
+	    craft__id_addr_ok(cfg->node_id, self_addr)) {
 		craft__log(c, "open: %s", err[0] ? err : "node_id or cluster_listen not valid");
 		free(c);
 		return CLUSTER_EINVAL;
@@ -893,11 +912,12 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 			c->self = i;
 	}
 	c->bt.peers_digest = craft__peers_digest(c);
+	c->auto_join = cfg->auto_join;
 	if (c->self == SIZE_MAX) {
 		/* not among the configured peers: a node joining an existing cluster */
 		c->join = 1;
-		int k = craft__book_add(c, cfg->node_id, cfg->cluster_listen,
-					RELAY__PEER_STATE__PEER_ACTIVE, 1, 0, 0);
+		int k = craft__book_add(c, cfg->node_id, self_addr, RELAY__PEER_STATE__PEER_ACTIVE,
+					1, 0, 0);
 		if (k < 0) {
 			craft__log(c, "open: peers: at most %u members", CLUSTER_MAX_PEERS);
 			free(c);

@@ -105,6 +105,13 @@ struct craft_config {
 	unsigned max_msg_bytes, max_inflight;
 	size_t snap_chunk_bytes; /* bytes per SnapshotChunk (0: CRAFT_SNAP_CHUNK_BYTES) */
 	unsigned retain_entries; /* log entries kept for a member (0: CRAFT_RETAIN_ENTRIES) */
+	/* auto_join: a node outside the book that asks to join (a Rejoin naming itself, from a
+	 * sender the transport authenticated by the cluster CA) is added by the leader; a node
+	 * outside its own `peers` asks so by itself.  Needs cluster TLS (the edge checks). */
+	bool auto_join;
+	/* where the other nodes reach this one (host:port; NULL/"": cluster_listen): what a node
+	 * outside its own `peers` announces when it asks to join */
+	const char *cluster_advertise;
 };
 
 struct craft;
@@ -132,8 +139,15 @@ void craft_tick(struct craft *c);
 void craft_recv(struct craft *c, const char *from, uint32_t kind, const void *data, size_t len);
 void craft_recv_raft(struct craft *c, const char *from, const struct raft_msg *m);
 /* The envelope of a frame from `from` (the edge's frame header): 0 to take its items, -1 to drop
- * the frame (another cluster's, counted and logged; or an unknown sender). */
+ * the frame (another cluster's, counted and logged; or an unknown sender), CRAFT_ENV_STRANGER:
+ * an unknown sender while auto_join is on: only its items of kind CRAFT_KIND_REJOIN go on, to
+ * craft_recv_stranger. */
+#define CRAFT_ENV_STRANGER 1
 int craft_recv_env(struct craft *c, const char *from, uint64_t cluster_id, uint64_t incarnation);
+/* An item of a stranger's frame (see craft_recv_env): a Rejoin naming the sender itself is taken
+ * as a request to join (auto_join); anything else is dropped and counted. */
+void craft_recv_stranger(struct craft *c, const char *from, uint32_t kind, const void *data,
+			 size_t len);
 /* What this node's frames carry in their envelope. */
 void craft_envelope(const struct craft *c, uint64_t *cluster_id, uint64_t *incarnation);
 void craft_write_done(struct craft *c, int rv);

@@ -460,14 +460,35 @@ craft__send_rejoin(struct craft *c, size_t pi, const char *node, uint64_t inc, c
 	craft__out(c, pi, CRAFT_KIND_REJOIN, buf, len);
 }
 
-/* A Rejoin (from the node itself, or forwarded by a member): the leader proposes the node's new
- * incarnation; any other member forwards it to the leader it knows. */
-void
-craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len)
+/* The leader, auto_join on: proposes Peer{node, addr, ACTIVE, incarnation} for a node the book
+ * lacks, at most once per retry_ms (what the other members forwarded included). */
+static void
+craft__auto_join(struct craft *c, const Relay__Rejoin *j, uint64_t now)
 {
-	(void)pi;
+	if (c->aj_prop_ms && now - c->aj_prop_ms < c->retry_ms)
+		return;
+	c->aj_prop_ms = now ? now : 1;
+	if (c->n_peers >= CLUSTER_MAX_PEERS) {
+		craft__log(c, "event=auto-join-refused node=%s: the cluster has %u members already",
+			   j->node, (unsigned)CLUSTER_MAX_PEERS);
+		return;
+	}
+	int rv = craft__propose_peer_x(c, j->node, j->addr, RELAY__PEER_STATE__PEER_ACTIVE,
+				       craft__member_since(c, j->node), j->incarnation, 0, 0, NULL,
+				       NULL);
+	craft__log(c, "event=auto-join node=%s addr=%s incarnation=%016" PRIx64 "%s%s", j->node,
+		   j->addr, j->incarnation, rv ? " error=" : "", rv ? cluster_strerror(rv) : "");
+}
+
+/* A Rejoin (from the node itself, or forwarded by a member; stranger: from a node the book
+ * lacks, auto_join on): the leader proposes the node's new incarnation (auto_join: the node
+ * itself); any other member forwards it to the leader it knows. */
+static void
+craft__rejoin(struct craft *c, const char *stranger, const void *data, size_t len)
+{
 	Relay__Rejoin *j = relay__rejoin__unpack(NULL, len, data);
-	if (!j || craft__id_addr_ok(j->node, j->addr) || !*j->addr) {
+	if (!j || craft__id_addr_ok(j->node, j->addr) || !*j->addr ||
+	    (stranger && (strcmp(j->node, stranger) || (j->has_hops && j->hops)))) {
 		c->counters.raft_dropped++;
 		if (j)
 			relay__rejoin__free_unpacked(j, NULL);
@@ -485,6 +506,10 @@ craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len)
 		goto out;
 	}
 	int i = craft__peer_by_name(c, j->node);
+	if (i < 0 && c->auto_join) {
+		craft__auto_join(c, j, now);
+		goto out;
+	}
 	if (i < 0 || c->pstate[i] != RELAY__PEER_STATE__PEER_ACTIVE || (size_t)i == c->self) {
 		if (now - c->bt.log_ms >= CRAFT_BOOT_LOG_MS) {
 			craft__log(c, "event=rejoin-refused node=%s incarnation=%016" PRIx64 ": %s",
@@ -521,6 +546,19 @@ out:
 	relay__rejoin__free_unpacked(j, NULL);
 }
 
+void
+craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len)
+{
+	(void)pi;
+	craft__rejoin(c, NULL, data, len);
+}
+
+void
+craft__recv_rejoin_from(struct craft *c, const char *stranger, const void *data, size_t len)
+{
+	craft__rejoin(c, stranger, data, len);
+}
+
 /* ---- the discovery loop (every tick while the node is empty) ---- */
 
 static void
@@ -536,10 +574,18 @@ craft__boot_wait_log(struct craft *c, uint64_t now, size_t who, int verdict_wait
 			o += (size_t)snprintf(missing + o, sizeof(missing) - o, "%s%s%s",
 					      o ? "," : "", c->peers[i].name,
 					      c->bt.answered[i] ? "(other peers)" : "");
-	if (c->join)
+	if (c->join && c->auto_join)
+		craft__log(
+		    c,
+		    "event=join-wait peers=%zu auto_join=yes: asked the members to add this "
+		    "node; none answered as a member yet (their leader adds it; `peers` must "
+		    "name current members)",
+		    c->n_peers - 1);
+	else if (c->join)
 		craft__log(c,
 			   "event=join-wait peers=%zu: no member with a cluster answered "
-			   "(start this node with `peers` naming current members)",
+			   "(start this node with `peers` naming current members, and `relayctl "
+			   "node add` it, or set auto_join)",
 			   c->n_peers - 1);
 	else if (verdict_wait_seed && who < c->n_peers)
 		craft__log(c,
@@ -633,6 +679,16 @@ craft__boot_tick(struct craft *c, uint64_t now)
 		break;
 	}
 	default:
+		if (c->join && c->auto_join && now >= c->bt.next_rejoin_ms) {
+			/* not in the book of any member yet (they answer no Hello): ask to be
+			 * added; once it is, they answer and the rejoin goes on as for any member
+			 */
+			c->bt.next_rejoin_ms = now + c->retry_ms;
+			for (size_t i = 0; i < c->n_peers; i++)
+				if (i != c->self && c->peers[i].addr[0])
+					craft__send_rejoin(c, i, c->peers[c->self].name, c->inc,
+							   c->peers[c->self].addr, 0);
+		}
 		craft__boot_wait_log(
 		    c, now, who, who < c->n_peers && c->bt.answered[who] && c->bt.same_peers[who]);
 	}

@@ -108,7 +108,7 @@ struct craft_prop {
 	unsigned char data[]; /* packed, tagged Relay__Command */
 };
 _Static_assert(offsetof(struct craft_prop, data) ==
-		       offsetof(struct craft_prop, fwd_hdr) + CRAFT_FWD_HDR,
+		   offsetof(struct craft_prop, fwd_hdr) + CRAFT_FWD_HDR,
 	       "a forward is sent as fwd_hdr and data in one piece");
 
 struct craft_list {
@@ -211,6 +211,8 @@ struct craft {
 	struct craft_tomb tomb[CRAFT_TOMBS];	/* members that left, oldest first */
 	size_t n_tomb;
 	int join;			 /* started outside config `peers`: joins a cluster */
+	int auto_join;			 /* craft_config.auto_join */
+	uint64_t aj_prop_ms;		 /* last Peer proposed for a stranger (auto_join) */
 	struct raft_conf conf_committed; /* the latest configuration applied here */
 	uint64_t conf_index;		 /* its entry's index (0: from the core's state) */
 	uint64_t id, boot, next_seq;
@@ -289,9 +291,9 @@ struct craft {
 	   again each tick until fast_campaign_end_ms while no leader is known */
 	uint64_t fast_campaign_ms, fast_campaign_end_ms;
 	uint64_t member_wait_log_ms; /* last event=member-remove-wait (craft_member.c) */
-	uint64_t ask_book_ms;	 /* last Hello sent for an unknown sender (craft__ask_book) */
-	uint64_t cid_prop_ms;	 /* leader: last ClusterId proposal (legacy clusters) */
-	uint64_t orphan_prop_ms; /* leader: last removal of a replaced incarnation */
+	uint64_t ask_book_ms;	     /* last Hello sent for an unknown sender (craft__ask_book) */
+	uint64_t cid_prop_ms;	     /* leader: last ClusterId proposal (legacy clusters) */
+	uint64_t orphan_prop_ms;     /* leader: last removal of a replaced incarnation */
 
 	struct cluster_stats stats;
 	struct cluster_status counters; /* only the counters are kept here */
@@ -325,6 +327,9 @@ int craft__book_add(struct craft *c, const char *name, const char *addr, unsigne
 		    uint64_t inc, int pending);
 void craft__book_set_inc(struct craft *c, size_t i, uint64_t inc);
 uint64_t craft__member_since(const struct craft *c, const char *node);
+int craft__propose_peer_x(struct craft *c, const char *node, const char *addr, unsigned state,
+			  uint64_t expect_since, uint64_t inc, int pending, int local,
+			  cluster_propose_cb cb, void *arg);
 void craft__book_heard(struct craft *c, size_t i, uint64_t inc);
 void craft__book_del(struct craft *c, size_t i);
 void craft__book_dial_all(struct craft *c);
@@ -392,6 +397,8 @@ void craft__recv_hello_reply(struct craft *c, size_t pi, const void *data, size_
  * known peers for the members (Hello), at most once per retry_ms. */
 void craft__ask_book(struct craft *c, const char *from);
 void craft__recv_rejoin(struct craft *c, size_t pi, const void *data, size_t len);
+/* stranger: the sender is not in the book (auto_join): only a Rejoin naming it, not forwarded */
+void craft__recv_rejoin_from(struct craft *c, const char *stranger, const void *data, size_t len);
 int craft__apply_cluster_id(struct craft *c, uint64_t index, const Relay__ClusterId *cl);
 uint64_t craft__peers_digest(const struct craft *c);
 

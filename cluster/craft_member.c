@@ -21,7 +21,7 @@ craft__noop_cb(void *arg, int status)
 /* Proposes Peer{node, addr, state} on behalf of this node (cb NULL: no one waits for it),
  * expecting the member's entry as set at expect_since (craft_book.c); pending: an ACTIVE whose
  * incarnation is not known yet, else inc. */
-static int
+int
 craft__propose_peer_x(struct craft *c, const char *node, const char *addr, unsigned state,
 		      uint64_t expect_since, uint64_t inc, int pending, int local,
 		      cluster_propose_cb cb, void *arg)

@@ -400,6 +400,7 @@ struct transport {
 	char node_id[TRANSPORT_ID_MAX + 1];
 	char cluster_id[TRANSPORT_ID_MAX + 1];
 	bool tls;
+	bool admit_strangers;	  /* cfg->admit_strangers, with TLS only */
 	struct tls_material tlsm; /* owned */
 	size_t max_msg_bytes;
 	unsigned max_queue;
@@ -409,7 +410,7 @@ struct transport {
 	struct peer *peers; /* owned list */
 	unsigned n_peers;
 	/* loop-thread counters; removed peers' counters are added here */
-	uint64_t received, dropped_unauth, dropped_malformed;
+	uint64_t received, dropped_unauth, dropped_malformed, strangers_received;
 	uint64_t gone_sent, gone_dropped_full, gone_send_errors, gone_dialer_restarts;
 	/* the guard (see "endpoint guard" below) */
 	char listen_host[TRANSPORT_URL_MAX]; /* host part of cfg->listen; with port, listens */
@@ -703,11 +704,19 @@ transport_deliver(struct transport *t, nng_msg *msg)
 	const char *cid = f->cluster_id != NULL ? f->cluster_id : "";
 	struct peer *p = NULL;
 	if (strcmp(f->to, t->node_id) != 0 || strcmp(cid, t->cluster_id) != 0 ||
-	    strcmp(f->from, t->node_id) == 0 || (p = peer_find(t, f->from)) == NULL) {
+	    strcmp(f->from, t->node_id) == 0) {
 		t->dropped_unauth++;
 		goto out;
 	}
-	peer_inbound(p, nng_msg_get_pipe(msg), uv_now(t->loop));
+	if ((p = peer_find(t, f->from)) != NULL) {
+		peer_inbound(p, nng_msg_get_pipe(msg), uv_now(t->loop));
+	} else if (t->admit_strangers) {
+		/* its connection passed mutual TLS against the cluster CA: the receiver decides */
+		t->strangers_received++;
+	} else {
+		t->dropped_unauth++;
+		goto out;
+	}
 	t->received++;
 	t->cb(t->cb_arg, f->from, f->has_kind ? f->kind : 0, f->payload.data, f->payload.len);
 out:
@@ -1007,6 +1016,7 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	if ((rv = transport__tls_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
 				      &t->tls)) != 0)
 		goto err_after_alloc;
+	t->admit_strangers = cfg->admit_strangers && t->tls; /* plain TCP: anyone could */
 	if (nng_pull0_open(&t->pull) != 0) {
 		rv = TRANSPORT_ENNG;
 		goto err_after_tls;
@@ -1275,6 +1285,7 @@ transport_stats(const struct transport *t, struct transport_stats *out)
 	memset(out, 0, sizeof(*out));
 	out->received = t->received;
 	out->dropped_unauth = t->dropped_unauth;
+	out->strangers_received = t->strangers_received;
 	out->dropped_malformed = t->dropped_malformed;
 	out->sent = t->gone_sent;
 	out->dropped_full = t->gone_dropped_full;

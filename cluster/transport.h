@@ -157,6 +157,10 @@ struct transport_config {
 	size_t max_msg_bytes;  /* bound on one payload, sent or received (0: default) */
 	unsigned max_queue_per_peer;	 /* messages waiting per peer (0: default) */
 	size_t max_queue_bytes_per_peer; /* payload bytes waiting per peer (0: default) */
+	/* Frames from a sender that is no peer (its certificate signed by the cluster CA: only
+	 * with TLS) are delivered too, counted as strangers_received, for the receiver to take
+	 * what a non-member may send (a request to join); false: dropped (dropped_unauth). */
+	bool admit_strangers;
 };
 
 /*
@@ -217,6 +221,7 @@ struct transport_stats {
 	uint64_t received;	       /* frames delivered to the callback */
 	uint64_t dropped_full;	       /* transport_send refused: peer queue full */
 	uint64_t dropped_unauth;       /* wrong `to`, unknown `from`, other cluster */
+	uint64_t strangers_received;   /* frames from a non-peer, delivered (admit_strangers) */
 	uint64_t dropped_malformed;    /* did not unpack, or over the size bound */
 	uint64_t send_errors;	       /* NNG refused a queued message (not counting close) */
 	uint64_t listener_probes;      /* the guard's probes of our listener */

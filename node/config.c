@@ -190,6 +190,10 @@ static const struct config_key config_keys[] = {
      "Address (addr:port) for Raft traffic between nodes. Empty: a single node (no replication)."},
     {"peers", CT_LIST, OFF(peers), "", 0, 0,
      "Cluster members, list of id=host:port (their cluster_listen). This node included: a new cluster is bootstrapped with all of them as voters (fewer than two: a single node). This node not in the list: it joins the cluster they form once `relayctl node add` names it. Only bootstraps: afterwards the membership stored in data_dir wins."},
+    {"auto_join", CT_BOOL, OFF(auto_join), "no", 0, 0,
+     "yes: members admit a new node by themselves: a node outside `peers` whose cluster certificate the cluster CA signed asks to join and the leader adds it (a learner, promoted to voter once caught up), as `relayctl node add` would; this node, outside its own `peers`, asks so. Needs cluster TLS (cluster_ca, cluster_cert, cluster_key). no: a new node waits for `relayctl node add`. deploy/ sets yes (kubectl scale)."},
+    {"cluster_advertise", CT_STRING, OFF(cluster_advertise), "", 0, 0,
+     "Address (host:port) at which the other nodes reach this node's cluster_listen, announced when a node outside its own `peers` joins (with auto_join; `relayctl node add` names it instead). Empty: cluster_listen itself, which must then not be a wildcard (0.0.0.0, [::]) for auto_join."},
     {"cluster_ca", CT_STRING, OFF(cluster_ca), "", 0, 0,
      "PEM CA of the cluster: peers must present a certificate it signed (mutual TLS). cluster_ca, cluster_cert and cluster_key: all or none; none means plain TCP between nodes (INSECURE: for tests and trusted networks only)."},
     {"cluster_insecure", CT_BOOL, OFF(cluster_insecure), "no", 0, 0,
@@ -838,6 +842,16 @@ addr_is_loopback(const struct sockaddr *sa)
 	return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
 }
 
+/* 0.0.0.0, :: (listen on every address: no address to give others). */
+static bool
+addr_is_wildcard(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return sa->sa_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+}
+
 bool
 config_valid_hostname(const char *name)
 {
@@ -939,6 +953,30 @@ config_check_cluster(const struct relay_config *cfg)
 	if (tls != 0 && tls != 3)
 		return config_fail("cluster_ca, cluster_cert and cluster_key: set all or none");
 	struct config_addr cl;
+	if (cfg->auto_join && (tls != 3 || cfg->cluster_listen[0] == '\0'))
+		/* the CA's signature is what admits a node: without TLS anyone could join */
+		return config_fail("auto_join: needs a cluster (cluster_listen, peers) with cluster "
+				   "TLS (cluster_ca, cluster_cert, cluster_key): without it anyone "
+				   "reaching cluster_listen could make itself a member");
+	if (cfg->cluster_advertise[0] != '\0') {
+		struct config_addr adv;
+		const char *colon = strrchr(cfg->cluster_advertise, ':');
+		if (colon == NULL || colon == cfg->cluster_advertise || colon[1] == '\0' ||
+		    strlen(cfg->cluster_advertise) > 255 || strpbrk(cfg->cluster_advertise, " ,="))
+			return config_fail("cluster_advertise: '%s' is not host:port",
+					   cfg->cluster_advertise);
+		if (config_parse_addr(cfg->cluster_advertise, &adv) == 0 &&
+		    addr_is_wildcard((const struct sockaddr *)&adv.ss))
+			return config_fail("cluster_advertise: %s is a wildcard address; give "
+					   "one the other nodes reach",
+					   cfg->cluster_advertise);
+	} else if (cfg->auto_join && !self && config_parse_addr(cfg->cluster_listen, &cl) == 0 &&
+		   addr_is_wildcard((const struct sockaddr *)&cl.ss)) {
+		return config_fail("auto_join: this node is outside `peers` and cluster_listen %s "
+				   "is a wildcard address: set cluster_advertise to the host:port "
+				   "the members reach it at",
+				   cfg->cluster_listen);
+	}
 	if (tls == 0 && !cfg->cluster_insecure && cfg->cluster_listen[0] != '\0' &&
 	    config_parse_addr(cfg->cluster_listen, &cl) == 0 &&
 	    !addr_is_loopback((const struct sockaddr *)&cl.ss))

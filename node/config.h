@@ -128,6 +128,8 @@ struct relay_config {
 	struct config_list peers; /* id=host:port, this node included */
 	char *cluster_ca;
 	bool cluster_insecure; /* plain cluster_listen off loopback allowed */
+	bool auto_join;	       /* members admit a CA-certified new node (README) */
+	char *cluster_advertise; /* host:port the others reach cluster_listen at ("": it) */
 	char *cluster_cert;
 	char *cluster_key;
 	uint64_t election_timeout_ms;

@@ -332,6 +332,8 @@ main(int argc, char **argv)
 	    .election_timeout_ms = (unsigned)relayd.cfg.election_timeout_ms,
 	    .heartbeat_ms = (unsigned)relayd.cfg.heartbeat_interval_ms,
 	    .snapshot_entries = (unsigned)relayd.cfg.snapshot_entries,
+	    .auto_join = relayd.cfg.auto_join,
+	    .cluster_advertise = relayd.cfg.cluster_advertise,
 	    /* the session answers 451 at propose_timeout; the cluster gives up at the same bound */
 	    .propose_fail_ms = (unsigned)relayd.cfg.propose_timeout_ms,
 	};

@@ -40,6 +40,16 @@ class ConfigTest(RelayTestCase):
             ("transport = example.com\n", "transport"),
             ("tls_cert = /x.pem\n", "tls_key"),
             ("log_level = loud\n", "log_level"),
+            # admission by the cluster CA: never without cluster TLS
+            ("node_id = a\ncluster_listen = 127.0.0.1:7401\npeers = a=127.0.0.1:7401, "
+             "b=127.0.0.2:7401\nauto_join = yes\n", "auto_join"),
+            ("auto_join = maybe\n", "auto_join"),
+            # a joining node must announce an address the members reach
+            ("node_id = c\ncluster_listen = 0.0.0.0:7401\npeers = a=127.0.0.1:7401, "
+             "b=127.0.0.2:7401\nauto_join = yes\ncluster_ca = /x\ncluster_cert = /y\n"
+             "cluster_key = /z\n", "cluster_advertise"),
+            ("cluster_advertise = nohost\n", "cluster_advertise"),
+            ("cluster_advertise = 0.0.0.0:7401\n", "cluster_advertise"),
             ("just a line\n", "key = value"),
         ]
         for text, key in cases:

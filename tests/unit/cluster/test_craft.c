@@ -13,7 +13,8 @@
  * no-op once the member was set again, removed members stay as tombstones for that; a forwarded
  * proposal older than what its origin still waited (by the leader's own clock) is dropped; a
  * frame from a sender the book lacks asks the members who the members are (rate-limited), and
- * only an answer with this cluster's id adds to the book.
+ * only an answer with this cluster's id adds to the book; with auto_join, a sender outside the
+ * book may send only a Rejoin naming itself, which a follower forwards to its leader.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -134,6 +135,8 @@ e_digest(void *arg, struct store_view *v, const enum store_cf *cfs, size_t n,
 	return -1; /* no snapshots here */
 }
 
+static bool open_auto_join; /* craft_config.auto_join of the next open_craft */
+
 static struct craft *
 open_craft(struct edge *e, const char *self)
 {
@@ -156,8 +159,11 @@ open_craft(struct edge *e, const char *self)
 	};
 	char listen[32];
 	snprintf(listen, sizeof(listen), "127.0.0.1:%c", self[1]);
-	struct craft_config cfg = {
-	    .node_id = self, .cluster_listen = listen, .peers = peers, .n_peers = 3};
+	struct craft_config cfg = {.node_id = self,
+				   .cluster_listen = listen,
+				   .peers = peers,
+				   .n_peers = 3,
+				   .auto_join = open_auto_join};
 	struct craft *c = NULL;
 	int rv = craft_open(&cfg, e->store, &io, &c);
 	if (rv)
@@ -549,6 +555,71 @@ test_ask_book(void **state)
 	store_free(e.store);
 }
 
+static size_t
+pack_rejoin(unsigned char *buf, size_t cap, const char *node, uint32_t hops)
+{
+	Relay__Rejoin j = RELAY__REJOIN__INIT;
+	j.node = (char *)node;
+	j.incarnation = 0x99;
+	j.addr = "127.0.0.1:4";
+	j.has_hops = hops != 0;
+	j.hops = hops;
+	size_t len = relay__rejoin__get_packed_size(&j);
+	assert_true(len <= cap);
+	relay__rejoin__pack(&j, buf);
+	return len;
+}
+
+/* auto_join: a sender outside the book is a stranger (its items go to craft_recv_stranger) only
+ * with auto_join on and a cluster id of none or ours; a stranger may send only a Rejoin naming
+ * itself, not forwarded; a member that is not the leader forwards it to the leader. */
+static void
+test_auto_join_stranger(void **state)
+{
+	(void)state;
+	struct cluster_status st;
+	unsigned char buf[CRAFT_HELLO_MAX];
+	for (int on = 0; on <= 1; on++) {
+		struct edge e = {.now = 1000};
+		assert_int_equal(store_mem_new(&e.store), 0);
+		open_auto_join = on;
+		struct craft *c = open_craft(&e, "n1");
+		open_auto_join = false;
+		c->cluster_id = 0x55;
+		c->bt.phase = CRAFT_BOOT_DONE;
+		int want = on ? CRAFT_ENV_STRANGER : -1;
+		assert_int_equal(craft_recv_env(c, "n4", 0, 1), want);
+		assert_int_equal(craft_recv_env(c, "n4", 0x55, 1), want);
+		assert_int_equal(craft_recv_env(c, "n4", 0x77, 1), -1); /* another cluster's */
+		assert_int_equal(craft_recv_env(c, "n2", 0x55, 1), 0);	/* a member */
+		craft_status(c, &st);
+		uint64_t dropped = st.raft_dropped;
+		unsigned sent = e.sent;
+		/* what a stranger may not send: anything but a Rejoin; a Rejoin naming another
+		 * node, or forwarded (hops) */
+		craft_recv_stranger(c, "n4", CRAFT_KIND_HELLO, buf,
+				    pack_rejoin(buf, sizeof(buf), "n4", 0));
+		craft_recv_stranger(c, "n4", CRAFT_KIND_REJOIN, buf,
+				    pack_rejoin(buf, sizeof(buf), "n5", 0));
+		craft_recv_stranger(c, "n4", CRAFT_KIND_REJOIN, buf,
+				    pack_rejoin(buf, sizeof(buf), "n4", 1));
+		craft_recv_stranger(c, "n2", CRAFT_KIND_REJOIN, buf, /* a member is no stranger */
+				    pack_rejoin(buf, sizeof(buf), "n2", 0));
+		craft_status(c, &st);
+		assert_int_equal(st.raft_dropped, dropped + 4);
+		assert_int_equal(e.sent, sent);
+		/* its own request, at a member following n2: forwarded to n2 (auto_join only) */
+		c->lead = c->peers[craft__peer_by_name(c, "n2")].id;
+		craft_recv_stranger(c, "n4", CRAFT_KIND_REJOIN, buf,
+				    pack_rejoin(buf, sizeof(buf), "n4", 0));
+		craft_status(c, &st);
+		assert_int_equal(e.sent, sent + (unsigned)on);
+		assert_int_equal(st.raft_dropped, dropped + 4 + (unsigned)!on);
+		close_craft(&e, c);
+		store_free(e.store);
+	}
+}
+
 /* A forward's age bound: now - (stamp - 1) from the leader's own clock, against the origin's
  * remaining budget; no stamp, or a stamp ahead of this clock, is dropped too. */
 static void
@@ -596,10 +667,15 @@ main(int argc, char **argv)
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_boot_decide),	    cmocka_unit_test(test_raft_id_incarnation),
-	    cmocka_unit_test(test_identity),	    cmocka_unit_test(test_peer_expectations),
-	    cmocka_unit_test(test_foreign_cluster), cmocka_unit_test(test_applied_past_commit_case),
-	    cmocka_unit_test(test_forward_expired), cmocka_unit_test(test_ask_book),
+	    cmocka_unit_test(test_boot_decide),
+	    cmocka_unit_test(test_raft_id_incarnation),
+	    cmocka_unit_test(test_identity),
+	    cmocka_unit_test(test_peer_expectations),
+	    cmocka_unit_test(test_foreign_cluster),
+	    cmocka_unit_test(test_applied_past_commit_case),
+	    cmocka_unit_test(test_forward_expired),
+	    cmocka_unit_test(test_ask_book),
+	    cmocka_unit_test(test_auto_join_stranger),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
