@@ -1,6 +1,7 @@
 #!/bin/bash
 # make-secrets.sh [N] [HOSTNAME]: key material for deploy/k8s, written to deploy/k8s/secrets/
-# (git-ignored), where kustomization.yaml's secretGenerator reads it.
+# (git-ignored), where kustomization.yaml's secretGenerator reads it.  N pods, default 5: the 3
+# replicas and 2 more for `kubectl scale --replicas=5`.
 #
 #   ca.crt ca.key                  the cluster CA (P-256, 10 years)
 #   relayd-0.crt/.key ...          one pair per pod, CN and SAN DNS = the pod name (= node id),
@@ -16,7 +17,7 @@
 # Secret needs ca.crt and relayd-N.crt/.key for every pod).  Refuses to overwrite an existing
 # secrets/ directory.
 set -euo pipefail
-n=${1:-3}
+n=${1:-5}
 host=${2:-relay.example.com}
 [[ $n =~ ^[0-9]+$ ]] && ((n >= 1)) || { echo "usage: $0 [N] [HOSTNAME]" >&2; exit 2; }
 dir=${SECRETS_DIR:-$(cd "$(dirname "$0")" && pwd)/k8s/secrets}
@@ -58,6 +59,6 @@ openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 	-addext "subjectAltName=DNS:$host" 2>/dev/null
 chmod 0644 "$dir"/*.crt
 echo "$dir: ca, relayd-0..relayd-$((n - 1)), admin-ca, admin, smtp-tls (self-signed for $host)"
-if ((n != 3)); then
-	echo "note: kustomization.yaml's secretGenerator lists relayd-0..relayd-2; edit it for $n pods" >&2
+if ((n != 5)); then
+	echo "note: kustomization.yaml's secretGenerator lists relayd-0..relayd-4; edit it for $n pods" >&2
 fi

@@ -37,6 +37,8 @@ NET = "127.0.13."  # this module's loopback addresses: pod N is 127.0.13.(N+1)
 RELAYCTL = os.path.join(os.path.dirname(RELAYD), "relayctl")
 RAFT_KEYS = ("cluster_listen", "peers", "cluster_ca", "cluster_cert", "cluster_key")
 DRAIN_BOUND_S = 60  # `relayctl drain` waits at most this long by default (README relayctl)
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # the pod's API credentials
+API_ADDR = NET + "100"  # the stand-in for the API server's statefulsets/scale (ScaleApi)
 
 
 def node_bin():
@@ -459,7 +461,11 @@ class DockerfileTest(unittest.TestCase):
             self.assertEqual(q.returncode, 0, "no package has %s" % so)
             want.add(q.stdout.splitlines()[0].split(":")[0])
         want -= {"libc6"}  # in every Debian image
-        self.assertEqual(sorted(want), sorted(pkgs), "runtime packages vs relayd's NEEDED")
+        # the preStop hook's tool: it reads the replica count from the API (statefulset.yaml)
+        tools = {"curl", "ca-certificates"}
+        self.assertTrue(tools <= set(pkgs), "the preStop hook needs curl")
+        self.assertEqual(sorted(want), sorted(set(pkgs) - tools),
+                         "runtime packages vs relayd's NEEDED")
 
     def test_non_root_entrypoint_ports(self):
         final = self.stages[1]
@@ -504,6 +510,7 @@ class Pod:
             # mounts -> this pod's dirs; 0.0.0.0 -> its address; peer names -> their addresses
             text = text.replace("/etc/relayd/", self.root + "/etc/relayd/")
             text = text.replace("/var/lib/relayd", data)
+            text = text.replace(SA_DIR, self.root + SA_DIR)
             # the pod's own loopback and its pod IP are both this pod's address here
             text = text.replace("0.0.0.0:", self.addr + ":").replace("127.0.0.1:", self.addr + ":")
             svc = m.sts["spec"]["serviceName"]
@@ -581,6 +588,88 @@ class Pod:
         return out
 
 
+class ScaleApi:
+    """What the preStop hook asks of the Kubernetes API (there is none here): GET
+    /apis/apps/v1/namespaces/NS/statefulsets/NAME/scale over HTTPS, with the pod's service
+    account token, answered with an autoscaling/v1 Scale whose spec.replicas is `replicas`.  Its
+    certificate is of its own CA (the pod's ca.crt); a wrong token or path gets 403/404, as the
+    API server (with rbac.yaml's Role) would answer."""
+
+    NAMESPACE = "mail"
+    TOKEN = "token-of-the-relayd-service-account"
+
+    def __init__(self, workdir, statefulset):
+        import http.server
+        import ssl
+        import threading
+        self.dir = os.path.join(workdir, "api")
+        os.makedirs(self.dir)
+        d = self.dir
+        subprocess.run(["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", d + "/ca.key",
+                        "-out", d + "/ca.crt", "-days", "2", "-subj", "/CN=test kube CA"],
+                       check=True, capture_output=True, timeout=60)
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", d + "/api.key",
+                        "-out", d + "/api.csr", "-subj", "/CN=kube-apiserver"],
+                       check=True, capture_output=True, timeout=60)
+        with open(d + "/api.ext", "w") as f:
+            f.write("subjectAltName=IP:%s\n" % API_ADDR)
+        subprocess.run(["openssl", "x509", "-req", "-in", d + "/api.csr", "-CA", d + "/ca.crt",
+                        "-CAkey", d + "/ca.key", "-CAcreateserial", "-days", "2", "-extfile",
+                        d + "/api.ext", "-out", d + "/api.crt"],
+                       check=True, capture_output=True, timeout=60)
+        self.replicas = None
+        self.requests = []
+        api = self
+        path = "/apis/apps/v1/namespaces/%s/statefulsets/%s/scale" % (self.NAMESPACE, statefulset)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                api.requests.append(self.path)
+                if self.headers.get("Authorization") != "Bearer " + api.TOKEN:
+                    code, body = 403, {"kind": "Status", "code": 403}
+                elif self.path != path:
+                    code, body = 404, {"kind": "Status", "code": 404}
+                else:
+                    code, body = 200, {
+                        "kind": "Scale", "apiVersion": "autoscaling/v1",
+                        "metadata": {"name": statefulset, "namespace": api.NAMESPACE},
+                        "spec": {"replicas": api.replicas},
+                        "status": {"replicas": 5, "selector": "app.kubernetes.io/name=relayd"}}
+                data = json.dumps(body, indent=2).encode()  # pretty, as kubectl gets it
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((API_ADDR, 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(d + "/api.crt", d + "/api.key")
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def mount(self, pod_root):
+        """The projected service account volume of a pod (automountServiceAccountToken)."""
+        d = pod_root + SA_DIR
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(os.path.join(self.dir, "ca.crt"), os.path.join(d, "ca.crt"))
+        with open(os.path.join(d, "token"), "w") as f:
+            f.write(self.TOKEN)
+        with open(os.path.join(d, "namespace"), "w") as f:
+            f.write(self.NAMESPACE)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class PodTest(RelayTestCase):
     # The only addition to the pod's command line: a closed DNS port instead of this machine's
     # resolver (in the pod, /etc/resolv.conf is the cluster DNS; here nothing may leave
@@ -591,7 +680,7 @@ class PodTest(RelayTestCase):
         super().setUp()
         self.m = Manifests()
         self.secrets = os.path.join(self.tmp, "secrets")
-        out = subprocess.run(["bash", os.path.join(DEPLOY, "make-secrets.sh"), "3",
+        out = subprocess.run(["bash", os.path.join(DEPLOY, "make-secrets.sh"), "5",
                               "relay.example.com"], env={**os.environ, "SECRETS_DIR": self.secrets},
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -611,9 +700,27 @@ class PodTest(RelayTestCase):
             raise AssertionError("teardown: " + "; ".join(problems))
 
     def start_pod(self, ordinal):
-        p = Pod(self.m, ordinal, self.tmp, self.secrets).start(self.EXTRA)
+        p = Pod(self.m, ordinal, self.tmp, self.secrets)
+        if self.m.pod.get("automountServiceAccountToken"):
+            self.api().mount(p.root)
+        p.start(self.EXTRA)
         self.pods.append(p)
         return p
+
+    def api(self):
+        if getattr(self, "_api", None) is None:
+            self._api = ScaleApi(self.tmp, self.m.sts["metadata"]["name"])
+            self.addCleanup(self._api.close)
+        return self._api
+
+    def voters(self, p):
+        """The voters pod p lists (`relayctl --config ... --json status` inside it)."""
+        out = subprocess.run([RELAYCTL, "--config", p.cfg, "--json", "status"],
+                             env=p.pod_environ(), capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            return None
+        return sorted(m["id"] for m in json.loads(out.stdout)["members"]
+                      if m["membership"] == "voter")
 
     def send(self, pod, rcpt="someone@example.com"):
         c = SmtpConn(pod.addr, pod.smtp)
@@ -669,10 +776,14 @@ class PodTest(RelayTestCase):
         self.stop_within_grace(p)
         self.assertIn(qid, p.dump_queue(), "accepted message not in relayd-0's queue")
 
-    def run_prestop(self, p):
-        """The preStop hook as the kubelet runs it in the container: exit 0 within its bound."""
+    def run_prestop(self, p, api=None):
+        """The preStop hook as the kubelet runs it in the container: exit 0 within its bound.
+        api: the ScaleApi whose address the container's KUBERNETES_SERVICE_* variables give
+        (None: an API that cannot be reached)."""
         cmd = [p.move(a) for a in self.m.ctr["lifecycle"]["preStop"]["exec"]["command"]]
         env = p.pod_environ()
+        env["KUBERNETES_SERVICE_HOST"] = API_ADDR
+        env["KUBERNETES_SERVICE_PORT"] = str(api.port if api else 9)
         env["PATH"] = os.path.dirname(RELAYD) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
         bound = self.m.prestop_bound_s()
         t0 = time.monotonic()
@@ -689,6 +800,59 @@ class PodTest(RelayTestCase):
             self.assertIn("preStop: drain of %s failed (exit 2)" % p.name, out.stderr)
         self.assertLessEqual(time.monotonic() - t0, bound + 2)
         self.assertIsNone(p.proc.poll(), "relayd died in preStop")
+        return out
+
+    def test_scale_to_five_and_back(self):
+        """`kubectl scale statefulset relayd --replicas=5`, then 3, as the StatefulSet drives
+        it: new pods started with the same manifests (Parallel: together), then on the way down
+        the preStop hooks of relayd-4 and relayd-3 together, the API saying replicas=3.  No
+        other command; every step keeps a majority that commits."""
+        if "auto_join" not in help_config_keys():
+            self.skipTest("relayd has no auto_join")
+        name = self.m.sts["metadata"]["name"]
+        base = self.m.sts["spec"]["replicas"]
+        pods = [self.start_pod(i) for i in range(base)]
+        for p in pods:
+            wait_for(lambda: p.proc.poll() is not None or http_get(p.http, "/readyz")[0] == 200,
+                     60, "%s /readyz (a leader, caught up)" % p.name)
+        self.api().replicas = base + 2
+        pods += [self.start_pod(i) for i in range(base, base + 2)]
+        everyone = sorted(p.name for p in pods)
+        for p in pods:
+            wait_for(lambda: p.proc.poll() is not None or self.voters(p) == everyone, 60,
+                     "%s to list voters %s" % (p.name, everyone), interval=0.5)
+            self.assertIsNone(p.proc.poll(), "%s exited: %s" % (p.name, p.log()))
+        qid = self.send(pods[-1])  # accepted through a pod the scale-up added
+        wait_for(lambda: qid in pods[0].dump_queue(), 30, "%s on %s" % (qid, pods[0].name),
+                 interval=0.5)
+        # scale back down: both hooks at once (podManagementPolicy: Parallel)
+        import threading
+        self.api().replicas = base
+        outs = {}
+        leaving = pods[base:]
+        ts = [threading.Thread(target=lambda p=p: outs.__setitem__(p.name, self.run_prestop(p, self.api())))
+              for p in leaving]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(300)
+        for p in leaving:
+            self.assertIn(p.name, outs, "preStop of %s did not finish" % p.name)
+            self.assertIn("leaving the cluster", outs[p.name].stderr)
+            self.stop_within_grace(p)
+        staying = sorted(p.name for p in pods[:base])
+        for p in pods[:base]:
+            wait_for(lambda: self.voters(p) == staying, 30,
+                     "%s to list voters %s" % (p.name, staying), interval=0.5)
+        self.send(pods[1])  # the three still commit
+        # a restart (replicas unchanged) keeps the member: the last pod's hook only drains
+        out = self.run_prestop(pods[base - 1], self.api())
+        self.assertIn("stays a member (replicas: %d)" % base, out.stderr)
+        self.assertEqual(self.voters(pods[0]), staying)
+        for path in self.api().requests:
+            self.assertTrue(path.endswith("/statefulsets/%s/scale" % name), path)
+        for p in pods[:base]:
+            self.stop_within_grace(p)
 
     def three_pods_form_a_cluster(self):
         pods = [self.start_pod(i) for i in range(self.m.sts["spec"]["replicas"])]
