@@ -982,6 +982,85 @@ transport_guard_cb(uv_timer_t *h)
 	nng_stats_free(root);
 }
 
+/* ---- bounded socket close (transport_int.h) ---- */
+
+struct close_wait {
+	nng_socket sock;
+	pthread_mutex_t mtx;
+	pthread_cond_t cv;
+	bool finished;
+	int refs; /* the helper and the waiter; the last one frees it */
+};
+
+static void
+close_wait_unref(struct close_wait *w)
+{
+	pthread_mutex_lock(&w->mtx);
+	int left = --w->refs;
+	pthread_mutex_unlock(&w->mtx);
+	if (left == 0) {
+		pthread_cond_destroy(&w->cv);
+		pthread_mutex_destroy(&w->mtx);
+		free(w);
+	}
+}
+
+static void *
+close_wait_thread(void *arg)
+{
+	struct close_wait *w = arg;
+	nng_close(w->sock);
+	pthread_mutex_lock(&w->mtx);
+	w->finished = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mtx);
+	close_wait_unref(w);
+	return NULL;
+}
+
+bool
+transport__close_bounded(nng_socket sock, const char *what)
+{
+	struct close_wait *w = calloc(1, sizeof(*w));
+	pthread_attr_t attr;
+	pthread_t th;
+	if (w == NULL || pthread_attr_init(&attr) != 0) {
+		free(w);
+		nng_close(sock); /* no memory for a thread: as before, unbounded */
+		return true;
+	}
+	w->sock = sock;
+	w->refs = 2;
+	pthread_mutex_init(&w->mtx, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, close_wait_thread, w) != 0) {
+		pthread_attr_destroy(&attr);
+		pthread_cond_destroy(&w->cv);
+		pthread_mutex_destroy(&w->mtx);
+		free(w);
+		nng_close(sock);
+		return true;
+	}
+	pthread_attr_destroy(&attr);
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += TRANSPORT_CLOSE_WAIT_MS / 1000;
+	pthread_mutex_lock(&w->mtx);
+	while (!w->finished)
+		if (pthread_cond_timedwait(&w->cv, &w->mtx, &dl) != 0)
+			break;
+	bool finished = w->finished;
+	pthread_mutex_unlock(&w->mtx);
+	close_wait_unref(w);
+	if (!finished)
+		fprintf(stderr,
+			"transport: event=close-stuck what=%s wait_ms=%d: NNG's socket close did not "
+			"return (nanomsg/nng#1543); left behind\n",
+			what, TRANSPORT_CLOSE_WAIT_MS);
+	return finished;
+}
+
 /* ---- public: peer transport ---- */
 
 static void transport_closed_cb(uv_handle_t *h);

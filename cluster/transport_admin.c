@@ -154,7 +154,9 @@ transport_admin_close(struct transport_admin *a, void (*done)(void *arg), void *
 	a->done = done;
 	a->done_arg = arg;
 	uv_poll_stop(&a->poll);
-	nng_close(a->rep);
+	/* bounded: right after relayctl's connections a stuck reaper would hang the node's stop
+	 * here (seen under load: SIGTERM never finished); a is not reached from the socket */
+	transport__close_bounded(a->rep, "admin");
 	uv_close((uv_handle_t *)&a->poll, admin_closed_cb);
 }
 

@@ -33,5 +33,11 @@ int transport__listen_unix(nng_socket sock, const char *path);
 /* Start a dialer on sock that reconnects forever (closed with the socket); *out may be NULL. */
 int transport__dial_to(nng_socket sock, bool tls, const struct tls_material *m,
 		       const char *server_name, const char *addr, nng_dialer *out);
+/* nng_close(sock) on a helper thread, waited for at most TRANSPORT_CLOSE_WAIT_MS: NNG 1.5.2's
+ * close waits for its connections to be reaped, forever once the process-wide reaper is stuck
+ * (nanomsg/nng#1543).  Returns true if it returned in time; else it is left behind (logged as
+ * event=close-stuck with what) and the helper ends if it ever returns.  Nothing of the caller's
+ * may be reached from sock's callbacks after this (the helper only holds the socket). */
+bool transport__close_bounded(nng_socket sock, const char *what);
 
 #endif
