@@ -228,8 +228,10 @@ phase_dump() {
 phase_postfix() {
     [[ $(id -u) == 0 ]] || { log "postfix: needs root"; return 1; }
     # the baseline library: its Postfix configuration, then ours on top
-    RESULTS_DIR=$RES/postfix WORKDIR=$RES/postfix RELAY_PORT=$PORT SINK_PORT=9 \
-        source "$BASELINE"
+    # (plain assignments: a prefix to `source` would last only while it runs, not for the
+    # library's functions called after it)
+    RESULTS_DIR=$RES/postfix WORKDIR=$RES/postfix RELAY_PORT=$PORT SINK_PORT=9
+    source "$BASELINE"
     find_tools
     postfix_configure "$PORT" 9
     postconf -e minimal_backoff_time=30s maximal_backoff_time=60s queue_run_delay=30s \

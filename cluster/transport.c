@@ -1054,10 +1054,11 @@ transport__close_bounded(nng_socket sock, const char *what)
 	pthread_mutex_unlock(&w->mtx);
 	close_wait_unref(w);
 	if (!finished)
-		fprintf(stderr,
-			"transport: event=close-stuck what=%s wait_ms=%d: NNG's socket close did not "
-			"return (nanomsg/nng#1543); left behind\n",
-			what, TRANSPORT_CLOSE_WAIT_MS);
+		fprintf(
+		    stderr,
+		    "transport: event=close-stuck what=%s wait_ms=%d: NNG's socket close did not "
+		    "return (nanomsg/nng#1543); left behind\n",
+		    what, TRANSPORT_CLOSE_WAIT_MS);
 	return finished;
 }
 

@@ -10,7 +10,8 @@ are outside their own `peers`), their own certificate of the same CA, an empty d
   they hold what was accepted before they came, and mail accepted through them commits;
 - scale down: what deploy/'s preStop runs for a pod whose ordinal is >= replicas (`relayctl
   drain` then `relayctl node remove` of itself, against its own admin endpoint), highest first,
-  then SIGTERM: back to three voters, and after every step a majority commits;
+  then SIGTERM: back to three voters, and after every step a majority commits; then up again
+  to four: the removed name comes back with an empty data_dir and joins again;
 - auto_join off on the members: a node asking to join stays out (its frames are strangers'),
   and joins once `relayctl node add` names it;
 - a certificate the cluster CA did not sign never gets a join request through.
@@ -18,6 +19,7 @@ Every wait has a deadline; every process started is stopped.
 """
 import json
 import os
+import shutil
 import smtplib
 import subprocess
 import time
@@ -134,6 +136,15 @@ class AutoJoinTest(RelayTestCase):
         for m in members:
             wait_for(lambda: sorted(x["id"] for x in self.status(m)["members"]) == NAMES[:3],
                      30, "n4 and n5 gone from %s's members" % m, interval=0.2)
+        # scale up again: the StatefulSet deleted n4's PVC on the way down, so the pod starts
+        # empty under the name that left, and joins again
+        n4 = self.n["n4"]
+        shutil.rmtree(n4.data_dir)
+        n4.start()
+        self.wait_voters(NAMES[:4], timeout=40)
+        q = self.send("n4", 1)[0]
+        for name in NAMES[:3]:
+            wait_for(lambda: self.has(name, q), 15, "%s on %s" % (q, name), interval=0.1)
 
     def test_off_waits_for_node_add(self):
         self.start_cluster(auto_join=False)
