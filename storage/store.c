@@ -10,9 +10,9 @@
  * data.  A wrong version, a short value or a crc mismatch decode as STORE_ECORRUPT.
  */
 #include <pthread.h>
-#include <zlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "store.h"
 
@@ -270,15 +270,17 @@ store_inject_write_failures(struct store *s, unsigned n)
 }
 
 int
-store_write(struct store *s, const struct store_batch *b, int sync)
+store_write(struct store *s, const struct store_batch *b, int mode)
 {
+	if (mode != STORE_WRITE_WAL && mode != STORE_WRITE_SYNC && mode != STORE_WRITE_NOWAL)
+		return STORE_EINVAL;
 	unsigned n = __atomic_load_n(&s->fail_writes, __ATOMIC_SEQ_CST);
 	while (n) {
 		if (__atomic_compare_exchange_n(&s->fail_writes, &n, n - 1, 0, __ATOMIC_SEQ_CST,
 						__ATOMIC_SEQ_CST))
 			return STORE_EIO;
 	}
-	return s->ops->write(s, b, sync);
+	return s->ops->write(s, b, mode);
 }
 
 int

@@ -122,8 +122,26 @@ int store_batch_next(const struct store_batch *b, size_t *pos, enum store_op *op
 		     const unsigned char **key, size_t *klen, const unsigned char **val,
 		     size_t *vlen);
 
-/* Writes b atomically; sync=1 returns after the write is durable (WAL fsync). */
-int store_write(struct store *s, const struct store_batch *b, int sync);
+/* How store_write persists a batch (its third argument). */
+#define STORE_WRITE_WAL 0  /* logged in the WAL, not fsynced: durable with the next fsync */
+#define STORE_WRITE_SYNC 1 /* logged in the WAL and fsynced before the call returns */
+/* memtables only: visible at once, durable only once a flush persists it; a crash before that
+ * loses it (and every later NOWAL write) while WAL writes made after it survive */
+#define STORE_WRITE_NOWAL 2
+/*
+ * Writes b atomically, as mode says (STORE_WRITE_*; 0 and 1 are the old sync flag).
+ *
+ * STORE_WRITE_NOWAL is for what can be rebuilt: the replicated state machine's writes, which
+ * the Raft log (written with the WAL) replays from the applied index they carry (issue 14:
+ * bodies written once - in the log entry's WAL record, not again in the body column family's).
+ * Flushes are atomic across the column families (RocksDB's atomic_flush), so what persists of
+ * the NOWAL writes is always a prefix of them, in write order, together with every WAL write up
+ * to the same point: a state written with its applied index never persists without the other.
+ * A writer must therefore put into NOWAL batches only what is consistent with any later prefix
+ * of the WAL writes: in particular the deletion of log entries whose effect is in the NOWAL
+ * state (compaction) goes into the NOWAL batch itself, never into a WAL one.
+ */
+int store_write(struct store *s, const struct store_batch *b, int mode);
 
 /* ---- reads ---- */
 

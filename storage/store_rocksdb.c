@@ -41,12 +41,16 @@
 /* Bounds on RocksDB's own memory and on the WAL a restart replays (store_open). */
 #define STORE__MEMTABLES_MAX ((size_t)64 << 20)
 #define STORE__WAL_MAX ((uint64_t)128 << 20)
+/* Bodies of at least this many bytes go to blob files (RocksDB's integrated BlobDB) when their
+ * memtable is flushed: written there once, never again by compactions, which move only the
+ * small references (issue 14, target 4); smaller ones stay in the table files. */
+#define STORE__BLOB_MIN ((uint64_t)1024)
 
 struct store_rocksdb {
 	struct store base;
 	rocksdb_t *db;
-	rocksdb_options_t *opts;
-	rocksdb_writeoptions_t *wsync, *wnosync;
+	rocksdb_options_t *opts, *body_opts;
+	rocksdb_writeoptions_t *wsync, *wnosync, *wnowal;
 	rocksdb_readoptions_t *ropts;
 	rocksdb_column_family_handle_t *cf[STORE_CF__COUNT + 1]; /* [STORE_CF__COUNT]: default */
 	int readonly;
@@ -74,7 +78,7 @@ store__rdb_log(const char *what, const char *err)
 }
 
 static int
-store__rdb_write(struct store *base, const struct store_batch *b, int sync)
+store__rdb_write(struct store *base, const struct store_batch *b, int mode)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
 	if (s->readonly)
@@ -106,7 +110,11 @@ store__rdb_write(struct store *base, const struct store_batch *b, int sync)
 		return rv;
 	}
 	char *err = NULL;
-	rocksdb_write(s->db, sync ? s->wsync : s->wnosync, wb, &err);
+	rocksdb_write(s->db,
+		      mode == STORE_WRITE_SYNC	  ? s->wsync
+		      : mode == STORE_WRITE_NOWAL ? s->wnowal
+						  : s->wnosync,
+		      wb, &err);
 	rocksdb_writebatch_destroy(wb);
 	if (err) {
 		store__rdb_log("write", err);
@@ -319,18 +327,11 @@ static void
 store__rdb_free(struct store *base)
 {
 	struct store_rocksdb *s = (struct store_rocksdb *)base;
-	if (s->db && !s->readonly) {
-		/* a clean close leaves no WAL to replay: the next open reads SSTs only (a restart
-		 * after a crash replays at most STORE__WAL_MAX) */
-		rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
-		rocksdb_flushoptions_set_wait(fo, 1);
-		for (int i = 0; i < STORE_CF__COUNT; i++) {
-			char *err = NULL;
-			rocksdb_flush_cf(s->db, fo, s->cf[i], &err);
-			rocksdb_free(err); /* best effort: the WAL still has it all */
-		}
-		rocksdb_flushoptions_destroy(fo);
-	}
+	/* No flush here, column family by column family: it would persist the state of one
+	 * before the others (a crash between two could keep compacted log deletions without
+	 * the state they stand for).  RocksDB's own close flushes every column family atomically
+	 * when NOWAL writes are unpersisted (atomic_flush); a WAL-only tail is replayed at the
+	 * next open (at most STORE__WAL_MAX). */
 	for (int i = 0; i <= STORE_CF__COUNT; i++)
 		if (s->cf[i])
 			rocksdb_column_family_handle_destroy(s->cf[i]);
@@ -338,8 +339,11 @@ store__rdb_free(struct store *base)
 		rocksdb_close(s->db);
 	rocksdb_writeoptions_destroy(s->wsync);
 	rocksdb_writeoptions_destroy(s->wnosync);
+	rocksdb_writeoptions_destroy(s->wnowal);
 	rocksdb_readoptions_destroy(s->ropts);
 	rocksdb_options_destroy(s->opts);
+	if (s->body_opts)
+		rocksdb_options_destroy(s->body_opts);
 	free(s);
 }
 
@@ -378,6 +382,9 @@ store_open(const char *dir, int readonly, struct store **out)
 	rocksdb_options_set_db_write_buffer_size(s->opts, STORE__MEMTABLES_MAX);
 	rocksdb_options_set_write_buffer_size(s->opts, STORE__MEMTABLES_MAX / 2);
 	rocksdb_options_set_max_total_wal_size(s->opts, STORE__WAL_MAX);
+	/* STORE_WRITE_NOWAL (store.h): every flush takes all the column families at one point,
+	 * so what a crash keeps of the writes made without the WAL is a prefix of them. */
+	rocksdb_options_set_atomic_flush(s->opts, 1);
 	/* See the header: a torn tail is dropped, corruption before it refuses the open. */
 	rocksdb_options_set_wal_recovery_mode(s->opts,
 					      rocksdb_tolerate_corrupted_tail_records_recovery);
@@ -385,13 +392,16 @@ store_open(const char *dir, int readonly, struct store **out)
 	const char *unsafe = getenv(STORE_TEST_UNSAFE_NO_SYNC_ENV);
 	int no_sync = unsafe && strcmp(unsafe, "1") == 0;
 	if (no_sync)
-		fprintf(stderr,
-			"store: open dir=%s event=unsafe-no-sync %s=1: TEST ONLY, synced writes are "
-			"not fsynced\n",
-			dir, STORE_TEST_UNSAFE_NO_SYNC_ENV);
+		fprintf(
+		    stderr,
+		    "store: open dir=%s event=unsafe-no-sync %s=1: TEST ONLY, synced writes are "
+		    "not fsynced\n",
+		    dir, STORE_TEST_UNSAFE_NO_SYNC_ENV);
 	rocksdb_writeoptions_set_sync(s->wsync, !no_sync);
 	s->wnosync = rocksdb_writeoptions_create();
 	rocksdb_writeoptions_set_sync(s->wnosync, 0);
+	s->wnowal = rocksdb_writeoptions_create();
+	rocksdb_writeoptions_disable_WAL(s->wnowal, 1);
 	s->ropts = rocksdb_readoptions_create();
 
 	const char *names[STORE_CF__COUNT + 1];
@@ -402,6 +412,14 @@ store_open(const char *dir, int readonly, struct store **out)
 	}
 	names[STORE_CF__COUNT] = "default";
 	cfopts[STORE_CF__COUNT] = s->opts;
+	s->body_opts = rocksdb_options_create_copy(s->opts);
+	rocksdb_options_set_enable_blob_files(s->body_opts, 1);
+	rocksdb_options_set_min_blob_size(s->body_opts, STORE__BLOB_MIN);
+	/* compactions of the oldest quarter of the blob files move what is still live out of
+	 * them, so files of delivered bodies are freed (the few long-deferred bodies in them are
+	 * written a second time) */
+	rocksdb_options_set_enable_blob_gc(s->body_opts, 1);
+	cfopts[STORE_CF_BODY] = s->body_opts;
 
 	char *err = NULL;
 	if (readonly) {
