@@ -4,19 +4,22 @@
  *
  * Proposals are packed at once and wait on c->waiting.  An idle handle runs the flush at the
  * end of the loop turn: it takes the waiting proposals (up to max_batch_bytes of log), gives
- * them the next log indices and starts ONE uv_queue_work that writes, in one atomic RocksDB
- * write, (a) the apply writes of the previous batch and the deletion of the log entries they
- * applied, then (b) the new log entries, with sync=1.  At most one write is in flight;
- * proposals arriving meanwhile wait for the next one.  When the write completes (loop thread),
- * the entries are committed (one voter), applied in order (queue_apply into c->apply, written
- * by the next write, unsynced if nothing else needs it), and their callbacks run.
+ * them the next log indices and starts ONE uv_queue_work that writes (a) the apply writes of
+ * the previous batch, the applied index and the deletion of the log entries they applied, in
+ * one atomic write WITHOUT the WAL (STORE_WRITE_NOWAL: the body is in the entry's WAL record
+ * already, and is not written a second time), then (b) the new log entries, in one atomic
+ * write with the WAL, synced.  At most one write is in flight; proposals arriving meanwhile
+ * wait for the next one.  When the write completes (loop thread), the entries are committed
+ * (one voter), applied in order (queue_apply into c->apply, written by the next write), and
+ * their callbacks run.
  *
  * Why this is safe: the apply writes of entry i always travel in a write after the one that
- * made entry i durable, and RocksDB's WAL recovers a prefix of the writes; so after a crash the
- * store holds either the applied state for i, or entry i still in the log after the stored
- * applied index, and cluster_open replays it (the applied index travels in the same atomic
- * write as the apply writes, so no entry is applied twice to the stored state).  The log is
- * bounded: the entries applied are deleted in the write that persists their applied state.
+ * made entry i durable.  After a crash the store holds a prefix of the NOWAL writes (atomic
+ * flushes, store.h) and every synced log append; the applied index and the log deletions
+ * travel in the same atomic NOWAL write as the apply writes, so the store holds either the
+ * applied state for i, or entry i still in the log after the stored applied index, and
+ * cluster_open replays it (no entry is applied twice to the stored state).  The log is
+ * bounded: the entries applied are deleted in the write that records their applied state.
  *
  * Failure modes: a failed write fails its proposals with CLUSTER_EIO, leaves last_index where it
  * was, and keeps the pending apply writes for the next write (they are idempotent).  An
@@ -77,12 +80,12 @@ struct cluster {
 	int writing;		   /* a uv_queue_work is in flight */
 	int write_sync;		   /* the write in flight appends to the log */
 	int write_rv;		   /* its result, set by the worker */
-	struct store_batch wbatch; /* the write in flight: apply writes, then log appends */
-	size_t wbatch_apply_len;   /* where the apply writes end in wbatch */
-	unsigned wbatch_apply_count;
-	uint64_t wbatch_applied;   /* the apply writes in wbatch are those up to this index */
-	uint64_t wbytes;	  /* log bytes of the write in flight */
-	struct store_batch apply; /* apply writes not yet written */
+	int state_rv;		   /* the result of its NOWAL part (0 when wbatch failed after) */
+	struct store_batch wstate; /* the write in flight: apply writes (NOWAL, first) */
+	struct store_batch wbatch; /* the write in flight: log appends (WAL, synced, second) */
+	uint64_t wbatch_applied;   /* the apply writes in wstate are those up to this index */
+	uint64_t wbytes;	   /* log bytes of the write in flight */
+	struct store_batch apply;  /* apply writes not yet written */
 
 	uint64_t last_index;	/* last index durable in the log */
 	uint64_t applied_index; /* last index applied (in memory) */
@@ -187,7 +190,11 @@ static void
 cluster__work_cb(uv_work_t *req)
 {
 	struct cluster *c = req->data;
-	c->write_rv = store_write(c->store, &c->wbatch, c->write_sync);
+	c->write_rv = c->state_rv = 0;
+	if (c->wstate.len)
+		c->write_rv = c->state_rv = store_write(c->store, &c->wstate, STORE_WRITE_NOWAL);
+	if (!c->write_rv && c->wbatch.len)
+		c->write_rv = store_write(c->store, &c->wbatch, c->write_sync);
 }
 
 static void cluster__start_close(struct cluster *c);
@@ -198,6 +205,7 @@ cluster__after_work_cb(uv_work_t *req, int status)
 {
 	struct cluster *c = req->data;
 	int rv = status ? CLUSTER_EIO : cluster__store_err(c->write_rv);
+	int state_failed = status || c->state_rv;
 	struct cluster__fifo done = c->inflight;
 	memset(&c->inflight, 0, sizeof(c->inflight));
 	c->writing = 0;
@@ -207,17 +215,21 @@ cluster__after_work_cb(uv_work_t *req, int status)
 	if (rv) {
 		cluster__log("write failed entries=%zu error=\"%s\"", done.n, cluster_strerror(rv));
 		c->stats.failures++;
-		/* keep the apply writes for the next write; drop the log appends */
-		c->wbatch.len = c->wbatch_apply_len;
-		c->wbatch.count = c->wbatch_apply_count;
-		struct store_batch t = c->apply;
-		c->apply = c->wbatch;
-		c->wbatch = t;
+		/* drop the log appends; keep the apply writes for the next write unless they
+		 * were written (then the log append after them failed) */
 		store_batch_clear(&c->wbatch);
+		if (state_failed) {
+			struct store_batch t = c->apply;
+			c->apply = c->wstate;
+			c->wstate = t;
+		} else
+			queue_fsm_written(c->fsm, c->wbatch_applied);
+		store_batch_clear(&c->wstate);
 		for (struct cluster__prop *p = done.head; p; p = p->next)
 			p->status = CLUSTER_EIO;
 	} else {
 		store_batch_clear(&c->wbatch);
+		store_batch_clear(&c->wstate);
 		/* the state machine's values up to there are in the store (its overlay lets go) */
 		queue_fsm_written(c->fsm, c->wbatch_applied);
 		if (c->write_sync) {
@@ -275,13 +287,12 @@ cluster__flush_cb(uv_idle_t *h)
 	if (c->writing || c->closing)
 		return;
 
-	/* the pending apply writes go first in the write */
-	struct store_batch t = c->wbatch;
-	c->wbatch = c->apply;
+	/* the pending apply writes go first in the write (its NOWAL part) */
+	struct store_batch t = c->wstate;
+	c->wstate = c->apply;
 	c->apply = t;
 	store_batch_clear(&c->apply);
-	c->wbatch_apply_len = c->wbatch.len;
-	c->wbatch_apply_count = c->wbatch.count;
+	store_batch_clear(&c->wbatch);
 	c->wbatch_applied = c->applied_index;
 
 	struct cluster__fifo failed = {0};
@@ -318,7 +329,7 @@ cluster__flush_cb(uv_idle_t *h)
 		bytes += p->len + CLUSTER__ENTRY_OVERHEAD;
 	}
 
-	if (c->wbatch.len) {
+	if (c->wbatch.len || c->wstate.len) {
 		c->write_sync = c->inflight.n > 0;
 		c->wbytes = bytes;
 		c->writing = 1;
@@ -328,11 +339,10 @@ cluster__flush_cb(uv_idle_t *h)
 			/* undo: the proposals fail now (we are in a loop callback, not in propose)
 			 */
 			c->writing = 0;
-			c->wbatch.len = c->wbatch_apply_len;
-			c->wbatch.count = c->wbatch_apply_count;
 			struct store_batch t2 = c->apply;
-			c->apply = c->wbatch;
-			c->wbatch = t2;
+			c->apply = c->wstate;
+			c->wstate = t2;
+			store_batch_clear(&c->wstate);
 			store_batch_clear(&c->wbatch);
 			struct cluster__prop *p;
 			while ((p = cluster__fifo_pop(&c->inflight))) {
@@ -343,8 +353,8 @@ cluster__flush_cb(uv_idle_t *h)
 		}
 	} else {
 		/* nothing to write: put the (empty) apply buffer back */
-		t = c->wbatch;
-		c->wbatch = c->apply;
+		t = c->wstate;
+		c->wstate = c->apply;
 		c->apply = t;
 	}
 	cluster__complete(c, &failed);
@@ -410,6 +420,7 @@ cluster__free(struct cluster *c)
 	queue_fsm_free(c->fsm);
 	store_free(c->store);
 	store_batch_fini(&c->wbatch);
+	store_batch_fini(&c->wstate);
 	store_batch_fini(&c->apply);
 	free(c);
 }
@@ -425,7 +436,7 @@ cluster__closed_cb(uv_handle_t *h)
 	cluster__complete(c, &done);
 	/* Persist the applied state now rather than replaying it at the next open. */
 	if (c->apply.len) {
-		int rv = store_write(c->store, &c->apply, 1);
+		int rv = store_write(c->store, &c->apply, STORE_WRITE_NOWAL);
 		if (rv)
 			cluster__log(
 			    "close: apply state not written error=\"%s\"; replayed at open",
@@ -538,7 +549,8 @@ cluster__replay(struct cluster *c)
 		/* bound the replay batch: write it out in pieces */
 		if (c->apply.len >= c->max_batch_bytes) {
 			if ((rv = cluster__apply_finish(c)) ||
-			    (rv = cluster__store_err(store_write(c->store, &c->apply, 0))))
+			    (rv = cluster__store_err(
+				 store_write(c->store, &c->apply, STORE_WRITE_NOWAL))))
 				goto out;
 			store_batch_clear(&c->apply);
 		}
@@ -547,7 +559,7 @@ cluster__replay(struct cluster *c)
 	if (rv)
 		goto out;
 	if ((rv = cluster__apply_finish(c)) ||
-	    (rv = cluster__store_err(store_write(c->store, &c->apply, 1))))
+	    (rv = cluster__store_err(store_write(c->store, &c->apply, STORE_WRITE_NOWAL))))
 		goto out;
 	store_batch_clear(&c->apply);
 	if (replayed)
@@ -617,6 +629,7 @@ cluster_open(uv_loop_t *loop, const struct cluster_config *cfg, struct cluster *
 	if (c->max_batch_bytes > STORE_BATCH_MAX / 2)
 		c->max_batch_bytes = STORE_BATCH_MAX / 2;
 	store_batch_init(&c->wbatch);
+	store_batch_init(&c->wstate);
 	store_batch_init(&c->apply);
 	c->work.data = c;
 
@@ -655,6 +668,7 @@ err_after_store:
 	store_free(c->store);
 err_after_alloc:
 	store_batch_fini(&c->wbatch);
+	store_batch_fini(&c->wstate);
 	store_batch_fini(&c->apply);
 	free(c);
 	return rv;

@@ -10,8 +10,9 @@
  *   - a uv_idle runs craft_run() once per loop turn when craft asks (io.schedule), a uv_timer
  *     calls craft_tick() every heartbeat_ms (the election timeout is election_timeout_ms /
  *     heartbeat_ms ticks);
- *   - the one write in flight (io.write_start: an atomic RocksDB write, synced when it carries
- *     raft state) runs on a worker thread (uv_queue_work); its completion is craft_write_done();
+ *   - the one write in flight (io.write_start: an atomic RocksDB write of the Raft state, synced
+ *     when it carries any, then one of the queue state without the WAL, store.h) runs on a
+ *     worker thread (uv_queue_work); its completion is craft_write_done();
  *     the synchronous writes of a snapshot install (io.write_now) run on the loop thread;
  *   - the digest of a store view runs on a worker thread too (craft_digest_done);
  *   - peer messages (Raft messages, encoded here, and craft's frames) to one peer wait up to
@@ -117,7 +118,7 @@ struct cluster__raft {
 	uv_timer_t tick;
 	uv_timer_t flush; /* sends the batches CRAFT_BATCH_DELAY_MS after the first message */
 	uv_work_t work;	  /* the write in flight */
-	const struct store_batch *wbatch;
+	const struct store_batch *wbatch, *wstate; /* the write in flight: WAL, then NOWAL */
 	int wsync, write_rv;
 	uv_work_t digest_work; /* the digest in flight */
 	struct store_view *dview;
@@ -334,7 +335,12 @@ static void
 edge__work_cb(uv_work_t *req)
 {
 	struct cluster__raft *c = req->data;
-	c->write_rv = store_write(c->store, c->wbatch, c->wsync);
+	c->write_rv = 0;
+	if (c->wbatch->len)
+		c->write_rv =
+		    store_write(c->store, c->wbatch, c->wsync ? STORE_WRITE_SYNC : STORE_WRITE_WAL);
+	if (!c->write_rv && c->wstate->len)
+		c->write_rv = store_write(c->store, c->wstate, STORE_WRITE_NOWAL);
 }
 
 static void edge__finish_close(struct cluster__raft *c);
@@ -349,10 +355,11 @@ edge__after_work_cb(uv_work_t *req, int status)
 }
 
 static int
-edge__write_start(void *arg, const struct store_batch *b, int sync)
+edge__write_start(void *arg, const struct store_batch *b, const struct store_batch *state, int sync)
 {
 	struct cluster__raft *c = arg;
 	c->wbatch = b;
+	c->wstate = state;
 	c->wsync = sync;
 	int rv = uv_queue_work(c->loop, &c->work, edge__work_cb, edge__after_work_cb);
 	if (rv)
@@ -361,10 +368,10 @@ edge__write_start(void *arg, const struct store_batch *b, int sync)
 }
 
 static int
-edge__write_now(void *arg, const struct store_batch *b, int sync)
+edge__write_now(void *arg, const struct store_batch *b, int mode)
 {
 	struct cluster__raft *c = arg;
-	return store_write(c->store, b, sync);
+	return store_write(c->store, b, mode);
 }
 
 static void

@@ -9,13 +9,16 @@
  *      (a suffix truncation first when entries[0] overwrites what we wrote), messages are handed
  *      to the edge at once (raft.h: the core holds back whatever needs durable state),
  *      committed entries are applied to the queue state machine, whose store writes and the
- *      applied index go into the same next batch after them, then raft_advance;
- *   3. starts the next write if none is in flight (io.write_start: ONE atomic write, synced when
- *      it carries raft state).  Everything that arrived during the write in flight joins the
- *      next one: group commit.  craft_write_done() then lets the core count our own log towards
- *      commit (raft_persisted) and release the acknowledgements and votes it held.
- * The origin of a proposal completes its callback when IT applies the entry carrying its tag
- * (Command.origin_node/boot/seq): committed on a majority and applied here (G1).
+ *      applied index go into the next write's state batch, then raft_advance;
+ *   3. starts the next write if none is in flight (io.write_start: the Raft state in ONE atomic
+ *      write with the WAL, synced when it carries raft state; then the state batch in one
+ *      atomic write without it, STORE_WRITE_NOWAL: a body is written once, in its entry's WAL
+ *      record, and a crash loses only state that the log replays from its applied index).
+ * Everything that arrived during the write in flight joins the next one: group commit.
+ * craft_write_done() then lets the core count our own log towards commit (raft_persisted) and
+ * release the acknowledgements and votes it held. The origin of a proposal completes its callback
+ * when IT applies the entry carrying its tag (Command.origin_node/boot/seq): committed on a
+ * majority and applied here (G1).
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -160,12 +163,16 @@ craft__complete(struct craft *c, struct craft_list *done)
 void
 craft__start_write(struct craft *c)
 {
-	if (c->writing || c->retry_write || c->closing || !c->next.len)
+	if (c->writing || c->retry_write || c->closing || (!c->next.len && !c->next_state.len))
 		return;
 	struct store_batch t = c->wbatch;
 	c->wbatch = c->next;
 	c->next = t;
 	store_batch_clear(&c->next);
+	t = c->wstate;
+	c->wstate = c->next_state;
+	c->next_state = t;
+	store_batch_clear(&c->next_state);
 	c->write_sync = c->next_sync;
 	c->write_seq = c->next_seq_persist;
 	c->write_bytes = c->next_bytes;
@@ -174,7 +181,7 @@ craft__start_write(struct craft *c)
 	c->next_seq_persist = 0;
 	c->next_bytes = 0;
 	c->writing = 1;
-	int rv = c->io.write_start(c->io.arg, &c->wbatch, c->write_sync);
+	int rv = c->io.write_start(c->io.arg, &c->wbatch, &c->wstate, c->write_sync);
 	if (rv) {
 		craft__log(c, "write not started error=%d", rv);
 		craft_write_done(c, STORE_EIO); /* handled like a failed write, at once */
@@ -191,7 +198,8 @@ craft_write_done(struct craft *c, int rv)
 		c->stats.failures++;
 		craft__log(c, "write failed error=\"%s\"; retried", store_strerror(rv));
 		/* the failed write applied nothing: put it back in front of what queued up since */
-		if (store_batch_append(&c->wbatch, &c->next)) {
+		if (store_batch_append(&c->wbatch, &c->next) ||
+		    store_batch_append(&c->wstate, &c->next_state)) {
 			craft__log(c, "write retry: out of memory; apply stopped");
 			c->failed = CLUSTER_ENOMEM;
 		}
@@ -199,6 +207,10 @@ craft_write_done(struct craft *c, int rv)
 		c->next = c->wbatch;
 		c->wbatch = t;
 		store_batch_clear(&c->wbatch);
+		t = c->next_state;
+		c->next_state = c->wstate;
+		c->wstate = t;
+		store_batch_clear(&c->wstate);
 		c->next_sync |= c->write_sync;
 		if (c->write_seq > c->next_seq_persist)
 			c->next_seq_persist = c->write_seq;
@@ -206,6 +218,7 @@ craft_write_done(struct craft *c, int rv)
 		c->retry_write = 1;
 	} else {
 		store_batch_clear(&c->wbatch);
+		store_batch_clear(&c->wstate);
 		c->durable_applied = c->write_applied;
 		/* the state machine's values up to there are in the store (its overlay lets go) */
 		queue_fsm_written(c->fsm, c->durable_applied);
@@ -318,7 +331,7 @@ craft__apply_entry(struct craft *c, const struct raft_entry *e, struct craft_lis
 		else if (cmd->cmd_case == RELAY__COMMAND__CMD_CLUSTER)
 			status = craft__apply_cluster_id(c, e->index, cmd->cluster);
 		else
-			rv = queue_apply(c->fsm, e->index, cmd, &c->next);
+			rv = queue_apply(c->fsm, e->index, cmd, &c->next_state);
 		if (rv == QUEUE_ENOMEM || rv == QUEUE_ECORRUPT) {
 			craft__log(c,
 				   "index=%" PRIu64 " apply stopped error=\"%s\"; restart "
@@ -373,7 +386,7 @@ craft__apply(struct craft *c, const struct raft_ready *rd, struct craft_list *do
 		craft__apply_entry(c, e, done);
 	}
 	if (c->applied != before) {
-		int rv = store_applied_put(&c->next, c->applied);
+		int rv = store_applied_put(&c->next_state, c->applied);
 		if (rv) {
 			craft__log(c, "apply state not recorded error=\"%s\"", store_strerror(rv));
 			c->failed = cluster__store_err(rv);
@@ -498,7 +511,7 @@ craft_run(struct craft *c)
 		int got = 0;
 		/* while a write is in flight the next one grows; past its bound the core waits */
 		while (!c->closing && !c->failed &&
-		       !(c->writing && c->next.len >= CRAFT_NEXT_MAX_BYTES) &&
+		       !(c->writing && c->next.len + c->next_state.len >= CRAFT_NEXT_MAX_BYTES) &&
 		       raft_ready_get(c->raft, &rd) > 0) {
 			got = 1;
 			if (rd.snap && c->writing) {
@@ -964,6 +977,8 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
 	store_batch_init(&c->wbatch);
 	store_batch_init(&c->next);
+	store_batch_init(&c->wstate);
+	store_batch_init(&c->next_state);
 	if (!c->buckets) {
 		rv = CLUSTER_ENOMEM;
 		goto err_after_alloc;
@@ -1043,6 +1058,8 @@ err_after_fsm:
 err_after_alloc:
 	store_batch_fini(&c->wbatch);
 	store_batch_fini(&c->next);
+	store_batch_fini(&c->wstate);
+	store_batch_fini(&c->next_state);
 	free(c->buckets);
 	free(c);
 	return rv;
@@ -1074,6 +1091,8 @@ craft__release(struct craft *c)
 	free(c->fetch.val);
 	store_batch_fini(&c->wbatch);
 	store_batch_fini(&c->next);
+	store_batch_fini(&c->wstate);
+	store_batch_fini(&c->next_state);
 	free(c->buckets);
 	free(c);
 }
@@ -1096,8 +1115,10 @@ craft_free(struct craft *c)
 	if (!c)
 		return;
 	/* the applied state reached so far, rather than replaying it at the next open */
-	if (c->next.len && !c->failed) {
-		int rv = c->io.write_now(c->io.arg, &c->next, 1);
+	if ((c->next.len || c->next_state.len) && !c->failed) {
+		int rv = c->next.len ? c->io.write_now(c->io.arg, &c->next, STORE_WRITE_SYNC) : 0;
+		if (!rv && c->next_state.len)
+			rv = c->io.write_now(c->io.arg, &c->next_state, STORE_WRITE_NOWAL);
 		if (rv)
 			craft__log(c, "close: last write error=\"%s\"; replayed at open",
 				   store_strerror(rv));

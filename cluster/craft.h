@@ -76,11 +76,15 @@ struct craft_io {
 	 */
 	int (*send)(void *arg, const char *name, uint32_t kind, const void *data, size_t len);
 	int (*send_raft)(void *arg, const char *name, const struct raft_msg *m);
-	/* start writing b (borrowed until craft_write_done) atomically, synced when sync; 0, or <0
-	 * when it could not start (then craft_write_done is NOT called: craft retries) */
-	int (*write_start)(void *arg, const struct store_batch *b, int sync);
-	/* write b now, atomically, synced when sync; 0 or a STORE_E* code */
-	int (*write_now)(void *arg, const struct store_batch *b, int sync);
+	/* start writing wal (the Raft state: hard state, log, book) atomically with the WAL, synced
+	 * when sync, then state (the state machine's writes, its applied index and the log
+	 * deletions of compaction) atomically with STORE_WRITE_NOWAL; either may be empty; both
+	 * borrowed until craft_write_done, which reports the first failure.  0, or <0 when it could
+	 * not start (then craft_write_done is NOT called: craft retries) */
+	int (*write_start)(void *arg, const struct store_batch *wal,
+			   const struct store_batch *state, int sync);
+	/* write b now, atomically, as mode says (STORE_WRITE_*); 0 or a STORE_E* code */
+	int (*write_now)(void *arg, const struct store_batch *b, int mode);
 	/* digest the cfs of view v into *out (both borrowed until craft_digest_done); 0 or <0 when
 	 * it could not start (then craft_digest_done is NOT called) */
 	int (*digest_start)(void *arg, struct store_view *v, const enum store_cf *cfs, size_t n,

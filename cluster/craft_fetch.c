@@ -188,7 +188,7 @@ craft__fetch_finish(struct craft *c)
 		craft__apply_entry(c, &e, &done);
 		free(buf);
 	}
-	if (c->applied != before && (rv = store_applied_put(&c->next, c->applied)))
+	if (c->applied != before && (rv = store_applied_put(&c->next_state, c->applied)))
 		c->failed = cluster__store_err(rv);
 	if (c->handed < c->applied)
 		c->handed = c->applied;
@@ -355,17 +355,25 @@ craft__fetch_tick(struct craft *c, uint64_t now)
  * state machine is reloaded (empty) and the fetch of the key/values starts.  Committed entries
  * wait in the log until the fetch completes (craft__fetch_finish). */
 /* Installs the snapshot of rd when this node's queue state is already at or past its index
- * (durable): one synced write replaces the log and the snapshot meta, nothing is fetched, and
- * the snapshot counts at once (craft__handle_ready acknowledges it once persisted). */
+ * (applied and written): one synced write records the hard state and drops the log after the
+ * applied index (nothing there is committed here: what the leader sends next replaces it);
+ * nothing is fetched, and the snapshot counts at once (craft__handle_ready acknowledges it
+ * once persisted).  The log up to the applied index stays: the queue state written for it may
+ * be in memtables only (STORE_WRITE_NOWAL), and after a crash the log replays it.  Entries up
+ * to the snapshot's index go with the snapshot meta in the state batch, as a compaction's do;
+ * those after it are committed and the same as the leader's, so appends over them (log_last
+ * 0: no truncation) rewrite them unchanged. */
 static int
 craft__install_have(struct craft *c, const struct raft_ready *rd)
 {
 	struct store_batch *b = &c->next;
 	int rv = craft__hs_put(b, &rd->hs);
 	if (!rv)
-		rv = store_log_delete(b, 1, UINT64_MAX);
+		rv = store_log_delete(b, c->applied + 1, UINT64_MAX);
 	if (!rv)
-		rv = craft__snap_put(b, rd->snap, rd->snap_data, rd->snap_len);
+		rv = craft__snap_put(&c->next_state, rd->snap, rd->snap_data, rd->snap_len);
+	if (!rv)
+		rv = store_log_delete(&c->next_state, 1, rd->snap->index);
 	c->log_last = 0;
 	if (rv) {
 		craft__log(c, "snapshot install: batch error=\"%s\"", store_strerror(rv));
@@ -426,6 +434,9 @@ craft__install(struct craft *c, const struct raft_ready *rd)
 		   c->durable_applied >= rd->snap->index;
 	if (have)
 		return craft__install_have(c, rd);
+	/* the queue writes not yet made are superseded by the wipe below (no write is in flight:
+	 * craft_run holds a snapshot ready back until it completes) */
+	store_batch_clear(&c->next_state);
 	int rv = craft__hs_put(b, &rd->hs);
 	if (!rv)
 		rv = craft__wipe_queue(b);

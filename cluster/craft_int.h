@@ -250,8 +250,10 @@ struct craft {
 
 	int writing, write_sync;
 	uint64_t write_seq, write_applied, write_bytes;
-	struct store_batch wbatch; /* the write in flight */
-	struct store_batch next;   /* the next write */
+	struct store_batch wbatch;     /* the write in flight: its WAL part */
+	struct store_batch wstate;     /* the write in flight: its NOWAL part (store.h) */
+	struct store_batch next;       /* the next write: Raft state (hard state, log, book) */
+	struct store_batch next_state; /* the next write: queue state, applied index, compaction */
 	int next_sync;
 	uint64_t next_seq_persist, next_bytes;
 	int retry_write; /* a write failed: retry at the next tick */

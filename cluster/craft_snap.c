@@ -144,15 +144,17 @@ craft__compact(struct craft *c, struct craft_view *vw)
 	}
 	struct raft_snap_meta meta;
 	raft_snap_meta(c->raft, &meta);
-	size_t blen = c->next.len;
-	unsigned bcount = c->next.count;
-	rv = craft__snap_put(&c->next, &meta, buf, len);
+	/* with the queue state it stands for (store.h: never a log deletion in a WAL write while
+	 * the state it replaces may still be lost) */
+	size_t blen = c->next_state.len;
+	unsigned bcount = c->next_state.count;
+	rv = craft__snap_put(&c->next_state, &meta, buf, len);
 	if (!rv)
-		rv = store_log_delete(&c->next, 1, meta.index);
+		rv = store_log_delete(&c->next_state, 1, meta.index);
 	if (rv) {
 		/* the core compacted; the store keeps the log (replayed at open): harmless */
-		c->next.len = blen;
-		c->next.count = bcount;
+		c->next_state.len = blen;
+		c->next_state.count = bcount;
 		craft__log(c, "snapshot not persisted error=\"%s\"", store_strerror(rv));
 	}
 	c->snap_index = meta.index;

@@ -19,7 +19,12 @@
  *   - disks: io.write_start queues an ordered write, visible and durable when it completes (a
  *     failed write is reported failed: craft retries it); io.write_now is visible at once and
  *     durable at once when synced, else with the next synced write or completion; a crash keeps
- *     the durable writes and a random prefix of the others; a power cut crashes every node;
+ *     the durable writes and a random prefix of the others; a power cut crashes every node.
+ *     Writes without the WAL (STORE_WRITE_NOWAL: the queue state, its applied index, the log
+ *     deletions of compaction) are visible when they complete and durable only once a flush
+ *     (at random times, atomic: every write completed until then, in order) persists them; a
+ *     crash loses those not flushed while keeping the WAL writes made after them, as RocksDB
+ *     with atomic_flush does;
  *   - a wiped disk: the node crashes and restarts with an empty store (a new incarnation) - at
  *     most one node at a time, and only while every other voter is whole (the failure budget
  *     of a 3- or 5-node cluster; a second concurrent disk loss is beyond G1);
@@ -201,12 +206,12 @@ apply_store(struct store *s, const struct store_batch *b, const char *what, int 
 		fail("node %d %s write: %s", idx, what, store_strerror(rv));
 }
 
-/* Makes the writes before k (k included) durable, in order. */
+/* Makes the WAL writes before k (k included) durable, in order (NOWAL ones wait for a flush). */
 static void
 make_durable(struct node *n, size_t k)
 {
 	for (size_t i = 0; i <= k && i < n->npw; i++)
-		if (!n->pw[i].durable && !n->pw[i].fails) {
+		if (!n->pw[i].durable && !n->pw[i].fails && !n->pw[i].nowal) {
 			apply_store(n->dstore, &n->pw[i].b, "durable", n->idx);
 			n->pw[i].durable = 1;
 		}
@@ -376,28 +381,81 @@ io_send_raft(void *arg, const char *name, const struct raft_msg *m)
 	return 0;
 }
 
+/* The Raft state with the WAL, then the queue state without it (edge__work_cb in
+ * cluster_raft.c): a failure of the first writes neither. */
 static int
-io_write_start(void *arg, const struct store_batch *b, int sync)
+io_write_start(void *arg, const struct store_batch *b, const struct store_batch *state, int sync)
 {
 	struct node *n = arg;
 	(void)sync;
+	int fails = !S->healing && chance(S->disk_fail_ppm);
 	struct pw *w = pw_new(n, b);
-	w->started = 1;
-	w->fails = !S->healing && chance(S->disk_fail_ppm);
+	w->started = !state->len;
+	w->fails = fails;
+	if (state->len) {
+		w = pw_new(n, state);
+		w->started = 1;
+		w->fails = fails;
+		w->nowal = 1;
+	}
 	return 0;
 }
 
 static int
-io_write_now(void *arg, const struct store_batch *b, int sync)
+io_write_now(void *arg, const struct store_batch *b, int mode)
 {
 	struct node *n = arg;
 	apply_store(n->vstore, b, "view", n->idx);
 	struct pw *w = pw_new(n, b);
 	w->visible = 1;
 	w->due = S->now; /* never later than what follows */
-	if (sync)
+	w->nowal = mode == STORE_WRITE_NOWAL;
+	if (mode == STORE_WRITE_SYNC)
 		make_durable(n, n->npw - 1);
 	return 0;
+}
+
+/* Remembers a completed write until the next flush. */
+static void
+since_push(struct node *n, const struct store_batch *b)
+{
+	if (n->nsince == n->sincecap) {
+		n->sincecap = n->sincecap ? n->sincecap * 2 : 16;
+		n->since = realloc(n->since, n->sincecap * sizeof(*n->since));
+		if (!n->since)
+			fail("realloc");
+	}
+	struct store_batch *c = &n->since[n->nsince++];
+	store_batch_init(c);
+	if (store_batch_append(c, b))
+		fail("store_batch_append");
+}
+
+static void
+since_clear(struct node *n)
+{
+	for (size_t i = 0; i < n->nsince; i++)
+		store_batch_fini(&n->since[i]);
+	n->nsince = 0;
+}
+
+static struct store *store_clone(struct store *src);
+
+/* An atomic flush: every write completed so far, in order, is on the disk's tables; the disk
+ * then holds that plus the WAL writes made durable but not completed yet. */
+static void
+node_flush(struct node *n)
+{
+	for (size_t i = 0; i < n->nsince; i++)
+		apply_store(n->fstore, &n->since[i], "flush", n->idx);
+	since_clear(n);
+	store_free(n->dstore);
+	n->dstore = store_clone(n->fstore);
+	if (!n->dstore)
+		fail("store_clone");
+	for (size_t i = 0; i < n->npw; i++)
+		if (n->pw[i].durable)
+			apply_store(n->dstore, &n->pw[i].b, "durable", n->idx);
 }
 
 static int
@@ -559,11 +617,17 @@ node_crash(struct node *n, const char *why)
 		return;
 	size_t keep = rnd_n(n->npw + 1);
 	for (size_t i = 0; i < n->npw; i++) {
-		if (!n->pw[i].durable && i < keep && !n->pw[i].fails)
+		if (!n->pw[i].durable && i < keep && !n->pw[i].fails && !n->pw[i].nowal)
 			apply_store(n->dstore, &n->pw[i].b, "crash", n->idx);
 		pw_free(&n->pw[i]);
 	}
 	n->npw = 0;
+	/* what the WAL replays at the next open is flushed then: the disk is all tables again */
+	since_clear(n);
+	store_free(n->fstore);
+	n->fstore = store_clone(n->dstore);
+	if (!n->fstore)
+		fail("store_clone");
 	n->last_due = 0;
 	craft_abandon(n->c);
 	n->c = NULL;
@@ -741,7 +805,8 @@ faults(void)
 			node_crash(n, "disk replaced");
 			n->raft_id = 0; /* a new incarnation when it starts */
 			store_free(n->dstore);
-			if (store_mem_new(&n->dstore))
+			store_free(n->fstore);
+			if (store_mem_new(&n->dstore) || store_mem_new(&n->fstore))
 				fail("store_mem_new");
 			n->wiped = 1;
 			S->n_wipe++;
@@ -838,10 +903,11 @@ sync_disks(void)
 			if (w.fails) {
 				S->n_fail_writes++;
 			} else {
-				if (!w.durable)
+				if (!w.durable && !w.nowal)
 					apply_store(n->dstore, &w.b, "complete", n->idx);
 				if (!w.visible)
 					apply_store(n->vstore, &w.b, "view", n->idx);
+				since_push(n, &w.b);
 			}
 			int started = w.started, failed = w.fails;
 			pw_free(&w);
@@ -852,6 +918,8 @@ sync_disks(void)
 			if (!n->up)
 				break;
 		}
+		if (n->up && n->nsince && chance(S->flush_ppm))
+			node_flush(n);
 		if (n->up && n->digesting && n->digest_due <= S->now) {
 			n->digesting = 0;
 			craft_digest_done(n->c, n->digest_rv);
@@ -998,6 +1066,10 @@ sim_free(void)
 			store_free(n->vstore);
 		if (n->dstore)
 			store_free(n->dstore);
+		if (n->fstore)
+			store_free(n->fstore);
+		since_clear(n);
+		free(n->since);
 	}
 	for (size_t i = 0; i < S->n_net; i++)
 		msg_free(&S->net[i]);
@@ -1067,9 +1139,10 @@ sim_run(const struct opts *o)
 		}
 		n->drift_ppm = (int64_t)rnd_n(2 * SIM_DRIFT_PPM + 1) - SIM_DRIFT_PPM;
 		n->mono_base = rnd_n(1000000);
-		if (store_mem_new(&n->dstore))
+		if (store_mem_new(&n->dstore) || store_mem_new(&n->fstore))
 			fail("store_mem_new");
 	}
+	S->flush_ppm = 2000 + (uint32_t)rnd_n(100000); /* per node per unit: every 10-500 units */
 	struct hso_env env = {.rnd_n = rnd_n,
 			      .fail = fail,
 			      .trace = trace,

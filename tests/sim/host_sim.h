@@ -38,6 +38,7 @@ struct pw {		      /* one write of a node's disk */
 	int visible; /* applied to vstore already (write_now) */
 	int durable; /* applied to dstore already */
 	int fails;   /* completes with STORE_EIO */
+	int nowal;   /* STORE_WRITE_NOWAL: never durable by itself, only by a flush */
 };
 
 struct node {
@@ -46,7 +47,10 @@ struct node {
 	int up;
 	int join; /* started outside its own `peers` (the spare) */
 	struct craft *c;
-	struct store *dstore; /* what the disk holds */
+	struct store *dstore;	   /* what the disk holds: fstore + WAL writes since the flush */
+	struct store *fstore;	   /* what the last (atomic) flush persisted */
+	struct store_batch *since; /* writes completed since the last flush, in order */
+	size_t nsince, sincecap;
 	struct store *vstore; /* what the running process reads (up only) */
 	struct pw *pw;
 	size_t npw, pwcap;
@@ -105,6 +109,7 @@ struct sim {
 	/* knobs */
 	uint32_t drop_ppm, dup_ppm, crash_ppm, part_ppm, power_ppm, wipe_ppm, disk_fail_ppm;
 	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
+	uint32_t flush_ppm; /* an atomic flush of a node's NOWAL writes (host_sim.c node_flush) */
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
 	uint64_t lease_ms;		/* relayd's `lease` on every node */
 	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */

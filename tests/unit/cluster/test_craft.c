@@ -112,11 +112,12 @@ e_send_raft(void *arg, const char *name, const struct raft_msg *m)
 }
 
 static int
-e_write_start(void *arg, const struct store_batch *b, int sync)
+e_write_start(void *arg, const struct store_batch *b, const struct store_batch *state, int sync)
 {
 	struct edge *e = arg;
 	e->writing = 1;
-	return store_write(e->store, b, sync);
+	int rv = store_write(e->store, b, sync);
+	return rv ? rv : store_write(e->store, state, STORE_WRITE_NOWAL);
 }
 
 static int
