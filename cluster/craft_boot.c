@@ -523,6 +523,22 @@ craft__rejoin(struct craft *c, const char *stranger, const void *data, size_t le
 	}
 	if (!c->ppending[i] && c->pinc[i] == j->incarnation)
 		goto out; /* known: the configuration follows (craft__reconcile) */
+	if (!c->ppending[i] && c->pheard_inc[i] == c->pinc[i] && c->last_contact[i] >= 0 &&
+	    now - (uint64_t)c->last_contact[i] < c->election_ms) {
+		/* the incarnation in the book spoke within an election timeout: its process lives,
+		 * so this is a late copy of an older incarnation's Rejoin (or a second process with
+		 * the same name); a replaced disk's new process is admitted once the old one is
+		 * silent (host_sim --nodes 5 --seed 193: a stale Rejoin replaced the live member
+		 * by a dead one, which stayed a learner forever) */
+		if (now - c->bt.log_ms >= CRAFT_BOOT_LOG_MS) {
+			craft__log(c,
+				   "event=rejoin-refused node=%s incarnation=%016" PRIx64
+				   ": incarnation %016" PRIx64 " is alive",
+				   j->node, j->incarnation, c->pinc[i]);
+			c->bt.log_ms = now;
+		}
+		goto out;
+	}
 	if (c->pprop_ms[i] && now - c->pprop_ms[i] < c->retry_ms)
 		goto out;
 	Relay__Peer p = RELAY__PEER__INIT;
