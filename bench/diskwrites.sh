@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# bench/diskwrites.sh: disk bytes written per relayed message (issue 14, target 4: <= 1.5x the
+# message size on a single node and on each node of a cluster).
+#
+#   bash bench/diskwrites.sh                 # single node, then 3 nodes; 20,000 x 4 KiB
+#   MODES=cluster N=50000 bash bench/diskwrites.sh
+#
+# Each relayd runs under a small wrapper that reaps it with wait4(2) and records ru_oublock (the
+# kernel's count of 512-byte blocks the process and all its threads sent to storage: the WAL,
+# flushes, compactions, blob files, the MANIFEST and RocksDB's own log, over the node's whole
+# life, its shutdown flush included).  smtp-source sends N messages of SIZE bytes in SESSIONS
+# parallel sessions; relayd delivers them to smtp-sink (`transport`, no DNS); once every node's
+# queue is empty the nodes get SIGTERM and the wrapper reports.  bytes/msg divides by N and the
+# ratio by SIZE (the body smtp-source sends; the stored message is a few hundred bytes bigger:
+# smtp-source's headers and our Received:).  In the cluster smtp-source talks to the leader.
+# Env: RELAYD, N (20000), SIZE (4096), SESSIONS (50), MODES ("single cluster"), PORT (2561),
+# SINK (2661), CLUSTER_TLS (1), KEEP=1 (keep the data dirs and logs).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+RELAYD=${RELAYD:-$top/build/node/relayd}
+N=${N:-20000}
+SIZE=${SIZE:-4096}
+SESSIONS=${SESSIONS:-50}
+MODES=${MODES:-"single cluster"}
+PORT=${PORT:-2561}
+SINK=${SINK:-2661}
+CLUSTER_TLS=${CLUSTER_TLS:-1}
+KEEP=${KEEP:-0}
+[[ -x $RELAYD ]] || { bash "$top/scripts/build.sh" "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo; RELAYD=$top/build/node/relayd; }
+command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
+work=$(mktemp -d /tmp/relayd-diskwrites.XXXXXX)
+declare -a pids
+sinkpid=
+cleanup() {
+  for p in "${pids[@]:-}" $sinkpid; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ $KEEP == 1 ]]; then echo "# kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# run_reaped OUT CMD...: runs CMD, forwards SIGTERM to it, writes its ru_oublock * 512 to OUT
+run_reaped() {
+  local out=$1; shift
+  /usr/bin/python3 - "$out" "$@" <<'PY' &
+import os, signal, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: p.send_signal(signal.SIGTERM))
+while True:
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+        break
+    except InterruptedError:
+        continue
+with open(sys.argv[1], "w") as f:
+    f.write("%d %d\n" % (ru.ru_oublock * 512, status))
+PY
+}
+
+smtp-sink -u root 127.0.0.1:"$SINK" 1000 >/dev/null 2>&1 &
+sinkpid=$!
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
+wait_listen() { for _ in $(seq 200); do ss -ltn "sport = :$1" | grep -q LISTEN && return 0; sleep 0.05; done; return 1; }
+
+common=(--mynetworks=127.0.0.0/8 --max-connections-per-client=1000
+  --transport=dst.perfbase.test=127.0.0.1:"$SINK" --dns-servers=127.0.0.1:53
+  --max-connections-per-destination=20 --max-deliveries=100 --max-messages-per-connection=1000
+  --retry-base=1s --retry-max=5s --log-level=warn)
+
+run_mode() { # single|cluster
+  local mode=$1 nodes=1 i http
+  pids=()
+  local peers="" certs="$work/certs"
+  if [[ $mode == cluster ]]; then
+    nodes=3
+    peers="d1=127.0.0.1:7461,d2=127.0.0.1:7462,d3=127.0.0.1:7463"
+    [[ $CLUSTER_TLS == 1 && ! -d $certs ]] && bash "$top/scripts/make-cluster-certs.sh" "$certs" d1 d2 d3 >/dev/null
+  fi
+  for i in $(seq $nodes); do
+    local args=(--node-id=d$i --hostname=d$i.relay.test --data-dir="$work/$mode/d$i"
+      --smtp-listen=127.0.0.1:$((PORT + i - 1)) --http-listen=127.0.0.1:$((8460 + i)) "${common[@]}")
+    if [[ $mode == cluster ]]; then
+      args+=(--cluster-listen=127.0.0.1:$((7460 + i)) --peers="$peers")
+      [[ $CLUSTER_TLS == 1 ]] && args+=(--cluster-ca="$certs/ca.crt" --cluster-cert="$certs/d$i.crt" --cluster-key="$certs/d$i.key")
+    fi
+    mkdir -p "$work/$mode"
+    run_reaped "$work/$mode/d$i.io" "$RELAYD" "${args[@]}" 2>>"$work/$mode/d$i.log"
+    pids[$i]=$!
+  done
+  for i in $(seq $nodes); do wait_listen $((PORT + i - 1)) || { tail "$work/$mode"/*.log; exit 1; }; done
+  local target=1
+  if [[ $mode == cluster ]]; then
+    target=0
+    for _ in $(seq 200); do
+      for i in 1 2 3; do [[ "$(metric $((8460 + i)) relay_raft_is_leader)" == 1 ]] && target=$i; done
+      (( target )) && break; sleep 0.1
+    done
+    (( target )) || { tail "$work/$mode"/*.log; exit 1; }
+  fi
+  local t0=$SECONDS
+  smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f s@src.perfbase.test -t r@dst.perfbase.test \
+    127.0.0.1:$((PORT + target - 1))
+  # every node's queue empty (deadline: 10 minutes)
+  local deadline=$((SECONDS + 600)) left
+  while :; do
+    left=0
+    for i in $(seq $nodes); do
+      local q; q=$(metric $((8460 + i)) relay_queue_messages); left=$((left + ${q%.*}))
+    done
+    (( left == 0 )) && break
+    (( SECONDS < deadline )) || { echo "queue not empty after 600 s: $left" >&2; exit 1; }
+    sleep 0.2
+  done
+  local accepted; accepted=$(metric $((8460 + target)) relay_messages_accepted_total)
+  for i in $(seq $nodes); do kill -TERM "${pids[$i]}"; done
+  for i in $(seq $nodes); do wait "${pids[$i]}" || true; done
+  echo "# $mode: $N x $SIZE B in $SESSIONS sessions to d$target, accepted ${accepted%.*}, all delivered in $((SECONDS - t0)) s"
+  for i in $(seq $nodes); do
+    local bytes status; read -r bytes status < "$work/$mode/d$i.io"
+    local du; du=$(du -sb "$work/$mode/d$i" | cut -f1)
+    awk -v m="$mode" -v i="$i" -v b="$bytes" -v n="$N" -v s="$SIZE" -v du="$du" 'BEGIN {
+      printf "%s d%d: %.1f MiB written, %.0f B/msg, ratio %.2f x SIZE (data dir at exit %.1f MiB)\n",
+        m, i, b / 1048576, b / n, b / n / s, du / 1048576 }'
+  done
+}
+for m in $MODES; do run_mode "$m"; done
