@@ -1010,6 +1010,22 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		goto out;
 	}
 
+	/* What is known committed: a replicated node's hard state records its commit index (its
+	 * applied state on disk may lag far behind it: STORE_WRITE_NOWAL, written by flushes), a
+	 * single node's log holds only committed entries (durable is committed with one voter).
+	 * Records changed by entries past it are shown pending_apply: in the log, not known
+	 * committed (a minority's proposals, or a tail the next leader may replace). */
+	uint64_t committed = applied, hc;
+	int crv = cluster__raft_stored_commit(s, &hc);
+	if (crv == 0 && hc > committed)
+		committed = hc;
+	else if (crv == STORE_ENOTFOUND)
+		committed = UINT64_MAX;
+	else if (crv) {
+		rv = cluster__store_err(crv);
+		goto out;
+	}
+
 	/* 1. nothing after the applied index (a clean stop, or a node that wrote its last
 	 * applies): the store is the queue, streamed with constant memory */
 	uint64_t npending = 0;
@@ -1082,8 +1098,8 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 			rv = 0;
 			continue;
 		}
-		int pending =
-		    r->accept_index > applied || (r->has_update_index && r->update_index > applied);
+		int pending = r->accept_index > committed ||
+			      (r->has_update_index && r->update_index > committed);
 		cluster__dump_record(out, r, json, pending, cluster__fsm_owner, fsm);
 		relay__queue_record__free_unpacked(r, NULL);
 	}

@@ -533,6 +533,12 @@ cluster__raft_queue(struct cluster__raft *c)
 	return craft_queue(c->craft);
 }
 
+int
+cluster__raft_stored_commit(struct store *s, uint64_t *commit)
+{
+	return craft_stored_commit(s, commit);
+}
+
 struct store *
 cluster__raft_store(struct cluster__raft *c)
 {

@@ -32,5 +32,8 @@ int cluster__raft_member_remove(struct cluster__raft *r, const char *id, cluster
 int cluster__raft_transfer_leader(struct cluster__raft *r, const char *target,
 				  const char *from_leader);
 struct store *cluster__raft_store(struct cluster__raft *r);
+/* The commit index a replicated node's store records (craft_stored_commit); STORE_ENOTFOUND for
+ * a single node's store. */
+int cluster__raft_stored_commit(struct store *s, uint64_t *commit);
 
 #endif

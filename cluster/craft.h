@@ -177,8 +177,11 @@ struct raft *craft_raft(struct craft *c);
 uint64_t craft_id(const struct craft *c);      /* this node's Raft id */
 uint64_t craft_boot(const struct craft *c);    /* origin_boot of its proposals */
 uint64_t craft_applied(const struct craft *c); /* applied to the queue (memory) */
-int craft_fetching(const struct craft *c);     /* a snapshot's key/values are fetched */
-int craft_failed(const struct craft *c);       /* sticky CLUSTER_E*: apply stopped */
+/* The commit index in a store's Raft hard state (what a node knew committed when it last wrote
+ * it); STORE_ENOTFOUND for a store without one (a single node's). */
+int craft_stored_commit(struct store *s, uint64_t *commit);
+int craft_fetching(const struct craft *c); /* a snapshot's key/values are fetched */
+int craft_failed(const struct craft *c);   /* sticky CLUSTER_E*: apply stopped */
 
 /* Test hook (simulator): take a snapshot now if anything was applied since the last one. */
 void craft_snapshot_now(struct craft *c);

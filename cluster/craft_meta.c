@@ -39,6 +39,16 @@ craft__hs_put(struct store_batch *b, const struct raft_hard_state *hs)
 }
 
 int
+craft_stored_commit(struct store *s, uint64_t *commit)
+{
+	struct raft_hard_state hs;
+	int rv = craft__hs_get(s, &hs);
+	if (!rv)
+		*commit = hs.commit;
+	return rv;
+}
+
+int
 craft__hs_get(struct store *s, struct raft_hard_state *hs)
 {
 	unsigned char *v;
