@@ -10,9 +10,10 @@
 # flushes, compactions, blob files, the MANIFEST and RocksDB's own log, over the node's whole
 # life, its shutdown flush included).  smtp-source sends N messages of SIZE bytes in SESSIONS
 # parallel sessions; relayd delivers them to smtp-sink (`transport`, no DNS); once every node's
-# queue is empty the nodes get SIGTERM and the wrapper reports.  bytes/msg divides by N and the
-# ratio by SIZE (the body smtp-source sends; the stored message is a few hundred bytes bigger:
-# smtp-source's headers and our Received:).  In the cluster smtp-source talks to the leader.
+# queue is empty the nodes get SIGTERM and the wrapper reports.  bytes/msg divides by N; the
+# ratio is to one message as smtp-source sends it (its headers and CRLFs around SIZE bytes of
+# body, measured through a second smtp-sink), and to SIZE.  In the cluster smtp-source talks
+# to the leader.
 # Env: RELAYD, N (20000), SIZE (4096), SESSIONS (50), MODES ("single cluster"), PORT (2561),
 # SINK (2661), CLUSTER_TLS (1), KEEP=1 (keep the data dirs and logs).
 set -euo pipefail
@@ -56,6 +57,23 @@ with open(sys.argv[1], "w") as f:
 PY
 }
 
+# the size of one message as smtp-source sends it (its headers, CRLF line ends), from a copy
+# that a second smtp-sink dumps: the ratio is to this (and to SIZE, the body alone)
+mkdir -p "$work/probe"
+smtp-sink -u root -d "$work/probe/msg.%M%S" 127.0.0.1:$((SINK + 1)) 10 >/dev/null 2>&1 &
+probepid=$!
+for _ in $(seq 100); do ss -ltn "sport = :$((SINK + 1))" | grep -q LISTEN && break; sleep 0.05; done
+smtp-source -s 1 -m 1 -l "$SIZE" -f s@src.perfbase.test -t r@dst.perfbase.test 127.0.0.1:$((SINK + 1))
+for _ in $(seq 100); do compgen -G "$work/probe/msg.*" >/dev/null && break; sleep 0.05; done
+kill $probepid 2>/dev/null || true
+MSG=$(/usr/bin/python3 - "$work"/probe/msg.* <<'PY'
+import sys
+d = open(sys.argv[1], "rb").read()
+m = d[d.index(b"From: "):]  # what smtp-sink adds comes first (X-* and its Received:)
+print(len(m) + m.count(b"\n") - m.count(b"\r\n"))
+PY
+)
+echo "# one message as sent: $MSG bytes (SIZE $SIZE of body)"
 smtp-sink -u root 127.0.0.1:"$SINK" 1000 >/dev/null 2>&1 &
 sinkpid=$!
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
@@ -117,9 +135,9 @@ run_mode() { # single|cluster
   for i in $(seq $nodes); do
     local bytes status; read -r bytes status < "$work/$mode/d$i.io"
     local du; du=$(du -sb "$work/$mode/d$i" | cut -f1)
-    awk -v m="$mode" -v i="$i" -v b="$bytes" -v n="$N" -v s="$SIZE" -v du="$du" 'BEGIN {
-      printf "%s d%d: %.1f MiB written, %.0f B/msg, ratio %.2f x SIZE (data dir at exit %.1f MiB)\n",
-        m, i, b / 1048576, b / n, b / n / s, du / 1048576 }'
+    awk -v m="$mode" -v i="$i" -v b="$bytes" -v n="$N" -v s="$SIZE" -v msg="$MSG" -v du="$du" 'BEGIN {
+      printf "%s d%d: %.1f MiB written, %.0f B/msg, %.2f x the message (%.2f x SIZE; data dir at exit %.1f MiB)\n",
+        m, i, b / 1048576, b / n, b / n / msg, b / n / s, du / 1048576 }'
   done
 }
 for m in $MODES; do run_mode "$m"; done
