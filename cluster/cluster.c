@@ -1010,6 +1010,16 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		goto out;
 	}
 
+	/* 1. nothing after the applied index (a clean stop, or a node that wrote its last
+	 * applies): the store is the queue, streamed with constant memory */
+	uint64_t npending = 0;
+	if ((rv = cluster__dump_pending(s, applied, &npending, &bad)))
+		goto out;
+	if (!npending) {
+		rv = cluster__dump_stream(s, out, json, &bad);
+		goto out;
+	}
+
 	/* What is known committed: a replicated node's hard state records its commit index (its
 	 * applied state on disk may lag far behind it: STORE_WRITE_NOWAL, written by flushes), a
 	 * single node's log holds only committed entries (durable is committed with one voter).
@@ -1023,16 +1033,6 @@ cluster_dump_queue(const char *data_dir, FILE *out, int json)
 		committed = UINT64_MAX;
 	else if (crv) {
 		rv = cluster__store_err(crv);
-		goto out;
-	}
-
-	/* 1. nothing after the applied index (a clean stop, or a node that wrote its last
-	 * applies): the store is the queue, streamed with constant memory */
-	uint64_t npending = 0;
-	if ((rv = cluster__dump_pending(s, applied, &npending, &bad)))
-		goto out;
-	if (!npending) {
-		rv = cluster__dump_stream(s, out, json, &bad);
 		goto out;
 	}
 

@@ -242,7 +242,7 @@ int store_applied_get(struct store *s, uint64_t *index); /* 0 when never set */
 /* ---- backend table (for the backends only) ---- */
 
 struct store_ops {
-	int (*write)(struct store *s, const struct store_batch *b, int sync);
+	int (*write)(struct store *s, const struct store_batch *b, int mode);
 	int (*get)(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
 		   size_t *vlen);
 	int (*iter_new)(struct store *s, enum store_cf cf, struct store_iter **out);

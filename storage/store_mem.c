@@ -124,7 +124,7 @@ store__mem_delete_range(struct store_mem_cf *cf, const unsigned char *b, size_t 
 }
 
 static int
-store__mem_write(struct store *base, const struct store_batch *b, int sync)
+store__mem_write(struct store *base, const struct store_batch *b, int mode)
 {
 	struct store_mem *s = (struct store_mem *)base;
 	size_t pos = 0;

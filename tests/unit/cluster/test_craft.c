@@ -121,11 +121,11 @@ e_write_start(void *arg, const struct store_batch *b, const struct store_batch *
 }
 
 static int
-e_write_now(void *arg, const struct store_batch *b, int sync)
+e_write_now(void *arg, const struct store_batch *b, int mode)
 {
 	struct edge *e = arg;
 	e->writes_now++;
-	return store_write(e->store, b, sync);
+	return store_write(e->store, b, mode);
 }
 
 static int
