@@ -9,10 +9,12 @@
  *   transport_send (loop thread): bound check, frame packed into an nng_msg, appended to the
  *   peer's ring (p->ring, capacity max_queue_per_peer).  If the peer's aio is idle the head is
  *   handed to nng_send_aio on the peer's PUSH socket.  peer_send_cb (NNG thread) counts the
- *   result and hands over the next.  The PUSH socket is unbuffered, so at most one message per
- *   peer sits inside NNG's socket (waiting for a connection) plus one inside the connection.
- *   The ring, the in-flight flag and the counters are under p->mtx; p->mtx is held across
- *   nng_send_aio so that peer_stop() cannot race a resubmission.
+ *   result and hands over the next.  A socket whose connection closed is replaced by a new one
+ *   (peer_renew: NNG 1.5.2's PUSH socket cannot be trusted after that, see peer_pipe_cb); the
+ *   send waiting in it goes back to the head of the ring.  The PUSH socket is unbuffered, so
+ *   at most one message per peer sits inside NNG's socket (waiting for a connection) plus one
+ *   inside the connection.  The ring, the in-flight flag and the counters are under p->mtx;
+ *   p->mtx is held across nng_send_aio so that peer_stop() cannot race a resubmission.
  * Teardown (loop thread): peer_stop() sets closing, stops the aio (waits for its callback),
  * closes the socket (waits for its pipes), frees what is queued.  transport_close() stops the
  * poll before closing the PULL socket (its RECVFD dies with it) and frees the transport in the
@@ -362,13 +364,28 @@ struct queued {
 	size_t len;   /* payload bytes (what the byte bound counts) */
 };
 
+/*
+ * The argument of one peer socket's pipe callbacks.  NNG may still run callbacks of a socket
+ * being closed (peer_renew hands old sockets to a thread of their own), so the argument outlives
+ * the peer's use of the socket: once current is false a callback leaves p alone.  mtx is held
+ * across a callback's use of p, so clearing current waits for one in progress.
+ */
+struct peer_gen {
+	struct peer *p; /* borrowed; not touched once current is false */
+	pthread_mutex_t mtx;
+	bool current;
+};
+
 struct peer {
-	struct transport *t; /* borrowed: the owner */
-	char *id;	     /* owned */
-	char *addr;	     /* owned: "host:port" dialed */
-	nng_socket sock;     /* PUSH, owned; its dialer closes with it */
-	nng_dialer dialer;   /* of sock; re-created by the guard */
-	bool dialing;	     /* dialer is valid (a re-creation can fail; retried) */
+	struct transport *t;  /* borrowed: the owner */
+	char *id;	      /* owned */
+	char *addr;	      /* owned: "host:port" dialed */
+	nng_socket sock;      /* PUSH, owned while dialing; its dialer closes with it */
+	nng_dialer dialer;    /* of sock */
+	struct peer_gen *gen; /* owned while dialing: sock's pipe callback argument */
+	bool dialing;	      /* sock and dialer are valid (an opening can fail; retried) */
+	uint64_t renewals;    /* sockets replaced after a lost connection (loop thread only) */
+	atomic_bool renew;    /* a connection of sock closed: the loop replaces sock */
 	struct dial_watch dw;
 	uint64_t dialer_restarts; /* loop thread only */
 	nng_pipe in_pipe;	  /* the newest connection its frames came in on (loop) */
@@ -382,6 +399,7 @@ struct peer {
 	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
 	unsigned head, n;
 	bool busy;		/* a message is in p->aio */
+	bool retired;		/* nothing is handed to sock: it lost a connection, or none */
 	uint64_t busy_since_ms; /* when it was handed to NNG (mono_ms) */
 	size_t busy_len;	/* its payload bytes */
 	size_t bytes;		/* payload bytes in ring + in flight */
@@ -452,23 +470,57 @@ peer_find(const struct transport *t, const char *id)
 	return NULL;
 }
 
-/* Pipe events on a peer's PUSH socket (NNG thread): count live connections; when the last one
- * closes, wake the loop to tell (transport_down_cb). */
+/*
+ * NNG 1.5.2's PUSH socket keeps the connections that may take a message on a ready list, and a
+ * connection closed while it starts (its peer gone during the handshake, or our dialer closed
+ * then) can be put on that list after its close took it off (nanomsg/nng#1653, fixed in NNG
+ * 1.6.0): once NNG frees it, the socket's next send, or its next connection, touches freed
+ * memory (test_transport_restart died of it in nng_send_aio about once in 15 runs).  A socket
+ * is never trusted after one of its connections went: the connection's REM_POST, which NNG
+ * runs before it frees the connection, stops all handing over to the socket (retired) and
+ * pushes the old dialer's redial out of reach (NNG draws its delay from [0, RECONNMINT), so it
+ * gets TRANSPORT_RETIRED_REDIAL_MS), and the loop replaces the socket with a new one
+ * (peer_renew).  The peer has one dialer, so one connection at a time: a socket's life is one
+ * connection.
+ */
+#define TRANSPORT_RETIRED_REDIAL_MS (24 * 3600 * 1000) /* a redial in 1 ms: odds ~1e-8 */
+
+/* Pipe events on a peer's PUSH socket (NNG thread): count live connections; when one closes,
+ * retire the socket and wake the loop to replace it and to tell (transport_down_cb). */
 static void
 peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
-	struct peer *p = arg;
+	struct peer_gen *g = arg;
+	pthread_mutex_lock(&g->mtx);
+	if (!g->current) { /* a replaced socket's late event */
+		pthread_mutex_unlock(&g->mtx);
+		return;
+	}
+	struct peer *p = g->p;
 	if (ev == NNG_PIPE_EV_ADD_POST) {
 		atomic_fetch_add(&p->pipes, 1);
-	} else if (ev == NNG_PIPE_EV_REM_POST && atomic_fetch_sub(&p->pipes, 1) == 1) {
+	} else if (ev == NNG_PIPE_EV_REM_POST) {
 		struct transport *t = p->t;
-		atomic_store(&p->lost, true);
+		pthread_mutex_lock(&p->mtx);
+		p->retired = true;
+		pthread_mutex_unlock(&p->mtx);
+		/* before NNG starts the redial timer (right after this callback) */
+		nng_dialer d = nng_pipe_dialer(pipe);
+		if (nng_dialer_id(d) > 0)
+			nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RETIRED_REDIAL_MS);
+		/* (a connection rejected after ADD_PRE has a REM_POST and no ADD_POST) */
+		if (atomic_exchange(&p->pipes, 0) > 0)
+			atomic_store(&p->lost, true);
+		atomic_store(&p->renew, true);
 		pthread_mutex_lock(&t->down_mtx);
 		if (t->down_open)
 			uv_async_send(&t->down_async);
 		pthread_mutex_unlock(&t->down_mtx);
 	}
+	pthread_mutex_unlock(&g->mtx);
 }
+
+static int peer_renew(struct peer *p);
 
 /* Loop thread: tell of the peers whose last connection closed and that have none again. */
 static void
@@ -480,6 +532,10 @@ transport_down_cb(uv_async_t *h)
 	for (struct peer *p = t->peers; p != NULL && n < TRANSPORT_MAX_PEERS; p = p->next)
 		if (atomic_exchange(&p->lost, false) && atomic_load(&p->pipes) == 0)
 			snprintf(ids[n++], sizeof(ids[0]), "%s", p->id);
+	for (struct peer *p = t->peers; p != NULL && !t->closing; p = p->next)
+		if (atomic_exchange(&p->renew, false))
+			(void)peer_renew(
+			    p); /* a failure leaves it not dialing: the guard retries */
 	/* the callback may remove peers or close t: ids are copies, closing is checked */
 	for (unsigned i = 0; i < n && !t->closing && t->down_cb != NULL; i++)
 		t->down_cb(t->cb_arg, ids[i]);
@@ -500,7 +556,8 @@ mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Hand the ring's head to NNG.  Called with p->mtx held, !p->busy, p->n > 0, !p->closing. */
+/* Hand the ring's head to NNG.  Called with p->mtx held, !p->busy, p->n > 0, !p->closing,
+ * !p->retired. */
 static void
 peer_submit_locked(struct peer *p)
 {
@@ -520,23 +577,149 @@ peer_send_cb(void *arg)
 {
 	struct peer *p = arg;
 	int rv = nng_aio_result(p->aio);
-	if (rv != 0) {
-		/* On failure the message is still ours. */
-		nng_msg *m = nng_aio_get_msg(p->aio);
+	nng_msg *m = NULL;
+	if (rv != 0) { /* on failure the message is still ours */
+		m = nng_aio_get_msg(p->aio);
 		nng_aio_set_msg(p->aio, NULL);
-		nng_msg_free(m);
 	}
 	pthread_mutex_lock(&p->mtx);
 	if (rv == 0)
 		p->sent++;
 	else if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
 		p->send_errors++;
+	if (m != NULL && p->retired && !p->closing) {
+		/* taken back from a socket being replaced: first for the next one (its slot was
+		   counted as in flight, so the ring has room; its bytes stay counted) */
+		p->head = (p->head + p->t->max_queue - 1) % p->t->max_queue;
+		p->ring[p->head] = (struct queued){.msg = m, .len = p->busy_len};
+		p->n++;
+	} else {
+		nng_msg_free(m);
+		p->bytes -= p->busy_len;
+	}
 	p->busy = false;
-	p->bytes -= p->busy_len;
 	p->busy_len = 0;
-	if (!p->closing && p->n > 0)
+	if (!p->closing && !p->retired && p->n > 0)
 		peer_submit_locked(p);
 	pthread_mutex_unlock(&p->mtx);
+}
+
+static void
+peer_gen_free(struct peer_gen *g)
+{
+	pthread_mutex_destroy(&g->mtx);
+	free(g);
+}
+
+/*
+ * Open the peer's socket and dialer (loop thread; p->retired, !p->dialing) and hand it what
+ * waits.  0, or an error with nothing changed.
+ */
+static int
+peer_open_sock(struct peer *p)
+{
+	struct transport *t = p->t;
+	nng_socket sock;
+	nng_dialer d;
+	struct peer_gen *g = calloc(1, sizeof(*g));
+	if (g == NULL)
+		return TRANSPORT_ENOMEM;
+	if (pthread_mutex_init(&g->mtx, NULL) != 0) {
+		free(g);
+		return TRANSPORT_ENOMEM;
+	}
+	g->p = p;
+	g->current = true;
+	if (nng_push0_open(&sock) != 0) {
+		peer_gen_free(g);
+		return TRANSPORT_ENNG;
+	}
+	nng_pipe_notify(sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, g);
+	nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, g);
+	atomic_store(&p->pipes, 0);
+	int rv = transport__dial_to(sock, t->tls, &t->tlsm, p->id, p->addr, &d);
+	if (rv != 0) {
+		nng_close(sock); /* never connected: nothing for NNG's reaper to wait on */
+		peer_gen_free(g);
+		return rv;
+	}
+	p->gen = g;
+	p->dialer = d;
+	p->dialing = true;
+	p->dw = (struct dial_watch){.attempts = 0, .since_ms = uv_now(t->loop)};
+	pthread_mutex_lock(&p->mtx);
+	p->sock = sock;
+	p->retired = false;
+	p->busy_since_ms = mono_ms(); /* a send taken back waits for the new connection: afresh */
+	if (!p->closing && !p->busy && p->n > 0)
+		peer_submit_locked(p);
+	pthread_mutex_unlock(&p->mtx);
+	return 0;
+}
+
+struct peer_retired {
+	nng_socket sock;
+	struct peer_gen *gen;
+};
+
+static void *
+peer_retired_thread(void *arg)
+{
+	struct peer_retired *r = arg;
+	nng_close(r->sock);
+	peer_gen_free(r->gen); /* no callback of the socket runs after its close */
+	free(r);
+	return NULL;
+}
+
+/*
+ * Take the peer's socket out of use (loop thread; p->dialing): nothing more is handed to it, the
+ * send waiting in it comes back to the ring (peer_send_cb), its callbacks stop reaching p, and
+ * it is closed on a thread of its own (nng_close waits for NNG's reaper, which can hang:
+ * nanomsg/nng#1543).
+ */
+static void
+peer_retire_sock(struct peer *p)
+{
+	pthread_mutex_lock(&p->mtx);
+	p->retired = true;
+	pthread_mutex_unlock(&p->mtx);
+	nng_aio_cancel(p->aio);
+	nng_aio_wait(p->aio); /* its callback ran: the message is back, nothing resubmitted */
+	struct peer_gen *g = p->gen;
+	pthread_mutex_lock(&g->mtx);
+	g->current = false;
+	pthread_mutex_unlock(&g->mtx);
+	p->dialing = false;
+	p->gen = NULL;
+	struct peer_retired *r = malloc(sizeof(*r));
+	pthread_attr_t attr;
+	pthread_t th;
+	if (r != NULL && pthread_attr_init(&attr) == 0) {
+		r->sock = p->sock;
+		r->gen = g;
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		int rv = pthread_create(&th, &attr, peer_retired_thread, r);
+		pthread_attr_destroy(&attr);
+		if (rv == 0)
+			return;
+	}
+	free(r);
+	nng_close(p->sock); /* no thread: on the loop, as a removed peer's is */
+	peer_gen_free(g);
+}
+
+/* Loop thread: replace the peer's socket (see "NNG 1.5.2's PUSH ready list" above).  0, or the
+ * error of the new one's opening (then the peer is not dialing; the guard tries again). */
+static int
+peer_renew(struct peer *p)
+{
+	if (p->dialing)
+		peer_retire_sock(p);
+	int rv = peer_open_sock(p);
+	if (rv == 0)
+		p->renewals++;
+	return rv;
 }
 
 static int
@@ -559,21 +742,12 @@ peer_new(struct transport *t, const char *id, const char *addr, struct peer **ou
 		goto err_after_ring;
 	if (nng_aio_alloc(&p->aio, peer_send_cb, p) != 0)
 		goto err_after_mtx;
-	if (nng_push0_open(&p->sock) != 0) {
-		rv = TRANSPORT_ENNG;
+	p->retired = true;
+	if ((rv = peer_open_sock(p)) != 0)
 		goto err_after_aio;
-	}
-	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
-	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
-	if ((rv = transport__dial_to(p->sock, t->tls, &t->tlsm, id, addr, &p->dialer)) != 0)
-		goto err_after_sock;
-	p->dialing = true;
-	p->dw.since_ms = uv_now(t->loop);
 	*out = p;
 	return 0;
 
-err_after_sock:
-	nng_close(p->sock);
 err_after_aio:
 	nng_aio_free(p->aio);
 err_after_mtx:
@@ -599,7 +773,10 @@ peer_free(struct peer *p)
 	pthread_mutex_unlock(&p->mtx);
 	/* Cancels the in-flight send and waits for peer_send_cb, which does not resubmit. */
 	nng_aio_stop(p->aio);
-	nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
+	if (p->dialing) {
+		nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
+		peer_gen_free(p->gen);
+	}
 	nng_msg *m = nng_aio_get_msg(p->aio);
 	if (m != NULL) /* a submission refused after the stop: still ours */
 		nng_msg_free(m);
@@ -930,20 +1107,20 @@ guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_m
 	bool stalled = send_stalled(connected, busy, busy_ms);
 	if (p->dialing && !stalled && !dial_watch_step(&p->dw, connected, attempts, now_ms))
 		return;
-	if (p->dialing)
-		nng_dialer_close(p->dialer); /* closes its connection too; does not wait */
-	p->dialing = false;
-	pthread_mutex_lock(&p->mtx); /* the stalled send waits for the new connection: afresh */
-	p->busy_since_ms = mono_ms();
-	pthread_mutex_unlock(&p->mtx);
-	int rv = transport__dial_to(p->sock, t->tls, &t->tlsm, p->id, p->addr, &p->dialer);
-	if (rv == 0) {
-		p->dialing = true;
+	bool was_dialing = p->dialing;
+	/* a new socket and dialer: a dialer NNG stopped for good, or a send that stands still
+	   on a connection that cannot be trusted, go with the old socket */
+	int rv = peer_renew(p);
+	if (rv == 0 && was_dialing)
 		p->dialer_restarts++;
-	}
-	p->dw =
-	    (struct dial_watch){.attempts = 0, .since_ms = now_ms}; /* a new dialer counts from 0 */
-	if (stalled)
+	if (!was_dialing) {
+		if (rv == 0)
+			fprintf(
+			    stderr,
+			    "transport: event=peer-socket node=%s peer=%s addr=%s status=dialing "
+			    "(after a failed attempt)\n",
+			    t->node_id, p->id, p->addr);
+	} else if (stalled)
 		fprintf(
 		    stderr,
 		    "transport: event=dialer-restart node=%s peer=%s addr=%s send_stall_ms=%llu "
@@ -1246,7 +1423,7 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 	p->ring[tail] = (struct queued){.msg = m, .len = len};
 	p->n++;
 	p->bytes += len;
-	if (!p->busy)
+	if (!p->busy && !p->retired)
 		peer_submit_locked(p);
 	pthread_mutex_unlock(&p->mtx);
 	return 0;
@@ -1403,6 +1580,7 @@ transport_peer_stats(const struct transport *t, const char *peer_id,
 	out->send_errors = p->send_errors;
 	pthread_mutex_unlock(&p->mtx);
 	out->dialer_restarts = p->dialer_restarts;
+	out->sockets_renewed = p->renewals;
 	out->connected = atomic_load(&p->pipes) > 0;
 	return 0;
 }

@@ -242,6 +242,8 @@ struct transport_peer_stats {
 	uint64_t dropped_full;
 	uint64_t send_errors;
 	uint64_t dialer_restarts; /* its dialer found stuck and re-created */
+	uint64_t sockets_renewed; /* its socket replaced (each lost connection, each re-creation:
+				     NNG 1.5.2's PUSH socket is not trusted after one) */
 };
 int transport_peer_stats(const struct transport *t, const char *peer_id,
 			 struct transport_peer_stats *out);
