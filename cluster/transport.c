@@ -385,6 +385,7 @@ struct peer {
 	struct peer_gen *gen; /* owned while dialing: sock's pipe callback argument */
 	bool dialing;	      /* sock and dialer are valid (an opening can fail; retried) */
 	uint64_t renewals;    /* sockets replaced after a lost connection (loop thread only) */
+	uint64_t renewed_ms;  /* uv_now of the last replacement (loop thread only) */
 	atomic_bool renew;    /* a connection of sock closed: the loop replaces sock */
 	struct dial_watch dw;
 	uint64_t dialer_restarts; /* loop thread only */
@@ -520,7 +521,7 @@ peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	pthread_mutex_unlock(&g->mtx);
 }
 
-static int peer_renew(struct peer *p);
+static void peer_renew_due(struct peer *p);
 
 /* Loop thread: tell of the peers whose last connection closed and that have none again. */
 static void
@@ -533,9 +534,7 @@ transport_down_cb(uv_async_t *h)
 		if (atomic_exchange(&p->lost, false) && atomic_load(&p->pipes) == 0)
 			snprintf(ids[n++], sizeof(ids[0]), "%s", p->id);
 	for (struct peer *p = t->peers; p != NULL && !t->closing; p = p->next)
-		if (atomic_exchange(&p->renew, false))
-			(void)peer_renew(
-			    p); /* a failure leaves it not dialing: the guard retries */
+		peer_renew_due(p);
 	/* the callback may remove peers or close t: ids are copies, closing is checked */
 	for (unsigned i = 0; i < n && !t->closing && t->down_cb != NULL; i++)
 		t->down_cb(t->cb_arg, ids[i]);
@@ -719,7 +718,22 @@ peer_renew(struct peer *p)
 	int rv = peer_open_sock(p);
 	if (rv == 0)
 		p->renewals++;
+	p->renewed_ms = uv_now(p->t->loop);
 	return rv;
+}
+
+/* Loop thread: replace the socket if a connection of it closed, at most once per
+ * TRANSPORT_RECONNECT_MIN_MS (a peer that takes connections and drops them at once must not
+ * spin us; the guard's tick looks again).  A failure leaves the peer not dialing: the guard
+ * retries. */
+static void
+peer_renew_due(struct peer *p)
+{
+	if (!atomic_load(&p->renew) ||
+	    uv_now(p->t->loop) - p->renewed_ms < TRANSPORT_RECONNECT_MIN_MS)
+		return;
+	atomic_store(&p->renew, false);
+	(void)peer_renew(p);
 }
 
 static int
@@ -1154,8 +1168,13 @@ transport_guard_cb(uv_timer_t *h)
 	if (nng_stats_get(&root) != 0)
 		return;
 	guard_listener(t, root, now_ms);
-	for (struct peer *p = t->peers; p != NULL; p = p->next)
+	for (struct peer *p = t->peers; p != NULL; p = p->next) {
+		if (atomic_load(&p->renew)) { /* a lost connection: replaced when due */
+			peer_renew_due(p);
+			continue;
+		}
 		guard_dialer(t, p, root, now_ms);
+	}
 	nng_stats_free(root);
 }
 
