@@ -4,6 +4,9 @@
 #
 #   bash bench/diskwrites.sh                 # single node, then 3 nodes; 20,000 x 4 KiB
 #   MODES=cluster N=50000 bash bench/diskwrites.sh
+#   DEFER_S=120 bash bench/diskwrites.sh     # a deferred backlog: the destination is down
+#                                            # until DEFER_S seconds after the last message
+#   DEFER_S=120 DEFER_HOW=4xx bash bench/diskwrites.sh  # ... or answers RCPT with 450
 #
 # Each relayd runs under a small wrapper that reaps it with wait4(2) and records ru_oublock (the
 # kernel's count of 512-byte blocks the process and all its threads sent to storage: the WAL,
@@ -14,8 +17,15 @@
 # ratio is to one message as smtp-source sends it (its headers and CRLFs around SIZE bytes of
 # body, measured through a second smtp-sink), and to SIZE.  In the cluster smtp-source talks
 # to the leader.
+# With DEFER_S > 0 the messages first stay queued until DEFER_S seconds after smtp-source is
+# done: no sink listens (DEFER_HOW=down, a receiver that is down: the destination's backoff
+# defers its whole backlog at once) or smtp-sink answers RCPT with 450 (DEFER_HOW=4xx, smtp-sink
+# -r rcpt: every recipient deferred by its own Outcome at each retry).  Retries come every
+# 1-5 s (--retry-base/--retry-max below, far more often than the defaults) and RocksDB flushes
+# the queue meanwhile, so bodies go to blob files; then a sink that accepts takes over.  The
+# count covers the deferrals and the later delivery.
 # Env: RELAYD, N (20000), SIZE (4096), SESSIONS (50), MODES ("single cluster"), PORT (2561),
-# SINK (2661), CLUSTER_TLS (1), KEEP=1 (keep the data dirs and logs).
+# SINK (2661), CLUSTER_TLS (1), DEFER_S (0), KEEP=1 (keep the data dirs and logs).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 RELAYD=${RELAYD:-$top/build/node/relayd}
@@ -27,6 +37,9 @@ PORT=${PORT:-2561}
 SINK=${SINK:-2661}
 CLUSTER_TLS=${CLUSTER_TLS:-1}
 KEEP=${KEEP:-0}
+DEFER_S=${DEFER_S:-0}
+DEFER_HOW=${DEFER_HOW:-down}
+[[ $DEFER_HOW == down || $DEFER_HOW == 4xx ]] || { echo "DEFER_HOW: down or 4xx" >&2; exit 2; }
 [[ -x $RELAYD ]] || { bash "$top/scripts/build.sh" "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo; RELAYD=$top/build/node/relayd; }
 command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
 work=$(mktemp -d /tmp/relayd-diskwrites.XXXXXX)
@@ -74,8 +87,14 @@ print(len(m) + m.count(b"\n") - m.count(b"\r\n"))
 PY
 )
 echo "# one message as sent: $MSG bytes (SIZE $SIZE of body)"
-smtp-sink -u root 127.0.0.1:"$SINK" 1000 >/dev/null 2>&1 &
-sinkpid=$!
+start_sink() { # [down | smtp-sink options]: the destination, on SINK
+  [[ -n $sinkpid ]] && { kill "$sinkpid" 2>/dev/null || true; wait "$sinkpid" 2>/dev/null || true; }
+  sinkpid=
+  [[ ${1:-} == down ]] && return 0
+  smtp-sink -u root "$@" 127.0.0.1:"$SINK" 1000 >/dev/null 2>&1 &
+  sinkpid=$!
+}
+start_sink
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
 wait_listen() { for _ in $(seq 200); do ss -ltn "sport = :$1" | grep -q LISTEN && return 0; sleep 0.05; done; return 1; }
 
@@ -115,8 +134,17 @@ run_mode() { # single|cluster
     (( target )) || { tail "$work/$mode"/*.log; exit 1; }
   fi
   local t0=$SECONDS
+  if (( DEFER_S > 0 )); then
+    if [[ $DEFER_HOW == down ]]; then start_sink down; else start_sink -r rcpt; fi
+  fi
   smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f s@src.perfbase.test -t r@dst.perfbase.test \
     127.0.0.1:$((PORT + target - 1))
+  if (( DEFER_S > 0 )); then # a benchmark phase of fixed length, not a wait for a condition
+    sleep "$DEFER_S"
+    local dq; dq=$(metric $((8460 + target)) relay_queue_messages)
+    echo "# $mode: $N messages deferred ($DEFER_HOW) for $DEFER_S s after the last one (${dq%.*} queued at the end)"
+    start_sink
+  fi
   # every node's queue empty (deadline: 10 minutes)
   local deadline=$((SECONDS + 600)) left
   while :; do
@@ -131,7 +159,7 @@ run_mode() { # single|cluster
   local accepted; accepted=$(metric $((8460 + target)) relay_messages_accepted_total)
   for i in $(seq $nodes); do kill -TERM "${pids[$i]}"; done
   for i in $(seq $nodes); do wait "${pids[$i]}" || true; done
-  echo "# $mode: $N x $SIZE B in $SESSIONS sessions to d$target, accepted ${accepted%.*}, all delivered in $((SECONDS - t0)) s"
+  echo "# $mode: $N x $SIZE B in $SESSIONS sessions to d$target, accepted ${accepted%.*}, all delivered in $((SECONDS - t0)) s (deferred first: ${DEFER_S} s, $DEFER_HOW)"
   for i in $(seq $nodes); do
     local bytes status; read -r bytes status < "$work/$mode/d$i.io"
     local du; du=$(du -sb "$work/$mode/d$i" | cut -f1)
