@@ -1,7 +1,8 @@
 /*
- * transport_int.h - inside the transport unit (transport.c, transport_admin.c): what the peer
- * transport and the admin endpoint share, addresses and TLS material over NNG.  Nothing outside
- * cluster/transport*.c includes it (the unit is the one home of <nng/...>: tests/layout).
+ * transport_int.h - inside the transport unit (transport.c, transport_admin.c, transport_ep.c):
+ * what the peer transport and the admin endpoint share, addresses and TLS material over NNG
+ * (transport_ep.c).  Nothing outside cluster/transport*.c includes it (the unit is the one
+ * home of <nng/...>: tests/layout).
  */
 #ifndef RELAY_TRANSPORT_INT_H
 #define RELAY_TRANSPORT_INT_H
@@ -11,6 +12,9 @@
 #include <nng/nng.h>
 
 #define TRANSPORT_URL_MAX 300
+/* How long a bounded close (and transport_close) waits for NNG's socket close before leaving it
+ * behind. */
+#define TRANSPORT_CLOSE_WAIT_MS 3000
 
 /* The PEM material of one endpoint, read at open.  All owned; NULL when TLS is off. */
 struct tls_material {

@@ -28,8 +28,9 @@ ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
     'rocksdb/': {'storage/store_rocksdb.c'},
     # the transport unit: peers (transport.c), the admin endpoint (transport_admin.c) and what
-    # they share (transport_int.h)
-    'nng/': {'cluster/transport.c', 'cluster/transport_admin.c', 'cluster/transport_int.h'},
+    # they share (transport_int.h, transport_ep.c)
+    'nng/': {'cluster/transport.c', 'cluster/transport_admin.c', 'cluster/transport_ep.c',
+             'cluster/transport_int.h'},
     # node/crypto.c: DKIM's keys, signatures and SHA-256 (issue 13); node/tls.c: TLS
     'openssl/': {'node/tls.c', 'node/crypto.c'},
     'ares': {'node/delivery/resolver.c'},
