@@ -834,7 +834,7 @@ probe_stop(struct transport *t)
  * Close the listener and listen again on the port it had.  Closing it closes the connections
  * it accepted (their peers redial) and the ones NNG held back from it.
  * Known gaps (NNG 1.5.2): the held-back connections are never freed (~75 KB and a descriptor
- * each; tests/unit/lsan-nng-tls.supp); and closing an accepted connection at the instant it
+ * each; tests/lsan-nng.supp, entry 1); and closing an accepted connection at the instant it
  * resubmits a partial receive can wedge NNG's reaper, as nng_close can (nanomsg/nng#1543).
  * Both only when a listener has stopped accepting, which is worse.
  */
