@@ -428,45 +428,59 @@ craft__apply_peer(struct craft *c, uint64_t index, const Relay__Peer *p)
 	}
 	uint64_t inc = p->has_incarnation ? p->incarnation : 0;
 	int pending = !p->has_incarnation && p->has_incarnation_pending && p->incarnation_pending;
+	/* What a command does depends only on what the log set: a local entry (from `peers`, or
+	 * discovered from a member's Hello reply; other nodes may lack it or know it differently)
+	 * counts as no entry, and a command that applies to it replaces it whole, as a snapshot's
+	 * book does (craft__book_replace).  So does this node's own entry once marked left (the
+	 * others keep a tombstone for it). */
+	int logged = i >= 0 && !c->plocal[i] && c->pstate[i] != RELAY__PEER_STATE__PEER_LEFT;
 	switch (p->state) {
 	case RELAY__PEER_STATE__PEER_ACTIVE:
+		if (!logged && !*addr)
+			return CLUSTER_EBADADDR;
+		craft__tomb_del(c, p->node); /* a local entry may hide one */
 		if (i < 0) {
-			if (!*addr)
-				return CLUSTER_EBADADDR;
 			if ((i = craft__book_add(c, p->node, addr, p->state, 0, inc, pending)) < 0)
 				return CLUSTER_EFULL;
-			craft__tomb_del(c, p->node);
-		} else {
-			craft__tomb_del(c, p->node); /* as above: a local entry may hide one */
-			craft__book_set_addr(c, (size_t)i, addr);
-			if ((size_t)i == c->self) {
-				if (!pending && inc != c->inc)
-					craft__log(c,
-						   "index=%" PRIu64 " event=replaced node=%s "
-						   "incarnation=%016" PRIx64 " (this process is "
-						   "%016" PRIx64 ": it leaves the configuration)",
-						   index, p->node, inc, c->inc);
-			} else if (!pending && (c->ppending[i] || c->pinc[i] != inc)) {
-				if (!c->ppending[i])
-					c->pprev[i] = c->pinc[i];
+			break;
+		}
+		craft__book_set_addr(c, (size_t)i, addr);
+		if ((size_t)i == c->self) {
+			if (!pending && inc != c->inc)
+				craft__log(c,
+					   "index=%" PRIu64 " event=replaced node=%s "
+					   "incarnation=%016" PRIx64 " (this process is %016" PRIx64
+					   ": it leaves the configuration)",
+					   index, p->node, inc, c->inc);
+		} else if (!logged) {
+			c->pprev[i] = 0;
+			if (pending) {
+				c->ppending[i] = 1;
+				c->pinc[i] = 0;
+				c->peers[i].id = 0;
+			} else {
 				craft__book_set_inc(c, (size_t)i, inc);
 			}
+		} else if (!pending && (c->ppending[i] || c->pinc[i] != inc)) {
+			if (!c->ppending[i])
+				c->pprev[i] = c->pinc[i];
+			craft__book_set_inc(c, (size_t)i, inc);
 		}
+		if (!logged)
+			c->psince[i] = 0;
 		break;
 	case RELAY__PEER_STATE__PEER_LEAVING:
-		if (i < 0)
+		if (!logged)
 			return CLUSTER_ENOMEMBER;
 		break;
 	default:
-		if (i < 0)
-			return 0;
-		if ((size_t)i != c->self) {
-			craft__log(c, "index=%" PRIu64 " event=peer node=%s state=left", index,
-				   p->node);
+		if (i >= 0 && (size_t)i == c->self)
+			break; /* this node stays in its own book, marked left */
+		craft__log(c, "index=%" PRIu64 " event=peer node=%s state=left", index, p->node);
+		if (i >= 0)
 			craft__book_del(c, (size_t)i);
-			craft__tomb_add(c, p->node, index);
-			i = -1;
-		}
+		craft__tomb_add(c, p->node, index);
+		i = -1;
 		break;
 	}
 	if (i >= 0) {
@@ -603,7 +617,17 @@ craft__book_replace(struct craft *c, const struct craft_book *bk, struct store_b
 		const struct craft_book_ent *e = &bk->e[k];
 		int i = craft__peer_by_name(c, e->node);
 		if (e->state == RELAY__PEER_STATE__PEER_LEFT) {
-			if (i < 0 && c->n_tomb < CRAFT_TOMBS)
+			/* as craft__apply_peer leaves it: this node marked left in its own book,
+			 * any other node's local entry gone behind its tombstone */
+			if (i >= 0 && (size_t)i == c->self) {
+				c->pstate[i] = e->state;
+				c->plocal[i] = 0;
+				c->psince[i] = e->since;
+				continue;
+			}
+			if (i >= 0)
+				craft__book_del(c, (size_t)i);
+			if (c->n_tomb < CRAFT_TOMBS)
 				craft__tomb_add(c, e->node, e->since);
 			continue;
 		}

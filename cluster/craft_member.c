@@ -290,6 +290,10 @@ craft_member_remove(struct craft *c, const char *id, cluster_propose_cb cb, void
 	raft_status(c->raft, &rs);
 	if (raft_conf_is_voter(&rs.conf, c->peers[i].id) && rs.conf.n_voters == 1)
 		return CLUSTER_EINVAL; /* the last voter */
+	if (c->plocal[i] && !craft__member_since(c, id) && !c->ppending[i] && c->peers[i].addr[0])
+		/* a bootstrap member only configs know yet: a LEAVING applies only to what the log
+		 * set (craft__apply_peer), so its publication goes first, in the same order */
+		craft__publish_peer(c, (size_t)i);
 	return craft__propose_peer(c, id, "", RELAY__PEER_STATE__PEER_LEAVING, cb, arg);
 }
 

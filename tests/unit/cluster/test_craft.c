@@ -406,6 +406,154 @@ test_peer_expectations(void **state)
 	store_free(e.store);
 }
 
+/* What the log set for node in c's book, as text: two nodes that applied the same commands must
+ * agree on it whatever each knew locally (from `peers` or a Hello reply) beforehand. */
+static void
+book_sig(struct craft *c, const char *node, char *out, size_t n)
+{
+	int i = craft__peer_by_name(c, node);
+	if (i >= 0 && !c->plocal[i])
+		snprintf(out, n, "%s state=%u since=%llu inc=%s%llx prev=%llx addr=%s member_since=%llu",
+			 node, c->pstate[i], (unsigned long long)c->psince[i],
+			 c->ppending[i] ? "pending:" : "", (unsigned long long)c->pinc[i],
+			 (unsigned long long)c->pprev[i], c->peers[i].addr,
+			 (unsigned long long)craft__member_since(c, node));
+	else
+		snprintf(out, n, "%s none member_since=%llu", node,
+			 (unsigned long long)craft__member_since(c, node));
+}
+
+static void
+same_books(struct craft *a, struct craft *b, const char *when)
+{
+	static const char *nodes[] = {"n3", "n4", "n5"};
+	for (size_t k = 0; k < sizeof(nodes) / sizeof(nodes[0]); k++) {
+		char sa[256], sb[256];
+		book_sig(a, nodes[k], sa, sizeof(sa));
+		book_sig(b, nodes[k], sb, sizeof(sb));
+		if (strcmp(sa, sb))
+			fail_msg("%s: the books differ\n  n1: %s\n  n2: %s", when, sa, sb);
+	}
+}
+
+/* Applies one Peer command on both nodes: the same status, the same book after. */
+static int
+apply_both(struct craft *a, struct craft *b, uint64_t index, const char *node, const char *addr,
+	   unsigned state, int has_inc, uint64_t inc, int local, const char *when)
+{
+	Relay__Peer p = RELAY__PEER__INIT;
+	p.node = (char *)node;
+	p.addr = (char *)addr;
+	p.state = (Relay__PeerState)state;
+	if (state == RELAY__PEER_STATE__PEER_ACTIVE) {
+		if (has_inc) {
+			p.has_incarnation = 1;
+			p.incarnation = inc;
+		} else {
+			p.has_incarnation_pending = 1;
+			p.incarnation_pending = 1;
+		}
+	}
+	if (local) {
+		p.has_local = 1;
+		p.local = 1;
+	}
+	/* what its proposer expects: the entry the log set, which both nodes agree on */
+	p.has_expect_since_index = !local;
+	p.expect_since_index = craft__member_since(a, node);
+	int ra = craft__apply_peer(a, index, &p), rb = craft__apply_peer(b, index, &p);
+	if (ra != rb)
+		fail_msg("%s: n1 says %s, n2 says %s", when, cluster_strerror(ra),
+			 cluster_strerror(rb));
+	same_books(a, b, when);
+	return ra;
+}
+
+/* A Peer command's effect depends only on what the log set: n1 knows n4 locally (discovered
+ * from a Hello reply, with the incarnation its frames carried) and n3 from `peers`; n2 knows
+ * neither.  Before, a LEAVING made n1's local entry a logged one n2 never had, a LEFT left a
+ * tombstone on n1 only, and an add kept n1's heard incarnation where n2 waited for one. */
+static void
+test_peer_local_entries(void **state)
+{
+	(void)state;
+	struct edge ea = {0}, eb = {0};
+	assert_int_equal(store_mem_new(&ea.store), 0);
+	assert_int_equal(store_mem_new(&eb.store), 0);
+	struct craft *a = open_craft(&ea, "n1"), *b = open_craft(&eb, "n2");
+	const unsigned ACT = RELAY__PEER_STATE__PEER_ACTIVE,
+		       LEAVE = RELAY__PEER_STATE__PEER_LEAVING, LEFT = RELAY__PEER_STATE__PEER_LEFT;
+	assert_true(craft__book_add(a, "n4", "127.0.0.1:4", ACT, 1, 0x44, 0) >= 0);
+	craft__book_del(b, (size_t)craft__peer_by_name(b, "n3"));
+	same_books(a, b, "start");
+	/* a LEAVING for a member the log never set: no member, on both */
+	assert_int_equal(apply_both(a, b, 10, "n4", "", LEAVE, 0, 0, 0, "leaving n4"),
+			 CLUSTER_ENOMEMBER);
+	/* an add with an empty address: refused on both */
+	assert_int_equal(apply_both(a, b, 11, "n4", "", ACT, 1, 0x44, 0, "add n4, no address"),
+			 CLUSTER_EBADADDR);
+	/* a LEFT: a tombstone on both */
+	assert_int_equal(apply_both(a, b, 12, "n4", "", LEFT, 0, 0, 0, "n4 left"), 0);
+	assert_int_equal(craft__member_since(b, "n4"), 12);
+	assert_int_equal(craft__peer_by_name(a, "n4"), -1);
+	/* n1 discovers n4 again: the tombstone still rules on n1 */
+	assert_true(craft__book_add(a, "n4", "127.0.0.1:4", ACT, 1, 0x44, 0) >= 0);
+	same_books(a, b, "n4 discovered again");
+	/* relayctl node add n4 (its incarnation pending): pending on both, n1's heard one gone */
+	assert_int_equal(apply_both(a, b, 20, "n4", "127.0.0.1:44", ACT, 0, 0, 0, "add n4"), 0);
+	/* n4 announces itself */
+	assert_int_equal(apply_both(a, b, 21, "n4", "127.0.0.1:44", ACT, 1, 0x45, 0, "n4 inc"), 0);
+	/* the leader publishes n3 (known from `peers` only) with an incarnation n1 heard
+	 * differently: the same entry on both, no replaced incarnation on n1 */
+	int i3 = craft__peer_by_name(a, "n3");
+	craft__book_set_inc(a, (size_t)i3, 0x33);
+	assert_int_equal(apply_both(a, b, 30, "n3", "127.0.0.1:3", ACT, 1, 0x34, 1, "publish n3"),
+			 0);
+	/* from now on n3 is logged on both: LEAVING and LEFT apply on both */
+	assert_int_equal(apply_both(a, b, 31, "n3", "", LEAVE, 0, 0, 0, "leaving n3"), 0);
+	assert_int_equal(apply_both(a, b, 32, "n3", "", LEFT, 0, 0, 0, "n3 left"), 0);
+	/* a LEFT for a node nobody knew: a tombstone on both (a later add must expect it) */
+	assert_int_equal(apply_both(a, b, 40, "n5", "", LEFT, 0, 0, 0, "n5 left"), 0);
+	assert_int_equal(craft__member_since(a, "n5"), 40);
+	close_craft(&ea, a);
+	close_craft(&eb, b);
+	store_free(ea.store);
+	store_free(eb.store);
+}
+
+/* A snapshot's book marks n4 left: a local entry for it goes, its tombstone comes, as if the
+ * LEFT had applied here. */
+static void
+test_book_replace_left(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	assert_true(craft__book_add(c, "n4", "127.0.0.1:4", RELAY__PEER_STATE__PEER_ACTIVE, 1,
+				    0x44, 0) >= 0);
+	struct craft_book bk = {0};
+	bk.n = 2;
+	snprintf(bk.e[0].node, sizeof(bk.e[0].node), "n2");
+	snprintf(bk.e[0].addr, sizeof(bk.e[0].addr), "127.0.0.1:2");
+	bk.e[0].state = RELAY__PEER_STATE__PEER_ACTIVE;
+	bk.e[0].inc = 0x22;
+	bk.e[0].since = 5;
+	snprintf(bk.e[1].node, sizeof(bk.e[1].node), "n4");
+	bk.e[1].state = RELAY__PEER_STATE__PEER_LEFT;
+	bk.e[1].since = 9;
+	struct store_batch b;
+	store_batch_init(&b);
+	assert_int_equal(craft__book_replace(c, &bk, &b), 0);
+	store_batch_fini(&b);
+	assert_int_equal(craft__peer_by_name(c, "n4"), -1);
+	assert_int_equal(craft__member_since(c, "n4"), 9);
+	int i2 = craft__peer_by_name(c, "n2");
+	assert_true(i2 >= 0 && !c->plocal[i2] && c->psince[i2] == 5 && c->pinc[i2] == 0x22);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
 /* Issue 11, section 4: a snapshot fetch records the serving node's applied index (8 here), past
  * what this node's log holds as committed (5): at the next open the core must not take entries
  * 6..8 of its own log as committed (they may be a deposed leader's, to be replaced), while the
@@ -672,6 +820,8 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_raft_id_incarnation),
 	    cmocka_unit_test(test_identity),
 	    cmocka_unit_test(test_peer_expectations),
+	    cmocka_unit_test(test_peer_local_entries),
+	    cmocka_unit_test(test_book_replace_left),
 	    cmocka_unit_test(test_foreign_cluster),
 	    cmocka_unit_test(test_applied_past_commit_case),
 	    cmocka_unit_test(test_forward_expired),
