@@ -16,7 +16,8 @@
 # silent without closing its connections (FAILOVERS_SILENT times).
 # Env: RELAYD, PORT (default 2541), SINK (2626), BASELINE, WORKLOADS/CONCS/REPS passed through,
 # FAILOVERS (default 20; 0 skips), FAILOVERS_SILENT (SIGSTOP instead of SIGKILL, default 10; 0
-# skips), CLUSTER_TLS (default 1), LOG_LEVEL (relayd's, default warn), KEEP=1 (keep the data dirs
+# skips), LATENCY_S (seconds of load at half the peak, default 20; 0 skips), HALF_RATE (its
+# msg/s; default half the measured peak), CLUSTER_TLS (default 1), LOG_LEVEL (relayd's, default warn), KEEP=1 (keep the data dirs
 # and node logs).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +28,7 @@ SINK=${SINK:-2626}
 TARGET=${TARGET:-follower}
 FAILOVERS=${FAILOVERS:-20}
 FAILOVERS_SILENT=${FAILOVERS_SILENT:-10}
+LATENCY_S=${LATENCY_S:-20}
 LOG_LEVEL=${LOG_LEVEL:-warn}
 KEEP=${KEEP:-0}
 CLUSTER_TLS=${CLUSTER_TLS:-1}
@@ -78,7 +80,7 @@ L=$(leader) || { tail "$work"/c*.log; exit 1; }
 T=$L
 [[ $TARGET == follower ]] && T=$(( L % 3 + 1 ))
 echo "# leader c$L, smtp-source -> c$T (127.0.0.1:$((PORT + T - 1))), cluster TLS: $CLUSTER_TLS"
-bash "$BASELINE" --also "relayd-3node:$((PORT + T - 1)):$SINK:${pids[$L]}"
+bash "$BASELINE" --also "relayd-3node:$((PORT + T - 1)):$SINK:${pids[$L]}" | tee "$work/baseline.out"
 # end of DATA -> 250 on the target node, from its relay_proposal_latency_seconds histogram (all
 # runs, warm-up included): the bucket bounds that hold the 50th and 99th percentiles
 curl -s "http://127.0.0.1:$((8450 + T))/metrics" | python3 -c '
@@ -89,6 +91,21 @@ n = b[-1][1] if b else 0
 q = lambda f: next((le for le, c in b if c >= f * n), float("inf"))
 print("# latency end of DATA -> 250 on c%s: n=%d p50 <= %g ms, p99 <= %g ms" % (sys.argv[1], n, q(0.5) * 1000, q(0.99) * 1000))
 ' "$T"
+
+# end of DATA -> 250 at half the peak (issue 14 part 6): bench/latency.py offers HALF_RATE msg/s
+# (default: half the relayd-3node median accept rate the baseline just measured) open loop for
+# LATENCY_S seconds over 20 sessions to the same node; client-side percentiles, and the node's
+# own histogram for that run alone
+if (( LATENCY_S > 0 )); then
+  rate=${HALF_RATE:-$(awk '$1 == "relayd-3node" && $6 == "|" { printf "%.0f", $7 / 2; exit }' "$work/baseline.out")}
+  if [[ -n $rate ]] && (( rate > 0 )); then
+    echo "# latency at half the peak: $rate msg/s for $LATENCY_S s into c$T"
+    /usr/bin/python3 "$top/bench/latency.py" "127.0.0.1:$((PORT + T - 1))" "$rate" "$LATENCY_S" \
+      --conns 20 --size 4096 --metrics "http://127.0.0.1:$((8450 + T))/metrics" || true
+  else
+    echo "# latency at half the peak: no relayd-3node accept rate in the baseline's table; set HALF_RATE"
+  fi
+fi
 
 # failover_once SIG OUT: signal the leader (KILL: its process dies, its connections close;
 # STOP: its host goes silent, nothing closes) while a client sends one message at a time to a
