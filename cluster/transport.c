@@ -240,10 +240,10 @@ struct transport {
 	nng_listener listener;		     /* of pull; re-created by the guard */
 	bool listening;			     /* listener is valid (re-creation retried) */
 	struct listen_watch lw;
-	nng_socket probe;	 /* PUSH, owned once opened: probes dial our own listener */
+	nng_socket probe;	 /* PUSH, one per probe: it dials our own listener */
 	nng_dialer probe_dialer; /* of probe, while probing */
-	bool probe_sock_open, probing;
-	atomic_int probe_connected; /* id of the last probe dialer that got a connection */
+	bool probing;		 /* probe, probe_dialer and probe_gen are valid */
+	struct probe_gen *probe_gen; /* what probe's callbacks write (freed with the socket) */
 	uv_timer_t guard;	    /* every TRANSPORT_GUARD_TICK_MS */
 	uint64_t listener_probes, listener_restarts, stale_inbound_closed;
 	int handles; /* uv handles not yet closed (poll, guard, down); the last close frees t */
@@ -790,44 +790,101 @@ probe_addr(const struct transport *t, char *buf, size_t size)
 	snprintf(buf, size, "%s:%d", h, t->port);
 }
 
-/* A probe got its connection (NNG thread). */
+/*
+ * What a probe socket's callbacks (NNG threads) report to the loop.  Each probe has a socket of
+ * its own, for the reason a peer socket lives one connection (see "NNG 1.5.2's PUSH ready
+ * list" above): a probe connection that closes as it starts could be left on the socket's
+ * ready list after NNG freed it, and the next connection of that socket would be appended
+ * behind it.  So a probe whose connection closes dials again on a fresh socket, and the old
+ * one is closed on a thread of its own (nng_close waits for NNG's reaper: nanomsg/nng#1543);
+ * its callbacks write here, freed only after that close returns.
+ */
+struct probe_gen {
+	atomic_bool connected; /* a connection of this socket was added */
+	atomic_bool lost;      /* ... and one was removed */
+};
+
 static void
 probe_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
-	struct transport *t = arg;
-	atomic_store(&t->probe_connected, nng_dialer_id(nng_pipe_dialer(pipe)));
+	(void)pipe;
+	struct probe_gen *g = arg;
+	if (ev == NNG_PIPE_EV_ADD_POST)
+		atomic_store(&g->connected, true);
+	else
+		atomic_store(&g->lost, true);
 }
 
-/*
- * A dialer of ours on our listener, so that a listener that accepts counts one.  The probe
- * socket (PUSH) is opened once and closed with the transport (nng_close waits for pipes and
- * must stay off the loop); a probe is a dialer on it, and nng_dialer_close does not wait.
- */
+struct probe_retired {
+	nng_socket sock;
+	struct probe_gen *gen;
+};
+
+static void *
+probe_retired_thread(void *arg)
+{
+	struct probe_retired *r = arg;
+	nng_close(r->sock);
+	free(r->gen); /* no callback of the socket runs after its close */
+	free(r);
+	return NULL;
+}
+
+/* A dialer of ours on our listener, on a socket of its own, so that a listener that accepts
+ * counts one. */
 static int
 probe_start(struct transport *t)
 {
 	char addr[TRANSPORT_URL_MAX + 16];
-	if (!t->probe_sock_open) {
-		if (nng_push0_open(&t->probe) != 0)
-			return TRANSPORT_ENNG;
-		nng_pipe_notify(t->probe, NNG_PIPE_EV_ADD_POST, probe_pipe_cb, t);
-		t->probe_sock_open = true;
+	struct probe_gen *g = calloc(1, sizeof(*g));
+	if (g == NULL)
+		return TRANSPORT_ENOMEM;
+	atomic_init(&g->connected, false);
+	atomic_init(&g->lost, false);
+	nng_socket sock;
+	if (nng_push0_open(&sock) != 0) {
+		free(g);
+		return TRANSPORT_ENNG;
 	}
+	nng_pipe_notify(sock, NNG_PIPE_EV_ADD_POST, probe_pipe_cb, g);
+	nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, probe_pipe_cb, g);
 	probe_addr(t, addr, sizeof(addr));
 	/* no server name: our cert names our id, and any cert of the cluster CA will do */
-	int rv = transport__dial_to(t->probe, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
-	if (rv == 0)
-		t->probing = true;
-	return rv;
+	int rv = transport__dial_to(sock, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
+	if (rv != 0) {
+		nng_close(sock); /* no connection was ever made: nothing for the reaper to wait on */
+		free(g);
+		return rv;
+	}
+	t->probe = sock;
+	t->probe_gen = g;
+	t->probing = true;
+	return 0;
 }
 
-/* End a probe (loop thread): its dialer and connection go, the socket stays. */
+/* End a probe (loop thread): its socket is closed off the loop, and its callbacks' target
+ * freed after. */
 static void
 probe_stop(struct transport *t)
 {
-	if (t->probing)
-		nng_dialer_close(t->probe_dialer);
+	if (!t->probing)
+		return;
 	t->probing = false;
+	struct probe_retired *r = malloc(sizeof(*r));
+	pthread_attr_t attr;
+	pthread_t th;
+	if (r != NULL && pthread_attr_init(&attr) == 0) {
+		r->sock = t->probe;
+		r->gen = t->probe_gen;
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		int rv = pthread_create(&th, &attr, probe_retired_thread, r);
+		pthread_attr_destroy(&attr);
+		if (rv == 0)
+			return;
+	}
+	free(r);
+	nng_close(t->probe); /* no thread: on the loop */
+	free(t->probe_gen);
 }
 
 /*
@@ -886,8 +943,15 @@ guard_listener(struct transport *t, nng_stat *root, uint64_t now_ms)
 	if (st == NULL) /* NNG without statistics: no guard */
 		return;
 	uint64_t other = stat_count(st, "other"), accepts = stat_count(st, "accept");
-	bool probe_up =
-	    t->probing && atomic_load(&t->probe_connected) == nng_dialer_id(t->probe_dialer);
+	if (t->probing && atomic_load(&t->probe_gen->lost)) {
+		/* the probe's connection closed (our listener's restart, or NNG): dial again on a
+		 * fresh socket, the watch unchanged */
+		probe_stop(t);
+		int rv = probe_start(t);
+		fprintf(stderr, "transport: event=probe-redial node=%s status=%s\n", t->node_id,
+			rv == 0 ? "dialing" : transport_strerror(rv));
+	}
+	bool probe_up = t->probing && atomic_load(&t->probe_gen->connected);
 	switch (listen_watch_step(&t->lw, other, accepts, probe_up, now_ms)) {
 	case LISTEN_OK:
 		return;
@@ -998,7 +1062,6 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	struct transport *t = calloc(1, sizeof(*t));
 	if (t == NULL)
 		return TRANSPORT_ENOMEM;
-	atomic_init(&t->probe_connected, 0);
 	pthread_mutex_init(&t->down_mtx, NULL); /* destroyed where t is freed */
 	t->loop = loop;
 	t->cb = cb;
@@ -1205,8 +1268,11 @@ transport_closed_cb(uv_handle_t *h)
 static void
 transport_close_nng(struct transport *t)
 {
-	if (t->probe_sock_open)
+	if (t->probing) {
 		nng_close(t->probe);
+		free(t->probe_gen);
+		t->probing = false;
+	}
 	nng_close(t->pull);
 	while (t->peers != NULL) {
 		struct peer *p = t->peers;
