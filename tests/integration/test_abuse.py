@@ -439,19 +439,24 @@ class AbuseTest(RelayTestCase):
         def plain(user, pw):
             return "PLAIN " + base64.b64encode(b"\0" + user.encode() + b"\0" + pw.encode()).decode()
 
-        # the timing of a wrong password and of an unknown user: the same scheme and cost
-        s = session("127.0.0.103")
-        t0 = time.monotonic()
-        self.assertEqual(s.docmd("AUTH", plain("alice", "wrong"))[0], 535)
-        known = time.monotonic() - t0
-        s.close()
-        s = session("127.0.0.104")
-        t0 = time.monotonic()
-        self.assertEqual(s.docmd("AUTH", plain("nobody", "wrong"))[0], 535)
-        unknown = time.monotonic() - t0
-        s.close()
-        print("AUTH wrong password %.3fs, unknown user %.3fs" % (known, unknown))
-        self.assertGreater(unknown, known * 0.3)
+        # the timing of a wrong password and of an unknown user: the same scheme and cost.
+        # The checks run at nice +10 (auth_pool.h), so a test running beside this one (ctest
+        # -j2) can stretch any one of them several times over (a CI run measured 0.843 s for
+        # the wrong password and 0.119 s for the unknown user, 0.9 s each in the run before):
+        # three of each, interleaved, each client within its 3 failures a minute, and the
+        # fastest of each compared (the cost of the check itself)
+        sk, su = session("127.0.0.103"), session("127.0.0.104")
+        known, unknown = [], []
+        for _ in range(3):
+            for s, user, out in ((sk, "alice", known), (su, "nobody", unknown)):
+                t0 = time.monotonic()
+                self.assertEqual(s.docmd("AUTH", plain(user, "wrong"))[0], 535)
+                out.append(time.monotonic() - t0)
+        sk.close()
+        su.close()
+        print("AUTH wrong password %s s, unknown user %s s" % (
+            " ".join("%.3f" % x for x in known), " ".join("%.3f" % x for x in unknown)))
+        self.assertGreater(min(unknown), min(known) * 0.3)
 
         # one client: 3 failures a minute, then 454 without a check
         s = session(STRANGER)
@@ -461,7 +466,7 @@ class AbuseTest(RelayTestCase):
         code, text = s.docmd("AUTH", plain("alice", "right password"))
         self.assertEqual(code, 454, text)
         self.assertIn(b"4.7.0", text)
-        self.assertLess(time.monotonic() - t0, known / 2 + 0.05)  # no crypt ran
+        self.assertLess(time.monotonic() - t0, sorted(known)[1] / 2 + 0.05)  # no crypt ran
         s.close()
         self.reject_logged(node, "auth_failures_per_minute", "AUTH")
 
