@@ -137,7 +137,8 @@ smtp_server__arm_timer(struct conn *c)
 	uint64_t t = c->prop != NULL   ? cfg->propose_timeout_ms
 		     : conn_in_data(c) ? cfg->data_timeout_ms
 				       : cfg->command_timeout_ms;
-	if (c->prop == NULL && c->in_msg) {
+	/* in_msg is from the last feed; a reply since (the message's result) may have ended it */
+	if (c->prop == NULL && c->in_msg && c->sess != NULL && smtp_session_in_message(c->sess)) {
 		const char *kind;
 		uint64_t now = uv_now(c->srv->loop), dl = conn_msg_deadline(c, &kind);
 		if (dl <= now)
@@ -560,6 +561,7 @@ conn_timer_cb(uv_timer_t *t)
 		c->busy = false;
 		smtp_session_message_result(c->sess, 451, "4.3.0",
 					    "Queue did not answer in time, try again later");
+		smtp_server__arm_timer(c); /* the next command's timeout (this timer has fired) */
 		if (c->shutdown_after_message)
 			smtp_session_shutdown(c->sess);
 		smtp_server__conn_process(c);

@@ -138,6 +138,10 @@ propose_cb(void *arg, int status)
 			smtp_session_message_result(c->sess, 451, "4.3.0",
 						    "Queue unavailable, try again later");
 		}
+		/* the propose timer is still armed: the client's next command has its own
+		 * timeout from this reply (an answer just before propose_timeout was followed by a
+		 * spurious 421 "timeout exceeded" when that timer fired: test_minority, ASan) */
+		smtp_server__arm_timer(c);
 		if (c->shutdown_after_message)
 			smtp_session_shutdown(c->sess);
 		smtp_server__conn_process(c);

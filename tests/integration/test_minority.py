@@ -46,6 +46,7 @@ MARGIN = 1.5            # seconds over propose_timeout a 451 may take on a loade
 ELECTION = 0.5          # election_timeout (heartbeat 50 ms)
 WAVE = 3                # messages sent at once in each wave
 DEADLINE = 30           # seconds for a leader, readiness, convergence
+COMMAND_TIMEOUT = 4.0   # seconds (command_timeout)
 
 
 def metric(addr, name):
@@ -78,6 +79,7 @@ class MinorityTest(RelayTestCase):
                             election_timeout="%dms" % (ELECTION * 1000),
                             heartbeat_interval="50ms",
                             propose_timeout="%dms" % (PROPOSE_TIMEOUT * 1000),
+                            command_timeout="%dms" % (COMMAND_TIMEOUT * 1000),
                             retry_base="1h", retry_max="1h", **tls[name])
             n.wrap = self.net.argv(i, [])
             self.cl.append(n)
@@ -120,6 +122,31 @@ class MinorityTest(RelayTestCase):
             code, msg = s.getreply()
             dt = time.monotonic() - t0
         return code, msg.decode(errors="replace"), dt, sender
+
+    def idle_after_451(self, i):
+        """A client that stays silent after its 451: the server's next words are the 421 of
+        command_timeout, counted from the 451 (not sooner: a cluster failure that came just
+        before propose_timeout was followed at once by a second reply, the propose timer's
+        421; not never: after the propose timer's own 451 no timer was left)."""
+        self.seq += 1
+        with smtplib.SMTP(self.net.addr(i), 2525,
+                          timeout=PROPOSE_TIMEOUT + COMMAND_TIMEOUT + 30) as s:
+            s.ehlo("client.test")
+            self.assertEqual(s.mail("minority-%d@client.test" % self.seq)[0], 250)
+            self.assertEqual(s.rcpt("rcpt@dest.test")[0], 250)
+            self.assertEqual(s.docmd("DATA")[0], 354)
+            s.send(b"Subject: idle\r\n\r\nx\r\n.\r\n")
+            code, msg = s.getreply()
+            self.assertEqual(code, 451, msg)
+            t0 = time.monotonic()
+            code, msg = s.getreply()
+            dt = time.monotonic() - t0
+            s.sock.close()
+            s.sock = None
+        print("idle after 451: %d %s after %.2fs" % (code, msg.decode(errors="replace"), dt))
+        self.assertEqual(code, 421, msg)
+        self.assertGreater(dt, COMMAND_TIMEOUT - 0.5, "a second reply soon after the 451")
+        self.assertLess(dt, COMMAND_TIMEOUT + MARGIN, "command_timeout did not apply")
 
     def send_wave(self, i, tag, n):
         """n messages to node i at once; their results."""
@@ -166,6 +193,7 @@ class MinorityTest(RelayTestCase):
             wait_for(lambda: metric(self.net.addr(victim), "relay_raft_has_leader") == 0,
                      DEADLINE, "%s (cut off) to lose its leader" % name, interval=0.1)
             results += self.send_wave(victim, "wave2", WAVE - 1)
+            self.idle_after_451(victim)
             # meanwhile the majority has a leader and accepts
             lead = self.leader_of(rest)
             code, msg, _, ok_sender = self.send(lead, "majority")
