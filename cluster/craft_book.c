@@ -159,6 +159,15 @@ craft__book_set_inc(struct craft *c, size_t i, uint64_t inc)
 	c->peers[i].id = cluster_peer_raft_id_inc(c->peers[i].name, inc);
 }
 
+/* Slot i's incarnation is not known yet (no Raft id until it announces one). */
+static void
+craft__book_set_pending(struct craft *c, size_t i)
+{
+	c->ppending[i] = 1;
+	c->pinc[i] = 0;
+	c->peers[i].id = 0;
+}
+
 /* Adds a member to the book; its index, or -1 when the book is full.  pending: its incarnation
  * is not known yet (no Raft id). */
 int
@@ -455,9 +464,7 @@ craft__apply_peer(struct craft *c, uint64_t index, const Relay__Peer *p)
 		} else if (!logged) {
 			c->pprev[i] = 0;
 			if (pending) {
-				c->ppending[i] = 1;
-				c->pinc[i] = 0;
-				c->peers[i].id = 0;
+				craft__book_set_pending(c, (size_t)i);
 			} else {
 				craft__book_set_inc(c, (size_t)i, inc);
 			}
@@ -639,9 +646,7 @@ craft__book_replace(struct craft *c, const struct craft_book *bk, struct store_b
 			continue;
 		if ((size_t)i != c->self) {
 			if (e->pending) {
-				c->ppending[i] = 1;
-				c->pinc[i] = 0;
-				c->peers[i].id = 0;
+				craft__book_set_pending(c, (size_t)i);
 			} else if (c->ppending[i] || c->pinc[i] != e->inc) {
 				craft__book_set_inc(c, (size_t)i, e->inc);
 			}

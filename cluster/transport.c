@@ -460,19 +460,50 @@ peer_open_sock(struct peer *p)
 	return 0;
 }
 
-struct peer_retired {
+/* A socket taken out of use and what its callbacks write (freed by fin once it is closed). */
+struct sock_retired {
 	nng_socket sock;
-	struct peer_gen *gen;
+	void (*fin)(void *);
+	void *arg;
 };
 
 static void *
-peer_retired_thread(void *arg)
+sock_retired_thread(void *arg)
 {
-	struct peer_retired *r = arg;
+	struct sock_retired *r = arg;
 	nng_close(r->sock);
-	peer_gen_free(r->gen); /* no callback of the socket runs after its close */
+	r->fin(r->arg); /* no callback of the socket runs after its close */
 	free(r);
 	return NULL;
+}
+
+/* Closes sock on a thread of its own (nng_close waits for NNG's reaper, which can hang:
+ * nanomsg/nng#1543), then fin(arg); on the calling thread when no thread can be had. */
+static void
+sock_retire(nng_socket sock, void (*fin)(void *), void *arg)
+{
+	struct sock_retired *r = malloc(sizeof(*r));
+	pthread_attr_t attr;
+	pthread_t th;
+	if (r != NULL && pthread_attr_init(&attr) == 0) {
+		r->sock = sock;
+		r->fin = fin;
+		r->arg = arg;
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		int rv = pthread_create(&th, &attr, sock_retired_thread, r);
+		pthread_attr_destroy(&attr);
+		if (rv == 0)
+			return;
+	}
+	free(r);
+	nng_close(sock);
+	fin(arg);
+}
+
+static void
+peer_gen_fin(void *g)
+{
+	peer_gen_free(g);
 }
 
 /*
@@ -495,21 +526,7 @@ peer_retire_sock(struct peer *p)
 	pthread_mutex_unlock(&g->mtx);
 	p->dialing = false;
 	p->gen = NULL;
-	struct peer_retired *r = malloc(sizeof(*r));
-	pthread_attr_t attr;
-	pthread_t th;
-	if (r != NULL && pthread_attr_init(&attr) == 0) {
-		r->sock = p->sock;
-		r->gen = g;
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		int rv = pthread_create(&th, &attr, peer_retired_thread, r);
-		pthread_attr_destroy(&attr);
-		if (rv == 0)
-			return;
-	}
-	free(r);
-	nng_close(p->sock); /* no thread: on the loop, as a removed peer's is */
-	peer_gen_free(g);
+	sock_retire(p->sock, peer_gen_fin, g);
 }
 
 /* Loop thread: replace the peer's socket (see "NNG 1.5.2's PUSH ready list" above).  0, or the
@@ -815,21 +832,6 @@ probe_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 		atomic_store(&g->lost, true);
 }
 
-struct probe_retired {
-	nng_socket sock;
-	struct probe_gen *gen;
-};
-
-static void *
-probe_retired_thread(void *arg)
-{
-	struct probe_retired *r = arg;
-	nng_close(r->sock);
-	free(r->gen); /* no callback of the socket runs after its close */
-	free(r);
-	return NULL;
-}
-
 /* A dialer of ours on our listener, on a socket of its own, so that a listener that accepts
  * counts one. */
 static int
@@ -870,21 +872,7 @@ probe_stop(struct transport *t)
 	if (!t->probing)
 		return;
 	t->probing = false;
-	struct probe_retired *r = malloc(sizeof(*r));
-	pthread_attr_t attr;
-	pthread_t th;
-	if (r != NULL && pthread_attr_init(&attr) == 0) {
-		r->sock = t->probe;
-		r->gen = t->probe_gen;
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		int rv = pthread_create(&th, &attr, probe_retired_thread, r);
-		pthread_attr_destroy(&attr);
-		if (rv == 0)
-			return;
-	}
-	free(r);
-	nng_close(t->probe); /* no thread: on the loop */
-	free(t->probe_gen);
+	sock_retire(t->probe, free, t->probe_gen);
 }
 
 /*
