@@ -112,6 +112,7 @@ async def run(a):
     port = int(port)
     total = int(a.rate * a.seconds)
     body = (b"Subject: latency\r\n\r\n" + b"x" * 76 + b"\r\n") * max(1, a.size // 78)
+    envelope = ("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (a.mail_from, a.rcpt_to)).encode()
     lat, lags, errors = [], [], []
     queue = asyncio.Queue()
     t0 = time.monotonic() + 0.5
@@ -139,9 +140,12 @@ async def run(a):
                 break
             lags.append((time.monotonic() - due) * 1000)
             try:
-                await s.cmd("MAIL FROM:<%s>" % a.mail_from, 250)
-                await s.cmd("RCPT TO:<%s>" % a.rcpt_to, 250)
-                await s.cmd("DATA", 354)
+                # PIPELINING (RFC 2920), as MTAs send: the envelope and DATA in one write
+                s.w.write(envelope)
+                for want in (250, 250, 354):
+                    code, full = await s.reply()
+                    if code != want:
+                        raise RuntimeError("envelope: " + full.decode(errors="replace").strip())
                 s.w.write(body + b".\r\n")
                 await s.w.drain()
                 t = time.monotonic()
