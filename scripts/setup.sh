@@ -29,6 +29,8 @@ PKGS=(
   libsisimai-perl
   # TLS profile checks of the SMTP listener (tests/integration/test_abuse.py)
   testssl.sh sslscan
+  # bench/latency.py's event loop (a lighter load generator on the relay's two cores)
+  python3-uvloop
 )
 # deploy/validate runs on Node.js (>= 18) with npm.  Debian 12's nodejs and npm do; a machine
 # whose npm comes from elsewhere (e.g. a newer Node.js) keeps it.
