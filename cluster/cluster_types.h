@@ -46,6 +46,12 @@ enum cluster_errno {
 #define CLUSTER_DEFAULT_HEARTBEAT_MS 100u
 #define CLUSTER_DEFAULT_PROPOSE_FAIL_MS 60000u
 #define CLUSTER_DEFAULT_SNAPSHOT_ENTRIES 8192u
+/* Raft's in-memory log holds at most CLUSTER_LOG_ENTRIES entries (beyond: proposals refused), and
+ * a snapshot is taken at most CLUSTER_MAX_SNAPSHOT_ENTRIES applied entries after the last one, so
+ * the log is compacted long before it fills.  A larger snapshot_entries, once allowed up to
+ * 1,000,000, stopped a cluster for good at 65,536 entries: the log full, nothing compacted. */
+#define CLUSTER_LOG_ENTRIES 65536u
+#define CLUSTER_MAX_SNAPSHOT_ENTRIES (CLUSTER_LOG_ENTRIES / 2)
 #define CLUSTER_MAX_PEERS 16u /* members of one cluster (RAFT_MAX_NODES) */
 #define CLUSTER_ID_MAX 63u    /* bytes in a node id */
 #define CLUSTER_ADDR_MAX 255u /* bytes in a member's "host:port" */

@@ -971,6 +971,12 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	    cfg->snap_chunk_bytes ? cfg->snap_chunk_bytes : CRAFT_SNAP_CHUNK_BYTES;
 	c->snapshot_entries =
 	    cfg->snapshot_entries ? cfg->snapshot_entries : CLUSTER_DEFAULT_SNAPSHOT_ENTRIES;
+	if (c->snapshot_entries > CLUSTER_MAX_SNAPSHOT_ENTRIES) {
+		craft__log(c, "snapshot_entries %u is above %u: %u used (the in-memory log holds %u)",
+			   c->snapshot_entries, CLUSTER_MAX_SNAPSHOT_ENTRIES,
+			   CLUSTER_MAX_SNAPSHOT_ENTRIES, CLUSTER_LOG_ENTRIES);
+		c->snapshot_entries = CLUSTER_MAX_SNAPSHOT_ENTRIES;
+	}
 	c->nbuckets = 1024;
 	while (c->nbuckets < c->max_pending)
 		c->nbuckets <<= 1;
@@ -998,6 +1004,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	    .check_quorum = !cfg->no_check_quorum,
 	    .max_msg_bytes = cfg->max_msg_bytes,
 	    .max_inflight = cfg->max_inflight,
+	    .max_log_entries = CLUSTER_LOG_ENTRIES,
 	    .rng_seed = c->io.random64(c->io.arg),
 	    .defer_snapshot_ack = true,
 	};

@@ -242,8 +242,13 @@ craft__maybe_snapshot(struct craft *c)
 	if (c->have_held || c->failed || c->closing || c->fetch.active || c->digesting)
 		return;
 	uint64_t since = c->snap_index > c->snap_tried ? c->snap_index : c->snap_tried;
+	/* the in-memory log (CLUSTER_LOG_ENTRIES at most: beyond, proposals are refused, nothing is
+	 * applied, and an interval counted from a failed attempt would never come) filling up:
+	 * try again whatever the interval says */
+	int filling = c->applied >= c->snap_index + CLUSTER_MAX_SNAPSHOT_ENTRIES +
+					CLUSTER_MAX_SNAPSHOT_ENTRIES / 2;
 	if (c->applied < since + c->snapshot_entries &&
-	    !(c->applied > since && c->applied_bytes >= CRAFT_SNAPSHOT_LOG_BYTES))
+	    !(c->applied > since && c->applied_bytes >= CRAFT_SNAPSHOT_LOG_BYTES) && !filling)
 		return;
 	if (c->durable_applied <= c->snap_index)
 		return; /* the store has nothing newer yet */

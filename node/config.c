@@ -205,8 +205,9 @@ static const struct config_key config_keys[] = {
      "Raft election timeout: a follower that hears no leader for this long (randomized up to twice it) starts an election."},
     {"heartbeat_interval", CT_DURATION, OFF(heartbeat_interval_ms), "100ms", 10, 10000,
      "Raft leader heartbeat interval and tick (at most half the election_timeout)."},
-    {"snapshot_entries", CT_UINT, OFF(snapshot_entries), "8192", 16, 1000000,
-     "Raft log entries applied between two snapshots of the queue (log compaction; also after 256 MiB of applied entries). Snapshots are streamed: no size bound."},
+    /* max: CLUSTER_MAX_SNAPSHOT_ENTRIES (cluster/cluster_types.h) */
+    {"snapshot_entries", CT_UINT, OFF(snapshot_entries), "8192", 16, 32768,
+     "Raft log entries applied between two snapshots of the queue (log compaction; also after 256 MiB of applied entries). At most 32768: the in-memory Raft log holds 65536 entries. Snapshots are streamed: no size bound."},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -559,7 +560,12 @@ config_set(struct relay_config *cfg, const char *name, const char *value, const 
 					   source, k->name, value);
 	range:
 		if (num < k->min || num > k->max)
-			return config_fail("%s: %s: %s is out of range", source, k->name, value);
+			return config_fail("%s: %s: %s is out of range (%llu..%llu%s)", source,
+					   k->name, value, (unsigned long long)k->min,
+					   (unsigned long long)k->max,
+					   k->type == CT_DURATION ? " ms"
+					   : k->type == CT_SIZE	  ? " bytes"
+								  : "");
 		*(uint64_t *)field = num;
 		return 0;
 	case CT_LIST:

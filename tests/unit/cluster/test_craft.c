@@ -137,6 +137,7 @@ e_digest(void *arg, struct store_view *v, const enum store_cf *cfs, size_t n,
 }
 
 static bool open_auto_join; /* craft_config.auto_join of the next open_craft */
+static unsigned open_snapshot_entries; /* craft_config.snapshot_entries of the next open_craft */
 
 static struct craft *
 open_craft(struct edge *e, const char *self)
@@ -164,7 +165,8 @@ open_craft(struct edge *e, const char *self)
 				   .cluster_listen = listen,
 				   .peers = peers,
 				   .n_peers = 3,
-				   .auto_join = open_auto_join};
+				   .auto_join = open_auto_join,
+				   .snapshot_entries = open_snapshot_entries};
 	struct craft *c = NULL;
 	int rv = craft_open(&cfg, e->store, &io, &c);
 	if (rv)
@@ -596,6 +598,35 @@ test_applied_past_commit_case(void **state)
 /* Frames carry the sender's cluster id: another cluster's are dropped (counted); 0 (a node that
  * knows none yet: discovering, or a store from before cluster ids) passes; so do unknown
  * senders not (the transport admits only members, craft checks again). */
+/* snapshot_entries above CLUSTER_MAX_SNAPSHOT_ENTRIES is used as that (logged), and the core's
+ * in-memory log holds twice as many entries: a snapshot comes long before the log fills (a
+ * larger interval stopped a cluster for good at 65,536 entries: the log full, proposals refused,
+ * nothing compacted). */
+static void
+test_snapshot_entries_bound(void **state)
+{
+	(void)state;
+	static const unsigned cases[][2] = {
+	    {0, CLUSTER_DEFAULT_SNAPSHOT_ENTRIES},
+	    {16, 16},
+	    {CLUSTER_MAX_SNAPSHOT_ENTRIES, CLUSTER_MAX_SNAPSHOT_ENTRIES},
+	    {CLUSTER_MAX_SNAPSHOT_ENTRIES + 1, CLUSTER_MAX_SNAPSHOT_ENTRIES},
+	    {1000000, CLUSTER_MAX_SNAPSHOT_ENTRIES},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct edge e = {0};
+		assert_int_equal(store_mem_new(&e.store), 0);
+		open_snapshot_entries = cases[i][0];
+		struct craft *c = open_craft(&e, "n1");
+		open_snapshot_entries = 0;
+		assert_int_equal(c->snapshot_entries, cases[i][1]);
+		assert_int_equal(c->rcfg.max_log_entries, CLUSTER_LOG_ENTRIES);
+		assert_true(c->rcfg.max_log_entries >= 2 * c->snapshot_entries);
+		close_craft(&e, c);
+		store_free(e.store);
+	}
+}
+
 static void
 test_foreign_cluster(void **state)
 {
@@ -822,6 +853,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_peer_expectations),
 	    cmocka_unit_test(test_peer_local_entries),
 	    cmocka_unit_test(test_book_replace_left),
+	    cmocka_unit_test(test_snapshot_entries_bound),
 	    cmocka_unit_test(test_foreign_cluster),
 	    cmocka_unit_test(test_applied_past_commit_case),
 	    cmocka_unit_test(test_forward_expired),

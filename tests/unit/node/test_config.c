@@ -128,6 +128,9 @@ test_keys_and_errors(void **state)
 	assert_int_equal(cfg.relay_domains.n, 2);
 	assert_string_equal(cfg.relay_domains.v[0], "example.com");
 	/* errors name the key and the source */
+	assert_int_equal(config_set(&cfg, "snapshot_entries", "32768", "t"), 0);
+	assert_int_not_equal(config_set(&cfg, "snapshot_entries", "32769", "t"), 0);
+	assert_non_null(strstr(config_error(), "snapshot_entries"));
 	assert_int_not_equal(config_set(&cfg, "max_errors", "0", "file:3"), 0);
 	assert_non_null(strstr(config_error(), "max_errors"));
 	assert_non_null(strstr(config_error(), "file:3"));
