@@ -262,6 +262,7 @@ struct craft {
 	uint64_t log_last;		   /* highest log index put in a batch */
 	uint64_t applied;		   /* applied to the state machine (memory) */
 	uint64_t durable_applied;	   /* applied state written */
+	uint64_t synced_applied; /* applied state on disk through the WAL or a load: a crash keeps it */
 	uint64_t snap_index;		   /* latest snapshot (ours or installed) */
 	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
 	uint64_t applied_bytes;		   /* entry bytes applied since then */

@@ -167,6 +167,7 @@ craft__load(struct craft *c)
 	if ((srv = store_applied_get(c->store, &c->applied)))
 		return cluster__store_err(srv);
 	c->durable_applied = c->applied;
+	c->synced_applied = c->applied; /* read from the disk: what a crash keeps */
 	if (rv == STORE_ENOTFOUND) {
 		struct queue_counts qc;
 		queue_fsm_counts(c->fsm, &qc);
