@@ -109,6 +109,8 @@ craft__book_move(struct craft *c, size_t dst, size_t src)
 	c->pinc[dst] = c->pinc[src];
 	c->ppending[dst] = c->ppending[src];
 	c->pprev[dst] = c->pprev[src];
+	c->pserved[dst] = c->pserved[src];
+	c->pserved_ms[dst] = c->pserved_ms[src];
 	c->psince[dst] = c->psince[src];
 	c->pheard_inc[dst] = c->pheard_inc[src];
 	c->pheard_id[dst] = c->pheard_id[src];
@@ -188,6 +190,7 @@ craft__book_add(struct craft *c, const char *name, const char *addr, unsigned st
 	c->plocal[i] = (uint8_t)local;
 	c->pprop_ms[i] = 0;
 	c->pprev[i] = 0;
+	c->pserved[i] = c->pserved_ms[i] = 0;
 	c->psince[i] = 0;
 	c->pheard_inc[i] = 0;
 	c->pheard_id[i] = 0;

@@ -203,6 +203,9 @@ struct craft {
 	uint64_t pinc[CLUSTER_MAX_PEERS];	/* incarnation (peers[i].id derives from it) */
 	uint8_t ppending[CLUSTER_MAX_PEERS];	/* incarnation not known yet (id 0) */
 	uint64_t pprev[CLUSTER_MAX_PEERS];	/* the incarnation it replaced (0: none) */
+	/* the index of the view this node last served it a chunk of, and when (0: none): it
+	 * continues from that index once its fetch is done (craft__retain) */
+	uint64_t pserved[CLUSTER_MAX_PEERS], pserved_ms[CLUSTER_MAX_PEERS];
 	uint64_t psince[CLUSTER_MAX_PEERS];	/* index of the Peer command that set it */
 	uint64_t pheard_inc[CLUSTER_MAX_PEERS]; /* the incarnation its frames carry (0: none) */
 	uint64_t pheard_id[CLUSTER_MAX_PEERS];	/* the Raft id it derives (0: none heard) */
@@ -267,7 +270,7 @@ struct craft {
 	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
 	uint64_t applied_bytes;		   /* entry bytes applied since then */
 	uint64_t log_bytes;		   /* entry bytes applied since the last compaction */
-	int retaining;			   /* leader: a compaction is put off (craft__retain) */
+	int retaining;			   /* a compaction is put off (craft__retain) */
 	uint64_t retain_log_ms;		   /* its last log line */
 	uint64_t handed;		   /* highest committed index the core handed out */
 	size_t pending_bytes;		   /* bytes of the pending proposals */

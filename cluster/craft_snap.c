@@ -169,25 +169,35 @@ craft__compact(struct craft *c, struct craft_view *vw)
 /* Takes a snapshot when snapshot_entries entries (or CRAFT_SNAPSHOT_LOG_BYTES of entry data)
  * were applied since the last one (or the last attempt).  The queue is never read into memory:
  * a view of the store is digested off the loop thread, then the log is compacted to it. */
-/* 1 when the leader keeps its log instead of compacting it now: a member still needs entries
- * a compaction to the applied index would drop (one heard from within the last
- * CRAFT_RETAIN_SILENT_ELECTIONS election timeouts whose log stops short of it, e.g. restarted;
- * or one installing an older snapshot: it continues from that snapshot's index once its data
- * is in), and the log holds less than CRAFT_RETAIN_LOG_BYTES and CRAFT_RETAIN_ENTRIES.  A member
- * that just restarted, or finished fetching, thus catches up by log instead of needing a (new)
- * snapshot and wiping what it holds.  Beyond the bound the log is compacted anyway (logged,
- * counted): that member gets a snapshot. */
+/* 1 when this node keeps its log instead of compacting it now: a member still needs entries
+ * a compaction to the applied index would drop, and the log holds less than
+ * CRAFT_RETAIN_LOG_BYTES and CRAFT_RETAIN_ENTRIES.  The leader knows who: a member heard from
+ * within the last CRAFT_RETAIN_SILENT_ELECTIONS election timeouts whose log stops short of it
+ * (e.g. restarted), or one installing an older snapshot (it continues from that snapshot's index
+ * once its data is in).  Any node knows the members it serves a fetch to (or served one to
+ * within that time): each continues from the index of the view it fetched, so the log after it
+ * is kept here too; this node may lead by the time the fetch is done (a fetch of a large queue
+ * outlives elections), and a leader compacted past the view would make that member fetch the
+ * whole queue again.  A member that just restarted, or finished fetching, thus catches up by log
+ * instead of needing a (new) snapshot and wiping what it holds.  Beyond the bound the log is
+ * compacted anyway (logged, counted): that member gets a snapshot. */
 static int
 craft__retain(struct craft *c)
 {
 	struct raft_status rs;
 	raft_status(c->raft, &rs);
-	if (rs.role != RAFT_LEADER) {
-		c->retaining = 0;
-		return 0;
+	uint64_t floor = UINT64_MAX, now = craft__now(c);
+	size_t who = SIZE_MAX;
+	for (size_t pi = 0; pi < c->n_peers; pi++) {
+		if (pi == c->self || !c->pserved[pi] ||
+		    now - c->pserved_ms[pi] >= c->retain_silent_ms)
+			continue;
+		if (c->pserved[pi] < floor) {
+			floor = c->pserved[pi];
+			who = pi;
+		}
 	}
-	uint64_t floor = UINT64_MAX, who = 0, now = craft__now(c);
-	for (uint32_t k = 0; k < rs.n_peers; k++) {
+	for (uint32_t k = 0; rs.role == RAFT_LEADER && k < rs.n_peers; k++) {
 		const struct raft_peer_status *p = &rs.peers[k];
 		if (p->id == c->id)
 			continue;
@@ -204,15 +214,14 @@ craft__retain(struct craft *c)
 			need = p->next - 1;
 		if (need < floor) {
 			floor = need;
-			who = p->id;
+			who = pi < 0 ? SIZE_MAX : (size_t)pi;
 		}
 	}
 	if (floor >= c->durable_applied) {
 		c->retaining = 0;
 		return 0;
 	}
-	int pi = craft__peer_by_id(c, who);
-	const char *name = pi >= 0 ? c->peers[pi].name : "?";
+	const char *name = who < c->n_peers ? c->peers[who].name : "?";
 	uint64_t entries = rs.last_index - rs.snap_index;
 	if (c->log_bytes < CRAFT_RETAIN_LOG_BYTES && entries < c->retain_entries) {
 		if (!c->retaining || now - c->retain_log_ms >= CRAFT_RETAIN_LOG_MS) {
@@ -447,6 +456,8 @@ craft__serve(struct craft *c, size_t pi, const void *data, size_t len)
 			   sv->view->digest.bytes);
 	}
 	sv->last_ms = now;
+	c->pserved[pi] = sv->view->index;
+	c->pserved_ms[pi] = now;
 	int rv = craft__serve_read(sv->view, f, &ch, c->snap_chunk_bytes);
 	if (rv == CRAFT_SERVE_RESTART) {
 		craft__chunk_kvs_free(&ch);
