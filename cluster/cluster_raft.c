@@ -670,6 +670,7 @@ cluster__raft_open(uv_loop_t *loop, const struct cluster_config *cfg, struct clu
 	    .fail_ms = cfg->propose_fail_ms,
 	    .retry_ms = cfg->retry_ms,
 	    .snapshot_entries = cfg->snapshot_entries,
+	    .snapshot_spread = 1,
 	    .auto_join = cfg->auto_join,
 	    .cluster_advertise = cfg->cluster_advertise,
 	};

@@ -967,6 +967,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	c->retry_ms = cfg->retry_ms ? cfg->retry_ms : 2 * election;
 	c->retain_silent_ms = (uint64_t)CRAFT_RETAIN_SILENT_ELECTIONS * election;
 	c->retain_entries = cfg->retain_entries ? cfg->retain_entries : CRAFT_RETAIN_ENTRIES;
+	c->snapshot_spread = cfg->snapshot_spread;
 	c->snap_chunk_bytes =
 	    cfg->snap_chunk_bytes ? cfg->snap_chunk_bytes : CRAFT_SNAP_CHUNK_BYTES;
 	c->snapshot_entries =

@@ -109,6 +109,10 @@ struct craft_config {
 	unsigned max_msg_bytes, max_inflight;
 	size_t snap_chunk_bytes; /* bytes per SnapshotChunk (0: CRAFT_SNAP_CHUNK_BYTES) */
 	unsigned retain_entries; /* log entries kept for a member (0: CRAFT_RETAIN_ENTRIES) */
+	/* 1: each interval between snapshots is snapshot_entries less up to a quarter, different
+	 * on each node, so the nodes do not compact at the same instant (relayd); 0: exactly
+	 * snapshot_entries */
+	int snapshot_spread;
 	/* auto_join: a node outside the book that asks to join (a Rejoin naming itself, from a
 	 * sender the transport authenticated by the cluster CA) is added by the leader; a node
 	 * outside its own `peers` asks so by itself.  Needs cluster TLS (the edge checks). */

@@ -243,6 +243,7 @@ struct craft {
 	uint64_t retain_silent_ms; /* CRAFT_RETAIN_SILENT_ELECTIONS election timeouts */
 	size_t snap_chunk_bytes;   /* CRAFT_SNAP_CHUNK_BYTES, or the config's */
 	unsigned retain_entries;   /* CRAFT_RETAIN_ENTRIES, or the config's */
+	int snapshot_spread;	   /* craft_config.snapshot_spread (craft__snap_every) */
 
 	/* proposals not completed: list in seq order, hash by seq; unsent: first not submitted */
 	struct craft_list pending;

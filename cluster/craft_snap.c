@@ -245,6 +245,25 @@ craft__retain(struct craft *c)
 	return 0;
 }
 
+/* The interval from the last snapshot (or attempt) to the next: snapshot_entries, less a part
+ * that differs between the nodes and between the intervals (up to a quarter; 0 when spreading
+ * is off, craft_config.snapshot_spread).  The nodes apply the same entries: with one interval
+ * they all digested a view, compacted, and then (once the previous view was released) ran
+ * RocksDB's compaction of the deleted log at the same instant, which on a small machine was a
+ * latency spike for every client (issue 14 part 6). */
+static uint64_t
+craft__snap_every(const struct craft *c)
+{
+	uint64_t n = c->snapshot_entries, q = n / 4;
+	if (!c->snapshot_spread || !q)
+		return n;
+	uint64_t z = c->id + (c->counters.snapshots + 1) * 0x9E3779B97F4A7C15ull;
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	z ^= z >> 31;
+	return n - z % (q + 1);
+}
+
 void
 craft__maybe_snapshot(struct craft *c)
 {
@@ -256,7 +275,7 @@ craft__maybe_snapshot(struct craft *c)
 	 * try again whatever the interval says */
 	int filling = c->applied >= c->snap_index + CLUSTER_MAX_SNAPSHOT_ENTRIES +
 					CLUSTER_MAX_SNAPSHOT_ENTRIES / 2;
-	if (c->applied < since + c->snapshot_entries &&
+	if (c->applied < since + craft__snap_every(c) &&
 	    !(c->applied > since && c->applied_bytes >= CRAFT_SNAPSHOT_LOG_BYTES) && !filling)
 		return;
 	if (c->durable_applied <= c->snap_index)

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <rocksdb/c.h>
@@ -41,6 +42,12 @@
 /* Bounds on RocksDB's own memory and on the WAL a restart replays (store_open). */
 #define STORE__MEMTABLES_MAX ((size_t)64 << 20)
 #define STORE__WAL_MAX ((uint64_t)128 << 20)
+/* Each open takes a memtable budget between (1 - 1/STORE__MEMTABLES_JITTER) x and 1 x the
+ * bounds above, at random.  The nodes of a cluster write the same entries at the same rate: with
+ * equal budgets all of them flushed their memtables at the same instant, and on a small machine
+ * the three flushes together starved the loops (the top 1% of end-of-DATA -> 250 latencies fell
+ * in those moments, issue 14 part 6).  Different budgets spread the flushes. */
+#define STORE__MEMTABLES_JITTER 4
 /* Bodies of at least this many bytes go to blob files (RocksDB's integrated BlobDB) when their
  * memtable is flushed: written there once, never again by compactions, which move only the
  * small references (issue 14, target 4); smaller ones stay in the table files. */
@@ -379,8 +386,13 @@ store_open(const char *dir, int readonly, struct store **out)
 	 * column families' memtables together hold at most STORE__MEMTABLES_MAX (RocksDB flushes
 	 * the biggest beyond it), and the WAL that a restart replays into them at most
 	 * STORE__WAL_MAX (beyond it the memtables still needing the oldest WAL are flushed). */
-	rocksdb_options_set_db_write_buffer_size(s->opts, STORE__MEMTABLES_MAX);
-	rocksdb_options_set_write_buffer_size(s->opts, STORE__MEMTABLES_MAX / 2);
+	uint32_t r = 0;
+	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+		r = (uint32_t)time(NULL) ^ (uint32_t)(uintptr_t)s;
+	size_t mem = STORE__MEMTABLES_MAX -
+		     (size_t)(((uint64_t)r * (STORE__MEMTABLES_MAX / STORE__MEMTABLES_JITTER)) >> 32);
+	rocksdb_options_set_db_write_buffer_size(s->opts, mem);
+	rocksdb_options_set_write_buffer_size(s->opts, mem / 2);
 	rocksdb_options_set_max_total_wal_size(s->opts, STORE__WAL_MAX);
 	/* STORE_WRITE_NOWAL (store.h): every flush takes all the column families at one point,
 	 * so what a crash keeps of the writes made without the WAL is a prefix of them. */

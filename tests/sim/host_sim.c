@@ -66,9 +66,11 @@
  *                       (own_may_commit passed, end of data not yet at the destination) of
  *                       one domain at one instant.
  *
- * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--trace]
- *                 [--quiet] [--verify-disk]
- * (--long: 1,000,000 steps per seed; --verify-disk: after every flush and crash, compare the
+ * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--spread]
+ *                 [--trace] [--quiet] [--verify-disk]
+ * (--long: 1,000,000 steps per seed; --spread: snapshot intervals differ between the nodes, as in
+ * relayd (craft_config.snapshot_spread; off, every node compacts every snap_entries, which the
+ * fixed seed ranges were found with); --verify-disk: after every flush and crash, compare the
  * incremental disk model with one rebuilt from the flushed tables, a slow self-check).
  */
 #include "host_sim.h"
@@ -685,6 +687,7 @@ node_start(struct node *n)
 	    .max_inflight = 4 + (unsigned)rnd_n(29),
 	    .snap_chunk_bytes = S->chunk,
 	    .retain_entries = S->retain,
+	    .snapshot_spread = S->spread,
 	};
 	n->applied = 0;
 	n->c = NULL;
@@ -1156,6 +1159,7 @@ struct opts {
 	int nodes;
 	int verbose;
 	int pauses; /* --pauses: process stalls too */
+	int spread; /* --spread: craft_config.snapshot_spread, as relayd runs */
 };
 
 static void
@@ -1223,11 +1227,12 @@ sim_run(const struct opts *o)
 	S->chunk = 2048 + (unsigned)rnd_n(30000);
 	S->retain = 100 + (unsigned)rnd_n(2000); /* (the store twin is slow with long logs) */
 	S->lease_ms = 500 + rnd_n(1500);	 /* relayd's minimum is 500 */
+	S->spread = o->spread;
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "%s   # t=%" PRIu64 ": %s\n",
-		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "", S->now,
-		       g_fail_msg);
+		       "%s%s   # t=%" PRIu64 ": %s\n",
+		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "",
+		       o->spread ? " --spread" : "", S->now, g_fail_msg);
 		fflush(stdout);
 		return 1; /* state leaked on purpose: the process reports and exits */
 	}
@@ -1406,6 +1411,8 @@ main(int argc, char **argv)
 			o.steps = 1000000;
 		} else if (!strcmp(a, "--pauses")) {
 			o.pauses = 1;
+		} else if (!strcmp(a, "--spread")) {
+			o.spread = 1;
 		} else if (!strcmp(a, "--trace")) {
 			g_trace = 1;
 		} else if (!strcmp(a, "--verify-disk")) {
@@ -1414,8 +1421,8 @@ main(int argc, char **argv)
 			o.verbose = 0;
 		} else {
 			fprintf(stderr, "usage: host_sim [--seed S | --seeds A:B] [--nodes N] "
-					"[--steps K] [--long] [--pauses] [--trace] [--quiet] "
-					"[--verify-disk]\n");
+					"[--steps K] [--long] [--pauses] [--spread] [--trace] "
+					"[--quiet] [--verify-disk]\n");
 			return 2;
 		}
 	}
