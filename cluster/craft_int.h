@@ -369,6 +369,10 @@ void craft__maybe_snapshot(struct craft *c);
 void craft__serve(struct craft *c, size_t pi, const void *data, size_t len);
 void craft__serve_release(struct craft_serve *sv);
 void craft__serve_expire(struct craft *c, uint64_t now);
+/* 1 when a compaction now would drop entries a member still needs (within the bounds) */
+int craft__retain(struct craft *c);
+/* applied entries from one snapshot (attempt) to the next: snapshot_entries, less a spread */
+uint64_t craft__snap_every(const struct craft *c);
 
 /* ---- craft_fetch.c ---- */
 void craft__fetch_begin(struct craft *c, uint64_t min_index, const char *hint);

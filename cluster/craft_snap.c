@@ -12,7 +12,6 @@
 #include "craft_int.h"
 
 static void craft__compact(struct craft *c, struct craft_view *vw);
-static int craft__retain(struct craft *c);
 
 void
 craft__view_unref(struct craft_view *vw)
@@ -181,7 +180,7 @@ craft__compact(struct craft *c, struct craft_view *vw)
  * whole queue again.  A member that just restarted, or finished fetching, thus catches up by log
  * instead of needing a (new) snapshot and wiping what it holds.  Beyond the bound the log is
  * compacted anyway (logged, counted): that member gets a snapshot. */
-static int
+int
 craft__retain(struct craft *c)
 {
 	struct raft_status rs;
@@ -251,7 +250,7 @@ craft__retain(struct craft *c)
  * they all digested a view, compacted, and then (once the previous view was released) ran
  * RocksDB's compaction of the deleted log at the same instant, which on a small machine was a
  * latency spike for every client (issue 14 part 6). */
-static uint64_t
+uint64_t
 craft__snap_every(const struct craft *c)
 {
 	uint64_t n = c->snapshot_entries, q = n / 4;

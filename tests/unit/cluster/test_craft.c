@@ -14,7 +14,9 @@
  * proposal older than what its origin still waited (by the leader's own clock) is dropped; a
  * frame from a sender the book lacks asks the members who the members are (rate-limited), and
  * only an answer with this cluster's id adds to the book; with auto_join, a sender outside the
- * book may send only a Rejoin naming itself, which a follower forwards to its leader.
+ * book may send only a Rejoin naming itself, which a follower forwards to its leader; snapshot
+ * intervals differ between nodes and intervals (spread on); any node keeps its log after a view
+ * it served a fetch from, within the retention window and bounds.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -627,6 +629,93 @@ test_snapshot_entries_bound(void **state)
 	}
 }
 
+/* Each node's snapshot interval is snapshot_entries less up to a quarter, different per node
+ * and per interval, so the nodes of a cluster do not digest and compact at the same moment
+ * (spread on, as relayd runs); exactly snapshot_entries with spread off. */
+static void
+test_snapshot_spread(void **state)
+{
+	(void)state;
+	static const char *names[] = {"n1", "n2", "n3"};
+	static const unsigned intervals[] = {16, 8192, CLUSTER_MAX_SNAPSHOT_ENTRIES};
+	for (size_t k = 0; k < sizeof(intervals) / sizeof(intervals[0]); k++) {
+		uint64_t seq[3][64];
+		for (int i = 0; i < 3; i++) {
+			struct edge e = {0};
+			assert_int_equal(store_mem_new(&e.store), 0);
+			open_snapshot_entries = intervals[k];
+			struct craft *c = open_craft(&e, names[i]);
+			open_snapshot_entries = 0;
+			uint64_t n = intervals[k], lo = n - n / 4, distinct = 0;
+			for (uint64_t j = 0; j < 64; j++) {
+				c->counters.snapshots = j;
+				c->snapshot_spread = 0;
+				assert_int_equal(craft__snap_every(c), n);
+				c->snapshot_spread = 1;
+				seq[i][j] = craft__snap_every(c);
+				assert_true(seq[i][j] >= lo && seq[i][j] <= n);
+				int seen = 0;
+				for (uint64_t x = 0; x < j; x++)
+					seen |= seq[i][x] == seq[i][j];
+				distinct += !seen;
+			}
+			/* it varies from one interval to the next (5 values at 16, more above) */
+			assert_true(distinct >= (n >= 64 ? 16u : 4u));
+			close_craft(&e, c);
+			store_free(e.store);
+		}
+		/* and between the nodes: the same interval rarely has the same length on two */
+		for (int a = 0; a < 3; a++)
+			for (int b = a + 1; b < 3; b++) {
+				unsigned same = 0;
+				for (int j = 0; j < 64; j++)
+					same += seq[a][j] == seq[b][j];
+				assert_true(same < (intervals[k] >= 64 ? 8u : 32u));
+			}
+	}
+}
+
+/* Any node, not only the leader, keeps its log after the view it served a member a fetch from,
+ * while that member fetches and for CRAFT_RETAIN_SILENT_ELECTIONS election timeouts after the
+ * last chunk, within the retention bounds: a follower that served a fetch and then won an
+ * election had compacted past the view, and the member fetched the whole queue again (host_sim
+ * --seed 8100033 --nodes 3 --steps 1000000 --pauses). */
+static void
+test_retain_served(void **state)
+{
+	(void)state;
+	struct edge e = {0};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	size_t pi = SIZE_MAX;
+	for (size_t i = 0; i < c->n_peers; i++)
+		if (!strcmp(c->peers[i].name, "n2"))
+			pi = i;
+	assert_true(pi < c->n_peers);
+	c->durable_applied = 100;
+	assert_int_equal(craft__retain(c), 0); /* nobody served */
+	c->pserved[pi] = 50;
+	c->pserved_ms[pi] = e.now;
+	assert_int_equal(craft__retain(c), 1);
+	assert_int_equal(c->counters.snapshots_deferred, 1);
+	assert_non_null(strstr(e.last_log, "event=snapshot-deferred member=n2 needs=50"));
+	e.now += c->retain_silent_ms - 1;
+	assert_int_equal(craft__retain(c), 1);
+	e.now += 1; /* the member is silent for the whole window: it gets a snapshot when back */
+	assert_int_equal(craft__retain(c), 0);
+	c->pserved_ms[pi] = e.now;
+	c->pserved[pi] = 100; /* the view is at the applied index: nothing to keep */
+	assert_int_equal(craft__retain(c), 0);
+	c->pserved[pi] = 50;
+	c->log_bytes = CRAFT_RETAIN_LOG_BYTES; /* beyond the bound: compacted anyway */
+	uint64_t exceeded = c->counters.retention_exceeded;
+	assert_int_equal(craft__retain(c), 0);
+	assert_int_equal(c->counters.retention_exceeded, exceeded + 1);
+	assert_non_null(strstr(e.last_log, "event=retention-exceeded member=n2"));
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
 static void
 test_foreign_cluster(void **state)
 {
@@ -854,6 +943,8 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_peer_local_entries),
 	    cmocka_unit_test(test_book_replace_left),
 	    cmocka_unit_test(test_snapshot_entries_bound),
+	    cmocka_unit_test(test_snapshot_spread),
+	    cmocka_unit_test(test_retain_served),
 	    cmocka_unit_test(test_foreign_cluster),
 	    cmocka_unit_test(test_applied_past_commit_case),
 	    cmocka_unit_test(test_forward_expired),
