@@ -122,9 +122,10 @@ struct cluster__raft {
 
 	uv_idle_t run;
 	uv_timer_t tick;
-	uv_timer_t flush;      /* sends the batches CRAFT_BATCH_DELAY_MS after the first message */
-	uv_prepare_t flush_now; /* sends, before the loop waits, those of peers not sent to lately */
-	uv_work_t work;	  /* the write in flight */
+	uv_timer_t flush; /* sends the batches CRAFT_BATCH_DELAY_MS after the first message */
+	/* sends, before the loop waits, the batches of peers not sent to lately */
+	uv_prepare_t flush_now;
+	uv_work_t work;				   /* the write in flight */
 	const struct store_batch *wbatch, *wstate; /* the write in flight: WAL, then NOWAL */
 	int wsync, write_rv;
 	uv_work_t digest_work; /* the digest in flight */

@@ -973,7 +973,8 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 	c->snapshot_entries =
 	    cfg->snapshot_entries ? cfg->snapshot_entries : CLUSTER_DEFAULT_SNAPSHOT_ENTRIES;
 	if (c->snapshot_entries > CLUSTER_MAX_SNAPSHOT_ENTRIES) {
-		craft__log(c, "snapshot_entries %u is above %u: %u used (the in-memory log holds %u)",
+		craft__log(c,
+			   "snapshot_entries %u is above %u: %u used (the in-memory log holds %u)",
 			   c->snapshot_entries, CLUSTER_MAX_SNAPSHOT_ENTRIES,
 			   CLUSTER_MAX_SNAPSHOT_ENTRIES, CLUSTER_LOG_ENTRIES);
 		c->snapshot_entries = CLUSTER_MAX_SNAPSHOT_ENTRIES;

@@ -200,9 +200,9 @@ struct craft {
 	size_t n_peers;
 	size_t self;
 	int dialing; /* the book is dialed: members added later are dialed at once */
-	uint64_t pinc[CLUSTER_MAX_PEERS];	/* incarnation (peers[i].id derives from it) */
-	uint8_t ppending[CLUSTER_MAX_PEERS];	/* incarnation not known yet (id 0) */
-	uint64_t pprev[CLUSTER_MAX_PEERS];	/* the incarnation it replaced (0: none) */
+	uint64_t pinc[CLUSTER_MAX_PEERS];    /* incarnation (peers[i].id derives from it) */
+	uint8_t ppending[CLUSTER_MAX_PEERS]; /* incarnation not known yet (id 0) */
+	uint64_t pprev[CLUSTER_MAX_PEERS];   /* the incarnation it replaced (0: none) */
 	/* the index of the view this node last served it a chunk of, and when (0: none): it
 	 * continues from that index once its fetch is done (craft__retain) */
 	uint64_t pserved[CLUSTER_MAX_PEERS], pserved_ms[CLUSTER_MAX_PEERS];
@@ -266,15 +266,16 @@ struct craft {
 	uint64_t log_last;		   /* highest log index put in a batch */
 	uint64_t applied;		   /* applied to the state machine (memory) */
 	uint64_t durable_applied;	   /* applied state written */
-	uint64_t synced_applied; /* applied state on disk through the WAL or a load: a crash keeps it */
-	uint64_t snap_index;		   /* latest snapshot (ours or installed) */
-	uint64_t snap_tried;		   /* applied index at the last snapshot attempt */
-	uint64_t applied_bytes;		   /* entry bytes applied since then */
-	uint64_t log_bytes;		   /* entry bytes applied since the last compaction */
-	int retaining;			   /* a compaction is put off (craft__retain) */
-	uint64_t retain_log_ms;		   /* its last log line */
-	uint64_t handed;		   /* highest committed index the core handed out */
-	size_t pending_bytes;		   /* bytes of the pending proposals */
+	/* applied state on disk through the WAL or a load: a crash keeps it */
+	uint64_t synced_applied;
+	uint64_t snap_index;	/* latest snapshot (ours or installed) */
+	uint64_t snap_tried;	/* applied index at the last snapshot attempt */
+	uint64_t applied_bytes; /* entry bytes applied since then */
+	uint64_t log_bytes;	/* entry bytes applied since the last compaction */
+	int retaining;		/* a compaction is put off (craft__retain) */
+	uint64_t retain_log_ms; /* its last log line */
+	uint64_t handed;	/* highest committed index the core handed out */
+	size_t pending_bytes;	/* bytes of the pending proposals */
 
 	struct craft_view *view; /* the newest digested view (a reference), or NULL */
 	struct craft_view *prep; /* the view being digested (owned until done) */

@@ -389,8 +389,9 @@ store_open(const char *dir, int readonly, struct store **out)
 	uint32_t r = 0;
 	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
 		r = (uint32_t)time(NULL) ^ (uint32_t)(uintptr_t)s;
-	size_t mem = STORE__MEMTABLES_MAX -
-		     (size_t)(((uint64_t)r * (STORE__MEMTABLES_MAX / STORE__MEMTABLES_JITTER)) >> 32);
+	size_t mem =
+	    STORE__MEMTABLES_MAX -
+	    (size_t)(((uint64_t)r * (STORE__MEMTABLES_MAX / STORE__MEMTABLES_JITTER)) >> 32);
 	rocksdb_options_set_db_write_buffer_size(s->opts, mem);
 	rocksdb_options_set_write_buffer_size(s->opts, mem / 2);
 	rocksdb_options_set_max_total_wal_size(s->opts, STORE__WAL_MAX);

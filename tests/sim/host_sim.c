@@ -118,7 +118,8 @@ chance(uint32_t ppm)
 static jmp_buf g_fail_jmp;
 static char g_fail_msg[512];
 static int g_trace;
-static int g_verify_disk; /* --verify-disk: check the incremental disk model against full rebuilds */
+static int
+    g_verify_disk; /* --verify-disk: check the incremental disk model against full rebuilds */
 
 void
 fail(const char *fmt, ...)
@@ -471,7 +472,8 @@ resync_ops(struct store_batch *fix, struct store *src, const struct store_batch 
 			struct store_iter *it;
 			if (store_iter_new(src, cf, &it))
 				fail("store_iter_new");
-			for (store_iter_seek(it, k, kl); store_iter_valid(it); store_iter_next(it)) {
+			for (store_iter_seek(it, k, kl); store_iter_valid(it);
+			     store_iter_next(it)) {
 				size_t ikl, ivl;
 				const unsigned char *ik = store_iter_key(it, &ikl);
 				const unsigned char *iv = store_iter_value(it, &ivl);
@@ -522,8 +524,8 @@ verify_same(struct node *n, struct store *model, struct store *full, const char 
 {
 	struct store_digest a = store_digest_all(model), b = store_digest_all(full);
 	if (a.crc != b.crc || a.keys != b.keys || a.bytes != b.bytes)
-		fail("node %s %s: the incremental disk model differs from the full rebuild", n->name,
-		     what);
+		fail("node %s %s: the incremental disk model differs from the full rebuild",
+		     n->name, what);
 }
 
 /* An atomic flush: every write completed so far, in order, is on the disk's tables; the disk

@@ -111,7 +111,7 @@ struct sim {
 	uint32_t transfer_ppm, member_ppm, compact_ppm, step_ppm, propose_ppm, pause_ppm;
 	uint32_t flush_ppm; /* an atomic flush of a node's NOWAL writes (host_sim.c node_flush) */
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
-	int spread; /* craft_config.snapshot_spread (--spread) */
+	int spread;			/* craft_config.snapshot_spread (--spread) */
 	uint64_t lease_ms;		/* relayd's `lease` on every node */
 	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */
 	/* oracles */

@@ -138,7 +138,7 @@ e_digest(void *arg, struct store_view *v, const enum store_cf *cfs, size_t n,
 	return -1; /* no snapshots here */
 }
 
-static bool open_auto_join; /* craft_config.auto_join of the next open_craft */
+static bool open_auto_join;	       /* craft_config.auto_join of the next open_craft */
 static unsigned open_snapshot_entries; /* craft_config.snapshot_entries of the next open_craft */
 
 static struct craft *
@@ -417,7 +417,8 @@ book_sig(struct craft *c, const char *node, char *out, size_t n)
 {
 	int i = craft__peer_by_name(c, node);
 	if (i >= 0 && !c->plocal[i])
-		snprintf(out, n, "%s state=%u since=%llu inc=%s%llx prev=%llx addr=%s member_since=%llu",
+		snprintf(out, n,
+			 "%s state=%u since=%llu inc=%s%llx prev=%llx addr=%s member_since=%llu",
 			 node, c->pstate[i], (unsigned long long)c->psince[i],
 			 c->ppending[i] ? "pending:" : "", (unsigned long long)c->pinc[i],
 			 (unsigned long long)c->pprev[i], c->peers[i].addr,
@@ -534,8 +535,8 @@ test_book_replace_left(void **state)
 	struct edge e = {0};
 	assert_int_equal(store_mem_new(&e.store), 0);
 	struct craft *c = open_craft(&e, "n1");
-	assert_true(craft__book_add(c, "n4", "127.0.0.1:4", RELAY__PEER_STATE__PEER_ACTIVE, 1,
-				    0x44, 0) >= 0);
+	assert_true(craft__book_add(c, "n4", "127.0.0.1:4", RELAY__PEER_STATE__PEER_ACTIVE, 1, 0x44,
+				    0) >= 0);
 	struct craft_book bk = {0};
 	bk.n = 2;
 	snprintf(bk.e[0].node, sizeof(bk.e[0].node), "n2");
