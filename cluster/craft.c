@@ -979,6 +979,7 @@ craft_open(const struct craft_config *cfg, struct store *store, const struct cra
 			   CLUSTER_MAX_SNAPSHOT_ENTRIES, CLUSTER_LOG_ENTRIES);
 		c->snapshot_entries = CLUSTER_MAX_SNAPSHOT_ENTRIES;
 	}
+	craft__snap_draw(c);
 	c->nbuckets = 1024;
 	while (c->nbuckets < c->max_pending)
 		c->nbuckets <<= 1;

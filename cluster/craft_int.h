@@ -243,7 +243,7 @@ struct craft {
 	uint64_t retain_silent_ms; /* CRAFT_RETAIN_SILENT_ELECTIONS election timeouts */
 	size_t snap_chunk_bytes;   /* CRAFT_SNAP_CHUNK_BYTES, or the config's */
 	unsigned retain_entries;   /* CRAFT_RETAIN_ENTRIES, or the config's */
-	int snapshot_spread;	   /* craft_config.snapshot_spread (craft__snap_every) */
+	int snapshot_spread;	   /* craft_config.snapshot_spread (craft__snap_draw) */
 
 	/* proposals not completed: list in seq order, hash by seq; unsent: first not submitted */
 	struct craft_list pending;
@@ -270,6 +270,7 @@ struct craft {
 	uint64_t synced_applied;
 	uint64_t snap_index;	/* latest snapshot (ours or installed) */
 	uint64_t snap_tried;	/* applied index at the last snapshot attempt */
+	uint64_t snap_every;	/* applied entries from there to the next (craft__snap_draw) */
 	uint64_t applied_bytes; /* entry bytes applied since then */
 	uint64_t log_bytes;	/* entry bytes applied since the last compaction */
 	int retaining;		/* a compaction is put off (craft__retain) */
@@ -372,8 +373,8 @@ void craft__serve_release(struct craft_serve *sv);
 void craft__serve_expire(struct craft *c, uint64_t now);
 /* 1 when a compaction now would drop entries a member still needs (within the bounds) */
 int craft__retain(struct craft *c);
-/* applied entries from one snapshot (attempt) to the next: snapshot_entries, less a spread */
-uint64_t craft__snap_every(const struct craft *c);
+/* sets snap_every: snapshot_entries, less a random spread when snapshot_spread is on */
+void craft__snap_draw(struct craft *c);
 
 /* ---- craft_fetch.c ---- */
 void craft__fetch_begin(struct craft *c, uint64_t min_index, const char *hint);

@@ -165,9 +165,6 @@ craft__compact(struct craft *c, struct craft_view *vw)
 	craft__start_write(c);
 }
 
-/* Takes a snapshot when snapshot_entries entries (or CRAFT_SNAPSHOT_LOG_BYTES of entry data)
- * were applied since the last one (or the last attempt).  The queue is never read into memory:
- * a view of the store is digested off the loop thread, then the log is compacted to it. */
 /* 1 when this node keeps its log instead of compacting it now: a member still needs entries
  * a compaction to the applied index would drop, and the log holds less than
  * CRAFT_RETAIN_LOG_BYTES and CRAFT_RETAIN_ENTRIES.  The leader knows who: a member heard from
@@ -244,25 +241,24 @@ craft__retain(struct craft *c)
 	return 0;
 }
 
-/* The interval from the last snapshot (or attempt) to the next: snapshot_entries, less a part
- * that differs between the nodes and between the intervals (up to a quarter; 0 when spreading
- * is off, craft_config.snapshot_spread).  The nodes apply the same entries: with one interval
- * they all digested a view, compacted, and then (once the previous view was released) ran
- * RocksDB's compaction of the deleted log at the same instant, which on a small machine was a
- * latency spike for every client (issue 14 part 6). */
-uint64_t
-craft__snap_every(const struct craft *c)
+/* Draws the interval from the last snapshot (or attempt) to the next: snapshot_entries, less
+ * a random part of up to a quarter when spreading is on (craft_config.snapshot_spread), so it
+ * differs between the nodes and between the intervals.  The nodes apply the same entries: with
+ * one interval they all digested a view, compacted, and then (once the previous view was
+ * released) ran RocksDB's compaction of the deleted log at the same instant, which on a small
+ * machine was a latency spike for every client (issue 14 part 6). */
+void
+craft__snap_draw(struct craft *c)
 {
 	uint64_t n = c->snapshot_entries, q = n / 4;
-	if (!c->snapshot_spread || !q)
-		return n;
-	uint64_t z = c->id + (c->counters.snapshots + 1) * 0x9E3779B97F4A7C15ull;
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	z ^= z >> 31;
-	return n - z % (q + 1);
+	c->snap_every = n;
+	if (c->snapshot_spread && q)
+		c->snap_every -= c->io.random64(c->io.arg) % (q + 1);
 }
 
+/* Takes a snapshot when snap_every entries (or CRAFT_SNAPSHOT_LOG_BYTES of entry data) were
+ * applied since the last one (or the last attempt).  The queue is never read into memory:
+ * a view of the store is digested off the loop thread, then the log is compacted to it. */
 void
 craft__maybe_snapshot(struct craft *c)
 {
@@ -274,7 +270,7 @@ craft__maybe_snapshot(struct craft *c)
 	 * try again whatever the interval says */
 	int filling = c->applied >= c->snap_index + CLUSTER_MAX_SNAPSHOT_ENTRIES +
 					CLUSTER_MAX_SNAPSHOT_ENTRIES / 2;
-	if (c->applied < since + craft__snap_every(c) &&
+	if (c->applied < since + c->snap_every &&
 	    !(c->applied > since && c->applied_bytes >= CRAFT_SNAPSHOT_LOG_BYTES) && !filling)
 		return;
 	if (c->durable_applied <= c->snap_index)
@@ -288,6 +284,7 @@ craft__maybe_snapshot(struct craft *c)
 	if (craft__retain(c))
 		return; /* tried again at the next tick: the member may catch up, or fall silent */
 	c->snap_tried = c->durable_applied;
+	craft__snap_draw(c);
 	c->applied_bytes = 0;
 	int rv = craft__view_prepare(c, 1, c->snap_index + 1);
 	if (rv && rv != CLUSTER_EBUSY)
