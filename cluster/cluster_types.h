@@ -167,6 +167,8 @@ struct cluster_status {
 	uint64_t forward_retries;
 	uint64_t forwards_received;	  /* proposals other nodes forwarded to us */
 	uint64_t forwards_expired;	  /* ... dropped: their origin had given up (craft.c) */
+	uint64_t renews_refused;	  /* ... Renews dropped: their origin is not in the Raft
+					     configuration (craft.c, ownership.h) */
 	uint64_t leader_lost;		  /* follower: the connection to its leader closed and it
 					     stopped waiting for the election timeout */
 	uint64_t timed_out;		  /* proposals failed with CLUSTER_ETIMEDOUT */

@@ -651,6 +651,30 @@ craft__forward_expired(struct craft *c, int pi, const void *hdr)
 	return 1;
 }
 
+/* 1 when cmd, a forwarded proposal, is a lease Renew from a node out of conf (removed: it gets
+ * no more entries): refused, counted, logged now and then.  Its lease must lapse so that the
+ * ownership core's REMOVED verdict, which waits a lease after the last Renew of that node it saw
+ * commit (ownership.h), comes at all: a removed node that keeps running renews for ever.  (A
+ * Renew appended before the removal is covered by that wait.) */
+int
+craft__renew_refused(struct craft *c, const struct raft_conf *conf, const Relay__Command *cmd)
+{
+	if (cmd->cmd_case != RELAY__COMMAND__CMD_RENEW ||
+	    raft_conf_is_member(conf, cmd->origin_node))
+		return 0;
+	c->counters.renews_refused++;
+	uint64_t now = craft__now(c);
+	if (!c->refused_log_ms || now - c->refused_log_ms >= CRAFT_EXPIRED_LOG_MS) {
+		c->refused_log_ms = now;
+		int pi = craft__peer_by_id(c, cmd->origin_node);
+		craft__log(c,
+			   "event=renew-refused from=%s: not in the configuration, its lease "
+			   "lapses (so far: %" PRIu64 ")",
+			   pi >= 0 ? c->peers[pi].name : "?", c->counters.renews_refused);
+	}
+	return 1;
+}
+
 /* A forwarded proposal (peer input: checked) proposed here, the leader. */
 static void
 craft__propose_forward(struct craft *c, const void *data, size_t len)
@@ -662,6 +686,11 @@ craft__propose_forward(struct craft *c, const void *data, size_t len)
 		return;
 	int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
 		 craft__validate(cmd) == 0;
+	if (ok) {
+		struct raft_status st;
+		raft_status(c->raft, &st);
+		ok = !craft__renew_refused(c, &st.conf, cmd);
+	}
 	relay__command__free_unpacked(cmd, NULL);
 	if (ok && raft_propose(c->raft, data, len, NULL, NULL) == 0)
 		craft__schedule(c);

@@ -211,6 +211,7 @@ struct craft {
 	uint64_t pheard_id[CLUSTER_MAX_PEERS];	/* the Raft id it derives (0: none heard) */
 	uint64_t pstamp[CLUSTER_MAX_PEERS];	/* stamp of its latest Raft message (0: none) */
 	uint64_t expired_log_ms;		/* forwards-expired last logged (io.now_ms) */
+	uint64_t refused_log_ms;		/* renew-refused last logged (io.now_ms) */
 	struct craft_tomb tomb[CRAFT_TOMBS];	/* members that left, oldest first */
 	size_t n_tomb;
 	int join;			 /* started outside config `peers`: joins a cluster */
@@ -327,6 +328,7 @@ const char *craft__role_name(enum raft_role r);
 
 /* ---- craft_book.c ---- */
 int craft__peer_by_id(const struct craft *c, uint64_t id);
+int craft__renew_refused(struct craft *c, const struct raft_conf *conf, const Relay__Command *cmd);
 int craft__peer_by_name(const struct craft *c, const char *name);
 const char *craft__peer_state_name(unsigned st);
 int craft__id_addr_ok(const char *name, const char *addr);

@@ -21,8 +21,8 @@ own_init(struct own *o, const struct own_config *cfg)
 	o->retry_ms = cfg->retry_ms ? cfg->retry_ms : o->lease_ms / 2;
 	if (o->retry_ms == 0)
 		o->retry_ms = 1;
-	o->drain_timeout_ms = cfg->drain_timeout_ms ? cfg->drain_timeout_ms
-						    : OWN_DEFAULT_DRAIN_TIMEOUT_MS;
+	o->drain_timeout_ms =
+	    cfg->drain_timeout_ms ? cfg->drain_timeout_ms : OWN_DEFAULT_DRAIN_TIMEOUT_MS;
 	o->margin_ms = cfg->margin_ms ? cfg->margin_ms : o->lease_ms / 8;
 	if (cfg->margin_ms == 0 && o->margin_ms < OWN_COMMIT_MARGIN_MIN_MS)
 		o->margin_ms = OWN_COMMIT_MARGIN_MIN_MS;
@@ -141,15 +141,15 @@ own_item_mine(const struct own *o, const char *owner, uint64_t epoch, uint64_t i
 }
 
 bool
-own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner,
-	      uint64_t epoch, uint64_t item_epoch)
+own_may_start(const struct own *o, uint64_t now, int self_state, const char *owner, uint64_t epoch,
+	      uint64_t item_epoch)
 {
 	return own_item_mine(o, owner, epoch, item_epoch) && own_may_act(o, now, self_state);
 }
 
 bool
-own_may_commit(const struct own *o, uint64_t now, int self_state, const char *owner,
-	       uint64_t epoch, uint64_t item_epoch)
+own_may_commit(const struct own *o, uint64_t now, int self_state, const char *owner, uint64_t epoch,
+	       uint64_t item_epoch)
 {
 	return own_item_mine(o, owner, epoch, item_epoch) &&
 	       (self_state == QUEUE_MEMBER_LIVE || self_state == QUEUE_MEMBER_DRAINING) &&
@@ -297,9 +297,14 @@ own_leader_tick(struct own *o, uint64_t now, bool leader, uint64_t term,
 		if (nconf > 0 && !in_conf(m->node, conf, nconf)) {
 			if (s->out_since_ms == 0)
 				s->out_since_ms = now ? now : 1;
-			if (now >= s->out_since_ms + o->lease_ms + o->grace_ms &&
+			/* Counted from the later of the two: a Renew of its that commits after it
+			 * left (a forward) reaches it if it is added back; DOWN's argument then
+			 * holds, and the precondition makes a later one void the verdict. */
+			uint64_t from = s->out_since_ms > s->seen_ms ? s->out_since_ms : s->seen_ms;
+			if (now >= from + o->lease_ms + o->grace_ms &&
 			    act_ok(o, s, QUEUE_MEMBER_REMOVED, now)) {
-				na = act_add(out, na, cap, s, QUEUE_MEMBER_REMOVED, false, 0, now);
+				na = act_add(out, na, cap, s, QUEUE_MEMBER_REMOVED, true,
+					     m->renew_index, now);
 				o->removes++;
 			}
 			continue;
@@ -310,13 +315,14 @@ own_leader_tick(struct own *o, uint64_t now, bool leader, uint64_t term,
 		case QUEUE_MEMBER_DRAINING:
 			if (now >= s->seen_ms + o->lease_ms + o->grace_ms &&
 			    act_ok(o, s, QUEUE_MEMBER_DOWN, now)) {
-				na = act_add(out, na, cap, s, QUEUE_MEMBER_DOWN, true, m->renew_index,
-					     now);
+				na = act_add(out, na, cap, s, QUEUE_MEMBER_DOWN, true,
+					     m->renew_index, now);
 				o->downs++;
 			}
 			break;
 		case QUEUE_MEMBER_DOWN:
-			if (m->renew_index > m->since_index && act_ok(o, s, QUEUE_MEMBER_LIVE, now)) {
+			if (m->renew_index > m->since_index &&
+			    act_ok(o, s, QUEUE_MEMBER_LIVE, now)) {
 				na = act_add(out, na, cap, s, QUEUE_MEMBER_LIVE, false, 0, now);
 				o->lives++;
 			}

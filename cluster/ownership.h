@@ -1,7 +1,7 @@
 /*
  * ownership.h - the lease core of delivery ownership (issue 5, guarantee G4): pure, no clock,
- * no I/O, no allocation.  The host (node/delivery/delivery_own.c) feeds it the time, its own Renew proposals
- * and their results, and the applied member table of the queue state machine
+ * no I/O, no allocation.  The host (node/delivery/delivery_own.c) feeds it the time, its own Renew
+ * proposals and their results, and the applied member table of the queue state machine
  * (queue_fsm_members); it answers what to propose and whether this node may start attempts.
  *
  * Who owns what is decided in the queue state machine (cluster/queue_fsm.h: domains, epochs,
@@ -23,10 +23,15 @@
  * time no later than the leader's apply time of that Renew) lapsed at least `grace` before the
  * DOWN can commit.  grace covers clock rate differences and the leader's polling delay.  A DOWN
  * member whose renew index moved past the DOWN (it came back) gets Member{LIVE}.  A member that
- * is not in the Raft configuration any more gets Member{REMOVED}, but only lease + grace after
- * this leader first saw it out (or after its election): a removed node receives no more entries,
- * so it cannot learn that a later Renew committed, and its lease ends at most `lease` after its
- * removal reached it; its own Renews, which may still commit through a forward, are not counted.
+ * is not in the Raft configuration any more gets Member{REMOVED, expect_renew_index = the index
+ * it saw}, but only lease + grace after the later of the moment this leader first saw it out (or
+ * its election) and the last Renew of that member it saw: a removed node receives no more
+ * entries, so it cannot learn that a later Renew committed, and its lease ends at most `lease`
+ * after its removal reached it - unless it is added back, and then it applies every Renew of its
+ * that committed meanwhile (raft_sim --seed 1082597075 --nodes 3: counted from the removal only,
+ * n2 applied such a Renew and held a lease after its domains had moved).  So a Renew counts as
+ * for DOWN, and the leader's host refuses forwarded Renews from nodes out of its configuration
+ * (craft__renew_refused), or a removed node that keeps running would never be REMOVED.
  * Each proposal is repeated at most every retry interval while its condition holds.
  *
  * Drain.  A member whose state is DRAINING starts no new attempt; when it has no attempt in
@@ -70,23 +75,23 @@
 
 #define OWN_DEFAULT_LEASE_MS 4000u
 #define OWN_DEFAULT_DRAIN_TIMEOUT_MS 30000u
-#define OWN_COMMIT_MARGIN_MIN_MS 250u /* the commit margin is max(lease / 8, this) */
+#define OWN_COMMIT_MARGIN_MIN_MS 250u	  /* the commit margin is max(lease / 8, this) */
 #define OWN_MAX_ACTIONS QUEUE_MEMBERS_MAX /* proposals one tick may return */
 
 struct own_config {
-	const char *self;	    /* this node's id (copied) */
-	uint64_t lease_ms;	    /* 0: default */
-	uint64_t renew_ms;	    /* 0: lease / 4 */
-	uint64_t grace_ms;	    /* 0: max(1000, lease / 4) */
-	uint64_t retry_ms;	    /* 0: lease / 2: repeat an unanswered proposal */
-	uint64_t drain_timeout_ms;  /* 0: default */
-	uint64_t margin_ms;	    /* 0: max(lease / 8, OWN_COMMIT_MARGIN_MIN_MS), at most lease/2 */
+	const char *self;	   /* this node's id (copied) */
+	uint64_t lease_ms;	   /* 0: default */
+	uint64_t renew_ms;	   /* 0: lease / 4 */
+	uint64_t grace_ms;	   /* 0: max(1000, lease / 4) */
+	uint64_t retry_ms;	   /* 0: lease / 2: repeat an unanswered proposal */
+	uint64_t drain_timeout_ms; /* 0: default */
+	uint64_t margin_ms; /* 0: max(lease / 8, OWN_COMMIT_MARGIN_MIN_MS), at most lease/2 */
 };
 
 /* What the host should propose: Member{node, state[, expect_renew_index]} */
 struct own_action {
 	char node[QUEUE_NODE_MAX + 1];
-	uint8_t state;		    /* enum queue_member_state */
+	uint8_t state; /* enum queue_member_state */
 	bool has_expect;
 	uint64_t expect_renew_index;
 };
@@ -94,10 +99,10 @@ struct own_action {
 struct own_seen {
 	char node[QUEUE_NODE_MAX + 1];
 	uint64_t renew_index;
-	uint64_t seen_ms;	    /* leader's time it saw renew_index (or became leader) */
-	uint64_t proposed_ms;	    /* last action proposed for this member; 0 none */
-	uint64_t out_since_ms;	    /* when this leader first saw it out of the Raft
-				       configuration; 0 while it is in */
+	uint64_t seen_ms;      /* leader's time it saw renew_index (or became leader) */
+	uint64_t proposed_ms;  /* last action proposed for this member; 0 none */
+	uint64_t out_since_ms; /* when this leader first saw it out of the Raft
+				  configuration; 0 while it is in */
 	uint8_t proposed_state;
 	bool used;
 };
@@ -106,18 +111,18 @@ struct own {
 	char self[QUEUE_NODE_MAX + 1];
 	uint64_t lease_ms, renew_ms, grace_ms, retry_ms, drain_timeout_ms, margin_ms;
 	/* the clock (see "Time" above) */
-	uint64_t clock_ms;	    /* the latest time a call that changes *o was given */
-	uint64_t clock_backsteps;   /* calls whose time was earlier: the lease was dropped */
+	uint64_t clock_ms;	  /* the latest time a call that changes *o was given */
+	uint64_t clock_backsteps; /* calls whose time was earlier: the lease was dropped */
 	/* owner side */
-	uint64_t lease_until;	    /* 0: no lease */
+	uint64_t lease_until; /* 0: no lease */
 	bool renew_inflight;
-	bool renew_distrusted;	    /* the clock went back since the one in flight was sent */
-	uint64_t renew_sent_ms;	    /* of the one in flight */
-	uint64_t last_renew_ms;	    /* when the last renew was proposed */
+	bool renew_distrusted;	/* the clock went back since the one in flight was sent */
+	uint64_t renew_sent_ms; /* of the one in flight */
+	uint64_t last_renew_ms; /* when the last renew was proposed */
 	uint64_t renews, renew_failures;
-	uint64_t live_proposed_ms;  /* own LIVE at boot / after DOWN: last proposal */
+	uint64_t live_proposed_ms; /* own LIVE at boot / after DOWN: last proposal */
 	/* drain */
-	uint64_t drain_seen_ms;	    /* when this node saw itself DRAINING; 0 not draining */
+	uint64_t drain_seen_ms; /* when this node saw itself DRAINING; 0 not draining */
 	uint64_t drained_proposed_ms;
 	/* leader side */
 	bool leader;

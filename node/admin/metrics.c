@@ -51,7 +51,8 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 		    st.proxy_invalid);
 	http_printf(t, "relay_smtp_proxy_rejected_total{reason=\"not_allowed\"} %" PRIu64 "\n",
 		    st.proxy_refused);
-	counter(t, "relay_tls_handshakes_total", "Completed STARTTLS handshakes.", st.tls_handshakes);
+	counter(t, "relay_tls_handshakes_total", "Completed STARTTLS handshakes.",
+		st.tls_handshakes);
 	counter(t, "relay_tls_handshake_failures_total", "Failed STARTTLS handshakes.",
 		sc->tls_failed);
 	family(t, "relay_smtp_auth_total", "counter", "AUTH attempts by result.");
@@ -68,19 +69,21 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 	http_printf(t, "relay_smtp_data_cut_total{reason=\"data_total_timeout\"} %" PRIu64 "\n",
 		    st.data_total_cut);
 	gauge(t, "relay_smtp_receive_memory_bytes",
-	      "Bytes of bodies being received and of proposals not yet committed (max_receive_memory).",
+	      "Bytes of bodies being received and of proposals not yet committed "
+	      "(max_receive_memory).",
 	      st.receive_memory_used);
-	gauge(t, "relay_smtp_receive_memory_peak_bytes", "Largest relay_smtp_receive_memory_bytes seen.",
-	      st.receive_memory_peak);
+	gauge(t, "relay_smtp_receive_memory_peak_bytes",
+	      "Largest relay_smtp_receive_memory_bytes seen.", st.receive_memory_peak);
 	gauge(t, "relay_smtp_receive_memory_limit_bytes", "max_receive_memory.",
 	      st.receive_memory_limit);
 	counter(t, "relay_messages_accepted_total", "Messages answered 250 (committed).",
 		st.accepted);
 	family(t, "relay_messages_rejected_total", "counter",
 	       "Messages, recipients and commands refused, by reason.");
-#define X(name, help)                                                                            \
-	if (strcmp(#name, "messages") != 0)                                                      \
-		http_printf(t, "relay_messages_rejected_total{reason=\"" #name "\"} %" PRIu64 "\n", \
+#define X(name, help)                                                                              \
+	if (strcmp(#name, "messages") != 0)                                                        \
+		http_printf(t,                                                                     \
+			    "relay_messages_rejected_total{reason=\"" #name "\"} %" PRIu64 "\n",   \
 			    sc->name);
 	SMTP_COUNTERS(X)
 #undef X
@@ -109,7 +112,8 @@ render_cluster(struct http_text *t, struct cluster *c)
 {
 	struct cluster_stats cs;
 	cluster_stats(c, &cs);
-	counter(t, "relay_cluster_proposals_total", "Proposals taken by the cluster.", cs.proposals);
+	counter(t, "relay_cluster_proposals_total", "Proposals taken by the cluster.",
+		cs.proposals);
 	counter(t, "relay_cluster_proposals_failed_total",
 		"Proposals refused or completed with an error.", cs.rejected + cs.failed_proposals);
 	counter(t, "relay_cluster_log_writes_total", "Synced group-commit log writes.", cs.batches);
@@ -146,6 +150,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 		"Forwarded proposals the leader dropped: they arrived after their origin had "
 		"answered 451 (a cut link's backlog).",
 		st.forwards_expired);
+	counter(t, "relay_cluster_renews_refused_total",
+		"Forwarded lease Renews the leader dropped: their node is not in the Raft "
+		"configuration (removed), so its lease must lapse.",
+		st.renews_refused);
 	counter(t, "relay_raft_leader_lost_total",
 		"Times this follower's connection to its leader closed and it elected a new one "
 		"without waiting for the election timeout.",
@@ -192,8 +200,9 @@ render_cluster(struct http_text *t, struct cluster *c)
 		for (unsigned i = 0; i < st.n_peers; i++)
 			http_printf(t, "relay_raft_peer_last_contact_seconds{peer=\"%s\"} %.3f\n",
 				    st.peers[i].name,
-				    st.peers[i].last_contact_ms < 0 ? -1.0
-								    : st.peers[i].last_contact_ms / 1000.0);
+				    st.peers[i].last_contact_ms < 0
+					? -1.0
+					: st.peers[i].last_contact_ms / 1000.0);
 		family(t, "relay_raft_peer_connected", "gauge",
 		       "1 while a cluster connection to the member is up.");
 		for (unsigned i = 0; i < st.n_peers; i++)
@@ -239,7 +248,8 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		family(t, "relay_ownership_lease_remaining_seconds", "gauge",
 		       "Time left on this node's delivery lease (negative: lapsed).");
 		/* computed by the engine on its monotonic clock: never against this wall clock */
-		double left = ds.lease_left_ms == INT64_MIN ? -1.0 : (double)ds.lease_left_ms / 1000.0;
+		double left =
+		    ds.lease_left_ms == INT64_MIN ? -1.0 : (double)ds.lease_left_ms / 1000.0;
 		http_printf(t, "relay_ownership_lease_remaining_seconds %.3f\n", left);
 		counter(t, "relay_delivery_commits_refused_total",
 			"Attempts abandoned before their end of data: the lease (minus its margin) "
@@ -255,21 +265,24 @@ render_ownership(struct http_text *t, struct cluster *c, const struct delivery *
 		counter(t, "relay_ownership_renews_total", "Lease renewals committed.", ds.renews);
 		counter(t, "relay_ownership_member_proposals_total",
 			"Member commands this node proposed.", ds.member_proposals);
-		counter(t, "relay_ownership_jobs_dropped_total",
-			"Queued delivery jobs dropped because the lease lapsed or the domain moved.",
-			ds.jobs_dropped);
+		counter(
+		    t, "relay_ownership_jobs_dropped_total",
+		    "Queued delivery jobs dropped because the lease lapsed or the domain moved.",
+		    ds.jobs_dropped);
 		gauge(t, "relay_delivery_inflight_messages", "Messages with attempts in flight.",
 		      ds.inflight_msgs);
 		family(t, "relay_delivery_recipients_total", "counter",
 		       "Recipients this node attempted, by result (bounced: failed for good, DSN "
 		       "to the sender).");
-		http_printf(t, "relay_delivery_recipients_total{result=\"delivered\"} %" PRIu64 "\n",
+		http_printf(t,
+			    "relay_delivery_recipients_total{result=\"delivered\"} %" PRIu64 "\n",
 			    ds.rcpts_delivered);
 		http_printf(t, "relay_delivery_recipients_total{result=\"deferred\"} %" PRIu64 "\n",
 			    ds.rcpts_deferred);
 		http_printf(t, "relay_delivery_recipients_total{result=\"bounced\"} %" PRIu64 "\n",
 			    ds.rcpts_failed);
-		counter(t, "relay_delivery_dsns_total", "DSN messages this node generated.", ds.dsns);
+		counter(t, "relay_delivery_dsns_total", "DSN messages this node generated.",
+			ds.dsns);
 		counter(t, "relay_delivery_connections_total", "Outgoing SMTP connections opened.",
 			ds.connections);
 		counter(t, "relay_delivery_messages_sent_total",

@@ -1197,6 +1197,41 @@ sim_free(void)
 	hso_fini();
 }
 
+/* Units a fetch of the largest queue held by a node now may take after the heal, where no frame
+ * is lost and no disk fails: one chunk in flight per fetch (cluster/craft_fetch.c), a chunk at
+ * most S->chunk value bytes and 16384 key/values (CRAFT_SNAP_CHUNK_KVS), one round trip each of
+ * at most 2 delay_max, the chunk's write (sync_max) and a tick.  Fetches of different nodes run
+ * side by side.  A fetch that started over after the heal would need twice this: it must not
+ * (the view it fetches is retained while it runs: craft_snap.c craft__retain). */
+static uint64_t
+heal_fetch_units(void)
+{
+	static const enum store_cf cfs[] = {STORE_CF_QUEUE, STORE_CF_BODY, STORE_CF_INDEX};
+	uint64_t most = 0;
+	for (int i = 1; i <= S->n_ids; i++) {
+		struct store *st = S->nd[i].up ? S->nd[i].vstore : S->nd[i].dstore;
+		uint64_t chunks = 0;
+		for (size_t k = 0; k < sizeof(cfs) / sizeof(cfs[0]); k++) {
+			uint64_t bytes = 0, kvs = 0;
+			struct store_iter *it;
+			if (store_iter_new(st, cfs[k], &it))
+				fail("store_iter_new");
+			for (store_iter_seek(it, NULL, 0); store_iter_valid(it);
+			     store_iter_next(it)) {
+				size_t vl;
+				(void)store_iter_value(it, &vl);
+				bytes += vl;
+				kvs++;
+			}
+			store_iter_free(it);
+			chunks += 1 + bytes / S->chunk + kvs / 16384;
+		}
+		if (chunks > most)
+			most = chunks;
+	}
+	return most * (2 * S->delay_max + S->sync_max + SIM_HB + 2);
+}
+
 static int
 sim_run(const struct opts *o)
 {
@@ -1278,7 +1313,8 @@ sim_run(const struct opts *o)
 			S->nd[i].restart_at = S->now;
 		S->nd[i].paused_until = 0;
 	}
-	uint64_t heal_end = S->now + SIM_HEAL_BUDGET, quiet = 0;
+	uint64_t fetch_units = heal_fetch_units();
+	uint64_t heal_end = S->now + SIM_HEAL_BUDGET + fetch_units, quiet = 0;
 	int ok = 0;
 	for (; S->now <= heal_end; S->now++) {
 		step();
@@ -1314,9 +1350,10 @@ sim_run(const struct opts *o)
 			    tmo += S->props[k].status == CLUSTER_ETIMEDOUT,
 			    other +=
 			    S->props[k].status < 0 && S->props[k].status != CLUSTER_ETIMEDOUT;
-		fail("liveness: no convergence %d units after the heal (proposals ok %" PRIu64
-		     " pending %" PRIu64 " timed out %" PRIu64 " other %" PRIu64 ");%s",
-		     SIM_HEAL_BUDGET, S->n_props_ok, pend, tmo, other, st);
+		fail("liveness: no convergence %d + %" PRIu64 " (fetch) units after the heal "
+		     "(proposals ok %" PRIu64 " pending %" PRIu64 " timed out %" PRIu64
+		     " other %" PRIu64 ");%s",
+		     SIM_HEAL_BUDGET, fetch_units, S->n_props_ok, pend, tmo, other, st);
 	}
 	/* G1: every Accept acknowledged (250) and never deleted is in every member's queue */
 	struct node *l = leader();
@@ -1349,16 +1386,16 @@ sim_run(const struct opts *o)
 	hso_stats(&os);
 	if (o->verbose)
 		printf("ok seed=%" PRIu64 " nodes=%d steps=%" PRIu64 " heal=%" PRIu64
-		       " commit=%" PRIu64 " leaders=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
-		       " crashes=%" PRIu64 " power=%" PRIu64 " wipes=%" PRIu64
-		       " failed_writes=%" PRIu64 " transfers=%" PRIu64 " member_ops=%" PRIu64
-		       " compactions=%" PRIu64 " states_loaded=%" PRIu64 " durable_checks=%" PRIu64
-		       " msgs=%" PRIu64 " lease=%" PRIu64 " renews=%" PRIu64 " verdicts=%" PRIu64
-		       " attempts=%" PRIu64 " aborted=%" PRIu64 " committed=%" PRIu64
-		       " delivered=%" PRIu64 "\n",
-		       o->seed, o->nodes, o->steps, S->now - o->steps, ls.commit, S->n_leaders,
-		       S->n_props_ok, S->n_props_fail, S->n_crash, S->n_power, S->n_wipe,
-		       S->n_fail_writes, S->n_transfers, S->n_members, S->n_compact,
+		       " heal_fetch=%" PRIu64 " commit=%" PRIu64 " leaders=%" PRIu64
+		       " acked=%" PRIu64 " failed=%" PRIu64 " crashes=%" PRIu64 " power=%" PRIu64
+		       " wipes=%" PRIu64 " failed_writes=%" PRIu64 " transfers=%" PRIu64
+		       " member_ops=%" PRIu64 " compactions=%" PRIu64 " states_loaded=%" PRIu64
+		       " durable_checks=%" PRIu64 " msgs=%" PRIu64 " lease=%" PRIu64
+		       " renews=%" PRIu64 " verdicts=%" PRIu64 " attempts=%" PRIu64
+		       " aborted=%" PRIu64 " committed=%" PRIu64 " delivered=%" PRIu64 "\n",
+		       o->seed, o->nodes, o->steps, S->now - o->steps, fetch_units, ls.commit,
+		       S->n_leaders, S->n_props_ok, S->n_props_fail, S->n_crash, S->n_power,
+		       S->n_wipe, S->n_fail_writes, S->n_transfers, S->n_members, S->n_compact,
 		       S->n_installs_seen, S->n_durable_checks, S->n_msgs, S->lease_ms,
 		       os.renews_ok, os.verdicts, os.attempts, os.aborted, os.commits,
 		       os.outcomes_ok);

@@ -36,13 +36,13 @@
  * failed, some with a DSN, some duplicated, some with an older epoch, some for unknown or
  * removed queue ids, a few with a recipient index past the message's: rejected at apply),
  * Deletes (some unknown), Hold/Release/Retry, DeferDomain (a dead destination's backoff, at
- * the proposer's epoch of the domain or an older one), Member commands (LIVE, DRAINING, DRAINED, DOWN,
- * REMOVED) and Renews, and verbatim re-proposals of earlier commands (a forward retried after
+ * the proposer's epoch of the domain or an older one), Member commands (LIVE, DRAINING, DRAINED,
+ * DOWN, REMOVED) and Renews, and verbatim re-proposals of earlier commands (a forward retried after
  * a lost reply).
  *
  * Lease mode (half the seeds): membership is not random but what the nodes do: every node
- * hosts the ownership core (cluster/ownership.c) like node/delivery/delivery_own.c, once per tick: Renew
- * every lease/4 (the lease runs from the proposal once it is applied here), Member{self,
+ * hosts the ownership core (cluster/ownership.c) like node/delivery/delivery_own.c, once per tick:
+ * Renew every lease/4 (the lease runs from the proposal once it is applied here), Member{self,
  * LIVE} at boot, DRAINED when a drain is over, and as leader the DOWN (with
  * expect_renew_index) / LIVE / REMOVED verdicts; operators only drain; Outcomes come from
  * attempts a node starts under own_may_start and proposes later with the epoch read at the
@@ -126,19 +126,19 @@
 #define SIM_HEAL_BUDGET 20000
 #define SIM_HEAL_PROPOSALS 5
 #define SIM_PROP_ID_HEAL (1ULL << 62)
-#define SIM_HEAL_COMPACT 1000 /* entries between compactions after the heal */
+#define SIM_HEAL_COMPACT 1000	      /* entries between compactions after the heal */
 #define SIM_EPOCH_MS 1700000000000ULL /* simulated time 0 as a unix time in ms */
-#define SIM_MQ_RCPTS 4		       /* recipients per generated Accept, at most */
-#define SIM_DOMAINS 5		       /* recipient domains d0..d4.example */
-#define SIM_BODY_MAX 160	       /* body bytes of a generated Accept, at most */
-#define SIM_RECENT 32		       /* recent commands kept for verbatim re-proposal */
-#define SIM_FULL_CHECK_EVERY 500       /* units between full model checks of a random node */
-#define SIM_MQ_BUCKETS 4096	       /* model hash buckets (chained) */
-#define SIM_BACKLOG 80		       /* queued messages beyond which outcomes get likelier */
-#define SIM_DOM_MAX 16		       /* distinct recipient domains the model tracks */
+#define SIM_MQ_RCPTS 4		      /* recipients per generated Accept, at most */
+#define SIM_DOMAINS 5		      /* recipient domains d0..d4.example */
+#define SIM_BODY_MAX 160	      /* body bytes of a generated Accept, at most */
+#define SIM_RECENT 32		      /* recent commands kept for verbatim re-proposal */
+#define SIM_FULL_CHECK_EVERY 500      /* units between full model checks of a random node */
+#define SIM_MQ_BUCKETS 4096	      /* model hash buckets (chained) */
+#define SIM_BACKLOG 80		      /* queued messages beyond which outcomes get likelier */
+#define SIM_DOM_MAX 16		      /* distinct recipient domains the model tracks */
 /* no idle assignment is ever evicted in the simulation (check_assignments relies on it) */
 _Static_assert(SIM_DOM_MAX <= QUEUE_IDLE_DOMAINS_MAX, "the model's domains reach the idle bound");
-#define SIM_ATTEMPTS 8		       /* delivery attempts in flight per node (lease mode) */
+#define SIM_ATTEMPTS 8 /* delivery attempts in flight per node (lease mode) */
 
 /* ------------------------------------------------------------------ PRNG */
 
@@ -344,7 +344,7 @@ struct mq {
 	uint64_t last_at[SIM_MQ_RCPTS];
 	uint8_t dom[SIM_MQ_RCPTS]; /* index into sim.dom */
 	uint64_t removed_no;	   /* its place in the removal order (1...); 0 never removed */
-	uint64_t *iv; /* pairs from, to (UINT64_MAX while present) */
+	uint64_t *iv;		   /* pairs from, to (UINT64_MAX while present) */
 	size_t niv, ivcap;
 };
 
@@ -386,13 +386,14 @@ struct sim {
 	struct u64vec committed_seen_term; /* term of the first node seen to commit it */
 	struct applied_rec *applied;	   /* by log index */
 	size_t applied_cap;
-	uint64_t applied_max; /* highest index applied anywhere: the model is there */
+	uint64_t applied_max;	  /* highest index applied anywhere: the model is there */
 	struct u64vec prop_index; /* proposal id -> index where it was applied (+1) */
 	struct emap emap;
 	uint64_t commit_max;
 	uint64_t next_prop;
 	/* the queue model */
-	uint64_t n_removals; /* messages removed so far (tombstones: the last QUEUE_TOMBSTONES_MAX) */
+	uint64_t
+	    n_removals; /* messages removed so far (tombstones: the last QUEUE_TOMBSTONES_MAX) */
 	/* domains (ASCII-lowercased): queued recipients, and the assignment last seen */
 	struct {
 		char name[QUEUE_DOMAIN_MAX + 1];
@@ -412,7 +413,8 @@ struct sim {
 	/* heal phase */
 	uint64_t heal_prop_at[SIM_HEAL_PROPOSALS];
 	uint64_t heal_own_at;
-	uint64_t heal_target; /* commit index every member must apply (set once ownership settled) */
+	uint64_t
+	    heal_target; /* commit index every member must apply (set once ownership settled) */
 	uint64_t heal_transfer; /* units one snapshot transfer may take (heal_transfer_units) */
 	/* the configuration of the highest-index configuration entry applied anywhere: the
 	 * committed one (shut_down_removed) */
@@ -423,10 +425,11 @@ struct sim {
 	uint64_t n_proposed, n_refused, n_applied, n_elections, n_crashes, n_snap_installs,
 	    n_compactions, n_conf, n_transfers, n_disk_fail, n_msgs, n_timeout_now, n_snap_chunks,
 	    n_sm_resumes;
-	uint64_t n_cmd[4];   /* committed: accept, outcome, delete, rejected (result != 0) */
+	uint64_t n_cmd[4]; /* committed: accept, outcome, delete, rejected (result != 0) */
 	uint64_t n_full_checks, queue_max;
 	uint64_t n_fenced, n_member_cmds, n_renews, n_reassigned; /* ownership */
 	uint64_t n_attempts, n_may_start_checks, n_removed_overlaps, n_evicted_overlaps;
+	uint64_t n_renews_refused;
 	uint64_t n_defers; /* DeferDomain commands committed */
 	bool strict_lease;
 	/* lease check: the last node seen allowed to start an attempt per model domain, and when */
@@ -438,7 +441,7 @@ static struct {
 	uint64_t runs, steps, applied, elections, crashes, disk_fail, conf, transfers, timeout_now,
 	    compactions, snap_installs, snap_chunks, sm_resumes, msgs, heal_max, cmd[4],
 	    full_checks, queue_max, members, renews, fenced, reassigned, attempts, lease_runs,
-	    may_start, removed_overlaps, evicted, evicted_overlaps, defers;
+	    may_start, removed_overlaps, evicted, evicted_overlaps, defers, renews_refused;
 } g_tot;
 
 static struct sim *S;
@@ -600,7 +603,8 @@ disk_apply(struct node *nd, struct pwrite *w)
 		disk_set_snap(d, &w->snap, w->snap_data, w->snap_len);
 	}
 	if (w->compact && w->snap.index > d->snap.index) {
-		/* our compaction: its entries are durable (raft_compact needs applied <= persisted) */
+		/* our compaction: its entries are durable (raft_compact needs applied <= persisted)
+		 */
 		disk_drop_upto(d, w->snap.index);
 		disk_set_snap(d, &w->snap, w->snap_data, w->snap_len);
 	}
@@ -625,7 +629,8 @@ disk_apply(struct node *nd, struct pwrite *w)
 	if (w->sb.count) {
 		int rv = store_write(nd->dstore, &w->sb, 1);
 		if (rv)
-			fail("node %" PRIu64 " durable store write: %s", nd->id, store_strerror(rv));
+			fail("node %" PRIu64 " durable store write: %s", nd->id,
+			     store_strerror(rv));
 	}
 }
 
@@ -743,7 +748,8 @@ store_same(struct store *a, struct store *b)
 				same = 0;
 				break;
 			}
-			const unsigned char *a1 = store_iter_key(x, &kx), *b1 = store_iter_key(y, &ky);
+			const unsigned char *a1 = store_iter_key(x, &kx),
+					    *b1 = store_iter_key(y, &ky);
 			const unsigned char *a2 = store_iter_value(x, &vx),
 					    *b2 = store_iter_value(y, &vy);
 			same = kx == ky && vx == vy && !memcmp(a1, b1, kx) && !memcmp(a2, b2, vx);
@@ -1016,8 +1022,8 @@ mq_accept(uint64_t index, const Relay__Accept *a, struct mq **touched, size_t *n
 
 /* An Outcome (o) or a Delete (o NULL) by the rules of queue_fsm.h; returns the result. */
 static int
-mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
-	  const Relay__Outcome *o, const uint64_t *dom_epoch, struct mq **touched, size_t *nt)
+mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx, const Relay__Outcome *o,
+	  const uint64_t *dom_epoch, struct mq **touched, size_t *nt)
 {
 	struct mq *q = mq_get(id, true);
 	touched[(*nt)++] = q;
@@ -1043,8 +1049,7 @@ mq_change(uint64_t index, const char *id, const uint32_t *idx, size_t nidx,
 		    q->last_at[i] == o->at_ms)
 			ch[i] = false;
 		/* fencing (G4): only at the epoch its domain had when the outcome applied */
-		if (ch[i] && o &&
-		    (!o->has_epoch || !o->epoch || o->epoch != dom_epoch[q->dom[i]]))
+		if (ch[i] && o && (!o->has_epoch || !o->epoch || o->epoch != dom_epoch[q->dom[i]]))
 			ch[i] = false;
 		nch += ch[i];
 	}
@@ -1241,7 +1246,8 @@ check_evicted(size_t k, uint64_t index, const struct dom_list *l)
 		int c = r->epoch != S->dom[k].epoch ? (r->epoch < S->dom[k].epoch ? -1 : 1)
 						    : strcmp(r->name, S->dom[k].name);
 		if (!r->queued && c < 0)
-			fail("ownership: at %" PRIu64 " %s (epoch %" PRIu64 ") was forgotten before "
+			fail("ownership: at %" PRIu64 " %s (epoch %" PRIu64
+			     ") was forgotten before "
 			     "%s (epoch %" PRIu64 ")",
 			     index, S->dom[k].name, S->dom[k].epoch, r->name, r->epoch);
 	}
@@ -1284,13 +1290,15 @@ check_assignments(struct node *nd, uint64_t index)
 			     index, d->name, d->queued, S->dom[k].queued);
 		if (!d->owner[0]) {
 			if (any_live)
-				fail("ownership: at %" PRIu64 " domain %s is unowned while a member "
+				fail("ownership: at %" PRIu64
+				     " domain %s is unowned while a member "
 				     "is LIVE",
 				     index, d->name);
 		} else {
 			int st = member_state(mem, nm, d->owner);
 			if (st != QUEUE_MEMBER_LIVE && st != QUEUE_MEMBER_DRAINING)
-				fail("ownership: at %" PRIu64 " domain %s is owned by %s, which is %s",
+				fail("ownership: at %" PRIu64
+				     " domain %s is owned by %s, which is %s",
 				     index, d->name, d->owner, member_state_name(st));
 		}
 		if (d->epoch == 0 || d->epoch > index)
@@ -1314,8 +1322,8 @@ check_assignments(struct node *nd, uint64_t index)
 	for (size_t j = 0; j < l.n; j++)
 		nidle += l.d[j].queued == 0;
 	if (S->idle_max && nidle > S->idle_max)
-		fail("ownership: at %" PRIu64 " %zu idle assignments, the bound is %zu", index, nidle,
-		     S->idle_max);
+		fail("ownership: at %" PRIu64 " %zu idle assignments, the bound is %zu", index,
+		     nidle, S->idle_max);
 	for (size_t k = 0; k < S->n_dom; k++) {
 		if (S->dom[k].queued && !listed[k])
 			fail("ownership: at %" PRIu64 " domain %s has %" PRIu64
@@ -1379,7 +1387,8 @@ check_own_key(struct node *nd, const char *when, const unsigned char *k, size_t 
 		size_t off = vl >= 30 && v[0] == 2 ? 30 : 9;
 		ok = j < o->l.n && vl >= off && (v[0] == 1 || (v[0] == 2 && v[29] == vl - 30)) &&
 		     store_u64_decode(v + 1) == o->l.d[j].epoch &&
-		     vl - off == strlen(o->l.d[j].owner) && !memcmp(v + off, o->l.d[j].owner, vl - off);
+		     vl - off == strlen(o->l.d[j].owner) &&
+		     !memcmp(v + off, o->l.d[j].owner, vl - off);
 	} else if (ok && k[1] == 'E') {
 		/* a deferred domain's reason: its assignment is there */
 		size_t j;
@@ -1397,8 +1406,8 @@ check_own_key(struct node *nd, const char *when, const unsigned char *k, size_t 
 		     store_u64_decode(v + 2) == o->mem[j].since_index &&
 		     store_u64_decode(v + 10) == o->mem[j].renew_index &&
 		     store_u64_decode(v + 18) == o->mem[j].renew_at_ms &&
-		     ((uint32_t)v[26] << 24 | (uint32_t)v[27] << 16 | (uint32_t)v[28] << 8 | v[29]) ==
-			 o->mem[j].inflight;
+		     ((uint32_t)v[26] << 24 | (uint32_t)v[27] << 16 | (uint32_t)v[28] << 8 |
+		      v[29]) == o->mem[j].inflight;
 	} else if (ok && k[1] == 'T') {
 		/* big-endian index of the removing command -> the queue id */
 		o->nt++;
@@ -1408,8 +1417,7 @@ check_own_key(struct node *nd, const char *when, const unsigned char *k, size_t 
 			memcpy(id, v, vl);
 			id[vl] = 0;
 			const struct mq *q = mq_get(id, false);
-			ok = q && !mq_present_at(q, nd->sm_index) &&
-			     !queue_fsm_lookup(nd->fsm, id);
+			ok = q && !mq_present_at(q, nd->sm_index) && !queue_fsm_lookup(nd->fsm, id);
 		}
 	} else {
 		ok = false;
@@ -1458,8 +1466,9 @@ check_msg_key(struct node *nd, enum store_cf cf, const unsigned char *key, size_
 	}
 	/* the state value */
 	if (vl < QUEUE_STATE_FIXED || v[0] != 1 || v[1] != m->held ||
-	    store_u64_decode(v + 2) != m->accept_index || store_u64_decode(v + 10) != m->received_ms ||
-	    store_u64_decode(v + 18) != m->size || store_u64_decode(v + 26) != m->update_index ||
+	    store_u64_decode(v + 2) != m->accept_index ||
+	    store_u64_decode(v + 10) != m->received_ms || store_u64_decode(v + 18) != m->size ||
+	    store_u64_decode(v + 26) != m->update_index ||
 	    ((uint32_t)v[42] << 8 | v[43]) != m->nrcpts)
 		return false;
 	size_t p = QUEUE_STATE_FIXED;
@@ -1521,7 +1530,8 @@ check_store(struct node *nd, const char *when)
 		fail("node %" PRIu64 " (%s, applied %" PRIu64 ") store has %zu assignment and %zu "
 		     "member keys, its FSM %zu and %zu",
 		     nd->id, when, nd->sm_index, own.nd, own.nm, own.l.n, own.nmem);
-	uint64_t tombs = S->n_removals < QUEUE_TOMBSTONES_MAX ? S->n_removals : QUEUE_TOMBSTONES_MAX;
+	uint64_t tombs =
+	    S->n_removals < QUEUE_TOMBSTONES_MAX ? S->n_removals : QUEUE_TOMBSTONES_MAX;
 	if (nd->sm_index == S->applied_max && own.nt != tombs)
 		fail("node %" PRIu64 " (%s, applied %" PRIu64 ") store has %zu tombstones, the "
 		     "model %" PRIu64,
@@ -1618,7 +1628,8 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 	if (e->type == RAFT_ENTRY_NORMAL) {
 		cmd = relay__command__unpack(NULL, e->len, e->data);
 		if (!cmd)
-			fail("node %" PRIu64 " entry %" PRIu64 " does not unpack", nd->id, e->index);
+			fail("node %" PRIu64 " entry %" PRIu64 " does not unpack", nd->id,
+			     e->index);
 		/* the domains' epochs before, as this node sees them: what fencing compares */
 		uint64_t dom_epoch[SIM_DOM_MAX] = {0};
 		if (first && cmd->cmd_case == RELAY__COMMAND__CMD_OUTCOME)
@@ -1660,15 +1671,16 @@ sm_apply(struct node *nd, const struct raft_entry *e, struct store_batch *b)
 				if (!m || !q->present)
 					continue; /* presence: below */
 				if (m->nrcpts != q->nrcpts)
-					fail("queue model: %s has %u recipients, the model %u", q->id,
-					     m->nrcpts, q->nrcpts);
+					fail("queue model: %s has %u recipients, the model %u",
+					     q->id, m->nrcpts, q->nrcpts);
 				for (uint32_t i = 0; i < q->nrcpts; i++)
 					if (m->rcpts[i].state != q->st[i] ||
 					    m->rcpts[i].attempts != q->attempts[i] ||
 					    m->rcpts[i].last_attempt_ms != q->last_at[i])
 						fail("queue model: after %s at %" PRIu64
 						     " recipient %u of %s is state %u attempts %u "
-						     "last %" PRIu64 ", the rules say %u %u %" PRIu64,
+						     "last %" PRIu64
+						     ", the rules say %u %u %" PRIu64,
 						     cmd_name(cmd), e->index, i, q->id,
 						     m->rcpts[i].state, m->rcpts[i].attempts,
 						     m->rcpts[i].last_attempt_ms, q->st[i],
@@ -1818,7 +1830,8 @@ node_start(struct node *nd, bool bootstrap)
 		raft_status(nd->r, &st);
 		/* what cluster_raft's open requires of its store */
 		if (rv == 0 && applied < st.snap_index)
-			fail("node %" PRIu64 " durable queue at %" PRIu64 " is behind its snapshot %" PRIu64,
+			fail("node %" PRIu64 " durable queue at %" PRIu64
+			     " is behind its snapshot %" PRIu64,
 			     nd->id, applied, st.snap_index);
 		if (rv == 0 && applied > st.last_index)
 			fail("node %" PRIu64 " durable queue at %" PRIu64
@@ -2111,7 +2124,6 @@ struct gen {
 	uint32_t idx[SIM_MQ_RCPTS + 2];
 };
 
-
 static void
 gen_qid(char *out, char prefix)
 {
@@ -2197,8 +2209,8 @@ gen_outcome(struct node *nd, struct gen *g)
 		if (pick == UINT32_MAX)
 			pick = 0;
 		for (uint32_t i = 0; i < m->nrcpts; i++) {
-			bool item = m->rcpts[i].state == QUEUE_RCPT_QUEUED &&
-				    q->dom[i] == q->dom[pick];
+			bool item =
+			    m->rcpts[i].state == QUEUE_RCPT_QUEUED && q->dom[i] == q->dom[pick];
 			if (i == pick || (item && rnd_n(10) < 8) || rnd_n(20) == 0)
 				g->idx[n++] = i;
 		}
@@ -2473,15 +2485,15 @@ describe(const Relay__Command *c, char *out, size_t n)
 			 c->outcome->at_ms, c->outcome->epoch, c->outcome->dsn ? " +dsn" : "");
 		break;
 	case RELAY__COMMAND__CMD_DELETE:
-		snprintf(out, n, "delete %s n=%zu", c->delete_->queue_id,
-			 c->delete_->n_rcpt_index);
+		snprintf(out, n, "delete %s n=%zu", c->delete_->queue_id, c->delete_->n_rcpt_index);
 		break;
 	case RELAY__COMMAND__CMD_MEMBER:
 		snprintf(out, n, "member %s %s", c->member->node,
 			 member_state_name((int)c->member->state));
 		if (c->member->has_expect_since_index) {
 			size_t l = strlen(out);
-			snprintf(out + l, n - l, " if-since=%" PRIu64, c->member->expect_since_index);
+			snprintf(out + l, n - l, " if-since=%" PRIu64,
+				 c->member->expect_since_index);
 		}
 		break;
 	default:
@@ -2504,6 +2516,7 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 	char desc[160] = "";
 	if (S->trace)
 		describe(c, desc, sizeof(desc));
+	bool is_renew = c->cmd_case == RELAY__COMMAND__CMD_RENEW;
 	size_t len;
 	uint8_t *p = pack_cmd(c, &len);
 	relay__command__free_unpacked(c, NULL);
@@ -2520,7 +2533,19 @@ propose(struct node *nd, uint64_t id, const uint8_t *buf, size_t blen)
 		if (st.lead && st.lead != nd->id && S->nodes[st.lead].up &&
 		    link_ok(nd->id, st.lead)) {
 			nd = &S->nodes[st.lead];
-			rv = raft_propose(nd->r, p, len, &idx, &term);
+			/* as craft__propose_forward: a Renew from a node out of the leader's
+			 * configuration is refused (ownership.h, REMOVED) */
+			struct raft_status ls;
+			raft_status(nd->r, &ls);
+			if (is_renew && !raft_conf_is_member(&ls.conf, origin)) {
+				S->n_renews_refused++;
+				trace("node %" PRIu64 " refuses a renew from %" PRIu64
+				      ": not in its configuration",
+				      nd->id, origin);
+				rv = RAFT_ENOTLEADER;
+			} else {
+				rv = raft_propose(nd->r, p, len, &idx, &term);
+			}
 		}
 	}
 	free(p);
@@ -2747,11 +2772,12 @@ own_host_tick(struct node *nd)
 
 /*
  * Was a Member{id, REMOVED} committed at an index in (from, to]?  The leader's ownership core
- * proposes REMOVED for a node out of the Raft configuration at once, without waiting for its
- * lease to lapse (unlike DOWN), so a removed server that still holds a lease and has not
- * applied its removal (it gets no entries any more) may start attempts for up to lease_ms
- * while the domain's new owner does too: outcomes stay fenced (G4) but a delivery may be
- * duplicated.  Such overlaps are counted (removed_overlaps); --strict-lease makes them fail.
+ * once proposed REMOVED for a node out of the Raft configuration at once, without waiting for
+ * its lease to lapse (unlike DOWN), so a removed server that still held a lease could start
+ * attempts while the domain's new owner did too (outcomes stay fenced, G4, but a delivery may
+ * be duplicated).  It now waits lease + grace after the later of the removal and the member's
+ * last Renew (ownership.h); without --strict-lease such overlaps are still only counted
+ * (removed_overlaps), CTest makes them fail.
  */
 static bool
 removed_between(uint64_t id, uint64_t from, uint64_t to)
@@ -2790,7 +2816,8 @@ check_starters(void)
 				uint64_t e1 = S->starter_epoch[k], e2 = l.d[j].epoch;
 				uint64_t hi = e1 > e2 ? e1 : e2;
 				uint64_t stale = e1 < e2 ? S->starter[k] : nd->id;
-				if (!S->strict_lease && removed_between(stale, e1 < e2 ? e1 : e2, hi)) {
+				if (!S->strict_lease &&
+				    removed_between(stale, e1 < e2 ? e1 : e2, hi)) {
 					/* known gap, counted: see removed_between() */
 					S->n_removed_overlaps++;
 					continue;
@@ -2798,8 +2825,9 @@ check_starters(void)
 				if (S->dom[k].evicted_at > (e1 < e2 ? e1 : e2) &&
 				    S->dom[k].evicted_at <= hi) {
 					/* the eviction gap (queue_fsm.h, README "Known gaps"): the
-					 * assignment was forgotten and made anew meanwhile; a node that
-					 * has not applied that yet may still start under the old one */
+					 * assignment was forgotten and made anew meanwhile; a node
+					 * that has not applied that yet may still start under the
+					 * old one */
 					S->n_evicted_overlaps++;
 					continue;
 				}
@@ -2829,7 +2857,11 @@ client_actions(void)
 		if (nd && S->lease_mode &&
 		    rnd_n(100) < S->pct_outcome + (qc.messages > SIM_BACKLOG ? 30 : 0)) {
 			/* the owners work: the first node from a random one that may start */
-			for (int i = 0; i < S->n_ids && !start_attempt(&S->nodes[1 + (nd->id - 1 + (uint64_t)i) % (uint64_t)S->n_ids]); i++)
+			for (int i = 0;
+			     i < S->n_ids &&
+			     !start_attempt(
+				 &S->nodes[1 + (nd->id - 1 + (uint64_t)i) % (uint64_t)S->n_ids]);
+			     i++)
 				;
 		} else if (nd) {
 			size_t len;
@@ -2884,8 +2916,8 @@ client_actions(void)
 			 * host compacts like cluster_raft (every snapshot_entries), or a slow
 			 * snapshot transfer restarted by each compaction never ends */
 			uint64_t every = S->healing ? S->heal_compact : 20;
-			if (st.applied >= st.snap_index + every && st.applied <= st.persisted_index &&
-			    nd->sm_index == st.applied) {
+			if (st.applied >= st.snap_index + every &&
+			    st.applied <= st.persisted_index && nd->sm_index == st.applied) {
 				void *buf;
 				size_t len;
 				sm_snapshot_encode(nd, &buf, &len);
@@ -2899,7 +2931,8 @@ client_actions(void)
 					w->snap_len = len;
 					buf = NULL;
 					S->n_compactions++;
-					trace("node %" PRIu64 " compacted to %" PRIu64 " (%zu bytes)",
+					trace("node %" PRIu64 " compacted to %" PRIu64
+					      " (%zu bytes)",
 					      nd->id, w->snap.index, len);
 				}
 				free(buf);
@@ -2974,8 +3007,10 @@ sync_disks(void)
 			if (w.seq)
 				raft_persisted(nd->r, w.seq);
 			drain(nd);
-			if (nd->up && !nd->d.npw && chance(20000) && !store_same(nd->vstore, nd->dstore))
-				fail("node %" PRIu64 " view store differs from its durable store with "
+			if (nd->up && !nd->d.npw && chance(20000) &&
+			    !store_same(nd->vstore, nd->dstore))
+				fail("node %" PRIu64
+				     " view store differs from its durable store with "
 				     "no write in flight",
 				     nd->id);
 		}
@@ -3307,7 +3342,8 @@ sim_run(const struct run_opts *o)
 				 o->idle_max);
 		if (o->pre_vote >= 0 || o->check_quorum >= 0 || o->strict_lease || hc[0])
 			snprintf(forced, sizeof(forced), "%s%s%s%s%s",
-				 o->pre_vote >= 0 ? (o->pre_vote ? " --prevote 1" : " --prevote 0") : "",
+				 o->pre_vote >= 0 ? (o->pre_vote ? " --prevote 1" : " --prevote 0")
+						  : "",
 				 o->check_quorum >= 0 ? " --check-quorum " : "",
 				 o->check_quorum >= 0 ? (o->check_quorum ? "1" : "0") : "",
 				 o->strict_lease ? " --strict-lease" : "", hc);
@@ -3369,14 +3405,16 @@ sim_run(const struct run_opts *o)
 			struct raft_status rs = {0};
 			if (nd->up)
 				raft_status(nd->r, &rs);
-			p += snprintf(p, (size_t)(st + sizeof(st) - p),
-				      " n%d:%s t%" PRIu64 " c%" PRIu64 " a%" PRIu64 " p%" PRIu64
-				      " w%zu",
-				      i, !nd->up ? "down" : rs.role == RAFT_LEADER ? "L" : "F", rs.term,
-				      rs.commit, nd->sm_index, rs.persisted_index, nd->d.npw);
+			p += snprintf(
+			    p, (size_t)(st + sizeof(st) - p),
+			    " n%d:%s t%" PRIu64 " c%" PRIu64 " a%" PRIu64 " p%" PRIu64 " w%zu", i,
+			    !nd->up		     ? "down"
+			    : rs.role == RAFT_LEADER ? "L"
+						     : "F",
+			    rs.term, rs.commit, nd->sm_index, rs.persisted_index, nd->d.npw);
 		}
-		fail("liveness: no convergence %" PRIu64 " units after heal (%" PRIu64
-		     " + %" PRIu64 " for a snapshot transfer; leader %" PRIu64 ");%s",
+		fail("liveness: no convergence %" PRIu64 " units after heal (%" PRIu64 " + %" PRIu64
+		     " for a snapshot transfer; leader %" PRIu64 ");%s",
 		     budget + S->heal_transfer, budget, S->heal_transfer, l ? l->id : 0, st);
 	}
 	/* durability: every proposal ever applied is committed at its index in the final log */
@@ -3402,10 +3440,9 @@ sim_run(const struct run_opts *o)
 		       " refused=%" PRIu64 " elections=%" PRIu64 " crashes=%" PRIu64
 		       " diskfail=%" PRIu64 " conf=%" PRIu64 " transfers=%" PRIu64
 		       " compactions=%" PRIu64 " snapinstalls=%" PRIu64 " msgs=%" PRIu64
-		       " prevote=%d cq=%d accepts=%" PRIu64 " outcomes=%" PRIu64
-		       " deletes=%" PRIu64 " rejected=%" PRIu64 " queue_max=%" PRIu64
-		       " members=%" PRIu64 " renews=%" PRIu64 " fenced=%" PRIu64
-		       " reassigned=%" PRIu64 "\n",
+		       " prevote=%d cq=%d accepts=%" PRIu64 " outcomes=%" PRIu64 " deletes=%" PRIu64
+		       " rejected=%" PRIu64 " queue_max=%" PRIu64 " members=%" PRIu64
+		       " renews=%" PRIu64 " fenced=%" PRIu64 " reassigned=%" PRIu64 "\n",
 		       o->seed, o->nodes, o->steps, S->now - S->fault_end, ls.commit, ls.term,
 		       S->n_proposed, S->n_applied, S->n_refused, S->n_elections, S->n_crashes,
 		       S->n_disk_fail, S->n_conf, S->n_transfers, S->n_compactions,
@@ -3437,6 +3474,7 @@ sim_run(const struct run_opts *o)
 	g_tot.lease_runs += S->lease_mode;
 	g_tot.may_start += S->n_may_start_checks;
 	g_tot.removed_overlaps += S->n_removed_overlaps;
+	g_tot.renews_refused += S->n_renews_refused;
 	g_tot.evicted += S->n_evicted;
 	g_tot.evicted_overlaps += S->n_evicted_overlaps;
 	g_tot.defers += S->n_defers;
@@ -3544,11 +3582,12 @@ main(int argc, char **argv)
 			regress = v;
 			i++;
 		} else {
-			fprintf(stderr,
-				"usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] "
-				"[--long] [--trace] [--quiet] [--regress FILE] "
-				"[--prevote 0|1] [--check-quorum 0|1] [--strict-lease] [--idle-max N] "
-				"[--heal-compact N]\n");
+			fprintf(
+			    stderr,
+			    "usage: raft_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] "
+			    "[--long] [--trace] [--quiet] [--regress FILE] "
+			    "[--prevote 0|1] [--check-quorum 0|1] [--strict-lease] [--idle-max N] "
+			    "[--heal-compact N]\n");
 			return 2;
 		}
 	}
@@ -3587,9 +3626,9 @@ main(int argc, char **argv)
 	printf("ownership: member_cmds=%" PRIu64 " renews=%" PRIu64 " fenced_rcpts=%" PRIu64
 	       " reassigned=%" PRIu64 " lease_mode_runs=%" PRIu64 " attempts=%" PRIu64
 	       " may_start_checks=%" PRIu64 " removed_overlaps=%" PRIu64 " defers=%" PRIu64
-	       " evicted=%" PRIu64 " evicted_overlaps=%" PRIu64 "\n",
+	       " evicted=%" PRIu64 " evicted_overlaps=%" PRIu64 " renews_refused=%" PRIu64 "\n",
 	       g_tot.members, g_tot.renews, g_tot.fenced, g_tot.reassigned, g_tot.lease_runs,
 	       g_tot.attempts, g_tot.may_start, g_tot.removed_overlaps, g_tot.defers, g_tot.evicted,
-	       g_tot.evicted_overlaps);
+	       g_tot.evicted_overlaps, g_tot.renews_refused);
 	return bad ? 1 : 0;
 }

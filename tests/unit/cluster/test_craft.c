@@ -933,6 +933,54 @@ test_forward_expired(void **state)
 	store_free(e.store);
 }
 
+/* The leader refuses a forwarded Renew from a node out of its configuration (removed), so that
+ * node's lease lapses and the REMOVED verdict comes (ownership.h); any other command from it,
+ * and a Renew from a member (voter or learner), is proposed (raft_sim --seed 1082597075). */
+static void
+test_renew_refused(void **state)
+{
+	(void)state;
+	struct edge e = {.now = 1000};
+	assert_int_equal(store_mem_new(&e.store), 0);
+	struct craft *c = open_craft(&e, "n1");
+	uint64_t n1 = 0x11, n2 = 0x22, n3 = 0x33; /* raft ids (incarnations): set here */
+	c->peers[craft__peer_by_name(c, "n1")].id = n1;
+	c->peers[craft__peer_by_name(c, "n2")].id = n2;
+	c->peers[craft__peer_by_name(c, "n3")].id = n3;
+	struct raft_conf conf = {.n_voters = 1, .n_learners = 1};
+	conf.voters[0] = n1;
+	conf.learners[0] = n3;
+	Relay__Renew rn = RELAY__RENEW__INIT;
+	rn.node = "n2";
+	Relay__Command cmd = RELAY__COMMAND__INIT;
+	cmd.cmd_case = RELAY__COMMAND__CMD_RENEW;
+	cmd.renew = &rn;
+	cmd.has_origin_node = 1;
+	cmd.origin_node = n2;
+	assert_int_equal(craft__renew_refused(c, &conf, &cmd), 1);
+	assert_non_null(strstr(e.last_log, "event=renew-refused from=n2"));
+	e.last_log[0] = 0;
+	assert_int_equal(craft__renew_refused(c, &conf, &cmd), 1); /* logged now and then */
+	assert_int_equal(e.last_log[0], 0);
+	cmd.origin_node = n3; /* a learner renews */
+	assert_int_equal(craft__renew_refused(c, &conf, &cmd), 0);
+	cmd.origin_node = n1;
+	assert_int_equal(craft__renew_refused(c, &conf, &cmd), 0);
+	Relay__Member mb = RELAY__MEMBER__INIT; /* not a Renew: proposed */
+	mb.node = "n2";
+	Relay__Command other = RELAY__COMMAND__INIT;
+	other.cmd_case = RELAY__COMMAND__CMD_MEMBER;
+	other.member = &mb;
+	other.has_origin_node = 1;
+	other.origin_node = n2;
+	assert_int_equal(craft__renew_refused(c, &conf, &other), 0);
+	struct cluster_status st;
+	craft_status(c, &st);
+	assert_int_equal(st.renews_refused, 2);
+	close_craft(&e, c);
+	store_free(e.store);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -951,6 +999,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_foreign_cluster),
 	    cmocka_unit_test(test_applied_past_commit_case),
 	    cmocka_unit_test(test_forward_expired),
+	    cmocka_unit_test(test_renew_refused),
 	    cmocka_unit_test(test_ask_book),
 	    cmocka_unit_test(test_auto_join_stranger),
 	};

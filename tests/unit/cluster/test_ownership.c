@@ -52,9 +52,9 @@ test_owner_lease(void **state)
 	own_renew_sent(&o, 2000);
 	own_renew_done(&o, true, 9000); /* late commit: the lease is already over */
 	assert_false(own_lease_held(&o, 9000));
-	assert_int_equal(o.lease_until, 6000); /* it ran to 2000 + lease */
+	assert_int_equal(o.lease_until, 6000);	/* it ran to 2000 + lease */
 	assert_false(own_lease_held(&o, 5999)); /* asked with a time before one it was given */
-	own_renew_done(&o, true, 9001); /* no renew in flight: ignored */
+	own_renew_done(&o, true, 9001);		/* no renew in flight: ignored */
 	assert_int_equal(o.renews, 2);
 }
 
@@ -75,15 +75,15 @@ test_may_start_table(void **state)
 		bool want;
 	} t[] = {
 	    {2000, QUEUE_MEMBER_LIVE, "a", 7, 7, true},
-	    {2000, QUEUE_MEMBER_LIVE, "b", 7, 7, false},	/* not ours */
-	    {2000, QUEUE_MEMBER_LIVE, "", 7, 7, false},		/* unowned */
+	    {2000, QUEUE_MEMBER_LIVE, "b", 7, 7, false}, /* not ours */
+	    {2000, QUEUE_MEMBER_LIVE, "", 7, 7, false},	 /* unowned */
 	    {2000, QUEUE_MEMBER_LIVE, NULL, 7, 7, false},
-	    {2000, QUEUE_MEMBER_LIVE, "a", 8, 7, false},	/* moved since */
-	    {2000, QUEUE_MEMBER_LIVE, "a", 0, 0, false},	/* no epoch */
+	    {2000, QUEUE_MEMBER_LIVE, "a", 8, 7, false},     /* moved since */
+	    {2000, QUEUE_MEMBER_LIVE, "a", 0, 0, false},     /* no epoch */
 	    {2000, QUEUE_MEMBER_DRAINING, "a", 7, 7, false}, /* draining starts nothing */
 	    {2000, QUEUE_MEMBER_DOWN, "a", 7, 7, false},
 	    {2000, QUEUE_MEMBER_DRAINED, "a", 7, 7, false},
-	    {2000, -1, "a", 7, 7, false},			/* not a member */
+	    {2000, -1, "a", 7, 7, false}, /* not a member */
 	    {4499, QUEUE_MEMBER_LIVE, "a", 7, 7, true},
 	    {4500, QUEUE_MEMBER_LIVE, "a", 7, 7, false}, /* less than the margin (500) left */
 	    {5000, QUEUE_MEMBER_LIVE, "a", 7, 7, false}, /* lease over */
@@ -105,17 +105,21 @@ test_leader_down_live_removed(void **state)
 	own_init(&o, &cfg);
 	struct own_action act[OWN_MAX_ACTIONS];
 	const char *conf[] = {"a", "b", "c"};
-	struct queue_member m[3] = {mem("a", QUEUE_MEMBER_LIVE, 1, 10), mem("b", QUEUE_MEMBER_LIVE, 2, 11),
+	struct queue_member m[3] = {mem("a", QUEUE_MEMBER_LIVE, 1, 10),
+				    mem("b", QUEUE_MEMBER_LIVE, 2, 11),
 				    mem("c", QUEUE_MEMBER_LIVE, 3, 12)};
 	/* Not the leader: nothing. */
 	assert_int_equal(own_leader_tick(&o, 0, false, 1, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
 	/* Becomes leader at 10000: everyone gets a whole lease + grace from now. */
-	assert_int_equal(own_leader_tick(&o, 10000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
-	assert_int_equal(own_leader_tick(&o, 14999, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 10000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
+	assert_int_equal(own_leader_tick(&o, 14999, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
 	/* a and c renew, b does not. */
 	m[0].renew_index = 20;
 	m[2].renew_index = 21;
-	assert_int_equal(own_leader_tick(&o, 14000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 14000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
 	size_t n = own_leader_tick(&o, 15000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "b");
@@ -123,40 +127,65 @@ test_leader_down_live_removed(void **state)
 	assert_true(act[0].has_expect);
 	assert_int_equal(act[0].expect_renew_index, 11);
 	/* Not repeated within the retry interval, repeated after it. */
-	assert_int_equal(own_leader_tick(&o, 16000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 16000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
 	n = own_leader_tick(&o, 17000, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "b");
 	/* The DOWN committed at index 30; b then renews (index 31): LIVE. */
 	m[1].state = QUEUE_MEMBER_DOWN;
 	m[1].since_index = 30;
-	assert_int_equal(own_leader_tick(&o, 17500, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 17500, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
 	m[1].renew_index = 31;
 	n = own_leader_tick(&o, 17600, true, 2, m, 3, conf, 3, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "b");
 	assert_int_equal(act[0].state, QUEUE_MEMBER_LIVE);
 	assert_false(act[0].has_expect);
-	/* c leaves the Raft configuration: REMOVED once its lease must have lapsed, whatever its
-	 * renews (a removed node may still get a Renew committed through a forward, but cannot
-	 * learn of it). */
+	/* c leaves the Raft configuration: REMOVED once its lease must have lapsed (lease + grace
+	 * after the leader first saw it out), expecting the renew index it saw last. */
 	const char *conf2[] = {"a", "b"};
 	m[1].state = QUEUE_MEMBER_LIVE;
 	m[1].since_index = 32;
 	m[0].renew_index = 33;
-	assert_int_equal(own_leader_tick(&o, 18000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS), 0);
-	m[2].renew_index = 40;
+	assert_int_equal(own_leader_tick(&o, 18000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	m[0].renew_index = 41;
 	m[1].renew_index = 42;
-	assert_int_equal(own_leader_tick(&o, 22999, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 22999, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	n = own_leader_tick(&o, 23000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "c");
 	assert_int_equal(act[0].state, QUEUE_MEMBER_REMOVED);
+	assert_true(act[0].has_expect);
+	assert_int_equal(act[0].expect_renew_index, 21);
+	/* A Renew of c committed after it left (one appended before the leader refused its
+	 * forwards): c learns of it if it is added back, so its lease runs a whole lease from
+	 * there; the REMOVED above is void (its expectation fails) and the next waits lease +
+	 * grace after this renew was seen (tests/sim: raft_sim --seed 1082597075 --nodes 3). */
+	m[2].renew_index = 40;
+	assert_int_equal(own_leader_tick(&o, 23500, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS),
+			 0);
+	m[0].renew_index = 43;
+	m[1].renew_index = 44;
+	assert_int_equal(own_leader_tick(&o, 26000, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS),
+			 0);
+	assert_int_equal(own_leader_tick(&o, 28499, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS),
+			 0);
+	n = own_leader_tick(&o, 28500, true, 2, m, 3, conf2, 2, act, OWN_MAX_ACTIONS);
+	assert_int_equal(n, 1);
+	assert_string_equal(act[0].node, "c");
+	assert_int_equal(act[0].state, QUEUE_MEMBER_REMOVED);
+	assert_true(act[0].has_expect);
+	assert_int_equal(act[0].expect_renew_index, 40);
 	/* A new term restarts every clock: no DOWN right after an election even if silent long. */
 	m[2] = mem("c", QUEUE_MEMBER_LIVE, 3, 21);
-	assert_int_equal(own_leader_tick(&o, 60000, true, 3, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
-	assert_int_equal(own_leader_tick(&o, 64999, true, 3, m, 3, conf, 3, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&o, 60000, true, 3, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
+	assert_int_equal(own_leader_tick(&o, 64999, true, 3, m, 3, conf, 3, act, OWN_MAX_ACTIONS),
+			 0);
 	n = own_leader_tick(&o, 65000, true, 3, m, 3, conf, 3, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 3);
 	/* The action buffer bound is respected. */
@@ -226,8 +255,8 @@ test_down_never_overlaps_lease(void **state)
 		lc.self = "a";
 		own_init(&own, &oc);
 		own_init(&lead, &lc);
-		uint64_t committed_index = 5;  /* renew index in the committed log */
-		uint64_t leader_view = 5;      /* renew index in the leader's applied state */
+		uint64_t committed_index = 5; /* renew index in the committed log */
+		uint64_t leader_view = 5;     /* renew index in the leader's applied state */
 		uint64_t pend_commit_at = 0, pend_learn_at = 0, pend_index = 0;
 		uint64_t view_at = 0, view_index = 0;
 		uint64_t down_at = 0, down_expect = 0;
@@ -237,7 +266,8 @@ test_down_never_overlaps_lease(void **state)
 			if (own_renew_due(&own, now) && pend_commit_at == 0 && pend_learn_at == 0) {
 				own_renew_sent(&own, now);
 				if (cut || rnd(&rs) % 10 == 0) {
-					pend_learn_at = now + 1 + rnd(&rs) % 3000; /* lost: a timeout */
+					pend_learn_at =
+					    now + 1 + rnd(&rs) % 3000; /* lost: a timeout */
 					pend_index = 0;
 				} else {
 					pend_commit_at = now + rnd(&rs) % 800;
@@ -260,10 +290,12 @@ test_down_never_overlaps_lease(void **state)
 				own_renew_done(&own, pend_index != 0, now);
 				pend_learn_at = 0;
 			}
-			/* The DOWN proposed earlier commits now: applies iff the index is unchanged. */
+			/* The DOWN proposed earlier commits now: applies iff the index is
+			 * unchanged. */
 			if (down_at != 0 && now >= down_at) {
 				if (committed_index == down_expect && own_lease_held(&own, now))
-					fail_msg("seed %llu: DOWN applies at %llu while the owner's lease "
+					fail_msg("seed %llu: DOWN applies at %llu while the "
+						 "owner's lease "
 						 "runs to %llu",
 						 (unsigned long long)seed, (unsigned long long)now,
 						 (unsigned long long)own.lease_until);
@@ -275,15 +307,14 @@ test_down_never_overlaps_lease(void **state)
 			struct own_action act[4];
 			size_t n = own_leader_tick(&lead, now, true, 1, m, 2, conf, 2, act, 4);
 			for (size_t i = 0; i < n; i++)
-				if (strcmp(act[i].node, "b") == 0 && act[i].state == QUEUE_MEMBER_DOWN &&
-				    down_at == 0) {
+				if (strcmp(act[i].node, "b") == 0 &&
+				    act[i].state == QUEUE_MEMBER_DOWN && down_at == 0) {
 					down_at = now + rnd(&rs) % 50;
 					down_expect = act[i].expect_renew_index;
 				}
 		}
 	}
 }
-
 
 /* The commit rule: as starting, with the margin, but a DRAINING member finishes its attempts. */
 static void
@@ -363,13 +394,17 @@ test_clock_backstep(void **state)
 	const char *conf[] = {"a", "b"};
 	struct queue_member m[2] = {mem("a", QUEUE_MEMBER_LIVE, 1, 10),
 				    mem("b", QUEUE_MEMBER_LIVE, 2, 11)};
-	assert_int_equal(own_leader_tick(&l, 50000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&l, 50000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	m[0].renew_index = 12;
-	assert_int_equal(own_leader_tick(&l, 54000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&l, 54000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	/* back to 20000: b was last seen "at 20000" now: nothing before 25000 */
-	assert_int_equal(own_leader_tick(&l, 20000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&l, 20000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	m[0].renew_index = 13;
-	assert_int_equal(own_leader_tick(&l, 24999, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS), 0);
+	assert_int_equal(own_leader_tick(&l, 24999, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS),
+			 0);
 	size_t n = own_leader_tick(&l, 25000, true, 2, m, 2, conf, 2, act, OWN_MAX_ACTIONS);
 	assert_int_equal(n, 1);
 	assert_string_equal(act[0].node, "b");
@@ -398,7 +433,8 @@ clock_scenario(unsigned seeds, bool feed_wall, bool step_owner, bool step_leader
 		lc.self = "a";
 		own_init(&own, &oc);
 		own_init(&lead, &lc);
-		const uint64_t mono_o0 = 5000000 + rnd(&rs) % 1000000, mono_l0 = 1000 + rnd(&rs) % 9000;
+		const uint64_t mono_o0 = 5000000 + rnd(&rs) % 1000000,
+			       mono_l0 = 1000 + rnd(&rs) % 9000;
 		const uint64_t wall0 = 1700000000000ull;
 		const uint64_t step_o = 5000 + rnd(&rs) % 20000, step_l = 5000 + rnd(&rs) % 20000;
 		uint64_t committed_index = 5, leader_view = 5;
@@ -406,10 +442,12 @@ clock_scenario(unsigned seeds, bool feed_wall, bool step_owner, bool step_leader
 		uint64_t view_at = 0, view_index = 0, down_at = 0, down_expect = 0, next_index = 6;
 		bool overlapped = false;
 		for (uint64_t T = 1; T < 45000 && !overlapped; T++) {
-			uint64_t on = feed_wall ? wall0 + T - (step_owner && T >= step_o ? 30000 : 0)
-						: mono_o0 + T;
-			uint64_t ln = feed_wall ? wall0 + T + (step_leader && T >= step_l ? 30000 : 0)
-						: mono_l0 + T;
+			uint64_t on = feed_wall
+					  ? wall0 + T - (step_owner && T >= step_o ? 30000 : 0)
+					  : mono_o0 + T;
+			uint64_t ln = feed_wall
+					  ? wall0 + T + (step_leader && T >= step_l ? 30000 : 0)
+					  : mono_l0 + T;
 			if (own_renew_due(&own, on) && pend_commit_at == 0 && pend_learn_at == 0) {
 				own_renew_sent(&own, on);
 				if (rnd(&rs) % 10 == 0) {
@@ -449,8 +487,8 @@ clock_scenario(unsigned seeds, bool feed_wall, bool step_owner, bool step_leader
 			struct own_action act[4];
 			size_t n = own_leader_tick(&lead, ln, true, 1, m, 2, conf, 2, act, 4);
 			for (size_t i = 0; i < n; i++)
-				if (strcmp(act[i].node, "b") == 0 && act[i].state == QUEUE_MEMBER_DOWN &&
-				    down_at == 0) {
+				if (strcmp(act[i].node, "b") == 0 &&
+				    act[i].state == QUEUE_MEMBER_DOWN && down_at == 0) {
 					down_at = T + rnd(&rs) % 50;
 					down_expect = act[i].expect_renew_index;
 				}
