@@ -22,6 +22,7 @@ import os
 import smtplib
 import subprocess
 import time
+import urllib.request
 
 from relaytest import RelayTestCase, wait_for
 
@@ -53,6 +54,23 @@ def ctl_json(server, *args, timeout="5s"):
     return code, data, err
 
 
+def metric_sum(name, addrs):
+    """The sum of an unlabelled counter over the nodes' /metrics (a node that does not answer
+    counts 0)."""
+    total = 0.0
+    for a in addrs:
+        try:
+            with urllib.request.urlopen("http://%s:8025/metrics" % a, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, val = line.rpartition(" ")
+            if key == name:
+                total += float(val)
+    return total
+
+
 def status(addr):
     code, st, _ = ctl_json(admin(addr), "status", timeout="2s")
     return st if code == 0 else None
@@ -77,8 +95,8 @@ class RelayctlClusterTest(RelayTestCase):
     def node(self, name, addr, peers):
         return self.relayd(name=name, addr=addr, port=2525, cluster_listen="%s:7401" % addr,
                            peers=peers, admin_listen=admin(addr),
-                           election_timeout="500ms", heartbeat_interval="50ms",
-                           propose_timeout="10s", retry_base="1h", retry_max="2h",
+                           http_listen="%s:8025" % addr, election_timeout="500ms",
+                           heartbeat_interval="50ms", propose_timeout="10s", retry_base="1h", retry_max="2h",
                            **(self.tls[name] if self.tls else {}))
 
     def tearDown(self):
@@ -318,6 +336,10 @@ class RelayctlClusterTest(RelayTestCase):
         self.addrs.remove(ADDR4)
         self.wait_everywhere(lambda a: sorted(m["id"] for m in status(a)["members"]) == NAMES,
                              "n4 gone")
+        # n4 ran on after it left the configuration, renewing its lease through forwards: the
+        # leader refused those (a removed node must let its lease lapse before its domains move)
+        wait_for(lambda: metric_sum("relay_cluster_renews_refused_total", ADDRS) >= 1, 10,
+                 "a Renew of the removed n4 refused")
         self.assertEqual(n4.stop(), 0)
         # three voters still commit
         self.send(ADDRS[2], 1)
