@@ -32,7 +32,9 @@
  *     compaction is forced now and then (craft_snapshot_now) besides craft's own policy;
  *     snapshot chunks are small (many round trips: fetches span compactions and crashes);
  *   - clients propose Accepts (and Deletes of accepted ones) to random nodes; operators transfer
- *     leadership and add/remove the spare node (it joins from outside its own `peers`);
+ *     leadership and add/remove the spare node (it joins from outside its own `peers`); with
+ *     --ops, operators also drain nodes (`relayctl drain`: a drained node is LIVE again when
+ *     it restarts, as relayd) and attempts end DEFERRED or FAILED too, some with a DSN;
  *   - a crashed process's connections close: every other node's edge tells its host
  *     (craft_peer_down) after a network delay, unless the link is cut; now and then a close is
  *     told of a peer that is alive (a connection dropped on its own);
@@ -67,7 +69,7 @@
  *                       one domain at one instant.
  *
  * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--spread]
- *                 [--trace] [--quiet] [--verify-disk]
+ *                 [--ops] [--trace] [--quiet] [--verify-disk]
  * (--long: 1,000,000 steps per seed; --spread: snapshot intervals differ between the nodes, as in
  * relayd (craft_config.snapshot_spread; off, every node compacts every snap_entries, which the
  * fixed seed ranges were found with); --verify-disk: after every flush and crash, compare the
@@ -988,6 +990,13 @@ operators(void)
 		craft_snapshot_now(n->c);
 		S->n_compact++;
 	}
+	if (S->drain_ppm && chance(S->drain_ppm)) {
+		/* relayctl drain NODE, through any node (admin_drain) */
+		int x = 1 + (int)rnd_n((uint64_t)S->n_ids);
+		if (hso_operator_drain(n->idx, S->nd[x].name, io_wall(n)) == 0)
+			trace("operator drains %s through %s", S->nd[x].name, n->name);
+		n->run = 1;
+	}
 	if (S->n_ids > S->n_nodes && chance(S->member_ppm)) {
 		/* the spare is added or removed by an operator (through any node) */
 		struct node *sp = &S->nd[S->n_ids];
@@ -1162,6 +1171,7 @@ struct opts {
 	int verbose;
 	int pauses; /* --pauses: process stalls too */
 	int spread; /* --spread: craft_config.snapshot_spread, as relayd runs */
+	int ops;    /* --ops: drains, DEFERRED/FAILED outcomes, DSNs */
 };
 
 static void
@@ -1265,11 +1275,14 @@ sim_run(const struct opts *o)
 	S->retain = 100 + (unsigned)rnd_n(2000); /* (the store twin is slow with long logs) */
 	S->lease_ms = 500 + rnd_n(1500);	 /* relayd's minimum is 500 */
 	S->spread = o->spread;
+	S->ops = o->ops;
+	if (S->ops) /* (drawn only with --ops: the runs without it keep their schedules) */
+		S->drain_ppm = 20 + (uint32_t)rnd_n(200);
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "%s%s   # t=%" PRIu64 ": %s\n",
+		       "%s%s%s   # t=%" PRIu64 ": %s\n",
 		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "",
-		       o->spread ? " --spread" : "", S->now, g_fail_msg);
+		       o->spread ? " --spread" : "", o->ops ? " --ops" : "", S->now, g_fail_msg);
 		fflush(stdout);
 		return 1; /* state leaked on purpose: the process reports and exits */
 	}
@@ -1296,7 +1309,8 @@ sim_run(const struct opts *o)
 			      .trace = trace,
 			      .outcome_proposed = outcome_noted,
 			      .mono = mono_of,
-			      .now = &S->now};
+			      .now = &S->now,
+			      .outcome_kinds = S->ops};
 	hso_init(&env, S->n_ids, S->lease_ms);
 	for (int i = 1; i <= S->n_ids; i++)
 		node_start(&S->nd[i]);
@@ -1404,6 +1418,10 @@ sim_run(const struct opts *o)
 	g_tot.own.attempts += os.attempts;
 	g_tot.own.aborted += os.aborted;
 	g_tot.own.commits += os.commits;
+	g_tot.own.deferred += os.deferred;
+	g_tot.own.failed += os.failed;
+	g_tot.own.dsns += os.dsns;
+	g_tot.own.drains += os.drains;
 	g_tot.own.outcomes_ok += os.outcomes_ok;
 	g_tot.runs++;
 	g_tot.units += S->now;
@@ -1452,6 +1470,8 @@ main(int argc, char **argv)
 			o.pauses = 1;
 		} else if (!strcmp(a, "--spread")) {
 			o.spread = 1;
+		} else if (!strcmp(a, "--ops")) {
+			o.ops = 1;
 		} else if (!strcmp(a, "--trace")) {
 			g_trace = 1;
 		} else if (!strcmp(a, "--verify-disk")) {
@@ -1460,8 +1480,8 @@ main(int argc, char **argv)
 			o.verbose = 0;
 		} else {
 			fprintf(stderr, "usage: host_sim [--seed S | --seeds A:B] [--nodes N] "
-					"[--steps K] [--long] [--pauses] [--spread] [--trace] "
-					"[--quiet] [--verify-disk]\n");
+					"[--steps K] [--long] [--pauses] [--spread] [--ops] "
+					"[--trace] [--quiet] [--verify-disk]\n");
 			return 2;
 		}
 	}
@@ -1489,8 +1509,10 @@ main(int argc, char **argv)
 	       g_tot.wipes, g_tot.transfers, g_tot.members, g_tot.compactions, g_tot.durable_checks,
 	       g_tot.msgs, g_tot.heal_max);
 	printf("ownership: renews=%" PRIu64 " verdicts=%" PRIu64 " attempts=%" PRIu64
-	       " aborted_at_gate=%" PRIu64 " committed=%" PRIu64 " delivered=%" PRIu64 "\n",
+	       " aborted_at_gate=%" PRIu64 " committed=%" PRIu64 " outcomes=%" PRIu64
+	       " deferred=%" PRIu64 " failed=%" PRIu64 " dsns=%" PRIu64 " drains=%" PRIu64 "\n",
 	       g_tot.own.renews_ok, g_tot.own.verdicts, g_tot.own.attempts, g_tot.own.aborted,
-	       g_tot.own.commits, g_tot.own.outcomes_ok);
+	       g_tot.own.commits, g_tot.own.outcomes_ok, g_tot.own.deferred, g_tot.own.failed,
+	       g_tot.own.dsns, g_tot.own.drains);
 	return bad ? 1 : 0;
 }

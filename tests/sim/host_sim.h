@@ -112,6 +112,8 @@ struct sim {
 	uint32_t flush_ppm; /* an atomic flush of a node's NOWAL writes (host_sim.c node_flush) */
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
 	int spread;			/* craft_config.snapshot_spread (--spread) */
+	int ops;			/* --ops: drains, DEFERRED/FAILED outcomes and DSNs */
+	uint32_t drain_ppm;		/* an operator drains a node (--ops only) */
 	uint64_t lease_ms;		/* relayd's `lease` on every node */
 	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */
 	/* oracles */

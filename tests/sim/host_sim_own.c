@@ -95,6 +95,7 @@ static struct {
 	struct hso_node nd[HSO_NODES];
 	struct hso_win win[HSO_WINDOWS];
 	struct hso_stats st;
+	uint64_t dsn_seq; /* DSN queue ids: D%08 */
 } G;
 
 #define NOW (*G.env.now)
@@ -397,6 +398,47 @@ propose_outcome(struct hso_node *nd, struct hso_att *a, uint64_t wall)
 	out.dsn_status = "2.0.0";
 	out.has_epoch = true;
 	out.epoch = a->epoch;
+	/* With outcome_kinds, as delivery_outcome.c words them: a DEFERRED with its next attempt
+	 * (sometimes the delay warning: a DSN to the sender), a FAILED (a bounce, or none for a
+	 * null sender's message).  A DSN is an Accept of its own, to src.example: a new domain
+	 * to own and attempt. */
+	Relay__Accept dsn = RELAY__ACCEPT__INIT;
+	Relay__Recipient drc = RELAY__RECIPIENT__INIT, *drp = &drc;
+	char dqid[QUEUE_ID_MAX + 1];
+	bool with_dsn = false;
+	unsigned k = G.env.outcome_kinds ? (unsigned)G.env.rnd_n(10) : 0;
+	if (k >= 6 && k < 9) {
+		out.kind = RELAY__OUTCOME_KIND__DEFERRED;
+		out.reply = "451 4.3.0 try again later";
+		out.dsn_status = "4.3.0";
+		out.has_next_attempt_ms = true;
+		out.next_attempt_ms = wall + 100 + G.env.rnd_n(3000);
+		if (G.env.rnd_n(5) == 0) {
+			out.has_delay_notified = true;
+			out.delay_notified = true;
+			with_dsn = true;
+		}
+		G.st.deferred++;
+	} else if (k == 9) {
+		out.kind = RELAY__OUTCOME_KIND__FAILED;
+		out.reply = "550 5.1.1 no such user";
+		out.dsn_status = "5.1.1";
+		with_dsn = G.env.rnd_n(2) != 0;
+		G.st.failed++;
+	}
+	if (with_dsn) {
+		snprintf(dqid, sizeof(dqid), "D%08" PRIu64, ++G.dsn_seq);
+		dsn.queue_id = dqid;
+		dsn.mail_from = "";
+		drc.addr = "sender@src.example";
+		dsn.rcpts = &drp;
+		dsn.n_rcpts = 1;
+		dsn.body.data = (uint8_t *)"delivery status notification";
+		dsn.body.len = 28;
+		dsn.received_ms = wall;
+		out.dsn = &dsn;
+		G.st.dsns++;
+	}
 	Relay__Command cmd = RELAY__COMMAND__INIT;
 	cmd.cmd_case = RELAY__COMMAND__CMD_OUTCOME;
 	cmd.outcome = &out;
@@ -436,6 +478,18 @@ hso_step(int idx, int up, uint64_t mono, uint64_t wall)
 		if (a->phase == ATT_COMMITTING && NOW >= a->win_end)
 			propose_outcome(nd, a, wall);
 	}
+}
+
+int
+hso_operator_drain(int via, const char *node, uint64_t wall)
+{
+	struct hso_node *nd = node_at(via);
+	if (!nd->up || G.quiet)
+		return -1;
+	if (!propose_member(nd, node, QUEUE_MEMBER_DRAINING, false, 0, 0, wall))
+		return -1;
+	G.st.drains++;
+	return 0;
 }
 
 /* ------------------------------------------------------------ the tick */

@@ -28,11 +28,12 @@ struct hso_env {
 	void (*outcome_proposed)(const char *queue_id);
 	uint64_t (*mono)(int idx); /* node idx's monotonic clock now (proposal callbacks) */
 	const uint64_t *now;	   /* true time */
+	int outcome_kinds;	   /* 1: DEFERRED and FAILED outcomes too, some with a DSN */
 };
 
 struct hso_stats {
 	uint64_t renews_ok, renews_failed, members, verdicts, attempts, aborted, commits,
-	    outcomes_ok, outcomes_failed, overlap_checks, backsteps;
+	    outcomes_ok, outcomes_failed, overlap_checks, backsteps, deferred, failed, dsns, drains;
 };
 
 /* A seed begins: n_ids nodes (1..n_ids), lease_ms as relayd's `lease` key (grace and margin
@@ -51,6 +52,9 @@ void hso_tick(int idx, uint64_t mono, uint64_t wall);
 void hso_step(int idx, int up, uint64_t mono, uint64_t wall);
 /* After the heal's quiet point: no more proposals from ownership (the log goes idle). */
 void hso_quiet(void);
+/* An operator's `relayctl drain NODE` through node via (admin_drain: Member{NODE, DRAINING}).
+ * 0 when via's craft took the proposal. */
+int hso_operator_drain(int via, const char *node, uint64_t wall);
 void hso_stats(struct hso_stats *st);
 
 #endif
