@@ -1348,10 +1348,14 @@ raft_step(struct raft *r, const struct raft_msg *m)
 			become_follower(r, m->term, 0);
 		}
 	} else if (m->term < r->term) {
-		if ((r->cfg.check_quorum || r->cfg.pre_vote) &&
+		if ((r->cfg.check_quorum || r->cfg.pre_vote || !promotable(r)) &&
 		    (m->type == RAFT_MSG_APP || m->type == RAFT_MSG_HEARTBEAT)) {
 			/* A stale leader (e.g. after a partition) learns our term and steps down.
-			 */
+			 * Without pre-vote and check-quorum etcd ignores it, counting on this node
+			 * to campaign at its term; one that may not campaign (its log says it is
+			 * no voter: removed, and added back by entries it lacks) then stayed
+			 * behind a leader it ignored for ever (tests/sim, raft_sim --seed
+			 * 7000006370 --nodes 3 --prevote 0 --check-quorum 0). */
 			struct raft_msg out = {.type = RAFT_MSG_APP_RESP};
 			reply(r, m, &out);
 		} else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {

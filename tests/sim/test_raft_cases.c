@@ -571,6 +571,45 @@ case_stale_vote_rejected(void)
 	h_free(&h);
 }
 
+/*
+ * Figure 3.1 (AppendEntries: reply false if term < currentTerm) for a node that may not
+ * campaign.  Without pre-vote and check-quorum the core ignores a stale leader's messages, as
+ * etcd does, counting on the node to campaign at its higher term; a node whose own log makes
+ * it no voter (here: nothing on it yet; in tests/sim a removed member added back by entries it
+ * lacked) never does, so it told the stale leader nothing and never caught up (raft_sim --seed
+ * 7000006370 --nodes 3 --prevote 0 --check-quorum 0).  It answers now: the leader steps down,
+ * the next one (at a higher term) brings it up to date.
+ */
+static void
+case_stale_leader_told_by_nonvoter(void)
+{
+	struct h h;
+	h_init(&h, 4, false, false);
+	raft_free(h.r[4]);
+	struct raft_config c = h_cfg(4, false, false);
+	raft_new(&c, &h.r[4]);
+	struct raft_hard_state hs = {.term = 9};
+	struct raft_snap_meta snap = {0};
+	raft_restore(h.r[4], &hs, &snap, NULL, 0, NULL, 0);
+	h.isolated[4] = true; /* it would reject the campaign's votes with its term */
+	h_pump(&h);
+	raft_campaign(h.r[1]);
+	h_pump(&h);
+	CHECK(st(&h, 1).role == RAFT_LEADER && st(&h, 1).term == 2);
+	h.isolated[4] = false;
+	h_tick_all(&h, 60);
+	int lead = 0;
+	for (int i = 1; i <= 3; i++)
+		if (st(&h, i).role == RAFT_LEADER)
+			lead = i;
+	CHECK(lead != 0);
+	CHECK(st(&h, lead).term > 9);
+	CHECK(st(&h, 4).term == st(&h, lead).term);
+	CHECK(st(&h, 4).last_index == st(&h, lead).last_index);
+	CHECK(st(&h, 4).commit == st(&h, lead).commit);
+	h_free(&h);
+}
+
 /* check-quorum (6.2): a leader that hears from no majority steps down. */
 static void
 case_check_quorum_step_down(void)
@@ -1055,6 +1094,7 @@ static const struct {
     {"forget_leader", case_forget_leader},
     {"unpromotable_answers_votes", case_unpromotable_answers_votes},
     {"stale_vote_rejected", case_stale_vote_rejected},
+    {"stale_leader_told_by_nonvoter", case_stale_leader_told_by_nonvoter},
     {"check_quorum_step_down", case_check_quorum_step_down},
     {"transfer", case_transfer},
     {"snapshot_install", case_snapshot_install},
