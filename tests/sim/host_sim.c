@@ -34,7 +34,8 @@
  *   - clients propose Accepts (and Deletes of accepted ones) to random nodes; operators transfer
  *     leadership and add/remove the spare node (it joins from outside its own `peers`); with
  *     --ops, operators also drain nodes (`relayctl drain`: a drained node is LIVE again when
- *     it restarts, as relayd) and attempts end DEFERRED or FAILED too, some with a DSN;
+ *     it restarts, as relayd) and attempts end DEFERRED or FAILED too, some with a DSN; with
+ *     --multi, messages have one to four recipients, in any of the domains;
  *   - a crashed process's connections close: every other node's edge tells its host
  *     (craft_peer_down) after a network delay, unless the link is cut; now and then a close is
  *     told of a peer that is alive (a connection dropped on its own);
@@ -69,7 +70,7 @@
  *                       one domain at one instant.
  *
  * Usage: host_sim [--seed S | --seeds A:B] [--nodes N] [--steps K] [--long] [--pauses] [--spread]
- *                 [--ops] [--trace] [--quiet] [--verify-disk]
+ *                 [--ops] [--multi] [--trace] [--quiet] [--verify-disk]
  * (--long: 1,000,000 steps per seed; --spread: snapshot intervals differ between the nodes, as in
  * relayd (craft_config.snapshot_spread; off, every node compacts every snap_entries, which the
  * fixed seed ranges were found with); --verify-disk: after every flush and crash, compare the
@@ -812,18 +813,25 @@ propose_accept(struct node *n)
 		return;
 	snprintf(p->qid, sizeof(p->qid), "Q%08" PRIu64, ++S->next_qid);
 	Relay__Accept a = RELAY__ACCEPT__INIT;
-	Relay__Recipient r = RELAY__RECIPIENT__INIT, *rp = &r;
-	char addr[48];
-	snprintf(addr, sizeof(addr), "u%u@d%u.example", (unsigned)rnd_n(30), (unsigned)rnd_n(4));
-	r.addr = addr;
+	/* one recipient; with --multi one to four, in any of the domains (an attempt each) */
+	Relay__Recipient r[4], *rp[4];
+	char addr[4][48];
+	size_t nr = S->multi ? 1 + rnd_n(4) : 1;
+	for (size_t i = 0; i < nr; i++) {
+		relay__recipient__init(&r[i]);
+		snprintf(addr[i], sizeof(addr[i]), "u%u@d%u.example", (unsigned)rnd_n(30),
+			 (unsigned)rnd_n(4));
+		r[i].addr = addr[i];
+		rp[i] = &r[i];
+	}
 	uint8_t body[SIM_BODY_MAX];
 	size_t bl = rnd_n(SIM_BODY_MAX);
 	for (size_t i = 0; i < bl; i++)
 		body[i] = (uint8_t)('a' + rnd_n(26));
 	a.queue_id = p->qid;
 	a.mail_from = "sender@src.example";
-	a.n_rcpts = 1;
-	a.rcpts = &rp;
+	a.n_rcpts = nr;
+	a.rcpts = rp;
 	a.body.data = body;
 	a.body.len = bl;
 	a.received_ms = io_wall(n);
@@ -1172,6 +1180,7 @@ struct opts {
 	int pauses; /* --pauses: process stalls too */
 	int spread; /* --spread: craft_config.snapshot_spread, as relayd runs */
 	int ops;    /* --ops: drains, DEFERRED/FAILED outcomes, DSNs */
+	int multi;  /* --multi: messages with one to four recipients */
 };
 
 static void
@@ -1276,13 +1285,15 @@ sim_run(const struct opts *o)
 	S->lease_ms = 500 + rnd_n(1500);	 /* relayd's minimum is 500 */
 	S->spread = o->spread;
 	S->ops = o->ops;
+	S->multi = o->multi;
 	if (S->ops) /* (drawn only with --ops: the runs without it keep their schedules) */
 		S->drain_ppm = 20 + (uint32_t)rnd_n(200);
 	if (setjmp(g_fail_jmp)) {
 		printf("FAIL host_sim --seed %" PRIu64 " --nodes %d --steps %" PRIu64
-		       "%s%s%s   # t=%" PRIu64 ": %s\n",
+		       "%s%s%s%s   # t=%" PRIu64 ": %s\n",
 		       o->seed, o->nodes, o->steps, o->pauses ? " --pauses" : "",
-		       o->spread ? " --spread" : "", o->ops ? " --ops" : "", S->now, g_fail_msg);
+		       o->spread ? " --spread" : "", o->ops ? " --ops" : "",
+		       o->multi ? " --multi" : "", S->now, g_fail_msg);
 		fflush(stdout);
 		return 1; /* state leaked on purpose: the process reports and exits */
 	}
@@ -1472,6 +1483,8 @@ main(int argc, char **argv)
 			o.spread = 1;
 		} else if (!strcmp(a, "--ops")) {
 			o.ops = 1;
+		} else if (!strcmp(a, "--multi")) {
+			o.multi = 1;
 		} else if (!strcmp(a, "--trace")) {
 			g_trace = 1;
 		} else if (!strcmp(a, "--verify-disk")) {
@@ -1481,7 +1494,7 @@ main(int argc, char **argv)
 		} else {
 			fprintf(stderr, "usage: host_sim [--seed S | --seeds A:B] [--nodes N] "
 					"[--steps K] [--long] [--pauses] [--spread] [--ops] "
-					"[--trace] [--quiet] [--verify-disk]\n");
+					"[--multi] [--trace] [--quiet] [--verify-disk]\n");
 			return 2;
 		}
 	}

@@ -113,6 +113,7 @@ struct sim {
 	unsigned delay_max, sync_max, snap_entries, chunk, retain;
 	int spread;			/* craft_config.snapshot_spread (--spread) */
 	int ops;			/* --ops: drains, DEFERRED/FAILED outcomes and DSNs */
+	int multi;			/* --multi: one to four recipients per message */
 	uint32_t drain_ppm;		/* an operator drains a node (--ops only) */
 	uint64_t lease_ms;		/* relayd's `lease` on every node */
 	uint64_t *dead_ids, n_dead_ids; /* every incarnation whose disk was lost */
