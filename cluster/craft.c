@@ -686,7 +686,9 @@ craft__propose_forward(struct craft *c, const void *data, size_t len)
 		return;
 	int ok = cmd->has_origin_node && cmd->has_origin_boot && cmd->has_origin_seq &&
 		 craft__validate(cmd) == 0;
-	if (ok) {
+	if (ok && cmd->cmd_case == RELAY__COMMAND__CMD_RENEW) {
+		/* (the configuration is read for Renews only: every accepted message comes
+		 * this way from a follower) */
 		struct raft_status st;
 		raft_status(c->raft, &st);
 		ok = !craft__renew_refused(c, &st.conf, cmd);

@@ -317,6 +317,8 @@ void craft__out(struct craft *c, size_t pi, uint32_t kind, const void *data, siz
 /* 1 when a forwarded proposal's header (CRAFT_FWD_HDR bytes, from member pi) says its origin
  * may have given up on it: dropped and counted (craft.c). */
 int craft__forward_expired(struct craft *c, int pi, const void *hdr);
+/* 1 when cmd, a forwarded proposal, is a Renew from a node out of conf: refused, counted. */
+int craft__renew_refused(struct craft *c, const struct raft_conf *conf, const Relay__Command *cmd);
 void craft__start_write(struct craft *c);
 void craft__apply_entry(struct craft *c, const struct raft_entry *e, struct craft_list *done);
 void craft__complete(struct craft *c, struct craft_list *done);
@@ -328,7 +330,6 @@ const char *craft__role_name(enum raft_role r);
 
 /* ---- craft_book.c ---- */
 int craft__peer_by_id(const struct craft *c, uint64_t id);
-int craft__renew_refused(struct craft *c, const struct raft_conf *conf, const Relay__Command *cmd);
 int craft__peer_by_name(const struct craft *c, const char *name);
 const char *craft__peer_state_name(unsigned st);
 int craft__id_addr_ok(const char *name, const char *addr);
