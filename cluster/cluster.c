@@ -80,6 +80,8 @@ struct cluster {
 	int writing;		   /* a uv_queue_work is in flight */
 	int write_sync;		   /* the write in flight appends to the log */
 	int write_rv;		   /* its result, set by the worker */
+	uint64_t wstart_ns;	   /* uv_hrtime when it was handed to the worker */
+	uint64_t wdisk_ns;	   /* its storage time, set by the worker */
 	int state_rv;		   /* the result of its NOWAL part (0 when wbatch failed after) */
 	struct store_batch wstate; /* the write in flight: apply writes (NOWAL, first) */
 	struct store_batch wbatch; /* the write in flight: log appends (WAL, synced, second) */
@@ -190,11 +192,13 @@ static void
 cluster__work_cb(uv_work_t *req)
 {
 	struct cluster *c = req->data;
+	uint64_t t0 = uv_hrtime();
 	c->write_rv = c->state_rv = 0;
 	if (c->wstate.len)
 		c->write_rv = c->state_rv = store_write(c->store, &c->wstate, STORE_WRITE_NOWAL);
 	if (!c->write_rv && c->wbatch.len)
 		c->write_rv = store_write(c->store, &c->wbatch, c->write_sync);
+	c->wdisk_ns = uv_hrtime() - t0;
 }
 
 static void cluster__start_close(struct cluster *c);
@@ -205,6 +209,10 @@ cluster__after_work_cb(uv_work_t *req, int status)
 {
 	struct cluster *c = req->data;
 	int rv = status ? CLUSTER_EIO : cluster__store_err(c->write_rv);
+	if (!rv && c->write_sync) {
+		cluster__hist_add(&c->stats.write_disk, c->wdisk_ns / 1000);
+		cluster__hist_add(&c->stats.write_turn, (uv_hrtime() - c->wstart_ns) / 1000);
+	}
 	int state_failed = status || c->state_rv;
 	struct cluster__fifo done = c->inflight;
 	memset(&c->inflight, 0, sizeof(c->inflight));
@@ -333,6 +341,7 @@ cluster__flush_cb(uv_idle_t *h)
 		c->write_sync = c->inflight.n > 0;
 		c->wbytes = bytes;
 		c->writing = 1;
+		c->wstart_ns = uv_hrtime();
 		int rv = uv_queue_work(c->loop, &c->work, cluster__work_cb, cluster__after_work_cb);
 		if (rv) {
 			cluster__log("uv_queue_work error=\"%s\"", uv_strerror(rv));

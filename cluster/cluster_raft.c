@@ -128,7 +128,9 @@ struct cluster__raft {
 	uv_work_t work;				   /* the write in flight */
 	const struct store_batch *wbatch, *wstate; /* the write in flight: WAL, then NOWAL */
 	int wsync, write_rv;
-	uv_work_t digest_work; /* the digest in flight */
+	uint64_t wstart_ns, wdisk_ns; /* uv_hrtime: write handed over; its storage time */
+	struct cluster_hist write_disk, write_turn; /* synced writes (cluster_stats) */
+	uv_work_t digest_work;			    /* the digest in flight */
 	struct store_view *dview;
 	const enum store_cf *dcfs;
 	size_t dn;
@@ -371,12 +373,14 @@ static void
 edge__work_cb(uv_work_t *req)
 {
 	struct cluster__raft *c = req->data;
+	uint64_t t0 = uv_hrtime();
 	c->write_rv = 0;
 	if (c->wbatch->len)
 		c->write_rv =
 		    store_write(c->store, c->wbatch, c->wsync ? STORE_WRITE_SYNC : STORE_WRITE_WAL);
 	if (!c->write_rv && c->wstate->len)
 		c->write_rv = store_write(c->store, c->wstate, STORE_WRITE_NOWAL);
+	c->wdisk_ns = uv_hrtime() - t0;
 }
 
 static void edge__finish_close(struct cluster__raft *c);
@@ -385,6 +389,10 @@ static void
 edge__after_work_cb(uv_work_t *req, int status)
 {
 	struct cluster__raft *c = req->data;
+	if (!status && !c->write_rv && c->wsync) {
+		cluster__hist_add(&c->write_disk, c->wdisk_ns / 1000);
+		cluster__hist_add(&c->write_turn, (uv_hrtime() - c->wstart_ns) / 1000);
+	}
 	craft_write_done(c->craft, status ? STORE_EIO : c->write_rv);
 	if (c->closing)
 		edge__finish_close(c);
@@ -397,6 +405,7 @@ edge__write_start(void *arg, const struct store_batch *b, const struct store_bat
 	c->wbatch = b;
 	c->wstate = state;
 	c->wsync = sync;
+	c->wstart_ns = uv_hrtime();
 	int rv = uv_queue_work(c->loop, &c->work, edge__work_cb, edge__after_work_cb);
 	if (rv)
 		cluster__log("uv_queue_work error=\"%s\"", uv_strerror(rv));
@@ -555,6 +564,8 @@ void
 cluster__raft_stats(struct cluster__raft *c, struct cluster_stats *st)
 {
 	craft_stats(c->craft, st);
+	st->write_disk = c->write_disk;
+	st->write_turn = c->write_turn;
 }
 
 void

@@ -103,6 +103,23 @@ typedef void (*cluster_propose_cb)(void *arg, int status);
 /* The string for a CLUSTER_E* code (or "unknown error"); never NULL. */
 const char *cluster_strerror(int code);
 
+/* Upper bounds (microseconds) of the log write histograms: fine below 50 ms, where a synced
+ * write's share of the end-of-DATA -> 250 latency is told apart (issue 14). */
+#define CLUSTER_WRITE_BUCKETS_US                                                                   \
+	{                                                                                          \
+		250, 500, 1000, 2000, 3000, 5000, 8000, 12000, 20000, 30000, 50000, 100000,        \
+		    250000, 1000000                                                                \
+	}
+#define CLUSTER_WRITE_NBUCKETS 14
+
+/* A latency histogram: bucket[i] counts the samples <= CLUSTER_WRITE_BUCKETS_US[i] (cumulative,
+ * as Prometheus has them); count and sum over all samples. */
+struct cluster_hist {
+	uint64_t bucket[CLUSTER_WRITE_NBUCKETS];
+	uint64_t count;
+	uint64_t sum_us;
+};
+
 struct cluster_stats {
 	uint64_t proposals;	   /* accepted by cluster_propose */
 	uint64_t rejected;	   /* refused synchronously (busy, invalid, too big, closed) */
@@ -127,6 +144,12 @@ struct cluster_stats {
 	uint64_t deletes;	     /* recipients an operator's Delete made deleted */
 	uint64_t messages_deleted;   /* messages removed: every recipient final */
 	uint64_t dsns;		     /* DSN messages enqueued with an Outcome */
+	/* synced log writes (the WAL write that makes entries durable, with the state batch that
+	 * rides with it): storage time on the worker thread, and the whole turn from handing the
+	 * write to the worker to its completion running on the loop (the worker's queue and the
+	 * loop's wakeup included) */
+	struct cluster_hist write_disk;
+	struct cluster_hist write_turn;
 };
 
 /* Consensus status (relayctl status, /metrics, /readyz).  A single node reports itself as the

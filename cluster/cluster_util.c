@@ -1,7 +1,8 @@
 /*
  * cluster_util.c - what the single node (cluster.c) and the replicated host (cluster_raft.c)
- * share: the error strings (cluster_strerror), the "cluster:" log line, error mapping from the store and the queue state machine,
- * the database path, and the queue counters of struct cluster_stats.
+ * share: the error strings (cluster_strerror), the "cluster:" log line, error mapping from the
+ * store and the queue state machine, the database path, and the queue counters of struct
+ * cluster_stats with its log write histograms.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -149,4 +150,15 @@ cluster_status_members(const struct cluster_status *st, const char **out, size_t
 			out[n++] = p->name;
 	}
 	return n;
+}
+
+void
+cluster__hist_add(struct cluster_hist *h, uint64_t us)
+{
+	static const uint64_t bounds[CLUSTER_WRITE_NBUCKETS] = CLUSTER_WRITE_BUCKETS_US;
+	for (size_t i = 0; i < CLUSTER_WRITE_NBUCKETS; i++)
+		if (us <= bounds[i])
+			h->bucket[i]++;
+	h->count++;
+	h->sum_us += us;
 }

@@ -22,6 +22,8 @@ int cluster__queue_err(int rv);
 int cluster__mkdirs(const char *path);
 /* data_dir + "/db" into out.  0 or CLUSTER_EINVAL. */
 int cluster__db_path(const char *data_dir, char *out, size_t size);
+/* Adds a sample of us microseconds to h (loop thread only). */
+void cluster__hist_add(struct cluster_hist *h, uint64_t us);
 /* Fills the queue counters of st from fsm. */
 void cluster__queue_stats(struct queue_fsm *fsm, struct cluster_stats *st);
 

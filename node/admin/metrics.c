@@ -107,6 +107,25 @@ render_smtp(struct http_text *t, const struct smtp_server *srv)
 	http_printf(t, "relay_proposal_latency_seconds_count %" PRIu64 "\n", st.latency_count);
 }
 
+/* The samples of one stage of relay_cluster_log_write_seconds. */
+static void
+write_hist(struct http_text *t, const char *stage, const struct cluster_hist *h)
+{
+	static const unsigned bounds[CLUSTER_WRITE_NBUCKETS] = CLUSTER_WRITE_BUCKETS_US;
+	for (size_t i = 0; i < CLUSTER_WRITE_NBUCKETS; i++)
+		http_printf(
+		    t,
+		    "relay_cluster_log_write_seconds_bucket{stage=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+		    stage, bounds[i] / 1e6, h->bucket[i]);
+	http_printf(
+	    t, "relay_cluster_log_write_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+	    stage, h->count);
+	http_printf(t, "relay_cluster_log_write_seconds_sum{stage=\"%s\"} %.6f\n", stage,
+		    h->sum_us / 1e6);
+	http_printf(t, "relay_cluster_log_write_seconds_count{stage=\"%s\"} %" PRIu64 "\n", stage,
+		    h->count);
+}
+
 static void
 render_cluster(struct http_text *t, struct cluster *c)
 {
@@ -119,6 +138,11 @@ render_cluster(struct http_text *t, struct cluster *c)
 	counter(t, "relay_cluster_log_writes_total", "Synced group-commit log writes.", cs.batches);
 	counter(t, "relay_cluster_log_bytes_total", "Log bytes written.", cs.bytes);
 	counter(t, "relay_cluster_write_failures_total", "Failed storage writes.", cs.failures);
+	family(t, "relay_cluster_log_write_seconds", "histogram",
+	       "Synced log writes: storage time on the worker thread (stage=\"disk\") and from "
+	       "handing the write over to its completion on the loop (stage=\"turn\").");
+	write_hist(t, "disk", &cs.write_disk);
+	write_hist(t, "turn", &cs.write_turn);
 	struct cluster_status st;
 	cluster_status(c, &st);
 	gauge(t, "relay_raft_commit_index", "Last committed log index.",

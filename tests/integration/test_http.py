@@ -2,6 +2,7 @@
 
 Address range: 127.0.11.x (this module only).
 """
+import re
 import smtplib
 import subprocess
 import urllib.error
@@ -58,6 +59,16 @@ class HttpTest(RelayTestCase):
                        "relay_proposal_latency_seconds_count 1",
                        "relay_smtp_sessions_total"):
             self.assertIn(needle, text)
+        # the synced log writes (the message's, at least), both stages, cumulative buckets
+        for stage in ("disk", "turn"):
+            counts = [int(v) for v in re.findall(
+                r'^relay_cluster_log_write_seconds_bucket\{stage="%s",le="[^"]+"\} (\d+)$' % stage,
+                text, re.M)]
+            self.assertEqual(len(counts), 15, stage)
+            self.assertEqual(counts, sorted(counts), stage)
+            self.assertGreaterEqual(counts[-1], 1, stage)
+            self.assertIn('relay_cluster_log_write_seconds_count{stage="%s"} %d\n'
+                          % (stage, counts[-1]), text)
         check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                capture_output=True, timeout=30)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
