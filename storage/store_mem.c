@@ -4,7 +4,9 @@
  * Each column family is a sorted array of (key, value) copies, ordered like RocksDB's default
  * bytewise comparator (memcmp, shorter first on a tie).  A write applies its batch under one
  * mutex, so it is atomic; an iterator works on a private copy taken at creation (a snapshot).
- * Linear-time inserts: fine for tests, not for production sizes.  Nothing is persisted.
+ * An insert or delete moves the shorter side of the array (free room is kept at both ends), so
+ * appending, and deleting oldest first (the log, swept tables), cost no move at all; anything
+ * else is linear: fine for tests, not for production sizes.  Nothing is persisted.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -17,9 +19,10 @@ struct store_mem_kv {
 	size_t klen, vlen;
 };
 
+/* kv[0..n) sorted; the allocation starts off elements before kv and holds cap of them. */
 struct store_mem_cf {
 	struct store_mem_kv *kv;
-	size_t n, cap;
+	size_t n, cap, off;
 };
 
 struct store_mem {
@@ -71,6 +74,29 @@ store__mem_kv_free(struct store_mem_kv *kv)
 	free(kv->val);
 }
 
+/* Room for one more element: at the end, or (when the front holds at least half) the elements
+ * moved back to the start of the allocation. */
+static int
+store__mem_room(struct store_mem_cf *cf)
+{
+	if (cf->off + cf->n < cf->cap)
+		return 0;
+	struct store_mem_kv *base = cf->cap ? cf->kv - cf->off : NULL;
+	if (cf->off && cf->off >= cf->cap / 2) {
+		memmove(base, cf->kv, cf->n * sizeof(*cf->kv));
+		cf->kv = base;
+		cf->off = 0;
+		return 0;
+	}
+	size_t cap = cf->cap ? cf->cap * 2 : 64;
+	struct store_mem_kv *nb = realloc(base, cap * sizeof(*nb));
+	if (!nb)
+		return STORE_ENOMEM;
+	cf->kv = nb + cf->off;
+	cf->cap = cap;
+	return 0;
+}
+
 static int
 store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_t kl, const unsigned char *v,
 	       size_t vl)
@@ -87,27 +113,38 @@ store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_t kl, const
 		cf->kv[i].vlen = vl;
 		return 0;
 	}
-	if (cf->n == cf->cap) {
-		size_t cap = cf->cap ? cf->cap * 2 : 64;
-		struct store_mem_kv *nkv = realloc(cf->kv, cap * sizeof(*nkv));
-		if (!nkv) {
-			free(val);
-			return STORE_ENOMEM;
-		}
-		cf->kv = nkv;
-		cf->cap = cap;
-	}
 	unsigned char *key = malloc(kl ? kl : 1);
-	if (!key) {
+	if (!key || (!(cf->off && i < cf->n - i) && store__mem_room(cf))) {
+		free(key);
 		free(val);
 		return STORE_ENOMEM;
 	}
 	if (kl)
 		memcpy(key, k, kl);
-	memmove(cf->kv + i + 1, cf->kv + i, (cf->n - i) * sizeof(*cf->kv));
+	if (cf->off && i < cf->n - i) { /* the front is shorter and has room: it moves */
+		memmove(cf->kv - 1, cf->kv, i * sizeof(*cf->kv));
+		cf->kv--;
+		cf->off--;
+	} else {
+		memmove(cf->kv + i + 1, cf->kv + i, (cf->n - i) * sizeof(*cf->kv));
+	}
 	cf->kv[i] = (struct store_mem_kv){key, val, kl, vl};
 	cf->n++;
 	return 0;
+}
+
+/* Drops kv[i..j) (already freed): the shorter side moves. */
+static void
+store__mem_remove(struct store_mem_cf *cf, size_t i, size_t j)
+{
+	if (i < cf->n - j) {
+		memmove(cf->kv + (j - i), cf->kv, i * sizeof(*cf->kv));
+		cf->kv += j - i;
+		cf->off += j - i;
+	} else {
+		memmove(cf->kv + i, cf->kv + j, (cf->n - j) * sizeof(*cf->kv));
+	}
+	cf->n -= j - i;
 }
 
 static void
@@ -119,8 +156,7 @@ store__mem_delete_range(struct store_mem_cf *cf, const unsigned char *b, size_t 
 		return;
 	for (size_t x = i; x < j; x++)
 		store__mem_kv_free(&cf->kv[x]);
-	memmove(cf->kv + i, cf->kv + j, (cf->n - j) * sizeof(*cf->kv));
-	cf->n -= j - i;
+	store__mem_remove(cf, i, j);
 }
 
 static int
@@ -154,8 +190,7 @@ store__mem_write(struct store *base, const struct store_batch *b, int mode)
 			struct store_mem_cf *c = &s->cf[cf];
 			if (i < c->n && !store__mem_cmp(c->kv[i].key, c->kv[i].klen, k, kl)) {
 				store__mem_kv_free(&c->kv[i]);
-				memmove(c->kv + i, c->kv + i + 1, (c->n - i - 1) * sizeof(*c->kv));
-				c->n--;
+				store__mem_remove(c, i, i + 1);
 			}
 			break;
 		}
@@ -197,7 +232,7 @@ store__mem_cf_fini(struct store_mem_cf *cf)
 {
 	for (size_t i = 0; i < cf->n; i++)
 		store__mem_kv_free(&cf->kv[i]);
-	free(cf->kv);
+	free(cf->cap ? cf->kv - cf->off : NULL);
 	memset(cf, 0, sizeof(*cf));
 }
 
