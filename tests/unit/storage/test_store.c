@@ -464,8 +464,8 @@ wal_path(const char *db, char *path, size_t len)
 	char best[64] = "";
 	while ((e = readdir(d)) != NULL) {
 		size_t n = strlen(e->d_name);
-		if (n > 4 && strcmp(e->d_name + n - 4, ".log") == 0 && strcmp(e->d_name, best) > 0 &&
-		    n < sizeof(best))
+		if (n > 4 && strcmp(e->d_name + n - 4, ".log") == 0 &&
+		    strcmp(e->d_name, best) > 0 && n < sizeof(best))
 			strcpy(best, e->d_name);
 	}
 	closedir(d);
@@ -669,6 +669,102 @@ test_wipe_cf(void **state)
 	assert_int_equal(d.keys, 1);
 }
 
+/* Random puts, deletes and range deletes (often at either end: the in-memory store moves the
+ * shorter side of its array, and keeps room at both ends) against a model, checked by a full
+ * iteration and by gets after every batch. */
+#define RND_KEYS 512
+static void
+test_random_ops_match_model(void **state)
+{
+	struct fx *f = *state;
+	static int present[RND_KEYS];
+	static unsigned val[RND_KEYS];
+	memset(present, 0, sizeof(present));
+	uint64_t x = 88172645463325252ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+	char k[16], k2[16], v[16];
+	for (unsigned round = 0; round < 400; round++) {
+		struct store_batch b;
+		store_batch_init(&b);
+		unsigned nops = 1 + (unsigned)(RND() % 24);
+		for (unsigned op = 0; op < nops; op++) {
+			unsigned lo = 0, hi = RND_KEYS - 1, key;
+			while (lo < RND_KEYS && !present[lo])
+				lo++;
+			while (hi > 0 && !present[hi])
+				hi--;
+			switch (RND() %
+				4) { /* where: the low end, the high end, just outside, anywhere */
+			case 0:
+				key = lo < RND_KEYS ? lo : 0;
+				break;
+			case 1:
+				key = hi;
+				break;
+			case 2:
+				key = RND() % 2 ? (lo > 0 && lo < RND_KEYS ? lo - 1 : 0)
+						: (hi + 1 < RND_KEYS ? hi + 1 : hi);
+				break;
+			default:
+				key = (unsigned)(RND() % RND_KEYS);
+				break;
+			}
+			snprintf(k, sizeof(k), "r%04u", key);
+			unsigned what = (unsigned)(RND() % 10);
+			if (what < 6) {
+				val[key] = (unsigned)RND();
+				snprintf(v, sizeof(v), "%u", val[key]);
+				assert_int_equal(
+				    store_batch_put(&b, STORE_CF_QUEUE, k, 5, v, strlen(v)), 0);
+				present[key] = 1;
+			} else if (what < 9) {
+				assert_int_equal(store_batch_delete(&b, STORE_CF_QUEUE, k, 5), 0);
+				present[key] = 0;
+			} else {
+				unsigned end = key + 1 + (unsigned)(RND() % 40);
+				if (end > RND_KEYS)
+					end = RND_KEYS;
+				snprintf(k2, sizeof(k2), "r%04u", end);
+				assert_int_equal(
+				    store_batch_delete_range(&b, STORE_CF_QUEUE, k, 5, k2, 5), 0);
+				for (unsigned i = key; i < end; i++)
+					present[i] = 0;
+			}
+		}
+		assert_int_equal(store_write(f->s, &b, STORE_WRITE_WAL), 0);
+		store_batch_fini(&b);
+		/* the whole column family, in order */
+		struct store_iter *it;
+		assert_int_equal(store_iter_new(f->s, STORE_CF_QUEUE, &it), 0);
+		store_iter_seek(it, "", 0);
+		for (unsigned i = 0; i < RND_KEYS; i++) {
+			if (!present[i])
+				continue;
+			assert_true(store_iter_valid(it));
+			size_t kl, vl;
+			const unsigned char *ik = store_iter_key(it, &kl);
+			snprintf(k, sizeof(k), "r%04u", i);
+			assert_int_equal(kl, 5);
+			assert_memory_equal(ik, k, 5);
+			const unsigned char *iv = store_iter_value(it, &vl);
+			snprintf(v, sizeof(v), "%u", val[i]);
+			assert_int_equal(vl, strlen(v));
+			assert_memory_equal(iv, v, vl);
+			store_iter_next(it);
+		}
+		assert_false(store_iter_valid(it));
+		assert_int_equal(store_iter_status(it), 0);
+		store_iter_free(it);
+		for (unsigned j = 0; j < 8; j++) {
+			unsigned key = (unsigned)(RND() % RND_KEYS);
+			snprintf(k, sizeof(k), "r%04u", key);
+			snprintf(v, sizeof(v), "%u", val[key]);
+			expect(f->s, STORE_CF_QUEUE, k, present[key] ? v : NULL);
+		}
+	}
+#undef RND
+}
+
 int
 main(void)
 {
@@ -684,6 +780,7 @@ main(void)
 	    BOTH(test_failed_write_is_atomic),
 	    BOTH(test_view),
 	    BOTH(test_wipe_cf),
+	    BOTH(test_random_ops_match_model),
 	    cmocka_unit_test_setup_teardown(test_persistence, setup_rocks, teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_corrupt_middle_refuses_open, setup_rocks,
 					    teardown),
