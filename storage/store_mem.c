@@ -113,15 +113,16 @@ store__mem_put(struct store_mem_cf *cf, const unsigned char *k, size_t kl, const
 		cf->kv[i].vlen = vl;
 		return 0;
 	}
+	int front = cf->off && i < cf->n - i; /* the front is shorter and has room: it moves */
 	unsigned char *key = malloc(kl ? kl : 1);
-	if (!key || (!(cf->off && i < cf->n - i) && store__mem_room(cf))) {
+	if (!key || (!front && store__mem_room(cf))) {
 		free(key);
 		free(val);
 		return STORE_ENOMEM;
 	}
 	if (kl)
 		memcpy(key, k, kl);
-	if (cf->off && i < cf->n - i) { /* the front is shorter and has room: it moves */
+	if (front) {
 		memmove(cf->kv - 1, cf->kv, i * sizeof(*cf->kv));
 		cf->kv--;
 		cf->off--;
