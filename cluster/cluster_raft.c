@@ -572,6 +572,22 @@ void
 cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 {
 	craft_status(c->craft, st);
+	if (c->tp) {
+		struct transport_stats ts;
+		transport_stats(c->tp, &ts);
+		st->transport = (struct cluster_transport_counts){
+		    .frames_sent = ts.sent,
+		    .frames_received = ts.received,
+		    .strangers = ts.strangers_received,
+		    .dropped_full = ts.dropped_full,
+		    .dropped_unauth = ts.dropped_unauth,
+		    .dropped_malformed = ts.dropped_malformed,
+		    .send_errors = ts.send_errors,
+		    .listener_restarts = ts.listener_restarts,
+		    .dialer_restarts = ts.dialer_restarts,
+		    .stale_closed = ts.stale_inbound_closed,
+		};
+	}
 }
 
 struct queue_fsm *

@@ -212,6 +212,19 @@ struct cluster_status {
 	uint64_t incarnation;		  /* this data_dir's incarnation */
 	const char *boot_phase; /* static: "" (a member), "discovering" (empty, asking `peers`),
 				   "rejoining" (empty, asking the leader to take it in) */
+	/* the peer transport's totals since open (transport.h, struct transport_stats) */
+	struct cluster_transport_counts {
+		uint64_t frames_sent;	  /* handed to a connection */
+		uint64_t frames_received; /* delivered to the node (strangers' included) */
+		uint64_t strangers;	  /* ... from a non-member holding a cluster certificate */
+		uint64_t dropped_full;	  /* not sent: the peer's queue was full */
+		uint64_t dropped_unauth;  /* received, dropped: wrong `to`, unknown sender */
+		uint64_t dropped_malformed; /* received, dropped: undecodable or over the bound */
+		uint64_t send_errors;	    /* NNG refused a queued frame */
+		uint64_t listener_restarts; /* the endpoint guard's re-creations */
+		uint64_t dialer_restarts;
+		uint64_t stale_closed; /* superseded inbound connections closed */
+	} transport;
 	unsigned n_peers;
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];
 };

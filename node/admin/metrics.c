@@ -126,6 +126,43 @@ write_hist(struct http_text *t, const char *stage, const struct cluster_hist *h)
 		    h->count);
 }
 
+/* The peer transport (replicated mode): frames, drops, the endpoint guard's repairs. */
+static void
+render_transport(struct http_text *t, const struct cluster_transport_counts *x)
+{
+	counter(t, "relay_cluster_frames_sent_total", "Peer frames handed to a cluster connection.",
+		x->frames_sent);
+	counter(t, "relay_cluster_frames_received_total",
+		"Peer frames received and taken (a stranger's included).", x->frames_received);
+	counter(t, "relay_cluster_stranger_frames_total",
+		"Frames taken from a node outside the address book holding a certificate of the "
+		"cluster CA (a join request).",
+		x->strangers);
+	family(t, "relay_cluster_frames_dropped_total", "counter",
+	       "Peer frames dropped: not sent because the peer's queue was full (queue_full) or "
+	       "NNG refused them (send_error); received with a wrong recipient, cluster or "
+	       "unknown sender (unauthenticated), or undecodable or over the size bound "
+	       "(malformed).");
+	static const char *const reasons[] = {"queue_full", "send_error", "unauthenticated",
+					      "malformed"};
+	const uint64_t v[] = {x->dropped_full, x->send_errors, x->dropped_unauth,
+			      x->dropped_malformed};
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		http_printf(t, "relay_cluster_frames_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
+			    reasons[i], v[i]);
+	family(t, "relay_cluster_endpoint_restarts_total", "counter",
+	       "Cluster endpoints the transport found stuck and re-created (a listener that "
+	       "accepts nothing, a dialer that neither connects nor tries).");
+	http_printf(t, "relay_cluster_endpoint_restarts_total{endpoint=\"listener\"} %" PRIu64 "\n",
+		    x->listener_restarts);
+	http_printf(t, "relay_cluster_endpoint_restarts_total{endpoint=\"dialer\"} %" PRIu64 "\n",
+		    x->dialer_restarts);
+	counter(t, "relay_cluster_stale_connections_closed_total",
+		"Inbound peer connections closed after a newer one from the same peer superseded "
+		"them.",
+		x->stale_closed);
+}
+
 static void
 render_cluster(struct http_text *t, struct cluster *c)
 {
@@ -213,6 +250,8 @@ render_cluster(struct http_text *t, struct cluster *c)
 		"Raft messages dropped (outbox or peer queue full, undecodable).", st.raft_dropped);
 	counter(t, "relay_raft_foreign_frames_total",
 		"Peer frames dropped because they carry another cluster's id.", st.foreign_dropped);
+	if (st.replicated)
+		render_transport(t, &st.transport);
 	if (st.n_peers) {
 		family(t, "relay_raft_peer_lag", "gauge",
 		       "Leader only: entries a member is behind the leader's log.");

@@ -7,12 +7,14 @@ stays queued and can be counted on every node with `relayd --dump-queue --json`.
 
 - test_kill_leader_mid_stream: smtplib clients send 600+ messages spread over the three nodes;
   the leader is SIGKILLed mid-stream and restarted.  Every message that got 250 must be in the
-  queue of all three nodes; a new leader is elected and accepts.
+  queue of all three nodes; a new leader is elected and accepts.  The peer transport's counters
+  on /metrics (frames sent, taken, dropped by reason) are there and pass promtool.
 - test_wiped_node_rejoins: a follower loses its data dir; restarted empty, it catches up by
   snapshot.
 """
 import re
 import smtplib
+import subprocess
 import threading
 import time
 import unittest
@@ -158,6 +160,32 @@ class ClusterTest(RelayTestCase):
         wait_for(lambda: self.queues_hold(ids), 60, "every accepted message on all three nodes",
                  interval=0.5)
         self.wait_leader()
+        self.check_transport_metrics()
+
+    def check_transport_metrics(self):
+        """The peer transport's counters on /metrics: every node sent and took frames (the
+        restarted one since its restart), none was dropped as undecodable or unauthenticated,
+        and the text passes `promtool check metrics`."""
+        for i, addr in enumerate(ADDRS):
+            m = metrics(addr)
+            self.assertIsNotNone(m, "node %d /metrics" % (i + 1))
+            for k in ("relay_cluster_frames_sent_total", "relay_cluster_frames_received_total"):
+                self.assertGreater(m.get(k, 0), 0, "node %d %s" % (i + 1, k))
+            for reason in ("unauthenticated", "malformed"):
+                k = 'relay_cluster_frames_dropped_total{reason="%s"}' % reason
+                self.assertEqual(m.get(k), 0, "node %d %s" % (i + 1, k))
+            for k in ('relay_cluster_frames_dropped_total{reason="queue_full"}',
+                      'relay_cluster_frames_dropped_total{reason="send_error"}',
+                      'relay_cluster_endpoint_restarts_total{endpoint="listener"}',
+                      'relay_cluster_endpoint_restarts_total{endpoint="dialer"}',
+                      "relay_cluster_stranger_frames_total",
+                      "relay_cluster_stale_connections_closed_total"):
+                self.assertIn(k, m, "node %d" % (i + 1))
+        with urllib.request.urlopen("http://%s:8025/metrics" % ADDRS[0], timeout=5) as r:
+            text = r.read().decode()
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                               capture_output=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
     def test_wiped_node_rejoins(self):
         """A follower loses its data dir.  Raft assumes durable logs: the leader remembers
