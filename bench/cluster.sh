@@ -13,7 +13,8 @@
 # to the baseline's smtp-sink via `transport` (no DNS).  Then the failover time: SIGKILL the
 # leader while a client sends one message at a time to a follower, and measure from the kill to
 # the first 250 after it (FAILOVERS times: p50, p99, max); the same with SIGSTOP, a host that goes
-# silent without closing its connections (FAILOVERS_SILENT times).
+# silent without closing its connections (FAILOVERS_SILENT times).  The half-peak run also prints
+# its cost on the three nodes: peer frames, context switches (all threads, and NNG's) per message.
 # Env: RELAYD, PORT (default 2541), SINK (2626), BASELINE, WORKLOADS/CONCS/REPS passed through,
 # FAILOVERS (default 20; 0 skips), FAILOVERS_SILENT (SIGSTOP instead of SIGKILL, default 10; 0
 # skips), LATENCY_S (seconds of load at half the peak, default 20; 0 skips), HALF_RATE (its
@@ -92,6 +93,22 @@ q = lambda f: next((le for le, c in b if c >= f * n), float("inf"))
 print("# latency end of DATA -> 250 on c%s: n=%d p50 <= %g ms, p99 <= %g ms" % (sys.argv[1], n, q(0.5) * 1000, q(0.99) * 1000))
 ' "$T"
 
+# cost_now: "FRAMES CSW NNG_CSW" of the three nodes so far: peer frames sent (their /metrics),
+# context switches of all their threads and of NNG's (thread names nng:*) from /proc
+cost_now() {
+  local f=0 c=0 n=0 i t v
+  for i in 1 2 3; do
+    v=$(curl -s "http://127.0.0.1:$((8450 + i))/metrics" | awk '$1 == "relay_cluster_frames_sent_total" { print $2 }')
+    f=$((f + ${v:-0}))
+    for t in /proc/${pids[$i]}/task/*; do
+      v=$(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "$t/status" 2>/dev/null)
+      c=$((c + ${v:-0}))
+      [[ $(cat "$t/comm" 2>/dev/null) == nng:* ]] && n=$((n + ${v:-0}))
+    done
+  done
+  echo "$f $c $n"
+}
+
 # end of DATA -> 250 at half the peak (issue 14 part 6): bench/latency.py offers HALF_RATE msg/s
 # (default: half the relayd-3node median accept rate the baseline just measured) open loop for
 # LATENCY_S seconds over 20 sessions to the same node; client-side percentiles, and the node's
@@ -100,8 +117,13 @@ if (( LATENCY_S > 0 )); then
   rate=${HALF_RATE:-$(awk '$1 == "relayd-3node" && $6 == "|" { printf "%.0f", $7 / 2; exit }' "$work/baseline.out")}
   if [[ -n $rate ]] && (( rate > 0 )); then
     echo "# latency at half the peak: $rate msg/s for $LATENCY_S s into c$T"
+    read -r f0 c0 n0 < <(cost_now)
     /usr/bin/python3 "$top/bench/latency.py" "127.0.0.1:$((PORT + T - 1))" "$rate" "$LATENCY_S" \
       --conns 20 --size 4096 --metrics "http://127.0.0.1:$((8450 + T))/metrics" || true
+    read -r f1 c1 n1 < <(cost_now)
+    msgs=$((rate * LATENCY_S))
+    awk -v f=$((f1 - f0)) -v c=$((c1 - c0)) -v n=$((n1 - n0)) -v m=$msgs 'BEGIN {
+      printf "# cost at half the peak, all three nodes: %.1f peer frames per message; %.0f context switches per message (%.0f in NNG threads), %.1f per frame\n", f / m, c / m, n / m, (f ? c / f : 0) }'
   else
     echo "# latency at half the peak: no relayd-3node accept rate in the baseline's table; set HALF_RATE"
   fi
