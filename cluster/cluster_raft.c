@@ -587,6 +587,14 @@ cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 		    .dialer_restarts = ts.dialer_restarts,
 		    .stale_closed = ts.stale_inbound_closed,
 		};
+		for (unsigned i = 0; i < st->n_peers; i++) {
+			struct cluster_peer_status *p = &st->peers[i];
+			struct transport_peer_stats ps;
+			if (!p->self && transport_peer_stats(c->tp, p->name, &ps) == 0) {
+				p->queued = ps.queued;
+				p->queued_bytes = ps.queued_bytes;
+			}
+		}
 	}
 }
 

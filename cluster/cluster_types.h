@@ -173,6 +173,8 @@ struct cluster_peer_status {
 	uint64_t match;		       /* leader only: highest index known replicated on it */
 	uint64_t lag;		       /* leader only: last index - match */
 	int64_t last_contact_ms;       /* ms since a message from it arrived; -1 never (self: 0) */
+	unsigned queued;	       /* frames waiting for it in the transport (self: 0) */
+	uint64_t queued_bytes;	       /* their payload bytes */
 };
 
 struct cluster_status {

@@ -8,7 +8,8 @@ stays queued and can be counted on every node with `relayd --dump-queue --json`.
 - test_kill_leader_mid_stream: smtplib clients send 600+ messages spread over the three nodes;
   the leader is SIGKILLed mid-stream and restarted.  Every message that got 250 must be in the
   queue of all three nodes; a new leader is elected and accepts.  The peer transport's counters
-  on /metrics (frames sent, taken, dropped by reason) are there and pass promtool.
+  on /metrics (frames sent, taken, dropped by reason, queued per member: they grow for the
+  killed node and drain after its restart) are there and pass promtool.
 - test_wiped_node_rejoins: a follower loses its data dir; restarted empty, it catches up by
   snapshot.
 """
@@ -144,6 +145,11 @@ class ClusterTest(RelayTestCase):
             kill_at["t"] = time.monotonic()
             new_lead = self.wait_leader(30)
             self.assertNotEqual(new_lead, lead)
+            # frames for the dead node wait in the live nodes' transport queues
+            key = 'relay_raft_peer_queued_frames{peer="%s"}' % NAMES[lead]
+            wait_for(lambda: any((metrics(ADDRS[i]) or {}).get(key, 0) >= 1
+                                 for i in range(3) if i != lead), 10,
+                     "frames queued for the killed " + NAMES[lead])
             wait_for(lambda: sum(1 for _, t in accepted.values() if t > kill_at["t"]) >= 100,
                      60, "100 messages accepted after the kill")
             victim.start()
@@ -181,6 +187,19 @@ class ClusterTest(RelayTestCase):
                       "relay_cluster_stranger_frames_total",
                       "relay_cluster_stale_connections_closed_total"):
                 self.assertIn(k, m, "node %d" % (i + 1))
+        # ... and the queues toward every member drain (a heartbeat may be on its way)
+        def drained():
+            for i, addr in enumerate(ADDRS):
+                m = metrics(addr) or {}
+                for j, name in enumerate(NAMES):
+                    if j == i:
+                        continue
+                    q = m.get('relay_raft_peer_queued_frames{peer="%s"}' % name)
+                    b = m.get('relay_raft_peer_queued_bytes{peer="%s"}' % name)
+                    if q is None or b is None or q > 2:
+                        return False
+            return True
+        wait_for(drained, 20, "the transport queues drained")
         with urllib.request.urlopen("http://%s:8025/metrics" % ADDRS[0], timeout=5) as r:
             text = r.read().decode()
         check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
