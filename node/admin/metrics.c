@@ -271,10 +271,10 @@ render_cluster(struct http_text *t, struct cluster *c)
 		for (unsigned i = 0; i < st.n_peers; i++)
 			http_printf(t, "relay_raft_peer_connected{peer=\"%s\"} %d\n",
 				    st.peers[i].name, st.peers[i].connected);
-		family(
-		    t, "relay_raft_peer_queued_frames", "gauge",
-		    "Frames waiting in the transport for the member (at most 1024 and 128 MiB; "
-		    "beyond, dropped: relay_cluster_frames_dropped_total{reason=\"queue_full\"}).");
+		family(t, "relay_raft_peer_queued_frames", "gauge",
+		       "Frames waiting in the transport for the member (bounded per member; beyond "
+		       "the bound dropped: "
+		       "relay_cluster_frames_dropped_total{reason=\"queue_full\"}).");
 		for (unsigned i = 0; i < st.n_peers; i++)
 			http_printf(t, "relay_raft_peer_queued_frames{peer=\"%s\"} %u\n",
 				    st.peers[i].name, st.peers[i].queued);
