@@ -583,9 +583,11 @@ cluster__raft_status(struct cluster__raft *c, struct cluster_status *st)
 		    .dropped_unauth = ts.dropped_unauth,
 		    .dropped_malformed = ts.dropped_malformed,
 		    .send_errors = ts.send_errors,
-		    .listener_restarts = ts.listener_restarts,
-		    .dialer_restarts = ts.dialer_restarts,
+		    .redials = ts.redials,
+		    .handshake_failures = ts.handshake_failures,
+		    .inbound_refused = ts.inbound_refused,
 		    .stale_closed = ts.stale_inbound_closed,
+		    .inbound = ts.inbound,
 		};
 		for (unsigned i = 0; i < st->n_peers; i++) {
 			struct cluster_peer_status *p = &st->peers[i];

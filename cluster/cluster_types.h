@@ -216,16 +216,18 @@ struct cluster_status {
 				   "rejoining" (empty, asking the leader to take it in) */
 	/* the peer transport's totals since open (transport.h, struct transport_stats) */
 	struct cluster_transport_counts {
-		uint64_t frames_sent;	  /* handed to a connection */
+		uint64_t frames_sent;	  /* written (all bytes in the kernel) */
 		uint64_t frames_received; /* delivered to the node (strangers' included) */
 		uint64_t strangers;	  /* ... from a non-member holding a cluster certificate */
 		uint64_t dropped_full;	  /* not sent: the peer's queue was full */
 		uint64_t dropped_unauth;  /* received, dropped: wrong `to`, unknown sender */
 		uint64_t dropped_malformed; /* received, dropped: undecodable or over the bound */
-		uint64_t send_errors;	    /* NNG refused a queued frame */
-		uint64_t listener_restarts; /* the endpoint guard's re-creations */
-		uint64_t dialer_restarts;
-		uint64_t stale_closed; /* superseded inbound connections closed */
+		uint64_t send_errors;	    /* a write failed (the connection closed) */
+		uint64_t redials; /* a handshake or a send stood still: closed, dialed again */
+		uint64_t handshake_failures; /* refused or cut handshakes, both ends */
+		uint64_t inbound_refused;    /* beyond TRANSPORT_MAX_INBOUND */
+		uint64_t stale_closed;	     /* superseded inbound connections closed */
+		unsigned inbound;	     /* inbound connections open */
 	} transport;
 	unsigned n_peers;
 	struct cluster_peer_status peers[CLUSTER_MAX_PEERS];

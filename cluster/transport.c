@@ -1,48 +1,48 @@
 /*
- * transport.c: peer and admin messaging over NNG (see transport.h for the contract).
+ * transport.c: the peer transport (see transport.h for the contract): frames over TCP, mutual
+ * TLS through OpenSSL memory BIOs, every byte read and written on the loop thread.
  *
- * Receive path (loop thread only):
- *   PULL socket -> NNG_OPT_RECVFD readable -> uv_poll -> a non-blocking receive on one kept aio
- *   (transport_recv: nng_recvmsg(NONBLOCK) without its aio per call), at most
- *   TRANSPORT_RECV_BATCH per turn -> relay__peer_frame__unpack -> checks (size, to, from,
- *   cluster id) -> recv callback -> frame and message freed.
- * Send path:
- *   transport_send (loop thread): bound check, frame packed into an nng_msg, appended to the
- *   peer's ring (p->ring, capacity max_queue_per_peer).  If the peer's aio is idle the head is
- *   handed to nng_send_aio on the peer's PUSH socket.  peer_send_cb (NNG thread) counts the
- *   result and hands over the next.  A socket whose connection closed is replaced by a new one
- *   (peer_renew: NNG 1.5.2's PUSH socket cannot be trusted after that, see peer_pipe_cb); the
- *   send waiting in it goes back to the head of the ring.  The PUSH socket is unbuffered, so
- *   at most one message per peer sits inside NNG's socket (waiting for a connection) plus one
- *   inside the connection.  The ring, the in-flight flag and the counters are under p->mtx;
- *   p->mtx is held across nng_send_aio so that peer_stop() cannot race a resubmission.
- * Teardown (loop thread): peer_stop() sets closing, stops the aio (waits for its callback),
- * closes the socket (waits for its pipes), frees what is queued.  transport_close() stops the
- * poll before closing the PULL socket (its RECVFD dies with it) and frees the transport in the
- * poll handle's close callback.
- * Endpoint guard (loop thread, a uv timer): NNG 1.5.2's endpoints can stop for good after a
- * peer vanishes mid-handshake; the guard reads NNG's statistics, probes and re-creates them
- * (details at "endpoint guard" below), and closes a peer's superseded inbound connection.
- * Failure modes: peer input is dropped and counted (never asserted on); NNG errors on the send
- * side are counted; a failed open unwinds completely; an endpoint that cannot be re-created is
- * tried again every tick (logged).
+ * Wire (the same as NNG's PUSH/PULL over tcp:// and tls+tcp://, which the nodes before this
+ * transport spoke, so old and new nodes talk during a rolling upgrade): after TCP connect (and
+ * the TLS handshake) each side sends the 8-byte SP header 00 'S' 'P' 00, its protocol (u16
+ * big-endian: 0x50 PUSH for the dialer, 0x51 PULL for the listener), 00 00.  Then the dialer
+ * sends messages, each a u64 big-endian length and a relay.PeerFrame of that length; the
+ * listener sends nothing more.
+ *
+ * Send path (loop thread): transport_send packs the frame (length prefix included) into one
+ * allocation and appends it to the peer's queue (bounded by max_queue_per_peer frames and
+ * max_queue_bytes_per_peer payload bytes).  peer_pump writes the head on the peer's connection
+ * with uv_try_write (with TLS: SSL_write into the memory BIO, then the ciphertext); what the
+ * kernel does not take goes through one uv_write, and nothing else is written until it
+ * completes.  The head leaves the queue only once all its bytes are in the kernel: a frame cut
+ * by a lost connection is sent whole on the next one (the receiver never sees a cut frame).
+ * Receive path (loop thread): read_cb -> (TLS: BIO_write, SSL_read) -> c->in -> SP header, then
+ * frames -> checks -> the recv callback.
+ * Guard (a 1 s timer): connects and handshakes past TRANSPORT_HANDSHAKE_MS, sends standing
+ * still past TRANSPORT_SEND_STALL_MS, and a peer's superseded inbound connections are closed.
+ * Lifetimes: t lives until every handle it opened is closed (t->handles); a peer until its
+ * retry timer and every connection that points at it are closed (p->refs).
  */
 #include "transport.h"
 #include "transport_int.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include <nng/nng.h>
-#include <nng/protocol/pipeline0/pull.h>
-#include <nng/protocol/pipeline0/push.h>
-#include <nng/supplemental/tls/tls.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "transport.pb-c.h"
+
+#define SP_HDR_LEN 8u
+#define LEN_HDR_LEN 8u
+#define SP_PUSH 0x50
+#define SP_PULL 0x51
+#define LOG_EVERY_MS 10000 /* a repeated warning of one kind, per peer or per transport */
 
 const char *
 transport_strerror(int code)
@@ -65,208 +65,217 @@ id_ok(const char *id)
 	return id != NULL && id[0] != '\0' && strlen(id) <= TRANSPORT_ID_MAX;
 }
 
-/*
- * ---- endpoint guard, the decisions (pure: counters and times in, an action out) ----
- *
- * NNG 1.5.2 takes NNG_ECLOSED from one connection's negotiation (TLS handshake, then the SP
- * header exchange) for "this endpoint was closed" (nanomsg/nng#1518; fixed in NNG 1.6.0, not in
- * Debian's 1.5.2).  A peer that goes away while we write to it during the handshake gives
- * exactly that (EPIPE maps to NNG_ECLOSED), and then:
- *   - a listener never accepts again.  NNG still completes the handshake of new connections
- *     below the socket, so the dialing peer sees a connection and sends into it; nothing of it
- *     reaches us.  NNG counts the error as the listener's "other".
- *   - a dialer never dials again (no connection, no attempt: all its counters stand still).
- * Also, the negotiation's 10 s timeout does not fire while a TLS handshake waits for the peer
- * (the cancel aborts an idle TCP send), so a dialer can wait forever on a silent peer.
- * The guard reads NNG's statistics of our endpoints every TRANSPORT_GUARD_TICK_MS:
- *   - listener: when "other" grows, a probe of ours dials the listener; if the listener's
- *     "accept" has not grown TRANSPORT_PROBE_WAIT_MS later, it is re-created on the same port;
- *   - dialer: one with no connection whose attempt counters stand still for
- *     TRANSPORT_DIAL_STALL_MS is re-created.
- */
-
-enum listen_act {
-	LISTEN_OK,	/* nothing to do */
-	LISTEN_PROBE,	/* suspicious: start a probe */
-	LISTEN_ALIVE,	/* the probe's wait is over: the listener accepted; stop the probe */
-	LISTEN_RESTART, /* it accepted nothing while probed: re-create it (and stop the probe) */
-};
-
-struct listen_watch {
-	uint64_t other;	   /* the listener's "other" errors when last looked at */
-	uint64_t accepts;  /* its "accept" count when the probe started */
-	uint64_t since_ms; /* when the probe started */
-	bool probing;
-};
-
-/*
- * One look at a listener's counters at now_ms; probe_up: the probe has its connection (from
- * its side).  Any accept during the probe (ours or a peer's) proves that the listener accepts,
- * but the probe is ended only once connected or after the wait: closing a dialer in its
- * handshake can leave NNG 1.5.2 a connection it never frees.  Errors counted meanwhile are
- * looked at again afterwards.
- */
-static enum listen_act
-listen_watch_step(struct listen_watch *w, uint64_t other, uint64_t accepts, bool probe_up,
-		  uint64_t now_ms)
-{
-	if (w->probing) {
-		bool waited = now_ms - w->since_ms >= TRANSPORT_PROBE_WAIT_MS;
-		if (accepts > w->accepts && (probe_up || waited)) {
-			w->probing = false;
-			return LISTEN_ALIVE;
-		}
-		if (!waited)
-			return LISTEN_OK;
-		*w = (struct listen_watch){0}; /* the new listener counts from 0 */
-		return LISTEN_RESTART;
-	}
-	if (other <= w->other)
-		return LISTEN_OK;
-	w->other = other;
-	w->accepts = accepts;
-	w->since_ms = now_ms;
-	w->probing = true;
-	return LISTEN_PROBE;
-}
-
-struct dial_watch {
-	uint64_t attempts; /* the dialer's attempts (connects and errors) last seen */
-	uint64_t since_ms; /* when they last changed, or a connection was last seen up */
-};
-
-/*
- * One look at a dialer at now_ms: true when it must be re-created (no connection and its
- * attempts standing still for TRANSPORT_DIAL_STALL_MS).  A live dialer without a connection
- * counts an attempt at least every TRANSPORT_RECONNECT_MAX_MS plus a connect and a handshake.
- */
+/* True (and the time noted) when a warning last given at *last is due again. */
 static bool
-dial_watch_step(struct dial_watch *w, bool connected, uint64_t attempts, uint64_t now_ms)
+log_due(uint64_t *last, uint64_t now)
 {
-	if (connected || attempts != w->attempts) {
-		w->attempts = attempts;
-		w->since_ms = now_ms;
+	if (*last != 0 && now - *last < LOG_EVERY_MS)
 		return false;
-	}
-	return now_ms - w->since_ms >= TRANSPORT_DIAL_STALL_MS;
+	*last = now == 0 ? 1 : now;
+	return true;
 }
 
-/*
- * A send NNG holds on a connection it counts as open (connected), busy_ms after it was handed
- * over: true when the dialer must be re-created.  A peer that is down has no connection (its
- * dialer redials by itself, dial_watch_step); a live one drains a frame in well under a second.
- */
-static bool
-send_stalled(bool connected, bool busy, uint64_t busy_ms)
+/* "host:port" or "[v6]:port" into host and port.  0 or TRANSPORT_EADDR. */
+static int
+split_hostport(const char *addr, char *host, size_t hsize, int *port, bool port0_ok)
 {
-	return connected && busy && busy_ms >= TRANSPORT_SEND_STALL_MS;
+	if (addr == NULL)
+		return TRANSPORT_EADDR;
+	const char *colon = strrchr(addr, ':');
+	const char *h = addr;
+	size_t hl;
+	if (addr[0] == '[') {
+		const char *rb = strchr(addr, ']');
+		if (rb == NULL || rb[1] != ':')
+			return TRANSPORT_EADDR;
+		h = addr + 1;
+		hl = (size_t)(rb - h);
+		colon = rb + 1;
+	} else {
+		if (colon == NULL)
+			return TRANSPORT_EADDR;
+		hl = (size_t)(colon - addr);
+	}
+	if (hl == 0 || hl >= hsize)
+		return TRANSPORT_EADDR;
+	char *end;
+	long p = strtol(colon + 1, &end, 10);
+	if (colon[1] == '\0' || *end != '\0' || p < (port0_ok ? 0 : 1) || p > 65535)
+		return TRANSPORT_EADDR;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	*port = (int)p;
+	return 0;
 }
 
-/* ---- peers ---- */
+/* A numeric host and port into sa.  0 when host is an IP address. */
+static int
+numeric_addr(const char *host, int port, struct sockaddr_storage *sa)
+{
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)sa) == 0)
+		return 0;
+	if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)sa) == 0)
+		return 0;
+	return -1;
+}
 
-struct queued {
-	nng_msg *msg; /* owned */
-	size_t len;   /* payload bytes (what the byte bound counts) */
+/* ---- types ---- */
+
+struct frame {
+	struct frame *next;
+	size_t payload; /* payload bytes (what the byte bound counts) */
+	size_t len;	/* bytes in data: the u64 length, then the packed PeerFrame */
+	uint8_t data[];
 };
 
-/*
- * The argument of one peer socket's pipe callbacks.  NNG may still run callbacks of a socket
- * being closed (peer_renew hands old sockets to a thread of their own), so the argument outlives
- * the peer's use of the socket: once current is false a callback leaves p alone.  mtx is held
- * across a callback's use of p, so clearing current waits for one in progress.
- */
-struct peer_gen {
-	struct peer *p; /* borrowed; not touched once current is false */
-	pthread_mutex_t mtx;
-	bool current;
+enum conn_state {
+	CS_CONNECT,   /* outbound: TCP connect in progress */
+	CS_HANDSHAKE, /* TLS handshake and/or the SP headers */
+	CS_UP,	      /* frames flow */
+	CS_CLOSED,    /* uv_close called */
+};
+
+struct peer;
+
+struct conn {
+	uv_tcp_t tcp;
+	uv_connect_t creq;
+	uv_write_t wreq; /* the queue head's write, when it did not go at once */
+	struct transport *t;
+	struct peer *p; /* outbound: a counted reference; inbound: NULL */
+	bool outbound;
+	enum conn_state st;
+	SSL *ssl; /* NULL: plain */
+	BIO *rbio, *wbio;
+	bool tls_done;
+	bool hdr_got;	   /* the peer's SP header arrived and was right */
+	uint64_t since_ms; /* created: TRANSPORT_HANDSHAKE_MS runs from here */
+	uint64_t seq;	   /* inbound: order of acceptance */
+	uint64_t last_rx_ms;
+	char from[TRANSPORT_ID_MAX + 1]; /* inbound: the sender its frames name (checked) */
+	char remote[64];		 /* inbound: ip:port, for logs */
+	uint8_t *in;			 /* owned: plaintext not yet taken */
+	size_t in_len, in_cap;
+	/* outbound: the head frame's bytes being written */
+	uint8_t *out;
+	size_t out_len, out_off;
+	bool out_owned;		  /* out is ciphertext of ours (else the frame's bytes) */
+	bool writing;		  /* wreq in progress */
+	uint64_t write_ms;	  /* when it started */
+	struct conn *next, *prev; /* t->in list (inbound) */
+};
+
+struct resolve {
+	uv_getaddrinfo_t req;
+	struct transport *t;
+	struct peer *p; /* NULL once the peer is gone */
+	int port;
 };
 
 struct peer {
-	struct transport *t;  /* borrowed: the owner */
-	char *id;	      /* owned */
-	char *addr;	      /* owned: "host:port" dialed */
-	nng_socket sock;      /* PUSH, owned while dialing; its dialer closes with it */
-	nng_dialer dialer;    /* of sock */
-	struct peer_gen *gen; /* owned while dialing: sock's pipe callback argument */
-	bool dialing;	      /* sock and dialer are valid (an opening can fail; retried) */
-	uint64_t renewals;    /* sockets replaced after a lost connection (loop thread only) */
-	uint64_t renewed_ms;  /* uv_now of the last replacement (loop thread only) */
-	atomic_bool renew;    /* a connection of sock closed: the loop replaces sock */
-	struct dial_watch dw;
-	uint64_t dialer_restarts; /* loop thread only */
-	nng_pipe in_pipe;	  /* the newest connection its frames came in on (loop) */
-	/* older ones, superseded at stale_at[i] (loop); closed if still open after
-	   TRANSPORT_STALE_PIPE_MS */
-	nng_pipe stale[TRANSPORT_STALE_PIPES_MAX];
-	uint64_t stale_at[TRANSPORT_STALE_PIPES_MAX];
-	unsigned n_stale;
-	nng_aio *aio;	     /* owned; send of the in-flight message */
-	pthread_mutex_t mtx; /* guards everything below */
-	struct queued *ring; /* owned, capacity t->max_queue; waiting messages */
-	unsigned head, n;
-	bool busy;		/* a message is in p->aio */
-	bool retired;		/* nothing is handed to sock: it lost a connection, or none */
-	uint64_t busy_since_ms; /* when it was handed to NNG (mono_ms) */
-	size_t busy_len;	/* its payload bytes */
-	size_t bytes;		/* payload bytes in ring + in flight */
-	bool closing;		/* no more submissions */
-	uint64_t sent, dropped_full, send_errors;
-	atomic_int pipes; /* live connections (pipe notify, NNG threads) */
-	atomic_bool lost; /* the last one closed: tell the loop (transport_down_cb) */
+	struct transport *t;
+	char id[TRANSPORT_ID_MAX + 1];
+	char *addr; /* owned: "host:port" dialed */
+	char host[TRANSPORT_URL_MAX];
+	int port;
+	struct conn *c; /* the outbound connection, any state but closed */
+	uv_timer_t retry;
+	struct resolve *res; /* a resolution in flight */
+	bool want_resolve;   /* waiting for the transport's one resolution slot */
+	uint64_t backoff_ms;
+	struct frame *qhead, *qtail;
+	unsigned n;	    /* frames queued (the one being written included) */
+	size_t bytes;	    /* their payload bytes */
+	bool head_inflight; /* the head's write is pending on some connection */
+	bool down_pending;  /* tell transport_on_peer_down's callback */
+	bool removed;
+	int refs; /* membership (until the retry timer closes) + connections */
+	uint64_t sent, dropped_full, send_errors, redials, renewals;
+	uint64_t log_ms; /* last warning about this peer */
 	struct peer *next;
 };
 
 struct transport {
 	uv_loop_t *loop; /* borrowed */
-	uv_poll_t poll;	 /* on the PULL socket's RECVFD */
+	uv_tcp_t listener;
+	uv_timer_t guard;
+	uv_timer_t down_timer;
 	transport_recv_cb cb;
 	void *cb_arg;
+	transport_peer_down_cb down_cb;
 	char node_id[TRANSPORT_ID_MAX + 1];
 	char cluster_id[TRANSPORT_ID_MAX + 1];
-	bool tls;
-	bool admit_strangers;	  /* cfg->admit_strangers, with TLS only */
-	struct tls_material tlsm; /* owned */
+	SSL_CTX *srv, *cli; /* NULL: plain */
+	bool admit_strangers;
 	size_t max_msg_bytes;
 	unsigned max_queue;
 	size_t max_queue_bytes;
-	nng_socket pull; /* owned */
-	nng_aio *raio;	 /* owned: the loop's receive (transport_recv), made at the first one */
 	int port;
-	struct peer *peers; /* owned list */
+	struct peer *peers;
 	unsigned n_peers;
-	/* loop-thread counters; removed peers' counters are added here */
+	struct conn *in; /* inbound connections */
+	unsigned n_in;
+	uint64_t in_seq;
+	bool resolving; /* one host name resolution at a time (the loop's threadpool) */
+	uint8_t rbuf[TRANSPORT_READ_CHUNK];
 	uint64_t received, dropped_unauth, dropped_malformed, strangers_received;
-	uint64_t gone_sent, gone_dropped_full, gone_send_errors, gone_dialer_restarts;
-	/* the guard (see "endpoint guard" below) */
-	char listen_host[TRANSPORT_URL_MAX]; /* host part of cfg->listen; with port, listens */
-	nng_listener listener;		     /* of pull; re-created by the guard */
-	bool listening;			     /* listener is valid (re-creation retried) */
-	struct listen_watch lw;
-	nng_socket probe;	 /* PUSH, one per probe: it dials our own listener */
-	nng_dialer probe_dialer; /* of probe, while probing */
-	bool probing;		 /* probe, probe_dialer and probe_gen are valid */
-	struct probe_gen *probe_gen; /* what probe's callbacks write (freed with the socket) */
-	uv_timer_t guard;	    /* every TRANSPORT_GUARD_TICK_MS */
-	uint64_t listener_probes, listener_restarts, stale_inbound_closed;
-	int handles; /* uv handles not yet closed (poll, guard, down); the last close frees t */
-	/* peers whose last connection closed, told on the loop (transport_on_peer_down): NNG
-	 * threads wake the loop through down_async while down_open, under down_mtx */
-	uv_async_t down_async;
-	pthread_mutex_t down_mtx;
-	bool down_open;
-	transport_peer_down_cb down_cb;
+	uint64_t handshake_failures, inbound_refused, stale_inbound_closed;
+	uint64_t gone_sent, gone_dropped_full, gone_send_errors, gone_redials;
+	uint64_t log_in_ms, log_unauth_ms; /* last warnings about inbound connections */
+	int handles; /* handles and requests not yet finished; the last one frees t */
 	bool closing;
 	void (*done)(void *);
 	void *done_arg;
-	/* close (transport_close): NNG's socket close runs on a helper thread that the loop waits
-	 * for at most TRANSPORT_CLOSE_WAIT_MS, because NNG 1.5.2 can hang in nng_close
-	 * (nanomsg/nng#1543: the reaper waits for a task that never runs); then it is left behind
-	 * and the thread frees t if it ever returns */
-	pthread_mutex_t close_mtx;
-	pthread_cond_t close_cv;
-	int close_refs;	     /* the helper thread and the loop side; the last one frees t */
-	bool close_finished; /* the helper thread is done with NNG */
 };
+
+static void conn_close(struct conn *c, const char *why);
+static void peer_pump(struct peer *p);
+static void peer_dial(struct peer *p);
+
+/* ---- lifetimes ---- */
+
+static void
+transport_unref(struct transport *t)
+{
+	if (--t->handles > 0 || !t->closing)
+		return;
+	SSL_CTX_free(t->srv);
+	SSL_CTX_free(t->cli);
+	void (*done)(void *) = t->done;
+	void *arg = t->done_arg;
+	free(t);
+	if (done != NULL)
+		done(arg);
+}
+
+static void
+handle_closed(uv_handle_t *h)
+{
+	transport_unref(h->data);
+}
+
+static void
+queue_free(struct peer *p)
+{
+	while (p->qhead != NULL) {
+		struct frame *f = p->qhead;
+		p->qhead = f->next;
+		free(f);
+	}
+	p->qtail = NULL;
+	p->n = 0;
+	p->bytes = 0;
+}
+
+static void
+peer_unref(struct peer *p)
+{
+	if (--p->refs > 0)
+		return;
+	queue_free(p);
+	free(p->addr);
+	free(p);
+}
 
 static struct peer *
 peer_find(const struct transport *t, const char *id)
@@ -277,436 +286,347 @@ peer_find(const struct transport *t, const char *id)
 	return NULL;
 }
 
-/*
- * NNG 1.5.2's PUSH socket keeps the connections that may take a message on a ready list, and a
- * connection closed while it starts (its peer gone during the handshake, or our dialer closed
- * then) can be put on that list after its close took it off (nanomsg/nng#1653, fixed in NNG
- * 1.6.0): once NNG frees it, the socket's next send, or its next connection, touches freed
- * memory (test_transport_restart died of it in nng_send_aio about once in 15 runs).  A socket
- * is never trusted after one of its connections went: the connection's REM_POST, which NNG
- * runs before it frees the connection, stops all handing over to the socket (retired) and
- * pushes the old dialer's redial out of reach (NNG draws its delay from [0, RECONNMINT), so it
- * gets TRANSPORT_RETIRED_REDIAL_MS), and the loop replaces the socket with a new one
- * (peer_renew).  The peer has one dialer, so one connection at a time: a socket's life is one
- * connection.
- */
-#define TRANSPORT_RETIRED_REDIAL_MS (24 * 3600 * 1000) /* a redial in 1 ms: odds ~1e-8 */
+/* ---- connections: bytes out ---- */
 
-/* Pipe events on a peer's PUSH socket (NNG thread): count live connections; when one closes,
- * retire the socket and wake the loop to replace it and to tell (transport_down_cb). */
+struct raw_write {
+	uv_write_t w;
+	uint8_t data[];
+};
+
 static void
-peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+raw_write_cb(uv_write_t *w, int status)
 {
-	struct peer_gen *g = arg;
-	pthread_mutex_lock(&g->mtx);
-	if (!g->current) { /* a replaced socket's late event */
-		pthread_mutex_unlock(&g->mtx);
-		return;
-	}
-	struct peer *p = g->p;
-	if (ev == NNG_PIPE_EV_ADD_POST) {
-		atomic_fetch_add(&p->pipes, 1);
-	} else if (ev == NNG_PIPE_EV_REM_POST) {
-		struct transport *t = p->t;
-		pthread_mutex_lock(&p->mtx);
-		p->retired = true;
-		pthread_mutex_unlock(&p->mtx);
-		/* before NNG starts the redial timer (right after this callback) */
-		nng_dialer d = nng_pipe_dialer(pipe);
-		if (nng_dialer_id(d) > 0)
-			nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, TRANSPORT_RETIRED_REDIAL_MS);
-		/* (a connection rejected after ADD_PRE has a REM_POST and no ADD_POST) */
-		if (atomic_exchange(&p->pipes, 0) > 0)
-			atomic_store(&p->lost, true);
-		atomic_store(&p->renew, true);
-		pthread_mutex_lock(&t->down_mtx);
-		if (t->down_open)
-			uv_async_send(&t->down_async);
-		pthread_mutex_unlock(&t->down_mtx);
-	}
-	pthread_mutex_unlock(&g->mtx);
+	struct conn *c = w->handle->data;
+	free(w);
+	if (status < 0 && status != UV_ECANCELED && c->st != CS_CLOSED)
+		conn_close(c, uv_strerror(status));
 }
 
-static void peer_renew_due(struct peer *p);
+/* Write bytes that are not a frame (TLS handshake records, the SP header), copied if they
+ * must wait.  0 or a libuv error. */
+static int
+conn_write_raw(struct conn *c, const uint8_t *d, size_t len)
+{
+	uv_buf_t b = uv_buf_init((char *)d, (unsigned)len);
+	int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+	if (n == UV_EAGAIN)
+		n = 0;
+	if (n < 0)
+		return n;
+	if ((size_t)n == len)
+		return 0;
+	struct raw_write *r = malloc(sizeof(*r) + len - (size_t)n);
+	if (r == NULL)
+		return UV_ENOMEM;
+	memcpy(r->data, d + n, len - (size_t)n);
+	b = uv_buf_init((char *)r->data, (unsigned)(len - (size_t)n));
+	int rv = uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, raw_write_cb);
+	if (rv != 0)
+		free(r);
+	return rv;
+}
 
-/* Loop thread: tell of the peers whose last connection closed and that have none again. */
+/* Send what OpenSSL wrote into the memory BIO.  0 or a libuv error. */
+static int
+tls_flush(struct conn *c)
+{
+	uint8_t buf[16384];
+	int n;
+	while ((n = BIO_read(c->wbio, buf, sizeof(buf))) > 0) {
+		int rv = conn_write_raw(c, buf, (size_t)n);
+		if (rv != 0)
+			return rv;
+	}
+	return 0;
+}
+
+static int
+conn_send_sp_header(struct conn *c)
+{
+	uint8_t h[SP_HDR_LEN] = {0, 'S', 'P', 0, 0, c->outbound ? SP_PUSH : SP_PULL, 0, 0};
+	if (c->ssl == NULL)
+		return conn_write_raw(c, h, sizeof(h));
+	if (SSL_write(c->ssl, h, sizeof(h)) != (int)sizeof(h))
+		return UV_EPROTO;
+	return tls_flush(c);
+}
+
+/* The queue head is all in the kernel: it is sent. */
 static void
-transport_down_cb(uv_async_t *h)
+peer_head_done(struct peer *p, struct conn *c)
+{
+	struct frame *f = p->qhead;
+	if (c->out_owned)
+		free(c->out);
+	c->out = NULL;
+	c->out_owned = false;
+	p->qhead = f->next;
+	if (p->qhead == NULL)
+		p->qtail = NULL;
+	p->n--;
+	p->bytes -= f->payload;
+	p->sent++;
+	free(f);
+}
+
+/* The bytes of frame f as they go on c: the frame itself, or its ciphertext. */
+static int
+conn_prepare(struct conn *c, struct frame *f)
+{
+	c->out_off = 0;
+	if (c->ssl == NULL) {
+		c->out = f->data;
+		c->out_len = f->len;
+		c->out_owned = false;
+		return 0;
+	}
+	if (SSL_write(c->ssl, f->data, (int)f->len) != (int)f->len)
+		return UV_EPROTO;
+	size_t pend = BIO_ctrl_pending(c->wbio);
+	uint8_t *buf = malloc(pend);
+	if (buf == NULL)
+		return UV_ENOMEM;
+	if (BIO_read(c->wbio, buf, (int)pend) != (int)pend) {
+		free(buf);
+		return UV_EPROTO;
+	}
+	c->out = buf;
+	c->out_len = pend;
+	c->out_owned = true;
+	return 0;
+}
+
+static void
+frame_write_cb(uv_write_t *w, int status)
+{
+	struct conn *c = w->data;
+	struct peer *p = c->p;
+	c->writing = false;
+	p->head_inflight = false;
+	if (status == 0 && !p->removed) {
+		peer_head_done(p, c);
+		peer_pump(p);
+		return;
+	}
+	/* cut (or its peer gone): the head stays first in line, for the next connection */
+	if (c->out_owned)
+		free(c->out);
+	c->out = NULL;
+	c->out_owned = false;
+	if (status < 0 && status != UV_ECANCELED && c->st != CS_CLOSED) {
+		p->send_errors++;
+		conn_close(c, uv_strerror(status));
+	}
+	if (!p->removed)
+		peer_pump(p); /* a newer connection may be waiting for the head */
+}
+
+/* Write queued frames on p's connection while the kernel takes them. */
+static void
+peer_pump(struct peer *p)
+{
+	struct conn *c = p->c;
+	while (c != NULL && c->st == CS_UP && !c->writing && !p->head_inflight &&
+	       p->qhead != NULL) {
+		if (c->out == NULL && conn_prepare(c, p->qhead) != 0) {
+			p->send_errors++;
+			conn_close(c, "TLS write failed");
+			return;
+		}
+		uv_buf_t b =
+		    uv_buf_init((char *)c->out + c->out_off, (unsigned)(c->out_len - c->out_off));
+		int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+		if (n == UV_EAGAIN)
+			n = 0;
+		if (n < 0) {
+			p->send_errors++;
+			conn_close(c, uv_strerror(n));
+			return;
+		}
+		c->out_off += (size_t)n;
+		if (c->out_off == c->out_len) {
+			peer_head_done(p, c);
+			continue;
+		}
+		b = uv_buf_init((char *)c->out + c->out_off, (unsigned)(c->out_len - c->out_off));
+		c->wreq.data = c;
+		int rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, frame_write_cb);
+		if (rv != 0) {
+			p->send_errors++;
+			conn_close(c, uv_strerror(rv));
+			return;
+		}
+		c->writing = true;
+		p->head_inflight = true;
+		c->write_ms = uv_now(c->t->loop);
+	}
+}
+
+/* ---- connections: state ---- */
+
+static void
+conn_closed_cb(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+	struct transport *t = c->t;
+	if (c->ssl != NULL)
+		SSL_free(c->ssl); /* and its BIOs */
+	if (c->out_owned)
+		free(c->out);
+	free(c->in);
+	if (c->p != NULL)
+		peer_unref(c->p);
+	free(c);
+	transport_unref(t);
+}
+
+static void
+down_timer_cb(uv_timer_t *h)
 {
 	struct transport *t = h->data;
 	char ids[TRANSPORT_MAX_PEERS][TRANSPORT_ID_MAX + 1];
 	unsigned n = 0;
-	for (struct peer *p = t->peers; p != NULL && n < TRANSPORT_MAX_PEERS; p = p->next)
-		if (atomic_exchange(&p->lost, false) && atomic_load(&p->pipes) == 0)
+	for (struct peer *p = t->peers; p != NULL && n < TRANSPORT_MAX_PEERS; p = p->next) {
+		if (p->down_pending && (p->c == NULL || p->c->st != CS_UP))
 			snprintf(ids[n++], sizeof(ids[0]), "%s", p->id);
-	for (struct peer *p = t->peers; p != NULL && !t->closing; p = p->next)
-		peer_renew_due(p);
+		p->down_pending = false;
+	}
 	/* the callback may remove peers or close t: ids are copies, closing is checked */
 	for (unsigned i = 0; i < n && !t->closing && t->down_cb != NULL; i++)
 		t->down_cb(t->cb_arg, ids[i]);
 }
 
-void
-transport_on_peer_down(struct transport *t, transport_peer_down_cb cb)
-{
-	t->down_cb = cb;
-}
-
-/* A monotonic clock in ms that any thread may read (uv_now is the loop thread's). */
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Hand the ring's head to NNG.  Called with p->mtx held, !p->busy, p->n > 0, !p->closing,
- * !p->retired. */
 static void
-peer_submit_locked(struct peer *p)
+retry_cb(uv_timer_t *h)
 {
-	struct queued q = p->ring[p->head];
-	p->head = (p->head + 1) % p->t->max_queue;
-	p->n--;
-	p->busy = true;
-	p->busy_len = q.len;
-	p->busy_since_ms = mono_ms();
-	nng_aio_set_msg(p->aio, q.msg);
-	nng_send_aio(p->sock, p->aio);
+	struct peer *p = h->data;
+	if (!p->removed && !p->t->closing && p->c == NULL)
+		peer_dial(p);
 }
 
-/* The in-flight send finished (NNG thread).  Never frees the peer. */
+/* A dial of p failed or its connection ended: try again after the backoff. */
 static void
-peer_send_cb(void *arg)
+peer_retry_later(struct peer *p)
 {
-	struct peer *p = arg;
-	int rv = nng_aio_result(p->aio);
-	nng_msg *m = NULL;
-	if (rv != 0) { /* on failure the message is still ours */
-		m = nng_aio_get_msg(p->aio);
-		nng_aio_set_msg(p->aio, NULL);
-	}
-	pthread_mutex_lock(&p->mtx);
-	if (rv == 0)
-		p->sent++;
-	else if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
-		p->send_errors++;
-	if (m != NULL && p->retired && !p->closing) {
-		/* taken back from a socket being replaced: first for the next one (its slot was
-		   counted as in flight, so the ring has room; its bytes stay counted) */
-		p->head = (p->head + p->t->max_queue - 1) % p->t->max_queue;
-		p->ring[p->head] = (struct queued){.msg = m, .len = p->busy_len};
-		p->n++;
+	if (p->removed || p->t->closing)
+		return;
+	uv_timer_start(&p->retry, retry_cb, p->backoff_ms, 0);
+	p->backoff_ms *= 2;
+	if (p->backoff_ms > TRANSPORT_RECONNECT_MAX_MS)
+		p->backoff_ms = TRANSPORT_RECONNECT_MAX_MS;
+}
+
+/* Close c (any state; once).  why: for the log of a connection that was up. */
+static void
+conn_close(struct conn *c, const char *why)
+{
+	if (c->st == CS_CLOSED)
+		return;
+	struct transport *t = c->t;
+	bool was_up = c->st == CS_UP;
+	c->st = CS_CLOSED;
+	if (c->outbound) {
+		struct peer *p = c->p;
+		if (p->c == c)
+			p->c = NULL;
+		if (!c->writing && c->out_owned) {
+			free(c->out);
+			c->out = NULL;
+			c->out_owned = false;
+		}
+		if (was_up) {
+			p->renewals++;
+			if (!p->removed && !t->closing) {
+				p->down_pending = true;
+				uv_timer_start(&t->down_timer, down_timer_cb, 0, 0);
+				fprintf(stderr,
+					"transport: event=peer-connection-lost node=%s peer=%s "
+					"addr=%s reason=%s\n",
+					t->node_id, p->id, p->addr, why);
+			}
+		}
+		peer_retry_later(p);
 	} else {
-		nng_msg_free(m);
-		p->bytes -= p->busy_len;
+		if (c->prev != NULL)
+			c->prev->next = c->next;
+		else
+			t->in = c->next;
+		if (c->next != NULL)
+			c->next->prev = c->prev;
+		t->n_in--;
 	}
-	p->busy = false;
-	p->busy_len = 0;
-	if (!p->closing && !p->retired && p->n > 0)
-		peer_submit_locked(p);
-	pthread_mutex_unlock(&p->mtx);
+	uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+}
+
+static struct conn *
+conn_new(struct transport *t, struct peer *p)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	if (uv_tcp_init(t->loop, &c->tcp) != 0) {
+		free(c);
+		return NULL;
+	}
+	c->tcp.data = c;
+	c->t = t;
+	t->handles++;
+	c->since_ms = uv_now(t->loop);
+	if (p != NULL) {
+		c->p = p;
+		c->outbound = true;
+		p->refs++;
+	}
+	return c;
+}
+
+/* Why a TLS handshake failed, for the log. */
+static const char *
+tls_reason(struct conn *c, char *buf, size_t size)
+{
+	long vr = SSL_get_verify_result(c->ssl);
+	unsigned long e = ERR_peek_last_error();
+	if (vr != X509_V_OK)
+		snprintf(buf, size, "certificate: %s", X509_verify_cert_error_string(vr));
+	else if (e != 0)
+		snprintf(buf, size, "%s",
+			 ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "TLS error");
+	else
+		snprintf(buf, size, "TLS handshake failed");
+	ERR_clear_error();
+	return buf;
 }
 
 static void
-peer_gen_free(struct peer_gen *g)
+handshake_failed(struct conn *c, const char *why)
 {
-	pthread_mutex_destroy(&g->mtx);
-	free(g);
-}
-
-/*
- * Open the peer's socket and dialer (loop thread; p->retired, !p->dialing) and hand it what
- * waits.  0, or an error with nothing changed.
- */
-static int
-peer_open_sock(struct peer *p)
-{
-	struct transport *t = p->t;
-	nng_socket sock;
-	nng_dialer d;
-	struct peer_gen *g = calloc(1, sizeof(*g));
-	if (g == NULL)
-		return TRANSPORT_ENOMEM;
-	if (pthread_mutex_init(&g->mtx, NULL) != 0) {
-		free(g);
-		return TRANSPORT_ENOMEM;
-	}
-	g->p = p;
-	g->current = true;
-	if (nng_push0_open(&sock) != 0) {
-		peer_gen_free(g);
-		return TRANSPORT_ENNG;
-	}
-	nng_pipe_notify(sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, g);
-	nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, g);
-	atomic_store(&p->pipes, 0);
-	int rv = transport__dial_to(sock, t->tls, &t->tlsm, p->id, p->addr, &d);
-	if (rv != 0) {
-		nng_close(sock); /* never connected: nothing for NNG's reaper to wait on */
-		peer_gen_free(g);
-		return rv;
-	}
-	p->gen = g;
-	p->dialer = d;
-	p->dialing = true;
-	p->dw = (struct dial_watch){.attempts = 0, .since_ms = uv_now(t->loop)};
-	pthread_mutex_lock(&p->mtx);
-	p->sock = sock;
-	p->retired = false;
-	p->busy_since_ms = mono_ms(); /* a send taken back waits for the new connection: afresh */
-	if (!p->closing && !p->busy && p->n > 0)
-		peer_submit_locked(p);
-	pthread_mutex_unlock(&p->mtx);
-	return 0;
-}
-
-/* A socket taken out of use and what its callbacks write (freed by fin once it is closed). */
-struct sock_retired {
-	nng_socket sock;
-	void (*fin)(void *);
-	void *arg;
-};
-
-static void *
-sock_retired_thread(void *arg)
-{
-	struct sock_retired *r = arg;
-	nng_close(r->sock);
-	r->fin(r->arg); /* no callback of the socket runs after its close */
-	free(r);
-	return NULL;
-}
-
-/* Closes sock on a thread of its own (nng_close waits for NNG's reaper, which can hang:
- * nanomsg/nng#1543), then fin(arg); on the calling thread when no thread can be had. */
-static void
-sock_retire(nng_socket sock, void (*fin)(void *), void *arg)
-{
-	struct sock_retired *r = malloc(sizeof(*r));
-	pthread_attr_t attr;
-	pthread_t th;
-	if (r != NULL && pthread_attr_init(&attr) == 0) {
-		r->sock = sock;
-		r->fin = fin;
-		r->arg = arg;
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		int rv = pthread_create(&th, &attr, sock_retired_thread, r);
-		pthread_attr_destroy(&attr);
-		if (rv == 0)
-			return;
-	}
-	free(r);
-	nng_close(sock);
-	fin(arg);
+	struct transport *t = c->t;
+	uint64_t now = uv_now(t->loop);
+	t->handshake_failures++;
+	if (c->outbound ? log_due(&c->p->log_ms, now) : log_due(&t->log_in_ms, now))
+		fprintf(stderr, "transport: event=handshake-failed node=%s %s%s reason=%s\n",
+			t->node_id,
+			c->outbound ? "peer=" : "remote=", c->outbound ? c->p->id : c->remote, why);
+	conn_close(c, why);
 }
 
 static void
-peer_gen_fin(void *g)
+conn_up(struct conn *c)
 {
-	peer_gen_free(g);
-}
-
-/*
- * Take the peer's socket out of use (loop thread; p->dialing): nothing more is handed to it, the
- * send waiting in it comes back to the ring (peer_send_cb), its callbacks stop reaching p, and
- * it is closed on a thread of its own (nng_close waits for NNG's reaper, which can hang:
- * nanomsg/nng#1543).
- */
-static void
-peer_retire_sock(struct peer *p)
-{
-	pthread_mutex_lock(&p->mtx);
-	p->retired = true;
-	pthread_mutex_unlock(&p->mtx);
-	nng_aio_cancel(p->aio);
-	nng_aio_wait(p->aio); /* its callback ran: the message is back, nothing resubmitted */
-	struct peer_gen *g = p->gen;
-	pthread_mutex_lock(&g->mtx);
-	g->current = false;
-	pthread_mutex_unlock(&g->mtx);
-	p->dialing = false;
-	p->gen = NULL;
-	sock_retire(p->sock, peer_gen_fin, g);
-}
-
-/* Loop thread: replace the peer's socket (see "NNG 1.5.2's PUSH ready list" above).  0, or the
- * error of the new one's opening (then the peer is not dialing; the guard tries again). */
-static int
-peer_renew(struct peer *p)
-{
-	if (p->dialing)
-		peer_retire_sock(p);
-	int rv = peer_open_sock(p);
-	if (rv == 0)
-		p->renewals++;
-	p->renewed_ms = uv_now(p->t->loop);
-	return rv;
-}
-
-/* Loop thread: replace the socket if a connection of it closed, at most once per
- * TRANSPORT_RECONNECT_MIN_MS (a peer that takes connections and drops them at once must not
- * spin us; the guard's tick looks again).  A failure leaves the peer not dialing: the guard
- * retries. */
-static void
-peer_renew_due(struct peer *p)
-{
-	if (!atomic_load(&p->renew) ||
-	    uv_now(p->t->loop) - p->renewed_ms < TRANSPORT_RECONNECT_MIN_MS)
-		return;
-	atomic_store(&p->renew, false);
-	(void)peer_renew(p);
-}
-
-static int
-peer_new(struct transport *t, const char *id, const char *addr, struct peer **out)
-{
-	int rv = TRANSPORT_ENOMEM;
-	struct peer *p = calloc(1, sizeof(*p));
-	if (p == NULL)
-		return TRANSPORT_ENOMEM;
-	p->t = t;
-	atomic_init(&p->pipes, 0);
-	atomic_init(&p->lost, false);
-	if ((p->id = strdup(id)) == NULL)
-		goto err_after_alloc;
-	if ((p->addr = strdup(addr)) == NULL)
-		goto err_after_id;
-	if ((p->ring = calloc(t->max_queue, sizeof(*p->ring))) == NULL)
-		goto err_after_id;
-	if (pthread_mutex_init(&p->mtx, NULL) != 0)
-		goto err_after_ring;
-	if (nng_aio_alloc(&p->aio, peer_send_cb, p) != 0)
-		goto err_after_mtx;
-	p->retired = true;
-	if ((rv = peer_open_sock(p)) != 0)
-		goto err_after_aio;
-	*out = p;
-	return 0;
-
-err_after_aio:
-	nng_aio_free(p->aio);
-err_after_mtx:
-	pthread_mutex_destroy(&p->mtx);
-err_after_ring:
-	free(p->ring);
-err_after_id:
-	free(p->addr); /* NULL when its strdup failed */
-	free(p->id);
-err_after_alloc:
-	free(p);
-	return rv;
-}
-
-/* Stop and free a peer (loop thread; p already unlinked).  Its counters go to t's totals. */
-static void
-peer_free(struct peer *p)
-{
-	struct transport *t = p->t;
-
-	pthread_mutex_lock(&p->mtx);
-	p->closing = true;
-	pthread_mutex_unlock(&p->mtx);
-	/* Cancels the in-flight send and waits for peer_send_cb, which does not resubmit. */
-	nng_aio_stop(p->aio);
-	if (p->dialing) {
-		nng_close(p->sock); /* closes the dialer and its pipes; no pipe callback after it */
-		peer_gen_free(p->gen);
+	c->st = CS_UP;
+	if (c->outbound) {
+		c->p->backoff_ms = TRANSPORT_RECONNECT_MIN_MS;
+		peer_pump(c->p);
 	}
-	nng_msg *m = nng_aio_get_msg(p->aio);
-	if (m != NULL) /* a submission refused after the stop: still ours */
-		nng_msg_free(m);
-	nng_aio_free(p->aio);
-	while (p->n > 0) {
-		nng_msg_free(p->ring[p->head].msg);
-		p->head = (p->head + 1) % t->max_queue;
-		p->n--;
-	}
-	t->gone_sent += p->sent;
-	t->gone_dropped_full += p->dropped_full;
-	t->gone_send_errors += p->send_errors;
-	t->gone_dialer_restarts += p->dialer_restarts;
-	pthread_mutex_destroy(&p->mtx);
-	free(p->ring);
-	free(p->addr);
-	free(p->id);
-	free(p);
 }
 
-/* ---- receive ---- */
-
-/* Whether pipe id a was created after b (NNG numbers pipes in order, modulo 2^31). */
-static bool
-pipe_newer(uint32_t a, uint32_t b)
-{
-	uint32_t d = (a - b) & 0x7fffffffu;
-	return d != 0 && d < 0x40000000u;
-}
-
-/*
- * A frame of p's came in on pipe at now_ms.  A peer reaches us on one connection at a time (one
- * dialer), so when a newer connection carries its frames, the older one is dead.  NNG notices
- * that by itself, except for a TLS connection whose peer vanished while its last message waited
- * for us (PULL posts no receive then): that one keeps its state, buffers and descriptor forever.
- * So the older one is noted, and the guard closes it once it has been silent for
- * TRANSPORT_STALE_PIPE_MS (stale_inbound_closed).  Not at once, and not while it carries
- * anything: closing a connection in the middle of a receive can wedge NNG 1.5.2's reaper for
- * good.  Frames still queued on the older one are delivered.
- */
-static void
-peer_inbound(struct peer *p, nng_pipe pipe, uint64_t now_ms)
-{
-	int id = nng_pipe_id(pipe);
-	int cur = nng_pipe_id(p->in_pipe);
-	if (id <= 0 || id == cur)
-		return;
-	if (cur > 0 && !pipe_newer((uint32_t)id, (uint32_t)cur)) { /* an older one, still busy */
-		for (unsigned i = 0; i < p->n_stale; i++)
-			if (nng_pipe_id(p->stale[i]) == id)
-				p->stale_at[i] = now_ms;
-		return;
-	}
-	if (cur > 0) {
-		if (p->n_stale == TRANSPORT_STALE_PIPES_MAX) { /* forget the oldest: bounded */
-			memmove(&p->stale[0], &p->stale[1], (p->n_stale - 1) * sizeof(p->stale[0]));
-			memmove(&p->stale_at[0], &p->stale_at[1],
-				(p->n_stale - 1) * sizeof(p->stale_at[0]));
-			p->n_stale--;
-		}
-		p->stale[p->n_stale] = p->in_pipe;
-		p->stale_at[p->n_stale] = now_ms;
-		p->n_stale++;
-	}
-	p->in_pipe = pipe;
-}
-
-/* Close p's superseded connections silent for TRANSPORT_STALE_PIPE_MS (loop thread). */
-static void
-peer_close_stale(struct peer *p, uint64_t now_ms)
-{
-	unsigned kept = 0;
-	for (unsigned i = 0; i < p->n_stale; i++) {
-		if (now_ms - p->stale_at[i] < TRANSPORT_STALE_PIPE_MS) {
-			p->stale[kept] = p->stale[i];
-			p->stale_at[kept] = p->stale_at[i];
-			kept++;
-		} else if (nng_pipe_close(p->stale[i]) == 0) { /* else: NNG closed it by itself */
-			p->t->stale_inbound_closed++;
-		}
-	}
-	p->n_stale = kept;
-}
+/* ---- connections: bytes in ---- */
 
 static void
-transport_deliver(struct transport *t, nng_msg *msg)
+deliver(struct conn *c, const uint8_t *data, size_t len)
 {
-	size_t len = nng_msg_len(msg);
-	if (len > t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX) {
-		t->dropped_malformed++;
-		return;
-	}
-	Relay__PeerFrame *f = relay__peer_frame__unpack(NULL, len, nng_msg_body(msg));
+	struct transport *t = c->t;
+	Relay__PeerFrame *f = relay__peer_frame__unpack(NULL, len, data);
 	if (f == NULL) {
 		t->dropped_malformed++;
 		return;
@@ -716,20 +636,37 @@ transport_deliver(struct transport *t, nng_msg *msg)
 		goto out;
 	}
 	const char *cid = f->cluster_id != NULL ? f->cluster_id : "";
-	struct peer *p = NULL;
 	if (strcmp(f->to, t->node_id) != 0 || strcmp(cid, t->cluster_id) != 0 ||
 	    strcmp(f->from, t->node_id) == 0) {
 		t->dropped_unauth++;
 		goto out;
 	}
-	if ((p = peer_find(t, f->from)) != NULL) {
-		peer_inbound(p, nng_msg_get_pipe(msg), uv_now(t->loop));
-	} else if (t->admit_strangers) {
-		/* its connection passed mutual TLS against the cluster CA: the receiver decides */
-		t->strangers_received++;
-	} else {
-		t->dropped_unauth++;
-		goto out;
+	if (strcmp(c->from, f->from) != 0) {
+		/* with TLS the sender's certificate must name the id its frames claim */
+		X509 *x = c->ssl != NULL ? SSL_get0_peer_certificate(c->ssl) : NULL;
+		if (c->ssl != NULL &&
+		    (x == NULL ||
+		     X509_check_host(x, f->from, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) !=
+			 1)) {
+			t->dropped_unauth++;
+			if (log_due(&t->log_unauth_ms, uv_now(t->loop)))
+				fprintf(stderr,
+					"transport: event=frame-refused node=%s remote=%s "
+					"from=%s reason=the sender's certificate does not name "
+					"it\n",
+					t->node_id, c->remote, f->from);
+			goto out;
+		}
+		snprintf(c->from, sizeof(c->from), "%s", f->from);
+	}
+	c->last_rx_ms = uv_now(t->loop);
+	if (peer_find(t, f->from) == NULL) {
+		if (!t->admit_strangers) {
+			t->dropped_unauth++;
+			goto out;
+		}
+		t->strangers_received++; /* mutual TLS against the cluster CA: the receiver decides
+					  */
 	}
 	t->received++;
 	t->cb(t->cb_arg, f->from, f->has_kind ? f->kind : 0, f->payload.data, f->payload.len);
@@ -737,346 +674,513 @@ out:
 	relay__peer_frame__free_unpacked(f, NULL);
 }
 
-/* nng_recvmsg(NONBLOCK) on one aio kept for the purpose: NNG 1.5.2's nng_recvmsg allocates
- * an aio per call (a getrandom(2) and a malloc each, measured: 2.7 per message at 500 msg/s). */
-static int
-transport_recv(struct transport *t, nng_msg **msg)
-{
-	if (t->raio == NULL && nng_aio_alloc(&t->raio, NULL, NULL) != 0) {
-		t->raio = NULL;
-		return nng_recvmsg(t->pull, msg, NNG_FLAG_NONBLOCK);
-	}
-	nng_aio_set_timeout(t->raio, NNG_DURATION_ZERO);
-	nng_recv_aio(t->pull, t->raio);
-	nng_aio_wait(t->raio);
-	int rv = nng_aio_result(t->raio);
-	if (rv == 0)
-		*msg = nng_aio_get_msg(t->raio);
-	return rv;
-}
-
-static void
-transport_poll_cb(uv_poll_t *h, int status, int events)
-{
-	struct transport *t = h->data;
-	for (unsigned i = 0; i < TRANSPORT_RECV_BATCH && !t->closing; i++) {
-		nng_msg *msg;
-		if (transport_recv(t, &msg) != 0)
-			break; /* NNG_ETIMEDOUT: drained */
-		transport_deliver(t, msg);
-		nng_msg_free(msg);
-	}
-}
-
-/* ---- endpoint guard, the I/O edge (loop thread) ---- */
-
-/* The statistics scope of endpoint `id` of a kind ("listener", "dialer") in the tree under st,
- * or NULL.  Not nng_stat_find_listener/_dialer: in NNG 1.5.2 they match the id at the root
- * only and then return the FIRST scope of that kind anywhere below (nng_stat_find_scope
- * recurses by name alone), so with two peers the guard read one peer's dialer for the other's,
- * and with a second listener in the process (a socket left closing) the wrong listener. */
-struct nng_stat *
-transport_stat_endpoint(struct nng_stat *st, const char *kind, int id)
-{
-	if (st == NULL)
-		return NULL;
-	if (nng_stat_type(st) == NNG_STAT_SCOPE && strcmp(nng_stat_name(st), kind) == 0) {
-		for (nng_stat *c = nng_stat_child(st); c != NULL; c = nng_stat_next(c))
-			if (strcmp(nng_stat_name(c), "id") == 0)
-				return nng_stat_value(c) == (uint64_t)id ? st : NULL;
-		return NULL;
-	}
-	for (nng_stat *c = nng_stat_child(st); c != NULL; c = nng_stat_next(c)) {
-		nng_stat *r = transport_stat_endpoint(c, kind, id);
-		if (r != NULL)
-			return r;
-	}
-	return NULL;
-}
-
-/* The counter name of an endpoint's statistics st; 0 when absent. */
 static uint64_t
-stat_count(nng_stat *st, const char *name)
+be64(const uint8_t *b)
 {
-	nng_stat *c = nng_stat_find(st, name);
-	return c != NULL ? nng_stat_value(c) : 0;
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | b[i];
+	return v;
 }
 
-/* Every attempt a dialer has counted: connections made and each kind of failure. */
-static uint64_t
-dialer_attempts(nng_stat *st)
+/* Take the SP header and whole frames from c->in.  False when c or t closed meanwhile. */
+static bool
+conn_consume(struct conn *c)
 {
-	static const char *const names[] = {"connect", "refused", "disconnect", "canceled",
-					    "other",   "timeout", "proto",	"auth",
-					    "oom",     "reject"};
-	uint64_t n = 0;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		n += stat_count(st, names[i]);
-	return n;
-}
-
-/* Our own listener as a probe dials it: a wildcard host becomes the loopback address. */
-static void
-probe_addr(const struct transport *t, char *buf, size_t size)
-{
-	const char *h = t->listen_host;
-	if (h[0] == '\0' || strcmp(h, "*") == 0 || strcmp(h, "0.0.0.0") == 0)
-		h = "127.0.0.1";
-	else if (strcmp(h, "[::]") == 0)
-		h = "[::1]";
-	snprintf(buf, size, "%s:%d", h, t->port);
-}
-
-/*
- * What a probe socket's callbacks (NNG threads) report to the loop.  Each probe has a socket of
- * its own, for the reason a peer socket lives one connection (see "NNG 1.5.2's PUSH ready
- * list" above): a probe connection that closes as it starts could be left on the socket's
- * ready list after NNG freed it, and the next connection of that socket would be appended
- * behind it.  So a probe whose connection closes dials again on a fresh socket, and the old
- * one is closed on a thread of its own (nng_close waits for NNG's reaper: nanomsg/nng#1543);
- * its callbacks write here, freed only after that close returns.
- */
-struct probe_gen {
-	atomic_bool connected; /* a connection of this socket was added */
-	atomic_bool lost;      /* ... and one was removed */
-};
-
-static void
-probe_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
-{
-	(void)pipe;
-	struct probe_gen *g = arg;
-	if (ev == NNG_PIPE_EV_ADD_POST)
-		atomic_store(&g->connected, true);
-	else
-		atomic_store(&g->lost, true);
-}
-
-/* A dialer of ours on our listener, on a socket of its own, so that a listener that accepts
- * counts one. */
-static int
-probe_start(struct transport *t)
-{
-	char addr[TRANSPORT_URL_MAX + 16];
-	struct probe_gen *g = calloc(1, sizeof(*g));
-	if (g == NULL)
-		return TRANSPORT_ENOMEM;
-	atomic_init(&g->connected, false);
-	atomic_init(&g->lost, false);
-	nng_socket sock;
-	if (nng_push0_open(&sock) != 0) {
-		free(g);
-		return TRANSPORT_ENNG;
-	}
-	nng_pipe_notify(sock, NNG_PIPE_EV_ADD_POST, probe_pipe_cb, g);
-	nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, probe_pipe_cb, g);
-	probe_addr(t, addr, sizeof(addr));
-	/* no server name: our cert names our id, and any cert of the cluster CA will do */
-	int rv = transport__dial_to(sock, t->tls, &t->tlsm, NULL, addr, &t->probe_dialer);
-	if (rv != 0) {
-		nng_close(sock); /* no connection was ever made: nothing for the reaper to wait on */
-		free(g);
-		return rv;
-	}
-	t->probe = sock;
-	t->probe_gen = g;
-	t->probing = true;
-	return 0;
-}
-
-/* End a probe (loop thread): its socket is closed off the loop, and its callbacks' target
- * freed after. */
-static void
-probe_stop(struct transport *t)
-{
-	if (!t->probing)
-		return;
-	t->probing = false;
-	sock_retire(t->probe, free, t->probe_gen);
-}
-
-/*
- * Close the listener and listen again on the port it had.  Closing it closes the connections
- * it accepted (their peers redial) and the ones NNG held back from it.
- * Known gaps (NNG 1.5.2): the held-back connections are never freed (~75 KB and a descriptor
- * each; tests/lsan-nng.supp, entry 1); and closing an accepted connection at the instant it
- * resubmits a partial receive can wedge NNG's reaper, as nng_close can (nanomsg/nng#1543).
- * Both only when a listener has stopped accepting, which is worse.
- */
-static int
-listener_recreate(struct transport *t)
-{
-	char addr[TRANSPORT_URL_MAX + 16];
-	int port;
-	if (t->listening)
-		nng_listener_close(t->listener);
-	t->listening = false;
-	snprintf(addr, sizeof(addr), "%s:%d", t->listen_host, t->port);
-	int rv = transport__listen_on(t->pull, t->tls, &t->tlsm, addr, &t->listener, &port);
-	if (rv == 0)
-		t->listening = true;
-	return rv;
-}
-
-static void
-guard_listener_restart(struct transport *t, uint64_t other, uint64_t accepts)
-{
-	int rv = listener_recreate(t);
-	if (rv == 0)
-		t->listener_restarts++;
-	fprintf(stderr,
-		"transport: event=listener-restart node=%s listen=%s:%d other=%llu accept=%llu "
-		"probe_wait_ms=%d status=%s (nanomsg/nng#1518: the listener accepted nothing, "
-		"our probe included)\n",
-		t->node_id, t->listen_host, t->port, (unsigned long long)other,
-		(unsigned long long)accepts, TRANSPORT_PROBE_WAIT_MS,
-		rv == 0 ? "listening" : transport_strerror(rv));
-}
-
-static void
-guard_listener(struct transport *t, nng_stat *root, uint64_t now_ms)
-{
-	if (!t->listening) { /* the last re-creation failed (port still held?): again */
-		int rv = listener_recreate(t);
-		if (rv == 0) {
-			t->listener_restarts++;
-			fprintf(stderr,
-				"transport: event=listener-restart node=%s listen=%s:%d "
-				"status=listening (after a failed attempt)\n",
-				t->node_id, t->listen_host, t->port);
+	struct transport *t = c->t;
+	size_t off = 0;
+	if (!c->hdr_got) {
+		if (c->in_len < SP_HDR_LEN)
+			return true;
+		const uint8_t *h = c->in;
+		int want = c->outbound ? SP_PULL : SP_PUSH;
+		if (h[0] != 0 || h[1] != 'S' || h[2] != 'P' || h[3] != 0 || h[4] != 0 ||
+		    h[5] != want) {
+			handshake_failed(c, "not a cluster peer (SP header)");
+			return false;
 		}
-		return;
+		c->hdr_got = true;
+		off = SP_HDR_LEN;
+		conn_up(c);
+		if (c->st != CS_UP)
+			return false;
 	}
-	nng_stat *st = transport_stat_endpoint(root, "listener", nng_listener_id(t->listener));
-	if (st == NULL) /* NNG without statistics: no guard */
-		return;
-	uint64_t other = stat_count(st, "other"), accepts = stat_count(st, "accept");
-	if (t->probing && atomic_load(&t->probe_gen->lost)) {
-		/* the probe's connection closed (our listener's restart, or NNG): dial again on a
-		 * fresh socket, the watch unchanged */
-		probe_stop(t);
-		int rv = probe_start(t);
-		fprintf(stderr, "transport: event=probe-redial node=%s status=%s\n", t->node_id,
-			rv == 0 ? "dialing" : transport_strerror(rv));
+	size_t max_frame = t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX;
+	while (c->in_len - off >= LEN_HDR_LEN) {
+		uint64_t len = be64(c->in + off);
+		if (c->outbound ||
+		    len > max_frame) { /* a listener sends nothing after its header */
+			t->dropped_malformed++;
+			conn_close(c,
+				   c->outbound ? "data from a listener" : "frame over the bound");
+			return false;
+		}
+		if (c->in_len - off - LEN_HDR_LEN < len)
+			break;
+		deliver(c, c->in + off + LEN_HDR_LEN, (size_t)len);
+		off += LEN_HDR_LEN + (size_t)len;
+		if (c->st == CS_CLOSED || t->closing)
+			return false;
 	}
-	bool probe_up = t->probing && atomic_load(&t->probe_gen->connected);
-	switch (listen_watch_step(&t->lw, other, accepts, probe_up, now_ms)) {
-	case LISTEN_OK:
-		return;
-	case LISTEN_PROBE:
-		t->listener_probes++;
-		if (probe_start(t) != 0) /* a peer's accept still proves it; else restart */
-			fprintf(stderr, "transport: event=probe-failed node=%s\n", t->node_id);
-		return;
-	case LISTEN_ALIVE:
-		probe_stop(t);
-		return;
-	case LISTEN_RESTART:
-		guard_listener_restart(t, other, accepts);
-		probe_stop(t); /* after: NNG closed its end with the old listener */
-		return;
+	if (off > 0) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
 	}
+	if (c->in_len == 0 && c->in_cap > 4 * TRANSPORT_READ_CHUNK) { /* after a big frame */
+		free(c->in);
+		c->in = NULL;
+		c->in_cap = 0;
+	}
+	return true;
+}
+
+/* Room for at least want more bytes in c->in.  Bounded: c->in never holds more than one frame
+ * (max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX + the length) and one read beyond it. */
+static bool
+conn_reserve(struct conn *c, size_t want)
+{
+	if (c->in_cap - c->in_len >= want)
+		return true;
+	size_t cap = c->in_cap ? c->in_cap : TRANSPORT_READ_CHUNK;
+	while (cap - c->in_len < want)
+		cap *= 2;
+	uint8_t *n = realloc(c->in, cap);
+	if (n == NULL)
+		return false;
+	c->in = n;
+	c->in_cap = cap;
+	return true;
+}
+
+/* The TLS handshake is done: the listener checks the certificate was given, both send their
+ * SP header. */
+static bool
+tls_finished(struct conn *c)
+{
+	c->tls_done = true;
+	int rv = conn_send_sp_header(c);
+	if (rv != 0) {
+		conn_close(c, uv_strerror(rv));
+		return false;
+	}
+	return true;
 }
 
 static void
-guard_dialer(struct transport *t, struct peer *p, nng_stat *root, uint64_t now_ms)
+conn_input_tls(struct conn *c, const uint8_t *d, size_t n)
 {
-	uint64_t attempts = 0;
-	if (p->dialing) {
-		nng_stat *st = transport_stat_endpoint(root, "dialer", nng_dialer_id(p->dialer));
-		if (st == NULL) /* NNG without statistics: no guard */
+	char why[160];
+	if (BIO_write(c->rbio, d, (int)n) != (int)n) {
+		conn_close(c, "out of memory");
+		return;
+	}
+	if (!c->tls_done) {
+		int r = SSL_do_handshake(c->ssl);
+		int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+		int rv = tls_flush(c); /* the alert too, when it failed */
+		if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ) {
+			handshake_failed(c, tls_reason(c, why, sizeof(why)));
 			return;
-		attempts = dialer_attempts(st);
+		}
+		if (rv != 0) {
+			conn_close(c, uv_strerror(rv));
+			return;
+		}
+		if (e == SSL_ERROR_WANT_READ || !tls_finished(c))
+			return;
 	}
-	uint64_t idle_ms = now_ms - p->dw.since_ms;
-	bool connected = atomic_load(&p->pipes) > 0;
-	pthread_mutex_lock(&p->mtx);
-	bool busy = p->busy;
-	uint64_t busy_ms = busy ? mono_ms() - p->busy_since_ms : 0;
-	pthread_mutex_unlock(&p->mtx);
-	bool stalled = send_stalled(connected, busy, busy_ms);
-	if (p->dialing && !stalled && !dial_watch_step(&p->dw, connected, attempts, now_ms))
-		return;
-	bool was_dialing = p->dialing;
-	/* a new socket and dialer: a dialer NNG stopped for good, or a send that stands still
-	   on a connection that cannot be trusted, go with the old socket */
-	int rv = peer_renew(p);
-	if (rv == 0 && was_dialing)
-		p->dialer_restarts++;
-	if (!was_dialing) {
-		if (rv == 0)
-			fprintf(
-			    stderr,
-			    "transport: event=peer-socket node=%s peer=%s addr=%s status=dialing "
-			    "(after a failed attempt)\n",
-			    t->node_id, p->id, p->addr);
-	} else if (stalled)
-		fprintf(
-		    stderr,
-		    "transport: event=dialer-restart node=%s peer=%s addr=%s send_stall_ms=%llu "
-		    "status=%s (a send stood still on a connection NNG counts as open: the peer "
-		    "reads nothing, or NNG's reaper is stuck, nanomsg/nng#1543)\n",
-		    t->node_id, p->id, p->addr, (unsigned long long)busy_ms,
-		    rv == 0 ? "dialing" : transport_strerror(rv));
-	else
-		fprintf(
-		    stderr,
-		    "transport: event=dialer-restart node=%s peer=%s addr=%s idle_ms=%llu "
-		    "attempts=%llu status=%s (nanomsg/nng#1518: no connection and no attempt)\n",
-		    t->node_id, p->id, p->addr, (unsigned long long)idle_ms,
-		    (unsigned long long)attempts, rv == 0 ? "dialing" : transport_strerror(rv));
-}
-
-/*
- * Every TRANSPORT_GUARD_TICK_MS: superseded inbound connections, then one snapshot of NNG's
- * statistics and every endpoint looked at.
- */
-static void
-transport_guard_cb(uv_timer_t *h)
-{
-	struct transport *t = h->data;
-	nng_stat *root;
-	if (t->closing)
-		return;
-	uint64_t now_ms = uv_now(t->loop);
-	for (struct peer *p = t->peers; p != NULL; p = p->next)
-		peer_close_stale(p, now_ms);
-	if (nng_stats_get(&root) != 0)
-		return;
-	guard_listener(t, root, now_ms);
-	for (struct peer *p = t->peers; p != NULL; p = p->next) {
-		if (atomic_load(&p->renew)) { /* a lost connection: replaced when due */
-			peer_renew_due(p);
+	for (;;) {
+		if (!conn_reserve(c, 16384)) {
+			conn_close(c, "out of memory");
+			return;
+		}
+		size_t room = c->in_cap - c->in_len;
+		int r =
+		    SSL_read(c->ssl, c->in + c->in_len, room > INT32_MAX ? INT32_MAX : (int)room);
+		if (r > 0) {
+			c->in_len += (size_t)r;
+			if (!conn_consume(c))
+				return;
 			continue;
 		}
-		guard_dialer(t, p, root, now_ms);
+		int e = SSL_get_error(c->ssl, r);
+		if (tls_flush(c) != 0) {
+			conn_close(c, "write failed");
+			return;
+		}
+		if (e == SSL_ERROR_WANT_READ)
+			return;
+		conn_close(c, e == SSL_ERROR_ZERO_RETURN ? "closed by the peer"
+							 : tls_reason(c, why, sizeof(why)));
+		return;
 	}
-	nng_stats_free(root);
 }
 
-/* ---- public: peer transport ---- */
+static void
+alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct conn *c = h->data;
+	(void)suggested;
+	/* one read at a time on the loop: the transport's buffer serves every connection */
+	buf->base = (char *)c->t->rbuf;
+	buf->len = sizeof(c->t->rbuf);
+}
 
-static void transport_closed_cb(uv_handle_t *h);
+static void
+read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	if (n == 0 || c->st == CS_CLOSED)
+		return;
+	if (n < 0) {
+		if (c->st != CS_UP && n == UV_EOF)
+			handshake_failed(c, "closed during the handshake");
+		else
+			conn_close(c, n == UV_EOF ? "closed by the peer" : uv_strerror((int)n));
+		return;
+	}
+	if (c->ssl != NULL) {
+		conn_input_tls(c, (const uint8_t *)buf->base, (size_t)n);
+		return;
+	}
+	if (!conn_reserve(c, (size_t)n)) {
+		conn_close(c, "out of memory");
+		return;
+	}
+	memcpy(c->in + c->in_len, buf->base, (size_t)n);
+	c->in_len += (size_t)n;
+	conn_consume(c);
+}
+
+/* TCP is up (either side): options, reading, TLS or the SP header. */
+static int
+conn_start(struct conn *c)
+{
+	struct transport *t = c->t;
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_tcp_keepalive(&c->tcp, 1, TRANSPORT_KEEPALIVE_S);
+	c->st = CS_HANDSHAKE;
+	int rv = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+	if (rv != 0)
+		return rv;
+	SSL_CTX *ctx = c->outbound ? t->cli : t->srv;
+	if (ctx == NULL)
+		return conn_send_sp_header(c);
+	if ((c->ssl = SSL_new(ctx)) == NULL)
+		return UV_ENOMEM;
+	c->rbio = BIO_new(BIO_s_mem());
+	c->wbio = BIO_new(BIO_s_mem());
+	if (c->rbio == NULL || c->wbio == NULL) {
+		BIO_free(c->rbio);
+		BIO_free(c->wbio);
+		c->rbio = c->wbio = NULL;
+		return UV_ENOMEM;
+	}
+	SSL_set_bio(c->ssl, c->rbio, c->wbio);
+	if (!c->outbound) {
+		SSL_set_accept_state(c->ssl);
+		return 0;
+	}
+	/* the listener's certificate must name the peer id dialed */
+	if (SSL_set1_host(c->ssl, c->p->id) != 1)
+		return UV_EINVAL;
+	SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	SSL_set_tlsext_host_name(c->ssl, c->p->id);
+	SSL_set_connect_state(c->ssl);
+	int r = SSL_do_handshake(c->ssl);
+	if (r != 1 && SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ)
+		return UV_EPROTO;
+	return tls_flush(c);
+}
+
+/* ---- dialing ---- */
+
+static void
+connect_cb(uv_connect_t *req, int status)
+{
+	struct conn *c = req->data;
+	if (c->st == CS_CLOSED)
+		return;
+	if (status < 0) {
+		conn_close(c, uv_strerror(status));
+		return;
+	}
+	int rv = conn_start(c);
+	if (rv != 0)
+		handshake_failed(c, uv_strerror(rv));
+}
+
+static void
+peer_connect(struct peer *p, const struct sockaddr *sa)
+{
+	struct conn *c = conn_new(p->t, p);
+	if (c == NULL) {
+		peer_retry_later(p);
+		return;
+	}
+	p->c = c;
+	c->creq.data = c;
+	c->st = CS_CONNECT;
+	int rv = uv_tcp_connect(&c->creq, &c->tcp, sa, connect_cb);
+	if (rv != 0)
+		conn_close(c, uv_strerror(rv));
+}
+
+static void resolve_next(struct transport *t);
+
+static void
+resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct resolve *r = req->data;
+	struct transport *t = r->t;
+	struct peer *p = r->p;
+	t->resolving = false;
+	if (p != NULL) {
+		p->res = NULL;
+		if (!t->closing && !p->removed && p->c == NULL) {
+			if (status == 0 && res != NULL) {
+				struct sockaddr_storage sa;
+				memcpy(&sa, res->ai_addr, res->ai_addrlen);
+				((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)r->port);
+				peer_connect(p, (struct sockaddr *)&sa);
+			} else {
+				if (log_due(&p->log_ms, uv_now(t->loop)))
+					fprintf(stderr,
+						"transport: event=resolve-failed node=%s peer=%s "
+						"host=%s reason=%s\n",
+						t->node_id, p->id, p->host,
+						status == 0 ? "no address" : uv_strerror(status));
+				peer_retry_later(p);
+			}
+		}
+		peer_unref(p);
+	}
+	uv_freeaddrinfo(res);
+	free(r);
+	if (!t->closing)
+		resolve_next(t);
+	transport_unref(t);
+}
+
+/* Resolve p's host name on the loop's threadpool, one name at a time per transport (a slow
+ * resolver then holds one worker, not all: the log writes use them too). */
+static void
+peer_resolve(struct peer *p)
+{
+	struct transport *t = p->t;
+	if (t->resolving) {
+		p->want_resolve = true;
+		return;
+	}
+	struct resolve *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		peer_retry_later(p);
+		return;
+	}
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	r->t = t;
+	r->p = p;
+	r->port = p->port;
+	r->req.data = r;
+	if (uv_getaddrinfo(t->loop, &r->req, resolve_cb, p->host, NULL, &hints) != 0) {
+		free(r);
+		peer_retry_later(p);
+		return;
+	}
+	p->want_resolve = false;
+	p->res = r;
+	p->refs++;
+	t->resolving = true;
+	t->handles++;
+}
+
+static void
+resolve_next(struct transport *t)
+{
+	for (struct peer *p = t->peers; p != NULL && !t->resolving; p = p->next)
+		if (p->want_resolve && p->c == NULL)
+			peer_resolve(p);
+}
+
+static void
+peer_dial(struct peer *p)
+{
+	struct sockaddr_storage sa;
+	if (numeric_addr(p->host, p->port, &sa) == 0)
+		peer_connect(p, (struct sockaddr *)&sa);
+	else if (p->res == NULL)
+		peer_resolve(p);
+}
+
+/* ---- accepting ---- */
+
+static void
+accept_cb(uv_stream_t *s, int status)
+{
+	struct transport *t = s->data;
+	if (status < 0 || t->closing)
+		return;
+	struct conn *c = conn_new(t, NULL);
+	if (c == NULL)
+		return;
+	if (uv_accept(s, (uv_stream_t *)&c->tcp) != 0) {
+		c->st = CS_CLOSED;
+		uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+		return;
+	}
+	struct sockaddr_storage ss;
+	int sl = sizeof(ss);
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+		char ip[48] = "?";
+		if (ss.ss_family == AF_INET6)
+			uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+		else
+			uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+		snprintf(c->remote, sizeof(c->remote), "%s:%d", ip,
+			 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+	}
+	if (t->n_in >= TRANSPORT_MAX_INBOUND) {
+		t->inbound_refused++;
+		if (log_due(&t->log_in_ms, uv_now(t->loop)))
+			fprintf(stderr,
+				"transport: event=inbound-refused node=%s remote=%s open=%u "
+				"limit=%u\n",
+				t->node_id, c->remote, t->n_in, TRANSPORT_MAX_INBOUND);
+		c->st = CS_CLOSED;
+		uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+		return;
+	}
+	c->seq = ++t->in_seq;
+	c->next = t->in;
+	if (t->in != NULL)
+		t->in->prev = c;
+	t->in = c;
+	t->n_in++;
+	int rv = conn_start(c);
+	if (rv != 0)
+		handshake_failed(c, uv_strerror(rv));
+}
+
+/* ---- the guard ---- */
+
+/* An inbound connection superseded by a newer one from the same sender, and silent for
+ * TRANSPORT_STALE_PIPE_MS: a peer that restarted or lost its link without our seeing the end
+ * (a silent host sends no FIN). */
+static bool
+inbound_stale(const struct transport *t, const struct conn *c, uint64_t now)
+{
+	if (c->st != CS_UP || c->from[0] == '\0' || now - c->last_rx_ms < TRANSPORT_STALE_PIPE_MS)
+		return false;
+	for (const struct conn *o = t->in; o != NULL; o = o->next)
+		if (o != c && o->seq > c->seq && o->st == CS_UP && strcmp(o->from, c->from) == 0)
+			return true;
+	return false;
+}
+
+static void
+guard_cb(uv_timer_t *h)
+{
+	struct transport *t = h->data;
+	uint64_t now = uv_now(t->loop);
+	for (struct conn *c = t->in, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->st != CS_UP && now - c->since_ms >= TRANSPORT_HANDSHAKE_MS) {
+			handshake_failed(c, "handshake timed out");
+		} else if (inbound_stale(t, c, now)) {
+			t->stale_inbound_closed++;
+			conn_close(c, "superseded");
+		}
+	}
+	for (struct peer *p = t->peers; p != NULL; p = p->next) {
+		struct conn *c = p->c;
+		if (c == NULL)
+			continue;
+		const char *why = NULL;
+		uint64_t ms = 0;
+		if (c->st != CS_UP && (ms = now - c->since_ms) >= TRANSPORT_HANDSHAKE_MS)
+			why = "connect or handshake stood still";
+		else if (c->st == CS_UP && c->writing &&
+			 (ms = now - c->write_ms) >= TRANSPORT_SEND_STALL_MS)
+			why = "a send stood still (the peer reads nothing)";
+		if (why == NULL)
+			continue;
+		p->redials++;
+		if (log_due(&p->log_ms, now))
+			fprintf(stderr,
+				"transport: event=redial node=%s peer=%s addr=%s after_ms=%llu "
+				"reason=%s\n",
+				t->node_id, p->id, p->addr, (unsigned long long)ms, why);
+		conn_close(c, why);
+	}
+}
+
+/* ---- public ---- */
+
+static int
+listen_on(struct transport *t, const char *listen)
+{
+	char host[TRANSPORT_URL_MAX];
+	int port;
+	struct sockaddr_storage sa;
+	if (split_hostport(listen, host, sizeof(host), &port, true) != 0)
+		return TRANSPORT_EADDR;
+	if (numeric_addr(host, port, &sa) != 0) { /* a name: resolved now, once */
+		struct addrinfo hints = {
+		    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+		struct addrinfo *res;
+		if (getaddrinfo(host, NULL, &hints, &res) != 0)
+			return TRANSPORT_EADDR;
+		memcpy(&sa, res->ai_addr, res->ai_addrlen);
+		((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
+		freeaddrinfo(res);
+	}
+	if (uv_tcp_bind(&t->listener, (struct sockaddr *)&sa, 0) != 0 ||
+	    uv_listen((uv_stream_t *)&t->listener, TRANSPORT_LISTEN_BACKLOG, accept_cb) != 0)
+		return TRANSPORT_ELISTEN;
+	struct sockaddr_storage bound;
+	int len = sizeof(bound);
+	if (uv_tcp_getsockname(&t->listener, (struct sockaddr *)&bound, &len) != 0)
+		return TRANSPORT_ELISTEN;
+	t->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+	return 0;
+}
 
 int
 transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_recv_cb cb, void *arg,
 	       struct transport **out)
 {
-	int rv, fd;
 	if (loop == NULL || cfg == NULL || cb == NULL || out == NULL || !id_ok(cfg->node_id) ||
 	    cfg->listen == NULL ||
 	    (cfg->cluster_id != NULL && strlen(cfg->cluster_id) > TRANSPORT_ID_MAX))
 		return TRANSPORT_EINVAL;
+	struct tls_material m;
+	bool tls;
+	int rv = transport__tls_load(&m, cfg->ca_file, cfg->cert_file, cfg->key_file, &tls);
+	if (rv != 0)
+		return rv;
 	struct transport *t = calloc(1, sizeof(*t));
-	if (t == NULL)
+	if (t == NULL) {
+		transport__tls_fini(&m);
 		return TRANSPORT_ENOMEM;
-	pthread_mutex_init(&t->down_mtx, NULL); /* destroyed where t is freed */
+	}
+	if (tls)
+		rv = transport__tls_ctx(&m, &t->srv, &t->cli);
+	transport__tls_fini(&m);
+	if (rv != 0) {
+		free(t);
+		return rv;
+	}
+	/* a write into a connection the peer closed must fail, not kill the process */
+	struct sigaction sa;
+	if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+		signal(SIGPIPE, SIG_IGN);
 	t->loop = loop;
 	t->cb = cb;
 	t->cb_arg = arg;
 	strcpy(t->node_id, cfg->node_id);
 	if (cfg->cluster_id != NULL)
 		strcpy(t->cluster_id, cfg->cluster_id);
+	t->admit_strangers = cfg->admit_strangers && tls; /* plain TCP: anyone could */
 	t->max_msg_bytes =
 	    cfg->max_msg_bytes ? cfg->max_msg_bytes : TRANSPORT_DEFAULT_MAX_MSG_BYTES;
 	t->max_queue = cfg->max_queue_per_peer ? cfg->max_queue_per_peer
@@ -1084,71 +1188,34 @@ transport_open(uv_loop_t *loop, const struct transport_config *cfg, transport_re
 	t->max_queue_bytes = cfg->max_queue_bytes_per_peer
 				 ? cfg->max_queue_bytes_per_peer
 				 : TRANSPORT_DEFAULT_MAX_QUEUE_BYTES_PER_PEER;
-	if ((rv = transport__tls_load(&t->tlsm, cfg->ca_file, cfg->cert_file, cfg->key_file,
-				      &t->tls)) != 0)
-		goto err_after_alloc;
-	t->admit_strangers = cfg->admit_strangers && t->tls; /* plain TCP: anyone could */
-	if (nng_pull0_open(&t->pull) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_tls;
-	}
-	nng_socket_set_size(t->pull, NNG_OPT_RECVMAXSZ,
-			    t->max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX);
-	nng_socket_set_int(t->pull, NNG_OPT_RECVBUF, TRANSPORT_RECVBUF); /* best effort */
-	if ((rv = transport__listen_on(t->pull, t->tls, &t->tlsm, cfg->listen, &t->listener,
-				       &t->port)) != 0)
-		goto err_after_sock;
-	t->listening = true;
-	/* transport__listen_on checked the form host:port; the guard listens again on host and
-	 * t->port */
-	snprintf(t->listen_host, sizeof(t->listen_host), "%.*s",
-		 (int)(strrchr(cfg->listen, ':') - cfg->listen), cfg->listen);
-	if (nng_socket_get_int(t->pull, NNG_OPT_RECVFD, &fd) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_sock;
-	}
-	if (uv_poll_init(loop, &t->poll, fd) != 0) {
-		rv = TRANSPORT_ENNG;
-		goto err_after_sock;
-	}
-	t->poll.data = t;
-	if (uv_poll_start(&t->poll, UV_READABLE, transport_poll_cb) != 0) {
-		/* The handle exists now: it can only go through uv_close. */
-		nng_close(t->pull);
-		transport__tls_fini(&t->tlsm);
-		t->closing = true;
-		pthread_mutex_init(&t->close_mtx, NULL);
-		pthread_cond_init(&t->close_cv, NULL);
-		t->close_refs = 1;
-		t->handles = 1;
-		uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
-		return TRANSPORT_ENNG;
+	uv_tcp_init(loop, &t->listener);
+	t->listener.data = t;
+	t->handles = 1;
+	if ((rv = listen_on(t, cfg->listen)) != 0) {
+		t->closing = true; /* the handle exists: it goes through uv_close, which frees t */
+		uv_close((uv_handle_t *)&t->listener, handle_closed);
+		return rv;
 	}
 	uv_timer_init(loop, &t->guard);
 	t->guard.data = t;
-	uv_async_init(loop, &t->down_async, transport_down_cb);
-	t->down_async.data = t;
-	t->down_open = true;
-	t->handles = 3;
-	if (t->port > 0) /* without the bound port, the listener could not be re-created */
-		uv_timer_start(&t->guard, transport_guard_cb, TRANSPORT_GUARD_TICK_MS,
-			       TRANSPORT_GUARD_TICK_MS);
+	uv_timer_init(loop, &t->down_timer);
+	t->down_timer.data = t;
+	t->handles += 2;
+	uv_timer_start(&t->guard, guard_cb, TRANSPORT_GUARD_TICK_MS, TRANSPORT_GUARD_TICK_MS);
 	*out = t;
 	return 0;
-
-err_after_sock:
-	nng_close(t->pull);
-err_after_tls:
-	transport__tls_fini(&t->tlsm);
-err_after_alloc:
-	free(t);
-	return rv;
 }
 
 int
 transport_listen_port(const struct transport *t)
 {
 	return t->port;
+}
+
+void
+transport_on_peer_down(struct transport *t, transport_peer_down_cb cb)
+{
+	t->down_cb = cb;
 }
 
 int
@@ -1162,14 +1229,68 @@ transport_add_peer(struct transport *t, const char *peer_id, const char *addr)
 		return TRANSPORT_EEXIST;
 	if (t->n_peers >= TRANSPORT_MAX_PEERS)
 		return TRANSPORT_EFULL;
-	struct peer *p;
-	int rv = peer_new(t, peer_id, addr, &p);
-	if (rv != 0)
-		return rv;
+	struct peer *p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return TRANSPORT_ENOMEM;
+	if (split_hostport(addr, p->host, sizeof(p->host), &p->port, false) != 0) {
+		free(p);
+		return TRANSPORT_EADDR;
+	}
+	if ((p->addr = strdup(addr)) == NULL) {
+		free(p);
+		return TRANSPORT_ENOMEM;
+	}
+	snprintf(p->id, sizeof(p->id), "%s", peer_id);
+	p->t = t;
+	p->refs = 1;
+	p->backoff_ms = TRANSPORT_RECONNECT_MIN_MS;
+	uv_timer_init(t->loop, &p->retry);
+	p->retry.data = p;
+	t->handles++;
 	p->next = t->peers;
 	t->peers = p;
 	t->n_peers++;
+	peer_dial(p);
 	return 0;
+}
+
+static void
+peer_timer_closed(uv_handle_t *h)
+{
+	struct peer *p = h->data;
+	struct transport *t = p->t;
+	peer_unref(p);
+	transport_unref(t);
+}
+
+/* Unlink and stop p (loop thread): its queue freed, its connection closed, its counters to
+ * t's totals.  Freed once its handles are closed. */
+static void
+peer_remove(struct transport *t, struct peer *p)
+{
+	for (struct peer **pp = &t->peers; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	t->n_peers--;
+	p->removed = true;
+	p->next = NULL;
+	t->gone_sent += p->sent;
+	t->gone_dropped_full += p->dropped_full;
+	t->gone_send_errors += p->send_errors;
+	t->gone_redials += p->redials;
+	if (p->res != NULL) {
+		p->res->p = NULL; /* resolve_cb drops the reference */
+		uv_cancel((uv_req_t *)&p->res->req);
+		p->res = NULL;
+	}
+	/* the queue is freed with p, after the last connection's close: a write in flight
+	   (plain TCP) still points into the head frame until its callback */
+	if (p->c != NULL)
+		conn_close(p->c, "peer removed");
+	uv_timer_stop(&p->retry);
+	uv_close((uv_handle_t *)&p->retry, peer_timer_closed);
 }
 
 int
@@ -1177,19 +1298,11 @@ transport_remove_peer(struct transport *t, const char *peer_id)
 {
 	if (t->closing)
 		return TRANSPORT_ECLOSED;
-	for (struct peer **pp = &t->peers; *pp != NULL; pp = &(*pp)->next) {
-		if (strcmp((*pp)->id, peer_id) == 0) {
-			struct peer *p = *pp;
-			*pp = p->next;
-			t->n_peers--;
-			/* on the loop: a release on a thread of its own could outlive t, which
-			   the peer's pipe callback reaches (p->t); nng_close hangs only after
-			   NNG's reaper got stuck (nanomsg/nng#1543) */
-			peer_free(p);
-			return 0;
-		}
-	}
-	return TRANSPORT_ENOPEER;
+	struct peer *p = peer_id != NULL ? peer_find(t, peer_id) : NULL;
+	if (p == NULL)
+		return TRANSPORT_ENOPEER;
+	peer_remove(t, p);
+	return 0;
 }
 
 int
@@ -1205,18 +1318,11 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 	struct peer *p = peer_find(t, peer_id);
 	if (p == NULL)
 		return TRANSPORT_ENOPEER;
-
-	/* Only this thread adds, so a queue seen with room still has room after packing. */
-	pthread_mutex_lock(&p->mtx);
-	unsigned waiting = p->n + (p->busy ? 1u : 0u);
 	/* An empty queue takes any message within max_msg_bytes, whatever the byte bound. */
-	bool full = waiting >= t->max_queue || (waiting > 0 && p->bytes + len > t->max_queue_bytes);
-	if (full)
+	if (p->n >= t->max_queue || (p->n > 0 && p->bytes + len > t->max_queue_bytes)) {
 		p->dropped_full++;
-	pthread_mutex_unlock(&p->mtx);
-	if (full)
 		return TRANSPORT_EFULL;
-
+	}
 	Relay__PeerFrame f = RELAY__PEER_FRAME__INIT;
 	f.from = t->node_id;
 	f.to = p->id;
@@ -1227,83 +1333,24 @@ transport_send(struct transport *t, const char *peer_id, uint32_t kind, const vo
 	f.payload.data = (uint8_t *)data;
 	f.payload.len = len;
 	size_t size = relay__peer_frame__get_packed_size(&f);
-	nng_msg *m;
-	if (nng_msg_alloc(&m, size) != 0)
+	struct frame *fr = malloc(sizeof(*fr) + LEN_HDR_LEN + size);
+	if (fr == NULL)
 		return TRANSPORT_ENOMEM;
-	relay__peer_frame__pack(&f, nng_msg_body(m));
-
-	pthread_mutex_lock(&p->mtx);
-	unsigned tail = (p->head + p->n) % t->max_queue;
-	p->ring[tail] = (struct queued){.msg = m, .len = len};
+	for (int i = 0; i < 8; i++)
+		fr->data[i] = (uint8_t)((uint64_t)size >> (56 - 8 * i));
+	relay__peer_frame__pack(&f, fr->data + LEN_HDR_LEN);
+	fr->len = LEN_HDR_LEN + size;
+	fr->payload = len;
+	fr->next = NULL;
+	if (p->qtail != NULL)
+		p->qtail->next = fr;
+	else
+		p->qhead = fr;
+	p->qtail = fr;
 	p->n++;
 	p->bytes += len;
-	if (!p->busy && !p->retired)
-		peer_submit_locked(p);
-	pthread_mutex_unlock(&p->mtx);
+	peer_pump(p);
 	return 0;
-}
-
-/* Drops one of the references of a closing transport; the last one frees it. */
-static void
-transport_close_unref(struct transport *t)
-{
-	pthread_mutex_lock(&t->close_mtx);
-	int left = --t->close_refs;
-	pthread_mutex_unlock(&t->close_mtx);
-	if (left == 0) {
-		if (t->raio != NULL)
-			nng_aio_free(t->raio); /* idle: only the loop's poll callback uses it */
-		pthread_cond_destroy(&t->close_cv);
-		pthread_mutex_destroy(&t->close_mtx);
-		pthread_mutex_destroy(&t->down_mtx);
-		free(t);
-	}
-}
-
-/* Close callback of the poll and guard handles: the last one ends the loop side's share. */
-static void
-transport_closed_cb(uv_handle_t *h)
-{
-	struct transport *t = h->data;
-	if (--t->handles > 0)
-		return;
-	void (*done)(void *) = t->done;
-	void *arg = t->done_arg;
-	transport_close_unref(t);
-	if (done != NULL)
-		done(arg);
-}
-
-/* The NNG side of the close: sockets, peers and their queues, TLS material. */
-static void
-transport_close_nng(struct transport *t)
-{
-	if (t->probing) {
-		nng_close(t->probe);
-		free(t->probe_gen);
-		t->probing = false;
-	}
-	nng_close(t->pull);
-	while (t->peers != NULL) {
-		struct peer *p = t->peers;
-		t->peers = p->next;
-		t->n_peers--;
-		peer_free(p);
-	}
-	transport__tls_fini(&t->tlsm);
-}
-
-static void *
-transport_close_thread(void *arg)
-{
-	struct transport *t = arg;
-	transport_close_nng(t);
-	pthread_mutex_lock(&t->close_mtx);
-	t->close_finished = true;
-	pthread_cond_signal(&t->close_cv);
-	pthread_mutex_unlock(&t->close_mtx);
-	transport_close_unref(t);
-	return NULL;
 }
 
 void
@@ -1314,45 +1361,13 @@ transport_close(struct transport *t, void (*done)(void *arg), void *arg)
 	t->closing = true;
 	t->done = done;
 	t->done_arg = arg;
-	/* Stop watching RECVFD before NNG closes it with the socket. */
-	uv_poll_stop(&t->poll);
-	uv_timer_stop(&t->guard);
-	pthread_mutex_init(&t->close_mtx, NULL);
-	pthread_cond_init(&t->close_cv, NULL);
-	t->close_refs = 2;
-	pthread_attr_t attr;
-	pthread_t th;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, transport_close_thread, t) != 0) {
-		transport_close_nng(t);
-		t->close_refs = 1;
-	} else {
-		/* the loop waits as it did for an inline close, but boundedly */
-		struct timespec dl;
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += TRANSPORT_CLOSE_WAIT_MS / 1000;
-		pthread_mutex_lock(&t->close_mtx);
-		while (!t->close_finished)
-			if (pthread_cond_timedwait(&t->close_cv, &t->close_mtx, &dl) != 0)
-				break;
-		bool finished = t->close_finished;
-		pthread_mutex_unlock(&t->close_mtx);
-		if (!finished)
-			fprintf(
-			    stderr,
-			    "transport: event=close-stuck node=%s wait_ms=%d: NNG's socket close "
-			    "did not return (nanomsg/nng#1543); left behind\n",
-			    t->node_id, TRANSPORT_CLOSE_WAIT_MS);
-	}
-	pthread_attr_destroy(&attr);
-	/* a close left behind can still run pipe callbacks: they find down_open false */
-	pthread_mutex_lock(&t->down_mtx);
-	t->down_open = false;
-	pthread_mutex_unlock(&t->down_mtx);
-	uv_close((uv_handle_t *)&t->down_async, transport_closed_cb);
-	uv_close((uv_handle_t *)&t->guard, transport_closed_cb);
-	uv_close((uv_handle_t *)&t->poll, transport_closed_cb);
+	while (t->peers != NULL)
+		peer_remove(t, t->peers);
+	while (t->in != NULL)
+		conn_close(t->in, "closing");
+	uv_close((uv_handle_t *)&t->guard, handle_closed);
+	uv_close((uv_handle_t *)&t->down_timer, handle_closed);
+	uv_close((uv_handle_t *)&t->listener, handle_closed);
 }
 
 void
@@ -1363,22 +1378,21 @@ transport_stats(const struct transport *t, struct transport_stats *out)
 	out->dropped_unauth = t->dropped_unauth;
 	out->strangers_received = t->strangers_received;
 	out->dropped_malformed = t->dropped_malformed;
+	out->handshake_failures = t->handshake_failures;
+	out->inbound_refused = t->inbound_refused;
+	out->stale_inbound_closed = t->stale_inbound_closed;
+	out->inbound = t->n_in;
 	out->sent = t->gone_sent;
 	out->dropped_full = t->gone_dropped_full;
 	out->send_errors = t->gone_send_errors;
-	out->dialer_restarts = t->gone_dialer_restarts;
-	out->listener_probes = t->listener_probes;
-	out->listener_restarts = t->listener_restarts;
-	out->stale_inbound_closed = t->stale_inbound_closed;
-	for (struct peer *p = t->peers; p != NULL; p = p->next) {
-		pthread_mutex_lock(&p->mtx);
+	out->redials = t->gone_redials;
+	for (const struct peer *p = t->peers; p != NULL; p = p->next) {
 		out->sent += p->sent;
 		out->dropped_full += p->dropped_full;
 		out->send_errors += p->send_errors;
-		pthread_mutex_unlock(&p->mtx);
-		out->dialer_restarts += p->dialer_restarts;
+		out->redials += p->redials;
 		out->peers++;
-		if (atomic_load(&p->pipes) > 0)
+		if (p->c != NULL && p->c->st == CS_UP)
 			out->peers_connected++;
 	}
 }
@@ -1387,19 +1401,17 @@ int
 transport_peer_stats(const struct transport *t, const char *peer_id,
 		     struct transport_peer_stats *out)
 {
-	struct peer *p = peer_find(t, peer_id);
+	const struct peer *p = peer_find(t, peer_id);
 	if (p == NULL)
 		return TRANSPORT_ENOPEER;
 	memset(out, 0, sizeof(*out));
-	pthread_mutex_lock(&p->mtx);
-	out->queued = p->n + (p->busy ? 1u : 0u);
+	out->connected = p->c != NULL && p->c->st == CS_UP;
+	out->queued = p->n;
 	out->queued_bytes = p->bytes;
 	out->sent = p->sent;
 	out->dropped_full = p->dropped_full;
 	out->send_errors = p->send_errors;
-	pthread_mutex_unlock(&p->mtx);
-	out->dialer_restarts = p->dialer_restarts;
-	out->sockets_renewed = p->renewals;
-	out->connected = atomic_load(&p->pipes) > 0;
+	out->redials = p->redials;
+	out->connections_lost = p->renewals;
 	return 0;
 }

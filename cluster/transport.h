@@ -1,76 +1,67 @@
 /*
- * transport.h: peer messaging for Raft (and forwarded proposals) and the admin endpoint, over NNG.
- * The only code in the tree that includes <nng/nng.h> is transport.c; nothing here exposes it.
+ * transport.h: peer messaging for Raft (and forwarded proposals), and the admin endpoint.
+ * The peer transport (transport.c) is frames over TCP on the caller's libuv loop, with mutual
+ * TLS through OpenSSL; the admin endpoint (transport_admin.c) is NNG request/reply.  Nothing
+ * here exposes either library.
  *
  * Peer messages (one-way, message-oriented, lossy by design: Raft tolerates loss):
- *   - Each node listens on cluster_listen with one PULL socket.  For each peer it dials the
- *     peer's address with a PUSH socket of its own; NNG reconnects by itself (backoff from
- *     TRANSPORT_RECONNECT_MIN_MS to TRANSPORT_RECONNECT_MAX_MS) after a refusal or a restart.
- *   - transport_send() copies the payload into a relay.PeerFrame (proto/transport.proto: from,
+ *   - Each node listens on cluster_listen.  For each peer it keeps one connection of its own,
+ *     dialed to the peer's address ("host:port"; a host name is resolved at each dial, one at
+ *     a time per transport) and dialed again after a refusal, a loss or a restart, with backoff
+ *     from TRANSPORT_RECONNECT_MIN_MS doubling to TRANSPORT_RECONNECT_MAX_MS.  A connect plus
+ *     handshake that takes TRANSPORT_HANDSHAKE_MS is abandoned and dialed again (redials).
+ *   - The wire is NNG's PUSH/PULL over tcp:// or tls+tcp:// (SP header, then u64-length
+ *     frames; transport.c), which the versions before this transport spoke: old and new nodes
+ *     talk during a rolling upgrade.
+ *   - transport_send() packs the payload into a relay.PeerFrame (proto/transport.proto: from,
  *     to, cluster_id, kind, payload) and appends it to the peer's bounded send queue.  It never
  *     blocks.  When the queue is full (max_queue_per_peer messages or max_queue_bytes_per_peer
- *     payload bytes, the one being handed to NNG included; an empty queue takes any message
- *     within max_msg_bytes) the message is dropped, counted in
- *     dropped_full, and TRANSPORT_EFULL returned.  Messages to one peer leave in send order; a
- *     message handed to a connection that then breaks is lost (no retransmission here).
+ *     payload bytes, the one being written included; an empty queue takes any message within
+ *     max_msg_bytes) the message is dropped, counted in dropped_full, and TRANSPORT_EFULL
+ *     returned.  The queue is kept while the peer is down and drains when it is up again.
+ *     Messages to one peer leave in send order.  A message leaves the queue (sent) once all
+ *     its bytes are in the kernel; one cut by a lost connection is sent whole on the next.  A
+ *     sent message whose connection then breaks is lost (no retransmission here).
+ *   - A send that stands still TRANSPORT_SEND_STALL_MS on a connection (a peer that reads
+ *     nothing, a half-open TCP connection) closes it; the peer is dialed again (redials).
  *   - Received frames are delivered by the recv callback ON THE LIBUV LOOP THREAD, in arrival
- *     order per connection (so in send order per peer while a connection lasts).
+ *     order per connection (so in send order per peer while a connection lasts).  An inbound
+ *     connection superseded by a newer one carrying the same sender's frames, and silent
+ *     TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): a peer that restarted behind
+ *     a silent link leaves one.  At most TRANSPORT_MAX_INBOUND inbound connections; more are
+ *     closed at once (inbound_refused).
  *
- * Endpoint guard (NNG 1.5.2, Debian's, has bugs that stop endpoints for good; see transport.c):
- * every TRANSPORT_GUARD_TICK_MS the loop reads NNG's counters of this node's endpoints.
- *   - A listener that counted a negotiation error is probed: a socket of ours dials it; if the
- *     listener has accepted nothing TRANSPORT_PROBE_WAIT_MS later, it is closed and listened
- *     again on the same port (the connections it held are dropped; peers redial).  Counted in
- *     listener_probes and listener_restarts, one log line each re-creation.
- *   - A peer's dialer that has no connection and has counted no attempt for
- *     TRANSPORT_DIAL_STALL_MS is closed and dialed again (dialer_restarts, one log line).
- *   - So is one whose connection NNG still counts as open while a send has stood still on it for
- *     TRANSPORT_SEND_STALL_MS: a peer that reads nothing, a half-open TCP connection, or (seen
- *     with NNG 1.5.2) the process-wide reaper stuck for good after a socket closed mid-receive
- *     (nanomsg/nng#1543, #1813), after which no closed connection is ever reaped and no dialer
- *     redials by itself.
- *   - When a peer's frames arrive on a newer connection, its older inbound connection, once
- *     silent for TRANSPORT_STALE_PIPE_MS, is closed (stale_inbound_closed): NNG can miss that
- *     a TLS peer went away, and keep that connection's memory and descriptor forever.
- *   So a restarted peer is reached again within about TRANSPORT_DIAL_STALL_MS +
- *   TRANSPORT_PROBE_WAIT_MS + 2 ticks even when NNG would have stalled forever.
- *
- * Bringing NNG onto the loop: the PULL socket's NNG_OPT_RECVFD (a descriptor NNG makes readable
- * while a message can be received) is watched with a uv_poll; the poll callback takes up to
- * TRANSPORT_RECV_BATCH messages with non-blocking nng_recvmsg and returns (level-triggered, so
- * the rest come next loop turn).  No NNG thread ever calls into the caller, and the receive side
- * needs no lock; NNG's own receive buffer is bounded by NNG_OPT_RECVBUF and RECVMAXSZ.  The
- * send side runs one nng_aio per peer whose callback (on an NNG thread) takes the next message
- * from that peer's queue; queue and counters are shared under a per-peer mutex.
- *
- * Authentication (guarantee G5).  With ca_file/cert_file/key_file set, every connection is
- * tls+tcp with mutual authentication REQUIRED on both ends: only holders of a cert signed by the
- * cluster CA connect.  A dialing node also requires the listener's cert to name the peer id it
- * dials (TLS server name = peer id, checked against SAN/CN), so a node sends only to the peer it
- * means.  On receipt, a frame whose `to` is not this node, whose `from` is not a configured peer
- * (or is this node), or whose cluster_id differs is dropped and counted (dropped_unauth).
- * Limit: NNG 1.5.2 does not expose the peer certificate's name on an accepted connection, so a
- * listener cannot tie `from` to the certificate: a holder of any cluster cert may claim any
- * configured peer's id.  Every cert signed by the cluster CA is trusted as a member.
- * Without certs (all three NULL) the transport uses plain tcp://: INSECURE, anyone who can reach
+ * Authentication (guarantee G5).  With ca_file/cert_file/key_file set, every connection is TLS
+ * (1.2 or 1.3) with mutual authentication REQUIRED on both ends: only holders of a cert signed
+ * by the cluster CA connect.  A dialing node also requires the listener's cert to name the
+ * peer id it dials (SAN/CN), so a node sends only to the peer it means; and a listener requires
+ * the `from` of each frame to be named by the sender's certificate, so a holder of one
+ * member's certificate cannot speak for another.  On receipt, a frame whose `to` is not this
+ * node, whose `from` is not a configured peer (or is this node, or is not named by the
+ * certificate), or whose cluster_id differs is dropped and counted (dropped_unauth).  Failed
+ * handshakes are counted (handshake_failures) and logged at most every 10 s per peer.
+ * Without certs (all three NULL) the transport uses plain TCP: INSECURE, anyone who can reach
  * the port can inject messages; for tests and local development only.
  *
- * Bad input (G6): a frame that does not unpack, is larger than max_msg_bytes (plus the frame's
- * own overhead), or misses a required field is dropped and counted (dropped_malformed), never
- * trusted.  A message larger than NNG's receive bound makes NNG close that connection.
+ * Bad input (G6): a frame that does not unpack, or misses a required field, or whose payload
+ * is larger than max_msg_bytes, is dropped and counted (dropped_malformed), never trusted.  A
+ * frame whose length is beyond max_msg_bytes + TRANSPORT_FRAME_OVERHEAD_MAX closes its
+ * connection (counted the same); so one connection buffers at most one frame.
  *
  * Admin endpoint: a request/reply channel (REP on the node, REQ in relayctl) carrying opaque
- * bytes, over TCP authenticated the same way but with its own files: the node gives the CA of
- * relayctl's certificates (admin_ca, apart from the cluster CA, so an admin certificate is never
- * a member's credential) and its own cert; relayctl gives the cluster CA (to check the node) and
- * its admin cert.  It may also listen on a unix socket (unix_path: no TLS; access is the
- * socket file's mode, 0600, so only the node's user and root connect).  The server is served on
- * the loop thread through RECVFD too, one request at a time on all its listeners: the callback
- * gets a request, and the next is read only after transport_admin_reply().  The client call
- * blocks (a CLI's call; never on a node's loop).
+ * bytes, over NNG and TCP, authenticated the same way but with its own files: the node gives
+ * the CA of relayctl's certificates (admin_ca, apart from the cluster CA, so an admin
+ * certificate is never a member's credential) and its own cert; relayctl gives the cluster CA
+ * (to check the node) and its admin cert.  It may also listen on a unix socket (unix_path: no
+ * TLS; access is the socket file's mode, 0600, so only the node's user and root connect).  The
+ * server is served on the loop thread through NNG's RECVFD, one request at a time on all its
+ * listeners: the callback gets a request, and the next is read only after
+ * transport_admin_reply().  The client call blocks (a CLI's call; never on a node's loop).
  *
  * Threads: every function here is called on the loop thread of the loop given at open, except
  * transport_admin_request() (any thread but that loop's) and transport_strerror().
+ * transport_open() sets SIGPIPE to be ignored when it is at its default (a write into a
+ * connection the peer closed must fail, not end the process).
  */
 #ifndef RELAY_TRANSPORT_H
 #define RELAY_TRANSPORT_H
@@ -107,12 +98,6 @@ enum transport_errno {
 
 const char *transport_strerror(int code);
 
-/* The statistics of endpoint `id` of `kind` ("listener", "dialer") in a tree from
- * nng_stats_get, or NULL (NNG 1.5.2's nng_stat_find_listener/_dialer return the first
- * endpoint of the kind instead; transport.c). */
-struct nng_stat;
-struct nng_stat *transport_stat_endpoint(struct nng_stat *st, const char *kind, int id);
-
 /* Bounds and defaults (used when a config field is 0). */
 /* one payload: room for a Raft message carrying one entry of RAFT_ENTRY_MAX_BYTES (or a
    snapshot chunk) plus raft's default max_msg_bytes of others; a ceiling, not a typical size */
@@ -125,23 +110,21 @@ struct nng_stat *transport_stat_endpoint(struct nng_stat *st, const char *kind, 
 #define TRANSPORT_MAX_PEERS 64u					       /* peers of one node */
 #define TRANSPORT_ID_MAX 64u		  /* node id and cluster id, bytes */
 #define TRANSPORT_FRAME_OVERHEAD_MAX 512u /* frame bytes beyond the payload */
-#define TRANSPORT_RECV_BATCH 64u	  /* messages taken per loop turn */
-#define TRANSPORT_RECVBUF 128		  /* NNG receive buffer of the PULL socket, messages */
 #define TRANSPORT_RECONNECT_MIN_MS 100
 #define TRANSPORT_RECONNECT_MAX_MS 2000
-#define TRANSPORT_GUARD_TICK_MS 1000 /* the endpoint guard looks at NNG's counters */
-#define TRANSPORT_PROBE_WAIT_MS 5000 /* a probed listener must accept within this */
-/* a dialer with no connection and no attempt for this long is re-created: well above
-   TRANSPORT_RECONNECT_MAX_MS plus a connect and a TLS handshake on a working network */
-#define TRANSPORT_DIAL_STALL_MS 10000
-/* a send that NNG has held this long on a connection it still counts as open is one that will
-   never complete (a peer that reads nothing, a half-open TCP connection, or NNG's reaper stuck:
-   nanomsg/nng#1543): the guard re-creates the peer's dialer */
+/* a dial's TCP connect, TLS handshake and SP headers, or an inbound connection's handshake,
+   must be done within this; else closed (a silent host, a peer that never answers) */
+#define TRANSPORT_HANDSHAKE_MS 5000
+/* a frame's write that stood still this long on a connection that is up closes it (a peer
+   that reads nothing, a half-open TCP connection); the peer is dialed again */
 #define TRANSPORT_SEND_STALL_MS 10000
-/* a peer's inbound connection superseded by a newer one and silent this long since is one NNG
-   lost track of: the guard closes it; at most TRANSPORT_STALE_PIPES_MAX noted per peer */
+/* a sender's inbound connection superseded by a newer one and silent this long is closed */
 #define TRANSPORT_STALE_PIPE_MS 3000
-#define TRANSPORT_STALE_PIPES_MAX 16u
+#define TRANSPORT_GUARD_TICK_MS 1000 /* the timer that looks at the deadlines above */
+#define TRANSPORT_MAX_INBOUND (4u * TRANSPORT_MAX_PEERS) /* accepted connections open at once */
+#define TRANSPORT_READ_CHUNK 65536u			 /* bytes taken from the kernel per read */
+#define TRANSPORT_KEEPALIVE_S 10 /* TCP keepalive idle time on every connection */
+#define TRANSPORT_LISTEN_BACKLOG 128
 #define TRANSPORT_PEM_MAX ((size_t)64 << 10) /* one cert or key file */
 #define TRANSPORT_ADMIN_DEFAULT_MAX_MSG_BYTES ((size_t)16 << 20)
 
@@ -217,17 +200,19 @@ int transport_send(struct transport *t, const char *peer_id, uint32_t kind, cons
 void transport_close(struct transport *t, void (*done)(void *arg), void *arg);
 
 struct transport_stats {
-	uint64_t sent;		       /* messages handed to a connection */
-	uint64_t received;	       /* frames delivered to the callback */
-	uint64_t dropped_full;	       /* transport_send refused: peer queue full */
-	uint64_t dropped_unauth;       /* wrong `to`, unknown `from`, other cluster */
-	uint64_t strangers_received;   /* frames from a non-peer, delivered (admit_strangers) */
-	uint64_t dropped_malformed;    /* did not unpack, or over the size bound */
-	uint64_t send_errors;	       /* NNG refused a queued message (not counting close) */
-	uint64_t listener_probes;      /* the guard's probes of our listener */
-	uint64_t listener_restarts;    /* listener found not accepting and re-created */
-	uint64_t dialer_restarts;      /* peer dialers found stuck and re-created */
-	uint64_t stale_inbound_closed; /* a peer's older inbound connection, superseded */
+	uint64_t sent;		     /* messages written (all bytes in the kernel) */
+	uint64_t received;	     /* frames delivered to the callback */
+	uint64_t dropped_full;	     /* transport_send refused: peer queue full */
+	uint64_t dropped_unauth;     /* wrong `to`, unknown `from`, other cluster */
+	uint64_t strangers_received; /* frames from a non-peer, delivered (admit_strangers) */
+	uint64_t dropped_malformed;  /* did not unpack, or over the size bound */
+	uint64_t send_errors;	     /* a write failed: the connection closed */
+	uint64_t redials;	     /* connections closed for a handshake or a send that stood
+					still (TRANSPORT_HANDSHAKE_MS, TRANSPORT_SEND_STALL_MS) */
+	uint64_t handshake_failures; /* TLS or SP header refused, or a handshake cut (both ends) */
+	uint64_t inbound_refused;    /* accepted beyond TRANSPORT_MAX_INBOUND, closed at once */
+	uint64_t stale_inbound_closed; /* a sender's older inbound connection, superseded */
+	unsigned inbound;	       /* inbound connections open */
 	unsigned peers;
 	unsigned peers_connected; /* peers with at least one live connection */
 };
@@ -236,14 +221,13 @@ void transport_stats(const struct transport *t, struct transport_stats *out);
 
 struct transport_peer_stats {
 	bool connected;	     /* a connection to the peer is up */
-	unsigned queued;     /* messages waiting (the one handed to NNG included) */
+	unsigned queued;     /* messages waiting (the one being written included) */
 	size_t queued_bytes; /* their payload bytes */
-	uint64_t sent;	     /* handed to a connection */
+	uint64_t sent;	     /* all bytes in the kernel */
 	uint64_t dropped_full;
 	uint64_t send_errors;
-	uint64_t dialer_restarts; /* its dialer found stuck and re-created */
-	uint64_t sockets_renewed; /* its socket replaced (each lost connection, each re-creation:
-				     NNG 1.5.2's PUSH socket is not trusted after one) */
+	uint64_t redials; /* its connection closed for a handshake or send standing still */
+	uint64_t connections_lost; /* its connection went down after it was up */
 };
 int transport_peer_stats(const struct transport *t, const char *peer_id,
 			 struct transport_peer_stats *out);

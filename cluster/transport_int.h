@@ -23,6 +23,12 @@ struct tls_material {
 	char *key;  /* own key: wiped before free */
 };
 
+/* The peer transport's OpenSSL contexts from m (transport_tls.c): *srv requires a client cert
+ * chained to m->ca, *cli a server cert chained to it; both present m's cert.  The caller frees
+ * them (SSL_CTX_free).  0, TRANSPORT_ETLS or TRANSPORT_ENOMEM. */
+struct ssl_ctx_st;
+int transport__tls_ctx(const struct tls_material *m, struct ssl_ctx_st **srv,
+		       struct ssl_ctx_st **cli);
 /* Read ca/cert/key (all three or none); *on tells whether TLS is on.  0 or TRANSPORT_E*. */
 int transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
 			bool *on);

@@ -130,7 +130,8 @@ write_hist(struct http_text *t, const char *stage, const struct cluster_hist *h)
 static void
 render_transport(struct http_text *t, const struct cluster_transport_counts *x)
 {
-	counter(t, "relay_cluster_frames_sent_total", "Peer frames handed to a cluster connection.",
+	counter(t, "relay_cluster_frames_sent_total",
+		"Peer frames written to a cluster connection (all their bytes in the kernel).",
 		x->frames_sent);
 	counter(t, "relay_cluster_frames_received_total",
 		"Peer frames received and taken (a stranger's included).", x->frames_received);
@@ -139,28 +140,35 @@ render_transport(struct http_text *t, const struct cluster_transport_counts *x)
 		"cluster CA (a join request).",
 		x->strangers);
 	family(t, "relay_cluster_frames_dropped_total", "counter",
-	       "Peer frames dropped: not sent because the peer's queue was full (queue_full) or "
-	       "NNG refused them (send_error); received with a wrong recipient, cluster or "
-	       "unknown sender (unauthenticated), or undecodable or over the size bound "
-	       "(malformed).");
-	static const char *const reasons[] = {"queue_full", "send_error", "unauthenticated",
-					      "malformed"};
-	const uint64_t v[] = {x->dropped_full, x->send_errors, x->dropped_unauth,
-			      x->dropped_malformed};
+	       "Peer frames dropped: not sent because the peer's queue was full (queue_full); "
+	       "received with a wrong recipient or cluster, an unknown sender or one its "
+	       "certificate does not name (unauthenticated), or undecodable or over the size "
+	       "bound (malformed).");
+	static const char *const reasons[] = {"queue_full", "unauthenticated", "malformed"};
+	const uint64_t v[] = {x->dropped_full, x->dropped_unauth, x->dropped_malformed};
 	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
 		http_printf(t, "relay_cluster_frames_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
 			    reasons[i], v[i]);
-	family(t, "relay_cluster_endpoint_restarts_total", "counter",
-	       "Cluster endpoints the transport found stuck and re-created (a listener that "
-	       "accepts nothing, a dialer that neither connects nor tries).");
-	http_printf(t, "relay_cluster_endpoint_restarts_total{endpoint=\"listener\"} %" PRIu64 "\n",
-		    x->listener_restarts);
-	http_printf(t, "relay_cluster_endpoint_restarts_total{endpoint=\"dialer\"} %" PRIu64 "\n",
-		    x->dialer_restarts);
+	counter(t, "relay_cluster_write_errors_total",
+		"Cluster connections closed by a failed write (the frame being written is sent "
+		"again on the next connection).",
+		x->send_errors);
+	counter(t, "relay_cluster_redials_total",
+		"Connections to a peer closed and dialed again because a connect and handshake, "
+		"or a send, stood still.",
+		x->redials);
+	counter(t, "relay_cluster_handshake_failures_total",
+		"Cluster connections whose TLS or protocol handshake was refused or cut (either "
+		"end).",
+		x->handshake_failures);
+	counter(t, "relay_cluster_inbound_refused_total",
+		"Inbound cluster connections closed at once: too many open.", x->inbound_refused);
 	counter(t, "relay_cluster_stale_connections_closed_total",
 		"Inbound peer connections closed after a newer one from the same peer superseded "
 		"them.",
 		x->stale_closed);
+	gauge(t, "relay_cluster_inbound_connections", "Inbound cluster connections open.",
+	      x->inbound);
 }
 
 static void

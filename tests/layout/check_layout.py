@@ -27,12 +27,13 @@ EXEMPT = {
 ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
     'rocksdb/': {'storage/store_rocksdb.c'},
-    # the transport unit: peers (transport.c), the admin endpoint (transport_admin.c) and what
-    # they share (transport_int.h, transport_ep.c)
-    'nng/': {'cluster/transport.c', 'cluster/transport_admin.c', 'cluster/transport_ep.c',
-             'cluster/transport_int.h'},
-    # node/crypto.c: DKIM's keys, signatures and SHA-256 (issue 13); node/tls.c: TLS
-    'openssl/': {'node/tls.c', 'node/crypto.c'},
+    # the transport unit: the admin endpoint (transport_admin.c) and its plumbing
+    # (transport_int.h, transport_ep.c); peer frames no longer use NNG
+    'nng/': {'cluster/transport_admin.c', 'cluster/transport_ep.c', 'cluster/transport_int.h'},
+    # node/crypto.c: DKIM's keys, signatures and SHA-256 (issue 13); node/tls.c: SMTP's TLS;
+    # cluster/transport.c and transport_tls.c: the peer transport's mutual TLS
+    'openssl/': {'node/tls.c', 'node/crypto.c', 'cluster/transport.c',
+                 'cluster/transport_tls.c'},
     'ares': {'node/delivery/resolver.c'},
     'curl/': {'node/delivery/https_fetch.c'},
     'microhttpd': {'node/admin/http.c'},
