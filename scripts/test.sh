@@ -22,7 +22,7 @@ echo "== tests"
 echo "== build (gcc, ASan+UBSan)"
 bash scripts/build.sh "$top/build-asan" -DCMAKE_BUILD_TYPE=Debug -DRELAY_SANITIZE=ON
 echo "== unit, simulator, fuzz corpus and integration (relayd itself) under ASan+UBSan"
-# (LSAN_OPTIONS: two leaks inside NNG 1.5.2, explained in tests/lsan-nng.supp)
+# (LSAN_OPTIONS: a leak inside NNG 1.5.2, explained in tests/lsan-nng.supp)
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     LSAN_OPTIONS="suppressions=$top/tests/lsan-nng.supp" \
     ctest -j"$JOBS" -L 'unit|fuzz|sim|integration' --output-on-failure --timeout 900)
