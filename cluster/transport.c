@@ -216,7 +216,8 @@ struct transport {
 	struct conn *in; /* inbound connections */
 	unsigned n_in;
 	uint64_t in_seq;
-	bool resolving; /* one host name resolution at a time (the loop's threadpool) */
+	bool resolving;	     /* one host name resolution at a time (the loop's threadpool) */
+	bool accept_pending; /* a connection waits for the memory to take it (accept_cb) */
 	uint8_t rbuf[TRANSPORT_READ_CHUNK];
 	uint64_t received, dropped_unauth, dropped_malformed, strangers_received;
 	uint64_t handshake_failures, inbound_refused, stale_inbound_closed;
@@ -1021,8 +1022,13 @@ accept_cb(uv_stream_t *s, int status)
 	if (status < 0 || t->closing)
 		return;
 	struct conn *c = conn_new(t, NULL);
-	if (c == NULL)
+	if (c == NULL) {
+		/* libuv stops watching the listener until this connection is accepted: the guard
+		   tries again at its next tick */
+		t->accept_pending = true;
 		return;
+	}
+	t->accept_pending = false;
 	if (uv_accept(s, (uv_stream_t *)&c->tcp) != 0) {
 		c->st = CS_CLOSED;
 		uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
@@ -1082,6 +1088,8 @@ guard_cb(uv_timer_t *h)
 {
 	struct transport *t = h->data;
 	uint64_t now = uv_now(t->loop);
+	if (t->accept_pending)
+		accept_cb((uv_stream_t *)&t->listener, 0);
 	for (struct conn *c = t->in, *next; c != NULL; c = next) {
 		next = c->next;
 		if (c->st != CS_UP && now - c->since_ms >= TRANSPORT_HANDSHAKE_MS) {
