@@ -182,6 +182,7 @@ struct peer {
 	uv_timer_t retry;
 	struct resolve *res; /* a resolution in flight */
 	bool want_resolve;   /* waiting for the transport's one resolution slot */
+	unsigned rot;	     /* dials that never came up: which of a name's addresses is next */
 	uint64_t backoff_ms;
 	struct frame *qhead, *qtail;
 	unsigned n;	    /* frames queued (the one being written included) */
@@ -545,6 +546,8 @@ conn_close(struct conn *c, const char *why)
 					"addr=%s reason=%s\n",
 					t->node_id, p->id, p->addr, why);
 			}
+		} else {
+			p->rot++;
 		}
 		peer_retry_later(p);
 	} else {
@@ -940,8 +943,17 @@ resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		p->res = NULL;
 		if (!t->closing && !p->removed && p->c == NULL) {
 			if (status == 0 && res != NULL) {
+				/* a name with several addresses: the next one after each dial that
+				   did not come up (an IPv6 address of a node that listens on IPv4
+				   only, a stale record) */
+				unsigned n = 0;
+				for (struct addrinfo *a = res; a != NULL; a = a->ai_next)
+					n++;
+				struct addrinfo *pick = res;
+				for (unsigned k = p->rot % n; k > 0; k--)
+					pick = pick->ai_next;
 				struct sockaddr_storage sa;
-				memcpy(&sa, res->ai_addr, res->ai_addrlen);
+				memcpy(&sa, pick->ai_addr, pick->ai_addrlen);
 				((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)r->port);
 				peer_connect(p, (struct sockaddr *)&sa);
 			} else {
@@ -978,7 +990,8 @@ peer_resolve(struct peer *p)
 		peer_retry_later(p);
 		return;
 	}
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	struct addrinfo hints = {
+	    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
 	r->t = t;
 	r->p = p;
 	r->port = p->port;

@@ -670,6 +670,28 @@ test_tls_from_bound_to_cert(void **state)
 	node_close(&x);
 }
 
+/* A peer named by host name ("localhost", from /etc/hosts: no DNS query leaves the machine) is
+ * resolved on the loop's threadpool and reached.  (No name that needs a DNS server: the
+ * machine's resolver is not the test's to use.) */
+static void
+test_plain_peer_by_name(void **state)
+{
+	static struct node a, b;
+	node_init(&a, "node1", "127.0.0.1");
+	node_init(&b, "node2", "127.0.0.1");
+	node_open(&a, PLAIN);
+	node_open(&b, PLAIN);
+	char named[64];
+	snprintf(named, sizeof(named), "localhost:%d", b.port);
+	assert_int_equal(transport_add_peer(a.t, "node2", named), 0);
+	assert_int_equal(transport_add_peer(b.t, "node1", a.addr), 0);
+	send_str(&a, "node2", 0, "named%d", 1);
+	assert_true(wait_count(&b.n, 1, WAIT_MS));
+	assert_true(rx_is(&b.rx[0], "node1", 0, "named%d", 1));
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Hold a port on host without listening: connections to it are refused. */
 static int
 hold_port(uv_tcp_t *h, const char *host)
@@ -1628,6 +1650,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_close_pending),
 	    cmocka_unit_test(test_plain_deaf_peer),
 	    cmocka_unit_test(test_plain_inbound_bounds),
+	    cmocka_unit_test(test_plain_peer_by_name),
 	    cmocka_unit_test(test_admin_plain),
 	    cmocka_unit_test(test_admin_tls),
 	    cmocka_unit_test(test_admin_unix),
