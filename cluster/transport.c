@@ -191,7 +191,7 @@ struct peer {
 	bool down_pending;  /* tell transport_on_peer_down's callback */
 	bool removed;
 	int refs; /* membership (until the retry timer closes) + connections */
-	uint64_t sent, dropped_full, send_errors, redials, renewals;
+	uint64_t sent, dropped_full, send_errors, redials, lost;
 	uint64_t log_ms; /* last warning about this peer */
 	struct peer *next;
 };
@@ -537,7 +537,7 @@ conn_close(struct conn *c, const char *why)
 			c->out_owned = false;
 		}
 		if (was_up) {
-			p->renewals++;
+			p->lost++;
 			if (!p->removed && !t->closing) {
 				p->down_pending = true;
 				uv_timer_start(&t->down_timer, down_timer_cb, 0, 0);
@@ -1433,6 +1433,6 @@ transport_peer_stats(const struct transport *t, const char *peer_id,
 	out->dropped_full = p->dropped_full;
 	out->send_errors = p->send_errors;
 	out->redials = p->redials;
-	out->connections_lost = p->renewals;
+	out->connections_lost = p->lost;
 	return 0;
 }

@@ -4,7 +4,7 @@
  * and TLS material with the peer transport (transport_int.h).
  */
 #include "transport.h"
-#include "transport_int.h"
+#include "transport_nng.h"
 
 #include <stdio.h>
 #include <stdlib.h>

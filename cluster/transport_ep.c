@@ -1,11 +1,10 @@
 /*
- * transport_ep.c: the endpoint plumbing that the peer transport (transport.c) and the admin
- * endpoint (transport_admin.c) share over transport_int.h: TLS material read at open, URLs,
- * listening and dialing with NNG (mutual TLS when configured), and a socket close bounded in
- * time (NNG 1.5.2's close can hang, nanomsg/nng#1543).
+ * transport_ep.c: the admin endpoint's NNG plumbing (transport_nng.h): URLs, listening and
+ * dialing with NNG (mutual TLS when configured), and a socket close bounded in time (NNG
+ * 1.5.2's close can hang, nanomsg/nng#1543).
  */
 #include "transport.h"
-#include "transport_int.h"
+#include "transport_nng.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -16,64 +15,7 @@
 #include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
 
-/* ---- shared: addresses, TLS material ---- */
-
-void
-transport__tls_fini(struct tls_material *m)
-{
-	free(m->ca);
-	free(m->cert);
-	if (m->key != NULL) {
-		explicit_bzero(m->key, strlen(m->key));
-		free(m->key);
-	}
-	memset(m, 0, sizeof(*m));
-}
-
-/* Read a whole PEM file, at most TRANSPORT_PEM_MAX bytes, NUL-terminated. */
-static int
-read_pem(const char *path, char **out)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return TRANSPORT_ETLS;
-	char *buf = malloc(TRANSPORT_PEM_MAX + 1);
-	if (buf == NULL) {
-		fclose(f);
-		return TRANSPORT_ENOMEM;
-	}
-	size_t n = fread(buf, 1, TRANSPORT_PEM_MAX + 1, f);
-	int bad = ferror(f) || n == 0 || n > TRANSPORT_PEM_MAX;
-	fclose(f);
-	if (bad) {
-		free(buf);
-		return TRANSPORT_ETLS;
-	}
-	buf[n] = '\0';
-	*out = buf;
-	return 0;
-}
-
-/* 0 and *on = false when no file is named; all three or none. */
-int
-transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
-		    bool *on)
-{
-	memset(m, 0, sizeof(*m));
-	*on = false;
-	if (ca == NULL && cert == NULL && key == NULL)
-		return 0;
-	if (ca == NULL || cert == NULL || key == NULL)
-		return TRANSPORT_EINVAL;
-	int rv;
-	if ((rv = read_pem(ca, &m->ca)) != 0 || (rv = read_pem(cert, &m->cert)) != 0 ||
-	    (rv = read_pem(key, &m->key)) != 0) {
-		transport__tls_fini(m);
-		return rv;
-	}
-	*on = true;
-	return 0;
-}
+/* ---- NNG endpoints: TLS config, URLs, listen, dial ---- */
 
 /*
  * A TLS config with mutual authentication required.  server_name (client mode, may be NULL):

@@ -1,6 +1,7 @@
 /*
- * transport_tls.c: the OpenSSL contexts of the peer transport (transport.c), built from the PEM
- * material read at open (transport_int.h).  Mutual authentication on both ends: the server
+ * transport_tls.c: the PEM material that both the peer transport and the admin endpoint read at
+ * open (transport_int.h), and the OpenSSL contexts of the peer transport (transport.c) built
+ * from it.  Mutual authentication on both ends: the server
  * context requires a client certificate chained to the cluster CA, the client context requires
  * the server's chained to it (the name it must carry is set per connection, transport.c).
  * TLS 1.2 at least: nodes of the versions before this transport speak NNG's TLS (mbedTLS 2.28,
@@ -9,12 +10,75 @@
 #include "transport.h"
 #include "transport_int.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+
+/* ---- the PEM material (the peer transport's and the admin endpoint's) ---- */
+
+void
+transport__tls_fini(struct tls_material *m)
+{
+	free(m->ca);
+	free(m->cert);
+	if (m->key != NULL) {
+		explicit_bzero(m->key, strlen(m->key));
+		free(m->key);
+	}
+	memset(m, 0, sizeof(*m));
+}
+
+/* Read a whole PEM file, at most TRANSPORT_PEM_MAX bytes, NUL-terminated. */
+static int
+read_pem(const char *path, char **out)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return TRANSPORT_ETLS;
+	char *buf = malloc(TRANSPORT_PEM_MAX + 1);
+	if (buf == NULL) {
+		fclose(f);
+		return TRANSPORT_ENOMEM;
+	}
+	size_t n = fread(buf, 1, TRANSPORT_PEM_MAX + 1, f);
+	int bad = ferror(f) || n == 0 || n > TRANSPORT_PEM_MAX;
+	fclose(f);
+	if (bad) {
+		free(buf);
+		return TRANSPORT_ETLS;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	return 0;
+}
+
+/* 0 and *on = false when no file is named; all three or none. */
+int
+transport__tls_load(struct tls_material *m, const char *ca, const char *cert, const char *key,
+		    bool *on)
+{
+	memset(m, 0, sizeof(*m));
+	*on = false;
+	if (ca == NULL && cert == NULL && key == NULL)
+		return 0;
+	if (ca == NULL || cert == NULL || key == NULL)
+		return TRANSPORT_EINVAL;
+	int rv;
+	if ((rv = read_pem(ca, &m->ca)) != 0 || (rv = read_pem(cert, &m->cert)) != 0 ||
+	    (rv = read_pem(key, &m->key)) != 0) {
+		transport__tls_fini(m);
+		return rv;
+	}
+	*on = true;
+	return 0;
+}
+
+/* ---- the peer transport's contexts ---- */
 
 /* Every certificate of a PEM text into the store.  0 when at least one was added. */
 static int

@@ -27,9 +27,9 @@ EXEMPT = {
 ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
     'rocksdb/': {'storage/store_rocksdb.c'},
-    # the transport unit: the admin endpoint (transport_admin.c) and its plumbing
-    # (transport_int.h, transport_ep.c); peer frames no longer use NNG
-    'nng/': {'cluster/transport_admin.c', 'cluster/transport_ep.c', 'cluster/transport_int.h'},
+    # the admin endpoint (transport_admin.c) and its plumbing (transport_nng.h,
+    # transport_ep.c); peer frames (transport.c) no longer use NNG
+    'nng/': {'cluster/transport_admin.c', 'cluster/transport_ep.c', 'cluster/transport_nng.h'},
     # node/crypto.c: DKIM's keys, signatures and SHA-256 (issue 13); node/tls.c: SMTP's TLS;
     # cluster/transport.c and transport_tls.c: the peer transport's mutual TLS
     'openssl/': {'node/tls.c', 'node/crypto.c', 'cluster/transport.c',
