@@ -324,7 +324,7 @@ restart_rounds(bool tls, unsigned rounds)
 				"send_errors=%llu\n",
 				ps.connected, ps.queued, (unsigned long long)ps.sent,
 				(unsigned long long)ps.send_errors);
-			kill(pid, SIGUSR1); /* node2 prints NNG's counters on stderr */
+			kill(pid, SIGUSR1); /* node2 prints its transport's counters */
 			run_for_ms(500);
 			if (!measure) {
 				node2_stop(pid, SIGKILL);

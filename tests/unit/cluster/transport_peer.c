@@ -18,7 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <nng/nng.h>
 #include <uv.h>
 
 #include "transport.h"
@@ -53,15 +52,20 @@ hello_cb(uv_timer_t *h)
 
 static uv_signal_t usr1;
 
-/* SIGUSR1: NNG's statistics of this process on stdout (for a stalled test's report). */
+/* SIGUSR1: the transport's counters on stdout (for a stalled test's report). */
 static void
 usr1_cb(uv_signal_t *h, int sig)
 {
-	nng_stat *st;
-	if (nng_stats_get(&st) == 0) {
-		nng_stats_dump(st);
-		nng_stats_free(st);
-	}
+	struct transport_stats s;
+	if (t == NULL)
+		return;
+	transport_stats(t, &s);
+	printf("node2 transport: sent=%llu received=%llu unauth=%llu malformed=%llu "
+	       "handshake_failures=%llu redials=%llu inbound=%u peers_connected=%u\n",
+	       (unsigned long long)s.sent, (unsigned long long)s.received,
+	       (unsigned long long)s.dropped_unauth, (unsigned long long)s.dropped_malformed,
+	       (unsigned long long)s.handshake_failures, (unsigned long long)s.redials, s.inbound,
+	       s.peers_connected);
 	fflush(stdout);
 }
 
