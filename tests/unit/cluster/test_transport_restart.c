@@ -360,7 +360,7 @@ test_restart_tls(void **state)
 	restart_rounds(true, env_unsigned("TP_ROUNDS", TLS_ROUNDS));
 }
 
-/* For comparison; NNG's TCP negotiation is short, so a crash rarely lands in it. */
+/* For comparison: without TLS the handshake is one SP header, so a crash rarely lands in it. */
 static void
 test_restart_plain(void **state)
 {
