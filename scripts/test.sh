@@ -29,7 +29,7 @@ echo "== unit, simulator, fuzz corpus and integration (relayd itself) under ASan
 
 if ((FUZZ_SECONDS > 0)); then
   echo "== fuzz (clang-14 libFuzzer, ASan+UBSan), ${FUZZ_SECONDS}s in total"
-  CC=clang-14 bash scripts/build.sh "$top/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DRELAY_FUZZ=ON
+  CC=clang-14 CXX=clang++-14 bash scripts/build.sh "$top/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DRELAY_FUZZ=ON
   mapfile -t harnesses < <(find build-fuzz/tests/fuzz -maxdepth 1 -type f -executable -name 'fuzz_*' | sort)
   ((${#harnesses[@]} > 0)) || { echo "no fuzz harnesses built"; exit 1; }
   per=$((FUZZ_SECONDS / ${#harnesses[@]}))

@@ -31,6 +31,7 @@
 #include <rocksdb/c.h>
 
 #include "store.h"
+#include "store_rocksdb_trash.h"
 
 /* See the header comment: test only. */
 /* Read-only opens (relayd --dump-queue on a running node) that lose the race with a compaction
@@ -39,6 +40,9 @@
 #define STORE_RO_OPEN_BACKOFF_MS 50
 #define STORE_TEST_UNSAFE_NO_SYNC_ENV "RELAY_TEST_UNSAFE_NO_SYNC"
 
+/* RocksDB's own info log (DATA_DIR/LOG): one file of at most this size, and one older. */
+#define STORE__INFO_LOG_MAX ((size_t)4 << 20)
+#define STORE__INFO_LOG_KEEP ((size_t)2)
 /* Bounds on RocksDB's own memory and on the WAL a restart replays (store_open). */
 #define STORE__MEMTABLES_MAX ((size_t)64 << 20)
 #define STORE__WAL_MAX ((uint64_t)128 << 20)
@@ -380,8 +384,17 @@ store_open(const char *dir, int readonly, struct store **out)
 	rocksdb_options_set_create_missing_column_families(s->opts, 1);
 	rocksdb_options_increase_parallelism(s->opts, 2);
 	/* Keep RocksDB's own info logs small: one file, a few MiB. */
-	rocksdb_options_set_max_log_file_size(s->opts, 4 << 20);
-	rocksdb_options_set_keep_log_file_num(s->opts, 2);
+	rocksdb_options_set_max_log_file_size(s->opts, STORE__INFO_LOG_MAX);
+	rocksdb_options_set_keep_log_file_num(s->opts, STORE__INFO_LOG_KEEP);
+	/* Obsolete WALs, table and blob files are freed a few MiB at a time (see the header). */
+	char terr[256];
+	if (!readonly && store_rdb_trash_setup(s->opts, STORE__FREE_RATE, STORE__FREE_CHUNK,
+					       STORE__FREE_TRASH_RATIO, STORE__INFO_LOG_MAX,
+					       STORE__INFO_LOG_KEEP, terr, sizeof(terr)) != 0)
+		fprintf(stderr,
+			"store: open dir=%s event=free-at-once error=\"%s\": obsolete files are "
+			"deleted whole\n",
+			dir, terr);
 	/* Memory and restart time stay bounded whatever the queue's size (issue 14): all the
 	 * column families' memtables together hold at most STORE__MEMTABLES_MAX (RocksDB flushes
 	 * the biggest beyond it), and the WAL that a restart replays into them at most

@@ -26,7 +26,8 @@ EXEMPT = {
 }
 ROOTS = ['node', 'cluster', 'storage']
 LIBRARY_HOMES = {
-    'rocksdb/': {'storage/store_rocksdb.c'},
+    # store_rocksdb_trash.cc: the one option RocksDB's C API lacks (an SstFileManager)
+    'rocksdb/': {'storage/store_rocksdb.c', 'storage/store_rocksdb_trash.cc'},
     # the admin endpoint (transport_admin.c) and its plumbing (transport_nng.h,
     # transport_ep.c); peer frames (transport.c) no longer use NNG
     'nng/': {'cluster/transport_admin.c', 'cluster/transport_ep.c', 'cluster/transport_nng.h'},
@@ -47,7 +48,7 @@ files = []
 for r in ROOTS:
     for d, _, fs in os.walk(os.path.join(top, r)):
         for f in fs:
-            if f.endswith(('.c', '.h')):
+            if f.endswith(('.c', '.cc', '.h')):
                 files.append(os.path.relpath(os.path.join(d, f), top))
 by_name = {}
 for f in files:
@@ -103,12 +104,12 @@ for f in files:
                 unit[f] = owner
     if f.endswith('_int.h'):
         unit[f] = f[:-len('_int.h')]
-# a header X.h belongs to the unit of X.c
+# a header X.h belongs to the unit of X.c (or X.cc)
 for f in files:
     if f.endswith('.h') and not f.endswith('_int.h'):
-        c = f[:-2] + '.c'
-        if c in unit:
-            unit[f] = unit[c]
+        for c in (f[:-2] + '.c', f[:-2] + '.cc'):
+            if c in unit:
+                unit[f] = unit[c]
 
 def cycles(edges, what):
     # Tarjan's SCC; report every component with more than one unit
@@ -172,7 +173,7 @@ if libs:
     def obj_unit(o):
         src = o[:-len('.o')]
         for f in files:
-            if f.endswith('.c') and os.path.basename(f) == src:
+            if f.endswith(('.c', '.cc')) and os.path.basename(f) == src:
                 return unit[f]
         return None
     cedges = defaultdict(set)
