@@ -54,8 +54,19 @@ craft_digest_done(struct craft *c, int rv)
 		craft__view_unref(vw);
 		vw = NULL;
 	}
-	if (compact && vw)
+	if (compact && vw) {
 		craft__compact(c, vw);
+		/* A view is a RocksDB snapshot: while it lives, whatever it shows and is deleted
+		 * after it (the log entries the compaction just dropped, the bodies delivered
+		 * since) is written out by every memtable flush and read back by compactions, only
+		 * to be dropped there (issue 14 part 6: the log's bodies were most of each flush).
+		 * Unless a fetch session serves from it, let it go now: a peer that needs the state
+		 * gets a view taken on demand (craft__serve answers RETRY meanwhile). */
+		if (c->view == vw && vw->refs == 1 && c->snap_index == vw->index) {
+			c->view = NULL;
+			craft__view_unref(vw);
+		}
+	}
 	craft__schedule(c);
 }
 
