@@ -61,7 +61,8 @@ start_node() { # i
     --log-level="$LOG_LEVEL" 2>>"$work/c$i.log" &
   pids[$i]=$!
 }
-cleanup() { for i in 1 2 3; do kill -CONT "${pids[$i]:-}" 2>/dev/null || true; kill "${pids[$i]:-}" 2>/dev/null || true; done; wait 2>/dev/null; if [[ $KEEP == 1 ]]; then echo "# kept $work"; else rm -rf "$work"; fi; }
+sink_pid=
+cleanup() { for i in 1 2 3; do kill -CONT "${pids[$i]:-}" 2>/dev/null || true; kill "${pids[$i]:-}" 2>/dev/null || true; done; [[ -n $sink_pid ]] && kill "$sink_pid" 2>/dev/null; wait 2>/dev/null; if [[ $KEEP == 1 ]]; then echo "# kept $work"; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 for i in 1 2 3; do start_node "$i"; done
 metric() { curl -s "http://127.0.0.1:$((8450 + $1))/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
@@ -109,6 +110,24 @@ cost_now() {
   echo "$f $c $n"
 }
 
+# The baseline stopped its smtp-sink: what follows relays to one of our own on the same port, so
+# the half-peak run measures mail relayed end to end, as the peak was (without a destination
+# every delivery fails, the queue grows and its retries load the nodes: another workload)
+smtp-sink -c -u "$(id -u postfix >/dev/null 2>&1 && echo postfix || echo nobody)" "127.0.0.1:$SINK" 1000 \
+  >"$work/sink.out" 2>"$work/sink.err" &
+sink_pid=$!
+for _ in $(seq 100); do ss -ltn "sport = :$SINK" | grep -q LISTEN && break; sleep 0.05; done
+ss -ltn "sport = :$SINK" | grep -q LISTEN || { cat "$work/sink.err"; exit 1; }
+# messages the three nodes have delivered so far
+sent_now() {
+  local s=0 i v
+  for i in 1 2 3; do
+    v=$(curl -s "http://127.0.0.1:$((8450 + i))/metrics" | awk '$1 == "relay_delivery_messages_sent_total" { print $2 }')
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+
 # end of DATA -> 250 at half the peak (issue 14 part 6): bench/latency.py offers HALF_RATE msg/s
 # (default: half the relayd-3node median accept rate the baseline just measured) open loop for
 # LATENCY_S seconds over 20 sessions to the same node; client-side percentiles, and the node's
@@ -118,10 +137,14 @@ if (( LATENCY_S > 0 )); then
   if [[ -n $rate ]] && (( rate > 0 )); then
     echo "# latency at half the peak: $rate msg/s for $LATENCY_S s into c$T"
     read -r f0 c0 n0 < <(cost_now)
+    d0=$(sent_now)
     /usr/bin/python3 "$top/bench/latency.py" "127.0.0.1:$((PORT + T - 1))" "$rate" "$LATENCY_S" \
       --conns 20 --size 4096 --metrics "http://127.0.0.1:$((8450 + T))/metrics" || true
     read -r f1 c1 n1 < <(cost_now)
     msgs=$((rate * LATENCY_S))
+    # relayed end to end: delivered to the sink within 30 s of the run's end
+    for _ in $(seq 300); do (( $(sent_now) - d0 >= msgs )) && break; sleep 0.1; done
+    echo "# delivered to smtp-sink during and after the half-peak run: $(( $(sent_now) - d0 )) of $msgs"
     awk -v f=$((f1 - f0)) -v c=$((c1 - c0)) -v n=$((n1 - n0)) -v m=$msgs 'BEGIN {
       printf "# cost at half the peak, all three nodes: %.1f peer frames per message; %.0f context switches per message (%.0f in NNG threads), %.1f per frame\n", f / m, c / m, n / m, (f ? c / f : 0) }'
   else
