@@ -121,10 +121,7 @@ ss -ltn "sport = :$SINK" | grep -q LISTEN || { cat "$work/sink.err"; exit 1; }
 # messages the three nodes have delivered so far
 sent_now() {
   local s=0 i v
-  for i in 1 2 3; do
-    v=$(curl -s "http://127.0.0.1:$((8450 + i))/metrics" | awk '$1 == "relay_delivery_messages_sent_total" { print $2 }')
-    s=$((s + ${v:-0}))
-  done
+  for i in 1 2 3; do v=$(metric "$i" relay_delivery_messages_sent_total); s=$((s + ${v:-0})); done
   echo "$s"
 }
 
